@@ -1,0 +1,160 @@
+//! `ecelerity`: the MTA daemon.
+//!
+//! Runs in the foreground by default (logs to stderr and the paniclog);
+//! `--daemon` detaches. Without `--config` it runs on the embedded default
+//! configuration (ESMTP on 127.0.0.1:2525, everything under ./var).
+//! SIGTERM or SIGINT (or the console's `shutdown`) stop it gracefully.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::Parser;
+use ecelerity_cli::{load_config_or_exit, EXIT_FAILED};
+use ecelerity_engine::shard;
+
+#[derive(Parser)]
+#[command(version, about = "ecelerity: a thread-per-core mail transfer agent")]
+struct Args {
+    /// ecelerity.conf to run with (default: the embedded default configuration).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Detach from the terminal and run in the background.
+    #[arg(long)]
+    daemon: bool,
+    /// PID file (default: the config's `pidfile`).
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Most verbose paniclog level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+fn main() {
+    let args = Args::parse();
+    let config = load_config_or_exit(args.config.as_deref());
+    if args.daemon {
+        daemonize();
+    }
+    let pid_file = args.pid_file.clone().unwrap_or_else(|| config.pidfile().to_path_buf());
+    if let Err(e) = write_pid_file(&pid_file) {
+        eprintln!("ecelerity: {e}");
+        std::process::exit(EXIT_FAILED);
+    }
+    let paniclog = &config.logs().paniclog;
+    if let Err(e) = ecelerity_engine::log::install_paniclog(paniclog, args.log_level, !args.daemon) {
+        eprintln!("ecelerity: cannot open the paniclog {}: {e}", paniclog.display());
+        remove_pid_file(&pid_file);
+        std::process::exit(EXIT_FAILED);
+    }
+    let signals = block_stop_signals();
+    let engine = match shard::start(config.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            if args.daemon {
+                let _ = writeln!(std::io::stderr(), "ecelerity: cannot start: {e}");
+            }
+            remove_pid_file(&pid_file);
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let listeners: Vec<String> = config.esmtp_listeners().iter().filter(|l| l.enabled).map(|l| l.address.to_string()).collect();
+    let consoles: Vec<String> = config.control_listeners().iter().map(|c| c.path.display().to_string()).collect();
+    tracing::info!(
+        "ecelerity {} ready: {} shard(s); ESMTP on {}; console on {}; config {}",
+        ecelerity_engine::VERSION,
+        engine.shard_count,
+        listeners.join(", "),
+        consoles.join(", "),
+        config.source().map(|p| p.display().to_string()).unwrap_or_else(|| "(embedded default)".into())
+    );
+    let stop = engine.stop_flag();
+    loop {
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
+            tracing::info!("signal {sig}: stopping");
+            engine.request_stop();
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    engine.join();
+    remove_pid_file(&pid_file);
+    tracing::info!("ecelerity stopped");
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any shard
+/// starts, so every thread inherits the mask and only [`wait_signal`]
+/// sees them.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a sigset_t we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
+    // SAFETY: sigtimedwait reads the set and the timespec we own.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+fn daemonize() {
+    // SAFETY: called before any thread exists; the parent exits at once.
+    unsafe {
+        match libc::fork() {
+            -1 => {
+                eprintln!("ecelerity: fork failed: {}", std::io::Error::last_os_error());
+                std::process::exit(EXIT_FAILED);
+            }
+            0 => {}
+            _ => libc::_exit(0),
+        }
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+        }
+    }
+}
+
+/// Writes our pid, refusing when the file names a live process.
+fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if let Ok(pid) = text.trim().parse::<i32>() {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if pid > 0 && pid != std::process::id() as i32 && unsafe { libc::kill(pid, 0) } == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("already running (pid {pid} in {})", path.display()),
+                ));
+            }
+        }
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write the pid file {}: {e}", path.display())))
+}
+
+fn remove_pid_file(path: &Path) {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if text.trim() == std::process::id().to_string() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

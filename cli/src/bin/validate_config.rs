@@ -1,0 +1,28 @@
+//! `validate_config FILE...`: checks ecelerity.conf files without touching
+//! anything else. Prints `FILE: ok`, or `file:line: what is wrong` and exits 1.
+
+use clap::Parser;
+use ecelerity_engine::config::Config;
+
+#[derive(Parser)]
+#[command(version, about = "Check ecelerity.conf files")]
+struct Args {
+    /// Configuration files to check.
+    #[arg(required = true)]
+    files: Vec<std::path::PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut failed = false;
+    for file in &args.files {
+        match Config::load(file) {
+            Ok(_) => println!("{}: ok", file.display()),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    std::process::exit(if failed { ecelerity_cli::EXIT_BAD_INPUT } else { 0 });
+}

@@ -1,0 +1,1343 @@
+//! ecelerity.conf: reading, checking and answering questions about the
+//! configuration, in Momentum's syntax (docs/configuration.md).
+//! Owns: the typed, immutable `Config` built once at start-up (and on
+//! reload) and shared read-only by every shard behind an `Arc`; the
+//! built-in defaults; option fallback (binding_group::binding::domain down
+//! to global); `dump` (ec_dump_config).
+//! May call: the file system, to read the config file and its includes and
+//! the system hostname; `ecelerity_policy::Cidr`.
+//! Never: sockets, the spool, logging, or any shard state. Paths are kept as
+//! written: the daemon resolves relative ones against its working directory.
+//!
+//! Layout: `lexer` (text to tokens), `parse` (tokens to a tree, includes
+//! spliced in), `model` (tree to typed settings: scope rules, option types,
+//! ranges, fallback), `dump` (settings back to text), `error`.
+
+mod dump;
+mod error;
+mod lexer;
+mod model;
+mod parse;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ecelerity_policy::Cidr;
+
+pub use error::{ConfigError, ConfigErrorKind, Scope};
+
+// Built-in defaults and accepted ranges. Seconds and bytes are whole
+// numbers in the file; ranges are inclusive.
+
+pub const SPOOLBASE_DEFAULT: &str = "/var/spool/ecelerity";
+pub const PIDFILE_DEFAULT: &str = "/var/run/ecelerity.pid";
+/// Where the default `hostname` is read from (first line, trimmed).
+pub const HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
+/// `hostname` when `HOSTNAME_PATH` cannot be read or is empty.
+pub const HOSTNAME_FALLBACK: &str = "localhost";
+/// Most shards (`shards`); 0 means one per CPU.
+pub const SHARDS_MAX: u64 = 256;
+pub const RELAY_HOSTS_DEFAULT: [&str; 2] = ["127.0.0.0/8", "::1"];
+
+/// Largest `max_message_size` accepted (0 = unlimited: the engine still
+/// applies its own ceiling).
+pub const MESSAGE_SIZE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+pub const RECIPIENTS_PER_MESSAGE_MAX: u64 = 1_000_000;
+pub const RECEPTIONS_PER_CONNECTION_MAX: u64 = 1_000_000;
+pub const IDLE_TIME_SECONDS_DEFAULT: u64 = 300;
+/// `max_line_length`: DATA text line bytes including CRLF. RFC 5321
+/// 4.5.3.1.6 requires at least 1000, so less is refused.
+pub const LINE_LENGTH_BYTES_DEFAULT: u64 = 1000;
+pub const LINE_LENGTH_BYTES_MIN: u64 = 1000;
+pub const LINE_LENGTH_BYTES_MAX: u64 = 1024 * 1024;
+
+pub const RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 1200;
+pub const MAX_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 43_200;
+pub const MESSAGE_EXPIRATION_SECONDS_DEFAULT: u64 = 86_400;
+/// Longest retry interval or message expiration accepted: one year.
+pub const INTERVAL_SECONDS_MAX: u64 = 365 * 86_400;
+/// Largest `max_retries = N`, and the cap on the count `auto` derives.
+pub const RETRIES_MAX: u64 = 100_000;
+pub const MAX_OUTBOUND_CONNECTIONS_DEFAULT: u64 = 32;
+pub const OUTBOUND_CONNECTIONS_MAX: u64 = 20_000;
+pub const MAX_RECIPIENTS_PER_BATCH_DEFAULT: u64 = 100;
+pub const RECIPIENTS_PER_BATCH_MAX: u64 = 10_000;
+/// How long an idle outbound connection waits for more mail.
+pub const IDLE_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
+/// connect, EHLO, MAIL, RCPT and DATA reply timeouts.
+pub const COMMAND_TIMEOUT_SECONDS_DEFAULT: u64 = 300;
+/// Wait for the reply after the final `.` of DATA.
+pub const BODY_TIMEOUT_SECONDS_DEFAULT: u64 = 600;
+/// Longest timeout accepted: one day.
+pub const TIMEOUT_SECONDS_MAX: u64 = 86_400;
+pub const REMOTE_SMTP_PORT_DEFAULT: u16 = 25;
+/// Port of a `gateway` written without one.
+pub const GATEWAY_PORT_DEFAULT: u16 = 25;
+
+/// Control socket mode. Momentum uses 0660; we refuse the group by default.
+pub const FILE_MODE_DEFAULT: u32 = 0o600;
+pub const FILE_MODE_MAX: u32 = 0o7777;
+pub const LOGGER_NAME_DEFAULT: &str = "ec_logger";
+pub const MAINLOG_DEFAULT: &str = "/var/log/ecelerity/mainlog.ec";
+pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
+pub const PANICLOG_DEFAULT: &str = "/var/log/ecelerity/paniclog.ec";
+
+/// The binding (and binding group) that exists without being declared and
+/// takes all mail not assigned elsewhere.
+pub const DEFAULT_BINDING: &str = "default";
+
+const _: () = assert!(RECIPIENTS_PER_MESSAGE_MAX <= u32::MAX as u64);
+const _: () = assert!(RECEPTIONS_PER_CONNECTION_MAX <= u32::MAX as u64);
+const _: () = assert!(LINE_LENGTH_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(LINE_LENGTH_BYTES_MIN <= LINE_LENGTH_BYTES_DEFAULT);
+const _: () = assert!(OUTBOUND_CONNECTIONS_MAX <= u32::MAX as u64);
+const _: () = assert!(RECIPIENTS_PER_BATCH_MAX <= u32::MAX as u64);
+const _: () = assert!(RETRIES_MAX <= u32::MAX as u64);
+const _: () = assert!(RETRY_INTERVAL_SECONDS_DEFAULT <= MAX_RETRY_INTERVAL_SECONDS_DEFAULT);
+
+/// The configuration used when no file is given: a development setup whose
+/// paths are relative to the working directory.
+pub const EMBEDDED_DEFAULT: &str = r#"# ecelerity built-in configuration (used when no config file is given).
+# Paths are relative to the daemon's working directory.
+spoolbase = "var/spool"
+pidfile = "var/run/ecelerity.pid"
+relay_hosts = ( "127.0.0.0/8" "::1" )
+
+ESMTP_Listener {
+  Listen "127.0.0.1:2525" { }
+}
+
+Control_Listener {
+  Listen "var/run/ecelerity.sock" {
+    File_Mode = 0600
+  }
+}
+
+ec_logger "ec_logger" {
+  mainlog = "var/log/mainlog.ec"
+  rejectlog = "var/log/rejectlog.ec"
+  paniclog = "var/log/paniclog.ec"
+}
+"#;
+
+/// The parsed, checked configuration. Immutable; cheap to share behind an
+/// `Arc`. Two configs are equal when their effective settings are, wherever
+/// they were read from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    source: Option<PathBuf>,
+    settings: model::Settings,
+}
+
+impl PartialEq for Config {
+    fn eq(&self, other: &Config) -> bool {
+        self.settings == other.settings
+    }
+}
+
+impl Config {
+    /// Reads and checks `path` and everything it includes.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let unreadable = |reason: String| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            kind: ConfigErrorKind::Unreadable { reason },
+        };
+        let size = std::fs::metadata(path)
+            .map_err(|e| unreadable(e.to_string()))?
+            .len();
+        if size > parse::CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                kind: ConfigErrorKind::FileTooLarge {
+                    max_bytes: parse::CONFIG_FILE_BYTES_MAX,
+                },
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
+        Config::parse(&text, path)
+    }
+
+    /// Checks `text` as if read from `file`; includes are resolved against
+    /// `file`'s directory.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let tree = parse::parse_tree(text, file)?;
+        let settings = model::build(&tree)?;
+        Ok(Config {
+            source: Some(file.to_path_buf()),
+            settings,
+        })
+    }
+
+    /// `EMBEDDED_DEFAULT`, parsed.
+    pub fn embedded_default() -> Config {
+        let parsed = Config::parse(EMBEDDED_DEFAULT, Path::new("<embedded default>"));
+        // A unit test proves the embedded text parses; failing here is a
+        // build defect, not an operator error.
+        let mut config = parsed.expect("EMBEDDED_DEFAULT parses");
+        config.source = None;
+        config
+    }
+
+    /// The file this was read from; `None` for the embedded default.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    pub fn spoolbase(&self) -> &Path {
+        &self.settings.spoolbase
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.settings.hostname
+    }
+
+    /// Number of shards; 0 means one per CPU.
+    pub fn shards(&self) -> usize {
+        self.settings.shards
+    }
+
+    pub fn pidfile(&self) -> &Path {
+        &self.settings.pidfile
+    }
+
+    /// The global `relay_hosts` (listeners carry their own resolved copy).
+    pub fn relay_hosts(&self) -> &[Cidr] {
+        &self.settings.inbound.relay_hosts
+    }
+
+    /// Every `ESMTP_Listener` `Listen`, in file order, fallback applied;
+    /// disabled ones included (see `enabled`).
+    pub fn esmtp_listeners(&self) -> &[ListenerConfig] {
+        &self.settings.esmtp_listeners
+    }
+
+    pub fn control_listeners(&self) -> &[ControlListenerConfig] {
+        &self.settings.control_listeners
+    }
+
+    pub fn logs(&self) -> &LogPaths {
+        &self.settings.logs
+    }
+
+    /// The `Security` stanza, if one was written.
+    pub fn security(&self) -> Option<&Security> {
+        self.settings.security.as_ref()
+    }
+
+    /// Outbound options for mail to `domain` sent from `binding`, after
+    /// fallback. An unknown binding means the default binding; `domain`
+    /// matches case-insensitively.
+    pub fn delivery(&self, binding: &str, domain: &str) -> DeliveryOptions {
+        self.settings.delivery(binding, domain)
+    }
+
+    /// The group `binding` belongs to; the default binding's group for an
+    /// unknown binding.
+    pub fn binding_group_of(&self, binding: &str) -> &str {
+        self.settings.binding_group_of(binding)
+    }
+
+    /// Names of the configured bindings (the default binding included).
+    pub fn bindings(&self) -> impl Iterator<Item = &str> {
+        self.settings.bindings.keys().map(String::as_str)
+    }
+
+    /// The effective configuration in ecelerity.conf syntax: every global
+    /// option with its value (defaults included), then Security, listeners,
+    /// the logger, binding groups, bindings and domains as configured.
+    /// Parsing the result gives an equal `Config`.
+    pub fn dump(&self) -> String {
+        dump::dump(&self.settings, self.source.as_deref())
+    }
+}
+
+/// One `ESMTP_Listener` `Listen`, with Listen > ESMTP_Listener > global >
+/// default already applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub enabled: bool,
+    pub relay_hosts: Vec<Cidr>,
+    /// 0 = unlimited (the engine's own ceiling still applies).
+    pub max_message_size_bytes: u64,
+    /// 0 = unlimited.
+    pub max_recipients_per_message: u32,
+    pub idle_time: Duration,
+    /// 0 = unlimited.
+    pub max_receptions_per_connection: u32,
+    /// Longest DATA text line, CRLF included.
+    pub max_line_length_bytes: u32,
+}
+
+/// One `Control_Listener` `Listen` (a Unix socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlListenerConfig {
+    /// As written; relative to the daemon's working directory if relative.
+    pub path: PathBuf,
+    /// Permission bits for the socket, at most `FILE_MODE_MAX`.
+    pub file_mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPaths {
+    pub mainlog: PathBuf,
+    pub rejectlog: PathBuf,
+    pub paniclog: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxRetries {
+    /// Derive a count from `message_expiration` and the back-off.
+    Auto,
+    /// Only `message_expiration` limits retries.
+    None,
+    /// Fail after this many retries (or at expiration, if sooner).
+    Count(u32),
+}
+
+impl fmt::Display for MaxRetries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxRetries::Auto => f.write_str("auto"),
+            MaxRetries::None => f.write_str("none"),
+            MaxRetries::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A static smarthost. `host` is a name or an IP address (IPv6 without
+/// brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Outbound options for one (binding, domain), fallback applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    /// Deliver every message here instead of looking up MX records.
+    pub gateway: Option<Gateway>,
+    /// First retry delay; each later one doubles.
+    pub retry_interval: Duration,
+    /// Cap on the doubled retry delay.
+    pub max_retry_interval: Duration,
+    pub max_retries: MaxRetries,
+    /// Age at which an undelivered message fails permanently.
+    pub message_expiration: Duration,
+    /// Concurrent connections per domain.
+    pub max_outbound_connections: u32,
+    /// RCPTs per outbound transaction.
+    pub max_recipients_per_batch: u32,
+    /// How long an idle outbound connection is kept for more mail.
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ehlo_timeout: Duration,
+    pub mailfrom_timeout: Duration,
+    pub rcptto_timeout: Duration,
+    /// Wait for the reply to the DATA command.
+    pub data_timeout: Duration,
+    /// Wait for the reply after the message body.
+    pub body_timeout: Duration,
+    /// Destination port when delivering by MX (a gateway carries its own).
+    pub remote_smtp_port: u16,
+    pub ehlo_hostname: String,
+    /// Source address; `None` lets the kernel choose.
+    pub bind_address: Option<IpAddr>,
+}
+
+impl DeliveryOptions {
+    /// The built-in defaults, with `ehlo_hostname` = `hostname`.
+    pub fn builtin(hostname: &str) -> DeliveryOptions {
+        let seconds = Duration::from_secs;
+        let command_timeout = seconds(COMMAND_TIMEOUT_SECONDS_DEFAULT);
+        DeliveryOptions {
+            gateway: None,
+            retry_interval: seconds(RETRY_INTERVAL_SECONDS_DEFAULT),
+            max_retry_interval: seconds(MAX_RETRY_INTERVAL_SECONDS_DEFAULT),
+            max_retries: MaxRetries::Auto,
+            message_expiration: seconds(MESSAGE_EXPIRATION_SECONDS_DEFAULT),
+            max_outbound_connections: MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32,
+            max_recipients_per_batch: MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32,
+            idle_timeout: seconds(IDLE_TIMEOUT_SECONDS_DEFAULT),
+            connect_timeout: command_timeout,
+            ehlo_timeout: command_timeout,
+            mailfrom_timeout: command_timeout,
+            rcptto_timeout: command_timeout,
+            data_timeout: command_timeout,
+            body_timeout: seconds(BODY_TIMEOUT_SECONDS_DEFAULT),
+            remote_smtp_port: REMOTE_SMTP_PORT_DEFAULT,
+            ehlo_hostname: hostname.to_string(),
+            bind_address: None,
+        }
+    }
+
+    /// Delay before the next attempt after `attempts_so_far` attempts:
+    /// R, 2R, 4R, ... capped at `max_retry_interval` (0 attempts counts as 1).
+    pub fn retry_delay(&self, attempts_so_far: u32) -> Duration {
+        // 2^31 × any retry_interval saturates or passes the cap anyway.
+        let doublings = attempts_so_far.saturating_sub(1).min(31);
+        let factor = 1u32 << doublings;
+        self.retry_interval
+            .saturating_mul(factor)
+            .min(self.max_retry_interval)
+    }
+
+    /// Whether a message that has had `attempts_so_far` attempts (the first
+    /// one included) may not be retried again. `message_expiration` is
+    /// checked separately by the caller.
+    pub fn retries_exhausted(&self, attempts_so_far: u32) -> bool {
+        match self.max_retries {
+            MaxRetries::Count(retries) => attempts_so_far > retries,
+            MaxRetries::None => false,
+            MaxRetries::Auto => attempts_so_far > self.auto_retries(),
+        }
+    }
+
+    /// The retry count `max_retries = auto` stands for: how many back-off
+    /// delays fit, one after another, in `message_expiration`. At most
+    /// `RETRIES_MAX`.
+    pub fn auto_retries(&self) -> u32 {
+        let mut remaining = self.message_expiration;
+        let mut retries: u32 = 0;
+        // Delays double until they hit the cap (or saturate), at most ~32
+        // steps; from then on they are constant and the rest is a division.
+        loop {
+            let delay = self.retry_delay(retries + 1);
+            if delay.is_zero() {
+                return RETRIES_MAX as u32;
+            }
+            if delay > remaining {
+                return retries;
+            }
+            if self.retry_delay(retries + 2) == delay {
+                let more = remaining.as_nanos() / delay.as_nanos();
+                let total = u128::from(retries) + more;
+                return total.min(u128::from(RETRIES_MAX)) as u32;
+            }
+            remaining -= delay;
+            retries += 1;
+            if u64::from(retries) >= RETRIES_MAX {
+                return RETRIES_MAX as u32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn parse(text: &str) -> Config {
+        match Config::parse(text, Path::new("test.conf")) {
+            Ok(config) => config,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    fn error(text: &str) -> String {
+        Config::parse(text, Path::new("test.conf"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn cidrs(list: &[&str]) -> Vec<Cidr> {
+        list.iter().map(|c| c.parse().unwrap()).collect()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A fresh directory under the system temp dir for include tests.
+    fn temp_dir(tag: &str) -> PathBuf {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ecelerity-config-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Sets every option at least once, in upper, lower and mixed case,
+    /// with both comment kinds and quoted and bare values.
+    const FULL: &str = r#"
+# ecelerity.conf used by the tests
+spoolbase = "/srv/spool"
+HOSTNAME = mta1.example.net      # bare word
+Shards = 4
+pidfile = "run/ec.pid"
+relay_hosts = ( "10.0.0.0/8" 192.168.0.0/16 "::1" )
+max_message_size = 20971520
+max_recipients_per_message = 500
+idle_time = 120
+max_receptions_per_connection = 50
+max_line_length = 2000
+/* outbound, global */
+gateway = "smarthost.example.net:2525"
+retry_interval = 600
+max_retry_interval = 7200
+max_retries = 10
+message_expiration = 604800
+max_outbound_connections = 20
+max_recipients_per_batch = 50
+idle_timeout = 10
+connect_timeout = 30
+ehlo_timeout = 31
+mailfrom_timeout = 32
+rcptto_timeout = 33
+data_timeout = 34
+body_timeout = 35
+remote_smtp_port = 2526
+ehlo_hostname = "out.example.net"
+bind_address = 192.0.2.1
+
+Security {
+  user = ecuser
+  Group = "ecgroup"
+}
+
+esmtp_listener {
+  max_message_size = 1000000
+  Listen ":25" {
+    Enable = no
+  }
+  LISTEN "[::1]:2525" {
+    relay_hosts = ( "fd00::/8" )
+    max_recipients_per_message = 5
+    idle_time = 60
+    max_receptions_per_connection = 3
+    max_line_length = 1000
+    max_message_size = 0
+    enable = "on"
+  }
+}
+
+Control_Listener {
+  Listen "/var/run/ec.sock" { File_Mode = 0660 }
+  Listen "ctl.sock" { }
+}
+
+ec_logger "ec_logger" {
+  mainlog = "/logs/main.ec"
+  rejectlog = "/logs/reject.ec"
+  paniclog = "/logs/panic.ec"
+}
+
+Binding_Group "marketing" {
+  max_outbound_connections = 10
+  bind_address = "192.0.2.10"
+  domain "Example.COM" { max_outbound_connections = 2 }
+  binding "mkt1" {
+    ehlo_hostname = "mkt1.example.net"
+    bind_address = "2001:db8::11"
+    domain "example.com" { max_recipients_per_batch = 7 }
+  }
+  binding "mkt2" { }
+}
+
+binding "tx" {
+  max_retries = none
+  domain "example.org" { gateway = "[2001:db8::25]" }
+}
+
+domain "example.com" {
+  retry_interval = 60
+  max_retries = auto
+}
+"#;
+
+    #[test]
+    fn embedded_default_parses_and_has_the_documented_values() {
+        let config = Config::embedded_default();
+        assert_eq!(config.source(), None);
+        assert_eq!(config.spoolbase(), Path::new("var/spool"));
+        assert_eq!(config.pidfile(), Path::new("var/run/ecelerity.pid"));
+        assert_eq!(config.relay_hosts(), &cidrs(&["127.0.0.0/8", "::1"])[..]);
+        assert_eq!(config.shards(), 0);
+        assert_eq!(config.esmtp_listeners().len(), 1);
+        let listener = &config.esmtp_listeners()[0];
+        assert_eq!(listener.address, "127.0.0.1:2525".parse().unwrap());
+        assert!(listener.enabled);
+        assert_eq!(listener.max_line_length_bytes, 1000);
+        assert_eq!(
+            config.control_listeners(),
+            &[ControlListenerConfig {
+                path: "var/run/ecelerity.sock".into(),
+                file_mode: 0o600
+            }]
+        );
+        assert_eq!(config.logs().paniclog, Path::new("var/log/paniclog.ec"));
+        assert_eq!(config.security(), None);
+        let delivery = config.delivery("default", "example.com");
+        assert_eq!(delivery.gateway, None);
+        assert_eq!(delivery, DeliveryOptions::builtin(config.hostname()));
+    }
+
+    #[test]
+    fn a_file_without_settings_gets_the_builtin_defaults() {
+        let config = parse("# nothing\n");
+        assert_eq!(config.spoolbase(), Path::new(SPOOLBASE_DEFAULT));
+        assert_eq!(config.pidfile(), Path::new(PIDFILE_DEFAULT));
+        assert!(!config.hostname().is_empty());
+        assert_eq!(config.relay_hosts(), &cidrs(&RELAY_HOSTS_DEFAULT)[..]);
+        assert!(config.esmtp_listeners().is_empty());
+        assert!(config.control_listeners().is_empty());
+        assert_eq!(config.logs().mainlog, Path::new(MAINLOG_DEFAULT));
+        assert_eq!(config.logs().rejectlog, Path::new(REJECTLOG_DEFAULT));
+        let delivery = config.delivery("default", "x.example");
+        assert_eq!(delivery.retry_interval, secs(1200));
+        assert_eq!(delivery.max_retry_interval, secs(43_200));
+        assert_eq!(delivery.max_retries, MaxRetries::Auto);
+        assert_eq!(delivery.message_expiration, secs(86_400));
+        assert_eq!(delivery.max_outbound_connections, 32);
+        assert_eq!(delivery.max_recipients_per_batch, 100);
+        assert_eq!(delivery.idle_timeout, secs(5));
+        assert_eq!(delivery.connect_timeout, secs(300));
+        assert_eq!(delivery.data_timeout, secs(300));
+        assert_eq!(delivery.body_timeout, secs(600));
+        assert_eq!(delivery.remote_smtp_port, 25);
+        assert_eq!(delivery.ehlo_hostname, config.hostname());
+        assert_eq!(delivery.bind_address, None);
+    }
+
+    #[test]
+    fn full_example_sets_every_global_listener_logger_and_security_option() {
+        let config = parse(FULL);
+        assert_eq!(config.source(), Some(Path::new("test.conf")));
+        assert_eq!(config.spoolbase(), Path::new("/srv/spool"));
+        assert_eq!(config.hostname(), "mta1.example.net");
+        assert_eq!(config.shards(), 4);
+        assert_eq!(config.pidfile(), Path::new("run/ec.pid"));
+        assert_eq!(
+            config.relay_hosts(),
+            &cidrs(&["10.0.0.0/8", "192.168.0.0/16", "::1"])[..]
+        );
+        assert_eq!(
+            config.security(),
+            Some(&Security {
+                user: Some("ecuser".into()),
+                group: Some("ecgroup".into())
+            })
+        );
+        assert_eq!(
+            config.logs(),
+            &LogPaths {
+                mainlog: "/logs/main.ec".into(),
+                rejectlog: "/logs/reject.ec".into(),
+                paniclog: "/logs/panic.ec".into(),
+            }
+        );
+        assert_eq!(
+            config.control_listeners(),
+            &[
+                ControlListenerConfig {
+                    path: "/var/run/ec.sock".into(),
+                    file_mode: 0o660
+                },
+                ControlListenerConfig {
+                    path: "ctl.sock".into(),
+                    file_mode: 0o600
+                },
+            ]
+        );
+        let listeners = config.esmtp_listeners();
+        assert_eq!(listeners.len(), 2);
+        // Listen ":25": everything from global except the listener-level size.
+        assert_eq!(
+            listeners[0],
+            ListenerConfig {
+                address: "0.0.0.0:25".parse().unwrap(),
+                enabled: false,
+                relay_hosts: cidrs(&["10.0.0.0/8", "192.168.0.0/16", "::1"]),
+                max_message_size_bytes: 1_000_000,
+                max_recipients_per_message: 500,
+                idle_time: secs(120),
+                max_receptions_per_connection: 50,
+                max_line_length_bytes: 2000,
+            }
+        );
+        assert_eq!(
+            listeners[1],
+            ListenerConfig {
+                address: "[::1]:2525".parse().unwrap(),
+                enabled: true,
+                relay_hosts: cidrs(&["fd00::/8"]),
+                max_message_size_bytes: 0,
+                max_recipients_per_message: 5,
+                idle_time: secs(60),
+                max_receptions_per_connection: 3,
+                max_line_length_bytes: 1000,
+            }
+        );
+    }
+
+    #[test]
+    fn full_example_sets_every_outbound_option_globally() {
+        let config = parse(FULL);
+        let delivery = config.delivery("default", "elsewhere.example");
+        assert_eq!(
+            delivery,
+            DeliveryOptions {
+                gateway: Some(Gateway {
+                    host: "smarthost.example.net".into(),
+                    port: 2525
+                }),
+                retry_interval: secs(600),
+                max_retry_interval: secs(7200),
+                max_retries: MaxRetries::Count(10),
+                message_expiration: secs(604_800),
+                max_outbound_connections: 20,
+                max_recipients_per_batch: 50,
+                idle_timeout: secs(10),
+                connect_timeout: secs(30),
+                ehlo_timeout: secs(31),
+                mailfrom_timeout: secs(32),
+                rcptto_timeout: secs(33),
+                data_timeout: secs(34),
+                body_timeout: secs(35),
+                remote_smtp_port: 2526,
+                ehlo_hostname: "out.example.net".into(),
+                bind_address: Some("192.0.2.1".parse().unwrap()),
+            }
+        );
+    }
+
+    #[test]
+    fn outbound_fallback_honours_every_level_in_order() {
+        // Goal: each of Momentum's seven levels wins over the ones below it.
+        // Method: one option per level, each set at that level and every
+        // level below it, read back for the most specific key.
+        let text = r#"
+            max_outbound_connections = 1
+            domain "d.example" { max_outbound_connections = 2  retry_interval = 2 }
+            binding_group "g" {
+              max_outbound_connections = 3  retry_interval = 3  connect_timeout = 3
+              domain "d.example" {
+                max_outbound_connections = 6  retry_interval = 6  connect_timeout = 6
+                ehlo_timeout = 6  mailfrom_timeout = 6  rcptto_timeout = 6
+              }
+              binding "b" {
+                max_outbound_connections = 4  retry_interval = 4  connect_timeout = 4
+                ehlo_timeout = 4
+                domain "d.example" {
+                  max_outbound_connections = 8  retry_interval = 8  connect_timeout = 8
+                  ehlo_timeout = 8  mailfrom_timeout = 8  rcptto_timeout = 8
+                  data_timeout = 8
+                }
+              }
+            }
+        "#;
+        let config = parse(text);
+        let d = config.delivery("b", "d.example");
+        // binding_group::binding::domain
+        assert_eq!(d.max_outbound_connections, 8);
+        assert_eq!(d.data_timeout, secs(8));
+        let other = config.delivery("b", "other.example");
+        // binding beats binding_group and global.
+        assert_eq!(other.max_outbound_connections, 4);
+        assert_eq!(other.ehlo_timeout, secs(4));
+        // binding_group beats global when the binding is silent.
+        assert_eq!(other.mailfrom_timeout, secs(300));
+        let group_only = parse(
+            r#"binding_group "g" { connect_timeout = 3 binding "b" { } }
+               domain "d.example" { connect_timeout = 2 ehlo_timeout = 2 }"#,
+        );
+        let d = group_only.delivery("b", "d.example");
+        assert_eq!(
+            d.connect_timeout,
+            secs(3),
+            "binding_group beats global domain"
+        );
+        assert_eq!(d.ehlo_timeout, secs(2), "global domain beats global");
+        assert_eq!(
+            group_only.delivery("default", "d.example").connect_timeout,
+            secs(2)
+        );
+        assert_eq!(
+            group_only.delivery("default", "e.example").connect_timeout,
+            secs(300)
+        );
+
+        // binding_group::domain beats binding; binding::domain beats
+        // binding_group::domain; bg::binding::domain beats binding::domain.
+        let text = r#"
+            binding_group "default" {
+              domain "d.example" { connect_timeout = 6 ehlo_timeout = 6 data_timeout = 6 }
+              binding "b" { domain "d.example" { data_timeout = 9 } }
+            }
+            binding "b" {
+              connect_timeout = 4
+              domain "d.example" { ehlo_timeout = 7 data_timeout = 7 }
+            }
+        "#;
+        let config = parse(text);
+        let d = config.delivery("b", "D.Example");
+        assert_eq!(
+            d.connect_timeout,
+            secs(6),
+            "binding_group::domain beats binding"
+        );
+        assert_eq!(
+            d.ehlo_timeout,
+            secs(7),
+            "binding::domain beats binding_group::domain"
+        );
+        assert_eq!(
+            d.data_timeout,
+            secs(9),
+            "bg::binding::domain beats binding::domain"
+        );
+        assert_eq!(config.binding_group_of("b"), "default");
+    }
+
+    #[test]
+    fn full_example_resolves_bindings_groups_and_domains() {
+        let config = parse(FULL);
+        assert_eq!(config.binding_group_of("mkt1"), "marketing");
+        assert_eq!(config.binding_group_of("mkt2"), "marketing");
+        assert_eq!(config.binding_group_of("tx"), "default");
+        assert_eq!(config.binding_group_of("nonesuch"), "default");
+        let names: Vec<&str> = config.bindings().collect();
+        assert_eq!(names, ["default", "mkt1", "mkt2", "tx"]);
+
+        let mkt1 = config.delivery("mkt1", "EXAMPLE.com");
+        assert_eq!(mkt1.max_outbound_connections, 2, "binding_group::domain");
+        assert_eq!(mkt1.max_recipients_per_batch, 7, "bg::binding::domain");
+        assert_eq!(mkt1.retry_interval, secs(60), "global domain");
+        assert_eq!(mkt1.max_retries, MaxRetries::Auto, "global domain");
+        assert_eq!(mkt1.ehlo_hostname, "mkt1.example.net");
+        assert_eq!(mkt1.bind_address, Some("2001:db8::11".parse().unwrap()));
+        let mkt2 = config.delivery("mkt2", "other.example");
+        assert_eq!(mkt2.max_outbound_connections, 10);
+        assert_eq!(mkt2.bind_address, Some("192.0.2.10".parse().unwrap()));
+        let tx = config.delivery("tx", "example.org");
+        assert_eq!(tx.max_retries, MaxRetries::None);
+        assert_eq!(
+            tx.gateway,
+            Some(Gateway {
+                host: "2001:db8::25".into(),
+                port: 25
+            })
+        );
+        // An unknown binding is the default binding.
+        assert_eq!(
+            config.delivery("nonesuch", "x"),
+            config.delivery("default", "x")
+        );
+    }
+
+    #[test]
+    fn same_named_stanzas_merge_and_the_last_setting_wins() {
+        let config = parse(
+            r#"
+            domain "a.example" { retry_interval = 10 connect_timeout = 10 }
+            max_retries = 3
+            DOMAIN "A.EXAMPLE" { retry_interval = 20 }
+            max_retries = 4
+            ESMTP_Listener { Listen ":25" { idle_time = 5 } }
+            ESMTP_Listener { Listen "*:25" { max_recipients_per_message = 9 } idle_time = 7 }
+            "#,
+        );
+        let d = config.delivery("default", "a.example");
+        assert_eq!(d.retry_interval, secs(20));
+        assert_eq!(d.connect_timeout, secs(10));
+        assert_eq!(d.max_retries, MaxRetries::Count(4));
+        let listeners = config.esmtp_listeners();
+        assert_eq!(
+            listeners.len(),
+            1,
+            "\":25\" and \"*:25\" are the same socket"
+        );
+        assert_eq!(
+            listeners[0].idle_time,
+            secs(5),
+            "Listen beats ESMTP_Listener"
+        );
+        assert_eq!(listeners[0].max_recipients_per_message, 9);
+    }
+
+    #[test]
+    fn listener_options_fall_back_listen_listener_global_default() {
+        let config = parse(
+            r#"
+            max_message_size = 100
+            max_recipients_per_message = 100
+            ESMTP_Listener {
+              max_recipients_per_message = 200
+              max_receptions_per_connection = 200
+              Enable = false
+              Listen "127.0.0.1:1" { max_receptions_per_connection = 300 Enable = true }
+              Listen "127.0.0.1:2" { }
+            }
+            "#,
+        );
+        let [one, two] = config.esmtp_listeners() else {
+            panic!("two listeners")
+        };
+        assert_eq!(one.max_receptions_per_connection, 300);
+        assert_eq!(one.max_recipients_per_message, 200);
+        assert_eq!(one.max_message_size_bytes, 100);
+        assert_eq!(one.idle_time, secs(IDLE_TIME_SECONDS_DEFAULT));
+        assert!(one.enabled);
+        assert!(!two.enabled);
+        assert_eq!(two.max_receptions_per_connection, 200);
+    }
+
+    #[test]
+    fn comments_of_both_kinds_and_keyword_case_are_ignored() {
+        let a = parse(
+            "/* block\n comment */ MAX_RETRIES = 5 # trailing\nDomain \"X.example\" { Retry_Interval = 9 }",
+        );
+        let b = parse("max_retries = 5\ndomain X.example { retry_interval = 9 }");
+        assert_eq!(a, b);
+        assert_eq!(a.delivery("default", "x.EXAMPLE").retry_interval, secs(9));
+    }
+
+    #[test]
+    fn binding_names_are_case_sensitive() {
+        let config = parse("binding \"Mkt\" { max_retries = 1 }");
+        assert_eq!(
+            config.delivery("Mkt", "d").max_retries,
+            MaxRetries::Count(1)
+        );
+        assert_eq!(config.delivery("mkt", "d").max_retries, MaxRetries::Auto);
+    }
+
+    #[test]
+    fn quoted_and_bare_values_mean_the_same() {
+        assert_eq!(
+            parse("shards = \"2\"\nmax_retries = \"none\""),
+            parse("shards = 2\nmax_retries = none")
+        );
+    }
+
+    #[test]
+    fn dump_of_the_full_example_reparses_to_an_equal_config() {
+        let config = parse(FULL);
+        let text = config.dump();
+        let again = Config::parse(&text, Path::new("dumped.conf")).unwrap_or_else(|e| {
+            panic!("{e}\n{text}");
+        });
+        assert_eq!(config, again, "\n{text}");
+        assert_eq!(
+            again.dump().lines().skip(2).collect::<Vec<_>>(),
+            text.lines().skip(2).collect::<Vec<_>>()
+        );
+        assert!(text.contains("max_outbound_connections = 20\n"));
+        assert!(text.contains("binding_group \"marketing\" {\n"));
+    }
+
+    #[test]
+    fn dump_includes_defaults_and_round_trips_the_embedded_default() {
+        let config = Config::embedded_default();
+        let text = config.dump();
+        for option in [
+            "spoolbase",
+            "hostname",
+            "shards",
+            "retry_interval",
+            "body_timeout",
+            "idle_time",
+        ] {
+            assert!(
+                text.contains(&format!("\n{option} = ")),
+                "{option} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("# gateway is unset"));
+        assert!(text.contains("File_Mode = 0600"));
+        assert_eq!(Config::parse(&text, Path::new("d.conf")).unwrap(), config);
+    }
+
+    #[test]
+    fn dump_round_trips_nested_default_group_bindings_and_odd_strings() {
+        let config = parse(
+            r#"
+            hostname = "we\"ird\\host"
+            binding_group "default" { binding "b" { domain "d" { max_retries = 1 } } }
+            binding "b" { domain "d" { max_retries = 2 } }
+            binding_group "g" { binding "default" { } }
+            relay_hosts = ( )
+            "#,
+        );
+        assert_eq!(config.hostname(), "we\"ird\\host");
+        assert!(config.relay_hosts().is_empty());
+        let text = config.dump();
+        assert_eq!(
+            Config::parse(&text, Path::new("d.conf")).unwrap(),
+            config,
+            "\n{text}"
+        );
+    }
+
+    #[test]
+    fn config_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Config>();
+    }
+
+    // Errors: one test per class, asserting the exact text and line.
+
+    #[test]
+    fn error_unknown_option() {
+        assert_eq!(
+            error("\ndomain \"d\" {\n  max_outbond_connections = 5\n}\n"),
+            "test.conf:3: unknown option `max_outbond_connections` in domain scope"
+        );
+    }
+
+    #[test]
+    fn error_option_in_the_wrong_scope() {
+        assert_eq!(
+            error("domain \"d\" {\n spoolbase = \"/x\"\n}"),
+            "test.conf:2: option `spoolbase` is not valid in domain scope (valid in: global)"
+        );
+        assert_eq!(
+            error("domain \"d\" { bind_address = 10.0.0.1 }"),
+            "test.conf:1: option `bind_address` is not valid in domain scope \
+             (valid in: global, binding_group, binding)"
+        );
+        assert_eq!(
+            error("Enable = false"),
+            "test.conf:1: option `Enable` is not valid in global scope \
+             (valid in: ESMTP_Listener, ESMTP_Listener Listen)"
+        );
+    }
+
+    #[test]
+    fn error_wrong_type() {
+        assert_eq!(
+            error("\n\nmax_retries = sometimes"),
+            "test.conf:3: `max_retries` must be an integer, \"auto\" or \"none\", got `sometimes`"
+        );
+        assert_eq!(
+            error("max_outbound_connections = lots"),
+            "test.conf:1: `max_outbound_connections` must be an integer, got `lots`"
+        );
+        assert_eq!(
+            error("max_message_size = ( 1 2 )"),
+            "test.conf:1: `max_message_size` must be an integer, got a list"
+        );
+        assert_eq!(
+            error("ESMTP_Listener { Enable = maybe }"),
+            "test.conf:1: `Enable` must be a boolean (true/false, yes/no, on/off, 1/0), got `maybe`"
+        );
+        assert_eq!(
+            error("Control_Listener { Listen \"s\" {\n File_Mode = 0999 } }"),
+            "test.conf:2: `File_Mode` must be an octal file mode between 0000 and 7777 such as 0600, \
+             got `0999`"
+        );
+        assert_eq!(
+            error("spoolbase = \"\""),
+            "test.conf:1: `spoolbase` must be a path, got an empty string"
+        );
+    }
+
+    #[test]
+    fn error_out_of_range() {
+        assert_eq!(
+            error("shards = 300"),
+            "test.conf:1: `shards` must lie in 0..=256, got 300"
+        );
+        assert_eq!(
+            error("\nretry_interval = 0"),
+            "test.conf:2: `retry_interval` must lie in 1..=31536000 seconds, got 0"
+        );
+        assert_eq!(
+            error("max_line_length = 80"),
+            "test.conf:1: `max_line_length` must lie in 1000..=1048576 bytes, got 80"
+        );
+        assert_eq!(
+            error("remote_smtp_port = 99999999999999999999999"),
+            "test.conf:1: `remote_smtp_port` must lie in 1..=65535, got 99999999999999999999999"
+        );
+    }
+
+    #[test]
+    fn error_bad_cidr_blames_the_item_line() {
+        assert_eq!(
+            error("relay_hosts = (\n  \"10.0.0.0/8\"\n  \"10.0.0.0/33\"\n)"),
+            "test.conf:3: `relay_hosts`: `10.0.0.0/33` is not an IP address or CIDR netblock"
+        );
+    }
+
+    #[test]
+    fn error_bad_ip_and_gateway() {
+        assert_eq!(
+            error("bind_address = mail.example"),
+            "test.conf:1: `bind_address`: `mail.example` is not an IP address"
+        );
+        assert_eq!(
+            error("gateway = \"::1:25\""),
+            "test.conf:1: bad gateway `::1:25`: IPv6 addresses must be bracketed, e.g. \"[::1]:25\""
+        );
+    }
+
+    #[test]
+    fn error_bad_listen_address() {
+        assert_eq!(
+            error("ESMTP_Listener {\n  Listen \"localhost:25\" { }\n}"),
+            "test.conf:2: bad listen address `localhost:25`: the host must be an IPv4 address, `*`, \
+             or a bracketed IPv6 address"
+        );
+        assert_eq!(
+            error("ESMTP_Listener { Listen \"/tmp/smtp\" { } }"),
+            "test.conf:1: bad listen address `/tmp/smtp`: missing `:port`"
+        );
+    }
+
+    #[test]
+    fn error_tcp_control_listener() {
+        assert_eq!(
+            error("Control_Listener {\n Listen \"127.0.0.1:2025\" { }\n}"),
+            "test.conf:2: Control_Listener Listen `127.0.0.1:2025`: TCP control listeners are not \
+             supported yet; use a socket path"
+        );
+    }
+
+    #[test]
+    fn error_unterminated_string_comment_scope_and_list() {
+        assert_eq!(
+            error("a = 1\nhostname = \"mta\n"),
+            "test.conf:2: unterminated string: missing closing `\"` on this line"
+        );
+        assert_eq!(
+            error("shards = 1\n/* comment\n\n"),
+            "test.conf:2: unterminated comment: `/*` without `*/`"
+        );
+        assert_eq!(
+            error("\nbinding_group \"g\" {\n  binding \"b\" {\n  }\n"),
+            "test.conf:2: unterminated scope `binding_group \"g\"`: `{` without `}`"
+        );
+        assert_eq!(
+            error("relay_hosts = ( \"::1\"\n"),
+            "test.conf:1: unterminated list for `relay_hosts`: `(` without `)`"
+        );
+    }
+
+    #[test]
+    fn error_unexpected_token_and_missing_equals() {
+        assert_eq!(
+            error("shards = 1\n= 2"),
+            "test.conf:2: unexpected `=`, expected an option name or a scope keyword"
+        );
+        assert_eq!(
+            error("\nretry_interval 5"),
+            "test.conf:2: missing `=` after option `retry_interval` (found `5`)"
+        );
+    }
+
+    #[test]
+    fn error_unknown_scope_and_misplaced_or_misnamed_scopes() {
+        assert_eq!(
+            error("\nThreadPool \"IO\" { Concurrency = 50 }"),
+            "test.conf:2: unknown scope keyword `ThreadPool`"
+        );
+        assert_eq!(
+            error("domain \"d\" {\n binding \"b\" { }\n}"),
+            "test.conf:2: binding scope is not allowed inside domain scope"
+        );
+        assert_eq!(
+            error("Listen \":25\" { }"),
+            "test.conf:1: Listen scope is not allowed inside global scope"
+        );
+        assert_eq!(
+            error("binding { }"),
+            "test.conf:1: binding scope needs a name, e.g. `binding \"name\" { }`"
+        );
+        assert_eq!(
+            error("ESMTP_Listener \"x\" { }"),
+            "test.conf:1: ESMTP_Listener scope takes no name, got `x`"
+        );
+        assert_eq!(
+            error("binding \"a:b\" { }"),
+            "test.conf:1: bad binding name `a:b`: names may not be empty or contain spaces or colons"
+        );
+    }
+
+    #[test]
+    fn error_duplicate_singleton_conflicts() {
+        assert_eq!(
+            error("binding_group \"g1\" { binding \"b\" { } }\nbinding_group \"g2\" {\n binding \"b\" { }\n}"),
+            "test.conf:3: binding `b` is in binding_group `g1` and again in binding_group `g2`; \
+             a binding belongs to one group (a top-level binding is in `default`)"
+        );
+        assert_eq!(
+            error("binding \"b\" { }\nbinding_group \"g\" { binding \"b\" { } }"),
+            "test.conf:2: binding `b` is in binding_group `default` and again in binding_group `g`; \
+             a binding belongs to one group (a top-level binding is in `default`)"
+        );
+        assert_eq!(
+            error("ec_logger \"a\" { }\nec_logger \"b\" { }"),
+            "test.conf:2: second ec_logger instance `b`: only one (`a`) is supported"
+        );
+    }
+
+    #[test]
+    fn includes_splice_files_and_directories_relative_to_the_includer() {
+        let dir = temp_dir("ok");
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        std::fs::write(dir.join("conf.d/20-b.conf"), "max_retries = 2\n").unwrap();
+        std::fs::write(
+            dir.join("conf.d/10-a.conf"),
+            "max_retries = 1\nshards = 3\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("conf.d/.hidden"), "this is not valid\n").unwrap();
+        std::fs::create_dir_all(dir.join("conf.d/subdir")).unwrap();
+        std::fs::write(dir.join("domain-opts.conf"), "retry_interval = 77\n").unwrap();
+        let main = dir.join("ecelerity.conf");
+        std::fs::write(
+            &main,
+            "include \"conf.d\"\ndomain \"d\" { include domain-opts.conf }\n",
+        )
+        .unwrap();
+        let config = Config::load(&main).unwrap();
+        assert_eq!(config.source(), Some(main.as_path()));
+        assert_eq!(config.shards(), 3);
+        // 20-b.conf is read after 10-a.conf, so its value wins.
+        assert_eq!(
+            config.delivery("default", "x").max_retries,
+            MaxRetries::Count(2)
+        );
+        assert_eq!(config.delivery("default", "d").retry_interval, secs(77));
+        // Config::parse resolves against the given file's directory too.
+        let text = "include \"conf.d/10-a.conf\"";
+        assert_eq!(Config::parse(text, &main).unwrap().shards(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn error_in_an_included_file_names_that_file_and_line() {
+        let dir = temp_dir("bad");
+        std::fs::write(dir.join("inc.conf"), "\n\nmax_retries = x\n").unwrap();
+        let main = dir.join("main.conf");
+        std::fs::write(&main, "include \"inc.conf\"\n").unwrap();
+        let err = Config::load(&main).unwrap_err();
+        assert_eq!(err.file, dir.join("inc.conf"));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: `max_retries` must be an integer, \"auto\" or \"none\", got `x`",
+                dir.join("inc.conf:3").display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn error_include_not_found() {
+        let dir = temp_dir("missing");
+        let main = dir.join("main.conf");
+        let err = Config::parse("\ninclude \"nope.conf\"", &main).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:2: include file `nope.conf` not found (looked for {})",
+                main.display(),
+                dir.join("nope.conf").display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn error_include_cycle() {
+        let dir = temp_dir("cycle");
+        std::fs::write(dir.join("a.conf"), "shards = 1\ninclude \"b.conf\"\n").unwrap();
+        std::fs::write(dir.join("b.conf"), "\n\ninclude \"a.conf\"\n").unwrap();
+        let err = Config::load(&dir.join("a.conf")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:3: include cycle: `{}` is already being read",
+                dir.join("b.conf").display(),
+                dir.join("a.conf").display()
+            )
+        );
+        std::fs::write(dir.join("self.conf"), "include \"self.conf\"\n").unwrap();
+        let err = Config::load(&dir.join("self.conf")).unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(matches!(err.kind, ConfigErrorKind::IncludeCycle { .. }));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn error_unreadable_top_level_file() {
+        let err = Config::load(Path::new("/nonexistent/ecelerity.conf")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/ecelerity.conf:0: cannot read configuration: \
+             No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let mut d = DeliveryOptions::builtin("h");
+        d.retry_interval = secs(1200);
+        d.max_retry_interval = secs(43_200);
+        let delays: Vec<u64> = (0..9).map(|n| d.retry_delay(n).as_secs()).collect();
+        assert_eq!(
+            delays,
+            [1200, 1200, 2400, 4800, 9600, 19_200, 38_400, 43_200, 43_200]
+        );
+        assert_eq!(d.retry_delay(u32::MAX), secs(43_200));
+    }
+
+    #[test]
+    fn retries_exhausted_counts_retries_after_the_first_attempt() {
+        let mut d = DeliveryOptions::builtin("h");
+        d.max_retries = MaxRetries::Count(2);
+        assert!(!d.retries_exhausted(2));
+        assert!(d.retries_exhausted(3));
+        d.max_retries = MaxRetries::None;
+        assert!(!d.retries_exhausted(u32::MAX));
+    }
+
+    #[test]
+    fn auto_retries_fit_the_back_off_into_message_expiration() {
+        // Defaults: 1200+2400+4800+9600+19200+38400 = 75600 s fit in a day;
+        // the next (43200, capped) does not.
+        let mut d = DeliveryOptions::builtin("h");
+        assert_eq!(d.auto_retries(), 6);
+        assert!(!d.retries_exhausted(6));
+        assert!(!d.retries_exhausted(6 + 1 - 1));
+        assert!(d.retries_exhausted(7));
+        // A week: 75600 s, then (604800 - 75600) / 43200 = 12 capped delays.
+        d.message_expiration = secs(604_800);
+        assert_eq!(d.auto_retries(), 18);
+        // A tiny cap would derive millions; the count stops at RETRIES_MAX.
+        d.max_retry_interval = secs(1);
+        d.message_expiration = secs(INTERVAL_SECONDS_MAX);
+        assert_eq!(d.auto_retries(), RETRIES_MAX as u32);
+        d.retry_interval = secs(2 * 86_400);
+        d.max_retry_interval = secs(2 * 86_400);
+        d.message_expiration = secs(86_400);
+        assert_eq!(d.auto_retries(), 0);
+        assert!(d.retries_exhausted(1));
+    }
+}

@@ -1,0 +1,1467 @@
+//! From syntax tree to typed settings: which scope may hold which stanza and
+//! option, what type and range each option takes, how same-named stanzas
+//! merge, and how options fall back from specific scopes to global.
+//! Owns: the option table (`OPTIONS`), `Settings` (what `Config` wraps),
+//! listener and delivery fallback.
+//! May call: `parse` (tree types), `error`, `ecelerity_policy::Cidr`, and
+//! the file system for the default hostname only.
+//! Never: tokens or include files (that is `parse`); text output (`dump`).
+//!
+//! Fallback is resolved in two steps. At build time global values are
+//! merged onto the built-in defaults, and each listener's values onto its
+//! listener's and the global ones, so those are stored complete. Outbound
+//! options vary by (binding, domain), so each binding group, binding and
+//! domain scope stores only what it sets (`DeliveryOverrides`), and
+//! `Settings::delivery` layers them at lookup time.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ecelerity_policy::Cidr;
+
+use super::error::{ConfigError, ConfigErrorKind, Scope, ScopeSet};
+use super::parse::{FileId, Item, Keyword, Stanza, Tree, Value, Word};
+use super::*;
+
+/// What an option's value must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A non-empty path, kept as written.
+    Path,
+    /// A non-empty string.
+    Text,
+    /// A decimal integer in `min..=max`; `unit` is for messages.
+    Integer {
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
+    /// Whole seconds in `min..=max`.
+    Seconds {
+        min: u64,
+        max: u64,
+    },
+    Bool,
+    /// A list (or a single item) of IP addresses / CIDR netblocks.
+    CidrList,
+    Gateway,
+    IpAddress,
+    MaxRetries,
+    /// Octal permission bits, e.g. `0600`.
+    FileMode,
+}
+
+impl Kind {
+    /// Completes "`option` must be ...".
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Path => "a path",
+            Kind::Text => "a non-empty string",
+            Kind::Integer { .. } => "an integer",
+            Kind::Seconds { .. } => "a whole number of seconds",
+            Kind::Bool => "a boolean (true/false, yes/no, on/off, 1/0)",
+            Kind::CidrList => "a list of IP addresses or CIDR netblocks",
+            Kind::Gateway => "a single \"host:port\" or \"host\"",
+            Kind::IpAddress => "an IP address",
+            Kind::MaxRetries => "an integer, \"auto\" or \"none\"",
+            Kind::FileMode => "an octal file mode between 0000 and 7777 such as 0600",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OptionSpec {
+    /// Canonical spelling, used by `dump` and docs; lookups ignore case.
+    pub(super) name: &'static str,
+    pub(super) scopes: ScopeSet,
+    pub(super) kind: Kind,
+}
+
+const GLOBAL: ScopeSet = ScopeSet::of(&[Scope::Global]);
+const INBOUND: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::EsmtpListener, Scope::EsmtpListen]);
+const LISTENER: ScopeSet = ScopeSet::of(&[Scope::EsmtpListener, Scope::EsmtpListen]);
+const CONTROL: ScopeSet = ScopeSet::of(&[Scope::ControlListener, Scope::ControlListen]);
+const OUTBOUND: ScopeSet = ScopeSet::of(&[
+    Scope::Global,
+    Scope::BindingGroup,
+    Scope::Binding,
+    Scope::Domain,
+]);
+const BINDING_LEVEL: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::BindingGroup, Scope::Binding]);
+const LOGGER: ScopeSet = ScopeSet::of(&[Scope::EcLogger]);
+const SECURITY: ScopeSet = ScopeSet::of(&[Scope::Security]);
+
+const fn spec(name: &'static str, scopes: ScopeSet, kind: Kind) -> OptionSpec {
+    OptionSpec { name, scopes, kind }
+}
+
+const fn integer(min: u64, max: u64) -> Kind {
+    Kind::Integer { min, max, unit: "" }
+}
+
+const fn bytes(min: u64, max: u64) -> Kind {
+    Kind::Integer {
+        min,
+        max,
+        unit: " bytes",
+    }
+}
+
+const fn seconds(min: u64, max: u64) -> Kind {
+    Kind::Seconds { min, max }
+}
+
+const TIMEOUT: Kind = seconds(1, TIMEOUT_SECONDS_MAX);
+const INTERVAL: Kind = seconds(1, INTERVAL_SECONDS_MAX);
+
+/// Every option ecelerity understands (docs/configuration.md lists them
+/// with their meaning).
+pub(super) const OPTIONS: &[OptionSpec] = &[
+    spec("spoolbase", GLOBAL, Kind::Path),
+    spec("hostname", GLOBAL, Kind::Text),
+    spec("shards", GLOBAL, integer(0, SHARDS_MAX)),
+    spec("pidfile", GLOBAL, Kind::Path),
+    spec("relay_hosts", INBOUND, Kind::CidrList),
+    spec(
+        "max_message_size",
+        INBOUND,
+        bytes(0, MESSAGE_SIZE_BYTES_MAX),
+    ),
+    spec(
+        "max_recipients_per_message",
+        INBOUND,
+        integer(0, RECIPIENTS_PER_MESSAGE_MAX),
+    ),
+    spec("idle_time", INBOUND, TIMEOUT),
+    spec(
+        "max_receptions_per_connection",
+        INBOUND,
+        integer(0, RECEPTIONS_PER_CONNECTION_MAX),
+    ),
+    spec(
+        "max_line_length",
+        INBOUND,
+        bytes(LINE_LENGTH_BYTES_MIN, LINE_LENGTH_BYTES_MAX),
+    ),
+    spec("Enable", LISTENER, Kind::Bool),
+    spec("File_Mode", CONTROL, Kind::FileMode),
+    spec("mainlog", LOGGER, Kind::Path),
+    spec("rejectlog", LOGGER, Kind::Path),
+    spec("paniclog", LOGGER, Kind::Path),
+    spec("user", SECURITY, Kind::Text),
+    spec("group", SECURITY, Kind::Text),
+    spec("gateway", OUTBOUND, Kind::Gateway),
+    spec("retry_interval", OUTBOUND, INTERVAL),
+    spec("max_retry_interval", OUTBOUND, INTERVAL),
+    spec("max_retries", OUTBOUND, Kind::MaxRetries),
+    spec("message_expiration", OUTBOUND, INTERVAL),
+    spec(
+        "max_outbound_connections",
+        OUTBOUND,
+        integer(1, OUTBOUND_CONNECTIONS_MAX),
+    ),
+    spec(
+        "max_recipients_per_batch",
+        OUTBOUND,
+        integer(1, RECIPIENTS_PER_BATCH_MAX),
+    ),
+    spec("idle_timeout", OUTBOUND, seconds(0, TIMEOUT_SECONDS_MAX)),
+    spec("connect_timeout", OUTBOUND, TIMEOUT),
+    spec("ehlo_timeout", OUTBOUND, TIMEOUT),
+    spec("mailfrom_timeout", OUTBOUND, TIMEOUT),
+    spec("rcptto_timeout", OUTBOUND, TIMEOUT),
+    spec("data_timeout", OUTBOUND, TIMEOUT),
+    spec("body_timeout", OUTBOUND, TIMEOUT),
+    spec("remote_smtp_port", OUTBOUND, integer(1, u16::MAX as u64)),
+    spec("ehlo_hostname", OUTBOUND, Kind::Text),
+    spec("bind_address", BINDING_LEVEL, Kind::IpAddress),
+];
+
+pub(super) fn lookup(name: &str) -> Option<&'static OptionSpec> {
+    OPTIONS
+        .iter()
+        .find(|spec| spec.name.eq_ignore_ascii_case(name))
+}
+
+/// A checked option value. The variant is fixed by the option's `Kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Typed {
+    Path(PathBuf),
+    Text(String),
+    Integer(u64),
+    Seconds(Duration),
+    Bool(bool),
+    Cidrs(Vec<Cidr>),
+    Gateway(Gateway),
+    Ip(IpAddr),
+    MaxRetries(MaxRetries),
+    FileMode(u32),
+}
+
+fn narrow_u32(value: u64) -> u32 {
+    // Every integer option stored as u32 has a table maximum that fits
+    // (const assertions in mod.rs).
+    assert!(value <= u64::from(u32::MAX));
+    value as u32
+}
+
+/// Listener options a scope sets (global, ESMTP_Listener or Listen).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct InboundOverrides {
+    pub(super) relay_hosts: Option<Vec<Cidr>>,
+    pub(super) max_message_size_bytes: Option<u64>,
+    pub(super) max_recipients_per_message: Option<u32>,
+    pub(super) idle_time: Option<Duration>,
+    pub(super) max_receptions_per_connection: Option<u32>,
+    pub(super) max_line_length_bytes: Option<u32>,
+    pub(super) enabled: Option<bool>,
+}
+
+impl InboundOverrides {
+    /// Takes `value` if `name` is one of ours; hands it back otherwise.
+    fn set(&mut self, name: &str, value: Typed) -> Result<(), Typed> {
+        match (name, value) {
+            ("relay_hosts", Typed::Cidrs(v)) => self.relay_hosts = Some(v),
+            ("max_message_size", Typed::Integer(v)) => self.max_message_size_bytes = Some(v),
+            ("max_recipients_per_message", Typed::Integer(v)) => {
+                self.max_recipients_per_message = Some(narrow_u32(v))
+            }
+            ("idle_time", Typed::Seconds(v)) => self.idle_time = Some(v),
+            ("max_receptions_per_connection", Typed::Integer(v)) => {
+                self.max_receptions_per_connection = Some(narrow_u32(v))
+            }
+            ("max_line_length", Typed::Integer(v)) => {
+                self.max_line_length_bytes = Some(narrow_u32(v))
+            }
+            ("Enable", Typed::Bool(v)) => self.enabled = Some(v),
+            (_, value) => return Err(value),
+        }
+        Ok(())
+    }
+
+    fn apply(&self, listener: &mut ListenerConfig) {
+        if let Some(v) = &self.relay_hosts {
+            listener.relay_hosts = v.clone();
+        }
+        if let Some(v) = self.max_message_size_bytes {
+            listener.max_message_size_bytes = v;
+        }
+        if let Some(v) = self.max_recipients_per_message {
+            listener.max_recipients_per_message = v;
+        }
+        if let Some(v) = self.idle_time {
+            listener.idle_time = v;
+        }
+        if let Some(v) = self.max_receptions_per_connection {
+            listener.max_receptions_per_connection = v;
+        }
+        if let Some(v) = self.max_line_length_bytes {
+            listener.max_line_length_bytes = v;
+        }
+        if let Some(v) = self.enabled {
+            listener.enabled = v;
+        }
+    }
+}
+
+/// Outbound options a scope sets; `None` falls back to the next scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct DeliveryOverrides {
+    pub(super) gateway: Option<Gateway>,
+    pub(super) retry_interval: Option<Duration>,
+    pub(super) max_retry_interval: Option<Duration>,
+    pub(super) max_retries: Option<MaxRetries>,
+    pub(super) message_expiration: Option<Duration>,
+    pub(super) max_outbound_connections: Option<u32>,
+    pub(super) max_recipients_per_batch: Option<u32>,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) connect_timeout: Option<Duration>,
+    pub(super) ehlo_timeout: Option<Duration>,
+    pub(super) mailfrom_timeout: Option<Duration>,
+    pub(super) rcptto_timeout: Option<Duration>,
+    pub(super) data_timeout: Option<Duration>,
+    pub(super) body_timeout: Option<Duration>,
+    pub(super) remote_smtp_port: Option<u16>,
+    pub(super) ehlo_hostname: Option<String>,
+    pub(super) bind_address: Option<IpAddr>,
+}
+
+impl DeliveryOverrides {
+    /// Every option of `options` as set, for dumping a complete scope.
+    pub(super) fn complete(options: &DeliveryOptions) -> DeliveryOverrides {
+        DeliveryOverrides {
+            gateway: options.gateway.clone(),
+            retry_interval: Some(options.retry_interval),
+            max_retry_interval: Some(options.max_retry_interval),
+            max_retries: Some(options.max_retries),
+            message_expiration: Some(options.message_expiration),
+            max_outbound_connections: Some(options.max_outbound_connections),
+            max_recipients_per_batch: Some(options.max_recipients_per_batch),
+            idle_timeout: Some(options.idle_timeout),
+            connect_timeout: Some(options.connect_timeout),
+            ehlo_timeout: Some(options.ehlo_timeout),
+            mailfrom_timeout: Some(options.mailfrom_timeout),
+            rcptto_timeout: Some(options.rcptto_timeout),
+            data_timeout: Some(options.data_timeout),
+            body_timeout: Some(options.body_timeout),
+            remote_smtp_port: Some(options.remote_smtp_port),
+            ehlo_hostname: Some(options.ehlo_hostname.clone()),
+            bind_address: options.bind_address,
+        }
+    }
+
+    fn set(&mut self, name: &str, value: Typed) -> Result<(), Typed> {
+        match (name, value) {
+            ("gateway", Typed::Gateway(v)) => self.gateway = Some(v),
+            ("retry_interval", Typed::Seconds(v)) => self.retry_interval = Some(v),
+            ("max_retry_interval", Typed::Seconds(v)) => self.max_retry_interval = Some(v),
+            ("max_retries", Typed::MaxRetries(v)) => self.max_retries = Some(v),
+            ("message_expiration", Typed::Seconds(v)) => self.message_expiration = Some(v),
+            ("max_outbound_connections", Typed::Integer(v)) => {
+                self.max_outbound_connections = Some(narrow_u32(v))
+            }
+            ("max_recipients_per_batch", Typed::Integer(v)) => {
+                self.max_recipients_per_batch = Some(narrow_u32(v))
+            }
+            ("idle_timeout", Typed::Seconds(v)) => self.idle_timeout = Some(v),
+            ("connect_timeout", Typed::Seconds(v)) => self.connect_timeout = Some(v),
+            ("ehlo_timeout", Typed::Seconds(v)) => self.ehlo_timeout = Some(v),
+            ("mailfrom_timeout", Typed::Seconds(v)) => self.mailfrom_timeout = Some(v),
+            ("rcptto_timeout", Typed::Seconds(v)) => self.rcptto_timeout = Some(v),
+            ("data_timeout", Typed::Seconds(v)) => self.data_timeout = Some(v),
+            ("body_timeout", Typed::Seconds(v)) => self.body_timeout = Some(v),
+            ("remote_smtp_port", Typed::Integer(v)) => {
+                assert!(v <= u64::from(u16::MAX));
+                self.remote_smtp_port = Some(v as u16)
+            }
+            ("ehlo_hostname", Typed::Text(v)) => self.ehlo_hostname = Some(v),
+            ("bind_address", Typed::Ip(v)) => self.bind_address = Some(v),
+            (_, value) => return Err(value),
+        }
+        Ok(())
+    }
+
+    fn apply(&self, options: &mut DeliveryOptions) {
+        fn take<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *field = value.clone();
+            }
+        }
+        if let Some(gateway) = &self.gateway {
+            options.gateway = Some(gateway.clone());
+        }
+        take(&mut options.retry_interval, &self.retry_interval);
+        take(&mut options.max_retry_interval, &self.max_retry_interval);
+        take(&mut options.max_retries, &self.max_retries);
+        take(&mut options.message_expiration, &self.message_expiration);
+        take(
+            &mut options.max_outbound_connections,
+            &self.max_outbound_connections,
+        );
+        take(
+            &mut options.max_recipients_per_batch,
+            &self.max_recipients_per_batch,
+        );
+        take(&mut options.idle_timeout, &self.idle_timeout);
+        take(&mut options.connect_timeout, &self.connect_timeout);
+        take(&mut options.ehlo_timeout, &self.ehlo_timeout);
+        take(&mut options.mailfrom_timeout, &self.mailfrom_timeout);
+        take(&mut options.rcptto_timeout, &self.rcptto_timeout);
+        take(&mut options.data_timeout, &self.data_timeout);
+        take(&mut options.body_timeout, &self.body_timeout);
+        take(&mut options.remote_smtp_port, &self.remote_smtp_port);
+        take(&mut options.ehlo_hostname, &self.ehlo_hostname);
+        if let Some(address) = self.bind_address {
+            options.bind_address = Some(address);
+        }
+    }
+
+    /// The options set, in table order, for `dump`.
+    pub(super) fn entries(&self) -> Vec<(&'static str, Typed)> {
+        let mut out = Vec::new();
+        let mut push = |name: &'static str, value: Option<Typed>| {
+            if let Some(value) = value {
+                out.push((name, value));
+            }
+        };
+        push("gateway", self.gateway.clone().map(Typed::Gateway));
+        push("retry_interval", self.retry_interval.map(Typed::Seconds));
+        push(
+            "max_retry_interval",
+            self.max_retry_interval.map(Typed::Seconds),
+        );
+        push("max_retries", self.max_retries.map(Typed::MaxRetries));
+        push(
+            "message_expiration",
+            self.message_expiration.map(Typed::Seconds),
+        );
+        let integer = |v: Option<u32>| v.map(|v| Typed::Integer(u64::from(v)));
+        push(
+            "max_outbound_connections",
+            integer(self.max_outbound_connections),
+        );
+        push(
+            "max_recipients_per_batch",
+            integer(self.max_recipients_per_batch),
+        );
+        push("idle_timeout", self.idle_timeout.map(Typed::Seconds));
+        push("connect_timeout", self.connect_timeout.map(Typed::Seconds));
+        push("ehlo_timeout", self.ehlo_timeout.map(Typed::Seconds));
+        push(
+            "mailfrom_timeout",
+            self.mailfrom_timeout.map(Typed::Seconds),
+        );
+        push("rcptto_timeout", self.rcptto_timeout.map(Typed::Seconds));
+        push("data_timeout", self.data_timeout.map(Typed::Seconds));
+        push("body_timeout", self.body_timeout.map(Typed::Seconds));
+        push(
+            "remote_smtp_port",
+            self.remote_smtp_port.map(|v| Typed::Integer(u64::from(v))),
+        );
+        push("ehlo_hostname", self.ehlo_hostname.clone().map(Typed::Text));
+        push("bind_address", self.bind_address.map(Typed::Ip));
+        out
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        *self == DeliveryOverrides::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DomainScope {
+    /// The name as first written; the map key is its lowercase form.
+    pub(super) name: String,
+    pub(super) overrides: DeliveryOverrides,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct GroupScope {
+    pub(super) overrides: DeliveryOverrides,
+    /// binding_group::domain, keyed by lowercase domain.
+    pub(super) domains: BTreeMap<String, DomainScope>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BindingScope {
+    /// Always a key of `Settings::groups`.
+    pub(super) group: String,
+    pub(super) overrides: DeliveryOverrides,
+    /// binding::domain: domains inside a top-level `binding` stanza.
+    pub(super) domains: BTreeMap<String, DomainScope>,
+    /// binding_group::binding::domain: domains inside a `binding` stanza
+    /// inside its `binding_group`.
+    pub(super) group_domains: BTreeMap<String, DomainScope>,
+}
+
+impl BindingScope {
+    fn new(group: &str) -> BindingScope {
+        BindingScope {
+            group: group.to_string(),
+            overrides: DeliveryOverrides::default(),
+            domains: BTreeMap::new(),
+            group_domains: BTreeMap::new(),
+        }
+    }
+}
+
+/// Everything `Config` knows, fallback for global and listener options
+/// already applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Settings {
+    pub(super) spoolbase: PathBuf,
+    pub(super) hostname: String,
+    pub(super) shards: usize,
+    pub(super) pidfile: PathBuf,
+    /// Global listener options over the defaults. `address` is unused
+    /// (unspecified) and `enabled` is true: Enable is not a global option.
+    pub(super) inbound: ListenerConfig,
+    /// Global outbound options over the defaults.
+    pub(super) delivery: DeliveryOptions,
+    pub(super) esmtp_listeners: Vec<ListenerConfig>,
+    pub(super) control_listeners: Vec<ControlListenerConfig>,
+    pub(super) logger_name: String,
+    pub(super) logs: LogPaths,
+    pub(super) security: Option<Security>,
+    /// Global domain scopes, keyed by lowercase name.
+    pub(super) domains: BTreeMap<String, DomainScope>,
+    /// Always holds `DEFAULT_BINDING`.
+    pub(super) groups: BTreeMap<String, GroupScope>,
+    /// Always holds `DEFAULT_BINDING`.
+    pub(super) bindings: BTreeMap<String, BindingScope>,
+}
+
+impl Settings {
+    fn binding(&self, binding: &str) -> &BindingScope {
+        let found = self
+            .bindings
+            .get(binding)
+            .or_else(|| self.bindings.get(DEFAULT_BINDING));
+        found.expect("the default binding always exists")
+    }
+
+    pub(super) fn binding_group_of(&self, binding: &str) -> &str {
+        &self.binding(binding).group
+    }
+
+    pub(super) fn delivery(&self, binding: &str, domain: &str) -> DeliveryOptions {
+        let binding = self.binding(binding);
+        let group = &self.groups[&binding.group];
+        let key: Cow<str> = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(domain.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(domain)
+        };
+        let key = key.as_ref();
+        let mut options = self.delivery.clone();
+        // Least specific first, so each later layer wins.
+        let layers = [
+            self.domains.get(key).map(|d| &d.overrides),
+            Some(&group.overrides),
+            Some(&binding.overrides),
+            group.domains.get(key).map(|d| &d.overrides),
+            binding.domains.get(key).map(|d| &d.overrides),
+            binding.group_domains.get(key).map(|d| &d.overrides),
+        ];
+        for layer in layers.into_iter().flatten() {
+            layer.apply(&mut options);
+        }
+        options
+    }
+}
+
+/// The listener options every ESMTP Listen starts from.
+pub(super) fn builtin_inbound() -> ListenerConfig {
+    let relay_hosts = RELAY_HOSTS_DEFAULT
+        .iter()
+        .map(|text| text.parse::<Cidr>().expect("RELAY_HOSTS_DEFAULT parses"))
+        .collect();
+    ListenerConfig {
+        address: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        enabled: true,
+        relay_hosts,
+        max_message_size_bytes: 0,
+        max_recipients_per_message: 0,
+        idle_time: Duration::from_secs(IDLE_TIME_SECONDS_DEFAULT),
+        max_receptions_per_connection: 0,
+        max_line_length_bytes: LINE_LENGTH_BYTES_DEFAULT as u32,
+    }
+}
+
+/// The system hostname, or `HOSTNAME_FALLBACK`.
+pub(super) fn system_hostname() -> String {
+    let read = std::fs::read_to_string(HOSTNAME_PATH).unwrap_or_default();
+    let name = read.lines().next().unwrap_or("").trim();
+    if name.is_empty() {
+        HOSTNAME_FALLBACK.to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Parses a `Listen` address for SMTP: `ip:port`, `:port` or `*:port`
+/// (all IPv4 addresses), `[ipv6]:port`, `[*]:port` (all IPv6 addresses).
+/// Port 0 asks the kernel for a free port.
+pub(super) fn parse_listen_address(text: &str) -> Result<SocketAddr, &'static str> {
+    let (ip, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:").ok_or("expected `[address]:port`")?;
+        let ip = if host == "*" {
+            Ipv6Addr::UNSPECIFIED
+        } else {
+            host.parse::<Ipv6Addr>()
+                .map_err(|_| "not an IPv6 address inside the brackets")?
+        };
+        (IpAddr::V6(ip), port)
+    } else {
+        let (host, port) = text.rsplit_once(':').ok_or("missing `:port`")?;
+        if host.contains(':') {
+            return Err("IPv6 addresses must be bracketed, e.g. \"[::1]:25\"");
+        }
+        let ip = if host.is_empty() || host == "*" {
+            Ipv4Addr::UNSPECIFIED
+        } else {
+            host.parse::<Ipv4Addr>()
+                .map_err(|_| "the host must be an IPv4 address, `*`, or a bracketed IPv6 address")?
+        };
+        (IpAddr::V4(ip), port)
+    };
+    let port = parse_decimal(port)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or("the port must be a number in 0..=65535")?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Parses a `gateway`: `host:port`, `host` (port 25), `[ipv6]:port`,
+/// `[ipv6]`.
+pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
+    if text.is_empty() {
+        return Err("empty");
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err("must not contain spaces");
+    }
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or("missing `]` after the IPv6 address")?;
+        host.parse::<Ipv6Addr>()
+            .map_err(|_| "not an IPv6 address inside the brackets")?;
+        let port = match after {
+            "" => None,
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or("expected `:port` after `]`")?,
+            ),
+        };
+        (host, port)
+    } else {
+        match text.split_once(':') {
+            None => (text, None),
+            Some((_, port)) if port.contains(':') => {
+                return Err("IPv6 addresses must be bracketed, e.g. \"[::1]:25\"")
+            }
+            Some((host, port)) => (host, Some(port)),
+        }
+    };
+    if host.is_empty() {
+        return Err("missing host");
+    }
+    let port = match port {
+        None => GATEWAY_PORT_DEFAULT,
+        Some(port) => parse_decimal(port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .ok_or("the port must be a number in 1..=65535")?,
+    };
+    Ok(Gateway {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Digits only; `None` for anything else, including overflow.
+fn parse_decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+pub(super) fn parse_bool(text: &str) -> Option<bool> {
+    const TRUE: [&str; 4] = ["true", "yes", "on", "1"];
+    const FALSE: [&str; 4] = ["false", "no", "off", "0"];
+    if TRUE.iter().any(|t| t.eq_ignore_ascii_case(text)) {
+        Some(true)
+    } else if FALSE.iter().any(|f| f.eq_ignore_ascii_case(text)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Where in the scope tree the walker is.
+#[derive(Debug, Clone)]
+enum Place {
+    Global,
+    Group(String),
+    Binding { binding: String, nested: bool },
+    Domain { at: DomainAt, key: String },
+    EsmtpListener,
+    EsmtpListen(usize),
+    ControlListener,
+    ControlListen(usize),
+    EcLogger,
+    Security,
+}
+
+#[derive(Debug, Clone)]
+enum DomainAt {
+    Global,
+    Group(String),
+    /// Inside a top-level `binding` stanza.
+    Binding(String),
+    /// Inside a `binding` stanza inside a `binding_group`.
+    GroupBinding(String),
+}
+
+impl Place {
+    fn scope(&self) -> Scope {
+        match self {
+            Place::Global => Scope::Global,
+            Place::Group(_) => Scope::BindingGroup,
+            Place::Binding { .. } => Scope::Binding,
+            Place::Domain { .. } => Scope::Domain,
+            Place::EsmtpListener => Scope::EsmtpListener,
+            Place::EsmtpListen(_) => Scope::EsmtpListen,
+            Place::ControlListener => Scope::ControlListener,
+            Place::ControlListen(_) => Scope::ControlListen,
+            Place::EcLogger => Scope::EcLogger,
+            Place::Security => Scope::Security,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Logger {
+    name: String,
+    mainlog: Option<PathBuf>,
+    rejectlog: Option<PathBuf>,
+    paniclog: Option<PathBuf>,
+}
+
+/// Collects what each scope sets while walking the tree.
+struct Builder<'t> {
+    tree: &'t Tree,
+    spoolbase: Option<PathBuf>,
+    hostname: Option<String>,
+    shards: Option<u64>,
+    pidfile: Option<PathBuf>,
+    global_inbound: InboundOverrides,
+    global_delivery: DeliveryOverrides,
+    esmtp_listener: InboundOverrides,
+    /// In order of first appearance; stanzas for the same address merge.
+    listens: Vec<(SocketAddr, InboundOverrides)>,
+    control_file_mode: Option<u32>,
+    control_listens: Vec<(PathBuf, Option<u32>)>,
+    logger: Option<Logger>,
+    security: Option<Security>,
+    domains: BTreeMap<String, DomainScope>,
+    groups: BTreeMap<String, GroupScope>,
+    bindings: BTreeMap<String, BindingScope>,
+}
+
+/// Checks `tree` and builds the settings it describes.
+pub(super) fn build(tree: &Tree) -> Result<Settings, ConfigError> {
+    let mut builder = Builder {
+        tree,
+        spoolbase: None,
+        hostname: None,
+        shards: None,
+        pidfile: None,
+        global_inbound: InboundOverrides::default(),
+        global_delivery: DeliveryOverrides::default(),
+        esmtp_listener: InboundOverrides::default(),
+        listens: Vec::new(),
+        control_file_mode: None,
+        control_listens: Vec::new(),
+        logger: None,
+        security: None,
+        domains: BTreeMap::new(),
+        groups: BTreeMap::new(),
+        bindings: BTreeMap::new(),
+    };
+    builder
+        .groups
+        .insert(DEFAULT_BINDING.to_string(), GroupScope::default());
+    builder.walk(&Place::Global, &tree.items)?;
+    Ok(builder.finish())
+}
+
+impl Builder<'_> {
+    fn error(&self, file: FileId, line: u32, kind: ConfigErrorKind) -> ConfigError {
+        self.tree.error(file, line, kind)
+    }
+
+    fn walk(&mut self, place: &Place, items: &[Item]) -> Result<(), ConfigError> {
+        for item in items {
+            match item {
+                Item::Setting {
+                    file,
+                    line,
+                    name,
+                    value,
+                } => self.set(place, *file, *line, name, value)?,
+                Item::Stanza(stanza) => {
+                    let inner = self.enter(place, stanza)?;
+                    self.walk(&inner, &stanza.items)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `stanza` may appear in `parent`, creates or finds what it
+    /// names, and returns where its items go.
+    fn enter(&mut self, parent: &Place, stanza: &Stanza) -> Result<Place, ConfigError> {
+        let (file, line) = (stanza.file, stanza.line);
+        let not_allowed = || {
+            let kind = ConfigErrorKind::ScopeNotAllowedHere {
+                keyword: stanza.keyword_text.clone(),
+                parent: parent.scope(),
+            };
+            self.error(file, line, kind)
+        };
+        let scope = match (parent, stanza.keyword) {
+            (Place::Global, Keyword::BindingGroup) => Scope::BindingGroup,
+            (Place::Global | Place::Group(_), Keyword::Binding) => Scope::Binding,
+            (Place::Global | Place::Group(_) | Place::Binding { .. }, Keyword::Domain) => {
+                Scope::Domain
+            }
+            (Place::Global, Keyword::EsmtpListener) => Scope::EsmtpListener,
+            (Place::Global, Keyword::ControlListener) => Scope::ControlListener,
+            (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
+            (Place::Global, Keyword::Security) => Scope::Security,
+            (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
+            (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
+            _ => return Err(not_allowed()),
+        };
+        let named = matches!(
+            scope,
+            Scope::BindingGroup
+                | Scope::Binding
+                | Scope::Domain
+                | Scope::EsmtpListen
+                | Scope::ControlListen
+        );
+        let name = stanza.name.as_ref().map(|w| w.text.as_str());
+        let name = match (named, name) {
+            (true, None) => {
+                return Err(self.error(file, line, ConfigErrorKind::ScopeNeedsName { scope }))
+            }
+            (false, Some(name)) if scope != Scope::EcLogger => {
+                let kind = ConfigErrorKind::ScopeTakesNoName {
+                    scope,
+                    name: name.to_string(),
+                };
+                return Err(self.error(file, line, kind));
+            }
+            (_, name) => name.unwrap_or(""),
+        };
+        let bad_name = |reason: &'static str| {
+            let kind = ConfigErrorKind::BadScopeName {
+                scope,
+                name: name.to_string(),
+                reason,
+            };
+            self.error(file, line, kind)
+        };
+        match scope {
+            Scope::BindingGroup | Scope::Binding
+                if name.is_empty()
+                    || name.contains(':')
+                    || name.chars().any(char::is_whitespace) =>
+            {
+                return Err(bad_name(
+                    "names may not be empty or contain spaces or colons",
+                ));
+            }
+            Scope::Domain => {
+                if name.is_empty() || name.chars().any(char::is_whitespace) {
+                    return Err(bad_name("domain names may not be empty or contain spaces"));
+                }
+                if name.len() > 1 && name.starts_with('/') && name.ends_with('/') {
+                    return Err(bad_name(
+                        "regular-expression domain scopes are not supported yet",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        let place = match scope {
+            Scope::BindingGroup => {
+                self.groups.entry(name.to_string()).or_default();
+                Place::Group(name.to_string())
+            }
+            Scope::Binding => {
+                let (group, nested) = match parent {
+                    Place::Group(group) => (group.as_str(), true),
+                    _ => (DEFAULT_BINDING, false),
+                };
+                self.join_group(file, line, name, group)?;
+                Place::Binding {
+                    binding: name.to_string(),
+                    nested,
+                }
+            }
+            Scope::Domain => {
+                let key = name.to_ascii_lowercase();
+                let at = match parent {
+                    Place::Group(group) => DomainAt::Group(group.clone()),
+                    Place::Binding {
+                        binding,
+                        nested: false,
+                    } => DomainAt::Binding(binding.clone()),
+                    Place::Binding {
+                        binding,
+                        nested: true,
+                    } => DomainAt::GroupBinding(binding.clone()),
+                    _ => DomainAt::Global,
+                };
+                let domains = self.domain_map(&at);
+                domains.entry(key.clone()).or_insert_with(|| DomainScope {
+                    name: name.to_string(),
+                    overrides: DeliveryOverrides::default(),
+                });
+                Place::Domain { at, key }
+            }
+            Scope::EsmtpListener => Place::EsmtpListener,
+            Scope::EsmtpListen => {
+                let address = parse_listen_address(name).map_err(|reason| {
+                    let kind = ConfigErrorKind::BadListenAddress {
+                        address: name.to_string(),
+                        reason,
+                    };
+                    self.error(file, line, kind)
+                })?;
+                let index = match self.listens.iter().position(|(a, _)| *a == address) {
+                    Some(index) => index,
+                    None => {
+                        self.listens.push((address, InboundOverrides::default()));
+                        self.listens.len() - 1
+                    }
+                };
+                Place::EsmtpListen(index)
+            }
+            Scope::ControlListener => Place::ControlListener,
+            Scope::ControlListen => {
+                if name.is_empty() {
+                    let kind = ConfigErrorKind::BadListenAddress {
+                        address: String::new(),
+                        reason: "empty socket path",
+                    };
+                    return Err(self.error(file, line, kind));
+                }
+                if parse_listen_address(name).is_ok() {
+                    let kind = ConfigErrorKind::TcpControlListener {
+                        address: name.to_string(),
+                    };
+                    return Err(self.error(file, line, kind));
+                }
+                let path = PathBuf::from(name);
+                let index = match self.control_listens.iter().position(|(p, _)| *p == path) {
+                    Some(index) => index,
+                    None => {
+                        self.control_listens.push((path, None));
+                        self.control_listens.len() - 1
+                    }
+                };
+                Place::ControlListen(index)
+            }
+            Scope::EcLogger => {
+                let name = if name.is_empty() {
+                    LOGGER_NAME_DEFAULT
+                } else {
+                    name
+                };
+                match &self.logger {
+                    Some(logger) if logger.name != name => {
+                        let kind = ConfigErrorKind::SecondLogger {
+                            name: name.to_string(),
+                            first: logger.name.clone(),
+                        };
+                        return Err(self.error(file, line, kind));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.logger = Some(Logger {
+                            name: name.to_string(),
+                            ..Logger::default()
+                        })
+                    }
+                }
+                Place::EcLogger
+            }
+            Scope::Security => {
+                self.security.get_or_insert(Security {
+                    user: None,
+                    group: None,
+                });
+                Place::Security
+            }
+            Scope::Global => unreachable!("global is never entered"),
+        };
+        Ok(place)
+    }
+
+    fn join_group(
+        &mut self,
+        file: FileId,
+        line: u32,
+        binding: &str,
+        group: &str,
+    ) -> Result<(), ConfigError> {
+        match self.bindings.get(binding) {
+            Some(existing) if existing.group != group => {
+                let kind = ConfigErrorKind::BindingInTwoGroups {
+                    binding: binding.to_string(),
+                    first_group: existing.group.clone(),
+                    second_group: group.to_string(),
+                };
+                Err(self.error(file, line, kind))
+            }
+            Some(_) => Ok(()),
+            None => {
+                assert!(self.groups.contains_key(group));
+                self.bindings
+                    .insert(binding.to_string(), BindingScope::new(group));
+                Ok(())
+            }
+        }
+    }
+
+    fn domain_map(&mut self, at: &DomainAt) -> &mut BTreeMap<String, DomainScope> {
+        match at {
+            DomainAt::Global => &mut self.domains,
+            DomainAt::Group(group) => &mut self.groups.get_mut(group).expect("entered").domains,
+            DomainAt::Binding(binding) => {
+                &mut self.bindings.get_mut(binding).expect("entered").domains
+            }
+            DomainAt::GroupBinding(binding) => {
+                &mut self
+                    .bindings
+                    .get_mut(binding)
+                    .expect("entered")
+                    .group_domains
+            }
+        }
+    }
+
+    fn set(
+        &mut self,
+        place: &Place,
+        file: FileId,
+        line: u32,
+        name: &str,
+        value: &Value,
+    ) -> Result<(), ConfigError> {
+        let scope = place.scope();
+        let Some(spec) = lookup(name) else {
+            let kind = ConfigErrorKind::UnknownOption {
+                option: name.to_string(),
+                scope,
+            };
+            return Err(self.error(file, line, kind));
+        };
+        if !spec.scopes.contains(scope) {
+            let kind = ConfigErrorKind::WrongScope {
+                option: name.to_string(),
+                scope,
+                allowed: spec.scopes.describe(),
+            };
+            return Err(self.error(file, line, kind));
+        }
+        let typed = convert(spec.kind, name, value)
+            .map_err(|(l, kind)| self.error(file, l.unwrap_or(line), kind))?;
+        let key = spec.name;
+        let unclaimed = match place {
+            Place::Global => self.set_global(key, typed),
+            Place::Group(group) => self
+                .groups
+                .get_mut(group)
+                .expect("entered")
+                .overrides
+                .set(key, typed),
+            Place::Binding { binding, .. } => self
+                .bindings
+                .get_mut(binding)
+                .expect("entered")
+                .overrides
+                .set(key, typed),
+            Place::Domain { at, key: domain } => {
+                let domains = self.domain_map(at);
+                domains
+                    .get_mut(domain)
+                    .expect("entered")
+                    .overrides
+                    .set(key, typed)
+            }
+            Place::EsmtpListener => self.esmtp_listener.set(key, typed),
+            Place::EsmtpListen(index) => self.listens[*index].1.set(key, typed),
+            Place::ControlListener | Place::ControlListen(_) => match typed {
+                Typed::FileMode(mode) => {
+                    match place {
+                        Place::ControlListen(index) => self.control_listens[*index].1 = Some(mode),
+                        _ => self.control_file_mode = Some(mode),
+                    }
+                    Ok(())
+                }
+                other => Err(other),
+            },
+            Place::EcLogger => {
+                let logger = self.logger.as_mut().expect("entered");
+                let field = match key {
+                    "mainlog" => &mut logger.mainlog,
+                    "rejectlog" => &mut logger.rejectlog,
+                    _ => &mut logger.paniclog,
+                };
+                match typed {
+                    Typed::Path(path) if key.ends_with("log") => {
+                        *field = Some(path);
+                        Ok(())
+                    }
+                    other => Err(other),
+                }
+            }
+            Place::Security => {
+                let security = self.security.as_mut().expect("entered");
+                let field = match key {
+                    "user" => &mut security.user,
+                    _ => &mut security.group,
+                };
+                match typed {
+                    Typed::Text(text) if key == "user" || key == "group" => {
+                        *field = Some(text);
+                        Ok(())
+                    }
+                    other => Err(other),
+                }
+            }
+        };
+        // The option table said this scope takes this option; a setter that
+        // does not is a bug in this file.
+        assert!(unclaimed.is_ok(), "no setter for `{key}` in {scope} scope");
+        Ok(())
+    }
+
+    fn set_global(&mut self, key: &str, typed: Typed) -> Result<(), Typed> {
+        match (key, typed) {
+            ("spoolbase", Typed::Path(p)) => self.spoolbase = Some(p),
+            ("hostname", Typed::Text(t)) => self.hostname = Some(t),
+            ("shards", Typed::Integer(n)) => self.shards = Some(n),
+            ("pidfile", Typed::Path(p)) => self.pidfile = Some(p),
+            (_, typed) => {
+                let typed = match self.global_inbound.set(key, typed) {
+                    Ok(()) => return Ok(()),
+                    Err(typed) => typed,
+                };
+                return self.global_delivery.set(key, typed);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Settings {
+        if !self.bindings.contains_key(DEFAULT_BINDING) {
+            self.bindings.insert(
+                DEFAULT_BINDING.to_string(),
+                BindingScope::new(DEFAULT_BINDING),
+            );
+        }
+        let hostname = self.hostname.unwrap_or_else(system_hostname);
+        let mut delivery = DeliveryOptions::builtin(&hostname);
+        self.global_delivery.apply(&mut delivery);
+        let mut inbound = builtin_inbound();
+        self.global_inbound.apply(&mut inbound);
+        let esmtp_listeners = self
+            .listens
+            .iter()
+            .map(|(address, overrides)| {
+                let mut listener = inbound.clone();
+                listener.address = *address;
+                self.esmtp_listener.apply(&mut listener);
+                overrides.apply(&mut listener);
+                listener
+            })
+            .collect();
+        let control_listeners = self
+            .control_listens
+            .into_iter()
+            .map(|(path, mode)| ControlListenerConfig {
+                path,
+                file_mode: mode.or(self.control_file_mode).unwrap_or(FILE_MODE_DEFAULT),
+            })
+            .collect();
+        let logger = self.logger.unwrap_or_default();
+        let logger_name = if logger.name.is_empty() {
+            LOGGER_NAME_DEFAULT.to_string()
+        } else {
+            logger.name
+        };
+        let logs = LogPaths {
+            mainlog: logger.mainlog.unwrap_or_else(|| MAINLOG_DEFAULT.into()),
+            rejectlog: logger.rejectlog.unwrap_or_else(|| REJECTLOG_DEFAULT.into()),
+            paniclog: logger.paniclog.unwrap_or_else(|| PANICLOG_DEFAULT.into()),
+        };
+        let shards = self.shards.unwrap_or(0);
+        assert!(shards <= SHARDS_MAX);
+        Settings {
+            spoolbase: self.spoolbase.unwrap_or_else(|| SPOOLBASE_DEFAULT.into()),
+            hostname,
+            shards: shards as usize,
+            pidfile: self.pidfile.unwrap_or_else(|| PIDFILE_DEFAULT.into()),
+            inbound,
+            delivery,
+            esmtp_listeners,
+            control_listeners,
+            logger_name,
+            logs,
+            security: self.security,
+            domains: self.domains,
+            groups: self.groups,
+            bindings: self.bindings,
+        }
+    }
+}
+
+/// Line to blame (if not the option's own) and what is wrong.
+type ConvertError = (Option<u32>, ConfigErrorKind);
+
+/// Checks `value` against `kind`. `option` is the name as written.
+fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertError> {
+    let wrong_type = |got: String, line: u32| {
+        let kind = ConfigErrorKind::WrongType {
+            option: option.to_string(),
+            expected: kind.expected(),
+            got,
+        };
+        (Some(line), kind)
+    };
+    if kind == Kind::CidrList {
+        let items: &[Word] = match value {
+            Value::Scalar(word) => std::slice::from_ref(word),
+            Value::List(items) => items,
+        };
+        let mut cidrs = Vec::with_capacity(items.len());
+        for item in items {
+            let cidr = item.text.parse::<Cidr>().map_err(|_| {
+                let kind = ConfigErrorKind::BadCidr {
+                    option: option.to_string(),
+                    value: item.text.clone(),
+                };
+                (Some(item.line), kind)
+            })?;
+            cidrs.push(cidr);
+        }
+        return Ok(Typed::Cidrs(cidrs));
+    }
+    let word = match value {
+        Value::Scalar(word) => word,
+        Value::List(_) => return Err((None, wrong_type("a list".into(), 0).1)),
+    };
+    let (text, line) = (word.text.as_str(), word.line);
+    let got = || format!("`{text}`");
+    let out_of_range = |min: u64, max: u64, unit: &'static str| {
+        let kind = ConfigErrorKind::OutOfRange {
+            option: option.to_string(),
+            min,
+            max,
+            unit,
+            got: text.to_string(),
+        };
+        (Some(line), kind)
+    };
+    // All digits but too big for u64 is out of range, not a wrong type.
+    let integer_in = |min: u64, max: u64, unit: &'static str| -> Result<u64, ConvertError> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(wrong_type(got(), line));
+        }
+        match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(out_of_range(min, max, unit)),
+        }
+    };
+    let typed = match kind {
+        Kind::Path | Kind::Text if text.is_empty() => {
+            return Err(wrong_type("an empty string".into(), line))
+        }
+        Kind::Path => Typed::Path(PathBuf::from(text)),
+        Kind::Text => Typed::Text(text.to_string()),
+        Kind::Integer { min, max, unit } => Typed::Integer(integer_in(min, max, unit)?),
+        Kind::Seconds { min, max } => {
+            Typed::Seconds(Duration::from_secs(integer_in(min, max, " seconds")?))
+        }
+        Kind::Bool => Typed::Bool(parse_bool(text).ok_or_else(|| wrong_type(got(), line))?),
+        Kind::Gateway => {
+            let gateway = parse_gateway(text).map_err(|reason| {
+                (
+                    Some(line),
+                    ConfigErrorKind::BadGateway {
+                        value: text.to_string(),
+                        reason,
+                    },
+                )
+            })?;
+            Typed::Gateway(gateway)
+        }
+        Kind::IpAddress => {
+            let ip = text.parse::<IpAddr>().map_err(|_| {
+                let kind = ConfigErrorKind::BadIpAddress {
+                    option: option.to_string(),
+                    value: text.to_string(),
+                };
+                (Some(line), kind)
+            })?;
+            Typed::Ip(ip)
+        }
+        Kind::MaxRetries => {
+            if text.eq_ignore_ascii_case("auto") {
+                Typed::MaxRetries(MaxRetries::Auto)
+            } else if text.eq_ignore_ascii_case("none") {
+                Typed::MaxRetries(MaxRetries::None)
+            } else {
+                let count = integer_in(0, RETRIES_MAX, "")?;
+                Typed::MaxRetries(MaxRetries::Count(narrow_u32(count)))
+            }
+        }
+        Kind::FileMode => {
+            let valid = !text.is_empty() && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+            let mode = if valid {
+                u32::from_str_radix(text, 8).ok()
+            } else {
+                None
+            };
+            match mode.filter(|m| *m <= FILE_MODE_MAX) {
+                Some(mode) => Typed::FileMode(mode),
+                None => return Err(wrong_type(got(), line)),
+            }
+        }
+        Kind::CidrList => unreachable!("handled above"),
+    };
+    Ok(typed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(text: &str) -> Value {
+        Value::Scalar(Word {
+            text: text.into(),
+            quoted: false,
+            line: 1,
+        })
+    }
+
+    fn sample(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Path => "some/path",
+            Kind::Text => "text",
+            Kind::Integer { min, .. } if min > 0 => "1000",
+            Kind::Integer { .. } | Kind::Seconds { .. } => "1",
+            Kind::Bool => "yes",
+            Kind::CidrList => "10.0.0.0/8",
+            Kind::Gateway => "relay.example:2525",
+            Kind::IpAddress => "192.0.2.1",
+            Kind::MaxRetries => "auto",
+            Kind::FileMode => "0640",
+        }
+    }
+
+    #[test]
+    fn every_option_is_settable_in_every_scope_the_table_allows() {
+        // Goal: the table and the setters agree (no assert fires).
+        // Method: a config setting each option, with a sample value, in
+        // each scope the table lists for it.
+        for spec in OPTIONS {
+            for scope in Scope::ALL {
+                if !spec.scopes.contains(scope) {
+                    continue;
+                }
+                let line = format!("{} = \"{}\"", spec.name, sample(spec.kind));
+                let text = match scope {
+                    Scope::Global => line,
+                    Scope::BindingGroup => format!("binding_group g {{ {line} }}"),
+                    Scope::Binding => format!("binding b {{ {line} }}"),
+                    Scope::Domain => format!("domain d {{ {line} }}"),
+                    Scope::EsmtpListener => format!("ESMTP_Listener {{ {line} }}"),
+                    Scope::EsmtpListen => format!("ESMTP_Listener {{ Listen :25 {{ {line} }} }}"),
+                    Scope::ControlListener => format!("Control_Listener {{ {line} }}"),
+                    Scope::ControlListen => format!("Control_Listener {{ Listen s {{ {line} }} }}"),
+                    Scope::EcLogger => format!("ec_logger {{ {line} }}"),
+                    Scope::Security => format!("Security {{ {line} }}"),
+                };
+                let tree = super::super::parse::parse_tree(&text, "t".as_ref()).unwrap();
+                if let Err(error) = build(&tree) {
+                    panic!("{text}: {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn option_names_are_unique_ignoring_case() {
+        for (i, a) in OPTIONS.iter().enumerate() {
+            for b in &OPTIONS[i + 1..] {
+                assert!(!a.name.eq_ignore_ascii_case(b.name), "{}", a.name);
+            }
+        }
+    }
+
+    #[test]
+    fn listen_addresses_cover_momentums_forms() {
+        let ok = |t: &str| parse_listen_address(t).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:2525"), "127.0.0.1:2525");
+        assert_eq!(ok(":25"), "0.0.0.0:25");
+        assert_eq!(ok("*:25"), "0.0.0.0:25");
+        assert_eq!(ok("[::1]:25"), "[::1]:25");
+        assert_eq!(ok("[*]:25"), "[::]:25");
+        assert!(parse_listen_address("::1:25").is_err());
+        assert!(parse_listen_address("localhost:25").is_err());
+        assert!(parse_listen_address("1.2.3.4").is_err());
+        assert!(parse_listen_address("1.2.3.4:65536").is_err());
+        assert!(parse_listen_address("[::1]").is_err());
+        assert!(parse_listen_address("/tmp/sock").is_err());
+    }
+
+    #[test]
+    fn gateways_default_to_port_25_and_bracket_ipv6() {
+        let ok = |t: &str| parse_gateway(t).unwrap();
+        assert_eq!(
+            ok("relay.example"),
+            Gateway {
+                host: "relay.example".into(),
+                port: 25
+            }
+        );
+        assert_eq!(
+            ok("10.0.0.1:2525"),
+            Gateway {
+                host: "10.0.0.1".into(),
+                port: 2525
+            }
+        );
+        assert_eq!(
+            ok("[::1]:26"),
+            Gateway {
+                host: "::1".into(),
+                port: 26
+            }
+        );
+        assert_eq!(
+            ok("[::1]"),
+            Gateway {
+                host: "::1".into(),
+                port: 25
+            }
+        );
+        assert_eq!(ok("[::1]:26").to_string(), "[::1]:26");
+        assert_eq!(
+            parse_gateway("::1"),
+            Err("IPv6 addresses must be bracketed, e.g. \"[::1]:25\"")
+        );
+        assert!(parse_gateway("h:0").is_err());
+        assert!(parse_gateway(":25").is_err());
+        assert!(parse_gateway("[zz]:25").is_err());
+        assert!(parse_gateway("a b").is_err());
+    }
+
+    #[test]
+    fn booleans_accept_the_documented_spellings() {
+        for t in ["true", "YES", "on", "1"] {
+            assert_eq!(parse_bool(t), Some(true));
+        }
+        for t in ["false", "No", "OFF", "0"] {
+            assert_eq!(parse_bool(t), Some(false));
+        }
+        assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn convert_checks_type_and_range() {
+        let kind = integer(1, 10);
+        assert_eq!(convert(kind, "x", &scalar("10")), Ok(Typed::Integer(10)));
+        assert!(convert(kind, "x", &scalar("11")).is_err());
+        assert!(convert(kind, "x", &scalar("-1")).is_err());
+        assert!(convert(kind, "x", &scalar("99999999999999999999999")).is_err());
+        assert_eq!(
+            convert(Kind::FileMode, "m", &scalar("0660")),
+            Ok(Typed::FileMode(0o660))
+        );
+        assert!(convert(Kind::FileMode, "m", &scalar("0680")).is_err());
+        assert!(convert(Kind::FileMode, "m", &scalar("17777")).is_err());
+    }
+}

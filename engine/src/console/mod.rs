@@ -1,0 +1,364 @@
+//! The control console: Momentum's `ec_console` commands served on the
+//! Control_Listener unix socket(s) by shard 0.
+//!
+//! Owns: the console wire framing, the command table and the rendering of
+//! each answer ([`execute`] is pure: a command line and a snapshot in, text
+//! out), and the console threads. The console runs on threads of its own,
+//! not on a shard: a command reads counters every shard publishes and
+//! never waits on a shard, so it cannot hold up delivery.
+//! May call: `shard::stats`, `config`. Never: the spool, the queues.
+//!
+//! Framing: the client sends one command per line. The server answers with
+//! the reply's lines, a line that starts with `.` sent with a second `.`
+//! (as in SMTP DATA), and ends the reply with a line holding a lone `.`.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::shard::EngineStats;
+
+/// Longest command line accepted; a longer one closes the connection.
+pub const CONSOLE_LINE_BYTES_MAX: usize = 4096;
+/// An idle console connection is closed after this long (Momentum's
+/// Control_Listener `timeout`, 60 s).
+pub const CONSOLE_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Most console connections served at once.
+pub const CONSOLE_CONNECTIONS_MAX: usize = 64;
+
+/// A bound control socket.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+/// Binds every Control_Listener socket (mode as configured; a stale socket
+/// file from an earlier run is replaced, a live one is an error).
+pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
+    let mut sockets = Vec::new();
+    for c in config.control_listeners() {
+        if let Some(dir) = c.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        if c.path.exists() {
+            if UnixStream::connect(&c.path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running ecelerity", c.path.display()),
+                ));
+            }
+            std::fs::remove_file(&c.path)?;
+        }
+        let listener = UnixListener::bind(&c.path)?;
+        std::fs::set_permissions(&c.path, std::fs::Permissions::from_mode(c.file_mode))?;
+        sockets.push(ControlSocket { listener, path: c.path.clone() });
+    }
+    Ok(sockets)
+}
+
+/// Serves the console on threads of its own, apart from the shards: a
+/// console command reads the counters every shard publishes and never
+/// runs on (or waits for) a shard's event loop.
+pub fn serve(sockets: Vec<ControlSocket>, stats: Arc<EngineStats>, config: Arc<Config>, stop: Arc<AtomicBool>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    for socket in sockets {
+        let (stats, config, stop, open) = (stats.clone(), config.clone(), stop.clone(), open.clone());
+        let spawned = std::thread::Builder::new().name("console".into()).spawn(move || {
+            for stream in socket.listener.incoming() {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("console accept on {} failed: {e}", socket.path.display());
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                if !peer_is_trusted(&stream) || open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
+                    continue; // dropped: closes the connection
+                }
+                open.fetch_add(1, SeqCst);
+                let (stats, config, stop, open) = (stats.clone(), config.clone(), stop.clone(), open.clone());
+                let _ = std::thread::Builder::new().name("console-session".into()).spawn(move || {
+                    let _ = session(stream, &stats, &config, &stop);
+                    open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the console thread: {e}");
+        }
+    }
+}
+
+/// Only root and the daemon's own user may use the console (the socket's
+/// mode says the same; this holds even if the mode is widened).
+fn peer_is_trusted(stream: &UnixStream) -> bool {
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    rc == 0 && (cred.uid == 0 || cred.uid == me)
+}
+
+fn session(mut stream: UnixStream, stats: &EngineStats, config: &Config, stop: &AtomicBool) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut reader).take(CONSOLE_LINE_BYTES_MAX as u64).read_line(&mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !line.ends_with('\n') {
+            stream.write_all(&frame("Command line too long\n"))?;
+            return Ok(());
+        }
+        let snapshot = Snapshot::take(stats, config);
+        let (reply, action) = execute(line.trim(), &snapshot);
+        stream.write_all(&frame(&reply))?;
+        match action {
+            Action::None => {}
+            Action::Shutdown => {
+                tracing::info!("console: shutdown requested");
+                stop.store(true, SeqCst);
+            }
+            Action::Close => return Ok(()),
+        }
+    }
+}
+
+/// Encodes a reply for the wire (see the module comment).
+pub fn frame(reply: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(reply.len() + 8);
+    for line in reply.lines() {
+        if line.starts_with('.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b".\n");
+    out
+}
+
+/// Decodes one framed reply line; `None` marks the end of the reply.
+pub fn unframe_line(line: &str) -> Option<&str> {
+    if line == "." {
+        None
+    } else if let Some(rest) = line.strip_prefix('.') {
+        Some(rest)
+    } else {
+        Some(line)
+    }
+}
+
+/// What the server does after answering.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    None,
+    Shutdown,
+    Close,
+}
+
+/// One shard's figures at the moment a command runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardFigures {
+    pub inbound_connections: u64,
+    pub outbound_connections: u64,
+    pub received: u64,
+    pub bytes_received: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub transient_failures: u64,
+    pub rejections: u64,
+    pub active_queue: u64,
+    pub delayed_queue: u64,
+    pub live_messages: u64,
+    pub spool_segments: u64,
+}
+
+/// Everything the console commands need, read without locks.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub shards: Vec<ShardFigures>,
+    pub uptime_secs: u64,
+    pub config_source: String,
+}
+
+impl Snapshot {
+    pub fn take(stats: &EngineStats, config: &Config) -> Snapshot {
+        let shards = stats
+            .shards
+            .iter()
+            .map(|s| ShardFigures {
+                inbound_connections: s.inbound_connections.load(Relaxed),
+                outbound_connections: s.outbound_connections.load(Relaxed),
+                received: s.messages_received.load(Relaxed),
+                bytes_received: s.bytes_received.load(Relaxed),
+                delivered: s.delivered.load(Relaxed),
+                failed: s.failed.load(Relaxed),
+                transient_failures: s.transient_failures.load(Relaxed),
+                rejections: s.rejections.load(Relaxed),
+                active_queue: s.active_queue.load(Relaxed),
+                delayed_queue: s.delayed_queue.load(Relaxed),
+                live_messages: s.live_messages.load(Relaxed),
+                spool_segments: s.spool_segments.load(Relaxed),
+            })
+            .collect();
+        Snapshot {
+            shards,
+            uptime_secs: stats.started.elapsed().as_secs(),
+            config_source: config
+                .source()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(embedded default)".into()),
+        }
+    }
+
+    fn total(&self) -> ShardFigures {
+        let mut t = ShardFigures::default();
+        for s in &self.shards {
+            t.inbound_connections += s.inbound_connections;
+            t.outbound_connections += s.outbound_connections;
+            t.received += s.received;
+            t.bytes_received += s.bytes_received;
+            t.delivered += s.delivered;
+            t.failed += s.failed;
+            t.transient_failures += s.transient_failures;
+            t.rejections += s.rejections;
+            t.active_queue += s.active_queue;
+            t.delayed_queue += s.delayed_queue;
+            t.live_messages += s.live_messages;
+            t.spool_segments += s.spool_segments;
+        }
+        t
+    }
+}
+
+const HELP: &str = "\
+Commands:
+  help                 this list
+  version              the daemon's version
+  summary              Summary Statistics, in total and per shard
+  shutdown             stop gracefully: stop accepting, finish open transactions, sync the spool, exit
+  quit                 close this console session
+";
+
+/// Runs one console command against `snapshot`.
+pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => (String::new(), Action::None),
+        [w] if w.eq_ignore_ascii_case("help") => (HELP.to_string(), Action::None),
+        [w] if w.eq_ignore_ascii_case("version") => {
+            (format!("ecelerity {} (thread-per-core MTA)\n", crate::VERSION), Action::None)
+        }
+        [w] if w.eq_ignore_ascii_case("summary") => (summary(snapshot), Action::None),
+        [w] if w.eq_ignore_ascii_case("shutdown") => {
+            ("Shutdown requested: no new connections; open transactions finish, the spool syncs, then the daemon exits.\n".to_string(), Action::Shutdown)
+        }
+        [w] if w.eq_ignore_ascii_case("quit") || w.eq_ignore_ascii_case("exit") => (String::new(), Action::Close),
+        _ => (format!("Unknown command: {line}. Type 'help' for the list.\n"), Action::None),
+    }
+}
+
+/// Momentum's `summary` block ("Label: value", values right-aligned), then
+/// one row per shard.
+pub fn summary(s: &Snapshot) -> String {
+    let t = s.total();
+    let mut out = String::from("Summary Statistics\n\n");
+    let rows: [(&str, String); 14] = [
+        ("Outbound Concurrency", t.outbound_connections.to_string()),
+        ("Inbound Concurrency", t.inbound_connections.to_string()),
+        ("Active Queue Size", t.active_queue.to_string()),
+        ("Delayed Queue Size", t.delayed_queue.to_string()),
+        ("Total Queue Size", (t.active_queue + t.delayed_queue).to_string()),
+        ("Spooled Messages", t.live_messages.to_string()),
+        ("Successfully Delivered Messages", t.delivered.to_string()),
+        ("Failed Messages", t.failed.to_string()),
+        ("Transient Failures", t.transient_failures.to_string()),
+        ("Rejected Messages", t.rejections.to_string()),
+        ("Received Messages", t.received.to_string()),
+        ("Received Bytes", t.bytes_received.to_string()),
+        ("Spool Segments", t.spool_segments.to_string()),
+        ("Uptime", format!("{} seconds", s.uptime_secs)),
+    ];
+    for (label, value) in rows {
+        let _ = writeln!(out, "{:>32}: {:>14}", label, value);
+    }
+    let _ = writeln!(out, "\nPer shard:\n{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
+        "shard", "in", "out", "received", "delivered", "failed", "active", "delayed", "bytes", "segments");
+    for (i, f) in s.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
+            i, f.inbound_connections, f.outbound_connections, f.received, f.delivered, f.failed,
+            f.active_queue, f.delayed_queue, f.bytes_received, f.spool_segments
+        );
+    }
+    let _ = writeln!(out, "\nConfiguration: {}", s.config_source);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let mut a = ShardFigures::default();
+        a.received = 3;
+        a.delivered = 2;
+        let mut b = ShardFigures::default();
+        b.received = 4;
+        b.delivered = 5;
+        b.active_queue = 1;
+        Snapshot { shards: vec![a, b], uptime_secs: 7, config_source: "x.conf".into() }
+    }
+
+    #[test]
+    fn summary_totals_every_shard_in_momentum_labels() {
+        let (text, action) = execute("summary", &snapshot());
+        assert_eq!(action, Action::None);
+        let line = |label: &str| text.lines().find(|l| l.trim_start().starts_with(label)).unwrap().to_string();
+        assert!(line("Received Messages:").ends_with(" 7"));
+        assert!(line("Successfully Delivered Messages:").ends_with(" 7"));
+        assert!(line("Total Queue Size:").ends_with(" 1"));
+        assert!(line("Uptime:").ends_with("7 seconds"));
+    }
+
+    #[test]
+    fn unknown_command_is_an_error_and_keeps_the_session() {
+        let (text, action) = execute("frobnicate now", &snapshot());
+        assert!(text.starts_with("Unknown command: frobnicate now"));
+        assert_eq!(action, Action::None);
+        assert_eq!(execute("SHUTDOWN", &snapshot()).1, Action::Shutdown);
+    }
+
+    #[test]
+    fn framing_round_trips_dot_lines() {
+        let framed = String::from_utf8(frame("a\n.b\n")).unwrap();
+        assert_eq!(framed, "a\n..b\n.\n");
+        let lines: Vec<Option<&str>> = framed.lines().map(unframe_line).collect();
+        assert_eq!(lines, vec![Some("a"), Some(".b"), None]);
+    }
+}

@@ -1,0 +1,314 @@
+//! Momentum's logs: mainlog (R, D, T, P records), rejectlog and paniclog.
+//!
+//! Owns: the line formats (tested against golden lines) and the per-shard
+//! writers. Each shard formats into its own buffer and writes it with one
+//! `write(2)` per flush to a file opened with O_APPEND, so shards never take
+//! a lock and lines from different shards never interleave (an O_APPEND
+//! write to a regular file is placed atomically). The paniclog takes a lock:
+//! it is for diagnostics, never per message.
+//! May call: std, tracing. Never: the spool, the network.
+
+mod panic;
+
+pub use panic::{install_paniclog, paniclog_path};
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// A shard writes its buffer out once it holds this much, even before the
+/// periodic flush.
+pub const LOG_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// How often a shard flushes its log buffers when they hold anything.
+pub const LOG_FLUSH_INTERVAL_MS: u64 = 100;
+
+/// Which mail addresses the R line splits into local part and domain.
+fn split_address(address: &str) -> (&str, &str) {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => (local, domain),
+        None => (address, ""),
+    }
+}
+
+/// Appends `field` with Momentum's escaping: `@`, `\` and control
+/// characters are backslash-escaped so a field can never split a line.
+pub fn push_field(buf: &mut Vec<u8>, field: &str) {
+    for &b in field.as_bytes() {
+        match b {
+            b'@' | b'\\' => {
+                buf.push(b'\\');
+                buf.push(b);
+            }
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            0..=31 | 127 => {
+                let _ = write!(Fmt(buf), "\\x{b:02x}");
+            }
+            _ => buf.push(b),
+        }
+    }
+}
+
+/// `fmt::Write` into a byte buffer, so numbers format without a String.
+struct Fmt<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Fmt<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Ids every mainlog record starts with, already rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordIds<'a> {
+    pub unix_secs: u64,
+    pub message_id: &'a str,
+    pub batch_id: &'a str,
+    pub connection_id: &'a str,
+}
+
+fn head(buf: &mut Vec<u8>, ids: &RecordIds<'_>, kind: u8) {
+    let _ = write!(Fmt(buf), "{}@", ids.unix_secs);
+    buf.extend_from_slice(ids.message_id.as_bytes());
+    buf.push(b'@');
+    buf.extend_from_slice(ids.batch_id.as_bytes());
+    buf.push(b'@');
+    buf.extend_from_slice(ids.connection_id.as_bytes());
+    buf.push(b'@');
+    buf.push(kind);
+}
+
+/// Fields of a reception record: one per recipient.
+pub struct Reception<'a> {
+    pub rcpt: &'a str,
+    pub mail_from: &'a str,
+    pub peer_ip: IpAddr,
+    pub size_bytes: u64,
+    pub protocol: &'a str,
+    pub binding_group: &'a str,
+    pub binding: &'a str,
+}
+
+/// `ts@msgid@batchid@connid@R@rcpt_local@rcpt_domain@from_local@from_domain@peer_ip@size@proto@binding_group@binding`
+pub fn format_reception(buf: &mut Vec<u8>, ids: &RecordIds<'_>, r: &Reception<'_>) {
+    head(buf, ids, b'R');
+    let (rcpt_local, rcpt_domain) = split_address(r.rcpt);
+    let (from_local, from_domain) = split_address(r.mail_from);
+    for field in [rcpt_local, rcpt_domain, from_local, from_domain] {
+        buf.push(b'@');
+        push_field(buf, field);
+    }
+    let _ = write!(Fmt(buf), "@{}@{}@", r.peer_ip, r.size_bytes);
+    push_field(buf, r.protocol);
+    buf.push(b'@');
+    push_field(buf, r.binding_group);
+    buf.push(b'@');
+    push_field(buf, r.binding);
+    buf.push(b'\n');
+}
+
+/// Fields shared by delivery, transient and permanent failure records.
+pub struct Attempt<'a> {
+    pub domain: &'a str,
+    /// D: message size; T/P: bytes sent on this attempt (0: no connection).
+    pub bytes: u64,
+    pub binding_group: &'a str,
+    pub binding: &'a str,
+    /// Momentum's connection stage code (T and P only).
+    pub stage: u8,
+    /// Attempts before this one (0 for the first).
+    pub retries: u32,
+    pub secs_since_reception: f64,
+    /// The remote host's address, or empty when none was reached.
+    pub remote_ip: &'a str,
+    /// The remote reply or our reason (T and P only).
+    pub error: &'a str,
+}
+
+/// `D: ts@msgid@batchid@connid@D@dest_domain@size@binding_group@binding@retries@secs@remote_ip`
+pub fn format_delivery(buf: &mut Vec<u8>, ids: &RecordIds<'_>, a: &Attempt<'_>) {
+    head(buf, ids, b'D');
+    buf.push(b'@');
+    push_field(buf, a.domain);
+    let _ = write!(Fmt(buf), "@{}@", a.bytes);
+    push_field(buf, a.binding_group);
+    buf.push(b'@');
+    push_field(buf, a.binding);
+    let _ = write!(Fmt(buf), "@{}@{:.3}@", a.retries, a.secs_since_reception);
+    push_field(buf, a.remote_ip);
+    buf.push(b'\n');
+}
+
+/// `T|P: ts@msgid@batchid@connid@T@dest_domain@bytes_sent@binding_group@binding@stage@retries@secs@remote_ip@error`
+pub fn format_failure(buf: &mut Vec<u8>, ids: &RecordIds<'_>, permanent: bool, a: &Attempt<'_>) {
+    head(buf, ids, if permanent { b'P' } else { b'T' });
+    buf.push(b'@');
+    push_field(buf, a.domain);
+    let _ = write!(Fmt(buf), "@{}@", a.bytes);
+    push_field(buf, a.binding_group);
+    buf.push(b'@');
+    push_field(buf, a.binding);
+    let _ = write!(Fmt(buf), "@{}@{}@{:.3}@", a.stage, a.retries, a.secs_since_reception);
+    push_field(buf, a.remote_ip);
+    buf.push(b'@');
+    push_field(buf, a.error);
+    buf.push(b'\n');
+}
+
+/// Fields of a rejectlog line.
+pub struct Rejection<'a> {
+    pub remote: &'a str,
+    pub local: &'a str,
+    pub connection_id: &'a str,
+    pub phase: &'a str,
+    pub code: u16,
+    pub ehlo: &'a str,
+    pub mail_from: &'a str,
+    pub text: &'a str,
+}
+
+/// `<ts>: R="ip:port" L="ip:port" C="connid" PATH="" PATH_GRP="" P="phase" E=550 M=esmtp CTXCONN=[ehlo_domain=..] CTXMESS=[mailfrom_string=..] text`
+pub fn format_rejection(buf: &mut Vec<u8>, unix_secs: u64, r: &Rejection<'_>) {
+    let _ = write!(
+        Fmt(buf),
+        "{unix_secs}: R=\"{}\" L=\"{}\" C=\"{}\" PATH=\"\" PATH_GRP=\"\" P=\"{}\" E={} M=esmtp CTXCONN=[ehlo_domain=\"",
+        r.remote, r.local, r.connection_id, r.phase, r.code
+    );
+    push_field(buf, r.ehlo);
+    buf.extend_from_slice(b"\"] CTXMESS=[mailfrom_string=\"");
+    push_field(buf, r.mail_from);
+    buf.extend_from_slice(b"\"] ");
+    push_field(buf, r.text);
+    buf.push(b'\n');
+}
+
+/// Opens a log file for appending, creating it and its folder.
+pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    OpenOptions::new().create(true).append(true).mode(mode).open(path)
+}
+
+/// A shard's mainlog and rejectlog: buffers it formats into, written out by
+/// [`ShardLogs::flush`] (called every [`LOG_FLUSH_INTERVAL_MS`] and when a
+/// buffer passes [`LOG_BUFFER_BYTES_MAX`]).
+pub struct ShardLogs {
+    mainlog: File,
+    rejectlog: File,
+    main: RefCell<Vec<u8>>,
+    reject: RefCell<Vec<u8>>,
+}
+
+impl ShardLogs {
+    pub fn open(mainlog: &Path, rejectlog: &Path) -> io::Result<ShardLogs> {
+        Ok(ShardLogs {
+            mainlog: open_append(mainlog, 0o644)?,
+            rejectlog: open_append(rejectlog, 0o644)?,
+            main: RefCell::new(Vec::with_capacity(LOG_BUFFER_BYTES_MAX)),
+            reject: RefCell::new(Vec::with_capacity(4096)),
+        })
+    }
+
+    /// Formats one mainlog record with `f`; flushes if the buffer is full.
+    pub fn mainlog(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        let full = {
+            let mut buf = self.main.borrow_mut();
+            f(&mut buf);
+            buf.len() >= LOG_BUFFER_BYTES_MAX
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    pub fn rejectlog(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.reject.borrow_mut());
+    }
+
+    /// Writes both buffers out, one write each. A failed write is reported
+    /// to the paniclog and the lines are dropped: logs never hold up mail.
+    pub fn flush(&self) {
+        for (buf, mut file, name) in
+            [(&self.main, &self.mainlog, "mainlog"), (&self.reject, &self.rejectlog, "rejectlog")]
+        {
+            let mut buf = buf.borrow_mut();
+            if buf.is_empty() {
+                continue;
+            }
+            if let Err(e) = file.write_all(&buf) {
+                tracing::error!("cannot write the {name}: {e}; {} bytes of log lines dropped", buf.len());
+            }
+            buf.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> RecordIds<'static> {
+        RecordIds {
+            unix_secs: 1700000000,
+            message_id: "00/00-01234-0A1B2C3D",
+            batch_id: "00/00-01234-0A1B2C3D",
+            connection_id: "00/00-01234-0A1B2C3F",
+        }
+    }
+
+    #[test]
+    fn reception_line_matches_momentum_layout() {
+        let mut buf = Vec::new();
+        let r = Reception {
+            rcpt: "bob@example.com",
+            mail_from: "news@example.net",
+            peer_ip: "10.0.0.5".parse().unwrap(),
+            size_bytes: 2048,
+            protocol: "esmtp",
+            binding_group: "default",
+            binding: "default",
+        };
+        format_reception(&mut buf, &ids(), &r);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "1700000000@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3F@R@bob@example.com@news@example.net@10.0.0.5@2048@esmtp@default@default\n"
+        );
+    }
+
+    #[test]
+    fn delivery_and_failure_lines_match_momentum_layout() {
+        let a = Attempt {
+            domain: "example.com",
+            bytes: 2048,
+            binding_group: "default",
+            binding: "default",
+            stage: 5,
+            retries: 1,
+            secs_since_reception: 3.12,
+            remote_ip: "192.0.2.25",
+            error: "550 5.1.1 no such user",
+        };
+        let mut buf = Vec::new();
+        format_delivery(&mut buf, &ids(), &a);
+        format_failure(&mut buf, &ids(), true, &a);
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "1700000000@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3F@D@example.com@2048@default@default@1@3.120@192.0.2.25");
+        assert_eq!(lines[1], "1700000000@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3F@P@example.com@2048@default@default@5@1@3.120@192.0.2.25@550 5.1.1 no such user");
+    }
+
+    #[test]
+    fn fields_cannot_split_a_line_or_a_record() {
+        let mut buf = Vec::new();
+        push_field(&mut buf, "a@b\nc\\d\x01");
+        assert_eq!(buf, b"a\\@b\\nc\\\\d\\x01");
+    }
+}

@@ -1,0 +1,235 @@
+//! What the engine stores in the spool's opaque fields: the envelope of a
+//! message and the notes that record per-recipient progress.
+//!
+//! Owns: a small versioned binary codec for [`SpooledEnvelope`] and [`Note`].
+//! Spool records are hostile input on the way back in (a disk can lie): the
+//! decoder checks every length against a named limit and never panics.
+//! May call: std only. Never: I/O.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Format version of an encoded envelope; bump on any layout change.
+const ENVELOPE_VERSION: u8 = 1;
+/// Longest address stored (RFC 5321 allows 256 for a path).
+pub const ADDRESS_BYTES_MAX: usize = 1024;
+/// Most recipients one spooled message may carry.
+pub const RECIPIENTS_MAX: usize = 100_000;
+
+/// The envelope of one received message, as spooled beside its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledEnvelope {
+    pub received_unix_ms: u64,
+    pub peer_ip: IpAddr,
+    /// Inbound connection id, for the logs.
+    pub connection_id: u64,
+    pub body_8bitmime: bool,
+    /// Reverse path without angle brackets; empty for the null sender.
+    pub mail_from: String,
+    /// Forward paths, in the order the client gave them. A recipient is
+    /// named by its index in this list everywhere else.
+    pub rcpts: Vec<String>,
+}
+
+/// Progress of some recipients of a spooled message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// These recipients reached a final outcome (delivered or failed).
+    Done { rcpts: Vec<u32> },
+    /// These recipients failed transiently `attempts` times and wait until
+    /// `next_attempt_unix_ms`.
+    Retry { rcpts: Vec<u32>, attempts: u32, next_attempt_unix_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record ends early")]
+    Truncated,
+    #[error("unknown record version {0}")]
+    Version(u8),
+    #[error("field too long or too many items")]
+    Limit,
+    #[error("bad field value")]
+    Value,
+}
+
+impl SpooledEnvelope {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        assert!(self.rcpts.len() <= RECIPIENTS_MAX);
+        out.push(ENVELOPE_VERSION);
+        out.extend_from_slice(&self.received_unix_ms.to_le_bytes());
+        match self.peer_ip {
+            IpAddr::V4(a) => {
+                out.push(4);
+                out.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                out.push(6);
+                out.extend_from_slice(&a.octets());
+            }
+        }
+        out.extend_from_slice(&self.connection_id.to_le_bytes());
+        out.push(self.body_8bitmime as u8);
+        put_str(out, &self.mail_from);
+        out.extend_from_slice(&(self.rcpts.len() as u32).to_le_bytes());
+        for rcpt in &self.rcpts {
+            put_str(out, rcpt);
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SpooledEnvelope, RecordError> {
+        let mut r = Reader { bytes };
+        let version = r.u8()?;
+        if version != ENVELOPE_VERSION {
+            return Err(RecordError::Version(version));
+        }
+        let received_unix_ms = r.u64()?;
+        let peer_ip = match r.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4)?).unwrap())),
+            6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(r.take(16)?).unwrap())),
+            _ => return Err(RecordError::Value),
+        };
+        let connection_id = r.u64()?;
+        let body_8bitmime = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(RecordError::Value),
+        };
+        let mail_from = r.str()?;
+        let count = r.u32()? as usize;
+        if count > RECIPIENTS_MAX {
+            return Err(RecordError::Limit);
+        }
+        let mut rcpts = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            rcpts.push(r.str()?);
+        }
+        if !r.bytes.is_empty() {
+            return Err(RecordError::Value);
+        }
+        Ok(SpooledEnvelope { received_unix_ms, peer_ip, connection_id, body_8bitmime, mail_from, rcpts })
+    }
+}
+
+impl Note {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let (kind, rcpts, attempts, next) = match self {
+            Note::Done { rcpts } => (1u8, rcpts, 0, 0),
+            Note::Retry { rcpts, attempts, next_attempt_unix_ms } => {
+                (2u8, rcpts, *attempts, *next_attempt_unix_ms)
+            }
+        };
+        assert!(rcpts.len() <= RECIPIENTS_MAX);
+        out.push(kind);
+        out.extend_from_slice(&attempts.to_le_bytes());
+        out.extend_from_slice(&next.to_le_bytes());
+        out.extend_from_slice(&(rcpts.len() as u32).to_le_bytes());
+        for index in rcpts {
+            out.extend_from_slice(&index.to_le_bytes());
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Note, RecordError> {
+        let mut r = Reader { bytes };
+        let kind = r.u8()?;
+        let attempts = r.u32()?;
+        let next_attempt_unix_ms = r.u64()?;
+        let count = r.u32()? as usize;
+        if count > RECIPIENTS_MAX {
+            return Err(RecordError::Limit);
+        }
+        let mut rcpts = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            rcpts.push(r.u32()?);
+        }
+        if !r.bytes.is_empty() {
+            return Err(RecordError::Value);
+        }
+        match kind {
+            1 => Ok(Note::Done { rcpts }),
+            2 => Ok(Note::Retry { rcpts, attempts, next_attempt_unix_ms }),
+            _ => Err(RecordError::Value),
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    assert!(s.len() <= ADDRESS_BYTES_MAX, "addresses are bounded by the SMTP session");
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.bytes.len() < n {
+            return Err(RecordError::Truncated);
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn str(&mut self) -> Result<String, RecordError> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().unwrap()) as usize;
+        if len > ADDRESS_BYTES_MAX {
+            return Err(RecordError::Limit);
+        }
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| RecordError::Value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SpooledEnvelope {
+        SpooledEnvelope {
+            received_unix_ms: 1_700_000_000_123,
+            peer_ip: "127.0.0.1".parse().unwrap(),
+            connection_id: 42,
+            body_8bitmime: true,
+            mail_from: "news@example.net".into(),
+            rcpts: vec!["a@example.com".into(), "b@example.org".into()],
+        }
+    }
+
+    #[test]
+    fn envelope_and_notes_round_trip() {
+        let mut buf = Vec::new();
+        sample().encode(&mut buf);
+        assert_eq!(SpooledEnvelope::decode(&buf).unwrap(), sample());
+        for note in [
+            Note::Done { rcpts: vec![0, 1] },
+            Note::Retry { rcpts: vec![1], attempts: 3, next_attempt_unix_ms: 99 },
+        ] {
+            let mut buf = Vec::new();
+            note.encode(&mut buf);
+            assert_eq!(Note::decode(&buf).unwrap(), note);
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_decodes_or_errors_without_panic() {
+        let mut buf = Vec::new();
+        sample().encode(&mut buf);
+        for len in 0..buf.len() {
+            assert!(SpooledEnvelope::decode(&buf[..len]).is_err());
+        }
+        for bit in 0..buf.len() * 8 {
+            let mut flipped = buf.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let _ = SpooledEnvelope::decode(&flipped);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! SMTP, as pure protocol code: bytes in, replies and events out. Nothing
+//! here opens a socket or reads a clock; `shard` (inbound) and `delivery`
+//! (outbound) do the I/O and make no protocol decisions.
+//!
+//! * [`command`]: the command-line parser (verbs, paths, ESMTP parameters).
+//! * [`server`]: the inbound session state machine (RFC 5321, PIPELINING,
+//!   DATA transparency, limits, smuggling defence).
+//! * [`reply`]: the incremental reply parser used by the client.
+//! * [`client`]: the outbound session state machine and DATA encoding.
+
+pub mod client;
+pub mod command;
+pub mod reply;
+pub mod server;

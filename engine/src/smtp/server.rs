@@ -1,0 +1,2187 @@
+//! The inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME and
+//! ENHANCEDSTATUSCODES) as a pure state machine: bytes in, reply bytes and
+//! [`Event`]s out. It never does I/O, reads no clock and starts no thread;
+//! a shard's connection task drives it:
+//!
+//! ```text
+//! session.start();
+//! loop {
+//!     write session.take_output() to the socket;
+//!     handle session.next_event() (Message: spool it, then spooled(outcome));
+//!     if session.is_closed() { flush, close; break }
+//!     if session.wants_input() { read at most input_capacity() bytes; input() }
+//! }
+//! ```
+//!
+//! Owns: the per-connection protocol state (greeting, transaction, DATA
+//! transparency), the command-line and body buffers with their limits,
+//! error counting, the order of replies under PIPELINING, and the
+//! `Received:` header text ([`received_header`]).
+//! May call: [`super::command`] (parsing), the reception phases of
+//! `ecelerity_policy::Policy` (connect, EHLO, MAIL, RCPT).
+//! Never: sockets, the spool, clocks, other shards, logging. Relay
+//! decisions are the policy's, not ours.
+//!
+//! Smuggling defence: only `<CR><LF>.<CR><LF>` ends DATA, and a bare LF or
+//! bare CR anywhere in DATA closes the session with `521` (Postfix's
+//! `smtpd_forbid_bare_newline`), so no framing a downstream server might
+//! read differently ever reaches the spool.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use ecelerity_policy::{Connection, Policy, Rejection, Verdict};
+
+use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
+
+/// Shortest command line any configuration may set, CRLF included
+/// (RFC 5321 section 4.5.3.1.4).
+pub const COMMAND_LINE_BYTES_MIN: usize = 512;
+/// Default command-line limit, CRLF included: RFC 5321's 512 plus room for
+/// ESMTP parameters.
+pub const COMMAND_LINE_BYTES_DEFAULT: usize = 1000;
+/// Default DATA line limit, CRLF included (RFC 5322: 998 + CRLF).
+pub const TEXT_LINE_BYTES_DEFAULT: usize = 1000;
+/// What `message_bytes_max = 0` ("unlimited", Momentum's default) means.
+/// The body is held in memory until it is spooled, so the ceiling bounds
+/// the memory one connection can pin.
+pub const MESSAGE_BYTES_CEILING: u64 = 256 * 1024 * 1024;
+/// What `recipients_max = 0` ("unlimited") means.
+pub const RECIPIENTS_CEILING: u32 = 10_000;
+/// Bad commands tolerated before `421 4.7.0` (Postfix's
+/// `smtpd_hard_error_limit` is 20; overload guidance says fewer).
+pub const ERRORS_DEFAULT: u32 = 10;
+/// Pipelined input held while a message waits for the spool.
+pub const INPUT_BUFFER_BYTES_DEFAULT: usize = 64 * 1024;
+/// Most body capacity reserved up front from a `SIZE=` declaration; a
+/// client could lie, so the rest grows as bytes arrive.
+pub const BODY_RESERVE_BYTES_MAX: usize = 1024 * 1024;
+/// A body buffer larger than this is dropped after its message rather than
+/// kept for the next one, so one big message does not pin memory for the
+/// life of the connection.
+pub const BODY_RETAINED_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Per-session limits, named after the Momentum listener options they carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Longest command line, CRLF included; at least
+    /// COMMAND_LINE_BYTES_MIN. A longer line gets `500 5.5.2 Line too long`
+    /// and is discarded up to its LF without being buffered.
+    pub command_line_bytes_max: usize,
+    /// Longest DATA line as transmitted (stuffing dot and CRLF included).
+    /// A longer line makes the message fail after end of data.
+    pub text_line_bytes_max: usize,
+    /// `max_message_size` in bytes of unstuffed body; 0 means
+    /// MESSAGE_BYTES_CEILING, as does anything above it.
+    pub message_bytes_max: u64,
+    /// `max_recipients_per_message`; 0 means RECIPIENTS_CEILING.
+    pub recipients_max: u32,
+    /// Bad commands tolerated; the one that reaches this count is
+    /// answered, then `421 4.7.0` closes the session. At least 1.
+    pub errors_max: u32,
+    /// `max_receptions_per_connection`; 0 = unlimited. Once this many
+    /// messages were received, MAIL gets `421 4.7.0` and the session closes.
+    pub receptions_per_connection_max: u32,
+    /// Pipelined input held while a message waits for the spool; at this
+    /// level `wants_input()` turns false. At least 1.
+    pub input_buffer_bytes_max: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            command_line_bytes_max: COMMAND_LINE_BYTES_DEFAULT,
+            text_line_bytes_max: TEXT_LINE_BYTES_DEFAULT,
+            message_bytes_max: 0,
+            recipients_max: 0,
+            errors_max: ERRORS_DEFAULT,
+            receptions_per_connection_max: 0,
+            input_buffer_bytes_max: INPUT_BUFFER_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// What a session is told at accept.
+#[derive(Debug, Clone)]
+pub struct ServerParams {
+    /// Our name in the banner, replies and Received headers.
+    pub hostname: String,
+    pub peer_ip: IpAddr,
+    pub limits: ServerLimits,
+    /// Our version, for the banner and Received headers.
+    pub version: &'static str,
+}
+
+/// One received message, handed over with [`Event::Message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The EHLO/HELO argument in force when the message was received.
+    pub helo: String,
+    /// True when the client greeted with EHLO.
+    pub esmtp: bool,
+    /// Reverse path without angle brackets; empty for the null sender.
+    pub mail_from: String,
+    /// Accepted forward paths, in order, without angle brackets; the bare
+    /// reserved mailbox is `postmaster` (no domain: it means this host).
+    pub rcpts: Vec<String>,
+    /// The client declared `BODY=8BITMIME`.
+    pub body_8bitmime: bool,
+    /// The message as received: CRLF line endings, dot-unstuffed, final
+    /// CRLF kept, without the terminating `.<CR><LF>` and without a
+    /// Received header.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message reached end of data. Spool it, then call
+    /// [`ServerSession::spooled`]; the session reads no further commands
+    /// until then.
+    Message(Envelope),
+    /// The session is over: write the pending output, then close.
+    Close,
+}
+
+/// What became of the last [`Event::Message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolOutcome {
+    /// Durably spooled: `250 2.0.0 Ok: queued as <id>`.
+    Queued { queue_id: String },
+    /// `451 4.3.0`: the client should retry.
+    TemporaryFailure,
+    /// `452 4.3.1 Insufficient system storage`.
+    StorageFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading command lines.
+    Command,
+    /// Reading the body after `354`.
+    Data,
+    /// A message was handed over; input is held until `spooled()`.
+    AwaitingSpool,
+    Closed,
+}
+
+/// Where the DATA scanner stands within the current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataLine {
+    /// At the first byte of a line.
+    Start,
+    /// The line began with a dot, which was dropped (RFC 5321 4.5.2).
+    Dot,
+    /// The line is `.<CR>` so far: LF ends the data.
+    DotCr,
+    /// Inside a line.
+    Middle,
+    /// A CR was seen; only LF may follow.
+    Cr,
+}
+
+/// Why a message that is still being read will be refused at end of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataRefusal {
+    /// Over message_bytes_max: `552 5.3.4`, the reply RFC 1870 and
+    /// RFC 5321 section 4.5.3.1.10 name for too much mail data.
+    TooBig,
+    /// A line over text_line_bytes_max. RFC 5321 section 4.3.2 lists the
+    /// replies allowed after end of data (250, 451, 452, 552, 554, 450,
+    /// 550); `500 Line too long` is not among them, so this is
+    /// `554 5.6.0` (transaction failed, media error, RFC 3463).
+    LineTooLong,
+    /// A NUL byte: not text (RFC 5321 section 2.3.8). It cannot change
+    /// where data ends, so unlike a bare CR or LF it is no smuggling risk:
+    /// read to end of data and refuse the message with `554 5.6.0`, the
+    /// session stays open.
+    Nul,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DataState {
+    line: DataLine,
+    /// Bytes of the current line as transmitted, CRLF included.
+    line_bytes: usize,
+    /// The first reason to refuse this message, if any. Once set, the body
+    /// buffer is empty and stays empty.
+    refusal: Option<DataRefusal>,
+}
+
+impl DataState {
+    const FRESH: DataState = DataState {
+        line: DataLine::Start,
+        line_bytes: 0,
+        refusal: None,
+    };
+}
+
+/// A close asked for while a message awaited the spool. It is carried out
+/// right after the spool outcome is answered, so the client still learns
+/// whether its message was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeferredClose {
+    Shutdown,
+    Timeout,
+    InputOverflow,
+}
+
+/// One inbound SMTP session. See the module comment for the driving loop.
+pub struct ServerSession {
+    params: ServerParams,
+    policy: Rc<dyn Policy>,
+    /// What the policy sees. `ehlo_domain` is the accepted EHLO/HELO
+    /// argument, empty until one was accepted.
+    connection: Connection,
+    /// message_bytes_max resolved against MESSAGE_BYTES_CEILING.
+    message_bytes_limit: u64,
+    /// recipients_max resolved against RECIPIENTS_CEILING.
+    recipients_limit: u32,
+    phase: Phase,
+    started: bool,
+    /// The accepted greeting was EHLO.
+    esmtp: bool,
+    /// A MAIL command was accepted and the transaction is open.
+    has_mail: bool,
+    /// Reverse path of the open transaction; empty when none or `<>`.
+    mail_from: String,
+    /// Accepted recipients; at most recipients_limit.
+    rcpts: Vec<String>,
+    /// Some RCPT was tried in this transaction (decides 503 against 554
+    /// at DATA).
+    rcpt_attempted: bool,
+    body_8bitmime: bool,
+    size_declared: Option<u64>,
+    /// The partial command line, LF not yet seen. Always shorter than
+    /// command_line_bytes_max; capacity set at accept and reused.
+    line: Vec<u8>,
+    /// The current command line is over the limit: drop bytes up to LF.
+    discarding_line: bool,
+    data: DataState,
+    /// The body being received; never longer than message_bytes_limit.
+    body: Vec<u8>,
+    /// Input that arrived while awaiting the spool, not yet processed.
+    /// Non-empty only in Phase::AwaitingSpool; never longer than
+    /// input_buffer_bytes_max.
+    pending: Vec<u8>,
+    /// Reply bytes not yet taken by the caller.
+    output: Vec<u8>,
+    /// At most a Message and a Close.
+    events: VecDeque<Event>,
+    /// Bad commands so far; reaching errors_max closes the session.
+    errors: u32,
+    messages_received: u32,
+    deferred_close: Option<DeferredClose>,
+}
+
+impl ServerSession {
+    /// A session for an accepted connection. Limits come from a validated
+    /// configuration, so impossible ones are programmer errors.
+    pub fn new(params: ServerParams, policy: Rc<dyn Policy>) -> Self {
+        let limits = &params.limits;
+        assert!(limits.command_line_bytes_max >= COMMAND_LINE_BYTES_MIN);
+        assert!(
+            limits.text_line_bytes_max >= 3,
+            "a text line holds at least .CRLF"
+        );
+        assert!(limits.errors_max >= 1);
+        assert!(limits.input_buffer_bytes_max >= 1);
+        assert!(!params.hostname.is_empty());
+        let message_bytes_limit = match limits.message_bytes_max {
+            0 => MESSAGE_BYTES_CEILING,
+            n => n.min(MESSAGE_BYTES_CEILING),
+        };
+        let recipients_limit = match limits.recipients_max {
+            0 => RECIPIENTS_CEILING,
+            n => n.min(RECIPIENTS_CEILING),
+        };
+        let line = Vec::with_capacity(limits.command_line_bytes_max);
+        let connection = Connection {
+            peer_ip: params.peer_ip,
+            ehlo_domain: String::new(),
+        };
+        ServerSession {
+            params,
+            policy,
+            connection,
+            message_bytes_limit,
+            recipients_limit,
+            phase: Phase::Command,
+            started: false,
+            esmtp: false,
+            has_mail: false,
+            mail_from: String::new(),
+            rcpts: Vec::new(),
+            rcpt_attempted: false,
+            body_8bitmime: false,
+            size_declared: None,
+            line,
+            discarding_line: false,
+            data: DataState::FRESH,
+            body: Vec::new(),
+            pending: Vec::new(),
+            output: Vec::with_capacity(512),
+            events: VecDeque::with_capacity(2),
+            errors: 0,
+            messages_received: 0,
+            deferred_close: None,
+        }
+    }
+
+    /// Queue the banner, or refuse the connection if the connect phase of
+    /// the policy says so: a 5xx becomes `554` and a 4xx `421`, and the
+    /// session closes (RFC 5321 section 3.1 would let us wait for QUIT; we
+    /// close at once, as the lead design asks, to spend nothing on a peer
+    /// we refuse).
+    pub fn start(&mut self) {
+        assert!(!self.started, "start() is called once");
+        self.started = true;
+        match self.policy.validate_connect(&self.connection) {
+            Verdict::Continue => {
+                let host = &self.params.hostname;
+                let version = self.params.version;
+                let _ = write!(self.output, "220 {host} ESMTP ecelerity {version}\r\n");
+            }
+            Verdict::Reject(rejection) => {
+                let code = if rejection.code < 500 { 421 } else { 554 };
+                let host = self.params.hostname.clone();
+                self.reply_rejection(code, &rejection, format_args!("{host}"));
+                self.close();
+            }
+        }
+    }
+
+    /// Feed bytes as they arrive, in any split. Processes as far as it can;
+    /// input that arrives while a message awaits the spool is held (at most
+    /// `input_capacity()` bytes may be passed; more closes the session with
+    /// `421 4.7.0` once the message is answered). Input after close is
+    /// ignored.
+    pub fn input(&mut self, bytes: &[u8]) {
+        assert!(self.started, "start() comes before input()");
+        if self.phase == Phase::Closed || bytes.is_empty() {
+            return;
+        }
+        if self.phase == Phase::AwaitingSpool {
+            self.hold(bytes);
+            return;
+        }
+        assert!(self.pending.is_empty());
+        let consumed = self.process(bytes);
+        if consumed < bytes.len() && self.phase == Phase::AwaitingSpool {
+            self.hold(&bytes[consumed..]);
+        }
+        self.check_invariants();
+    }
+
+    /// Append pending reply bytes to `into` and forget them.
+    pub fn take_output(&mut self, into: &mut Vec<u8>) {
+        into.extend_from_slice(&self.output);
+        self.output.clear();
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Answer the last [`Event::Message`], then carry out a deferred close
+    /// or go on with the held pipelined input.
+    pub fn spooled(&mut self, outcome: SpoolOutcome) {
+        assert_eq!(
+            self.phase,
+            Phase::AwaitingSpool,
+            "spooled() answers an Event::Message"
+        );
+        match outcome {
+            SpoolOutcome::Queued { queue_id } => {
+                assert!(!queue_id.is_empty() && queue_id.bytes().all(|b| b.is_ascii_graphic()));
+                self.reply(250, "2.0.0", format_args!("Ok: queued as {queue_id}"));
+            }
+            SpoolOutcome::TemporaryFailure => {
+                self.reply(451, "4.3.0", format_args!("Error: queue file write error"));
+            }
+            SpoolOutcome::StorageFull => {
+                self.reply(452, "4.3.1", format_args!("Insufficient system storage"));
+            }
+        }
+        self.phase = Phase::Command;
+        if let Some(deferred) = self.deferred_close.take() {
+            match deferred {
+                DeferredClose::Shutdown => self.reply_shutdown(),
+                DeferredClose::Timeout => self.reply_timeout(),
+                DeferredClose::InputOverflow => {
+                    let host = self.params.hostname.clone();
+                    self.reply(
+                        421,
+                        "4.7.0",
+                        format_args!("{host} Error: too much pipelined input"),
+                    );
+                }
+            }
+            self.close();
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let consumed = self.process(&pending);
+        if self.phase == Phase::AwaitingSpool {
+            pending.drain(..consumed);
+        } else {
+            pending.clear();
+        }
+        self.pending = pending;
+        self.check_invariants();
+    }
+
+    /// The caller's idle timer fired: `421 4.4.2` and close. The timer
+    /// should not run while a message awaits the spool; if it fires anyway,
+    /// the close waits for `spooled()` like [`ServerSession::shutdown`].
+    pub fn idle_timeout(&mut self) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::AwaitingSpool => {
+                self.deferred_close.get_or_insert(DeferredClose::Timeout);
+            }
+            Phase::Command | Phase::Data => {
+                self.reply_timeout();
+                self.close();
+            }
+        }
+    }
+
+    /// The shard is stopping: `421 4.3.2` and close. If a message awaits
+    /// the spool, the session stops taking input (`wants_input()` turns
+    /// false) and the 421 follows the spool outcome in `spooled()`, so a
+    /// client never loses the answer for a message we may have taken. A
+    /// message still being read (DATA) is abandoned: the client saw no
+    /// 250 and will send it again.
+    pub fn shutdown(&mut self) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::AwaitingSpool => {
+                self.deferred_close.get_or_insert(DeferredClose::Shutdown);
+            }
+            Phase::Command | Phase::Data => {
+                self.reply_shutdown();
+                self.close();
+            }
+        }
+    }
+
+    /// True after QUIT, a 421, a 521 or a refused connect: write the
+    /// output, then close the socket.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn awaiting_spool(&self) -> bool {
+        self.phase == Phase::AwaitingSpool
+    }
+
+    /// The caller should read from the socket.
+    pub fn wants_input(&self) -> bool {
+        self.input_capacity() > 0
+    }
+
+    /// Most bytes the next `input()` may carry. Unlimited input is
+    /// processed as it comes, but whatever follows an end of data is held,
+    /// so the caller reads at most this much per call.
+    pub fn input_capacity(&self) -> usize {
+        if self.phase == Phase::Closed || self.deferred_close.is_some() {
+            return 0;
+        }
+        self.params
+            .limits
+            .input_buffer_bytes_max
+            .saturating_sub(self.pending.len())
+    }
+
+    /// Input bytes held by the session (held pipelined input and the
+    /// partial command line). Never above input_buffer_bytes_max +
+    /// command_line_bytes_max. Body bytes are bounded separately by the
+    /// message size limit.
+    pub fn buffered_bytes(&self) -> usize {
+        self.pending.len() + self.line.len()
+    }
+
+    /// Messages handed over with Event::Message in this session.
+    pub fn messages_received(&self) -> u32 {
+        self.messages_received
+    }
+
+    pub fn peer_ip(&self) -> IpAddr {
+        self.params.peer_ip
+    }
+
+    /// The accepted EHLO/HELO argument, empty before one.
+    pub fn helo(&self) -> &str {
+        &self.connection.ehlo_domain
+    }
+
+    pub fn params(&self) -> &ServerParams {
+        &self.params
+    }
+
+    /// Give a spooled message's body back so its buffer is reused for the
+    /// next message (optional; saves an allocation per message).
+    pub fn recycle_body(&mut self, mut body: Vec<u8>) {
+        if self.body.capacity() == 0 && body.capacity() <= BODY_RETAINED_BYTES_MAX {
+            body.clear();
+            self.body = body;
+        }
+    }
+
+    /// The Received header for `envelope`, received by this session.
+    /// Where the session stands, in the words of Momentum's rejectlog
+    /// `P="..."` field.
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Data => "data",
+            Phase::AwaitingSpool => "spool",
+            Phase::Closed => "closed",
+            Phase::Command if self.connection.ehlo_domain.is_empty() => "awaiting ehlo",
+            Phase::Command if !self.has_mail => "awaiting mailfrom",
+            Phase::Command if self.rcpts.is_empty() => "awaiting rcptto",
+            Phase::Command => "awaiting data",
+        }
+    }
+
+    /// The reverse path of the open transaction ("" when none or `<>`).
+    pub fn mail_from(&self) -> &str {
+        &self.mail_from
+    }
+
+    pub fn received_header(&self, envelope: &Envelope, queue_id: &str, unix_secs: i64) -> String {
+        received_header(&ReceivedFields {
+            helo: &envelope.helo,
+            peer_ip: self.params.peer_ip,
+            hostname: &self.params.hostname,
+            version: self.params.version,
+            esmtp: envelope.esmtp,
+            queue_id,
+            recipient: match envelope.rcpts.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            },
+            unix_secs,
+        })
+    }
+
+    fn check_invariants(&self) {
+        let limits = &self.params.limits;
+        assert!(self.line.len() < limits.command_line_bytes_max);
+        assert!(self.pending.len() <= limits.input_buffer_bytes_max);
+        assert!(self.pending.is_empty() || self.phase == Phase::AwaitingSpool);
+        assert!(self.body.len() as u64 <= self.message_bytes_limit);
+        assert!(self.rcpts.len() <= self.recipients_limit as usize);
+        assert!(self.events.len() <= 2);
+    }
+
+    /// Keep input that arrived while awaiting the spool.
+    fn hold(&mut self, bytes: &[u8]) {
+        if self.deferred_close.is_some() {
+            return;
+        }
+        if self.pending.len() + bytes.len() > self.params.limits.input_buffer_bytes_max {
+            // The caller passed more than input_capacity(). Dropping bytes
+            // would desynchronise the stream, so answer the message, then
+            // close.
+            self.deferred_close = Some(DeferredClose::InputOverflow);
+            return;
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// Run the state machine over `bytes` until they are used up, a
+    /// message awaits the spool, or the session closed. Returns the number
+    /// of bytes consumed.
+    fn process(&mut self, bytes: &[u8]) -> usize {
+        let mut at = 0;
+        while at < bytes.len() {
+            let consumed = match self.phase {
+                Phase::Command => self.command_bytes(&bytes[at..]),
+                Phase::Data => self.data_bytes(&bytes[at..]),
+                Phase::AwaitingSpool | Phase::Closed => break,
+            };
+            assert!(consumed > 0 && consumed <= bytes.len() - at);
+            at += consumed;
+        }
+        at
+    }
+
+    /// Consume up to one command line's worth of `rest` (through its LF)
+    /// and execute the line if it is complete.
+    fn command_bytes(&mut self, rest: &[u8]) -> usize {
+        let line_max = self.params.limits.command_line_bytes_max;
+        match rest.iter().position(|&b| b == b'\n') {
+            None => {
+                // The LF is still to come, so the line would reach
+                // line_len + rest + 1 bytes.
+                if !self.discarding_line {
+                    if self.line.len() + rest.len() >= line_max {
+                        self.discarding_line = true;
+                        self.line.clear();
+                    } else {
+                        self.line.extend_from_slice(rest);
+                    }
+                }
+                rest.len()
+            }
+            Some(lf) => {
+                if self.discarding_line || self.line.len() + lf + 1 > line_max {
+                    self.discarding_line = false;
+                    self.line.clear();
+                    self.reply(500, "5.5.2", format_args!("Error: line too long"));
+                    self.count_error();
+                } else {
+                    self.line.extend_from_slice(&rest[..lf]);
+                    self.execute_line();
+                }
+                lf + 1
+            }
+        }
+    }
+
+    fn execute_line(&mut self) {
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        match parse_command(&line) {
+            Ok(command) => self.execute(command),
+            Err(error) => self.command_error(error),
+        }
+        line.clear();
+        self.line = line;
+    }
+
+    fn execute(&mut self, command: Command<'_>) {
+        match command {
+            Command::Ehlo { domain } => self.greet(domain, true),
+            Command::Helo { domain } => self.greet(domain, false),
+            Command::Mail {
+                reverse_path,
+                params,
+            } => self.mail(reverse_path, params),
+            Command::Rcpt { forward_path } => self.rcpt(forward_path, false),
+            Command::RcptPostmaster => self.rcpt("postmaster", true),
+            Command::Data => self.data(),
+            Command::Rset => {
+                self.reset_transaction();
+                self.reply(250, "2.0.0", format_args!("Ok"));
+            }
+            Command::Noop => self.reply(250, "2.0.0", format_args!("Ok")),
+            Command::Quit => {
+                self.reply(221, "2.0.0", format_args!("Bye"));
+                self.close();
+            }
+            // RFC 5321 section 3.5.3: 252 when we will not verify. RFC 3463
+            // has no X.5.2 meaning for success, so 2.0.0 (as Postfix).
+            Command::Vrfy => self.reply(
+                252,
+                "2.0.0",
+                format_args!("Cannot VRFY user, but will accept message and attempt delivery"),
+            ),
+            Command::Help => self.reply(
+                214,
+                "2.0.0",
+                format_args!("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
+            ),
+            Command::NotImplemented => {
+                self.reply(502, "5.5.1", format_args!("Error: command not implemented"));
+                self.count_error();
+            }
+        }
+    }
+
+    fn greet(&mut self, domain: &str, esmtp: bool) {
+        if let Verdict::Reject(rejection) = self.policy.validate_ehlo(&self.connection, domain) {
+            self.reply_rejection(rejection.code, &rejection, format_args!("<{domain}>:"));
+            return;
+        }
+        // RFC 5321 section 4.1.4: a new greeting resets the transaction.
+        self.reset_transaction();
+        self.esmtp = esmtp;
+        self.connection.ehlo_domain.clear();
+        self.connection.ehlo_domain.push_str(domain);
+        let host = &self.params.hostname;
+        // RFC 2034 section 3: no enhanced codes on the EHLO/HELO reply.
+        if esmtp {
+            let ip = self.params.peer_ip;
+            let size = self.message_bytes_limit;
+            let _ = write!(
+                self.output,
+                "250-{host} says EHLO to {ip}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n\
+                 250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+            );
+        } else {
+            let _ = write!(self.output, "250 {host}\r\n");
+        }
+    }
+
+    fn mail(&mut self, reverse_path: &str, params: MailParams) {
+        if self.connection.ehlo_domain.is_empty() {
+            self.reply(503, "5.5.1", format_args!("Error: send HELO/EHLO first"));
+            self.count_error();
+            return;
+        }
+        if self.has_mail {
+            self.reply(503, "5.5.1", format_args!("Error: nested MAIL command"));
+            self.count_error();
+            return;
+        }
+        let receptions_max = self.params.limits.receptions_per_connection_max;
+        if receptions_max != 0 && self.messages_received >= receptions_max {
+            let host = self.params.hostname.clone();
+            self.reply(
+                421,
+                "4.7.0",
+                format_args!("{host} Error: too many messages in one session"),
+            );
+            self.close();
+            return;
+        }
+        if params
+            .size_bytes
+            .is_some_and(|size| size > self.message_bytes_limit)
+        {
+            self.reply(
+                552,
+                "5.3.4",
+                format_args!("Message size exceeds fixed maximum message size"),
+            );
+            return;
+        }
+        if let Verdict::Reject(rejection) = self
+            .policy
+            .validate_mailfrom(&self.connection, reverse_path)
+        {
+            self.reply_rejection(
+                rejection.code,
+                &rejection,
+                format_args!("<{reverse_path}>:"),
+            );
+            return;
+        }
+        self.has_mail = true;
+        self.mail_from.clear();
+        self.mail_from.push_str(reverse_path);
+        self.body_8bitmime = params.body == Some(BodyType::EightBitMime);
+        self.size_declared = params.size_bytes;
+        self.reply(250, "2.1.0", format_args!("Ok"));
+    }
+
+    /// `postmaster` is the bare reserved mailbox, which RFC 5321 section
+    /// 4.5.1 says every server accepts; it skips the relay policy.
+    fn rcpt(&mut self, forward_path: &str, postmaster: bool) {
+        if !self.has_mail {
+            self.reply(503, "5.5.1", format_args!("Error: need MAIL command"));
+            self.count_error();
+            return;
+        }
+        self.rcpt_attempted = true;
+        if self.rcpts.len() >= self.recipients_limit as usize {
+            self.reply(452, "4.5.3", format_args!("Error: too many recipients"));
+            return;
+        }
+        if !postmaster {
+            if let Verdict::Reject(rejection) =
+                self.policy.validate_rcptto(&self.connection, forward_path)
+            {
+                self.reply_rejection(
+                    rejection.code,
+                    &rejection,
+                    format_args!("<{forward_path}>:"),
+                );
+                return;
+            }
+        }
+        self.rcpts.push(forward_path.to_owned());
+        self.reply(250, "2.1.5", format_args!("Ok"));
+    }
+
+    fn data(&mut self) {
+        if !self.has_mail {
+            self.reply(503, "5.5.1", format_args!("Error: need MAIL command"));
+            self.count_error();
+            return;
+        }
+        if self.rcpts.is_empty() {
+            if self.rcpt_attempted {
+                self.reply(554, "5.5.1", format_args!("Error: no valid recipients"));
+            } else {
+                self.reply(503, "5.5.1", format_args!("Error: need RCPT command"));
+            }
+            self.count_error();
+            return;
+        }
+        self.reply(354, "", format_args!("End data with <CR><LF>.<CR><LF>"));
+        self.phase = Phase::Data;
+        self.data = DataState::FRESH;
+        self.body.clear();
+        if let Some(size) = self.size_declared {
+            let reserve = size.min(BODY_RESERVE_BYTES_MAX as u64) as usize;
+            self.body.reserve(reserve);
+        }
+    }
+
+    /// Consume DATA bytes from `rest` until they are used up, end of data,
+    /// or a close.
+    fn data_bytes(&mut self, rest: &[u8]) -> usize {
+        let mut at = 0;
+        while at < rest.len() {
+            let byte = rest[at];
+            match self.data.line {
+                DataLine::Start => {
+                    if byte == b'.' {
+                        self.data.line = DataLine::Dot;
+                        self.count_line_bytes(1);
+                        at += 1;
+                    } else {
+                        self.data.line = DataLine::Middle;
+                    }
+                }
+                DataLine::Dot => {
+                    if byte == b'\r' {
+                        self.data.line = DataLine::DotCr;
+                        self.count_line_bytes(1);
+                        at += 1;
+                    } else {
+                        // The stuffing dot stays dropped.
+                        self.data.line = DataLine::Middle;
+                    }
+                }
+                DataLine::DotCr => {
+                    if byte == b'\n' {
+                        self.end_of_data();
+                        return at + 1;
+                    }
+                    self.refuse_bare("CR");
+                    return rest.len();
+                }
+                DataLine::Middle => {
+                    let run = rest[at..]
+                        .iter()
+                        .position(|&b| b == b'\r' || b == b'\n' || b == 0)
+                        .unwrap_or(rest.len() - at);
+                    if run > 0 {
+                        self.count_line_bytes(run);
+                        self.body_append(&rest[at..at + run]);
+                        at += run;
+                        continue;
+                    }
+                    match byte {
+                        b'\r' => self.data.line = DataLine::Cr,
+                        b'\n' => {
+                            self.refuse_bare("LF");
+                            return rest.len();
+                        }
+                        _ => {
+                            assert_eq!(byte, 0);
+                            self.refuse_data(DataRefusal::Nul);
+                        }
+                    }
+                    self.count_line_bytes(1);
+                    at += 1;
+                }
+                DataLine::Cr => {
+                    if byte != b'\n' {
+                        self.refuse_bare("CR");
+                        return rest.len();
+                    }
+                    self.count_line_bytes(1);
+                    self.body_append(b"\r\n");
+                    self.data.line = DataLine::Start;
+                    self.data.line_bytes = 0;
+                    at += 1;
+                }
+            }
+        }
+        at
+    }
+
+    fn count_line_bytes(&mut self, bytes: usize) {
+        self.data.line_bytes = self.data.line_bytes.saturating_add(bytes);
+        if self.data.line_bytes > self.params.limits.text_line_bytes_max {
+            self.refuse_data(DataRefusal::LineTooLong);
+        }
+    }
+
+    fn body_append(&mut self, bytes: &[u8]) {
+        if self.data.refusal.is_some() {
+            return;
+        }
+        if (self.body.len() + bytes.len()) as u64 > self.message_bytes_limit {
+            self.refuse_data(DataRefusal::TooBig);
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// Remember the first reason to refuse the message and stop buffering
+    /// its body.
+    fn refuse_data(&mut self, refusal: DataRefusal) {
+        if self.data.refusal.is_none() {
+            self.data.refusal = Some(refusal);
+            self.body.clear();
+        }
+    }
+
+    /// A bare CR or LF in DATA: close at once, so nothing after it is read
+    /// as a command or a second message.
+    fn refuse_bare(&mut self, what: &str) {
+        let host = self.params.hostname.clone();
+        self.reply(
+            521,
+            "5.5.2",
+            format_args!("{host} Error: bare <{what}> received"),
+        );
+        self.reset_transaction();
+        self.close();
+    }
+
+    fn end_of_data(&mut self) {
+        match self.data.refusal {
+            Some(DataRefusal::TooBig) => {
+                self.reply(
+                    552,
+                    "5.3.4",
+                    format_args!("Message size exceeds fixed maximum message size"),
+                );
+            }
+            Some(DataRefusal::LineTooLong) => {
+                let max = self.params.limits.text_line_bytes_max;
+                self.reply(
+                    554,
+                    "5.6.0",
+                    format_args!("Error: message line longer than {max} bytes"),
+                );
+            }
+            Some(DataRefusal::Nul) => {
+                self.reply(
+                    554,
+                    "5.6.0",
+                    format_args!("Error: message contains NUL characters"),
+                );
+            }
+            None => {
+                let envelope = Envelope {
+                    helo: self.connection.ehlo_domain.clone(),
+                    esmtp: self.esmtp,
+                    mail_from: std::mem::take(&mut self.mail_from),
+                    rcpts: std::mem::take(&mut self.rcpts),
+                    body_8bitmime: self.body_8bitmime,
+                    body: std::mem::take(&mut self.body),
+                };
+                self.events.push_back(Event::Message(envelope));
+                self.messages_received = self.messages_received.saturating_add(1);
+                self.reset_transaction();
+                self.phase = Phase::AwaitingSpool;
+                return;
+            }
+        }
+        self.reset_transaction();
+        self.phase = Phase::Command;
+    }
+
+    fn reset_transaction(&mut self) {
+        self.has_mail = false;
+        self.mail_from.clear();
+        self.rcpts.clear();
+        self.rcpt_attempted = false;
+        self.body_8bitmime = false;
+        self.size_declared = None;
+        self.data = DataState::FRESH;
+        self.body.clear();
+        if self.body.capacity() > BODY_RETAINED_BYTES_MAX {
+            self.body = Vec::new();
+        }
+    }
+
+    fn command_error(&mut self, error: CommandError) {
+        let (code, enhanced) = error.reply();
+        self.reply(code, enhanced, format_args!("{error}"));
+        self.count_error();
+    }
+
+    /// Count a bad command (syntax, sequence, unknown or unimplemented
+    /// verb, overlong line, DATA without valid recipients). Policy
+    /// rejections do not count: they are answers, not client faults.
+    fn count_error(&mut self) {
+        self.errors = self.errors.saturating_add(1);
+        if self.errors >= self.params.limits.errors_max && self.phase != Phase::Closed {
+            let host = self.params.hostname.clone();
+            self.reply(421, "4.7.0", format_args!("{host} Error: too many errors"));
+            self.close();
+        }
+    }
+
+    fn reply_shutdown(&mut self) {
+        let host = self.params.hostname.clone();
+        self.reply(421, "4.3.2", format_args!("{host} Service shutting down"));
+    }
+
+    fn reply_timeout(&mut self) {
+        let host = self.params.hostname.clone();
+        self.reply(421, "4.4.2", format_args!("{host} Error: timeout exceeded"));
+    }
+
+    fn reply(&mut self, code: u16, enhanced: &str, text: fmt::Arguments<'_>) {
+        assert!((200..600).contains(&code));
+        if enhanced.is_empty() {
+            let _ = write!(self.output, "{code} {text}\r\n");
+        } else {
+            let _ = write!(self.output, "{code} {enhanced} {text}\r\n");
+        }
+    }
+
+    /// A policy's reply, with `prefix` (the address it is about, or our
+    /// host name) before its text. The text may come from a scriptlet, so
+    /// control characters are replaced: a CR or LF in it must not forge a
+    /// second reply. A 421 closes the session, as RFC 5321 requires.
+    fn reply_rejection(&mut self, code: u16, rejection: &Rejection, prefix: fmt::Arguments<'_>) {
+        let _ = write!(self.output, "{code} {} {prefix} ", rejection.enhanced);
+        let start = self.output.len();
+        self.output.extend_from_slice(rejection.text.as_bytes());
+        for byte in &mut self.output[start..] {
+            if byte.is_ascii_control() {
+                *byte = b' ';
+            }
+        }
+        self.output.extend_from_slice(b"\r\n");
+        if code == 421 {
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.events.push_back(Event::Close);
+        self.pending = Vec::new();
+        self.line = Vec::new();
+        self.body = Vec::new();
+        self.rcpts.clear();
+    }
+}
+
+/// What a Received header says (RFC 5321 section 4.4).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceivedFields<'a> {
+    pub helo: &'a str,
+    pub peer_ip: IpAddr,
+    pub hostname: &'a str,
+    pub version: &'a str,
+    /// "with ESMTP" rather than "with SMTP" (RFC 3848).
+    pub esmtp: bool,
+    pub queue_id: &'a str,
+    /// Named in a `for` clause; pass it only for a single-recipient message
+    /// so one copy does not reveal the other recipients.
+    pub recipient: Option<&'a str>,
+    /// Time of reception, seconds since the Unix epoch.
+    pub unix_secs: i64,
+}
+
+/// The Received header the engine prepends before spooling, folded and
+/// CRLF-terminated:
+///
+/// ```text
+/// Received: from client.example ([192.0.2.1])
+///         by mx.example (ecelerity 0.1.0) with ESMTP id 0A1B2C
+///         for <a@example.com>; Tue, 14 Nov 2023 22:13:20 +0000
+/// ```
+///
+/// Continuation lines start with a tab. The peer is an RFC 5321 address
+/// literal (`[IPv6:...]` for IPv6).
+pub fn received_header(fields: &ReceivedFields<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut header = String::with_capacity(160 + fields.helo.len());
+    let protocol = if fields.esmtp { "ESMTP" } else { "SMTP" };
+    let _ = write!(header, "Received: from {} (", fields.helo);
+    match fields.peer_ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let _ = write!(header, "[{v4}]");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(header, "[IPv6:{v6}]");
+        }
+    }
+    let _ = write!(
+        header,
+        ")\r\n\tby {} (ecelerity {}) with {protocol} id {}",
+        fields.hostname, fields.version, fields.queue_id
+    );
+    match fields.recipient {
+        Some(rcpt) => {
+            let _ = write!(header, "\r\n\tfor <{rcpt}>; ");
+        }
+        None => header.push_str(";\r\n\t"),
+    }
+    write_rfc5322_date(&mut header, fields.unix_secs);
+    header.push_str("\r\n");
+    header
+}
+
+/// Latest time [`write_rfc5322_date`] renders; later times are clamped,
+/// as are times before the epoch, so the year always has four digits.
+pub const RFC5322_DATE_UNIX_SECS_MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+
+/// Append `unix_secs` as an RFC 5322 date-time in UTC, e.g.
+/// `Tue, 14 Nov 2023 22:13:20 +0000`. Written here because it is twenty
+/// lines and std has no calendar.
+pub fn write_rfc5322_date(out: &mut String, unix_secs: i64) {
+    use std::fmt::Write as _;
+    const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = unix_secs.clamp(0, RFC5322_DATE_UNIX_SECS_MAX);
+    let days = secs / 86_400;
+    let day_secs = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[((days + 4) % 7) as usize];
+    let _ = write!(
+        out,
+        "{weekday}, {day} {} {year} {:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60
+    );
+}
+
+/// Proleptic Gregorian (year, month 1..=12, day 1..=31) of a day count
+/// since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // March = 0
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecelerity_policy::RelayControl;
+
+    const HOST: &str = "mx.test";
+
+    /// A policy that refuses what it is told to, for each phase.
+    #[derive(Default)]
+    struct ScriptedPolicy {
+        connect: Option<Rejection>,
+        ehlo: Option<Rejection>,
+        mailfrom: Option<Rejection>,
+        /// Recipients containing this text are refused with 550 5.1.1.
+        rcpt_refused: Option<&'static str>,
+    }
+
+    impl Policy for ScriptedPolicy {
+        fn validate_connect(&self, _: &Connection) -> Verdict {
+            self.connect
+                .clone()
+                .map_or(Verdict::Continue, Verdict::Reject)
+        }
+        fn validate_ehlo(&self, _: &Connection, _: &str) -> Verdict {
+            self.ehlo.clone().map_or(Verdict::Continue, Verdict::Reject)
+        }
+        fn validate_mailfrom(&self, _: &Connection, _: &str) -> Verdict {
+            self.mailfrom
+                .clone()
+                .map_or(Verdict::Continue, Verdict::Reject)
+        }
+        fn validate_rcptto(&self, _: &Connection, rcpt: &str) -> Verdict {
+            match self.rcpt_refused {
+                Some(text) if rcpt.contains(text) => {
+                    Verdict::Reject(Rejection::new(550, "5.1.1", "no such user"))
+                }
+                _ => Verdict::Continue,
+            }
+        }
+    }
+
+    fn params(limits: ServerLimits) -> ServerParams {
+        ServerParams {
+            hostname: HOST.into(),
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            limits,
+            version: "0.1.0",
+        }
+    }
+
+    /// A started session with its banner already taken.
+    fn open_with(limits: ServerLimits, policy: Rc<dyn Policy>) -> ServerSession {
+        let mut session = ServerSession::new(params(limits), policy);
+        session.start();
+        let mut banner = Vec::new();
+        session.take_output(&mut banner);
+        assert!(banner.starts_with(b"220 "));
+        session
+    }
+
+    fn open() -> ServerSession {
+        open_with(ServerLimits::default(), Rc::new(ScriptedPolicy::default()))
+    }
+
+    /// Feed `bytes` in one call and return the reply lines (without CRLF).
+    fn send(session: &mut ServerSession, bytes: &[u8]) -> Vec<String> {
+        session.input(bytes);
+        take_lines(session)
+    }
+
+    fn take_lines(session: &mut ServerSession) -> Vec<String> {
+        let mut out = Vec::new();
+        session.take_output(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.is_empty() || text.ends_with("\r\n"), "{text:?}");
+        text.split_terminator("\r\n").map(str::to_owned).collect()
+    }
+
+    fn codes(lines: &[String]) -> Vec<u16> {
+        lines.iter().map(|l| l[..3].parse().unwrap()).collect()
+    }
+
+    fn message(session: &mut ServerSession) -> Envelope {
+        match session.next_event() {
+            Some(Event::Message(envelope)) => envelope,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn queued(id: &str) -> SpoolOutcome {
+        SpoolOutcome::Queued {
+            queue_id: id.into(),
+        }
+    }
+
+    const TRANSACTION: &[u8] = b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n\
+        RCPT TO:<b@example.com>\r\nDATA\r\n";
+
+    #[test]
+    fn banner_names_host_and_version() {
+        let mut session = ServerSession::new(
+            params(ServerLimits::default()),
+            Rc::new(ScriptedPolicy::default()),
+        );
+        session.start();
+        assert_eq!(
+            take_lines(&mut session),
+            ["220 mx.test ESMTP ecelerity 0.1.0"]
+        );
+        assert!(session.wants_input());
+    }
+
+    #[test]
+    fn connect_refused_by_policy_gets_554_and_closes() {
+        let policy = ScriptedPolicy {
+            connect: Some(Rejection::new(550, "5.7.1", "go away")),
+            ..Default::default()
+        };
+        let mut session = ServerSession::new(params(ServerLimits::default()), Rc::new(policy));
+        session.start();
+        assert_eq!(take_lines(&mut session), ["554 5.7.1 mx.test go away"]);
+        assert!(session.is_closed());
+        assert_eq!(session.next_event(), Some(Event::Close));
+        assert!(!session.wants_input());
+    }
+
+    #[test]
+    fn ehlo_advertises_extensions_and_helo_gets_one_line() {
+        let mut session = open();
+        assert_eq!(
+            send(&mut session, b"EHLO client.test\r\n"),
+            [
+                "250-mx.test says EHLO to 192.0.2.1",
+                "250-PIPELINING",
+                &format!("250-SIZE {MESSAGE_BYTES_CEILING}"),
+                "250-8BITMIME",
+                "250 ENHANCEDSTATUSCODES",
+            ]
+        );
+        assert_eq!(session.helo(), "client.test");
+        assert_eq!(send(&mut session, b"helo other.test\r\n"), ["250 mx.test"]);
+        assert_eq!(session.helo(), "other.test");
+    }
+
+    #[test]
+    fn greeting_without_argument_gets_501() {
+        let mut session = open();
+        assert_eq!(
+            send(&mut session, b"EHLO\r\n"),
+            ["501 5.5.4 Syntax: EHLO hostname"]
+        );
+        assert_eq!(
+            send(&mut session, b"HELO \r\n"),
+            ["501 5.5.4 Syntax: HELO hostname"]
+        );
+        assert_eq!(session.helo(), "");
+    }
+
+    #[test]
+    fn greeting_refused_by_policy_leaves_no_helo() {
+        let policy = ScriptedPolicy {
+            ehlo: Some(Rejection::new(550, "5.7.1", "bad\r\n250 forged")),
+            ..Default::default()
+        };
+        let mut session = open_with(ServerLimits::default(), Rc::new(policy));
+        let lines = send(&mut session, b"EHLO x.test\r\n");
+        // The CRLF inside the policy text cannot forge a second reply.
+        assert_eq!(lines, ["550 5.7.1 <x.test>: bad  250 forged"]);
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<>\r\n")[0],
+            "503 5.5.1 Error: send HELO/EHLO first"
+        );
+    }
+
+    #[test]
+    fn mail_before_greeting_and_nested_mail_get_503() {
+        let mut session = open();
+        assert_eq!(
+            codes(&send(&mut session, b"MAIL FROM:<a@b.test>\r\n")),
+            [503]
+        );
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            codes(&send(&mut session, b"MAIL FROM:<a@b.test>\r\n")),
+            [250]
+        );
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@b.test>\r\n"),
+            ["503 5.5.1 Error: nested MAIL command"]
+        );
+    }
+
+    #[test]
+    fn mail_parameters_are_checked() {
+        let limits = ServerLimits {
+            message_bytes_max: 1000,
+            ..Default::default()
+        };
+        let mut session = open_with(limits, Rc::new(ScriptedPolicy::default()));
+        send(&mut session, b"EHLO c.test\r\n");
+        let lines = send(
+            &mut session,
+            b"MAIL FROM:<a@b.test> SIZE=1001\r\nMAIL FROM:<a@b.test> FOO=BAR\r\n\
+              MAIL FROM:<a@b.test> SIZE=abc\r\nMAIL FROM:a@b.test\r\nMAIL FROM:<a@@b>\r\n\
+              MAIL FROM:<> SIZE=1000 BODY=8BITMIME\r\n",
+        );
+        assert_eq!(
+            lines,
+            [
+                "552 5.3.4 Message size exceeds fixed maximum message size",
+                "555 5.5.4 Error: unsupported parameter",
+                "501 5.5.4 Error: bad parameter syntax",
+                "501 5.5.4 Syntax: MAIL FROM:<address>",
+                "501 5.1.7 Bad sender address syntax",
+                "250 2.1.0 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn rcpt_before_mail_gets_503_and_leaves_the_session_usable() {
+        let mut session = open();
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"RCPT TO:<b@example.com>\r\n"),
+            ["503 5.5.1 Error: need MAIL command"]
+        );
+        let lines = send(
+            &mut session,
+            b"MAIL FROM:<a@c.test>\r\nRCPT TO:<b@example.com>\r\n",
+        );
+        assert_eq!(codes(&lines), [250, 250]);
+    }
+
+    #[test]
+    fn rcpt_syntax_errors_get_501() {
+        let mut session = open();
+        send(&mut session, b"EHLO c.test\r\nMAIL FROM:<>\r\n");
+        let lines = send(
+            &mut session,
+            b"RCPT TO:b@example.com\r\nRCPT TO:<b@>\r\nRCPT\r\n",
+        );
+        assert_eq!(
+            lines,
+            [
+                "501 5.5.4 Syntax: RCPT TO:<address>",
+                "501 5.1.3 Bad recipient address syntax",
+                "501 5.5.4 Syntax: RCPT TO:<address>",
+            ]
+        );
+    }
+
+    #[test]
+    fn relay_is_denied_to_peers_outside_relay_hosts() {
+        let policy = RelayControl {
+            relay_hosts: vec!["127.0.0.0/8".parse().unwrap()],
+            local_domains: vec!["mx.test".into()],
+        };
+        let mut session = open_with(ServerLimits::default(), Rc::new(policy.clone()));
+        send(&mut session, b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\n");
+        assert_eq!(
+            send(&mut session, b"RCPT TO:<b@example.com>\r\n"),
+            ["550 5.7.1 <b@example.com>: relaying denied"]
+        );
+        assert_eq!(
+            codes(&send(&mut session, b"RCPT TO:<b@mx.test>\r\n")),
+            [250]
+        );
+
+        let mut params = params(ServerLimits::default());
+        params.peer_ip = "127.0.0.1".parse().unwrap();
+        let mut trusted = ServerSession::new(params, Rc::new(policy));
+        trusted.start();
+        take_lines(&mut trusted);
+        send(&mut trusted, b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\n");
+        assert_eq!(
+            codes(&send(&mut trusted, b"RCPT TO:<b@example.com>\r\n")),
+            [250]
+        );
+    }
+
+    #[test]
+    fn bare_postmaster_is_accepted_even_where_relay_is_denied() {
+        let mut session = open_with(ServerLimits::default(), Rc::new(RelayControl::default()));
+        send(&mut session, b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\n");
+        assert_eq!(
+            send(&mut session, b"RCPT TO:<Postmaster>\r\n"),
+            ["250 2.1.5 Ok"]
+        );
+        send(&mut session, b"DATA\r\nHi\r\n.\r\n");
+        assert_eq!(message(&mut session).rcpts, ["postmaster"]);
+    }
+
+    #[test]
+    fn too_many_recipients_get_452_and_the_accepted_ones_stand() {
+        let limits = ServerLimits {
+            recipients_max: 2,
+            ..Default::default()
+        };
+        let mut session = open_with(limits, Rc::new(ScriptedPolicy::default()));
+        send(&mut session, b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\n");
+        let lines = send(
+            &mut session,
+            b"RCPT TO:<1@x.test>\r\nRCPT TO:<2@x.test>\r\nRCPT TO:<3@x.test>\r\n",
+        );
+        assert_eq!(lines[2], "452 4.5.3 Error: too many recipients");
+        send(&mut session, b"DATA\r\n.\r\n");
+        assert_eq!(message(&mut session).rcpts, ["1@x.test", "2@x.test"]);
+    }
+
+    #[test]
+    fn data_needs_mail_and_a_valid_recipient() {
+        let policy = ScriptedPolicy {
+            rcpt_refused: Some("bad"),
+            ..Default::default()
+        };
+        let mut session = open_with(ServerLimits::default(), Rc::new(policy));
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"DATA\r\n"),
+            ["503 5.5.1 Error: need MAIL command"]
+        );
+        send(&mut session, b"MAIL FROM:<a@c.test>\r\n");
+        assert_eq!(
+            send(&mut session, b"DATA\r\n"),
+            ["503 5.5.1 Error: need RCPT command"]
+        );
+        assert_eq!(
+            send(&mut session, b"RCPT TO:<bad@x.test>\r\n"),
+            ["550 5.1.1 <bad@x.test>: no such user"]
+        );
+        assert_eq!(
+            send(&mut session, b"DATA\r\n"),
+            ["554 5.5.1 Error: no valid recipients"]
+        );
+        assert!(!session.is_closed());
+    }
+
+    #[test]
+    fn mail_refused_by_policy_opens_no_transaction() {
+        let policy = ScriptedPolicy {
+            mailfrom: Some(Rejection::new(451, "4.7.1", "try later")),
+            ..Default::default()
+        };
+        let mut session = open_with(ServerLimits::default(), Rc::new(policy));
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["451 4.7.1 <a@c.test>: try later"]
+        );
+        assert_eq!(codes(&send(&mut session, b"RCPT TO:<b@x.test>\r\n")), [503]);
+    }
+
+    #[test]
+    fn a_transaction_yields_the_envelope_and_the_queue_id() {
+        let mut session = open();
+        let lines = send(&mut session, b"EHLO c.test\r\nMAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n");
+        assert_eq!(lines.last().unwrap(), "354 End data with <CR><LF>.<CR><LF>");
+        assert_eq!(
+            send(&mut session, b"Subject: hi\r\n\r\nbody\r\n.\r\n"),
+            Vec::<String>::new()
+        );
+        assert!(session.awaiting_spool());
+        let envelope = message(&mut session);
+        assert_eq!(
+            envelope,
+            Envelope {
+                helo: "c.test".into(),
+                esmtp: true,
+                mail_from: String::new(),
+                rcpts: vec!["b@x.test".into(), "c@x.test".into()],
+                body_8bitmime: true,
+                body: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+            }
+        );
+        assert_eq!(session.messages_received(), 1);
+        session.spooled(queued("0A1B"));
+        assert_eq!(take_lines(&mut session), ["250 2.0.0 Ok: queued as 0A1B"]);
+        // The transaction is over: a new one starts with MAIL.
+        assert_eq!(
+            codes(&send(
+                &mut session,
+                b"RCPT TO:<b@x.test>\r\nMAIL FROM:<a@c.test>\r\n"
+            )),
+            [503, 250]
+        );
+    }
+
+    #[test]
+    fn spool_failures_get_451_and_452() {
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        send(&mut session, b".\r\n");
+        message(&mut session);
+        session.spooled(SpoolOutcome::TemporaryFailure);
+        assert_eq!(
+            take_lines(&mut session),
+            ["451 4.3.0 Error: queue file write error"]
+        );
+        send(&mut session, &TRANSACTION[18..]);
+        send(&mut session, b".\r\n");
+        message(&mut session);
+        session.spooled(SpoolOutcome::StorageFull);
+        assert_eq!(
+            take_lines(&mut session),
+            ["452 4.3.1 Insufficient system storage"]
+        );
+    }
+
+    #[test]
+    fn pipelined_transaction_in_one_packet_replies_in_order() {
+        let mut session = open();
+        let mut packet = TRANSACTION.to_vec();
+        packet.extend_from_slice(b"Hello\r\n.\r\nQUIT\r\n");
+        assert_eq!(
+            codes(&send(&mut session, &packet)),
+            [250, 250, 250, 250, 250, 250, 250, 354]
+        );
+        assert!(session.awaiting_spool());
+        assert!(session.buffered_bytes() > 0, "QUIT is held");
+        assert_eq!(message(&mut session).body, b"Hello\r\n");
+        assert_eq!(session.next_event(), None);
+        session.spooled(queued("Q1"));
+        assert_eq!(
+            take_lines(&mut session),
+            ["250 2.0.0 Ok: queued as Q1", "221 2.0.0 Bye"]
+        );
+        assert_eq!(session.next_event(), Some(Event::Close));
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn byte_at_a_time_input_gives_the_same_replies_as_one_packet() {
+        let mut packet = TRANSACTION.to_vec();
+        packet.extend_from_slice(b"a\r\n..b\r\n.\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nc\r\n.\r\nQUIT\r\n");
+        let run = |chunk: usize| {
+            let mut session = open();
+            let mut out = Vec::new();
+            let mut bodies = Vec::new();
+            for piece in packet.chunks(chunk) {
+                session.input(piece);
+                while let Some(event) = session.next_event() {
+                    if let Event::Message(envelope) = event {
+                        bodies.push(envelope.body);
+                        session.spooled(queued("Q"));
+                    }
+                }
+            }
+            session.take_output(&mut out);
+            (out, bodies, session.is_closed())
+        };
+        let whole = run(packet.len());
+        assert_eq!(whole.1, [b"a\r\n.b\r\n".to_vec(), b"c\r\n".to_vec()]);
+        assert!(whole.2);
+        for chunk in [1, 2, 3, 7] {
+            assert_eq!(run(chunk), whole, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn dot_stuffed_lines_are_unstuffed() {
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        send(&mut session, b"..\r\n...x\r\n.y\r\n a.\r\n\r\n.\r\n");
+        assert_eq!(message(&mut session).body, b".\r\n..x\r\ny\r\n a.\r\n\r\n");
+    }
+
+    #[test]
+    fn empty_message_has_an_empty_body() {
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        send(&mut session, b".\r\n");
+        assert_eq!(message(&mut session).body, b"");
+    }
+
+    #[test]
+    fn bare_lf_in_data_is_refused_and_closes() {
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        let lines = send(&mut session, b"line\nMAIL FROM:<x@y.test>\r\n");
+        assert_eq!(lines, ["521 5.5.2 mx.test Error: bare <LF> received"]);
+        assert_eq!(session.next_event(), Some(Event::Close));
+        assert!(session.is_closed());
+        assert_eq!(send(&mut session, b"QUIT\r\n"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bare_cr_in_data_is_refused_and_closes() {
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        assert_eq!(
+            send(&mut session, b"a\rb\r\n.\r\n"),
+            ["521 5.5.2 mx.test Error: bare <CR> received"]
+        );
+        assert_eq!(session.next_event(), Some(Event::Close));
+    }
+
+    #[test]
+    fn smuggling_terminators_never_end_data_or_yield_a_second_message() {
+        for smuggle in [
+            &b"\n.\n"[..],
+            b"\r.\n",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\r\n.\rX",
+        ] {
+            let mut session = open();
+            send(&mut session, TRANSACTION);
+            let mut body = b"first".to_vec();
+            body.extend_from_slice(smuggle);
+            body.extend_from_slice(
+                b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@x.test>\r\nDATA\r\nevil\r\n.\r\n",
+            );
+            for byte in body.chunks(1) {
+                session.input(byte);
+            }
+            let lines = take_lines(&mut session);
+            assert_eq!(codes(&lines), [521], "{smuggle:?}");
+            assert_eq!(session.next_event(), Some(Event::Close), "{smuggle:?}");
+            assert_eq!(session.next_event(), None);
+        }
+    }
+
+    #[test]
+    fn nul_in_data_refuses_the_message_and_keeps_the_session() {
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        let lines = send(&mut session, b"a\0b\r\n.\r\nNOOP\r\n");
+        assert_eq!(
+            lines,
+            [
+                "554 5.6.0 Error: message contains NUL characters",
+                "250 2.0.0 Ok"
+            ]
+        );
+        assert_eq!(session.next_event(), None);
+    }
+
+    #[test]
+    fn overlong_text_line_refuses_the_message_after_end_of_data() {
+        let limits = ServerLimits {
+            text_line_bytes_max: 10,
+            ..Default::default()
+        };
+        let mut session = open_with(limits, Rc::new(ScriptedPolicy::default()));
+        send(&mut session, TRANSACTION);
+        // Eight bytes plus CRLF fit; a stuffed line counts its dot.
+        send(&mut session, b"12345678\r\n..345678\r\n.\r\n");
+        assert_eq!(message(&mut session).body, b"12345678\r\n.345678\r\n");
+        session.spooled(queued("Q"));
+        take_lines(&mut session);
+        send(&mut session, &TRANSACTION[18..]);
+        let lines = send(&mut session, b"123456789\r\nok\r\n.\r\n");
+        assert_eq!(
+            lines,
+            ["554 5.6.0 Error: message line longer than 10 bytes"]
+        );
+        assert_eq!(session.next_event(), None);
+        assert!(!session.is_closed());
+    }
+
+    #[test]
+    fn body_over_limit_gets_552_and_is_not_buffered() {
+        let limits = ServerLimits {
+            message_bytes_max: 100,
+            ..Default::default()
+        };
+        let mut session = open_with(limits, Rc::new(ScriptedPolicy::default()));
+        send(&mut session, TRANSACTION);
+        let line = [b'x'; 48];
+        for _ in 0..100 {
+            session.input(&line);
+            session.input(b"\r\n");
+            assert!(session.body.len() <= 100);
+        }
+        assert!(
+            session.body.is_empty(),
+            "nothing is kept once over the limit"
+        );
+        assert_eq!(
+            send(&mut session, b".\r\n"),
+            ["552 5.3.4 Message size exceeds fixed maximum message size"]
+        );
+        assert_eq!(session.next_event(), None);
+        // Exactly at the limit is fine.
+        send(&mut session, &TRANSACTION[18..]);
+        send(&mut session, &[b'y'; 98]);
+        send(&mut session, b"\r\n.\r\n");
+        assert_eq!(message(&mut session).body.len(), 100);
+    }
+
+    #[test]
+    fn too_many_errors_get_421_and_close() {
+        let limits = ServerLimits {
+            errors_max: 3,
+            ..Default::default()
+        };
+        let mut session = open_with(limits, Rc::new(ScriptedPolicy::default()));
+        let lines = send(
+            &mut session,
+            b"FOO\r\nRCPT TO:<a@b.test>\r\nBAR\r\nNOOP\r\n",
+        );
+        assert_eq!(
+            lines,
+            [
+                "500 5.5.1 Error: command not recognized",
+                "503 5.5.1 Error: need MAIL command",
+                "500 5.5.1 Error: command not recognized",
+                "421 4.7.0 mx.test Error: too many errors",
+            ]
+        );
+        assert!(session.is_closed());
+        assert_eq!(session.next_event(), Some(Event::Close));
+    }
+
+    #[test]
+    fn overlong_command_line_gets_500_and_the_session_stays_usable() {
+        let mut session = open();
+        let long = vec![b'A'; COMMAND_LINE_BYTES_DEFAULT * 5];
+        for piece in long.chunks(100) {
+            session.input(piece);
+            assert!(session.buffered_bytes() < COMMAND_LINE_BYTES_DEFAULT);
+        }
+        assert_eq!(
+            send(&mut session, b"\r\nNOOP\r\n"),
+            ["500 5.5.2 Error: line too long", "250 2.0.0 Ok"]
+        );
+        // The limit counts CRLF: 998 bytes + CRLF fit, 999 do not.
+        let mut fits = b"NOOP ".to_vec();
+        fits.resize(COMMAND_LINE_BYTES_DEFAULT - 2, b'x');
+        fits.extend_from_slice(b"\r\n");
+        assert_eq!(codes(&send(&mut session, &fits)), [250]);
+        fits.insert(5, b'x');
+        assert_eq!(codes(&send(&mut session, &fits)), [500]);
+    }
+
+    #[test]
+    fn commands_are_case_insensitive_and_a_bare_lf_ends_a_command_line() {
+        let mut session = open();
+        let lines = send(
+            &mut session,
+            b"ehlo c.test\nmail from:<a@c.test>\nrcpt to:<b@x.test>\r\nnoop\n",
+        );
+        assert_eq!(codes(&lines), [250, 250, 250, 250, 250, 250, 250, 250]);
+    }
+
+    #[test]
+    fn simple_commands_get_their_replies() {
+        let mut session = open();
+        let lines = send(
+            &mut session,
+            b"NOOP\r\nVRFY someone\r\nVRFY\r\nHELP\r\nEXPN list\r\nXYZZY\r\n\r\nRSET x\r\nRSET\r\n",
+        );
+        assert_eq!(
+            lines,
+            [
+                "250 2.0.0 Ok",
+                "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+                "501 5.5.4 Syntax: VRFY address",
+                "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+                "502 5.5.1 Error: command not implemented",
+                "500 5.5.1 Error: command not recognized",
+                "500 5.5.1 Error: command not recognized",
+                "501 5.5.4 Syntax: RSET",
+                "250 2.0.0 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn rset_and_ehlo_end_the_transaction() {
+        let mut session = open();
+        send(
+            &mut session,
+            b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<b@x.test>\r\n",
+        );
+        assert_eq!(codes(&send(&mut session, b"RSET\r\nDATA\r\n")), [250, 503]);
+        send(&mut session, b"MAIL FROM:<a@c.test>\r\n");
+        assert_eq!(
+            codes(&send(
+                &mut session,
+                b"EHLO c.test\r\nRCPT TO:<b@x.test>\r\n"
+            ))[5],
+            503
+        );
+    }
+
+    #[test]
+    fn quit_gets_221_and_closes() {
+        let mut session = open();
+        assert_eq!(send(&mut session, b"QUIT\r\nNOOP\r\n"), ["221 2.0.0 Bye"]);
+        assert!(session.is_closed());
+        assert_eq!(session.next_event(), Some(Event::Close));
+        assert_eq!(session.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn receptions_per_connection_limit_gets_421_at_mail() {
+        let limits = ServerLimits {
+            receptions_per_connection_max: 1,
+            ..Default::default()
+        };
+        let mut session = open_with(limits, Rc::new(ScriptedPolicy::default()));
+        send(&mut session, TRANSACTION);
+        send(&mut session, b".\r\n");
+        message(&mut session);
+        session.spooled(queued("Q"));
+        take_lines(&mut session);
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["421 4.7.0 mx.test Error: too many messages in one session"]
+        );
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn idle_timeout_gets_421_4_4_2_and_closes() {
+        let mut session = open();
+        session.idle_timeout();
+        assert_eq!(
+            take_lines(&mut session),
+            ["421 4.4.2 mx.test Error: timeout exceeded"]
+        );
+        assert_eq!(session.next_event(), Some(Event::Close));
+    }
+
+    #[test]
+    fn shutdown_while_awaiting_spool_answers_the_message_first() {
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        send(&mut session, b".\r\nNOOP\r\n");
+        message(&mut session);
+        session.shutdown();
+        assert!(!session.is_closed());
+        assert!(!session.wants_input());
+        assert_eq!(take_lines(&mut session), Vec::<String>::new());
+        session.spooled(queued("Q9"));
+        assert_eq!(
+            take_lines(&mut session),
+            [
+                "250 2.0.0 Ok: queued as Q9",
+                "421 4.3.2 mx.test Service shutting down"
+            ]
+        );
+        assert!(session.is_closed());
+        assert_eq!(session.next_event(), Some(Event::Close));
+    }
+
+    #[test]
+    fn shutdown_in_command_phase_closes_at_once() {
+        let mut session = open();
+        session.shutdown();
+        assert_eq!(
+            take_lines(&mut session),
+            ["421 4.3.2 mx.test Service shutting down"]
+        );
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn input_held_while_awaiting_spool_is_bounded() {
+        let limits = ServerLimits {
+            input_buffer_bytes_max: 64,
+            ..Default::default()
+        };
+        let mut session = open_with(limits, Rc::new(ScriptedPolicy::default()));
+        send(&mut session, TRANSACTION);
+        send(&mut session, b".\r\n");
+        message(&mut session);
+        assert_eq!(session.input_capacity(), 64);
+        session.input(&[b'N'; 60]);
+        assert_eq!(session.input_capacity(), 4);
+        assert!(session.wants_input());
+        session.input(b"\r\n\r\n");
+        assert!(!session.wants_input());
+        // A caller that ignores input_capacity() gets its message answered,
+        // then 421.
+        session.input(b"X");
+        assert_eq!(session.buffered_bytes(), 64);
+        session.spooled(queued("Q"));
+        assert_eq!(
+            take_lines(&mut session),
+            [
+                "250 2.0.0 Ok: queued as Q",
+                "421 4.7.0 mx.test Error: too much pipelined input"
+            ]
+        );
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn rfc5322_dates_are_formatted_in_utc() {
+        let cases: [(i64, &str); 6] = [
+            (0, "Thu, 1 Jan 1970 00:00:00 +0000"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000"),
+            (1_700_000_000, "Tue, 14 Nov 2023 22:13:20 +0000"),
+            (1_709_164_800, "Thu, 29 Feb 2024 00:00:00 +0000"),
+            (-5, "Thu, 1 Jan 1970 00:00:00 +0000"),
+            (i64::MAX, "Fri, 31 Dec 9999 23:59:59 +0000"),
+        ];
+        for (secs, text) in cases {
+            let mut out = String::new();
+            write_rfc5322_date(&mut out, secs);
+            assert_eq!(out, text, "{secs}");
+        }
+    }
+
+    #[test]
+    fn received_header_is_folded_and_names_a_single_recipient() {
+        let mut fields = ReceivedFields {
+            helo: "client.test",
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            hostname: HOST,
+            version: "0.1.0",
+            esmtp: true,
+            queue_id: "0A1B",
+            recipient: Some("b@x.test"),
+            unix_secs: 1_700_000_000,
+        };
+        assert_eq!(
+            received_header(&fields),
+            "Received: from client.test ([192.0.2.1])\r\n\tby mx.test (ecelerity 0.1.0) with ESMTP id 0A1B\r\n\tfor <b@x.test>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+        fields.recipient = None;
+        fields.esmtp = false;
+        fields.peer_ip = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            received_header(&fields),
+            "Received: from client.test ([IPv6:2001:db8::1])\r\n\tby mx.test (ecelerity 0.1.0) with SMTP id 0A1B;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+        let mut session = open();
+        send(&mut session, TRANSACTION);
+        send(&mut session, b".\r\n");
+        let envelope = message(&mut session);
+        let header = session.received_header(&envelope, "Q", 0);
+        assert!(header.contains("for <b@example.com>;"), "{header}");
+    }
+
+    /// xorshift64*: a deterministic generator so a failing run replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Goal: no input, split or call order panics the session, its held
+    /// input stays within input_buffer_bytes_max + command_line_bytes_max,
+    /// every reply is a well-formed line, and every message body is
+    /// CRLF-clean. Method: build transcripts from SMTP fragments, mutate
+    /// some bytes, feed them in random splits (respecting
+    /// input_capacity()), answer messages at random moments, and now and
+    /// then time out or shut down.
+    #[test]
+    fn fuzzed_transcripts_never_panic_and_stay_within_bounds() {
+        const FRAGMENTS: [&[u8]; 24] = [
+            b"EHLO c.test\r\n",
+            b"HELO c.test\r\n",
+            b"MAIL FROM:<a@c.test>\r\n",
+            b"MAIL FROM:<> SIZE=10 BODY=8BITMIME\r\n",
+            b"MAIL FROM:<a@c.test> SIZE=999999999\r\n",
+            b"RCPT TO:<b@x.test>\r\n",
+            b"RCPT TO:<postmaster>\r\n",
+            b"RCPT TO:<bad@x.test>\r\n",
+            b"DATA\r\n",
+            b"line of text\r\n",
+            b"..stuffed\r\n",
+            b".\r\n",
+            b"\r\n.\r\n",
+            b"\n.\n",
+            b"RSET\r\n",
+            b"NOOP\r\n",
+            b"QUIT\r\n",
+            b"VRFY x\r\n",
+            b"\0",
+            b"\r",
+            b"\n",
+            b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            b"MAIL FROM:<\"q>\"@c.test>\r\n",
+            b"RCPT TO:<@r.test:b@x.test> X=Y\r\n",
+        ];
+        const RUNS: u64 = 3000;
+        let limits = ServerLimits {
+            command_line_bytes_max: 512,
+            text_line_bytes_max: 100,
+            message_bytes_max: 2000,
+            recipients_max: 3,
+            errors_max: 40,
+            receptions_per_connection_max: 5,
+            input_buffer_bytes_max: 256,
+        };
+        let bound = limits.input_buffer_bytes_max + limits.command_line_bytes_max;
+        // Coverage: the runs must reach the interesting states.
+        let (mut messages, mut bare_closes, mut held_max) = (0u32, 0u32, 0usize);
+        for run in 0..RUNS {
+            let mut rng =
+                Rng(0x9e37_79b9_7f4a_7c15 ^ (run + 1).wrapping_mul(0x1234_5678_9abc_def1));
+            let policy = ScriptedPolicy {
+                rcpt_refused: Some("bad"),
+                ..Default::default()
+            };
+            let mut session = ServerSession::new(params(limits.clone()), Rc::new(policy));
+            session.start();
+            let mut transcript = Vec::new();
+            if rng.below(8) != 0 {
+                transcript.extend_from_slice(b"EHLO c.test\r\n");
+            }
+            for _ in 0..rng.below(60) {
+                if rng.below(3) == 0 {
+                    // A whole transaction, so runs reach end of data.
+                    transcript.extend_from_slice(&TRANSACTION[18..]);
+                    for _ in 0..rng.below(5) {
+                        transcript.extend_from_slice(FRAGMENTS[9 + rng.below(2)]);
+                    }
+                    transcript.extend_from_slice(b".\r\n");
+                    continue;
+                }
+                let fragment = FRAGMENTS[rng.below(FRAGMENTS.len())];
+                let repeat = if rng.below(20) == 0 {
+                    1 + rng.below(40)
+                } else {
+                    1
+                };
+                for _ in 0..repeat {
+                    transcript.extend_from_slice(fragment);
+                }
+            }
+            for _ in 0..rng.below(4) {
+                if !transcript.is_empty() {
+                    let at = rng.below(transcript.len());
+                    transcript[at] = [b'\r', b'\n', b'.', 0, b' ', 0xff][rng.below(6)];
+                }
+            }
+            let mut out = Vec::new();
+            let mut at = 0;
+            let mut steps = 0;
+            while !session.is_closed() && steps < 10_000 {
+                steps += 1;
+                match rng.below(50) {
+                    0 => session.idle_timeout(),
+                    1 => session.shutdown(),
+                    _ => {}
+                }
+                while let Some(event) = session.next_event() {
+                    if let Event::Message(envelope) = event {
+                        messages += 1;
+                        assert!(envelope.body.len() <= 2000);
+                        let text = &envelope.body;
+                        for (i, &b) in text.iter().enumerate() {
+                            assert_ne!(b, 0, "run {run}");
+                            if b == b'\n' {
+                                assert!(i > 0 && text[i - 1] == b'\r', "run {run}");
+                            }
+                            if b == b'\r' {
+                                assert_eq!(text.get(i + 1), Some(&b'\n'), "run {run}");
+                            }
+                        }
+                    }
+                }
+                if session.awaiting_spool() && (at >= transcript.len() || rng.below(3) == 0) {
+                    let outcome = match rng.below(3) {
+                        0 => SpoolOutcome::TemporaryFailure,
+                        1 => SpoolOutcome::StorageFull,
+                        _ => queued("Q"),
+                    };
+                    session.spooled(outcome);
+                } else if at < transcript.len() && session.wants_input() {
+                    let most = session.input_capacity().min(transcript.len() - at);
+                    let take = 1 + rng.below(most.min(300));
+                    session.input(&transcript[at..at + take]);
+                    at += take;
+                } else if !session.awaiting_spool() {
+                    break;
+                }
+                assert!(session.buffered_bytes() <= bound, "run {run}");
+                held_max = held_max.max(session.buffered_bytes());
+                session.take_output(&mut out);
+            }
+            session.take_output(&mut out);
+            let text = String::from_utf8(out).expect("replies are ASCII");
+            bare_closes += u32::from(text.contains(" Error: bare <"));
+            assert!(text.is_empty() || text.ends_with("\r\n"), "run {run}");
+            for line in text.split_terminator("\r\n") {
+                let bytes = line.as_bytes();
+                assert!(bytes.len() >= 4, "run {run}: {line:?}");
+                assert!(
+                    bytes[..3].iter().all(u8::is_ascii_digit),
+                    "run {run}: {line:?}"
+                );
+                assert!(bytes[3] == b' ' || bytes[3] == b'-', "run {run}: {line:?}");
+                assert!(
+                    bytes.iter().all(|b| !b.is_ascii_control()),
+                    "run {run}: {line:?}"
+                );
+            }
+        }
+        eprintln!("fuzz: {messages} messages, {bare_closes} bare closes, held up to {held_max}");
+        assert!(messages > 1000 && bare_closes > 50 && held_max > 256);
+    }
+}

@@ -1,0 +1,438 @@
+//! Spool tests that need a glommio executor and a real directory: append
+//! and reopen, torn tails, group commit, roll-over and segment GC.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::*;
+use crate::storage::segment_file_name;
+
+/// A unique directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "ecelerity-spool-test-{name}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run<G, F>(test: G)
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(test)
+        .expect("executor starts")
+        .join()
+        .expect("test body ran");
+}
+
+fn envelope_of(id: u64) -> Vec<u8> {
+    format!("MAIL FROM:<s{id}@example.com> RCPT TO:<r{id}@example.net>").into_bytes()
+}
+
+fn body_of(id: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64 * 31 + id * 7) as u8).collect()
+}
+
+fn small_segments() -> SpoolOptions {
+    SpoolOptions {
+        segment_bytes: 64 * 1024,
+        ..SpoolOptions::default()
+    }
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(segment_file_name(segment))
+}
+
+/// Offset of a message record from the BodyRef of its body.
+fn record_offset(body: &BodyRef, envelope_len: usize) -> u64 {
+    body.offset - (record::RECORD_HEADER_BYTES + 4 + envelope_len) as u64
+}
+
+#[test]
+fn every_acknowledged_message_comes_back_after_reopen_and_completed_ones_do_not() {
+    // Goal: what append_* acknowledged is recovered byte for byte, with its
+    // notes in order; completed messages are gone. Method: append, note and
+    // complete through one spool, close, reopen, compare.
+    let tmp = TempDir::new("reopen");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let (spool, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        assert!(recovery.messages.is_empty());
+        let mut bodies = Vec::new();
+        for id in 1..=30u64 {
+            let body = body_of(id, 100 + id as usize * 37);
+            let at = spool
+                .append_message(id, &envelope_of(id), &body)
+                .await
+                .unwrap();
+            bodies.push((id, at));
+            if id % 2 == 0 {
+                spool
+                    .append_note(id, format!("try 1 of {id}").as_bytes())
+                    .await
+                    .unwrap();
+                spool
+                    .append_note(id, format!("try 2 of {id}").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            if id % 3 == 0 {
+                spool.complete(id).await.unwrap();
+            }
+        }
+        // A note or complete for an unknown id is stored and ignored.
+        spool.append_note(999, b"stray").await.unwrap();
+        spool.complete(998).await.unwrap();
+        assert_eq!(spool.stats().live_messages, 20);
+        spool.close().await.unwrap();
+        assert!(matches!(
+            spool.append_note(1, b"late").await,
+            Err(SpoolError::Closed)
+        ));
+
+        let (spool, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        assert_eq!(recovery.max_id, 999);
+        assert!(recovery.truncated.is_empty(), "{:?}", recovery.truncated);
+        let expected: Vec<u64> = (1..=30).filter(|id| id % 3 != 0).collect();
+        let got: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        assert_eq!(got, expected);
+        let mut reader = BodyReader::new(dir.clone());
+        let mut buf = Vec::new();
+        for message in &recovery.messages {
+            let id = message.id;
+            assert_eq!(message.envelope, envelope_of(id));
+            let acked = bodies.iter().find(|(i, _)| *i == id).unwrap().1;
+            assert_eq!(message.body, acked);
+            reader.read(&message.body, &mut buf).unwrap();
+            assert_eq!(buf, body_of(id, 100 + id as usize * 37));
+            let notes: Vec<Vec<u8>> = if id % 2 == 0 {
+                vec![
+                    format!("try 1 of {id}").into_bytes(),
+                    format!("try 2 of {id}").into_bytes(),
+                ]
+            } else {
+                vec![]
+            };
+            assert_eq!(message.notes, notes);
+        }
+        // New appends go to a fresh segment, never after a recovered tail.
+        let old_segment = recovery.messages[0].body.segment;
+        let at = spool.append_message(1000, b"e", b"b").await.unwrap();
+        assert_eq!(at.segment, old_segment + 1);
+        spool.close().await.unwrap();
+    });
+}
+
+/// Appends `count` messages one after another and closes; returns their
+/// body references.
+async fn spool_messages(dir: &Path, count: u64) -> Vec<BodyRef> {
+    let (spool, _) = Spool::open(dir, SpoolOptions::default()).await.unwrap();
+    let mut refs = Vec::new();
+    for id in 0..count {
+        refs.push(
+            spool
+                .append_message(id, &envelope_of(id), &body_of(id, 500))
+                .await
+                .unwrap(),
+        );
+    }
+    spool.close().await.unwrap();
+    refs
+}
+
+#[test]
+fn a_segment_cut_mid_record_keeps_every_record_before_the_cut() {
+    // Goal: a torn tail loses only the torn record and what follows, is
+    // reported, and the spool opens and appends. Method: truncate the file
+    // in the middle of the body of message 7.
+    let tmp = TempDir::new("torn");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let refs = spool_messages(&dir, 10).await;
+        let torn = refs[7];
+        let path = segment_path(&dir, torn.segment);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(torn.offset + torn.len as u64 / 2).unwrap();
+        drop(file);
+
+        let (spool, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        let ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, (0..7).collect::<Vec<_>>());
+        assert_eq!(recovery.truncated.len(), 1);
+        let cut = &recovery.truncated[0];
+        assert_eq!(cut.segment, torn.segment);
+        assert_eq!(cut.offset, record_offset(&torn, envelope_of(7).len()));
+        assert!(cut.reason.contains("torn"), "{}", cut.reason);
+        spool.append_message(100, b"env", b"body").await.unwrap();
+        spool.close().await.unwrap();
+        let (_, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        assert_eq!(recovery.messages.len(), 8);
+    });
+}
+
+#[test]
+fn a_corrupt_middle_record_keeps_the_records_before_it() {
+    // Goal: a flipped byte is caught by the CRC and cuts the segment there.
+    // Method: flip one body byte of message 4 of 10.
+    let tmp = TempDir::new("flip");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let refs = spool_messages(&dir, 10).await;
+        let bad = refs[4];
+        let path = segment_path(&dir, bad.segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[bad.offset as usize + 3] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (spool, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        let ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3]);
+        assert_eq!(recovery.truncated.len(), 1);
+        assert_eq!(
+            recovery.truncated[0].offset,
+            record_offset(&bad, envelope_of(4).len())
+        );
+        assert!(recovery.truncated[0].reason.contains("checksum"));
+        assert_eq!(recovery.records_read, 4);
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn concurrent_appends_share_syncs() {
+    // Goal: group commit. Method: 200 tasks append at once; count syncs.
+    let tmp = TempDir::new("group");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        let appends = 200u64;
+        let tasks: Vec<_> = (0..appends)
+            .map(|id| {
+                let spool = spool.clone();
+                glommio::spawn_local(async move {
+                    spool
+                        .append_message(id, &envelope_of(id), &body_of(id, 1024))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let stats = spool.stats();
+        assert_eq!(stats.records_appended, appends);
+        assert!(stats.syncs < appends, "{stats:?}");
+        println!("group commit: {appends} appends in {} syncs", stats.syncs);
+        spool.close().await.unwrap();
+        let (_, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        assert_eq!(recovery.messages.len(), appends as usize);
+    });
+}
+
+#[test]
+fn a_full_batch_holds_appenders_back_without_losing_any() {
+    // Goal: back-pressure. Method: the smallest batch limit, 64 tasks
+    // appending 3 KiB each; all succeed and come back.
+    let tmp = TempDir::new("pressure");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let options = SpoolOptions {
+            batch_bytes_max: BATCH_BYTES_MIN,
+            ..small_segments()
+        };
+        let (spool, _) = Spool::open(&dir, options).await.unwrap();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|id| {
+                let spool = spool.clone();
+                glommio::spawn_local(async move {
+                    spool
+                        .append_message(id, b"e", &body_of(id, 3 * 1024))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        // A record above the batch limit still goes through, alone.
+        spool
+            .append_message(64, b"e", &body_of(64, 2 * BATCH_BYTES_MIN))
+            .await
+            .unwrap();
+        spool.close().await.unwrap();
+        let (_, recovery) = Spool::open(&dir, options).await.unwrap();
+        assert_eq!(recovery.messages.len(), 65);
+    });
+}
+
+#[test]
+fn oversized_records_are_refused() {
+    let tmp = TempDir::new("large");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, small_segments()).await.unwrap();
+        let body = vec![0u8; 64 * 1024];
+        assert!(matches!(
+            spool.append_message(1, b"", &body).await,
+            Err(SpoolError::TooLarge { .. })
+        ));
+        spool.close().await.unwrap();
+    });
+    assert!(matches!(
+        SpoolOptions {
+            segment_bytes: 10,
+            ..SpoolOptions::default()
+        }
+        .validate(),
+        Err(SpoolError::InvalidOptions { .. })
+    ));
+}
+
+#[test]
+fn segments_roll_over_and_are_deleted_once_nothing_in_them_is_live() {
+    // Goal: roll-over at the segment size and GC of dead segments, both
+    // while running and at open. Method: 64 KiB segments, 8 KiB bodies;
+    // complete everything in the first segment, and all but one message
+    // in the second.
+    let tmp = TempDir::new("gc");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, small_segments()).await.unwrap();
+        let mut refs = Vec::new();
+        for id in 0..40u64 {
+            let at = spool
+                .append_message(id, b"env", &body_of(id, 8 * 1024))
+                .await
+                .unwrap();
+            assert!(at.offset + at.len as u64 <= 64 * 1024);
+            refs.push((id, at));
+        }
+        let first = refs[0].1.segment;
+        let second = first + 1;
+        assert!(refs.iter().filter(|(_, r)| r.segment == first).count() > 1);
+        assert!(refs.last().unwrap().1.segment >= first + 4);
+        let segments_before = spool.stats().segments;
+        assert_eq!(
+            segments_before as u64,
+            refs.last().unwrap().1.segment - first + 1
+        );
+
+        for (id, at) in &refs {
+            if at.segment == first {
+                assert!(segment_path(&dir, first).exists());
+                spool.complete(*id).await.unwrap();
+            }
+        }
+        assert!(!segment_path(&dir, first).exists());
+        assert_eq!(
+            spool.stats().segments,
+            segments_before - 1,
+            "{:?} {:?}",
+            spool.stats(),
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+
+        let in_second: Vec<u64> = refs
+            .iter()
+            .filter(|(_, r)| r.segment == second)
+            .map(|(id, _)| *id)
+            .collect();
+        let (kept, done) = in_second.split_first().unwrap();
+        for id in done {
+            spool.complete(*id).await.unwrap();
+        }
+        assert!(segment_path(&dir, second).exists());
+        spool.close().await.unwrap();
+
+        // At open: nothing more to delete (the completes sit in the newest
+        // segment, which still holds live messages).
+        let (spool, recovery) = Spool::open(&dir, small_segments()).await.unwrap();
+        assert!(recovery.messages.iter().any(|m| m.id == *kept));
+        assert!(recovery.messages.iter().all(|m| m.body.segment != first));
+        // Complete the last live message of the second segment; it goes.
+        spool.complete(*kept).await.unwrap();
+        assert!(!segment_path(&dir, second).exists());
+        // Complete everything: every old segment goes, at run time or at
+        // the next open.
+        for message in &recovery.messages {
+            if message.id != *kept {
+                spool.complete(message.id).await.unwrap();
+            }
+        }
+        assert_eq!(spool.stats().segments, 1, "only the current segment");
+        spool.close().await.unwrap();
+        let (spool, recovery) = Spool::open(&dir, small_segments()).await.unwrap();
+        assert!(recovery.messages.is_empty());
+        assert_eq!(recovery.segments_deleted, 1);
+        assert_eq!(spool.stats().segments, 0);
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+#[ignore = "throughput print, run with --ignored --nocapture (use --release)"]
+fn throughput_of_1k_appends_with_64_appenders() {
+    let tmp = TempDir::new("throughput");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        const APPENDERS: u64 = 64;
+        const APPENDS_EACH: u64 = 500;
+        let (spool, _) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..APPENDERS)
+            .map(|task| {
+                let spool = spool.clone();
+                glommio::spawn_local(async move {
+                    let body = body_of(task, 1024);
+                    let envelope = envelope_of(task);
+                    for i in 0..APPENDS_EACH {
+                        let id = task * APPENDS_EACH + i;
+                        spool.append_message(id, &envelope, &body).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let stats = spool.stats();
+        let appends = (APPENDERS * APPENDS_EACH) as f64;
+        println!(
+            "{} appends of 1 KiB with {APPENDERS} appenders: {:.0} appends/s, {} syncs \
+             ({:.0}/s, {:.1} records per sync), sync max {} us",
+            appends,
+            appends / seconds,
+            stats.syncs,
+            stats.syncs as f64 / seconds,
+            appends / stats.syncs as f64,
+            stats.sync_latency_us_max
+        );
+        spool.close().await.unwrap();
+    });
+}

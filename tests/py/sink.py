@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""SMTP sink for the ecelerity end-to-end tests (aiosmtpd).
+
+Listens on HOST:PORT and stores every accepted transaction in DIR:
+  DIR/NNNNNNNN.eml  the exact bytes of the DATA content (dot-unstuffed, CRLF
+                    line endings, as the client sent them), one file per
+                    transaction;
+  DIR/index.txt     one line per stored file, appended after the file is
+                    complete: "mailfrom<TAB>rcpt1,rcpt2<TAB>NNNNNNNN.eml".
+A restarted sink continues the numbering after the last index line.
+
+Replies are scripted by the recipient's local part (first matching prefix,
+case-insensitive):
+  tempfail*  -> 451 4.3.0 at RCPT TO
+  reject*    -> 550 5.1.1 at RCPT TO
+  datafail*  -> accepted at RCPT TO, 451 4.3.0 after DATA (nothing stored)
+More rules: --rule PREFIX=CODE (RCPT stage) or --data-rule PREFIX=CODE.
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from aiosmtpd.smtp import SMTP
+
+# Longest DATA or command line the sink accepts. Generous on purpose: the
+# sink must never be the component that rejects a test message.
+LINE_BYTES_MAX = 1024 * 1024
+# Largest message the sink accepts.
+DATA_BYTES_MAX = 256 * 1024 * 1024
+INDEX_NAME = "index.txt"
+
+RCPT_RULES_DEFAULT = [
+    ("tempfail", "451 4.3.0 tempfail requested by recipient"),
+    ("reject", "550 5.1.1 reject requested by recipient"),
+]
+DATA_RULES_DEFAULT = [
+    ("datafail", "451 4.3.0 datafail requested by recipient"),
+]
+
+
+def reply_for(code):
+    code = int(code)
+    if not 200 <= code <= 599:
+        raise argparse.ArgumentTypeError(f"reply code {code} out of range")
+    enhanced = {2: "2.0.0", 4: "4.3.0", 5: "5.1.1"}.get(code // 100, "")
+    return f"{code} {enhanced} scripted by sink".replace("  ", " ")
+
+
+def parse_rule(text):
+    prefix, sep, code = text.partition("=")
+    if not sep or not prefix:
+        raise argparse.ArgumentTypeError(f"rule {text!r} is not PREFIX=CODE")
+    return (prefix.lower(), reply_for(code))
+
+
+def local_part(address):
+    return address.rsplit("@", 1)[0].lower()
+
+
+def first_match(rules, address):
+    local = local_part(address)
+    for prefix, reply in rules:
+        if local.startswith(prefix):
+            return reply
+    return None
+
+
+class Store:
+    def __init__(self, directory):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.index_path = os.path.join(directory, INDEX_NAME)
+        self.sequence = 0
+        if os.path.exists(self.index_path):
+            with open(self.index_path, "rb") as index:
+                self.sequence = sum(1 for _ in index)
+
+    def save(self, mail_from, rcpts, content):
+        self.sequence += 1
+        name = f"{self.sequence:08d}.eml"
+        with open(os.path.join(self.directory, name), "wb") as message:
+            message.write(content)
+        line = f"{mail_from}\t{','.join(rcpts)}\t{name}\n"
+        with open(self.index_path, "a", encoding="utf-8", errors="surrogateescape") as index:
+            index.write(line)
+        return name
+
+
+class Handler:
+    def __init__(self, store, rcpt_rules, data_rules):
+        self.store = store
+        self.rcpt_rules = rcpt_rules
+        self.data_rules = data_rules
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = first_match(self.rcpt_rules, address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        for rcpt in envelope.rcpt_tos:
+            reply = first_match(self.data_rules, rcpt)
+            if reply is not None:
+                return reply
+        name = self.store.save(envelope.mail_from, envelope.rcpt_tos, envelope.original_content)
+        return f"250 2.0.0 Ok: queued as {name}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--rule", type=parse_rule, action="append", default=[])
+    parser.add_argument("--data-rule", type=parse_rule, action="append", default=[])
+    args = parser.parse_args()
+
+    store = Store(args.dir)
+    handler = Handler(store, args.rule + RCPT_RULES_DEFAULT, args.data_rule + DATA_RULES_DEFAULT)
+
+    def factory():
+        smtp = SMTP(
+            handler,
+            hostname="sink.test",
+            data_size_limit=DATA_BYTES_MAX,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+        )
+        smtp.line_length_limit = LINE_BYTES_MAX
+        return smtp
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(
+        loop.create_server(factory, host=args.host, port=args.port, reuse_address=True)
+    )
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"sink listening on {args.host}:{args.port}, storing in {args.dir}", flush=True)
+    loop.run_until_complete(stop.wait())
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+    loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1368 @@
+//! End-to-end harness: runs the built `ecelerity` binaries as real processes
+//! against real clients (smtplib via `tests/py/send.py`, swaks, Postfix
+//! `smtp-source`) and real sinks (aiosmtpd via `tests/py/sink.py`, Postfix
+//! `smtp-sink`), and reads what they leave behind (mainlog, sink files).
+//! Owns: temporary directories, free ports, child processes of a test.
+//! May call: the binaries in target/debug (or `ECELERITY_BIN_DIR`), the
+//! Python helpers in tests/py, swaks, smtp-sink, smtp-source.
+//! Never: the daemon's internals (no engine or spool crate dependency); a
+//! test sees the daemon only through its sockets, files and exit status.
+//!
+//! Every child process is killed when its owner is dropped, also while a
+//! test panics, so a failed test never leaves a daemon or sink behind.
+//! Tests are independent: each makes its own `TempDir`, ports and processes,
+//! so nextest may run them in parallel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a daemon or sink may take from spawn to answering `220`. The
+/// contract says 20 s; CI has two cores shared by parallel tests, so we wait
+/// longer before calling it a failure.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long a graceful stop (SIGTERM, console `shutdown`, `ec_ctl stop`) may take.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+/// Default wait for a mainlog line or a sink arrival in a simple test.
+pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often pollers look again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Read timeout for one banner read during readiness polling.
+const BANNER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest tail of a log file quoted in a failure message.
+const FAILURE_TAIL_BYTES_MAX: usize = 4096;
+/// Name of the config file `Daemon::start` writes into the test directory.
+pub const CONFIG_FILE_NAME: &str = "ecelerity.conf";
+/// Mainlog path relative to the test directory, as `TestConfig` renders it.
+pub const MAINLOG_RELATIVE: &str = "log/mainlog.ec";
+
+/// Directory holding `ecelerity`, `ec_ctl`, `ec_console`, `validate_config`
+/// and `ec_dump_config`: `ECELERITY_BIN_DIR` if set, else the directory two
+/// levels above this test executable (target/debug/deps/e2e-HASH).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ECELERITY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of one of the project's binaries; panics with advice when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first (tests/run does), \
+         or point ECELERITY_BIN_DIR at the binaries",
+        path.display()
+    );
+    path
+}
+
+/// Directory of the Python helpers (sink.py, send.py).
+pub fn py_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py")
+}
+
+/// The Python interpreter: `PYTHON` if set, else `python3` from PATH.
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Temporary directories and ports.
+
+static TEMP_DIR_SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// A unique directory under `std::env::temp_dir()`, removed on drop. Kept
+/// (and its path printed) when `ECELERITY_KEEP_TMP` is set or the test is
+/// panicking, so a failure can be read afterwards.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let sequence = TEMP_DIR_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "ecelerity-e2e-{label}-{}-{sequence}-{nanos:08x}",
+            std::process::id()
+        );
+        let path = std::env::temp_dir().join(name);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.path.join(relative)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("ECELERITY_KEEP_TMP").is_some() || thread::panicking() {
+            eprintln!("e2e: keeping {}", self.path.display());
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, read, closed).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Poll `condition` until it returns `Some` or `timeout` passes.
+pub fn poll_until<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The last `FAILURE_TAIL_BYTES_MAX` bytes of a file, lossily decoded, for
+/// failure messages. Empty when the file cannot be read.
+pub fn file_tail(path: &Path) -> String {
+    let bytes = fs::read(path).unwrap_or_default();
+    let start = bytes.len().saturating_sub(FAILURE_TAIL_BYTES_MAX);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Connect to 127.0.0.1:`port` once and read the greeting's first line.
+/// Returns true when it starts with "220". Sends QUIT so the server sees a
+/// clean session.
+pub fn smtp_banner_ok(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(stream) = TcpStream::connect_timeout(&addr, BANNER_READ_TIMEOUT) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(BANNER_READ_TIMEOUT));
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    let ok = matches!(reader.read_line(&mut line), Ok(n) if n > 0) && line.starts_with("220");
+    let _ = (&stream).write_all(b"QUIT\r\n");
+    let _ = stream.shutdown(Shutdown::Write);
+    ok
+}
+
+// ---------------------------------------------------------------------------
+// Child processes.
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    pub fn new(name: &str, child: Child) -> ChildGuard {
+        ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Some(status) once the child has exited; None while it runs.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().expect("try_wait")
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // The child is not reaped until we wait for it, so the pid cannot
+            // have been reused by another process.
+            let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            let _ = rc;
+        }
+    }
+
+    /// Wait up to `timeout` for the child to exit; the child is kept (and
+    /// the status returned) once it has.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        poll_until(timeout, || self.try_wait())
+    }
+
+    /// SIGKILL and reap. Returns the exit status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        Some(child.wait().expect("wait after kill"))
+    }
+
+    /// Take the child out of the guard (after it exited) to read its output.
+    pub fn into_child(mut self) -> Child {
+        self.child.take().expect("child already taken")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                eprintln!("e2e: killing {} (pid {})", self.name, child.id());
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Kills the process named in a pid file on drop: for daemons started by
+/// `ec_ctl start`, which are not our children.
+pub struct PidFileGuard {
+    pub path: PathBuf,
+}
+
+impl PidFileGuard {
+    pub fn read_pid(&self) -> Option<libc::pid_t> {
+        fs::read_to_string(&self.path).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.read_pid() {
+            if pid > 1 && process_alive(pid) {
+                eprintln!("e2e: killing pid {pid} from {}", self.path.display());
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// True while a process with this pid exists and is not a zombie (a
+/// daemon reparented to a container's init may never be reaped).
+pub fn process_alive(pid: libc::pid_t) -> bool {
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the parenthesised command name, which may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    state != Some('Z')
+}
+
+/// Run a command to completion with `stdin` fed from `input`, killing it if
+/// it runs longer than `timeout`. Panics on timeout.
+pub fn run_with_input(command: &mut Command, input: &[u8], timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let out_bytes = read_in_background(stdout);
+    let err_bytes = read_in_background(stderr);
+    let mut guard = ChildGuard::new(&format!("{command:?}"), child);
+    let status = guard
+        .wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("{command:?} still running after {timeout:?}"));
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: collect_output(&out_bytes),
+        stderr: collect_output(&err_bytes),
+    }
+}
+
+/// How long to wait for a pipe's EOF after the command exited. A daemon
+/// started in the background may keep the pipe open; we then take what came.
+const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read a pipe on a thread, sending each chunk as it comes.
+fn read_in_background(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buffer = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sender.send(buffer[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    receiver
+}
+
+/// Everything a background reader sent until EOF or `PIPE_DRAIN_TIMEOUT`.
+fn collect_output(receiver: &mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    let deadline = Instant::now() + PIPE_DRAIN_TIMEOUT;
+    let mut bytes = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(_) => return bytes,
+        }
+    }
+}
+
+/// Run a command with no input (stdin /dev/null) and a timeout.
+pub fn run(command: &mut Command, timeout: Duration) -> Output {
+    run_with_input(command, b"", timeout)
+}
+
+// ---------------------------------------------------------------------------
+// Configuration.
+
+/// The options a test usually varies, rendered into Momentum config syntax.
+#[derive(Clone, Debug)]
+pub struct TestConfig {
+    pub smtp_port: u16,
+    /// Where all mail goes (`gateway`), normally a sink.
+    pub gateway_port: u16,
+    pub shards: u32,
+    pub relay_hosts: Vec<String>,
+    pub retry_interval_s: u32,
+    pub max_retry_interval_s: u32,
+    /// Appended verbatim at global scope.
+    pub extra: String,
+}
+
+impl TestConfig {
+    /// A config listening on a fresh port and delivering everything to
+    /// 127.0.0.1:`gateway_port`, relaying for 127.0.0.0/8, retrying every second.
+    pub fn new(gateway_port: u16) -> TestConfig {
+        TestConfig {
+            smtp_port: free_port(),
+            gateway_port,
+            shards: 2,
+            relay_hosts: vec!["127.0.0.0/8".to_string()],
+            retry_interval_s: 1,
+            max_retry_interval_s: 2,
+            extra: String::new(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let relay_hosts: Vec<String> = self
+            .relay_hosts
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect();
+        format!(
+            "spoolbase = \"spool\"\n\
+             pidfile = \"ecelerity.pid\"\n\
+             hostname = \"mta.test\"\n\
+             shards = {shards}\n\
+             relay_hosts = ( {relay} )\n\
+             gateway = \"127.0.0.1:{gateway}\"\n\
+             retry_interval = {retry}\n\
+             max_retry_interval = {retry_max}\n\
+             ESMTP_Listener {{ Listen \"127.0.0.1:{smtp}\" {{ }} }}\n\
+             Control_Listener {{ Listen \"ctl.sock\" {{ File_Mode = 0600 }} }}\n\
+             ec_logger \"ec_logger\" {{ mainlog = \"{mainlog}\" rejectlog = \"log/rejectlog.ec\" \
+             paniclog = \"log/paniclog.ec\" }}\n\
+             {extra}\n",
+            shards = self.shards,
+            relay = relay_hosts.join(", "),
+            gateway = self.gateway_port,
+            retry = self.retry_interval_s,
+            retry_max = self.max_retry_interval_s,
+            smtp = self.smtp_port,
+            mainlog = MAINLOG_RELATIVE,
+            extra = self.extra,
+        )
+    }
+}
+
+/// The first quoted `Listen "..."` address after `scope` in a config text.
+pub fn listen_address_after(config_text: &str, scope: &str) -> Option<String> {
+    let at = config_text.find(scope)?;
+    let rest = &config_text[at..];
+    let listen = rest.find("Listen")?;
+    let rest = &rest[listen + "Listen".len()..];
+    let open = rest.find('"')?;
+    let rest = &rest[open + 1..];
+    let close = rest.find('"')?;
+    Some(rest[..close].to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Mainlog.
+
+/// One mainlog line split on '@'. For T and P lines the last field (the
+/// remote reply) may itself contain '@' and is kept whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MainlogLine {
+    pub fields: Vec<String>,
+}
+
+/// Index of the error text in T and P lines.
+const MAINLOG_FAILURE_ERROR_FIELD: usize = 13;
+
+impl MainlogLine {
+    pub fn parse(line: &str) -> Option<MainlogLine> {
+        let mut fields: Vec<String> = line.split('@').map(str::to_string).collect();
+        if fields.len() < 5 {
+            return None;
+        }
+        if matches!(fields[4].as_str(), "T" | "P") && fields.len() > MAINLOG_FAILURE_ERROR_FIELD + 1
+        {
+            let error = fields[MAINLOG_FAILURE_ERROR_FIELD..].join("@");
+            fields.truncate(MAINLOG_FAILURE_ERROR_FIELD);
+            fields.push(error);
+        }
+        Some(MainlogLine { fields })
+    }
+
+    /// R, D, T, P, X or M.
+    pub fn kind(&self) -> &str {
+        &self.fields[4]
+    }
+
+    pub fn message_id(&self) -> &str {
+        &self.fields[1]
+    }
+
+    pub fn field(&self, index: usize) -> &str {
+        self.fields.get(index).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Complete lines (terminated by '\n') of a log file; a partly written last
+/// line is left for the next read.
+pub fn complete_lines(path: &Path) -> Vec<String> {
+    let bytes = fs::read(path).unwrap_or_default();
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&bytes[..end])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn parse_mainlog(lines: &[String]) -> Vec<MainlogLine> {
+    lines.iter().filter_map(|l| MainlogLine::parse(l)).collect()
+}
+
+/// Count of mainlog lines per kind.
+pub fn count_kinds(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in parse_mainlog(lines) {
+        *counts.entry(line.kind().to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+// ---------------------------------------------------------------------------
+// The daemon.
+
+/// A running (or stopped) `ecelerity --config ecelerity.conf` with cwd = the
+/// test directory. stdout and stderr go to `daemon.stdout` / `daemon.stderr`
+/// in that directory, appended across restarts.
+pub struct Daemon {
+    dir: PathBuf,
+    config_path: PathBuf,
+    smtp_port: u16,
+    control_socket: PathBuf,
+    child: Option<ChildGuard>,
+    starts: u32,
+}
+
+impl Daemon {
+    /// Write `config_text` to DIR/ecelerity.conf, start the daemon and wait
+    /// until its first ESMTP listener answers 220. Panics (quoting the
+    /// daemon's stderr) when it exits or does not become ready.
+    pub fn start(dir: &Path, config_text: &str) -> Daemon {
+        let mut daemon = Daemon::spawn(dir, config_text);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Write the config and spawn the daemon without waiting for readiness.
+    pub fn spawn(dir: &Path, config_text: &str) -> Daemon {
+        let config_path = dir.join(CONFIG_FILE_NAME);
+        fs::write(&config_path, config_text).expect("write config");
+        let smtp_port = listen_address_after(config_text, "ESMTP_Listener")
+            .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse().ok()))
+            .unwrap_or(0);
+        let control = listen_address_after(config_text, "Control_Listener")
+            .unwrap_or_else(|| "ctl.sock".to_string());
+        let mut daemon = Daemon {
+            dir: dir.to_path_buf(),
+            config_path,
+            smtp_port,
+            control_socket: dir.join(control),
+            child: None,
+            starts: 0,
+        };
+        daemon.spawn_process();
+        daemon
+    }
+
+    fn spawn_process(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let stdout = self.open_output("daemon.stdout");
+        let stderr = self.open_output("daemon.stderr");
+        self.starts += 1;
+        let banner = format!("--- e2e: start {} ---\n", self.starts);
+        let _ = (&stderr).write_all(banner.as_bytes());
+        let child = Command::new(bin("ecelerity"))
+            .arg("--config")
+            .arg(CONFIG_FILE_NAME)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ecelerity");
+        self.child = Some(ChildGuard::new("ecelerity", child));
+    }
+
+    fn open_output(&self, name: &str) -> File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))
+            .expect("open daemon output file")
+    }
+
+    /// Wait until the ESMTP listener answers 220.
+    pub fn wait_ready(&mut self) {
+        assert!(
+            self.smtp_port != 0,
+            "config has no ESMTP_Listener Listen \"host:port\""
+        );
+        let port = self.smtp_port;
+        let ready = poll_until(READY_TIMEOUT, || {
+            if let Some(status) = self.child.as_mut().and_then(ChildGuard::try_wait) {
+                panic!(
+                    "ecelerity exited with {status} before it was ready; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            smtp_banner_ok(port).then_some(())
+        });
+        if ready.is_none() {
+            panic!(
+                "ecelerity did not answer 220 on port {port} within {READY_TIMEOUT:?}; stderr:\n{}",
+                self.stderr_text()
+            );
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn smtp_port(&self) -> u16 {
+        self.smtp_port
+    }
+
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(ChildGuard::pid)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().is_none(),
+            None => false,
+        }
+    }
+
+    /// SIGKILL the daemon and reap it: the crash the spool must survive.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon not running");
+        child.signal(libc::SIGKILL);
+        let _ = child.wait_timeout(STOP_TIMEOUT);
+        child.kill();
+    }
+
+    /// Send SIGTERM (graceful stop) without waiting.
+    pub fn term(&mut self) {
+        self.child
+            .as_ref()
+            .expect("daemon not running")
+            .signal(libc::SIGTERM);
+    }
+
+    /// Wait up to `timeout` for the daemon to exit; on exit the process is
+    /// reaped and the daemon counts as stopped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.wait_timeout(timeout)?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// SIGTERM and wait for a clean exit (status 0); panics otherwise.
+    pub fn stop(&mut self) {
+        self.term();
+        let status = self.wait_exit(STOP_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "ecelerity still running {STOP_TIMEOUT:?} after SIGTERM; stderr:\n{}",
+                self.stderr_text()
+            )
+        });
+        assert!(
+            status.success(),
+            "ecelerity exited with {status} after SIGTERM; stderr:\n{}",
+            self.stderr_text()
+        );
+    }
+
+    /// Start the daemon again with the same config (it must be stopped) and
+    /// wait until it is ready.
+    pub fn restart(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            assert!(
+                child.try_wait().is_some(),
+                "restart while the daemon still runs"
+            );
+            self.child = None;
+        }
+        self.spawn_process();
+        self.wait_ready();
+    }
+
+    pub fn stderr_text(&self) -> String {
+        file_tail(&self.dir.join("daemon.stderr"))
+    }
+
+    pub fn mainlog_path(&self) -> PathBuf {
+        self.dir.join(MAINLOG_RELATIVE)
+    }
+
+    /// Complete mainlog lines so far.
+    pub fn mainlog_lines(&self) -> Vec<String> {
+        complete_lines(&self.mainlog_path())
+    }
+
+    pub fn mainlog(&self) -> Vec<MainlogLine> {
+        parse_mainlog(&self.mainlog_lines())
+    }
+
+    /// Poll the mainlog until `condition` holds; returns the lines that
+    /// satisfied it. Panics after `timeout`, quoting the mainlog and stderr.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&[String]) -> bool,
+    ) -> Vec<String> {
+        poll_until(timeout, || {
+            let lines = self.mainlog_lines();
+            condition(&lines).then_some(lines)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; mainlog tail:\n{}\nstderr tail:\n{}",
+                file_tail(&self.mainlog_path()),
+                self.stderr_text()
+            )
+        })
+    }
+
+    /// Wait until the mainlog holds at least `count` lines of `kind`.
+    pub fn wait_for_kind(&self, kind: &str, count: usize, timeout: Duration) -> Vec<String> {
+        self.wait_for(&format!("{count} mainlog {kind} lines"), timeout, |lines| {
+            count_kinds(lines).get(kind).copied().unwrap_or(0) >= count
+        })
+    }
+
+    /// Run `ec_console SOCKET` with `input` on stdin (one command per line).
+    pub fn console(&self, input: &str) -> Output {
+        console(&self.control_socket, input)
+    }
+}
+
+/// Run `ec_console SOCKET` with `input` on stdin.
+pub fn console(socket: &Path, input: &str) -> Output {
+    run_with_input(
+        Command::new(bin("ec_console")).arg(socket),
+        input.as_bytes(),
+        STOP_TIMEOUT,
+    )
+}
+
+/// The number after `label:` in Momentum-style summary output
+/// ("   Received Messages:     12").
+pub fn summary_value(text: &str, label: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix(label)?;
+        let rest = rest.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Sinks.
+
+/// One transaction stored by `tests/py/sink.py`.
+#[derive(Clone, Debug)]
+pub struct SinkMessage {
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub path: PathBuf,
+}
+
+impl SinkMessage {
+    pub fn bytes(&self) -> Vec<u8> {
+        fs::read(&self.path).unwrap_or_else(|e| panic!("read {}: {e}", self.path.display()))
+    }
+
+    /// The first header with this name (case-insensitive), unfolded, value trimmed.
+    pub fn header(&self, name: &str) -> Option<String> {
+        header_value(&self.bytes(), name)
+    }
+}
+
+/// The value of the first header `name` in a message's header section.
+pub fn header_value(message: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(message);
+    let mut found: Option<String> = None;
+    for line in text.split("\r\n") {
+        if line.is_empty() {
+            break;
+        }
+        if let Some(value) = found.as_mut() {
+            if line.starts_with(' ') || line.starts_with('\t') {
+                value.push_str(line);
+                continue;
+            }
+            break;
+        }
+        if let Some((field, value)) = line.split_once(':') {
+            if field.eq_ignore_ascii_case(name) {
+                found = Some(value.to_string());
+            }
+        }
+    }
+    found.map(|v| v.trim().to_string())
+}
+
+/// Remove the first header if it is `Received:`, with its folded
+/// continuation lines. Returns None when the message does not start with one.
+pub fn strip_leading_received(message: &[u8]) -> Option<&[u8]> {
+    const PREFIX: &[u8] = b"received:";
+    if message.len() < PREFIX.len() || !message[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
+        return None;
+    }
+    let mut at = 0;
+    loop {
+        let end = at + message[at..].windows(2).position(|w| w == b"\r\n")? + 2;
+        at = end;
+        match message.get(at) {
+            Some(b' ') | Some(b'\t') => continue,
+            _ => return Some(&message[at..]),
+        }
+    }
+}
+
+/// The aiosmtpd sink (`tests/py/sink.py`) as a child process.
+pub struct Sink {
+    dir: PathBuf,
+    port: u16,
+    extra_args: Vec<String>,
+    log_path: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Sink {
+    /// Start a sink on 127.0.0.1:`port` storing into `dir` and wait until it
+    /// answers 220.
+    pub fn start(dir: &Path, port: u16) -> Sink {
+        Sink::start_with_args(dir, port, &[])
+    }
+
+    /// As `start`, with extra sink.py arguments (e.g. `--rule bob=452`).
+    pub fn start_with_args(dir: &Path, port: u16, extra_args: &[&str]) -> Sink {
+        fs::create_dir_all(dir).expect("create sink dir");
+        let mut sink = Sink {
+            dir: dir.to_path_buf(),
+            port,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_path: dir.with_extension("log"),
+            child: None,
+        };
+        sink.spawn_and_wait();
+        sink
+    }
+
+    fn spawn_and_wait(&mut self) {
+        assert!(self.child.is_none(), "sink already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open sink log");
+        let child = Command::new(python())
+            .arg(py_dir().join("sink.py"))
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn python3 sink.py (run tests/install-deps)");
+        self.child = Some(ChildGuard::new("sink.py", child));
+        let port = self.port;
+        let ready = poll_until(READY_TIMEOUT, || {
+            if let Some(status) = self.child.as_mut().and_then(ChildGuard::try_wait) {
+                panic!(
+                    "sink.py exited with {status}:\n{}",
+                    file_tail(&self.log_path)
+                );
+            }
+            smtp_banner_ok(port).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "sink.py not ready on port {port}:\n{}",
+            file_tail(&self.log_path)
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stop the sink (SIGTERM, then SIGKILL if it lingers).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.signal(libc::SIGTERM);
+            if child.wait_timeout(STOP_TIMEOUT).is_none() {
+                child.kill();
+            }
+        }
+    }
+
+    /// Start the sink again on the same port and directory; numbering continues.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn_and_wait();
+    }
+
+    /// Every transaction stored so far, in arrival order.
+    pub fn messages(&self) -> Vec<SinkMessage> {
+        complete_lines(&self.dir.join("index.txt"))
+            .iter()
+            .filter_map(|line| {
+                let mut parts = line.split('\t');
+                let mail_from = parts.next()?.to_string();
+                let rcpts = parts.next()?.split(',').map(str::to_string).collect();
+                let file = parts.next()?;
+                Some(SinkMessage {
+                    mail_from,
+                    rcpts,
+                    path: self.dir.join(file),
+                })
+            })
+            .collect()
+    }
+
+    /// Wait until at least `count` transactions are stored; panics after `timeout`.
+    pub fn wait_for_messages(&self, count: usize, timeout: Duration) -> Vec<SinkMessage> {
+        poll_until(timeout, || {
+            let messages = self.messages();
+            (messages.len() >= count).then_some(messages)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "sink has {} of {count} messages after {timeout:?}; sink log:\n{}",
+                self.messages().len(),
+                file_tail(&self.log_path)
+            )
+        })
+    }
+
+    /// Count of stored transactions per Message-ID header value.
+    pub fn message_id_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for message in self.messages() {
+            if let Some(id) = message.header("Message-ID") {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Postfix `smtp-sink`, dumping each transaction into a file under `dir`.
+pub struct PostfixSink {
+    dir: PathBuf,
+    port: u16,
+    _child: ChildGuard,
+}
+
+impl PostfixSink {
+    pub fn start(dir: &Path, port: u16) -> PostfixSink {
+        fs::create_dir_all(dir).expect("create smtp-sink dir");
+        let template = format!("{}/msg.", dir.display());
+        let log = File::create(dir.with_extension("log")).expect("smtp-sink log");
+        let mut command = Command::new("/usr/sbin/smtp-sink");
+        // smtp-sink refuses to run as root without a user to switch to.
+        if unsafe { libc::geteuid() } == 0 {
+            command.arg("-u").arg("root");
+        }
+        let child = command
+            .arg("-d")
+            .arg(template)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("100")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn smtp-sink (run tests/install-deps)");
+        let mut child = ChildGuard::new("smtp-sink", child);
+        let ready = poll_until(READY_TIMEOUT, || {
+            if let Some(status) = child.try_wait() {
+                panic!("smtp-sink exited with {status}");
+            }
+            smtp_banner_ok(port).then_some(())
+        });
+        assert!(ready.is_some(), "smtp-sink not ready on port {port}");
+        PostfixSink {
+            dir: dir.to_path_buf(),
+            port,
+            _child: child,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Dumped transactions so far. smtp-sink writes each file as the
+    /// transaction ends, so a file may be incomplete for a moment; a dump is
+    /// counted once it ends with the empty line smtp-sink appends.
+    pub fn dumps(&self) -> Vec<Vec<u8>> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("msg."))
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter(|bytes| bytes.ends_with(b"\n\n"))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients.
+
+/// Result of one send.py run: Message-ID (or file) → final reply code.
+pub struct SendReport {
+    pub results: Vec<(String, String)>,
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+impl SendReport {
+    pub fn parse(stdout: &[u8], status: ExitStatus, stderr: &[u8]) -> SendReport {
+        let results = String::from_utf8_lossy(stdout)
+            .lines()
+            .filter_map(|line| {
+                let (id, code) = line.split_once('\t')?;
+                Some((id.to_string(), code.to_string()))
+            })
+            .collect();
+        SendReport {
+            results,
+            status,
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
+        }
+    }
+
+    /// Message-IDs that got 250.
+    pub fn accepted(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter(|(_, code)| code == "250")
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// Build a send.py command; add arguments (e.g. `--count`) before running.
+pub fn send_py(port: u16) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg(py_dir().join("send.py"))
+        .arg("--port")
+        .arg(port.to_string());
+    command
+}
+
+/// Run send.py to completion with `args`.
+pub fn send_messages(port: u16, args: &[&str], timeout: Duration) -> SendReport {
+    let output = run(send_py(port).args(args), timeout);
+    SendReport::parse(&output.stdout, output.status, &output.stderr)
+}
+
+/// Send the exact bytes of `file` (CRLF) with smtplib; returns the DATA code.
+pub fn send_file(port: u16, file: &Path, from: &str, to: &[&str]) -> String {
+    let file_arg = file.to_string_lossy().into_owned();
+    let to_arg = to.join(",");
+    let report = send_messages(
+        port,
+        &[
+            "--file",
+            &file_arg,
+            "--from",
+            from,
+            "--to",
+            &to_arg,
+            "--deadline",
+            "60",
+        ],
+        ARRIVAL_TIMEOUT,
+    );
+    report
+        .results
+        .first()
+        .map(|(_, code)| code.clone())
+        .unwrap_or_else(|| format!("no result; stderr: {}", report.stderr))
+}
+
+/// Run swaks against 127.0.0.1:`port` with extra arguments.
+pub fn swaks(port: u16, args: &[&str]) -> Output {
+    run(
+        Command::new("swaks")
+            .arg("--server")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--timeout")
+            .arg("60")
+            .args(args),
+        ARRIVAL_TIMEOUT,
+    )
+}
+
+/// A Python client process left running (e.g. send.py during kill -9 rounds).
+pub struct Background {
+    guard: ChildGuard,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Background {
+    /// Spawn `command` with stdout and stderr to files named `name`.out/.err in `dir`.
+    pub fn spawn(name: &str, mut command: Command, dir: &Path) -> Background {
+        let stdout_path = dir.join(format!("{name}.out"));
+        let stderr_path = dir.join(format!("{name}.err"));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("stdout file"))
+            .stderr(File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Background {
+            guard: ChildGuard::new(name, child),
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.guard.try_wait()
+    }
+
+    /// Wait for exit and parse its output as a send.py report.
+    pub fn wait_report(mut self, timeout: Duration) -> SendReport {
+        let status = self.guard.wait_timeout(timeout).unwrap_or_else(|| {
+            panic!(
+                "client still running after {timeout:?}:\n{}",
+                file_tail(&self.stderr_path)
+            )
+        });
+        let stdout = fs::read(&self.stdout_path).unwrap_or_default();
+        let stderr = fs::read(&self.stderr_path).unwrap_or_default();
+        SendReport::parse(&stdout, status, &stderr)
+    }
+}
+
+/// Counts Message-IDs at a sink, reading only files added since the last
+/// call, so polling thousands of arrivals stays cheap.
+#[derive(Default)]
+pub struct MessageIdTally {
+    files_read: usize,
+    pub counts: HashMap<String, usize>,
+}
+
+impl MessageIdTally {
+    /// Read the sink's new arrivals; returns how many were new.
+    pub fn update(&mut self, sink: &Sink) -> usize {
+        let messages = sink.messages();
+        let new = messages.len().saturating_sub(self.files_read);
+        for message in &messages[self.files_read..] {
+            let id = message.header("Message-ID").unwrap_or_default();
+            *self.counts.entry(id).or_insert(0) += 1;
+        }
+        self.files_read = messages.len();
+        new
+    }
+}
+
+/// A raw SMTP client for protocol tests that smtplib and swaks would hide
+/// (bare LF, replies after errors, connection closes).
+pub struct SmtpClient {
+    reader: BufReader<TcpStream>,
+}
+
+/// Read timeout of a raw SMTP client.
+const SMTP_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl SmtpClient {
+    /// Connect and read the greeting; panics unless it is 220.
+    pub fn connect(port: u16) -> SmtpClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to daemon");
+        stream
+            .set_read_timeout(Some(SMTP_CLIENT_TIMEOUT))
+            .expect("set_read_timeout");
+        let mut client = SmtpClient {
+            reader: BufReader::new(stream),
+        };
+        let (code, text) = client.read_reply().expect("greeting");
+        assert_eq!(code, 220, "greeting: {text}");
+        client
+    }
+
+    /// One reply (all lines of a multi-line reply joined with '\n'), or None
+    /// at EOF or on a read error.
+    pub fn read_reply(&mut self) -> Option<(u16, String)> {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            let code: u16 = line.get(..3)?.parse().ok()?;
+            text.push_str(line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Some((code, text));
+            }
+            text.push('\n');
+        }
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("write to daemon");
+    }
+
+    /// Send one command line (CRLF added) and read its reply; panics at EOF.
+    pub fn command(&mut self, line: &str) -> (u16, String) {
+        self.write_raw(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+            .unwrap_or_else(|| panic!("connection closed after {line}"))
+    }
+
+    /// True when the server has closed the connection (EOF, or a reset).
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Randomness without a dependency.
+
+/// xorshift64*: enough for picking kill moments; seeded from the clock
+/// unless `ECELERITY_SEED` is set, and the seed is printed so a run can be
+/// repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("ECELERITY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("e2e: ECELERITY_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-ish in `low..high` (`high` exclusive, `low < high`).
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        assert!(low < high);
+        low + self.next_u64() % (high - low)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mainlog_failure_line_keeps_at_signs_in_the_error_text() {
+        let line = "1700000003@00/00-1@00/00-2@00/00-3@P@example.com@35@default@default@5@1@900.2\
+                    @192.0.2.25@550 5.1.1 <bob@example.com> no such user";
+        let parsed = MainlogLine::parse(line).unwrap();
+        assert_eq!(parsed.kind(), "P");
+        assert_eq!(parsed.fields.len(), 14);
+        assert_eq!(parsed.field(13), "550 5.1.1 <bob@example.com> no such user");
+    }
+
+    #[test]
+    fn strip_leading_received_removes_folded_continuations_only() {
+        let message = b"Received: from a\r\n\tby b;\r\n Thu, 1 Jan\r\nSubject: x\r\n\r\nbody\r\n";
+        assert_eq!(
+            strip_leading_received(message).unwrap(),
+            b"Subject: x\r\n\r\nbody\r\n"
+        );
+        assert!(strip_leading_received(b"Subject: x\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn summary_value_reads_right_aligned_numbers() {
+        let text = "Summary Statistics\n   Received Messages:        12\n\
+                    Successfully Delivered Messages:  3\n";
+        assert_eq!(summary_value(text, "Received Messages"), Some(12));
+        assert_eq!(
+            summary_value(text, "Successfully Delivered Messages"),
+            Some(3)
+        );
+        assert_eq!(summary_value(text, "Failed Messages"), None);
+    }
+
+    #[test]
+    fn listen_address_is_found_per_listener_scope() {
+        let text = TestConfig::new(2525).render();
+        let smtp = listen_address_after(&text, "ESMTP_Listener").unwrap();
+        assert!(smtp.starts_with("127.0.0.1:"));
+        assert_eq!(
+            listen_address_after(&text, "Control_Listener").unwrap(),
+            "ctl.sock"
+        );
+    }
+
+    #[test]
+    fn header_value_unfolds_and_stops_at_the_body() {
+        let message = b"Subject: a\r\n b\r\nMessage-ID: <1@x>\r\n\r\nMessage-ID: <2@x>\r\n";
+        assert_eq!(header_value(message, "message-id").unwrap(), "<1@x>");
+        assert_eq!(header_value(message, "Subject").unwrap(), "a b");
+    }
+
+    #[test]
+    fn python_sink_stores_exact_bytes_and_scripts_replies() {
+        let dir = TempDir::new("sink-selftest");
+        let sink = Sink::start(&dir.join("sink"), free_port());
+        let message = b"Subject: t\r\n\r\n.dot first\r\n..two dots\r\nend\r\n";
+        let file = dir.join("m.eml");
+        fs::write(&file, message).unwrap();
+        let code = send_file(sink.port(), &file, "a@x.test", &["b@y.test", "c@y.test"]);
+        assert_eq!(code, "250");
+        let stored = sink.wait_for_messages(1, ARRIVAL_TIMEOUT);
+        assert_eq!(stored[0].bytes(), message);
+        assert_eq!(stored[0].rcpts, vec!["b@y.test", "c@y.test"]);
+        assert_eq!(
+            send_file(sink.port(), &file, "a@x.test", &["reject1@y.test"]),
+            "550"
+        );
+        assert_eq!(
+            send_file(sink.port(), &file, "a@x.test", &["tempfail@y.test"]),
+            "451"
+        );
+        assert_eq!(sink.messages().len(), 1);
+    }
+
+    #[test]
+    fn postfix_smtp_sink_dumps_what_smtp_source_sends() {
+        let dir = TempDir::new("smtp-sink-selftest");
+        let sink = PostfixSink::start(&dir.join("dump"), free_port());
+        let output = run(
+            Command::new("/usr/sbin/smtp-source")
+                .args(["-m", "5", "-s", "2", "-l", "512", "-t", "to@example.com"])
+                .arg(format!("127.0.0.1:{}", sink.port())),
+            ARRIVAL_TIMEOUT,
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let dumps = poll_until(ARRIVAL_TIMEOUT, || {
+            let dumps = sink.dumps();
+            (dumps.len() >= 5).then_some(dumps)
+        })
+        .expect("5 dumps");
+        assert_eq!(dumps.len(), 5);
+    }
+}

@@ -1,0 +1,23 @@
+//! The one end-to-end test binary: every test starts the built `ecelerity`
+//! (target/debug, or `ECELERITY_BIN_DIR`) in its own temporary directory on
+//! its own ports, drives it with real clients and sinks, and checks what
+//! arrives, what the mainlog says and what the operator tools print.
+//! Build the binaries first: `tests/run` does (`cargo build --workspace --bins`).
+
+#[path = "e2e/common.rs"]
+mod common;
+
+#[path = "e2e/config.rs"]
+mod config;
+#[path = "e2e/console.rs"]
+mod console;
+#[path = "e2e/crash.rs"]
+mod crash;
+#[path = "e2e/delivery.rs"]
+mod delivery;
+#[path = "e2e/ec_ctl.rs"]
+mod ec_ctl;
+#[path = "e2e/policy.rs"]
+mod policy;
+#[path = "e2e/retry.rs"]
+mod retry;

@@ -1,0 +1,110 @@
+//! The operator console over the control socket: `ec_console` in batch mode
+//! (commands on stdin) against a running daemon.
+
+use std::time::Duration;
+
+use ecelerity_tests::{poll_until, send_messages, summary_value, ARRIVAL_TIMEOUT};
+
+use crate::common::Mta;
+
+/// Messages sent before reading the summary.
+const SUMMARY_MESSAGES: usize = 7;
+
+/// Goal: `summary` counts what went through. Method: deliver N messages,
+/// then read `summary` until Received and Successfully Delivered both say N
+/// (counters may trail the mainlog by a moment).
+#[test]
+fn console_summary_counts_received_and_delivered_messages() {
+    let mta = Mta::start("console-summary");
+    let count = SUMMARY_MESSAGES.to_string();
+    let report = send_messages(
+        mta.port(),
+        &["--count", &count, "--threads", "2"],
+        ARRIVAL_TIMEOUT,
+    );
+    assert_eq!(
+        report.accepted().len(),
+        SUMMARY_MESSAGES,
+        "{}",
+        report.stderr
+    );
+    mta.sink
+        .wait_for_messages(SUMMARY_MESSAGES, ARRIVAL_TIMEOUT);
+    mta.daemon
+        .wait_for_kind("D", SUMMARY_MESSAGES, ARRIVAL_TIMEOUT);
+
+    let mut last = String::new();
+    let settled = poll_until(ARRIVAL_TIMEOUT, || {
+        let output = mta.daemon.console("summary\n");
+        assert!(
+            output.status.success(),
+            "ec_console: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        last = String::from_utf8_lossy(&output.stdout).into_owned();
+        let received = summary_value(&last, "Received Messages");
+        let delivered = summary_value(&last, "Successfully Delivered Messages");
+        let want = Some(SUMMARY_MESSAGES as u64);
+        (received == want && delivered == want).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "summary never showed {SUMMARY_MESSAGES}/{SUMMARY_MESSAGES}:\n{last}"
+    );
+    assert!(last.contains("Summary Statistics"), "{last}");
+    for label in ["Failed Messages", "Total Queue Size", "Inbound Concurrency"] {
+        assert!(
+            summary_value(&last, label).is_some(),
+            "no numeric `{label}` in:\n{last}"
+        );
+    }
+    assert_eq!(summary_value(&last, "Failed Messages"), Some(0), "{last}");
+    assert!(
+        last.lines().any(|l| l.trim_start().starts_with("Uptime:")),
+        "no Uptime line:\n{last}"
+    );
+}
+
+/// Goal: an unknown command is answered and the session goes on.
+/// Method: `bogus` then `version` in one batch session.
+#[test]
+fn console_unknown_command_reports_error_and_session_continues() {
+    let mta = Mta::start("console-unknown");
+    let output = mta.daemon.console("bogus\nversion\n");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ec_console exit {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let unknown = stdout
+        .lines()
+        .position(|l| l.trim_start().starts_with("Unknown command"));
+    let version = stdout
+        .lines()
+        .position(|l| l.trim_start().starts_with("ecelerity "));
+    assert!(unknown.is_some(), "no `Unknown command` line:\n{stdout}");
+    assert!(
+        version.is_some(),
+        "no version line after the error:\n{stdout}"
+    );
+    assert!(unknown < version, "replies out of order:\n{stdout}");
+}
+
+/// Goal: console `shutdown` stops the daemon gracefully.
+/// Method: send `shutdown`, then wait for a clean exit.
+#[test]
+fn console_shutdown_stops_the_daemon_cleanly() {
+    let mut mta = Mta::start("console-shutdown");
+    let _ = mta.daemon.console("shutdown\n");
+    let status = mta
+        .daemon
+        .wait_exit(Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("daemon still running after console shutdown"));
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        mta.daemon.stderr_text()
+    );
+}
