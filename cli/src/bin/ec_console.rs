@@ -84,7 +84,16 @@ impl Console {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // `ec_console summary` (no socket): a first word that is neither a path
+    // nor an existing file is the command.
+    if let Some(first) = args.socket.clone() {
+        let text = first.to_string_lossy();
+        if !text.contains('/') && !first.exists() {
+            args.command.insert(0, text.into_owned());
+            args.socket = None;
+        }
+    }
     let path = match args.socket.clone() {
         Some(p) => p,
         None => {

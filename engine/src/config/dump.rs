@@ -119,6 +119,18 @@ fn inbound_entries(listener: &ListenerConfig, with_enable: bool) -> Vec<(&'stati
             "max_line_length",
             Typed::Integer(u64::from(listener.max_line_length_bytes)),
         ),
+        (
+            "max_inbound_connections_per_ip",
+            Typed::Integer(u64::from(listener.max_inbound_connections_per_ip)),
+        ),
+        (
+            "inbound_command_timeout",
+            Typed::Seconds(listener.inbound_command_timeout),
+        ),
+        (
+            "inbound_data_timeout",
+            Typed::Seconds(listener.inbound_data_timeout),
+        ),
     ]);
     entries
 }
@@ -137,10 +149,15 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     w.option(0, "hostname", &Typed::Text(settings.hostname.clone()));
     w.option(0, "shards", &Typed::Integer(settings.shards as u64));
     w.option(0, "pidfile", &Typed::Path(settings.pidfile.clone()));
+    w.option(
+        0,
+        "server_max_inbound_connections",
+        &Typed::Integer(u64::from(settings.server_max_inbound_connections)),
+    );
     w.options(0, &inbound_entries(&settings.inbound, false));
     let delivery = DeliveryOverrides::complete(&settings.delivery);
     if delivery.gateway.is_none() {
-        w.line(0, "# gateway is unset: delivery by MX");
+        w.line(0, "# gateway is unset: mail waits in the queue (MX routing is not built yet)");
     }
     w.options(0, &delivery.entries());
     if delivery.bind_address.is_none() {

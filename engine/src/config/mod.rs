@@ -52,6 +52,20 @@ pub const IDLE_TIME_SECONDS_DEFAULT: u64 = 300;
 pub const LINE_LENGTH_BYTES_DEFAULT: u64 = 1000;
 pub const LINE_LENGTH_BYTES_MIN: u64 = 1000;
 pub const LINE_LENGTH_BYTES_MAX: u64 = 1024 * 1024;
+/// `server_max_inbound_connections`: open inbound SMTP connections over
+/// all listeners and shards; past it a new connection gets `421 4.3.2`.
+pub const SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT: u64 = 20_000;
+pub const SERVER_MAX_INBOUND_CONNECTIONS_MAX: u64 = 1_000_000;
+/// `max_inbound_connections_per_ip`: open connections from one client
+/// address (peers in `relay_hosts` are exempt); 0 = unlimited. Postfix's
+/// `smtpd_client_connection_count_limit` is 50 too.
+pub const MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT: u64 = 50;
+pub const MAX_INBOUND_CONNECTIONS_PER_IP_MAX: u64 = 1_000_000;
+/// `inbound_command_timeout`: from our last reply until the client's next
+/// command line is complete, however the bytes trickle in.
+pub const INBOUND_COMMAND_TIMEOUT_SECONDS_DEFAULT: u64 = 300;
+/// `inbound_data_timeout`: from the 354 until the final `.` of DATA.
+pub const INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT: u64 = 900;
 
 pub const RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 1200;
 pub const MAX_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 43_200;
@@ -92,6 +106,10 @@ const _: () = assert!(RECIPIENTS_PER_MESSAGE_MAX <= u32::MAX as u64);
 const _: () = assert!(RECEPTIONS_PER_CONNECTION_MAX <= u32::MAX as u64);
 const _: () = assert!(LINE_LENGTH_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(LINE_LENGTH_BYTES_MIN <= LINE_LENGTH_BYTES_DEFAULT);
+const _: () = assert!(SERVER_MAX_INBOUND_CONNECTIONS_MAX <= u32::MAX as u64);
+const _: () = assert!(MAX_INBOUND_CONNECTIONS_PER_IP_MAX <= u32::MAX as u64);
+const _: () = assert!(SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT <= SERVER_MAX_INBOUND_CONNECTIONS_MAX);
+const _: () = assert!(MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT <= MAX_INBOUND_CONNECTIONS_PER_IP_MAX);
 const _: () = assert!(OUTBOUND_CONNECTIONS_MAX <= u32::MAX as u64);
 const _: () = assert!(RECIPIENTS_PER_BATCH_MAX <= u32::MAX as u64);
 const _: () = assert!(RETRIES_MAX <= u32::MAX as u64);
@@ -204,6 +222,12 @@ impl Config {
         &self.settings.pidfile
     }
 
+    /// `server_max_inbound_connections`: the cap on open inbound SMTP
+    /// connections over every listener and shard.
+    pub fn server_max_inbound_connections(&self) -> u32 {
+        self.settings.server_max_inbound_connections
+    }
+
     /// The global `relay_hosts` (listeners carry their own resolved copy).
     pub fn relay_hosts(&self) -> &[Cidr] {
         &self.settings.inbound.relay_hosts
@@ -271,6 +295,13 @@ pub struct ListenerConfig {
     pub max_receptions_per_connection: u32,
     /// Longest DATA text line, CRLF included.
     pub max_line_length_bytes: u32,
+    /// Open connections from one client address; 0 = unlimited. Peers in
+    /// `relay_hosts` are exempt.
+    pub max_inbound_connections_per_ip: u32,
+    /// From our last reply until the next command line is complete.
+    pub inbound_command_timeout: Duration,
+    /// From the 354 reply until the end of the DATA.
+    pub inbound_data_timeout: Duration,
 }
 
 /// One `Control_Listener` `Listen` (a Unix socket).
@@ -495,6 +526,10 @@ max_recipients_per_message = 500
 idle_time = 120
 max_receptions_per_connection = 50
 max_line_length = 2000
+server_max_inbound_connections = 9000
+max_inbound_connections_per_ip = 7
+inbound_command_timeout = 40
+inbound_data_timeout = 400
 /* outbound, global */
 gateway = "smarthost.example.net:2525"
 retry_interval = 600
@@ -531,6 +566,8 @@ esmtp_listener {
     max_receptions_per_connection = 3
     max_line_length = 1000
     max_message_size = 0
+    max_inbound_connections_per_ip = 0
+    inbound_command_timeout = 30
     enable = "on"
   }
 }
@@ -631,6 +668,7 @@ domain "example.com" {
         assert_eq!(config.hostname(), "mta1.example.net");
         assert_eq!(config.shards(), 4);
         assert_eq!(config.pidfile(), Path::new("run/ec.pid"));
+        assert_eq!(config.server_max_inbound_connections(), 9000);
         assert_eq!(
             config.relay_hosts(),
             &cidrs(&["10.0.0.0/8", "192.168.0.0/16", "::1"])[..]
@@ -677,6 +715,9 @@ domain "example.com" {
                 idle_time: secs(120),
                 max_receptions_per_connection: 50,
                 max_line_length_bytes: 2000,
+                max_inbound_connections_per_ip: 7,
+                inbound_command_timeout: secs(40),
+                inbound_data_timeout: secs(400),
             }
         );
         assert_eq!(
@@ -690,6 +731,9 @@ domain "example.com" {
                 idle_time: secs(60),
                 max_receptions_per_connection: 3,
                 max_line_length_bytes: 1000,
+                max_inbound_connections_per_ip: 0,
+                inbound_command_timeout: secs(30),
+                inbound_data_timeout: secs(400),
             }
         );
     }

@@ -146,6 +146,18 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         INBOUND,
         bytes(LINE_LENGTH_BYTES_MIN, LINE_LENGTH_BYTES_MAX),
     ),
+    spec(
+        "server_max_inbound_connections",
+        GLOBAL,
+        integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
+    ),
+    spec(
+        "max_inbound_connections_per_ip",
+        INBOUND,
+        integer(0, MAX_INBOUND_CONNECTIONS_PER_IP_MAX),
+    ),
+    spec("inbound_command_timeout", INBOUND, TIMEOUT),
+    spec("inbound_data_timeout", INBOUND, TIMEOUT),
     spec("Enable", LISTENER, Kind::Bool),
     spec("File_Mode", CONTROL, Kind::FileMode),
     spec("mainlog", LOGGER, Kind::Path),
@@ -217,6 +229,9 @@ pub(super) struct InboundOverrides {
     pub(super) idle_time: Option<Duration>,
     pub(super) max_receptions_per_connection: Option<u32>,
     pub(super) max_line_length_bytes: Option<u32>,
+    pub(super) max_inbound_connections_per_ip: Option<u32>,
+    pub(super) inbound_command_timeout: Option<Duration>,
+    pub(super) inbound_data_timeout: Option<Duration>,
     pub(super) enabled: Option<bool>,
 }
 
@@ -236,6 +251,13 @@ impl InboundOverrides {
             ("max_line_length", Typed::Integer(v)) => {
                 self.max_line_length_bytes = Some(narrow_u32(v))
             }
+            ("max_inbound_connections_per_ip", Typed::Integer(v)) => {
+                self.max_inbound_connections_per_ip = Some(narrow_u32(v))
+            }
+            ("inbound_command_timeout", Typed::Seconds(v)) => {
+                self.inbound_command_timeout = Some(v)
+            }
+            ("inbound_data_timeout", Typed::Seconds(v)) => self.inbound_data_timeout = Some(v),
             ("Enable", Typed::Bool(v)) => self.enabled = Some(v),
             (_, value) => return Err(value),
         }
@@ -260,6 +282,15 @@ impl InboundOverrides {
         }
         if let Some(v) = self.max_line_length_bytes {
             listener.max_line_length_bytes = v;
+        }
+        if let Some(v) = self.max_inbound_connections_per_ip {
+            listener.max_inbound_connections_per_ip = v;
+        }
+        if let Some(v) = self.inbound_command_timeout {
+            listener.inbound_command_timeout = v;
+        }
+        if let Some(v) = self.inbound_data_timeout {
+            listener.inbound_data_timeout = v;
         }
         if let Some(v) = self.enabled {
             listener.enabled = v;
@@ -476,6 +507,7 @@ pub(super) struct Settings {
     pub(super) hostname: String,
     pub(super) shards: usize,
     pub(super) pidfile: PathBuf,
+    pub(super) server_max_inbound_connections: u32,
     /// Global listener options over the defaults. `address` is unused
     /// (unspecified) and `enabled` is true: Enable is not a global option.
     pub(super) inbound: ListenerConfig,
@@ -548,6 +580,9 @@ pub(super) fn builtin_inbound() -> ListenerConfig {
         idle_time: Duration::from_secs(IDLE_TIME_SECONDS_DEFAULT),
         max_receptions_per_connection: 0,
         max_line_length_bytes: LINE_LENGTH_BYTES_DEFAULT as u32,
+        max_inbound_connections_per_ip: MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT as u32,
+        inbound_command_timeout: Duration::from_secs(INBOUND_COMMAND_TIMEOUT_SECONDS_DEFAULT),
+        inbound_data_timeout: Duration::from_secs(INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT),
     }
 }
 
@@ -720,6 +755,7 @@ struct Builder<'t> {
     hostname: Option<String>,
     shards: Option<u64>,
     pidfile: Option<PathBuf>,
+    server_max_inbound_connections: Option<u32>,
     global_inbound: InboundOverrides,
     global_delivery: DeliveryOverrides,
     esmtp_listener: InboundOverrides,
@@ -742,6 +778,7 @@ pub(super) fn build(tree: &Tree) -> Result<Settings, ConfigError> {
         hostname: None,
         shards: None,
         pidfile: None,
+        server_max_inbound_connections: None,
         global_inbound: InboundOverrides::default(),
         global_delivery: DeliveryOverrides::default(),
         esmtp_listener: InboundOverrides::default(),
@@ -1123,6 +1160,9 @@ impl Builder<'_> {
             ("hostname", Typed::Text(t)) => self.hostname = Some(t),
             ("shards", Typed::Integer(n)) => self.shards = Some(n),
             ("pidfile", Typed::Path(p)) => self.pidfile = Some(p),
+            ("server_max_inbound_connections", Typed::Integer(n)) => {
+                self.server_max_inbound_connections = Some(narrow_u32(n))
+            }
             (_, typed) => {
                 let typed = match self.global_inbound.set(key, typed) {
                     Ok(()) => return Ok(()),
@@ -1183,6 +1223,9 @@ impl Builder<'_> {
             hostname,
             shards: shards as usize,
             pidfile: self.pidfile.unwrap_or_else(|| PIDFILE_DEFAULT.into()),
+            server_max_inbound_connections: self
+                .server_max_inbound_connections
+                .unwrap_or(SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32),
             inbound,
             delivery,
             esmtp_listeners,
