@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use ecelerity_cli::{load_config_or_exit, EXIT_FAILED};
+use ecelerity_cli::{load_config_or_exit, privileges, EXIT_FAILED};
 use ecelerity_engine::shard;
 
 #[derive(Parser)]
@@ -48,8 +48,28 @@ fn main() {
         remove_pid_file(&pid_file);
         std::process::exit(EXIT_FAILED);
     }
+    raise_open_files_limit();
     let signals = block_stop_signals();
-    let engine = match shard::start(config.clone()) {
+    let run_as = match prepare_run_as(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ecelerity: {e}");
+            remove_pid_file(&pid_file);
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let drop_privileges = || match run_as {
+        None => Ok(()),
+        Some(who) => {
+            for c in config.control_listeners() {
+                privileges::chown_tree(&c.path, who)?;
+            }
+            privileges::drop_to(who)?;
+            tracing::info!("running as uid {} gid {}", who.uid, who.gid);
+            Ok(())
+        }
+    };
+    let engine = match shard::start(config.clone(), drop_privileges) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -85,9 +105,49 @@ fn main() {
     tracing::info!("ecelerity stopped");
 }
 
+/// When running as root with a `Security { user }` stanza: resolves the
+/// user and gives it the spool and log folders, so that once the shards
+/// have bound their sockets the daemon can drop to it (Postfix's habit:
+/// bind as root, serve as nobody in particular).
+fn prepare_run_as(config: &ecelerity_engine::config::Config) -> Result<Option<privileges::RunAs>, String> {
+    let Some(user) = config.security().and_then(|s| s.user.as_deref()) else { return Ok(None) };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::warn!("Security: user `{user}` is set but we are not root; running as we are");
+        return Ok(None);
+    }
+    let who = privileges::resolve(user, config.security().and_then(|s| s.group.as_deref()))?;
+    for shard in 0..shard::shard_count(config) {
+        let dir = config.spoolbase().join(shard.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    privileges::chown_tree(config.spoolbase(), who)?;
+    let logs = config.logs();
+    for log in [&logs.mainlog, &logs.rejectlog, &logs.paniclog] {
+        let file = ecelerity_engine::log::open_append(log, 0o644).map_err(|e| format!("{}: {e}", log.display()))?;
+        drop(file);
+        privileges::chown_tree(log, who)?;
+    }
+    Ok(Some(who))
+}
+
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any shard
 /// starts, so every thread inherits the mask and only [`wait_signal`]
 /// sees them.
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every inbound
+/// connection is a descriptor, and the common soft default (1024) would
+/// cap the daemon far below `server_max_inbound_connections`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
+        tracing::warn!("cannot raise the open files limit from {}: {}", limit.rlim_cur, std::io::Error::last_os_error());
+    }
+}
+
 fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a sigset_t we own.
     unsafe {

@@ -157,7 +157,10 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     w.options(0, &inbound_entries(&settings.inbound, false));
     let delivery = DeliveryOverrides::complete(&settings.delivery);
     if delivery.gateway.is_none() {
-        w.line(0, "# gateway is unset: mail waits in the queue (MX routing is not built yet)");
+        w.line(
+            0,
+            "# gateway is unset: mail waits in the queue (MX routing is not built yet)",
+        );
     }
     w.options(0, &delivery.entries());
     if delivery.bind_address.is_none() {

@@ -132,13 +132,7 @@ pub struct Attempt<'a> {
 
 /// `D: ts@msgid@batchid@connid@D@dest_domain@size@binding_group@binding@retries@secs@remote_ip`
 pub fn format_delivery(buf: &mut Vec<u8>, ids: &RecordIds<'_>, a: &Attempt<'_>) {
-    head(buf, ids, b'D');
-    buf.push(b'@');
-    push_field(buf, a.domain);
-    let _ = write!(Fmt(buf), "@{}@", a.bytes);
-    push_field(buf, a.binding_group);
-    buf.push(b'@');
-    push_field(buf, a.binding);
+    attempt_head(buf, ids, b'D', a);
     let _ = write!(Fmt(buf), "@{}@{:.3}@", a.retries, a.secs_since_reception);
     push_field(buf, a.remote_ip);
     buf.push(b'\n');
@@ -146,18 +140,24 @@ pub fn format_delivery(buf: &mut Vec<u8>, ids: &RecordIds<'_>, a: &Attempt<'_>) 
 
 /// `T|P: ts@msgid@batchid@connid@T@dest_domain@bytes_sent@binding_group@binding@stage@retries@secs@remote_ip@error`
 pub fn format_failure(buf: &mut Vec<u8>, ids: &RecordIds<'_>, permanent: bool, a: &Attempt<'_>) {
-    head(buf, ids, if permanent { b'P' } else { b'T' });
+    attempt_head(buf, ids, if permanent { b'P' } else { b'T' }, a);
+    let _ = write!(Fmt(buf), "@{}@{}@{:.3}@", a.stage, a.retries, a.secs_since_reception);
+    push_field(buf, a.remote_ip);
+    buf.push(b'@');
+    push_field(buf, a.error);
+    buf.push(b'\n');
+}
+
+/// The fields D, T and P records share: ids, type, domain, bytes, binding
+/// group and binding.
+fn attempt_head(buf: &mut Vec<u8>, ids: &RecordIds<'_>, kind: u8, a: &Attempt<'_>) {
+    head(buf, ids, kind);
     buf.push(b'@');
     push_field(buf, a.domain);
     let _ = write!(Fmt(buf), "@{}@", a.bytes);
     push_field(buf, a.binding_group);
     buf.push(b'@');
     push_field(buf, a.binding);
-    let _ = write!(Fmt(buf), "@{}@{}@{:.3}@", a.stage, a.retries, a.secs_since_reception);
-    push_field(buf, a.remote_ip);
-    buf.push(b'@');
-    push_field(buf, a.error);
-    buf.push(b'\n');
 }
 
 /// Fields of a rejectlog line.

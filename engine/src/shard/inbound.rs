@@ -3,10 +3,26 @@
 //! [`ServerSession`], spools each message it hands over, and answers it
 //! only after the group commit that covers it. It makes no protocol
 //! decision of its own.
+//!
+//! Owns: admission of connections (`server_max_inbound_connections` over
+//! every shard, `max_inbound_connections_per_ip` through the process-wide
+//! peer table), the clocks of a session (`idle_time` per read,
+//! `inbound_command_timeout` per command line, `inbound_data_timeout` per
+//! DATA) and the read buffers.
+//! May call: the session, the spool, the logs, the shard's router.
+//! Never: protocol decisions (replies other than the connection-refusal
+//! 421s are the session's); a lock on a per-message path (the peer table
+//! is locked once at accept and once at close).
+//!
+//! Memory: an idle session holds `COMMAND_READ_BYTES` of read buffer; the
+//! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ecelerity_policy::RelayControl;
 use ecelerity_spool::SpoolError;
@@ -18,19 +34,85 @@ use crate::config::ListenerConfig;
 use crate::log::{format_reception, format_rejection, Reception, RecordIds, Rejection};
 use crate::queue::record::SpooledEnvelope;
 use crate::queue::MessageId;
-use crate::smtp::server::{Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome};
+use crate::smtp::server::{
+    Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
+};
 
-/// Bytes read from a client socket at a time.
+/// Bytes read from a client socket at a time while a DATA is being read.
+/// Allocated at the 354 and freed when the message is answered.
 pub const READ_BUFFER_BYTES: usize = 16 * 1024;
-/// Most inbound connections one shard serves at once; past it new
-/// connections get `421 4.3.2` and are closed.
-pub const INBOUND_CONNECTIONS_MAX: u64 = 20_000;
+/// Bytes read at a time outside DATA: commands are short, and this is all
+/// the read buffer an idle connection holds.
+pub const COMMAND_READ_BYTES: usize = 1024;
 /// Pause after an accept error (EMFILE and friends) before trying again.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// The session's phase name while it reads a DATA (`phase_name()`).
+const PHASE_DATA: &str = "data";
+
+/// Open inbound connections per client address, over every shard of the
+/// process. Only addresses subject to `max_inbound_connections_per_ip`
+/// are counted; an entry is removed when its count drops to zero, so the
+/// table holds at most one entry per open connection.
+static PEERS: Mutex<BTreeMap<IpAddr, u32>> = Mutex::new(BTreeMap::new());
+
+/// One connection's place in [`PEERS`]; gives it back on drop.
+struct PeerSlot {
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    /// Takes a place for `ip`, or `None` when `ip` already has `limit`.
+    fn take(ip: IpAddr, limit: u32) -> Option<PeerSlot> {
+        assert!(limit > 0, "0 means unlimited: such peers take no slot");
+        let mut peers = PEERS.lock().unwrap_or_else(|e| e.into_inner());
+        let count = peers.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot { ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = PEERS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = peers.get_mut(&self.ip) {
+            assert!(*count > 0);
+            *count -= 1;
+            if *count == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a connection is refused before its session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `server_max_inbound_connections` reached.
+    ServerFull,
+    /// `max_inbound_connections_per_ip` reached for the peer.
+    PeerFull,
+}
+
+impl Refusal {
+    fn reply(self) -> &'static [u8] {
+        match self {
+            Refusal::ServerFull => b"421 4.3.2 Too many connections, try again later\r\n",
+            Refusal::PeerFull => {
+                b"421 4.7.0 Too many connections from your address, try again later\r\n"
+            }
+        }
+    }
+}
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<ListenerConfig>) {
-    let policy: Rc<dyn ecelerity_policy::Policy> =
-        Rc::new(RelayControl { relay_hosts: config.relay_hosts.clone(), local_domains: Vec::new() });
+    let policy: Rc<dyn ecelerity_policy::Policy> = Rc::new(RelayControl {
+        relay_hosts: config.relay_hosts.clone(),
+        local_domains: Vec::new(),
+    });
+    let server_max = u64::from(shard.config.server_max_inbound_connections());
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -40,16 +122,39 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<Lis
                 continue;
             }
         };
-        let stats = shard.my_stats();
-        if stats.inbound_connections.load(std::sync::atomic::Ordering::Relaxed) >= INBOUND_CONNECTIONS_MAX {
-            let mut s = stream;
-            let _ = s.write_all(b"421 4.3.2 Too many connections, try again later\r\n").await;
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let open: u64 = shard
+            .stats
+            .shards
+            .iter()
+            .map(|s| s.inbound_connections.load(Relaxed))
+            .sum();
+        let per_ip = config.max_inbound_connections_per_ip;
+        let exempt = per_ip == 0 || config.relay_hosts.iter().any(|c| c.contains(peer.ip()));
+        let slot = if exempt {
+            None
+        } else {
+            PeerSlot::take(peer.ip(), per_ip)
+        };
+        let refusal = if open >= server_max {
+            Some(Refusal::ServerFull)
+        } else if !exempt && slot.is_none() {
+            Some(Refusal::PeerFull)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            drop(slot);
+            refuse(&shard, stream, peer, refusal).await;
             continue;
         }
+        ShardStats::add(&shard.my_stats().inbound_connections, 1);
+        ShardStats::add(&shard.my_stats().inbound_connections_total, 1);
         let (shard2, config2, policy2) = (shard.clone(), config.clone(), policy.clone());
         let spawned = shard.sessions.spawn(async move {
-            ShardStats::add(&shard2.my_stats().inbound_connections, 1);
-            ShardStats::add(&shard2.my_stats().inbound_connections_total, 1);
+            let _slot = slot;
             if let Err(e) = serve(&shard2, stream, &config2, policy2).await {
                 tracing::debug!(shard = shard2.id, "session ended: {e}");
             }
@@ -57,9 +162,49 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<Lis
         });
         match spawned {
             Ok(task) => task.detach(),
-            Err(_) => return, // the gate is closed: the shard is stopping
+            Err(_) => {
+                // The gate is closed: the shard is stopping.
+                ShardStats::sub(&shard.my_stats().inbound_connections, 1);
+                return;
+            }
         };
     }
+}
+
+/// Answers a connection we will not serve with a 421, logs it to the
+/// rejectlog and closes it. The reply fits an empty socket buffer, so
+/// the write does not wait on the client.
+async fn refuse(shard: &Shard, mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
+    let reply = refusal.reply();
+    ShardStats::add(&shard.my_stats().rejections, 1);
+    let local = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (remote, connection_id) = (
+        peer.to_string(),
+        MessageId(shard.next_connection_id()).to_string(),
+    );
+    let text = String::from_utf8_lossy(reply.strip_suffix(b"\r\n").unwrap_or(reply));
+    shard.logs.rejectlog(|buf| {
+        format_rejection(
+            buf,
+            now_unix_ms() / 1000,
+            &Rejection {
+                remote: &remote,
+                local: &local,
+                connection_id: &connection_id,
+                phase: "connect",
+                code: 421,
+                ehlo: "",
+                mail_from: "",
+                text: &text,
+            },
+        )
+    });
+    tracing::debug!(shard = shard.id, "refused {peer}: {refusal:?}");
+    let _ = stream.write_all(reply).await;
+    let _ = stream.close().await;
 }
 
 /// What a session's connection looks like, for the logs.
@@ -69,6 +214,50 @@ struct Conn {
     local: SocketAddr,
 }
 
+/// The session's two deadlines: a command line must be complete within
+/// `inbound_command_timeout` of our last reply, a DATA within
+/// `inbound_data_timeout` of its 354. Reads wait at most `idle_time` on
+/// top, whichever ends first. While a message awaits the spool nothing
+/// is read, so no clock runs against the client.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    command: Duration,
+    data: Duration,
+    /// When the current phase (command line or DATA) started.
+    since: Instant,
+    in_data: bool,
+}
+
+impl Deadlines {
+    fn new(listener: &ListenerConfig, now: Instant) -> Deadlines {
+        Deadlines {
+            command: listener.inbound_command_timeout,
+            data: listener.inbound_data_timeout,
+            since: now,
+            in_data: false,
+        }
+    }
+
+    /// Called before each read: a change between command and DATA phase
+    /// restarts the clock, and so does a reply in the command phase (the
+    /// next command line starts counting from it).
+    fn observe(&mut self, in_data: bool, replied: bool, now: Instant) {
+        if in_data != self.in_data || (replied && !in_data) {
+            self.since = now;
+        }
+        self.in_data = in_data;
+    }
+
+    fn deadline(&self) -> Instant {
+        self.since
+            + if self.in_data {
+                self.data
+            } else {
+                self.command
+            }
+    }
+}
+
 async fn serve(
     shard: &Rc<Shard>,
     mut stream: TcpStream,
@@ -76,7 +265,11 @@ async fn serve(
     policy: Rc<dyn ecelerity_policy::Policy>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let conn = Conn { id: shard.next_connection_id(), peer: stream.peer_addr()?, local: stream.local_addr()? };
+    let conn = Conn {
+        id: shard.next_connection_id(),
+        peer: stream.peer_addr()?,
+        local: stream.local_addr()?,
+    };
     let limits = ServerLimits {
         text_line_bytes_max: listener.max_line_length_bytes as usize,
         message_bytes_max: listener.max_message_size_bytes,
@@ -92,13 +285,20 @@ async fn serve(
     };
     let mut session = ServerSession::new(params, policy);
     session.start();
-    stream.set_read_timeout(Some(listener.idle_time.max(Duration::from_secs(1))))?;
-    let mut output = Vec::with_capacity(1024);
-    let mut input = vec![0u8; READ_BUFFER_BYTES];
+    let idle_time = listener.idle_time.max(Duration::from_secs(1));
+    // A client that does not read its replies cannot park us in a write.
+    stream.set_write_timeout(Some(
+        listener.inbound_command_timeout.max(Duration::from_secs(1)),
+    ))?;
+    let mut deadlines = Deadlines::new(listener, Instant::now());
+    let mut output = Vec::new();
+    let mut command_input = [0u8; COMMAND_READ_BYTES];
+    let mut data_input: Vec<u8> = Vec::new();
     let mut stop_seen = false;
     loop {
         session.take_output(&mut output);
-        if !output.is_empty() {
+        let replied = !output.is_empty();
+        if replied {
             log_rejections(shard, &conn, &session, &output);
             stream.write_all(&output).await?;
             output.clear();
@@ -130,14 +330,41 @@ async fn serve(
             // Nothing to read until the session drains; it only asks for
             // less input while a message waits for the spool, which the
             // event above handles, so this is a stuck session.
-            tracing::warn!(shard = shard.id, "session from {} stopped asking for input; closing", conn.peer);
+            tracing::warn!(
+                shard = shard.id,
+                "session from {} stopped asking for input; closing",
+                conn.peer
+            );
             break;
         }
+        let now = Instant::now();
+        let in_data = session.phase_name() == PHASE_DATA;
+        deadlines.observe(in_data, replied, now);
+        let left = deadlines.deadline().saturating_duration_since(now);
+        if left.is_zero() {
+            tracing::info!(
+                shard = shard.id,
+                "{} missed the {} deadline: 421 4.4.2",
+                conn.peer,
+                session.phase_name()
+            );
+            session.idle_timeout();
+            continue;
+        }
+        stream.set_read_timeout(Some(idle_time.min(left)))?;
+        if in_data && data_input.is_empty() {
+            data_input = vec![0u8; READ_BUFFER_BYTES];
+        } else if !in_data && !data_input.is_empty() {
+            data_input = Vec::new();
+        }
+        let buffer: &mut [u8] = if in_data {
+            &mut data_input
+        } else {
+            &mut command_input
+        };
+        let capacity = session.input_capacity().min(buffer.len());
         let read = futures_lite::future::or(
-            async {
-                let capacity = session.input_capacity().min(input.len());
-                Some(stream.read(&mut input[..capacity]).await)
-            },
+            async { Some(stream.read(&mut buffer[..capacity]).await) },
             async {
                 if stop_seen {
                     std::future::pending::<()>().await;
@@ -152,9 +379,22 @@ async fn serve(
             Some(Ok(0)) => break,
             Some(Ok(n)) => {
                 ShardStats::add(&shard.my_stats().bytes_received, n as u64);
-                session.input(&input[..n]);
+                session.input(&buffer[..n]);
             }
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => session.idle_timeout(),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let what = if Instant::now() >= deadlines.deadline() {
+                    "deadline"
+                } else {
+                    "idle_time"
+                };
+                tracing::info!(
+                    shard = shard.id,
+                    "{} timed out ({what}, {}): 421 4.4.2",
+                    conn.peer,
+                    session.phase_name()
+                );
+                session.idle_timeout();
+            }
             Some(Err(e)) => return Err(e),
         }
     }
@@ -185,30 +425,53 @@ async fn receive(
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
     };
-    let mut encoded = Vec::with_capacity(64 + spooled.rcpts.iter().map(|r| r.len() + 2).sum::<usize>());
+    let mut encoded =
+        Vec::with_capacity(64 + spooled.rcpts.iter().map(|r| r.len() + 2).sum::<usize>());
     spooled.encode(&mut encoded);
     let body_ref = match shard.spool.append_message(id.0, &encoded, &body).await {
         Ok(r) => r,
         Err(SpoolError::StorageFull) => {
-            tracing::error!(shard = shard.id, "spool full: message from {} refused with 452 4.3.1", conn.peer);
+            tracing::error!(
+                shard = shard.id,
+                "spool full: message from {} refused with 452 4.3.1",
+                conn.peer
+            );
             return (SpoolOutcome::StorageFull, received);
         }
         Err(e) => {
-            tracing::error!(shard = shard.id, "spool write failed: {e}: message from {} refused with 451 4.3.0", conn.peer);
+            tracing::error!(
+                shard = shard.id,
+                "spool write failed: {e}: message from {} refused with 451 4.3.0",
+                conn.peer
+            );
             return (SpoolOutcome::TemporaryFailure, received);
         }
     };
     let stats = shard.my_stats();
     ShardStats::add(&stats.messages_received, 1);
     ShardStats::add(&stats.live_messages, 1);
-    shard.live.borrow_mut().insert(id.0, spooled.rcpts.len() as u32);
+    shard
+        .live
+        .borrow_mut()
+        .insert(id.0, spooled.rcpts.len() as u32);
     log_receptions(shard, conn, id, &spooled, body.len() as u64);
-    let entries = shard.entries_for(id, body_ref, &spooled, (0..spooled.rcpts.len() as u32).map(|i| (i, 0, 0)));
+    let entries = shard.entries_for(
+        id,
+        body_ref,
+        &spooled,
+        (0..spooled.rcpts.len() as u32).map(|i| (i, 0, 0)),
+    );
     shard.route(entries).await;
     (SpoolOutcome::Queued { queue_id }, received)
 }
 
-fn log_receptions(shard: &Shard, conn: &Conn, id: MessageId, envelope: &SpooledEnvelope, size: u64) {
+fn log_receptions(
+    shard: &Shard,
+    conn: &Conn,
+    id: MessageId,
+    envelope: &SpooledEnvelope,
+    size: u64,
+) {
     let message_id = id.to_string();
     let connection_id = MessageId(conn.id).to_string();
     let ids = RecordIds {
@@ -241,10 +504,19 @@ fn log_rejections(shard: &Shard, conn: &Conn, session: &ServerSession, output: &
         if line.len() < 4 || !(line[0] == b'4' || line[0] == b'5') || line[3] != b' ' {
             continue;
         }
-        let Ok(code) = std::str::from_utf8(&line[..3]).unwrap_or("0").parse::<u16>() else { continue };
+        let Ok(code) = std::str::from_utf8(&line[..3])
+            .unwrap_or("0")
+            .parse::<u16>()
+        else {
+            continue;
+        };
         let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
         ShardStats::add(&shard.my_stats().rejections, 1);
-        let (remote, local, connection_id) = (conn.peer.to_string(), conn.local.to_string(), MessageId(conn.id).to_string());
+        let (remote, local, connection_id) = (
+            conn.peer.to_string(),
+            conn.local.to_string(),
+            MessageId(conn.id).to_string(),
+        );
         shard.logs.rejectlog(|buf| {
             format_rejection(
                 buf,
@@ -261,5 +533,66 @@ fn log_rejections(shard: &Shard, conn: &Conn, session: &ServerSession, output: &
                 },
             )
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(command_s: u64, data_s: u64) -> ListenerConfig {
+        let text = format!(
+            "inbound_command_timeout = {command_s}\ninbound_data_timeout = {data_s}\n\
+             ESMTP_Listener {{ Listen \"127.0.0.1:2525\" {{ }} }}\n"
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("test.conf"))
+            .expect("test config parses");
+        config.esmtp_listeners()[0].clone()
+    }
+
+    #[test]
+    fn a_dripping_command_keeps_the_deadline_of_the_last_reply() {
+        let start = Instant::now();
+        let mut d = Deadlines::new(&listener(10, 100), start);
+        // Bytes arrive (no reply) for a while: the deadline does not move.
+        for s in 1..9 {
+            d.observe(false, false, start + Duration::from_secs(s));
+            assert_eq!(d.deadline(), start + Duration::from_secs(10));
+        }
+        // A reply restarts the clock for the next command line.
+        d.observe(false, true, start + Duration::from_secs(9));
+        assert_eq!(d.deadline(), start + Duration::from_secs(19));
+    }
+
+    #[test]
+    fn data_has_its_own_deadline_from_the_354() {
+        let start = Instant::now();
+        let mut d = Deadlines::new(&listener(10, 100), start);
+        d.observe(true, true, start + Duration::from_secs(5));
+        assert_eq!(d.deadline(), start + Duration::from_secs(105));
+        // Body bytes do not move it.
+        d.observe(true, false, start + Duration::from_secs(50));
+        assert_eq!(d.deadline(), start + Duration::from_secs(105));
+        // The message is answered: back to the command clock.
+        d.observe(false, true, start + Duration::from_secs(60));
+        assert_eq!(d.deadline(), start + Duration::from_secs(70));
+    }
+
+    #[test]
+    fn peer_slots_cap_one_address_and_come_back_on_drop() {
+        // An address from the documentation range no other test uses.
+        let ip: IpAddr = "192.0.2.77".parse().unwrap();
+        let other: IpAddr = "192.0.2.78".parse().unwrap();
+        let a = PeerSlot::take(ip, 2).expect("first");
+        let b = PeerSlot::take(ip, 2).expect("second");
+        assert!(PeerSlot::take(ip, 2).is_none(), "third is over the limit");
+        let c = PeerSlot::take(other, 2).expect("another address is counted apart");
+        drop(a);
+        let d = PeerSlot::take(ip, 2).expect("a closed connection gives its slot back");
+        drop((b, c, d));
+        assert!(
+            !PEERS.lock().unwrap().contains_key(&ip),
+            "empty entries are removed"
+        );
     }
 }

@@ -41,6 +41,8 @@ pub const SHARDS_MAX: usize = 256;
 /// How often a shard checks the stop flag, refreshes its gauges and
 /// promotes due entries of its delayed queue.
 pub const TICK_MS: u64 = 100;
+/// How often a ready shard checks whether it may start serving.
+const SERVE_POLL_MS: u64 = 5;
 /// How long a stopping shard waits for open SMTP sessions to finish.
 pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// glommio's default registered I/O memory per executor; we use less when
@@ -127,22 +129,34 @@ impl Shard {
     /// Hands queue entries to their owners: this shard's queues directly,
     /// other shards over the mesh, one batch per owner.
     pub async fn route(self: &Rc<Self>, entries: Vec<MessageRef>) {
-        let mut batches: Vec<Vec<MessageRef>> = (0..self.count).map(|_| Vec::new()).collect();
-        for e in entries {
-            batches[queue_owner(&e.domain, self.count)].push(e);
+        let count = self.count;
+        self.dispatch(entries, |e| queue_owner(&e.domain, count), Self::enqueue, ShardMsg::Enqueue).await;
+    }
+
+    /// Sends `items` to the shard `shard_of` names, in one batch per shard;
+    /// this shard's own items go to `local` at once. A stopped peer drops
+    /// its batch: what it concerned is still spooled and comes back at the
+    /// next start (queued again, or delivered again: a duplicate, never a
+    /// loss).
+    async fn dispatch<T>(
+        self: &Rc<Self>,
+        items: Vec<T>,
+        shard_of: impl Fn(&T) -> usize,
+        local: impl Fn(&Rc<Self>, T),
+        wrap: impl Fn(Vec<T>) -> ShardMsg,
+    ) {
+        let mut batches: Vec<Vec<T>> = (0..self.count).map(|_| Vec::new()).collect();
+        for item in items {
+            batches[shard_of(&item)].push(item);
         }
-        for (owner, batch) in batches.into_iter().enumerate() {
+        for (shard, batch) in batches.into_iter().enumerate() {
             if batch.is_empty() {
                 continue;
             }
-            if owner == self.id {
-                for e in batch {
-                    self.enqueue(e);
-                }
-            } else if self.mesh.send_to(owner, ShardMsg::Enqueue(batch)).await.is_err() {
-                // The owner has stopped: the message stays spooled and is
-                // queued again at the next start.
-                tracing::warn!(shard = self.id, "shard {owner} is gone; entries wait for the next start");
+            if shard == self.id {
+                batch.into_iter().for_each(|item| local(self, item));
+            } else if self.mesh.send_to(shard, wrap(batch)).await.is_err() {
+                tracing::warn!(shard = self.id, "shard {shard} is gone; its batch waits for the next start");
             }
         }
     }
@@ -208,22 +222,7 @@ impl Shard {
 
     /// Reports outcomes to the home shard of each message.
     pub async fn report(self: &Rc<Self>, outcomes: Vec<Outcome>) {
-        let mut batches: Vec<Vec<Outcome>> = (0..self.count).map(|_| Vec::new()).collect();
-        for o in outcomes {
-            batches[o.id.home_shard()].push(o);
-        }
-        for (home, batch) in batches.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
-            if home == self.id {
-                for o in batch {
-                    self.on_outcome(o);
-                }
-            } else if self.mesh.send_to(home, ShardMsg::Outcome(batch)).await.is_err() {
-                tracing::warn!(shard = self.id, "shard {home} is gone; outcomes are replayed after the next start");
-            }
-        }
+        self.dispatch(outcomes, |o| o.id.home_shard(), Self::on_outcome, ShardMsg::Outcome).await;
     }
 
     /// Records an outcome for a message spooled here: a note for the
@@ -453,13 +452,19 @@ pub fn io_memory_bytes(shards: usize) -> (usize, Option<u64>) {
     (bytes, Some(limit.rlim_cur))
 }
 
-/// Starts every shard and returns once all of them listen (or the first
-/// error). Recovery of each shard's spool runs before it listens.
-pub fn start(config: Arc<Config>) -> Result<Engine, StartError> {
+/// Starts every shard and returns once all of them serve (or with the
+/// first error). Each shard recovers its spool and binds its sockets, then
+/// waits; `before_serving` runs once all are ready (the daemon drops its
+/// privileges there), and only then do the shards accept connections.
+pub fn start(
+    config: Arc<Config>,
+    before_serving: impl FnOnce() -> Result<(), String>,
+) -> Result<Engine, StartError> {
     let count = shard_count(&config);
     let (io_memory, memlock) = io_memory_bytes(count);
     let stats = EngineStats::new(count);
     let stop = Arc::new(AtomicBool::new(false));
+    let serving = Arc::new(AtomicBool::new(false));
     let consoles = crate::console::bind(&config)
         .map_err(|e| StartError::Other { shard: 0, what: format!("cannot open the control socket: {e}") })?;
     let mesh = MeshBuilder::<ShardMsg, _>::full(count, SHARD_CHANNEL_MESSAGES_MAX);
@@ -467,14 +472,14 @@ pub fn start(config: Arc<Config>) -> Result<Engine, StartError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut threads = Vec::with_capacity(count);
     for id in 0..count {
-        let (config, stats, stop, mesh, ready) =
-            (config.clone(), stats.clone(), stop.clone(), mesh.clone(), ready_tx.clone());
+        let (config, stats, stop, serving, mesh, ready) =
+            (config.clone(), stats.clone(), stop.clone(), serving.clone(), mesh.clone(), ready_tx.clone());
         let builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("shard{id}"))
             .io_memory(io_memory);
         let handle = builder
             .spawn(move || async move {
-                run_shard(id, count, config, stats, stop, mesh, ready).await;
+                run_shard(ShardSetup { id, count, config, stats, stop, serving, mesh, ready }).await;
             })
             .map_err(|e| StartError::Other { shard: id, what: format!("cannot start its executor: {e}") })?;
         threads.push(handle);
@@ -504,20 +509,33 @@ pub fn start(config: Arc<Config>) -> Result<Engine, StartError> {
             }
         }
     }
+    if let Err(what) = before_serving() {
+        stop.store(true, Ordering::SeqCst);
+        engine.join();
+        return Err(StartError::Other { shard: 0, what });
+    }
+    serving.store(true, Ordering::SeqCst);
     crate::console::serve(consoles, engine.stats.clone(), config, stop);
     Ok(engine)
 }
 
-/// Body of one shard's executor.
-async fn run_shard(
+/// What a shard's executor starts with.
+struct ShardSetup {
     id: usize,
     count: usize,
     config: Arc<Config>,
     stats: Arc<EngineStats>,
+    /// Set to stop every shard (signal, console `shutdown`, failed start).
     stop: Arc<AtomicBool>,
+    /// Set once every shard is ready and the daemon may serve.
+    serving: Arc<AtomicBool>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<Result<(), StartError>>,
-) {
+}
+
+/// Body of one shard's executor.
+async fn run_shard(setup: ShardSetup) {
+    let ShardSetup { id, count, config, stats, stop, serving, mesh, ready } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
     let (senders, mut receivers) = match mesh.join().await {
@@ -596,11 +614,16 @@ async fn run_shard(
         tracing::info!(shard = id, "spool: recovered {recovered} live message(s) from {} segment(s)", recovery.segments_read);
     }
 
+    let _ = ready.send(Ok(()));
+    // Serve only once every shard is ready and the daemon has dropped its
+    // privileges: not a byte is read from the network before that.
+    while !serving.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(SERVE_POLL_MS)).await;
+    }
     let mut accept_tasks = Vec::new();
     for (sock, listener) in listeners {
         accept_tasks.push(glommio::spawn_local(inbound::accept_loop(shard.clone(), sock, listener)));
     }
-    let _ = ready.send(Ok(()));
 
     // The shard's clock: stop flag, gauges, delayed queue, log flush.
     let mut ticks: u64 = 0;
