@@ -8,6 +8,7 @@
 //!   is gone.
 //! * status: `ecelerity is running (pid N)` and exit 0, or `ecelerity is not
 //!   running` and exit 3 (the LSB code for a stopped service).
+//!
 //! Relative paths in the configuration resolve against the working
 //! directory, as they do for the daemon.
 
@@ -89,7 +90,7 @@ fn alive(pid: i32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').map_or(true, |(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }

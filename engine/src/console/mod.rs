@@ -325,13 +325,8 @@ mod tests {
     use super::*;
 
     fn snapshot() -> Snapshot {
-        let mut a = ShardFigures::default();
-        a.received = 3;
-        a.delivered = 2;
-        let mut b = ShardFigures::default();
-        b.received = 4;
-        b.delivered = 5;
-        b.active_queue = 1;
+        let a = ShardFigures { received: 3, delivered: 2, ..ShardFigures::default() };
+        let b = ShardFigures { received: 4, delivered: 5, active_queue: 1, ..ShardFigures::default() };
         Snapshot { shards: vec![a, b], uptime_secs: 7, config_source: "x.conf".into() }
     }
 

@@ -633,7 +633,7 @@ async fn run_shard(setup: ShardSetup) {
         shard.refresh_gauges();
         shard.logs.flush();
         ticks += 1;
-        if ticks % 600 == 0 {
+        if ticks.is_multiple_of(600) {
             shard.queues.borrow_mut().prune();
         }
     }

@@ -274,6 +274,11 @@ pub struct ServerSession {
     errors: u32,
     messages_received: u32,
     deferred_close: Option<DeferredClose>,
+    /// The line just executed was a refused DATA (503/554). Input after
+    /// it in the same read is a synchronization error (RFC 2920 makes
+    /// DATA the last command of a group): it would be a message body read
+    /// as commands, so the session closes instead.
+    data_refused: bool,
 }
 
 impl ServerSession {
@@ -327,6 +332,7 @@ impl ServerSession {
             errors: 0,
             messages_received: 0,
             deferred_close: None,
+            data_refused: false,
         }
     }
 
@@ -640,6 +646,9 @@ impl ServerSession {
                 } else {
                     self.line.extend_from_slice(&rest[..lf]);
                     self.execute_line();
+                    if std::mem::take(&mut self.data_refused) && rest.len() > lf + 1 {
+                        self.refuse_unsynchronized_data();
+                    }
                 }
                 lf + 1
             }
@@ -805,6 +814,7 @@ impl ServerSession {
     }
 
     fn data(&mut self) {
+        self.data_refused = !self.has_mail || self.rcpts.is_empty();
         if !self.has_mail {
             self.reply(503, "5.5.1", format_args!("Error: need MAIL command"));
             self.count_error();
@@ -929,6 +939,20 @@ impl ServerSession {
             self.data.refusal = Some(refusal);
             self.body.clear();
         }
+    }
+
+    /// Bytes followed a refused DATA in the same read: the client sent its
+    /// message without waiting for the reply, and reading that message as
+    /// commands could run a transaction hidden in its body. Close.
+    fn refuse_unsynchronized_data(&mut self) {
+        let host = self.params.hostname.clone();
+        self.reply(
+            554,
+            "5.5.0",
+            format_args!("{host} Error: SMTP synchronization error: input after a refused DATA"),
+        );
+        self.reset_transaction();
+        self.close();
     }
 
     /// A bare CR or LF in DATA: close at once, so nothing after it is read
@@ -1485,6 +1509,29 @@ mod tests {
         assert_eq!(lines[2], "452 4.5.3 Error: too many recipients");
         send(&mut session, b"DATA\r\n.\r\n");
         assert_eq!(message(&mut session).rcpts, ["1@x.test", "2@x.test"]);
+    }
+
+    #[test]
+    fn a_body_pipelined_after_a_refused_data_closes_instead_of_running_as_commands() {
+        let policy = ScriptedPolicy {
+            rcpt_refused: Some("bad"),
+            ..Default::default()
+        };
+        let mut session = open_with(ServerLimits::default(), Rc::new(policy));
+        send(&mut session, b"EHLO c.test\r\n");
+        let lines = send(
+            &mut session,
+            b"MAIL FROM:<a@c.test>\r\nRCPT TO:<bad@x.test>\r\nDATA\r\n\
+              MAIL FROM:<evil@c.test>\r\nRCPT TO:<victim@x.test>\r\nDATA\r\n\
+              smuggled\r\n.\r\n",
+        );
+        assert_eq!(codes(&lines), [250, 550, 554, 554], "{lines:?}");
+        assert!(lines[3].contains("synchronization"), "{lines:?}");
+        assert!(session.is_closed());
+        assert!(
+            !std::iter::from_fn(|| session.next_event()).any(|e| matches!(e, Event::Message(_))),
+            "no message may come out of the body"
+        );
     }
 
     #[test]
