@@ -81,7 +81,6 @@ impl Default for EcelerityOptions {
 pub struct RunningPeer {
     pub kind: PeerKind,
     pub port: u16,
-    pub dir: PathBuf,
     /// Process whose tree's CPU time counts as the peer's.
     pub root_pid: u32,
     pub durability: String,
@@ -246,7 +245,6 @@ pub fn start_ecelerity(paths: &PeerPaths, dir: &Path, port: u16, gateway_port: u
         RunningPeer {
             kind: PeerKind::Ecelerity,
             port,
-            dir: dir.to_path_buf(),
             root_pid: child.id(),
             durability: format!("spool fdatasync (group commit) before 250; shards: {shards}"),
             child: Some(child),
@@ -289,6 +287,7 @@ pub fn start_postfix(dir: &Path, port: u16, sink_port: u16) -> Result<RunningPee
          smtp_tls_security_level = none\n\
          smtpd_tls_security_level = none\n\
          biff = no\n\
+         maillog_file_prefixes = {dir}\n\
          maillog_file = {dir}/maillog\n\
          alias_maps =\n\
          alias_database =\n\
@@ -349,7 +348,6 @@ pub fn start_postfix(dir: &Path, port: u16, sink_port: u16) -> Result<RunningPee
     let peer = RunningPeer {
         kind: PeerKind::Postfix,
         port,
-        dir: dir.to_path_buf(),
         root_pid,
         durability: "queue file fsync before 250 (Postfix default)".into(),
         child: None,
@@ -380,7 +378,6 @@ pub fn start_kumo(script: &Path, dir: &Path, port: u16, sink_port: u16) -> Resul
     Ok(RunningPeer {
         kind: PeerKind::Kumo,
         port,
-        dir: dir.to_path_buf(),
         root_pid: child.id(),
         durability: "RocksDB spool, flush=true + force_sync: WAL synced before 250".into(),
         child: Some(child),
@@ -444,7 +441,6 @@ pub fn start_haraka(paths: &PeerPaths, dir: &Path, port: u16, sink_port: u16) ->
     Ok(RunningPeer {
         kind: PeerKind::Haraka,
         port,
-        dir: dir.to_path_buf(),
         root_pid: child.id(),
         durability: "outbound queue file written before 250 (no fsync)".into(),
         child: Some(child),

@@ -140,10 +140,6 @@ impl Dist {
         self.choices.len() - 1
     }
 
-    pub fn mean(&self) -> f64 {
-        let total: f64 = self.choices.iter().map(|c| c.1 as f64).sum();
-        self.choices.iter().map(|c| c.0 as f64 * c.1 as f64).sum::<f64>() / total
-    }
 }
 
 impl std::fmt::Display for Dist {
@@ -295,7 +291,6 @@ mod tests {
         assert_eq!(Dist::parse("10").unwrap(), Dist::fixed(10));
         let d = Dist::parse("1:80,10:20").unwrap();
         assert_eq!(d.values(), vec![1, 10]);
-        assert!((d.mean() - 2.8).abs() < 1e-9);
         assert_eq!(d.pick_index(79), 0);
         assert_eq!(d.pick_index(80), 1);
         assert_eq!(Dist::parse("10k").unwrap(), Dist::fixed(10240));

@@ -39,6 +39,8 @@ pub mod journal;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod spool;
 pub mod storage;
 

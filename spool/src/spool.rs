@@ -194,15 +194,10 @@ impl Spool {
                  live messages complete",
             );
         }
-        for &segment in &recovered.dead_segments {
-            storage
-                .remove_segment(segment)
-                .await
-                .map_err(SpoolError::from_io)?;
-            recovery.segments_deleted += 1;
-        }
-        if !recovered.dead_segments.is_empty() {
-            storage.sync_dir().await.map_err(SpoolError::from_io)?;
+        let (deleted, failure) = remove_in_order(&mut storage, &recovered.dead_segments).await;
+        recovery.segments_deleted += deleted as u32;
+        if let Some(err) = failure {
+            return Err(SpoolError::from_io(err));
         }
         let journal = Journal::new(options.segment_bytes, recovered.next_segment);
         let stats = SpoolStats {
@@ -227,6 +222,7 @@ impl Spool {
             storage,
             journal,
             index,
+            removals: Vec::new(),
             shared: shared.clone(),
         };
         glommio::spawn_local(writer.run()).detach();
@@ -371,6 +367,11 @@ struct Writer<S: Storage> {
     storage: S,
     journal: Journal,
     index: LiveIndex,
+    /// Dead segments (gone from `index`) whose removal has not completed
+    /// yet, ascending. Removed oldest first and never past a failure: a
+    /// newer one may hold the complete records that keep messages of an
+    /// older one dead.
+    removals: Vec<u64>,
     shared: Rc<RefCell<Shared>>,
 }
 
@@ -463,7 +464,7 @@ impl<S: Storage> Writer<S> {
             }
             self.journal.committed(&plan);
             let completed = self.commit(&plan, &pending[record_start..record_end]);
-            if completed {
+            if completed || !self.removals.is_empty() {
                 self.collect_garbage().await;
             }
             record_start = record_end;
@@ -509,22 +510,49 @@ impl<S: Storage> Writer<S> {
         completed
     }
 
-    /// Deletes every segment no live message needs, oldest first.
+    /// Deletes every segment no live message needs, oldest first. A
+    /// failed removal stops the pass; it and the newer ones are retried at
+    /// the next pass (or decided anew by the next open).
     async fn collect_garbage(&mut self) {
         let dead = self.index.take_deletable(self.journal.current_segment());
-        self.shared.borrow_mut().stats.segments = self.index.segment_count() as u32;
-        for &segment in &dead {
-            if let Err(err) = self.storage.remove_segment(segment).await {
-                // Forgotten here; the next open finds it again and decides anew.
-                tracing::warn!(segment, error = %err, "cannot delete spool segment");
-            }
+        self.removals.extend(dead);
+        self.removals.sort_unstable();
+        self.removals.dedup();
+        let (removed, failure) = remove_in_order(&mut self.storage, &self.removals).await;
+        self.removals.drain(..removed);
+        if let Some(err) = failure {
+            tracing::warn!(
+                segment = self.removals[0],
+                error = %err,
+                "cannot delete spool segment; retried after the next sync",
+            );
         }
-        if !dead.is_empty() {
-            if let Err(err) = self.storage.sync_dir().await {
-                tracing::warn!(error = %err, "cannot sync the spool directory");
-            }
+        self.shared.borrow_mut().stats.segments =
+            (self.index.segment_count() + self.removals.len()) as u32;
+    }
+}
+
+/// Removes `segments` (ascending) one by one, syncing the directory after
+/// each removal so that no removal becomes durable before an older one: a
+/// newer dead segment may hold the complete records of messages in an
+/// older one, and losing only the older removal at a power cut would bring
+/// those messages back. Stops at the first failure. Returns how many were
+/// removed, and the failure.
+async fn remove_in_order<S: Storage>(
+    storage: &mut S,
+    segments: &[u64],
+) -> (usize, Option<io::Error>) {
+    debug_assert!(segments.windows(2).all(|w| w[0] < w[1]));
+    for (done, &segment) in segments.iter().enumerate() {
+        let mut result = storage.remove_segment(segment).await;
+        if result.is_ok() {
+            result = storage.sync_dir().await;
+        }
+        if let Err(err) = result {
+            return (done, Some(err));
         }
     }
+    (segments.len(), None)
 }
 
 /// The bytes of one chunk and the file offset they go to: the segment

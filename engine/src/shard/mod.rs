@@ -257,10 +257,15 @@ impl Shard {
                 }
                 None => spool.complete(id).await,
             };
-            if let Err(e) = result {
-                // The message stays live on disk: after a restart it is
-                // delivered again (a duplicate, never a loss).
-                tracing::error!("spool: cannot record the outcome of {}: {e}", MessageId(id));
+            // On error the message stays live on disk: after a restart it
+            // is delivered again (a duplicate, never a loss). A closed
+            // spool is the normal end of a shutdown, not worth an error.
+            match result {
+                Ok(()) => {}
+                Err(ecelerity_spool::SpoolError::Closed) => {
+                    tracing::debug!("spool closed: the outcome of {} is replayed after restart", MessageId(id))
+                }
+                Err(e) => tracing::error!("spool: cannot record the outcome of {}: {e}", MessageId(id)),
             }
         })
         .detach();
