@@ -112,7 +112,9 @@ struct Template {
 impl Template {
     fn new(size: usize, session: usize) -> Template {
         let mut text = Vec::with_capacity(size + 8);
-        text.extend_from_slice(b"From: <bench@ecbench.test>\r\nTo: <rcpt@sink.test>\r\nSubject: ecbench\r\n");
+        text.extend_from_slice(
+            b"From: <bench@ecbench.test>\r\nTo: <rcpt@sink.test>\r\nSubject: ecbench\r\n",
+        );
         text.extend_from_slice(format!("Message-ID: <{session:05}.").as_bytes());
         let id_at = text.len();
         text.extend_from_slice(b"0000000000@ecbench.test>\r\n");
@@ -137,7 +139,10 @@ impl Template {
 
     fn patch(&mut self, id: u64, ts_ns: u128) {
         write_digits(&mut self.text[self.id_at..self.id_at + 10], id as u128);
-        write_digits(&mut self.text[self.ts_at..self.ts_at + TIMESTAMP_DIGITS], ts_ns);
+        write_digits(
+            &mut self.text[self.ts_at..self.ts_at + TIMESTAMP_DIGITS],
+            ts_ns,
+        );
     }
 
     /// Bytes of the message proper (without the final ".\r\n").
@@ -155,7 +160,10 @@ fn write_digits(out: &mut [u8], mut value: u128) {
 
 /// Nanoseconds since the Unix epoch.
 pub fn unix_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// Why one exchange failed.
@@ -188,7 +196,13 @@ impl Conn {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let mut conn = Conn { stream, buf: vec![0; READ_BUFFER_BYTES], start: 0, end: 0, pipelining: false };
+        let mut conn = Conn {
+            stream,
+            buf: vec![0; READ_BUFFER_BYTES],
+            start: 0,
+            end: 0,
+            pipelining: false,
+        };
         let (code, _) = conn.read_reply()?;
         if code != 220 {
             return Ok(Err(code));
@@ -213,7 +227,10 @@ impl Conn {
         }
         let n = self.stream.read(&mut self.buf[self.end..])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
         }
         self.end += n;
         Ok(())
@@ -225,20 +242,31 @@ impl Conn {
         let mut pipelining = false;
         loop {
             let line_end = loop {
-                if let Some(i) = self.buf[self.start..self.end].iter().position(|&b| b == b'\n') {
+                if let Some(i) = self.buf[self.start..self.end]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                {
                     break self.start + i + 1;
                 }
                 if self.end - self.start >= REPLY_LINE_BYTES_MAX {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "reply line too long"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "reply line too long",
+                    ));
                 }
                 self.fill()?;
             };
             let line = &self.buf[self.start..line_end];
             self.start = line_end;
             if line.len() < 4 || !line[..3].iter().all(u8::is_ascii_digit) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed reply line"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed reply line",
+                ));
             }
-            let code = (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
+            let code = (line[0] - b'0') as u16 * 100
+                + (line[1] - b'0') as u16 * 10
+                + (line[2] - b'0') as u16;
             if line.len() >= 14 && line[4..14].eq_ignore_ascii_case(b"PIPELINING") {
                 pipelining = true;
             }
@@ -276,7 +304,11 @@ fn send_one(
     let mut rcpt_ok = 0u64;
     if conn.pipelining {
         for r in 0..recipients {
-            let _ = write!(envelope, "RCPT TO:<u{}-{r}@{rcpt_domain}>\r\n", id % 100_000);
+            let _ = write!(
+                envelope,
+                "RCPT TO:<u{}-{r}@{rcpt_domain}>\r\n",
+                id % 100_000
+            );
         }
         envelope.extend_from_slice(b"DATA\r\n");
         conn.write_all(envelope)?;
@@ -288,7 +320,11 @@ fn send_one(
         replies.push(conn.read_reply()?.0);
         for r in 0..recipients {
             envelope.clear();
-            let _ = write!(envelope, "RCPT TO:<u{}-{r}@{rcpt_domain}>\r\n", id % 100_000);
+            let _ = write!(
+                envelope,
+                "RCPT TO:<u{}-{r}@{rcpt_domain}>\r\n",
+                id % 100_000
+            );
             conn.write_all(envelope)?;
             replies.push(conn.read_reply()?.0);
         }
@@ -304,7 +340,11 @@ fn send_one(
     }
     let data_code = *replies.last().expect("at least MAIL and DATA replies");
     if replies[0] / 100 != 2 || data_code != 354 {
-        let code = if replies[0] / 100 != 2 { replies[0] } else { data_code };
+        let code = if replies[0] / 100 != 2 {
+            replies[0]
+        } else {
+            data_code
+        };
         conn.write_all(b"RSET\r\n")?;
         conn.read_reply()?;
         return Err(Failure::Reply(code));
@@ -322,7 +362,12 @@ fn send_one(
 
 fn session(index: usize, spec: &LoadSpec, shared: &Shared, start: Instant) -> Histogram<u64> {
     let mut histogram = latency_histogram();
-    let mut templates: Vec<Template> = spec.size.values().iter().map(|&s| Template::new(s as usize, index)).collect();
+    let mut templates: Vec<Template> = spec
+        .size
+        .values()
+        .iter()
+        .map(|&s| Template::new(s as usize, index))
+        .collect();
     let mut rng = Rng::new(index as u64 + 1);
     let mut envelope = Vec::with_capacity(256);
     let mut conn: Option<Conn> = None;
@@ -364,14 +409,26 @@ fn session(index: usize, spec: &LoadSpec, shared: &Shared, start: Instant) -> Hi
         };
         let mut c = c;
         let t = &mut templates[spec.size.pick_index(rng.next_u64())];
-        let recipients = spec.recipients.choices[spec.recipients.pick_index(rng.next_u64())].0.max(1);
+        let recipients = spec.recipients.choices[spec.recipients.pick_index(rng.next_u64())]
+            .0
+            .max(1);
         t.patch(id, unix_ns());
         let bytes = t.message_bytes();
-        match send_one(&mut c, &mut envelope, &t.text, recipients, &spec.rcpt_domain, id, shared) {
+        match send_one(
+            &mut c,
+            &mut envelope,
+            &t.text,
+            recipients,
+            &spec.rcpt_domain,
+            id,
+            shared,
+        ) {
             Ok((latency, rcpt_ok)) => {
                 record_us(&mut histogram, latency.as_micros() as u64);
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
-                shared.recipients_accepted.fetch_add(rcpt_ok, Ordering::Relaxed);
+                shared
+                    .recipients_accepted
+                    .fetch_add(rcpt_ok, Ordering::Relaxed);
                 shared.bytes.fetch_add(bytes, Ordering::Relaxed);
                 conn = Some(c);
             }

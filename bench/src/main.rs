@@ -30,7 +30,10 @@ use crate::scenario::{Results, RunOptions};
 use crate::sink::{ReplyScript, Sink};
 
 #[derive(Parser)]
-#[command(version, about = "ecbench: SMTP load generator, sink and side-by-side MTA benchmarks")]
+#[command(
+    version,
+    about = "ecbench: SMTP load generator, sink and side-by-side MTA benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -159,7 +162,14 @@ struct ScenarioArgs {
 }
 
 fn list<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>> {
-    text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse::<T>().map_err(|_| anyhow::anyhow!("bad {what} `{s}`"))).collect()
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .map_err(|_| anyhow::anyhow!("bad {what} `{s}`"))
+        })
+        .collect()
 }
 
 fn default_kumod_script() -> Option<PathBuf> {
@@ -167,11 +177,17 @@ fn default_kumod_script() -> Option<PathBuf> {
         PathBuf::from("../shared/peers/run-kumod-relay.sh"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/run-kumod-relay.sh"),
     ];
-    candidates.into_iter().find(|p| p.is_file()).and_then(|p| p.canonicalize().ok())
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
 }
 
 fn default_ecelerity_bin() -> PathBuf {
-    std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("ecelerity"))).unwrap_or_else(|| PathBuf::from("ecelerity"))
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("ecelerity")))
+        .unwrap_or_else(|| PathBuf::from("ecelerity"))
 }
 
 fn cache_dir() -> PathBuf {
@@ -184,12 +200,20 @@ fn cache_dir() -> PathBuf {
 
 fn scenario(args: ScenarioArgs) -> Result<()> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
-    let sizes: Vec<u64> = args.sizes.split(',').map(report::parse_size).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    let sizes: Vec<u64> = args
+        .sizes
+        .split(',')
+        .map(report::parse_size)
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
     let mut peers = Vec::new();
     for p in args.peers.split(',').filter(|s| !s.is_empty()) {
         peers.push(PeerKind::parse(p.trim())?);
     }
-    let work_dir = args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("ecbench-{}", std::process::id())));
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ecbench-{}", std::process::id())));
     let mut o = RunOptions {
         sizes,
         recipients: list(&args.recipients, "recipient count")?,
@@ -199,9 +223,18 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         new_connection_per_message: args.new_connection,
         peers,
         paths: PeerPaths {
-            ecelerity_bin: args.ecelerity_bin.clone().unwrap_or_else(default_ecelerity_bin),
-            kumod_relay_script: args.kumod_relay_script.clone().or_else(default_kumod_script),
-            haraka_cache: args.haraka_cache.clone().unwrap_or_else(|| cache_dir().join("haraka")),
+            ecelerity_bin: args
+                .ecelerity_bin
+                .clone()
+                .unwrap_or_else(default_ecelerity_bin),
+            kumod_relay_script: args
+                .kumod_relay_script
+                .clone()
+                .or_else(default_kumod_script),
+            haraka_cache: args
+                .haraka_cache
+                .clone()
+                .unwrap_or_else(|| cache_dir().join("haraka")),
         },
         work_dir: work_dir.clone(),
         out_dir: args.out.clone(),
@@ -227,7 +260,11 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
             let kind = o.peers.first().copied().unwrap_or(PeerKind::Ecelerity);
             scenario::relay_peer(&o, kind, "relay", &mut results).and_then(|_| {
                 if results.rows.is_empty() {
-                    bail!("{}: the relay did not start: {:?}", kind.name(), results.notes)
+                    bail!(
+                        "{}: the relay did not start: {:?}",
+                        kind.name(),
+                        results.notes
+                    )
                 }
                 Ok(())
             })
@@ -240,9 +277,15 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
             .and_then(|_| scenario::latency(&o, &mut results))
             .and_then(|_| scenario::shards(&o, &mut results))
             .and_then(|_| scenario::queue(&o, &mut results)),
-        other => bail!("unknown scenario `{other}` (limit, relay, side-by-side, latency, shards, queue, all)"),
+        other => bail!(
+            "unknown scenario `{other}` (limit, relay, side-by-side, latency, shards, queue, all)"
+        ),
     };
-    eprintln!("ecbench: scenario {} took {:.1}s", args.name, started.elapsed().as_secs_f64());
+    eprintln!(
+        "ecbench: scenario {} took {:.1}s",
+        args.name,
+        started.elapsed().as_secs_f64()
+    );
     let name = args.name.replace('/', "_");
     results.write(&o.out_dir, &name)?;
     match plot::plot_all(&results, &o.out_dir) {
@@ -278,7 +321,10 @@ fn block_stop_signals() -> impl Fn(Duration) -> bool {
         set
     };
     move |timeout: Duration| {
-        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
         // SAFETY: valid set and timespec; the info pointer may be null.
         unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) > 0 }
     }
@@ -287,7 +333,18 @@ fn block_stop_signals() -> impl Fn(Duration) -> bool {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Send { to, sessions, messages, size, recipients, rate, duration, new_connection, domain, json } => {
+        Cmd::Send {
+            to,
+            sessions,
+            messages,
+            size,
+            recipients,
+            rate,
+            duration,
+            new_connection,
+            domain,
+            json,
+        } => {
             let mut spec = LoadSpec::new(to);
             spec.sessions = sessions;
             spec.messages = messages;
@@ -301,13 +358,26 @@ fn main() -> Result<()> {
             let report = run_load(&spec);
             print!("{}", report.text());
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("write {}", path.display()))?;
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("write {}", path.display()))?;
             }
         }
-        Cmd::Sink { listen, reject_5xx, defer_4xx, delay_ms, duration, json } => {
+        Cmd::Sink {
+            listen,
+            reject_5xx,
+            defer_4xx,
+            delay_ms,
+            duration,
+            json,
+        } => {
             let wait = block_stop_signals();
-            let script = ReplyScript { reject_5xx_pct: reject_5xx, defer_4xx_pct: defer_4xx, delay: Duration::from_millis(delay_ms) };
-            let sink = Sink::start(listen, script).with_context(|| format!("listen on {listen}"))?;
+            let script = ReplyScript {
+                reject_5xx_pct: reject_5xx,
+                defer_4xx_pct: defer_4xx,
+                delay: Duration::from_millis(delay_ms),
+            };
+            let sink =
+                Sink::start(listen, script).with_context(|| format!("listen on {listen}"))?;
             eprintln!("ecbench sink: listening on {}", sink.addr);
             let started = Instant::now();
             let mut last = (Instant::now(), 0u64);

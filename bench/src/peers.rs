@@ -73,7 +73,12 @@ pub struct EcelerityOptions {
 
 impl Default for EcelerityOptions {
     fn default() -> Self {
-        EcelerityOptions { shards: 0, max_outbound_connections: 64, retry_interval_s: 1, connect_timeout_s: 30 }
+        EcelerityOptions {
+            shards: 0,
+            max_outbound_connections: 64,
+            retry_interval_s: 1,
+            connect_timeout_s: 30,
+        }
     }
 }
 
@@ -114,12 +119,18 @@ impl RunningPeer {
                 .stderr(Stdio::null())
                 .status();
             let deadline = Instant::now() + STOP_TIMEOUT;
-            while Path::new(&format!("/proc/{}", self.root_pid)).exists() && Instant::now() < deadline {
+            while Path::new(&format!("/proc/{}", self.root_pid)).exists()
+                && Instant::now() < deadline
+            {
                 thread::sleep(POLL_INTERVAL);
             }
             let graceful = !Path::new(&format!("/proc/{}", self.root_pid)).exists();
             if !graceful {
-                let _ = Command::new("/usr/sbin/postfix").arg("-c").arg(&config_dir).arg("abort").status();
+                let _ = Command::new("/usr/sbin/postfix")
+                    .arg("-c")
+                    .arg(&config_dir)
+                    .arg("abort")
+                    .status();
             }
             return (started.elapsed(), graceful);
         }
@@ -153,7 +164,10 @@ impl Drop for RunningPeer {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// True once 127.0.0.1:port answers with a 220 greeting.
@@ -179,11 +193,18 @@ fn wait_ready(port: u16, child: Option<&mut Child>, what: &str, log: &Path) -> R
         }
         if let Some(c) = child.as_deref_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                bail!("{what} exited ({status}) before accepting; see {}:\n{}", log.display(), tail(log));
+                bail!(
+                    "{what} exited ({status}) before accepting; see {}:\n{}",
+                    log.display(),
+                    tail(log)
+                );
             }
         }
         if started.elapsed() > READY_TIMEOUT {
-            bail!("{what} did not greet on port {port} within {READY_TIMEOUT:?}; see {}", log.display());
+            bail!(
+                "{what} did not greet on port {port} within {READY_TIMEOUT:?}; see {}",
+                log.display()
+            );
         }
         thread::sleep(POLL_INTERVAL);
     }
@@ -219,7 +240,13 @@ pub fn ecelerity_config(port: u16, gateway_port: u16, o: &EcelerityOptions) -> S
 }
 
 /// Start ecelerity in `dir` (kept: a restart reuses its spool).
-pub fn start_ecelerity(paths: &PeerPaths, dir: &Path, port: u16, gateway_port: u16, o: &EcelerityOptions) -> Result<(RunningPeer, Duration)> {
+pub fn start_ecelerity(
+    paths: &PeerPaths,
+    dir: &Path,
+    port: u16,
+    gateway_port: u16,
+    o: &EcelerityOptions,
+) -> Result<(RunningPeer, Duration)> {
     fs::create_dir_all(dir.join("log"))?;
     let config = dir.join("ecelerity.conf");
     if !config.exists() {
@@ -240,7 +267,11 @@ pub fn start_ecelerity(paths: &PeerPaths, dir: &Path, port: u16, gateway_port: u
         .with_context(|| format!("spawn {}", paths.ecelerity_bin.display()))?;
     wait_ready(port, Some(&mut child), "ecelerity", &log)?;
     let ready = started.elapsed();
-    let shards = if o.shards == 0 { "one per CPU".to_string() } else { o.shards.to_string() };
+    let shards = if o.shards == 0 {
+        "one per CPU".to_string()
+    } else {
+        o.shards.to_string()
+    };
     Ok((
         RunningPeer {
             kind: PeerKind::Ecelerity,
@@ -322,7 +353,11 @@ pub fn start_postfix(dir: &Path, port: u16, sink_port: u16) -> Result<RunningPee
          postlog   unix-dgram n  -       n       -       1       postlogd\n"
     );
     fs::write(config_dir.join("master.cf"), master_cf)?;
-    let _ = Command::new("chown").arg("-R").arg("postfix").arg(&data_dir).status();
+    let _ = Command::new("chown")
+        .arg("-R")
+        .arg("postfix")
+        .arg(&data_dir)
+        .status();
     let log = dir.join("start.log");
     let status = Command::new("/usr/sbin/postfix")
         .arg("-c")
@@ -332,12 +367,19 @@ pub fn start_postfix(dir: &Path, port: u16, sink_port: u16) -> Result<RunningPee
         .stderr(fs::File::options().append(true).open(&log)?)
         .status()?;
     if !status.success() {
-        bail!("postfix start failed ({status}):\n{}\n{}", tail(&log), tail(&dir.join("maillog")));
+        bail!(
+            "postfix start failed ({status}):\n{}\n{}",
+            tail(&log),
+            tail(&dir.join("maillog"))
+        );
     }
     let pid_file = queue_dir.join("pid/master.pid");
     let deadline = Instant::now() + READY_TIMEOUT;
     let root_pid = loop {
-        if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+        if let Some(pid) = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
             break pid;
         }
         if Instant::now() > deadline {
@@ -393,7 +435,13 @@ pub fn install_haraka(cache: &Path) -> Result<PathBuf> {
     }
     fs::create_dir_all(cache)?;
     let status = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "Haraka"])
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "Haraka",
+        ])
         .current_dir(cache)
         .stdout(Stdio::null())
         .status()
@@ -405,9 +453,25 @@ pub fn install_haraka(cache: &Path) -> Result<PathBuf> {
 }
 
 /// Start Haraka as a relay with its outbound queue, forwarding to the sink.
-pub fn start_haraka(paths: &PeerPaths, dir: &Path, port: u16, sink_port: u16) -> Result<RunningPeer> {
+pub fn start_haraka(
+    paths: &PeerPaths,
+    dir: &Path,
+    port: u16,
+    sink_port: u16,
+) -> Result<RunningPeer> {
     let bin = install_haraka(&paths.haraka_cache)?;
     let config = dir.join("config");
+    // `haraka -i` lays out a default config (connection.ini and friends).
+    let status = Command::new("node")
+        .arg(&bin)
+        .arg("-i")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("haraka -i {} failed ({status})", dir.display());
+    }
     fs::create_dir_all(&config)?;
     fs::create_dir_all(dir.join("queue"))?;
     let files: [(&str, String); 7] = [
@@ -426,6 +490,7 @@ pub fn start_haraka(paths: &PeerPaths, dir: &Path, port: u16, sink_port: u16) ->
         fs::write(config.join(name), text)?;
     }
     fs::write(config.join("log.ini"), "[main]\nlevel=warn\n")?;
+    fs::write(config.join("host_list"), "")?;
     let log = dir.join("haraka.log");
     let mut child = Command::new("node")
         .arg(&bin)
@@ -449,16 +514,28 @@ pub fn start_haraka(paths: &PeerPaths, dir: &Path, port: u16, sink_port: u16) ->
 }
 
 /// Start any peer kind with defaults.
-pub fn start_peer(kind: PeerKind, paths: &PeerPaths, dir: &Path, sink_port: u16, shards: u32) -> Result<RunningPeer> {
+pub fn start_peer(
+    kind: PeerKind,
+    paths: &PeerPaths,
+    dir: &Path,
+    sink_port: u16,
+    shards: u32,
+) -> Result<RunningPeer> {
     let port = free_port();
     match kind {
         PeerKind::Ecelerity => {
-            let o = EcelerityOptions { shards, ..EcelerityOptions::default() };
+            let o = EcelerityOptions {
+                shards,
+                ..EcelerityOptions::default()
+            };
             start_ecelerity(paths, dir, port, sink_port, &o).map(|(p, _)| p)
         }
         PeerKind::Postfix => start_postfix(dir, port, sink_port),
         PeerKind::Kumo => {
-            let script = paths.kumod_relay_script.as_deref().ok_or_else(|| anyhow!("no --kumod-relay-script given and none found"))?;
+            let script = paths
+                .kumod_relay_script
+                .as_deref()
+                .ok_or_else(|| anyhow!("no --kumod-relay-script given and none found"))?;
             start_kumo(script, dir, port, sink_port)
         }
         PeerKind::Haraka => start_haraka(paths, dir, port, sink_port),

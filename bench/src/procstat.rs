@@ -55,7 +55,11 @@ fn all_stats() -> HashMap<u32, ProcStat> {
         return stats;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(stat) = read_stat(pid) {
@@ -85,7 +89,11 @@ pub fn tree_pids(root: u32) -> Vec<u32> {
 
 /// CPU time used so far by `root` and its descendants (live and reaped).
 pub fn tree_cpu(root: u32) -> Duration {
-    let ticks: u64 = tree_pids(root).iter().filter_map(|&pid| read_stat(pid)).map(|s| s.cpu_ticks).sum();
+    let ticks: u64 = tree_pids(root)
+        .iter()
+        .filter_map(|&pid| read_stat(pid))
+        .map(|s| s.cpu_ticks)
+        .sum();
     Duration::from_secs_f64(ticks as f64 / clock_ticks_per_s() as f64)
 }
 
@@ -101,7 +109,11 @@ pub fn rss_bytes(pid: u32) -> u64 {
 pub fn parse_vm_rss(text: &str) -> u64 {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("VmRSS:") {
-            let kib: u64 = rest.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let kib: u64 = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             return kib * 1024;
         }
     }
@@ -119,7 +131,8 @@ mod tests {
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {
-        let text = "42 (a (weird) name) S 7 42 42 0 -1 4194560 100 0 0 0 11 22 33 44 20 0 1 0 5 0 0";
+        let text =
+            "42 (a (weird) name) S 7 42 42 0 -1 4194560 100 0 0 0 11 22 33 44 20 0 1 0 5 0 0";
         let stat = parse_stat(text).expect("parses");
         assert_eq!(stat.ppid, 7);
         assert_eq!(stat.cpu_ticks, 11 + 22 + 33 + 44);

@@ -20,7 +20,8 @@ const CDF_POINTS: usize = 60;
 
 /// A new latency histogram in microseconds.
 pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_US_MAX, HISTOGRAM_SIGNIFICANT_DIGITS).expect("static histogram bounds are valid")
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, HISTOGRAM_SIGNIFICANT_DIGITS)
+        .expect("static histogram bounds are valid")
 }
 
 /// Record one latency, clamped into the histogram's range.
@@ -99,7 +100,9 @@ pub struct Dist {
 
 impl Dist {
     pub fn fixed(value: u64) -> Dist {
-        Dist { choices: vec![(value, 1)] }
+        Dist {
+            choices: vec![(value, 1)],
+        }
     }
 
     pub fn parse(text: &str) -> Result<Dist, String> {
@@ -111,7 +114,10 @@ impl Dist {
                 None => (part, "1"),
             };
             let value = parse_size(value)?;
-            let weight: u32 = weight.trim().parse().map_err(|_| format!("bad weight in `{part}`"))?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad weight in `{part}`"))?;
             if weight == 0 {
                 return Err(format!("zero weight in `{part}`"));
             }
@@ -139,7 +145,6 @@ impl Dist {
         }
         self.choices.len() - 1
     }
-
 }
 
 impl std::fmt::Display for Dist {
@@ -147,7 +152,10 @@ impl std::fmt::Display for Dist {
         let parts: Vec<String> = if self.choices.len() == 1 {
             vec![self.choices[0].0.to_string()]
         } else {
-            self.choices.iter().map(|(v, w)| format!("{v}:{w}")).collect()
+            self.choices
+                .iter()
+                .map(|(v, w)| format!("{v}:{w}"))
+                .collect()
         };
         f.write_str(&parts.join(","))
     }
@@ -162,7 +170,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         Some('m') => (&t[..t.len() - 1], 1024 * 1024),
         _ => (t, 1),
     };
-    digits.trim().parse::<u64>().map(|v| v * mult).map_err(|_| format!("bad number `{text}`"))
+    digits
+        .trim()
+        .parse::<u64>()
+        .map(|v| v * mult)
+        .map_err(|_| format!("bad number `{text}`"))
 }
 
 /// splitmix64: a small deterministic PRNG for reply scripts and distributions.
@@ -232,16 +244,28 @@ impl LoadReport {
             self.sessions,
             self.size_bytes,
             self.recipients,
-            if self.new_connection_per_message { ", new connection per message" } else { "" }
+            if self.new_connection_per_message {
+                ", new connection per message"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,
             "  sent {} accepted {} failed {} in {:.2}s: {:.0} msgs/s, {:.2} MB/s",
             self.sent, self.accepted, self.failed, self.elapsed_s, self.msgs_per_s, self.mb_per_s
         );
-        let _ = writeln!(s, "  accept latency (DATA end -> 250): {}", self.accept_latency.one_line());
+        let _ = writeln!(
+            s,
+            "  accept latency (DATA end -> 250): {}",
+            self.accept_latency.one_line()
+        );
         if self.late_starts > 0 {
-            let _ = writeln!(s, "  late starts (open loop fell behind): {}", self.late_starts);
+            let _ = writeln!(
+                s,
+                "  late starts (open loop fell behind): {}",
+                self.late_starts
+            );
         }
         if !self.errors.is_empty() {
             let _ = writeln!(s, "  errors: {:?}", self.errors);

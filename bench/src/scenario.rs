@@ -105,7 +105,10 @@ impl Machine {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split(':').nth(1))
+            })
             .unwrap_or("unknown")
             .trim()
             .to_string();
@@ -117,16 +120,25 @@ impl Machine {
             .unwrap_or(0.0);
         Machine {
             cpu_model,
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             memory_gib: kib / 1024.0 / 1024.0,
-            kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         }
     }
 }
 
 impl Results {
     pub fn new(o: &RunOptions) -> Results {
-        Results { command: o.command_line.clone(), machine: Machine::probe(), ..Results::default() }
+        Results {
+            command: o.command_line.clone(),
+            machine: Machine::probe(),
+            ..Results::default()
+        }
     }
 
     fn note(&mut self, text: String) {
@@ -136,7 +148,8 @@ impl Results {
 
     fn measure(&mut self, name: &str, value: f64, unit: &str) {
         eprintln!("ecbench: {name}: {value:.3} {unit}");
-        self.measurements.push((name.to_string(), value, unit.to_string()));
+        self.measurements
+            .push((name.to_string(), value, unit.to_string()));
     }
 
     /// Every row's counts add up: sent = accepted = arrived (recipients too).
@@ -145,7 +158,11 @@ impl Results {
             if r.rate_per_s.is_none() && r.scenario == "queue" {
                 continue;
             }
-            if r.sent != r.accepted || !r.complete || r.arrived_recipients != r.recipients_accepted || r.failed != 0 {
+            if r.sent != r.accepted
+                || !r.complete
+                || r.arrived_recipients != r.recipients_accepted
+                || r.failed != 0
+            {
                 bail!(
                     "{} {} {}B x{} s{}: sent {} accepted {} failed {} rcpts accepted {} arrived {} complete {}",
                     r.scenario,
@@ -177,7 +194,10 @@ impl Results {
             s,
             "| scenario | peer | size | rcpts | sessions | rate | accepted | arrived | msgs/s | accept msgs/s | MB/s | CPU us/msg | accept p50 | p99 | p99.9 | e2e p50 | e2e p99 | errors |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for r in &self.rows {
             let _ = writeln!(
                 s,
@@ -217,7 +237,11 @@ impl Results {
         }
         if peers.len() > 2 {
             let _ = writeln!(s, "\nratios (end-to-end msgs/s, same cell):");
-            let names: Vec<&str> = peers.iter().map(|(p, _)| p.as_str()).filter(|p| *p != "limit").collect();
+            let names: Vec<&str> = peers
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .filter(|p| *p != "limit")
+                .collect();
             let _ = write!(s, "| size | rcpts | sessions |");
             for p in &names {
                 let _ = write!(s, " {p}/limit |");
@@ -228,18 +252,38 @@ impl Results {
                 }
             }
             let _ = writeln!(s);
-            let cols = 3 + names.len() + names.iter().filter(|p| **p != "ecelerity" && names.contains(&"ecelerity")).count();
+            let cols = 3
+                + names.len()
+                + names
+                    .iter()
+                    .filter(|p| **p != "ecelerity" && names.contains(&"ecelerity"))
+                    .count();
             let _ = writeln!(s, "{}", "|---".repeat(cols) + "|");
-            for r in self.rows.iter().filter(|r| r.peer == "limit" || (r.peer == "ecelerity" && !peers.iter().any(|p| p.0 == "limit"))) {
+            for r in self.rows.iter().filter(|r| {
+                r.peer == "limit"
+                    || (r.peer == "ecelerity" && !peers.iter().any(|p| p.0 == "limit"))
+            }) {
                 let find = |peer: &str| {
                     self.rows.iter().find(|x| {
-                        x.peer == peer && x.size_bytes == r.size_bytes && x.recipients == r.recipients && x.sessions == r.sessions && x.scenario == r.scenario
+                        x.peer == peer
+                            && x.size_bytes == r.size_bytes
+                            && x.recipients == r.recipients
+                            && x.sessions == r.sessions
+                            && x.scenario == r.scenario
                     })
                 };
-                let _ = write!(s, "| {} | {} | {} |", size_label(r.size_bytes), r.recipients, r.sessions);
+                let _ = write!(
+                    s,
+                    "| {} | {} | {} |",
+                    size_label(r.size_bytes),
+                    r.recipients,
+                    r.sessions
+                );
                 for p in &names {
                     let v = match (find(p), find("limit")) {
-                        (Some(a), Some(l)) if l.msgs_per_s > 0.0 => format!("{:.2}", a.msgs_per_s / l.msgs_per_s),
+                        (Some(a), Some(l)) if l.msgs_per_s > 0.0 => {
+                            format!("{:.2}", a.msgs_per_s / l.msgs_per_s)
+                        }
                         _ => "-".into(),
                     };
                     let _ = write!(s, " {v} |");
@@ -247,7 +291,9 @@ impl Results {
                 for p in &names {
                     if *p != "ecelerity" && names.contains(&"ecelerity") {
                         let v = match (find("ecelerity"), find(p)) {
-                            (Some(e), Some(o)) if o.msgs_per_s > 0.0 => format!("{:.2}", e.msgs_per_s / o.msgs_per_s),
+                            (Some(e), Some(o)) if o.msgs_per_s > 0.0 => {
+                                format!("{:.2}", e.msgs_per_s / o.msgs_per_s)
+                            }
                             _ => "-".into(),
                         };
                         let _ = write!(s, " {v} |");
@@ -274,7 +320,10 @@ impl Results {
     /// Write results.json and results.txt (and plots) into `dir`.
     pub fn write(&self, dir: &Path, name: &str) -> Result<()> {
         fs::create_dir_all(dir)?;
-        fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(self)?)?;
+        fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_string_pretty(self)?,
+        )?;
         fs::write(dir.join(format!("{name}.txt")), self.text())?;
         Ok(())
     }
@@ -289,7 +338,14 @@ pub fn size_label(bytes: u64) -> String {
 }
 
 /// One cell's load spec.
-fn spec_for(o: &RunOptions, target: SocketAddr, size: u64, recipients: u64, sessions: usize, label: &str) -> LoadSpec {
+fn spec_for(
+    o: &RunOptions,
+    target: SocketAddr,
+    size: u64,
+    recipients: u64,
+    sessions: usize,
+    label: &str,
+) -> LoadSpec {
     let mut spec = LoadSpec::new(target);
     spec.sessions = sessions;
     spec.messages = o.messages;
@@ -303,7 +359,12 @@ fn spec_for(o: &RunOptions, target: SocketAddr, size: u64, recipients: u64, sess
 }
 
 /// Run one cell through `peer` (or straight into the sink) and measure it.
-pub fn run_cell(scenario: &str, peer: Option<&RunningPeer>, sink: &Sink, spec: &LoadSpec) -> RunRow {
+pub fn run_cell(
+    scenario: &str,
+    peer: Option<&RunningPeer>,
+    sink: &Sink,
+    spec: &LoadSpec,
+) -> RunRow {
     sink.reset();
     let cpu_before = peer.map(|p| p.cpu()).unwrap_or_default();
     let started = Instant::now();
@@ -311,13 +372,21 @@ pub fn run_cell(scenario: &str, peer: Option<&RunningPeer>, sink: &Sink, spec: &
     let complete = sink.wait_for_recipients(load.recipients_accepted, DRAIN_TIMEOUT);
     let sink_report: SinkReport = sink.report();
     // CPU right after the last arrival: the peer's idle time is not counted.
-    let cpu = peer.map(|p| p.cpu().saturating_sub(cpu_before)).unwrap_or_default();
-    let seconds = if sink_report.last_arrival_s > 0.0 { sink_report.last_arrival_s } else { started.elapsed().as_secs_f64() };
+    let cpu = peer
+        .map(|p| p.cpu().saturating_sub(cpu_before))
+        .unwrap_or_default();
+    let seconds = if sink_report.last_arrival_s > 0.0 {
+        sink_report.last_arrival_s
+    } else {
+        started.elapsed().as_secs_f64()
+    };
     let seconds = seconds.max(load.elapsed_s.min(seconds)).max(1e-9);
     let row = RunRow {
         scenario: scenario.to_string(),
         peer: peer.map(|p| p.kind.name()).unwrap_or("limit").to_string(),
-        durability: peer.map(|p| p.durability.clone()).unwrap_or_else(|| "none (sink discards)".into()),
+        durability: peer
+            .map(|p| p.durability.clone())
+            .unwrap_or_else(|| "none (sink discards)".into()),
         size_bytes: spec.size.choices[0].0,
         recipients: spec.recipients.choices[0].0,
         sessions: spec.sessions,
@@ -334,7 +403,11 @@ pub fn run_cell(scenario: &str, peer: Option<&RunningPeer>, sink: &Sink, spec: &
         mb_per_s: load.bytes_accepted as f64 / seconds / 1e6,
         seconds,
         mta_cpu_s: cpu.as_secs_f64(),
-        mta_cpu_us_per_msg: if load.accepted > 0 { cpu.as_secs_f64() * 1e6 / load.accepted as f64 } else { 0.0 },
+        mta_cpu_us_per_msg: if load.accepted > 0 {
+            cpu.as_secs_f64() * 1e6 / load.accepted as f64
+        } else {
+            0.0
+        },
         accept_latency: load.accept_latency.clone(),
         end_to_end_latency: sink_report.end_to_end_latency.clone(),
         errors: load.errors.clone(),
@@ -357,7 +430,10 @@ pub fn run_cell(scenario: &str, peer: Option<&RunningPeer>, sink: &Sink, spec: &
 }
 
 fn loopback_sink() -> Result<Sink> {
-    Ok(Sink::start("127.0.0.1:0".parse().expect("static address"), ReplyScript::default())?)
+    Ok(Sink::start(
+        "127.0.0.1:0".parse().expect("static address"),
+        ReplyScript::default(),
+    )?)
 }
 
 fn fresh_dir(o: &RunOptions, name: &str) -> Result<PathBuf> {
@@ -389,7 +465,12 @@ pub fn limit(o: &RunOptions, results: &mut Results) -> Result<()> {
 }
 
 /// (b) client -> peer -> sink for one peer kind.
-pub fn relay_peer(o: &RunOptions, kind: PeerKind, scenario: &str, results: &mut Results) -> Result<()> {
+pub fn relay_peer(
+    o: &RunOptions,
+    kind: PeerKind,
+    scenario: &str,
+    results: &mut Results,
+) -> Result<()> {
     let sink = loopback_sink()?;
     let dir = fresh_dir(o, &format!("{scenario}-{}", kind.name()))?;
     let mut peer = match peers::start_peer(kind, &o.paths, &dir, sink.addr.port(), o.shards) {
@@ -401,7 +482,9 @@ pub fn relay_peer(o: &RunOptions, kind: PeerKind, scenario: &str, results: &mut 
     };
     each_cell(o, |size, recipients, sessions| {
         let spec = spec_for(o, peer.addr(), size, recipients, sessions, kind.name());
-        results.rows.push(run_cell(scenario, Some(&peer), &sink, &spec));
+        results
+            .rows
+            .push(run_cell(scenario, Some(&peer), &sink, &spec));
         Ok(())
     })?;
     peer.stop();
@@ -413,7 +496,9 @@ pub fn side_by_side(o: &RunOptions, results: &mut Results) -> Result<()> {
     limit(o, results)?;
     for &kind in &o.peers {
         if kind == PeerKind::Kumo && o.paths.kumod_relay_script.is_none() {
-            results.note("kumomta: skipped (no --kumod-relay-script and none under ../shared/peers)".into());
+            results.note(
+                "kumomta: skipped (no --kumod-relay-script and none under ../shared/peers)".into(),
+            );
             continue;
         }
         relay_peer(o, kind, "side-by-side", results)?;
@@ -429,7 +514,11 @@ pub fn side_by_side(o: &RunOptions, results: &mut Results) -> Result<()> {
 /// Median and p99 cost of write(4 KiB)+fdatasync in `dir`, in microseconds.
 pub fn fdatasync_cost(dir: &Path) -> Result<(f64, f64)> {
     let path = dir.join("ecbench-fdatasync-probe");
-    let mut file = fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
     let block = vec![b'x'; 4096];
     let mut samples = Vec::with_capacity(FDATASYNC_PROBES as usize);
     for _ in 0..FDATASYNC_PROBES {
@@ -449,12 +538,27 @@ pub fn fdatasync_cost(dir: &Path) -> Result<(f64, f64)> {
 pub fn latency(o: &RunOptions, results: &mut Results) -> Result<()> {
     let sink = loopback_sink()?;
     let dir = fresh_dir(o, "latency-ecelerity")?;
-    let mut peer = peers::start_peer(PeerKind::Ecelerity, &o.paths, &dir, sink.addr.port(), o.shards)?;
+    let mut peer = peers::start_peer(
+        PeerKind::Ecelerity,
+        &o.paths,
+        &dir,
+        sink.addr.port(),
+        o.shards,
+    )?;
     let (sync_p50, sync_p99) = fdatasync_cost(&dir)?;
-    results.measure("fdatasync p50 (4 KiB append, spool filesystem)", sync_p50, "us");
+    results.measure(
+        "fdatasync p50 (4 KiB append, spool filesystem)",
+        sync_p50,
+        "us",
+    );
     results.measure("fdatasync p99", sync_p99, "us");
     let size = o.sizes[0];
-    let sessions = o.concurrency.iter().copied().find(|&c| c >= 50).unwrap_or(50);
+    let sessions = o
+        .concurrency
+        .iter()
+        .copied()
+        .find(|&c| c >= 50)
+        .unwrap_or(50);
     let spec = spec_for(o, peer.addr(), size, 1, sessions, "peak");
     let peak = run_cell("latency-peak", Some(&peer), &sink, &spec);
     let peak_rate = peak.accept_msgs_per_s;
@@ -467,9 +571,18 @@ pub fn latency(o: &RunOptions, results: &mut Results) -> Result<()> {
             spec.messages = spec.messages.min((rate * secs) as u64 + 1);
         }
         spec.duration = None;
-        let row = run_cell(&format!("latency-{:.0}%", fraction * 100.0), Some(&peer), &sink, &spec);
+        let row = run_cell(
+            &format!("latency-{:.0}%", fraction * 100.0),
+            Some(&peer),
+            &sink,
+            &spec,
+        );
         if fraction == 0.5 {
-            results.measure("accept p99 at 50% of peak / fdatasync p50", row.accept_latency.p99_us as f64 / sync_p50, "fdatasyncs");
+            results.measure(
+                "accept p99 at 50% of peak / fdatasync p50",
+                row.accept_latency.p99_us as f64 / sync_p50,
+                "fdatasyncs",
+            );
         }
         results.rows.push(row);
     }
@@ -483,9 +596,17 @@ pub fn shards(o: &RunOptions, results: &mut Results) -> Result<()> {
         let mut o = o.clone();
         o.shards = shards;
         let before = results.rows.len();
-        relay_peer(&o, PeerKind::Ecelerity, &format!("shards-{shards}"), results)?;
+        relay_peer(
+            &o,
+            PeerKind::Ecelerity,
+            &format!("shards-{shards}"),
+            results,
+        )?;
         for r in &mut results.rows[before..] {
-            r.peer = format!("ecelerity ({shards} shard{})", if shards == 1 { "" } else { "s" });
+            r.peer = format!(
+                "ecelerity ({shards} shard{})",
+                if shards == 1 { "" } else { "s" }
+            );
         }
     }
     Ok(())
@@ -498,9 +619,19 @@ pub fn queue(o: &RunOptions, results: &mut Results) -> Result<()> {
     let gateway_port = blocked.local_addr()?.port();
     let dir = fresh_dir(o, "queue-ecelerity")?;
     let port = peers::free_port();
-    let options = EcelerityOptions { shards: o.shards, retry_interval_s: 3600, connect_timeout_s: 3600, ..EcelerityOptions::default() };
-    let (mut peer, first_start) = peers::start_ecelerity(&o.paths, &dir, port, gateway_port, &options)?;
-    results.measure("ecelerity start to accepting (empty spool)", first_start.as_secs_f64() * 1e3, "ms");
+    let options = EcelerityOptions {
+        shards: o.shards,
+        retry_interval_s: 3600,
+        connect_timeout_s: 3600,
+        ..EcelerityOptions::default()
+    };
+    let (mut peer, first_start) =
+        peers::start_ecelerity(&o.paths, &dir, port, gateway_port, &options)?;
+    results.measure(
+        "ecelerity start to accepting (empty spool)",
+        first_start.as_secs_f64() * 1e3,
+        "ms",
+    );
     std::thread::sleep(Duration::from_millis(500));
     let rss_before = peer.rss();
     let size = o.sizes[0];
@@ -514,24 +645,58 @@ pub fn queue(o: &RunOptions, results: &mut Results) -> Result<()> {
     std::thread::sleep(RSS_SETTLE);
     let rss_after = peer.rss();
     let per_message = (rss_after.saturating_sub(rss_before)) as f64 / load.accepted.max(1) as f64;
-    results.measure("queued messages (gateway blocked)", load.accepted as f64, "messages");
-    results.measure("injection rate into a blocked gateway", load.msgs_per_s, "msgs/s");
-    results.measure("CPU per injected message", cpu.as_secs_f64() * 1e6 / load.accepted.max(1) as f64, "us");
+    results.measure(
+        "queued messages (gateway blocked)",
+        load.accepted as f64,
+        "messages",
+    );
+    results.measure(
+        "injection rate into a blocked gateway",
+        load.msgs_per_s,
+        "msgs/s",
+    );
+    results.measure(
+        "CPU per injected message",
+        cpu.as_secs_f64() * 1e6 / load.accepted.max(1) as f64,
+        "us",
+    );
     results.measure("RSS before injection", rss_before as f64 / 1048576.0, "MiB");
     results.measure("RSS with the queue", rss_after as f64 / 1048576.0, "MiB");
-    results.measure("RAM per queued message (RSS delta / messages)", per_message, "bytes");
+    results.measure(
+        "RAM per queued message (RSS delta / messages)",
+        per_message,
+        "bytes",
+    );
     let (stop_time, graceful) = peer.stop();
     results.measure(
-        &format!("stop with the queue ({})", if graceful { "graceful" } else { "SIGKILL after timeout" }),
+        &format!(
+            "stop with the queue ({})",
+            if graceful {
+                "graceful"
+            } else {
+                "SIGKILL after timeout"
+            }
+        ),
         stop_time.as_secs_f64() * 1e3,
         "ms",
     );
     let (peer2, restart) = peers::start_ecelerity(&o.paths, &dir, port, gateway_port, &options)?;
-    results.measure(&format!("restart to accepting with {} queued", load.accepted), restart.as_secs_f64() * 1e3, "ms");
+    results.measure(
+        &format!("restart to accepting with {} queued", load.accepted),
+        restart.as_secs_f64() * 1e3,
+        "ms",
+    );
     std::thread::sleep(RSS_SETTLE);
-    results.measure("RSS after restart (recovered queue)", peer2.rss() as f64 / 1048576.0, "MiB");
+    results.measure(
+        "RSS after restart (recovered queue)",
+        peer2.rss() as f64 / 1048576.0,
+        "MiB",
+    );
     if load.failed > 0 {
-        results.note(format!("queue: {} injections failed: {:?}", load.failed, load.errors));
+        results.note(format!(
+            "queue: {} injections failed: {:?}",
+            load.failed, load.errors
+        ));
     }
     drop(peer2);
     drop(blocked);

@@ -80,33 +80,43 @@ impl Sink {
             stop: AtomicBool::new(false),
         });
         let shared = Arc::clone(&counters);
-        thread::Builder::new().name("ecbench-sink-accept".into()).spawn(move || {
-            let mut sequence = 0u64;
-            for stream in listener.incoming() {
-                if shared.stop.load(Ordering::Relaxed) {
-                    break;
+        thread::Builder::new()
+            .name("ecbench-sink-accept".into())
+            .spawn(move || {
+                let mut sequence = 0u64;
+                for stream in listener.incoming() {
+                    if shared.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    sequence += 1;
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
+                    let shared = Arc::clone(&shared);
+                    let script = script.clone();
+                    let seed = sequence;
+                    let _ = thread::Builder::new()
+                        .name("ecbench-sink".into())
+                        .stack_size(CONNECTION_STACK_BYTES)
+                        .spawn(move || {
+                            let _ = serve(stream, &shared, &script, seed);
+                        });
                 }
-                let Ok(stream) = stream else { continue };
-                sequence += 1;
-                shared.connections.fetch_add(1, Ordering::Relaxed);
-                let shared = Arc::clone(&shared);
-                let script = script.clone();
-                let seed = sequence;
-                let _ = thread::Builder::new()
-                    .name("ecbench-sink".into())
-                    .stack_size(CONNECTION_STACK_BYTES)
-                    .spawn(move || {
-                        let _ = serve(stream, &shared, &script, seed);
-                    });
-            }
-        })?;
+            })?;
         Ok(Sink { addr, counters })
     }
 
     /// Zero the counters and the histogram; arrival times count from now.
     pub fn reset(&self) {
         let c = &self.counters;
-        for a in [&c.connections, &c.messages, &c.recipients, &c.bytes, &c.rcpt_5xx, &c.rcpt_4xx, &c.last_arrival_ns] {
+        for a in [
+            &c.connections,
+            &c.messages,
+            &c.recipients,
+            &c.bytes,
+            &c.rcpt_5xx,
+            &c.rcpt_4xx,
+            &c.last_arrival_ns,
+        ] {
             a.store(0, Ordering::Relaxed);
         }
         *c.epoch.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -161,7 +171,11 @@ impl Drop for Sink {
 enum State {
     Command,
     /// Inside DATA: at the start of a line?, still in the header?, header lines seen.
-    Data { line_start: bool, in_header: bool, header_lines: u32 },
+    Data {
+        line_start: bool,
+        in_header: bool,
+        header_lines: u32,
+    },
 }
 
 fn serve(mut stream: TcpStream, c: &Counters, script: &ReplyScript, seed: u64) -> io::Result<()> {
@@ -182,7 +196,9 @@ fn serve(mut stream: TcpStream, c: &Counters, script: &ReplyScript, seed: u64) -
         loop {
             match state {
                 State::Command => {
-                    let Some(i) = buf[start..end].iter().position(|&b| b == b'\n') else { break };
+                    let Some(i) = buf[start..end].iter().position(|&b| b == b'\n') else {
+                        break;
+                    };
                     let line = &buf[start..start + i + 1];
                     start += i + 1;
                     let verb: Vec<u8> = line.iter().take(4).map(u8::to_ascii_uppercase).collect();
@@ -231,7 +247,11 @@ fn serve(mut stream: TcpStream, c: &Counters, script: &ReplyScript, seed: u64) -
                         _ => out.extend_from_slice(b"503 5.5.1 Bad sequence or unknown command\r\n"),
                     }
                 }
-                State::Data { ref mut line_start, ref mut in_header, ref mut header_lines } => {
+                State::Data {
+                    ref mut line_start,
+                    ref mut in_header,
+                    ref mut header_lines,
+                } => {
                     if start == end {
                         break;
                     }
@@ -246,7 +266,10 @@ fn serve(mut stream: TcpStream, c: &Counters, script: &ReplyScript, seed: u64) -
                                 let now_ns = unix_ns();
                                 if let Some(ts) = timestamp_ns {
                                     let us = now_ns.saturating_sub(ts) / 1_000;
-                                    record_us(&mut c.e2e.lock().unwrap_or_else(|e| e.into_inner()), us as u64);
+                                    record_us(
+                                        &mut c.e2e.lock().unwrap_or_else(|e| e.into_inner()),
+                                        us as u64,
+                                    );
                                 }
                                 state = State::Command;
                                 have_mail = false;
@@ -259,7 +282,8 @@ fn serve(mut stream: TcpStream, c: &Counters, script: &ReplyScript, seed: u64) -
                                 c.recipients.fetch_add(rcpts_ok, Ordering::Relaxed);
                                 c.bytes.fetch_add(message_bytes, Ordering::Relaxed);
                                 let epoch = *c.epoch.lock().unwrap_or_else(|e| e.into_inner());
-                                c.last_arrival_ns.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                                c.last_arrival_ns
+                                    .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
                                 out.extend_from_slice(b"250 2.0.0 Ok: queued\r\n");
                                 continue;
                             }
@@ -276,7 +300,9 @@ fn serve(mut stream: TcpStream, c: &Counters, script: &ReplyScript, seed: u64) -
                             *header_lines += 1;
                             if line == b"\r\n" || *header_lines > HEADER_LINES_SCANNED_MAX {
                                 *in_header = false;
-                            } else if let Some(rest) = line.strip_prefix(TIMESTAMP_HEADER.as_bytes()) {
+                            } else if let Some(rest) =
+                                line.strip_prefix(TIMESTAMP_HEADER.as_bytes())
+                            {
                                 timestamp_ns = parse_timestamp(rest);
                             }
                             message_bytes += line.len() as u64;
@@ -367,7 +393,11 @@ mod tests {
 
     #[test]
     fn reply_script_rejects_and_defers_recipients() {
-        let script = ReplyScript { reject_5xx_pct: 30.0, defer_4xx_pct: 20.0, delay: Duration::ZERO };
+        let script = ReplyScript {
+            reject_5xx_pct: 30.0,
+            defer_4xx_pct: 20.0,
+            delay: Duration::ZERO,
+        };
         let sink = Sink::start("127.0.0.1:0".parse().unwrap(), script).unwrap();
         let mut spec = LoadSpec::new(sink.addr);
         spec.sessions = 2;

@@ -518,6 +518,8 @@ impl<S: Storage> Writer<S> {
         self.removals.extend(dead);
         self.removals.sort_unstable();
         self.removals.dedup();
+        // Counted as gone from here; a failed removal counts them again.
+        self.shared.borrow_mut().stats.segments = self.index.segment_count() as u32;
         let (removed, failure) = remove_in_order(&mut self.storage, &self.removals).await;
         self.removals.drain(..removed);
         if let Some(err) = failure {
@@ -526,9 +528,9 @@ impl<S: Storage> Writer<S> {
                 error = %err,
                 "cannot delete spool segment; retried after the next sync",
             );
+            self.shared.borrow_mut().stats.segments =
+                (self.index.segment_count() + self.removals.len()) as u32;
         }
-        self.shared.borrow_mut().stats.segments =
-            (self.index.segment_count() + self.removals.len()) as u32;
     }
 }
 
@@ -543,6 +545,15 @@ async fn remove_in_order<S: Storage>(
     segments: &[u64],
 ) -> (usize, Option<io::Error>) {
     debug_assert!(segments.windows(2).all(|w| w[0] < w[1]));
+    if segments.is_empty() {
+        return (0, None);
+    }
+    // A removal an earlier pass (or an earlier process, whose last
+    // directory sync failed) made may still be pending: make it durable
+    // before any newer one.
+    if let Err(err) = storage.sync_dir().await {
+        return (0, Some(err));
+    }
     for (done, &segment) in segments.iter().enumerate() {
         let mut result = storage.remove_segment(segment).await;
         if result.is_ok() {

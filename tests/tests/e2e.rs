@@ -15,9 +15,21 @@ mod console;
 mod crash;
 #[path = "e2e/delivery.rs"]
 mod delivery;
+#[path = "e2e/diskfull.rs"]
+mod diskfull;
 #[path = "e2e/ec_ctl.rs"]
 mod ec_ctl;
+#[path = "e2e/hostile.rs"]
+mod hostile;
 #[path = "e2e/policy.rs"]
 mod policy;
+#[path = "e2e/raw.rs"]
+mod raw;
+#[path = "e2e/relay.rs"]
+mod relay;
 #[path = "e2e/retry.rs"]
 mod retry;
+#[path = "e2e/smuggling.rs"]
+mod smuggling;
+#[path = "e2e/soak.rs"]
+mod soak;

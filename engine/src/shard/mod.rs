@@ -75,6 +75,33 @@ pub enum OutcomeKind {
     Retry { attempts: u32, next_attempt_unix_ms: u64 },
 }
 
+/// Most items waiting in the outbox for one peer before the shard that
+/// fills it waits for the flush.
+pub const OUTBOX_ITEMS_MAX: usize = 4096;
+
+/// What a shard has to send to each peer, gathered over a loop turn so
+/// that one channel message carries many entries.
+struct Outbox {
+    enqueue: RefCell<Vec<Vec<MessageRef>>>,
+    outcomes: RefCell<Vec<Vec<Outcome>>>,
+    /// A flush task is on its way for this peer.
+    scheduled: Vec<Cell<bool>>,
+}
+
+impl Outbox {
+    fn new(count: usize) -> Outbox {
+        Outbox {
+            enqueue: RefCell::new((0..count).map(|_| Vec::new()).collect()),
+            outcomes: RefCell::new((0..count).map(|_| Vec::new()).collect()),
+            scheduled: (0..count).map(|_| Cell::new(false)).collect(),
+        }
+    }
+
+    fn len(&self, peer: usize) -> usize {
+        self.enqueue.borrow()[peer].len() + self.outcomes.borrow()[peer].len()
+    }
+}
+
 pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -94,6 +121,7 @@ pub struct Shard {
     pub logs: ShardLogs,
     pub stats: Arc<EngineStats>,
     mesh: Senders<ShardMsg>,
+    outbox: Outbox,
     next_sequence: Cell<u64>,
     next_connection: Cell<u64>,
     /// Closed when the shard starts stopping: every waiter wakes.
@@ -127,36 +155,63 @@ impl Shard {
     }
 
     /// Hands queue entries to their owners: this shard's queues directly,
-    /// other shards over the mesh, one batch per owner.
+    /// other shards through the outbox (one batch per owner per loop turn).
     pub async fn route(self: &Rc<Self>, entries: Vec<MessageRef>) {
-        let count = self.count;
-        self.dispatch(entries, |e| queue_owner(&e.domain, count), Self::enqueue, ShardMsg::Enqueue).await;
+        for e in entries {
+            let owner = queue_owner(&e.domain, self.count);
+            if owner == self.id {
+                self.enqueue(e);
+            } else {
+                self.outbox.enqueue.borrow_mut()[owner].push(e);
+                self.schedule_flush(owner).await;
+            }
+        }
     }
 
-    /// Sends `items` to the shard `shard_of` names, in one batch per shard;
-    /// this shard's own items go to `local` at once. A stopped peer drops
-    /// its batch: what it concerned is still spooled and comes back at the
-    /// next start (queued again, or delivered again: a duplicate, never a
-    /// loss).
-    async fn dispatch<T>(
-        self: &Rc<Self>,
-        items: Vec<T>,
-        shard_of: impl Fn(&T) -> usize,
-        local: impl Fn(&Rc<Self>, T),
-        wrap: impl Fn(Vec<T>) -> ShardMsg,
-    ) {
-        let mut batches: Vec<Vec<T>> = (0..self.count).map(|_| Vec::new()).collect();
-        for item in items {
-            batches[shard_of(&item)].push(item);
-        }
-        for (shard, batch) in batches.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
+    /// Reports outcomes to the home shard of each message.
+    pub async fn report(self: &Rc<Self>, outcomes: Vec<Outcome>) {
+        for o in outcomes {
+            let home = o.id.home_shard();
+            if home == self.id {
+                self.on_outcome(o);
+            } else {
+                self.outbox.outcomes.borrow_mut()[home].push(o);
+                self.schedule_flush(home).await;
             }
-            if shard == self.id {
-                batch.into_iter().for_each(|item| local(self, item));
-            } else if self.mesh.send_to(shard, wrap(batch)).await.is_err() {
-                tracing::warn!(shard = self.id, "shard {shard} is gone; its batch waits for the next start");
+        }
+    }
+
+    /// Makes sure a flush task will carry the outbox of `peer`, and holds
+    /// the caller while that outbox is over [`OUTBOX_ITEMS_MAX`] (the peer
+    /// is not keeping up: back-pressure reaches the SMTP client).
+    async fn schedule_flush(self: &Rc<Self>, peer: usize) {
+        if !self.outbox.scheduled[peer].replace(true) {
+            let shard = self.clone();
+            glommio::spawn_local(async move { shard.flush_outbox(peer).await }).detach();
+        }
+        while self.outbox.len(peer) > OUTBOX_ITEMS_MAX && self.outbox.scheduled[peer].get() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Sends everything queued for `peer`, in batches, until the outbox
+    /// stays empty. It first yields once, so that every task that runs in
+    /// this loop turn adds to the same batch. A stopped peer drops its
+    /// batch: what it concerned is still spooled and comes back at the next
+    /// start (queued again, or delivered again: a duplicate, never a loss).
+    async fn flush_outbox(self: Rc<Self>, peer: usize) {
+        glommio::executor().yield_now().await;
+        loop {
+            let entries = std::mem::take(&mut self.outbox.enqueue.borrow_mut()[peer]);
+            let outcomes = std::mem::take(&mut self.outbox.outcomes.borrow_mut()[peer]);
+            if entries.is_empty() && outcomes.is_empty() {
+                self.outbox.scheduled[peer].set(false);
+                return;
+            }
+            for msg in [(!entries.is_empty()).then_some(ShardMsg::Enqueue(entries)), (!outcomes.is_empty()).then_some(ShardMsg::Outcome(outcomes))].into_iter().flatten() {
+                if self.mesh.send_to(peer, msg).await.is_err() {
+                    tracing::warn!(shard = self.id, "shard {peer} is gone; its batch waits for the next start");
+                }
             }
         }
     }
@@ -218,11 +273,6 @@ impl Shard {
             }
         })
         .detach();
-    }
-
-    /// Reports outcomes to the home shard of each message.
-    pub async fn report(self: &Rc<Self>, outcomes: Vec<Outcome>) {
-        self.dispatch(outcomes, |o| o.id.home_shard(), Self::on_outcome, ShardMsg::Outcome).await;
     }
 
     /// Records an outcome for a message spooled here: a note for the
@@ -595,6 +645,7 @@ async fn run_shard(setup: ShardSetup) {
         logs,
         stats: stats.clone(),
         mesh: senders,
+        outbox: Outbox::new(count),
         next_sequence: Cell::new(first_sequence),
         // Connection ids count from the middle of the same space so they
         // never read like a message id of the same moment.
