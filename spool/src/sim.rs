@@ -1480,6 +1480,41 @@ mod tests {
         });
     }
 
+    /// Regression (found by the simulation, seed 11765097642371030078): a
+    /// removal whose directory sync failed stayed pending while the next
+    /// open, no longer seeing the file, removed a newer segment; a power
+    /// cut could then keep only the newer removal. Removals now start with
+    /// a directory sync.
+    #[test]
+    fn a_failed_directory_sync_never_lets_a_later_removal_overtake_an_earlier_one() {
+        run(|| async {
+            let disk = SimDisk::new(5, Faults::NONE);
+            let (spool, _) = open_on(&disk).await;
+            guarded_segments(&spool, &Cell::new(0), || {
+                disk.fail_next(SimCall::SyncDir, libc::EIO)
+            })
+            .await
+            .unwrap();
+            spool.close().await.unwrap();
+            drop(spool);
+            disk.fail_next(SimCall::SyncDir, libc::EIO);
+            let storage = disk.storage();
+            let opened = Spool::open_with_storage(std::path::Path::new("/sim"), storage, small());
+            assert!(opened.await.is_err(), "the directory sync failed");
+            {
+                // The worst order: the older pending removal is lost.
+                let mut state = disk.0.borrow_mut();
+                if state.pending_dir.len() > 1 {
+                    state.pending_dir.remove(0);
+                }
+            }
+            disk.crash();
+            let (spool, recovery) = open_on(&disk).await;
+            assert_eq!(ids(&recovery), vec![3]);
+            spool.close().await.unwrap();
+        });
+    }
+
     /// Goal (issue item 3): with the disk full, appends fail with
     /// `StorageFull`, an I/O error fails them with `Io`, nothing already
     /// acknowledged is harmed, and appends succeed again by themselves once

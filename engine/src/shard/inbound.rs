@@ -17,11 +17,11 @@
 //! Memory: an idle session holds `COMMAND_READ_BYTES` of read buffer; the
 //! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::{Duration, Instant};
 
 use ecelerity_policy::RelayControl;
@@ -49,42 +49,55 @@ const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 /// The session's phase name while it reads a DATA (`phase_name()`).
 const PHASE_DATA: &str = "data";
 
+/// Buckets of [`PEERS`]: a power of two.
+const PEER_BUCKETS: usize = 1 << 16;
+
 /// Open inbound connections per client address, over every shard of the
-/// process. Only addresses subject to `max_inbound_connections_per_ip`
-/// are counted; an entry is removed when its count drops to zero, so the
-/// table holds at most one entry per open connection.
-static PEERS: Mutex<BTreeMap<IpAddr, u32>> = Mutex::new(BTreeMap::new());
+/// process, without a lock: a fixed table of counters indexed by a hash of
+/// the address, taken and given back with compare-and-swap (one per
+/// connection, never per message). Two addresses that share a bucket share
+/// its count, so the limit can only bite early, never late; with 65,536
+/// buckets that needs many busy peers at once. Only addresses subject to
+/// `max_inbound_connections_per_ip` are counted.
+const _: () = assert!(PEER_BUCKETS.is_power_of_two());
+static PEERS: [AtomicU32; PEER_BUCKETS] = [const { AtomicU32::new(0) }; PEER_BUCKETS];
 
 /// One connection's place in [`PEERS`]; gives it back on drop.
 struct PeerSlot {
-    ip: IpAddr,
+    bucket: usize,
 }
 
 impl PeerSlot {
-    /// Takes a place for `ip`, or `None` when `ip` already has `limit`.
+    /// Takes a place for `ip`, or `None` when its bucket already has `limit`.
     fn take(ip: IpAddr, limit: u32) -> Option<PeerSlot> {
         assert!(limit > 0, "0 means unlimited: such peers take no slot");
-        let mut peers = PEERS.lock().unwrap_or_else(|e| e.into_inner());
-        let count = peers.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(PeerSlot { ip })
+        let bucket = peer_bucket(ip);
+        PEERS[bucket]
+            .fetch_update(AcqRel, Acquire, |count| (count < limit).then_some(count + 1))
+            .ok()
+            .map(|_| PeerSlot { bucket })
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut peers = PEERS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = peers.get_mut(&self.ip) {
-            assert!(*count > 0);
-            *count -= 1;
-            if *count == 0 {
-                peers.remove(&self.ip);
-            }
-        }
+        let before = PEERS[self.bucket].fetch_sub(1, AcqRel);
+        assert!(before > 0, "a peer slot is given back once");
     }
+}
+
+/// FNV-1a of the address bytes, folded to a bucket.
+fn peer_bucket(ip: IpAddr) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let octets = match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    for b in octets {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash as usize) & (PEER_BUCKETS - 1)
 }
 
 /// Why a connection is refused before its session starts.
