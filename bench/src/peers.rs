@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -137,16 +138,28 @@ impl RunningPeer {
         let Some(mut child) = self.child.take() else {
             return (Duration::ZERO, true);
         };
-        // SAFETY: kill(2) on our own child's pid.
+        // Each peer runs in its own process group (process_group(0) at
+        // spawn), so wrappers such as Haraka's launcher take their children along.
+        let group = -(child.id() as i32);
+        // SAFETY: kill(2) on the process group we created for our child.
         unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
+            libc::kill(group, libc::SIGTERM);
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Ok(Some(_)) = child.try_wait() {
+                // Reap stragglers of the group (e.g. Haraka's worker).
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(group, libc::SIGKILL);
+                }
                 return (started.elapsed(), true);
             }
             if Instant::now() >= deadline {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(group, libc::SIGKILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return (started.elapsed(), false);
@@ -260,6 +273,7 @@ pub fn start_ecelerity(
         .arg("--log-level")
         .arg("warn")
         .current_dir(dir)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log)?)
@@ -411,6 +425,7 @@ pub fn start_kumo(script: &Path, dir: &Path, port: u16, sink_port: u16) -> Resul
         .arg("true")
         .env("KUMO_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("KUMO_CONN_LIMIT", "64")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&log)?)
         .stderr(fs::File::options().append(true).open(&log)?)
@@ -497,6 +512,7 @@ pub fn start_haraka(
         .arg("-c")
         .arg(dir)
         .current_dir(dir)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&log)?)
         .stderr(fs::File::options().append(true).open(&log)?)

@@ -330,7 +330,7 @@ impl Results {
 }
 
 pub fn size_label(bytes: u64) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{}KiB", bytes / 1024)
     } else {
         format!("{bytes}B")

@@ -310,6 +310,21 @@ fn oversized_records_are_refused() {
     ));
 }
 
+/// Time the writer gets to delete a dead segment after the sync that made
+/// it dead (the deletion follows the waiters' wake-up, with two directory
+/// syncs: one before and one after the removal).
+const SEGMENT_DELETION_WAIT_MS_MAX: u64 = 5_000;
+
+async fn wait_until_gone(path: &Path) {
+    for _ in 0..SEGMENT_DELETION_WAIT_MS_MAX {
+        if !path.exists() {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("{} still exists", path.display());
+}
+
 #[test]
 fn segments_roll_over_and_are_deleted_once_nothing_in_them_is_live() {
     // Goal: roll-over at the segment size and GC of dead segments, both
@@ -345,7 +360,7 @@ fn segments_roll_over_and_are_deleted_once_nothing_in_them_is_live() {
                 spool.complete(*id).await.unwrap();
             }
         }
-        assert!(!segment_path(&dir, first).exists());
+        wait_until_gone(&segment_path(&dir, first)).await;
         assert_eq!(
             spool.stats().segments,
             segments_before - 1,
@@ -376,7 +391,7 @@ fn segments_roll_over_and_are_deleted_once_nothing_in_them_is_live() {
         assert!(recovery.messages.iter().all(|m| m.body.segment != first));
         // Complete the last live message of the second segment; it goes.
         spool.complete(*kept).await.unwrap();
-        assert!(!segment_path(&dir, second).exists());
+        wait_until_gone(&segment_path(&dir, second)).await;
         // Complete everything: every old segment goes, at run time or at
         // the next open.
         for message in &recovery.messages {

@@ -667,6 +667,13 @@ async fn run_shard(setup: ShardSetup) {
     let recovered = recovery.messages.len();
     shard.requeue_recovered(recovery.messages).await;
     if recovered > 0 {
+        // Recovery held every live envelope at once; hand that memory back
+        // so a restarted daemon with a large queue costs what a live one
+        // does (glibc keeps freed heap otherwise).
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
+    }
+    if recovered > 0 {
         tracing::info!(shard = id, "spool: recovered {recovered} live message(s) from {} segment(s)", recovery.segments_read);
     }
 
