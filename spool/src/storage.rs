@@ -157,7 +157,23 @@ impl Storage for GlommioStorage {
         // Reserve the blocks now so group commits never allocate; the
         // file size stays at what was written (keep_size), so the
         // unwritten tail never exists for readers.
-        file.pre_allocate(bytes, true).await.map_err(os_error)?;
+        //
+        // With less free space than a whole segment, preallocation fails
+        // with ENOSPC although records still fit: go on without it, so the
+        // spool keeps accepting until the space is really gone (a write
+        // then fails with ENOSPC and the append reports StorageFull).
+        if let Err(err) = file.pre_allocate(bytes, true).await.map_err(os_error) {
+            if err.raw_os_error() != Some(libc::ENOSPC) {
+                return Err(err);
+            }
+            tracing::warn!(
+                segment,
+                bytes,
+                "spool: not enough free space to reserve a whole segment; \
+                 writing without the reservation (free space on the spool's \
+                 file system, or lower the segment size)"
+            );
+        }
         self.dir_handle.sync().await.map_err(os_error)?;
         if let Some((_, old)) = self.current.replace((segment, file)) {
             old.close().await.map_err(os_error)?;
