@@ -5,8 +5,11 @@
 //! Owns: temporary directories, free ports, child processes of a test.
 //! May call: the binaries in target/debug (or `ECELERITY_BIN_DIR`), the
 //! Python helpers in tests/py, swaks, smtp-sink, smtp-source.
-//! Never: the daemon's internals (no engine or spool crate dependency); a
-//! test sees the daemon only through its sockets, files and exit status.
+//! Never: the daemon's internals (this harness has no engine or spool
+//! dependency); a test sees the daemon only through its sockets, files and
+//! exit status. One test (`e2e/outbound_strict.rs`) writes a spool with the
+//! real spool crate before the daemon starts, to plant bodies no SMTP
+//! client could send.
 //!
 //! Every child process is killed when its owner is dropped, also while a
 //! test panics, so a failed test never leaves a daemon or sink behind.
@@ -1263,6 +1266,194 @@ impl Rng {
     pub fn range(&mut self, low: u64, high: u64) -> u64 {
         assert!(low < high);
         low + self.next_u64() % (high - low)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A strict Postfix relay.
+
+/// Where the Postfix binaries live (Debian's layout).
+pub const POSTFIX_BIN: &str = "/usr/sbin/postfix";
+/// How long `postfix start` / `postfix stop` may take.
+const POSTFIX_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A private Postfix instance on 127.0.0.1:`port` that relays everything to
+/// `[127.0.0.1]:sink_port` and refuses any bare LF from any client
+/// (`smtpd_forbid_bare_newline = reject`, no exclusions, not even
+/// mynetworks). Its config, queue and data directories live under the
+/// test's directory; it logs to `DIR/maillog`. `postfix stop` on drop,
+/// `postfix abort` plus SIGKILL of the master if that does not end it.
+/// Never touches the system's own Postfix instance.
+pub struct PostfixRelay {
+    dir: PathBuf,
+    config_dir: PathBuf,
+    port: u16,
+    master_pid: Option<libc::pid_t>,
+}
+
+impl PostfixRelay {
+    /// True when Postfix's binaries are installed; tests that need the
+    /// relay skip (with a printed reason) when they are not.
+    pub fn available() -> bool {
+        Path::new(POSTFIX_BIN).is_file()
+            && Path::new("/usr/lib/postfix/sbin/smtpd").is_file()
+            && Path::new("/usr/sbin/postconf").is_file()
+    }
+
+    /// Write the configuration under `dir`, start the instance and wait
+    /// until it answers 220. Panics, quoting its log, when it does not.
+    pub fn start(dir: &Path, port: u16, sink_port: u16) -> PostfixRelay {
+        let config_dir = dir.join("etc");
+        let queue_dir = dir.join("queue");
+        let data_dir = dir.join("data");
+        for d in [&config_dir, &queue_dir, &data_dir] {
+            fs::create_dir_all(d).expect("create postfix directory");
+        }
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {queue}\n\
+             data_directory = {data}\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             myhostname = postfix.test\n\
+             mydestination =\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             mynetworks = 127.0.0.0/8\n\
+             relayhost = [127.0.0.1]:{sink_port}\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject\n\
+             smtpd_forbid_bare_newline = reject\n\
+             smtpd_forbid_bare_newline_exclusions =\n\
+             local_header_rewrite_clients =\n\
+             disable_mime_output_conversion = yes\n\
+             in_flow_delay = 0\n\
+             smtp_tls_security_level = none\n\
+             smtpd_tls_security_level = none\n\
+             biff = no\n\
+             maillog_file_prefixes = {dir}\n\
+             maillog_file = {dir}/maillog\n\
+             alias_maps =\n\
+             alias_database =\n\
+             local_recipient_maps =\n",
+            queue = queue_dir.display(),
+            data = data_dir.display(),
+            dir = dir.display(),
+        );
+        fs::write(config_dir.join("main.cf"), main_cf).expect("write main.cf");
+        let master_cf = format!(
+            "127.0.0.1:{port} inet n - n - - smtpd\n\
+             pickup    unix  n       -       n       60      1       pickup\n\
+             cleanup   unix  n       -       n       -       0       cleanup\n\
+             qmgr      unix  n       -       n       300     1       qmgr\n\
+             tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n\
+             rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
+             bounce    unix  -       -       n       -       0       bounce\n\
+             defer     unix  -       -       n       -       0       bounce\n\
+             trace     unix  -       -       n       -       0       bounce\n\
+             verify    unix  -       -       n       -       1       verify\n\
+             flush     unix  n       -       n       1000?   0       flush\n\
+             proxymap  unix  -       -       n       -       -       proxymap\n\
+             smtp      unix  -       -       n       -       -       smtp\n\
+             relay     unix  -       -       n       -       -       smtp\n\
+             showq     unix  n       -       n       -       -       showq\n\
+             error     unix  -       -       n       -       -       error\n\
+             retry     unix  -       -       n       -       -       error\n\
+             discard   unix  -       -       n       -       -       discard\n\
+             anvil     unix  -       -       n       -       1       anvil\n\
+             scache    unix  -       -       n       -       1       scache\n\
+             postlog   unix-dgram n  -       n       -       1       postlogd\n"
+        );
+        fs::write(config_dir.join("master.cf"), master_cf).expect("write master.cf");
+        // Postfix insists that data_directory belongs to mail_owner.
+        let _ = run(
+            Command::new("chown")
+                .arg("-R")
+                .arg("postfix")
+                .arg(&data_dir),
+            POSTFIX_COMMAND_TIMEOUT,
+        );
+        let mut relay = PostfixRelay {
+            dir: dir.to_path_buf(),
+            config_dir,
+            port,
+            master_pid: None,
+        };
+        // Output to a file, not a pipe: the master it leaves running could
+        // hold a pipe open.
+        let start_log = dir.join("postfix-start.log");
+        let log = File::create(&start_log).expect("create postfix start log");
+        let child = Command::new(POSTFIX_BIN)
+            .arg("-c")
+            .arg(&relay.config_dir)
+            .arg("start")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn postfix start");
+        let status = ChildGuard::new("postfix start", child)
+            .wait_timeout(POSTFIX_COMMAND_TIMEOUT)
+            .expect("postfix start still running");
+        assert!(
+            status.success(),
+            "postfix start failed ({status}):\n{}\nmaillog:\n{}",
+            file_tail(&start_log),
+            relay.maillog_text()
+        );
+        let pid_file = queue_dir.join("pid/master.pid");
+        relay.master_pid = poll_until(READY_TIMEOUT, || {
+            fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+        });
+        let ready = poll_until(READY_TIMEOUT, || smtp_banner_ok(port).then_some(()));
+        assert!(
+            ready.is_some(),
+            "postfix not ready on port {port}; maillog:\n{}",
+            relay.maillog_text()
+        );
+        relay
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn maillog_path(&self) -> PathBuf {
+        self.dir.join("maillog")
+    }
+
+    /// The log so far (postlogd writes it; may lag a line for a moment).
+    pub fn maillog_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(self.maillog_path()).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Drop for PostfixRelay {
+    fn drop(&mut self) {
+        let _ = Command::new(POSTFIX_BIN)
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg("stop")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let Some(pid) = self.master_pid else {
+            return;
+        };
+        if poll_until(STOP_TIMEOUT, || (!process_alive(pid)).then_some(())).is_none() {
+            eprintln!("e2e: postfix master {pid} ignored `postfix stop`; aborting");
+            let _ = Command::new(POSTFIX_BIN)
+                .arg("-c")
+                .arg(&self.config_dir)
+                .arg("abort")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if process_alive(pid) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
