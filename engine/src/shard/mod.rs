@@ -43,6 +43,13 @@ pub const SHARDS_MAX: usize = 256;
 pub const TICK_MS: u64 = 100;
 /// How often a ready shard checks whether it may start serving.
 const SERVE_POLL_MS: u64 = 5;
+/// Shares of the inbound task queue (sessions, spool writer) and of the
+/// delivery queue: equal, so neither starves; what differs is latency.
+const INBOUND_SHARES: usize = 1000;
+const DELIVERY_SHARES: usize = 1000;
+/// Preemption target of the inbound queue: how long it lets another queue
+/// run before it gets the core back.
+const INBOUND_LATENCY_MS: u64 = 1;
 /// How long a stopping shard waits for open SMTP sessions to finish.
 pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// glommio's default registered I/O memory per executor; we use less when
@@ -130,6 +137,8 @@ pub struct Shard {
     /// Open inbound sessions; shutdown waits for them.
     pub sessions: Gate,
     pub hostname: String,
+    /// Task queue of delivery connections (see `run_shard`).
+    delivery_queue: glommio::TaskQueueHandle,
 }
 
 impl Shard {
@@ -256,7 +265,7 @@ impl Shard {
         drop(queues);
         ShardStats::add(&self.my_stats().outbound_connections, 1);
         let shard = self.clone();
-        glommio::spawn_local(async move {
+        let connection = glommio::spawn_local_into(async move {
             crate::delivery::run_connection(shard.clone(), domain.clone()).await;
             ShardStats::sub(&shard.my_stats().outbound_connections, 1);
             let mut queues = shard.queues.borrow_mut();
@@ -271,8 +280,13 @@ impl Shard {
             if more {
                 shard.kick(&domain);
             }
-        })
-        .detach();
+        }, self.delivery_queue);
+        match connection {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => tracing::error!(shard = self.id, "cannot start a delivery connection: {e}"),
+        }
     }
 
     /// Records an outcome for a message spooled here: a note for the
@@ -603,7 +617,36 @@ async fn run_shard(setup: ShardSetup) {
     let io_err = |what: String| move |source: io::Error| StartError::Io { shard: id, what, source };
 
     let spool_dir = config.spoolbase().join(id.to_string());
-    let (spool, recovery) = match Spool::open(&spool_dir, SpoolOptions::default()).await {
+    // Two task queues (Seastar's scheduling groups): reception and the
+    // spool's group commit, where a client waits for each step, run in a
+    // latency-sensitive queue; delivery runs in its own queue, so a burst
+    // of outbound work on the shard that owns a busy domain cannot hold a
+    // waiting 250 back for a whole time slice.
+    let inbound_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(INBOUND_SHARES),
+        glommio::Latency::Matters(Duration::from_millis(INBOUND_LATENCY_MS)),
+        "inbound",
+    );
+    let delivery_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(DELIVERY_SHARES),
+        glommio::Latency::NotImportant,
+        "delivery",
+    );
+    let opened = glommio::spawn_local_into(
+        {
+            let spool_dir = spool_dir.clone();
+            async move { Spool::open(&spool_dir, SpoolOptions::default()).await }
+        },
+        inbound_queue,
+    );
+    let opened = match opened {
+        Ok(task) => task.await,
+        Err(e) => {
+            let _ = ready.send(Err(StartError::Other { shard: id, what: format!("cannot start the spool task: {e}") }));
+            return;
+        }
+    };
+    let (spool, recovery) = match opened {
         Ok(pair) => pair,
         Err(e) => {
             let _ = ready.send(Err(StartError::Other { shard: id, what: format!("cannot open the spool {}: {e}", spool_dir.display()) }));
@@ -653,6 +696,7 @@ async fn run_shard(setup: ShardSetup) {
         stopping: Rc::new(Semaphore::new(0)),
         stop_started: Cell::new(false),
         sessions: Gate::new(),
+        delivery_queue,
     });
 
     for (_, rx) in receivers.streams() {
@@ -685,7 +729,10 @@ async fn run_shard(setup: ShardSetup) {
     }
     let mut accept_tasks = Vec::new();
     for (sock, listener) in listeners {
-        accept_tasks.push(glommio::spawn_local(inbound::accept_loop(shard.clone(), sock, listener)));
+        match glommio::spawn_local_into(inbound::accept_loop(shard.clone(), sock, listener), inbound_queue) {
+            Ok(task) => accept_tasks.push(task),
+            Err(e) => tracing::error!(shard = id, "cannot start an accept loop: {e}"),
+        }
     }
 
     // The shard's clock: stop flag, gauges, delayed queue, log flush.
