@@ -75,9 +75,11 @@ pub mod privileges {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        std::os::unix::fs::lchown(path, Some(who.uid), Some(who.gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+        std::os::unix::fs::lchown(path, Some(who.uid), Some(who.gid))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
         if meta.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let entries =
+                std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
             for entry in entries.flatten() {
                 chown_tree(&entry.path(), who)?;
             }
@@ -94,10 +96,18 @@ pub mod privileges {
                 return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
             }
             if libc::setgid(who.gid) != 0 {
-                return Err(format!("setgid {}: {}", who.gid, std::io::Error::last_os_error()));
+                return Err(format!(
+                    "setgid {}: {}",
+                    who.gid,
+                    std::io::Error::last_os_error()
+                ));
             }
             if libc::setuid(who.uid) != 0 {
-                return Err(format!("setuid {}: {}", who.uid, std::io::Error::last_os_error()));
+                return Err(format!(
+                    "setuid {}: {}",
+                    who.uid,
+                    std::io::Error::last_os_error()
+                ));
             }
             if libc::setuid(0) == 0 {
                 return Err("privileges could be regained after setuid".into());

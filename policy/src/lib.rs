@@ -34,8 +34,15 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
-        assert!((400..600).contains(&code), "a rejection is a 4xx or 5xx reply");
-        Rejection { code, enhanced, text: text.into() }
+        assert!(
+            (400..600).contains(&code),
+            "a rejection is a 4xx or 5xx reply"
+        );
+        Rejection {
+            code,
+            enhanced,
+            text: text.into(),
+        }
     }
 }
 
@@ -89,7 +96,11 @@ impl Policy for RelayControl {
             return Verdict::Continue;
         }
         if let Some(domain) = local_delivery_domain(rcpt_to) {
-            if self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            if self
+                .local_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+            {
                 return Verdict::Continue;
             }
         }
@@ -134,9 +145,12 @@ impl std::error::Error for CidrError {}
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                prefix_eq(u32::from(n) as u128, u32::from(a) as u128, self.prefix_bits, 32)
-            }
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(
+                u32::from(n) as u128,
+                u32::from(a) as u128,
+                self.prefix_bits,
+                32,
+            ),
             (IpAddr::V6(n), IpAddr::V6(a)) => {
                 prefix_eq(u128::from(n), u128::from(a), self.prefix_bits, 128)
             }
@@ -171,9 +185,16 @@ impl FromStr for Cidr {
         let width_bits = if network.is_ipv4() { 32 } else { 128 };
         let prefix_bits = match prefix {
             None => width_bits,
-            Some(p) => p.parse::<u8>().ok().filter(|b| *b <= width_bits).ok_or_else(error)?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= width_bits)
+                .ok_or_else(error)?,
         };
-        Ok(Cidr { network, prefix_bits })
+        Ok(Cidr {
+            network,
+            prefix_bits,
+        })
     }
 }
 
@@ -188,7 +209,10 @@ mod tests {
     use super::*;
 
     fn conn(ip: &str) -> Connection {
-        Connection { peer_ip: ip.parse().unwrap(), ehlo_domain: String::new() }
+        Connection {
+            peer_ip: ip.parse().unwrap(),
+            ehlo_domain: String::new(),
+        }
     }
 
     #[test]
@@ -217,15 +241,24 @@ mod tests {
             relay_hosts: vec!["127.0.0.0/8".parse().unwrap()],
             local_domains: vec!["local.test".into()],
         };
-        assert_eq!(p.validate_rcptto(&conn("127.0.0.1"), "a@example.com"), Verdict::Continue);
+        assert_eq!(
+            p.validate_rcptto(&conn("127.0.0.1"), "a@example.com"),
+            Verdict::Continue
+        );
         let denied = p.validate_rcptto(&conn("192.0.2.1"), "a@example.com");
         assert!(matches!(denied, Verdict::Reject(ref r) if r.code == 550 && r.enhanced == "5.7.1"));
-        assert_eq!(p.validate_rcptto(&conn("192.0.2.1"), "a@LOCAL.test"), Verdict::Continue);
+        assert_eq!(
+            p.validate_rcptto(&conn("192.0.2.1"), "a@LOCAL.test"),
+            Verdict::Continue
+        );
     }
 
     #[test]
     fn relay_tricks_are_never_local() {
-        let p = RelayControl { relay_hosts: vec![], local_domains: vec!["local.test".into()] };
+        let p = RelayControl {
+            relay_hosts: vec![],
+            local_domains: vec!["local.test".into()],
+        };
         for trick in [
             "a%example.com@local.test",
             "@local.test:a@example.com",
@@ -234,7 +267,10 @@ mod tests {
             "@local.test",
         ] {
             assert!(
-                matches!(p.validate_rcptto(&conn("192.0.2.1"), trick), Verdict::Reject(_)),
+                matches!(
+                    p.validate_rcptto(&conn("192.0.2.1"), trick),
+                    Verdict::Reject(_)
+                ),
                 "{trick}"
             );
         }

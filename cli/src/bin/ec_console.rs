@@ -70,7 +70,10 @@ impl Console {
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the daemon closed the console"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the console",
+                ));
             }
             match unframe_line(line.trim_end_matches('\n')) {
                 None => return Ok(reply),
@@ -107,11 +110,17 @@ fn main() {
             }
         }
     };
-    let mut console = Console { path: path.clone(), conn: None };
+    let mut console = Console {
+        path: path.clone(),
+        conn: None,
+    };
     match Console::connect(&path) {
         Ok(conn) => console.conn = Some(conn),
         Err(e) => {
-            eprintln!("ec_console: cannot connect to {}: {e} (is ecelerity running?)", path.display());
+            eprintln!(
+                "ec_console: cannot connect to {}: {e} (is ecelerity running?)",
+                path.display()
+            );
             std::process::exit(EXIT_FAILED);
         }
     }

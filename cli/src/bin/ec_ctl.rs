@@ -78,7 +78,11 @@ fn main() {
 
 /// The pid in `pid_file` if that process is alive.
 fn running_pid(pid_file: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     alive(pid).then_some(pid)
 }
 
@@ -90,7 +94,9 @@ fn alive(pid: i32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -111,7 +117,11 @@ fn start(config: &Config, config_path: Option<&Path>, wait: Duration) -> i32 {
     if let Some(dir) = out_path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let out = match std::fs::OpenOptions::new().create(true).append(true).open(&out_path) {
+    let out = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out_path)
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("ec_ctl: cannot open {}: {e}", out_path.display());
@@ -123,7 +133,10 @@ fn start(config: &Config, config_path: Option<&Path>, wait: Duration) -> i32 {
     if let Some(p) = config_path {
         command.arg("--config").arg(p);
     }
-    command.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
+    command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our
     // session so it outlives this command and the terminal.
     unsafe {
@@ -152,7 +165,11 @@ fn start(config: &Config, config_path: Option<&Path>, wait: Duration) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("ec_ctl: ecelerity (pid {}) did not accept connections within {:?}", child.id(), wait);
+    eprintln!(
+        "ec_ctl: ecelerity (pid {}) did not accept connections within {:?}",
+        child.id(),
+        wait
+    );
     EXIT_FAILED
 }
 
@@ -169,19 +186,27 @@ fn tail_from(path: &Path, offset: u64) -> String {
 /// True once every enabled ESMTP listener answers with a 220 banner (or
 /// the control socket answers, when there is no ESMTP listener).
 fn accepts_smtp(config: &Config) -> bool {
-    let listeners: Vec<_> = config.esmtp_listeners().iter().filter(|l| l.enabled).collect();
+    let listeners: Vec<_> = config
+        .esmtp_listeners()
+        .iter()
+        .filter(|l| l.enabled)
+        .collect();
     if listeners.is_empty() {
-        return control_socket(config).is_some_and(|p| std::os::unix::net::UnixStream::connect(p).is_ok());
+        return control_socket(config)
+            .is_some_and(|p| std::os::unix::net::UnixStream::connect(p).is_ok());
     }
     listeners.iter().all(|l| {
         let mut addr = l.address;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+            return false;
+        };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let mut banner = String::new();
-        let ok = BufReader::new(&stream).read_line(&mut banner).is_ok() && banner.starts_with("220");
+        let ok =
+            BufReader::new(&stream).read_line(&mut banner).is_ok() && banner.starts_with("220");
         let _ = (&stream).write_all(b"QUIT\r\n");
         ok
     })
@@ -210,7 +235,9 @@ fn stop(config: &Config, wait: Duration) -> i32 {
 }
 
 fn ask_shutdown(socket: &Path) -> bool {
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     if stream.write_all(b"shutdown\n").is_err() {
         return false;

@@ -5,7 +5,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "Print ecelerity's effective configuration, defaults included")]
+#[command(
+    version,
+    about = "Print ecelerity's effective configuration, defaults included"
+)]
 struct Args {
     /// Configuration file (default: the embedded default configuration).
     #[arg(short, long)]

@@ -37,14 +37,21 @@ fn main() {
     if args.daemon {
         daemonize();
     }
-    let pid_file = args.pid_file.clone().unwrap_or_else(|| config.pidfile().to_path_buf());
+    let pid_file = args
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| config.pidfile().to_path_buf());
     if let Err(e) = write_pid_file(&pid_file) {
         eprintln!("ecelerity: {e}");
         std::process::exit(EXIT_FAILED);
     }
     let paniclog = &config.logs().paniclog;
-    if let Err(e) = ecelerity_engine::log::install_paniclog(paniclog, args.log_level, !args.daemon) {
-        eprintln!("ecelerity: cannot open the paniclog {}: {e}", paniclog.display());
+    if let Err(e) = ecelerity_engine::log::install_paniclog(paniclog, args.log_level, !args.daemon)
+    {
+        eprintln!(
+            "ecelerity: cannot open the paniclog {}: {e}",
+            paniclog.display()
+        );
         remove_pid_file(&pid_file);
         std::process::exit(EXIT_FAILED);
     }
@@ -80,15 +87,27 @@ fn main() {
             std::process::exit(EXIT_FAILED);
         }
     };
-    let listeners: Vec<String> = config.esmtp_listeners().iter().filter(|l| l.enabled).map(|l| l.address.to_string()).collect();
-    let consoles: Vec<String> = config.control_listeners().iter().map(|c| c.path.display().to_string()).collect();
+    let listeners: Vec<String> = config
+        .esmtp_listeners()
+        .iter()
+        .filter(|l| l.enabled)
+        .map(|l| l.address.to_string())
+        .collect();
+    let consoles: Vec<String> = config
+        .control_listeners()
+        .iter()
+        .map(|c| c.path.display().to_string())
+        .collect();
     tracing::info!(
         "ecelerity {} ready: {} shard(s); ESMTP on {}; console on {}; config {}",
         ecelerity_engine::VERSION,
         engine.shard_count,
         listeners.join(", "),
         consoles.join(", "),
-        config.source().map(|p| p.display().to_string()).unwrap_or_else(|| "(embedded default)".into())
+        config
+            .source()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(embedded default)".into())
     );
     let stop = engine.stop_flag();
     loop {
@@ -109,8 +128,12 @@ fn main() {
 /// user and gives it the spool and log folders, so that once the shards
 /// have bound their sockets the daemon can drop to it (Postfix's habit:
 /// bind as root, serve as nobody in particular).
-fn prepare_run_as(config: &ecelerity_engine::config::Config) -> Result<Option<privileges::RunAs>, String> {
-    let Some(user) = config.security().and_then(|s| s.user.as_deref()) else { return Ok(None) };
+fn prepare_run_as(
+    config: &ecelerity_engine::config::Config,
+) -> Result<Option<privileges::RunAs>, String> {
+    let Some(user) = config.security().and_then(|s| s.user.as_deref()) else {
+        return Ok(None);
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         tracing::warn!("Security: user `{user}` is set but we are not root; running as we are");
@@ -124,7 +147,8 @@ fn prepare_run_as(config: &ecelerity_engine::config::Config) -> Result<Option<pr
     privileges::chown_tree(config.spoolbase(), who)?;
     let logs = config.logs();
     for log in [&logs.mainlog, &logs.rejectlog, &logs.paniclog] {
-        let file = ecelerity_engine::log::open_append(log, 0o644).map_err(|e| format!("{}: {e}", log.display()))?;
+        let file = ecelerity_engine::log::open_append(log, 0o644)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         drop(file);
         privileges::chown_tree(log, who)?;
     }
@@ -138,13 +162,25 @@ fn prepare_run_as(config: &ecelerity_engine::config::Config) -> Result<Option<pr
 /// connection is a descriptor, and the common soft default (1024) would
 /// cap the daemon far below `server_max_inbound_connections`.
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur >= limit.rlim_max
+    {
         return;
     }
-    let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    let wanted = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
-        tracing::warn!("cannot raise the open files limit from {}: {}", limit.rlim_cur, std::io::Error::last_os_error());
+        tracing::warn!(
+            "cannot raise the open files limit from {}: {}",
+            limit.rlim_cur,
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -162,7 +198,10 @@ fn block_stop_signals() -> libc::sigset_t {
 }
 
 fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
     // SAFETY: sigtimedwait reads the set and the timespec we own.
     let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
@@ -173,7 +212,10 @@ fn daemonize() {
     unsafe {
         match libc::fork() {
             -1 => {
-                eprintln!("ecelerity: fork failed: {}", std::io::Error::last_os_error());
+                eprintln!(
+                    "ecelerity: fork failed: {}",
+                    std::io::Error::last_os_error()
+                );
                 std::process::exit(EXIT_FAILED);
             }
             0 => {}
@@ -207,8 +249,12 @@ fn write_pid_file(path: &Path) -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
         }
     }
-    std::fs::write(path, format!("{}\n", std::process::id()))
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write the pid file {}: {e}", path.display())))
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot write the pid file {}: {e}", path.display()),
+        )
+    })
 }
 
 fn remove_pid_file(path: &Path) {

@@ -24,5 +24,9 @@ fn main() {
             }
         }
     }
-    std::process::exit(if failed { ecelerity_cli::EXIT_BAD_INPUT } else { 0 });
+    std::process::exit(if failed {
+        ecelerity_cli::EXIT_BAD_INPUT
+    } else {
+        0
+    });
 }

@@ -60,7 +60,10 @@ pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
         }
         let listener = UnixListener::bind(&c.path)?;
         std::fs::set_permissions(&c.path, std::fs::Permissions::from_mode(c.file_mode))?;
-        sockets.push(ControlSocket { listener, path: c.path.clone() });
+        sockets.push(ControlSocket {
+            listener,
+            path: c.path.clone(),
+        });
     }
     Ok(sockets)
 }
@@ -68,31 +71,45 @@ pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
 /// Serves the console on threads of its own, apart from the shards: a
 /// console command reads the counters every shard publishes and never
 /// runs on (or waits for) a shard's event loop.
-pub fn serve(sockets: Vec<ControlSocket>, stats: Arc<EngineStats>, config: Arc<Config>, stop: Arc<AtomicBool>) {
+pub fn serve(
+    sockets: Vec<ControlSocket>,
+    stats: Arc<EngineStats>,
+    config: Arc<Config>,
+    stop: Arc<AtomicBool>,
+) {
     let open = Arc::new(AtomicUsize::new(0));
     for socket in sockets {
-        let (stats, config, stop, open) = (stats.clone(), config.clone(), stop.clone(), open.clone());
-        let spawned = std::thread::Builder::new().name("console".into()).spawn(move || {
-            for stream in socket.listener.incoming() {
-                let stream = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("console accept on {} failed: {e}", socket.path.display());
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
+        let (stats, config, stop, open) =
+            (stats.clone(), config.clone(), stop.clone(), open.clone());
+        let spawned = std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || {
+                for stream in socket.listener.incoming() {
+                    let stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(
+                                "console accept on {} failed: {e}",
+                                socket.path.display()
+                            );
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    if !peer_is_trusted(&stream) || open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
+                        continue; // dropped: closes the connection
                     }
-                };
-                if !peer_is_trusted(&stream) || open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
-                    continue; // dropped: closes the connection
+                    open.fetch_add(1, SeqCst);
+                    let (stats, config, stop, open) =
+                        (stats.clone(), config.clone(), stop.clone(), open.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("console-session".into())
+                        .spawn(move || {
+                            let _ = session(stream, &stats, &config, &stop);
+                            open.fetch_sub(1, SeqCst);
+                        });
                 }
-                open.fetch_add(1, SeqCst);
-                let (stats, config, stop, open) = (stats.clone(), config.clone(), stop.clone(), open.clone());
-                let _ = std::thread::Builder::new().name("console-session".into()).spawn(move || {
-                    let _ = session(stream, &stats, &config, &stop);
-                    open.fetch_sub(1, SeqCst);
-                });
-            }
-        });
+            });
         if let Err(e) = spawned {
             tracing::error!("cannot start the console thread: {e}");
         }
@@ -102,7 +119,11 @@ pub fn serve(sockets: Vec<ControlSocket>, stats: Arc<EngineStats>, config: Arc<C
 /// Only root and the daemon's own user may use the console (the socket's
 /// mode says the same; this holds even if the mode is widened).
 fn peer_is_trusted(stream: &UnixStream) -> bool {
-    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: 0,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
     let rc = unsafe {
@@ -119,13 +140,20 @@ fn peer_is_trusted(stream: &UnixStream) -> bool {
     rc == 0 && (cred.uid == 0 || cred.uid == me)
 }
 
-fn session(mut stream: UnixStream, stats: &EngineStats, config: &Config, stop: &AtomicBool) -> std::io::Result<()> {
+fn session(
+    mut stream: UnixStream,
+    stats: &EngineStats,
+    config: &Config,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     loop {
         line.clear();
-        let n = (&mut reader).take(CONSOLE_LINE_BYTES_MAX as u64).read_line(&mut line)?;
+        let n = (&mut reader)
+            .take(CONSOLE_LINE_BYTES_MAX as u64)
+            .read_line(&mut line)?;
         if n == 0 {
             return Ok(());
         }
@@ -292,7 +320,10 @@ pub fn summary(s: &Snapshot) -> String {
         ("Inbound Concurrency", t.inbound_connections.to_string()),
         ("Active Queue Size", t.active_queue.to_string()),
         ("Delayed Queue Size", t.delayed_queue.to_string()),
-        ("Total Queue Size", (t.active_queue + t.delayed_queue).to_string()),
+        (
+            "Total Queue Size",
+            (t.active_queue + t.delayed_queue).to_string(),
+        ),
         ("Spooled Messages", t.live_messages.to_string()),
         ("Successfully Delivered Messages", t.delivered.to_string()),
         ("Failed Messages", t.failed.to_string()),
@@ -306,14 +337,34 @@ pub fn summary(s: &Snapshot) -> String {
     for (label, value) in rows {
         let _ = writeln!(out, "{:>32}: {:>14}", label, value);
     }
-    let _ = writeln!(out, "\nPer shard:\n{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
-        "shard", "in", "out", "received", "delivered", "failed", "active", "delayed", "bytes", "segments");
+    let _ = writeln!(
+        out,
+        "\nPer shard:\n{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
+        "shard",
+        "in",
+        "out",
+        "received",
+        "delivered",
+        "failed",
+        "active",
+        "delayed",
+        "bytes",
+        "segments"
+    );
     for (i, f) in s.shards.iter().enumerate() {
         let _ = writeln!(
             out,
             "{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
-            i, f.inbound_connections, f.outbound_connections, f.received, f.delivered, f.failed,
-            f.active_queue, f.delayed_queue, f.bytes_received, f.spool_segments
+            i,
+            f.inbound_connections,
+            f.outbound_connections,
+            f.received,
+            f.delivered,
+            f.failed,
+            f.active_queue,
+            f.delayed_queue,
+            f.bytes_received,
+            f.spool_segments
         );
     }
     let _ = writeln!(out, "\nConfiguration: {}", s.config_source);
@@ -325,16 +376,34 @@ mod tests {
     use super::*;
 
     fn snapshot() -> Snapshot {
-        let a = ShardFigures { received: 3, delivered: 2, ..ShardFigures::default() };
-        let b = ShardFigures { received: 4, delivered: 5, active_queue: 1, ..ShardFigures::default() };
-        Snapshot { shards: vec![a, b], uptime_secs: 7, config_source: "x.conf".into() }
+        let a = ShardFigures {
+            received: 3,
+            delivered: 2,
+            ..ShardFigures::default()
+        };
+        let b = ShardFigures {
+            received: 4,
+            delivered: 5,
+            active_queue: 1,
+            ..ShardFigures::default()
+        };
+        Snapshot {
+            shards: vec![a, b],
+            uptime_secs: 7,
+            config_source: "x.conf".into(),
+        }
     }
 
     #[test]
     fn summary_totals_every_shard_in_momentum_labels() {
         let (text, action) = execute("summary", &snapshot());
         assert_eq!(action, Action::None);
-        let line = |label: &str| text.lines().find(|l| l.trim_start().starts_with(label)).unwrap().to_string();
+        let line = |label: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .unwrap()
+                .to_string()
+        };
         assert!(line("Received Messages:").ends_with(" 7"));
         assert!(line("Successfully Delivered Messages:").ends_with(" 7"));
         assert!(line("Total Queue Size:").ends_with(" 1"));

@@ -25,7 +25,10 @@ use crate::config::{DeliveryOptions, Gateway};
 use crate::log::{format_delivery, format_failure, Attempt, RecordIds};
 use crate::queue::{MessageId, MessageRef};
 use crate::shard::{now_unix_ms, Outcome, OutcomeKind, Shard, ShardStats};
-use crate::smtp::client::{encode_body, is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome, Stage, TransactionResult};
+use crate::smtp::client::{
+    encode_body, is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome,
+    Stage, TransactionResult,
+};
 
 /// Bytes read from a server socket at a time.
 pub const READ_BUFFER_BYTES: usize = 8 * 1024;
@@ -42,30 +45,62 @@ enum Settle {
 /// Runs one connection for `domain` until its queue is empty (after
 /// `idle_timeout`), the server closes it, or the shard stops.
 pub async fn run_connection(shard: Rc<Shard>, domain: Rc<str>) {
-    let Some(options) = shard.queues.borrow_mut().domain_mut(&domain).map(|q| q.options.clone()) else {
+    let Some(options) = shard
+        .queues
+        .borrow_mut()
+        .domain_mut(&domain)
+        .map(|q| q.options.clone())
+    else {
         return;
     };
     let Some(gateway) = options.gateway.clone() else {
-        sweep(&shard, &domain, &options, "451 4.4.0 no route: set a gateway for this domain (MX routing is not supported yet)", "");
+        sweep(
+            &shard,
+            &domain,
+            &options,
+            "451 4.4.0 no route: set a gateway for this domain (MX routing is not supported yet)",
+            "",
+        );
         return;
     };
     let address = match resolve(&gateway) {
         Ok(a) => a,
         Err(e) => {
-            sweep(&shard, &domain, &options, &format!("451 4.4.3 cannot resolve gateway {gateway}: {e}"), "");
+            sweep(
+                &shard,
+                &domain,
+                &options,
+                &format!("451 4.4.3 cannot resolve gateway {gateway}: {e}"),
+                "",
+            );
             return;
         }
     };
-    let stream = match TcpStream::connect_timeout(address, options.connect_timeout.max(Duration::from_millis(1))).await {
+    let stream = match TcpStream::connect_timeout(
+        address,
+        options.connect_timeout.max(Duration::from_millis(1)),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
-            sweep(&shard, &domain, &options, &format!("451 4.4.1 connection to {address} failed: {e}"), "");
+            sweep(
+                &shard,
+                &domain,
+                &options,
+                &format!("451 4.4.1 connection to {address} failed: {e}"),
+                "",
+            );
             return;
         }
     };
     let _ = stream.set_nodelay(true);
     let remote_ip = address.ip().to_string();
-    let ehlo = if is_valid_ehlo_hostname(&options.ehlo_hostname) { options.ehlo_hostname.as_str() } else { "localhost" };
+    let ehlo = if is_valid_ehlo_hostname(&options.ehlo_hostname) {
+        options.ehlo_hostname.as_str()
+    } else {
+        "localhost"
+    };
     Connection {
         shard: &shard,
         domain: &domain,
@@ -124,14 +159,21 @@ impl Connection<'_> {
                             // failure; nothing more to do here.
                             let _ = self.client.on_input(&input[..n]);
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => self.client.abort(AbortReason::Timeout),
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            self.client.abort(AbortReason::Timeout)
+                        }
                         Err(_) => self.client.abort(AbortReason::Io),
                     }
                 }
                 ClientAction::Ready => match self.next_entry().await {
                     Some(entry) => {
                         let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
-                        self.client.start_transaction(&entry.mail_from, &rcpts, entry.body.len as u64, entry.body_8bitmime);
+                        self.client.start_transaction(
+                            &entry.mail_from,
+                            &rcpts,
+                            entry.body.len as u64,
+                            entry.body_8bitmime,
+                        );
                         self.current = Some(entry);
                     }
                     None => self.client.quit(),
@@ -142,8 +184,17 @@ impl Connection<'_> {
                 }
                 ClientAction::Closed => break,
                 ClientAction::Failed(failure) => {
-                    assert!(self.current.is_none(), "every recipient comes back in TransactionDone");
-                    tracing::debug!(domain = &**self.domain, "connection to {} failed at {}: {:?}", self.remote_ip, failure.stage, failure.cause);
+                    assert!(
+                        self.current.is_none(),
+                        "every recipient comes back in TransactionDone"
+                    );
+                    tracing::debug!(
+                        domain = &**self.domain,
+                        "connection to {} failed at {}: {:?}",
+                        self.remote_ip,
+                        failure.stage,
+                        failure.cause
+                    );
                     break;
                 }
             }
@@ -164,7 +215,10 @@ impl Connection<'_> {
     }
 
     async fn send_body(&mut self) {
-        let entry = self.current.as_ref().expect("a body is sent within a transaction");
+        let entry = self
+            .current
+            .as_ref()
+            .expect("a body is sent within a transaction");
         let home = entry.id.home_shard();
         let read = self.shard.bodies.borrow_mut()[home].read(&entry.body, &mut self.body);
         if let Err(e) = read {
@@ -196,9 +250,10 @@ impl Connection<'_> {
                 Some(q) => q.idle.push(tx),
                 None => return None,
             }
-            let woken = glommio::timer::timeout(self.options.idle_timeout.max(Duration::from_millis(1)), async {
-                Ok(rx.recv().await)
-            })
+            let woken = glommio::timer::timeout(
+                self.options.idle_timeout.max(Duration::from_millis(1)),
+                async { Ok(rx.recv().await) },
+            )
             .await;
             if !matches!(woken, Ok(Some(()))) {
                 return None;
@@ -234,23 +289,54 @@ impl Connection<'_> {
                 (kind, o.reply().text(), stage.code())
             })
             .collect();
-        settle(self.shard, self.options, entry, outcomes, result.bytes_sent, self.remote_ip).await;
+        settle(
+            self.shard,
+            self.options,
+            entry,
+            outcomes,
+            result.bytes_sent,
+            self.remote_ip,
+        )
+        .await;
     }
 }
 
 /// Defers every entry in the active queue of `domain` after a failure that
 /// concerns the whole route (no gateway, connection refused).
-fn sweep(shard: &Rc<Shard>, domain: &Rc<str>, options: &Rc<DeliveryOptions>, reason: &str, remote_ip: &str) {
+fn sweep(
+    shard: &Rc<Shard>,
+    domain: &Rc<str>,
+    options: &Rc<DeliveryOptions>,
+    reason: &str,
+    remote_ip: &str,
+) {
     let entries: Vec<MessageRef> = {
         let mut queues = shard.queues.borrow_mut();
-        let Some(q) = queues.domain_mut(domain) else { return };
+        let Some(q) = queues.domain_mut(domain) else {
+            return;
+        };
         let n = q.active.len().min(SWEEP_ENTRIES_MAX);
         q.active.drain(..n).collect()
     };
-    let (shard, options, reason, remote_ip) = (shard.clone(), options.clone(), reason.to_string(), remote_ip.to_string());
+    let (shard, options, reason, remote_ip) = (
+        shard.clone(),
+        options.clone(),
+        reason.to_string(),
+        remote_ip.to_string(),
+    );
     glommio::spawn_local(async move {
         for entry in entries {
-            let outcomes = entry.rcpts.iter().map(|_| (Settle::Transient, reason.clone(), Stage::NotConnected.code())).collect();
+            let outcomes = entry
+                .rcpts
+                .iter()
+                .map(|_| {
+                    (
+                        Settle::Transient,
+                        reason.clone(),
+                        Stage::NotConnected.code(),
+                    )
+                })
+                .collect();
             settle(&shard, &options, entry, outcomes, 0, &remote_ip).await;
         }
     })
@@ -275,7 +361,12 @@ async fn settle(
     let exhausted = options.retries_exhausted(entry.attempts + 1);
     let message_id = entry.id.to_string();
     let connection_id = MessageId(entry.connection_id).to_string();
-    let ids = RecordIds { unix_secs: now / 1000, message_id: &message_id, batch_id: &message_id, connection_id: &connection_id };
+    let ids = RecordIds {
+        unix_secs: now / 1000,
+        message_id: &message_id,
+        batch_id: &message_id,
+        connection_id: &connection_id,
+    };
     let mut done = Vec::new();
     let mut retry = Vec::new();
     let (mut delivered, mut failed, mut transient) = (0u64, 0u64, 0u64);
@@ -333,17 +424,31 @@ async fn settle(
     }
     let mut reports = Vec::with_capacity(2);
     if !done.is_empty() {
-        reports.push(Outcome { id: entry.id, rcpts: done, kind: OutcomeKind::Done });
+        reports.push(Outcome {
+            id: entry.id,
+            rcpts: done,
+            kind: OutcomeKind::Done,
+        });
     }
     if !retry.is_empty() {
         let attempts = entry.attempts + 1;
         let next_attempt_unix_ms = now + options.retry_delay(attempts).as_millis() as u64;
-        reports.push(Outcome { id: entry.id, rcpts: retry.clone(), kind: OutcomeKind::Retry { attempts, next_attempt_unix_ms } });
+        reports.push(Outcome {
+            id: entry.id,
+            rcpts: retry.clone(),
+            kind: OutcomeKind::Retry {
+                attempts,
+                next_attempt_unix_ms,
+            },
+        });
         let mut again = entry;
         again.rcpts.retain(|(i, _)| retry.contains(i));
         again.attempts = attempts;
         again.next_attempt_unix_ms = next_attempt_unix_ms;
-        shard.queues.borrow_mut().push_delayed(again, next_attempt_unix_ms);
+        shard
+            .queues
+            .borrow_mut()
+            .push_delayed(again, next_attempt_unix_ms);
     }
     shard.report(reports).await;
 }

@@ -141,7 +141,13 @@ pub fn format_delivery(buf: &mut Vec<u8>, ids: &RecordIds<'_>, a: &Attempt<'_>) 
 /// `T|P: ts@msgid@batchid@connid@T@dest_domain@bytes_sent@binding_group@binding@stage@retries@secs@remote_ip@error`
 pub fn format_failure(buf: &mut Vec<u8>, ids: &RecordIds<'_>, permanent: bool, a: &Attempt<'_>) {
     attempt_head(buf, ids, if permanent { b'P' } else { b'T' }, a);
-    let _ = write!(Fmt(buf), "@{}@{}@{:.3}@", a.stage, a.retries, a.secs_since_reception);
+    let _ = write!(
+        Fmt(buf),
+        "@{}@{}@{:.3}@",
+        a.stage,
+        a.retries,
+        a.secs_since_reception
+    );
     push_field(buf, a.remote_ip);
     buf.push(b'@');
     push_field(buf, a.error);
@@ -194,7 +200,11 @@ pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
             std::fs::create_dir_all(dir)?;
         }
     }
-    OpenOptions::new().create(true).append(true).mode(mode).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .open(path)
 }
 
 /// A shard's mainlog and rejectlog: buffers it formats into, written out by
@@ -236,15 +246,19 @@ impl ShardLogs {
     /// Writes both buffers out, one write each. A failed write is reported
     /// to the paniclog and the lines are dropped: logs never hold up mail.
     pub fn flush(&self) {
-        for (buf, mut file, name) in
-            [(&self.main, &self.mainlog, "mainlog"), (&self.reject, &self.rejectlog, "rejectlog")]
-        {
+        for (buf, mut file, name) in [
+            (&self.main, &self.mainlog, "mainlog"),
+            (&self.reject, &self.rejectlog, "rejectlog"),
+        ] {
             let mut buf = buf.borrow_mut();
             if buf.is_empty() {
                 continue;
             }
             if let Err(e) = file.write_all(&buf) {
-                tracing::error!("cannot write the {name}: {e}; {} bytes of log lines dropped", buf.len());
+                tracing::error!(
+                    "cannot write the {name}: {e}; {} bytes of log lines dropped",
+                    buf.len()
+                );
             }
             buf.clear();
         }

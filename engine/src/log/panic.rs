@@ -31,8 +31,16 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let level = match *event.metadata().level() {
             Level::ERROR => "error",
             Level::WARN => "warning",
@@ -91,7 +99,10 @@ fn is_spurious(line: &[u8]) -> bool {
 impl<'a> MakeWriter<'a> for Sink {
     type Writer = SinkWriter<'a>;
     fn make_writer(&'a self) -> Self::Writer {
-        SinkWriter { sink: self, line: Vec::with_capacity(256) }
+        SinkWriter {
+            sink: self,
+            line: Vec::with_capacity(256),
+        }
     }
 }
 
@@ -100,7 +111,10 @@ impl<'a> MakeWriter<'a> for Sink {
 pub fn install_paniclog(path: &Path, level: Level, echo_stderr: bool) -> io::Result<()> {
     let file = super::open_append(path, 0o644)?;
     let _ = PANICLOG_PATH.set(path.to_path_buf());
-    let sink = Sink { file: Mutex::new(Some(file)), echo_stderr };
+    let sink = Sink {
+        file: Mutex::new(Some(file)),
+        echo_stderr,
+    };
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(level)
         .event_format(PanicFormat)

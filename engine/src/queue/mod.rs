@@ -72,7 +72,10 @@ pub fn queue_owner(domain: &str, shard_count: usize) -> usize {
 
 /// The domain part of an address, lower-cased; "" when there is none.
 pub fn domain_of(address: &str) -> String {
-    address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// One queue entry: the recipients of one message at one domain. Small and
@@ -147,7 +150,11 @@ impl Queues {
     }
 
     /// The queue of `domain`, created with `options()` on first use.
-    pub fn domain_entry(&mut self, domain: &str, options: impl FnOnce() -> DeliveryOptions) -> &mut DomainQueue {
+    pub fn domain_entry(
+        &mut self,
+        domain: &str,
+        options: impl FnOnce() -> DeliveryOptions,
+    ) -> &mut DomainQueue {
         if !self.domains.contains_key(domain) {
             let name: Rc<str> = Rc::from(domain);
             self.domains.insert(
@@ -173,7 +180,11 @@ impl Queues {
             q.delayed_count += 1;
         }
         self.order += 1;
-        self.delayed.push(Reverse(Delayed { due_unix_ms, order: self.order, entry }));
+        self.delayed.push(Reverse(Delayed {
+            due_unix_ms,
+            order: self.order,
+            entry,
+        }));
     }
 
     /// Takes every delayed entry due at `now_unix_ms`, at most `limit`.
@@ -214,7 +225,8 @@ impl Queues {
     /// Forgets domains with nothing queued and no connection, so the map
     /// does not grow with every domain ever seen.
     pub fn prune(&mut self) {
-        self.domains.retain(|_, q| !q.active.is_empty() || q.delayed_count > 0 || q.connections > 0);
+        self.domains
+            .retain(|_, q| !q.active.is_empty() || q.delayed_count > 0 || q.connections > 0);
     }
 }
 

@@ -37,7 +37,11 @@ pub enum Note {
     Done { rcpts: Vec<u32> },
     /// These recipients failed transiently `attempts` times and wait until
     /// `next_attempt_unix_ms`.
-    Retry { rcpts: Vec<u32>, attempts: u32, next_attempt_unix_ms: u64 },
+    Retry {
+        rcpts: Vec<u32>,
+        attempts: u32,
+        next_attempt_unix_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,7 +110,14 @@ impl SpooledEnvelope {
         if !r.bytes.is_empty() {
             return Err(RecordError::Value);
         }
-        Ok(SpooledEnvelope { received_unix_ms, peer_ip, connection_id, body_8bitmime, mail_from, rcpts })
+        Ok(SpooledEnvelope {
+            received_unix_ms,
+            peer_ip,
+            connection_id,
+            body_8bitmime,
+            mail_from,
+            rcpts,
+        })
     }
 }
 
@@ -114,9 +125,11 @@ impl Note {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (kind, rcpts, attempts, next) = match self {
             Note::Done { rcpts } => (1u8, rcpts, 0, 0),
-            Note::Retry { rcpts, attempts, next_attempt_unix_ms } => {
-                (2u8, rcpts, *attempts, *next_attempt_unix_ms)
-            }
+            Note::Retry {
+                rcpts,
+                attempts,
+                next_attempt_unix_ms,
+            } => (2u8, rcpts, *attempts, *next_attempt_unix_ms),
         };
         assert!(rcpts.len() <= RECIPIENTS_MAX);
         out.push(kind);
@@ -146,14 +159,21 @@ impl Note {
         }
         match kind {
             1 => Ok(Note::Done { rcpts }),
-            2 => Ok(Note::Retry { rcpts, attempts, next_attempt_unix_ms }),
+            2 => Ok(Note::Retry {
+                rcpts,
+                attempts,
+                next_attempt_unix_ms,
+            }),
             _ => Err(RecordError::Value),
         }
     }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    assert!(s.len() <= ADDRESS_BYTES_MAX, "addresses are bounded by the SMTP session");
+    assert!(
+        s.len() <= ADDRESS_BYTES_MAX,
+        "addresses are bounded by the SMTP session"
+    );
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
@@ -211,7 +231,11 @@ mod tests {
         assert_eq!(SpooledEnvelope::decode(&buf).unwrap(), sample());
         for note in [
             Note::Done { rcpts: vec![0, 1] },
-            Note::Retry { rcpts: vec![1], attempts: 3, next_attempt_unix_ms: 99 },
+            Note::Retry {
+                rcpts: vec![1],
+                attempts: 3,
+                next_attempt_unix_ms: 99,
+            },
         ] {
             let mut buf = Vec::new();
             note.encode(&mut buf);

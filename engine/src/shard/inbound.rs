@@ -19,8 +19,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,9 @@ impl PeerSlot {
         assert!(limit > 0, "0 means unlimited: such peers take no slot");
         let bucket = peer_bucket(ip);
         PEERS[bucket]
-            .fetch_update(AcqRel, Acquire, |count| (count < limit).then_some(count + 1))
+            .fetch_update(AcqRel, Acquire, |count| {
+                (count < limit).then_some(count + 1)
+            })
             .ok()
             .map(|_| PeerSlot { bucket })
     }
@@ -596,7 +598,11 @@ mod tests {
         // An address from the documentation range no other test uses.
         let ip: IpAddr = "192.0.2.77".parse().unwrap();
         let other: IpAddr = "192.0.2.78".parse().unwrap();
-        assert_ne!(peer_bucket(ip), peer_bucket(other), "the test needs two buckets");
+        assert_ne!(
+            peer_bucket(ip),
+            peer_bucket(other),
+            "the test needs two buckets"
+        );
         let a = PeerSlot::take(ip, 2).expect("first");
         let b = PeerSlot::take(ip, 2).expect("second");
         assert!(PeerSlot::take(ip, 2).is_none(), "third is over the limit");
@@ -604,7 +610,11 @@ mod tests {
         drop(a);
         let d = PeerSlot::take(ip, 2).expect("a closed connection gives its slot back");
         drop((b, c, d));
-        assert_eq!(PEERS[peer_bucket(ip)].load(Acquire), 0, "every slot came back");
+        assert_eq!(
+            PEERS[peer_bucket(ip)].load(Acquire),
+            0,
+            "every slot came back"
+        );
         assert_eq!(PEERS[peer_bucket(other)].load(Acquire), 0);
     }
 }

@@ -79,7 +79,10 @@ pub enum OutcomeKind {
     /// Delivered or failed permanently: nothing more to do for them.
     Done,
     /// Failed transiently; the queue owner will try again then.
-    Retry { attempts: u32, next_attempt_unix_ms: u64 },
+    Retry {
+        attempts: u32,
+        next_attempt_unix_ms: u64,
+    },
 }
 
 /// Most items waiting in the outbox for one peer before the shard that
@@ -110,7 +113,10 @@ impl Outbox {
 }
 
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The state of one shard. Lives on its executor (`!Send`); tasks hold an
@@ -217,9 +223,18 @@ impl Shard {
                 self.outbox.scheduled[peer].set(false);
                 return;
             }
-            for msg in [(!entries.is_empty()).then_some(ShardMsg::Enqueue(entries)), (!outcomes.is_empty()).then_some(ShardMsg::Outcome(outcomes))].into_iter().flatten() {
+            for msg in [
+                (!entries.is_empty()).then_some(ShardMsg::Enqueue(entries)),
+                (!outcomes.is_empty()).then_some(ShardMsg::Outcome(outcomes)),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if self.mesh.send_to(peer, msg).await.is_err() {
-                    tracing::warn!(shard = self.id, "shard {peer} is gone; its batch waits for the next start");
+                    tracing::warn!(
+                        shard = self.id,
+                        "shard {peer} is gone; its batch waits for the next start"
+                    );
                 }
             }
         }
@@ -228,7 +243,11 @@ impl Shard {
     /// Puts one entry this shard owns in its domain's queue and makes sure
     /// a connection will take it.
     pub fn enqueue(self: &Rc<Self>, entry: MessageRef) {
-        assert_eq!(queue_owner(&entry.domain, self.count), self.id, "queue entry routed to the wrong shard");
+        assert_eq!(
+            queue_owner(&entry.domain, self.count),
+            self.id,
+            "queue entry routed to the wrong shard"
+        );
         let now = now_unix_ms();
         let domain = entry.domain.clone();
         let mut queues = self.queues.borrow_mut();
@@ -248,7 +267,9 @@ impl Shard {
     /// is more work than connections and the limit allows.
     pub fn kick(self: &Rc<Self>, domain: &str) {
         let mut queues = self.queues.borrow_mut();
-        let Some(q) = queues.domain_mut(domain) else { return };
+        let Some(q) = queues.domain_mut(domain) else {
+            return;
+        };
         while let Some(waiter) = q.idle.pop() {
             if waiter.try_send(()).is_ok() {
                 return;
@@ -265,22 +286,25 @@ impl Shard {
         drop(queues);
         ShardStats::add(&self.my_stats().outbound_connections, 1);
         let shard = self.clone();
-        let connection = glommio::spawn_local_into(async move {
-            crate::delivery::run_connection(shard.clone(), domain.clone()).await;
-            ShardStats::sub(&shard.my_stats().outbound_connections, 1);
-            let mut queues = shard.queues.borrow_mut();
-            let more = match queues.domain_mut(&domain) {
-                Some(q) => {
-                    q.connections -= 1;
-                    !q.active.is_empty()
+        let connection = glommio::spawn_local_into(
+            async move {
+                crate::delivery::run_connection(shard.clone(), domain.clone()).await;
+                ShardStats::sub(&shard.my_stats().outbound_connections, 1);
+                let mut queues = shard.queues.borrow_mut();
+                let more = match queues.domain_mut(&domain) {
+                    Some(q) => {
+                        q.connections -= 1;
+                        !q.active.is_empty()
+                    }
+                    None => false,
+                };
+                drop(queues);
+                if more {
+                    shard.kick(&domain);
                 }
-                None => false,
-            };
-            drop(queues);
-            if more {
-                shard.kick(&domain);
-            }
-        }, self.delivery_queue);
+            },
+            self.delivery_queue,
+        );
         match connection {
             Ok(task) => {
                 task.detach();
@@ -292,24 +316,37 @@ impl Shard {
     /// Records an outcome for a message spooled here: a note for the
     /// recipients, and the message's completion once none is left.
     fn on_outcome(self: &Rc<Self>, outcome: Outcome) {
-        assert_eq!(outcome.id.home_shard(), self.id, "outcome sent to the wrong home shard");
+        assert_eq!(
+            outcome.id.home_shard(),
+            self.id,
+            "outcome sent to the wrong home shard"
+        );
         let id = outcome.id.0;
         let note = match outcome.kind {
             OutcomeKind::Done => {
                 let mut live = self.live.borrow_mut();
-                let Some(left) = live.get_mut(&id) else { return };
+                let Some(left) = live.get_mut(&id) else {
+                    return;
+                };
                 *left = left.saturating_sub(outcome.rcpts.len() as u32);
                 if *left == 0 {
                     live.remove(&id);
                     ShardStats::sub(&self.my_stats().live_messages, 1);
                     None
                 } else {
-                    Some(Note::Done { rcpts: outcome.rcpts })
+                    Some(Note::Done {
+                        rcpts: outcome.rcpts,
+                    })
                 }
             }
-            OutcomeKind::Retry { attempts, next_attempt_unix_ms } => {
-                Some(Note::Retry { rcpts: outcome.rcpts, attempts, next_attempt_unix_ms })
-            }
+            OutcomeKind::Retry {
+                attempts,
+                next_attempt_unix_ms,
+            } => Some(Note::Retry {
+                rcpts: outcome.rcpts,
+                attempts,
+                next_attempt_unix_ms,
+            }),
         };
         let spool = self.spool.clone();
         glommio::spawn_local(async move {
@@ -327,9 +364,14 @@ impl Shard {
             match result {
                 Ok(()) => {}
                 Err(ecelerity_spool::SpoolError::Closed) => {
-                    tracing::debug!("spool closed: the outcome of {} is replayed after restart", MessageId(id))
+                    tracing::debug!(
+                        "spool closed: the outcome of {} is replayed after restart",
+                        MessageId(id)
+                    )
                 }
-                Err(e) => tracing::error!("spool: cannot record the outcome of {}: {e}", MessageId(id)),
+                Err(e) => {
+                    tracing::error!("spool: cannot record the outcome of {}: {e}", MessageId(id))
+                }
             }
         })
         .detach();
@@ -364,7 +406,9 @@ impl Shard {
             let rcpt = &envelope.rcpts[index as usize];
             let domain = domain_of(rcpt);
             let existing = by_domain.iter_mut().find(|e| {
-                *e.domain == *domain && e.attempts == attempts && e.next_attempt_unix_ms == next_attempt_unix_ms
+                *e.domain == *domain
+                    && e.attempts == attempts
+                    && e.next_attempt_unix_ms == next_attempt_unix_ms
             });
             match existing {
                 Some(e) => e.rcpts.push((index, rcpt.as_str().into())),
@@ -393,7 +437,10 @@ impl Shard {
             let envelope = match SpooledEnvelope::decode(&m.envelope) {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::error!("spool: message {} has an unreadable envelope ({e}); left in the spool", MessageId(m.id));
+                    tracing::error!(
+                        "spool: message {} has an unreadable envelope ({e}); left in the spool",
+                        MessageId(m.id)
+                    );
                     continue;
                 }
             };
@@ -402,13 +449,23 @@ impl Shard {
             let mut schedule = vec![(0u32, 0u64); n];
             for note in &m.notes {
                 match Note::decode(note) {
-                    Ok(Note::Done { rcpts }) => rcpts.iter().filter(|&&i| (i as usize) < n).for_each(|&i| done[i as usize] = true),
-                    Ok(Note::Retry { rcpts, attempts, next_attempt_unix_ms }) => {
+                    Ok(Note::Done { rcpts }) => rcpts
+                        .iter()
+                        .filter(|&&i| (i as usize) < n)
+                        .for_each(|&i| done[i as usize] = true),
+                    Ok(Note::Retry {
+                        rcpts,
+                        attempts,
+                        next_attempt_unix_ms,
+                    }) => {
                         for &i in rcpts.iter().filter(|&&i| (i as usize) < n) {
                             schedule[i as usize] = (attempts, next_attempt_unix_ms);
                         }
                     }
-                    Err(e) => tracing::warn!("spool: unreadable note for {} ignored: {e}", MessageId(m.id)),
+                    Err(e) => tracing::warn!(
+                        "spool: unreadable note for {} ignored: {e}",
+                        MessageId(m.id)
+                    ),
                 }
             }
             let pending: Vec<(u32, u32, u64)> = (0..n)
@@ -424,7 +481,10 @@ impl Shard {
             self.live.borrow_mut().insert(m.id, pending.len() as u32);
             entries.extend(self.entries_for(id, m.body, &envelope, pending.into_iter()));
         }
-        ShardStats::set(&self.my_stats().live_messages, self.live.borrow().len() as u64);
+        ShardStats::set(
+            &self.my_stats().live_messages,
+            self.live.borrow().len() as u64,
+        );
         self.route(entries).await;
     }
 
@@ -464,7 +524,11 @@ impl Shard {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("shard {shard}: {what}: {source}")]
-    Io { shard: usize, what: String, source: io::Error },
+    Io {
+        shard: usize,
+        what: String,
+        source: io::Error,
+    },
     #[error("shard {shard}: {what}")]
     Other { shard: usize, what: String },
 }
@@ -500,7 +564,9 @@ impl Engine {
 /// Shard count to run: the configured one, or one per available CPU.
 pub fn shard_count(config: &Config) -> usize {
     let n = match config.shards() {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         n => n,
     };
     n.clamp(1, SHARDS_MAX)
@@ -510,14 +576,18 @@ pub fn shard_count(config: &Config) -> usize {
 /// glommio registers `io_memory` three times per executor, and as any user
 /// but root all of it must fit `ulimit -l`. Returns (bytes, limit_bytes).
 pub fn io_memory_bytes(shards: usize) -> (usize, Option<u64>) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we own.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
     if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
         return (IO_MEMORY_BYTES_DEFAULT, None);
     }
     let per_shard = (limit.rlim_cur as usize) / (3 * shards.max(1));
-    let bytes = (per_shard / (64 << 10) * (64 << 10)).clamp(IO_MEMORY_BYTES_MIN, IO_MEMORY_BYTES_DEFAULT);
+    let bytes =
+        (per_shard / (64 << 10) * (64 << 10)).clamp(IO_MEMORY_BYTES_MIN, IO_MEMORY_BYTES_DEFAULT);
     (bytes, Some(limit.rlim_cur))
 }
 
@@ -534,23 +604,46 @@ pub fn start(
     let stats = EngineStats::new(count);
     let stop = Arc::new(AtomicBool::new(false));
     let serving = Arc::new(AtomicBool::new(false));
-    let consoles = crate::console::bind(&config)
-        .map_err(|e| StartError::Other { shard: 0, what: format!("cannot open the control socket: {e}") })?;
+    let consoles = crate::console::bind(&config).map_err(|e| StartError::Other {
+        shard: 0,
+        what: format!("cannot open the control socket: {e}"),
+    })?;
     let mesh = MeshBuilder::<ShardMsg, _>::full(count, SHARD_CHANNEL_MESSAGES_MAX);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut threads = Vec::with_capacity(count);
     for id in 0..count {
-        let (config, stats, stop, serving, mesh, ready) =
-            (config.clone(), stats.clone(), stop.clone(), serving.clone(), mesh.clone(), ready_tx.clone());
+        let (config, stats, stop, serving, mesh, ready) = (
+            config.clone(),
+            stats.clone(),
+            stop.clone(),
+            serving.clone(),
+            mesh.clone(),
+            ready_tx.clone(),
+        );
         let builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("shard{id}"))
             .io_memory(io_memory);
         let handle = builder
             .spawn(move || async move {
-                run_shard(ShardSetup { id, count, config, stats, stop, serving, mesh, ready }).await;
+                run_shard(ShardSetup {
+                    id,
+                    count,
+                    config,
+                    stats,
+                    stop,
+                    serving,
+                    mesh,
+                    ready,
+                })
+                .await;
             })
-            .map_err(|e| StartError::Other { shard: id, what: format!("cannot start its executor: {e}") })?;
+            .map_err(|e| StartError::Other {
+                shard: id,
+                what: format!("cannot start its executor: {e}"),
+            })?;
         threads.push(handle);
     }
     drop(ready_tx);
@@ -562,7 +655,13 @@ pub fn start(
             Some(l) => format!("locked-memory limit {} KiB", l >> 10),
         }
     );
-    let engine = Engine { threads, stop: stop.clone(), stats, shard_count: count, io_memory_bytes: io_memory };
+    let engine = Engine {
+        threads,
+        stop: stop.clone(),
+        stats,
+        shard_count: count,
+        io_memory_bytes: io_memory,
+    };
     for _ in 0..count {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -574,7 +673,10 @@ pub fn start(
             Err(_) => {
                 stop.store(true, Ordering::SeqCst);
                 engine.join();
-                return Err(StartError::Other { shard: 0, what: "a shard ended during start-up".into() });
+                return Err(StartError::Other {
+                    shard: 0,
+                    what: "a shard ended during start-up".into(),
+                });
             }
         }
     }
@@ -604,17 +706,35 @@ struct ShardSetup {
 
 /// Body of one shard's executor.
 async fn run_shard(setup: ShardSetup) {
-    let ShardSetup { id, count, config, stats, stop, serving, mesh, ready } = setup;
+    let ShardSetup {
+        id,
+        count,
+        config,
+        stats,
+        stop,
+        serving,
+        mesh,
+        ready,
+    } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
     let (senders, mut receivers) = match mesh.join().await {
         Ok(pair) => pair,
         Err(_) => {
-            let _ = ready.send(Err(StartError::Other { shard: id, what: "cannot join the shard mesh".into() }));
+            let _ = ready.send(Err(StartError::Other {
+                shard: id,
+                what: "cannot join the shard mesh".into(),
+            }));
             return;
         }
     };
-    let io_err = |what: String| move |source: io::Error| StartError::Io { shard: id, what, source };
+    let io_err = |what: String| {
+        move |source: io::Error| StartError::Io {
+            shard: id,
+            what,
+            source,
+        }
+    };
 
     let spool_dir = config.spoolbase().join(id.to_string());
     // Two task queues (Seastar's scheduling groups): reception and the
@@ -642,24 +762,38 @@ async fn run_shard(setup: ShardSetup) {
     let opened = match opened {
         Ok(task) => task.await,
         Err(e) => {
-            let _ = ready.send(Err(StartError::Other { shard: id, what: format!("cannot start the spool task: {e}") }));
+            let _ = ready.send(Err(StartError::Other {
+                shard: id,
+                what: format!("cannot start the spool task: {e}"),
+            }));
             return;
         }
     };
     let (spool, recovery) = match opened {
         Ok(pair) => pair,
         Err(e) => {
-            let _ = ready.send(Err(StartError::Other { shard: id, what: format!("cannot open the spool {}: {e}", spool_dir.display()) }));
+            let _ = ready.send(Err(StartError::Other {
+                shard: id,
+                what: format!("cannot open the spool {}: {e}", spool_dir.display()),
+            }));
             return;
         }
     };
     for cut in &recovery.truncated {
-        tracing::warn!(shard = id, "spool: segment {:016x} cut at offset {}: {}", cut.segment, cut.offset, cut.reason);
+        tracing::warn!(
+            shard = id,
+            "spool: segment {:016x} cut at offset {}: {}",
+            cut.segment,
+            cut.offset,
+            cut.reason
+        );
     }
     let logs = match ShardLogs::open(&config.logs().mainlog, &config.logs().rejectlog) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(io_err("cannot open the mainlog or rejectlog".into())(e)));
+            let _ = ready.send(Err(io_err("cannot open the mainlog or rejectlog".into())(
+                e,
+            )));
             return;
         }
     };
@@ -668,14 +802,19 @@ async fn run_shard(setup: ShardSetup) {
         match glommio::net::TcpListener::bind(l.address) {
             Ok(sock) => listeners.push((sock, Rc::new(l.clone()))),
             Err(e) => {
-                let _ = ready.send(Err(StartError::Other { shard: id, what: format!("cannot listen on {}: {e}", l.address) }));
+                let _ = ready.send(Err(StartError::Other {
+                    shard: id,
+                    what: format!("cannot listen on {}: {e}", l.address),
+                }));
                 return;
             }
         }
     }
     let now_secs = now_unix_ms() / 1000;
     let first_sequence = ((now_secs << 20).max((recovery.max_id >> 8) + 1)) + 1;
-    let spool_dirs: Vec<PathBuf> = (0..count).map(|s| config.spoolbase().join(s.to_string())).collect();
+    let spool_dirs: Vec<PathBuf> = (0..count)
+        .map(|s| config.spoolbase().join(s.to_string()))
+        .collect();
     let shard = Rc::new(Shard {
         id,
         count,
@@ -718,7 +857,11 @@ async fn run_shard(setup: ShardSetup) {
         unsafe { libc::malloc_trim(0) };
     }
     if recovered > 0 {
-        tracing::info!(shard = id, "spool: recovered {recovered} live message(s) from {} segment(s)", recovery.segments_read);
+        tracing::info!(
+            shard = id,
+            "spool: recovered {recovered} live message(s) from {} segment(s)",
+            recovery.segments_read
+        );
     }
 
     let _ = ready.send(Ok(()));
@@ -729,7 +872,10 @@ async fn run_shard(setup: ShardSetup) {
     }
     let mut accept_tasks = Vec::new();
     for (sock, listener) in listeners {
-        match glommio::spawn_local_into(inbound::accept_loop(shard.clone(), sock, listener), inbound_queue) {
+        match glommio::spawn_local_into(
+            inbound::accept_loop(shard.clone(), sock, listener),
+            inbound_queue,
+        ) {
             Ok(task) => accept_tasks.push(task),
             Err(e) => tracing::error!(shard = id, "cannot start an accept loop: {e}"),
         }

@@ -57,7 +57,9 @@ pub struct EngineStats {
 impl EngineStats {
     pub fn new(shard_count: usize) -> Arc<EngineStats> {
         Arc::new(EngineStats {
-            shards: (0..shard_count).map(|_| CachePadded::new(ShardStats::default())).collect(),
+            shards: (0..shard_count)
+                .map(|_| CachePadded::new(ShardStats::default()))
+                .collect(),
             started: Instant::now(),
         })
     }
