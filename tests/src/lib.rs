@@ -1156,6 +1156,33 @@ impl MessageIdTally {
         self.files_read = messages.len();
         new
     }
+
+    /// Reads the sink until every id in `accepted` has arrived or
+    /// `timeout` passes (polling every `poll`); returns the ids that never
+    /// arrived, sorted.
+    pub fn wait_for_all<'a>(
+        &mut self,
+        sink: &Sink,
+        accepted: impl IntoIterator<Item = &'a String> + Clone,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.update(sink);
+            let mut lost: Vec<String> = accepted
+                .clone()
+                .into_iter()
+                .filter(|id| !self.counts.contains_key(*id))
+                .cloned()
+                .collect();
+            if lost.is_empty() || Instant::now() >= deadline {
+                lost.sort();
+                return lost;
+            }
+            thread::sleep(poll);
+        }
+    }
 }
 
 /// A raw SMTP client for protocol tests that smtplib and swaks would hide

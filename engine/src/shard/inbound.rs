@@ -191,32 +191,25 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<Lis
 /// the write does not wait on the client.
 async fn refuse(shard: &Shard, mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
     let reply = refusal.reply();
-    ShardStats::add(&shard.my_stats().rejections, 1);
     let local = stream
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let (remote, connection_id) = (
-        peer.to_string(),
-        MessageId(shard.next_connection_id()).to_string(),
-    );
+    let connection_id = MessageId(shard.next_connection_id()).to_string();
     let text = String::from_utf8_lossy(reply.strip_suffix(b"\r\n").unwrap_or(reply));
-    shard.logs.rejectlog(|buf| {
-        format_rejection(
-            buf,
-            now_unix_ms() / 1000,
-            &Rejection {
-                remote: &remote,
-                local: &local,
-                connection_id: &connection_id,
-                phase: "connect",
-                code: 421,
-                ehlo: "",
-                mail_from: "",
-                text: &text,
-            },
-        )
-    });
+    log_rejection(
+        shard,
+        &Rejection {
+            remote: &peer.to_string(),
+            local: &local,
+            connection_id: &connection_id,
+            phase: "connect",
+            code: 421,
+            ehlo: "",
+            mail_from: "",
+            text: &text,
+        },
+    );
     tracing::debug!(shard = shard.id, "refused {peer}: {refusal:?}");
     let _ = stream.write_all(reply).await;
     let _ = stream.close().await;
@@ -526,29 +519,28 @@ fn log_rejections(shard: &Shard, conn: &Conn, session: &ServerSession, output: &
             continue;
         };
         let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
-        ShardStats::add(&shard.my_stats().rejections, 1);
-        let (remote, local, connection_id) = (
-            conn.peer.to_string(),
-            conn.local.to_string(),
-            MessageId(conn.id).to_string(),
+        log_rejection(
+            shard,
+            &Rejection {
+                remote: &conn.peer.to_string(),
+                local: &conn.local.to_string(),
+                connection_id: &MessageId(conn.id).to_string(),
+                phase: session.phase_name(),
+                code,
+                ehlo: session.helo(),
+                mail_from: session.mail_from(),
+                text: &text,
+            },
         );
-        shard.logs.rejectlog(|buf| {
-            format_rejection(
-                buf,
-                now_unix_ms() / 1000,
-                &Rejection {
-                    remote: &remote,
-                    local: &local,
-                    connection_id: &connection_id,
-                    phase: session.phase_name(),
-                    code,
-                    ehlo: session.helo(),
-                    mail_from: session.mail_from(),
-                    text: &text,
-                },
-            )
-        });
     }
+}
+
+/// Counts a rejection and writes its rejectlog line.
+fn log_rejection(shard: &Shard, rejection: &Rejection<'_>) {
+    ShardStats::add(&shard.my_stats().rejections, 1);
+    shard
+        .logs
+        .rejectlog(|buf| format_rejection(buf, now_unix_ms() / 1000, rejection));
 }
 
 #[cfg(test)]

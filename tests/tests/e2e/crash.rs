@@ -94,22 +94,7 @@ fn zero_loss_under_kill9() {
     );
 
     let mut tally = MessageIdTally::default();
-    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        tally.update(&sink);
-        let missing = accepted
-            .iter()
-            .filter(|id| !tally.counts.contains_key(*id))
-            .count();
-        if missing == 0 || Instant::now() >= drain_deadline {
-            break;
-        }
-        thread::sleep(DRAIN_POLL);
-    }
-    let lost: Vec<&String> = accepted
-        .iter()
-        .filter(|id| !tally.counts.contains_key(*id))
-        .collect();
+    let lost = tally.wait_for_all(&sink, &accepted, DRAIN_TIMEOUT, DRAIN_POLL);
     let duplicates = tally.counts.values().filter(|&&n| n > 1).count();
     eprintln!(
         "e2e: delivered {} distinct, {duplicates} duplicated, {} lost",

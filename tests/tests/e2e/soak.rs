@@ -103,22 +103,7 @@ fn kill9_soak_loses_nothing() {
     }
 
     let mut tally = MessageIdTally::default();
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        tally.update(&sink);
-        let missing = accepted
-            .iter()
-            .filter(|id| !tally.counts.contains_key(*id))
-            .count();
-        if missing == 0 || Instant::now() >= deadline {
-            break;
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-    let lost: Vec<&String> = accepted
-        .iter()
-        .filter(|id| !tally.counts.contains_key(*id))
-        .collect();
+    let lost = tally.wait_for_all(&sink, &accepted, DRAIN_TIMEOUT, Duration::from_millis(500));
     let counts: &HashMap<String, usize> = &tally.counts;
     let duplicated = counts.values().filter(|&&n| n > 1).count();
     let extra_copies: usize = counts.values().map(|&n| n.saturating_sub(1)).sum();
