@@ -141,6 +141,10 @@ struct ScenarioArgs {
     /// ecelerity shards (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     shards: u32,
+    /// ecelerity `delivery_shards`: spread one domain's queue over this many
+    /// shards (0 = all; 1 = ecelerity's default, one shard per domain).
+    #[arg(long, default_value_t = 1)]
+    delivery_shards: u32,
     /// queue scenario: messages to inject into a blocked gateway.
     #[arg(long, default_value_t = 200_000)]
     queue_messages: u64,
@@ -239,6 +243,7 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         work_dir: work_dir.clone(),
         out_dir: args.out.clone(),
         shards: args.shards,
+        delivery_shards: args.delivery_shards,
         queue_messages: args.queue_messages,
         progress: !args.quiet,
         command_line,

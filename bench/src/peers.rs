@@ -67,6 +67,8 @@ pub struct PeerPaths {
 #[derive(Clone, Debug)]
 pub struct EcelerityOptions {
     pub shards: u32,
+    /// `delivery_shards`: over how many shards one domain's queue is spread.
+    pub delivery_shards: u32,
     pub max_outbound_connections: u32,
     pub retry_interval_s: u32,
     pub connect_timeout_s: u32,
@@ -76,6 +78,7 @@ impl Default for EcelerityOptions {
     fn default() -> Self {
         EcelerityOptions {
             shards: 0,
+            delivery_shards: 1,
             max_outbound_connections: 64,
             retry_interval_s: 1,
             connect_timeout_s: 30,
@@ -240,12 +243,14 @@ pub fn ecelerity_config(port: u16, gateway_port: u16, o: &EcelerityOptions) -> S
          relay_hosts = ( \"127.0.0.0/8\" )\n\
          gateway = \"127.0.0.1:{gateway_port}\"\n\
          max_outbound_connections = {conns}\n\
+         delivery_shards = {delivery_shards}\n\
          retry_interval = {retry}\n\
          connect_timeout = {connect}\n\
          ESMTP_Listener {{ Listen \"127.0.0.1:{port}\" {{ }} }}\n\
          Control_Listener {{ Listen \"ctl.sock\" {{ File_Mode = 0600 }} }}\n\
          ec_logger \"ec_logger\" {{\n  mainlog = \"log/mainlog.ec\"\n  rejectlog = \"log/rejectlog.ec\"\n  paniclog = \"log/paniclog.ec\"\n}}\n",
         shards = o.shards,
+        delivery_shards = o.delivery_shards,
         conns = o.max_outbound_connections,
         retry = o.retry_interval_s,
         connect = o.connect_timeout_s,
@@ -535,17 +540,11 @@ pub fn start_peer(
     paths: &PeerPaths,
     dir: &Path,
     sink_port: u16,
-    shards: u32,
+    ecelerity: &EcelerityOptions,
 ) -> Result<RunningPeer> {
     let port = free_port();
     match kind {
-        PeerKind::Ecelerity => {
-            let o = EcelerityOptions {
-                shards,
-                ..EcelerityOptions::default()
-            };
-            start_ecelerity(paths, dir, port, sink_port, &o).map(|(p, _)| p)
-        }
+        PeerKind::Ecelerity => start_ecelerity(paths, dir, port, sink_port, ecelerity).map(|(p, _)| p),
         PeerKind::Postfix => start_postfix(dir, port, sink_port),
         PeerKind::Kumo => {
             let script = paths

@@ -44,10 +44,23 @@ pub struct RunOptions {
     pub work_dir: PathBuf,
     pub out_dir: PathBuf,
     pub shards: u32,
+    /// ecelerity's `delivery_shards` (1 = its default).
+    pub delivery_shards: u32,
     /// queue scenario: messages to inject.
     pub queue_messages: u64,
     pub progress: bool,
     pub command_line: String,
+}
+
+impl RunOptions {
+    /// How ecelerity is started in these scenarios.
+    pub fn ecelerity(&self) -> EcelerityOptions {
+        EcelerityOptions {
+            shards: self.shards,
+            delivery_shards: self.delivery_shards,
+            ..EcelerityOptions::default()
+        }
+    }
 }
 
 /// One measured cell: one peer (or none), one size/recipients/sessions point.
@@ -473,7 +486,7 @@ pub fn relay_peer(
 ) -> Result<()> {
     let sink = loopback_sink()?;
     let dir = fresh_dir(o, &format!("{scenario}-{}", kind.name()))?;
-    let mut peer = match peers::start_peer(kind, &o.paths, &dir, sink.addr.port(), o.shards) {
+    let mut peer = match peers::start_peer(kind, &o.paths, &dir, sink.addr.port(), &o.ecelerity()) {
         Ok(p) => p,
         Err(e) => {
             results.note(format!("{}: skipped, could not start: {e:#}", kind.name()));
@@ -543,7 +556,7 @@ pub fn latency(o: &RunOptions, results: &mut Results) -> Result<()> {
         &o.paths,
         &dir,
         sink.addr.port(),
-        o.shards,
+        &o.ecelerity(),
     )?;
     let (sync_p50, sync_p99) = fdatasync_cost(&dir)?;
     results.measure(
@@ -620,10 +633,9 @@ pub fn queue(o: &RunOptions, results: &mut Results) -> Result<()> {
     let dir = fresh_dir(o, "queue-ecelerity")?;
     let port = peers::free_port();
     let options = EcelerityOptions {
-        shards: o.shards,
         retry_interval_s: 3600,
         connect_timeout_s: 3600,
-        ..EcelerityOptions::default()
+        ..o.ecelerity()
     };
     let (mut peer, first_start) =
         peers::start_ecelerity(&o.paths, &dir, port, gateway_port, &options)?;

@@ -78,6 +78,10 @@ pub const MAX_OUTBOUND_CONNECTIONS_DEFAULT: u64 = 32;
 pub const OUTBOUND_CONNECTIONS_MAX: u64 = 20_000;
 pub const MAX_RECIPIENTS_PER_BATCH_DEFAULT: u64 = 100;
 pub const RECIPIENTS_PER_BATCH_MAX: u64 = 10_000;
+/// `delivery_shards`: one shard per domain unless tuned.
+pub const DELIVERY_SHARDS_DEFAULT: u64 = 1;
+/// Most shards a domain may be spread over (the engine's shard ceiling).
+pub const DELIVERY_SHARDS_MAX: u64 = 256;
 /// How long an idle outbound connection waits for more mail.
 pub const IDLE_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
 /// connect, EHLO, MAIL, RCPT and DATA reply timeouts.
@@ -380,6 +384,11 @@ pub struct DeliveryOptions {
     pub max_outbound_connections: u32,
     /// RCPTs per outbound transaction.
     pub max_recipients_per_batch: u32,
+    /// Over how many shards the queue of one domain is spread (Momentum's
+    /// delivery_pool idea, per domain): 1 keeps a domain on one shard,
+    /// 0 spreads it over every shard. `max_outbound_connections` is then
+    /// shared out between the parts.
+    pub delivery_shards: u32,
     /// How long an idle outbound connection is kept for more mail.
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
@@ -410,6 +419,7 @@ impl DeliveryOptions {
             message_expiration: seconds(MESSAGE_EXPIRATION_SECONDS_DEFAULT),
             max_outbound_connections: MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32,
             max_recipients_per_batch: MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32,
+            delivery_shards: DELIVERY_SHARDS_DEFAULT as u32,
             idle_timeout: seconds(IDLE_TIMEOUT_SECONDS_DEFAULT),
             connect_timeout: command_timeout,
             ehlo_timeout: command_timeout,
@@ -755,6 +765,7 @@ domain "example.com" {
                 message_expiration: secs(604_800),
                 max_outbound_connections: 20,
                 max_recipients_per_batch: 50,
+                delivery_shards: 1,
                 idle_timeout: secs(10),
                 connect_timeout: secs(30),
                 ehlo_timeout: secs(31),

@@ -180,6 +180,7 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         OUTBOUND,
         integer(1, RECIPIENTS_PER_BATCH_MAX),
     ),
+    spec("delivery_shards", OUTBOUND, integer(0, DELIVERY_SHARDS_MAX)),
     spec("idle_timeout", OUTBOUND, seconds(0, TIMEOUT_SECONDS_MAX)),
     spec("connect_timeout", OUTBOUND, TIMEOUT),
     spec("ehlo_timeout", OUTBOUND, TIMEOUT),
@@ -308,6 +309,7 @@ pub(super) struct DeliveryOverrides {
     pub(super) message_expiration: Option<Duration>,
     pub(super) max_outbound_connections: Option<u32>,
     pub(super) max_recipients_per_batch: Option<u32>,
+    pub(super) delivery_shards: Option<u32>,
     pub(super) idle_timeout: Option<Duration>,
     pub(super) connect_timeout: Option<Duration>,
     pub(super) ehlo_timeout: Option<Duration>,
@@ -331,6 +333,7 @@ impl DeliveryOverrides {
             message_expiration: Some(options.message_expiration),
             max_outbound_connections: Some(options.max_outbound_connections),
             max_recipients_per_batch: Some(options.max_recipients_per_batch),
+            delivery_shards: Some(options.delivery_shards),
             idle_timeout: Some(options.idle_timeout),
             connect_timeout: Some(options.connect_timeout),
             ehlo_timeout: Some(options.ehlo_timeout),
@@ -357,6 +360,7 @@ impl DeliveryOverrides {
             ("max_recipients_per_batch", Typed::Integer(v)) => {
                 self.max_recipients_per_batch = Some(narrow_u32(v))
             }
+            ("delivery_shards", Typed::Integer(v)) => self.delivery_shards = Some(narrow_u32(v)),
             ("idle_timeout", Typed::Seconds(v)) => self.idle_timeout = Some(v),
             ("connect_timeout", Typed::Seconds(v)) => self.connect_timeout = Some(v),
             ("ehlo_timeout", Typed::Seconds(v)) => self.ehlo_timeout = Some(v),
@@ -396,6 +400,7 @@ impl DeliveryOverrides {
             &mut options.max_recipients_per_batch,
             &self.max_recipients_per_batch,
         );
+        take(&mut options.delivery_shards, &self.delivery_shards);
         take(&mut options.idle_timeout, &self.idle_timeout);
         take(&mut options.connect_timeout, &self.connect_timeout);
         take(&mut options.ehlo_timeout, &self.ehlo_timeout);
@@ -438,6 +443,7 @@ impl DeliveryOverrides {
             "max_recipients_per_batch",
             integer(self.max_recipients_per_batch),
         );
+        push("delivery_shards", integer(self.delivery_shards));
         push("idle_timeout", self.idle_timeout.map(Typed::Seconds));
         push("connect_timeout", self.connect_timeout.map(Typed::Seconds));
         push("ehlo_timeout", self.ehlo_timeout.map(Typed::Seconds));

@@ -70,6 +70,26 @@ pub fn queue_owner(domain: &str, shard_count: usize) -> usize {
     (hash % shard_count as u64) as usize
 }
 
+/// How many shards the queue of a domain is spread over, for a
+/// `delivery_shards` setting (0 = every shard) on `shard_count` shards.
+pub fn delivery_parts(delivery_shards: u32, shard_count: usize) -> usize {
+    assert!(shard_count > 0);
+    match delivery_shards as usize {
+        0 => shard_count,
+        n => n.min(shard_count),
+    }
+}
+
+/// Which shard owns the part of `domain`'s queue that message `id` goes
+/// to: the domain's home shard when it has one part, else one of `parts`
+/// consecutive shards from there, picked by the message's sequence number
+/// (so each message's recipients at that domain stay together).
+pub fn part_owner(domain: &str, id: MessageId, parts: usize, shard_count: usize) -> usize {
+    assert!(parts >= 1 && parts <= shard_count);
+    let part = (id.sequence() % parts as u64) as usize;
+    (queue_owner(domain, shard_count) + part) % shard_count
+}
+
 /// The domain part of an address, lower-cased; "" when there is none.
 pub fn domain_of(address: &str) -> String {
     address
@@ -242,6 +262,20 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text.len(), "01/06-553A4-0000002A".len());
         assert!(text.starts_with("01/"));
+    }
+
+    #[test]
+    fn a_spread_domain_uses_exactly_its_parts() {
+        let shards = 4;
+        for parts in 1..=shards {
+            let owners: std::collections::BTreeSet<usize> = (0..100u64)
+                .map(|s| part_owner("example.com", MessageId::new(0, s), parts, shards))
+                .collect();
+            assert_eq!(owners.len(), parts);
+        }
+        assert_eq!(delivery_parts(0, 2), 2);
+        assert_eq!(delivery_parts(1, 2), 1);
+        assert_eq!(delivery_parts(9, 2), 2);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::log::ShardLogs;
 use crate::queue::record::{Note, SpooledEnvelope};
-use crate::queue::{domain_of, queue_owner, MessageId, MessageRef, Queues};
+use crate::queue::{delivery_parts, domain_of, part_owner, MessageId, MessageRef, Queues};
 pub use stats::{EngineStats, ShardStats};
 
 /// Depth of each shard-to-shard channel. 1024 streams well; 64 churns on
@@ -50,6 +50,9 @@ const DELIVERY_SHARES: usize = 1000;
 /// Preemption target of the inbound queue: how long it lets another queue
 /// run before it gets the core back.
 const INBOUND_LATENCY_MS: u64 = 1;
+/// Most domains whose `delivery_shards` a shard remembers; the cache is
+/// emptied when full.
+const PARTS_CACHE_DOMAINS_MAX: usize = 65_536;
 /// How long a stopping shard waits for open SMTP sessions to finish.
 pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// glommio's default registered I/O memory per executor; we use less when
@@ -145,6 +148,8 @@ pub struct Shard {
     pub hostname: String,
     /// Task queue of delivery connections (see `run_shard`).
     delivery_queue: glommio::TaskQueueHandle,
+    /// `delivery_shards` of each domain seen, resolved (see `parts_of`).
+    parts_cache: RefCell<HashMap<Box<str>, usize>>,
 }
 
 impl Shard {
@@ -173,7 +178,7 @@ impl Shard {
     /// other shards through the outbox (one batch per owner per loop turn).
     pub async fn route(self: &Rc<Self>, entries: Vec<MessageRef>) {
         for e in entries {
-            let owner = queue_owner(&e.domain, self.count);
+            let owner = self.entry_owner(&e);
             if owner == self.id {
                 self.enqueue(e);
             } else {
@@ -194,6 +199,31 @@ impl Shard {
                 self.schedule_flush(home).await;
             }
         }
+    }
+
+    /// The shard that owns the queue (part) an entry belongs in.
+    pub fn entry_owner(&self, entry: &MessageRef) -> usize {
+        let parts = self.parts_of(&entry.domain);
+        part_owner(&entry.domain, entry.id, parts, self.count)
+    }
+
+    /// Over how many shards `domain`'s queue is spread (`delivery_shards`),
+    /// from a per-shard cache so routing does not walk the configuration
+    /// per message.
+    fn parts_of(&self, domain: &str) -> usize {
+        if let Some(&parts) = self.parts_cache.borrow().get(domain) {
+            return parts;
+        }
+        let parts = delivery_parts(
+            self.config.delivery("default", domain).delivery_shards,
+            self.count,
+        );
+        let mut cache = self.parts_cache.borrow_mut();
+        if cache.len() >= PARTS_CACHE_DOMAINS_MAX {
+            cache.clear();
+        }
+        cache.insert(domain.into(), parts);
+        parts
     }
 
     /// Makes sure a flush task will carry the outbox of `peer`, and holds
@@ -244,7 +274,7 @@ impl Shard {
     /// a connection will take it.
     pub fn enqueue(self: &Rc<Self>, entry: MessageRef) {
         assert_eq!(
-            queue_owner(&entry.domain, self.count),
+            self.entry_owner(&entry),
             self.id,
             "queue entry routed to the wrong shard"
         );
@@ -278,7 +308,10 @@ impl Shard {
         if self.is_stopping() || q.active.len() <= q.connections as usize {
             return;
         }
-        if q.connections >= q.options.max_outbound_connections.max(1) {
+        // A domain spread over several shards shares its connection limit
+        // out between the parts, so the total stays within it.
+        let parts = delivery_parts(q.options.delivery_shards, self.count) as u32;
+        if q.connections >= (q.options.max_outbound_connections / parts).max(1) {
             return;
         }
         q.connections += 1;
@@ -836,6 +869,7 @@ async fn run_shard(setup: ShardSetup) {
         stop_started: Cell::new(false),
         sessions: Gate::new(),
         delivery_queue,
+        parts_cache: RefCell::new(HashMap::new()),
     });
 
     for (_, rx) in receivers.streams() {

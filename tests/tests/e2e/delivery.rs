@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ecelerity_tests::{
-    free_port, poll_until, run, send_file, strip_leading_received, swaks, Daemon, PostfixSink,
-    Sink, TempDir, TestConfig, ARRIVAL_TIMEOUT,
+    free_port, poll_until, run, send_file, send_messages, strip_leading_received, swaks, Daemon,
+    PostfixSink, Sink, TempDir, TestConfig, ARRIVAL_TIMEOUT,
 };
 
 use crate::common::{every_reception_delivered, Mta};
@@ -277,4 +277,56 @@ fn smtp_source_burst_reaches_postfix_smtp_sink() {
     .unwrap_or_else(|| panic!("only {} of {MESSAGES} arrived", sink.dumps().len()));
     assert_eq!(dumps.len(), MESSAGES);
     daemon.wait_for_kind("D", MESSAGES, ARRIVAL_TIMEOUT);
+}
+
+/// Messages sent to the spread domain.
+const SPREAD_MESSAGES: usize = 40;
+
+/// Goal: `delivery_shards = 0` spreads one domain's queue over every shard,
+/// and every message still arrives once. Method: two shards, all mail to
+/// one domain; when all has arrived, the console's per-shard rows must
+/// show deliveries on both shards (with the default, one shard owns the
+/// domain and delivers everything).
+#[test]
+fn a_domain_spread_over_both_shards_is_delivered_by_both() {
+    let mta = Mta::start_with("spread", |c| {
+        c.shards = 2;
+        c.extra.push_str("delivery_shards = 0\n");
+    });
+    let count = SPREAD_MESSAGES.to_string();
+    let report = send_messages(
+        mta.port(),
+        &["--count", &count, "--threads", "4"],
+        ARRIVAL_TIMEOUT,
+    );
+    assert_eq!(
+        report.accepted().len(),
+        SPREAD_MESSAGES,
+        "{}",
+        report.stderr
+    );
+    mta.sink.wait_for_messages(SPREAD_MESSAGES, ARRIVAL_TIMEOUT);
+    mta.daemon
+        .wait_for_kind("D", SPREAD_MESSAGES, ARRIVAL_TIMEOUT);
+    assert_eq!(
+        mta.sink.messages().len(),
+        SPREAD_MESSAGES,
+        "each message once"
+    );
+    let mut last = String::new();
+    let both = poll_until(ARRIVAL_TIMEOUT, || {
+        let output = mta.daemon.console("summary\n");
+        last = String::from_utf8_lossy(&output.stdout).into_owned();
+        let delivered: Vec<u64> = last
+            .lines()
+            .skip_while(|l| !l.starts_with("Per shard:"))
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().nth(4)?.parse().ok())
+            .collect();
+        (delivered.len() == 2
+            && delivered.iter().all(|&d| d > 0)
+            && delivered.iter().sum::<u64>() == SPREAD_MESSAGES as u64)
+            .then_some(())
+    });
+    assert!(both.is_some(), "both shards should deliver:\n{last}");
 }
