@@ -544,7 +544,9 @@ pub fn start_peer(
 ) -> Result<RunningPeer> {
     let port = free_port();
     match kind {
-        PeerKind::Ecelerity => start_ecelerity(paths, dir, port, sink_port, ecelerity).map(|(p, _)| p),
+        PeerKind::Ecelerity => {
+            start_ecelerity(paths, dir, port, sink_port, ecelerity).map(|(p, _)| p)
+        }
         PeerKind::Postfix => start_postfix(dir, port, sink_port),
         PeerKind::Kumo => {
             let script = paths
