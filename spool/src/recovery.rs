@@ -30,18 +30,24 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
     let mut live: HashMap<u64, RecoveredMessage> = HashMap::new();
     let mut recovery = Recovery::default();
     for &segment in &segments {
-        index.add_segment(segment);
         let bytes = storage.read_segment(segment)?;
         let bytes = bytes.as_ref();
         recovery.segments_read += 1;
         match record::decode_segment_header(bytes, segment) {
-            Ok(()) => {}
-            Err(HeaderError::Empty) => continue,
+            Ok(()) => index.add_segment(segment),
+            Err(HeaderError::Empty) => {
+                index.add_segment(segment);
+                continue;
+            }
             Err(err) => {
+                // A damaged header is a media fault, not a torn tail: the
+                // segment stays on disk outside the live index, so GC never
+                // deletes it, and it is reported at every start (its records
+                // may be salvageable by hand).
                 recovery.truncated.push(TornTail {
                     segment,
                     offset: 0,
-                    reason: err.to_string(),
+                    reason: format!("{err}; segment kept on disk for inspection, not read"),
                 });
                 continue;
             }

@@ -1006,7 +1006,10 @@ fn check_recovery(
     after_crash: bool,
 ) -> Result<(), String> {
     if let Some(flip) = flip {
-        known_cuts.insert(flip.segment, flip.lost_from);
+        // A segment keeps its earliest cut: a later flip further in cannot
+        // move it (a damaged header stays damaged and is reported at 0).
+        let cut = known_cuts.entry(flip.segment).or_insert(flip.lost_from);
+        *cut = (*cut).min(flip.lost_from);
         // An earlier open attempt that failed later on may have deleted
         // the segment already (nothing live in it).
         if flip.inside_records
@@ -1421,12 +1424,15 @@ mod tests {
     /// synced bit flip destroys a durable complete, the message comes back
     /// without the notes GC had already collected (seed 74812752152969440);
     /// and a second flip of the same bit makes that complete readable
-    /// again, so the message vanishes again (seed 15014499794210322803).
+    /// again, so the message vanishes again (seed 15014499794210322803);
+    /// and a segment whose damaged header is kept on disk keeps being
+    /// reported at offset 0 after a later flip further in
+    /// (seed 770079229155163424).
     /// Both are duplicates at worst, never a loss; the histories must pass.
     #[test]
     fn media_faults_on_complete_records_are_judged_as_duplicates_not_loss() {
         run(|| async {
-            for seed in [74812752152969440, 15014499794210322803] {
+            for seed in [74812752152969440, 15014499794210322803, 770079229155163424] {
                 if let Err(e) = run_history(seed).await {
                     panic!("seed {seed}: {e}");
                 }
