@@ -71,6 +71,8 @@ fn main() {
             for c in config.control_listeners() {
                 privileges::chown_tree(&c.path, who)?;
             }
+            // So that the unprivileged daemon can at least empty it at exit.
+            privileges::chown_tree(&pid_file, who)?;
             privileges::drop_to(who)?;
             tracing::info!("running as uid {} gid {}", who.uid, who.gid);
             Ok(())
@@ -257,10 +259,13 @@ fn write_pid_file(path: &Path) -> std::io::Result<()> {
     })
 }
 
+/// Removes our pid file; after a privilege drop the folder may not be ours
+/// to change, so the file is emptied instead (ec_ctl reads an empty pid
+/// file as "not running").
 fn remove_pid_file(path: &Path) {
     if let Ok(text) = std::fs::read_to_string(path) {
-        if text.trim() == std::process::id().to_string() {
-            let _ = std::fs::remove_file(path);
+        if text.trim() == std::process::id().to_string() && std::fs::remove_file(path).is_err() {
+            let _ = std::fs::write(path, "");
         }
     }
 }
