@@ -18,11 +18,12 @@ use ecelerity_spool::BodyRef;
 
 use crate::config::DeliveryOptions;
 
-/// Most entries one shard keeps in its queues (active and delayed
-/// together). Past it the shard still takes what other shards hand it (a
-/// message already answered with 250 is never dropped) but the counters
-/// show it and receptions on this shard get 451 4.3.2 until it drains.
-pub const QUEUED_MESSAGES_MAX: usize = 4_000_000;
+/// Most messages one shard keeps spooled and undelivered (its live set;
+/// about 400 bytes of memory each, so 1.6 GB at the limit). Past it the
+/// shard answers new messages with `451 4.3.0` until deliveries bring it
+/// back under; what it already holds, and what other shards queue on it,
+/// is never dropped.
+pub const LIVE_MESSAGES_PER_SHARD_MAX: usize = 4_000_000;
 
 /// A message id: the low 8 bits name the shard that received and spooled
 /// it (its "home"), the rest is that shard's sequence number, which starts

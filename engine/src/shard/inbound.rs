@@ -33,7 +33,7 @@ use super::{now_unix_ms, Shard, ShardStats};
 use crate::config::ListenerConfig;
 use crate::log::{format_reception, format_rejection, Reception, RecordIds, Rejection};
 use crate::queue::record::SpooledEnvelope;
-use crate::queue::MessageId;
+use crate::queue::{MessageId, LIVE_MESSAGES_PER_SHARD_MAX};
 use crate::smtp::server::{
     Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
@@ -417,6 +417,21 @@ async fn receive(
     session: &ServerSession,
     mut envelope: Envelope,
 ) -> (SpoolOutcome, Vec<u8>) {
+    if shard.live.borrow().len() >= LIVE_MESSAGES_PER_SHARD_MAX {
+        if !shard.live_full.replace(true) {
+            tracing::warn!(
+                shard = shard.id,
+                "{LIVE_MESSAGES_PER_SHARD_MAX} messages spooled and undelivered: new \
+                 messages get 451 4.3.0 until deliveries catch up (is the \
+                 destination down? see the console's summary)"
+            );
+        }
+        return (
+            SpoolOutcome::TemporaryFailure,
+            std::mem::take(&mut envelope.body),
+        );
+    }
+    shard.live_full.set(false);
     let id = shard.next_message_id();
     let queue_id = id.to_string();
     let now_ms = now_unix_ms();

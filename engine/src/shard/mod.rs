@@ -134,6 +134,9 @@ pub struct Shard {
     pub queues: RefCell<Queues>,
     /// Messages spooled here and not yet final: id → recipients left.
     pub live: RefCell<HashMap<u64, u32>>,
+    /// The live set reached `LIVE_MESSAGES_PER_SHARD_MAX` (warned once
+    /// per episode).
+    pub live_full: Cell<bool>,
     pub logs: ShardLogs,
     pub stats: Arc<EngineStats>,
     mesh: Senders<ShardMsg>,
@@ -857,6 +860,7 @@ async fn run_shard(setup: ShardSetup) {
         bodies: RefCell::new(spool_dirs.into_iter().map(BodyReader::new).collect()),
         queues: RefCell::new(Queues::default()),
         live: RefCell::new(HashMap::new()),
+        live_full: Cell::new(false),
         logs,
         stats: stats.clone(),
         mesh: senders,
