@@ -142,7 +142,8 @@ fn prepare_run_as(
         return Ok(None);
     }
     let who = privileges::resolve(user, config.security().and_then(|s| s.group.as_deref()))?;
-    for shard in 0..shard::shard_count(config) {
+    let shards = shard::shard_count(config).map_err(|e| e.to_string())?;
+    for shard in 0..shards {
         let dir = config.spoolbase().join(shard.to_string());
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

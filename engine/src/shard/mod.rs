@@ -597,15 +597,51 @@ impl Engine {
     }
 }
 
-/// Shard count to run: the configured one, or one per available CPU.
-pub fn shard_count(config: &Config) -> usize {
-    let n = match config.shards() {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        n => n,
+/// Shard count to run: the configured one, or one per available CPU, and
+/// never fewer than the spool needs. Each shard owns `spoolbase/<shard>`,
+/// and its messages can only be recovered by a shard of that number: with
+/// `shards = 0` the count grows to cover every folder that still holds
+/// segments (a spool moved to a smaller machine keeps working); a
+/// configured count that would strand a folder is an error, never a loss.
+pub fn shard_count(config: &Config) -> Result<usize, StartError> {
+    let needed = spooled_shard_folders(config.spoolbase());
+    match config.shards() {
+        0 => {
+            let cpus = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            Ok(cpus.max(needed).clamp(1, SHARDS_MAX))
+        }
+        n if n < needed => Err(StartError::Other {
+            shard: needed - 1,
+            what: format!(
+                "{} holds spooled messages but shards = {n}: set shards to at least {needed} \
+                 (or 0) so that they are delivered",
+                config.spoolbase().join((needed - 1).to_string()).display()
+            ),
+        }),
+        n => Ok(n.clamp(1, SHARDS_MAX)),
+    }
+}
+
+/// One more than the highest `spoolbase/<n>` folder that holds a segment
+/// file (0 when none does).
+fn spooled_shard_folders(spoolbase: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(spoolbase) else {
+        return 0;
     };
-    n.clamp(1, SHARDS_MAX)
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n: usize = e.file_name().to_str()?.parse().ok()?;
+            let has_segment = std::fs::read_dir(e.path())
+                .ok()?
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().ends_with(".seg"));
+            (has_segment && n < SHARDS_MAX).then_some(n + 1)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Registered I/O memory per executor that fits the locked-memory limit:
@@ -635,7 +671,7 @@ pub fn start(
     config: Arc<Config>,
     before_serving: impl FnOnce() -> Result<(), String>,
 ) -> Result<Engine, StartError> {
-    let count = shard_count(&config);
+    let count = shard_count(&config)?;
     let (io_memory, memlock) = io_memory_bytes(count);
     let stats = EngineStats::new(count);
     let stop = Arc::new(AtomicBool::new(false));

@@ -90,3 +90,67 @@ fn gateway_down_then_up_delivers_everything() {
         "deliveries after a failure count their retries"
     );
 }
+
+/// Messages spooled on three shards before the shard count changes.
+const RESHARD_MESSAGES: usize = 30;
+
+/// Goal: changing `shards` never strands spooled mail. Each shard owns
+/// `spoolbase/<shard>`; a count too small for the folders that still hold
+/// segments must refuse to start (not start and ignore them), and `shards
+/// = 0` must grow to cover them. Method: spool 30 messages on 3 shards with
+/// the gateway down, stop; restart with `shards = 1` (expect exit with the
+/// reason), then with `shards = 0` on this 2-CPU machine with the sink up:
+/// every message arrives.
+#[test]
+fn a_smaller_shard_count_never_strands_spooled_mail() {
+    let dir = TempDir::new("reshard");
+    let sink_port = free_port();
+    let mut config = TestConfig::new(sink_port);
+    config.shards = 3;
+    let mut daemon = Daemon::start(dir.path(), &config.render());
+    let count = RESHARD_MESSAGES.to_string();
+    let report = send_messages(
+        daemon.smtp_port(),
+        &["--count", &count, "--threads", "12", "--prefix", "reshard"],
+        ARRIVAL_TIMEOUT,
+    );
+    let accepted: BTreeSet<String> = report.accepted().into_iter().collect();
+    assert_eq!(accepted.len(), RESHARD_MESSAGES, "{}", report.stderr);
+    daemon.stop();
+    let spooled_shards: Vec<usize> = (0..3)
+        .filter(|s| {
+            std::fs::read_dir(dir.join("spool").join(s.to_string()))
+                .map(|d| {
+                    d.flatten()
+                        .any(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    let highest = *spooled_shards.last().expect("something was spooled");
+    // 12 connections spread by SO_REUSEPORT: all on shard 0 has odds of
+    // (1/3)^12; the refusal below needs a folder above 0.
+    assert!(
+        highest >= 1,
+        "all mail landed on shard 0: {spooled_shards:?}"
+    );
+
+    config.shards = 1;
+    let mut refused = Daemon::spawn(dir.path(), &config.render());
+    if highest >= 1 {
+        let status = refused
+            .wait_exit(ARRIVAL_TIMEOUT)
+            .expect("a stranding count must not start");
+        assert!(!status.success());
+        let stderr = refused.stderr_text();
+        assert!(stderr.contains("holds spooled messages"), "{stderr}");
+    }
+    drop(refused);
+
+    config.shards = 0;
+    let sink = Sink::start(&dir.join("sink"), sink_port);
+    let _daemon = Daemon::start(dir.path(), &config.render());
+    let mut tally = MessageIdTally::default();
+    let lost = tally.wait_for_all(&sink, &accepted, DRAIN_TIMEOUT, Duration::from_millis(200));
+    assert!(lost.is_empty(), "stranded after resharding: {lost:?}");
+}
