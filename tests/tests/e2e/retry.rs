@@ -154,3 +154,78 @@ fn a_smaller_shard_count_never_strands_spooled_mail() {
     let lost = tally.wait_for_all(&sink, &accepted, DRAIN_TIMEOUT, Duration::from_millis(200));
     assert!(lost.is_empty(), "stranded after resharding: {lost:?}");
 }
+
+/// Goal: each recipient gets its own outcome, and a transient failure stops
+/// at `max_retries`. Method: one message to three recipients of one
+/// domain; the sink accepts `ok`, refuses `reject` with 550 and defers
+/// `tempfail` with 451 at RCPT. With `max_retries = 2` the mainlog must
+/// show one D (ok), one P carrying the 550 (reject), two T and then a P
+/// that says the retries ran out (tempfail), and the sink must hold one
+/// copy, for `ok` only; the console counts 1 delivered and 2 failed.
+#[test]
+fn each_recipient_gets_its_outcome_and_retries_stop_at_max_retries() {
+    let dir = TempDir::new("outcomes");
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let mut config = TestConfig::new(sink.port());
+    config.extra.push_str("max_retries = 2\n");
+    let daemon = Daemon::start(dir.path(), &config.render());
+    let out = ecelerity_tests::swaks(
+        daemon.smtp_port(),
+        &[
+            "--from",
+            "sender@example.net",
+            "--to",
+            "ok@example.com,reject@example.com,tempfail@example.com",
+            "--header",
+            "Message-ID: <outcomes@test>",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let done = ecelerity_tests::poll_until(DRAIN_TIMEOUT, || {
+        let lines = daemon.mainlog();
+        (lines.iter().filter(|l| l.kind() == "P").count() == 2).then_some(lines)
+    })
+    .expect("two permanent failures in time");
+    let of = |kind: &str| done.iter().filter(|l| l.kind() == kind).collect::<Vec<_>>();
+    assert_eq!(of("D").len(), 1, "one delivery: {done:?}");
+    let transient = of("T");
+    assert_eq!(
+        transient.len(),
+        2,
+        "two transient failures before giving up: {done:?}"
+    );
+    assert!(
+        transient.iter().all(|l| l.field(13).starts_with("451")),
+        "{transient:?}"
+    );
+    let permanent: Vec<String> = of("P").iter().map(|l| l.field(13).to_string()).collect();
+    assert!(
+        permanent.iter().any(|e| e.starts_with("550")),
+        "{permanent:?}"
+    );
+    assert!(
+        permanent
+            .iter()
+            .any(|e| e.contains("exceeded max retries") && e.contains("451")),
+        "{permanent:?}"
+    );
+    let arrived = sink.messages();
+    assert_eq!(arrived.len(), 1, "only `ok` got a copy");
+    assert_eq!(arrived[0].rcpts, vec!["ok@example.com".to_string()]);
+    let summary = String::from_utf8_lossy(&daemon.console("summary\n").stdout).into_owned();
+    assert_eq!(
+        ecelerity_tests::summary_value(&summary, "Successfully Delivered Messages"),
+        Some(1),
+        "{summary}"
+    );
+    assert_eq!(
+        ecelerity_tests::summary_value(&summary, "Failed Messages"),
+        Some(2),
+        "{summary}"
+    );
+}
