@@ -1326,21 +1326,8 @@ pub async fn run_history(seed: u64) -> Result<SimStats, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::run;
     use std::cell::Cell;
-    use std::future::Future;
-
-    fn run<G, F>(test: G)
-    where
-        G: FnOnce() -> F + Send + 'static,
-        F: Future<Output = ()> + 'static,
-    {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(test)
-            .expect("executor starts")
-            .join()
-            .expect("test body ran");
-    }
 
     thread_local! {
         static CURRENT_SEED: Cell<Option<u64>> = const { Cell::new(None) };

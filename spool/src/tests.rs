@@ -31,7 +31,8 @@ impl Drop for TempDir {
     }
 }
 
-fn run<G, F>(test: G)
+/// Runs a test body on a glommio executor (shared with the simulator's tests).
+pub(crate) fn run<G, F>(test: G)
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = ()> + 'static,
