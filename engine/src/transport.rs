@@ -29,8 +29,7 @@ pub async fn read_within<S: Transport>(
     buf: &mut [u8],
     limit: Duration,
 ) -> io::Result<usize> {
-    match glommio::timer::timeout(at_least_min(limit), async { Ok(stream.read(buf).await) }).await
-    {
+    match glommio::timer::timeout(at_least_min(limit), async { Ok(stream.read(buf).await) }).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
     }

@@ -313,10 +313,9 @@ fn parse_mailq(args: &[&str]) -> Result<ControlRequest, String> {
             "-b" => list = Some(&mut bindings),
             "-l" => {
                 list = None;
-                limit = words
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or("Usage: mailq [-d domain ...] [-b binding ...] [-l N]: -l takes a number")?;
+                limit = words.next().and_then(|n| n.parse().ok()).ok_or(
+                    "Usage: mailq [-d domain ...] [-b binding ...] [-l N]: -l takes a number",
+                )?;
             }
             other => match list.as_deref_mut() {
                 Some(l) => l.push(other.to_string()),
@@ -342,7 +341,10 @@ pub fn summary(s: &Snapshot) -> String {
     let mut out = String::from("Summary Statistics\n\n");
     use Counter::*;
     let rows: [(&str, String); 14] = [
-        ("Outbound Concurrency", t.get(OutboundConnections).to_string()),
+        (
+            "Outbound Concurrency",
+            t.get(OutboundConnections).to_string(),
+        ),
         ("Inbound Concurrency", t.get(InboundConnections).to_string()),
         ("Active Queue Size", t.get(ActiveQueue).to_string()),
         ("Delayed Queue Size", t.get(DelayedQueue).to_string()),

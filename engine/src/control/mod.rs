@@ -167,8 +167,15 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
             let limit = (*limit).min(MAILQ_ROWS_MAX);
             let rows = queues
                 .iter()
-                .filter(|q| domains.is_empty() || domains.iter().any(|d| d.eq_ignore_ascii_case(&q.key.domain)))
-                .filter(|q| only.is_empty() || only.iter().any(|b| b == bindings.name(q.key.binding)))
+                .filter(|q| {
+                    domains.is_empty()
+                        || domains
+                            .iter()
+                            .any(|d| d.eq_ignore_ascii_case(&q.key.domain))
+                })
+                .filter(|q| {
+                    only.is_empty() || only.iter().any(|b| b == bindings.name(q.key.binding))
+                })
                 .filter(|q| !q.active.is_empty() || q.delayed_count > 0)
                 .take(limit)
                 .map(|q| QueueRow {
@@ -314,6 +321,12 @@ mod tests {
             Duration::from_millis(200),
         );
         shard0.join().unwrap();
-        assert_eq!(result, Err(ControlError::Timeout { got: 1, expected: 2 }));
+        assert_eq!(
+            result,
+            Err(ControlError::Timeout {
+                got: 1,
+                expected: 2
+            })
+        );
     }
 }

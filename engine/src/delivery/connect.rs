@@ -14,13 +14,20 @@ use super::route::Target;
 
 /// Resolves `target` (an IP literal needs no lookup) and connects within
 /// `timeout`. On failure, the transient reply that says what went wrong.
-pub async fn connect(target: &Target, timeout: Duration) -> Result<(TcpStream, SocketAddr), String> {
+pub async fn connect(
+    target: &Target,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), String> {
     let address = match target.literal() {
         Some(ip) => SocketAddr::new(ip, target.port),
         None => {
             let (host, port) = (target.host.clone(), target.port);
             let looked_up = glommio::executor()
-                .spawn_blocking(move || (host.as_str(), port).to_socket_addrs().map(|mut a| a.next()))
+                .spawn_blocking(move || {
+                    (host.as_str(), port)
+                        .to_socket_addrs()
+                        .map(|mut a| a.next())
+                })
                 .await;
             match looked_up {
                 Ok(Some(a)) => a,

@@ -33,9 +33,14 @@ pub enum Disposition {
     Delivered,
     /// Failed for good: the reply says why (the remote 5xx, or ours when
     /// retries or time ran out).
-    Failed { reply: String },
+    Failed {
+        reply: String,
+    },
     /// Try again at this time; `attempts` counts the attempt just made.
-    Retry { attempts: u32, at_unix_ms: u64 },
+    Retry {
+        attempts: u32,
+        at_unix_ms: u64,
+    },
 }
 
 /// What an entry has been through before this attempt.
@@ -114,7 +119,10 @@ mod tests {
             attempts: 0,
             received_unix_ms: 0,
         };
-        assert_eq!(dispose(h, &reply(ReplyClass::Accepted), &o, 1), Disposition::Delivered);
+        assert_eq!(
+            dispose(h, &reply(ReplyClass::Accepted), &o, 1),
+            Disposition::Delivered
+        );
         assert_eq!(
             dispose(h, &reply(ReplyClass::Permanent), &o, 1),
             Disposition::Failed {
@@ -138,7 +146,9 @@ mod tests {
                 at_unix_ms: now + o.retry_delay(1).as_millis() as u64
             }
         );
-        let Disposition::Retry { at_unix_ms, .. } = dispose(h(1), &reply(ReplyClass::Transient), &o, now) else {
+        let Disposition::Retry { at_unix_ms, .. } =
+            dispose(h(1), &reply(ReplyClass::Transient), &o, now)
+        else {
             panic!("second attempt retries");
         };
         assert!(at_unix_ms > now + 60_000, "the delay grows");

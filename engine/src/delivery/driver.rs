@@ -83,7 +83,8 @@ impl<S: Transport> Connection<'_, S> {
             match self.client.poll() {
                 ClientAction::Send => {
                     let limit = self.timeout(self.client.stage());
-                    let result = write_all_within(&mut self.stream, self.client.output(), limit).await;
+                    let result =
+                        write_all_within(&mut self.stream, self.client.output(), limit).await;
                     self.client.output_sent();
                     if result.is_err() {
                         self.client.abort(AbortReason::Io);

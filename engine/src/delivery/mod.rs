@@ -149,7 +149,10 @@ impl Outbound {
                 task.detach();
             }
             Err(e) => {
-                tracing::error!(shard = self.env.id, "cannot start a delivery connection: {e}")
+                tracing::error!(
+                    shard = self.env.id,
+                    "cannot start a delivery connection: {e}"
+                )
             }
         }
     }

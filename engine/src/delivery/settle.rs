@@ -84,7 +84,15 @@ pub(super) async fn settle(
         .iter()
         .map(|r| dispose(history, r, options, now))
         .collect();
-    log_attempt(out, &entry, &replies, &dispositions, bytes_sent, remote_ip, now);
+    log_attempt(
+        out,
+        &entry,
+        &replies,
+        &dispositions,
+        bytes_sent,
+        remote_ip,
+        now,
+    );
 
     let mut delivered = Vec::new();
     let mut reports = Vec::new();

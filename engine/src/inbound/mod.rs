@@ -39,10 +39,10 @@ use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
 use crate::queue::record::SpooledEnvelope;
 use crate::queue::{Bindings, MessageId};
-use crate::stats::Counter;
 use crate::smtp::server::{
     Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
+use crate::stats::Counter;
 
 /// Bytes read from a client socket at a time while a DATA is being read.
 /// Allocated at the 354 and freed when the message is answered.
@@ -148,7 +148,11 @@ pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<L
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(shard = shard.env.id, "accept on {} failed: {e}", config.address);
+                tracing::warn!(
+                    shard = shard.env.id,
+                    "accept on {} failed: {e}",
+                    config.address
+                );
                 glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                 continue;
             }

@@ -188,14 +188,23 @@ impl Router {
             .await
             .is_err()
         {
-            tracing::warn!(shard = self.env.id, "shard {peer} is gone; control request dropped");
+            tracing::warn!(
+                shard = self.env.id,
+                "shard {peer} is gone; control request dropped"
+            );
         }
     }
 
     /// The shard that owns the queue (part) an entry belongs in.
     pub fn entry_owner(&self, entry: &MessageRef) -> usize {
         let parts = self.parts_of(entry.binding, &entry.domain);
-        part_owner(entry.binding, &entry.domain, entry.id, parts, self.env.count)
+        part_owner(
+            entry.binding,
+            &entry.domain,
+            entry.id,
+            parts,
+            self.env.count,
+        )
     }
 
     /// Over how many shards a queue is spread (`delivery_shards`), from a

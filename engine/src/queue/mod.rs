@@ -81,10 +81,16 @@ impl Bindings {
 
     pub fn from_config(config: &Config) -> Bindings {
         let mut names: Vec<Box<str>> = vec![DEFAULT_BINDING.into()];
-        let mut others: Vec<&str> = config.bindings().filter(|b| *b != DEFAULT_BINDING).collect();
+        let mut others: Vec<&str> = config
+            .bindings()
+            .filter(|b| *b != DEFAULT_BINDING)
+            .collect();
         others.sort_unstable();
         names.extend(others.into_iter().map(Box::from));
-        assert!(names.len() <= BINDINGS_MAX, "the configuration bounds bindings");
+        assert!(
+            names.len() <= BINDINGS_MAX,
+            "the configuration bounds bindings"
+        );
         let groups = names
             .iter()
             .map(|b| config.binding_group_of(b).into())
@@ -331,7 +337,9 @@ impl Queues {
 
     /// Puts `entry` of queue `id` in the delayed heap until `due_unix_ms`.
     pub fn push_delayed(&mut self, id: QueueId, entry: MessageRef, due_unix_ms: u64) {
-        let q = self.get_mut(id).expect("a delayed entry belongs to a queue");
+        let q = self
+            .get_mut(id)
+            .expect("a delayed entry belongs to a queue");
         q.delayed_count += 1;
         self.order += 1;
         self.delayed.push(Reverse(Delayed {
@@ -351,7 +359,9 @@ impl Queues {
                 _ => break,
             }
             let Reverse(d) = self.delayed.pop().unwrap();
-            let q = self.get_mut(d.queue).expect("a queue with delayed entries stays");
+            let q = self
+                .get_mut(d.queue)
+                .expect("a queue with delayed entries stays");
             assert!(q.delayed_count > 0);
             q.delayed_count -= 1;
             due.push((d.queue, d.entry));
@@ -443,7 +453,10 @@ mod tests {
         let spread: std::collections::BTreeSet<usize> = (0..64u16)
             .map(|b| key_owner(BindingId(b), "example.com", 8))
             .collect();
-        assert!(spread.len() > 1, "bindings of one domain spread over shards");
+        assert!(
+            spread.len() > 1,
+            "bindings of one domain spread over shards"
+        );
     }
 
     fn entry(domain: &str) -> MessageRef {
@@ -476,8 +489,15 @@ mod tests {
         let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
         let b = queues.find_or_create(BindingId(1), "a.example", 1, options);
         assert_ne!(a, b);
-        assert_eq!(queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options), a);
-        queues.get_mut(a).unwrap().active.push_back(entry("a.example"));
+        assert_eq!(
+            queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options),
+            a
+        );
+        queues
+            .get_mut(a)
+            .unwrap()
+            .active
+            .push_back(entry("a.example"));
         queues.prune();
         assert!(queues.get(a).is_some(), "a queue with entries stays");
         assert!(queues.get(b).is_none(), "an idle queue goes");
@@ -508,7 +528,9 @@ mod tests {
     fn options_are_refreshed_only_for_a_new_generation() {
         let mut queues = Queues::default();
         let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
-        let first = queues.refresh_options(a, 1, |_| panic!("same generation")).unwrap();
+        let first = queues
+            .refresh_options(a, 1, |_| panic!("same generation"))
+            .unwrap();
         let second = queues
             .refresh_options(a, 2, |key| {
                 assert_eq!(&*key.domain, "a.example");

@@ -29,4 +29,3 @@ pub fn io_memory_bytes(shards: usize) -> (usize, Option<u64>) {
         (per_shard / (64 << 10) * (64 << 10)).clamp(IO_MEMORY_BYTES_MIN, IO_MEMORY_BYTES_DEFAULT);
     (bytes, Some(limit.rlim_cur))
 }
-

@@ -228,5 +228,3 @@ pub fn start(
     );
     Ok(engine)
 }
-
-

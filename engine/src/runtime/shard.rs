@@ -189,7 +189,17 @@ pub(super) async fn run(setup: Setup) {
             Err(e) => return fail(&ready, id, format!("cannot listen on {}: {e}", l.address)),
         }
     }
-    let shard = wire(id, count, &config, stats, logs, senders, spool, recovery.max_id, delivery_queue);
+    let shard = wire(
+        id,
+        count,
+        &config,
+        stats,
+        logs,
+        senders,
+        spool,
+        recovery.max_id,
+        delivery_queue,
+    );
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -322,7 +332,10 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
         shard.outbound.promote_due();
         shard.outbound.refresh_gauges();
         let spool = shard.messages.spool.stats();
-        shard.env.stats().set(Counter::SpoolSegments, spool.segments as u64);
+        shard
+            .env
+            .stats()
+            .set(Counter::SpoolSegments, spool.segments as u64);
         shard.env.stats().set(Counter::SpoolSyncs, spool.syncs);
         shard.env.logs.flush();
         ticks += 1;
