@@ -71,7 +71,11 @@ pub struct Stopped {
 pub struct ChildGuard {
     name: String,
     child: Option<Child>,
+    /// The child leads its own process group; signals go to the group.
     group: bool,
+    /// Set once `try_wait` has reaped the child: from then on its pid may
+    /// belong to another process and is never signalled again.
+    exit_status: Option<ExitStatus>,
 }
 
 impl ChildGuard {
@@ -80,6 +84,7 @@ impl ChildGuard {
             name: name.to_string(),
             child: Some(child),
             group: false,
+            exit_status: None,
         }
     }
 
@@ -102,19 +107,28 @@ impl ChildGuard {
     /// when the guard holds no child).
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
-        child.try_wait().expect("try_wait")
+        if self.exit_status.is_none() {
+            self.exit_status = child.try_wait().expect("try_wait");
+        }
+        self.exit_status
     }
 
-    /// Send `signal` to the child (or its group).
+    /// Send `signal` to the child (or its group). A reaped child is not
+    /// signalled (its pid may have been reused); its group still is, so
+    /// that stragglers a wrapper left behind go too (a process group lives
+    /// on while any member does, and its id is not reused until then).
     pub fn signal(&self, signal: libc::c_int) {
-        if let Some(child) = &self.child {
-            // The child is not reaped until we wait for it, so the pid
-            // (and the group it leads) cannot have been reused.
-            let pid = child.id() as libc::pid_t;
-            let target = if self.group { -pid } else { pid };
-            // SAFETY: kill(2) on our own unreaped child or its group.
-            let _ = unsafe { libc::kill(target, signal) };
-        }
+        let Some(child) = &self.child else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        let target = match (self.group, self.exit_status) {
+            (true, _) => -pid,
+            (false, None) => pid,
+            (false, Some(_)) => return,
+        };
+        // SAFETY: kill(2) on our own unreaped child, or on the group it leads.
+        let _ = unsafe { libc::kill(target, signal) };
     }
 
     /// Wait up to `timeout` for the child to exit; the child is kept (and
