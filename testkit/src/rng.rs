@@ -106,6 +106,22 @@ mod tests {
         }
     }
 
+    /// The spool simulator's `Prng` draws `below` and `chance` exactly
+    /// this way; its regression seeds depend on it.
+    #[test]
+    fn below_and_chance_are_plain_remainders_of_one_draw() {
+        for seed in [0u64, 1, 0xdead_beef, u64::MAX] {
+            let mut a = Rng::new(seed);
+            let mut b = Rng::new(seed);
+            for n in [1u64, 2, 7, 100, 1 << 40] {
+                assert_eq!(a.below(n), b.next_u64() % n);
+            }
+            for percent in [0u32, 5, 50, 100] {
+                assert_eq!(a.chance(percent), b.next_u64() % 100 < u64::from(percent));
+            }
+        }
+    }
+
     #[test]
     fn equal_seeds_give_equal_sequences_and_zero_is_a_seed() {
         let mut a = Rng::new(0);
