@@ -3,7 +3,8 @@
 //! closed loop (as fast as replies come) or open loop (message i is due at
 //! start + i / rate). Uses PIPELINING for the envelope when the server offers it.
 //! Owns: client sockets, the message template, per-session histograms.
-//! May call: std::net, report.
+//! May call: std::net, report, `ecelerity_testkit::Rng` (size and
+//! recipient draws).
 //! Never: the MTA's files or processes.
 //!
 //! Blocking threads rather than an event loop: 500 sessions are 500 threads
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
-use crate::report::{latency_histogram, record_us, Dist, LatencySummary, LoadReport, Rng};
+use ecelerity_testkit::Rng;
+
+use crate::report::{latency_histogram, record_us, Dist, LatencySummary, LoadReport};
 
 /// Longest SMTP reply line we accept from a server.
 const REPLY_LINE_BYTES_MAX: usize = 4096;

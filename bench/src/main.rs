@@ -1,7 +1,8 @@
 //! `ecbench`: SMTP load generator, sink, and benchmark scenarios for
 //! ecelerity and its peers (Postfix, Haraka, KumoMTA) on one machine.
 //! Owns: the command line; each subcommand delegates to a module.
-//! May call: client, sink, scenario, plot.
+//! May call: client, sink, scenario, plot, `ecelerity_testkit` (the
+//! binary directory).
 //! Never: the engine crate: every MTA is measured from outside.
 //!
 //! `ecbench send` drives load at an SMTP server; `ecbench sink` is the
@@ -187,11 +188,9 @@ fn default_kumod_script() -> Option<PathBuf> {
         .and_then(|p| p.canonicalize().ok())
 }
 
+/// `ecelerity` next to `ecbench` (or in `ECELERITY_BIN_DIR`).
 fn default_ecelerity_bin() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("ecelerity")))
-        .unwrap_or_else(|| PathBuf::from("ecelerity"))
+    ecelerity_testkit::bin_dir().join("ecelerity")
 }
 
 fn cache_dir() -> PathBuf {

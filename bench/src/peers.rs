@@ -2,29 +2,40 @@
 //! torn down afterwards: ecelerity (this project's daemon), Postfix (a
 //! second instance with its own config and queue directories), Haraka (npm,
 //! when it installs) and KumoMTA (a kumod relay script, when given).
-//! Owns: the peers' config files, child processes, readiness waits.
-//! May call: std::process, /usr/sbin/postfix, npm, the kumod relay script, procstat.
+//! Owns: the peers' config files (Haraka's, KumoMTA's arguments), their
+//! running processes, readiness waits.
+//! May call: `ecelerity_testkit` (the ecelerity config renderer, the
+//! private Postfix, child guards, the banner wait), std::process, npm, the
+//! kumod relay script, procstat.
 //! Never: the system's own Postfix instance or its files.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use ecelerity_testkit::{
+    ecelerity_command, wait_for_greeting, ChildGuard, EcelerityConfig, Postfix, PostfixConfig,
+};
 
 use crate::procstat;
+
+pub use ecelerity_testkit::free_port;
 
 /// How long a peer may take from start to answering 220.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a peer may take to stop after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Poll interval while waiting for a peer.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-
+/// main.cf lines for throughput: enough processes and parallel deliveries
+/// for the benchmark's sessions, connection caching, no per-client limits.
+const POSTFIX_BENCH_MAIN_CF: &str = "default_process_limit = 300\n\
+     default_destination_concurrency_limit = 100\n\
+     smtp_connection_cache_on_demand = yes\n\
+     smtpd_client_connection_count_limit = 0\n\
+     smtpd_client_connection_rate_limit = 0\n";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PeerKind {
     Ecelerity,
@@ -93,8 +104,16 @@ pub struct RunningPeer {
     /// Process whose tree's CPU time counts as the peer's.
     pub root_pid: u32,
     pub durability: String,
-    child: Option<Child>,
-    postfix_config_dir: Option<PathBuf>,
+    process: Process,
+}
+
+/// What runs a peer, and so how it is stopped.
+enum Process {
+    /// Our child, leading its own process group (wrappers such as Haraka's
+    /// launcher take their children along).
+    Child(ChildGuard),
+    /// A private Postfix instance (its master daemonizes).
+    Postfix(Postfix),
 }
 
 impl RunningPeer {
@@ -110,64 +129,16 @@ impl RunningPeer {
         procstat::tree_rss(self.root_pid)
     }
 
-    /// Stop: SIGTERM (or `postfix stop`), wait, SIGKILL after STOP_TIMEOUT.
-    /// Returns how long the stop took and whether it was graceful.
+    /// Stop: SIGTERM to the group (or `postfix stop`), wait, SIGKILL after
+    /// STOP_TIMEOUT. Returns how long the stop took and whether it was
+    /// graceful; a second call does nothing.
     pub fn stop(&mut self) -> (Duration, bool) {
-        let started = Instant::now();
-        if let Some(config_dir) = self.postfix_config_dir.take() {
-            let _ = Command::new("/usr/sbin/postfix")
-                .arg("-c")
-                .arg(&config_dir)
-                .arg("stop")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Path::new(&format!("/proc/{}", self.root_pid)).exists()
-                && Instant::now() < deadline
-            {
-                thread::sleep(POLL_INTERVAL);
+        match &mut self.process {
+            Process::Postfix(postfix) => postfix.stop(),
+            Process::Child(child) => {
+                let stopped = child.terminate(STOP_TIMEOUT);
+                (stopped.took, stopped.graceful)
             }
-            let graceful = !Path::new(&format!("/proc/{}", self.root_pid)).exists();
-            if !graceful {
-                let _ = Command::new("/usr/sbin/postfix")
-                    .arg("-c")
-                    .arg(&config_dir)
-                    .arg("abort")
-                    .status();
-            }
-            return (started.elapsed(), graceful);
-        }
-        let Some(mut child) = self.child.take() else {
-            return (Duration::ZERO, true);
-        };
-        // Each peer runs in its own process group (process_group(0) at
-        // spawn), so wrappers such as Haraka's launcher take their children along.
-        let group = -(child.id() as i32);
-        // SAFETY: kill(2) on the process group we created for our child.
-        unsafe {
-            libc::kill(group, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                // Reap stragglers of the group (e.g. Haraka's worker).
-                // SAFETY: as above.
-                unsafe {
-                    libc::kill(group, libc::SIGKILL);
-                }
-                return (started.elapsed(), true);
-            }
-            if Instant::now() >= deadline {
-                // SAFETY: as above.
-                unsafe {
-                    libc::kill(group, libc::SIGKILL);
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                return (started.elapsed(), false);
-            }
-            thread::sleep(POLL_INTERVAL);
         }
     }
 }
@@ -178,83 +149,56 @@ impl Drop for RunningPeer {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-/// True once 127.0.0.1:port answers with a 220 greeting.
-pub fn banner_ok(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    match crate::client::Conn::open(addr, Duration::from_secs(5)) {
-        Ok(Ok(conn)) => {
-            conn.quit();
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Poll until the peer greets; fail early if its child exited.
-fn wait_ready(port: u16, child: Option<&mut Child>, what: &str, log: &Path) -> Result<Duration> {
-    let started = Instant::now();
-    let mut child = child;
-    loop {
-        // A bare connect first: cheap, and avoids half-open sessions.
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() && banner_ok(port) {
-            return Ok(started.elapsed());
-        }
-        if let Some(c) = child.as_deref_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                bail!(
-                    "{what} exited ({status}) before accepting; see {}:\n{}",
-                    log.display(),
-                    tail(log)
-                );
-            }
-        }
-        if started.elapsed() > READY_TIMEOUT {
-            bail!(
-                "{what} did not greet on port {port} within {READY_TIMEOUT:?}; see {}",
-                log.display()
-            );
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(2000);
-    text.get(start..).unwrap_or("").to_string()
-}
-
 /// Render ecelerity's config for a relay to `gateway_port`.
 pub fn ecelerity_config(port: u16, gateway_port: u16, o: &EcelerityOptions) -> String {
+    let mut config = EcelerityConfig::new("ecelerity.bench", port, gateway_port, o.shards);
+    config
+        .option("max_outbound_connections", o.max_outbound_connections)
+        .option("delivery_shards", o.delivery_shards)
+        .option("retry_interval", o.retry_interval_s)
+        .option("connect_timeout", o.connect_timeout_s);
     format!(
-        "# ecbench: ecelerity as a durable relay to a sink on loopback\n\
-         spoolbase = \"spool\"\n\
-         pidfile = \"ecelerity.pid\"\n\
-         hostname = \"ecelerity.bench\"\n\
-         shards = {shards}\n\
-         relay_hosts = ( \"127.0.0.0/8\" )\n\
-         gateway = \"127.0.0.1:{gateway_port}\"\n\
-         max_outbound_connections = {conns}\n\
-         delivery_shards = {delivery_shards}\n\
-         retry_interval = {retry}\n\
-         connect_timeout = {connect}\n\
-         ESMTP_Listener {{ Listen \"127.0.0.1:{port}\" {{ }} }}\n\
-         Control_Listener {{ Listen \"ctl.sock\" {{ File_Mode = 0600 }} }}\n\
-         ec_logger \"ec_logger\" {{\n  mainlog = \"log/mainlog.ec\"\n  rejectlog = \"log/rejectlog.ec\"\n  paniclog = \"log/paniclog.ec\"\n}}\n",
-        shards = o.shards,
-        delivery_shards = o.delivery_shards,
-        conns = o.max_outbound_connections,
-        retry = o.retry_interval_s,
-        connect = o.connect_timeout_s,
+        "# ecbench: ecelerity as a durable relay to a sink on loopback\n{}",
+        config.render()
     )
+}
+
+/// Spawn `command` in its own process group with stdout and stderr to
+/// `log`, and wait until it greets on `port`. Returns the guarded child
+/// and the time from spawn to the greeting.
+fn spawn_and_wait(
+    what: &str,
+    mut command: Command,
+    port: u16,
+    log: &Path,
+) -> Result<(ChildGuard, Duration)> {
+    let out = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let started = Instant::now();
+    let child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("spawn {what} ({:?})", command.get_program()))?;
+    let mut guard = ChildGuard::new_group(what, child);
+    wait_for_greeting(what, port, Some(&mut guard), log, READY_TIMEOUT)?;
+    Ok((guard, started.elapsed()))
+}
+
+fn running(kind: PeerKind, port: u16, durability: String, process: Process) -> RunningPeer {
+    let root_pid = match &process {
+        Process::Child(child) => child.pid().expect("a started peer has a pid"),
+        Process::Postfix(postfix) => postfix.master_pid(),
+    };
+    RunningPeer {
+        kind,
+        port,
+        root_pid,
+        durability,
+        process,
+    }
 }
 
 /// Start ecelerity in `dir` (kept: a restart reuses its spool).
@@ -270,181 +214,59 @@ pub fn start_ecelerity(
     if !config.exists() {
         fs::write(&config, ecelerity_config(port, gateway_port, o))?;
     }
-    let log = dir.join("stderr.log");
-    let started = Instant::now();
-    let mut child = Command::new(&paths.ecelerity_bin)
-        .arg("--config")
-        .arg(&config)
-        .arg("--log-level")
-        .arg("warn")
-        .current_dir(dir)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("spawn {}", paths.ecelerity_bin.display()))?;
-    wait_ready(port, Some(&mut child), "ecelerity", &log)?;
-    let ready = started.elapsed();
+    let mut command = ecelerity_command(&paths.ecelerity_bin, dir, &config);
+    command.arg("--log-level").arg("warn");
+    let (child, ready) = spawn_and_wait("ecelerity", command, port, &dir.join("stderr.log"))?;
     let shards = if o.shards == 0 {
         "one per CPU".to_string()
     } else {
         o.shards.to_string()
     };
+    let durability = format!("spool fdatasync (group commit) before 250; shards: {shards}");
     Ok((
-        RunningPeer {
-            kind: PeerKind::Ecelerity,
-            port,
-            root_pid: child.id(),
-            durability: format!("spool fdatasync (group commit) before 250; shards: {shards}"),
-            child: Some(child),
-            postfix_config_dir: None,
-        },
+        running(PeerKind::Ecelerity, port, durability, Process::Child(child)),
         ready,
     ))
 }
 
 /// Start a private Postfix instance as a relay to `sink_port`.
 pub fn start_postfix(dir: &Path, port: u16, sink_port: u16) -> Result<RunningPeer> {
-    if !Path::new("/usr/sbin/postfix").exists() {
-        bail!("postfix is not installed (tests/install-deps installs it)");
-    }
-    let config_dir = dir.join("etc");
-    let queue_dir = dir.join("queue");
-    let data_dir = dir.join("data");
-    for d in [&config_dir, &queue_dir, &data_dir] {
-        fs::create_dir_all(d)?;
-    }
-    let main_cf = format!(
-        "compatibility_level = 3.6\n\
-         queue_directory = {queue}\n\
-         data_directory = {data}\n\
-         mail_owner = postfix\n\
-         setgid_group = postdrop\n\
-         myhostname = postfix.bench\n\
-         mydestination =\n\
-         inet_interfaces = 127.0.0.1\n\
-         inet_protocols = ipv4\n\
-         mynetworks = 127.0.0.0/8\n\
-         relayhost = [127.0.0.1]:{sink_port}\n\
-         smtpd_relay_restrictions = permit_mynetworks, reject\n\
-         in_flow_delay = 0\n\
-         default_process_limit = 300\n\
-         default_destination_concurrency_limit = 100\n\
-         smtp_connection_cache_on_demand = yes\n\
-         smtpd_client_connection_count_limit = 0\n\
-         smtpd_client_connection_rate_limit = 0\n\
-         smtp_tls_security_level = none\n\
-         smtpd_tls_security_level = none\n\
-         biff = no\n\
-         maillog_file_prefixes = {dir}\n\
-         maillog_file = {dir}/maillog\n\
-         alias_maps =\n\
-         alias_database =\n\
-         local_recipient_maps =\n",
-        queue = queue_dir.display(),
-        data = data_dir.display(),
-        dir = dir.display(),
-    );
-    fs::write(config_dir.join("main.cf"), main_cf)?;
-    let master_cf = format!(
-        "127.0.0.1:{port} inet n - n - - smtpd\n\
-         pickup    unix  n       -       n       60      1       pickup\n\
-         cleanup   unix  n       -       n       -       0       cleanup\n\
-         qmgr      unix  n       -       n       300     1       qmgr\n\
-         tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n\
-         rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-         bounce    unix  -       -       n       -       0       bounce\n\
-         defer     unix  -       -       n       -       0       bounce\n\
-         trace     unix  -       -       n       -       0       bounce\n\
-         verify    unix  -       -       n       -       1       verify\n\
-         flush     unix  n       -       n       1000?   0       flush\n\
-         proxymap  unix  -       -       n       -       -       proxymap\n\
-         smtp      unix  -       -       n       -       -       smtp\n\
-         relay     unix  -       -       n       -       -       smtp\n\
-         showq     unix  n       -       n       -       -       showq\n\
-         error     unix  -       -       n       -       -       error\n\
-         retry     unix  -       -       n       -       -       error\n\
-         discard   unix  -       -       n       -       -       discard\n\
-         local     unix  -       n       n       -       -       local\n\
-         anvil     unix  -       -       n       -       1       anvil\n\
-         scache    unix  -       -       n       -       1       scache\n\
-         postlog   unix-dgram n  -       n       -       1       postlogd\n"
-    );
-    fs::write(config_dir.join("master.cf"), master_cf)?;
-    let _ = Command::new("chown")
-        .arg("-R")
-        .arg("postfix")
-        .arg(&data_dir)
-        .status();
-    let log = dir.join("start.log");
-    let status = Command::new("/usr/sbin/postfix")
-        .arg("-c")
-        .arg(&config_dir)
-        .arg("start")
-        .stdout(fs::File::create(&log)?)
-        .stderr(fs::File::options().append(true).open(&log)?)
-        .status()?;
-    if !status.success() {
-        bail!(
-            "postfix start failed ({status}):\n{}\n{}",
-            tail(&log),
-            tail(&dir.join("maillog"))
-        );
-    }
-    let pid_file = queue_dir.join("pid/master.pid");
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let root_pid = loop {
-        if let Some(pid) = fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        {
-            break pid;
-        }
-        if Instant::now() > deadline {
-            bail!("postfix wrote no {}", pid_file.display());
-        }
-        thread::sleep(POLL_INTERVAL);
-    };
-    let peer = RunningPeer {
-        kind: PeerKind::Postfix,
+    let config = PostfixConfig {
         port,
-        root_pid,
-        durability: "queue file fsync before 250 (Postfix default)".into(),
-        child: None,
-        postfix_config_dir: Some(config_dir),
+        relay_port: sink_port,
+        hostname: "postfix.bench".into(),
+        main_cf_extra: POSTFIX_BENCH_MAIN_CF.into(),
     };
-    wait_ready(port, None, "postfix", &dir.join("maillog"))?;
-    Ok(peer)
+    let postfix = Postfix::start(dir, &config, READY_TIMEOUT, STOP_TIMEOUT)?;
+    let durability = "queue file fsync before 250 (Postfix default)".to_string();
+    Ok(running(
+        PeerKind::Postfix,
+        port,
+        durability,
+        Process::Postfix(postfix),
+    ))
 }
 
 /// Start kumod through its relay script, fdatasync before each 250.
 pub fn start_kumo(script: &Path, dir: &Path, port: u16, sink_port: u16) -> Result<RunningPeer> {
     let spool = dir.join("spool");
     fs::create_dir_all(&spool)?;
-    let log = dir.join("kumod.log");
-    let mut child = Command::new(script)
+    let mut command = Command::new(script);
+    command
         .arg(&spool)
         .arg(port.to_string())
         .arg(sink_port.to_string())
         .arg("true")
         .env("KUMO_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("KUMO_CONN_LIMIT", "64")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&log)?)
-        .stderr(fs::File::options().append(true).open(&log)?)
-        .spawn()
-        .with_context(|| format!("spawn {}", script.display()))?;
-    wait_ready(port, Some(&mut child), "kumod", &log)?;
-    Ok(RunningPeer {
-        kind: PeerKind::Kumo,
+        .env("KUMO_CONN_LIMIT", "64");
+    let (child, _) = spawn_and_wait("kumod", command, port, &dir.join("kumod.log"))?;
+    let durability = "RocksDB spool, flush=true + force_sync: WAL synced before 250".to_string();
+    Ok(running(
+        PeerKind::Kumo,
         port,
-        root_pid: child.id(),
-        durability: "RocksDB spool, flush=true + force_sync: WAL synced before 250".into(),
-        child: Some(child),
-        postfix_config_dir: None,
-    })
+        durability,
+        Process::Child(child),
+    ))
 }
 
 /// `npm install Haraka` into the cache once; the path of its `haraka` script.
@@ -511,27 +333,16 @@ pub fn start_haraka(
     }
     fs::write(config.join("log.ini"), "[main]\nlevel=warn\n")?;
     fs::write(config.join("host_list"), "")?;
-    let log = dir.join("haraka.log");
-    let mut child = Command::new("node")
-        .arg(&bin)
-        .arg("-c")
-        .arg(dir)
-        .current_dir(dir)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&log)?)
-        .stderr(fs::File::options().append(true).open(&log)?)
-        .spawn()
-        .context("spawn haraka")?;
-    wait_ready(port, Some(&mut child), "haraka", &log)?;
-    Ok(RunningPeer {
-        kind: PeerKind::Haraka,
+    let mut command = Command::new("node");
+    command.arg(&bin).arg("-c").arg(dir).current_dir(dir);
+    let (child, _) = spawn_and_wait("haraka", command, port, &dir.join("haraka.log"))?;
+    let durability = "outbound queue file written before 250 (no fsync)".to_string();
+    Ok(running(
+        PeerKind::Haraka,
         port,
-        root_pid: child.id(),
-        durability: "outbound queue file written before 250 (no fsync)".into(),
-        child: Some(child),
-        postfix_config_dir: None,
-    })
+        durability,
+        Process::Child(child),
+    ))
 }
 
 /// Start any peer kind with defaults.

@@ -1,6 +1,6 @@
 //! Result types shared by the generator, the sink and the scenarios:
 //! latency summaries from hdrhistogram, value distributions (`1024` or
-//! `1024:70,10240:30`), a tiny deterministic PRNG, and text rendering.
+//! `1024:70,10240:30`) and text rendering.
 //! Owns: the JSON shape of every ecbench report.
 //! May call: hdrhistogram, serde.
 //! Never: sockets or processes.
@@ -177,29 +177,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("bad number `{text}`"))
 }
 
-/// splitmix64: a small deterministic PRNG for reply scripts and distributions.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 100).
-    pub fn percent(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0
-    }
-}
-
 /// What one load run (client side) saw.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LoadReport {
@@ -332,14 +309,5 @@ mod tests {
         assert!(s.p50_us <= s.p90_us && s.p90_us <= s.p99_us && s.p99_us <= s.max_us);
         assert_eq!(s.count, 10_000);
         assert!(s.cdf.windows(2).all(|w| w[0].1 <= w[1].1));
-    }
-
-    #[test]
-    fn rng_percent_stays_in_range() {
-        let mut r = Rng::new(7);
-        for _ in 0..1000 {
-            let p = r.percent();
-            assert!((0.0..100.0).contains(&p));
-        }
     }
 }

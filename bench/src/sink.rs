@@ -5,7 +5,7 @@
 //! of DATA here. Supports PIPELINING: replies are buffered until the input
 //! buffer holds no complete command, then written in one go.
 //! Owns: the listening socket, one thread per connection, the counters.
-//! May call: std::net, report.
+//! May call: std::net, report, `ecelerity_testkit::Rng` (reply scripts).
 //! Never: the MTA under test.
 
 use std::io::{self, Read, Write};
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::client::{unix_ns, TIMESTAMP_DIGITS, TIMESTAMP_HEADER};
-use crate::report::{latency_histogram, record_us, LatencySummary, Rng, SinkReport};
+use ecelerity_testkit::Rng;
+
+use crate::report::{latency_histogram, record_us, LatencySummary, SinkReport};
 
 /// Read buffer per connection.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -213,7 +215,7 @@ fn serve(mut stream: TcpStream, c: &Counters, script: &ReplyScript, seed: u64) -
                             out.extend_from_slice(b"250 2.1.0 Ok\r\n");
                         }
                         b"RCPT" if have_mail => {
-                            let roll = rng.percent();
+                            let roll = rng.unit_f64() * 100.0;
                             if roll < script.reject_5xx_pct {
                                 c.rcpt_5xx.fetch_add(1, Ordering::Relaxed);
                                 out.extend_from_slice(b"550 5.1.1 rejected by script\r\n");

@@ -11,7 +11,7 @@
 //! `ECELERITY_FUZZ_SEED` shifts every target to another sequence.
 //!
 //! Owns: nothing but these loops. May call: public parsing APIs of the
-//! engine and the spool. Never: sockets, files other than none, clocks.
+//! engine and the spool, `ecelerity_testkit::Rng`. Never: sockets, files other than none, clocks.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -25,6 +25,7 @@ use ecelerity_engine::smtp::server::{
 };
 use ecelerity_policy::{Policy, RelayControl};
 use ecelerity_spool::record::{decode, encode, Record};
+use ecelerity_testkit::Rng;
 
 /// Cases per target when `ECELERITY_FUZZ_CASES` is unset.
 const FUZZ_CASES_DEFAULT: u64 = 2_000;
@@ -45,53 +46,36 @@ fn seed() -> u64 {
         .unwrap_or(0)
 }
 
-/// xorshift64*; deterministic per (target, case).
-struct Rng(u64);
+/// The generator of one case: deterministic per (seed, target, case).
+fn rng_for_case(target: u64, case: u64) -> Rng {
+    Rng::new(
+        (seed() ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_add(case.wrapping_mul(0xD1B5_4A32_D192_ED03)),
+    )
+}
 
-impl Rng {
-    fn for_case(target: u64, case: u64) -> Rng {
-        let mixed = (seed() ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .wrapping_add(case.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        Rng(mixed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        assert!(n > 0);
-        (self.next() % n as u64) as usize
-    }
-
-    /// Fragments joined at random, then a few bytes overwritten with ones
-    /// parsers care about.
-    fn splice(&mut self, fragments: &[&[u8]], pieces: usize, specials: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for _ in 0..self.below(pieces + 1) {
-            out.extend_from_slice(fragments[self.below(fragments.len())]);
-            if out.len() > INPUT_BYTES_MAX {
-                break;
-            }
+/// Fragments joined at random, then a few bytes overwritten with ones
+/// parsers care about.
+fn splice(rng: &mut Rng, fragments: &[&[u8]], pieces: usize, specials: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..rng.index(pieces + 1) {
+        out.extend_from_slice(fragments[rng.index(fragments.len())]);
+        if out.len() > INPUT_BYTES_MAX {
+            break;
         }
-        for _ in 0..self.below(5) {
-            if out.is_empty() {
-                break;
-            }
-            let at = self.below(out.len());
-            out[at] = if self.below(4) == 0 {
-                self.next() as u8
-            } else {
-                specials[self.below(specials.len())]
-            };
-        }
-        out
     }
+    for _ in 0..rng.index(5) {
+        if out.is_empty() {
+            break;
+        }
+        let at = rng.index(out.len());
+        out[at] = if rng.index(4) == 0 {
+            rng.byte()
+        } else {
+            specials[rng.index(specials.len())]
+        };
+    }
+    out
 }
 
 fn report(target: &str, cases: u64) {
@@ -178,9 +162,9 @@ fn fuzz_smtp_server_session() {
     let specials = [b'\r', b'\n', b'.', 0, b' ', b':', b'<', b'>', 0xff];
     let mut messages = 0u64;
     for case in 0..n {
-        let mut rng = Rng::for_case(1, case);
+        let mut rng = rng_for_case(1, case);
         let mut session = server(limits.clone());
-        let input = rng.splice(SMTP_FRAGMENTS, 80, &specials);
+        let input = splice(&mut rng, SMTP_FRAGMENTS, 80, &specials);
         let (mut at, mut out) = (0, Vec::new());
         while !session.is_closed() {
             while let Some(event) = session.next_event() {
@@ -190,7 +174,7 @@ fn fuzz_smtp_server_session() {
                 }
             }
             if session.awaiting_spool() {
-                let outcome = match rng.below(4) {
+                let outcome = match rng.index(4) {
                     0 => SpoolOutcome::StorageFull,
                     1 => SpoolOutcome::TemporaryFailure,
                     _ => SpoolOutcome::Queued {
@@ -200,10 +184,10 @@ fn fuzz_smtp_server_session() {
                 session.spooled(outcome);
             } else if at < input.len() && session.wants_input() {
                 let most = session.input_capacity().min(input.len() - at);
-                let take = 1 + rng.below(most);
+                let take = 1 + rng.index(most);
                 session.input(&input[at..at + take]);
                 at += take;
-            } else if rng.below(2) == 0 {
+            } else if rng.index(2) == 0 {
                 session.idle_timeout();
             } else {
                 break;
@@ -245,8 +229,8 @@ fn fuzz_outbound_data_encoding_round_trips_through_a_strict_receiver() {
         b".\r\n",
     ];
     for case in 0..n {
-        let mut rng = Rng::for_case(2, case);
-        let mut body = rng.splice(fragments, 40, b".\r\n");
+        let mut rng = rng_for_case(2, case);
+        let mut body = splice(&mut rng, fragments, 40, b".\r\n");
         body.retain(|&b| b != 0);
         let mut wire =
             b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n".to_vec();
@@ -269,7 +253,7 @@ fn fuzz_outbound_data_encoding_round_trips_through_a_strict_receiver() {
                     queue_id: "Q1".into(),
                 });
             } else if at < wire.len() {
-                let take = (1 + rng.below(64))
+                let take = (1 + rng.index(64))
                     .min(wire.len() - at)
                     .min(session.input_capacity());
                 session.input(&wire[at..at + take]);
@@ -338,12 +322,12 @@ fn fuzz_outbound_reply_parser() {
     ];
     let mut replies = 0u64;
     for case in 0..n {
-        let mut rng = Rng::for_case(3, case);
-        let input = rng.splice(fragments, 200, &[b'\r', b'\n', b'-', b' ', 0]);
+        let mut rng = rng_for_case(3, case);
+        let input = splice(&mut rng, fragments, 200, &[b'\r', b'\n', b'-', b' ', 0]);
         let mut parser = ReplyParser::new();
         let mut at = 0;
         while at < input.len() {
-            let take = (1 + rng.below(100)).min(input.len() - at);
+            let take = (1 + rng.index(100)).min(input.len() - at);
             parser.feed(&input[at..at + take]);
             at += take;
             while let Ok(Some(reply)) = parser.next_reply() {
@@ -406,8 +390,13 @@ fn fuzz_config_parser() {
     ];
     let mut accepted = 0u64;
     for case in 0..n {
-        let mut rng = Rng::for_case(4, case);
-        let input = rng.splice(fragments, 30, &[b'{', b'}', b'"', b'\n', b'=', b'#', 0xc3]);
+        let mut rng = rng_for_case(4, case);
+        let input = splice(
+            &mut rng,
+            fragments,
+            30,
+            &[b'{', b'}', b'"', b'\n', b'=', b'#', 0xc3],
+        );
         let text = String::from_utf8_lossy(&input);
         if let Ok(config) = Config::parse(&text, Path::new("fuzz.conf")) {
             accepted += 1;
@@ -428,48 +417,48 @@ fn fuzz_spool_record_decoders() {
     let n = cases();
     let mut decoded = 0u64;
     for case in 0..n {
-        let mut rng = Rng::for_case(5, case);
+        let mut rng = rng_for_case(5, case);
         let envelope = SpooledEnvelope {
-            received_unix_ms: rng.next(),
+            received_unix_ms: rng.next_u64(),
             peer_ip: "192.0.2.1".parse().unwrap(),
-            connection_id: rng.next(),
-            body_8bitmime: rng.below(2) == 0,
+            connection_id: rng.next_u64(),
+            body_8bitmime: rng.index(2) == 0,
             binding: ecelerity_engine::config::DEFAULT_BINDING.into(),
             mail_from: "a@c.test".into(),
-            rcpts: (0..rng.below(4)).map(|i| format!("r{i}@x.test")).collect(),
+            rcpts: (0..rng.index(4)).map(|i| format!("r{i}@x.test")).collect(),
         };
         let mut env_bytes = Vec::new();
         envelope.encode(&mut env_bytes);
-        let body: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
-        let record = match rng.below(3) {
+        let body: Vec<u8> = (0..rng.index(300)).map(|_| rng.byte()).collect();
+        let record = match rng.index(3) {
             0 => Record::Message {
-                id: rng.next(),
+                id: rng.next_u64(),
                 envelope: &env_bytes,
                 body: &body,
             },
             1 => Record::Note {
-                id: rng.next(),
+                id: rng.next_u64(),
                 data: &body,
             },
-            _ => Record::Complete { id: rng.next() },
+            _ => Record::Complete { id: rng.next_u64() },
         };
         let mut buf = Vec::new();
         encode(&record, &mut buf);
         let (clean, used) = decode(&buf).expect("a fresh record decodes");
         assert_eq!((clean, used), (record, buf.len()), "case {case}");
         // Damage: flips, truncation, garbage tail, or pure garbage.
-        match rng.below(4) {
+        match rng.index(4) {
             0 => {
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(buf.len());
-                    buf[at] ^= 1 << rng.below(8);
+                for _ in 0..1 + rng.index(4) {
+                    let at = rng.index(buf.len());
+                    buf[at] ^= 1 << rng.index(8);
                 }
             }
-            1 => buf.truncate(rng.below(buf.len())),
-            2 => buf.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            1 => buf.truncate(rng.index(buf.len())),
+            2 => buf.extend((0..rng.index(64)).map(|_| rng.byte())),
             _ => {
-                let len = rng.below(INPUT_BYTES_MAX);
-                buf = (0..len).map(|_| rng.next() as u8).collect();
+                let len = rng.index(INPUT_BYTES_MAX);
+                buf = (0..len).map(|_| rng.byte()).collect();
             }
         }
         if let Ok((_, used)) = decode(&buf) {
@@ -478,9 +467,9 @@ fn fuzz_spool_record_decoders() {
         }
         let mut garbage = env_bytes.clone();
         if !garbage.is_empty() {
-            let at = rng.below(garbage.len());
-            garbage[at] = rng.next() as u8;
-            garbage.truncate(rng.below(garbage.len() + 1));
+            let at = rng.index(garbage.len());
+            garbage[at] = rng.byte();
+            garbage.truncate(rng.index(garbage.len() + 1));
         }
         let _ = SpooledEnvelope::decode(&garbage);
         assert_eq!(

@@ -2,9 +2,12 @@
 //! against real clients (smtplib via `tests/py/send.py`, swaks, Postfix
 //! `smtp-source`) and real sinks (aiosmtpd via `tests/py/sink.py`, Postfix
 //! `smtp-sink`), and reads what they leave behind (mainlog, sink files).
-//! Owns: temporary directories, free ports, child processes of a test.
-//! May call: the binaries in target/debug (or `ECELERITY_BIN_DIR`), the
-//! Python helpers in tests/py, swaks, smtp-sink, smtp-source.
+//! Owns: temporary directories, the children of a test (daemon, sinks,
+//! clients) and what they leave behind.
+//! May call: `ecelerity_testkit` (child guards, ports, banner probe, log
+//! tail, config rendering, Postfix, `Rng`), the binaries in target/debug
+//! (or `ECELERITY_BIN_DIR`), the Python helpers in tests/py, swaks,
+//! smtp-sink, smtp-source.
 //! Never: the daemon's internals (this harness has no engine or spool
 //! dependency); a test sees the daemon only through its sockets, files and
 //! exit status. One test (`e2e/outbound_strict.rs`) writes a spool with the
@@ -14,18 +17,26 @@
 //! Every child process is killed when its owner is dropped, also while a
 //! test panics, so a failed test never leaves a daemon or sink behind.
 //! Tests are independent: each makes its own `TempDir`, ports and processes,
-//! so nextest may run them in parallel.
+//! so nextest may run them in parallel. The helpers the tests share with
+//! `ecbench` live in `ecelerity_testkit` and are re-exported here under the
+//! names the tests have always used.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use ecelerity_testkit::{
+    bin_dir, complete_lines, file_tail, free_port, poll_until, process_alive, run, run_with_input,
+    smtp_banner_ok, ChildGuard, EcelerityConfig, PidFileGuard, Rng, CONFIG_FILE_NAME,
+    MAINLOG_RELATIVE, POLL_INTERVAL, POSTFIX_BIN,
+};
+use ecelerity_testkit::{ecelerity_command, wait_for_greeting, Postfix, PostfixConfig};
 
 /// How long a daemon or sink may take from spawn to answering `220`. The
 /// contract says 20 s; CI has two cores shared by parallel tests, so we wait
@@ -35,30 +46,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(40);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 /// Default wait for a mainlog line or a sink arrival in a simple test.
 pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often pollers look again.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Read timeout for one banner read during readiness polling.
-const BANNER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest tail of a log file quoted in a failure message.
-const FAILURE_TAIL_BYTES_MAX: usize = 4096;
-/// Name of the config file `Daemon::start` writes into the test directory.
-pub const CONFIG_FILE_NAME: &str = "ecelerity.conf";
-/// Mainlog path relative to the test directory, as `TestConfig` renders it.
-pub const MAINLOG_RELATIVE: &str = "log/mainlog.ec";
-
-/// Directory holding `ecelerity`, `ec_ctl`, `ec_console`, `validate_config`
-/// and `ec_dump_config`: `ECELERITY_BIN_DIR` if set, else the directory two
-/// levels above this test executable (target/debug/deps/e2e-HASH).
-pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ECELERITY_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps")
-        .to_path_buf()
-}
 
 /// Path of one of the project's binaries; panics with advice when it is missing.
 pub fn bin(name: &str) -> PathBuf {
@@ -129,228 +116,6 @@ impl Drop for TempDir {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound, read, closed).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// Poll `condition` until it returns `Some` or `timeout` passes.
-pub fn poll_until<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = condition() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// The last `FAILURE_TAIL_BYTES_MAX` bytes of a file, lossily decoded, for
-/// failure messages. Empty when the file cannot be read.
-pub fn file_tail(path: &Path) -> String {
-    let bytes = fs::read(path).unwrap_or_default();
-    let start = bytes.len().saturating_sub(FAILURE_TAIL_BYTES_MAX);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
-/// Connect to 127.0.0.1:`port` once and read the greeting's first line.
-/// Returns true when it starts with "220". Sends QUIT so the server sees a
-/// clean session.
-pub fn smtp_banner_ok(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(stream) = TcpStream::connect_timeout(&addr, BANNER_READ_TIMEOUT) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(BANNER_READ_TIMEOUT));
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    let ok = matches!(reader.read_line(&mut line), Ok(n) if n > 0) && line.starts_with("220");
-    let _ = (&stream).write_all(b"QUIT\r\n");
-    let _ = stream.shutdown(Shutdown::Write);
-    ok
-}
-
-// ---------------------------------------------------------------------------
-// Child processes.
-
-/// A child process that is killed (SIGKILL) and reaped when dropped.
-pub struct ChildGuard {
-    name: String,
-    child: Option<Child>,
-}
-
-impl ChildGuard {
-    pub fn new(name: &str, child: Child) -> ChildGuard {
-        ChildGuard {
-            name: name.to_string(),
-            child: Some(child),
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Some(status) once the child has exited; None while it runs.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        child.try_wait().expect("try_wait")
-    }
-
-    pub fn signal(&self, signal: libc::c_int) {
-        if let Some(child) = &self.child {
-            // The child is not reaped until we wait for it, so the pid cannot
-            // have been reused by another process.
-            let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-            let _ = rc;
-        }
-    }
-
-    /// Wait up to `timeout` for the child to exit; the child is kept (and
-    /// the status returned) once it has.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        poll_until(timeout, || self.try_wait())
-    }
-
-    /// SIGKILL and reap. Returns the exit status.
-    pub fn kill(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = child.kill();
-        Some(child.wait().expect("wait after kill"))
-    }
-
-    /// Take the child out of the guard (after it exited) to read its output.
-    pub fn into_child(mut self) -> Child {
-        self.child.take().expect("child already taken")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("e2e: killing {} (pid {})", self.name, child.id());
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Kills the process named in a pid file on drop: for daemons started by
-/// `ec_ctl start`, which are not our children.
-pub struct PidFileGuard {
-    pub path: PathBuf,
-}
-
-impl PidFileGuard {
-    pub fn read_pid(&self) -> Option<libc::pid_t> {
-        fs::read_to_string(&self.path).ok()?.trim().parse().ok()
-    }
-}
-
-impl Drop for PidFileGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.read_pid() {
-            if pid > 1 && process_alive(pid) {
-                eprintln!("e2e: killing pid {pid} from {}", self.path.display());
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-/// True while a process with this pid exists and is not a zombie (a
-/// daemon reparented to a container's init may never be reaped).
-pub fn process_alive(pid: libc::pid_t) -> bool {
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // The state follows the parenthesised command name, which may hold spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    state != Some('Z')
-}
-
-/// Run a command to completion with `stdin` fed from `input`, killing it if
-/// it runs longer than `timeout`. Panics on timeout.
-pub fn run_with_input(command: &mut Command, input: &[u8], timeout: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let out_bytes = read_in_background(stdout);
-    let err_bytes = read_in_background(stderr);
-    let mut guard = ChildGuard::new(&format!("{command:?}"), child);
-    let status = guard
-        .wait_timeout(timeout)
-        .unwrap_or_else(|| panic!("{command:?} still running after {timeout:?}"));
-    let _ = writer.join();
-    Output {
-        status,
-        stdout: collect_output(&out_bytes),
-        stderr: collect_output(&err_bytes),
-    }
-}
-
-/// How long to wait for a pipe's EOF after the command exited. A daemon
-/// started in the background may keep the pipe open; we then take what came.
-const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Read a pipe on a thread, sending each chunk as it comes.
-fn read_in_background(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
-    let (sender, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buffer = [0u8; 8192];
-        loop {
-            match pipe.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if sender.send(buffer[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    receiver
-}
-
-/// Everything a background reader sent until EOF or `PIPE_DRAIN_TIMEOUT`.
-fn collect_output(receiver: &mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
-    let deadline = Instant::now() + PIPE_DRAIN_TIMEOUT;
-    let mut bytes = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(chunk) => bytes.extend_from_slice(&chunk),
-            Err(_) => return bytes,
-        }
-    }
-}
-
-/// Run a command with no input (stdin /dev/null) and a timeout.
-pub fn run(command: &mut Command, timeout: Duration) -> Output {
-    run_with_input(command, b"", timeout)
-}
-
 // ---------------------------------------------------------------------------
 // Configuration.
 
@@ -384,34 +149,14 @@ impl TestConfig {
     }
 
     pub fn render(&self) -> String {
-        let relay_hosts: Vec<String> = self
-            .relay_hosts
-            .iter()
-            .map(|h| format!("\"{h}\""))
-            .collect();
-        format!(
-            "spoolbase = \"spool\"\n\
-             pidfile = \"ecelerity.pid\"\n\
-             hostname = \"mta.test\"\n\
-             shards = {shards}\n\
-             relay_hosts = ( {relay} )\n\
-             gateway = \"127.0.0.1:{gateway}\"\n\
-             retry_interval = {retry}\n\
-             max_retry_interval = {retry_max}\n\
-             ESMTP_Listener {{ Listen \"127.0.0.1:{smtp}\" {{ }} }}\n\
-             Control_Listener {{ Listen \"ctl.sock\" {{ File_Mode = 0600 }} }}\n\
-             ec_logger \"ec_logger\" {{ mainlog = \"{mainlog}\" rejectlog = \"log/rejectlog.ec\" \
-             paniclog = \"log/paniclog.ec\" }}\n\
-             {extra}\n",
-            shards = self.shards,
-            relay = relay_hosts.join(", "),
-            gateway = self.gateway_port,
-            retry = self.retry_interval_s,
-            retry_max = self.max_retry_interval_s,
-            smtp = self.smtp_port,
-            mainlog = MAINLOG_RELATIVE,
-            extra = self.extra,
-        )
+        let mut config =
+            EcelerityConfig::new("mta.test", self.smtp_port, self.gateway_port, self.shards);
+        config.relay_hosts = self.relay_hosts.clone();
+        config
+            .option("retry_interval", self.retry_interval_s)
+            .option("max_retry_interval", self.max_retry_interval_s);
+        config.extra = self.extra.clone();
+        config.render()
     }
 }
 
@@ -467,17 +212,6 @@ impl MainlogLine {
     pub fn field(&self, index: usize) -> &str {
         self.fields.get(index).map(String::as_str).unwrap_or("")
     }
-}
-
-/// Complete lines (terminated by '\n') of a log file; a partly written last
-/// line is left for the next read.
-pub fn complete_lines(path: &Path) -> Vec<String> {
-    let bytes = fs::read(path).unwrap_or_default();
-    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&bytes[..end])
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 pub fn parse_mainlog(lines: &[String]) -> Vec<MainlogLine> {
@@ -546,11 +280,7 @@ impl Daemon {
         self.starts += 1;
         let banner = format!("--- e2e: start {} ---\n", self.starts);
         let _ = (&stderr).write_all(banner.as_bytes());
-        let child = Command::new(bin("ecelerity"))
-            .arg("--config")
-            .arg(CONFIG_FILE_NAME)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
+        let child = ecelerity_command(&bin("ecelerity"), &self.dir, Path::new(CONFIG_FILE_NAME))
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
@@ -572,22 +302,15 @@ impl Daemon {
             self.smtp_port != 0,
             "config has no ESMTP_Listener Listen \"host:port\""
         );
-        let port = self.smtp_port;
-        let ready = poll_until(READY_TIMEOUT, || {
-            if let Some(status) = self.child.as_mut().and_then(ChildGuard::try_wait) {
-                panic!(
-                    "ecelerity exited with {status} before it was ready; stderr:\n{}",
-                    self.stderr_text()
-                );
-            }
-            smtp_banner_ok(port).then_some(())
-        });
-        if ready.is_none() {
-            panic!(
-                "ecelerity did not answer 220 on port {port} within {READY_TIMEOUT:?}; stderr:\n{}",
-                self.stderr_text()
-            );
-        }
+        let stderr = self.dir.join("daemon.stderr");
+        wait_for_greeting(
+            "ecelerity",
+            self.smtp_port,
+            self.child.as_mut(),
+            &stderr,
+            READY_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn dir(&self) -> &Path {
@@ -855,21 +578,14 @@ impl Sink {
             .spawn()
             .expect("spawn python3 sink.py (run tests/install-deps)");
         self.child = Some(ChildGuard::new("sink.py", child));
-        let port = self.port;
-        let ready = poll_until(READY_TIMEOUT, || {
-            if let Some(status) = self.child.as_mut().and_then(ChildGuard::try_wait) {
-                panic!(
-                    "sink.py exited with {status}:\n{}",
-                    file_tail(&self.log_path)
-                );
-            }
-            smtp_banner_ok(port).then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "sink.py not ready on port {port}:\n{}",
-            file_tail(&self.log_path)
-        );
+        wait_for_greeting(
+            "sink.py",
+            self.port,
+            self.child.as_mut(),
+            &self.log_path,
+            READY_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn port(&self) -> u16 {
@@ -952,7 +668,8 @@ impl PostfixSink {
     pub fn start(dir: &Path, port: u16) -> PostfixSink {
         fs::create_dir_all(dir).expect("create smtp-sink dir");
         let template = format!("{}/msg.", dir.display());
-        let log = File::create(dir.with_extension("log")).expect("smtp-sink log");
+        let log_path = dir.with_extension("log");
+        let log = File::create(&log_path).expect("smtp-sink log");
         let mut command = Command::new("/usr/sbin/smtp-sink");
         // smtp-sink refuses to run as root without a user to switch to.
         if unsafe { libc::geteuid() } == 0 {
@@ -969,13 +686,14 @@ impl PostfixSink {
             .spawn()
             .expect("spawn smtp-sink (run tests/install-deps)");
         let mut child = ChildGuard::new("smtp-sink", child);
-        let ready = poll_until(READY_TIMEOUT, || {
-            if let Some(status) = child.try_wait() {
-                panic!("smtp-sink exited with {status}");
-            }
-            smtp_banner_ok(port).then_some(())
-        });
-        assert!(ready.is_some(), "smtp-sink not ready on port {port}");
+        wait_for_greeting(
+            "smtp-sink",
+            port,
+            Some(&mut child),
+            &log_path,
+            READY_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         PostfixSink {
             dir: dir.to_path_buf(),
             port,
@@ -1258,229 +976,56 @@ impl SmtpClient {
 }
 
 // ---------------------------------------------------------------------------
-// Randomness without a dependency.
-
-/// xorshift64*: enough for picking kill moments; seeded from the clock
-/// unless `ECELERITY_SEED` is set, and the seed is printed so a run can be
-/// repeated.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn from_env_or_clock() -> Rng {
-        let seed = std::env::var("ECELERITY_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("e2e: ECELERITY_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform-ish in `low..high` (`high` exclusive, `low < high`).
-    pub fn range(&mut self, low: u64, high: u64) -> u64 {
-        assert!(low < high);
-        low + self.next_u64() % (high - low)
-    }
-}
-
-// ---------------------------------------------------------------------------
 // A strict Postfix relay.
 
-/// Where the Postfix binaries live (Debian's layout).
-pub const POSTFIX_BIN: &str = "/usr/sbin/postfix";
-/// How long `postfix start` / `postfix stop` may take.
-const POSTFIX_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// main.cf lines that make the relay strict: any bare LF from any client
+/// is refused (no exclusions, not even mynetworks), and Postfix leaves
+/// headers and MIME alone so what reaches the sink is what it was handed.
+const STRICT_RELAY_MAIN_CF: &str = "smtpd_forbid_bare_newline = reject\n\
+     smtpd_forbid_bare_newline_exclusions =\n\
+     local_header_rewrite_clients =\n\
+     disable_mime_output_conversion = yes\n";
 
-/// A private Postfix instance on 127.0.0.1:`port` that relays everything to
-/// `[127.0.0.1]:sink_port` and refuses any bare LF from any client
-/// (`smtpd_forbid_bare_newline = reject`, no exclusions, not even
-/// mynetworks). Its config, queue and data directories live under the
-/// test's directory; it logs to `DIR/maillog`. `postfix stop` on drop,
-/// `postfix abort` plus SIGKILL of the master if that does not end it.
-/// Never touches the system's own Postfix instance.
+/// A private Postfix instance (`ecelerity_testkit::Postfix`) on
+/// 127.0.0.1:`port` that relays everything to `[127.0.0.1]:sink_port` and
+/// refuses any bare LF from any client. Its files live under the test's
+/// directory; it logs to `DIR/maillog`; it is stopped on drop.
 pub struct PostfixRelay {
-    dir: PathBuf,
-    config_dir: PathBuf,
-    port: u16,
-    master_pid: Option<libc::pid_t>,
+    postfix: Postfix,
 }
 
 impl PostfixRelay {
     /// True when Postfix's binaries are installed; tests that need the
     /// relay skip (with a printed reason) when they are not.
     pub fn available() -> bool {
-        Path::new(POSTFIX_BIN).is_file()
-            && Path::new("/usr/lib/postfix/sbin/smtpd").is_file()
-            && Path::new("/usr/sbin/postconf").is_file()
+        Postfix::available()
     }
 
     /// Write the configuration under `dir`, start the instance and wait
     /// until it answers 220. Panics, quoting its log, when it does not.
     pub fn start(dir: &Path, port: u16, sink_port: u16) -> PostfixRelay {
-        let config_dir = dir.join("etc");
-        let queue_dir = dir.join("queue");
-        let data_dir = dir.join("data");
-        for d in [&config_dir, &queue_dir, &data_dir] {
-            fs::create_dir_all(d).expect("create postfix directory");
-        }
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {queue}\n\
-             data_directory = {data}\n\
-             mail_owner = postfix\n\
-             setgid_group = postdrop\n\
-             myhostname = postfix.test\n\
-             mydestination =\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             mynetworks = 127.0.0.0/8\n\
-             relayhost = [127.0.0.1]:{sink_port}\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject\n\
-             smtpd_forbid_bare_newline = reject\n\
-             smtpd_forbid_bare_newline_exclusions =\n\
-             local_header_rewrite_clients =\n\
-             disable_mime_output_conversion = yes\n\
-             in_flow_delay = 0\n\
-             smtp_tls_security_level = none\n\
-             smtpd_tls_security_level = none\n\
-             biff = no\n\
-             maillog_file_prefixes = {dir}\n\
-             maillog_file = {dir}/maillog\n\
-             alias_maps =\n\
-             alias_database =\n\
-             local_recipient_maps =\n",
-            queue = queue_dir.display(),
-            data = data_dir.display(),
-            dir = dir.display(),
-        );
-        fs::write(config_dir.join("main.cf"), main_cf).expect("write main.cf");
-        let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd\n\
-             pickup    unix  n       -       n       60      1       pickup\n\
-             cleanup   unix  n       -       n       -       0       cleanup\n\
-             qmgr      unix  n       -       n       300     1       qmgr\n\
-             tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n\
-             rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-             bounce    unix  -       -       n       -       0       bounce\n\
-             defer     unix  -       -       n       -       0       bounce\n\
-             trace     unix  -       -       n       -       0       bounce\n\
-             verify    unix  -       -       n       -       1       verify\n\
-             flush     unix  n       -       n       1000?   0       flush\n\
-             proxymap  unix  -       -       n       -       -       proxymap\n\
-             smtp      unix  -       -       n       -       -       smtp\n\
-             relay     unix  -       -       n       -       -       smtp\n\
-             showq     unix  n       -       n       -       -       showq\n\
-             error     unix  -       -       n       -       -       error\n\
-             retry     unix  -       -       n       -       -       error\n\
-             discard   unix  -       -       n       -       -       discard\n\
-             anvil     unix  -       -       n       -       1       anvil\n\
-             scache    unix  -       -       n       -       1       scache\n\
-             postlog   unix-dgram n  -       n       -       1       postlogd\n"
-        );
-        fs::write(config_dir.join("master.cf"), master_cf).expect("write master.cf");
-        // Postfix insists that data_directory belongs to mail_owner.
-        let _ = run(
-            Command::new("chown")
-                .arg("-R")
-                .arg("postfix")
-                .arg(&data_dir),
-            POSTFIX_COMMAND_TIMEOUT,
-        );
-        let mut relay = PostfixRelay {
-            dir: dir.to_path_buf(),
-            config_dir,
+        let config = PostfixConfig {
             port,
-            master_pid: None,
+            relay_port: sink_port,
+            hostname: "postfix.test".into(),
+            main_cf_extra: STRICT_RELAY_MAIN_CF.into(),
         };
-        // Output to a file, not a pipe: the master it leaves running could
-        // hold a pipe open.
-        let start_log = dir.join("postfix-start.log");
-        let log = File::create(&start_log).expect("create postfix start log");
-        let child = Command::new(POSTFIX_BIN)
-            .arg("-c")
-            .arg(&relay.config_dir)
-            .arg("start")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn postfix start");
-        let status = ChildGuard::new("postfix start", child)
-            .wait_timeout(POSTFIX_COMMAND_TIMEOUT)
-            .expect("postfix start still running");
-        assert!(
-            status.success(),
-            "postfix start failed ({status}):\n{}\nmaillog:\n{}",
-            file_tail(&start_log),
-            relay.maillog_text()
-        );
-        let pid_file = queue_dir.join("pid/master.pid");
-        relay.master_pid = poll_until(READY_TIMEOUT, || {
-            fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
-        });
-        let ready = poll_until(READY_TIMEOUT, || smtp_banner_ok(port).then_some(()));
-        assert!(
-            ready.is_some(),
-            "postfix not ready on port {port}; maillog:\n{}",
-            relay.maillog_text()
-        );
-        relay
+        let postfix = Postfix::start(dir, &config, READY_TIMEOUT, STOP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        PostfixRelay { postfix }
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.postfix.port()
     }
 
     pub fn maillog_path(&self) -> PathBuf {
-        self.dir.join("maillog")
+        self.postfix.maillog_path()
     }
 
     /// The log so far (postlogd writes it; may lag a line for a moment).
     pub fn maillog_text(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.maillog_path()).unwrap_or_default()).into_owned()
-    }
-}
-
-impl Drop for PostfixRelay {
-    fn drop(&mut self) {
-        let _ = Command::new(POSTFIX_BIN)
-            .arg("-c")
-            .arg(&self.config_dir)
-            .arg("stop")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let Some(pid) = self.master_pid else {
-            return;
-        };
-        if poll_until(STOP_TIMEOUT, || (!process_alive(pid)).then_some(())).is_none() {
-            eprintln!("e2e: postfix master {pid} ignored `postfix stop`; aborting");
-            let _ = Command::new(POSTFIX_BIN)
-                .arg("-c")
-                .arg(&self.config_dir)
-                .arg("abort")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if process_alive(pid) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        self.postfix.maillog_text()
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use ecelerity_spool::{BodyReader, Spool, SpoolOptions};
@@ -105,6 +105,18 @@ impl Inbox for Shard {
     }
 }
 
+/// A start-up step slower than this is reported in the paniclog.
+const SLOW_START_STEP_MS: u64 = 1_000;
+
+/// Says in the paniclog that a start-up step was slow (a file system slow
+/// to sync, a peer shard slow to start), so a slow start is never silent.
+fn note_slow_step(id: usize, step: &str, since: Instant) {
+    let took = since.elapsed();
+    if took >= Duration::from_millis(SLOW_START_STEP_MS) {
+        tracing::warn!(shard = id, "{step} took {:.1} s", took.as_secs_f64());
+    }
+}
+
 /// Tells the starter this shard failed, with what.
 fn fail(ready: &mpsc::Sender<Result<(), StartError>>, id: usize, what: String) {
     let _ = ready.send(Err(StartError::Other { shard: id, what }));
@@ -125,9 +137,11 @@ pub(super) async fn run(setup: Setup) {
     } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
+    let started = Instant::now();
     let Ok((senders, mut receivers)) = mesh.join().await else {
         return fail(&ready, id, "cannot join the shard mesh".into());
     };
+    note_slow_step(id, "joining the shard mesh", started);
     // Two task queues (Seastar's scheduling groups): reception and the
     // spool's group commit, where a client waits for each step, run in a
     // latency-sensitive queue; delivery runs in its own queue, so a burst
@@ -151,10 +165,12 @@ pub(super) async fn run(setup: Setup) {
         },
         inbound_queue,
     );
+    let opening = Instant::now();
     let opened = match opened {
         Ok(task) => task.await,
         Err(e) => return fail(&ready, id, format!("cannot start the spool task: {e}")),
     };
+    note_slow_step(id, "opening and recovering the spool", opening);
     let (spool, recovery) = match opened {
         Ok(pair) => pair,
         Err(e) => {

@@ -1031,6 +1031,7 @@ fn is_valid_address(address: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ecelerity_testkit::Rng;
     use ClientAction::{Closed, Ready, Send, SendBody, TransactionDone, WaitForReply};
 
     const EHLO_PIPELINING: &str = "250-mx.example.net greets you\r\n250-PIPELINING\r\n\
@@ -1666,27 +1667,16 @@ mod tests {
         assert_eq!(BodyEncoder::new().encoded_len(b"a\n.b"), b"a\r\n..b".len());
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     /// Goal: random bodies round-trip through DATA transparency.
     /// Method: seeded bodies drawn mostly from CR, LF and '.'.
     #[test]
     fn random_bodies_round_trip_through_encoding() {
         const RUNS: usize = 2000;
-        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
         for _ in 0..RUNS {
-            let length = rng.next() as usize % 24;
+            let length = rng.next_u64() as usize % 24;
             let body: Vec<u8> = (0..length)
-                .map(|_| b"\r\n.ab"[rng.next() as usize % 5])
+                .map(|_| b"\r\n.ab"[rng.next_u64() as usize % 5])
                 .collect();
             check_round_trip(&body);
         }
@@ -1694,7 +1684,7 @@ mod tests {
 
     /// Goal: no server input makes the session panic, lose a recipient or
     /// buffer without bound.
-    /// Method: a seeded xorshift plays a server that answers with plausible
+    /// Method: a seeded `Rng` plays a server that answers with plausible
     /// replies, garbage, 421s and timeouts, in random splits, while the
     /// driver follows `poll`. Every started transaction must come back
     /// with one outcome per recipient.
@@ -1731,12 +1721,12 @@ mod tests {
             "999 odd\r\n",
             "250 ok\r\n250 ok\r\n",
         ];
-        let mut rng = XorShift(0x853c_49e6_748f_ea9b);
+        let mut rng = Rng::new(0x853c_49e6_748f_ea9b);
         let (mut bodies_sent, mut accepted, mut closed) = (0, 0, 0);
         for _ in 0..RUNS {
             // One in three runs is well-formed; the others break the
             // protocol once in 30 or once in 6 replies.
-            let chaos = [0, 30, 6][rng.next() as usize % 3];
+            let chaos = [0, 30, 6][rng.next_u64() as usize % 3];
             let mut session = ClientSession::new("client.example.com");
             let mut open_rcpts = 0usize;
             let mut transactions = 0;
@@ -1746,11 +1736,11 @@ mod tests {
                     Send => session.output_sent(),
                     SendBody => {
                         bodies_sent += 1;
-                        session.body_sent(rng.next() % 1000);
+                        session.body_sent(rng.next_u64() % 1000);
                     }
-                    Ready if transactions < 6 && !rng.next().is_multiple_of(4) => {
+                    Ready if transactions < 6 && !rng.next_u64().is_multiple_of(4) => {
                         let rcpts = ["a@x.net", "b@x.net", "c\r\n@x.net", "d@x.net"];
-                        let count = rng.next() as usize % rcpts.len() + 1;
+                        let count = rng.next_u64() as usize % rcpts.len() + 1;
                         session.start_transaction("f@example.com", &rcpts[..count], 10, true);
                         open_rcpts = count;
                         transactions += 1;
@@ -1771,24 +1761,27 @@ mod tests {
                     }
                     ClientAction::Failed(_) => break,
                     WaitForReply(stage) => {
-                        if rng.next().is_multiple_of(50) {
+                        if rng.next_u64().is_multiple_of(50) {
                             session.abort(AbortReason::Timeout);
                             continue;
                         }
                         let mut input = Vec::new();
-                        for _ in 0..1 + usize::from(rng.next().is_multiple_of(8)) {
-                            if chaos != 0 && rng.next().is_multiple_of(chaos) {
-                                if rng.next().is_multiple_of(2) {
-                                    input.extend((0..rng.next() % 64).map(|_| rng.next() as u8));
+                        for _ in 0..1 + usize::from(rng.next_u64().is_multiple_of(8)) {
+                            if chaos != 0 && rng.next_u64().is_multiple_of(chaos) {
+                                if rng.next_u64().is_multiple_of(2) {
+                                    input.extend(
+                                        (0..rng.next_u64() % 64).map(|_| rng.next_u64() as u8),
+                                    );
                                 } else {
-                                    let fragment = FRAGMENTS[rng.next() as usize % FRAGMENTS.len()];
+                                    let fragment =
+                                        FRAGMENTS[rng.next_u64() as usize % FRAGMENTS.len()];
                                     input.extend_from_slice(fragment.as_bytes());
                                 }
-                            } else if !rng.next().is_multiple_of(4) {
+                            } else if !rng.next_u64().is_multiple_of(4) {
                                 // Mostly the reply a willing server gives.
                                 input.extend_from_slice(match stage {
                                     Stage::ReadingBanner => b"220 hi\r\n",
-                                    Stage::DuringEhlo if rng.next().is_multiple_of(3) => {
+                                    Stage::DuringEhlo if rng.next_u64().is_multiple_of(3) => {
                                         b"250 mx\r\n"
                                     }
                                     Stage::DuringEhlo => b"250-mx\r\n250 PIPELINING\r\n",
@@ -1796,13 +1789,13 @@ mod tests {
                                     _ => b"250 ok\r\n",
                                 });
                             } else {
-                                let reply = REPLIES[rng.next() as usize % REPLIES.len()];
+                                let reply = REPLIES[rng.next_u64() as usize % REPLIES.len()];
                                 input.extend_from_slice(reply.as_bytes());
                             }
                         }
                         let mut rest = &input[..];
                         while !rest.is_empty() {
-                            let take = (rng.next() as usize % 16 + 1).min(rest.len());
+                            let take = (rng.next_u64() as usize % 16 + 1).min(rest.len());
                             let _ = session.on_input(&rest[..take]);
                             rest = &rest[take..];
                             assert!(

@@ -572,20 +572,15 @@ mod tests {
     }
 
     /// Goal: no input makes the parser panic or hold more than one line.
-    /// Method: a seeded xorshift draws bytes biased towards reply syntax,
+    /// Method: a seeded `Rng` draws bytes biased towards reply syntax,
     /// fed in random splits; after each drain the buffer is checked.
     #[test]
     fn random_input_never_panics_and_keeps_buffers_bounded() {
         const RUNS: u64 = 300;
         const BYTES_PER_RUN_MAX: u64 = 3000;
         const ALPHABET: &[u8] = b"0123456789 -.\r\n\r\n25045x\xff";
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = ecelerity_testkit::Rng::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next_u64();
         for _ in 0..RUNS {
             let length = next() % BYTES_PER_RUN_MAX;
             let input: Vec<u8> = (0..length)

@@ -1,0 +1,132 @@
+//! Loopback ports and readiness: a port that was free a moment ago, the
+//! probe that reads an SMTP greeting, and the wait every launcher does
+//! between spawning a server and using it.
+//! Owns: the short-lived probe connections it opens.
+//! May call: std::net on 127.0.0.1, `process::ChildGuard` (to notice an
+//! early exit), `files::file_tail` (to quote the log).
+//! Never: an address other than 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::files::file_tail;
+use crate::process::ChildGuard;
+use crate::Error;
+
+/// Connect and read timeout of one banner probe.
+const BANNER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between probes while a server starts. Start-up times are
+/// measured (`ecbench scenario queue`), so this is also their resolution.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, read,
+/// closed). Panics when not even port 0 can be bound.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Connect to 127.0.0.1:`port` once and read the greeting's first line.
+/// Returns true when it starts with "220". Sends QUIT so the server sees a
+/// clean session.
+pub fn smtp_banner_ok(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(stream) = TcpStream::connect_timeout(&addr, BANNER_READ_TIMEOUT) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(BANNER_READ_TIMEOUT));
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    let ok = matches!(reader.read_line(&mut line), Ok(n) if n > 0) && line.starts_with("220");
+    let _ = (&stream).write_all(b"QUIT\r\n");
+    let _ = stream.shutdown(Shutdown::Write);
+    ok
+}
+
+/// Wait until 127.0.0.1:`port` greets with 220; returns how long that took.
+/// Fails early when `child` (the server, if it is our child) exits, and at
+/// `timeout`; either error quotes the tail of `log`. `what` names the
+/// server in the error.
+pub fn wait_for_greeting(
+    what: &str,
+    port: u16,
+    mut child: Option<&mut ChildGuard>,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Duration, Error> {
+    let started = Instant::now();
+    loop {
+        if smtp_banner_ok(port) {
+            return Ok(started.elapsed());
+        }
+        if let Some(status) = child.as_deref_mut().and_then(ChildGuard::try_wait) {
+            return Err(Error::ExitedEarly {
+                what: what.to_string(),
+                port,
+                status,
+                log: log.to_path_buf(),
+                tail: file_tail(log),
+            });
+        }
+        if started.elapsed() >= timeout {
+            return Err(Error::NotReady {
+                what: what.to_string(),
+                port,
+                timeout,
+                log: log.to_path_buf(),
+                tail: file_tail(log),
+            });
+        }
+        thread::sleep(READY_POLL_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn banner_probe_tells_a_greeting_from_silence_and_from_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            for greeting in [&b"220 ok\r\n"[..], b"554 no\r\n"] {
+                let (mut stream, _) = listener.accept().unwrap();
+                stream.write_all(greeting).unwrap();
+            }
+        });
+        assert!(smtp_banner_ok(port));
+        assert!(!smtp_banner_ok(port));
+        server.join().unwrap();
+        assert!(!smtp_banner_ok(free_port()));
+    }
+
+    #[test]
+    fn greeting_wait_reports_an_early_exit_with_the_log() {
+        let dir = std::env::temp_dir().join(format!("testkit-net-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("server.log");
+        std::fs::write(&log, "cannot bind\n").unwrap();
+        let child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        let mut guard = ChildGuard::new("server", child);
+        let error = wait_for_greeting(
+            "server",
+            free_port(),
+            Some(&mut guard),
+            &log,
+            Duration::from_secs(30),
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("server exited (exit status: 7)"), "{text}");
+        assert!(text.ends_with("cannot bind\n"), "{text}");
+        let error = wait_for_greeting("idle", free_port(), None, &log, Duration::from_millis(50))
+            .unwrap_err();
+        assert!(matches!(error, Error::NotReady { .. }), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
