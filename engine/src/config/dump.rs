@@ -8,7 +8,8 @@
 
 use std::path::Path;
 
-use super::model::{BindingScope, DeliveryOverrides, DomainScope, Settings, Typed};
+use super::model::{BindingScope, DomainScope, Settings};
+use super::options::{DeliveryOverrides, InboundOverrides, Typed};
 use super::{ListenerConfig, DEFAULT_BINDING};
 
 const INDENT: &str = "  ";
@@ -93,45 +94,11 @@ impl Writer {
     }
 }
 
-/// Listener options of `listener` in table order; `with_enable` adds
+/// Listener options of `listener` in table order; `with_enable` keeps
 /// `Enable` (not a global option).
 fn inbound_entries(listener: &ListenerConfig, with_enable: bool) -> Vec<(&'static str, Typed)> {
-    let mut entries = Vec::new();
-    if with_enable {
-        entries.push(("Enable", Typed::Bool(listener.enabled)));
-    }
-    entries.extend([
-        ("relay_hosts", Typed::Cidrs(listener.relay_hosts.clone())),
-        (
-            "max_message_size",
-            Typed::Integer(listener.max_message_size_bytes),
-        ),
-        (
-            "max_recipients_per_message",
-            Typed::Integer(u64::from(listener.max_recipients_per_message)),
-        ),
-        ("idle_time", Typed::Seconds(listener.idle_time)),
-        (
-            "max_receptions_per_connection",
-            Typed::Integer(u64::from(listener.max_receptions_per_connection)),
-        ),
-        (
-            "max_line_length",
-            Typed::Integer(u64::from(listener.max_line_length_bytes)),
-        ),
-        (
-            "max_inbound_connections_per_ip",
-            Typed::Integer(u64::from(listener.max_inbound_connections_per_ip)),
-        ),
-        (
-            "inbound_command_timeout",
-            Typed::Seconds(listener.inbound_command_timeout),
-        ),
-        (
-            "inbound_data_timeout",
-            Typed::Seconds(listener.inbound_data_timeout),
-        ),
-    ]);
+    let mut entries = InboundOverrides::complete(listener).entries();
+    entries.retain(|(name, _)| with_enable || *name != "Enable");
     entries
 }
 

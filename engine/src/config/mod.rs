@@ -17,16 +17,17 @@ mod dump;
 mod error;
 mod lexer;
 mod model;
+mod options;
 mod parse;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ecelerity_policy::Cidr;
 
 pub use error::{ConfigError, ConfigErrorKind, Scope};
+pub use options::{DeliveryOptions, ListenerConfig};
 
 // Built-in defaults and accepted ranges. Seconds and bytes are whole
 // numbers in the file; ranges are inclusive.
@@ -283,31 +284,6 @@ impl Config {
     }
 }
 
-/// One `ESMTP_Listener` `Listen`, with Listen > ESMTP_Listener > global >
-/// default already applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
-    pub address: SocketAddr,
-    pub enabled: bool,
-    pub relay_hosts: Vec<Cidr>,
-    /// 0 = unlimited (the engine's own ceiling still applies).
-    pub max_message_size_bytes: u64,
-    /// 0 = unlimited.
-    pub max_recipients_per_message: u32,
-    pub idle_time: Duration,
-    /// 0 = unlimited.
-    pub max_receptions_per_connection: u32,
-    /// Longest DATA text line, CRLF included.
-    pub max_line_length_bytes: u32,
-    /// Open connections from one client address; 0 = unlimited. Peers in
-    /// `relay_hosts` are exempt.
-    pub max_inbound_connections_per_ip: u32,
-    /// From our last reply until the next command line is complete.
-    pub inbound_command_timeout: Duration,
-    /// From the 354 reply until the end of the DATA.
-    pub inbound_data_timeout: Duration,
-}
-
 /// One `Control_Listener` `Listen` (a Unix socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlListenerConfig {
@@ -368,71 +344,7 @@ impl fmt::Display for Gateway {
     }
 }
 
-/// Outbound options for one (binding, domain), fallback applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryOptions {
-    /// Deliver every message here instead of looking up MX records.
-    pub gateway: Option<Gateway>,
-    /// First retry delay; each later one doubles.
-    pub retry_interval: Duration,
-    /// Cap on the doubled retry delay.
-    pub max_retry_interval: Duration,
-    pub max_retries: MaxRetries,
-    /// Age at which an undelivered message fails permanently.
-    pub message_expiration: Duration,
-    /// Concurrent connections per domain.
-    pub max_outbound_connections: u32,
-    /// RCPTs per outbound transaction.
-    pub max_recipients_per_batch: u32,
-    /// Over how many shards the queue of one domain is spread (Momentum's
-    /// delivery_pool idea, per domain): 1 keeps a domain on one shard,
-    /// 0 spreads it over every shard. `max_outbound_connections` is then
-    /// shared out between the parts.
-    pub delivery_shards: u32,
-    /// How long an idle outbound connection is kept for more mail.
-    pub idle_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub ehlo_timeout: Duration,
-    pub mailfrom_timeout: Duration,
-    pub rcptto_timeout: Duration,
-    /// Wait for the reply to the DATA command.
-    pub data_timeout: Duration,
-    /// Wait for the reply after the message body.
-    pub body_timeout: Duration,
-    /// Destination port when delivering by MX (a gateway carries its own).
-    pub remote_smtp_port: u16,
-    pub ehlo_hostname: String,
-    /// Source address; `None` lets the kernel choose.
-    pub bind_address: Option<IpAddr>,
-}
-
 impl DeliveryOptions {
-    /// The built-in defaults, with `ehlo_hostname` = `hostname`.
-    pub fn builtin(hostname: &str) -> DeliveryOptions {
-        let seconds = Duration::from_secs;
-        let command_timeout = seconds(COMMAND_TIMEOUT_SECONDS_DEFAULT);
-        DeliveryOptions {
-            gateway: None,
-            retry_interval: seconds(RETRY_INTERVAL_SECONDS_DEFAULT),
-            max_retry_interval: seconds(MAX_RETRY_INTERVAL_SECONDS_DEFAULT),
-            max_retries: MaxRetries::Auto,
-            message_expiration: seconds(MESSAGE_EXPIRATION_SECONDS_DEFAULT),
-            max_outbound_connections: MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32,
-            max_recipients_per_batch: MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32,
-            delivery_shards: DELIVERY_SHARDS_DEFAULT as u32,
-            idle_timeout: seconds(IDLE_TIMEOUT_SECONDS_DEFAULT),
-            connect_timeout: command_timeout,
-            ehlo_timeout: command_timeout,
-            mailfrom_timeout: command_timeout,
-            rcptto_timeout: command_timeout,
-            data_timeout: command_timeout,
-            body_timeout: seconds(BODY_TIMEOUT_SECONDS_DEFAULT),
-            remote_smtp_port: REMOTE_SMTP_PORT_DEFAULT,
-            ehlo_hostname: hostname.to_string(),
-            bind_address: None,
-        }
-    }
-
     /// Delay before the next attempt after `attempts_so_far` attempts:
     /// R, 2R, 4R, ... capped at `max_retry_interval` (0 attempts counts as 1).
     pub fn retry_delay(&self, attempts_so_far: u32) -> Duration {
