@@ -9,8 +9,11 @@
 use std::path::Path;
 
 use super::model::{BindingScope, DomainScope, Settings};
-use super::options::{DeliveryOverrides, InboundOverrides, Typed};
-use super::{ListenerConfig, DEFAULT_BINDING};
+use super::options::{
+    spec_of, ControlOverrides, DeliveryOverrides, GlobalOverrides, InboundOverrides,
+    LoggerOverrides, SecurityOverrides, Support, Typed,
+};
+use super::{DeliveryOptions, ListenerConfig, DEFAULT_BINDING};
 
 const INDENT: &str = "  ";
 
@@ -112,15 +115,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
 
     w.line(0, "");
     w.line(0, "# global");
-    w.option(0, "spoolbase", &Typed::Path(settings.spoolbase.clone()));
-    w.option(0, "hostname", &Typed::Text(settings.hostname.clone()));
-    w.option(0, "shards", &Typed::Integer(settings.shards as u64));
-    w.option(0, "pidfile", &Typed::Path(settings.pidfile.clone()));
-    w.option(
-        0,
-        "server_max_inbound_connections",
-        &Typed::Integer(u64::from(settings.server_max_inbound_connections)),
-    );
+    w.options(0, &GlobalOverrides::complete(&settings.global).entries());
     w.options(0, &inbound_entries(&settings.inbound, false));
     let delivery = DeliveryOverrides::complete(&settings.delivery);
     if delivery.gateway.is_none() {
@@ -129,7 +124,22 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
             "# gateway is unset: mail waits in the queue (MX routing is not built yet)",
         );
     }
-    w.options(0, &delivery.entries());
+    // An option the engine does not act on yet is written as a comment
+    // while it has its default, so the dump passes `Config::load`.
+    let builtin = DeliveryOverrides::complete(&DeliveryOptions::builtin(&settings.global.hostname));
+    let builtin = builtin.entries();
+    for (name, value) in delivery.entries() {
+        match spec_of(name).support {
+            Support::NotYet(reason) if builtin.contains(&(name, value.clone())) => {
+                let text = format_value(&value);
+                w.line(
+                    0,
+                    &format!("# {name} = {text} is not supported yet ({reason})"),
+                );
+            }
+            _ => w.option(0, name, &value),
+        }
+    }
     if delivery.bind_address.is_none() {
         w.line(
             0,
@@ -140,12 +150,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     if let Some(security) = &settings.security {
         w.line(0, "");
         w.open(0, "Security", None);
-        if let Some(user) = &security.user {
-            w.option(1, "user", &Typed::Text(user.clone()));
-        }
-        if let Some(group) = &security.group {
-            w.option(1, "group", &Typed::Text(group.clone()));
-        }
+        w.options(1, &SecurityOverrides::complete(security).entries());
         w.close(0);
     }
 
@@ -165,7 +170,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
         w.open(0, "Control_Listener", None);
         for listener in &settings.control_listeners {
             w.open(1, "Listen", Some(&listener.path.to_string_lossy()));
-            w.option(2, "File_Mode", &Typed::FileMode(listener.file_mode));
+            w.options(2, &ControlOverrides::complete(listener).entries());
             w.close(1);
         }
         w.close(0);
@@ -173,13 +178,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
 
     w.line(0, "");
     w.open(0, "ec_logger", Some(&settings.logger_name));
-    w.option(1, "mainlog", &Typed::Path(settings.logs.mainlog.clone()));
-    w.option(
-        1,
-        "rejectlog",
-        &Typed::Path(settings.logs.rejectlog.clone()),
-    );
-    w.option(1, "paniclog", &Typed::Path(settings.logs.paniclog.clone()));
+    w.options(1, &LoggerOverrides::complete(&settings.logs).entries());
     w.close(0);
 
     // A binding of the default group is written at top level (its options

@@ -1,11 +1,14 @@
-//! From syntax tree to typed settings: which scope may hold which stanza and
-//! option, what type and range each option takes, how same-named stanzas
-//! merge, and how options fall back from specific scopes to global.
-//! Owns: the option table (`OPTIONS`), `Settings` (what `Config` wraps),
-//! listener and delivery fallback.
-//! May call: `parse` (tree types), `error`, `ecelerity_policy::Cidr`, and
-//! the file system for the default hostname only.
-//! Never: tokens or include files (that is `parse`); text output (`dump`).
+//! From syntax tree to typed settings: which scope may hold which stanza,
+//! how same-named stanzas merge, where each setting is stored, and how
+//! options fall back from specific scopes to global.
+//! Owns: the scope walker, `Settings` (what `Config` wraps), value
+//! conversion (`convert`: type and range checks against the option's
+//! `Kind`), and the list of settings the engine does not act on yet.
+//! May call: `options` (the tables and their generated override sets),
+//! `parse` (tree types), `error`, `ecelerity_policy::Cidr`, and the file
+//! system for the default hostname only.
+//! Never: tokens or include files (that is `parse`); per-option code (that
+//! is generated from the tables in `options`); text output (`dump`).
 //!
 //! Fallback is resolved in two steps. At build time global values are
 //! merged onto the built-in defaults, and each listener's values onto its
@@ -13,6 +16,11 @@
 //! options vary by (binding, domain), so each binding group, binding and
 //! domain scope stores only what it sets (`DeliveryOverrides`), and
 //! `Settings::delivery` layers them at lookup time.
+//!
+//! Options the engine does not act on yet (a `not_yet` table entry, or an
+//! outbound option in a binding or group no mail is sent through) are valid
+//! language: `build` accepts them so the model stays Momentum's, and
+//! records the first one for `Config::check_supported`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -68,11 +76,8 @@ impl BindingScope {
 /// already applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Settings {
-    pub(super) spoolbase: PathBuf,
-    pub(super) hostname: String,
-    pub(super) shards: usize,
-    pub(super) pidfile: PathBuf,
-    pub(super) server_max_inbound_connections: u32,
+    /// Options only the global scope sets, over the defaults.
+    pub(super) global: GlobalOptions,
     /// Global listener options over the defaults. `address` is unused
     /// (unspecified) and `enabled` is true: Enable is not a global option.
     pub(super) inbound: ListenerConfig,
@@ -284,56 +289,75 @@ impl Place {
     }
 }
 
-#[derive(Debug, Default)]
-struct Logger {
-    name: String,
-    mainlog: Option<PathBuf>,
-    rejectlog: Option<PathBuf>,
-    paniclog: Option<PathBuf>,
+/// An outbound setting the engine would not act on yet, kept until the
+/// whole tree is read: whether a binding group's settings count depends on
+/// where the default binding ends up.
+#[derive(Debug)]
+struct Unheeded {
+    file: FileId,
+    line: u32,
+    /// As written.
+    option: String,
+    why: Why,
+}
+
+#[derive(Debug)]
+enum Why {
+    /// The option's table entry says `not_yet`, with this reason.
+    Option(&'static str),
+    /// Set in this binding group (or one of its domains).
+    Group(String),
+    /// Set in this binding (or one of its domains).
+    Binding(String),
 }
 
 /// Collects what each scope sets while walking the tree.
 struct Builder<'t> {
     tree: &'t Tree,
-    spoolbase: Option<PathBuf>,
-    hostname: Option<String>,
-    shards: Option<u64>,
-    pidfile: Option<PathBuf>,
-    server_max_inbound_connections: Option<u32>,
+    global: GlobalOverrides,
     global_inbound: InboundOverrides,
     global_delivery: DeliveryOverrides,
     esmtp_listener: InboundOverrides,
     /// In order of first appearance; stanzas for the same address merge.
     listens: Vec<(SocketAddr, InboundOverrides)>,
-    control_file_mode: Option<u32>,
-    control_listens: Vec<(PathBuf, Option<u32>)>,
-    logger: Option<Logger>,
-    security: Option<Security>,
+    control_listener: ControlOverrides,
+    /// In order of first appearance; stanzas for the same path merge.
+    control_listens: Vec<(PathBuf, ControlOverrides)>,
+    /// The instance name (never empty) and its paths.
+    logger: Option<(String, LoggerOverrides)>,
+    security: Option<SecurityOverrides>,
     domains: BTreeMap<String, DomainScope>,
     groups: BTreeMap<String, GroupScope>,
     bindings: BTreeMap<String, BindingScope>,
+    /// In reading order.
+    unheeded: Vec<Unheeded>,
+}
+
+/// What `build` makes of a tree.
+pub(super) struct Built {
+    pub(super) settings: Settings,
+    /// The first setting, in reading order, that the engine does not act on
+    /// yet (see `Config::check_supported`).
+    pub(super) unsupported: Option<ConfigError>,
 }
 
 /// Checks `tree` and builds the settings it describes.
-pub(super) fn build(tree: &Tree) -> Result<Settings, ConfigError> {
+pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
     let mut builder = Builder {
         tree,
-        spoolbase: None,
-        hostname: None,
-        shards: None,
-        pidfile: None,
-        server_max_inbound_connections: None,
+        global: GlobalOverrides::default(),
         global_inbound: InboundOverrides::default(),
         global_delivery: DeliveryOverrides::default(),
         esmtp_listener: InboundOverrides::default(),
         listens: Vec::new(),
-        control_file_mode: None,
+        control_listener: ControlOverrides::default(),
         control_listens: Vec::new(),
         logger: None,
         security: None,
         domains: BTreeMap::new(),
         groups: BTreeMap::new(),
         bindings: BTreeMap::new(),
+        unheeded: Vec::new(),
     };
     builder
         .groups
@@ -516,7 +540,8 @@ impl Builder<'_> {
                 let index = match self.control_listens.iter().position(|(p, _)| *p == path) {
                     Some(index) => index,
                     None => {
-                        self.control_listens.push((path, None));
+                        self.control_listens
+                            .push((path, ControlOverrides::default()));
                         self.control_listens.len() - 1
                     }
                 };
@@ -529,28 +554,20 @@ impl Builder<'_> {
                     name
                 };
                 match &self.logger {
-                    Some(logger) if logger.name != name => {
+                    Some((first, _)) if first != name => {
                         let kind = ConfigErrorKind::SecondLogger {
                             name: name.to_string(),
-                            first: logger.name.clone(),
+                            first: first.clone(),
                         };
                         return Err(self.error(file, line, kind));
                     }
                     Some(_) => {}
-                    None => {
-                        self.logger = Some(Logger {
-                            name: name.to_string(),
-                            ..Logger::default()
-                        })
-                    }
+                    None => self.logger = Some((name.to_string(), LoggerOverrides::default())),
                 }
                 Place::EcLogger
             }
             Scope::Security => {
-                self.security.get_or_insert(Security {
-                    user: None,
-                    group: None,
-                });
+                self.security.get_or_insert_with(SecurityOverrides::default);
                 Place::Security
             }
             Scope::Global => unreachable!("global is never entered"),
@@ -627,6 +644,7 @@ impl Builder<'_> {
         }
         let typed = convert(spec.kind, name, value)
             .map_err(|(l, kind)| self.error(file, l.unwrap_or(line), kind))?;
+        self.note_unheeded(place, spec, file, line, name);
         let key = spec.name;
         let unclaimed = match place {
             Place::Global => self.set_global(key, typed),
@@ -652,45 +670,13 @@ impl Builder<'_> {
             }
             Place::EsmtpListener => self.esmtp_listener.set(key, typed),
             Place::EsmtpListen(index) => self.listens[*index].1.set(key, typed),
-            Place::ControlListener | Place::ControlListen(_) => match typed {
-                Typed::FileMode(mode) => {
-                    match place {
-                        Place::ControlListen(index) => self.control_listens[*index].1 = Some(mode),
-                        _ => self.control_file_mode = Some(mode),
-                    }
-                    Ok(())
-                }
-                other => Err(other),
-            },
+            Place::ControlListener => self.control_listener.set(key, typed),
+            Place::ControlListen(index) => self.control_listens[*index].1.set(key, typed),
             Place::EcLogger => {
                 let logger = self.logger.as_mut().expect("entered");
-                let field = match key {
-                    "mainlog" => &mut logger.mainlog,
-                    "rejectlog" => &mut logger.rejectlog,
-                    _ => &mut logger.paniclog,
-                };
-                match typed {
-                    Typed::Path(path) if key.ends_with("log") => {
-                        *field = Some(path);
-                        Ok(())
-                    }
-                    other => Err(other),
-                }
+                logger.1.set(key, typed)
             }
-            Place::Security => {
-                let security = self.security.as_mut().expect("entered");
-                let field = match key {
-                    "user" => &mut security.user,
-                    _ => &mut security.group,
-                };
-                match typed {
-                    Typed::Text(text) if key == "user" || key == "group" => {
-                        *field = Some(text);
-                        Ok(())
-                    }
-                    other => Err(other),
-                }
-            }
+            Place::Security => self.security.as_mut().expect("entered").set(key, typed),
         };
         // The option table said this scope takes this option; a setter that
         // does not is a bug in this file.
@@ -699,34 +685,96 @@ impl Builder<'_> {
     }
 
     fn set_global(&mut self, key: &str, typed: Typed) -> Result<(), Typed> {
-        match (key, typed) {
-            ("spoolbase", Typed::Path(p)) => self.spoolbase = Some(p),
-            ("hostname", Typed::Text(t)) => self.hostname = Some(t),
-            ("shards", Typed::Integer(n)) => self.shards = Some(n),
-            ("pidfile", Typed::Path(p)) => self.pidfile = Some(p),
-            ("server_max_inbound_connections", Typed::Integer(n)) => {
-                self.server_max_inbound_connections = Some(narrow_u32(n))
-            }
-            (_, typed) => {
-                let typed = match self.global_inbound.set(key, typed) {
-                    Ok(()) => return Ok(()),
-                    Err(typed) => typed,
-                };
-                return self.global_delivery.set(key, typed);
-            }
-        }
-        Ok(())
+        let typed = match self.global.set(key, typed) {
+            Ok(()) => return Ok(()),
+            Err(typed) => typed,
+        };
+        let typed = match self.global_inbound.set(key, typed) {
+            Ok(()) => return Ok(()),
+            Err(typed) => typed,
+        };
+        self.global_delivery.set(key, typed)
     }
 
-    fn finish(mut self) -> Settings {
+    /// Remembers a setting at `place` that the engine may not act on.
+    fn note_unheeded(
+        &mut self,
+        place: &Place,
+        spec: &OptionSpec,
+        file: FileId,
+        line: u32,
+        name: &str,
+    ) {
+        let why = match (spec.support, place) {
+            (Support::NotYet(reason), _) => Why::Option(reason),
+            (_, Place::Group(group)) => Why::Group(group.clone()),
+            (
+                _,
+                Place::Domain {
+                    at: DomainAt::Group(group),
+                    ..
+                },
+            ) => Why::Group(group.clone()),
+            (_, Place::Binding { binding, .. }) => Why::Binding(binding.clone()),
+            (
+                _,
+                Place::Domain {
+                    at: DomainAt::Binding(binding) | DomainAt::GroupBinding(binding),
+                    ..
+                },
+            ) => Why::Binding(binding.clone()),
+            _ => return,
+        };
+        self.unheeded.push(Unheeded {
+            file,
+            line,
+            option: name.to_string(),
+            why,
+        });
+    }
+
+    /// The first remembered setting the engine does not act on: a `not_yet`
+    /// option anywhere, or an outbound option in a scope that no mail is
+    /// sent through (the engine sends everything from the default binding).
+    fn first_unsupported(&self) -> Option<ConfigError> {
+        let default_group = &self.bindings[DEFAULT_BINDING].group;
+        self.unheeded.iter().find_map(|u| {
+            let kind = match &u.why {
+                Why::Option(reason) => ConfigErrorKind::NotSupportedYet {
+                    option: u.option.clone(),
+                    scope: String::new(),
+                    reason,
+                },
+                Why::Group(group) if group != default_group => ConfigErrorKind::NotSupportedYet {
+                    option: u.option.clone(),
+                    scope: format!(" in binding_group `{group}`"),
+                    reason: NOT_YET_OTHER_BINDINGS,
+                },
+                Why::Binding(binding) if binding != DEFAULT_BINDING => {
+                    ConfigErrorKind::NotSupportedYet {
+                        option: u.option.clone(),
+                        scope: format!(" in binding `{binding}`"),
+                        reason: NOT_YET_OTHER_BINDINGS,
+                    }
+                }
+                Why::Group(_) | Why::Binding(_) => return None,
+            };
+            Some(self.error(u.file, u.line, kind))
+        })
+    }
+
+    fn finish(mut self) -> Built {
         if !self.bindings.contains_key(DEFAULT_BINDING) {
             self.bindings.insert(
                 DEFAULT_BINDING.to_string(),
                 BindingScope::new(DEFAULT_BINDING),
             );
         }
-        let hostname = self.hostname.unwrap_or_else(system_hostname);
-        let mut delivery = DeliveryOptions::builtin(&hostname);
+        let unsupported = self.first_unsupported();
+        let mut global = GlobalOptions::builtin();
+        self.global.apply(&mut global);
+        assert!(global.shards <= SHARDS_MAX);
+        let mut delivery = DeliveryOptions::builtin(&global.hostname);
         self.global_delivery.apply(&mut delivery);
         let mut inbound = ListenerConfig::builtin();
         self.global_inbound.apply(&mut inbound);
@@ -744,42 +792,40 @@ impl Builder<'_> {
         let control_listeners = self
             .control_listens
             .into_iter()
-            .map(|(path, mode)| ControlListenerConfig {
-                path,
-                file_mode: mode.or(self.control_file_mode).unwrap_or(FILE_MODE_DEFAULT),
+            .map(|(path, overrides)| {
+                let mut listener = ControlListenerConfig::builtin();
+                listener.path = path;
+                self.control_listener.apply(&mut listener);
+                overrides.apply(&mut listener);
+                listener
             })
             .collect();
-        let logger = self.logger.unwrap_or_default();
-        let logger_name = if logger.name.is_empty() {
-            LOGGER_NAME_DEFAULT.to_string()
-        } else {
-            logger.name
-        };
-        let logs = LogPaths {
-            mainlog: logger.mainlog.unwrap_or_else(|| MAINLOG_DEFAULT.into()),
-            rejectlog: logger.rejectlog.unwrap_or_else(|| REJECTLOG_DEFAULT.into()),
-            paniclog: logger.paniclog.unwrap_or_else(|| PANICLOG_DEFAULT.into()),
-        };
-        let shards = self.shards.unwrap_or(0);
-        assert!(shards <= SHARDS_MAX);
-        Settings {
-            spoolbase: self.spoolbase.unwrap_or_else(|| SPOOLBASE_DEFAULT.into()),
-            hostname,
-            shards: shards as usize,
-            pidfile: self.pidfile.unwrap_or_else(|| PIDFILE_DEFAULT.into()),
-            server_max_inbound_connections: self
-                .server_max_inbound_connections
-                .unwrap_or(SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32),
+        let (logger_name, logger) = self
+            .logger
+            .unwrap_or_else(|| (LOGGER_NAME_DEFAULT.to_string(), LoggerOverrides::default()));
+        let mut logs = LogPaths::builtin();
+        logger.apply(&mut logs);
+        let security = self.security.map(|overrides| {
+            let mut security = Security::builtin();
+            overrides.apply(&mut security);
+            security
+        });
+        let settings = Settings {
+            global,
             inbound,
             delivery,
             esmtp_listeners,
             control_listeners,
             logger_name,
             logs,
-            security: self.security,
+            security,
             domains: self.domains,
             groups: self.groups,
             bindings: self.bindings,
+        };
+        Built {
+            settings,
+            unsupported,
         }
     }
 }
@@ -957,6 +1003,90 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A value of `kind` other than any built-in default, so that reading
+    /// it back proves it was stored.
+    fn distinct_sample(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Integer { min, .. } if min > 0 => "1001",
+            Kind::Integer { .. } => "2",
+            Kind::Seconds { .. } => "3",
+            Kind::Bool => "no",
+            Kind::MaxRetries => "7",
+            other => sample(other),
+        }
+    }
+
+    #[test]
+    fn every_table_entry_is_parsed_stored_resolved_and_dumped() {
+        // Goal: each line of each family table is wired end to end (the
+        // macro generates set, apply, complete and entries per entry).
+        // Method: set each option alone, in the most specific scope its
+        // family resolves, to a value unlike any default; the resolved
+        // settings, turned back into dump entries, hold that exact value.
+        type Resolve = fn(&Settings) -> Vec<(&'static str, Typed)>;
+        type Family = (&'static [OptionSpec], fn(&str) -> String, Resolve);
+        let families: [Family; 6] = [
+            (
+                GLOBAL_SPECS,
+                |line| line.to_string(),
+                |s| GlobalOverrides::complete(&s.global).entries(),
+            ),
+            (
+                INBOUND_SPECS,
+                |line| format!("ESMTP_Listener {{ Listen :25 {{ {line} }} }}"),
+                |s| InboundOverrides::complete(&s.esmtp_listeners[0]).entries(),
+            ),
+            (
+                CONTROL_SPECS,
+                |line| format!("Control_Listener {{ Listen s {{ {line} }} }}"),
+                |s| ControlOverrides::complete(&s.control_listeners[0]).entries(),
+            ),
+            (
+                LOGGER_SPECS,
+                |line| format!("ec_logger {{ {line} }}"),
+                |s| LoggerOverrides::complete(&s.logs).entries(),
+            ),
+            (
+                SECURITY_SPECS,
+                |line| format!("Security {{ {line} }}"),
+                |s| SecurityOverrides::complete(s.security.as_ref().unwrap()).entries(),
+            ),
+            (
+                OUTBOUND_SPECS,
+                |line| format!("binding_group g {{ binding b {{ domain d {{ {line} }} }} }}"),
+                |s| DeliveryOverrides::complete(&s.delivery("b", "d")).entries(),
+            ),
+        ];
+        let mut checked = 0;
+        for (specs, place, resolve) in families {
+            for spec in specs {
+                let text = distinct_sample(spec.kind);
+                let expected = convert(spec.kind, spec.name, &scalar(text)).unwrap();
+                let config = if spec.name == "bind_address" {
+                    // Not a domain option: its most specific scope is binding.
+                    format!("binding_group g {{ binding b {{ bind_address = {text} }} }}")
+                } else {
+                    place(&format!("{} = \"{text}\"", spec.name))
+                };
+                let tree = super::super::parse::parse_tree(&config, "t".as_ref()).unwrap();
+                let settings = build(&tree).unwrap().settings;
+                let entries = resolve(&settings);
+                assert!(
+                    entries.contains(&(spec.name, expected.clone())),
+                    "{config}: want {expected:?} in {entries:?}"
+                );
+                let empty = super::super::parse::parse_tree(&place(""), "t".as_ref()).unwrap();
+                let default = resolve(&build(&empty).unwrap().settings);
+                assert!(
+                    !default.contains(&(spec.name, expected)),
+                    "{config}: sample is the default"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, OPTIONS.len());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `OptionSpec` and `OPTIONS` (name, scopes, type and range, whether the
 //! engine acts on it yet), the two families with fallback (outbound:
 //! `DeliveryOptions`; inbound: `ListenerConfig`) and their override sets.
-//! May call: `error` (scope sets), `ecelerity_policy::Cidr`.
+//! May call: `error` (scope sets), `model::system_hostname` (the default
+//! `hostname`), `ecelerity_policy::Cidr`.
 //! Never: syntax trees or files (that is `parse` and `model`); text output
 //! (that is `dump`).
 //!
@@ -26,6 +27,7 @@ use std::time::Duration;
 use ecelerity_policy::Cidr;
 
 use super::error::{Scope, ScopeSet};
+use super::model::system_hostname;
 use super::*;
 
 /// What an option's value must look like.
@@ -120,15 +122,6 @@ pub(super) const BINDING_LEVEL: ScopeSet =
 pub(super) const LOGGER: ScopeSet = ScopeSet::of(&[Scope::EcLogger]);
 pub(super) const SECURITY: ScopeSet = ScopeSet::of(&[Scope::Security]);
 
-pub(super) const fn spec(name: &'static str, scopes: ScopeSet, kind: Kind) -> OptionSpec {
-    OptionSpec {
-        name,
-        scopes,
-        kind,
-        support: Support::Yes,
-    }
-}
-
 pub(super) const fn integer(min: u64, max: u64) -> Kind {
     Kind::Integer { min, max, unit: "" }
 }
@@ -177,7 +170,9 @@ pub(super) trait OptionValue: Clone + Sized {
     const CEILING: u64;
     /// The value, or `typed` handed back when its variant is not ours.
     fn from_typed(typed: Typed) -> Result<Self, Typed>;
-    fn to_typed(&self) -> Typed;
+    /// `kind` is the option's: it picks the variant where a type serves two
+    /// (a `u32` is an integer or a file mode).
+    fn to_typed(&self, kind: Kind) -> Typed;
 }
 
 macro_rules! option_value {
@@ -190,7 +185,7 @@ macro_rules! option_value {
                     other => Err(other),
                 }
             }
-            fn to_typed(&self) -> Typed {
+            fn to_typed(&self, _: Kind) -> Typed {
                 let $s = self;
                 $to
             }
@@ -198,8 +193,24 @@ macro_rules! option_value {
     };
 }
 
+impl OptionValue for u32 {
+    const CEILING: u64 = u32::MAX as u64;
+    fn from_typed(typed: Typed) -> Result<Self, Typed> {
+        match typed {
+            Typed::Integer(v) => Ok(narrow_u32(v)),
+            Typed::FileMode(v) => Ok(v),
+            other => Err(other),
+        }
+    }
+    fn to_typed(&self, kind: Kind) -> Typed {
+        match kind {
+            Kind::FileMode => Typed::FileMode(*self),
+            _ => Typed::Integer(u64::from(*self)),
+        }
+    }
+}
+
 option_value!(u64, u64::MAX, Integer(v) => v, |s| Typed::Integer(*s));
-option_value!(u32, u32::MAX as u64, Integer(v) => narrow_u32(v), |s| Typed::Integer(u64::from(*s)));
 option_value!(u16, u16::MAX as u64, Integer(v) => {
     assert!(v <= u64::from(u16::MAX));
     v as u16
@@ -263,7 +274,17 @@ plain_field!(
     Vec<Cidr>,
     MaxRetries
 );
-optional_field!(Gateway, IpAddr);
+optional_field!(Gateway, IpAddr, String);
+
+/// `Support` of a table entry: `Yes` unless it names a `not_yet` reason.
+macro_rules! support {
+    () => {
+        Support::Yes
+    };
+    ($reason:expr) => {
+        Support::NotYet($reason)
+    };
+}
 
 /// Generates a family of options with fallback from one table; see the
 /// module comment. `fixed` fields are part of the struct but not options
@@ -282,7 +303,7 @@ macro_rules! option_family {
             $(
                 $(#[$field_meta:meta])*
                 $field:ident: $ty:ty = $name:literal in $scopes:expr, $kind:expr,
-                    default $default:expr, support $support:expr;
+                    default $default:expr $(, not_yet $reason:expr)?;
             )*
         }
     ) => {
@@ -344,7 +365,7 @@ macro_rules! option_family {
                 let mut out = Vec::new();
                 $(
                     if let Some(value) = &self.$field {
-                        out.push(($name, OptionValue::to_typed(value)));
+                        out.push(($name, OptionValue::to_typed(value, $kind)));
                     }
                 )*
                 out
@@ -357,7 +378,14 @@ macro_rules! option_family {
         }
 
         pub(super) const $SPECS: &[OptionSpec] = &[
-            $( OptionSpec { name: $name, scopes: $scopes, kind: $kind, support: $support }, )*
+            $(
+                OptionSpec {
+                    name: $name,
+                    scopes: $scopes,
+                    kind: $kind,
+                    support: support!($($reason)?),
+                },
+            )*
         ];
 
         // A range that does not fit the field it is stored in is a table
@@ -382,64 +410,68 @@ option_family! {
     options {
         /// Deliver every message here instead of looking up MX records.
         gateway: Option<Gateway> = "gateway" in OUTBOUND, Kind::Gateway,
-            default None, support Support::Yes;
+            default None;
         /// First retry delay; each later one doubles.
         retry_interval: Duration = "retry_interval" in OUTBOUND, INTERVAL,
-            default Duration::from_secs(RETRY_INTERVAL_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(RETRY_INTERVAL_SECONDS_DEFAULT);
         /// Cap on the doubled retry delay.
         max_retry_interval: Duration = "max_retry_interval" in OUTBOUND, INTERVAL,
-            default Duration::from_secs(MAX_RETRY_INTERVAL_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(MAX_RETRY_INTERVAL_SECONDS_DEFAULT);
         max_retries: MaxRetries = "max_retries" in OUTBOUND, Kind::MaxRetries,
-            default MaxRetries::Auto, support Support::Yes;
+            default MaxRetries::Auto;
         /// Age at which an undelivered message fails permanently.
         message_expiration: Duration = "message_expiration" in OUTBOUND, INTERVAL,
-            default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT);
         /// Concurrent connections per domain.
         max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND,
             integer(1, OUTBOUND_CONNECTIONS_MAX),
-            default MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32, support Support::Yes;
+            default MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32;
         /// RCPTs per outbound transaction.
         max_recipients_per_batch: u32 = "max_recipients_per_batch" in OUTBOUND,
             integer(1, RECIPIENTS_PER_BATCH_MAX),
-            default MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32, support Support::Yes;
+            default MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32;
         /// Over how many shards the queue of one domain is spread (Momentum's
         /// delivery_pool idea, per domain): 1 keeps a domain on one shard,
         /// 0 spreads it over every shard. `max_outbound_connections` is then
         /// shared out between the parts.
         delivery_shards: u32 = "delivery_shards" in OUTBOUND, integer(0, DELIVERY_SHARDS_MAX),
-            default DELIVERY_SHARDS_DEFAULT as u32, support Support::Yes;
+            default DELIVERY_SHARDS_DEFAULT as u32;
         /// How long an idle outbound connection is kept for more mail.
         idle_timeout: Duration = "idle_timeout" in OUTBOUND, seconds(0, TIMEOUT_SECONDS_MAX),
-            default Duration::from_secs(IDLE_TIMEOUT_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(IDLE_TIMEOUT_SECONDS_DEFAULT);
         connect_timeout: Duration = "connect_timeout" in OUTBOUND, TIMEOUT,
-            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
         ehlo_timeout: Duration = "ehlo_timeout" in OUTBOUND, TIMEOUT,
-            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
         mailfrom_timeout: Duration = "mailfrom_timeout" in OUTBOUND, TIMEOUT,
-            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
         rcptto_timeout: Duration = "rcptto_timeout" in OUTBOUND, TIMEOUT,
-            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
         /// Wait for the reply to the DATA command.
         data_timeout: Duration = "data_timeout" in OUTBOUND, TIMEOUT,
-            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
         /// Wait for the reply after the message body.
         body_timeout: Duration = "body_timeout" in OUTBOUND, TIMEOUT,
-            default Duration::from_secs(BODY_TIMEOUT_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(BODY_TIMEOUT_SECONDS_DEFAULT);
         /// Destination port when delivering by MX (a gateway carries its own).
         remote_smtp_port: u16 = "remote_smtp_port" in OUTBOUND, integer(1, u16::MAX as u64),
-            default REMOTE_SMTP_PORT_DEFAULT,
-            support Support::NotYet(NOT_YET_REMOTE_SMTP_PORT);
+            default REMOTE_SMTP_PORT_DEFAULT, not_yet NOT_YET_REMOTE_SMTP_PORT;
         ehlo_hostname: String = "ehlo_hostname" in OUTBOUND, Kind::Text,
-            default hostname.to_string(), support Support::Yes;
+            default hostname.to_string();
         /// Source address; `None` lets the kernel choose.
         bind_address: Option<IpAddr> = "bind_address" in BINDING_LEVEL, Kind::IpAddress,
-            default None, support Support::NotYet(NOT_YET_BIND_ADDRESS);
+            default None, not_yet NOT_YET_BIND_ADDRESS;
     }
 }
 
 /// Why `remote_smtp_port` is refused (docs/configuration.md says the same).
 pub(super) const NOT_YET_REMOTE_SMTP_PORT: &str =
     "mail goes only to a `gateway`, which carries its own port; MX routing is not built yet";
+/// Why outbound options in a binding or binding group other than the
+/// default binding and its group are refused.
+pub(super) const NOT_YET_OTHER_BINDINGS: &str =
+    "all mail is sent from the binding `default` until bindings can be assigned; \
+     set it globally, in a domain scope, or in binding \"default\"";
 /// Why `bind_address` is refused.
 pub(super) const NOT_YET_BIND_ADDRESS: &str =
     "outbound connections take the source address the kernel picks";
@@ -459,68 +491,136 @@ option_family! {
     specs INBOUND_SPECS;
     options {
         enabled: bool = "Enable" in LISTENER, Kind::Bool,
-            default true, support Support::Yes;
+            default true;
         relay_hosts: Vec<Cidr> = "relay_hosts" in INBOUND, Kind::CidrList,
             default RELAY_HOSTS_DEFAULT
                 .iter()
                 .map(|text| text.parse::<Cidr>().expect("RELAY_HOSTS_DEFAULT parses"))
-                .collect(),
-            support Support::Yes;
+                .collect();
         /// 0 = unlimited (the engine's own ceiling still applies).
         max_message_size_bytes: u64 = "max_message_size" in INBOUND,
-            bytes(0, MESSAGE_SIZE_BYTES_MAX), default 0, support Support::Yes;
+            bytes(0, MESSAGE_SIZE_BYTES_MAX), default 0;
         /// 0 = unlimited.
         max_recipients_per_message: u32 = "max_recipients_per_message" in INBOUND,
-            integer(0, RECIPIENTS_PER_MESSAGE_MAX), default 0, support Support::Yes;
+            integer(0, RECIPIENTS_PER_MESSAGE_MAX), default 0;
         idle_time: Duration = "idle_time" in INBOUND, TIMEOUT,
-            default Duration::from_secs(IDLE_TIME_SECONDS_DEFAULT), support Support::Yes;
+            default Duration::from_secs(IDLE_TIME_SECONDS_DEFAULT);
         /// 0 = unlimited.
         max_receptions_per_connection: u32 = "max_receptions_per_connection" in INBOUND,
-            integer(0, RECEPTIONS_PER_CONNECTION_MAX), default 0, support Support::Yes;
+            integer(0, RECEPTIONS_PER_CONNECTION_MAX), default 0;
         /// Longest DATA text line, CRLF included.
         max_line_length_bytes: u32 = "max_line_length" in INBOUND,
             bytes(LINE_LENGTH_BYTES_MIN, LINE_LENGTH_BYTES_MAX),
-            default LINE_LENGTH_BYTES_DEFAULT as u32, support Support::Yes;
+            default LINE_LENGTH_BYTES_DEFAULT as u32;
         /// Open connections from one client address; 0 = unlimited. Peers in
         /// `relay_hosts` are exempt.
         max_inbound_connections_per_ip: u32 = "max_inbound_connections_per_ip" in INBOUND,
             integer(0, MAX_INBOUND_CONNECTIONS_PER_IP_MAX),
-            default MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT as u32, support Support::Yes;
+            default MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT as u32;
         /// From our last reply until the next command line is complete.
         inbound_command_timeout: Duration = "inbound_command_timeout" in INBOUND, TIMEOUT,
-            default Duration::from_secs(INBOUND_COMMAND_TIMEOUT_SECONDS_DEFAULT),
-            support Support::Yes;
+            default Duration::from_secs(INBOUND_COMMAND_TIMEOUT_SECONDS_DEFAULT);
         /// From the 354 reply until the end of the DATA.
         inbound_data_timeout: Duration = "inbound_data_timeout" in INBOUND, TIMEOUT,
-            default Duration::from_secs(INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT),
-            support Support::Yes;
+            default Duration::from_secs(INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT);
     }
 }
 
-/// Options without fallback: global singletons, Control_Listener, the
-/// logger and Security. `model` stores each where it belongs.
-pub(super) const SINGLE_SPECS: &[OptionSpec] = &[
-    spec("spoolbase", GLOBAL, Kind::Path),
-    spec("hostname", GLOBAL, Kind::Text),
-    spec("shards", GLOBAL, integer(0, SHARDS_MAX)),
-    spec("pidfile", GLOBAL, Kind::Path),
-    spec(
-        "server_max_inbound_connections",
-        GLOBAL,
-        integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
-    ),
-    spec("File_Mode", CONTROL, Kind::FileMode),
-    spec("mainlog", LOGGER, Kind::Path),
-    spec("rejectlog", LOGGER, Kind::Path),
-    spec("paniclog", LOGGER, Kind::Path),
-    spec("user", SECURITY, Kind::Text),
-    spec("group", SECURITY, Kind::Text),
+option_family! {
+    /// The global options that only the global scope sets.
+    pub struct GlobalOptions {
+        fixed {}
+    }
+    /// The built-in defaults (the hostname is the system's).
+    fn builtin();
+    overrides GlobalOverrides;
+    specs GLOBAL_SPECS;
+    options {
+        spoolbase: PathBuf = "spoolbase" in GLOBAL, Kind::Path, default SPOOLBASE_DEFAULT.into();
+        hostname: String = "hostname" in GLOBAL, Kind::Text, default system_hostname();
+        /// 0 means one per CPU.
+        shards: u64 = "shards" in GLOBAL, integer(0, SHARDS_MAX), default 0;
+        pidfile: PathBuf = "pidfile" in GLOBAL, Kind::Path, default PIDFILE_DEFAULT.into();
+        server_max_inbound_connections: u32 = "server_max_inbound_connections" in GLOBAL,
+            integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
+            default SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32;
+    }
+}
+
+option_family! {
+    /// One `Control_Listener` `Listen` (a Unix socket), with Listen >
+    /// Control_Listener > default applied.
+    pub struct ControlListenerConfig {
+        fixed {
+            /// As written; relative to the daemon's working directory if relative.
+            path: PathBuf = PathBuf::new(),
+        }
+    }
+    /// The defaults every control Listen starts from; `path` is empty.
+    fn builtin();
+    overrides ControlOverrides;
+    specs CONTROL_SPECS;
+    options {
+        /// Permission bits for the socket, at most `FILE_MODE_MAX`.
+        file_mode: u32 = "File_Mode" in CONTROL, Kind::FileMode, default FILE_MODE_DEFAULT;
+    }
+}
+
+option_family! {
+    /// Where the `ec_logger` writes.
+    pub struct LogPaths {
+        fixed {}
+    }
+    /// The built-in log paths.
+    fn builtin();
+    overrides LoggerOverrides;
+    specs LOGGER_SPECS;
+    options {
+        mainlog: PathBuf = "mainlog" in LOGGER, Kind::Path, default MAINLOG_DEFAULT.into();
+        rejectlog: PathBuf = "rejectlog" in LOGGER, Kind::Path, default REJECTLOG_DEFAULT.into();
+        paniclog: PathBuf = "paniclog" in LOGGER, Kind::Path, default PANICLOG_DEFAULT.into();
+    }
+}
+
+option_family! {
+    /// The `Security` stanza: whom the daemon runs as once its sockets are
+    /// bound.
+    pub struct Security {
+        fixed {}
+    }
+    /// Neither user nor group: the daemon keeps its identity.
+    fn builtin();
+    overrides SecurityOverrides;
+    specs SECURITY_SPECS;
+    options {
+        user: Option<String> = "user" in SECURITY, Kind::Text, default None;
+        group: Option<String> = "group" in SECURITY, Kind::Text, default None;
+    }
+}
+
+/// The family tables, in the order `OPTIONS` lists them.
+const FAMILIES: [&[OptionSpec]; 6] = [
+    GLOBAL_SPECS,
+    INBOUND_SPECS,
+    CONTROL_SPECS,
+    LOGGER_SPECS,
+    SECURITY_SPECS,
+    OUTBOUND_SPECS,
 ];
 
-const OPTIONS_COUNT: usize = SINGLE_SPECS.len() + INBOUND_SPECS.len() + OUTBOUND_SPECS.len();
+const OPTIONS_COUNT: usize = options_count(FAMILIES);
 
-const fn concat(tables: [&[OptionSpec]; 3]) -> [OptionSpec; OPTIONS_COUNT] {
-    let mut out = [SINGLE_SPECS[0]; OPTIONS_COUNT];
+const fn options_count(tables: [&[OptionSpec]; FAMILIES.len()]) -> usize {
+    let (mut t, mut n) = (0, 0);
+    while t < tables.len() {
+        n += tables[t].len();
+        t += 1;
+    }
+    n
+}
+
+const fn concat(tables: [&[OptionSpec]; FAMILIES.len()]) -> [OptionSpec; OPTIONS_COUNT] {
+    let mut out = [GLOBAL_SPECS[0]; OPTIONS_COUNT];
     let (mut t, mut n) = (0, 0);
     while t < tables.len() {
         let mut i = 0;
@@ -537,7 +637,7 @@ const fn concat(tables: [&[OptionSpec]; 3]) -> [OptionSpec; OPTIONS_COUNT] {
 
 /// Every option ecelerity understands (docs/configuration.md lists them
 /// with their meaning).
-pub(super) const OPTIONS: &[OptionSpec] = &concat([SINGLE_SPECS, INBOUND_SPECS, OUTBOUND_SPECS]);
+pub(super) const OPTIONS: &[OptionSpec] = &concat(FAMILIES);
 
 pub(super) fn lookup(name: &str) -> Option<&'static OptionSpec> {
     OPTIONS
