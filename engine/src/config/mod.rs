@@ -42,6 +42,9 @@ pub const SPOOLBASE_DEFAULT: &str = "/var/spool/ecelerity";
 pub const PIDFILE_DEFAULT: &str = "/var/run/ecelerity.pid";
 /// Where the default `hostname` is read from (first line, trimmed).
 pub const HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
+/// Longest `hostname` or `ehlo_hostname`: a domain name's limit, and what
+/// the SMTP client accepts after EHLO (`smtp::client::EHLO_HOSTNAME_BYTES_MAX`).
+pub const HOST_NAME_BYTES_MAX: usize = 255;
 /// `hostname` when `HOSTNAME_PATH` cannot be read or is empty.
 pub const HOSTNAME_FALLBACK: &str = "localhost";
 /// Most shards (`shards`); 0 means one per CPU.
@@ -1266,6 +1269,36 @@ domain "example.com" {
             err.to_string(),
             "/nonexistent/ecelerity.conf:0: cannot read configuration: \
              No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn host_names_the_smtp_client_would_replace_are_refused() {
+        // Goal: an EHLO name the client would silently swap for `localhost`
+        // is a config error instead. Method: a space, a tab and one byte
+        // too many, for ehlo_hostname and hostname (its default).
+        let expected = "a host name of at most 255 printable ASCII characters without spaces";
+        assert_eq!(
+            error("domain d {\n ehlo_hostname = \"mta 1.example\" }"),
+            format!("test.conf:2: `ehlo_hostname` must be {expected}, got `mta 1.example`")
+        );
+        assert_eq!(
+            error("hostname = \"mta\t1\""),
+            format!("test.conf:1: `hostname` must be {expected}, got `mta\t1`")
+        );
+        let longest = "a".repeat(HOST_NAME_BYTES_MAX);
+        assert_eq!(
+            parse(&format!("hostname = {longest}"))
+                .delivery("x", "y")
+                .ehlo_hostname,
+            longest
+        );
+        assert!(error(&format!("ehlo_hostname = {longest}a")).starts_with("test.conf:1: "));
+        assert_eq!(
+            parse("ehlo_hostname = [192.0.2.1]")
+                .delivery("default", "d")
+                .ehlo_hostname,
+            "[192.0.2.1]"
         );
     }
 

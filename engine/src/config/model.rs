@@ -888,11 +888,19 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
     };
     let typed = match kind {
-        Kind::Path | Kind::Text if text.is_empty() => {
+        Kind::Path | Kind::Text | Kind::HostName if text.is_empty() => {
             return Err(wrong_type("an empty string".into(), line))
         }
         Kind::Path => Typed::Path(PathBuf::from(text)),
         Kind::Text => Typed::Text(text.to_string()),
+        Kind::HostName => {
+            let valid =
+                text.len() <= HOST_NAME_BYTES_MAX && text.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                return Err(wrong_type(got(), line));
+            }
+            Typed::Text(text.to_string())
+        }
         Kind::Integer { min, max, unit } => Typed::Integer(integer_in(min, max, unit)?),
         Kind::Seconds { min, max } => {
             Typed::Seconds(Duration::from_secs(integer_in(min, max, " seconds")?))
@@ -963,6 +971,7 @@ mod tests {
         match kind {
             Kind::Path => "some/path",
             Kind::Text => "text",
+            Kind::HostName => "host.example",
             Kind::Integer { min, .. } if min > 0 => "1000",
             Kind::Integer { .. } | Kind::Seconds { .. } => "1",
             Kind::Bool => "yes",

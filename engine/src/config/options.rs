@@ -37,6 +37,10 @@ pub(super) enum Kind {
     Path,
     /// A non-empty string.
     Text,
+    /// A name to send after EHLO: printable ASCII without spaces, at most
+    /// `HOST_NAME_BYTES_MAX` bytes. The SMTP client would otherwise replace
+    /// it with `localhost` without a word.
+    HostName,
     /// A decimal integer in `min..=max`; `unit` is for messages.
     Integer {
         min: u64,
@@ -64,6 +68,10 @@ impl Kind {
         match self {
             Kind::Path => "a path",
             Kind::Text => "a non-empty string",
+            // The text names HOST_NAME_BYTES_MAX (asserted below).
+            Kind::HostName => {
+                "a host name of at most 255 printable ASCII characters without spaces"
+            }
             Kind::Integer { .. } => "an integer",
             Kind::Seconds { .. } => "a whole number of seconds",
             Kind::Bool => "a boolean (true/false, yes/no, on/off, 1/0)",
@@ -86,6 +94,8 @@ impl Kind {
         }
     }
 }
+
+const _: () = assert!(HOST_NAME_BYTES_MAX == 255);
 
 /// Whether the engine acts on an option yet. The parser knows Momentum's
 /// options before the engine implements them; `Config::load` refuses an
@@ -456,7 +466,7 @@ option_family! {
         /// Destination port when delivering by MX (a gateway carries its own).
         remote_smtp_port: u16 = "remote_smtp_port" in OUTBOUND, integer(1, u16::MAX as u64),
             default REMOTE_SMTP_PORT_DEFAULT, not_yet NOT_YET_REMOTE_SMTP_PORT;
-        ehlo_hostname: String = "ehlo_hostname" in OUTBOUND, Kind::Text,
+        ehlo_hostname: String = "ehlo_hostname" in OUTBOUND, Kind::HostName,
             default hostname.to_string();
         /// Source address; `None` lets the kernel choose.
         bind_address: Option<IpAddr> = "bind_address" in BINDING_LEVEL, Kind::IpAddress,
@@ -537,7 +547,9 @@ option_family! {
     specs GLOBAL_SPECS;
     options {
         spoolbase: PathBuf = "spoolbase" in GLOBAL, Kind::Path, default SPOOLBASE_DEFAULT.into();
-        hostname: String = "hostname" in GLOBAL, Kind::Text, default system_hostname();
+        /// This node's name: the banner, Received headers, and the default
+        /// `ehlo_hostname`.
+        hostname: String = "hostname" in GLOBAL, Kind::HostName, default system_hostname();
         /// 0 means one per CPU.
         shards: u64 = "shards" in GLOBAL, integer(0, SHARDS_MAX), default 0;
         pidfile: PathBuf = "pidfile" in GLOBAL, Kind::Path, default PIDFILE_DEFAULT.into();
