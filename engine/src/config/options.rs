@@ -2,23 +2,26 @@
 //! table per family, from which `option_family!` generates everything else.
 //! Owns: `Kind` (what a value must look like), `Typed` (a checked value),
 //! `OptionSpec` and `OPTIONS` (name, scopes, type and range, whether the
-//! engine acts on it yet), the two families with fallback (outbound:
-//! `DeliveryOptions`; inbound: `ListenerConfig`) and their override sets.
+//! engine acts on it yet), and the six families with their typed structs
+//! and override sets: global (`GlobalOptions`), inbound (`ListenerConfig`),
+//! control (`ControlListenerConfig`), logger (`LogPaths`), `Security`, and
+//! outbound (`DeliveryOptions`).
 //! May call: `error` (scope sets), `model::system_hostname` (the default
 //! `hostname`), `ecelerity_policy::Cidr`.
 //! Never: syntax trees or files (that is `parse` and `model`); text output
-//! (that is `dump`).
+//! (that is `dump`); per-option code outside a table entry.
 //!
-//! Adding an option to a family is one entry in its table (plus its line in
+//! Adding an option is one entry in its family's table (plus its row in
 //! docs/configuration.md): the entry names the typed field, the option as
 //! written, the scopes it may appear in, its kind with the accepted range,
-//! the built-in default and whether the engine supports it yet. From that the
-//! macro generates the public struct field, the `Overrides` field (`None`
-//! falls back to the next scope), parsing into it (`set`), fallback
-//! (`apply`), the dump (`complete`, `entries`) and the `OptionSpec` the
-//! parser checks scope, type and range against. Options without fallback
-//! (global singletons, the logger, Security, Control_Listener) are plain
-//! `OptionSpec`s handled by `model`.
+//! the built-in default and, if the engine does not act on it yet, why
+//! (`not_yet`). From that the macro generates the public struct field, the
+//! `Overrides` field (`None` falls back to the next scope), parsing into it
+//! (`set`), fallback (`apply`), the dump (`complete`, `entries`), the
+//! `OptionSpec` the parser checks scope, type and range against, and a
+//! compile-time check that the range fits the field's type. Which scopes
+//! layer over which is `model`'s business (and `Settings::delivery`'s for
+//! outbound options).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
