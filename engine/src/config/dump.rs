@@ -3,7 +3,8 @@
 //! feed the output back in unchanged.
 //! Owns: the output layout (global options with defaults filled in, then
 //! Security, listeners, the logger, binding groups, bindings, domains).
-//! May call: `model` (settings and option values).
+//! May call: `model` (settings), `options` (the generated override sets,
+//! to turn resolved values back into table-ordered entries).
 //! Never: parsing, the file system.
 
 use std::path::Path;
