@@ -434,6 +434,7 @@ fn fuzz_spool_record_decoders() {
             peer_ip: "192.0.2.1".parse().unwrap(),
             connection_id: rng.next(),
             body_8bitmime: rng.below(2) == 0,
+            binding: ecelerity_engine::config::DEFAULT_BINDING.into(),
             mail_from: "a@c.test".into(),
             rcpts: (0..rng.below(4)).map(|i| format!("r{i}@x.test")).collect(),
         };

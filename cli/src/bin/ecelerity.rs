@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ecelerity_cli::{load_config_or_exit, privileges, EXIT_FAILED};
-use ecelerity_engine::shard;
+use ecelerity_engine::runtime;
 
 #[derive(Parser)]
 #[command(version, about = "ecelerity: a thread-per-core mail transfer agent")]
@@ -79,7 +79,7 @@ fn main() {
             Ok(())
         }
     };
-    let engine = match shard::start(config.clone(), drop_privileges) {
+    let engine = match runtime::start(config.clone(), drop_privileges) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -154,7 +154,7 @@ fn prepare_run_as(
         return Ok(None);
     }
     let who = privileges::resolve(user, config.security().and_then(|s| s.group.as_deref()))?;
-    let shards = shard::shard_count(config).map_err(|e| e.to_string())?;
+    let shards = runtime::shard_count(config).map_err(|e| e.to_string())?;
     for shard in 0..shards {
         let dir = config.spoolbase().join(shard.to_string());
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -1,12 +1,15 @@
 //! The control console: Momentum's `ec_console` commands served on the
-//! Control_Listener unix socket(s) by shard 0.
+//! Control_Listener unix socket(s), on threads of the console's own.
 //!
 //! Owns: the console wire framing, the command table and the rendering of
 //! each answer ([`execute`] is pure: a command line and a snapshot in, text
-//! out), and the console threads. The console runs on threads of its own,
-//! not on a shard: a command reads counters every shard publishes and
-//! never waits on a shard, so it cannot hold up delivery.
-//! May call: `shard::stats`, `config`. Never: the spool, the queues.
+//! out, or a control request to ask the shards), and the console threads.
+//! Counters are read from what every shard publishes (`stats`), without
+//! waiting on a shard; commands about queues (`mailq`) are asked of every
+//! shard through `control`, with a timeout, so a console client can never
+//! hold up mail.
+//! May call: `stats`, `control`, `config`. Never: the spool, the queues
+//! directly.
 //!
 //! Framing: the client sends one command per line. The server answers with
 //! the reply's lines, a line that starts with `.` sent with a second `.`
@@ -18,12 +21,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::shard::EngineStats;
+use crate::control::{render_mailq, ControlHandle, ControlRequest, CONTROL_TIMEOUT_MS};
+use crate::stats::{Counter, EngineStats, Figures};
 
 /// Longest command line accepted; a longer one closes the connection.
 pub const CONSOLE_LINE_BYTES_MAX: usize = 4096;
@@ -74,13 +78,19 @@ pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
 pub fn serve(
     sockets: Vec<ControlSocket>,
     stats: Arc<EngineStats>,
+    control: ControlHandle,
     config: Arc<Config>,
     stop: Arc<AtomicBool>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     for socket in sockets {
-        let (stats, config, stop, open) =
-            (stats.clone(), config.clone(), stop.clone(), open.clone());
+        let (stats, control, config, stop, open) = (
+            stats.clone(),
+            control.clone(),
+            config.clone(),
+            stop.clone(),
+            open.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
@@ -100,12 +110,17 @@ pub fn serve(
                         continue; // dropped: closes the connection
                     }
                     open.fetch_add(1, SeqCst);
-                    let (stats, config, stop, open) =
-                        (stats.clone(), config.clone(), stop.clone(), open.clone());
+                    let (stats, control, config, stop, open) = (
+                        stats.clone(),
+                        control.clone(),
+                        config.clone(),
+                        stop.clone(),
+                        open.clone(),
+                    );
                     let _ = std::thread::Builder::new()
                         .name("console-session".into())
                         .spawn(move || {
-                            let _ = session(stream, &stats, &config, &stop);
+                            let _ = session(stream, &stats, &control, &config, &stop);
                             open.fetch_sub(1, SeqCst);
                         });
                 }
@@ -143,6 +158,7 @@ fn peer_is_trusted(stream: &UnixStream) -> bool {
 fn session(
     mut stream: UnixStream,
     stats: &EngineStats,
+    control: &ControlHandle,
     config: &Config,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
@@ -163,15 +179,30 @@ fn session(
         }
         let snapshot = Snapshot::take(stats, config);
         let (reply, action) = execute(line.trim(), &snapshot);
+        let reply = match &action {
+            Action::Ask(request) => ask(control, request.clone()),
+            _ => reply,
+        };
         stream.write_all(&frame(&reply))?;
         match action {
-            Action::None => {}
+            Action::None | Action::Ask(_) => {}
             Action::Shutdown => {
                 tracing::info!("console: shutdown requested");
                 stop.store(true, SeqCst);
             }
             Action::Close => return Ok(()),
         }
+    }
+}
+
+/// Asks every shard and renders their answer (or why there is none).
+fn ask(control: &ControlHandle, request: ControlRequest) -> String {
+    let limit = match &request {
+        ControlRequest::Mailq { limit, .. } => *limit,
+    };
+    match control.ask_all(request, Duration::from_millis(CONTROL_TIMEOUT_MS)) {
+        Ok(parts) => render_mailq(&parts, limit),
+        Err(e) => format!("Error: {e}\n"),
     }
 }
 
@@ -206,55 +237,22 @@ pub enum Action {
     None,
     Shutdown,
     Close,
+    /// The answer needs every shard: ask them (the reply text is theirs).
+    Ask(ControlRequest),
 }
 
-/// One shard's figures at the moment a command runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShardFigures {
-    pub inbound_connections: u64,
-    pub outbound_connections: u64,
-    pub received: u64,
-    pub bytes_received: u64,
-    pub delivered: u64,
-    pub failed: u64,
-    pub transient_failures: u64,
-    pub rejections: u64,
-    pub active_queue: u64,
-    pub delayed_queue: u64,
-    pub live_messages: u64,
-    pub spool_segments: u64,
-}
-
-/// Everything the console commands need, read without locks.
+/// Everything the counter commands need, read without locks.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub shards: Vec<ShardFigures>,
+    pub shards: Vec<Figures>,
     pub uptime_secs: u64,
     pub config_source: String,
 }
 
 impl Snapshot {
     pub fn take(stats: &EngineStats, config: &Config) -> Snapshot {
-        let shards = stats
-            .shards
-            .iter()
-            .map(|s| ShardFigures {
-                inbound_connections: s.inbound_connections.load(Relaxed),
-                outbound_connections: s.outbound_connections.load(Relaxed),
-                received: s.messages_received.load(Relaxed),
-                bytes_received: s.bytes_received.load(Relaxed),
-                delivered: s.delivered.load(Relaxed),
-                failed: s.failed.load(Relaxed),
-                transient_failures: s.transient_failures.load(Relaxed),
-                rejections: s.rejections.load(Relaxed),
-                active_queue: s.active_queue.load(Relaxed),
-                delayed_queue: s.delayed_queue.load(Relaxed),
-                live_messages: s.live_messages.load(Relaxed),
-                spool_segments: s.spool_segments.load(Relaxed),
-            })
-            .collect();
         Snapshot {
-            shards,
+            shards: stats.shards.iter().map(|s| s.figures()).collect(),
             uptime_secs: stats.started.elapsed().as_secs(),
             config_source: config
                 .source()
@@ -263,23 +261,8 @@ impl Snapshot {
         }
     }
 
-    fn total(&self) -> ShardFigures {
-        let mut t = ShardFigures::default();
-        for s in &self.shards {
-            t.inbound_connections += s.inbound_connections;
-            t.outbound_connections += s.outbound_connections;
-            t.received += s.received;
-            t.bytes_received += s.bytes_received;
-            t.delivered += s.delivered;
-            t.failed += s.failed;
-            t.transient_failures += s.transient_failures;
-            t.rejections += s.rejections;
-            t.active_queue += s.active_queue;
-            t.delayed_queue += s.delayed_queue;
-            t.live_messages += s.live_messages;
-            t.spool_segments += s.spool_segments;
-        }
-        t
+    fn total(&self) -> Figures {
+        Figures::sum(&self.shards)
     }
 }
 
@@ -288,6 +271,8 @@ Commands:
   help                 this list
   version              the daemon's version
   summary              Summary Statistics, in total and per shard
+  mailq [-d domain ...] [-b binding ...] [-l N]
+                       queues with their active (AQ) and delayed (DQ) sizes
   shutdown             stop gracefully: stop accepting, finish open transactions, sync the spool, exit
   quit                 close this console session
 ";
@@ -302,6 +287,10 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
             (format!("ecelerity {} (thread-per-core MTA)\n", crate::VERSION), Action::None)
         }
         [w] if w.eq_ignore_ascii_case("summary") => (summary(snapshot), Action::None),
+        [w, args @ ..] if w.eq_ignore_ascii_case("mailq") => match parse_mailq(args) {
+            Ok(request) => (String::new(), Action::Ask(request)),
+            Err(e) => (format!("{e}\n"), Action::None),
+        },
         [w] if w.eq_ignore_ascii_case("shutdown") => {
             ("Shutdown requested: no new connections; open transactions finish, the spool syncs, then the daemon exits.\n".to_string(), Action::Shutdown)
         }
@@ -310,28 +299,70 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
     }
 }
 
+/// Rows `mailq` shows unless told otherwise.
+pub const MAILQ_ROWS_DEFAULT: usize = 1000;
+
+/// `mailq [-d domain ...] [-b binding ...] [-l N]`.
+fn parse_mailq(args: &[&str]) -> Result<ControlRequest, String> {
+    let (mut domains, mut bindings, mut limit) = (Vec::new(), Vec::new(), MAILQ_ROWS_DEFAULT);
+    let mut list: Option<&mut Vec<String>> = None;
+    let mut words = args.iter();
+    while let Some(w) = words.next() {
+        match *w {
+            "-d" => list = Some(&mut domains),
+            "-b" => list = Some(&mut bindings),
+            "-l" => {
+                list = None;
+                limit = words.next().and_then(|n| n.parse().ok()).ok_or(
+                    "Usage: mailq [-d domain ...] [-b binding ...] [-l N]: -l takes a number",
+                )?;
+            }
+            other => match list.as_deref_mut() {
+                Some(l) => l.push(other.to_string()),
+                None => {
+                    return Err(format!(
+                        "Usage: mailq [-d domain ...] [-b binding ...] [-l N]: unexpected '{other}'"
+                    ))
+                }
+            },
+        }
+    }
+    Ok(ControlRequest::Mailq {
+        domains,
+        bindings,
+        limit,
+    })
+}
+
 /// Momentum's `summary` block ("Label: value", values right-aligned), then
 /// one row per shard.
 pub fn summary(s: &Snapshot) -> String {
     let t = s.total();
     let mut out = String::from("Summary Statistics\n\n");
+    use Counter::*;
     let rows: [(&str, String); 14] = [
-        ("Outbound Concurrency", t.outbound_connections.to_string()),
-        ("Inbound Concurrency", t.inbound_connections.to_string()),
-        ("Active Queue Size", t.active_queue.to_string()),
-        ("Delayed Queue Size", t.delayed_queue.to_string()),
+        (
+            "Outbound Concurrency",
+            t.get(OutboundConnections).to_string(),
+        ),
+        ("Inbound Concurrency", t.get(InboundConnections).to_string()),
+        ("Active Queue Size", t.get(ActiveQueue).to_string()),
+        ("Delayed Queue Size", t.get(DelayedQueue).to_string()),
         (
             "Total Queue Size",
-            (t.active_queue + t.delayed_queue).to_string(),
+            (t.get(ActiveQueue) + t.get(DelayedQueue)).to_string(),
         ),
-        ("Spooled Messages", t.live_messages.to_string()),
-        ("Successfully Delivered Messages", t.delivered.to_string()),
-        ("Failed Messages", t.failed.to_string()),
-        ("Transient Failures", t.transient_failures.to_string()),
-        ("Rejected Messages", t.rejections.to_string()),
-        ("Received Messages", t.received.to_string()),
-        ("Received Bytes", t.bytes_received.to_string()),
-        ("Spool Segments", t.spool_segments.to_string()),
+        ("Spooled Messages", t.get(LiveMessages).to_string()),
+        (
+            "Successfully Delivered Messages",
+            t.get(Delivered).to_string(),
+        ),
+        ("Failed Messages", t.get(Failed).to_string()),
+        ("Transient Failures", t.get(TransientFailures).to_string()),
+        ("Rejected Messages", t.get(Rejections).to_string()),
+        ("Received Messages", t.get(MessagesReceived).to_string()),
+        ("Received Bytes", t.get(BytesReceived).to_string()),
+        ("Spool Segments", t.get(SpoolSegments).to_string()),
         ("Uptime", format!("{} seconds", s.uptime_secs)),
     ];
     for (label, value) in rows {
@@ -356,15 +387,15 @@ pub fn summary(s: &Snapshot) -> String {
             out,
             "{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
             i,
-            f.inbound_connections,
-            f.outbound_connections,
-            f.received,
-            f.delivered,
-            f.failed,
-            f.active_queue,
-            f.delayed_queue,
-            f.bytes_received,
-            f.spool_segments
+            f.get(InboundConnections),
+            f.get(OutboundConnections),
+            f.get(MessagesReceived),
+            f.get(Delivered),
+            f.get(Failed),
+            f.get(ActiveQueue),
+            f.get(DelayedQueue),
+            f.get(BytesReceived),
+            f.get(SpoolSegments)
         );
     }
     let _ = writeln!(out, "\nConfiguration: {}", s.config_source);
@@ -376,17 +407,13 @@ mod tests {
     use super::*;
 
     fn snapshot() -> Snapshot {
-        let a = ShardFigures {
-            received: 3,
-            delivered: 2,
-            ..ShardFigures::default()
-        };
-        let b = ShardFigures {
-            received: 4,
-            delivered: 5,
-            active_queue: 1,
-            ..ShardFigures::default()
-        };
+        let mut a = Figures::default();
+        a.set(Counter::MessagesReceived, 3);
+        a.set(Counter::Delivered, 2);
+        let mut b = Figures::default();
+        b.set(Counter::MessagesReceived, 4);
+        b.set(Counter::Delivered, 5);
+        b.set(Counter::ActiveQueue, 1);
         Snapshot {
             shards: vec![a, b],
             uptime_secs: 7,
@@ -416,6 +443,23 @@ mod tests {
         assert!(text.starts_with("Unknown command: frobnicate now"));
         assert_eq!(action, Action::None);
         assert_eq!(execute("SHUTDOWN", &snapshot()).1, Action::Shutdown);
+    }
+
+    #[test]
+    fn mailq_asks_the_shards_with_its_filters() {
+        let (text, action) = execute("mailq -d a.example b.example -l 5", &snapshot());
+        assert!(text.is_empty());
+        assert_eq!(
+            action,
+            Action::Ask(ControlRequest::Mailq {
+                domains: vec!["a.example".into(), "b.example".into()],
+                bindings: vec![],
+                limit: 5
+            })
+        );
+        let (text, action) = execute("mailq -l many", &snapshot());
+        assert!(text.starts_with("Usage: mailq"));
+        assert_eq!(action, Action::None);
     }
 
     #[test]

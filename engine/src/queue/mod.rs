@@ -1,11 +1,13 @@
-//! Outbound queues of a shard: an active and a delayed queue for every
-//! domain whose key hashes to this shard (see [`queue_owner`]), plus the
+//! Outbound queues of a shard: an active queue for every (binding, domain)
+//! key this shard owns (see [`key_owner`]) and one delayed heap ordered by
+//! due time; plus the types that name messages and queue entries, and the
 //! engine's own spool payloads ([`record`]).
 //!
-//! Owns: queue entries ([`MessageRef`]), per-domain connection counts and
-//! idle-connection wake-ups, the delayed heap ordered by due time.
-//! May call: `config` (delivery options). Never: I/O (that is `delivery`
-//! and `shard`), another shard's queues.
+//! Owns: queue entries ([`MessageRef`]), queue keys ([`QueueKey`]) and the
+//! interned [`QueueId`] a shard gives each queue it holds, per-queue
+//! connection counts and idle-connection wake-ups, the delayed heap.
+//! May call: `config` (delivery options). Never: I/O (that is `delivery`),
+//! another shard's queues.
 
 pub mod record;
 
@@ -16,7 +18,7 @@ use std::rc::Rc;
 
 use ecelerity_spool::BodyRef;
 
-use crate::config::DeliveryOptions;
+use crate::config::{Config, DeliveryOptions, DEFAULT_BINDING};
 
 /// Most messages one shard keeps spooled and undelivered (its live set;
 /// about 400 bytes of memory each, so 1.6 GB at the limit). Past it the
@@ -24,6 +26,8 @@ use crate::config::DeliveryOptions;
 /// back under; what it already holds, and what other shards queue on it,
 /// is never dropped.
 pub const LIVE_MESSAGES_PER_SHARD_MAX: usize = 4_000_000;
+/// Most bindings a configuration may name (a [`BindingId`] is a `u16`).
+pub const BINDINGS_MAX: usize = 4096;
 
 /// A message id: the low 8 bits name the shard that received and spooled
 /// it (its "home"), the rest is that shard's sequence number, which starts
@@ -60,15 +64,77 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// Which shard owns the queue of `domain` (case-insensitive FNV-1a).
-pub fn queue_owner(domain: &str, shard_count: usize) -> usize {
-    assert!(shard_count > 0);
+/// A binding, by its index in [`Bindings`]: the same on every shard, since
+/// every shard builds the table from the same configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingId(pub u16);
+
+/// The configured bindings by id, the default binding first (id 0).
+#[derive(Debug, Clone)]
+pub struct Bindings {
+    names: Vec<Box<str>>,
+    groups: Vec<Box<str>>,
+}
+
+impl Bindings {
+    pub const DEFAULT: BindingId = BindingId(0);
+
+    pub fn from_config(config: &Config) -> Bindings {
+        let mut names: Vec<Box<str>> = vec![DEFAULT_BINDING.into()];
+        let mut others: Vec<&str> = config
+            .bindings()
+            .filter(|b| *b != DEFAULT_BINDING)
+            .collect();
+        others.sort_unstable();
+        names.extend(others.into_iter().map(Box::from));
+        assert!(
+            names.len() <= BINDINGS_MAX,
+            "the configuration bounds bindings"
+        );
+        let groups = names
+            .iter()
+            .map(|b| config.binding_group_of(b).into())
+            .collect();
+        Bindings { names, groups }
+    }
+
+    /// The id of `name`; an unknown binding is the default binding (as
+    /// Momentum falls back).
+    pub fn id(&self, name: &str) -> BindingId {
+        let index = self.names.iter().position(|b| &**b == name).unwrap_or(0);
+        BindingId(index as u16)
+    }
+
+    pub fn name(&self, id: BindingId) -> &str {
+        &self.names[id.0 as usize]
+    }
+
+    pub fn group(&self, id: BindingId) -> &str {
+        &self.groups[id.0 as usize]
+    }
+}
+
+/// What a queue is for: mail to `domain` leaving from `binding`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    pub binding: BindingId,
+    pub domain: Rc<str>,
+}
+
+/// FNV-1a over the binding id and the domain (case-insensitive).
+fn key_hash(binding: BindingId, domain: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in domain.bytes() {
+    for b in binding.0.to_le_bytes().into_iter().chain(domain.bytes()) {
         hash ^= b.to_ascii_lowercase() as u64;
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % shard_count as u64) as usize
+    hash
+}
+
+/// Which shard owns the queue of (`binding`, `domain`).
+pub fn key_owner(binding: BindingId, domain: &str, shard_count: usize) -> usize {
+    assert!(shard_count > 0);
+    (key_hash(binding, domain) % shard_count as u64) as usize
 }
 
 /// How many shards the queue of a domain is spread over, for a
@@ -81,14 +147,20 @@ pub fn delivery_parts(delivery_shards: u32, shard_count: usize) -> usize {
     }
 }
 
-/// Which shard owns the part of `domain`'s queue that message `id` goes
-/// to: the domain's home shard when it has one part, else one of `parts`
+/// Which shard owns the part of a queue that message `id` goes to: the
+/// key's owner when the queue has one part, else one of `parts`
 /// consecutive shards from there, picked by the message's sequence number
 /// (so each message's recipients at that domain stay together).
-pub fn part_owner(domain: &str, id: MessageId, parts: usize, shard_count: usize) -> usize {
+pub fn part_owner(
+    binding: BindingId,
+    domain: &str,
+    id: MessageId,
+    parts: usize,
+    shard_count: usize,
+) -> usize {
     assert!(parts >= 1 && parts <= shard_count);
     let part = (id.sequence() % parts as u64) as usize;
-    (queue_owner(domain, shard_count) + part) % shard_count
+    (key_owner(binding, domain, shard_count) + part) % shard_count
 }
 
 /// The domain part of an address, lower-cased; "" when there is none.
@@ -99,9 +171,9 @@ pub fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
-/// One queue entry: the recipients of one message at one domain. Small and
-/// `Send`: it is what crosses from the receiving shard to the queue owner.
-/// The body stays in the home shard's spool segment.
+/// One queue entry: the recipients of one message at one domain, from one
+/// binding. Small and `Send`: it is what crosses from the receiving shard
+/// to the queue owner. The body stays in the home shard's spool segment.
 #[derive(Debug, Clone)]
 pub struct MessageRef {
     pub id: MessageId,
@@ -109,6 +181,7 @@ pub struct MessageRef {
     pub mail_from: Box<str>,
     /// (index in the spooled envelope, address).
     pub rcpts: Vec<(u32, Box<str>)>,
+    pub binding: BindingId,
     pub domain: Box<str>,
     pub received_unix_ms: u64,
     /// Delivery attempts made so far.
@@ -119,12 +192,21 @@ pub struct MessageRef {
     pub body_8bitmime: bool,
 }
 
-/// The queues of one domain on its owner shard.
-pub struct DomainQueue {
-    pub domain: Rc<str>,
+/// A queue this shard holds, by slot: stable while the queue exists (a
+/// queue with entries or connections is never pruned, so connections and
+/// delayed entries may keep its id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueueId(u32);
+
+/// One (binding, domain) queue on its owner shard.
+pub struct Queue {
+    pub key: QueueKey,
+    /// Options resolved for the key, and the configuration generation they
+    /// came from (a reload makes them stale: see [`Queues::refresh_options`]).
     pub options: Rc<DeliveryOptions>,
+    pub options_generation: u64,
     pub active: VecDeque<MessageRef>,
-    /// Entries of this domain in the shard's delayed heap.
+    /// Entries of this queue in the shard's delayed heap.
     pub delayed_count: usize,
     /// Open (or opening) outbound connections.
     pub connections: u32,
@@ -134,9 +216,16 @@ pub struct DomainQueue {
     pub failed: u64,
 }
 
+impl Queue {
+    fn is_idle(&self) -> bool {
+        self.active.is_empty() && self.delayed_count == 0 && self.connections == 0
+    }
+}
+
 struct Delayed {
     due_unix_ms: u64,
     order: u64,
+    queue: QueueId,
     entry: MessageRef,
 }
 
@@ -160,56 +249,109 @@ impl Ord for Delayed {
 /// All queues a shard owns.
 #[derive(Default)]
 pub struct Queues {
-    domains: HashMap<Rc<str>, DomainQueue>,
+    slots: Vec<Option<Queue>>,
+    free: Vec<u32>,
+    /// Domain → the queues of that domain, one per binding that uses it.
+    by_domain: HashMap<Rc<str>, Vec<(BindingId, QueueId)>>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     order: u64,
 }
 
 impl Queues {
-    pub fn domain_mut(&mut self, domain: &str) -> Option<&mut DomainQueue> {
-        self.domains.get_mut(domain)
+    pub fn find(&self, binding: BindingId, domain: &str) -> Option<QueueId> {
+        self.by_domain
+            .get(domain)?
+            .iter()
+            .find(|(b, _)| *b == binding)
+            .map(|(_, id)| *id)
     }
 
-    /// The queue of `domain`, created with `options()` on first use.
-    pub fn domain_entry(
+    pub fn get(&self, id: QueueId) -> Option<&Queue> {
+        self.slots.get(id.0 as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, id: QueueId) -> Option<&mut Queue> {
+        self.slots.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    /// The queue of (`binding`, `domain`), created with `options()` (and
+    /// the configuration `generation` they came from) on first use.
+    pub fn find_or_create(
         &mut self,
+        binding: BindingId,
         domain: &str,
+        generation: u64,
         options: impl FnOnce() -> DeliveryOptions,
-    ) -> &mut DomainQueue {
-        if !self.domains.contains_key(domain) {
-            let name: Rc<str> = Rc::from(domain);
-            self.domains.insert(
-                name.clone(),
-                DomainQueue {
-                    domain: name,
-                    options: Rc::new(options()),
-                    active: VecDeque::new(),
-                    delayed_count: 0,
-                    connections: 0,
-                    idle: Vec::new(),
-                    delivered: 0,
-                    failed: 0,
-                },
-            );
+    ) -> QueueId {
+        if let Some(id) = self.find(binding, domain) {
+            return id;
         }
-        self.domains.get_mut(domain).unwrap()
+        let name: Rc<str> = match self.by_domain.get_key_value(domain) {
+            Some((name, _)) => name.clone(),
+            None => Rc::from(domain),
+        };
+        let queue = Queue {
+            key: QueueKey {
+                binding,
+                domain: name.clone(),
+            },
+            options: Rc::new(options()),
+            options_generation: generation,
+            active: VecDeque::new(),
+            delayed_count: 0,
+            connections: 0,
+            idle: Vec::new(),
+            delivered: 0,
+            failed: 0,
+        };
+        let id = match self.free.pop() {
+            Some(slot) => {
+                assert!(self.slots[slot as usize].is_none());
+                self.slots[slot as usize] = Some(queue);
+                QueueId(slot)
+            }
+            None => {
+                self.slots.push(Some(queue));
+                QueueId((self.slots.len() - 1) as u32)
+            }
+        };
+        self.by_domain.entry(name).or_default().push((binding, id));
+        id
     }
 
-    /// Puts `entry` in the delayed heap until `due_unix_ms`.
-    pub fn push_delayed(&mut self, entry: MessageRef, due_unix_ms: u64) {
-        if let Some(q) = self.domains.get_mut(&*entry.domain) {
-            q.delayed_count += 1;
+    /// Replaces the options of `id` when they came from an older
+    /// configuration generation; returns the current options.
+    pub fn refresh_options(
+        &mut self,
+        id: QueueId,
+        generation: u64,
+        options: impl FnOnce(&QueueKey) -> DeliveryOptions,
+    ) -> Option<Rc<DeliveryOptions>> {
+        let q = self.get_mut(id)?;
+        if q.options_generation != generation {
+            q.options = Rc::new(options(&q.key));
+            q.options_generation = generation;
         }
+        Some(q.options.clone())
+    }
+
+    /// Puts `entry` of queue `id` in the delayed heap until `due_unix_ms`.
+    pub fn push_delayed(&mut self, id: QueueId, entry: MessageRef, due_unix_ms: u64) {
+        let q = self
+            .get_mut(id)
+            .expect("a delayed entry belongs to a queue");
+        q.delayed_count += 1;
         self.order += 1;
         self.delayed.push(Reverse(Delayed {
             due_unix_ms,
             order: self.order,
+            queue: id,
             entry,
         }));
     }
 
     /// Takes every delayed entry due at `now_unix_ms`, at most `limit`.
-    pub fn pop_due(&mut self, now_unix_ms: u64, limit: usize) -> Vec<MessageRef> {
+    pub fn pop_due(&mut self, now_unix_ms: u64, limit: usize) -> Vec<(QueueId, MessageRef)> {
         let mut due = Vec::new();
         while due.len() < limit {
             match self.delayed.peek() {
@@ -217,11 +359,12 @@ impl Queues {
                 _ => break,
             }
             let Reverse(d) = self.delayed.pop().unwrap();
-            if let Some(q) = self.domains.get_mut(&*d.entry.domain) {
-                assert!(q.delayed_count > 0);
-                q.delayed_count -= 1;
-            }
-            due.push(d.entry);
+            let q = self
+                .get_mut(d.queue)
+                .expect("a queue with delayed entries stays");
+            assert!(q.delayed_count > 0);
+            q.delayed_count -= 1;
+            due.push((d.queue, d.entry));
         }
         due
     }
@@ -232,22 +375,35 @@ impl Queues {
     }
 
     pub fn active_count(&self) -> usize {
-        self.domains.values().map(|q| q.active.len()).sum()
+        self.iter().map(|q| q.active.len()).sum()
     }
 
     pub fn delayed_count(&self) -> usize {
         self.delayed.len()
     }
 
-    pub fn domains(&self) -> impl Iterator<Item = &DomainQueue> {
-        self.domains.values()
+    pub fn iter(&self) -> impl Iterator<Item = &Queue> {
+        self.slots.iter().flatten()
     }
 
-    /// Forgets domains with nothing queued and no connection, so the map
-    /// does not grow with every domain ever seen.
+    /// Forgets queues with nothing queued and no connection, so the table
+    /// does not grow with every domain ever seen; their slots are reused.
     pub fn prune(&mut self) {
-        self.domains
-            .retain(|_, q| !q.active.is_empty() || q.delayed_count > 0 || q.connections > 0);
+        for slot in 0..self.slots.len() {
+            let idle = self.slots[slot].as_ref().is_some_and(Queue::is_idle);
+            if !idle {
+                continue;
+            }
+            let q = self.slots[slot].take().unwrap();
+            let id = QueueId(slot as u32);
+            if let Some(list) = self.by_domain.get_mut(&*q.key.domain) {
+                list.retain(|(_, i)| *i != id);
+                if list.is_empty() {
+                    self.by_domain.remove(&*q.key.domain);
+                }
+            }
+            self.free.push(slot as u32);
+        }
     }
 }
 
@@ -270,7 +426,15 @@ mod tests {
         let shards = 4;
         for parts in 1..=shards {
             let owners: std::collections::BTreeSet<usize> = (0..100u64)
-                .map(|s| part_owner("example.com", MessageId::new(0, s), parts, shards))
+                .map(|s| {
+                    part_owner(
+                        Bindings::DEFAULT,
+                        "example.com",
+                        MessageId::new(0, s),
+                        parts,
+                        shards,
+                    )
+                })
                 .collect();
             assert_eq!(owners.len(), parts);
         }
@@ -280,11 +444,102 @@ mod tests {
     }
 
     #[test]
-    fn queue_owner_is_stable_and_case_insensitive() {
+    fn key_owner_is_stable_case_insensitive_and_depends_on_the_binding() {
         for shards in 1..8 {
-            let a = queue_owner("Example.COM", shards);
-            assert_eq!(a, queue_owner("example.com", shards));
+            let a = key_owner(Bindings::DEFAULT, "Example.COM", shards);
+            assert_eq!(a, key_owner(Bindings::DEFAULT, "example.com", shards));
             assert!(a < shards);
         }
+        let spread: std::collections::BTreeSet<usize> = (0..64u16)
+            .map(|b| key_owner(BindingId(b), "example.com", 8))
+            .collect();
+        assert!(
+            spread.len() > 1,
+            "bindings of one domain spread over shards"
+        );
+    }
+
+    fn entry(domain: &str) -> MessageRef {
+        MessageRef {
+            id: MessageId::new(0, 1),
+            body: BodyRef {
+                segment: 1,
+                offset: 0,
+                len: 10,
+            },
+            mail_from: "a@b".into(),
+            rcpts: vec![(0, format!("x@{domain}").into())],
+            binding: Bindings::DEFAULT,
+            domain: domain.into(),
+            received_unix_ms: 0,
+            attempts: 0,
+            next_attempt_unix_ms: 0,
+            connection_id: 0,
+            body_8bitmime: false,
+        }
+    }
+
+    fn options() -> DeliveryOptions {
+        DeliveryOptions::builtin("test.example")
+    }
+
+    #[test]
+    fn one_queue_per_binding_and_domain_and_slots_come_back_after_prune() {
+        let mut queues = Queues::default();
+        let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        let b = queues.find_or_create(BindingId(1), "a.example", 1, options);
+        assert_ne!(a, b);
+        assert_eq!(
+            queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options),
+            a
+        );
+        queues
+            .get_mut(a)
+            .unwrap()
+            .active
+            .push_back(entry("a.example"));
+        queues.prune();
+        assert!(queues.get(a).is_some(), "a queue with entries stays");
+        assert!(queues.get(b).is_none(), "an idle queue goes");
+        let c = queues.find_or_create(Bindings::DEFAULT, "c.example", 1, options);
+        assert_eq!(c, b, "the freed slot is reused");
+        assert_eq!(queues.get(c).unwrap().key.domain.as_ref(), "c.example");
+        assert_eq!(queues.find(BindingId(1), "a.example"), None);
+    }
+
+    #[test]
+    fn delayed_entries_come_due_in_order_and_keep_their_queue() {
+        let mut queues = Queues::default();
+        let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        queues.push_delayed(a, entry("a.example"), 200);
+        queues.push_delayed(a, entry("a.example"), 100);
+        assert_eq!(queues.next_due_unix_ms(), Some(100));
+        queues.prune();
+        assert!(queues.get(a).is_some(), "delayed entries keep the queue");
+        assert!(queues.pop_due(99, 10).is_empty());
+        assert_eq!(queues.pop_due(150, 10).len(), 1);
+        assert_eq!(queues.get(a).unwrap().delayed_count, 1);
+        let due = queues.pop_due(1000, 10);
+        assert_eq!(due[0].0, a);
+        assert_eq!(queues.delayed_count(), 0);
+    }
+
+    #[test]
+    fn options_are_refreshed_only_for_a_new_generation() {
+        let mut queues = Queues::default();
+        let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        let first = queues
+            .refresh_options(a, 1, |_| panic!("same generation"))
+            .unwrap();
+        let second = queues
+            .refresh_options(a, 2, |key| {
+                assert_eq!(&*key.domain, "a.example");
+                let mut o = options();
+                o.max_outbound_connections = 7;
+                o
+            })
+            .unwrap();
+        assert_ne!(first.max_outbound_connections, 7);
+        assert_eq!(second.max_outbound_connections, 7);
     }
 }

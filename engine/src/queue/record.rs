@@ -4,12 +4,20 @@
 //! Owns: a small versioned binary codec for [`SpooledEnvelope`] and [`Note`].
 //! Spool records are hostile input on the way back in (a disk can lie): the
 //! decoder checks every length against a named limit and never panics.
-//! May call: std only. Never: I/O.
+//! May call: std, and `config` for the name of the default binding.
+//! Never: I/O.
+//!
+//! Envelope versions: 1 had no binding (its messages belong to the default
+//! binding); 2 adds the binding name after the 8BITMIME flag. Both decode.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::config::DEFAULT_BINDING;
+
 /// Format version of an encoded envelope; bump on any layout change.
-const ENVELOPE_VERSION: u8 = 1;
+const ENVELOPE_VERSION: u8 = 2;
+/// The first version, without a binding.
+const ENVELOPE_VERSION_NO_BINDING: u8 = 1;
 /// Longest address stored (RFC 5321 allows 256 for a path).
 pub const ADDRESS_BYTES_MAX: usize = 1024;
 /// Most recipients one spooled message may carry.
@@ -23,6 +31,9 @@ pub struct SpooledEnvelope {
     /// Inbound connection id, for the logs.
     pub connection_id: u64,
     pub body_8bitmime: bool,
+    /// The binding the message leaves from (Momentum's binding; the default
+    /// binding until policy assigns others).
+    pub binding: String,
     /// Reverse path without angle brackets; empty for the null sender.
     pub mail_from: String,
     /// Forward paths, in the order the client gave them. A recipient is
@@ -73,6 +84,7 @@ impl SpooledEnvelope {
         }
         out.extend_from_slice(&self.connection_id.to_le_bytes());
         out.push(self.body_8bitmime as u8);
+        put_str(out, &self.binding);
         put_str(out, &self.mail_from);
         out.extend_from_slice(&(self.rcpts.len() as u32).to_le_bytes());
         for rcpt in &self.rcpts {
@@ -83,7 +95,7 @@ impl SpooledEnvelope {
     pub fn decode(bytes: &[u8]) -> Result<SpooledEnvelope, RecordError> {
         let mut r = Reader { bytes };
         let version = r.u8()?;
-        if version != ENVELOPE_VERSION {
+        if version != ENVELOPE_VERSION && version != ENVELOPE_VERSION_NO_BINDING {
             return Err(RecordError::Version(version));
         }
         let received_unix_ms = r.u64()?;
@@ -97,6 +109,11 @@ impl SpooledEnvelope {
             0 => false,
             1 => true,
             _ => return Err(RecordError::Value),
+        };
+        let binding = if version == ENVELOPE_VERSION_NO_BINDING {
+            DEFAULT_BINDING.to_string()
+        } else {
+            r.str()?
         };
         let mail_from = r.str()?;
         let count = r.u32()? as usize;
@@ -115,6 +132,7 @@ impl SpooledEnvelope {
             peer_ip,
             connection_id,
             body_8bitmime,
+            binding,
             mail_from,
             rcpts,
         })
@@ -219,6 +237,7 @@ mod tests {
             peer_ip: "127.0.0.1".parse().unwrap(),
             connection_id: 42,
             body_8bitmime: true,
+            binding: DEFAULT_BINDING.into(),
             mail_from: "news@example.net".into(),
             rcpts: vec!["a@example.com".into(), "b@example.org".into()],
         }
@@ -241,6 +260,24 @@ mod tests {
             note.encode(&mut buf);
             assert_eq!(Note::decode(&buf).unwrap(), note);
         }
+    }
+
+    #[test]
+    fn a_version_1_envelope_belongs_to_the_default_binding() {
+        let mut v2 = sample();
+        v2.binding = "mta1".into();
+        let mut buf = Vec::new();
+        v2.encode(&mut buf);
+        assert_eq!(SpooledEnvelope::decode(&buf).unwrap().binding, "mta1");
+        // The same envelope as version 1 wrote it: no binding field.
+        let mut v1 = vec![ENVELOPE_VERSION_NO_BINDING];
+        v1.extend_from_slice(&buf[1..1 + 8 + 1 + 4 + 8 + 1]);
+        let binding_field = 2 + "mta1".len();
+        v1.extend_from_slice(&buf[1 + 8 + 1 + 4 + 8 + 1 + binding_field..]);
+        let old = SpooledEnvelope::decode(&v1).expect("version 1 still decodes");
+        assert_eq!(old.binding, DEFAULT_BINDING);
+        assert_eq!(old.mail_from, v2.mail_from);
+        assert_eq!(old.rcpts, v2.rcpts);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! SMTP, as pure protocol code: bytes in, replies and events out. Nothing
-//! here opens a socket or reads a clock; `shard` (inbound) and `delivery`
+//! here opens a socket or reads a clock; `inbound` and `delivery`
 //! (outbound) do the I/O and make no protocol decisions.
 //!
 //! * [`command`]: the command-line parser (verbs, paths, ESMTP parameters).
 //! * [`server`]: the inbound session state machine (RFC 5321, PIPELINING,
 //!   DATA transparency, limits, smuggling defence).
 //! * [`reply`]: the incremental reply parser used by the client.
-//! * [`client`]: the outbound session state machine and DATA encoding.
+//! * [`client`]: the outbound session state machine.
+//! * [`body`]: DATA encoding of an outbound body.
 
+pub mod body;
 pub mod client;
 pub mod command;
 pub mod reply;

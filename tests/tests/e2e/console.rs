@@ -108,3 +108,48 @@ fn console_shutdown_stops_the_daemon_cleanly() {
         mta.daemon.stderr_text()
     );
 }
+
+/// Messages left queued for `mailq`.
+const MAILQ_MESSAGES: usize = 5;
+
+/// Goal: `mailq` shows each queue as every shard holds it (a control
+/// request that travels to every shard and back). Method: with the gateway
+/// down, queue N one-recipient messages to example.com; `mailq` must show
+/// one `default/default example.com` row whose AQ + DQ is N, and a domain
+/// filter that matches nothing must show the header alone.
+#[test]
+fn console_mailq_shows_every_queue_with_its_sizes() {
+    let dir = ecelerity_tests::TempDir::new("console-mailq");
+    // Nothing listens on the gateway port: every attempt is deferred.
+    let config = ecelerity_tests::TestConfig::new(ecelerity_tests::free_port());
+    let daemon = ecelerity_tests::Daemon::start(dir.path(), &config.render());
+    let count = MAILQ_MESSAGES.to_string();
+    let report = send_messages(daemon.smtp_port(), &["--count", &count], ARRIVAL_TIMEOUT);
+    assert_eq!(report.accepted().len(), MAILQ_MESSAGES, "{}", report.stderr);
+
+    let mut last = String::new();
+    let shown = poll_until(ARRIVAL_TIMEOUT, || {
+        let output = daemon.console("mailq\n");
+        assert!(output.status.success());
+        last = String::from_utf8_lossy(&output.stdout).into_owned();
+        let row: Vec<&str> = last
+            .lines()
+            .find(|l| l.contains(" example.com "))?
+            .split_whitespace()
+            .collect();
+        let queued: u64 = row[2].parse::<u64>().ok()? + row[3].parse::<u64>().ok()?;
+        (row[0] == "default/default" && queued == MAILQ_MESSAGES as u64).then_some(())
+    });
+    assert!(
+        shown.is_some(),
+        "mailq never showed {MAILQ_MESSAGES} queued:\n{last}"
+    );
+    assert!(last.starts_with("Group/Binding"), "{last}");
+
+    let output = daemon.console("mailq -d nothing.example\n");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.lines().count(), 1, "only the header:\n{text}");
+    let output = daemon.console("mailq -l x\n");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("Usage: mailq"), "{text}");
+}

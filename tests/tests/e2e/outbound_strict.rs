@@ -267,6 +267,7 @@ fn write_spool(dir: &Path, cases: &[(&'static str, Vec<u8>, bool)]) {
                 peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 connection_id: n as u64,
                 body_8bitmime: *eight_bit,
+                binding: ecelerity_engine::config::DEFAULT_BINDING.to_string(),
                 mail_from: SENDER.to_string(),
                 rcpts: vec![rcpt(n)],
             };

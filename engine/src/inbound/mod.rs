@@ -9,10 +9,11 @@
 //! peer table), the clocks of a session (`idle_time` per read,
 //! `inbound_command_timeout` per command line, `inbound_data_timeout` per
 //! DATA) and the read buffers.
-//! May call: the session, the spool, the logs, the shard's router.
+//! May call: the session, `message` (admission and spooling), `mesh`
+//! (routing entries to queue owners), `env` (logs, counters, stop signal).
 //! Never: protocol decisions (replies other than the connection-refusal
 //! 421s are the session's); a lock on a per-message path (the peer table
-//! is locked once at accept and once at close).
+//! takes one compare-and-swap at accept and one at close).
 //!
 //! Memory: an idle session holds `COMMAND_READ_BYTES` of read buffer; the
 //! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read.
@@ -20,7 +21,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,20 @@ use ecelerity_spool::SpoolError;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::{now_unix_ms, Shard, ShardStats};
+use glommio::sync::Gate;
+
+use crate::clock::now_unix_ms;
 use crate::config::ListenerConfig;
+use crate::env::ShardEnv;
 use crate::log::{format_reception, format_rejection, Reception, RecordIds, Rejection};
+use crate::mesh::Router;
+use crate::message::{Messages, RefusedBecause};
 use crate::queue::record::SpooledEnvelope;
-use crate::queue::{MessageId, LIVE_MESSAGES_PER_SHARD_MAX};
+use crate::queue::{Bindings, MessageId};
 use crate::smtp::server::{
     Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
+use crate::stats::Counter;
 
 /// Bytes read from a client socket at a time while a DATA is being read.
 /// Allocated at the 354 and freed when the message is answered.
@@ -122,17 +128,31 @@ impl Refusal {
     }
 }
 
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<ListenerConfig>) {
+/// The inbound side of one shard: what its sessions need, nothing more.
+pub struct Inbound {
+    pub env: Rc<ShardEnv>,
+    pub messages: Rc<Messages>,
+    pub router: Rc<Router>,
+    pub bindings: Rc<Bindings>,
+    /// Open sessions; shutdown waits for them.
+    pub sessions: Gate,
+}
+
+pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<ListenerConfig>) {
     let policy: Rc<dyn ecelerity_policy::Policy> = Rc::new(RelayControl {
         relay_hosts: config.relay_hosts.clone(),
         local_domains: Vec::new(),
     });
-    let server_max = u64::from(shard.config.server_max_inbound_connections());
+    let server_max = u64::from(shard.env.config.get().server_max_inbound_connections());
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(shard = shard.id, "accept on {} failed: {e}", config.address);
+                tracing::warn!(
+                    shard = shard.env.id,
+                    "accept on {} failed: {e}",
+                    config.address
+                );
                 glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                 continue;
             }
@@ -140,12 +160,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<Lis
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
-        let open: u64 = shard
-            .stats
-            .shards
-            .iter()
-            .map(|s| s.inbound_connections.load(Relaxed))
-            .sum();
+        let open: u64 = shard.env.stats.total(Counter::InboundConnections);
         let per_ip = config.max_inbound_connections_per_ip;
         let exempt = per_ip == 0 || config.relay_hosts.iter().any(|c| c.contains(peer.ip()));
         let slot = if exempt {
@@ -165,21 +180,21 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<Lis
             refuse(&shard, stream, peer, refusal).await;
             continue;
         }
-        ShardStats::add(&shard.my_stats().inbound_connections, 1);
-        ShardStats::add(&shard.my_stats().inbound_connections_total, 1);
+        shard.env.stats().add(Counter::InboundConnections, 1);
+        shard.env.stats().add(Counter::InboundConnectionsTotal, 1);
         let (shard2, config2, policy2) = (shard.clone(), config.clone(), policy.clone());
         let spawned = shard.sessions.spawn(async move {
             let _slot = slot;
             if let Err(e) = serve(&shard2, stream, &config2, policy2).await {
-                tracing::debug!(shard = shard2.id, "session ended: {e}");
+                tracing::debug!(shard = shard2.env.id, "session ended: {e}");
             }
-            ShardStats::sub(&shard2.my_stats().inbound_connections, 1);
+            shard2.env.stats().sub(Counter::InboundConnections, 1);
         });
         match spawned {
             Ok(task) => task.detach(),
             Err(_) => {
                 // The gate is closed: the shard is stopping.
-                ShardStats::sub(&shard.my_stats().inbound_connections, 1);
+                shard.env.stats().sub(Counter::InboundConnections, 1);
                 return;
             }
         };
@@ -189,13 +204,13 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<Lis
 /// Answers a connection we will not serve with a 421, logs it to the
 /// rejectlog and closes it. The reply fits an empty socket buffer, so
 /// the write does not wait on the client.
-async fn refuse(shard: &Shard, mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
+async fn refuse(shard: &Inbound, mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
     let reply = refusal.reply();
     let local = stream
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let connection_id = MessageId(shard.next_connection_id()).to_string();
+    let connection_id = MessageId(shard.messages.next_connection_id()).to_string();
     let text = String::from_utf8_lossy(reply.strip_suffix(b"\r\n").unwrap_or(reply));
     log_rejection(
         shard,
@@ -210,7 +225,7 @@ async fn refuse(shard: &Shard, mut stream: TcpStream, peer: SocketAddr, refusal:
             text: &text,
         },
     );
-    tracing::debug!(shard = shard.id, "refused {peer}: {refusal:?}");
+    tracing::debug!(shard = shard.env.id, "refused {peer}: {refusal:?}");
     let _ = stream.write_all(reply).await;
     let _ = stream.close().await;
 }
@@ -267,14 +282,14 @@ impl Deadlines {
 }
 
 async fn serve(
-    shard: &Rc<Shard>,
+    shard: &Rc<Inbound>,
     mut stream: TcpStream,
     listener: &ListenerConfig,
     policy: Rc<dyn ecelerity_policy::Policy>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let conn = Conn {
-        id: shard.next_connection_id(),
+        id: shard.messages.next_connection_id(),
         peer: stream.peer_addr()?,
         local: stream.local_addr()?,
     };
@@ -286,7 +301,7 @@ async fn serve(
         ..ServerLimits::default()
     };
     let params = ServerParams {
-        hostname: shard.hostname.clone(),
+        hostname: shard.env.config.get().hostname().to_string(),
         peer_ip: conn.peer.ip(),
         limits,
         version: crate::VERSION,
@@ -329,7 +344,7 @@ async fn serve(
                 }
             }
         }
-        if !stop_seen && shard.is_stopping() {
+        if !stop_seen && shard.env.is_stopping() {
             stop_seen = true;
             session.shutdown();
             continue;
@@ -339,7 +354,7 @@ async fn serve(
             // less input while a message waits for the spool, which the
             // event above handles, so this is a stuck session.
             tracing::warn!(
-                shard = shard.id,
+                shard = shard.env.id,
                 "session from {} stopped asking for input; closing",
                 conn.peer
             );
@@ -351,7 +366,7 @@ async fn serve(
         let left = deadlines.deadline().saturating_duration_since(now);
         if left.is_zero() {
             tracing::info!(
-                shard = shard.id,
+                shard = shard.env.id,
                 "{} missed the {} deadline: 421 4.4.2",
                 conn.peer,
                 session.phase_name()
@@ -377,7 +392,7 @@ async fn serve(
                 if stop_seen {
                     std::future::pending::<()>().await;
                 }
-                let _ = shard.stopping.acquire(1).await;
+                shard.env.stopping.wait().await;
                 None
             },
         )
@@ -386,7 +401,7 @@ async fn serve(
             None => continue, // stopping: handled at the top of the loop
             Some(Ok(0)) => break,
             Some(Ok(n)) => {
-                ShardStats::add(&shard.my_stats().bytes_received, n as u64);
+                shard.env.stats().add(Counter::BytesReceived, n as u64);
                 session.input(&buffer[..n]);
             }
             Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -396,7 +411,7 @@ async fn serve(
                     "idle_time"
                 };
                 tracing::info!(
-                    shard = shard.id,
+                    shard = shard.env.id,
                     "{} timed out ({what}, {}): 421 4.4.2",
                     conn.peer,
                     session.phase_name()
@@ -412,27 +427,20 @@ async fn serve(
 
 /// Spools one message and routes its recipients; the reply waits for it.
 async fn receive(
-    shard: &Rc<Shard>,
+    shard: &Rc<Inbound>,
     conn: &Conn,
     session: &ServerSession,
     mut envelope: Envelope,
 ) -> (SpoolOutcome, Vec<u8>) {
-    if shard.live.borrow().len() >= LIVE_MESSAGES_PER_SHARD_MAX {
-        if !shard.live_full.replace(true) {
-            tracing::warn!(
-                shard = shard.id,
-                "{LIVE_MESSAGES_PER_SHARD_MAX} messages spooled and undelivered: new \
-                 messages get 451 4.3.0 until deliveries catch up (is the \
-                 destination down? see the console's summary)"
-            );
+    let id = match shard.messages.admit() {
+        Ok(id) => id,
+        Err(_) => {
+            return (
+                SpoolOutcome::TemporaryFailure,
+                std::mem::take(&mut envelope.body),
+            )
         }
-        return (
-            SpoolOutcome::TemporaryFailure,
-            std::mem::take(&mut envelope.body),
-        );
-    }
-    shard.live_full.set(false);
-    let id = shard.next_message_id();
+    };
     let queue_id = id.to_string();
     let now_ms = now_unix_ms();
     let header = session.received_header(&envelope, &queue_id, (now_ms / 1000) as i64);
@@ -445,17 +453,15 @@ async fn receive(
         peer_ip: conn.peer.ip(),
         connection_id: conn.id,
         body_8bitmime: envelope.body_8bitmime,
+        binding: shard.bindings.name(Bindings::DEFAULT).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
     };
-    let mut encoded =
-        Vec::with_capacity(64 + spooled.rcpts.iter().map(|r| r.len() + 2).sum::<usize>());
-    spooled.encode(&mut encoded);
-    let body_ref = match shard.spool.append_message(id.0, &encoded, &body).await {
+    let spooled_ref = match shard.messages.spool(id, &spooled, &body).await {
         Ok(r) => r,
-        Err(SpoolError::StorageFull) => {
+        Err(RefusedBecause::Spool(SpoolError::StorageFull)) => {
             tracing::error!(
-                shard = shard.id,
+                shard = shard.env.id,
                 "spool full: message from {} refused with 452 4.3.1",
                 conn.peer
             );
@@ -463,33 +469,26 @@ async fn receive(
         }
         Err(e) => {
             tracing::error!(
-                shard = shard.id,
-                "spool write failed: {e}: message from {} refused with 451 4.3.0",
+                shard = shard.env.id,
+                "spool write failed: {e:?}: message from {} refused with 451 4.3.0",
                 conn.peer
             );
             return (SpoolOutcome::TemporaryFailure, received);
         }
     };
-    let stats = shard.my_stats();
-    ShardStats::add(&stats.messages_received, 1);
-    ShardStats::add(&stats.live_messages, 1);
-    shard
-        .live
-        .borrow_mut()
-        .insert(id.0, spooled.rcpts.len() as u32);
     log_receptions(shard, conn, id, &spooled, body.len() as u64);
-    let entries = shard.entries_for(
+    let entries = shard.messages.entries_for(
         id,
-        body_ref,
+        spooled_ref.body,
         &spooled,
         (0..spooled.rcpts.len() as u32).map(|i| (i, 0, 0)),
     );
-    shard.route(entries).await;
+    shard.router.route(entries).await;
     (SpoolOutcome::Queued { queue_id }, received)
 }
 
 fn log_receptions(
-    shard: &Shard,
+    shard: &Inbound,
     conn: &Conn,
     id: MessageId,
     envelope: &SpooledEnvelope,
@@ -503,7 +502,8 @@ fn log_receptions(
         batch_id: &message_id,
         connection_id: &connection_id,
     };
-    shard.logs.mainlog(|buf| {
+    let binding = shard.bindings.id(&envelope.binding);
+    shard.env.logs.mainlog(|buf| {
         for rcpt in &envelope.rcpts {
             let r = Reception {
                 rcpt,
@@ -511,8 +511,8 @@ fn log_receptions(
                 peer_ip: conn.peer.ip(),
                 size_bytes: size,
                 protocol: "esmtp",
-                binding_group: "default",
-                binding: "default",
+                binding_group: shard.bindings.group(binding),
+                binding: shard.bindings.name(binding),
             };
             format_reception(buf, &ids, &r);
         }
@@ -522,7 +522,7 @@ fn log_receptions(
 /// Writes a rejectlog line for each final 4xx/5xx reply line the session
 /// is about to send (the replies are the session's decisions; this only
 /// records them).
-fn log_rejections(shard: &Shard, conn: &Conn, session: &ServerSession, output: &[u8]) {
+fn log_rejections(shard: &Inbound, conn: &Conn, session: &ServerSession, output: &[u8]) {
     for line in output.split(|&b| b == b'\n') {
         if line.len() < 4 || !(line[0] == b'4' || line[0] == b'5') || line[3] != b' ' {
             continue;
@@ -551,9 +551,10 @@ fn log_rejections(shard: &Shard, conn: &Conn, session: &ServerSession, output: &
 }
 
 /// Counts a rejection and writes its rejectlog line.
-fn log_rejection(shard: &Shard, rejection: &Rejection<'_>) {
-    ShardStats::add(&shard.my_stats().rejections, 1);
+fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
+    shard.env.stats().add(Counter::Rejections, 1);
     shard
+        .env
         .logs
         .rejectlog(|buf| format_rejection(buf, now_unix_ms() / 1000, rejection));
 }

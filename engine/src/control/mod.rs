@@ -1,0 +1,332 @@
+//! The control plane: requests that must see a shard's own state (its
+//! queues), asked of every shard and answered by each.
+//!
+//! Owns: [`ControlRequest`] and [`ControlReply`], the [`Envelope`] that
+//! carries a request over the mesh with the channel its answers go back
+//! on, [`ControlHandle`] (how a thread outside the shards, such as the
+//! console, asks), and the pure handlers: [`answer`] (a request and one
+//! shard's queues in, that shard's part out) and [`render_mailq`].
+//! May call: `queue` (read-only). Never: I/O, a lock on a shard's path
+//! (a shard answers with a non-blocking send; a full or closed reply
+//! channel drops that part).
+//!
+//! Path of a request: the asking thread pushes an [`Envelope`] into shard
+//! 0's control queue (a bounded crossbeam channel, polled every
+//! [`CONTROL_POLL_MS`] by shard 0); shard 0 sends a copy to every shard
+//! over the mesh (`ShardMsg::Control`, itself included); each shard
+//! answers into the envelope's reply channel; the asker gathers one part
+//! per shard or gives up after its timeout.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+
+use crate::queue::{Bindings, Queues};
+
+/// How often shard 0 looks at its control queue.
+pub const CONTROL_POLL_MS: u64 = 10;
+/// Requests waiting for shard 0 at most; past it an asker is told busy.
+pub const CONTROL_QUEUE_MAX: usize = 64;
+/// How long an asker waits for every shard's part.
+pub const CONTROL_TIMEOUT_MS: u64 = 5_000;
+/// Most rows one shard returns for `mailq`.
+pub const MAILQ_ROWS_MAX: usize = 10_000;
+
+/// What a control client asks every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// Momentum's `mailq`: every queue with its active and delayed sizes,
+    /// optionally only some domains or bindings, at most `limit` rows.
+    Mailq {
+        domains: Vec<String>,
+        bindings: Vec<String>,
+        limit: usize,
+    },
+}
+
+/// One shard's part of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlReply {
+    Mailq(Vec<QueueRow>),
+}
+
+/// One queue as `mailq` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueRow {
+    pub binding_group: String,
+    pub binding: String,
+    pub domain: String,
+    pub active: u64,
+    pub delayed: u64,
+}
+
+/// A request on its way, and where its parts go.
+#[derive(Clone)]
+pub struct Envelope {
+    pub request: ControlRequest,
+    /// (shard, part).
+    pub reply: Sender<(usize, ControlReply)>,
+    /// Shard 0 sends this envelope to every shard (set by the asker; the
+    /// copies shard 0 sends have it cleared).
+    pub fan_out: bool,
+}
+
+impl Envelope {
+    /// Sends this shard's part; never waits.
+    pub fn answer(&self, shard: usize, part: ControlReply) {
+        match self.reply.try_send((shard, part)) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(shard, "control reply channel full; part dropped")
+            }
+        }
+    }
+}
+
+/// Why a control request got no full answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    #[error("the engine is busy with other control requests; try again")]
+    Busy,
+    #[error("the engine is not running")]
+    Stopped,
+    #[error("only {got} of {expected} shards answered in time")]
+    Timeout { got: usize, expected: usize },
+}
+
+/// How a thread outside the shards asks them. Cheap to clone, `Send`.
+#[derive(Clone)]
+pub struct ControlHandle {
+    to_first_shard: Sender<Envelope>,
+    shard_count: usize,
+}
+
+impl ControlHandle {
+    /// A handle and the queue shard 0 polls.
+    pub fn new(shard_count: usize) -> (ControlHandle, Receiver<Envelope>) {
+        assert!(shard_count > 0);
+        let (tx, rx) = crossbeam::channel::bounded(CONTROL_QUEUE_MAX);
+        (
+            ControlHandle {
+                to_first_shard: tx,
+                shard_count,
+            },
+            rx,
+        )
+    }
+
+    /// Asks every shard and returns their parts in shard order.
+    pub fn ask_all(
+        &self,
+        request: ControlRequest,
+        timeout: Duration,
+    ) -> Result<Vec<ControlReply>, ControlError> {
+        let (reply, parts) = crossbeam::channel::bounded(self.shard_count);
+        let envelope = Envelope {
+            request,
+            reply,
+            fan_out: true,
+        };
+        match self.to_first_shard.try_send(envelope) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ControlError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(ControlError::Stopped),
+        }
+        let deadline = Instant::now() + timeout;
+        let mut got: Vec<Option<ControlReply>> = vec![None; self.shard_count];
+        let mut count = 0;
+        while count < self.shard_count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match parts.recv_timeout(left) {
+                Ok((shard, part)) if shard < self.shard_count && got[shard].is_none() => {
+                    got[shard] = Some(part);
+                    count += 1;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(ControlError::Timeout {
+                        got: count,
+                        expected: self.shard_count,
+                    })
+                }
+            }
+        }
+        Ok(got.into_iter().flatten().collect())
+    }
+}
+
+/// One shard's part of `request`, from its own queues.
+pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) -> ControlReply {
+    match request {
+        ControlRequest::Mailq {
+            domains,
+            bindings: only,
+            limit,
+        } => {
+            let limit = (*limit).min(MAILQ_ROWS_MAX);
+            let rows = queues
+                .iter()
+                .filter(|q| {
+                    domains.is_empty()
+                        || domains
+                            .iter()
+                            .any(|d| d.eq_ignore_ascii_case(&q.key.domain))
+                })
+                .filter(|q| {
+                    only.is_empty() || only.iter().any(|b| b == bindings.name(q.key.binding))
+                })
+                .filter(|q| !q.active.is_empty() || q.delayed_count > 0)
+                .take(limit)
+                .map(|q| QueueRow {
+                    binding_group: bindings.group(q.key.binding).to_string(),
+                    binding: bindings.name(q.key.binding).to_string(),
+                    domain: q.key.domain.to_string(),
+                    active: q.active.len() as u64,
+                    delayed: q.delayed_count as u64,
+                })
+                .collect();
+            ControlReply::Mailq(rows)
+        }
+    }
+}
+
+/// Momentum's `mailq` table: `Group/Binding  Domain  AQ  DQ`, one row per
+/// queue (a queue spread over several shards is summed), sorted.
+pub fn render_mailq(parts: &[ControlReply], limit: usize) -> String {
+    let mut rows: Vec<QueueRow> = Vec::new();
+    for part in parts {
+        let ControlReply::Mailq(part_rows) = part;
+        for r in part_rows {
+            match rows
+                .iter_mut()
+                .find(|x| x.binding == r.binding && x.domain == r.domain)
+            {
+                Some(x) => {
+                    x.active += r.active;
+                    x.delayed += r.delayed;
+                }
+                None => rows.push(r.clone()),
+            }
+        }
+    }
+    rows.sort();
+    rows.truncate(limit);
+    let width = rows
+        .iter()
+        .map(|r| r.binding_group.len() + 1 + r.binding.len())
+        .max()
+        .unwrap_or(0)
+        .max("Group/Binding".len());
+    let domain_width = rows
+        .iter()
+        .map(|r| r.domain.len())
+        .max()
+        .unwrap_or(0)
+        .max("Domain".len());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<domain_width$}  {:>8}  {:>8}",
+        "Group/Binding", "Domain", "AQ", "DQ"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<domain_width$}  {:>8}  {:>8}",
+            format!("{}/{}", r.binding_group, r.binding),
+            r.domain,
+            r.active,
+            r.delayed
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn row(domain: &str, active: u64, delayed: u64) -> QueueRow {
+        QueueRow {
+            binding_group: "default".into(),
+            binding: "default".into(),
+            domain: domain.into(),
+            active,
+            delayed,
+        }
+    }
+
+    #[test]
+    fn mailq_sums_a_spread_queue_and_sorts() {
+        let parts = vec![
+            ControlReply::Mailq(vec![row("b.example", 1, 2), row("a.example", 3, 0)]),
+            ControlReply::Mailq(vec![row("b.example", 4, 5)]),
+        ];
+        let text = render_mailq(&parts, 100);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("Group/Binding"));
+        let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(words(lines[1]), ["default/default", "a.example", "3", "0"]);
+        assert_eq!(words(lines[2]), ["default/default", "b.example", "5", "7"]);
+        assert_eq!(render_mailq(&parts, 1).lines().count(), 2);
+    }
+
+    #[test]
+    fn answer_filters_by_domain_and_skips_empty_queues() {
+        let config = Config::parse("", std::path::Path::new("t.conf")).unwrap();
+        let bindings = Bindings::from_config(&config);
+        let mut queues = Queues::default();
+        let options = || config.delivery("default", "x");
+        let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        queues.find_or_create(Bindings::DEFAULT, "idle.example", 1, options);
+        queues.get_mut(a).unwrap().delayed_count = 2;
+        let all = answer(
+            &ControlRequest::Mailq {
+                domains: vec![],
+                bindings: vec![],
+                limit: 10,
+            },
+            &queues,
+            &bindings,
+        );
+        assert_eq!(all, ControlReply::Mailq(vec![row("a.example", 0, 2)]));
+        let none = answer(
+            &ControlRequest::Mailq {
+                domains: vec!["other.example".into()],
+                bindings: vec![],
+                limit: 10,
+            },
+            &queues,
+            &bindings,
+        );
+        assert_eq!(none, ControlReply::Mailq(vec![]));
+    }
+
+    #[test]
+    fn an_asker_times_out_when_a_shard_does_not_answer() {
+        let (handle, rx) = ControlHandle::new(2);
+        let shard0 = std::thread::spawn(move || {
+            let envelope: Envelope = rx.recv().unwrap();
+            envelope.answer(0, ControlReply::Mailq(vec![]));
+            // Shard 1 never answers.
+        });
+        let result = handle.ask_all(
+            ControlRequest::Mailq {
+                domains: vec![],
+                bindings: vec![],
+                limit: 1,
+            },
+            Duration::from_millis(200),
+        );
+        shard0.join().unwrap();
+        assert_eq!(
+            result,
+            Err(ControlError::Timeout {
+                got: 1,
+                expected: 2
+            })
+        );
+    }
+}

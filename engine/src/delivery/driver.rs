@@ -1,0 +1,244 @@
+//! The I/O driver of one outbound SMTP connection: it moves bytes between
+//! a [`Transport`] and the pure [`ClientSession`], feeds it queue entries
+//! and hands each transaction's replies to [`settle`](super::settle).
+//!
+//! Owns: the read buffer and the reused body buffers of a connection, the
+//! per-stage timeouts. May call: `route`, `connect`, `settle`, the queue
+//! of this connection (through [`Outbound`]), the spool's body reader.
+//! Never: protocol decisions (the client session makes them).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel;
+
+use super::disposition::{AttemptReply, ReplyClass};
+use super::{connect, route, settle, Outbound};
+use crate::config::DeliveryOptions;
+use crate::queue::{MessageRef, QueueId};
+use crate::smtp::client::{
+    encode_body, is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome,
+    Stage, TransactionResult,
+};
+use crate::transport::{read_within, write_all_within, Transport};
+
+/// Bytes read from a server socket at a time.
+pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Runs one connection for queue `id` until its queue is empty (after
+/// `idle_timeout`), the server closes it, or the shard stops. A queue
+/// without a route, or whose host cannot be reached, has its active
+/// entries deferred.
+pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
+    let Some(options) = out.options(id) else {
+        return;
+    };
+    let target = match route::route(&options) {
+        Ok(r) => r.targets.into_iter().next().expect("a route has a target"),
+        Err(reply) => return settle::sweep(out, id, &options, reply, ""),
+    };
+    let (stream, address) = match connect::connect(&target, options.connect_timeout).await {
+        Ok(pair) => pair,
+        Err(reply) => return settle::sweep(out, id, &options, &reply, ""),
+    };
+    let remote_ip = address.ip().to_string();
+    let ehlo = if is_valid_ehlo_hostname(&options.ehlo_hostname) {
+        options.ehlo_hostname.as_str()
+    } else {
+        "localhost"
+    };
+    Connection {
+        out,
+        queue: id,
+        options: &options,
+        remote_ip: &remote_ip,
+        stream,
+        client: ClientSession::new(ehlo),
+        current: None,
+        body: Vec::new(),
+        wire: Vec::new(),
+    }
+    .run()
+    .await;
+}
+
+struct Connection<'a, S: Transport> {
+    out: &'a Rc<Outbound>,
+    queue: QueueId,
+    options: &'a Rc<DeliveryOptions>,
+    remote_ip: &'a str,
+    stream: S,
+    client: ClientSession,
+    /// The entry of the transaction in flight.
+    current: Option<MessageRef>,
+    /// Reused buffers: the body as spooled, and as encoded for the wire.
+    body: Vec<u8>,
+    wire: Vec<u8>,
+}
+
+impl<S: Transport> Connection<'_, S> {
+    async fn run(mut self) {
+        let mut input = vec![0u8; READ_BUFFER_BYTES];
+        loop {
+            match self.client.poll() {
+                ClientAction::Send => {
+                    let limit = self.timeout(self.client.stage());
+                    let result =
+                        write_all_within(&mut self.stream, self.client.output(), limit).await;
+                    self.client.output_sent();
+                    if result.is_err() {
+                        self.client.abort(AbortReason::Io);
+                    }
+                }
+                ClientAction::SendBody => self.send_body().await,
+                ClientAction::WaitForReply(stage) => {
+                    let limit = self.timeout(stage);
+                    match read_within(&mut self.stream, &mut input, limit).await {
+                        Ok(0) => self.client.abort(AbortReason::PeerClosed),
+                        Ok(n) => {
+                            // A protocol error surfaces through poll() as a
+                            // failure; nothing more to do here.
+                            let _ = self.client.on_input(&input[..n]);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            self.client.abort(AbortReason::Timeout)
+                        }
+                        Err(_) => self.client.abort(AbortReason::Io),
+                    }
+                }
+                ClientAction::Ready => match self.next_entry().await {
+                    Some(entry) => {
+                        let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
+                        self.client.start_transaction(
+                            &entry.mail_from,
+                            &rcpts,
+                            entry.body.len as u64,
+                            entry.body_8bitmime,
+                        );
+                        self.current = Some(entry);
+                    }
+                    None => self.client.quit(),
+                },
+                ClientAction::TransactionDone(result) => {
+                    let entry = self.current.take().expect("a transaction was in flight");
+                    self.settle_transaction(entry, result).await;
+                }
+                ClientAction::Closed => break,
+                ClientAction::Failed(failure) => {
+                    assert!(
+                        self.current.is_none(),
+                        "every recipient comes back in TransactionDone"
+                    );
+                    tracing::debug!(
+                        "connection to {} failed at {}: {:?}",
+                        self.remote_ip,
+                        failure.stage,
+                        failure.cause
+                    );
+                    break;
+                }
+            }
+        }
+        let _ = futures_lite::AsyncWriteExt::close(&mut self.stream).await;
+    }
+
+    fn timeout(&self, stage: Stage) -> Duration {
+        let o = self.options;
+        match stage {
+            Stage::DuringMailFrom | Stage::AfterMailFrom => o.mailfrom_timeout,
+            Stage::DuringRcptTo | Stage::AfterRcptTo => o.rcptto_timeout,
+            Stage::DuringData | Stage::AfterData => o.data_timeout,
+            Stage::SendingBody | Stage::ReadingConfirmation => o.body_timeout,
+            _ => o.ehlo_timeout,
+        }
+    }
+
+    async fn send_body(&mut self) {
+        let entry = self
+            .current
+            .as_ref()
+            .expect("a body is sent within a transaction");
+        let home = entry.id.home_shard();
+        let read = self.out.bodies.borrow_mut()[home].read(&entry.body, &mut self.body);
+        if let Err(e) = read {
+            tracing::error!("spool: cannot read the body of {}: {e}", entry.id);
+            self.client.abort(AbortReason::Io);
+            return;
+        }
+        self.wire.clear();
+        encode_body(&self.body, &mut self.wire);
+        let limit = self.options.body_timeout;
+        match write_all_within(&mut self.stream, &self.wire, limit).await {
+            Ok(()) => self.client.body_sent(self.wire.len() as u64),
+            Err(_) => self.client.abort(AbortReason::Io),
+        }
+    }
+
+    /// The next entry of this connection's queue, split to at most
+    /// `max_recipients_per_batch` recipients; waits up to `idle_timeout`
+    /// for one when the queue is empty.
+    async fn next_entry(&mut self) -> Option<MessageRef> {
+        loop {
+            if self.out.env.is_stopping() {
+                return None;
+            }
+            if let Some(entry) = self.pop_active() {
+                return Some(entry);
+            }
+            let (tx, rx) = local_channel::new_bounded(1);
+            match self.out.queues.borrow_mut().get_mut(self.queue) {
+                Some(q) => q.idle.push(tx),
+                None => return None,
+            }
+            let woken = glommio::timer::timeout(
+                self.options.idle_timeout.max(Duration::from_millis(1)),
+                async { Ok(rx.recv().await) },
+            )
+            .await;
+            if !matches!(woken, Ok(Some(()))) {
+                return None;
+            }
+        }
+    }
+
+    fn pop_active(&mut self) -> Option<MessageRef> {
+        let batch_max = self.options.max_recipients_per_batch.max(1) as usize;
+        let mut queues = self.out.queues.borrow_mut();
+        let q = queues.get_mut(self.queue)?;
+        let mut entry = q.active.pop_front()?;
+        if entry.rcpts.len() > batch_max {
+            let rest = entry.rcpts.split_off(batch_max);
+            let mut tail = entry.clone();
+            tail.rcpts = rest;
+            q.active.push_front(tail);
+        }
+        Some(entry)
+    }
+
+    async fn settle_transaction(&mut self, entry: MessageRef, result: TransactionResult) {
+        let replies: Vec<AttemptReply> = result
+            .rcpts
+            .iter()
+            .zip(&result.rcpt_stages)
+            .map(|(o, stage)| AttemptReply {
+                class: match o {
+                    RcptOutcome::Accepted(_) => ReplyClass::Accepted,
+                    RcptOutcome::Transient(_) => ReplyClass::Transient,
+                    RcptOutcome::Permanent(_) => ReplyClass::Permanent,
+                },
+                text: o.reply().text(),
+                stage: stage.code(),
+            })
+            .collect();
+        settle::settle(
+            self.out,
+            self.queue,
+            self.options,
+            entry,
+            replies,
+            result.bytes_sent,
+            self.remote_ip,
+        )
+        .await;
+    }
+}

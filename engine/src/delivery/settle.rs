@@ -1,0 +1,202 @@
+//! Applying the dispositions of one attempt: the mainlog lines (D, T, P),
+//! the counters, the delayed queue for retries, and the outcomes reported
+//! to the message's home shard (with the failing reply, for the DSN).
+//!
+//! Owns: [`settle`] and [`sweep`]. May call: `disposition` (the decision),
+//! `log`, `stats`, the queue (through [`Outbound`]), `mesh` (reports).
+//! Never: deciding anything `disposition` decides.
+
+use std::rc::Rc;
+
+use super::disposition::{dispose, AttemptReply, Disposition, History, ReplyClass};
+use super::Outbound;
+use crate::clock::now_unix_ms;
+use crate::config::DeliveryOptions;
+use crate::log::{format_delivery, format_failure, Attempt, RecordIds};
+use crate::mesh::{Outcome, OutcomeKind};
+use crate::queue::{MessageId, MessageRef, QueueId};
+use crate::smtp::client::Stage;
+use crate::stats::Counter;
+
+/// Most entries one failed connection attempt defers at once.
+pub const SWEEP_ENTRIES_MAX: usize = 10_000;
+
+/// Defers the active entries of queue `id` after a failure that concerns
+/// the whole route (no route, connection refused): each recipient gets
+/// `reply` as a transient failure.
+pub(super) fn sweep(
+    out: &Rc<Outbound>,
+    id: QueueId,
+    options: &Rc<DeliveryOptions>,
+    reply: &str,
+    remote_ip: &str,
+) {
+    let entries: Vec<MessageRef> = {
+        let mut queues = out.queues.borrow_mut();
+        let Some(q) = queues.get_mut(id) else {
+            return;
+        };
+        let n = q.active.len().min(SWEEP_ENTRIES_MAX);
+        q.active.drain(..n).collect()
+    };
+    let (out, options, reply, remote_ip) = (
+        out.clone(),
+        options.clone(),
+        reply.to_string(),
+        remote_ip.to_string(),
+    );
+    glommio::spawn_local(async move {
+        for entry in entries {
+            let replies = entry
+                .rcpts
+                .iter()
+                .map(|_| AttemptReply {
+                    class: ReplyClass::Transient,
+                    text: reply.clone(),
+                    stage: Stage::NotConnected.code(),
+                })
+                .collect();
+            settle(&out, id, &options, entry, replies, 0, &remote_ip).await;
+        }
+    })
+    .detach();
+}
+
+/// Decides and records each recipient's outcome of one attempt: logs it,
+/// counts it, puts retries in the delayed queue, and reports to the
+/// message's home shard.
+pub(super) async fn settle(
+    out: &Rc<Outbound>,
+    id: QueueId,
+    options: &DeliveryOptions,
+    entry: MessageRef,
+    replies: Vec<AttemptReply>,
+    bytes_sent: u64,
+    remote_ip: &str,
+) {
+    assert_eq!(replies.len(), entry.rcpts.len());
+    let now = now_unix_ms();
+    let history = History {
+        attempts: entry.attempts,
+        received_unix_ms: entry.received_unix_ms,
+    };
+    let dispositions: Vec<Disposition> = replies
+        .iter()
+        .map(|r| dispose(history, r, options, now))
+        .collect();
+    log_attempt(
+        out,
+        &entry,
+        &replies,
+        &dispositions,
+        bytes_sent,
+        remote_ip,
+        now,
+    );
+
+    let mut delivered = Vec::new();
+    let mut reports = Vec::new();
+    let mut retry: Vec<u32> = Vec::new();
+    let mut retry_at = None;
+    for (((index, _), reply), disposition) in entry.rcpts.iter().zip(&replies).zip(dispositions) {
+        match disposition {
+            Disposition::Delivered => delivered.push(*index),
+            Disposition::Failed { reply: text } => reports.push(Outcome {
+                id: entry.id,
+                rcpts: vec![*index],
+                kind: OutcomeKind::Failed {
+                    reply: text.into(),
+                    stage: reply.stage,
+                },
+            }),
+            Disposition::Retry {
+                attempts,
+                at_unix_ms,
+            } => {
+                retry.push(*index);
+                retry_at = Some((attempts, at_unix_ms));
+            }
+        }
+    }
+    let stats = out.env.stats();
+    let failed = reports.len() as u64;
+    stats.add(Counter::Delivered, delivered.len() as u64);
+    stats.add(Counter::Failed, failed);
+    stats.add(Counter::TransientFailures, retry.len() as u64);
+    if let Some(q) = out.queues.borrow_mut().get_mut(id) {
+        q.delivered += delivered.len() as u64;
+        q.failed += failed;
+    }
+    if !delivered.is_empty() {
+        reports.push(Outcome {
+            id: entry.id,
+            rcpts: delivered,
+            kind: OutcomeKind::Delivered,
+        });
+    }
+    if let Some((attempts, next_attempt_unix_ms)) = retry_at {
+        reports.push(Outcome {
+            id: entry.id,
+            rcpts: retry.clone(),
+            kind: OutcomeKind::Retry {
+                attempts,
+                next_attempt_unix_ms,
+            },
+        });
+        let mut again = entry;
+        again.rcpts.retain(|(i, _)| retry.contains(i));
+        again.attempts = attempts;
+        again.next_attempt_unix_ms = next_attempt_unix_ms;
+        out.queues
+            .borrow_mut()
+            .push_delayed(id, again, next_attempt_unix_ms);
+    }
+    out.router.report(reports).await;
+}
+
+/// One mainlog line per recipient: `D`, `T` or `P`.
+fn log_attempt(
+    out: &Outbound,
+    entry: &MessageRef,
+    replies: &[AttemptReply],
+    dispositions: &[Disposition],
+    bytes_sent: u64,
+    remote_ip: &str,
+    now: u64,
+) {
+    let message_id = entry.id.to_string();
+    let connection_id = MessageId(entry.connection_id).to_string();
+    let ids = RecordIds {
+        unix_secs: now / 1000,
+        message_id: &message_id,
+        batch_id: &message_id,
+        connection_id: &connection_id,
+    };
+    let age_ms = now.saturating_sub(entry.received_unix_ms);
+    out.env.logs.mainlog(|buf| {
+        for (reply, disposition) in replies.iter().zip(dispositions) {
+            let mut attempt = Attempt {
+                domain: &entry.domain,
+                bytes: bytes_sent,
+                binding_group: out.bindings.group(entry.binding),
+                binding: out.bindings.name(entry.binding),
+                stage: reply.stage,
+                retries: entry.attempts,
+                secs_since_reception: age_ms as f64 / 1000.0,
+                remote_ip,
+                error: &reply.text,
+            };
+            match disposition {
+                Disposition::Delivered => {
+                    attempt.bytes = entry.body.len as u64;
+                    format_delivery(buf, &ids, &attempt);
+                }
+                Disposition::Failed { reply: why } => {
+                    attempt.error = why;
+                    format_failure(buf, &ids, true, &attempt);
+                }
+                Disposition::Retry { .. } => format_failure(buf, &ids, false, &attempt),
+            }
+        }
+    });
+}

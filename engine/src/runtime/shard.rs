@@ -1,0 +1,357 @@
+//! One shard's executor body: build the rooms in order (mesh, spool and
+//! recovery, logs, listeners), report ready, serve, tick, and stop.
+//!
+//! Owns: [`Shard`], the wiring of one shard's rooms (inbound, message
+//! lifecycle, outbound, router), its [`Inbox`] (what the mesh brings is
+//! handed to the room that owns it), the shard's clock (the tick) and its
+//! graceful stop. May call: every engine room. Never: another shard's
+//! state except through the mesh.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use crossbeam::channel::Receiver;
+use ecelerity_spool::{BodyReader, Spool, SpoolOptions};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::sync::Gate;
+
+use super::StartError;
+use crate::clock::now_unix_ms;
+use crate::config::Config;
+use crate::control::{Envelope, CONTROL_POLL_MS};
+use crate::delivery::Outbound;
+use crate::env::{LiveConfig, ShardEnv, Stopping};
+use crate::inbound::{accept_loop, Inbound};
+use crate::log::ShardLogs;
+use crate::mesh::{dispatch, Inbox, Outcome, Router, ShardMsg};
+use crate::message::Messages;
+use crate::queue::{Bindings, MessageRef};
+use crate::stats::{Counter, EngineStats};
+
+/// How often a shard checks the stop flag, refreshes its gauges and
+/// promotes due entries of its delayed queue.
+pub const TICK_MS: u64 = 100;
+/// Ticks between two prunings of idle queues (one minute).
+const PRUNE_TICKS: u64 = 600;
+/// How often a ready shard checks whether it may start serving.
+const SERVE_POLL_MS: u64 = 5;
+/// Shares of the inbound task queue (sessions, spool writer) and of the
+/// delivery queue: equal, so neither starves; what differs is latency.
+const INBOUND_SHARES: usize = 1000;
+const DELIVERY_SHARES: usize = 1000;
+/// Preemption target of the inbound queue: how long it lets another queue
+/// run before it gets the core back.
+const INBOUND_LATENCY_MS: u64 = 1;
+/// How long a stopping shard waits for open SMTP sessions to finish.
+pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+/// What a shard's executor starts with.
+pub(super) struct Setup {
+    pub id: usize,
+    pub count: usize,
+    pub config: Arc<Config>,
+    pub stats: Arc<EngineStats>,
+    /// Set to stop every shard (signal, console `shutdown`, failed start).
+    pub stop: Arc<AtomicBool>,
+    /// Set once every shard is ready and the daemon may serve.
+    pub serving: Arc<AtomicBool>,
+    pub mesh: MeshBuilder<ShardMsg, Full>,
+    pub ready: mpsc::Sender<Result<(), StartError>>,
+    /// Shard 0 only: control requests from threads outside the shards.
+    pub control_queue: Option<Receiver<Envelope>>,
+}
+
+/// One shard's rooms, wired.
+struct Shard {
+    env: Rc<ShardEnv>,
+    router: Rc<Router>,
+    messages: Rc<Messages>,
+    outbound: Rc<Outbound>,
+    inbound: Rc<Inbound>,
+}
+
+impl Inbox for Shard {
+    fn on_entries(&self, entries: Vec<MessageRef>) {
+        for e in entries {
+            self.outbound.enqueue(e);
+        }
+    }
+
+    fn on_outcomes(&self, outcomes: Vec<Outcome>) {
+        for o in outcomes {
+            self.messages.on_outcome(o);
+        }
+    }
+
+    fn on_control(&self, envelope: Envelope) {
+        if envelope.fan_out {
+            // Shard 0 took it from the control queue: every shard answers.
+            let router = self.router.clone();
+            let count = self.env.count;
+            glommio::spawn_local(async move {
+                for peer in 0..count {
+                    let mut copy = envelope.clone();
+                    copy.fan_out = false;
+                    router.control(peer, copy).await;
+                }
+            })
+            .detach();
+        } else {
+            envelope.answer(self.env.id, self.outbound.answer(&envelope.request));
+        }
+    }
+}
+
+/// Tells the starter this shard failed, with what.
+fn fail(ready: &mpsc::Sender<Result<(), StartError>>, id: usize, what: String) {
+    let _ = ready.send(Err(StartError::Other { shard: id, what }));
+}
+
+/// Body of one shard's executor.
+pub(super) async fn run(setup: Setup) {
+    let Setup {
+        id,
+        count,
+        config,
+        stats,
+        stop,
+        serving,
+        mesh,
+        ready,
+        control_queue,
+    } = setup;
+    // Join the mesh first: it only needs every shard to reach this point,
+    // and a shard that fails later must not leave the others waiting here.
+    let Ok((senders, mut receivers)) = mesh.join().await else {
+        return fail(&ready, id, "cannot join the shard mesh".into());
+    };
+    // Two task queues (Seastar's scheduling groups): reception and the
+    // spool's group commit, where a client waits for each step, run in a
+    // latency-sensitive queue; delivery runs in its own queue, so a burst
+    // of outbound work on the shard that owns a busy domain cannot hold a
+    // waiting 250 back for a whole time slice.
+    let inbound_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(INBOUND_SHARES),
+        glommio::Latency::Matters(Duration::from_millis(INBOUND_LATENCY_MS)),
+        "inbound",
+    );
+    let delivery_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(DELIVERY_SHARES),
+        glommio::Latency::NotImportant,
+        "delivery",
+    );
+    let spool_dir = config.spoolbase().join(id.to_string());
+    let opened = glommio::spawn_local_into(
+        {
+            let spool_dir = spool_dir.clone();
+            async move { Spool::open(&spool_dir, SpoolOptions::default()).await }
+        },
+        inbound_queue,
+    );
+    let opened = match opened {
+        Ok(task) => task.await,
+        Err(e) => return fail(&ready, id, format!("cannot start the spool task: {e}")),
+    };
+    let (spool, recovery) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            let what = format!("cannot open the spool {}: {e}", spool_dir.display());
+            return fail(&ready, id, what);
+        }
+    };
+    for cut in &recovery.truncated {
+        tracing::warn!(
+            shard = id,
+            "spool: segment {:016x} cut at offset {}: {}",
+            cut.segment,
+            cut.offset,
+            cut.reason
+        );
+    }
+    let logs = match ShardLogs::open(&config.logs().mainlog, &config.logs().rejectlog) {
+        Ok(l) => l,
+        Err(source) => {
+            let _ = ready.send(Err(StartError::Io {
+                shard: id,
+                what: "cannot open the mainlog or rejectlog".into(),
+                source,
+            }));
+            return;
+        }
+    };
+    let mut listeners = Vec::new();
+    for l in config.esmtp_listeners().iter().filter(|l| l.enabled) {
+        match glommio::net::TcpListener::bind(l.address) {
+            Ok(sock) => listeners.push((sock, Rc::new(l.clone()))),
+            Err(e) => return fail(&ready, id, format!("cannot listen on {}: {e}", l.address)),
+        }
+    }
+    let shard = wire(
+        id,
+        count,
+        &config,
+        stats,
+        logs,
+        senders,
+        spool,
+        recovery.max_id,
+        delivery_queue,
+    );
+    for (_, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                dispatch(&*shard, msg);
+            }
+        })
+        .detach();
+    }
+    let recovered = recovery.messages.len();
+    let entries = shard.messages.recover(recovery.messages).await;
+    shard.router.route(entries).await;
+    if recovered > 0 {
+        // Recovery held every live envelope at once; hand that memory back
+        // so a restarted daemon with a large queue costs what a live one
+        // does (glibc keeps freed heap otherwise).
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
+        tracing::info!(
+            shard = id,
+            "spool: recovered {recovered} live message(s) from {} segment(s)",
+            recovery.segments_read
+        );
+    }
+
+    let _ = ready.send(Ok(()));
+    // Serve only once every shard is ready and the daemon has dropped its
+    // privileges: not a byte is read from the network before that.
+    while !serving.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(SERVE_POLL_MS)).await;
+    }
+    let mut accept_tasks = Vec::new();
+    for (sock, listener) in listeners {
+        match glommio::spawn_local_into(
+            accept_loop(shard.inbound.clone(), sock, listener),
+            inbound_queue,
+        ) {
+            Ok(task) => accept_tasks.push(task),
+            Err(e) => tracing::error!(shard = id, "cannot start an accept loop: {e}"),
+        }
+    }
+    if let Some(queue) = control_queue {
+        let shard = shard.clone();
+        glommio::spawn_local(async move { poll_control(&shard, queue).await }).detach();
+    }
+
+    tick_until_stopped(&shard, &stop).await;
+
+    // Graceful stop: no new connections, open sessions finish or get 421.
+    for t in accept_tasks {
+        t.cancel().await;
+    }
+    shard.env.stopping.start();
+    let _ = glommio::timer::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), async {
+        let _ = shard.inbound.sessions.close().await;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = shard.messages.spool.close().await {
+        tracing::error!(shard = id, "spool: final sync failed: {e}");
+    }
+    shard.env.logs.flush();
+    tracing::info!(shard = id, "stopped");
+}
+
+/// Builds the rooms of shard `id` and ties them together.
+#[allow(clippy::too_many_arguments)]
+fn wire(
+    id: usize,
+    count: usize,
+    config: &Arc<Config>,
+    stats: Arc<EngineStats>,
+    logs: ShardLogs,
+    senders: glommio::channels::channel_mesh::Senders<ShardMsg>,
+    spool: Spool,
+    max_recovered_id: u64,
+    delivery_queue: glommio::TaskQueueHandle,
+) -> Rc<Shard> {
+    let env = Rc::new(ShardEnv {
+        id,
+        count,
+        config: LiveConfig::new(config.clone()),
+        stats,
+        logs,
+        stopping: Stopping::default(),
+    });
+    let bindings = Rc::new(Bindings::from_config(config));
+    let router = Rc::new(Router::new(env.clone(), bindings.clone(), senders));
+    let messages = Rc::new(Messages::new(
+        env.clone(),
+        bindings.clone(),
+        spool,
+        now_unix_ms(),
+        max_recovered_id,
+    ));
+    let spool_dirs: Vec<PathBuf> = (0..count)
+        .map(|s| config.spoolbase().join(s.to_string()))
+        .collect();
+    let outbound = Rc::new(Outbound::new(
+        env.clone(),
+        bindings.clone(),
+        router.clone(),
+        spool_dirs.into_iter().map(BodyReader::new).collect(),
+        delivery_queue,
+    ));
+    let inbound = Rc::new(Inbound {
+        env: env.clone(),
+        messages: messages.clone(),
+        router: router.clone(),
+        bindings,
+        sessions: Gate::new(),
+    });
+    let shard = Rc::new(Shard {
+        env,
+        router,
+        messages,
+        outbound,
+        inbound,
+    });
+    let inbox: Rc<dyn Inbox> = shard.clone();
+    shard.router.set_inbox(Rc::downgrade(&inbox));
+    shard
+}
+
+/// The shard's clock: stop flag, delayed queue, gauges, log flush.
+async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
+    let mut ticks: u64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        shard.outbound.promote_due();
+        shard.outbound.refresh_gauges();
+        let spool = shard.messages.spool.stats();
+        shard
+            .env
+            .stats()
+            .set(Counter::SpoolSegments, spool.segments as u64);
+        shard.env.stats().set(Counter::SpoolSyncs, spool.syncs);
+        shard.env.logs.flush();
+        ticks += 1;
+        if ticks.is_multiple_of(PRUNE_TICKS) {
+            shard.outbound.prune();
+        }
+    }
+}
+
+/// Shard 0 only: takes control requests from threads outside the shards
+/// and fans each out to every shard (see `control`).
+async fn poll_control(shard: &Rc<Shard>, queue: Receiver<Envelope>) {
+    while !shard.env.is_stopping() {
+        while let Ok(envelope) = queue.try_recv() {
+            shard.on_control(envelope);
+        }
+        glommio::timer::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
+    }
+}
