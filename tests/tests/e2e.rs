@@ -31,6 +31,8 @@ mod raw;
 mod relay;
 #[path = "e2e/retry.rs"]
 mod retry;
+#[path = "e2e/sighup.rs"]
+mod sighup;
 #[path = "e2e/smuggling.rs"]
 mod smuggling;
 #[path = "e2e/soak.rs"]

@@ -3,7 +3,8 @@
 //! Runs in the foreground by default (logs to stderr and the paniclog);
 //! `--daemon` detaches. Without `--config` it runs on the embedded default
 //! configuration (ESMTP on 127.0.0.1:2525, everything under ./var).
-//! SIGTERM or SIGINT (or the console's `shutdown`) stop it gracefully.
+//! SIGTERM or SIGINT (or the console's `shutdown`) stop it gracefully;
+//! SIGHUP is logged to the paniclog and ignored until reload exists.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,9 +114,20 @@ fn main() {
     );
     let stop = engine.stop_flag();
     loop {
-        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
-            tracing::info!("signal {sig}: stopping");
-            engine.request_stop();
+        match wait_signal(&signals, Duration::from_millis(200)) {
+            // Momentum operators (and logrotate scripts) send SIGHUP for a
+            // reload or a log reopen; neither exists yet, and stopping a
+            // production MTA for it would be worse than doing nothing.
+            Some(libc::SIGHUP) => tracing::warn!(
+                "signal SIGHUP ignored: configuration reload and log reopening are not \
+                 supported yet; the daemon keeps running with its current configuration and \
+                 log files (restart it to apply a changed ecelerity.conf)"
+            ),
+            Some(sig) => {
+                tracing::info!("signal {sig}: stopping");
+                engine.request_stop();
+            }
+            None => {}
         }
         if stop.load(Ordering::SeqCst) {
             break;
@@ -158,9 +170,6 @@ fn prepare_run_as(
     Ok(Some(who))
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any shard
-/// starts, so every thread inherits the mask and only [`wait_signal`]
-/// sees them.
 /// Raises the soft RLIMIT_NOFILE to the hard limit: every inbound
 /// connection is a descriptor, and the common soft default (1024) would
 /// cap the daemon far below `server_max_inbound_connections`.
@@ -187,6 +196,9 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any shard
+/// starts, so every thread inherits the mask and only [`wait_signal`]
+/// sees them.
 fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a sigset_t we own.
     unsafe {

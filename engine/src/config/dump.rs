@@ -3,13 +3,18 @@
 //! feed the output back in unchanged.
 //! Owns: the output layout (global options with defaults filled in, then
 //! Security, listeners, the logger, binding groups, bindings, domains).
-//! May call: `model` (settings and option values).
+//! May call: `model` (settings), `options` (the generated override sets,
+//! to turn resolved values back into table-ordered entries).
 //! Never: parsing, the file system.
 
 use std::path::Path;
 
-use super::model::{BindingScope, DeliveryOverrides, DomainScope, Settings, Typed};
-use super::{ListenerConfig, DEFAULT_BINDING};
+use super::model::{BindingScope, DomainScope, Settings};
+use super::options::{
+    spec_of, ControlOverrides, DeliveryOverrides, GlobalOverrides, InboundOverrides,
+    LoggerOverrides, SecurityOverrides, Support, Typed,
+};
+use super::{DeliveryOptions, ListenerConfig, DEFAULT_BINDING};
 
 const INDENT: &str = "  ";
 
@@ -93,45 +98,11 @@ impl Writer {
     }
 }
 
-/// Listener options of `listener` in table order; `with_enable` adds
+/// Listener options of `listener` in table order; `with_enable` keeps
 /// `Enable` (not a global option).
 fn inbound_entries(listener: &ListenerConfig, with_enable: bool) -> Vec<(&'static str, Typed)> {
-    let mut entries = Vec::new();
-    if with_enable {
-        entries.push(("Enable", Typed::Bool(listener.enabled)));
-    }
-    entries.extend([
-        ("relay_hosts", Typed::Cidrs(listener.relay_hosts.clone())),
-        (
-            "max_message_size",
-            Typed::Integer(listener.max_message_size_bytes),
-        ),
-        (
-            "max_recipients_per_message",
-            Typed::Integer(u64::from(listener.max_recipients_per_message)),
-        ),
-        ("idle_time", Typed::Seconds(listener.idle_time)),
-        (
-            "max_receptions_per_connection",
-            Typed::Integer(u64::from(listener.max_receptions_per_connection)),
-        ),
-        (
-            "max_line_length",
-            Typed::Integer(u64::from(listener.max_line_length_bytes)),
-        ),
-        (
-            "max_inbound_connections_per_ip",
-            Typed::Integer(u64::from(listener.max_inbound_connections_per_ip)),
-        ),
-        (
-            "inbound_command_timeout",
-            Typed::Seconds(listener.inbound_command_timeout),
-        ),
-        (
-            "inbound_data_timeout",
-            Typed::Seconds(listener.inbound_data_timeout),
-        ),
-    ]);
+    let mut entries = InboundOverrides::complete(listener).entries();
+    entries.retain(|(name, _)| with_enable || *name != "Enable");
     entries
 }
 
@@ -145,15 +116,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
 
     w.line(0, "");
     w.line(0, "# global");
-    w.option(0, "spoolbase", &Typed::Path(settings.spoolbase.clone()));
-    w.option(0, "hostname", &Typed::Text(settings.hostname.clone()));
-    w.option(0, "shards", &Typed::Integer(settings.shards as u64));
-    w.option(0, "pidfile", &Typed::Path(settings.pidfile.clone()));
-    w.option(
-        0,
-        "server_max_inbound_connections",
-        &Typed::Integer(u64::from(settings.server_max_inbound_connections)),
-    );
+    w.options(0, &GlobalOverrides::complete(&settings.global).entries());
     w.options(0, &inbound_entries(&settings.inbound, false));
     let delivery = DeliveryOverrides::complete(&settings.delivery);
     if delivery.gateway.is_none() {
@@ -162,7 +125,22 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
             "# gateway is unset: mail waits in the queue (MX routing is not built yet)",
         );
     }
-    w.options(0, &delivery.entries());
+    // An option the engine does not act on yet is written as a comment
+    // while it has its default, so the dump passes `Config::load`.
+    let builtin = DeliveryOverrides::complete(&DeliveryOptions::builtin(&settings.global.hostname));
+    let builtin = builtin.entries();
+    for (name, value) in delivery.entries() {
+        match spec_of(name).support {
+            Support::NotYet(reason) if builtin.contains(&(name, value.clone())) => {
+                let text = format_value(&value);
+                w.line(
+                    0,
+                    &format!("# {name} = {text} is not supported yet ({reason})"),
+                );
+            }
+            _ => w.option(0, name, &value),
+        }
+    }
     if delivery.bind_address.is_none() {
         w.line(
             0,
@@ -173,12 +151,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     if let Some(security) = &settings.security {
         w.line(0, "");
         w.open(0, "Security", None);
-        if let Some(user) = &security.user {
-            w.option(1, "user", &Typed::Text(user.clone()));
-        }
-        if let Some(group) = &security.group {
-            w.option(1, "group", &Typed::Text(group.clone()));
-        }
+        w.options(1, &SecurityOverrides::complete(security).entries());
         w.close(0);
     }
 
@@ -198,7 +171,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
         w.open(0, "Control_Listener", None);
         for listener in &settings.control_listeners {
             w.open(1, "Listen", Some(&listener.path.to_string_lossy()));
-            w.option(2, "File_Mode", &Typed::FileMode(listener.file_mode));
+            w.options(2, &ControlOverrides::complete(listener).entries());
             w.close(1);
         }
         w.close(0);
@@ -206,13 +179,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
 
     w.line(0, "");
     w.open(0, "ec_logger", Some(&settings.logger_name));
-    w.option(1, "mainlog", &Typed::Path(settings.logs.mainlog.clone()));
-    w.option(
-        1,
-        "rejectlog",
-        &Typed::Path(settings.logs.rejectlog.clone()),
-    );
-    w.option(1, "paniclog", &Typed::Path(settings.logs.paniclog.clone()));
+    w.options(1, &LoggerOverrides::complete(&settings.logs).entries());
     w.close(0);
 
     // A binding of the default group is written at top level (its options

@@ -106,6 +106,14 @@ pub enum ConfigErrorKind {
         first_group: String,
         second_group: String,
     },
+    /// Valid ecelerity.conf that the engine would not act on yet. `scope`
+    /// is empty or starts with a space (" in binding `b`").
+    #[error("`{option}`{scope} is not supported yet ({reason})")]
+    NotSupportedYet {
+        option: String,
+        scope: String,
+        reason: &'static str,
+    },
     #[error("second ec_logger instance `{name}`: only one (`{first}`) is supported")]
     SecondLogger { name: String, first: String },
 }

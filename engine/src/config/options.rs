@@ -1,0 +1,667 @@
+//! The option tables: every option ecelerity understands, one declarative
+//! table per family, from which `option_family!` generates everything else.
+//! Owns: `Kind` (what a value must look like), `Typed` (a checked value),
+//! `OptionSpec` and `OPTIONS` (name, scopes, type and range, whether the
+//! engine acts on it yet), and the six families with their typed structs
+//! and override sets: global (`GlobalOptions`), inbound (`ListenerConfig`),
+//! control (`ControlListenerConfig`), logger (`LogPaths`), `Security`, and
+//! outbound (`DeliveryOptions`).
+//! May call: `error` (scope sets), `model::system_hostname` (the default
+//! `hostname`), `ecelerity_policy::Cidr`.
+//! Never: syntax trees or files (that is `parse` and `model`); text output
+//! (that is `dump`); per-option code outside a table entry.
+//!
+//! Adding an option is one entry in its family's table (plus its row in
+//! docs/configuration.md): the entry names the typed field, the option as
+//! written, the scopes it may appear in, its kind with the accepted range,
+//! the built-in default and, if the engine does not act on it yet, why
+//! (`not_yet`). From that the macro generates the public struct field, the
+//! `Overrides` field (`None` falls back to the next scope), parsing into it
+//! (`set`), fallback (`apply`), the dump (`complete`, `entries`), the
+//! `OptionSpec` the parser checks scope, type and range against, and a
+//! compile-time check that the range fits the field's type. Which scopes
+//! layer over which is `model`'s business (and `Settings::delivery`'s for
+//! outbound options).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ecelerity_policy::Cidr;
+
+use super::error::{Scope, ScopeSet};
+use super::model::system_hostname;
+use super::*;
+
+/// What an option's value must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A non-empty path, kept as written.
+    Path,
+    /// A non-empty string.
+    Text,
+    /// A name to send after EHLO: printable ASCII without spaces, at most
+    /// `HOST_NAME_BYTES_MAX` bytes. The SMTP client would otherwise replace
+    /// it with `localhost` without a word.
+    HostName,
+    /// A decimal integer in `min..=max`; `unit` is for messages.
+    Integer {
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
+    /// Whole seconds in `min..=max`.
+    Seconds {
+        min: u64,
+        max: u64,
+    },
+    Bool,
+    /// A list (or a single item) of IP addresses / CIDR netblocks.
+    CidrList,
+    Gateway,
+    IpAddress,
+    MaxRetries,
+    /// Octal permission bits, e.g. `0600`.
+    FileMode,
+}
+
+impl Kind {
+    /// Completes "`option` must be ...".
+    pub(super) fn expected(self) -> &'static str {
+        match self {
+            Kind::Path => "a path",
+            Kind::Text => "a non-empty string",
+            // The text names HOST_NAME_BYTES_MAX (asserted below).
+            Kind::HostName => {
+                "a host name of at most 255 printable ASCII characters without spaces"
+            }
+            Kind::Integer { .. } => "an integer",
+            Kind::Seconds { .. } => "a whole number of seconds",
+            Kind::Bool => "a boolean (true/false, yes/no, on/off, 1/0)",
+            Kind::CidrList => "a list of IP addresses or CIDR netblocks",
+            Kind::Gateway => "a single \"host:port\" or \"host\"",
+            Kind::IpAddress => "an IP address",
+            Kind::MaxRetries => "an integer, \"auto\" or \"none\"",
+            Kind::FileMode => "an octal file mode between 0000 and 7777 such as 0600",
+        }
+    }
+
+    /// The largest number the kind accepts (0 for non-numbers); checked at
+    /// compile time against the field type it lands in.
+    pub(super) const fn max(self) -> u64 {
+        match self {
+            Kind::Integer { max, .. } | Kind::Seconds { max, .. } => max,
+            Kind::MaxRetries => RETRIES_MAX,
+            Kind::FileMode => FILE_MODE_MAX as u64,
+            _ => 0,
+        }
+    }
+}
+
+const _: () = assert!(HOST_NAME_BYTES_MAX == 255);
+
+/// Whether the engine acts on an option yet. The parser knows Momentum's
+/// options before the engine implements them; `Config::load` refuses an
+/// option marked `NotYet` rather than accept and ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Support {
+    Yes,
+    /// Completes "`option` is not supported yet (...)".
+    NotYet(&'static str),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OptionSpec {
+    /// Canonical spelling, used by `dump` and docs; lookups ignore case.
+    pub(super) name: &'static str,
+    pub(super) scopes: ScopeSet,
+    pub(super) kind: Kind,
+    pub(super) support: Support,
+}
+
+pub(super) const GLOBAL: ScopeSet = ScopeSet::of(&[Scope::Global]);
+pub(super) const INBOUND: ScopeSet =
+    ScopeSet::of(&[Scope::Global, Scope::EsmtpListener, Scope::EsmtpListen]);
+pub(super) const LISTENER: ScopeSet = ScopeSet::of(&[Scope::EsmtpListener, Scope::EsmtpListen]);
+pub(super) const CONTROL: ScopeSet = ScopeSet::of(&[Scope::ControlListener, Scope::ControlListen]);
+pub(super) const OUTBOUND: ScopeSet = ScopeSet::of(&[
+    Scope::Global,
+    Scope::BindingGroup,
+    Scope::Binding,
+    Scope::Domain,
+]);
+pub(super) const BINDING_LEVEL: ScopeSet =
+    ScopeSet::of(&[Scope::Global, Scope::BindingGroup, Scope::Binding]);
+pub(super) const LOGGER: ScopeSet = ScopeSet::of(&[Scope::EcLogger]);
+pub(super) const SECURITY: ScopeSet = ScopeSet::of(&[Scope::Security]);
+
+pub(super) const fn integer(min: u64, max: u64) -> Kind {
+    Kind::Integer { min, max, unit: "" }
+}
+
+pub(super) const fn bytes(min: u64, max: u64) -> Kind {
+    Kind::Integer {
+        min,
+        max,
+        unit: " bytes",
+    }
+}
+
+pub(super) const fn seconds(min: u64, max: u64) -> Kind {
+    Kind::Seconds { min, max }
+}
+
+pub(super) const TIMEOUT: Kind = seconds(1, TIMEOUT_SECONDS_MAX);
+pub(super) const INTERVAL: Kind = seconds(1, INTERVAL_SECONDS_MAX);
+
+/// A checked option value. The variant is fixed by the option's `Kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Typed {
+    Path(PathBuf),
+    Text(String),
+    Integer(u64),
+    Seconds(Duration),
+    Bool(bool),
+    Cidrs(Vec<Cidr>),
+    Gateway(Gateway),
+    Ip(IpAddr),
+    MaxRetries(MaxRetries),
+    FileMode(u32),
+}
+
+pub(super) fn narrow_u32(value: u64) -> u32 {
+    // Every integer option stored as u32 has a table maximum that fits
+    // (checked at compile time by `option_family!`).
+    assert!(value <= u64::from(u32::MAX));
+    value as u32
+}
+
+/// A Rust type an option's value is stored as, and its `Typed` form.
+pub(super) trait OptionValue: Clone + Sized {
+    /// Largest number the type holds; a table range above it fails to
+    /// compile.
+    const CEILING: u64;
+    /// The value, or `typed` handed back when its variant is not ours.
+    fn from_typed(typed: Typed) -> Result<Self, Typed>;
+    /// `kind` is the option's: it picks the variant where a type serves two
+    /// (a `u32` is an integer or a file mode).
+    fn to_typed(&self, kind: Kind) -> Typed;
+}
+
+macro_rules! option_value {
+    ($ty:ty, $ceiling:expr, $variant:ident($v:ident) => $from:expr, |$s:ident| $to:expr) => {
+        impl OptionValue for $ty {
+            const CEILING: u64 = $ceiling;
+            fn from_typed(typed: Typed) -> Result<Self, Typed> {
+                match typed {
+                    Typed::$variant($v) => Ok($from),
+                    other => Err(other),
+                }
+            }
+            fn to_typed(&self, _: Kind) -> Typed {
+                let $s = self;
+                $to
+            }
+        }
+    };
+}
+
+impl OptionValue for u32 {
+    const CEILING: u64 = u32::MAX as u64;
+    fn from_typed(typed: Typed) -> Result<Self, Typed> {
+        match typed {
+            Typed::Integer(v) => Ok(narrow_u32(v)),
+            Typed::FileMode(v) => Ok(v),
+            other => Err(other),
+        }
+    }
+    fn to_typed(&self, kind: Kind) -> Typed {
+        match kind {
+            Kind::FileMode => Typed::FileMode(*self),
+            _ => Typed::Integer(u64::from(*self)),
+        }
+    }
+}
+
+option_value!(u64, u64::MAX, Integer(v) => v, |s| Typed::Integer(*s));
+option_value!(u16, u16::MAX as u64, Integer(v) => {
+    assert!(v <= u64::from(u16::MAX));
+    v as u16
+}, |s| Typed::Integer(u64::from(*s)));
+option_value!(Duration, u64::MAX, Seconds(v) => v, |s| Typed::Seconds(*s));
+option_value!(bool, 0, Bool(v) => v, |s| Typed::Bool(*s));
+option_value!(String, 0, Text(v) => v, |s| Typed::Text(s.clone()));
+option_value!(PathBuf, 0, Path(v) => v, |s| Typed::Path(s.clone()));
+option_value!(Vec<Cidr>, 0, Cidrs(v) => v, |s| Typed::Cidrs(s.clone()));
+option_value!(Gateway, 0, Gateway(v) => v, |s| Typed::Gateway(s.clone()));
+option_value!(IpAddr, 0, Ip(v) => v, |s| Typed::Ip(*s));
+option_value!(MaxRetries, u32::MAX as u64, MaxRetries(v) => v, |s| Typed::MaxRetries(*s));
+
+/// How a resolved field holds its option's value: as the value itself, or
+/// as `Option<value>` when "unset" is a meaningful resolved state (no
+/// gateway, no bind address). A scope can set such an option but not unset
+/// it, as in Momentum.
+pub(super) trait Field {
+    type Value: OptionValue;
+    fn take(&mut self, value: &Self::Value);
+    /// The value, for dumping; `None` when unset.
+    fn get(&self) -> Option<Self::Value>;
+}
+
+macro_rules! plain_field {
+    ($($ty:ty),*) => {$(
+        impl Field for $ty {
+            type Value = $ty;
+            fn take(&mut self, value: &$ty) {
+                *self = value.clone();
+            }
+            fn get(&self) -> Option<$ty> {
+                Some(self.clone())
+            }
+        }
+    )*};
+}
+
+macro_rules! optional_field {
+    ($($ty:ty),*) => {$(
+        impl Field for Option<$ty> {
+            type Value = $ty;
+            fn take(&mut self, value: &$ty) {
+                *self = Some(value.clone());
+            }
+            fn get(&self) -> Option<$ty> {
+                self.clone()
+            }
+        }
+    )*};
+}
+
+plain_field!(
+    u64,
+    u32,
+    u16,
+    Duration,
+    bool,
+    String,
+    PathBuf,
+    Vec<Cidr>,
+    MaxRetries
+);
+optional_field!(Gateway, IpAddr, String);
+
+/// `Support` of a table entry: `Yes` unless it names a `not_yet` reason.
+macro_rules! support {
+    () => {
+        Support::Yes
+    };
+    ($reason:expr) => {
+        Support::NotYet($reason)
+    };
+}
+
+/// Generates a family of options with fallback from one table; see the
+/// module comment. `fixed` fields are part of the struct but not options
+/// (a listener's address).
+macro_rules! option_family {
+    (
+        $(#[$meta:meta])*
+        pub struct $Options:ident {
+            fixed { $( $(#[$fixed_meta:meta])* $fixed:ident: $fixed_ty:ty = $fixed_default:expr, )* }
+        }
+        $(#[$builtin_meta:meta])*
+        fn builtin($($param:ident: $param_ty:ty),*);
+        overrides $Overrides:ident;
+        specs $SPECS:ident;
+        options {
+            $(
+                $(#[$field_meta:meta])*
+                $field:ident: $ty:ty = $name:literal in $scopes:expr, $kind:expr,
+                    default $default:expr $(, not_yet $reason:expr)?;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $Options {
+            $( $(#[$fixed_meta])* pub $fixed: $fixed_ty, )*
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl $Options {
+            $(#[$builtin_meta])*
+            pub fn builtin($($param: $param_ty),*) -> $Options {
+                $Options {
+                    $( $fixed: $fixed_default, )*
+                    $( $field: $default, )*
+                }
+            }
+        }
+
+        /// Options a scope sets; `None` falls back to the next scope.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub(super) struct $Overrides {
+            $( pub(super) $field: Option<<$ty as Field>::Value>, )*
+        }
+
+        impl $Overrides {
+            /// Takes `typed` if `name` (canonical spelling) is one of ours;
+            /// hands it back otherwise.
+            pub(super) fn set(&mut self, name: &str, typed: Typed) -> Result<(), Typed> {
+                $(
+                    if name == $name {
+                        self.$field = Some(OptionValue::from_typed(typed)?);
+                        return Ok(());
+                    }
+                )*
+                Err(typed)
+            }
+
+            /// Layers what this scope sets over `target`.
+            pub(super) fn apply(&self, target: &mut $Options) {
+                $(
+                    if let Some(value) = &self.$field {
+                        Field::take(&mut target.$field, value);
+                    }
+                )*
+            }
+
+            /// Every option of `options` as set, for dumping a complete
+            /// scope; unset optional fields stay `None`.
+            pub(super) fn complete(options: &$Options) -> $Overrides {
+                $Overrides {
+                    $( $field: Field::get(&options.$field), )*
+                }
+            }
+
+            /// The options set, in table order, for `dump`.
+            pub(super) fn entries(&self) -> Vec<(&'static str, Typed)> {
+                let mut out = Vec::new();
+                $(
+                    if let Some(value) = &self.$field {
+                        out.push(($name, OptionValue::to_typed(value, $kind)));
+                    }
+                )*
+                out
+            }
+
+            #[allow(dead_code)] // not every family dumps scopes that may be empty
+            pub(super) fn is_empty(&self) -> bool {
+                *self == $Overrides::default()
+            }
+        }
+
+        pub(super) const $SPECS: &[OptionSpec] = &[
+            $(
+                OptionSpec {
+                    name: $name,
+                    scopes: $scopes,
+                    kind: $kind,
+                    support: support!($($reason)?),
+                },
+            )*
+        ];
+
+        // A range that does not fit the field it is stored in is a table
+        // bug: refuse to compile rather than truncate.
+        $(
+            const _: () = assert!(
+                Kind::max($kind) <= <<$ty as Field>::Value as OptionValue>::CEILING
+            );
+        )*
+    };
+}
+
+option_family! {
+    /// Outbound options for one (binding, domain), fallback applied.
+    pub struct DeliveryOptions {
+        fixed {}
+    }
+    /// The built-in defaults, with `ehlo_hostname` = `hostname`.
+    fn builtin(hostname: &str);
+    overrides DeliveryOverrides;
+    specs OUTBOUND_SPECS;
+    options {
+        /// Deliver every message here instead of looking up MX records.
+        gateway: Option<Gateway> = "gateway" in OUTBOUND, Kind::Gateway,
+            default None;
+        /// First retry delay; each later one doubles.
+        retry_interval: Duration = "retry_interval" in OUTBOUND, INTERVAL,
+            default Duration::from_secs(RETRY_INTERVAL_SECONDS_DEFAULT);
+        /// Cap on the doubled retry delay.
+        max_retry_interval: Duration = "max_retry_interval" in OUTBOUND, INTERVAL,
+            default Duration::from_secs(MAX_RETRY_INTERVAL_SECONDS_DEFAULT);
+        max_retries: MaxRetries = "max_retries" in OUTBOUND, Kind::MaxRetries,
+            default MaxRetries::Auto;
+        /// Age at which an undelivered message fails permanently.
+        message_expiration: Duration = "message_expiration" in OUTBOUND, INTERVAL,
+            default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT);
+        /// Concurrent connections per domain.
+        max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND,
+            integer(1, OUTBOUND_CONNECTIONS_MAX),
+            default MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32;
+        /// RCPTs per outbound transaction.
+        max_recipients_per_batch: u32 = "max_recipients_per_batch" in OUTBOUND,
+            integer(1, RECIPIENTS_PER_BATCH_MAX),
+            default MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32;
+        /// Over how many shards the queue of one domain is spread (Momentum's
+        /// delivery_pool idea, per domain): 1 keeps a domain on one shard,
+        /// 0 spreads it over every shard. `max_outbound_connections` is then
+        /// shared out between the parts.
+        delivery_shards: u32 = "delivery_shards" in OUTBOUND, integer(0, DELIVERY_SHARDS_MAX),
+            default DELIVERY_SHARDS_DEFAULT as u32;
+        /// How long an idle outbound connection is kept for more mail.
+        idle_timeout: Duration = "idle_timeout" in OUTBOUND, seconds(0, TIMEOUT_SECONDS_MAX),
+            default Duration::from_secs(IDLE_TIMEOUT_SECONDS_DEFAULT);
+        connect_timeout: Duration = "connect_timeout" in OUTBOUND, TIMEOUT,
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
+        ehlo_timeout: Duration = "ehlo_timeout" in OUTBOUND, TIMEOUT,
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
+        mailfrom_timeout: Duration = "mailfrom_timeout" in OUTBOUND, TIMEOUT,
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
+        rcptto_timeout: Duration = "rcptto_timeout" in OUTBOUND, TIMEOUT,
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
+        /// Wait for the reply to the DATA command.
+        data_timeout: Duration = "data_timeout" in OUTBOUND, TIMEOUT,
+            default Duration::from_secs(COMMAND_TIMEOUT_SECONDS_DEFAULT);
+        /// Wait for the reply after the message body.
+        body_timeout: Duration = "body_timeout" in OUTBOUND, TIMEOUT,
+            default Duration::from_secs(BODY_TIMEOUT_SECONDS_DEFAULT);
+        /// Destination port when delivering by MX (a gateway carries its own).
+        remote_smtp_port: u16 = "remote_smtp_port" in OUTBOUND, integer(1, u16::MAX as u64),
+            default REMOTE_SMTP_PORT_DEFAULT, not_yet NOT_YET_REMOTE_SMTP_PORT;
+        ehlo_hostname: String = "ehlo_hostname" in OUTBOUND, Kind::HostName,
+            default hostname.to_string();
+        /// Source address; `None` lets the kernel choose.
+        bind_address: Option<IpAddr> = "bind_address" in BINDING_LEVEL, Kind::IpAddress,
+            default None, not_yet NOT_YET_BIND_ADDRESS;
+    }
+}
+
+/// Why `remote_smtp_port` is refused (docs/configuration.md says the same).
+pub(super) const NOT_YET_REMOTE_SMTP_PORT: &str =
+    "mail goes only to a `gateway`, which carries its own port; MX routing is not built yet";
+/// Why outbound options in a binding or binding group other than the
+/// default binding and its group are refused.
+pub(super) const NOT_YET_OTHER_BINDINGS: &str =
+    "all mail is sent from the binding `default` until bindings can be assigned; \
+     set it globally, in a domain scope, or in binding \"default\"";
+/// Why `bind_address` is refused.
+pub(super) const NOT_YET_BIND_ADDRESS: &str =
+    "outbound connections take the source address the kernel picks";
+
+option_family! {
+    /// One `ESMTP_Listener` `Listen`, with Listen > ESMTP_Listener > global >
+    /// default already applied.
+    pub struct ListenerConfig {
+        fixed {
+            address: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        }
+    }
+    /// The listener options every ESMTP Listen starts from; `address` is
+    /// unspecified (0.0.0.0:0).
+    fn builtin();
+    overrides InboundOverrides;
+    specs INBOUND_SPECS;
+    options {
+        enabled: bool = "Enable" in LISTENER, Kind::Bool,
+            default true;
+        relay_hosts: Vec<Cidr> = "relay_hosts" in INBOUND, Kind::CidrList,
+            default RELAY_HOSTS_DEFAULT
+                .iter()
+                .map(|text| text.parse::<Cidr>().expect("RELAY_HOSTS_DEFAULT parses"))
+                .collect();
+        /// 0 = unlimited (the engine's own ceiling still applies).
+        max_message_size_bytes: u64 = "max_message_size" in INBOUND,
+            bytes(0, MESSAGE_SIZE_BYTES_MAX), default 0;
+        /// 0 = unlimited.
+        max_recipients_per_message: u32 = "max_recipients_per_message" in INBOUND,
+            integer(0, RECIPIENTS_PER_MESSAGE_MAX), default 0;
+        idle_time: Duration = "idle_time" in INBOUND, TIMEOUT,
+            default Duration::from_secs(IDLE_TIME_SECONDS_DEFAULT);
+        /// 0 = unlimited.
+        max_receptions_per_connection: u32 = "max_receptions_per_connection" in INBOUND,
+            integer(0, RECEPTIONS_PER_CONNECTION_MAX), default 0;
+        /// Longest DATA text line, CRLF included.
+        max_line_length_bytes: u32 = "max_line_length" in INBOUND,
+            bytes(LINE_LENGTH_BYTES_MIN, LINE_LENGTH_BYTES_MAX),
+            default LINE_LENGTH_BYTES_DEFAULT as u32;
+        /// Open connections from one client address; 0 = unlimited. Peers in
+        /// `relay_hosts` are exempt.
+        max_inbound_connections_per_ip: u32 = "max_inbound_connections_per_ip" in INBOUND,
+            integer(0, MAX_INBOUND_CONNECTIONS_PER_IP_MAX),
+            default MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT as u32;
+        /// From our last reply until the next command line is complete.
+        inbound_command_timeout: Duration = "inbound_command_timeout" in INBOUND, TIMEOUT,
+            default Duration::from_secs(INBOUND_COMMAND_TIMEOUT_SECONDS_DEFAULT);
+        /// From the 354 reply until the end of the DATA.
+        inbound_data_timeout: Duration = "inbound_data_timeout" in INBOUND, TIMEOUT,
+            default Duration::from_secs(INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT);
+    }
+}
+
+option_family! {
+    /// The global options that only the global scope sets.
+    pub struct GlobalOptions {
+        fixed {}
+    }
+    /// The built-in defaults (the hostname is the system's).
+    fn builtin();
+    overrides GlobalOverrides;
+    specs GLOBAL_SPECS;
+    options {
+        spoolbase: PathBuf = "spoolbase" in GLOBAL, Kind::Path, default SPOOLBASE_DEFAULT.into();
+        /// This node's name: the banner, Received headers, and the default
+        /// `ehlo_hostname`.
+        hostname: String = "hostname" in GLOBAL, Kind::HostName, default system_hostname();
+        /// 0 means one per CPU.
+        shards: u64 = "shards" in GLOBAL, integer(0, SHARDS_MAX), default 0;
+        pidfile: PathBuf = "pidfile" in GLOBAL, Kind::Path, default PIDFILE_DEFAULT.into();
+        server_max_inbound_connections: u32 = "server_max_inbound_connections" in GLOBAL,
+            integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
+            default SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32;
+    }
+}
+
+option_family! {
+    /// One `Control_Listener` `Listen` (a Unix socket), with Listen >
+    /// Control_Listener > default applied.
+    pub struct ControlListenerConfig {
+        fixed {
+            /// As written; relative to the daemon's working directory if relative.
+            path: PathBuf = PathBuf::new(),
+        }
+    }
+    /// The defaults every control Listen starts from; `path` is empty.
+    fn builtin();
+    overrides ControlOverrides;
+    specs CONTROL_SPECS;
+    options {
+        /// Permission bits for the socket, at most `FILE_MODE_MAX`.
+        file_mode: u32 = "File_Mode" in CONTROL, Kind::FileMode, default FILE_MODE_DEFAULT;
+    }
+}
+
+option_family! {
+    /// Where the `ec_logger` writes.
+    pub struct LogPaths {
+        fixed {}
+    }
+    /// The built-in log paths.
+    fn builtin();
+    overrides LoggerOverrides;
+    specs LOGGER_SPECS;
+    options {
+        mainlog: PathBuf = "mainlog" in LOGGER, Kind::Path, default MAINLOG_DEFAULT.into();
+        rejectlog: PathBuf = "rejectlog" in LOGGER, Kind::Path, default REJECTLOG_DEFAULT.into();
+        paniclog: PathBuf = "paniclog" in LOGGER, Kind::Path, default PANICLOG_DEFAULT.into();
+    }
+}
+
+option_family! {
+    /// The `Security` stanza: whom the daemon runs as once its sockets are
+    /// bound.
+    pub struct Security {
+        fixed {}
+    }
+    /// Neither user nor group: the daemon keeps its identity.
+    fn builtin();
+    overrides SecurityOverrides;
+    specs SECURITY_SPECS;
+    options {
+        user: Option<String> = "user" in SECURITY, Kind::Text, default None;
+        group: Option<String> = "group" in SECURITY, Kind::Text, default None;
+    }
+}
+
+/// The family tables, in the order `OPTIONS` lists them.
+const FAMILIES: [&[OptionSpec]; 6] = [
+    GLOBAL_SPECS,
+    INBOUND_SPECS,
+    CONTROL_SPECS,
+    LOGGER_SPECS,
+    SECURITY_SPECS,
+    OUTBOUND_SPECS,
+];
+
+const OPTIONS_COUNT: usize = options_count(FAMILIES);
+
+const fn options_count(tables: [&[OptionSpec]; FAMILIES.len()]) -> usize {
+    let (mut t, mut n) = (0, 0);
+    while t < tables.len() {
+        n += tables[t].len();
+        t += 1;
+    }
+    n
+}
+
+const fn concat(tables: [&[OptionSpec]; FAMILIES.len()]) -> [OptionSpec; OPTIONS_COUNT] {
+    let mut out = [GLOBAL_SPECS[0]; OPTIONS_COUNT];
+    let (mut t, mut n) = (0, 0);
+    while t < tables.len() {
+        let mut i = 0;
+        while i < tables[t].len() {
+            out[n] = tables[t][i];
+            n += 1;
+            i += 1;
+        }
+        t += 1;
+    }
+    assert!(n == OPTIONS_COUNT);
+    out
+}
+
+/// Every option ecelerity understands (docs/configuration.md lists them
+/// with their meaning).
+pub(super) const OPTIONS: &[OptionSpec] = &concat(FAMILIES);
+
+pub(super) fn lookup(name: &str) -> Option<&'static OptionSpec> {
+    OPTIONS
+        .iter()
+        .find(|spec| spec.name.eq_ignore_ascii_case(name))
+}
+
+/// The spec of `name` as spelled in the table.
+pub(super) fn spec_of(name: &str) -> &'static OptionSpec {
+    let found = OPTIONS.iter().find(|spec| spec.name == name);
+    found.expect("a name from the option table")
+}

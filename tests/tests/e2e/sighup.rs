@@ -1,0 +1,75 @@
+//! SIGHUP as Momentum operators (and logrotate scripts) send it, expecting
+//! a reload or a log reopen. Until reload exists the daemon must say in the
+//! paniclog that it ignores the signal, and keep accepting and delivering.
+
+use std::time::Duration;
+
+use ecelerity_tests::{file_tail, poll_until, swaks, ARRIVAL_TIMEOUT};
+
+use crate::common::{every_reception_delivered, Mta};
+
+/// Where TestConfig puts the paniclog, relative to the test directory.
+const PANICLOG_RELATIVE: &str = "log/paniclog.ec";
+/// What the daemon writes for each SIGHUP it ignores.
+const IGNORED_TEXT: &str = "signal SIGHUP ignored";
+/// SIGHUPs sent: more than one shows the first did not change how the next
+/// is handled.
+const SIGHUPS: usize = 2;
+/// How long the paniclog line may take to appear (the signal loop wakes
+/// every 200 ms).
+const LOG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Goal: SIGHUP neither stops nor disturbs the daemon. Method: send SIGHUP
+/// twice to a running daemon; each is logged as ignored in the paniclog;
+/// the daemon still runs, relays a message to the sink with R and D in
+/// the mainlog, and still stops cleanly on SIGTERM.
+#[test]
+fn sighup_is_logged_as_ignored_and_mail_still_flows() {
+    let mut mta = Mta::start("sighup");
+    let pid = mta.daemon.pid().expect("daemon pid") as libc::pid_t;
+    let paniclog = mta.dir.join(PANICLOG_RELATIVE);
+    for sent in 1..=SIGHUPS {
+        // SAFETY: kill sends a signal to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        let logged = poll_until(LOG_TIMEOUT, || {
+            let text = std::fs::read_to_string(&paniclog).unwrap_or_default();
+            (text.matches(IGNORED_TEXT).count() >= sent).then_some(())
+        });
+        assert!(
+            logged.is_some(),
+            "SIGHUP {sent} not logged as ignored; paniclog:\n{}\nstderr:\n{}",
+            file_tail(&paniclog),
+            mta.daemon.stderr_text()
+        );
+    }
+    assert!(
+        mta.daemon.is_running(),
+        "SIGHUP stopped the daemon; stderr:\n{}",
+        mta.daemon.stderr_text()
+    );
+
+    let output = swaks(
+        mta.port(),
+        &[
+            "--to",
+            "after-hup@example.com",
+            "--from",
+            "ops@example.org",
+            "--body",
+            "sent after SIGHUP",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "swaks failed after SIGHUP:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let arrived = mta.sink.wait_for_messages(1, ARRIVAL_TIMEOUT);
+    assert_eq!(arrived[0].rcpts, vec!["after-hup@example.com"]);
+    mta.daemon.wait_for(
+        "R then D after SIGHUP",
+        ARRIVAL_TIMEOUT,
+        every_reception_delivered,
+    );
+    mta.daemon.stop();
+}
