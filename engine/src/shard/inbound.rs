@@ -9,7 +9,8 @@
 //! peer table), the clocks of a session (`idle_time` per read,
 //! `inbound_command_timeout` per command line, `inbound_data_timeout` per
 //! DATA) and the read buffers.
-//! May call: the session, the spool, the logs, the shard's router.
+//! May call: the session, the shard's policy (whose verdicts it feeds
+//! back to the session), the spool, the logs, the shard's router.
 //! Never: protocol decisions (replies other than the connection-refusal
 //! 421s are the session's); a lock on a per-message path (the peer table
 //! is locked once at accept and once at close).
@@ -24,16 +25,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::{Duration, Instant};
 
-use ecelerity_policy::RelayControl;
+use ecelerity_policy::{Answer, ListenerRelayHosts, Policy, RelayControl};
 use ecelerity_spool::SpoolError;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::{now_unix_ms, Shard, ShardStats};
-use crate::config::ListenerConfig;
+use crate::config::{Config, ListenerConfig};
 use crate::log::{format_reception, format_rejection, Reception, RecordIds, Rejection};
 use crate::queue::record::SpooledEnvelope;
 use crate::queue::{MessageId, LIVE_MESSAGES_PER_SHARD_MAX};
+use crate::smtp::capabilities::Capabilities;
 use crate::smtp::server::{
     Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
@@ -122,11 +124,26 @@ impl Refusal {
     }
 }
 
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<ListenerConfig>) {
-    let policy: Rc<dyn ecelerity_policy::Policy> = Rc::new(RelayControl {
-        relay_hosts: config.relay_hosts.clone(),
+/// The policy of a shard: the built-in relay control, holding the
+/// `relay_hosts` of every enabled ESMTP listener; a session is judged by
+/// the listener it came in on (`ServerParams::listener`).
+pub fn shard_policy(config: &Config) -> Box<dyn Policy> {
+    let listeners = config
+        .esmtp_listeners()
+        .iter()
+        .filter(|l| l.enabled)
+        .map(|l| ListenerRelayHosts {
+            listener: l.address,
+            relay_hosts: l.relay_hosts.clone(),
+        })
+        .collect();
+    Box::new(RelayControl {
+        listeners,
         local_domains: Vec::new(),
-    });
+    })
+}
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<ListenerConfig>) {
     let server_max = u64::from(shard.config.server_max_inbound_connections());
     loop {
         let stream = match listener.accept().await {
@@ -167,10 +184,10 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, config: Rc<Lis
         }
         ShardStats::add(&shard.my_stats().inbound_connections, 1);
         ShardStats::add(&shard.my_stats().inbound_connections_total, 1);
-        let (shard2, config2, policy2) = (shard.clone(), config.clone(), policy.clone());
+        let (shard2, config2) = (shard.clone(), config.clone());
         let spawned = shard.sessions.spawn(async move {
             let _slot = slot;
-            if let Err(e) = serve(&shard2, stream, &config2, policy2).await {
+            if let Err(e) = serve(&shard2, stream, &config2).await {
                 tracing::debug!(shard = shard2.id, "session ended: {e}");
             }
             ShardStats::sub(&shard2.my_stats().inbound_connections, 1);
@@ -270,7 +287,6 @@ async fn serve(
     shard: &Rc<Shard>,
     mut stream: TcpStream,
     listener: &ListenerConfig,
-    policy: Rc<dyn ecelerity_policy::Policy>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let conn = Conn {
@@ -288,10 +304,15 @@ async fn serve(
     let params = ServerParams {
         hostname: shard.hostname.clone(),
         peer_ip: conn.peer.ip(),
+        listener: listener.address,
         limits,
+        // PIPELINING, SIZE (max_message_size, through the limits),
+        // 8BITMIME, ENHANCEDSTATUSCODES; STARTTLS joins with the
+        // listener's TLS options.
+        capabilities: Capabilities::default(),
         version: crate::VERSION,
     };
-    let mut session = ServerSession::new(params, policy);
+    let mut session = ServerSession::new(params);
     session.start();
     let idle_time = listener.idle_time.max(Duration::from_secs(1));
     // A client that does not read its replies cannot park us in a write.
@@ -304,9 +325,25 @@ async fn serve(
     let mut data_input: Vec<u8> = Vec::new();
     let mut stop_seen = false;
     loop {
+        // Policy phases first: one the policy decides at once costs no
+        // write, so the replies to a pipelined group leave together.
+        let mut event = session.next_event();
+        let mut replied = false;
+        while let Some(Event::Validate(_)) = event {
+            replied |= validate(
+                shard,
+                &conn,
+                listener,
+                &mut stream,
+                &mut session,
+                &mut output,
+            )
+            .await?;
+            event = session.next_event();
+        }
         session.take_output(&mut output);
-        let replied = !output.is_empty();
-        if replied {
+        if !output.is_empty() {
+            replied = true;
             log_rejections(shard, &conn, &session, &output);
             stream.write_all(&output).await?;
             output.clear();
@@ -314,8 +351,9 @@ async fn serve(
         if session.is_closed() {
             break;
         }
-        if let Some(event) = session.next_event() {
+        if let Some(event) = event {
             match event {
+                Event::Validate(_) => unreachable!("answered above"),
                 Event::Message(envelope) => {
                     let (outcome, body) = receive(shard, &conn, &session, envelope).await;
                     session.spooled(outcome);
@@ -408,6 +446,87 @@ async fn serve(
     }
     let _ = stream.close().await;
     Ok(())
+}
+
+/// Asks the shard's policy about the phase the session awaits and feeds the
+/// verdict back. A policy that answers at once costs nothing more; one
+/// that must wait first gets the replies owed so far written (true is
+/// returned then), and has `inbound_command_timeout` to decide, after
+/// which the session answers `451 4.3.0`. A stopping shard cancels the
+/// wait and the session closes with `421 4.3.2`.
+async fn validate(
+    shard: &Shard,
+    conn: &Conn,
+    listener: &ListenerConfig,
+    stream: &mut TcpStream,
+    session: &mut ServerSession,
+    output: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    enum Waited {
+        Verdict(ecelerity_policy::Verdict),
+        TimedOut,
+        Stopping,
+    }
+    session.take_output(output);
+    let phase = session
+        .awaiting_policy()
+        .expect("an Event::Validate was taken");
+    let (validation, vctx) = session.validation();
+    let mut wrote = false;
+    let waited = match shard.policy.validate(validation, vctx) {
+        Answer::Now(verdict) => Waited::Verdict(verdict),
+        Answer::Later(verdict) => {
+            if !output.is_empty() {
+                stream.write_all(output).await?;
+                wrote = true;
+            }
+            let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
+            futures_lite::future::or(async { Waited::Verdict(verdict.await) }, async {
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(timeout).await;
+                        Waited::TimedOut
+                    },
+                    async {
+                        let _ = shard.stopping.acquire(1).await;
+                        Waited::Stopping
+                    },
+                )
+                .await
+            })
+            .await
+        }
+    };
+    if wrote {
+        log_rejections(shard, conn, session, output);
+        output.clear();
+    }
+    match waited {
+        Waited::Verdict(verdict) => {
+            if let Err(e) = session.validated(verdict) {
+                tracing::error!(
+                    shard = shard.id,
+                    "policy answered {} for {} with a bad reply: {e}; the client got \
+                     451 4.3.0 (fix the policy's reply)",
+                    phase.callout(),
+                    conn.peer
+                );
+            }
+        }
+        Waited::TimedOut => {
+            tracing::warn!(
+                shard = shard.id,
+                "policy did not answer {} for {} within {timeout:?}: 451 4.3.0 (is a \
+                 lookup it needs slow?)",
+                phase.callout(),
+                conn.peer,
+                timeout = listener.inbound_command_timeout
+            );
+            session.validation_failed();
+        }
+        Waited::Stopping => session.shutdown(),
+    }
+    Ok(wrote)
 }
 
 /// Spools one message and routes its recipients; the reply waits for it.

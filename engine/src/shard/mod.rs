@@ -149,6 +149,9 @@ pub struct Shard {
     /// Open inbound sessions; shutdown waits for them.
     pub sessions: Gate,
     pub hostname: String,
+    /// The policy every inbound session of this shard asks at each phase
+    /// (`inbound::shard_policy`).
+    pub policy: Box<dyn ecelerity_policy::Policy>,
     /// Task queue of delivery connections (see `run_shard`).
     delivery_queue: glommio::TaskQueueHandle,
     /// `delivery_shards` of each domain seen, resolved (see `parts_of`).
@@ -891,6 +894,7 @@ async fn run_shard(setup: ShardSetup) {
         id,
         count,
         hostname: config.hostname().to_string(),
+        policy: inbound::shard_policy(&config),
         config: config.clone(),
         spool,
         bodies: RefCell::new(spool_dirs.into_iter().map(BodyReader::new).collect()),

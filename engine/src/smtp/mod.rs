@@ -2,12 +2,15 @@
 //! here opens a socket or reads a clock; `shard` (inbound) and `delivery`
 //! (outbound) do the I/O and make no protocol decisions.
 //!
+//! * [`capabilities`]: the ESMTP extensions a listener offers and the
+//!   EHLO reply that lists them.
 //! * [`command`]: the command-line parser (verbs, paths, ESMTP parameters).
 //! * [`server`]: the inbound session state machine (RFC 5321, PIPELINING,
 //!   DATA transparency, limits, smuggling defence).
 //! * [`reply`]: the incremental reply parser used by the client.
 //! * [`client`]: the outbound session state machine and DATA encoding.
 
+pub mod capabilities;
 pub mod client;
 pub mod command;
 pub mod reply;
