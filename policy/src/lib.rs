@@ -11,6 +11,13 @@
 //! answers [`Answer::Later`] with a future the driver awaits on the
 //! shard's executor. Those futures are `!Send`: a shard never moves them.
 //!
+//! Momentum's words map onto these types: a callout's `VALIDATE_CONT` is
+//! [`Verdict::Continue`], `vctx:set_code(code, text)` with `VALIDATE_DONE`
+//! is [`Verdict::Reject`], `vctx:disconnect` is [`Verdict::Disconnect`],
+//! `VALIDATE_AGAIN` (blocked, call again) is [`Answer::Later`], and
+//! `vctx:get/set(VCTX_CONN | VCTX_MESS, key[, value])` is
+//! [`ValidationContext`] with [`Scope`].
+//!
 //! Owns: the [`Policy`] trait and what it is given ([`Validation`],
 //! [`Check`], [`Connection`]); re-exports the verdict types
 //! ([`verdict`]), the validation context ([`vctx`]) and the built-in

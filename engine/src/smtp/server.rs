@@ -500,27 +500,24 @@ impl ServerSession {
             other => panic!("validated() answers an Event::Validate, not {other:?}"),
         };
         self.phase = Phase::Command;
-        let result = match verdict {
+        let (rejection, disconnect) = match verdict {
             Verdict::Continue => {
                 self.proceed(phase);
-                Ok(())
+                self.resume();
+                return Ok(());
             }
-            Verdict::Reject(rejection) | Verdict::Disconnect(rejection)
-                if rejection.check().is_err() =>
-            {
-                self.policy_failed(phase);
-                rejection.check()
-            }
-            Verdict::Reject(rejection) => {
-                self.refuse(phase, &rejection);
-                Ok(())
-            }
-            Verdict::Disconnect(rejection) => {
-                self.refuse(phase, &rejection);
-                self.close();
-                Ok(())
-            }
+            Verdict::Reject(rejection) => (rejection, false),
+            Verdict::Disconnect(rejection) => (rejection, true),
         };
+        let result = rejection.check();
+        if result.is_ok() {
+            self.refuse(phase, &rejection);
+            if disconnect {
+                self.close();
+            }
+        } else {
+            self.policy_failed(phase);
+        }
         self.resume();
         result
     }
