@@ -7,11 +7,13 @@
 //! * [`command`]: the command-line parser (verbs, paths, ESMTP parameters).
 //! * [`server`]: the inbound session state machine (RFC 5321, PIPELINING,
 //!   DATA transparency, limits, smuggling defence).
+//! * [`received`]: the `Received:` header prepended before spooling.
 //! * [`reply`]: the incremental reply parser used by the client.
 //! * [`client`]: the outbound session state machine and DATA encoding.
 
 pub mod capabilities;
 pub mod client;
 pub mod command;
+pub mod received;
 pub mod reply;
 pub mod server;
