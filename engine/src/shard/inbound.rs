@@ -25,10 +25,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::{Duration, Instant};
 
-use ecelerity_policy::{Answer, ListenerRelayHosts, Policy, RelayControl};
+use ecelerity_policy::{Answer, ListenerRelayHosts, Policy, RelayControl, Verdict, VerdictFuture};
 use ecelerity_spool::SpoolError;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
 
 use super::{now_unix_ms, Shard, ShardStats};
 use crate::config::{Config, ListenerConfig};
@@ -462,11 +463,6 @@ async fn validate(
     session: &mut ServerSession,
     output: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
-    enum Waited {
-        Verdict(ecelerity_policy::Verdict),
-        TimedOut,
-        Stopping,
-    }
     session.take_output(output);
     let phase = session
         .awaiting_policy()
@@ -481,20 +477,7 @@ async fn validate(
                 wrote = true;
             }
             let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
-            futures_lite::future::or(async { Waited::Verdict(verdict.await) }, async {
-                futures_lite::future::or(
-                    async {
-                        glommio::timer::sleep(timeout).await;
-                        Waited::TimedOut
-                    },
-                    async {
-                        let _ = shard.stopping.acquire(1).await;
-                        Waited::Stopping
-                    },
-                )
-                .await
-            })
-            .await
+            await_verdict(verdict, timeout, &shard.stopping).await
         }
     };
     if wrote {
@@ -527,6 +510,32 @@ async fn validate(
         Waited::Stopping => session.shutdown(),
     }
     Ok(wrote)
+}
+
+/// How the wait for a policy's later verdict ended.
+enum Waited {
+    Verdict(Verdict),
+    TimedOut,
+    Stopping,
+}
+
+/// Awaits a later verdict for at most `timeout`, and no longer than the
+/// shard runs (`stopping` is closed when it starts to stop).
+async fn await_verdict(
+    verdict: VerdictFuture<'_>,
+    timeout: Duration,
+    stopping: &Semaphore,
+) -> Waited {
+    let verdict = async { Waited::Verdict(verdict.await) };
+    let timer = async {
+        glommio::timer::sleep(timeout).await;
+        Waited::TimedOut
+    };
+    let stop = async {
+        let _ = stopping.acquire(1).await;
+        Waited::Stopping
+    };
+    futures_lite::future::or(verdict, futures_lite::future::or(timer, stop)).await
 }
 
 /// Spools one message and routes its recipients; the reply waits for it.
@@ -717,6 +726,38 @@ mod tests {
         // The message is answered: back to the command clock.
         d.observe(false, true, start + Duration::from_secs(60));
         assert_eq!(d.deadline(), start + Duration::from_secs(70));
+    }
+
+    /// Goal: a verdict that comes later is awaited, one that never comes
+    /// times out, and a stopping shard ends the wait. Method: three waits
+    /// on a glommio executor with futures that answer, never answer, and
+    /// never answer while the stop semaphore is closed.
+    #[test]
+    fn a_later_verdict_is_awaited_timed_out_or_cut_by_a_stop() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(|| async {
+                let stopping = Semaphore::new(0);
+                let minute = Duration::from_secs(60);
+                let soon = Box::pin(async {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    Verdict::Continue
+                });
+                let waited = await_verdict(soon, minute, &stopping).await;
+                assert!(matches!(waited, Waited::Verdict(Verdict::Continue)));
+                let never = Box::pin(std::future::pending());
+                let started = Instant::now();
+                let waited = await_verdict(never, Duration::from_millis(30), &stopping).await;
+                assert!(matches!(waited, Waited::TimedOut));
+                assert!(started.elapsed() >= Duration::from_millis(30));
+                stopping.close();
+                let never = Box::pin(std::future::pending());
+                let waited = await_verdict(never, minute, &stopping).await;
+                assert!(matches!(waited, Waited::Stopping));
+            })
+            .expect("executor starts")
+            .join()
+            .expect("test body ran");
     }
 
     #[test]
