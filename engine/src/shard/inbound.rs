@@ -467,6 +467,7 @@ async fn validate(
     let phase = session
         .awaiting_policy()
         .expect("an Event::Validate was taken");
+    let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
     let (validation, vctx) = session.validation();
     let mut wrote = false;
     let waited = match shard.policy.validate(validation, vctx) {
@@ -476,7 +477,6 @@ async fn validate(
                 stream.write_all(output).await?;
                 wrote = true;
             }
-            let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
             await_verdict(verdict, timeout, &shard.stopping).await
         }
     };
@@ -502,8 +502,7 @@ async fn validate(
                 "policy did not answer {} for {} within {timeout:?}: 451 4.3.0 (is a \
                  lookup it needs slow?)",
                 phase.callout(),
-                conn.peer,
-                timeout = listener.inbound_command_timeout
+                conn.peer
             );
             session.validation_failed();
         }
