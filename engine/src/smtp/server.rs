@@ -167,9 +167,9 @@ pub enum Event {
     /// [`ServerSession::validated`]; the session reads no further
     /// commands until then.
     Validate(PolicyPhase),
-    /// A message reached end of data and the policy let it through. Spool it, then call
-    /// [`ServerSession::spooled`]; the session reads no further commands
-    /// until then.
+    /// A message reached end of data and the policy let it through.
+    /// Spool it, then call [`ServerSession::spooled`]; the session reads
+    /// no further commands until then.
     Message(Envelope),
     /// The session is over: write the pending output, then close.
     Close,
