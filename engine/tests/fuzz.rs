@@ -14,16 +14,16 @@
 //! engine and the spool, `ecelerity_testkit::Rng`. Never: sockets, files other than none, clocks.
 
 use std::path::Path;
-use std::rc::Rc;
 
 use ecelerity_engine::config::Config;
 use ecelerity_engine::queue::record::SpooledEnvelope;
+use ecelerity_engine::smtp::capabilities::Capabilities;
 use ecelerity_engine::smtp::client::encode_body;
 use ecelerity_engine::smtp::reply::ReplyParser;
 use ecelerity_engine::smtp::server::{
     Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
-use ecelerity_policy::{Policy, RelayControl};
+use ecelerity_policy::{Answer, ListenerRelayHosts, Policy, Rejection, RelayControl, Verdict};
 use ecelerity_spool::record::{decode, encode, Record};
 use ecelerity_testkit::Rng;
 
@@ -82,21 +82,46 @@ fn report(target: &str, cases: u64) {
     eprintln!("fuzz {target}: {cases} cases, seed {}", seed());
 }
 
+const LISTENER: &str = "127.0.0.1:25";
+
 fn server(limits: ServerLimits) -> ServerSession {
-    let policy: Rc<dyn Policy> = Rc::new(RelayControl {
-        relay_hosts: vec!["127.0.0.0/8".parse().unwrap()],
-        local_domains: vec!["local.test".into()],
-    });
     let params = ServerParams {
         hostname: "mx.test".into(),
         peer_ip: "127.0.0.1".parse().unwrap(),
+        listener: LISTENER.parse().unwrap(),
         limits,
+        capabilities: Capabilities::default(),
         version: "fuzz",
     };
-    let mut session = ServerSession::new(params, policy);
+    let mut session = ServerSession::new(params);
     session.start();
     session
 }
+
+fn relay_control() -> RelayControl {
+    RelayControl {
+        listeners: vec![ListenerRelayHosts {
+            listener: LISTENER.parse().unwrap(),
+            relay_hosts: vec!["127.0.0.0/8".parse().unwrap()],
+        }],
+        local_domains: vec!["local.test".into()],
+    }
+}
+
+/// The verdict of `policy` on what the session awaits; relay control
+/// answers at once.
+fn verdict(policy: &RelayControl, session: &mut ServerSession) -> Verdict {
+    let (validation, vctx) = session.validation();
+    let verdict = match policy.validate(validation, vctx) {
+        Answer::Now(verdict) => verdict,
+        Answer::Later(_) => unreachable!("relay control answers at once"),
+    };
+    verdict
+}
+
+/// One well-formed transaction from greeting to end of data.
+const WHOLE_TRANSACTION: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\n\
+    RCPT TO:<b@x.test>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\n";
 
 const SMTP_FRAGMENTS: &[&[u8]] = &[
     b"EHLO c.test\r\n",
@@ -146,6 +171,9 @@ fn check_body(case: u64, body: &[u8]) {
 
 /// Goal: no input in any split panics the server session; held input
 /// stays bounded; replies are well-formed lines; bodies are CRLF-clean.
+/// Policy verdicts come at random moments (pipelined input is held
+/// meanwhile), and now and then carry a malformed reply, which must give
+/// an error back and never a panic.
 #[test]
 fn fuzz_smtp_server_session() {
     let n = cases();
@@ -160,11 +188,19 @@ fn fuzz_smtp_server_session() {
     };
     let bound = limits.input_buffer_bytes_max + limits.command_line_bytes_max;
     let specials = [b'\r', b'\n', b'.', 0, b' ', b':', b'<', b'>', 0xff];
+    let policy = relay_control();
     let mut messages = 0u64;
     for case in 0..n {
         let mut rng = rng_for_case(1, case);
         let mut session = server(limits.clone());
-        let input = splice(&mut rng, SMTP_FRAGMENTS, 80, &specials);
+        // A quarter of the cases open with a whole transaction, so that
+        // verdicts and spool outcomes are exercised past end of data too.
+        let mut input = if rng.index(4) == 0 {
+            WHOLE_TRANSACTION.to_vec()
+        } else {
+            Vec::new()
+        };
+        input.extend(splice(&mut rng, SMTP_FRAGMENTS, 80, &specials));
         let (mut at, mut out) = (0, Vec::new());
         while !session.is_closed() {
             while let Some(event) = session.next_event() {
@@ -173,7 +209,23 @@ fn fuzz_smtp_server_session() {
                     check_body(case, &envelope.body);
                 }
             }
-            if session.awaiting_spool() {
+            if session.awaiting_policy().is_some() && (at >= input.len() || rng.index(3) != 0) {
+                let verdict = match rng.index(16) {
+                    0 => Verdict::Reject(Rejection::new(rng.index(700) as u16, "5.7.1", "x")),
+                    1 => Verdict::Reject(Rejection::new(550, "5.7.1\r\n250 ok", "x")),
+                    2 => Verdict::Disconnect(Rejection::new(421, "4.3.2", "bye\r\n")),
+                    _ => verdict(&policy, &mut session),
+                };
+                let check = match &verdict {
+                    Verdict::Continue => Ok(()),
+                    Verdict::Reject(r) | Verdict::Disconnect(r) => r.check(),
+                };
+                assert_eq!(
+                    session.validated(verdict).is_err(),
+                    check.is_err(),
+                    "case {case}"
+                );
+            } else if session.awaiting_spool() {
                 let outcome = match rng.index(4) {
                     0 => SpoolOutcome::StorageFull,
                     1 => SpoolOutcome::TemporaryFailure,
@@ -240,6 +292,7 @@ fn fuzz_outbound_data_encoding_round_trips_through_a_strict_receiver() {
             text_line_bytes_max: 1 << 20,
             ..ServerLimits::default()
         });
+        let policy = relay_control();
         let mut received = Vec::new();
         let mut at = 0;
         while !session.is_closed() {
@@ -248,7 +301,12 @@ fn fuzz_outbound_data_encoding_round_trips_through_a_strict_receiver() {
                     received.push(envelope.body);
                 }
             }
-            if session.awaiting_spool() {
+            if session.awaiting_policy().is_some() {
+                let verdict = verdict(&policy, &mut session);
+                session
+                    .validated(verdict)
+                    .expect("relay control replies are well formed");
+            } else if session.awaiting_spool() {
                 session.spooled(SpoolOutcome::Queued {
                     queue_id: "Q1".into(),
                 });

@@ -1,47 +1,68 @@
 //! Policy phases of a reception, after Momentum's validation phases
-//! (connect, ehlo, mailfrom, rcptto, data).
+//! (`validate_connect`, `validate_ehlo`, `validate_mailfrom`,
+//! `validate_rcptto`, `validate_data`).
 //!
-//! Owns: the [`Policy`] trait (one method per phase, each returning a
-//! [`Verdict`]), the built-in [`RelayControl`] policy, and [`Cidr`] for
-//! netblock lists such as `relay_hosts`.
-//! May call: nothing but std. A policy is pure: it sees what the session
-//! saw and answers; it never does I/O, so an SMTP session that consults it
-//! stays a pure state machine. Lua scriptlets will implement the same trait.
-//! Never: the engine, the spool, the network.
+//! A policy is asked, not called from inside the protocol: the SMTP
+//! session stops at each phase and emits an event; its I/O driver hands
+//! the shard's policy a [`Validation`] (what the session saw) and the
+//! session's [`ValidationContext`], and feeds the [`Verdict`] back. A
+//! policy that can decide at once answers [`Answer::Now`] (no allocation);
+//! one that must wait (a DNS lookup, a Lua scriptlet, a datasource)
+//! answers [`Answer::Later`] with a future the driver awaits on the
+//! shard's executor. Those futures are `!Send`: a shard never moves them.
+//!
+//! Momentum's words map onto these types: a callout's `VALIDATE_CONT` is
+//! [`Verdict::Continue`], `vctx:set_code(code, text)` with `VALIDATE_DONE`
+//! is [`Verdict::Reject`], `vctx:disconnect` is [`Verdict::Disconnect`],
+//! `VALIDATE_AGAIN` (blocked, call again) is [`Answer::Later`], and
+//! `vctx:get/set(VCTX_CONN | VCTX_MESS, key[, value])` is
+//! [`ValidationContext`] with [`Scope`].
+//!
+//! Owns: the [`Policy`] trait and what it is given ([`Validation`],
+//! [`Check`], [`Connection`]); re-exports the verdict types
+//! ([`verdict`]), the validation context ([`vctx`]) and the built-in
+//! relay control ([`relay`]).
+//! May call: std only.
+//! Never: the engine, the spool, the network. Lua scriptlets implement the
+//! same trait in their own module.
 
-use std::fmt;
-use std::net::IpAddr;
-use std::str::FromStr;
+pub mod relay;
+pub mod vctx;
+pub mod verdict;
 
-/// What a phase decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go on with the next phase (Momentum's `VALIDATE_CONT`).
-    Continue,
-    /// Refuse with this SMTP reply; the session stays open.
-    Reject(Rejection),
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+
+pub use relay::{local_delivery_domain, Cidr, CidrError, ListenerRelayHosts, RelayControl};
+pub use vctx::{Scope, ValidationContext, VctxError};
+pub use verdict::{Rejection, ReplyError, Verdict, REPLY_TEXT_BYTES_MAX};
+
+/// The phases a policy is asked about, in the order of a reception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// A client connected; before the banner.
+    Connect,
+    /// EHLO or HELO, before its reply.
+    Ehlo,
+    /// MAIL FROM, after the session's own checks.
+    MailFrom,
+    /// RCPT TO, after the session's own checks (the bare `postmaster` is
+    /// accepted without asking).
+    RcptTo,
+    /// End of data: the whole message is in, before it is spooled.
+    Data,
 }
 
-/// An SMTP reply a policy chose: basic code, enhanced code, text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// 4xx or 5xx.
-    pub code: u16,
-    /// RFC 3463 enhanced status code such as `5.7.1`.
-    pub enhanced: &'static str,
-    pub text: String,
-}
-
-impl Rejection {
-    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
-        assert!(
-            (400..600).contains(&code),
-            "a rejection is a 4xx or 5xx reply"
-        );
-        Rejection {
-            code,
-            enhanced,
-            text: text.into(),
+impl Phase {
+    /// Momentum's callout name for the phase (what a scriptlet defines).
+    pub fn callout(self) -> &'static str {
+        match self {
+            Phase::Connect => "validate_connect",
+            Phase::Ehlo => "validate_ehlo",
+            Phase::MailFrom => "validate_mailfrom",
+            Phase::RcptTo => "validate_rcptto",
+            Phase::Data => "validate_data",
         }
     }
 }
@@ -50,229 +71,160 @@ impl Rejection {
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub peer_ip: IpAddr,
-    /// The EHLO/HELO argument, empty before the client sent one.
+    /// The configured `Listen` address of the listener the connection came
+    /// in on (it may be a wildcard such as `0.0.0.0:25`).
+    pub listener: SocketAddr,
+    /// The accepted EHLO/HELO argument, empty before one was accepted.
     pub ehlo_domain: String,
 }
 
-/// One method per reception phase. Every method defaults to `Continue`, so
-/// a policy implements only the phases it cares about.
-pub trait Policy {
-    fn validate_connect(&self, _conn: &Connection) -> Verdict {
-        Verdict::Continue
-    }
-    fn validate_ehlo(&self, _conn: &Connection, _domain: &str) -> Verdict {
-        Verdict::Continue
-    }
-    /// `mail_from` is the reverse path without angle brackets; empty for `<>`.
-    fn validate_mailfrom(&self, _conn: &Connection, _mail_from: &str) -> Verdict {
-        Verdict::Continue
-    }
-    /// `rcpt_to` is the forward path without angle brackets.
-    fn validate_rcptto(&self, _conn: &Connection, _rcpt_to: &str) -> Verdict {
-        Verdict::Continue
-    }
-}
-
-/// The built-in relay control: a client whose address is in `relay_hosts`
-/// may send to any domain; anyone else may send only to the local domains
-/// (none by default), and is refused with `550 5.7.1` at RCPT TO, as
-/// Momentum and Postfix do. Defaults refuse.
-#[derive(Debug, Clone, Default)]
-pub struct RelayControl {
-    pub relay_hosts: Vec<Cidr>,
-    /// Domains this host accepts mail for from anyone (lower case).
-    pub local_domains: Vec<String>,
-}
-
-impl RelayControl {
-    pub fn may_relay(&self, peer_ip: IpAddr) -> bool {
-        self.relay_hosts.iter().any(|c| c.contains(peer_ip))
-    }
-}
-
-impl Policy for RelayControl {
-    fn validate_rcptto(&self, conn: &Connection, rcpt_to: &str) -> Verdict {
-        if self.may_relay(conn.peer_ip) {
-            return Verdict::Continue;
-        }
-        if let Some(domain) = local_delivery_domain(rcpt_to) {
-            if self
-                .local_domains
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(domain))
-            {
-                return Verdict::Continue;
-            }
-        }
-        Verdict::Reject(Rejection::new(550, "5.7.1", "relaying denied"))
-    }
-}
-
-/// The domain of a plain `local@domain` address, or `None` for anything a
-/// relay trick could hide behind: source routes (`@a:b@c`), the percent
-/// hack (`b%c@a`), a second `@`, a quoted local part or bang path, or an
-/// empty side. Such addresses are never local: they are relayed or refused.
-pub fn local_delivery_domain(address: &str) -> Option<&str> {
-    let (local, domain) = address.rsplit_once('@')?;
-    if local.is_empty() || domain.is_empty() {
-        return None;
-    }
-    if address.starts_with('@') || local.contains(['@', '%', '!', '"', ':']) {
-        return None;
-    }
-    Some(domain)
-}
-
-/// An IPv4 or IPv6 netblock, as written in `relay_hosts` ("127.0.0.0/8",
-/// "::1", "10.1.2.3").
+/// The phase being asked about, with its argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix_bits: u8,
+pub enum Check<'a> {
+    Connect,
+    /// `domain` is the argument of this EHLO (`esmtp`) or HELO; the
+    /// connection's `ehlo_domain` is still the one accepted before.
+    Ehlo {
+        domain: &'a str,
+        esmtp: bool,
+    },
+    /// `reverse_path` is without angle brackets; empty for `<>`.
+    MailFrom {
+        reverse_path: &'a str,
+    },
+    /// `forward_path` is without angle brackets.
+    RcptTo {
+        forward_path: &'a str,
+    },
+    /// The message as received: CRLF lines, dot-unstuffed, no Received
+    /// header yet.
+    Data {
+        body: &'a [u8],
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CidrError(pub String);
-
-impl fmt::Display for CidrError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` is not an IP address or CIDR netblock", self.0)
-    }
-}
-
-impl std::error::Error for CidrError {}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(
-                u32::from(n) as u128,
-                u32::from(a) as u128,
-                self.prefix_bits,
-                32,
-            ),
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                prefix_eq(u128::from(n), u128::from(a), self.prefix_bits, 128)
-            }
-            (IpAddr::V4(_), IpAddr::V6(a)) => match a.to_ipv4_mapped() {
-                Some(v4) => self.contains(IpAddr::V4(v4)),
-                None => false,
-            },
-            (IpAddr::V6(_), IpAddr::V4(_)) => false,
+impl Check<'_> {
+    pub fn phase(&self) -> Phase {
+        match self {
+            Check::Connect => Phase::Connect,
+            Check::Ehlo { .. } => Phase::Ehlo,
+            Check::MailFrom { .. } => Phase::MailFrom,
+            Check::RcptTo { .. } => Phase::RcptTo,
+            Check::Data { .. } => Phase::Data,
         }
     }
 }
 
-fn prefix_eq(network: u128, address: u128, prefix_bits: u8, width_bits: u8) -> bool {
-    assert!(prefix_bits <= width_bits);
-    if prefix_bits == 0 {
-        return true;
-    }
-    let shift = (width_bits - prefix_bits) as u32;
-    (network >> shift) == (address >> shift)
+/// Everything a policy is shown for one phase. Borrowed from the session
+/// for as long as the policy takes to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Validation<'a> {
+    pub connection: &'a Connection,
+    /// Reverse path of the open transaction; empty before MAIL was
+    /// accepted and for `<>`.
+    pub mail_from: &'a str,
+    /// Recipients accepted so far in the open transaction, in order.
+    pub rcpts: &'a [String],
+    pub check: Check<'a>,
 }
 
-impl FromStr for Cidr {
-    type Err = CidrError;
+/// A verdict still to come. It may borrow the policy, the validation and
+/// the context; the session waits (holding pipelined input) until it
+/// resolves.
+pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + 'a>>;
 
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || CidrError(text.to_string());
-        let (address, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
-        };
-        let network: IpAddr = address.parse().map_err(|_| error())?;
-        let width_bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix_bits = match prefix {
-            None => width_bits,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|b| *b <= width_bits)
-                .ok_or_else(error)?,
-        };
-        Ok(Cidr {
-            network,
-            prefix_bits,
-        })
+/// A policy's answer to one phase.
+pub enum Answer<'a> {
+    /// Decided at once.
+    Now(Verdict),
+    /// Decided when the future resolves.
+    Later(VerdictFuture<'a>),
+}
+
+impl<'a> Answer<'a> {
+    pub const CONTINUE: Answer<'a> = Answer::Now(Verdict::Continue);
+
+    pub fn later(future: impl Future<Output = Verdict> + 'a) -> Self {
+        Answer::Later(Box::pin(future))
     }
 }
 
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix_bits)
-    }
+/// A policy: one instance per shard, asked about every phase of every
+/// session the shard serves. It may read and write the session's
+/// validation context. A reply it gives is checked by the session
+/// ([`Rejection::check`]); a bad one becomes `451 4.3.0`.
+pub trait Policy {
+    fn validate<'a>(
+        &'a self,
+        validation: Validation<'a>,
+        vctx: &'a mut ValidationContext,
+    ) -> Answer<'a>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+    use std::future::poll_fn;
+    use std::task::{Context, Poll, Waker};
 
-    fn conn(ip: &str) -> Connection {
-        Connection {
-            peer_ip: ip.parse().unwrap(),
+    /// Goal: a policy can await between being asked and answering, and
+    /// write the validation context while it does. Method: a policy whose
+    /// future waits until a flag is set, polled by hand.
+    #[test]
+    fn a_later_answer_resolves_when_its_future_does_and_may_write_the_context() {
+        struct Waiting {
+            ready: Cell<bool>,
+        }
+        impl Policy for Waiting {
+            fn validate<'a>(
+                &'a self,
+                validation: Validation<'a>,
+                vctx: &'a mut ValidationContext,
+            ) -> Answer<'a> {
+                Answer::later(async move {
+                    poll_fn(|_| {
+                        if self.ready.get() {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    let phase = validation.check.phase().callout();
+                    vctx.set(Scope::Message, "asked", phase).unwrap();
+                    Verdict::Reject(Rejection::new(450, "4.7.1", "later"))
+                })
+            }
+        }
+        let policy = Waiting {
+            ready: Cell::new(false),
+        };
+        let connection = Connection {
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            listener: "0.0.0.0:25".parse().unwrap(),
             ehlo_domain: String::new(),
-        }
-    }
-
-    #[test]
-    fn cidr_matches_its_netblock_only() {
-        let c: Cidr = "127.0.0.0/8".parse().unwrap();
-        assert!(c.contains("127.1.2.3".parse().unwrap()));
-        assert!(!c.contains("128.0.0.1".parse().unwrap()));
-        assert!(c.contains("::ffff:127.0.0.1".parse().unwrap()));
-        let v6: Cidr = "fd00::/8".parse().unwrap();
-        assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!(!v6.contains("fe80::1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("8.8.8.8".parse().unwrap()));
-    }
-
-    #[test]
-    fn cidr_rejects_bad_text() {
-        for bad in ["", "127.0.0.0/33", "foo", "10.0.0.0/", "::1/129"] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn relay_hosts_may_relay_others_get_550_5_7_1() {
-        let p = RelayControl {
-            relay_hosts: vec!["127.0.0.0/8".parse().unwrap()],
-            local_domains: vec!["local.test".into()],
         };
-        assert_eq!(
-            p.validate_rcptto(&conn("127.0.0.1"), "a@example.com"),
-            Verdict::Continue
-        );
-        let denied = p.validate_rcptto(&conn("192.0.2.1"), "a@example.com");
-        assert!(matches!(denied, Verdict::Reject(ref r) if r.code == 550 && r.enhanced == "5.7.1"));
-        assert_eq!(
-            p.validate_rcptto(&conn("192.0.2.1"), "a@LOCAL.test"),
-            Verdict::Continue
-        );
-    }
-
-    #[test]
-    fn relay_tricks_are_never_local() {
-        let p = RelayControl {
-            relay_hosts: vec![],
-            local_domains: vec!["local.test".into()],
+        let mut vctx = ValidationContext::new();
+        let validation = Validation {
+            connection: &connection,
+            mail_from: "",
+            rcpts: &[],
+            check: Check::MailFrom {
+                reverse_path: "a@c.test",
+            },
         };
-        for trick in [
-            "a%example.com@local.test",
-            "@local.test:a@example.com",
-            "\"a@example.com\"@local.test",
-            "example.com!a@local.test",
-            "@local.test",
-        ] {
-            assert!(
-                matches!(
-                    p.validate_rcptto(&conn("192.0.2.1"), trick),
-                    Verdict::Reject(_)
-                ),
-                "{trick}"
-            );
-        }
+        let Answer::Later(mut future) = policy.validate(validation, &mut vctx) else {
+            panic!("the policy waits");
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        policy.ready.set(true);
+        let Poll::Ready(verdict) = future.as_mut().poll(&mut cx) else {
+            panic!("ready now");
+        };
+        drop(future);
+        assert!(matches!(verdict, Verdict::Reject(r) if r.code == 450));
+        assert_eq!(vctx.get(Scope::Message, "asked"), Some("validate_mailfrom"));
     }
 }

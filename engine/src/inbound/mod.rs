@@ -9,7 +9,8 @@
 //! peer table), the clocks of a session (`idle_time` per read,
 //! `inbound_command_timeout` per command line, `inbound_data_timeout` per
 //! DATA) and the read buffers.
-//! May call: the session, `message` (admission and spooling), `mesh`
+//! May call: the session, the shard's policy (whose verdicts it feeds
+//! back to the session), `message` (admission and spooling), `mesh`
 //! (routing entries to queue owners), `env` (logs, counters, stop signal).
 //! Never: protocol decisions (replies other than the connection-refusal
 //! 421s are the session's); a lock on a per-message path (the peer table
@@ -24,25 +25,27 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::{Duration, Instant};
 
-use ecelerity_policy::RelayControl;
+use ecelerity_policy::{Answer, ListenerRelayHosts, Policy, RelayControl, Verdict, VerdictFuture};
 use ecelerity_spool::SpoolError;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use glommio::sync::Gate;
 
 use crate::clock::now_unix_ms;
-use crate::config::ListenerConfig;
-use crate::env::ShardEnv;
+use crate::config::{Config, ListenerConfig};
+use crate::env::{ShardEnv, Stopping};
 use crate::log::{format_reception, format_rejection, Reception, RecordIds, Rejection};
 use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
 use crate::queue::record::SpooledEnvelope;
 use crate::queue::{Bindings, MessageId};
+use crate::smtp::capabilities::Capabilities;
 use crate::smtp::server::{
     Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
 use crate::stats::Counter;
+use crate::transport::{read_within, write_all_within, Transport};
 
 /// Bytes read from a client socket at a time while a DATA is being read.
 /// Allocated at the 354 and freed when the message is answered.
@@ -134,15 +137,33 @@ pub struct Inbound {
     pub messages: Rc<Messages>,
     pub router: Rc<Router>,
     pub bindings: Rc<Bindings>,
+    /// The policy every session of this shard asks at each phase
+    /// ([`shard_policy`]).
+    pub policy: Box<dyn Policy>,
     /// Open sessions; shutdown waits for them.
     pub sessions: Gate,
 }
 
-pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<ListenerConfig>) {
-    let policy: Rc<dyn ecelerity_policy::Policy> = Rc::new(RelayControl {
-        relay_hosts: config.relay_hosts.clone(),
+/// The policy of a shard: the built-in relay control, holding the
+/// `relay_hosts` of every enabled ESMTP listener; a session is judged by
+/// the listener it came in on (`ServerParams::listener`).
+pub fn shard_policy(config: &Config) -> Box<dyn Policy> {
+    let listeners = config
+        .esmtp_listeners()
+        .iter()
+        .filter(|l| l.enabled)
+        .map(|l| ListenerRelayHosts {
+            listener: l.address,
+            relay_hosts: l.relay_hosts.clone(),
+        })
+        .collect();
+    Box::new(RelayControl {
+        listeners,
         local_domains: Vec::new(),
-    });
+    })
+}
+
+pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<ListenerConfig>) {
     let server_max = u64::from(shard.env.config.get().server_max_inbound_connections());
     loop {
         let stream = match listener.accept().await {
@@ -182,10 +203,10 @@ pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<L
         }
         shard.env.stats().add(Counter::InboundConnections, 1);
         shard.env.stats().add(Counter::InboundConnectionsTotal, 1);
-        let (shard2, config2, policy2) = (shard.clone(), config.clone(), policy.clone());
+        let (shard2, config2) = (shard.clone(), config.clone());
         let spawned = shard.sessions.spawn(async move {
             let _slot = slot;
-            if let Err(e) = serve(&shard2, stream, &config2, policy2).await {
+            if let Err(e) = serve(&shard2, stream, &config2).await {
                 tracing::debug!(shard = shard2.env.id, "session ended: {e}");
             }
             shard2.env.stats().sub(Counter::InboundConnections, 1);
@@ -281,11 +302,18 @@ impl Deadlines {
     }
 }
 
+/// How long a write of replies may take: a client that does not read its
+/// replies cannot park the session in a write.
+fn write_limit(listener: &ListenerConfig) -> Duration {
+    listener.inbound_command_timeout.max(Duration::from_secs(1))
+}
+
+/// Serves one accepted TCP connection: the socket-specific set-up, then
+/// the session over it as a [`Transport`].
 async fn serve(
     shard: &Rc<Inbound>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     listener: &ListenerConfig,
-    policy: Rc<dyn ecelerity_policy::Policy>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let conn = Conn {
@@ -293,6 +321,18 @@ async fn serve(
         peer: stream.peer_addr()?,
         local: stream.local_addr()?,
     };
+    drive(shard, &conn, stream, listener).await
+}
+
+/// The I/O driver of one server session over any transport (plain TCP
+/// today, TLS next): reads, writes and timeouts here, every decision in
+/// the session.
+async fn drive<S: Transport>(
+    shard: &Rc<Inbound>,
+    conn: &Conn,
+    mut stream: S,
+    listener: &ListenerConfig,
+) -> std::io::Result<()> {
     let limits = ServerLimits {
         text_line_bytes_max: listener.max_line_length_bytes as usize,
         message_bytes_max: listener.max_message_size_bytes,
@@ -303,43 +343,62 @@ async fn serve(
     let params = ServerParams {
         hostname: shard.env.config.get().hostname().to_string(),
         peer_ip: conn.peer.ip(),
+        listener: listener.address,
         limits,
+        // PIPELINING, SIZE (max_message_size, through the limits),
+        // 8BITMIME, ENHANCEDSTATUSCODES; STARTTLS joins with the
+        // listener's TLS options.
+        capabilities: Capabilities::default(),
         version: crate::VERSION,
     };
-    let mut session = ServerSession::new(params, policy);
+    let mut session = ServerSession::new(params);
     session.start();
     let idle_time = listener.idle_time.max(Duration::from_secs(1));
-    // A client that does not read its replies cannot park us in a write.
-    stream.set_write_timeout(Some(
-        listener.inbound_command_timeout.max(Duration::from_secs(1)),
-    ))?;
+    let write_limit = write_limit(listener);
     let mut deadlines = Deadlines::new(listener, Instant::now());
     let mut output = Vec::new();
     let mut command_input = [0u8; COMMAND_READ_BYTES];
     let mut data_input: Vec<u8> = Vec::new();
     let mut stop_seen = false;
     loop {
+        // Policy phases first: one the policy decides at once costs no
+        // write, so the replies to a pipelined group leave together.
+        let mut event = session.next_event();
+        let mut replied = false;
+        while let Some(Event::Validate(_)) = event {
+            replied |= validate(
+                shard,
+                conn,
+                listener,
+                &mut stream,
+                &mut session,
+                &mut output,
+            )
+            .await?;
+            event = session.next_event();
+        }
         session.take_output(&mut output);
-        let replied = !output.is_empty();
-        if replied {
-            log_rejections(shard, &conn, &session, &output);
-            stream.write_all(&output).await?;
+        if !output.is_empty() {
+            replied = true;
+            log_rejections(shard, conn, &session, &output);
+            write_all_within(&mut stream, &output, write_limit).await?;
             output.clear();
         }
         if session.is_closed() {
             break;
         }
-        if let Some(event) = session.next_event() {
+        if let Some(event) = event {
             match event {
+                Event::Validate(_) => unreachable!("answered above"),
                 Event::Message(envelope) => {
-                    let (outcome, body) = receive(shard, &conn, &session, envelope).await;
+                    let (outcome, body) = receive(shard, conn, &session, envelope).await;
                     session.spooled(outcome);
                     session.recycle_body(body);
                     continue;
                 }
                 Event::Close => {
                     session.take_output(&mut output);
-                    stream.write_all(&output).await?;
+                    write_all_within(&mut stream, &output, write_limit).await?;
                     break;
                 }
             }
@@ -374,7 +433,7 @@ async fn serve(
             session.idle_timeout();
             continue;
         }
-        stream.set_read_timeout(Some(idle_time.min(left)))?;
+        let read_limit = idle_time.min(left);
         if in_data && data_input.is_empty() {
             data_input = vec![0u8; READ_BUFFER_BYTES];
         } else if !in_data && !data_input.is_empty() {
@@ -387,7 +446,7 @@ async fn serve(
         };
         let capacity = session.input_capacity().min(buffer.len());
         let read = futures_lite::future::or(
-            async { Some(stream.read(&mut buffer[..capacity]).await) },
+            async { Some(read_within(&mut stream, &mut buffer[..capacity], read_limit).await) },
             async {
                 if stop_seen {
                     std::future::pending::<()>().await;
@@ -423,6 +482,94 @@ async fn serve(
     }
     let _ = stream.close().await;
     Ok(())
+}
+
+/// Asks the shard's policy about the phase the session awaits and feeds the
+/// verdict back. A policy that answers at once costs nothing more; one
+/// that must wait first gets the replies owed so far written (true is
+/// returned then), and has `inbound_command_timeout` to decide, after
+/// which the session answers `451 4.3.0`. A stopping shard cancels the
+/// wait and the session closes with `421 4.3.2`.
+async fn validate<S: Transport>(
+    shard: &Inbound,
+    conn: &Conn,
+    listener: &ListenerConfig,
+    stream: &mut S,
+    session: &mut ServerSession,
+    output: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    session.take_output(output);
+    let phase = session
+        .awaiting_policy()
+        .expect("an Event::Validate was taken");
+    let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
+    let (validation, vctx) = session.validation();
+    let mut wrote = false;
+    let waited = match shard.policy.validate(validation, vctx) {
+        Answer::Now(verdict) => Waited::Verdict(verdict),
+        Answer::Later(verdict) => {
+            if !output.is_empty() {
+                write_all_within(stream, output, write_limit(listener)).await?;
+                wrote = true;
+            }
+            await_verdict(verdict, timeout, &shard.env.stopping).await
+        }
+    };
+    if wrote {
+        log_rejections(shard, conn, session, output);
+        output.clear();
+    }
+    match waited {
+        Waited::Verdict(verdict) => {
+            if let Err(e) = session.validated(verdict) {
+                tracing::error!(
+                    shard = shard.env.id,
+                    "policy answered {} for {} with a bad reply: {e}; the client got \
+                     451 4.3.0 (fix the policy's reply)",
+                    phase.callout(),
+                    conn.peer
+                );
+            }
+        }
+        Waited::TimedOut => {
+            tracing::warn!(
+                shard = shard.env.id,
+                "policy did not answer {} for {} within {timeout:?}: 451 4.3.0 (is a \
+                 lookup it needs slow?)",
+                phase.callout(),
+                conn.peer
+            );
+            session.validation_failed();
+        }
+        Waited::Stopping => session.shutdown(),
+    }
+    Ok(wrote)
+}
+
+/// How the wait for a policy's later verdict ended.
+enum Waited {
+    Verdict(Verdict),
+    TimedOut,
+    Stopping,
+}
+
+/// Awaits a later verdict for at most `timeout`, and no longer than the
+/// shard runs (`stopping` is closed when it starts to stop).
+async fn await_verdict(
+    verdict: VerdictFuture<'_>,
+    timeout: Duration,
+    stopping: &Stopping,
+) -> Waited {
+    let verdict = async { Waited::Verdict(verdict.await) };
+    let timer = async {
+        glommio::timer::sleep(timeout).await;
+        Waited::TimedOut
+    };
+    let stop = async {
+        stopping.wait().await;
+        Waited::Stopping
+    };
+    futures_lite::future::or(verdict, futures_lite::future::or(timer, stop)).await
 }
 
 /// Spools one message and routes its recipients; the reply waits for it.
@@ -599,6 +746,38 @@ mod tests {
         // The message is answered: back to the command clock.
         d.observe(false, true, start + Duration::from_secs(60));
         assert_eq!(d.deadline(), start + Duration::from_secs(70));
+    }
+
+    /// Goal: a verdict that comes later is awaited, one that never comes
+    /// times out, and a stopping shard ends the wait. Method: three waits
+    /// on a glommio executor with futures that answer, never answer, and
+    /// never answer while the stop semaphore is closed.
+    #[test]
+    fn a_later_verdict_is_awaited_timed_out_or_cut_by_a_stop() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(|| async {
+                let stopping = Stopping::default();
+                let minute = Duration::from_secs(60);
+                let soon = Box::pin(async {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    Verdict::Continue
+                });
+                let waited = await_verdict(soon, minute, &stopping).await;
+                assert!(matches!(waited, Waited::Verdict(Verdict::Continue)));
+                let never = Box::pin(std::future::pending());
+                let started = Instant::now();
+                let waited = await_verdict(never, Duration::from_millis(30), &stopping).await;
+                assert!(matches!(waited, Waited::TimedOut));
+                assert!(started.elapsed() >= Duration::from_millis(30));
+                stopping.start();
+                let never = Box::pin(std::future::pending());
+                let waited = await_verdict(never, minute, &stopping).await;
+                assert!(matches!(waited, Waited::Stopping));
+            })
+            .expect("executor starts")
+            .join()
+            .expect("test body ran");
     }
 
     #[test]

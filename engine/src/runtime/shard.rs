@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::control::{Envelope, CONTROL_POLL_MS};
 use crate::delivery::Outbound;
 use crate::env::{LiveConfig, ShardEnv, Stopping};
-use crate::inbound::{accept_loop, Inbound};
+use crate::inbound::{accept_loop, shard_policy, Inbound};
 use crate::log::ShardLogs;
 use crate::mesh::{dispatch, Inbox, Outcome, Router, ShardMsg};
 use crate::message::Messages;
@@ -326,6 +326,7 @@ fn wire(
         messages: messages.clone(),
         router: router.clone(),
         bindings,
+        policy: shard_policy(config),
         sessions: Gate::new(),
     });
     let shard = Rc::new(Shard {

@@ -2,15 +2,20 @@
 //! here opens a socket or reads a clock; `inbound` and `delivery`
 //! (outbound) do the I/O and make no protocol decisions.
 //!
+//! * [`capabilities`]: the ESMTP extensions a listener offers and the
+//!   EHLO reply that lists them.
 //! * [`command`]: the command-line parser (verbs, paths, ESMTP parameters).
 //! * [`server`]: the inbound session state machine (RFC 5321, PIPELINING,
 //!   DATA transparency, limits, smuggling defence).
+//! * [`received`]: the `Received:` header prepended before spooling.
 //! * [`reply`]: the incremental reply parser used by the client.
 //! * [`client`]: the outbound session state machine.
 //! * [`body`]: DATA encoding of an outbound body.
 
 pub mod body;
+pub mod capabilities;
 pub mod client;
 pub mod command;
+pub mod received;
 pub mod reply;
 pub mod server;
