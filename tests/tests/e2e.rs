@@ -7,6 +7,8 @@
 #[path = "e2e/common.rs"]
 mod common;
 
+#[path = "e2e/backpressure.rs"]
+mod backpressure;
 #[path = "e2e/config.rs"]
 mod config;
 #[path = "e2e/console.rs"]

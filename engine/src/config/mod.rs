@@ -66,6 +66,18 @@ pub const LINE_LENGTH_BYTES_MAX: u64 = 1024 * 1024;
 /// all listeners and shards; past it a new connection gets `421 4.3.2`.
 pub const SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT: u64 = 20_000;
 pub const SERVER_MAX_INBOUND_CONNECTIONS_MAX: u64 = 1_000_000;
+/// `backlog_slowdown_entries`: entries ready for delivery but not yet taken
+/// (the active queues of every shard) above which reception slows: each
+/// accepted message's reply is delayed, up to `in_flow_delay_ms`.
+pub const BACKLOG_SLOWDOWN_ENTRIES_DEFAULT: u64 = 100_000;
+/// `backlog_refuse_entries`: above it new transactions get `452 4.3.1` and
+/// new connections `421 4.3.2` until delivery catches up.
+pub const BACKLOG_REFUSE_ENTRIES_DEFAULT: u64 = 1_000_000;
+pub const BACKLOG_ENTRIES_MAX: u64 = 100_000_000;
+/// `in_flow_delay_ms`: the longest delay of a reply while reception slows
+/// (Postfix's `in_flow_delay`, 1 s by default).
+pub const IN_FLOW_DELAY_MS_DEFAULT: u64 = 1_000;
+pub const IN_FLOW_DELAY_MS_MAX: u64 = 60_000;
 /// `max_inbound_connections_per_ip`: open connections from one client
 /// address (peers in `relay_hosts` are exempt); 0 = unlimited. Postfix's
 /// `smtpd_client_connection_count_limit` is 50 too.
@@ -263,6 +275,17 @@ impl Config {
     /// connections over every listener and shard.
     pub fn server_max_inbound_connections(&self) -> u32 {
         self.settings.global.server_max_inbound_connections
+    }
+
+    /// The reception back-pressure limits: (`backlog_slowdown_entries`,
+    /// `backlog_refuse_entries`, `in_flow_delay_ms`).
+    pub fn backlog(&self) -> (u64, u64, u64) {
+        let g = &self.settings.global;
+        (
+            g.backlog_slowdown_entries,
+            g.backlog_refuse_entries,
+            g.in_flow_delay_ms,
+        )
     }
 
     /// The global `relay_hosts` (listeners carry their own resolved copy).

@@ -559,6 +559,16 @@ option_family! {
         server_max_inbound_connections: u32 = "server_max_inbound_connections" in GLOBAL,
             integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
             default SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32;
+        /// Reception slows above this many entries waiting for delivery.
+        backlog_slowdown_entries: u64 = "backlog_slowdown_entries" in GLOBAL,
+            integer(1, BACKLOG_ENTRIES_MAX), default BACKLOG_SLOWDOWN_ENTRIES_DEFAULT;
+        /// Reception refuses new work above this many.
+        backlog_refuse_entries: u64 = "backlog_refuse_entries" in GLOBAL,
+            integer(1, BACKLOG_ENTRIES_MAX), default BACKLOG_REFUSE_ENTRIES_DEFAULT;
+        /// Longest delay of a reply while reception slows.
+        in_flow_delay_ms: u64 = "in_flow_delay_ms" in GLOBAL,
+            Kind::Integer { min: 0, max: IN_FLOW_DELAY_MS_MAX, unit: " ms" },
+            default IN_FLOW_DELAY_MS_DEFAULT;
     }
 }
 

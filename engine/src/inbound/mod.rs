@@ -19,13 +19,18 @@
 //! Memory: an idle session holds `COMMAND_READ_BYTES` of read buffer; the
 //! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read.
 
+pub mod backpressure;
+
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::{Duration, Instant};
 
-use ecelerity_policy::{Answer, ListenerRelayHosts, Policy, RelayControl, Verdict, VerdictFuture};
+use ecelerity_policy::{
+    Answer, ListenerRelayHosts, Phase, Policy, Rejection as PolicyRejection, RelayControl, Verdict,
+    VerdictFuture,
+};
 use ecelerity_spool::SpoolError;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -46,6 +51,7 @@ use crate::smtp::server::{
 };
 use crate::stats::Counter;
 use crate::transport::{read_within, write_all_within, Transport};
+use backpressure::{pressure, BacklogLimits, Episodes, Pressure};
 
 /// Bytes read from a client socket at a time while a DATA is being read.
 /// Allocated at the 354 and freed when the message is answered.
@@ -116,6 +122,8 @@ fn peer_bucket(ip: IpAddr) -> usize {
 enum Refusal {
     /// `server_max_inbound_connections` reached.
     ServerFull,
+    /// `backlog_refuse_entries` reached: delivery is behind.
+    Backlog,
     /// `max_inbound_connections_per_ip` reached for the peer.
     PeerFull,
 }
@@ -124,6 +132,7 @@ impl Refusal {
     fn reply(self) -> &'static [u8] {
         match self {
             Refusal::ServerFull => b"421 4.3.2 Too many connections, try again later\r\n",
+            Refusal::Backlog => backpressure::REFUSE_CONNECTION_REPLY,
             Refusal::PeerFull => {
                 b"421 4.7.0 Too many connections from your address, try again later\r\n"
             }
@@ -142,6 +151,27 @@ pub struct Inbound {
     pub policy: Box<dyn Policy>,
     /// Open sessions; shutdown waits for them.
     pub sessions: Gate,
+    /// The last back-pressure level reported in the paniclog.
+    pub episodes: Episodes,
+}
+
+impl Inbound {
+    /// What reception does now, from the entries waiting in every shard's
+    /// active queues (gauges published each tick: no lock, no message).
+    fn pressure(&self) -> Pressure {
+        let (slowdown_entries, refuse_entries, in_flow_delay_ms) = self.env.config.get().backlog();
+        let backlog = self.env.stats.total(Counter::ActiveQueue);
+        let p = pressure(
+            backlog,
+            BacklogLimits {
+                slowdown_entries,
+                refuse_entries,
+                in_flow_delay_ms,
+            },
+        );
+        self.episodes.observe(self.env.id, backlog, p);
+        p
+    }
 }
 
 /// The policy of a shard: the built-in relay control, holding the
@@ -191,6 +221,8 @@ pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<L
         };
         let refusal = if open >= server_max {
             Some(Refusal::ServerFull)
+        } else if shard.pressure() == Pressure::Refuse {
+            Some(Refusal::Backlog)
         } else if !exempt && slot.is_none() {
             Some(Refusal::PeerFull)
         } else {
@@ -502,6 +534,19 @@ async fn validate<S: Transport>(
     let phase = session
         .awaiting_policy()
         .expect("an Event::Validate was taken");
+    if phase == Phase::MailFrom && shard.pressure() == Pressure::Refuse {
+        // Delivery is behind: no new transaction until it catches up. The
+        // policy is not asked; the session answers this like its verdict.
+        let refusal = PolicyRejection::new(
+            backpressure::REFUSE_MAIL_CODE,
+            backpressure::REFUSE_MAIL_ENHANCED,
+            backpressure::REFUSE_MAIL_TEXT,
+        );
+        session
+            .validated(Verdict::Reject(refusal))
+            .expect("the back-pressure reply is well-formed");
+        return Ok(false);
+    }
     let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
     let (validation, vctx) = session.validation();
     let mut wrote = false;
@@ -631,6 +676,10 @@ async fn receive(
         (0..spooled.rcpts.len() as u32).map(|i| (i, 0, 0)),
     );
     shard.router.route(entries).await;
+    if let Pressure::Slow(delay) = shard.pressure() {
+        // The message is safe; its reply waits so the client slows down.
+        glommio::timer::sleep(delay).await;
+    }
     (SpoolOutcome::Queued { queue_id }, received)
 }
 

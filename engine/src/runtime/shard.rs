@@ -328,6 +328,7 @@ fn wire(
         bindings,
         policy: shard_policy(config),
         sessions: Gate::new(),
+        episodes: Default::default(),
     });
     let shard = Rc::new(Shard {
         env,
