@@ -13,7 +13,7 @@ use std::time::Duration;
 use glommio::channels::local_channel;
 
 use super::disposition::{AttemptReply, ReplyClass};
-use super::{connect, route, settle, Outbound};
+use super::{connect, pool, route, settle, Outbound};
 use crate::config::DeliveryOptions;
 use crate::queue::{MessageRef, QueueId};
 use crate::smtp::client::{
@@ -35,11 +35,13 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     };
     let target = match route::route(&options) {
         Ok(r) => r.targets.into_iter().next().expect("a route has a target"),
-        Err(reply) => return settle::sweep(out, id, &options, reply, ""),
+        Err(reply) => return settle::sweep(out, id, &options, reply, Stage::NotConnected, ""),
     };
     let (stream, address) = match connect::connect(&target, options.connect_timeout).await {
         Ok(pair) => pair,
-        Err(reply) => return settle::sweep(out, id, &options, &reply, ""),
+        Err(reply) => {
+            return settle::sweep(out, id, &options, &reply, Stage::NotConnected, "");
+        }
     };
     let remote_ip = address.ip().to_string();
     let ehlo = if is_valid_ehlo_hostname(&options.ehlo_hostname) {
@@ -55,6 +57,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
         stream,
         client: ClientSession::new(ehlo),
         current: None,
+        greeted: false,
         body: Vec::new(),
         wire: Vec::new(),
     }
@@ -71,6 +74,8 @@ struct Connection<'a, S: Transport> {
     client: ClientSession,
     /// The entry of the transaction in flight.
     current: Option<MessageRef>,
+    /// The session has been Ready once (the destination greeted us).
+    greeted: bool,
     /// Reused buffers: the body as spooled, and as encoded for the wire.
     body: Vec<u8>,
     wire: Vec<u8>,
@@ -106,6 +111,12 @@ impl<S: Transport> Connection<'_, S> {
                         Err(_) => self.client.abort(AbortReason::Io),
                     }
                 }
+                ClientAction::Ready if !self.greeted => {
+                    self.greeted = true;
+                    if let Some(q) = self.out.queues.borrow_mut().get_mut(self.queue) {
+                        pool::greeted(q);
+                    }
+                }
                 ClientAction::Ready => match self.next_entry().await {
                     Some(entry) => {
                         let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
@@ -135,6 +146,16 @@ impl<S: Transport> Connection<'_, S> {
                         failure.stage,
                         failure.cause
                     );
+                    if failure.is_outside_transaction() {
+                        settle::sweep(
+                            self.out,
+                            self.queue,
+                            self.options,
+                            &failure.reply.text(),
+                            failure.stage,
+                            self.remote_ip,
+                        );
+                    }
                     break;
                 }
             }
