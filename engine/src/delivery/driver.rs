@@ -3,7 +3,9 @@
 //! and hands each transaction's replies to [`settle`](super::settle).
 //!
 //! Owns: the read buffer and the reused body buffers of a connection, the
-//! per-stage timeouts. May call: `route`, `connect`, `settle`, the queue
+//! per-stage timeouts. For a server without 8BITMIME it reads each body
+//! before the transaction and hands an 8-bit one to the pure
+//! `smtp::downgrade` (which converts it or says why it cannot be sent). May call: `route`, `connect`, `settle`, the queue
 //! of this connection (through [`Outbound`]), the spool's body reader.
 //! Never: protocol decisions (the client session makes them).
 
@@ -20,6 +22,7 @@ use crate::smtp::client::{
     encode_body, is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome,
     Stage, TransactionResult,
 };
+use crate::smtp::downgrade::{self, Unconvertible};
 use crate::transport::{read_within, write_all_within, Transport};
 
 /// Bytes read from a server socket at a time.
@@ -59,6 +62,8 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
         current: None,
         greeted: false,
         body: Vec::new(),
+        body_loaded: false,
+        converted: Vec::new(),
         wire: Vec::new(),
     }
     .run()
@@ -76,9 +81,21 @@ struct Connection<'a, S: Transport> {
     current: Option<MessageRef>,
     /// The session has been Ready once (the destination greeted us).
     greeted: bool,
-    /// Reused buffers: the body as spooled, and as encoded for the wire.
+    /// Reused buffers: the body as spooled (or converted to 7-bit), and as
+    /// encoded for the wire; `converted` is the conversion's scratch.
     body: Vec<u8>,
+    /// `body` holds the body of the transaction in flight.
+    body_loaded: bool,
+    converted: Vec<u8>,
     wire: Vec<u8>,
+}
+
+/// Why a body could not be made ready to send.
+enum LoadError {
+    /// The spool read failed.
+    Read,
+    /// 8-bit, the server lacks 8BITMIME, and it cannot be converted.
+    Unconvertible(Unconvertible),
 }
 
 impl<S: Transport> Connection<'_, S> {
@@ -118,16 +135,7 @@ impl<S: Transport> Connection<'_, S> {
                     }
                 }
                 ClientAction::Ready => match self.next_entry().await {
-                    Some(entry) => {
-                        let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
-                        self.client.start_transaction(
-                            &entry.mail_from,
-                            &rcpts,
-                            entry.body.len as u64,
-                            entry.body_8bitmime,
-                        );
-                        self.current = Some(entry);
-                    }
+                    Some(entry) => self.start(entry),
                     None => self.client.quit(),
                 },
                 ClientAction::TransactionDone(result) => {
@@ -174,17 +182,73 @@ impl<S: Transport> Connection<'_, S> {
         }
     }
 
-    async fn send_body(&mut self) {
+    /// Starts the transaction of `entry`. Without 8BITMIME its body is read
+    /// first: 7-bit goes as it is, 8-bit converted, or the transaction is
+    /// refused when it cannot be (a spool read error is left for
+    /// `send_body` to meet again, inside the transaction, as transient).
+    fn start(&mut self, entry: MessageRef) {
+        let eightbitmime = self
+            .client
+            .capabilities()
+            .is_some_and(|capabilities| capabilities.eightbitmime);
+        self.current = Some(entry);
+        self.body_loaded = false;
+        let mut body_len = self.current.as_ref().unwrap().body.len as u64;
+        if !eightbitmime {
+            match self.load_body(false) {
+                Ok(()) => body_len = self.body.len() as u64,
+                Err(LoadError::Read) => {}
+                Err(LoadError::Unconvertible(why)) => {
+                    let entry = self.current.as_ref().unwrap();
+                    let why = why.to_string();
+                    return self.client.refuse_body(entry.rcpts.len(), &why);
+                }
+            }
+        }
+        let entry = self.current.as_ref().unwrap();
+        let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
+        self.client.start_transaction(
+            &entry.mail_from,
+            &rcpts,
+            body_len,
+            entry.body_8bitmime && eightbitmime,
+        );
+    }
+
+    /// Reads the current entry's body into `body`; converts an 8-bit one
+    /// to 7-bit unless `eightbitmime` (the server takes it as it is).
+    fn load_body(&mut self, eightbitmime: bool) -> Result<(), LoadError> {
         let entry = self
             .current
             .as_ref()
-            .expect("a body is sent within a transaction");
+            .expect("a body belongs to a transaction");
         let home = entry.id.home_shard();
         let read = self.out.bodies.borrow_mut()[home].read(&entry.body, &mut self.body);
         if let Err(e) = read {
             tracing::error!("spool: cannot read the body of {}: {e}", entry.id);
-            self.client.abort(AbortReason::Io);
-            return;
+            return Err(LoadError::Read);
+        }
+        if !eightbitmime && downgrade::has_8bit(&self.body) {
+            downgrade::downgrade(&self.body, &mut self.converted)
+                .map_err(LoadError::Unconvertible)?;
+            std::mem::swap(&mut self.body, &mut self.converted);
+        }
+        self.body_loaded = true;
+        Ok(())
+    }
+
+    async fn send_body(&mut self) {
+        if !std::mem::take(&mut self.body_loaded) {
+            let eightbitmime = self
+                .client
+                .capabilities()
+                .is_some_and(|capabilities| capabilities.eightbitmime);
+            if self.load_body(eightbitmime).is_err() {
+                self.body_loaded = false;
+                self.client.abort(AbortReason::Io);
+                return;
+            }
+            self.body_loaded = false;
         }
         self.wire.clear();
         encode_body(&self.body, &mut self.wire);

@@ -560,8 +560,9 @@ impl ClientSession {
     /// Starts a transaction; only after `poll` returned `Ready`. Addresses
     /// are without angle brackets, `mail_from` empty for the null sender.
     /// `body_len` is the unencoded body size, announced with SIZE= when
-    /// offered; BODY=8BITMIME is sent when `body_8bit` and offered (an
-    /// 8-bit body goes out anyway when it is not, as most MTAs do).
+    /// offered; BODY=8BITMIME is sent when `body_8bit` and offered. When
+    /// it is not offered, the driver converts an 8-bit body first
+    /// (`super::downgrade`) or calls `refuse_body` instead.
     /// A recipient this client cannot send (bad syntax, SMTPUTF8 needed and
     /// not offered, message over the server's SIZE) gets a permanent
     /// outcome without any traffic.
@@ -664,6 +665,24 @@ impl ClientSession {
             }
         }
         self.write_mail();
+    }
+
+    /// Ends a transaction before any traffic because its body cannot go to
+    /// this server (8-bit, no 8BITMIME, and no safe conversion: see
+    /// `super::downgrade`): each of `rcpt_count` recipients fails for good
+    /// with `554 5.6.3` and `why`. Only after `poll` returned `Ready`; the
+    /// result comes back in `TransactionDone`.
+    pub fn refuse_body(&mut self, rcpt_count: usize, why: &str) {
+        assert_eq!(self.phase, Phase::Ready, "refuse_body while not Ready");
+        assert!(self.finished.is_none() && self.transaction.is_none());
+        assert!(rcpt_count > 0 && rcpt_count <= TRANSACTION_RCPTS_MAX);
+        let reply = refusal(554, EnhancedCode::new(5, 6, 3), why);
+        self.finished = Some(TransactionResult {
+            rcpts: vec![RcptOutcome::Permanent(reply); rcpt_count],
+            rcpt_stages: vec![Stage::Idle; rcpt_count],
+            stage: Stage::Idle,
+            bytes_sent: 0,
+        });
     }
 
     /// The body was written: `encoded_bytes` is what the encoder produced,
@@ -1679,6 +1698,21 @@ mod tests {
         let mut idle = connected(EHLO_PLAIN);
         idle.abort(AbortReason::PeerClosed);
         assert_eq!(idle.poll(), Closed);
+    }
+
+    #[test]
+    fn a_refused_body_fails_every_rcpt_with_554_5_6_3_without_traffic() {
+        let mut session = connected(EHLO_PLAIN);
+        session.refuse_body(2, "8-bit header text");
+        let result = done(&mut session);
+        assert_eq!(outcomes(&result), vec![('P', 554), ('P', 554)]);
+        assert_eq!(
+            result.rcpts[0].reply().text(),
+            "554 5.6.3 ecelerity: 8-bit header text"
+        );
+        assert_eq!(session.poll(), Ready);
+        session.quit();
+        assert_eq!(sent(&mut session), "QUIT\r\n");
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! * [`reply`]: the incremental reply parser used by the client.
 //! * [`client`]: the outbound session state machine.
 //! * [`body`]: DATA encoding of an outbound body.
+//! * [`downgrade`]: 8-bit to 7-bit conversion for a server without 8BITMIME.
 
 pub mod body;
 pub mod client;
 pub mod command;
+pub mod downgrade;
 pub mod reply;
 pub mod server;
