@@ -6,7 +6,8 @@ Plain asyncio, no SMTP library, so it can misbehave exactly as told:
                          go away") instead of 220, then take only QUIT;
   --final-reply-bytes N  answer the final dot with a 250 line of N bytes;
   --no-8bitmime          leave 8BITMIME out of the EHLO reply (only
-                         PIPELINING and ENHANCEDSTATUSCODES are offered).
+                         PIPELINING and ENHANCEDSTATUSCODES are offered);
+  --silent               never greet: read and drop whatever comes.
 
 DIR/ready appears once it listens. Counts go to DIR/counts.txt, rewritten after every event, one "name value"
 a line: connections, quits, mail_from_8bitmime (MAIL FROM with
@@ -65,6 +66,10 @@ async def session(args, state, reader, writer):
         writer.write(text.encode() + b"\r\n")
 
     try:
+        if args.silent:
+            while await reader.read(4096):
+                pass
+            return
         if args.greeting:
             send(args.greeting)
             await writer.drain()
@@ -143,6 +148,7 @@ def main():
     parser.add_argument("--greeting")
     parser.add_argument("--final-reply-bytes", type=int, default=0)
     parser.add_argument("--no-8bitmime", action="store_true")
+    parser.add_argument("--silent", action="store_true")
     args = parser.parse_args()
     state = State(args.dir)
 

@@ -151,6 +151,43 @@ fn a_refused_greeting_backs_off_logs_t_lines_quits_and_fails_at_max_retries() {
     }
 }
 
+/// Goal: a receiver that never greets is given up on at the banner
+/// timeout and backed off like a refusal. Method: a server that accepts
+/// and says nothing; `ehlo_timeout = 1`, `max_retries = 1`. Expect a T
+/// line `451 4.4.2 ... timeout reading banner` at stage 12, then a P, one
+/// connection per attempt, and no QUIT (after a timeout we just close).
+#[test]
+fn a_silent_greeting_times_out_into_a_t_line_without_quit() {
+    let dir = TempDir::new("silent-greeting");
+    let server = OddServer::start(&dir.join("odd"), &["--silent"]);
+    let mut config = TestConfig::new(server.port);
+    config.extra.push_str("max_retries = 1\nehlo_timeout = 1\n");
+    let daemon = Daemon::start(dir.path(), &config.render());
+    let message = write_message(dir.path(), b"Subject: silent\r\n\r\nhello\r\n");
+    let code = send_file(
+        daemon.smtp_port(),
+        &message,
+        "s@src.test",
+        &["r@example.com"],
+    );
+    assert_eq!(code, "250");
+    let lines = poll_until(REFUSED_FAIL_TIMEOUT, || {
+        let lines = daemon.mainlog();
+        lines.iter().any(|l| l.kind() == "P").then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no P line: {:?}", daemon.mainlog_lines()));
+    let transient: Vec<_> = lines.iter().filter(|l| l.kind() == "T").collect();
+    assert_eq!(transient.len(), 1, "{lines:?}");
+    assert_eq!(transient[0].field(9), "12");
+    assert_eq!(
+        transient[0].field(13),
+        "451 4.4.2 ecelerity: timeout reading banner"
+    );
+    let connections = server.count("connections");
+    assert!((2..=4).contains(&connections), "{connections} connections");
+    assert_eq!(server.count("quits"), 0);
+}
+
 /// Goal: an over-long reply after the final dot still means "accepted".
 /// Method: the server answers the dot with a 5 KB 250 line. Expect one
 /// copy at the server, one D line and no T or P, even after a while.
@@ -264,4 +301,30 @@ fn an_8bit_body_to_a_server_without_8bitmime_arrives_as_quoted_printable() {
         String::from_utf8(decode_quoted_printable(encoded)).unwrap(),
         body
     );
+}
+
+/// Goal: what cannot be converted safely is bounced, not sent raw.
+/// Method: a raw UTF-8 Subject (8-bit header text) to a server without
+/// 8BITMIME. Expect a P line `554 5.6.3`, no T line, nothing arrived.
+#[test]
+fn an_8bit_header_to_a_server_without_8bitmime_fails_with_554_5_6_3() {
+    let dir = TempDir::new("downgrade-refused");
+    let server = OddServer::start(&dir.join("odd"), &["--no-8bitmime"]);
+    let daemon = Daemon::start(dir.path(), &TestConfig::new(server.port).render());
+    let message =
+        "Subject: Gr\u{fc}\u{df}e\r\nMessage-ID: <refused-8bit@test>\r\n\r\nK\u{f6}ln\r\n";
+    let file = write_message(dir.path(), message.as_bytes());
+    let code = send_file(daemon.smtp_port(), &file, "s@src.test", &["r@example.com"]);
+    assert_eq!(code, "250");
+    let lines = daemon.wait_for_kind("P", 1, ARRIVAL_TIMEOUT);
+    let lines = ecelerity_tests::parse_mainlog(&lines);
+    let permanent = lines.iter().find(|l| l.kind() == "P").unwrap();
+    assert!(
+        permanent.field(13).starts_with("554 5.6.3 ")
+            && permanent.field(13).contains("8-bit header"),
+        "{permanent:?}"
+    );
+    assert!(!lines.iter().any(|l| l.kind() == "T"), "{lines:?}");
+    assert!(server.messages().is_empty(), "nothing sent raw");
+    assert_eq!(server.count("messages"), 0);
 }
