@@ -2,12 +2,17 @@
 //! a [`Transport`] and the pure [`ClientSession`], feeds it queue entries
 //! and hands each transaction's replies to [`settle`](super::settle).
 //!
+//! For a server without 8BITMIME it reads each body before the transaction
+//! and hands an 8-bit one to the pure `smtp::downgrade`, which converts it
+//! or says why it cannot be sent. A failure outside a transaction goes to
+//! `settle::sweep` (the queue's entries take it, the destination is backed
+//! off); the first Ready of a session ends a back-off (`pool::greeted`).
+//!
 //! Owns: the read buffer and the reused body buffers of a connection, the
-//! per-stage timeouts. For a server without 8BITMIME it reads each body
-//! before the transaction and hands an 8-bit one to the pure
-//! `smtp::downgrade` (which converts it or says why it cannot be sent). May call: `route`, `connect`, `settle`, the queue
-//! of this connection (through [`Outbound`]), the spool's body reader.
-//! Never: protocol decisions (the client session makes them).
+//! per-stage timeouts. May call: `route`, `connect`, `pool`, `settle`, the
+//! queue of this connection (through [`Outbound`]), the spool's body
+//! reader, `smtp::downgrade`. Never: protocol decisions (the client
+//! session and `downgrade` make them).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -30,8 +35,9 @@ pub const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Runs one connection for queue `id` until its queue is empty (after
 /// `idle_timeout`), the server closes it, or the shard stops. A queue
-/// without a route, or whose host cannot be reached, has its active
-/// entries deferred.
+/// without a route, whose host cannot be reached, or whose host fails the
+/// session outside a transaction, has its active entries deferred and is
+/// backed off.
 pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     let Some(options) = out.options(id) else {
         return;
@@ -238,18 +244,17 @@ impl<S: Transport> Connection<'_, S> {
     }
 
     async fn send_body(&mut self) {
-        if !std::mem::take(&mut self.body_loaded) {
+        if !self.body_loaded {
             let eightbitmime = self
                 .client
                 .capabilities()
                 .is_some_and(|capabilities| capabilities.eightbitmime);
             if self.load_body(eightbitmime).is_err() {
-                self.body_loaded = false;
                 self.client.abort(AbortReason::Io);
                 return;
             }
-            self.body_loaded = false;
         }
+        self.body_loaded = false;
         self.wire.clear();
         encode_body(&self.body, &mut self.wire);
         let limit = self.options.body_timeout;

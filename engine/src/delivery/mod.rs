@@ -1,7 +1,8 @@
 //! Outbound delivery on a queue owner's shard, in parts:
 //!
 //! - [`route`] (pure): a queue's options → the hosts to try;
-//! - [`pool`] (pure): admission, whether a queue may open a connection;
+//! - [`pool`] (pure): admission, whether a queue may open a connection,
+//!   and the back-off of a destination that failed outside a transaction;
 //! - [`connect`]: resolution off the shard's thread and the TCP connect;
 //! - [`driver`]: the I/O driver of one client connection over any
 //!   [`Transport`](crate::transport::Transport), moving bytes between it
