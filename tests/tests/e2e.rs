@@ -23,6 +23,8 @@ mod diskfull;
 mod ec_ctl;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/odd_servers.rs"]
+mod odd_servers;
 #[path = "e2e/outbound_strict.rs"]
 mod outbound_strict;
 #[path = "e2e/policy.rs"]

@@ -2,10 +2,17 @@
 //! a [`Transport`] and the pure [`ClientSession`], feeds it queue entries
 //! and hands each transaction's replies to [`settle`](super::settle).
 //!
+//! For a server without 8BITMIME it reads each body before the transaction
+//! and hands an 8-bit one to the pure `smtp::downgrade`, which converts it
+//! or says why it cannot be sent. A failure outside a transaction goes to
+//! `settle::sweep` (the queue's entries take it, the destination is backed
+//! off); the first Ready of a session ends a back-off (`pool::greeted`).
+//!
 //! Owns: the read buffer and the reused body buffers of a connection, the
-//! per-stage timeouts. May call: `route`, `connect`, `settle`, the queue
-//! of this connection (through [`Outbound`]), the spool's body reader.
-//! Never: protocol decisions (the client session makes them).
+//! per-stage timeouts. May call: `route`, `connect`, `pool`, `settle`, the
+//! queue of this connection (through [`Outbound`]), the spool's body
+//! reader, `smtp::downgrade`. Never: protocol decisions (the client
+//! session and `downgrade` make them).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,13 +20,14 @@ use std::time::Duration;
 use glommio::channels::local_channel;
 
 use super::disposition::{AttemptReply, ReplyClass};
-use super::{connect, route, settle, Outbound};
+use super::{connect, pool, route, settle, Outbound};
 use crate::config::DeliveryOptions;
 use crate::queue::{MessageRef, QueueId};
 use crate::smtp::client::{
     encode_body, is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome,
     Stage, TransactionResult,
 };
+use crate::smtp::downgrade::{self, Unconvertible};
 use crate::transport::{read_within, write_all_within, Transport};
 
 /// Bytes read from a server socket at a time.
@@ -27,19 +35,22 @@ pub const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Runs one connection for queue `id` until its queue is empty (after
 /// `idle_timeout`), the server closes it, or the shard stops. A queue
-/// without a route, or whose host cannot be reached, has its active
-/// entries deferred.
+/// without a route, whose host cannot be reached, or whose host fails the
+/// session outside a transaction, has its active entries deferred and is
+/// backed off.
 pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     let Some(options) = out.options(id) else {
         return;
     };
     let target = match route::route(&options) {
         Ok(r) => r.targets.into_iter().next().expect("a route has a target"),
-        Err(reply) => return settle::sweep(out, id, &options, reply, ""),
+        Err(reply) => return settle::sweep(out, id, &options, reply, Stage::NotConnected, ""),
     };
     let (stream, address) = match connect::connect(&target, options.connect_timeout).await {
         Ok(pair) => pair,
-        Err(reply) => return settle::sweep(out, id, &options, &reply, ""),
+        Err(reply) => {
+            return settle::sweep(out, id, &options, &reply, Stage::NotConnected, "");
+        }
     };
     let remote_ip = address.ip().to_string();
     let ehlo = if is_valid_ehlo_hostname(&options.ehlo_hostname) {
@@ -55,7 +66,10 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
         stream,
         client: ClientSession::new(ehlo),
         current: None,
+        greeted: false,
         body: Vec::new(),
+        body_loaded: false,
+        converted: Vec::new(),
         wire: Vec::new(),
     }
     .run()
@@ -71,9 +85,23 @@ struct Connection<'a, S: Transport> {
     client: ClientSession,
     /// The entry of the transaction in flight.
     current: Option<MessageRef>,
-    /// Reused buffers: the body as spooled, and as encoded for the wire.
+    /// The session has been Ready once (the destination greeted us).
+    greeted: bool,
+    /// Reused buffers: the body as spooled (or converted to 7-bit), and as
+    /// encoded for the wire; `converted` is the conversion's scratch.
     body: Vec<u8>,
+    /// `body` holds the body of the transaction in flight.
+    body_loaded: bool,
+    converted: Vec<u8>,
     wire: Vec<u8>,
+}
+
+/// Why a body could not be made ready to send.
+enum LoadError {
+    /// The spool read failed.
+    Read,
+    /// 8-bit, the server lacks 8BITMIME, and it cannot be converted.
+    Unconvertible(Unconvertible),
 }
 
 impl<S: Transport> Connection<'_, S> {
@@ -106,17 +134,14 @@ impl<S: Transport> Connection<'_, S> {
                         Err(_) => self.client.abort(AbortReason::Io),
                     }
                 }
-                ClientAction::Ready => match self.next_entry().await {
-                    Some(entry) => {
-                        let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
-                        self.client.start_transaction(
-                            &entry.mail_from,
-                            &rcpts,
-                            entry.body.len as u64,
-                            entry.body_8bitmime,
-                        );
-                        self.current = Some(entry);
+                ClientAction::Ready if !self.greeted => {
+                    self.greeted = true;
+                    if let Some(q) = self.out.queues.borrow_mut().get_mut(self.queue) {
+                        pool::greeted(q);
                     }
+                }
+                ClientAction::Ready => match self.next_entry().await {
+                    Some(entry) => self.start(entry),
                     None => self.client.quit(),
                 },
                 ClientAction::TransactionDone(result) => {
@@ -135,6 +160,16 @@ impl<S: Transport> Connection<'_, S> {
                         failure.stage,
                         failure.cause
                     );
+                    if failure.is_outside_transaction() {
+                        settle::sweep(
+                            self.out,
+                            self.queue,
+                            self.options,
+                            &failure.reply.text(),
+                            failure.stage,
+                            self.remote_ip,
+                        );
+                    }
                     break;
                 }
             }
@@ -153,18 +188,73 @@ impl<S: Transport> Connection<'_, S> {
         }
     }
 
-    async fn send_body(&mut self) {
+    /// Starts the transaction of `entry`. Without 8BITMIME its body is read
+    /// first: 7-bit goes as it is, 8-bit converted, or the transaction is
+    /// refused when it cannot be (a spool read error is left for
+    /// `send_body` to meet again, inside the transaction, as transient).
+    fn start(&mut self, entry: MessageRef) {
+        let eightbitmime = self
+            .client
+            .capabilities()
+            .is_some_and(|capabilities| capabilities.eightbitmime);
+        self.current = Some(entry);
+        self.body_loaded = false;
+        let mut body_len = self.current.as_ref().unwrap().body.len as u64;
+        if !eightbitmime {
+            match self.load_body(false) {
+                Ok(()) => body_len = self.body.len() as u64,
+                Err(LoadError::Read) => {}
+                Err(LoadError::Unconvertible(why)) => {
+                    let entry = self.current.as_ref().unwrap();
+                    let why = why.to_string();
+                    return self.client.refuse_body(entry.rcpts.len(), &why);
+                }
+            }
+        }
+        let entry = self.current.as_ref().unwrap();
+        let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
+        self.client.start_transaction(
+            &entry.mail_from,
+            &rcpts,
+            body_len,
+            entry.body_8bitmime && eightbitmime,
+        );
+    }
+
+    /// Reads the current entry's body into `body`; converts an 8-bit one
+    /// to 7-bit unless `eightbitmime` (the server takes it as it is).
+    fn load_body(&mut self, eightbitmime: bool) -> Result<(), LoadError> {
         let entry = self
             .current
             .as_ref()
-            .expect("a body is sent within a transaction");
+            .expect("a body belongs to a transaction");
         let home = entry.id.home_shard();
         let read = self.out.bodies.borrow_mut()[home].read(&entry.body, &mut self.body);
         if let Err(e) = read {
             tracing::error!("spool: cannot read the body of {}: {e}", entry.id);
-            self.client.abort(AbortReason::Io);
-            return;
+            return Err(LoadError::Read);
         }
+        if !eightbitmime && downgrade::has_8bit(&self.body) {
+            downgrade::downgrade(&self.body, &mut self.converted)
+                .map_err(LoadError::Unconvertible)?;
+            std::mem::swap(&mut self.body, &mut self.converted);
+        }
+        self.body_loaded = true;
+        Ok(())
+    }
+
+    async fn send_body(&mut self) {
+        if !self.body_loaded {
+            let eightbitmime = self
+                .client
+                .capabilities()
+                .is_some_and(|capabilities| capabilities.eightbitmime);
+            if self.load_body(eightbitmime).is_err() {
+                self.client.abort(AbortReason::Io);
+                return;
+            }
+        }
+        self.body_loaded = false;
         self.wire.clear();
         encode_body(&self.body, &mut self.wire);
         let limit = self.options.body_timeout;

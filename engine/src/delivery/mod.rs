@@ -1,7 +1,8 @@
 //! Outbound delivery on a queue owner's shard, in parts:
 //!
 //! - [`route`] (pure): a queue's options → the hosts to try;
-//! - [`pool`] (pure): admission, whether a queue may open a connection;
+//! - [`pool`] (pure): admission, whether a queue may open a connection,
+//!   and the back-off of a destination that failed outside a transaction;
 //! - [`connect`]: resolution off the shard's thread and the TCP connect;
 //! - [`driver`]: the I/O driver of one client connection over any
 //!   [`Transport`](crate::transport::Transport), moving bytes between it
@@ -13,7 +14,9 @@
 //!
 //! This file owns [`Outbound`]: the queues this shard owns and their
 //! scheduling (enqueue, waking idle connections, opening new ones,
-//! promoting due entries), and the spool readers bodies are read with.
+//! promoting due entries; the entries of a queue backed off by
+//! [`pool::back_off`] wait in the delayed heap until its back-off ends),
+//! and the spool readers bodies are read with.
 //! May call: `queue`, `mesh` (routing checks and reports), `smtp::client`,
 //! `log`, `stats`, the spool's body reader. Never: protocol decisions (the
 //! client session makes them), another shard's queues.
@@ -98,8 +101,10 @@ impl Outbound {
         let id = queues.find_or_create(entry.binding, &entry.domain, generation, || {
             config.delivery(self.bindings.name(entry.binding), &entry.domain)
         });
-        if entry.next_attempt_unix_ms > now_unix_ms() {
-            let due = entry.next_attempt_unix_ms;
+        let now = now_unix_ms();
+        let held = pool::held_until(queues.get(id).expect("just found"), now);
+        let due = entry.next_attempt_unix_ms.max(held.unwrap_or(0));
+        if due > now {
             queues.push_delayed(id, entry, due);
             return;
         }
@@ -120,7 +125,16 @@ impl Outbound {
                 return;
             }
         }
-        if self.env.is_stopping() || !pool::may_open(q, self.env.count) {
+        let now = now_unix_ms();
+        if let Some(until) = pool::held_until(q, now) {
+            // Backed off: what is active waits for the back-off to end.
+            let held: Vec<MessageRef> = q.active.drain(..).collect();
+            for entry in held {
+                queues.push_delayed(id, entry, until);
+            }
+            return;
+        }
+        if self.env.is_stopping() || !pool::may_open(q, self.env.count, now) {
             return;
         }
         q.connections += 1;
@@ -159,19 +173,22 @@ impl Outbound {
 
     /// Moves due delayed entries to their active queues and kicks them.
     pub fn promote_due(self: &Rc<Self>) {
-        let due = self
-            .queues
-            .borrow_mut()
-            .pop_due(now_unix_ms(), PROMOTE_ENTRIES_MAX);
+        let now = now_unix_ms();
+        let due = self.queues.borrow_mut().pop_due(now, PROMOTE_ENTRIES_MAX);
         let mut kicked: Vec<QueueId> = Vec::new();
         {
             let mut queues = self.queues.borrow_mut();
             for (id, entry) in due {
+                let Some(q) = queues.get_mut(id) else {
+                    continue;
+                };
+                if let Some(until) = pool::held_until(q, now) {
+                    queues.push_delayed(id, entry, until);
+                    continue;
+                }
+                q.active.push_back(entry);
                 if !kicked.contains(&id) {
                     kicked.push(id);
-                }
-                if let Some(q) = queues.get_mut(id) {
-                    q.active.push_back(entry);
                 }
             }
         }
@@ -190,7 +207,7 @@ impl Outbound {
 
     /// Forgets idle queues.
     pub fn prune(&self) {
-        self.queues.borrow_mut().prune();
+        self.queues.borrow_mut().prune(now_unix_ms());
     }
 
     /// This shard's part of a control request about queues.

@@ -3,13 +3,14 @@
 //! to the message's home shard (with the failing reply, for the DSN).
 //!
 //! Owns: [`settle`] and [`sweep`]. May call: `disposition` (the decision),
-//! `log`, `stats`, the queue (through [`Outbound`]), `mesh` (reports).
+//! `pool` (back-off), `log`, `stats`, the queue (through [`Outbound`]),
+//! `mesh` (reports).
 //! Never: deciding anything `disposition` decides.
 
 use std::rc::Rc;
 
 use super::disposition::{dispose, AttemptReply, Disposition, History, ReplyClass};
-use super::Outbound;
+use super::{pool, Outbound};
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
 use crate::log::{format_delivery, format_failure, Attempt, RecordIds};
@@ -21,14 +22,19 @@ use crate::stats::Counter;
 /// Most entries one failed connection attempt defers at once.
 pub const SWEEP_ENTRIES_MAX: usize = 10_000;
 
-/// Defers the active entries of queue `id` after a failure that concerns
-/// the whole route (no route, connection refused): each recipient gets
-/// `reply` as a transient failure.
+/// Backs off the destination of queue `id` after a failure that is the
+/// destination's, not a message's (no route, connection refused, greeting
+/// or EHLO refused, timed out or cut, RSET refused), and defers the
+/// queue's active entries: each recipient gets `reply` at `stage` as a
+/// transient failure (a T line, an attempt towards `max_retries`). Active
+/// entries past `SWEEP_ENTRIES_MAX` wait for the back-off to end without
+/// an attempt counted.
 pub(super) fn sweep(
     out: &Rc<Outbound>,
     id: QueueId,
     options: &Rc<DeliveryOptions>,
     reply: &str,
+    stage: Stage,
     remote_ip: &str,
 ) {
     let entries: Vec<MessageRef> = {
@@ -36,8 +42,14 @@ pub(super) fn sweep(
         let Some(q) = queues.get_mut(id) else {
             return;
         };
+        let until = pool::back_off(q, now_unix_ms());
         let n = q.active.len().min(SWEEP_ENTRIES_MAX);
-        q.active.drain(..n).collect()
+        let entries = q.active.drain(..n).collect();
+        let rest: Vec<MessageRef> = q.active.drain(..).collect();
+        for entry in rest {
+            queues.push_delayed(id, entry, until);
+        }
+        entries
     };
     let (out, options, reply, remote_ip) = (
         out.clone(),
@@ -53,7 +65,7 @@ pub(super) fn sweep(
                 .map(|_| AttemptReply {
                     class: ReplyClass::Transient,
                     text: reply.clone(),
-                    stage: Stage::NotConnected.code(),
+                    stage: stage.code(),
                 })
                 .collect();
             settle(&out, id, &options, entry, replies, 0, &remote_ip).await;

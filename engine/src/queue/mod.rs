@@ -5,7 +5,8 @@
 //!
 //! Owns: queue entries ([`MessageRef`]), queue keys ([`QueueKey`]) and the
 //! interned [`QueueId`] a shard gives each queue it holds, per-queue
-//! connection counts and idle-connection wake-ups, the delayed heap.
+//! connection counts, idle-connection wake-ups and back-off state (set and
+//! read by `delivery::pool`), the delayed heap.
 //! May call: `config` (delivery options). Never: I/O (that is `delivery`),
 //! another shard's queues.
 
@@ -214,11 +215,21 @@ pub struct Queue {
     pub idle: Vec<glommio::channels::local_channel::LocalSender<()>>,
     pub delivered: u64,
     pub failed: u64,
+    /// No connection is opened to this queue's destination before this
+    /// time (0: none pending); its entries wait in the delayed heap until
+    /// then. Set by `delivery::pool::back_off`.
+    pub not_before_unix_ms: u64,
+    /// Back-offs since the destination last greeted us properly.
+    pub backoffs_in_a_row: u32,
 }
 
 impl Queue {
-    fn is_idle(&self) -> bool {
-        self.active.is_empty() && self.delayed_count == 0 && self.connections == 0
+    /// Nothing queued, no connection, and no back-off to remember.
+    fn is_idle(&self, now_unix_ms: u64) -> bool {
+        self.active.is_empty()
+            && self.delayed_count == 0
+            && self.connections == 0
+            && self.not_before_unix_ms <= now_unix_ms
     }
 }
 
@@ -303,6 +314,8 @@ impl Queues {
             idle: Vec::new(),
             delivered: 0,
             failed: 0,
+            not_before_unix_ms: 0,
+            backoffs_in_a_row: 0,
         };
         let id = match self.free.pop() {
             Some(slot) => {
@@ -386,11 +399,14 @@ impl Queues {
         self.slots.iter().flatten()
     }
 
-    /// Forgets queues with nothing queued and no connection, so the table
-    /// does not grow with every domain ever seen; their slots are reused.
-    pub fn prune(&mut self) {
+    /// Forgets queues with nothing queued, no connection and no back-off
+    /// still running, so the table does not grow with every domain ever
+    /// seen; their slots are reused.
+    pub fn prune(&mut self, now_unix_ms: u64) {
         for slot in 0..self.slots.len() {
-            let idle = self.slots[slot].as_ref().is_some_and(Queue::is_idle);
+            let idle = self.slots[slot]
+                .as_ref()
+                .is_some_and(|q| q.is_idle(now_unix_ms));
             if !idle {
                 continue;
             }
@@ -498,8 +514,11 @@ mod tests {
             .unwrap()
             .active
             .push_back(entry("a.example"));
-        queues.prune();
+        queues.get_mut(b).unwrap().not_before_unix_ms = 500;
+        queues.prune(499);
         assert!(queues.get(a).is_some(), "a queue with entries stays");
+        assert!(queues.get(b).is_some(), "a backed-off queue stays");
+        queues.prune(500);
         assert!(queues.get(b).is_none(), "an idle queue goes");
         let c = queues.find_or_create(Bindings::DEFAULT, "c.example", 1, options);
         assert_eq!(c, b, "the freed slot is reused");
@@ -514,7 +533,7 @@ mod tests {
         queues.push_delayed(a, entry("a.example"), 200);
         queues.push_delayed(a, entry("a.example"), 100);
         assert_eq!(queues.next_due_unix_ms(), Some(100));
-        queues.prune();
+        queues.prune(0);
         assert!(queues.get(a).is_some(), "delayed entries keep the queue");
         assert!(queues.pop_due(99, 10).is_empty());
         assert_eq!(queues.pop_due(150, 10).len(), 1);

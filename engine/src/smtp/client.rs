@@ -1,8 +1,9 @@
 //! The outbound SMTP client of one connection, as a pure state machine:
 //! banner, EHLO (HELO when EHLO gets 5xx), transactions (MAIL, RCPT, DATA,
 //! body; pipelined per RFC 2920 when offered), RSET after a transaction
-//! that stopped midway, QUIT. Also DATA transparency (`encode_body`,
-//! `BodyEncoder`).
+//! that stopped midway, QUIT (also after a refused greeting, EHLO/HELO or
+//! RSET, while the connection is still in step). Also DATA transparency
+//! (`encode_body`, `BodyEncoder`).
 //!
 //! Owns: the protocol decisions of a delivery connection, the per-recipient
 //! outcomes of each transaction, the commands waiting to be written.
@@ -179,7 +180,7 @@ impl fmt::Display for AbortReason {
     }
 }
 
-/// Why a session ended without QUIT.
+/// Why a session failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureCause {
     /// The server refused the banner, EHLO and HELO, or RSET.
@@ -193,6 +194,37 @@ pub struct Failure {
     /// Stage the connection was in when it failed.
     pub stage: Stage,
     pub cause: FailureCause,
+    /// The reply that says why, for logs: the server's refusal, or ours
+    /// (`451 4.4.2` for a timeout or lost connection, `451 4.5.0` for a
+    /// protocol error).
+    pub reply: Reply,
+}
+
+impl Failure {
+    fn new(stage: Stage, cause: FailureCause, reply: Reply) -> Failure {
+        Failure {
+            stage,
+            cause,
+            reply,
+        }
+    }
+
+    /// True when the session failed outside any transaction: at the
+    /// banner, EHLO or HELO, or at the RSET between two transactions. No
+    /// recipient's outcome carries such a failure (a transaction that RSET
+    /// preceded is deferred with it, but the fault is not the message's),
+    /// so the entries waiting for this destination take it, and the
+    /// destination is backed off: reconnecting at once would fail alike.
+    pub fn is_outside_transaction(&self) -> bool {
+        matches!(
+            self.stage,
+            Stage::ReadingBanner
+                | Stage::DuringEhlo
+                | Stage::AfterEhlo
+                | Stage::DuringRset
+                | Stage::AfterRset
+        )
+    }
 }
 
 /// Final outcome for one recipient.
@@ -261,7 +293,8 @@ pub enum ClientAction {
     /// The session ended: QUIT was answered, or the server closed it with
     /// 421 or hung up while idle. Close the socket.
     Closed,
-    /// The session cannot go on. Close the socket.
+    /// The session cannot go on (QUIT, when the connection was still in
+    /// step, has been sent and answered or given up on). Close the socket.
     Failed(Failure),
 }
 
@@ -418,6 +451,9 @@ pub struct ClientSession {
     finished: Option<TransactionResult>,
     /// The server may still hold a transaction: write RSET before the next.
     rset_needed: bool,
+    /// The failure to report once the QUIT sent after a refusal is
+    /// answered (or the connection goes).
+    failure_after_quit: Option<Failure>,
 }
 
 impl ClientSession {
@@ -441,6 +477,7 @@ impl ClientSession {
             transaction: None,
             finished: None,
             rset_needed: false,
+            failure_after_quit: None,
         }
     }
 
@@ -523,8 +560,9 @@ impl ClientSession {
     /// Starts a transaction; only after `poll` returned `Ready`. Addresses
     /// are without angle brackets, `mail_from` empty for the null sender.
     /// `body_len` is the unencoded body size, announced with SIZE= when
-    /// offered; BODY=8BITMIME is sent when `body_8bit` and offered (an
-    /// 8-bit body goes out anyway when it is not, as most MTAs do).
+    /// offered; BODY=8BITMIME is sent when `body_8bit` and offered. When
+    /// it is not offered, the driver converts an 8-bit body first
+    /// (`super::downgrade`) or calls `refuse_body` instead.
     /// A recipient this client cannot send (bad syntax, SMTPUTF8 needed and
     /// not offered, message over the server's SIZE) gets a permanent
     /// outcome without any traffic.
@@ -629,6 +667,24 @@ impl ClientSession {
         self.write_mail();
     }
 
+    /// Ends a transaction before any traffic because its body cannot go to
+    /// this server (8-bit, no 8BITMIME, and no safe conversion: see
+    /// `super::downgrade`): each of `rcpt_count` recipients fails for good
+    /// with `554 5.6.3` and `why`. Only after `poll` returned `Ready`; the
+    /// result comes back in `TransactionDone`.
+    pub fn refuse_body(&mut self, rcpt_count: usize, why: &str) {
+        assert_eq!(self.phase, Phase::Ready, "refuse_body while not Ready");
+        assert!(self.finished.is_none() && self.transaction.is_none());
+        assert!(rcpt_count > 0 && rcpt_count <= TRANSACTION_RCPTS_MAX);
+        let reply = refusal(554, EnhancedCode::new(5, 6, 3), why);
+        self.finished = Some(TransactionResult {
+            rcpts: vec![RcptOutcome::Permanent(reply); rcpt_count],
+            rcpt_stages: vec![Stage::Idle; rcpt_count],
+            stage: Stage::Idle,
+            bytes_sent: 0,
+        });
+    }
+
     /// The body was written: `encoded_bytes` is what the encoder produced,
     /// terminating "." included.
     pub fn body_sent(&mut self, encoded_bytes: u64) {
@@ -664,17 +720,19 @@ impl ClientSession {
             Phase::Closed | Phase::Failed(_) => return,
             // Nothing is lost when an idle or quitting connection goes.
             Phase::Ready | Phase::Quitting => {
-                self.end(Phase::Closed);
+                self.end_quitting();
                 return;
             }
             Phase::Greeting | Phase::Transaction | Phase::Body => {}
         }
         let text = format!("ecelerity: {reason} {stage}");
-        self.defer_transaction(&refusal_text(451, EnhancedCode::new(4, 4, 2), text), stage);
-        self.end(Phase::Failed(Failure {
+        let reply = refusal_text(451, EnhancedCode::new(4, 4, 2), text);
+        self.defer_transaction(&reply, stage);
+        self.end(Phase::Failed(Failure::new(
             stage,
-            cause: FailureCause::Aborted(reason),
-        }));
+            FailureCause::Aborted(reason),
+            reply,
+        )));
     }
 
     fn on_reply(&mut self, reply: Reply) -> Result<(), ClientError> {
@@ -689,13 +747,17 @@ impl ClientSession {
         let stage = expect.stage();
         self.stage_idle = expect.stage_after();
         if reply.code == 421 && expect != Expect::Quit {
-            // The server is closing the connection (RFC 5321 3.8).
+            // The server is closing the connection (RFC 5321 3.8): no QUIT.
             self.defer_transaction(&reply, stage);
-            if self.phase == Phase::Greeting {
-                self.end(Phase::Failed(Failure {
+            if matches!(
+                expect,
+                Expect::Banner | Expect::Ehlo | Expect::Helo | Expect::Rset
+            ) {
+                self.end(Phase::Failed(Failure::new(
                     stage,
-                    cause: FailureCause::Rejected(reply),
-                }));
+                    FailureCause::Rejected(reply.clone()),
+                    reply,
+                )));
             } else {
                 self.end(Phase::Closed);
             }
@@ -706,7 +768,7 @@ impl ClientSession {
             Expect::Ehlo => self.on_ehlo(reply, stage),
             Expect::Helo => self.on_helo(reply, stage),
             Expect::Quit => {
-                self.end(Phase::Closed);
+                self.end_quitting();
                 Ok(())
             }
             Expect::Rset => self.on_rset(reply, stage),
@@ -728,10 +790,7 @@ impl ClientSession {
         } else if reply.is_intermediate() {
             Err(self.fail_unexpected(&reply, stage))
         } else {
-            self.end(Phase::Failed(Failure {
-                stage,
-                cause: FailureCause::Rejected(reply),
-            }));
+            self.refused(reply, stage);
             Ok(())
         }
     }
@@ -748,10 +807,7 @@ impl ClientSession {
         } else if reply.is_intermediate() {
             Err(self.fail_unexpected(&reply, stage))
         } else {
-            self.end(Phase::Failed(Failure {
-                stage,
-                cause: FailureCause::Rejected(reply),
-            }));
+            self.refused(reply, stage);
             Ok(())
         }
     }
@@ -764,10 +820,7 @@ impl ClientSession {
         } else if reply.is_intermediate() {
             Err(self.fail_unexpected(&reply, stage))
         } else {
-            self.end(Phase::Failed(Failure {
-                stage,
-                cause: FailureCause::Rejected(reply),
-            }));
+            self.refused(reply, stage);
             Ok(())
         }
     }
@@ -777,13 +830,10 @@ impl ClientSession {
             return Err(self.fail_unexpected(&reply, stage));
         }
         if !reply.is_positive() {
-            // RSET may not fail (RFC 5321 4.1.1.5): the server is out of
-            // step with us, so nothing it says next can be trusted.
+            // RSET may not fail (RFC 5321 4.1.1.5): the connection is of
+            // no more use. The transaction it preceded is deferred.
             self.defer_transaction(&reply, stage);
-            self.end(Phase::Failed(Failure {
-                stage,
-                cause: FailureCause::Rejected(reply),
-            }));
+            self.refused(reply, stage);
             return Ok(());
         }
         if !self.pipelining() {
@@ -954,6 +1004,32 @@ impl ClientSession {
         }
     }
 
+    /// The server refused the banner, EHLO and HELO, or RSET: the session
+    /// fails. While the connection is in step (no other reply owed) QUIT
+    /// is sent first, as RFC 5321 3.1 and 4.1.1.10 ask, and the failure is
+    /// reported once it is answered; otherwise the socket is just closed.
+    fn refused(&mut self, reply: Reply, stage: Stage) {
+        let failure = Failure::new(stage, FailureCause::Rejected(reply.clone()), reply);
+        if !self.awaiting.is_empty() || self.transaction.is_some() {
+            self.end(Phase::Failed(failure));
+            return;
+        }
+        self.output.clear();
+        self.output.extend_from_slice(b"QUIT\r\n");
+        self.awaiting.push_back(Expect::Quit);
+        self.phase = Phase::Quitting;
+        self.failure_after_quit = Some(failure);
+    }
+
+    /// The QUIT exchange is over (answered, or the connection went): the
+    /// session is closed, or failed when QUIT followed a refusal.
+    fn end_quitting(&mut self) {
+        match self.failure_after_quit.take() {
+            Some(failure) => self.end(Phase::Failed(failure)),
+            None => self.end(Phase::Closed),
+        }
+    }
+
     /// Enters a terminal phase: nothing more is written or awaited.
     fn end(&mut self, phase: Phase) {
         assert!(matches!(phase, Phase::Closed | Phase::Failed(_)));
@@ -979,11 +1055,13 @@ impl ClientSession {
 
     fn fail_protocol_at(&mut self, error: ClientError, stage: Stage) -> ClientError {
         let text = format!("ecelerity: protocol error {stage}: {error}");
-        self.defer_transaction(&refusal_text(451, EnhancedCode::new(4, 5, 0), text), stage);
-        self.end(Phase::Failed(Failure {
+        let reply = refusal_text(451, EnhancedCode::new(4, 5, 0), text);
+        self.defer_transaction(&reply, stage);
+        self.end(Phase::Failed(Failure::new(
             stage,
-            cause: FailureCause::Protocol(error.clone()),
-        }));
+            FailureCause::Protocol(error.clone()),
+            reply,
+        )));
         error
     }
 }
@@ -1412,28 +1490,139 @@ mod tests {
     }
 
     #[test]
-    fn refused_greetings_fail_the_session_with_the_reply() {
-        for (script, stage) in [
-            (&["554 go away\r\n"][..], Stage::ReadingBanner),
-            (&["421 busy\r\n"][..], Stage::ReadingBanner),
-            (&["220 hi\r\n", "451 later\r\n"][..], Stage::DuringEhlo),
+    fn refused_greetings_send_quit_then_fail_with_the_reply() {
+        for (script, stage, quit) in [
+            (&["554 5.7.1 go away\r\n"][..], Stage::ReadingBanner, true),
+            // 421: the server is closing the connection; no QUIT.
+            (&["421 busy\r\n"][..], Stage::ReadingBanner, false),
+            (
+                &["220 hi\r\n", "451 later\r\n"][..],
+                Stage::DuringEhlo,
+                true,
+            ),
+            (&["220 hi\r\n", "421 bye\r\n"][..], Stage::DuringEhlo, false),
             (
                 &["220 hi\r\n", "502 no\r\n", "550 no\r\n"][..],
                 Stage::DuringEhlo,
+                true,
             ),
         ] {
             let mut session = ClientSession::new("client.example.com");
+            let mut written = String::new();
             for line in script {
                 reply(&mut session, line);
                 if session.poll() == Send {
-                    session.output_sent();
+                    written = sent(&mut session);
                 }
+            }
+            if quit {
+                assert_eq!(written, "QUIT\r\n", "{script:?}");
+                assert_eq!(session.poll(), WaitForReply(Stage::Idle));
+                reply(&mut session, "221 bye\r\n");
+            } else {
+                assert!(!written.starts_with("QUIT"), "{script:?}");
             }
             let ClientAction::Failed(failure) = session.poll() else {
                 panic!("{script:?}")
             };
             assert_eq!(failure.stage, stage);
-            assert!(matches!(failure.cause, FailureCause::Rejected(_)));
+            assert!(failure.is_outside_transaction());
+            let FailureCause::Rejected(refusal) = &failure.cause else {
+                panic!("{failure:?}")
+            };
+            assert_eq!(refusal, &failure.reply);
+            assert_eq!(&failure.reply.text(), script.last().unwrap().trim_end());
+        }
+    }
+
+    #[test]
+    fn a_refused_banner_fails_even_when_quit_gets_no_answer() {
+        let mut session = ClientSession::new("client.example.com");
+        reply(&mut session, "554 no\r\n");
+        assert_eq!(sent(&mut session), "QUIT\r\n");
+        session.abort(AbortReason::PeerClosed);
+        let ClientAction::Failed(failure) = session.poll() else {
+            panic!()
+        };
+        assert_eq!(failure.reply.text(), "554 no");
+        assert_eq!(failure.stage, Stage::ReadingBanner);
+    }
+
+    #[test]
+    fn a_greeting_timeout_or_hang_up_fails_outside_any_transaction_without_quit() {
+        for (reason, text) in [
+            (
+                AbortReason::Timeout,
+                "451 4.4.2 ecelerity: timeout reading banner",
+            ),
+            (
+                AbortReason::PeerClosed,
+                "451 4.4.2 ecelerity: connection closed by peer reading banner",
+            ),
+        ] {
+            let mut session = ClientSession::new("client.example.com");
+            session.abort(reason);
+            let ClientAction::Failed(failure) = session.poll() else {
+                panic!()
+            };
+            assert!(failure.is_outside_transaction());
+            assert_eq!(failure.cause, FailureCause::Aborted(reason));
+            assert_eq!(failure.reply.text(), text);
+            assert!(session.output().is_empty());
+        }
+        // During EHLO too.
+        let mut session = ClientSession::new("client.example.com");
+        reply(&mut session, "220 hi\r\n");
+        sent(&mut session);
+        session.abort(AbortReason::Timeout);
+        let ClientAction::Failed(failure) = session.poll() else {
+            panic!()
+        };
+        assert_eq!(failure.stage, Stage::DuringEhlo);
+        assert!(failure.is_outside_transaction());
+        // A failure inside a transaction is the transaction's.
+        let mut session = connected(EHLO_PIPELINING);
+        session.start_transaction("f@example.com", &["a@x.net"], 10, false);
+        sent(&mut session);
+        session.abort(AbortReason::Timeout);
+        done(&mut session);
+        let ClientAction::Failed(failure) = session.poll() else {
+            panic!()
+        };
+        assert!(!failure.is_outside_transaction());
+    }
+
+    #[test]
+    fn a_refused_rset_defers_its_transaction_and_quits_only_when_in_step() {
+        for (ehlo, quit) in [(EHLO_PLAIN, true), (EHLO_PIPELINING, false)] {
+            let mut session = connected(ehlo);
+            session.start_transaction("f@example.com", &["a@x.net"], 10, false);
+            sent(&mut session);
+            // MAIL taken, RCPT refused: the server holds a transaction.
+            reply(&mut session, "250 ok\r\n");
+            if session.poll() == Send {
+                sent(&mut session);
+            }
+            reply(&mut session, "550 no\r\n");
+            if ehlo == EHLO_PIPELINING {
+                reply(&mut session, "503 no rcpt\r\n");
+            }
+            done(&mut session);
+            session.start_transaction("f@example.com", &["b@x.net"], 10, false);
+            assert!(sent(&mut session).starts_with("RSET\r\n"));
+            reply(&mut session, "554 5.5.1 what\r\n");
+            let result = done(&mut session);
+            assert_eq!(outcomes(&result), vec![('T', 554)]);
+            assert_eq!(result.stage, Stage::DuringRset);
+            if quit {
+                assert_eq!(sent(&mut session), "QUIT\r\n");
+                reply(&mut session, "221 bye\r\n");
+            }
+            let ClientAction::Failed(failure) = session.poll() else {
+                panic!()
+            };
+            assert_eq!(failure.stage, Stage::DuringRset);
+            assert!(failure.is_outside_transaction());
         }
     }
 
@@ -1510,6 +1699,21 @@ mod tests {
         let mut idle = connected(EHLO_PLAIN);
         idle.abort(AbortReason::PeerClosed);
         assert_eq!(idle.poll(), Closed);
+    }
+
+    #[test]
+    fn a_refused_body_fails_every_rcpt_with_554_5_6_3_without_traffic() {
+        let mut session = connected(EHLO_PLAIN);
+        session.refuse_body(2, "8-bit header text");
+        let result = done(&mut session);
+        assert_eq!(outcomes(&result), vec![('P', 554), ('P', 554)]);
+        assert_eq!(
+            result.rcpts[0].reply().text(),
+            "554 5.6.3 ecelerity: 8-bit header text"
+        );
+        assert_eq!(session.poll(), Ready);
+        session.quit();
+        assert_eq!(sent(&mut session), "QUIT\r\n");
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! * [`reply`]: the incremental reply parser used by the client.
 //! * [`client`]: the outbound session state machine.
 //! * [`body`]: DATA encoding of an outbound body.
+//! * [`downgrade`]: 8-bit to 7-bit conversion for a server without 8BITMIME.
 
 pub mod body;
 pub mod capabilities;
 pub mod client;
 pub mod command;
+pub mod downgrade;
 pub mod received;
 pub mod reply;
 pub mod server;

@@ -3,20 +3,24 @@
 //! Enhanced status codes (RFC 2034, RFC 3463) are lifted off the text.
 //!
 //! Owns: the bytes read from a server that do not yet form a whole reply.
-//! Bounded: one line is at most `REPLY_LINE_BYTES_MAX`, one reply at most
-//! `REPLY_LINES_MAX` lines; past that the parser fails and stays failed.
+//! Bounded: a line longer than `REPLY_LINE_BYTES_MAX` keeps its code and
+//! the start of its text, and the rest up to its line end is read and
+//! dropped; lines of one reply past `REPLY_LINES_MAX` are read and dropped
+//! too (as Postfix does: a long 250 after the body still means the message
+//! was taken). Only input that is not a reply fails the parser, for good.
 //! May call: std only. Never: I/O, clocks, the client's state (that is
 //! `client`).
 
 use std::fmt;
 use std::fmt::Write as _;
 
-/// Longest reply line accepted, CRLF included. RFC 5321 says 512; real
-/// servers send longer text, and a client that drops the connection over a
-/// long line only delays mail.
+/// Longest reply line kept whole, CRLF included. RFC 5321 says 512; real
+/// servers send longer text. A longer line is truncated to its first
+/// `REPLY_LINE_BYTES_MAX - 2` bytes, never refused: refusing a long 250
+/// after the body would re-send a message the server took.
 pub const REPLY_LINE_BYTES_MAX: usize = 2048;
-/// Most lines in one multiline reply. EHLO replies are the longest seen in
-/// practice, at some 20 lines.
+/// Most lines kept of one multiline reply; later lines are read and
+/// dropped. EHLO replies are the longest seen in practice, at some 20 lines.
 pub const REPLY_LINES_MAX: usize = 128;
 /// Most bytes of bad input quoted in an error, so a hostile server cannot
 /// fill our logs.
@@ -166,10 +170,6 @@ impl fmt::Display for EnhancedCode {
 /// the connection can no longer be trusted to be in step.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
-    #[error("reply line longer than {REPLY_LINE_BYTES_MAX} bytes")]
-    LineTooLong,
-    #[error("reply longer than {REPLY_LINES_MAX} lines")]
-    TooManyLines,
     #[error("reply line does not start with a code in 200..=599: `{line}`")]
     BadCode { line: String },
     #[error("reply line has code {got} inside a reply with code {expected}")]
@@ -197,6 +197,12 @@ pub struct ReplyParser {
     enhanced: Option<EnhancedCode>,
     /// Lines of the reply being read. Never more than REPLY_LINES_MAX.
     lines: Vec<String>,
+    /// Inside a line longer than REPLY_LINE_BYTES_MAX whose start was
+    /// taken: bytes up to its LF are dropped.
+    skipping_line: bool,
+    /// A reply whose last line was over-long, returned once that line's
+    /// LF has been read (so its tail is not taken for the next reply).
+    held: Option<Reply>,
     /// Set on the first error; every later call returns it.
     failed: Option<ReplyError>,
 }
@@ -216,6 +222,8 @@ impl ReplyParser {
             code: 0,
             enhanced: None,
             lines: Vec::new(),
+            skipping_line: false,
+            held: None,
             failed: None,
         }
     }
@@ -245,6 +253,7 @@ impl ReplyParser {
                 self.consumed = 0;
                 self.searched = 0;
                 self.lines = Vec::new();
+                self.held = None;
                 Err(error)
             }
         }
@@ -263,13 +272,32 @@ impl ReplyParser {
     fn parse(&mut self) -> Result<Option<Reply>, ReplyError> {
         loop {
             let pending = &self.buffer[self.consumed..];
+            if self.skipping_line {
+                let Some(lf) = pending.iter().position(|&b| b == b'\n') else {
+                    self.consumed = self.buffer.len();
+                    return Ok(None);
+                };
+                self.consumed += lf + 1;
+                self.skipping_line = false;
+                if let Some(reply) = self.held.take() {
+                    return Ok(Some(reply));
+                }
+                continue;
+            }
             let window = &pending[..pending.len().min(REPLY_LINE_BYTES_MAX)];
             let Some(lf) = window[self.searched..].iter().position(|&b| b == b'\n') else {
-                if pending.len() >= REPLY_LINE_BYTES_MAX {
-                    return Err(ReplyError::LineTooLong);
+                if pending.len() < REPLY_LINE_BYTES_MAX {
+                    self.searched = window.len();
+                    return Ok(None);
                 }
-                self.searched = window.len();
-                return Ok(None);
+                // Over-long: take its start as the line, drop the rest.
+                self.searched = 0;
+                let start = self.consumed;
+                let end = start + REPLY_LINE_BYTES_MAX - 2;
+                self.consumed += REPLY_LINE_BYTES_MAX;
+                self.skipping_line = true;
+                self.held = self.parse_line(start, end)?;
+                continue;
             };
             let lf = self.searched + lf;
             self.searched = 0;
@@ -308,17 +336,16 @@ impl ReplyParser {
                 got: code,
             });
         }
-        if self.lines.len() == REPLY_LINES_MAX {
-            return Err(ReplyError::TooManyLines);
-        }
-        if let Some(enhanced) = self.enhanced {
-            if let Some((found, taken)) = EnhancedCode::parse_prefix(text) {
-                if found == enhanced {
-                    text = &text[taken..];
+        if self.lines.len() < REPLY_LINES_MAX {
+            if let Some(enhanced) = self.enhanced {
+                if let Some((found, taken)) = EnhancedCode::parse_prefix(text) {
+                    if found == enhanced {
+                        text = &text[taken..];
+                    }
                 }
             }
+            self.lines.push(printable(text));
         }
-        self.lines.push(printable(text));
         if !is_last {
             return Ok(None);
         }
@@ -523,32 +550,65 @@ mod tests {
     }
 
     #[test]
-    fn line_length_limit_is_exact() {
+    fn a_line_over_the_limit_is_truncated_and_read_to_its_end() {
         let mut fits = b"250 ".to_vec();
         fits.resize(REPLY_LINE_BYTES_MAX - 2, b'x');
         fits.extend_from_slice(b"\r\n");
-        assert_eq!(parse_all(&fits, 100).unwrap().len(), 1);
+        let whole = parse_all(&fits, 100).unwrap();
+        assert_eq!(whole[0].lines[0].len(), REPLY_LINE_BYTES_MAX - 6);
 
-        let mut long = b"250 ".to_vec();
-        long.resize(REPLY_LINE_BYTES_MAX - 1, b'x');
-        long.extend_from_slice(b"\r\n");
-        assert_eq!(parse_all(&long, 100), Err(ReplyError::LineTooLong));
-        // Without any line end the parser fails as soon as the limit is met,
-        // rather than buffering on.
-        assert_eq!(
+        // A 5 KB 250 after the body, then the next reply: the first keeps
+        // its code and the start of its text, the second is intact.
+        let mut long = b"250 2.0.0 queued ".to_vec();
+        long.resize(5000, b'y');
+        long.extend_from_slice(b"\r\n221 2.0.0 bye\r\n");
+        for split in [1, 7, 100, 2048, 2049, long.len()] {
+            let replies = parse_all(&long, split).unwrap();
+            assert_eq!(replies.len(), 2, "split {split}");
+            assert_eq!(replies[0].code, 250);
+            assert_eq!(replies[0].enhanced, Some(EnhancedCode::new(2, 0, 0)));
+            let text = &replies[0].lines[0];
+            assert!(text.starts_with("queued yyy"), "{text:.40}");
+            assert_eq!(text.len(), REPLY_LINE_BYTES_MAX - 2 - "250 2.0.0 ".len());
+            assert_eq!(replies[1].text(), "221 2.0.0 bye");
+        }
+
+        // Over-long continuation lines too; the reply ends with its last line.
+        let mut multi = format!("250-{}\r\n", "a".repeat(3 * REPLY_LINE_BYTES_MAX)).into_bytes();
+        multi.extend_from_slice(b"250 ok\r\n");
+        let replies = parse_all(&multi, 333).unwrap();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].lines.len(), 2);
+        assert_eq!(replies[0].lines[1], "ok");
+
+        // A line with no end holds no more than the limit while it streams.
+        let mut parser = ReplyParser::new();
+        parser.feed(b"250 ");
+        for _ in 0..100 {
+            parser.feed(&[b'z'; 1000]);
+            assert_eq!(parser.next_reply(), Ok(None));
+            assert!(parser.buffered_bytes() < REPLY_LINE_BYTES_MAX);
+        }
+        parser.feed(b"\r\n");
+        assert_eq!(parser.next_reply().unwrap().unwrap().code, 250);
+        // Still a code is needed: a long line of garbage is an error.
+        assert!(matches!(
             parse_all(&vec![b'2'; REPLY_LINE_BYTES_MAX], 7),
-            Err(ReplyError::LineTooLong)
-        );
+            Err(ReplyError::BadSeparator { .. })
+        ));
     }
 
     #[test]
-    fn line_count_limit_is_exact() {
+    fn lines_past_the_count_limit_are_dropped_not_refused() {
         let mut fits = "250-x\r\n".repeat(REPLY_LINES_MAX - 1);
         fits.push_str("250 x\r\n");
         assert_eq!(one(&fits).unwrap().lines.len(), REPLY_LINES_MAX);
-        let mut long = "250-x\r\n".repeat(REPLY_LINES_MAX);
-        long.push_str("250 x\r\n");
-        assert_eq!(one(&long), Err(ReplyError::TooManyLines));
+        let mut long = "250-x\r\n".repeat(REPLY_LINES_MAX * 3);
+        long.push_str("250 last\r\n354 next\r\n");
+        let replies = parse_all(long.as_bytes(), 50).unwrap();
+        assert_eq!(replies.len(), 2);
+        assert_eq!(replies[0].lines.len(), REPLY_LINES_MAX);
+        assert_eq!(replies[1].code, 354);
     }
 
     #[test]
