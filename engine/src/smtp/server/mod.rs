@@ -34,6 +34,10 @@
 //! Never: sockets, the spool, clocks, other shards, logging, a policy
 //! object. Relay decisions are the policy's, not ours.
 //!
+//! Layout: this file holds the session, its commands and replies;
+//! [`data`] the DATA scanner and the hand-over of a message; [`verdicts`]
+//! what a policy is shown and how its verdict is carried out.
+//!
 //! Smuggling defence: only `<CR><LF>.<CR><LF>` ends DATA, and a bare LF or
 //! bare CR anywhere in DATA closes the session with `521` (Postfix's
 //! `smtpd_forbid_bare_newline`), so no framing a downstream server might
@@ -54,6 +58,11 @@ use super::command::{parse_command, BodyType, Command, CommandError, MailParams}
 pub use super::received::{
     received_header, write_rfc5322_date, ReceivedFields, RFC5322_DATE_UNIX_SECS_MAX,
 };
+
+mod data;
+mod verdicts;
+
+use data::DataState;
 
 /// Shortest command line any configuration may set, CRLF included
 /// (RFC 5321 section 4.5.3.1.4).
@@ -199,57 +208,6 @@ enum Phase {
     /// RCPT) or `body` (DATA).
     AwaitingPolicy(PolicyPhase),
     Closed,
-}
-
-/// Where the DATA scanner stands within the current line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DataLine {
-    /// At the first byte of a line.
-    Start,
-    /// The line began with a dot, which was dropped (RFC 5321 4.5.2).
-    Dot,
-    /// The line is `.<CR>` so far: LF ends the data.
-    DotCr,
-    /// Inside a line.
-    Middle,
-    /// A CR was seen; only LF may follow.
-    Cr,
-}
-
-/// Why a message that is still being read will be refused at end of data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DataRefusal {
-    /// Over message_bytes_max: `552 5.3.4`, the reply RFC 1870 and
-    /// RFC 5321 section 4.5.3.1.10 name for too much mail data.
-    TooBig,
-    /// A line over text_line_bytes_max. RFC 5321 section 4.3.2 lists the
-    /// replies allowed after end of data (250, 451, 452, 552, 554, 450,
-    /// 550); `500 Line too long` is not among them, so this is
-    /// `554 5.6.0` (transaction failed, media error, RFC 3463).
-    LineTooLong,
-    /// A NUL byte: not text (RFC 5321 section 2.3.8). It cannot change
-    /// where data ends, so unlike a bare CR or LF it is no smuggling risk:
-    /// read to end of data and refuse the message with `554 5.6.0`, the
-    /// session stays open.
-    Nul,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DataState {
-    line: DataLine,
-    /// Bytes of the current line as transmitted, CRLF included.
-    line_bytes: usize,
-    /// The first reason to refuse this message, if any. Once set, the body
-    /// buffer is empty and stays empty.
-    refusal: Option<DataRefusal>,
-}
-
-impl DataState {
-    const FRESH: DataState = DataState {
-        line: DataLine::Start,
-        line_bytes: 0,
-        refusal: None,
-    };
 }
 
 /// A close asked for while a message awaited the spool. It is carried out
@@ -456,86 +414,6 @@ impl ServerSession {
             }
         }
         self.phase = Phase::Command;
-        self.resume();
-    }
-
-    /// What the policy is asked about (after [`Event::Validate`]), and the
-    /// validation context it may read and write. Both borrow the session
-    /// until the verdict is in.
-    pub fn validation(&mut self) -> (Validation<'_>, &mut ValidationContext) {
-        let Phase::AwaitingPolicy(phase) = self.phase else {
-            panic!("validation() follows an Event::Validate");
-        };
-        let check = match phase {
-            PolicyPhase::Connect => Check::Connect,
-            PolicyPhase::Ehlo => Check::Ehlo {
-                domain: &self.argument,
-                esmtp: self.argument_esmtp,
-            },
-            PolicyPhase::MailFrom => Check::MailFrom {
-                reverse_path: &self.argument,
-            },
-            PolicyPhase::RcptTo => Check::RcptTo {
-                forward_path: &self.argument,
-            },
-            PolicyPhase::Data => Check::Data { body: &self.body },
-        };
-        let validation = Validation {
-            connection: &self.connection,
-            mail_from: &self.mail_from,
-            rcpts: &self.rcpts,
-            check,
-        };
-        (validation, &mut self.vctx)
-    }
-
-    /// Answer the last [`Event::Validate`] with the policy's verdict, then
-    /// go on with the held pipelined input. A reply the policy got wrong
-    /// ([`Rejection::check`]) is answered with `451 4.3.0` (`421 4.3.0`
-    /// and close at connect) and returned as the error, for the caller's
-    /// paniclog. After a close (shutdown while the policy was deciding)
-    /// the verdict is ignored.
-    #[must_use = "a policy's bad reply belongs in the paniclog"]
-    pub fn validated(&mut self, verdict: Verdict) -> Result<(), ReplyError> {
-        let phase = match self.phase {
-            Phase::AwaitingPolicy(phase) => phase,
-            Phase::Closed => return Ok(()),
-            other => panic!("validated() answers an Event::Validate, not {other:?}"),
-        };
-        self.phase = Phase::Command;
-        let (rejection, disconnect) = match verdict {
-            Verdict::Continue => {
-                self.proceed(phase);
-                self.resume();
-                return Ok(());
-            }
-            Verdict::Reject(rejection) => (rejection, false),
-            Verdict::Disconnect(rejection) => (rejection, true),
-        };
-        let result = rejection.check();
-        if result.is_ok() {
-            self.refuse(phase, &rejection);
-            if disconnect {
-                self.close();
-            }
-        } else {
-            self.policy_failed(phase);
-        }
-        self.resume();
-        result
-    }
-
-    /// The policy could not decide (it timed out or failed): answer the
-    /// last [`Event::Validate`] with `451 4.3.0` (`421 4.3.0` and close
-    /// at connect), then go on. Ignored after a close.
-    pub fn validation_failed(&mut self) {
-        let phase = match self.phase {
-            Phase::AwaitingPolicy(phase) => phase,
-            Phase::Closed => return,
-            other => panic!("validation_failed() answers an Event::Validate, not {other:?}"),
-        };
-        self.phase = Phase::Command;
-        self.policy_failed(phase);
         self.resume();
     }
 
@@ -772,12 +650,6 @@ impl ServerSession {
         self.check_invariants();
     }
 
-    /// Hand `phase` to the policy and hold input until `validated()`.
-    fn await_policy(&mut self, phase: PolicyPhase) {
-        self.phase = Phase::AwaitingPolicy(phase);
-        self.events.push_back(Event::Validate(phase));
-    }
-
     /// Run the state machine over `bytes` until they are used up, the
     /// session waits for the spool or the policy, or it closed. Returns
     /// the number of bytes consumed.
@@ -998,282 +870,6 @@ impl ServerSession {
     fn accept_rcpt(&mut self) {
         self.rcpts.push(self.argument.clone());
         self.reply(250, "2.1.5", format_args!("Ok"));
-    }
-
-    fn data(&mut self) {
-        self.data_refused = !self.has_mail || self.rcpts.is_empty();
-        if !self.has_mail {
-            self.reply(503, "5.5.1", format_args!("Error: need MAIL command"));
-            self.count_error();
-            return;
-        }
-        if self.rcpts.is_empty() {
-            if self.rcpt_attempted {
-                self.reply(554, "5.5.1", format_args!("Error: no valid recipients"));
-            } else {
-                self.reply(503, "5.5.1", format_args!("Error: need RCPT command"));
-            }
-            self.count_error();
-            return;
-        }
-        self.reply(354, "", format_args!("End data with <CR><LF>.<CR><LF>"));
-        self.phase = Phase::Data;
-        self.data = DataState::FRESH;
-        self.body.clear();
-        if let Some(size) = self.size_declared {
-            let reserve = size.min(BODY_RESERVE_BYTES_MAX as u64) as usize;
-            self.body.reserve(reserve);
-        }
-    }
-
-    /// Consume DATA bytes from `rest` until they are used up, end of data,
-    /// or a close.
-    fn data_bytes(&mut self, rest: &[u8]) -> usize {
-        let mut at = 0;
-        while at < rest.len() {
-            let byte = rest[at];
-            match self.data.line {
-                DataLine::Start => {
-                    if byte == b'.' {
-                        self.data.line = DataLine::Dot;
-                        self.count_line_bytes(1);
-                        at += 1;
-                    } else {
-                        self.data.line = DataLine::Middle;
-                    }
-                }
-                DataLine::Dot => {
-                    if byte == b'\r' {
-                        self.data.line = DataLine::DotCr;
-                        self.count_line_bytes(1);
-                        at += 1;
-                    } else {
-                        // The stuffing dot stays dropped.
-                        self.data.line = DataLine::Middle;
-                    }
-                }
-                DataLine::DotCr => {
-                    if byte == b'\n' {
-                        self.end_of_data();
-                        return at + 1;
-                    }
-                    self.refuse_bare("CR");
-                    return rest.len();
-                }
-                DataLine::Middle => {
-                    let run = rest[at..]
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n' || b == 0)
-                        .unwrap_or(rest.len() - at);
-                    if run > 0 {
-                        self.count_line_bytes(run);
-                        self.body_append(&rest[at..at + run]);
-                        at += run;
-                        continue;
-                    }
-                    match byte {
-                        b'\r' => self.data.line = DataLine::Cr,
-                        b'\n' => {
-                            self.refuse_bare("LF");
-                            return rest.len();
-                        }
-                        _ => {
-                            assert_eq!(byte, 0);
-                            self.refuse_data(DataRefusal::Nul);
-                        }
-                    }
-                    self.count_line_bytes(1);
-                    at += 1;
-                }
-                DataLine::Cr => {
-                    if byte != b'\n' {
-                        self.refuse_bare("CR");
-                        return rest.len();
-                    }
-                    self.count_line_bytes(1);
-                    self.body_append(b"\r\n");
-                    self.data.line = DataLine::Start;
-                    self.data.line_bytes = 0;
-                    at += 1;
-                }
-            }
-        }
-        at
-    }
-
-    fn count_line_bytes(&mut self, bytes: usize) {
-        self.data.line_bytes = self.data.line_bytes.saturating_add(bytes);
-        if self.data.line_bytes > self.params.limits.text_line_bytes_max {
-            self.refuse_data(DataRefusal::LineTooLong);
-        }
-    }
-
-    fn body_append(&mut self, bytes: &[u8]) {
-        if self.data.refusal.is_some() {
-            return;
-        }
-        if (self.body.len() + bytes.len()) as u64 > self.message_bytes_limit {
-            self.refuse_data(DataRefusal::TooBig);
-            return;
-        }
-        self.body.extend_from_slice(bytes);
-    }
-
-    /// Remember the first reason to refuse the message and stop buffering
-    /// its body.
-    fn refuse_data(&mut self, refusal: DataRefusal) {
-        if self.data.refusal.is_none() {
-            self.data.refusal = Some(refusal);
-            self.body.clear();
-        }
-    }
-
-    /// Bytes followed a refused DATA in the same read: the client sent its
-    /// message without waiting for the reply, and reading that message as
-    /// commands could run a transaction hidden in its body. Close.
-    fn refuse_unsynchronized_data(&mut self) {
-        let host = self.params.hostname.clone();
-        self.reply(
-            554,
-            "5.5.0",
-            format_args!("{host} Error: SMTP synchronization error: input after a refused DATA"),
-        );
-        self.reset_transaction();
-        self.close();
-    }
-
-    /// A bare CR or LF in DATA: close at once, so nothing after it is read
-    /// as a command or a second message.
-    fn refuse_bare(&mut self, what: &str) {
-        let host = self.params.hostname.clone();
-        self.reply(
-            521,
-            "5.5.2",
-            format_args!("{host} Error: bare <{what}> received"),
-        );
-        self.reset_transaction();
-        self.close();
-    }
-
-    fn end_of_data(&mut self) {
-        match self.data.refusal {
-            Some(DataRefusal::TooBig) => {
-                self.reply(
-                    552,
-                    "5.3.4",
-                    format_args!("Message size exceeds fixed maximum message size"),
-                );
-            }
-            Some(DataRefusal::LineTooLong) => {
-                let max = self.params.limits.text_line_bytes_max;
-                self.reply(
-                    554,
-                    "5.6.0",
-                    format_args!("Error: message line longer than {max} bytes"),
-                );
-            }
-            Some(DataRefusal::Nul) => {
-                self.reply(
-                    554,
-                    "5.6.0",
-                    format_args!("Error: message contains NUL characters"),
-                );
-            }
-            None => {
-                self.await_policy(PolicyPhase::Data);
-                return;
-            }
-        }
-        self.reset_transaction();
-        self.phase = Phase::Command;
-    }
-
-    /// The policy let the message through: hand it over for spooling.
-    fn accept_message(&mut self) {
-        let envelope = Envelope {
-            helo: self.connection.ehlo_domain.clone(),
-            esmtp: self.esmtp,
-            mail_from: std::mem::take(&mut self.mail_from),
-            rcpts: std::mem::take(&mut self.rcpts),
-            body_8bitmime: self.body_8bitmime,
-            body: std::mem::take(&mut self.body),
-        };
-        self.events.push_back(Event::Message(envelope));
-        self.messages_received = self.messages_received.saturating_add(1);
-        // The message scope of the context stays until the next
-        // transaction starts, so the spooling phases can read it.
-        self.reset_transaction();
-        self.phase = Phase::AwaitingSpool;
-    }
-
-    /// Carry out a `Continue` verdict.
-    fn proceed(&mut self, phase: PolicyPhase) {
-        match phase {
-            PolicyPhase::Connect => {
-                let host = &self.params.hostname;
-                let version = self.params.version;
-                let _ = write!(self.output, "220 {host} ESMTP ecelerity {version}\r\n");
-            }
-            PolicyPhase::Ehlo => self.accept_greeting(),
-            PolicyPhase::MailFrom => self.accept_mail(),
-            PolicyPhase::RcptTo => self.accept_rcpt(),
-            PolicyPhase::Data => self.accept_message(),
-        }
-    }
-
-    /// Carry out a refusal with a checked reply. The reply names what it
-    /// refuses: our host at connect, the address or domain otherwise.
-    fn refuse(&mut self, phase: PolicyPhase, rejection: &Rejection) {
-        match phase {
-            PolicyPhase::Connect => {
-                let code = if rejection.code < 500 { 421 } else { 554 };
-                let host = self.params.hostname.clone();
-                self.reply_rejection(code, rejection, Some(format_args!("{host}")));
-                self.close();
-            }
-            PolicyPhase::Ehlo | PolicyPhase::MailFrom | PolicyPhase::RcptTo => {
-                let argument = std::mem::take(&mut self.argument);
-                self.reply_rejection(
-                    rejection.code,
-                    rejection,
-                    Some(format_args!("<{argument}>:")),
-                );
-                self.argument = argument;
-                if phase == PolicyPhase::MailFrom {
-                    self.body_8bitmime = false;
-                    self.size_declared = None;
-                }
-            }
-            PolicyPhase::Data => {
-                self.reply_rejection(rejection.code, rejection, None);
-                self.reset_transaction();
-            }
-        }
-    }
-
-    /// The policy gave no usable verdict: a temporary failure the client
-    /// may retry, `421 4.3.0` and close at connect.
-    fn policy_failed(&mut self, phase: PolicyPhase) {
-        const TEXT: &str = "Error: internal policy error, try again later";
-        match phase {
-            PolicyPhase::Connect => {
-                let host = self.params.hostname.clone();
-                self.reply(421, "4.3.0", format_args!("{host} {TEXT}"));
-                self.close();
-            }
-            PolicyPhase::Ehlo | PolicyPhase::RcptTo => {
-                self.reply(451, "4.3.0", format_args!("{TEXT}"));
-            }
-            PolicyPhase::MailFrom => {
-                self.body_8bitmime = false;
-                self.size_declared = None;
-                self.reply(451, "4.3.0", format_args!("{TEXT}"));
-            }
-            PolicyPhase::Data => {
-                self.reply(451, "4.3.0", format_args!("{TEXT}"));
-                self.reset_transaction();
-            }
-        }
     }
 
     fn reset_transaction(&mut self) {
