@@ -260,7 +260,17 @@ impl Results {
             s,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
+        // smtp-source does not time replies, and its messages carry no
+        // timestamp header: no latency rather than a latency of 0.
+        let latency = |summary: &LatencySummary, us: u64| {
+            if summary.count == 0 {
+                "-".to_string()
+            } else {
+                fmt_us(us)
+            }
+        };
         for r in &self.rows {
+            let (accept, e2e) = (&r.accept_latency, &r.end_to_end_latency);
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
@@ -276,11 +286,11 @@ impl Results {
                 r.accept_msgs_per_s,
                 r.mb_per_s,
                 if r.peer == "limit" { "-".into() } else { format!("{:.0}", r.mta_cpu_us_per_msg) },
-                fmt_us(r.accept_latency.p50_us),
-                fmt_us(r.accept_latency.p99_us),
-                fmt_us(r.accept_latency.p999_us),
-                fmt_us(r.end_to_end_latency.p50_us),
-                fmt_us(r.end_to_end_latency.p99_us),
+                latency(accept, accept.p50_us),
+                latency(accept, accept.p99_us),
+                latency(accept, accept.p999_us),
+                latency(e2e, e2e.p50_us),
+                latency(e2e, e2e.p99_us),
                 r.failed
             );
         }
