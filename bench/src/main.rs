@@ -1,7 +1,7 @@
 //! `ecbench`: SMTP load generator, sink, and benchmark scenarios for
 //! ecelerity and its peers (Postfix, Haraka, KumoMTA) on one machine.
 //! Owns: the command line; each subcommand delegates to a module.
-//! May call: client, sink, scenario, plot, `ecelerity_testkit` (the
+//! May call: client, sink, scenario, shapes, plot, `ecelerity_testkit` (the
 //! binary directory).
 //! Never: the engine crate: every MTA is measured from outside.
 //!
@@ -15,6 +15,7 @@ mod plot;
 mod procstat;
 mod report;
 mod scenario;
+mod shapes;
 mod sink;
 
 use std::net::SocketAddr;
@@ -95,7 +96,7 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Run a scenario: limit, relay, side-by-side, latency, shards, queue, all.
+    /// Run a scenario: limit, relay, side-by-side, latency, shards, queue, shapes, all.
     Scenario(ScenarioArgs),
     /// Re-draw the PNG plots from a results JSON file.
     Plot {
@@ -107,7 +108,7 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct ScenarioArgs {
-    /// limit | relay | side-by-side | latency | shards | queue | all
+    /// limit | relay | side-by-side | latency | shards | queue | shapes | all
     name: String,
     /// Message sizes, comma separated.
     #[arg(long, default_value = "1k,10k,100k")]
@@ -149,13 +150,17 @@ struct ScenarioArgs {
     /// queue scenario: messages to inject into a blocked gateway.
     #[arg(long, default_value_t = 200_000)]
     queue_messages: u64,
+    /// shapes scenario: runs of each client shape (interleaved).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     /// Scratch directory for spools and configs.
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Results directory (JSON, text, PNG).
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
-    /// Smoke mode: 1 KiB, 1 recipient, 4 sessions, 300 messages, no time cap.
+    /// Smoke mode: 1 KiB, 1 recipient, 4 sessions, 300 messages, no time cap
+    /// (shapes: 100 messages per client shape, one run).
     #[arg(long)]
     quick: bool,
     /// Exit 1 unless every run's counts add up (sent = accepted = arrived).
@@ -244,6 +249,8 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         shards: args.shards,
         delivery_shards: args.delivery_shards,
         queue_messages: args.queue_messages,
+        repeat: args.repeat,
+        quick: args.quick,
         progress: !args.quiet,
         command_line,
     };
@@ -254,6 +261,7 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         o.messages = 300;
         o.cell_seconds = None;
         o.queue_messages = o.queue_messages.min(2_000);
+        o.repeat = 1;
     }
     std::fs::create_dir_all(&o.work_dir)?;
     let mut results = Results::new(&o);
@@ -277,12 +285,14 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         "latency" => scenario::latency(&o, &mut results),
         "shards" => scenario::shards(&o, &mut results),
         "queue" => scenario::queue(&o, &mut results),
+        "shapes" => shapes::shapes(&o, &mut results),
         "all" => scenario::side_by_side(&o, &mut results)
             .and_then(|_| scenario::latency(&o, &mut results))
             .and_then(|_| scenario::shards(&o, &mut results))
-            .and_then(|_| scenario::queue(&o, &mut results)),
+            .and_then(|_| scenario::queue(&o, &mut results))
+            .and_then(|_| shapes::shapes(&o, &mut results)),
         other => bail!(
-            "unknown scenario `{other}` (limit, relay, side-by-side, latency, shards, queue, all)"
+            "unknown scenario `{other}` (limit, relay, side-by-side, latency, shards, queue, shapes, all)"
         ),
     };
     eprintln!(

@@ -125,6 +125,11 @@ impl RunningPeer {
         procstat::tree_cpu(self.root_pid)
     }
 
+    /// CPU time of the peer's tree split into (user, system).
+    pub fn cpu_split(&self) -> (Duration, Duration) {
+        procstat::tree_cpu_split(self.root_pid)
+    }
+
     pub fn rss(&self) -> u64 {
         procstat::tree_rss(self.root_pid)
     }

@@ -76,7 +76,8 @@ pub fn plot_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     let closed: Vec<&RunRow> = results
         .rows
         .iter()
-        .filter(|r| r.rate_per_s.is_none() && r.complete)
+        // Client-shape rows vary the client, not the concurrency: no line to draw.
+        .filter(|r| r.rate_per_s.is_none() && r.complete && r.client.is_none())
         .collect();
     let mut sizes: Vec<u64> = closed.iter().map(|r| r.size_bytes).collect();
     sizes.sort_unstable();

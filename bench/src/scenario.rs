@@ -3,7 +3,9 @@
 //! accepted recipient, tears everything down and reports.
 //! Owns: the run matrix, per-cell measurement (CPU from /proc, end-to-end
 //! rate), the results JSON and text tables.
-//! May call: client, sink, peers, procstat, plot.
+//! May call: client, sink, peers, procstat, plot, shapes (the client-shapes
+//! scenario lives in its own module and measures its cells through
+//! `measure_cell`).
 //! Never: the engine crate (peers are black boxes behind sockets and /proc).
 
 use std::fmt::Write as _;
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{run_load, LoadSpec};
 use crate::peers::{self, EcelerityOptions, PeerKind, PeerPaths, RunningPeer};
+use crate::procstat::{SwitchSampler, SwitchTotals};
 use crate::report::{fmt_us, Dist, LatencySummary, LoadReport, SinkReport};
 use crate::sink::{ReplyScript, Sink};
 
@@ -48,6 +51,10 @@ pub struct RunOptions {
     pub delivery_shards: u32,
     /// queue scenario: messages to inject.
     pub queue_messages: u64,
+    /// shapes scenario: runs of each row (interleaved: a, b, c, d, a, ...).
+    pub repeat: u32,
+    /// Smoke mode (`--quick`): scenarios keep to a few hundred messages.
+    pub quick: bool,
     pub progress: bool,
     pub command_line: String,
 }
@@ -90,9 +97,51 @@ pub struct RunRow {
     pub seconds: f64,
     pub mta_cpu_s: f64,
     pub mta_cpu_us_per_msg: f64,
+    /// The user-mode part of `mta_cpu_us_per_msg` (the rest is the kernel).
+    #[serde(default)]
+    pub mta_user_us_per_msg: f64,
+    /// Message bytes that reached the sink.
+    #[serde(default)]
+    pub arrived_bytes: u64,
     pub accept_latency: LatencySummary,
     pub end_to_end_latency: LatencySummary,
     pub errors: std::collections::BTreeMap<String, u64>,
+    /// shapes scenario: the client that drove the cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientShape>,
+    /// shapes scenario: the MTA's context switches during the cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mta_switches: Option<SwitchTotals>,
+}
+
+/// The client of a shapes row.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClientShape {
+    /// "connection per message", "reused, no pipelining", ...
+    pub name: String,
+    /// The generator's exact command line.
+    pub command: String,
+    /// Issue 9's goal for MTA CPU per message with this client.
+    pub goal_cpu_us_per_msg: f64,
+    /// Which repetition (1, 2, ...).
+    pub run: u32,
+}
+
+impl RunRow {
+    /// Context switches of the MTA per accepted message (voluntary,
+    /// involuntary) and the same restricted to threads of one kind.
+    pub fn switches_per_msg(&self, kind: Option<&str>) -> Option<(f64, f64)> {
+        let totals = self.mta_switches.as_ref()?;
+        let switches = match kind {
+            None => totals.all,
+            Some(kind) => totals.by_kind.get(kind).copied().unwrap_or_default(),
+        };
+        let messages = self.accepted.max(1) as f64;
+        Some((
+            switches.voluntary as f64 / messages,
+            switches.involuntary as f64 / messages,
+        ))
+    }
 }
 
 /// Everything a scenario produced.
@@ -211,7 +260,17 @@ impl Results {
             s,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
+        // smtp-source does not time replies, and its messages carry no
+        // timestamp header: no latency rather than a latency of 0.
+        let latency = |summary: &LatencySummary, us: u64| {
+            if summary.count == 0 {
+                "-".to_string()
+            } else {
+                fmt_us(us)
+            }
+        };
         for r in &self.rows {
+            let (accept, e2e) = (&r.accept_latency, &r.end_to_end_latency);
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
@@ -227,11 +286,11 @@ impl Results {
                 r.accept_msgs_per_s,
                 r.mb_per_s,
                 if r.peer == "limit" { "-".into() } else { format!("{:.0}", r.mta_cpu_us_per_msg) },
-                fmt_us(r.accept_latency.p50_us),
-                fmt_us(r.accept_latency.p99_us),
-                fmt_us(r.accept_latency.p999_us),
-                fmt_us(r.end_to_end_latency.p50_us),
-                fmt_us(r.end_to_end_latency.p99_us),
+                latency(accept, accept.p50_us),
+                latency(accept, accept.p99_us),
+                latency(accept, accept.p999_us),
+                latency(e2e, e2e.p50_us),
+                latency(e2e, e2e.p99_us),
                 r.failed
             );
         }
@@ -315,6 +374,7 @@ impl Results {
                 let _ = writeln!(s);
             }
         }
+        self.shapes_text(&mut s);
         if !self.measurements.is_empty() {
             let _ = writeln!(s, "\nmeasurements:");
             for (name, value, unit) in &self.measurements {
@@ -328,6 +388,73 @@ impl Results {
             }
         }
         s
+    }
+
+    /// The client-shapes table (rows with a `client`), if any.
+    fn shapes_text(&self, s: &mut String) {
+        let rows: Vec<&RunRow> = self.rows.iter().filter(|r| r.client.is_some()).collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\nclient shapes (MTA = the daemon; context switches from /proc/PID/task/*/status, vol+invol):"
+        );
+        let _ = writeln!(
+            s,
+            "| run | client | sessions | arrived | msgs/s | MTA CPU us/msg | user | goal | switches/msg | shard | shard helper | iou-wrk | other | threads started |"
+        );
+        let _ = writeln!(s, "{}|", "|---".repeat(14));
+        let pair = |v: Option<(f64, f64)>| match v {
+            Some((vol, invol)) => format!("{:.1} ({vol:.1}+{invol:.1})", vol + invol),
+            None => "-".into(),
+        };
+        const NAMED_KINDS: [&str; 3] = ["shard", "shard helper", "iou-wrk"];
+        for r in &rows {
+            let client = r.client.as_ref().expect("filtered on client");
+            let other = r.mta_switches.as_ref().map(|t| {
+                let (mut vol, mut invol) = (0u64, 0u64);
+                for (kind, sw) in &t.by_kind {
+                    if !NAMED_KINDS.contains(&kind.as_str()) {
+                        vol += sw.voluntary;
+                        invol += sw.involuntary;
+                    }
+                }
+                let n = r.accepted.max(1) as f64;
+                (vol as f64 / n, invol as f64 / n)
+            });
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {}/{} | {:.0} | {:.0} | {:.0} | <= {:.0} | {} | {} | {} | {} | {} | {} |",
+                client.run,
+                client.name,
+                r.sessions,
+                r.arrived_messages,
+                r.accepted,
+                r.msgs_per_s,
+                r.mta_cpu_us_per_msg,
+                r.mta_user_us_per_msg,
+                client.goal_cpu_us_per_msg,
+                pair(r.switches_per_msg(None)),
+                pair(r.switches_per_msg(Some(NAMED_KINDS[0]))),
+                pair(r.switches_per_msg(Some(NAMED_KINDS[1]))),
+                pair(r.switches_per_msg(Some(NAMED_KINDS[2]))),
+                pair(other),
+                r.mta_switches
+                    .as_ref()
+                    .map(|t| t.threads_started.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        let _ = writeln!(s, "\nclient commands:");
+        for r in &rows {
+            let client = r.client.as_ref().expect("filtered on client");
+            let _ = writeln!(
+                s,
+                "- run {}, {}: `{}`",
+                client.run, client.name, client.command
+            );
+        }
     }
 
     /// Write results.json and results.txt (and plots) into `dir`.
@@ -351,7 +478,7 @@ pub fn size_label(bytes: u64) -> String {
 }
 
 /// One cell's load spec.
-fn spec_for(
+pub(crate) fn spec_for(
     o: &RunOptions,
     target: SocketAddr,
     size: u64,
@@ -371,6 +498,15 @@ fn spec_for(
     spec
 }
 
+/// How a cell's load was shaped, for its row.
+#[derive(Clone, Copy, Debug)]
+pub struct CellLoad {
+    pub size_bytes: u64,
+    pub recipients: u64,
+    pub sessions: usize,
+    pub rate_per_s: Option<f64>,
+}
+
 /// Run one cell through `peer` (or straight into the sink) and measure it.
 pub fn run_cell(
     scenario: &str,
@@ -378,32 +514,77 @@ pub fn run_cell(
     sink: &Sink,
     spec: &LoadSpec,
 ) -> RunRow {
+    let cell = CellLoad {
+        size_bytes: spec.size.choices[0].0,
+        recipients: spec.recipients.choices[0].0,
+        sessions: spec.sessions,
+        rate_per_s: spec.rate,
+    };
+    measure_cell(scenario, peer, sink, cell, false, || run_load(spec))
+}
+
+/// Measure one cell whose load `drive` produces (ecbench's client or an
+/// outside generator): reset the sink, read the peer's CPU (and, with
+/// `count_switches`, sample its threads' context switches), drive, wait
+/// until the sink holds every accepted recipient, read again.
+pub fn measure_cell(
+    scenario: &str,
+    peer: Option<&RunningPeer>,
+    sink: &Sink,
+    cell: CellLoad,
+    count_switches: bool,
+    drive: impl FnOnce() -> LoadReport,
+) -> RunRow {
     sink.reset();
-    let cpu_before = peer.map(|p| p.cpu()).unwrap_or_default();
+    let cpu_before = peer.map(|p| p.cpu_split()).unwrap_or_default();
+    let sampler = peer
+        .filter(|_| count_switches)
+        .map(|p| SwitchSampler::start(p.root_pid));
     let started = Instant::now();
-    let load: LoadReport = run_load(spec);
+    let load: LoadReport = drive();
     let complete = sink.wait_for_recipients(load.recipients_accepted, DRAIN_TIMEOUT);
     let sink_report: SinkReport = sink.report();
     // CPU right after the last arrival: the peer's idle time is not counted.
-    let cpu = peer
-        .map(|p| p.cpu().saturating_sub(cpu_before))
+    let (user, system) = peer
+        .map(|p| {
+            let (user, system) = p.cpu_split();
+            (
+                user.saturating_sub(cpu_before.0),
+                system.saturating_sub(cpu_before.1),
+            )
+        })
         .unwrap_or_default();
+    let mta_switches = sampler.map(SwitchSampler::finish);
+    let cpu = user + system;
     let seconds = if sink_report.last_arrival_s > 0.0 {
         sink_report.last_arrival_s
     } else {
         started.elapsed().as_secs_f64()
     };
     let seconds = seconds.max(load.elapsed_s.min(seconds)).max(1e-9);
+    // An outside generator does not count bytes; the sink does.
+    let bytes = if load.bytes_accepted > 0 {
+        load.bytes_accepted
+    } else {
+        sink_report.bytes
+    };
+    let per_message = |d: Duration| {
+        if load.accepted > 0 {
+            d.as_secs_f64() * 1e6 / load.accepted as f64
+        } else {
+            0.0
+        }
+    };
     let row = RunRow {
         scenario: scenario.to_string(),
         peer: peer.map(|p| p.kind.name()).unwrap_or("limit").to_string(),
         durability: peer
             .map(|p| p.durability.clone())
             .unwrap_or_else(|| "none (sink discards)".into()),
-        size_bytes: spec.size.choices[0].0,
-        recipients: spec.recipients.choices[0].0,
-        sessions: spec.sessions,
-        rate_per_s: spec.rate,
+        size_bytes: cell.size_bytes,
+        recipients: cell.recipients,
+        sessions: cell.sessions,
+        rate_per_s: cell.rate_per_s,
         sent: load.sent,
         accepted: load.accepted,
         arrived_messages: sink_report.messages,
@@ -413,17 +594,17 @@ pub fn run_cell(
         complete,
         msgs_per_s: load.accepted as f64 / seconds,
         accept_msgs_per_s: load.msgs_per_s,
-        mb_per_s: load.bytes_accepted as f64 / seconds / 1e6,
+        mb_per_s: bytes as f64 / seconds / 1e6,
         seconds,
         mta_cpu_s: cpu.as_secs_f64(),
-        mta_cpu_us_per_msg: if load.accepted > 0 {
-            cpu.as_secs_f64() * 1e6 / load.accepted as f64
-        } else {
-            0.0
-        },
+        mta_cpu_us_per_msg: per_message(cpu),
+        mta_user_us_per_msg: per_message(user),
+        arrived_bytes: sink_report.bytes,
         accept_latency: load.accept_latency.clone(),
         end_to_end_latency: sink_report.end_to_end_latency.clone(),
         errors: load.errors.clone(),
+        client: None,
+        mta_switches,
     };
     eprintln!(
         "ecbench: {scenario} {} {} x{} s{}: {:.0} msgs/s end to end, {:.0} accepted/s, CPU {:.0} us/msg, accept {}; arrived {}/{}{}",
@@ -442,14 +623,14 @@ pub fn run_cell(
     row
 }
 
-fn loopback_sink() -> Result<Sink> {
+pub(crate) fn loopback_sink() -> Result<Sink> {
     Ok(Sink::start(
         "127.0.0.1:0".parse().expect("static address"),
         ReplyScript::default(),
     )?)
 }
 
-fn fresh_dir(o: &RunOptions, name: &str) -> Result<PathBuf> {
+pub(crate) fn fresh_dir(o: &RunOptions, name: &str) -> Result<PathBuf> {
     let dir = o.work_dir.join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;

@@ -116,6 +116,18 @@ fn every_scenario_counts_every_message_in_smoke_mode() {
     assert_eq!(rows(&shards).len(), 2, "1 shard and 2 shards");
     assert_counts_add_up(&shards);
 
+    // Client shapes: 100 messages per shape in smoke mode; the three
+    // smtp-source rows need Postfix's smtp-source.
+    let shapes = run_scenario("shapes", "ecelerity", &dir);
+    let smtp_source = Path::new("/usr/sbin/smtp-source").exists();
+    assert_eq!(rows(&shapes).len(), if smtp_source { 4 } else { 1 });
+    for row in rows(&shapes) {
+        assert_eq!(row["accepted"], 100, "{row}");
+        assert!(row["mta_switches"].is_object(), "{row}");
+        assert!(row["client"]["command"].is_string(), "{row}");
+    }
+    assert_counts_add_up(&shapes);
+
     let queue = run_scenario("queue", "ecelerity", &dir);
     let measurements = queue["measurements"].as_array().expect("measurements");
     assert!(
