@@ -11,8 +11,8 @@
 //! channel drops that part).
 //!
 //! Path of a request: the asking thread pushes an [`Envelope`] into shard
-//! 0's control queue (a bounded crossbeam channel, polled every
-//! [`CONTROL_POLL_MS`] by shard 0); shard 0 sends a copy to every shard
+//! 0's control queue (a bounded crossbeam channel, polled by shard 0 every
+//! [`CONTROL_POLL_MS`] while requests come, once a tick otherwise); shard 0 sends a copy to every shard
 //! over the mesh (`ShardMsg::Control`, itself included); each shard
 //! answers into the envelope's reply channel; the asker gathers one part
 //! per shard or gives up after its timeout.
@@ -24,7 +24,8 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 
 use crate::queue::{Bindings, Queues};
 
-/// How often shard 0 looks at its control queue.
+/// How often shard 0 looks at its control queue while requests come (it
+/// looks once a tick otherwise).
 pub const CONTROL_POLL_MS: u64 = 10;
 /// Requests waiting for shard 0 at most; past it an asker is told busy.
 pub const CONTROL_QUEUE_MAX: usize = 64;

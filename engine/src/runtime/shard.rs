@@ -34,6 +34,9 @@ use crate::stats::{Counter, EngineStats};
 /// How often a shard checks the stop flag, refreshes its gauges and
 /// promotes due entries of its delayed queue.
 pub const TICK_MS: u64 = 100;
+/// How long shard 0 keeps polling its control queue quickly after a
+/// request.
+const CONTROL_BUSY_MS: u64 = 1_000;
 /// Ticks between two prunings of idle queues (one minute).
 const PRUNE_TICKS: u64 = 600;
 /// How often a ready shard checks whether it may start serving.
@@ -365,11 +368,19 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
 
 /// Shard 0 only: takes control requests from threads outside the shards
 /// and fans each out to every shard (see `control`).
+/// It looks every `CONTROL_POLL_MS` for a second after a request (a
+/// console session usually sends several) and every `TICK_MS` otherwise,
+/// so an idle shard is not woken a hundred times a second for nothing.
 async fn poll_control(shard: &Rc<Shard>, queue: Receiver<Envelope>) {
+    let mut last_request: Option<Instant> = None;
     while !shard.env.is_stopping() {
         while let Ok(envelope) = queue.try_recv() {
             shard.on_control(envelope);
+            last_request = Some(Instant::now());
         }
-        glommio::timer::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
+        let busy = last_request
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(CONTROL_BUSY_MS));
+        let pause = if busy { CONTROL_POLL_MS } else { TICK_MS };
+        glommio::timer::sleep(Duration::from_millis(pause)).await;
     }
 }
