@@ -378,8 +378,8 @@ async fn poll_control(shard: &Rc<Shard>, queue: Receiver<Envelope>) {
             shard.on_control(envelope);
             last_request = Some(Instant::now());
         }
-        let busy = last_request
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(CONTROL_BUSY_MS));
+        let busy =
+            last_request.is_some_and(|t| t.elapsed() < Duration::from_millis(CONTROL_BUSY_MS));
         let pause = if busy { CONTROL_POLL_MS } else { TICK_MS };
         glommio::timer::sleep(Duration::from_millis(pause)).await;
     }
