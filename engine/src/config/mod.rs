@@ -123,6 +123,8 @@ pub const LOGGER_NAME_DEFAULT: &str = "ec_logger";
 pub const MAINLOG_DEFAULT: &str = "/var/log/ecelerity/mainlog.ec";
 pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
 pub const PANICLOG_DEFAULT: &str = "/var/log/ecelerity/paniclog.ec";
+/// Momentum's bounce_logger default; here an `ec_logger` option.
+pub const BOUNCELOG_DEFAULT: &str = "/var/log/ecelerity/bouncelog.ec";
 
 /// The binding (and binding group) that exists without being declared and
 /// takes all mail not assigned elsewhere.
@@ -535,6 +537,7 @@ Control_Listener {
 ec_logger "ec_logger" {
   mainlog = "/logs/main.ec"
   rejectlog = "/logs/reject.ec"
+  bouncelog = "/logs/bounce.ec"
   paniclog = "/logs/panic.ec"
 }
 
@@ -641,6 +644,7 @@ domain "example.com" {
                 mainlog: "/logs/main.ec".into(),
                 rejectlog: "/logs/reject.ec".into(),
                 paniclog: "/logs/panic.ec".into(),
+                bouncelog: "/logs/bounce.ec".into(),
             }
         );
         assert_eq!(

@@ -604,6 +604,7 @@ option_family! {
         mainlog: PathBuf = "mainlog" in LOGGER, Kind::Path, default MAINLOG_DEFAULT.into();
         rejectlog: PathBuf = "rejectlog" in LOGGER, Kind::Path, default REJECTLOG_DEFAULT.into();
         paniclog: PathBuf = "paniclog" in LOGGER, Kind::Path, default PANICLOG_DEFAULT.into();
+        bouncelog: PathBuf = "bouncelog" in LOGGER, Kind::Path, default BOUNCELOG_DEFAULT.into();
     }
 }
 

@@ -1,9 +1,10 @@
 //! Applying the dispositions of one attempt: the mainlog lines (D, T, P),
-//! the counters, the delayed queue for retries, and the outcomes reported
+//! the bouncelog lines (B, with Momentum's bounce classification), the
+//! counters, the delayed queue for retries, and the outcomes reported
 //! to the message's home shard (with the failing reply, for the DSN).
 //!
 //! Owns: [`settle`] and [`sweep`]. May call: `disposition` (the decision),
-//! `pool` (back-off), `log`, `stats`, the queue (through [`Outbound`]),
+//! `pool` (back-off), `bounce` (classification), `log`, `stats`, the queue (through [`Outbound`]),
 //! `mesh` (reports).
 //! Never: deciding anything `disposition` decides.
 
@@ -11,9 +12,10 @@ use std::rc::Rc;
 
 use super::disposition::{dispose, AttemptReply, Disposition, History, ReplyClass};
 use super::{pool, Outbound};
+use crate::bounce::classify;
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
-use crate::log::{format_delivery, format_failure, Attempt, RecordIds};
+use crate::log::{format_bounce, format_delivery, format_failure, Attempt, Bounce, RecordIds};
 use crate::mesh::{Outcome, OutcomeKind};
 use crate::queue::{MessageId, MessageRef, QueueId};
 use crate::smtp::client::Stage;
@@ -166,7 +168,8 @@ pub(super) async fn settle(
     out.router.report(reports).await;
 }
 
-/// One mainlog line per recipient: `D`, `T` or `P`.
+/// One mainlog line per recipient (`D`, `T` or `P`), and a bouncelog `B`
+/// line per permanently failed one.
 fn log_attempt(
     out: &Outbound,
     entry: &MessageRef,
@@ -211,4 +214,24 @@ fn log_attempt(
             }
         }
     });
+    let failed = entry.rcpts.iter().zip(replies).zip(dispositions);
+    for (((_, rcpt), reply), disposition) in failed {
+        let Disposition::Failed { reply: why } = disposition else {
+            continue;
+        };
+        out.env.logs.bouncelog(|buf| {
+            let bounce = Bounce {
+                rcpt,
+                mail_from: &entry.mail_from,
+                binding_group: out.bindings.group(entry.binding),
+                binding: out.bindings.name(entry.binding),
+                stage: reply.stage,
+                bounce_code: classify(why),
+                size_bytes: entry.body.len as u64,
+                remote_ip,
+                raw_reply: why,
+            };
+            format_bounce(buf, &ids, &bounce);
+        });
+    }
 }

@@ -187,12 +187,12 @@ pub(super) async fn run(setup: Setup) {
             cut.reason
         );
     }
-    let logs = match ShardLogs::open(&config.logs().mainlog, &config.logs().rejectlog) {
+    let logs = match ShardLogs::open(config.logs()) {
         Ok(l) => l,
         Err(source) => {
             let _ = ready.send(Err(StartError::Io {
                 shard: id,
-                what: "cannot open the mainlog or rejectlog".into(),
+                what: "cannot open the mainlog, rejectlog or bouncelog".into(),
                 source,
             }));
             return;
