@@ -8,5 +8,6 @@
 //! (the home shard's `message` room reads the original and spools the DSN).
 
 pub mod classify;
+pub mod dsn;
 
 pub use classify::{bounce_class, classify, BounceClass, Category, BOUNCE_CLASSES};

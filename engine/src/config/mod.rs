@@ -505,6 +505,7 @@ body_timeout = 35
 remote_smtp_port = 2526
 ehlo_hostname = "out.example.net"
 bind_address = 192.0.2.1
+generate_bounces = false
 
 Security {
   user = ecuser
@@ -712,6 +713,7 @@ domain "example.com" {
                 max_retry_interval: secs(7200),
                 max_retries: MaxRetries::Count(10),
                 message_expiration: secs(604_800),
+                generate_bounces: false,
                 max_outbound_connections: 20,
                 max_recipients_per_batch: 50,
                 delivery_shards: 1,
@@ -726,6 +728,21 @@ domain "example.com" {
                 ehlo_hostname: "out.example.net".into(),
                 bind_address: Some("192.0.2.1".parse().unwrap()),
             }
+        );
+    }
+
+    #[test]
+    fn generate_bounces_is_on_by_default_and_off_where_a_domain_says() {
+        let config = parse(r#"domain "quiet.example" { generate_bounces = false }"#);
+        assert!(
+            config
+                .delivery(DEFAULT_BINDING, "loud.example")
+                .generate_bounces
+        );
+        assert!(
+            !config
+                .delivery(DEFAULT_BINDING, "quiet.example")
+                .generate_bounces
         );
     }
 

@@ -435,6 +435,8 @@ option_family! {
         /// Age at which an undelivered message fails permanently.
         message_expiration: Duration = "message_expiration" in OUTBOUND, INTERVAL,
             default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT);
+        /// Send a DSN to the return path when a recipient fails for good.
+        generate_bounces: bool = "generate_bounces" in OUTBOUND, Kind::Bool, default true;
         /// Concurrent connections per domain.
         max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND,
             integer(1, OUTBOUND_CONNECTIONS_MAX),

@@ -16,7 +16,7 @@ use crate::bounce::classify;
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
 use crate::log::{format_bounce, format_delivery, format_failure, Attempt, Bounce, RecordIds};
-use crate::mesh::{Outcome, OutcomeKind};
+use crate::mesh::{Failure, Outcome, OutcomeKind};
 use crate::queue::{MessageId, MessageRef, QueueId};
 use crate::smtp::client::Stage;
 use crate::stats::Counter;
@@ -112,16 +112,22 @@ pub(super) async fn settle(
     let mut reports = Vec::new();
     let mut retry: Vec<u32> = Vec::new();
     let mut retry_at = None;
-    for (((index, _), reply), disposition) in entry.rcpts.iter().zip(&replies).zip(dispositions) {
+    for (((index, rcpt), reply), disposition) in entry.rcpts.iter().zip(&replies).zip(dispositions)
+    {
         match disposition {
             Disposition::Delivered => delivered.push(*index),
             Disposition::Failed { reply: text } => reports.push(Outcome {
                 id: entry.id,
                 rcpts: vec![*index],
-                kind: OutcomeKind::Failed {
+                kind: OutcomeKind::Failed(Box::new(Failure {
                     reply: text.into(),
                     stage: reply.stage,
-                },
+                    rcpt: rcpt.clone(),
+                    mail_from: entry.mail_from.clone(),
+                    body: entry.body,
+                    received_unix_ms: entry.received_unix_ms,
+                    generate_bounce: options.generate_bounces,
+                })),
             }),
             Disposition::Retry {
                 attempts,

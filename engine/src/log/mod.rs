@@ -91,7 +91,9 @@ fn head(buf: &mut Vec<u8>, ids: &RecordIds<'_>, kind: u8) {
 pub struct Reception<'a> {
     pub rcpt: &'a str,
     pub mail_from: &'a str,
-    pub peer_ip: IpAddr,
+    /// The client's address; `None` (written `unknown`, as Momentum does)
+    /// for a message written by this MTA.
+    pub peer_ip: Option<IpAddr>,
     pub size_bytes: u64,
     pub protocol: &'a str,
     pub binding_group: &'a str,
@@ -107,7 +109,13 @@ pub fn format_reception(buf: &mut Vec<u8>, ids: &RecordIds<'_>, r: &Reception<'_
         buf.push(b'@');
         push_field(buf, field);
     }
-    let _ = write!(Fmt(buf), "@{}@{}@", r.peer_ip, r.size_bytes);
+    match r.peer_ip {
+        Some(ip) => {
+            let _ = write!(Fmt(buf), "@{ip}");
+        }
+        None => buf.extend_from_slice(b"@unknown"),
+    }
+    let _ = write!(Fmt(buf), "@{}@", r.size_bytes);
     push_field(buf, r.protocol);
     buf.push(b'@');
     push_field(buf, r.binding_group);
@@ -351,7 +359,7 @@ mod tests {
         let r = Reception {
             rcpt: "bob@example.com",
             mail_from: "news@example.net",
-            peer_ip: "10.0.0.5".parse().unwrap(),
+            peer_ip: Some("10.0.0.5".parse().unwrap()),
             size_bytes: 2048,
             protocol: "esmtp",
             binding_group: "default",

@@ -81,9 +81,7 @@ impl Inbox for Shard {
     }
 
     fn on_outcomes(&self, outcomes: Vec<Outcome>) {
-        for o in outcomes {
-            self.messages.on_outcome(o);
-        }
+        self.messages.on_outcomes(outcomes, &self.router);
     }
 
     fn on_control(&self, envelope: Envelope) {
@@ -304,16 +302,17 @@ fn wire(
     });
     let bindings = Rc::new(Bindings::from_config(config));
     let router = Rc::new(Router::new(env.clone(), bindings.clone(), senders));
+    let spool_dirs: Vec<PathBuf> = (0..count)
+        .map(|s| config.spoolbase().join(s.to_string()))
+        .collect();
     let messages = Rc::new(Messages::new(
         env.clone(),
         bindings.clone(),
         spool,
+        BodyReader::new(spool_dirs[id].clone()),
         now_unix_ms(),
         max_recovered_id,
     ));
-    let spool_dirs: Vec<PathBuf> = (0..count)
-        .map(|s| config.spoolbase().join(s.to_string()))
-        .collect();
     let outbound = Rc::new(Outbound::new(
         env.clone(),
         bindings.clone(),
