@@ -292,7 +292,8 @@ impl Messages {
         };
         if let Err(e) = self.headers.borrow_mut().read(&head, &mut original) {
             tracing::error!(
-                "spool: cannot read the headers of {id} for its DSN ({e}); the DSN goes                  without them"
+                "spool: cannot read the headers of {id} for its DSN ({e}); the DSN goes \
+                 without them"
             );
             original.clear();
         }
@@ -332,9 +333,15 @@ impl Messages {
         drop(recipients);
         let entries = match self.inject(dsn_id, &envelope, &body).await {
             Ok(entries) => entries,
+            // A closed spool is the normal end of a shutdown.
+            Err(RefusedBecause::Spool(SpoolError::Closed)) => {
+                tracing::debug!("spool closed: the failures of {id} are replayed after restart");
+                return;
+            }
             Err(e) => {
                 tracing::error!(
-                    "spool: cannot spool the DSN of {id} ({e:?}); its failed recipients                      stay live and are tried again after a restart"
+                    "spool: cannot spool the DSN of {id} ({e:?}); its failed recipients \
+                     stay live and are tried again after a restart"
                 );
                 return;
             }
