@@ -238,30 +238,15 @@ impl Messages {
     /// routed through `router`, and only then recorded. The rest is
     /// recorded at once.
     pub fn on_outcomes(self: &Rc<Self>, outcomes: Vec<Outcome>, router: &Rc<Router>) {
-        let mut bouncing: Vec<(MessageId, Vec<Outcome>)> = Vec::new();
-        for outcome in outcomes {
+        for outcome in &outcomes {
             assert_eq!(
                 outcome.id.home_shard(),
                 self.env.id,
                 "outcome sent to the wrong home shard"
             );
-            if let OutcomeKind::Failed(failure) = &outcome.kind {
-                if !failure.generate_bounce {
-                    // Off for this (binding, domain): the P and B lines say it all.
-                } else if failure.mail_from.is_empty() {
-                    tracing::debug!(
-                        "{}: no DSN for {} (null return path: never a bounce of a bounce)",
-                        outcome.id,
-                        failure.rcpt
-                    );
-                } else {
-                    match bouncing.iter_mut().find(|(id, _)| *id == outcome.id) {
-                        Some((_, group)) => group.push(outcome),
-                        None => bouncing.push((outcome.id, vec![outcome])),
-                    }
-                    continue;
-                }
-            }
+        }
+        let (now, bouncing) = split_bounces(outcomes);
+        for outcome in now {
             self.on_outcome(outcome);
         }
         for (id, failed) in bouncing {
@@ -463,6 +448,38 @@ impl Messages {
     }
 }
 
+/// Splits a batch of outcomes into those recorded at once and, per message
+/// (in order of first appearance), the permanent failures that call for a
+/// DSN: `generate_bounce` set and a return path that is not null (never a
+/// bounce of a bounce; the P and B lines are all that is written then).
+fn split_bounces(outcomes: Vec<Outcome>) -> (Vec<Outcome>, Vec<(MessageId, Vec<Outcome>)>) {
+    let mut now = Vec::with_capacity(outcomes.len());
+    let mut bouncing: Vec<(MessageId, Vec<Outcome>)> = Vec::new();
+    let mut group_of: HashMap<u64, usize> = HashMap::new();
+    for outcome in outcomes {
+        let due = match &outcome.kind {
+            OutcomeKind::Failed(f) if f.generate_bounce && f.mail_from.is_empty() => {
+                tracing::debug!("{}: no DSN for {} (null return path)", outcome.id, f.rcpt);
+                false
+            }
+            OutcomeKind::Failed(f) => f.generate_bounce,
+            _ => false,
+        };
+        if !due {
+            now.push(outcome);
+            continue;
+        }
+        match group_of.get(&outcome.id.0) {
+            Some(&at) => bouncing[at].1.push(outcome),
+            None => {
+                group_of.insert(outcome.id.0, bouncing.len());
+                bouncing.push((outcome.id, vec![outcome]));
+            }
+        }
+    }
+    (now, bouncing)
+}
+
 /// The recipients of a recovered message without a final outcome, as
 /// (index, attempts, next attempt), from its notes.
 fn pending_recipients(envelope: &SpooledEnvelope, m: &RecoveredMessage) -> Vec<(u32, u32, u64)> {
@@ -494,4 +511,59 @@ fn pending_recipients(envelope: &SpooledEnvelope, m: &RecoveredMessage) -> Vec<(
         .filter(|&i| !done[i])
         .map(|i| (i as u32, schedule[i].0, schedule[i].1))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(id: MessageId, index: u32, mail_from: &str, generate_bounce: bool) -> Outcome {
+        Outcome {
+            id,
+            rcpts: vec![index],
+            kind: OutcomeKind::Failed(Box::new(Failure {
+                reply: "550 5.1.1 user unknown".into(),
+                stage: 4,
+                rcpt: format!("r{index}@example.com").into(),
+                mail_from: mail_from.into(),
+                body: BodyRef {
+                    segment: 1,
+                    offset: 0,
+                    len: 10,
+                },
+                received_unix_ms: 0,
+                generate_bounce,
+            })),
+        }
+    }
+
+    /// Goal: one DSN per message per batch, none for a null return path or
+    /// where generate_bounces is off. Method: a batch mixing deliveries
+    /// and failures of three messages, split.
+    #[test]
+    fn failures_group_per_message_and_skip_null_senders_and_disabled_bounces() {
+        let (a, b, c) = (
+            MessageId::new(0, 1),
+            MessageId::new(0, 2),
+            MessageId::new(0, 3),
+        );
+        let batch = vec![
+            failed(a, 0, "s@example.net", true),
+            Outcome {
+                id: a,
+                rcpts: vec![1],
+                kind: OutcomeKind::Delivered,
+            },
+            failed(b, 0, "", true),
+            failed(c, 0, "s@example.net", false),
+            failed(a, 2, "s@example.net", true),
+        ];
+        let (now, bouncing) = split_bounces(batch);
+        assert_eq!(bouncing.len(), 1);
+        assert_eq!(bouncing[0].0, a);
+        let rcpts: Vec<u32> = bouncing[0].1.iter().map(|o| o.rcpts[0]).collect();
+        assert_eq!(rcpts, [0, 2]);
+        let ids: Vec<MessageId> = now.iter().map(|o| o.id).collect();
+        assert_eq!(ids, [a, b, c], "recorded at once, in order");
+    }
 }
