@@ -206,3 +206,40 @@ fn a_failed_message_with_a_null_return_path_is_not_bounced() {
         "{mainlog:?}"
     );
 }
+
+/// Goal: a recipient that runs out of retries is a timeout bounce.
+/// Method: the sink defers `tempfail*` with 451; with `max_retries = 1`
+/// the second attempt fails it with our `554 5.4.7`: a B line with code 24
+/// and a DSN whose status is 5.4.7.
+#[test]
+fn a_recipient_out_of_retries_bounces_as_a_timeout() {
+    let dir = TempDir::new("bounces-expiry");
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let mut config = TestConfig::new(sink.port());
+    config.extra.push_str("max_retries = 1\n");
+    let daemon = Daemon::start(dir.path(), &config.render());
+    send(
+        daemon.smtp_port(),
+        "sender@example.net",
+        &["tempfail-gil@example.com"],
+        "expire-me",
+    );
+    let b = wait_for_bounce_lines(dir.path(), 1);
+    assert_eq!(
+        (b[0][5].as_str(), b[0][12].as_str()),
+        ("tempfail-gil", "24")
+    );
+    assert!(
+        b[0][15].starts_with("554 5.4.7 [internal] exceeded max retries"),
+        "{b:?}"
+    );
+    let messages = sink.wait_for_messages(1, WAIT);
+    let facts = read_dsn(&messages[0]);
+    let recipients = fact(&facts, "recipient");
+    assert_eq!(recipients.len(), 1, "{facts:?}");
+    assert!(
+        recipients[0]
+            .starts_with("rfc822; tempfail-gil@example.com\tfailed\t5.4.7\tsmtp; 554 5.4.7"),
+        "{recipients:?}"
+    );
+}
