@@ -15,12 +15,15 @@
 //! - [`mesh`]: what crosses between shards, and the router; calls `queue`.
 //! - [`control`]: control requests answered by every shard; [`console`]
 //!   serves them (and the counters) on the control socket.
+//! - [`bounce`]: pure bounce parts (Momentum's classification, the
+//!   RFC 3464 DSN builder), called by `delivery` and `message`.
 //! - [`queue`], [`smtp`], [`config`], [`stats`], [`log`], [`transport`],
 //!   [`env`], [`clock`]: leaves (types, pure protocol code, shared pieces).
 //!
 //! May call: `ecelerity-spool` (durable storage), `ecelerity-policy`
 //! (reception phases). Never: anything in `cli` (the binaries call us).
 
+pub mod bounce;
 pub mod clock;
 pub mod config;
 pub mod console;

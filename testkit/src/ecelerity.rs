@@ -118,7 +118,7 @@ impl EcelerityConfig {
             "ESMTP_Listener {{ Listen \"127.0.0.1:{smtp}\" {{ }} }}\n\
              Control_Listener {{ Listen \"{control}\" {{ File_Mode = 0600 }} }}\n\
              ec_logger \"ec_logger\" {{ mainlog = \"{mainlog}\" rejectlog = \"log/rejectlog.ec\" \
-             paniclog = \"log/paniclog.ec\" }}\n\
+             paniclog = \"log/paniclog.ec\" bouncelog = \"log/bouncelog.ec\" }}\n\
              {extra}\n",
             smtp = self.smtp_port,
             control = CONTROL_SOCKET_RELATIVE,

@@ -14,7 +14,8 @@ case-insensitive):
   tempfail*  -> 451 4.3.0 at RCPT TO
   reject*    -> 550 5.1.1 at RCPT TO
   datafail*  -> accepted at RCPT TO, 451 4.3.0 after DATA (nothing stored)
-More rules: --rule PREFIX=CODE (RCPT stage) or --data-rule PREFIX=CODE.
+More rules: --rule PREFIX=CODE (RCPT stage) or --data-rule PREFIX=CODE; a
+rule may give the whole reply instead, e.g. --rule "full=552 5.2.2 mailbox full".
 """
 
 import argparse
@@ -50,9 +51,13 @@ def reply_for(code):
 
 
 def parse_rule(text):
-    prefix, sep, code = text.partition("=")
+    prefix, sep, reply = text.partition("=")
     if not sep or not prefix:
         raise argparse.ArgumentTypeError(f"rule {text!r} is not PREFIX=CODE")
+    code, space, _ = reply.partition(" ")
+    if space:
+        reply_for(code)  # checks the code's range
+        return (prefix.lower(), reply)
     return (prefix.lower(), reply_for(code))
 
 

@@ -123,6 +123,8 @@ pub const LOGGER_NAME_DEFAULT: &str = "ec_logger";
 pub const MAINLOG_DEFAULT: &str = "/var/log/ecelerity/mainlog.ec";
 pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
 pub const PANICLOG_DEFAULT: &str = "/var/log/ecelerity/paniclog.ec";
+/// Momentum's bounce_logger default; here an `ec_logger` option.
+pub const BOUNCELOG_DEFAULT: &str = "/var/log/ecelerity/bouncelog.ec";
 
 /// The binding (and binding group) that exists without being declared and
 /// takes all mail not assigned elsewhere.
@@ -503,6 +505,7 @@ body_timeout = 35
 remote_smtp_port = 2526
 ehlo_hostname = "out.example.net"
 bind_address = 192.0.2.1
+generate_bounces = false
 
 Security {
   user = ecuser
@@ -535,6 +538,7 @@ Control_Listener {
 ec_logger "ec_logger" {
   mainlog = "/logs/main.ec"
   rejectlog = "/logs/reject.ec"
+  bouncelog = "/logs/bounce.ec"
   paniclog = "/logs/panic.ec"
 }
 
@@ -641,6 +645,7 @@ domain "example.com" {
                 mainlog: "/logs/main.ec".into(),
                 rejectlog: "/logs/reject.ec".into(),
                 paniclog: "/logs/panic.ec".into(),
+                bouncelog: "/logs/bounce.ec".into(),
             }
         );
         assert_eq!(
@@ -708,6 +713,7 @@ domain "example.com" {
                 max_retry_interval: secs(7200),
                 max_retries: MaxRetries::Count(10),
                 message_expiration: secs(604_800),
+                generate_bounces: false,
                 max_outbound_connections: 20,
                 max_recipients_per_batch: 50,
                 delivery_shards: 1,
@@ -722,6 +728,21 @@ domain "example.com" {
                 ehlo_hostname: "out.example.net".into(),
                 bind_address: Some("192.0.2.1".parse().unwrap()),
             }
+        );
+    }
+
+    #[test]
+    fn generate_bounces_is_on_by_default_and_off_where_a_domain_says() {
+        let config = parse(r#"domain "quiet.example" { generate_bounces = false }"#);
+        assert!(
+            config
+                .delivery(DEFAULT_BINDING, "loud.example")
+                .generate_bounces
+        );
+        assert!(
+            !config
+                .delivery(DEFAULT_BINDING, "quiet.example")
+                .generate_bounces
         );
     }
 

@@ -435,6 +435,8 @@ option_family! {
         /// Age at which an undelivered message fails permanently.
         message_expiration: Duration = "message_expiration" in OUTBOUND, INTERVAL,
             default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT);
+        /// Send a DSN to the return path when a recipient fails for good.
+        generate_bounces: bool = "generate_bounces" in OUTBOUND, Kind::Bool, default true;
         /// Concurrent connections per domain.
         max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND,
             integer(1, OUTBOUND_CONNECTIONS_MAX),
@@ -604,6 +606,7 @@ option_family! {
         mainlog: PathBuf = "mainlog" in LOGGER, Kind::Path, default MAINLOG_DEFAULT.into();
         rejectlog: PathBuf = "rejectlog" in LOGGER, Kind::Path, default REJECTLOG_DEFAULT.into();
         paniclog: PathBuf = "paniclog" in LOGGER, Kind::Path, default PANICLOG_DEFAULT.into();
+        bouncelog: PathBuf = "bouncelog" in LOGGER, Kind::Path, default BOUNCELOG_DEFAULT.into();
     }
 }
 

@@ -1,9 +1,10 @@
 //! Applying the dispositions of one attempt: the mainlog lines (D, T, P),
-//! the counters, the delayed queue for retries, and the outcomes reported
+//! the bouncelog lines (B, with Momentum's bounce classification), the
+//! counters, the delayed queue for retries, and the outcomes reported
 //! to the message's home shard (with the failing reply, for the DSN).
 //!
 //! Owns: [`settle`] and [`sweep`]. May call: `disposition` (the decision),
-//! `pool` (back-off), `log`, `stats`, the queue (through [`Outbound`]),
+//! `pool` (back-off), `bounce` (classification), `log`, `stats`, the queue (through [`Outbound`]),
 //! `mesh` (reports).
 //! Never: deciding anything `disposition` decides.
 
@@ -11,10 +12,11 @@ use std::rc::Rc;
 
 use super::disposition::{dispose, AttemptReply, Disposition, History, ReplyClass};
 use super::{pool, Outbound};
+use crate::bounce::classify;
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
-use crate::log::{format_delivery, format_failure, Attempt, RecordIds};
-use crate::mesh::{Outcome, OutcomeKind};
+use crate::log::{format_bounce, format_delivery, format_failure, Attempt, Bounce, RecordIds};
+use crate::mesh::{Failure, Outcome, OutcomeKind};
 use crate::queue::{MessageId, MessageRef, QueueId};
 use crate::smtp::client::Stage;
 use crate::stats::Counter;
@@ -110,16 +112,22 @@ pub(super) async fn settle(
     let mut reports = Vec::new();
     let mut retry: Vec<u32> = Vec::new();
     let mut retry_at = None;
-    for (((index, _), reply), disposition) in entry.rcpts.iter().zip(&replies).zip(dispositions) {
+    for (((index, rcpt), reply), disposition) in entry.rcpts.iter().zip(&replies).zip(dispositions)
+    {
         match disposition {
             Disposition::Delivered => delivered.push(*index),
             Disposition::Failed { reply: text } => reports.push(Outcome {
                 id: entry.id,
                 rcpts: vec![*index],
-                kind: OutcomeKind::Failed {
+                kind: OutcomeKind::Failed(Box::new(Failure {
                     reply: text.into(),
                     stage: reply.stage,
-                },
+                    rcpt: rcpt.clone(),
+                    mail_from: entry.mail_from.clone(),
+                    body: entry.body,
+                    received_unix_ms: entry.received_unix_ms,
+                    generate_bounce: options.generate_bounces,
+                })),
             }),
             Disposition::Retry {
                 attempts,
@@ -166,7 +174,8 @@ pub(super) async fn settle(
     out.router.report(reports).await;
 }
 
-/// One mainlog line per recipient: `D`, `T` or `P`.
+/// One mainlog line per recipient (`D`, `T` or `P`), and a bouncelog `B`
+/// line per permanently failed one.
 fn log_attempt(
     out: &Outbound,
     entry: &MessageRef,
@@ -211,4 +220,24 @@ fn log_attempt(
             }
         }
     });
+    let failed = entry.rcpts.iter().zip(replies).zip(dispositions);
+    for (((_, rcpt), reply), disposition) in failed {
+        let Disposition::Failed { reply: why } = disposition else {
+            continue;
+        };
+        out.env.logs.bouncelog(|buf| {
+            let bounce = Bounce {
+                rcpt,
+                mail_from: &entry.mail_from,
+                binding_group: out.bindings.group(entry.binding),
+                binding: out.bindings.name(entry.binding),
+                stage: reply.stage,
+                bounce_code: classify(why),
+                size_bytes: entry.body.len as u64,
+                remote_ip,
+                raw_reply: why,
+            };
+            format_bounce(buf, &ids, &bounce);
+        });
+    }
 }

@@ -40,7 +40,7 @@ use glommio::sync::Gate;
 use crate::clock::now_unix_ms;
 use crate::config::{Config, ListenerConfig};
 use crate::env::{ShardEnv, Stopping};
-use crate::log::{format_reception, format_rejection, Reception, RecordIds, Rejection};
+use crate::log::{format_rejection, Rejection};
 use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
 use crate::queue::record::SpooledEnvelope;
@@ -61,6 +61,8 @@ pub const READ_BUFFER_BYTES: usize = 16 * 1024;
 pub const COMMAND_READ_BYTES: usize = 1024;
 /// Pause after an accept error (EMFILE and friends) before trying again.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// The R-line protocol of a message received over SMTP.
+const PROTOCOL_ESMTP: &str = "esmtp";
 /// The session's phase name while it reads a DATA (`phase_name()`).
 const PHASE_DATA: &str = "data";
 
@@ -668,7 +670,11 @@ async fn receive(
             return (SpoolOutcome::TemporaryFailure, received);
         }
     };
-    log_receptions(shard, conn, id, &spooled, body.len() as u64);
+    let size_bytes = body.len() as u64;
+    let peer_ip = Some(conn.peer.ip());
+    shard
+        .messages
+        .log_receptions(id, &spooled, size_bytes, peer_ip, PROTOCOL_ESMTP);
     let entries = shard.messages.entries_for(
         id,
         spooled_ref.body,
@@ -681,38 +687,6 @@ async fn receive(
         glommio::timer::sleep(delay).await;
     }
     (SpoolOutcome::Queued { queue_id }, received)
-}
-
-fn log_receptions(
-    shard: &Inbound,
-    conn: &Conn,
-    id: MessageId,
-    envelope: &SpooledEnvelope,
-    size: u64,
-) {
-    let message_id = id.to_string();
-    let connection_id = MessageId(conn.id).to_string();
-    let ids = RecordIds {
-        unix_secs: envelope.received_unix_ms / 1000,
-        message_id: &message_id,
-        batch_id: &message_id,
-        connection_id: &connection_id,
-    };
-    let binding = shard.bindings.id(&envelope.binding);
-    shard.env.logs.mainlog(|buf| {
-        for rcpt in &envelope.rcpts {
-            let r = Reception {
-                rcpt,
-                mail_from: &envelope.mail_from,
-                peer_ip: conn.peer.ip(),
-                size_bytes: size,
-                protocol: "esmtp",
-                binding_group: shard.bindings.group(binding),
-                binding: shard.bindings.name(binding),
-            };
-            format_reception(buf, &ids, &r);
-        }
-    });
 }
 
 /// Writes a rejectlog line for each final 4xx/5xx reply line the session

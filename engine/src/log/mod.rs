@@ -1,4 +1,5 @@
-//! Momentum's logs: mainlog (R, D, T, P records), rejectlog and paniclog.
+//! Momentum's logs: mainlog (R, D, T, P records), bouncelog (B records),
+//! rejectlog and paniclog.
 //!
 //! Owns: the line formats (tested against golden lines) and the per-shard
 //! writers. Each shard formats into its own buffer and writes it with one
@@ -6,7 +7,8 @@
 //! a lock and lines from different shards never interleave (an O_APPEND
 //! write to a regular file is placed atomically). The paniclog takes a lock:
 //! it is for diagnostics, never per message.
-//! May call: std, tracing. Never: the spool, the network.
+//! May call: std, tracing, `config` (the log paths). Never: the spool, the
+//! network.
 
 mod panic;
 
@@ -19,6 +21,8 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use crate::config::LogPaths;
 
 /// A shard writes its buffer out once it holds this much, even before the
 /// periodic flush.
@@ -87,7 +91,9 @@ fn head(buf: &mut Vec<u8>, ids: &RecordIds<'_>, kind: u8) {
 pub struct Reception<'a> {
     pub rcpt: &'a str,
     pub mail_from: &'a str,
-    pub peer_ip: IpAddr,
+    /// The client's address; `None` (written `unknown`, as Momentum does)
+    /// for a message written by this MTA.
+    pub peer_ip: Option<IpAddr>,
     pub size_bytes: u64,
     pub protocol: &'a str,
     pub binding_group: &'a str,
@@ -103,7 +109,13 @@ pub fn format_reception(buf: &mut Vec<u8>, ids: &RecordIds<'_>, r: &Reception<'_
         buf.push(b'@');
         push_field(buf, field);
     }
-    let _ = write!(Fmt(buf), "@{}@{}@", r.peer_ip, r.size_bytes);
+    match r.peer_ip {
+        Some(ip) => {
+            let _ = write!(Fmt(buf), "@{ip}");
+        }
+        None => buf.extend_from_slice(b"@unknown"),
+    }
+    let _ = write!(Fmt(buf), "@{}@", r.size_bytes);
     push_field(buf, r.protocol);
     buf.push(b'@');
     push_field(buf, r.binding_group);
@@ -166,6 +178,47 @@ fn attempt_head(buf: &mut Vec<u8>, ids: &RecordIds<'_>, kind: u8, a: &Attempt<'_
     push_field(buf, a.binding);
 }
 
+/// Fields of a bouncelog record: one per permanently failed recipient.
+pub struct Bounce<'a> {
+    pub rcpt: &'a str,
+    pub mail_from: &'a str,
+    pub binding_group: &'a str,
+    pub binding: &'a str,
+    /// Momentum's connection stage code the failure came at.
+    pub stage: u8,
+    /// Momentum's bounce classification code (`bounce::classify`).
+    pub bounce_code: u16,
+    /// Size of the message in bytes.
+    pub size_bytes: u64,
+    /// The remote host's address, or empty when none was reached.
+    pub remote_ip: &'a str,
+    /// The failing reply as received (or ours, for expiry).
+    pub raw_reply: &'a str,
+}
+
+/// `ts@msgid@batchid@connid@B@rcpt_local@rcpt_domain@from_local@from_domain@binding_group@binding@stage@bounce_code@size@remote_ip@raw_reply`
+pub fn format_bounce(buf: &mut Vec<u8>, ids: &RecordIds<'_>, b: &Bounce<'_>) {
+    head(buf, ids, b'B');
+    let (rcpt_local, rcpt_domain) = split_address(b.rcpt);
+    let (from_local, from_domain) = split_address(b.mail_from);
+    for field in [
+        rcpt_local,
+        rcpt_domain,
+        from_local,
+        from_domain,
+        b.binding_group,
+        b.binding,
+    ] {
+        buf.push(b'@');
+        push_field(buf, field);
+    }
+    let _ = write!(Fmt(buf), "@{}@{}@{}@", b.stage, b.bounce_code, b.size_bytes);
+    push_field(buf, b.remote_ip);
+    buf.push(b'@');
+    push_field(buf, b.raw_reply);
+    buf.push(b'\n');
+}
+
 /// Fields of a rejectlog line.
 pub struct Rejection<'a> {
     pub remote: &'a str,
@@ -207,24 +260,45 @@ pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
-/// A shard's mainlog and rejectlog: buffers it formats into, written out by
-/// [`ShardLogs::flush`] (called every [`LOG_FLUSH_INTERVAL_MS`] and when a
-/// buffer passes [`LOG_BUFFER_BYTES_MAX`]).
+/// Bytes a shard's bouncelog buffer starts with: bounces are rare next to
+/// deliveries, so it starts small and grows to [`LOG_BUFFER_BYTES_MAX`].
+pub const BOUNCELOG_BUFFER_BYTES_INITIAL: usize = 4096;
+
+/// A shard's mainlog, bouncelog and rejectlog: buffers it formats into,
+/// written out by [`ShardLogs::flush`] (called every
+/// [`LOG_FLUSH_INTERVAL_MS`] and when the mainlog or bouncelog buffer
+/// passes [`LOG_BUFFER_BYTES_MAX`]).
 pub struct ShardLogs {
     mainlog: File,
     rejectlog: File,
+    bouncelog: File,
     main: RefCell<Vec<u8>>,
     reject: RefCell<Vec<u8>>,
+    bounce: RefCell<Vec<u8>>,
 }
 
 impl ShardLogs {
-    pub fn open(mainlog: &Path, rejectlog: &Path) -> io::Result<ShardLogs> {
+    pub fn open(paths: &LogPaths) -> io::Result<ShardLogs> {
         Ok(ShardLogs {
-            mainlog: open_append(mainlog, 0o644)?,
-            rejectlog: open_append(rejectlog, 0o644)?,
+            mainlog: open_append(&paths.mainlog, 0o644)?,
+            rejectlog: open_append(&paths.rejectlog, 0o644)?,
+            bouncelog: open_append(&paths.bouncelog, 0o644)?,
             main: RefCell::new(Vec::with_capacity(LOG_BUFFER_BYTES_MAX)),
             reject: RefCell::new(Vec::with_capacity(4096)),
+            bounce: RefCell::new(Vec::with_capacity(BOUNCELOG_BUFFER_BYTES_INITIAL)),
         })
+    }
+
+    /// Formats bouncelog records with `f`; flushes if the buffer is full.
+    pub fn bouncelog(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        let full = {
+            let mut buf = self.bounce.borrow_mut();
+            f(&mut buf);
+            buf.len() >= LOG_BUFFER_BYTES_MAX
+        };
+        if full {
+            self.flush();
+        }
     }
 
     /// Formats one mainlog record with `f`; flushes if the buffer is full.
@@ -243,12 +317,13 @@ impl ShardLogs {
         f(&mut self.reject.borrow_mut());
     }
 
-    /// Writes both buffers out, one write each. A failed write is reported
+    /// Writes the buffers out, one write each. A failed write is reported
     /// to the paniclog and the lines are dropped: logs never hold up mail.
     pub fn flush(&self) {
         for (buf, mut file, name) in [
             (&self.main, &self.mainlog, "mainlog"),
             (&self.reject, &self.rejectlog, "rejectlog"),
+            (&self.bounce, &self.bouncelog, "bouncelog"),
         ] {
             let mut buf = buf.borrow_mut();
             if buf.is_empty() {
@@ -284,7 +359,7 @@ mod tests {
         let r = Reception {
             rcpt: "bob@example.com",
             mail_from: "news@example.net",
-            peer_ip: "10.0.0.5".parse().unwrap(),
+            peer_ip: Some("10.0.0.5".parse().unwrap()),
             size_bytes: 2048,
             protocol: "esmtp",
             binding_group: "default",
@@ -317,6 +392,47 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "1700000000@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3F@D@example.com@2048@default@default@1@3.120@192.0.2.25");
         assert_eq!(lines[1], "1700000000@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3F@P@example.com@2048@default@default@5@1@3.120@192.0.2.25@550 5.1.1 no such user");
+    }
+
+    #[test]
+    fn bounce_line_matches_momentum_layout() {
+        let b = Bounce {
+            rcpt: "bob@example.com",
+            mail_from: "news@example.net",
+            binding_group: "default",
+            binding: "default",
+            stage: 5,
+            bounce_code: 10,
+            size_bytes: 2048,
+            remote_ip: "192.0.2.25",
+            raw_reply: "550 5.1.1 <bob@example.com>: user unknown",
+        };
+        let mut buf = Vec::new();
+        format_bounce(&mut buf, &ids(), &b);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "1700000000@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3D@00/00-01234-0A1B2C3F@B@bob@example.com@news@example.net@default@default@5@10@2048@192.0.2.25@550 5.1.1 <bob\\@example.com>: user unknown\n"
+        );
+    }
+
+    #[test]
+    fn bounce_line_of_a_null_sender_keeps_its_field_count() {
+        let b = Bounce {
+            rcpt: "bob@example.com",
+            mail_from: "",
+            binding_group: "default",
+            binding: "default",
+            stage: 0,
+            bounce_code: 24,
+            size_bytes: 10,
+            remote_ip: "",
+            raw_reply: "554 5.4.7 [internal] exceeded max time without delivery",
+        };
+        let mut buf = Vec::new();
+        format_bounce(&mut buf, &ids(), &b);
+        let line = String::from_utf8(buf).unwrap();
+        assert_eq!(line.trim_end().split('@').count(), 16, "{line}");
+        assert!(line.contains("@bob@example.com@@@default@default@0@24@10@@554 5.4.7"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use ecelerity_spool::BodyRef;
 use glommio::channels::channel_mesh::Senders;
 
 use crate::control;
@@ -54,14 +55,35 @@ pub struct Outcome {
 pub enum OutcomeKind {
     /// Delivered: nothing more to do for them.
     Delivered,
-    /// Failed permanently, with the reply that decided it and the stage
-    /// it came at (the DSN is built from them).
-    Failed { reply: Box<str>, stage: u8 },
+    /// Failed permanently: the reply that decided it, and what the home
+    /// shard needs for the DSN (boxed: failures are rare, and the other
+    /// kinds stay small).
+    Failed(Box<Failure>),
     /// Failed transiently; the queue owner will try again then.
     Retry {
         attempts: u32,
         next_attempt_unix_ms: u64,
     },
+}
+
+/// A permanent failure of one recipient, with what its home shard needs to
+/// write a DSN. It travels with the failure so that the live set need not
+/// keep every message's envelope for the few that fail.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The reply that decided it (remote, or our `554 5.4.7` on expiry).
+    pub reply: Box<str>,
+    /// Momentum's connection stage code the reply came at.
+    pub stage: u8,
+    pub rcpt: Box<str>,
+    /// The message's return path; empty for the null sender (no DSN then).
+    pub mail_from: Box<str>,
+    /// Where the original's body sits in its home shard's spool (its
+    /// header block goes into the DSN).
+    pub body: BodyRef,
+    pub received_unix_ms: u64,
+    /// `generate_bounces` of the recipient's (binding, domain).
+    pub generate_bounce: bool,
 }
 
 impl OutcomeKind {

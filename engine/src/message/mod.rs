@@ -1,25 +1,45 @@
 //! The life of a message on its home shard (the shard that received and
-//! spooled it): admission against the live-set limit, spooling, splitting
-//! into queue entries, recording outcomes, completion, and requeueing what
-//! recovery found after a restart.
+//! spooled it): admission against the live-set limit, spooling, the R
+//! lines, splitting into queue entries, recording outcomes, bounces (a DSN
+//! per message per batch of permanent failures), completion, and
+//! requeueing what recovery found after a restart.
 //!
 //! Owns: the live set (message id → recipients not yet final), message
-//! ids, the engine's notes and completions in the spool.
-//! May call: the spool, `queue` (entries, records), `mesh` (outcome types),
-//! `env`. Never: queues of any shard (it returns entries; the caller
-//! routes them), sockets.
+//! ids, the engine's notes and completions in the spool, the injection of
+//! DSNs.
+//! May call: the spool (appends; body reads of its own segments),
+//! `queue` (entries, records), `mesh` (outcome types; the router, only to
+//! send a DSN it injected to its queue owner), `bounce` (the DSN builder),
+//! `log` (R lines), `env`. Never: queues of any shard, sockets.
+//!
+//! A DSN is a message like any other: spooled with the group commit, then
+//! routed. The failures it reports are recorded (and the original perhaps
+//! completed) only once the DSN is durable, so a crash in between replays
+//! the failures (a duplicate DSN) rather than losing the bounce.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 
-use ecelerity_spool::{BodyRef, RecoveredMessage, Spool, SpoolError};
+use ecelerity_spool::{BodyReader, BodyRef, RecoveredMessage, Spool, SpoolError};
 
+use crate::bounce::dsn::{self, FailedRecipient, ORIGINAL_HEADERS_BYTES_MAX};
+use crate::clock::now_unix_ms;
+use crate::config::DEFAULT_BINDING;
 use crate::env::ShardEnv;
-use crate::mesh::{Outcome, OutcomeKind};
+use crate::log::{format_reception, Reception, RecordIds};
+use crate::mesh::{Failure, Outcome, OutcomeKind, Router};
 use crate::queue::record::{Note, SpooledEnvelope};
 use crate::queue::{domain_of, Bindings, MessageId, MessageRef, LIVE_MESSAGES_PER_SHARD_MAX};
 use crate::stats::Counter;
+
+/// The R-line protocol of a message this shard wrote itself (a DSN), as
+/// Momentum names it.
+pub const PROTOCOL_INTERNAL: &str = "internal";
+/// Bytes of an original's body read for its DSN: enough for the header
+/// block the DSN carries, never the whole of a large message.
+pub const DSN_HEADER_READ_BYTES_MAX: usize = ORIGINAL_HEADERS_BYTES_MAX + 4;
 
 /// Why a message could not be taken.
 #[derive(Debug)]
@@ -41,6 +61,8 @@ pub struct Messages {
     env: Rc<ShardEnv>,
     bindings: Rc<Bindings>,
     pub spool: Spool,
+    /// Reads the header blocks of this shard's spooled bodies for DSNs.
+    headers: RefCell<BodyReader>,
     /// Messages spooled here and not yet final: id → recipients left.
     live: RefCell<HashMap<u64, u32>>,
     /// The live set reached its limit (warned once per episode).
@@ -56,6 +78,7 @@ impl Messages {
         env: Rc<ShardEnv>,
         bindings: Rc<Bindings>,
         spool: Spool,
+        headers: BodyReader,
         now_unix_ms: u64,
         max_recovered_id: u64,
     ) -> Messages {
@@ -65,6 +88,7 @@ impl Messages {
             env,
             bindings,
             spool,
+            headers: RefCell::new(headers),
             live: RefCell::new(HashMap::new()),
             live_full: Cell::new(false),
             next_sequence: Cell::new(first_sequence),
@@ -134,6 +158,41 @@ impl Messages {
         Ok(Spooled { id, body })
     }
 
+    /// Writes the mainlog R lines of a spooled message, one per recipient.
+    /// `peer_ip` is `None` for a message written here (a DSN).
+    pub fn log_receptions(
+        &self,
+        id: MessageId,
+        envelope: &SpooledEnvelope,
+        size_bytes: u64,
+        peer_ip: Option<IpAddr>,
+        protocol: &str,
+    ) {
+        let message_id = id.to_string();
+        let connection_id = MessageId(envelope.connection_id).to_string();
+        let ids = RecordIds {
+            unix_secs: envelope.received_unix_ms / 1000,
+            message_id: &message_id,
+            batch_id: &message_id,
+            connection_id: &connection_id,
+        };
+        let binding = self.bindings.id(&envelope.binding);
+        self.env.logs.mainlog(|buf| {
+            for rcpt in &envelope.rcpts {
+                let r = Reception {
+                    rcpt,
+                    mail_from: &envelope.mail_from,
+                    peer_ip,
+                    size_bytes,
+                    protocol,
+                    binding_group: self.bindings.group(binding),
+                    binding: self.bindings.name(binding),
+                };
+                format_reception(buf, &ids, &r);
+            }
+        });
+    }
+
     /// Splits a spooled message into queue entries, one per (binding,
     /// domain), for the recipients given as (index, attempts, next attempt).
     pub fn entries_for(
@@ -173,15 +232,131 @@ impl Messages {
         by_domain
     }
 
+    /// Records a batch of outcomes for messages spooled here. Permanent
+    /// failures that call for a DSN (`generate_bounces`, and a return path
+    /// that is not null) are grouped per message: one DSN each, spooled and
+    /// routed through `router`, and only then recorded. The rest is
+    /// recorded at once.
+    pub fn on_outcomes(self: &Rc<Self>, outcomes: Vec<Outcome>, router: &Rc<Router>) {
+        for outcome in &outcomes {
+            assert_eq!(
+                outcome.id.home_shard(),
+                self.env.id,
+                "outcome sent to the wrong home shard"
+            );
+        }
+        let (now, bouncing) = split_bounces(outcomes);
+        for outcome in now {
+            self.on_outcome(outcome);
+        }
+        for (id, failed) in bouncing {
+            let (messages, router) = (self.clone(), router.clone());
+            glommio::spawn_local(async move { messages.bounce(id, failed, &router).await })
+                .detach();
+        }
+    }
+
+    /// Writes, spools and routes the DSN for `failed` (permanent failures
+    /// of message `id`, each with a DSN due), then records the failures.
+    /// When the DSN cannot be spooled the failures stay unrecorded: the
+    /// recipients stay live and, after a restart, are tried (and bounced)
+    /// again.
+    async fn bounce(&self, id: MessageId, failed: Vec<Outcome>, router: &Rc<Router>) {
+        let failures: Vec<&Failure> = failed
+            .iter()
+            .filter_map(|o| match &o.kind {
+                OutcomeKind::Failed(f) => Some(&**f),
+                _ => None,
+            })
+            .collect();
+        let first = failures[0];
+        let mut original = Vec::new();
+        let head = BodyRef {
+            len: first.body.len.min(DSN_HEADER_READ_BYTES_MAX as u32),
+            ..first.body
+        };
+        if let Err(e) = self.headers.borrow_mut().read(&head, &mut original) {
+            tracing::error!(
+                "spool: cannot read the headers of {id} for its DSN ({e}); the DSN goes \
+                 without them"
+            );
+            original.clear();
+        }
+        let now = now_unix_ms();
+        let dsn_id = self.next_message_id();
+        let reporting_mta = self.env.config.get().hostname().to_string();
+        let original_id = id.to_string();
+        let dsn_name = dsn_id.to_string();
+        let recipients: Vec<FailedRecipient<'_>> = failures
+            .iter()
+            .map(|f| FailedRecipient {
+                rcpt: &f.rcpt,
+                reply: &f.reply,
+            })
+            .collect();
+        let headers = dsn::original_headers(&original);
+        let body = dsn::build(&dsn::Dsn {
+            reporting_mta: &reporting_mta,
+            return_path: &first.mail_from,
+            original_id: &original_id,
+            dsn_id: &dsn_name,
+            arrival_unix_secs: (first.received_unix_ms / 1000) as i64,
+            now_unix_secs: (now / 1000) as i64,
+            failed: &recipients,
+            original_headers: headers,
+        });
+        let envelope = SpooledEnvelope {
+            received_unix_ms: now,
+            // Written here: the loopback address stands for "this host".
+            peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            connection_id: self.next_connection_id(),
+            body_8bitmime: headers.iter().any(|&b| b >= 0x80),
+            binding: DEFAULT_BINDING.to_string(),
+            mail_from: String::new(),
+            rcpts: vec![first.mail_from.to_string()],
+        };
+        drop(recipients);
+        let entries = match self.inject(dsn_id, &envelope, &body).await {
+            Ok(entries) => entries,
+            // A closed spool is the normal end of a shutdown.
+            Err(RefusedBecause::Spool(SpoolError::Closed)) => {
+                tracing::debug!("spool closed: the failures of {id} are replayed after restart");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "spool: cannot spool the DSN of {id} ({e:?}); its failed recipients \
+                     stay live and are tried again after a restart"
+                );
+                return;
+            }
+        };
+        for outcome in failed {
+            self.on_outcome(outcome);
+        }
+        router.route(entries).await;
+    }
+
+    /// Spools a message this shard wrote (a DSN) under `id`, writes its R
+    /// lines and returns its queue entries. It is not held to the live-set
+    /// limit: refusing it would lose the bounce, and it replaces failures
+    /// that leave the live set.
+    pub async fn inject(
+        &self,
+        id: MessageId,
+        envelope: &SpooledEnvelope,
+        body: &[u8],
+    ) -> Result<Vec<MessageRef>, RefusedBecause> {
+        let spooled = self.spool(id, envelope, body).await?;
+        self.log_receptions(id, envelope, body.len() as u64, None, PROTOCOL_INTERNAL);
+        let pending = (0..envelope.rcpts.len() as u32).map(|i| (i, 0, 0));
+        Ok(self.entries_for(id, spooled.body, envelope, pending))
+    }
+
     /// Records an outcome for a message spooled here: a note for the
     /// recipients, and the message's completion once none is left. The
     /// spool write rides on the next group commit.
-    pub fn on_outcome(&self, outcome: Outcome) {
-        assert_eq!(
-            outcome.id.home_shard(),
-            self.env.id,
-            "outcome sent to the wrong home shard"
-        );
+    fn on_outcome(&self, outcome: Outcome) {
         let id = outcome.id.0;
         let note = match outcome.kind {
             OutcomeKind::Delivered | OutcomeKind::Failed { .. } => {
@@ -273,6 +448,38 @@ impl Messages {
     }
 }
 
+/// Splits a batch of outcomes into those recorded at once and, per message
+/// (in order of first appearance), the permanent failures that call for a
+/// DSN: `generate_bounce` set and a return path that is not null (never a
+/// bounce of a bounce; the P and B lines are all that is written then).
+fn split_bounces(outcomes: Vec<Outcome>) -> (Vec<Outcome>, Vec<(MessageId, Vec<Outcome>)>) {
+    let mut now = Vec::with_capacity(outcomes.len());
+    let mut bouncing: Vec<(MessageId, Vec<Outcome>)> = Vec::new();
+    let mut group_of: HashMap<u64, usize> = HashMap::new();
+    for outcome in outcomes {
+        let due = match &outcome.kind {
+            OutcomeKind::Failed(f) if f.generate_bounce && f.mail_from.is_empty() => {
+                tracing::debug!("{}: no DSN for {} (null return path)", outcome.id, f.rcpt);
+                false
+            }
+            OutcomeKind::Failed(f) => f.generate_bounce,
+            _ => false,
+        };
+        if !due {
+            now.push(outcome);
+            continue;
+        }
+        match group_of.get(&outcome.id.0) {
+            Some(&at) => bouncing[at].1.push(outcome),
+            None => {
+                group_of.insert(outcome.id.0, bouncing.len());
+                bouncing.push((outcome.id, vec![outcome]));
+            }
+        }
+    }
+    (now, bouncing)
+}
+
 /// The recipients of a recovered message without a final outcome, as
 /// (index, attempts, next attempt), from its notes.
 fn pending_recipients(envelope: &SpooledEnvelope, m: &RecoveredMessage) -> Vec<(u32, u32, u64)> {
@@ -304,4 +511,59 @@ fn pending_recipients(envelope: &SpooledEnvelope, m: &RecoveredMessage) -> Vec<(
         .filter(|&i| !done[i])
         .map(|i| (i as u32, schedule[i].0, schedule[i].1))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(id: MessageId, index: u32, mail_from: &str, generate_bounce: bool) -> Outcome {
+        Outcome {
+            id,
+            rcpts: vec![index],
+            kind: OutcomeKind::Failed(Box::new(Failure {
+                reply: "550 5.1.1 user unknown".into(),
+                stage: 4,
+                rcpt: format!("r{index}@example.com").into(),
+                mail_from: mail_from.into(),
+                body: BodyRef {
+                    segment: 1,
+                    offset: 0,
+                    len: 10,
+                },
+                received_unix_ms: 0,
+                generate_bounce,
+            })),
+        }
+    }
+
+    /// Goal: one DSN per message per batch, none for a null return path or
+    /// where generate_bounces is off. Method: a batch mixing deliveries
+    /// and failures of three messages, split.
+    #[test]
+    fn failures_group_per_message_and_skip_null_senders_and_disabled_bounces() {
+        let (a, b, c) = (
+            MessageId::new(0, 1),
+            MessageId::new(0, 2),
+            MessageId::new(0, 3),
+        );
+        let batch = vec![
+            failed(a, 0, "s@example.net", true),
+            Outcome {
+                id: a,
+                rcpts: vec![1],
+                kind: OutcomeKind::Delivered,
+            },
+            failed(b, 0, "", true),
+            failed(c, 0, "s@example.net", false),
+            failed(a, 2, "s@example.net", true),
+        ];
+        let (now, bouncing) = split_bounces(batch);
+        assert_eq!(bouncing.len(), 1);
+        assert_eq!(bouncing[0].0, a);
+        let rcpts: Vec<u32> = bouncing[0].1.iter().map(|o| o.rcpts[0]).collect();
+        assert_eq!(rcpts, [0, 2]);
+        let ids: Vec<MessageId> = now.iter().map(|o| o.id).collect();
+        assert_eq!(ids, [a, b, c], "recorded at once, in order");
+    }
 }

@@ -84,9 +84,7 @@ impl Inbox for Shard {
     }
 
     fn on_outcomes(&self, outcomes: Vec<Outcome>) {
-        for o in outcomes {
-            self.messages.on_outcome(o);
-        }
+        self.messages.on_outcomes(outcomes, &self.router);
     }
 
     fn on_control(&self, envelope: Envelope) {
@@ -190,12 +188,12 @@ pub(super) async fn run(setup: Setup) {
             cut.reason
         );
     }
-    let logs = match ShardLogs::open(&config.logs().mainlog, &config.logs().rejectlog) {
+    let logs = match ShardLogs::open(config.logs()) {
         Ok(l) => l,
         Err(source) => {
             let _ = ready.send(Err(StartError::Io {
                 shard: id,
-                what: "cannot open the mainlog or rejectlog".into(),
+                what: "cannot open the mainlog, rejectlog or bouncelog".into(),
                 source,
             }));
             return;
@@ -307,16 +305,17 @@ fn wire(
     });
     let bindings = Rc::new(Bindings::from_config(config));
     let router = Rc::new(Router::new(env.clone(), bindings.clone(), senders));
+    let spool_dirs: Vec<PathBuf> = (0..count)
+        .map(|s| config.spoolbase().join(s.to_string()))
+        .collect();
     let messages = Rc::new(Messages::new(
         env.clone(),
         bindings.clone(),
         spool,
+        BodyReader::new(spool_dirs[id].clone()),
         now_unix_ms(),
         max_recovered_id,
     ));
-    let spool_dirs: Vec<PathBuf> = (0..count)
-        .map(|s| config.spoolbase().join(s.to_string()))
-        .collect();
     let outbound = Rc::new(Outbound::new(
         env.clone(),
         bindings.clone(),

@@ -102,6 +102,8 @@ fn a_refused_greeting_backs_off_logs_t_lines_quits_and_fails_at_max_retries() {
         let server = OddServer::start(&dir.join("odd"), &["--greeting", greeting]);
         let mut config = TestConfig::new(server.port);
         config.extra.push_str("max_retries = 2\n");
+        // The DSN would go to the same server: bounces.rs tests DSNs.
+        config.extra.push_str("generate_bounces = false\n");
         let daemon = Daemon::start(dir.path(), &config.render());
         let message = write_message(
             dir.path(),
@@ -310,7 +312,10 @@ fn an_8bit_body_to_a_server_without_8bitmime_arrives_as_quoted_printable() {
 fn an_8bit_header_to_a_server_without_8bitmime_fails_with_554_5_6_3() {
     let dir = TempDir::new("downgrade-refused");
     let server = OddServer::start(&dir.join("odd"), &["--no-8bitmime"]);
-    let daemon = Daemon::start(dir.path(), &TestConfig::new(server.port).render());
+    let mut config = TestConfig::new(server.port);
+    // The DSN would go to the same server: bounces.rs tests DSNs.
+    config.extra.push_str("generate_bounces = false\n");
+    let daemon = Daemon::start(dir.path(), &config.render());
     let message =
         "Subject: Gr\u{fc}\u{df}e\r\nMessage-ID: <refused-8bit@test>\r\n\r\nK\u{f6}ln\r\n";
     let file = write_message(dir.path(), message.as_bytes());

@@ -1,0 +1,399 @@
+//! The delivery status notification (RFC 3464) for the permanent failures
+//! of one message: a multipart/report with a human-readable part, a
+//! message/delivery-status part (Reporting-MTA, Arrival-Date, and per
+//! recipient Final-Recipient, Action: failed, Status, Diagnostic-Code) and
+//! the original's header block as text/rfc822-headers.
+//!
+//! Owns: [`build`], a pure function from the facts to the message bytes,
+//! and [`original_headers`] (the header block of a spooled body).
+//! May call: `smtp::received` (the RFC 5322 date), `classify` (the enhanced
+//! code of a reply). Never: I/O.
+//!
+//! Written by hand rather than with mail-builder: the report is three
+//! fixed 7-bit parts of a few lines each, and the builder's defaults
+//! (base64 for non-text leaves) would have to be overridden part by part;
+//! this is under a hundred lines and keeps the engine free of a MIME
+//! builder it needs nowhere else.
+
+use super::classify::reply_codes;
+use crate::smtp::received::write_rfc5322_date;
+
+/// Most bytes of the original's header block a DSN carries; a longer block
+/// is cut after its last whole line below this.
+pub const ORIGINAL_HEADERS_BYTES_MAX: usize = 64 * 1024;
+/// Most bytes of a recipient address or a diagnostic a DSN line carries:
+/// well below RFC 5322's 998-byte line limit, with room for the field name.
+pub const DSN_FIELD_BYTES_MAX: usize = 900;
+
+/// One failed recipient of the message.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedRecipient<'a> {
+    pub rcpt: &'a str,
+    /// The reply that decided the failure (remote, or our `554 5.4.7`).
+    pub reply: &'a str,
+}
+
+/// What a DSN says.
+#[derive(Debug, Clone, Copy)]
+pub struct Dsn<'a> {
+    /// This MTA's host name (`hostname`): Reporting-MTA and From.
+    pub reporting_mta: &'a str,
+    /// The original's return path: the DSN's To (and envelope recipient).
+    pub return_path: &'a str,
+    /// The original's queue id, for the operator who reads the DSN.
+    pub original_id: &'a str,
+    /// The DSN's own queue id: its Message-ID and MIME boundary.
+    pub dsn_id: &'a str,
+    pub arrival_unix_secs: i64,
+    pub now_unix_secs: i64,
+    pub failed: &'a [FailedRecipient<'a>],
+    /// The original's header block (see [`original_headers`]).
+    pub original_headers: &'a [u8],
+}
+
+/// The header block at the start of `body` (up to and without the empty
+/// line that ends it), at most [`ORIGINAL_HEADERS_BYTES_MAX`] bytes, cut
+/// after a whole line.
+pub fn original_headers(body: &[u8]) -> &[u8] {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 2)
+        .unwrap_or(body.len());
+    let block = &body[..end];
+    if block.len() <= ORIGINAL_HEADERS_BYTES_MAX {
+        return block;
+    }
+    let cut = &block[..ORIGINAL_HEADERS_BYTES_MAX];
+    match cut.windows(2).rposition(|w| w == b"\r\n") {
+        Some(at) => &cut[..at + 2],
+        None => &[],
+    }
+}
+
+/// `text` on one 7-bit line: control characters become spaces and other
+/// bytes outside ASCII `?`, cut to [`DSN_FIELD_BYTES_MAX`] bytes.
+fn one_line(out: &mut Vec<u8>, text: &str) {
+    let mut end = text.len().min(DSN_FIELD_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend(text[..end].bytes().map(|b| match b {
+        0..=31 | 127 => b' ',
+        128.. => b'?',
+        _ => b,
+    }));
+}
+
+/// The RFC 3463 status of a failed recipient: the reply's enhanced code
+/// with class 5, or 5.0.0 when it has none.
+pub fn status_of(reply: &str) -> String {
+    match reply_codes(reply).status {
+        Some(status) => format!("5.{status}"),
+        None => "5.0.0".to_string(),
+    }
+}
+
+/// The DSN message (headers and body, CRLF line ends).
+pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
+    let mut boundary = format!("=_ecelerity_dsn_{}", dsn.dsn_id.replace('/', "_"));
+    let needle = |b: &str| format!("--{b}");
+    while contains(dsn.original_headers, needle(&boundary).as_bytes()) {
+        boundary.push('_');
+    }
+    let mut date = String::new();
+    write_rfc5322_date(&mut date, dsn.now_unix_secs);
+    let mut arrival = String::new();
+    write_rfc5322_date(&mut arrival, dsn.arrival_unix_secs);
+    let host = dsn.reporting_mta;
+    let mut out = Vec::with_capacity(2048 + dsn.original_headers.len());
+    let line = |out: &mut Vec<u8>, parts: &[&str]| {
+        for p in parts {
+            out.extend_from_slice(p.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    };
+    line(
+        &mut out,
+        &["From: Mail Delivery System <MAILER-DAEMON@", host, ">"],
+    );
+    out.extend_from_slice(b"To: <");
+    one_line(&mut out, dsn.return_path);
+    out.extend_from_slice(b">\r\n");
+    line(&mut out, &["Subject: Undelivered Mail Returned to Sender"]);
+    line(&mut out, &["Date: ", &date]);
+    line(
+        &mut out,
+        &["Message-ID: <", &boundary[16..], "@", host, ">"],
+    );
+    line(&mut out, &["Auto-Submitted: auto-replied"]);
+    line(&mut out, &["MIME-Version: 1.0"]);
+    line(
+        &mut out,
+        &["Content-Type: multipart/report; report-type=delivery-status;"],
+    );
+    line(&mut out, &["\tboundary=\"", &boundary, "\""]);
+    line(&mut out, &[]);
+    line(&mut out, &["This is a MIME-encapsulated message."]);
+    line(&mut out, &[]);
+
+    line(&mut out, &["--", &boundary]);
+    line(&mut out, &["Content-Type: text/plain; charset=us-ascii"]);
+    line(&mut out, &["Content-Transfer-Encoding: 7bit"]);
+    line(&mut out, &[]);
+    line(&mut out, &["This is the mail system at host ", host, "."]);
+    line(&mut out, &[]);
+    line(
+        &mut out,
+        &["Your message could not be delivered to one or more recipients."],
+    );
+    line(
+        &mut out,
+        &["It has been returned with the reasons below; no further attempts"],
+    );
+    line(&mut out, &["will be made for these recipients."]);
+    line(&mut out, &[]);
+    for f in dsn.failed {
+        out.push(b'<');
+        one_line(&mut out, f.rcpt);
+        out.extend_from_slice(b">: ");
+        one_line(&mut out, f.reply);
+        out.extend_from_slice(b"\r\n");
+    }
+    line(&mut out, &[]);
+
+    line(&mut out, &["--", &boundary]);
+    line(&mut out, &["Content-Type: message/delivery-status"]);
+    line(&mut out, &["Content-Transfer-Encoding: 7bit"]);
+    line(&mut out, &[]);
+    line(&mut out, &["Reporting-MTA: dns; ", host]);
+    line(&mut out, &["X-Ecelerity-Queue-ID: ", dsn.original_id]);
+    line(&mut out, &["Arrival-Date: ", &arrival]);
+    for f in dsn.failed {
+        line(&mut out, &[]);
+        out.extend_from_slice(b"Final-Recipient: rfc822; ");
+        one_line(&mut out, f.rcpt);
+        out.extend_from_slice(b"\r\n");
+        line(&mut out, &["Action: failed"]);
+        line(&mut out, &["Status: ", &status_of(f.reply)]);
+        out.extend_from_slice(b"Diagnostic-Code: smtp; ");
+        one_line(&mut out, f.reply);
+        out.extend_from_slice(b"\r\n");
+    }
+    line(&mut out, &[]);
+
+    line(&mut out, &["--", &boundary]);
+    line(&mut out, &["Content-Type: text/rfc822-headers"]);
+    let eight_bit = dsn.original_headers.iter().any(|&b| b >= 0x80);
+    let encoding = if eight_bit { "8bit" } else { "7bit" };
+    line(&mut out, &["Content-Transfer-Encoding: ", encoding]);
+    line(&mut out, &[]);
+    out.extend_from_slice(dsn.original_headers);
+    if !dsn.original_headers.ends_with(b"\r\n") {
+        line(&mut out, &[]);
+    }
+    line(&mut out, &[]);
+    line(&mut out, &["--", &boundary, "--"]);
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small multipart reader for the tests: the top-level headers, the
+    /// boundary, and each part split into its headers and body.
+    struct Parsed {
+        headers: String,
+        parts: Vec<(String, String)>,
+        closed: bool,
+    }
+
+    fn parse(message: &[u8]) -> Parsed {
+        let text = String::from_utf8_lossy(message).into_owned();
+        let (headers, body) = text.split_once("\r\n\r\n").expect("a header block");
+        let unfolded = headers.replace("\r\n\t", " ");
+        let boundary = unfolded
+            .split("boundary=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a boundary")
+            .to_string();
+        let delimiter = format!("\r\n--{boundary}");
+        let body = format!("\r\n{body}");
+        let mut pieces: Vec<&str> = body.split(delimiter.as_str()).collect();
+        let last = pieces.pop().expect("a closing delimiter");
+        let closed = last.starts_with("--");
+        let parts = pieces[1..]
+            .iter()
+            .map(|p| {
+                let p = p.strip_prefix("\r\n").expect("CRLF after the delimiter");
+                let (h, b) = p.split_once("\r\n\r\n").expect("part headers");
+                (h.to_string(), b.to_string())
+            })
+            .collect();
+        Parsed {
+            headers: unfolded.to_string(),
+            parts,
+            closed,
+        }
+    }
+
+    /// Field groups of a delivery-status body: per-message, then one per
+    /// recipient, each as (name, value) pairs.
+    fn groups(body: &str) -> Vec<Vec<(String, String)>> {
+        body.split("\r\n\r\n")
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| {
+                g.lines()
+                    .map(|l| {
+                        let (n, v) = l.split_once(':').expect("a field");
+                        (n.to_string(), v.trim().to_string())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    const ORIGINAL: &[u8] = b"Received: from client.example\r\nFrom: <news@example.net>\r\nSubject: hello\r\nMessage-ID: <1@example.net>\r\n\r\nbody text\r\n";
+
+    fn sample(failed: &[FailedRecipient<'_>]) -> Vec<u8> {
+        build(&Dsn {
+            reporting_mta: "mx.example.org",
+            return_path: "news@example.net",
+            original_id: "00/00-01234-0A1B2C3D",
+            dsn_id: "00/00-01234-0A1B2C40",
+            arrival_unix_secs: 1_700_000_000,
+            now_unix_secs: 1_700_000_060,
+            failed,
+            original_headers: original_headers(ORIGINAL),
+        })
+    }
+
+    /// Goal: a DSN parses back as RFC 3464 says. Method: build one for two
+    /// recipients, split it on its boundary, read the delivery-status
+    /// field groups.
+    #[test]
+    fn dsn_is_a_multipart_report_with_one_status_group_per_recipient() {
+        let failed = [
+            FailedRecipient {
+                rcpt: "bob@example.com",
+                reply: "550 5.1.1 user unknown",
+            },
+            FailedRecipient {
+                rcpt: "carol@example.com",
+                reply: "552 5.2.2 mailbox full",
+            },
+        ];
+        let dsn = sample(&failed);
+        let parsed = parse(&dsn);
+        assert!(parsed
+            .headers
+            .contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(parsed.headers.contains("To: <news@example.net>"));
+        assert!(parsed.headers.contains("Auto-Submitted: auto-replied"));
+        assert!(parsed
+            .headers
+            .contains("Date: Tue, 14 Nov 2023 22:14:20 +0000"));
+        assert!(parsed.closed, "closing delimiter");
+        assert_eq!(parsed.parts.len(), 3);
+        assert!(parsed.parts[0].0.contains("text/plain"));
+        assert!(parsed.parts[0]
+            .1
+            .contains("<bob@example.com>: 550 5.1.1 user unknown"));
+        assert!(parsed.parts[1]
+            .0
+            .contains("Content-Type: message/delivery-status"));
+        assert!(parsed.parts[1]
+            .0
+            .contains("Content-Transfer-Encoding: 7bit"));
+        let g = groups(&parsed.parts[1].1);
+        assert_eq!(g.len(), 3, "{g:?}");
+        assert!(g[0].contains(&("Reporting-MTA".into(), "dns; mx.example.org".into())));
+        assert!(g[0].contains(&(
+            "Arrival-Date".into(),
+            "Tue, 14 Nov 2023 22:13:20 +0000".into()
+        )));
+        let want = [
+            ("bob@example.com", "5.1.1", "550 5.1.1 user unknown"),
+            ("carol@example.com", "5.2.2", "552 5.2.2 mailbox full"),
+        ];
+        for (group, (rcpt, status, diagnostic)) in g[1..].iter().zip(want) {
+            assert_eq!(
+                group,
+                &vec![
+                    ("Final-Recipient".to_string(), format!("rfc822; {rcpt}")),
+                    ("Action".to_string(), "failed".to_string()),
+                    ("Status".to_string(), status.to_string()),
+                    ("Diagnostic-Code".to_string(), format!("smtp; {diagnostic}")),
+                ]
+            );
+        }
+        assert!(parsed.parts[2]
+            .0
+            .contains("Content-Type: text/rfc822-headers"));
+        assert!(parsed.parts[2]
+            .1
+            .starts_with("Received: from client.example\r\n"));
+        assert!(parsed.parts[2].1.contains("Subject: hello\r\n"));
+        assert!(!parsed.parts[2].1.contains("body text"), "headers only");
+    }
+
+    #[test]
+    fn replies_without_enhanced_codes_get_5_0_0_and_cannot_inject_lines() {
+        let failed = [FailedRecipient {
+            rcpt: "bob@example.com\r\nBcc: x@evil.example",
+            reply: "550 no\r\nStatus: 2.0.0",
+        }];
+        let dsn = sample(&failed);
+        let parsed = parse(&dsn);
+        let g = groups(&parsed.parts[1].1);
+        assert_eq!(g[1][2], ("Status".into(), "5.0.0".into()));
+        assert_eq!(g[1].len(), 4, "{g:?}");
+        assert!(!String::from_utf8_lossy(&dsn).contains("\r\nBcc:"));
+    }
+
+    #[test]
+    fn a_boundary_found_in_the_original_is_changed() {
+        let headers = b"X-Evil: --=_ecelerity_dsn_00_00-01234-0A1B2C40\r\n";
+        let dsn = build(&Dsn {
+            reporting_mta: "mx.example.org",
+            return_path: "a@example.net",
+            original_id: "x",
+            dsn_id: "00/00-01234-0A1B2C40",
+            arrival_unix_secs: 0,
+            now_unix_secs: 0,
+            failed: &[FailedRecipient {
+                rcpt: "b@example.com",
+                reply: "550 5.1.1 no",
+            }],
+            original_headers: headers,
+        });
+        let parsed = parse(&dsn);
+        assert_eq!(parsed.parts.len(), 3);
+        assert!(parsed.closed);
+        assert!(parsed.parts[2].1.contains("X-Evil"));
+    }
+
+    #[test]
+    fn original_headers_stop_at_the_empty_line_and_at_the_limit() {
+        assert_eq!(
+            original_headers(b"A: 1\r\nB: 2\r\n\r\nbody"),
+            b"A: 1\r\nB: 2\r\n"
+        );
+        assert_eq!(original_headers(b"A: 1\r\n"), b"A: 1\r\n");
+        let long: Vec<u8> = b"X: 0123456789\r\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(ORIGINAL_HEADERS_BYTES_MAX * 2)
+            .collect();
+        let cut = original_headers(&long);
+        assert!(cut.len() <= ORIGINAL_HEADERS_BYTES_MAX);
+        assert!(cut.ends_with(b"\r\n"));
+    }
+}
