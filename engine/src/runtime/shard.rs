@@ -7,6 +7,7 @@
 //! graceful stop. May call: every engine room. Never: another shard's
 //! state except through the mesh.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,6 +119,21 @@ fn note_slow_step(id: usize, step: &str, since: Instant) {
     }
 }
 
+/// How often a shard wakes itself while it joins the mesh.
+const JOIN_NUDGE_MS: u64 = 5;
+
+/// Wakes the executor every `JOIN_NUDGE_MS` until `done` is set. glommio's
+/// mesh join waits for cross-thread notifications; seen here under load, a
+/// shard that missed one slept until something else woke it, and start-up
+/// stalled for tens of seconds with nothing in the log. Any wake-up makes
+/// glommio look at its shared channels again, so this bounds such a miss
+/// to a few milliseconds. It ends with the join.
+async fn nudge_until(done: Rc<Cell<bool>>) {
+    while !done.get() {
+        glommio::timer::sleep(Duration::from_millis(JOIN_NUDGE_MS)).await;
+    }
+}
+
 /// Tells the starter this shard failed, with what.
 fn fail(ready: &mpsc::Sender<Result<(), StartError>>, id: usize, what: String) {
     let _ = ready.send(Err(StartError::Other { shard: id, what }));
@@ -139,7 +155,11 @@ pub(super) async fn run(setup: Setup) {
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
     let started = Instant::now();
-    let Ok((senders, mut receivers)) = mesh.join().await else {
+    let joined = Rc::new(Cell::new(false));
+    glommio::spawn_local(nudge_until(joined.clone())).detach();
+    let join = mesh.join().await;
+    joined.set(true);
+    let Ok((senders, mut receivers)) = join else {
         return fail(&ready, id, "cannot join the shard mesh".into());
     };
     note_slow_step(id, "joining the shard mesh", started);
