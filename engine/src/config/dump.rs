@@ -48,6 +48,15 @@ fn format_value(value: &Typed) -> String {
             out.push_str(" )");
             out
         }
+        Typed::Nameservers(servers) => {
+            let mut out = String::from("(");
+            for server in servers {
+                out.push(' ');
+                out.push_str(&quote(&server.to_string()));
+            }
+            out.push_str(" )");
+            out
+        }
         Typed::Gateway(gateway) => quote(&gateway.to_string()),
         Typed::Ip(ip) => quote(&ip.to_string()),
         Typed::MaxRetries(retries) => retries.to_string(),

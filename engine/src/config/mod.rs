@@ -238,7 +238,7 @@ impl Config {
 
     /// `Err` naming the first setting, in reading order, that is valid
     /// ecelerity.conf but that the engine would ignore today: an option
-    /// marked `not_yet` in the table (`bind_address`, `remote_smtp_port`),
+    /// marked `not_yet` in the table (`bind_address`),
     /// or an outbound option in a binding or binding group that no mail is
     /// sent through (everything goes out through the binding `default`).
     /// Accepting those would silently do less than the file says.
@@ -286,6 +286,12 @@ impl Config {
             g.backlog_refuse_entries,
             g.in_flow_delay_ms,
         )
+    }
+
+    /// `nameservers`: the DNS servers delivery asks, in order; empty means
+    /// the system's (/etc/resolv.conf).
+    pub fn nameservers(&self) -> &[std::net::SocketAddr] {
+        &self.settings.global.nameservers
     }
 
     /// The global `relay_hosts` (listeners carry their own resolved copy).
@@ -485,6 +491,7 @@ server_max_inbound_connections = 9000
 max_inbound_connections_per_ip = 7
 inbound_command_timeout = 40
 inbound_data_timeout = 400
+nameservers = ( "127.0.0.1:5353" "[::1]:53" 192.0.2.53 )
 /* outbound, global */
 gateway = "smarthost.example.net:2525"
 retry_interval = 600
@@ -696,6 +703,17 @@ domain "example.com" {
     #[test]
     fn full_example_sets_every_outbound_option_globally() {
         let config = parse(FULL);
+        let servers: Vec<String> = config.nameservers().iter().map(|a| a.to_string()).collect();
+        assert_eq!(servers, ["127.0.0.1:5353", "[::1]:53", "192.0.2.53:53"]);
+        assert!(
+            parse("").nameservers().is_empty(),
+            "the system's by default"
+        );
+        assert_eq!(
+            error("nameservers = ( 127.0.0.1:0 )"),
+            "test.conf:1: `nameservers`: `127.0.0.1:0` is not an IP address with an optional \
+             port, such as \"127.0.0.1:5353\", \"[::1]:53\" or \"192.0.2.1\""
+        );
         let delivery = config.delivery("default", "elsewhere.example");
         assert_eq!(
             delivery,
@@ -1342,9 +1360,9 @@ domain "example.com" {
              source address the kernel picks)"
         );
         assert_eq!(
-            unsupported("domain \"d\" {\n  Remote_SMTP_Port = 2525\n}"),
-            "test.conf:2: `Remote_SMTP_Port` is not supported yet (mail goes only to a `gateway`, \
-             which carries its own port; MX routing is not built yet)"
+            parse("domain \"d\" {\n  Remote_SMTP_Port = 2525\n}").check_supported(),
+            Ok(()),
+            "remote_smtp_port is supported since MX routing"
         );
         let not_sent = "all mail is sent from the binding `default` until bindings can be \
                         assigned; set it globally, in a domain scope, or in binding \"default\"";
@@ -1371,7 +1389,7 @@ domain "example.com" {
             format!("test.conf:2: `gateway` in binding `b` is not supported yet ({not_sent})")
         );
         // The first one in reading order is named.
-        assert!(unsupported(FULL).starts_with("test.conf:32: `remote_smtp_port` "));
+        assert!(unsupported(FULL).starts_with("test.conf:35: `bind_address` "));
 
         let dir = temp_dir("unsupported");
         let file = dir.join("ecelerity.conf");
@@ -1421,7 +1439,8 @@ domain "example.com" {
         assert_eq!(config.check_supported(), Ok(()));
         let text = config.dump();
         assert!(
-            text.contains("\n# remote_smtp_port = 25 is not supported yet ("),
+            text.contains("\n# remote_smtp_port = 25\n")
+                || text.contains("\nremote_smtp_port = 25\n"),
             "{text}"
         );
         let again = Config::parse(&text, Path::new("d.conf")).unwrap();

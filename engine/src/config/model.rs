@@ -178,6 +178,14 @@ pub(super) fn parse_listen_address(text: &str) -> Result<SocketAddr, &'static st
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Parses one `nameservers` item: `ip` (port 53), `ip:port`, `[ipv6]:port`.
+pub(super) fn parse_nameserver(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
+}
+
 /// Parses a `gateway`: `host:port`, `host` (port 25), `[ipv6]:port`,
 /// `[ipv6]`.
 pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
@@ -861,6 +869,24 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
         return Ok(Typed::Cidrs(cidrs));
     }
+    if kind == Kind::NameserverList {
+        let items: &[Word] = match value {
+            Value::Scalar(word) => std::slice::from_ref(word),
+            Value::List(items) => items,
+        };
+        let mut servers = Vec::with_capacity(items.len());
+        for item in items {
+            let server = parse_nameserver(&item.text).ok_or_else(|| {
+                let kind = ConfigErrorKind::BadNameserver {
+                    option: option.to_string(),
+                    value: item.text.clone(),
+                };
+                (Some(item.line), kind)
+            })?;
+            servers.push(server);
+        }
+        return Ok(Typed::Nameservers(servers));
+    }
     let word = match value {
         Value::Scalar(word) => word,
         Value::List(_) => return Err((None, wrong_type("a list".into(), 0).1)),
@@ -950,7 +976,7 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
                 None => return Err(wrong_type(got(), line)),
             }
         }
-        Kind::CidrList => unreachable!("handled above"),
+        Kind::CidrList | Kind::NameserverList => unreachable!("handled above"),
     };
     Ok(typed)
 }
@@ -976,6 +1002,7 @@ mod tests {
             Kind::Integer { .. } | Kind::Seconds { .. } => "1",
             Kind::Bool => "yes",
             Kind::CidrList => "10.0.0.0/8",
+            Kind::NameserverList => "127.0.0.1:5353",
             Kind::Gateway => "relay.example:2525",
             Kind::IpAddress => "192.0.2.1",
             Kind::MaxRetries => "auto",
