@@ -131,7 +131,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     if delivery.gateway.is_none() {
         w.line(
             0,
-            "# gateway is unset: mail waits in the queue (MX routing is not built yet)",
+            "# gateway is unset: mail goes to each domain's MX hosts (remote_smtp_port)",
         );
     }
     // An option the engine does not act on yet is written as a comment

@@ -113,6 +113,18 @@ pub const BODY_TIMEOUT_SECONDS_DEFAULT: u64 = 600;
 /// Longest timeout accepted: one day.
 pub const TIMEOUT_SECONDS_MAX: u64 = 86_400;
 pub const REMOTE_SMTP_PORT_DEFAULT: u16 = 25;
+/// `prohibited_hosts` unless set: "this network" (0.0.0.0/8, which Linux
+/// routes to the host itself), multicast and reserved IPv4, the
+/// unspecified and multicast IPv6 addresses. Loopback stays allowed (the
+/// tests deliver to sinks on 127.0.0.x); a production host should add
+/// 127.0.0.0/8 and ::1 (docs/configuration.md).
+pub const PROHIBITED_HOSTS_DEFAULT: &[&str] = &[
+    "0.0.0.0/8",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "ff00::/8",
+];
 /// Port of a `gateway` written without one.
 pub const GATEWAY_PORT_DEFAULT: u16 = 25;
 
@@ -292,6 +304,11 @@ impl Config {
     /// the system's (/etc/resolv.conf).
     pub fn nameservers(&self) -> &[std::net::SocketAddr] {
         &self.settings.global.nameservers
+    }
+
+    /// `prohibited_hosts`: addresses delivery never connects to.
+    pub fn prohibited_hosts(&self) -> &[Cidr] {
+        &self.settings.global.prohibited_hosts
     }
 
     /// The global `relay_hosts` (listeners carry their own resolved copy).

@@ -577,6 +577,12 @@ option_family! {
         /// means the system's (/etc/resolv.conf).
         nameservers: Vec<SocketAddr> = "nameservers" in GLOBAL, Kind::NameserverList,
             default Vec::new();
+        /// Addresses delivery never connects to, whatever DNS says.
+        prohibited_hosts: Vec<Cidr> = "prohibited_hosts" in GLOBAL, Kind::CidrList,
+            default PROHIBITED_HOSTS_DEFAULT
+                .iter()
+                .map(|text| text.parse::<Cidr>().expect("PROHIBITED_HOSTS_DEFAULT parses"))
+                .collect();
     }
 }
 

@@ -104,7 +104,7 @@ pub fn parse_reply(
         other => {
             return Err(DnsError::Server {
                 server,
-                rcode: other.to_string(),
+                rcode: rcode_name(other),
             })
         }
     }
@@ -136,6 +136,17 @@ pub fn parse_reply(
         }
     };
     Ok(Parsed::Answer(answer, ttl))
+}
+
+/// The RFC mnemonic of a failure code, as operators know it.
+fn rcode_name(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        other => format!("rcode {}", u16::from(other)),
+    }
 }
 
 fn negative_ttl(message: &Message) -> u32 {
@@ -260,10 +271,10 @@ mod tests {
         let servfail = reply_to(&query, |m| {
             m.metadata.response_code = ResponseCode::ServFail;
         });
-        assert!(matches!(
-            parse(&servfail, id, RecordKind::Mx),
-            Err(DnsError::Server { .. })
-        ));
+        let Err(DnsError::Server { rcode, .. }) = parse(&servfail, id, RecordKind::Mx) else {
+            panic!("SERVFAIL is a server error")
+        };
+        assert_eq!(rcode, "SERVFAIL");
         let truncated = reply_to(&query, |m| m.metadata.truncation = true);
         assert_eq!(parse(&truncated, id, RecordKind::Mx), Ok(Parsed::Truncated));
     }

@@ -23,6 +23,7 @@ use crate::clock::now_unix_ms;
 use crate::config::Config;
 use crate::control::{Envelope, CONTROL_POLL_MS};
 use crate::delivery::Outbound;
+use crate::dns::{system_nameservers, Resolver};
 use crate::env::{LiveConfig, ShardEnv, Stopping};
 use crate::inbound::{accept_loop, shard_policy, Inbound};
 use crate::log::ShardLogs;
@@ -314,12 +315,15 @@ fn wire(
     let spool_dirs: Vec<PathBuf> = (0..count)
         .map(|s| config.spoolbase().join(s.to_string()))
         .collect();
+    // Read once at start (like the logs opened above), before any traffic.
+    let system_nameservers = system_nameservers();
     let outbound = Rc::new(Outbound::new(
         env.clone(),
         bindings.clone(),
         router.clone(),
         spool_dirs.into_iter().map(BodyReader::new).collect(),
         delivery_queue,
+        Resolver::new(system_nameservers),
     ));
     let inbound = Rc::new(Inbound {
         env: env.clone(),
