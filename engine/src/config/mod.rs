@@ -125,8 +125,6 @@ pub const PROHIBITED_HOSTS_DEFAULT: &[&str] = &[
     "::/128",
     "ff00::/8",
 ];
-/// Port of a `gateway` written without one.
-pub const GATEWAY_PORT_DEFAULT: u16 = 25;
 
 /// Control socket mode. Momentum uses 0660; we refuse the group by default.
 pub const FILE_MODE_DEFAULT: u32 = 0o600;
@@ -387,15 +385,17 @@ impl fmt::Display for MaxRetries {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
     pub host: String,
-    pub port: u16,
+    /// As written; `None` means `remote_smtp_port`.
+    pub port: Option<u16>,
 }
 
 impl fmt::Display for Gateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        match (self.host.contains(':'), self.port) {
+            (true, Some(port)) => write!(f, "[{}]:{port}", self.host),
+            (true, None) => write!(f, "[{}]", self.host),
+            (false, Some(port)) => write!(f, "{}:{port}", self.host),
+            (false, None) => write!(f, "{}", self.host),
         }
     }
 }
@@ -737,7 +737,7 @@ domain "example.com" {
             DeliveryOptions {
                 gateway: Some(Gateway {
                     host: "smarthost.example.net".into(),
-                    port: 2525
+                    port: Some(2525)
                 }),
                 retry_interval: secs(600),
                 max_retry_interval: secs(7200),
@@ -874,7 +874,7 @@ domain "example.com" {
             tx.gateway,
             Some(Gateway {
                 host: "2001:db8::25".into(),
-                port: 25
+                port: None
             })
         );
         // An unknown binding is the default binding.

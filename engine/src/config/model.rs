@@ -186,7 +186,7 @@ pub(super) fn parse_nameserver(text: &str) -> Option<SocketAddr> {
     text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
 }
 
-/// Parses a `gateway`: `host:port`, `host` (port 25), `[ipv6]:port`,
+/// Parses a `gateway`: `host:port`, `host` (`remote_smtp_port`), `[ipv6]:port`,
 /// `[ipv6]`.
 pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
     if text.is_empty() {
@@ -223,11 +223,13 @@ pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
         return Err("missing host");
     }
     let port = match port {
-        None => GATEWAY_PORT_DEFAULT,
-        Some(port) => parse_decimal(port)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-            .ok_or("the port must be a number in 1..=65535")?,
+        None => None,
+        Some(port) => Some(
+            parse_decimal(port)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .ok_or("the port must be a number in 1..=65535")?,
+        ),
     };
     Ok(Gateway {
         host: host.to_string(),
@@ -1151,37 +1153,39 @@ mod tests {
     }
 
     #[test]
-    fn gateways_default_to_port_25_and_bracket_ipv6() {
+    fn gateways_without_a_port_take_remote_smtp_port_and_bracket_ipv6() {
         let ok = |t: &str| parse_gateway(t).unwrap();
         assert_eq!(
             ok("relay.example"),
             Gateway {
                 host: "relay.example".into(),
-                port: 25
+                port: None
             }
         );
         assert_eq!(
             ok("10.0.0.1:2525"),
             Gateway {
                 host: "10.0.0.1".into(),
-                port: 2525
+                port: Some(2525)
             }
         );
         assert_eq!(
             ok("[::1]:26"),
             Gateway {
                 host: "::1".into(),
-                port: 26
+                port: Some(26)
             }
         );
         assert_eq!(
             ok("[::1]"),
             Gateway {
                 host: "::1".into(),
-                port: 25
+                port: None
             }
         );
         assert_eq!(ok("[::1]:26").to_string(), "[::1]:26");
+        assert_eq!(ok("[::1]").to_string(), "[::1]");
+        assert_eq!(ok("relay.example").to_string(), "relay.example");
         assert_eq!(
             parse_gateway("::1"),
             Err("IPv6 addresses must be bracketed, e.g. \"[::1]:25\"")

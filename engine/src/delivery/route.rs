@@ -29,7 +29,8 @@ pub struct Target {
 /// How a queue's destination is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// A `gateway`: its host's addresses, its port.
+    /// A `gateway`: its host's addresses, its port (`remote_smtp_port`
+    /// when it names none).
     Gateway { host: String, port: u16 },
     /// The domain's MX hosts (or the domain itself without MX) on `port`
     /// (`remote_smtp_port`).
@@ -72,7 +73,7 @@ pub fn plan(options: &DeliveryOptions) -> Plan {
     match &options.gateway {
         Some(g) => Plan::Gateway {
             host: g.host.clone(),
-            port: g.port,
+            port: g.port.unwrap_or(options.remote_smtp_port),
         },
         None => Plan::Mx {
             port: options.remote_smtp_port,
@@ -209,6 +210,16 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 2526
             }
+        );
+        assert_eq!(
+            plan(&options(
+                "gateway = \"relay.test\"\nremote_smtp_port = 2527\n"
+            )),
+            Plan::Gateway {
+                host: "relay.test".into(),
+                port: 2527
+            },
+            "a gateway without a port takes remote_smtp_port"
         );
         assert_eq!(plan(&options("")), Plan::Mx { port: 25 });
         assert_eq!(

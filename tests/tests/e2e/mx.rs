@@ -68,9 +68,15 @@ impl Unbound {
 /// A daemon with no gateway, asking `nameservers`, delivering MX hosts on
 /// `smtp_port`.
 fn start_daemon(dir: &Path, nameservers: &str, smtp_port: u16) -> Daemon {
+    start_daemon_with(dir, nameservers, smtp_port, "")
+}
+
+/// As `start_daemon`, with `extra` global options.
+fn start_daemon_with(dir: &Path, nameservers: &str, smtp_port: u16, extra: &str) -> Daemon {
     fs::create_dir_all(dir).unwrap();
     let mut config = TestConfig::new(smtp_port);
-    config.extra = format!("nameservers = ( \"{nameservers}\" )\nremote_smtp_port = {smtp_port}\n");
+    config.extra =
+        format!("nameservers = ( \"{nameservers}\" )\nremote_smtp_port = {smtp_port}\n{extra}");
     let text = config.render();
     let gateway = format!("gateway = \"127.0.0.1:{smtp_port}\"\n");
     assert!(text.contains(&gateway), "the test config sets a gateway");
@@ -183,6 +189,39 @@ fn mail_reaches_mx_hosts_by_preference_and_falls_over() {
         "fall-over is not a retry"
     );
     assert!(lines_for(&daemon, "P", "dead.test").is_empty());
+}
+
+/// Goal: MX hosts of equal preference share the mail. Method: eq.test has
+/// two MX 10 hosts (127.0.0.2 and 127.0.0.3); with `idle_timeout = 0`
+/// every message takes a new connection, and connections take turns
+/// starting with each host: four messages reach both sinks, none twice.
+#[test]
+fn equal_preferences_both_receive() {
+    let dir = TempDir::new("mx-equal");
+    let smtp_port = free_port();
+    let records = [
+        "eq.test. 60 IN MX 10 a.eq.test.",
+        "eq.test. 60 IN MX 10 b.eq.test.",
+        "a.eq.test. 60 IN A 127.0.0.2",
+        "b.eq.test. 60 IN A 127.0.0.3",
+    ]
+    .map(String::from);
+    let unbound = Unbound::start(dir.path(), &records);
+    let sink2 = Sink::start_on(&dir.join("sink2"), "127.0.0.2", smtp_port, &[]);
+    let sink3 = Sink::start_on(&dir.join("sink3"), "127.0.0.3", smtp_port, &[]);
+    let daemon = start_daemon_with(
+        dir.path(),
+        &format!("127.0.0.1:{}", unbound.port),
+        smtp_port,
+        "idle_timeout = 0\n",
+    );
+    for n in 0..4 {
+        send(&daemon, dir.path(), &format!("eq{n}@mx.test"), "a@eq.test");
+        daemon.wait_for_kind("D", n + 1, ARRIVAL_TIMEOUT);
+    }
+    let (two, three) = (arrived_ids(&sink2), arrived_ids(&sink3));
+    assert_eq!(two.len() + three.len(), 4, "{two:?} {three:?}");
+    assert!(!two.is_empty() && !three.is_empty(), "{two:?} {three:?}");
 }
 
 /// Goal: a domain that says it takes no mail (null MX, RFC 7505) and one
