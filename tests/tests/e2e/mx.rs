@@ -9,8 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ecelerity_tests::{
-    file_tail, free_port, parse_mainlog, poll_until, send_file, strip_leading_received, ChildGuard,
-    Daemon, MainlogLine, Sink, TempDir, TestConfig, ARRIVAL_TIMEOUT, READY_TIMEOUT,
+    file_tail, free_port, parse_mainlog, poll_until, py_dir, python, send_file,
+    strip_leading_received, ChildGuard, Daemon, MainlogLine, Sink, TempDir, TestConfig,
+    ARRIVAL_TIMEOUT, READY_TIMEOUT,
 };
 
 const UNBOUND: &str = "/usr/sbin/unbound";
@@ -222,6 +223,93 @@ fn equal_preferences_both_receive() {
     let (two, three) = (arrived_ids(&sink2), arrived_ids(&sink3));
     assert_eq!(two.len() + three.len(), 4, "{two:?} {three:?}");
     assert!(!two.is_empty() && !three.is_empty(), "{two:?} {three:?}");
+}
+
+/// Goal: a host that refuses us at its greeting (421) is skipped for the
+/// next MX in the same attempt. Method: busy.test has MX 10 on 127.0.0.2,
+/// where `tests/py/odd_server.py` greets with `421 4.3.2 busy`, and MX 20
+/// on 127.0.0.3, a sink; the message arrives at the sink, the odd server
+/// saw a connection, and there is no T line.
+#[test]
+fn a_refused_greeting_moves_on_to_the_next_mx() {
+    let dir = TempDir::new("mx-greeting");
+    let smtp_port = free_port();
+    let records = [
+        "busy.test. 60 IN MX 10 a.busy.test.",
+        "busy.test. 60 IN MX 20 b.busy.test.",
+        "a.busy.test. 60 IN A 127.0.0.2",
+        "b.busy.test. 60 IN A 127.0.0.3",
+    ]
+    .map(String::from);
+    let unbound = Unbound::start(dir.path(), &records);
+    let odd_dir = dir.join("odd");
+    fs::create_dir_all(&odd_dir).unwrap();
+    let odd = Command::new(python())
+        .arg(py_dir().join("odd_server.py"))
+        .args(["--host", "127.0.0.2", "--port", &smtp_port.to_string()])
+        .arg("--dir")
+        .arg(&odd_dir)
+        .args(["--greeting", "421 4.3.2 busy"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn odd_server.py");
+    let _odd = ChildGuard::new("odd_server.py", odd);
+    let ready = poll_until(READY_TIMEOUT, || {
+        odd_dir.join("ready").exists().then_some(())
+    });
+    assert!(ready.is_some(), "odd_server.py not ready");
+    let sink3 = Sink::start_on(&dir.join("sink3"), "127.0.0.3", smtp_port, &[]);
+    let daemon = start_daemon(
+        dir.path(),
+        &format!("127.0.0.1:{}", unbound.port),
+        smtp_port,
+    );
+    send(&daemon, dir.path(), "busy@mx.test", "a@busy.test");
+    sink3.wait_for_messages(1, ARRIVAL_TIMEOUT);
+    assert_eq!(arrived_ids(&sink3), ["<busy@mx.test>"]);
+    let counts = fs::read_to_string(odd_dir.join("counts.txt")).unwrap_or_default();
+    assert!(
+        counts
+            .lines()
+            .any(|l| l.starts_with("connections ") && l != "connections 0"),
+        "the first MX was tried: {counts:?}"
+    );
+    assert!(lines_for(&daemon, "T", "busy.test").is_empty());
+    assert_eq!(lines_for(&daemon, "D", "busy.test").len(), 1);
+}
+
+/// Goal: an answer too big for a datagram is fetched again over TCP.
+/// Method: big.test has 40 MX records with long names (about 3 KB,
+/// beyond the 1232-byte EDNS payload we advertise, so unbound sets TC)
+/// and the best one on 127.0.0.2; the message arrives there only if the
+/// TCP retry worked.
+#[test]
+fn a_truncated_answer_is_asked_again_over_tcp() {
+    let dir = TempDir::new("mx-tcp");
+    let smtp_port = free_port();
+    let mut records = vec![
+        "big.test. 60 IN MX 10 mx.big.test.".to_string(),
+        "mx.big.test. 60 IN A 127.0.0.2".to_string(),
+    ];
+    for n in 0..40 {
+        records.push(format!(
+            "big.test. 60 IN MX 20 spare-{n:02}-{}.big.test.",
+            "x".repeat(50)
+        ));
+    }
+    let unbound = Unbound::start(dir.path(), &records);
+    let sink2 = Sink::start_on(&dir.join("sink2"), "127.0.0.2", smtp_port, &[]);
+    let daemon = start_daemon(
+        dir.path(),
+        &format!("127.0.0.1:{}", unbound.port),
+        smtp_port,
+    );
+    send(&daemon, dir.path(), "big@mx.test", "a@big.test");
+    sink2.wait_for_messages(1, ARRIVAL_TIMEOUT);
+    assert_eq!(arrived_ids(&sink2), ["<big@mx.test>"]);
+    assert!(lines_for(&daemon, "T", "big.test").is_empty());
 }
 
 /// Goal: a domain that says it takes no mail (null MX, RFC 7505) and one
