@@ -62,8 +62,11 @@ impl RouteFailure {
     }
 
     /// A lookup that failed (SERVFAIL, timeout, unreachable nameserver):
-    /// transient.
+    /// transient; a name DNS cannot even ask about fails for good.
     pub fn lookup(what: &str, name: &str, error: &DnsError) -> RouteFailure {
+        if *error == DnsError::BadName {
+            return RouteFailure::permanent(format!("550 5.1.2 {name}: not a valid domain name"));
+        }
         RouteFailure::transient(format!("451 4.4.3 cannot resolve {what} {name}: {error}"))
     }
 }
@@ -318,6 +321,18 @@ mod tests {
         let failure = targets("d.test", &servfail, 25, true, &[]).unwrap_err();
         assert!(!failure.permanent);
         assert!(failure.reply.starts_with("451 4.4.3 "), "{}", failure.reply);
+    }
+
+    #[test]
+    fn a_lookup_failure_is_transient_unless_the_name_is_invalid() {
+        let failure = RouteFailure::lookup("MX of", "d.test", &DnsError::Timeout);
+        assert!(!failure.permanent);
+        assert!(failure
+            .reply
+            .starts_with("451 4.4.3 cannot resolve MX of d.test: "));
+        let bad = RouteFailure::lookup("MX of", "a..b", &DnsError::BadName);
+        assert!(bad.permanent);
+        assert_eq!(bad.reply, "550 5.1.2 a..b: not a valid domain name");
     }
 
     #[test]

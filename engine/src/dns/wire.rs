@@ -287,5 +287,8 @@ mod tests {
         assert!(parse(&bytes, id, RecordKind::A).is_err());
         assert!(parse(b"\x00\x01", id, RecordKind::Mx).is_err());
         assert_eq!(build_query("", RecordKind::A), Err(DnsError::BadName));
+        assert_eq!(build_query("a..b", RecordKind::A), Err(DnsError::BadName));
+        let long_label = "x".repeat(64);
+        assert_eq!(build_query(&long_label, RecordKind::A), Err(DnsError::BadName));
     }
 }
