@@ -17,16 +17,20 @@
 //! resolver on loopback, as Postfix does. The wire codec is hickory's
 //! ([`wire`] only builds a query and reads a reply); the loop is: each
 //! nameserver in turn, [`QUERY_ROUNDS`] rounds, [`QUERY_TIMEOUT`] per
-//! try, and a TCP retry of a truncated UDP reply.
+//! try, and a TCP retry of a truncated UDP reply. Connections that miss
+//! the cache on the same question at once share one query: the first
+//! asks, the others wait for its answer.
 
 pub mod cache;
 pub mod wire;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpStream, UdpSocket};
 
 use crate::clock::now_unix_ms;
@@ -44,6 +48,9 @@ pub const UDP_REPLY_BYTES_MAX: usize = 1232;
 pub const TCP_REPLY_BYTES_MAX: usize = 65_535;
 /// Most nameservers used, as in resolv.conf(5)'s MAXNS... doubled.
 pub const NAMESERVERS_MAX: usize = 6;
+/// Most distinct questions in flight per shard that later askers may
+/// wait on; past it an asker queries on its own.
+pub const INFLIGHT_QUESTIONS_MAX: usize = 4096;
 /// Where the system's nameservers are listed.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
@@ -131,9 +138,15 @@ pub fn system_nameservers() -> Vec<SocketAddr> {
     listed
 }
 
+type Question = (String, RecordKind);
+type Waiters = Vec<LocalSender<Result<Answer, DnsError>>>;
+
 /// The resolver of one shard.
 pub struct Resolver {
     cache: RefCell<Cache>,
+    /// Questions being asked now, with whoever waits for their answer.
+    /// At most `INFLIGHT_QUESTIONS_MAX` keys.
+    inflight: RefCell<HashMap<Question, Waiters>>,
     /// Used when the configuration names no `nameservers`.
     system: Vec<SocketAddr>,
 }
@@ -142,6 +155,7 @@ impl Resolver {
     pub fn new(system: Vec<SocketAddr>) -> Resolver {
         Resolver {
             cache: RefCell::new(Cache::new(CACHE_ENTRIES_MAX)),
+            inflight: RefCell::new(HashMap::new()),
             system,
         }
     }
@@ -167,16 +181,52 @@ impl Resolver {
         if let Some(answer) = self.cache.borrow_mut().get(&name, kind, now_unix_ms()) {
             return Ok(answer);
         }
+        let question = (name, kind);
+        let waiting = {
+            let mut inflight = self.inflight.borrow_mut();
+            match inflight.get_mut(&question) {
+                Some(waiters) => {
+                    let (tx, rx) = local_channel::new_bounded(1);
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    if inflight.len() < INFLIGHT_QUESTIONS_MAX {
+                        inflight.insert(question.clone(), Vec::new());
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(rx) = waiting {
+            if let Some(result) = rx.recv().await {
+                return result;
+            }
+            // The asker went away (its connection was dropped): ask anew.
+            return Box::pin(self.lookup(configured, &question.0, kind)).await;
+        }
         let servers = if configured.is_empty() {
             &self.system[..]
         } else {
             configured
         };
-        let (answer, ttl) = query(servers, &name, kind).await?;
-        self.cache
-            .borrow_mut()
-            .put(&name, kind, answer.clone(), ttl, now_unix_ms());
-        Ok(answer)
+        let asking = Asking {
+            resolver: self,
+            question: &question,
+        };
+        let result = query(servers, &question.0, kind).await;
+        if let Ok((answer, ttl)) = &result {
+            let now = now_unix_ms();
+            self.cache
+                .borrow_mut()
+                .put(&question.0, kind, answer.clone(), *ttl, now);
+        }
+        let result = result.map(|(answer, _)| answer);
+        let waiters = asking.done();
+        for waiter in waiters {
+            let _ = waiter.try_send(result.clone());
+        }
+        result
     }
 
     /// The addresses of `host`: its A records, then its AAAA records. A
@@ -206,6 +256,29 @@ impl Resolver {
             (Err(e), _) | (_, Err(e)) => Err(e),
             (Ok(_), Ok(v6)) => Ok(v6),
         }
+    }
+}
+
+/// The first asker of a question. Dropped before `done` (its task was
+/// cancelled), it forgets the question, so its waiters wake with nothing
+/// and ask anew.
+struct Asking<'a> {
+    resolver: &'a Resolver,
+    question: &'a Question,
+}
+
+impl Asking<'_> {
+    /// The question is answered: its waiters, to be told.
+    fn done(self) -> Waiters {
+        let waiters = self.resolver.inflight.borrow_mut().remove(self.question);
+        std::mem::forget(self);
+        waiters.unwrap_or_default()
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.resolver.inflight.borrow_mut().remove(self.question);
     }
 }
 
@@ -319,6 +392,83 @@ async fn exchange_tcp(server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, Dns
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use hickory_proto::op::{Message, OpCode};
+    use hickory_proto::rr::rdata::MX;
+    use hickory_proto::rr::{Name, RData, Record};
+
+    /// Goal: a real query over glommio UDP gets its answer, concurrent
+    /// askers of one question share one query, and the answer is cached.
+    /// Method: a UDP server on the same executor counts queries and
+    /// answers each with one MX record after 20 ms; five lookups of the
+    /// same name run at once, then a sixth after they finish.
+    #[test]
+    fn concurrent_misses_share_one_query_and_the_answer_is_cached() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(|| async {
+                let server = Rc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+                let address = server.local_addr().unwrap();
+                let queries = Rc::new(Cell::new(0u32));
+                let serving = glommio::spawn_local({
+                    let (server, queries) = (server.clone(), queries.clone());
+                    async move {
+                        let mut buf = vec![0u8; 512];
+                        loop {
+                            let (n, peer) = server.recv_from(&mut buf).await.unwrap();
+                            queries.set(queries.get() + 1);
+                            let query = Message::from_vec(&buf[..n]).unwrap();
+                            let mut reply = Message::response(query.metadata.id, OpCode::Query);
+                            reply.add_queries(query.queries.clone());
+                            reply.add_answer(Record::from_rdata(
+                                Name::from_ascii("d.test.").unwrap(),
+                                300,
+                                RData::MX(MX::new(10, Name::from_ascii("mx.d.test.").unwrap())),
+                            ));
+                            glommio::timer::sleep(Duration::from_millis(20)).await;
+                            server
+                                .send_to(&reply.to_vec().unwrap(), peer)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                })
+                .detach();
+                let resolver = Rc::new(Resolver::new(vec![]));
+                let expected = Answer::Mx(vec![Mx {
+                    preference: 10,
+                    exchange: "mx.d.test".into(),
+                }]);
+                let mut askers = Vec::new();
+                for _ in 0..5 {
+                    let resolver = resolver.clone();
+                    askers.push(glommio::spawn_local(async move {
+                        resolver.lookup(&[address], "D.test", RecordKind::Mx).await
+                    }));
+                }
+                for asker in askers {
+                    assert_eq!(asker.await, Ok(expected.clone()));
+                }
+                assert_eq!(queries.get(), 1, "one query for five askers");
+                assert!(resolver.inflight.borrow().is_empty());
+                let again = resolver.lookup(&[address], "d.test", RecordKind::Mx).await;
+                assert_eq!(again, Ok(expected));
+                assert_eq!(queries.get(), 1, "the second ask is a cache hit");
+                assert_eq!(resolver.cached(), 1);
+                // No nameserver at all is an error, not a hang.
+                let none = Resolver::new(vec![]);
+                assert_eq!(
+                    none.lookup(&[], "x.test", RecordKind::A).await,
+                    Err(DnsError::NoNameservers)
+                );
+                drop(serving);
+            })
+            .expect("executor starts")
+            .join()
+            .expect("test body ran");
+    }
 
     #[test]
     fn resolv_conf_lists_nameservers_on_port_53() {

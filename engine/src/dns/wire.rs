@@ -289,6 +289,9 @@ mod tests {
         assert_eq!(build_query("", RecordKind::A), Err(DnsError::BadName));
         assert_eq!(build_query("a..b", RecordKind::A), Err(DnsError::BadName));
         let long_label = "x".repeat(64);
-        assert_eq!(build_query(&long_label, RecordKind::A), Err(DnsError::BadName));
+        assert_eq!(
+            build_query(&long_label, RecordKind::A),
+            Err(DnsError::BadName)
+        );
     }
 }

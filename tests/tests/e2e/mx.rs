@@ -181,6 +181,13 @@ fn mail_reaches_mx_hosts_by_preference_and_falls_over() {
         &sent_one[..],
         "arrives byte for byte behind Received:"
     );
+    daemon.wait_for("four D lines", ARRIVAL_TIMEOUT, |_| {
+        parse_mainlog(&daemon.mainlog_lines())
+            .iter()
+            .filter(|l| l.kind() == "D")
+            .count()
+            == 4
+    });
     for domain in ["one.test", "two.test", "dead.test", "plain.test"] {
         let delivered = lines_for(&daemon, "D", domain);
         assert_eq!(delivered.len(), 1, "{domain}: one D line");
@@ -276,8 +283,11 @@ fn a_refused_greeting_moves_on_to_the_next_mx() {
             .any(|l| l.starts_with("connections ") && l != "connections 0"),
         "the first MX was tried: {counts:?}"
     );
+    // The mainlog is flushed once per tick: wait for the D line.
+    daemon.wait_for("the D line", ARRIVAL_TIMEOUT, |_| {
+        lines_for(&daemon, "D", "busy.test").len() == 1
+    });
     assert!(lines_for(&daemon, "T", "busy.test").is_empty());
-    assert_eq!(lines_for(&daemon, "D", "busy.test").len(), 1);
 }
 
 /// Goal: an answer too big for a datagram is fetched again over TCP.
@@ -309,6 +319,9 @@ fn a_truncated_answer_is_asked_again_over_tcp() {
     send(&daemon, dir.path(), "big@mx.test", "a@big.test");
     sink2.wait_for_messages(1, ARRIVAL_TIMEOUT);
     assert_eq!(arrived_ids(&sink2), ["<big@mx.test>"]);
+    daemon.wait_for("the D line", ARRIVAL_TIMEOUT, |_| {
+        lines_for(&daemon, "D", "big.test").len() == 1
+    });
     assert!(lines_for(&daemon, "T", "big.test").is_empty());
 }
 
