@@ -29,6 +29,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod delivery;
+pub mod dns;
 pub mod env;
 pub mod inbound;
 pub mod log;

@@ -531,6 +531,8 @@ pub fn strip_leading_received(message: &[u8]) -> Option<&[u8]> {
 /// The aiosmtpd sink (`tests/py/sink.py`) as a child process.
 pub struct Sink {
     dir: PathBuf,
+    /// The loopback address it listens on (127.0.0.1 unless `start_on`).
+    host: String,
     port: u16,
     extra_args: Vec<String>,
     log_path: PathBuf,
@@ -546,9 +548,16 @@ impl Sink {
 
     /// As `start`, with extra sink.py arguments (e.g. `--rule bob=452`).
     pub fn start_with_args(dir: &Path, port: u16, extra_args: &[&str]) -> Sink {
+        Sink::start_on(dir, "127.0.0.1", port, extra_args)
+    }
+
+    /// As `start_with_args`, listening on `host` (another loopback address
+    /// such as 127.0.0.2, for MX hosts).
+    pub fn start_on(dir: &Path, host: &str, port: u16, extra_args: &[&str]) -> Sink {
         fs::create_dir_all(dir).expect("create sink dir");
         let mut sink = Sink {
             dir: dir.to_path_buf(),
+            host: host.to_string(),
             port,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_path: dir.with_extension("log"),
@@ -567,6 +576,8 @@ impl Sink {
             .expect("open sink log");
         let child = Command::new(python())
             .arg(py_dir().join("sink.py"))
+            .arg("--host")
+            .arg(&self.host)
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--dir")
@@ -578,6 +589,17 @@ impl Sink {
             .spawn()
             .expect("spawn python3 sink.py (run tests/install-deps)");
         self.child = Some(ChildGuard::new("sink.py", child));
+        if self.host != "127.0.0.1" {
+            let address = format!("{}:{}", self.host, self.port);
+            let greeted = poll_until(READY_TIMEOUT, || banner_at(&address).then_some(()));
+            if greeted.is_none() {
+                panic!(
+                    "sink.py on {address} not ready; log:\n{}",
+                    file_tail(&self.log_path)
+                );
+            }
+            return;
+        }
         wait_for_greeting(
             "sink.py",
             self.port,
@@ -655,6 +677,16 @@ impl Sink {
         }
         counts
     }
+}
+
+/// Whether an SMTP server at `address` answers with a 220 banner.
+fn banner_at(address: &str) -> bool {
+    let Ok(stream) = TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("220")
 }
 
 /// Postfix `smtp-sink`, dumping each transaction into a file under `dir`.

@@ -25,6 +25,8 @@ mod diskfull;
 mod ec_ctl;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/mx.rs"]
+mod mx;
 #[path = "e2e/odd_servers.rs"]
 mod odd_servers;
 #[path = "e2e/outbound_strict.rs"]

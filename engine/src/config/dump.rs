@@ -48,6 +48,15 @@ fn format_value(value: &Typed) -> String {
             out.push_str(" )");
             out
         }
+        Typed::Nameservers(servers) => {
+            let mut out = String::from("(");
+            for server in servers {
+                out.push(' ');
+                out.push_str(&quote(&server.to_string()));
+            }
+            out.push_str(" )");
+            out
+        }
         Typed::Gateway(gateway) => quote(&gateway.to_string()),
         Typed::Ip(ip) => quote(&ip.to_string()),
         Typed::MaxRetries(retries) => retries.to_string(),
@@ -122,7 +131,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     if delivery.gateway.is_none() {
         w.line(
             0,
-            "# gateway is unset: mail waits in the queue (MX routing is not built yet)",
+            "# gateway is unset: mail goes to each domain's MX hosts (remote_smtp_port)",
         );
     }
     // An option the engine does not act on yet is written as a comment

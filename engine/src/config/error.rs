@@ -81,6 +81,8 @@ pub enum ConfigErrorKind {
     },
     #[error("`{option}`: `{value}` is not an IP address or CIDR netblock")]
     BadCidr { option: String, value: String },
+    #[error("`{option}`: `{value}` is not an IP address with an optional port, such as \"127.0.0.1:5353\", \"[::1]:53\" or \"192.0.2.1\"")]
+    BadNameserver { option: String, value: String },
     #[error("`{option}`: `{value}` is not an IP address")]
     BadIpAddress { option: String, value: String },
     #[error("bad gateway `{value}`: {reason}")]

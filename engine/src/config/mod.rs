@@ -113,8 +113,18 @@ pub const BODY_TIMEOUT_SECONDS_DEFAULT: u64 = 600;
 /// Longest timeout accepted: one day.
 pub const TIMEOUT_SECONDS_MAX: u64 = 86_400;
 pub const REMOTE_SMTP_PORT_DEFAULT: u16 = 25;
-/// Port of a `gateway` written without one.
-pub const GATEWAY_PORT_DEFAULT: u16 = 25;
+/// `prohibited_hosts` unless set: "this network" (0.0.0.0/8, which Linux
+/// routes to the host itself), multicast and reserved IPv4, the
+/// unspecified and multicast IPv6 addresses. Loopback stays allowed (the
+/// tests deliver to sinks on 127.0.0.x); a production host should add
+/// 127.0.0.0/8 and ::1 (docs/configuration.md).
+pub const PROHIBITED_HOSTS_DEFAULT: &[&str] = &[
+    "0.0.0.0/8",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "ff00::/8",
+];
 
 /// Control socket mode. Momentum uses 0660; we refuse the group by default.
 pub const FILE_MODE_DEFAULT: u32 = 0o600;
@@ -240,7 +250,7 @@ impl Config {
 
     /// `Err` naming the first setting, in reading order, that is valid
     /// ecelerity.conf but that the engine would ignore today: an option
-    /// marked `not_yet` in the table (`bind_address`, `remote_smtp_port`),
+    /// marked `not_yet` in the table (`bind_address`),
     /// or an outbound option in a binding or binding group that no mail is
     /// sent through (everything goes out through the binding `default`).
     /// Accepting those would silently do less than the file says.
@@ -288,6 +298,17 @@ impl Config {
             g.backlog_refuse_entries,
             g.in_flow_delay_ms,
         )
+    }
+
+    /// `nameservers`: the DNS servers delivery asks, in order; empty means
+    /// the system's (/etc/resolv.conf).
+    pub fn nameservers(&self) -> &[std::net::SocketAddr] {
+        &self.settings.global.nameservers
+    }
+
+    /// `prohibited_hosts`: addresses delivery never connects to.
+    pub fn prohibited_hosts(&self) -> &[Cidr] {
+        &self.settings.global.prohibited_hosts
     }
 
     /// The global `relay_hosts` (listeners carry their own resolved copy).
@@ -366,15 +387,17 @@ impl fmt::Display for MaxRetries {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
     pub host: String,
-    pub port: u16,
+    /// As written; `None` means `remote_smtp_port`.
+    pub port: Option<u16>,
 }
 
 impl fmt::Display for Gateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        match (self.host.contains(':'), self.port) {
+            (true, Some(port)) => write!(f, "[{}]:{port}", self.host),
+            (true, None) => write!(f, "[{}]", self.host),
+            (false, Some(port)) => write!(f, "{}:{port}", self.host),
+            (false, None) => write!(f, "{}", self.host),
         }
     }
 }
@@ -487,6 +510,7 @@ server_max_inbound_connections = 9000
 max_inbound_connections_per_ip = 7
 inbound_command_timeout = 40
 inbound_data_timeout = 400
+nameservers = ( "127.0.0.1:5353" "[::1]:53" 192.0.2.53 )
 /* outbound, global */
 gateway = "smarthost.example.net:2525"
 retry_interval = 600
@@ -701,13 +725,24 @@ domain "example.com" {
     #[test]
     fn full_example_sets_every_outbound_option_globally() {
         let config = parse(FULL);
+        let servers: Vec<String> = config.nameservers().iter().map(|a| a.to_string()).collect();
+        assert_eq!(servers, ["127.0.0.1:5353", "[::1]:53", "192.0.2.53:53"]);
+        assert!(
+            parse("").nameservers().is_empty(),
+            "the system's by default"
+        );
+        assert_eq!(
+            error("nameservers = ( 127.0.0.1:0 )"),
+            "test.conf:1: `nameservers`: `127.0.0.1:0` is not an IP address with an optional \
+             port, such as \"127.0.0.1:5353\", \"[::1]:53\" or \"192.0.2.1\""
+        );
         let delivery = config.delivery("default", "elsewhere.example");
         assert_eq!(
             delivery,
             DeliveryOptions {
                 gateway: Some(Gateway {
                     host: "smarthost.example.net".into(),
-                    port: 2525
+                    port: Some(2525)
                 }),
                 retry_interval: secs(600),
                 max_retry_interval: secs(7200),
@@ -860,7 +895,7 @@ domain "example.com" {
             tx.gateway,
             Some(Gateway {
                 host: "2001:db8::25".into(),
-                port: 25
+                port: None
             })
         );
         // An unknown binding is the default binding.
@@ -1363,9 +1398,9 @@ domain "example.com" {
              source address the kernel picks)"
         );
         assert_eq!(
-            unsupported("domain \"d\" {\n  Remote_SMTP_Port = 2525\n}"),
-            "test.conf:2: `Remote_SMTP_Port` is not supported yet (mail goes only to a `gateway`, \
-             which carries its own port; MX routing is not built yet)"
+            parse("domain \"d\" {\n  Remote_SMTP_Port = 2525\n}").check_supported(),
+            Ok(()),
+            "remote_smtp_port is supported since MX routing"
         );
         let not_sent = "all mail is sent from the binding `default` until bindings can be \
                         assigned; set it globally, in a domain scope, or in binding \"default\"";
@@ -1392,7 +1427,7 @@ domain "example.com" {
             format!("test.conf:2: `gateway` in binding `b` is not supported yet ({not_sent})")
         );
         // The first one in reading order is named.
-        assert!(unsupported(FULL).starts_with("test.conf:32: `remote_smtp_port` "));
+        assert!(unsupported(FULL).starts_with("test.conf:35: `bind_address` "));
 
         let dir = temp_dir("unsupported");
         let file = dir.join("ecelerity.conf");
@@ -1442,7 +1477,8 @@ domain "example.com" {
         assert_eq!(config.check_supported(), Ok(()));
         let text = config.dump();
         assert!(
-            text.contains("\n# remote_smtp_port = 25 is not supported yet ("),
+            text.contains("\n# remote_smtp_port = 25\n")
+                || text.contains("\nremote_smtp_port = 25\n"),
             "{text}"
         );
         let again = Config::parse(&text, Path::new("d.conf")).unwrap();

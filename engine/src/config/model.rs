@@ -178,7 +178,15 @@ pub(super) fn parse_listen_address(text: &str) -> Result<SocketAddr, &'static st
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Parses a `gateway`: `host:port`, `host` (port 25), `[ipv6]:port`,
+/// Parses one `nameservers` item: `ip` (port 53), `ip:port`, `[ipv6]:port`.
+pub(super) fn parse_nameserver(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
+}
+
+/// Parses a `gateway`: `host:port`, `host` (`remote_smtp_port`), `[ipv6]:port`,
 /// `[ipv6]`.
 pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
     if text.is_empty() {
@@ -215,11 +223,13 @@ pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
         return Err("missing host");
     }
     let port = match port {
-        None => GATEWAY_PORT_DEFAULT,
-        Some(port) => parse_decimal(port)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-            .ok_or("the port must be a number in 1..=65535")?,
+        None => None,
+        Some(port) => Some(
+            parse_decimal(port)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .ok_or("the port must be a number in 1..=65535")?,
+        ),
     };
     Ok(Gateway {
         host: host.to_string(),
@@ -861,6 +871,24 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
         return Ok(Typed::Cidrs(cidrs));
     }
+    if kind == Kind::NameserverList {
+        let items: &[Word] = match value {
+            Value::Scalar(word) => std::slice::from_ref(word),
+            Value::List(items) => items,
+        };
+        let mut servers = Vec::with_capacity(items.len());
+        for item in items {
+            let server = parse_nameserver(&item.text).ok_or_else(|| {
+                let kind = ConfigErrorKind::BadNameserver {
+                    option: option.to_string(),
+                    value: item.text.clone(),
+                };
+                (Some(item.line), kind)
+            })?;
+            servers.push(server);
+        }
+        return Ok(Typed::Nameservers(servers));
+    }
     let word = match value {
         Value::Scalar(word) => word,
         Value::List(_) => return Err((None, wrong_type("a list".into(), 0).1)),
@@ -950,7 +978,7 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
                 None => return Err(wrong_type(got(), line)),
             }
         }
-        Kind::CidrList => unreachable!("handled above"),
+        Kind::CidrList | Kind::NameserverList => unreachable!("handled above"),
     };
     Ok(typed)
 }
@@ -976,6 +1004,7 @@ mod tests {
             Kind::Integer { .. } | Kind::Seconds { .. } => "1",
             Kind::Bool => "yes",
             Kind::CidrList => "10.0.0.0/8",
+            Kind::NameserverList => "127.0.0.1:5353",
             Kind::Gateway => "relay.example:2525",
             Kind::IpAddress => "192.0.2.1",
             Kind::MaxRetries => "auto",
@@ -1124,37 +1153,39 @@ mod tests {
     }
 
     #[test]
-    fn gateways_default_to_port_25_and_bracket_ipv6() {
+    fn gateways_without_a_port_take_remote_smtp_port_and_bracket_ipv6() {
         let ok = |t: &str| parse_gateway(t).unwrap();
         assert_eq!(
             ok("relay.example"),
             Gateway {
                 host: "relay.example".into(),
-                port: 25
+                port: None
             }
         );
         assert_eq!(
             ok("10.0.0.1:2525"),
             Gateway {
                 host: "10.0.0.1".into(),
-                port: 2525
+                port: Some(2525)
             }
         );
         assert_eq!(
             ok("[::1]:26"),
             Gateway {
                 host: "::1".into(),
-                port: 26
+                port: Some(26)
             }
         );
         assert_eq!(
             ok("[::1]"),
             Gateway {
                 host: "::1".into(),
-                port: 25
+                port: None
             }
         );
         assert_eq!(ok("[::1]:26").to_string(), "[::1]:26");
+        assert_eq!(ok("[::1]").to_string(), "[::1]");
+        assert_eq!(ok("relay.example").to_string(), "relay.example");
         assert_eq!(
             parse_gateway("::1"),
             Err("IPv6 addresses must be bracketed, e.g. \"[::1]:25\"")

@@ -58,6 +58,9 @@ pub(super) enum Kind {
     Bool,
     /// A list (or a single item) of IP addresses / CIDR netblocks.
     CidrList,
+    /// A list (or a single item) of nameserver addresses: `ip`, `ip:port`
+    /// or `[ipv6]:port` (port 53 when none is written).
+    NameserverList,
     Gateway,
     IpAddress,
     MaxRetries,
@@ -79,6 +82,7 @@ impl Kind {
             Kind::Seconds { .. } => "a whole number of seconds",
             Kind::Bool => "a boolean (true/false, yes/no, on/off, 1/0)",
             Kind::CidrList => "a list of IP addresses or CIDR netblocks",
+            Kind::NameserverList => "a list of IP addresses with optional ports",
             Kind::Gateway => "a single \"host:port\" or \"host\"",
             Kind::IpAddress => "an IP address",
             Kind::MaxRetries => "an integer, \"auto\" or \"none\"",
@@ -163,6 +167,7 @@ pub(super) enum Typed {
     Seconds(Duration),
     Bool(bool),
     Cidrs(Vec<Cidr>),
+    Nameservers(Vec<SocketAddr>),
     Gateway(Gateway),
     Ip(IpAddr),
     MaxRetries(MaxRetries),
@@ -233,6 +238,7 @@ option_value!(bool, 0, Bool(v) => v, |s| Typed::Bool(*s));
 option_value!(String, 0, Text(v) => v, |s| Typed::Text(s.clone()));
 option_value!(PathBuf, 0, Path(v) => v, |s| Typed::Path(s.clone()));
 option_value!(Vec<Cidr>, 0, Cidrs(v) => v, |s| Typed::Cidrs(s.clone()));
+option_value!(Vec<SocketAddr>, 0, Nameservers(v) => v, |s| Typed::Nameservers(s.clone()));
 option_value!(Gateway, 0, Gateway(v) => v, |s| Typed::Gateway(s.clone()));
 option_value!(IpAddr, 0, Ip(v) => v, |s| Typed::Ip(*s));
 option_value!(MaxRetries, u32::MAX as u64, MaxRetries(v) => v, |s| Typed::MaxRetries(*s));
@@ -285,6 +291,7 @@ plain_field!(
     String,
     PathBuf,
     Vec<Cidr>,
+    Vec<SocketAddr>,
     MaxRetries
 );
 optional_field!(Gateway, IpAddr, String);
@@ -468,9 +475,9 @@ option_family! {
         /// Wait for the reply after the message body.
         body_timeout: Duration = "body_timeout" in OUTBOUND, TIMEOUT,
             default Duration::from_secs(BODY_TIMEOUT_SECONDS_DEFAULT);
-        /// Destination port when delivering by MX (a gateway carries its own).
+        /// Destination port of MX hosts (a gateway carries its own).
         remote_smtp_port: u16 = "remote_smtp_port" in OUTBOUND, integer(1, u16::MAX as u64),
-            default REMOTE_SMTP_PORT_DEFAULT, not_yet NOT_YET_REMOTE_SMTP_PORT;
+            default REMOTE_SMTP_PORT_DEFAULT;
         ehlo_hostname: String = "ehlo_hostname" in OUTBOUND, Kind::HostName,
             default hostname.to_string();
         /// Source address; `None` lets the kernel choose.
@@ -479,9 +486,6 @@ option_family! {
     }
 }
 
-/// Why `remote_smtp_port` is refused (docs/configuration.md says the same).
-pub(super) const NOT_YET_REMOTE_SMTP_PORT: &str =
-    "mail goes only to a `gateway`, which carries its own port; MX routing is not built yet";
 /// Why outbound options in a binding or binding group other than the
 /// default binding and its group are refused.
 pub(super) const NOT_YET_OTHER_BINDINGS: &str =
@@ -571,6 +575,16 @@ option_family! {
         in_flow_delay_ms: u64 = "in_flow_delay_ms" in GLOBAL,
             Kind::Integer { min: 0, max: IN_FLOW_DELAY_MS_MAX, unit: " ms" },
             default IN_FLOW_DELAY_MS_DEFAULT;
+        /// ecelerity's own: the DNS servers delivery asks, in order; empty
+        /// means the system's (/etc/resolv.conf).
+        nameservers: Vec<SocketAddr> = "nameservers" in GLOBAL, Kind::NameserverList,
+            default Vec::new();
+        /// Addresses delivery never connects to, whatever DNS says.
+        prohibited_hosts: Vec<Cidr> = "prohibited_hosts" in GLOBAL, Kind::CidrList,
+            default PROHIBITED_HOSTS_DEFAULT
+                .iter()
+                .map(|text| text.parse::<Cidr>().expect("PROHIBITED_HOSTS_DEFAULT parses"))
+                .collect();
     }
 }
 

@@ -1,52 +1,71 @@
-//! Opening an outbound connection to a route target: name resolution off
-//! the shard's thread (getaddrinfo blocks; it runs on glommio's blocking
-//! pool) and a connect bounded by `connect_timeout`.
+//! Finding and opening an outbound connection: the DNS lookups a route
+//! needs (through the shard's [`Resolver`], never blocking the shard),
+//! handed to the pure `route` functions, and a TCP connect bounded by
+//! `connect_timeout`.
 //!
-//! Owns: [`connect`]. May call: glommio's sockets and blocking pool.
-//! Never: protocol decisions, queues.
+//! Owns: [`resolve`] and [`connect`]. May call: `dns`, `route`, glommio's
+//! sockets. Never: routing decisions (`route` makes them), protocol
+//! decisions, queues.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use ecelerity_policy::Cidr;
 use glommio::net::TcpStream;
 
-use super::route::Target;
+use super::route::{self, Plan, RouteFailure, Target};
+use crate::dns::{Answer, RecordKind, Resolver};
 
-/// Resolves `target` (an IP literal needs no lookup) and connects within
-/// `timeout`. On failure, the transient reply that says what went wrong.
-pub async fn connect(
-    target: &Target,
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), String> {
-    let address = match target.literal() {
-        Some(ip) => SocketAddr::new(ip, target.port),
-        None => {
-            let (host, port) = (target.host.clone(), target.port);
-            let looked_up = glommio::executor()
-                .spawn_blocking(move || {
-                    (host.as_str(), port)
-                        .to_socket_addrs()
-                        .map(|mut a| a.next())
-                })
-                .await;
-            match looked_up {
-                Ok(Some(a)) => a,
-                Ok(None) => {
-                    return Err(format!(
-                        "451 4.4.3 cannot resolve {}: no address",
-                        target.host
-                    ))
-                }
-                Err(e) => return Err(format!("451 4.4.3 cannot resolve {}: {e}", target.host)),
-            }
+/// Most MX hosts whose addresses are looked up for one domain.
+pub const MX_HOSTS_MAX: usize = 10;
+
+/// The addresses to try for `domain` under `plan`, in order. `spread`
+/// rotates MX hosts of equal preference.
+pub async fn resolve(
+    resolver: &Resolver,
+    nameservers: &[SocketAddr],
+    prohibited: &[Cidr],
+    domain: &str,
+    plan: &Plan,
+    spread: u64,
+) -> Result<Vec<Target>, RouteFailure> {
+    let (hosts, port, implicit) = match plan {
+        Plan::Gateway { host, port } => (vec![host.clone()], *port, false),
+        Plan::Mx { port } => {
+            let answer = resolver
+                .lookup(nameservers, domain, RecordKind::Mx)
+                .await
+                .map_err(|e| RouteFailure::lookup("MX of", domain, &e))?;
+            let implicit = !matches!(answer, Answer::Mx(_));
+            let mut hosts = route::mx_hosts(domain, &answer, spread)?;
+            hosts.truncate(MX_HOSTS_MAX);
+            (hosts, *port, implicit)
         }
     };
+    let mut lookups = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let answer = resolver.addresses(nameservers, &host).await;
+        lookups.push((host, answer));
+    }
+    // A gateway that does not resolve is the operator's to fix: never a
+    // bounce.
+    let implicit = implicit && matches!(plan, Plan::Mx { .. });
+    route::targets(domain, &lookups, port, implicit, prohibited)
+}
+
+/// Connects to `target` within `timeout`. On failure, the transient reply
+/// that says what went wrong.
+pub async fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
+    let address = SocketAddr::new(target.address, target.port);
     match TcpStream::connect_timeout(address, timeout.max(Duration::from_millis(1))).await {
         Ok(stream) => {
             // glommio leaves Nagle on; SMTP's small commands need it off.
             let _ = stream.set_nodelay(true);
-            Ok((stream, address))
+            Ok(stream)
         }
-        Err(e) => Err(format!("451 4.4.1 connection to {address} failed: {e}")),
+        Err(e) => Err(format!(
+            "451 4.4.1 connection to {} ({address}) failed: {e}",
+            target.host
+        )),
     }
 }

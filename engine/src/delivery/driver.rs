@@ -42,38 +42,83 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     let Some(options) = out.options(id) else {
         return;
     };
-    let target = match route::route(&options) {
-        Ok(r) => r.targets.into_iter().next().expect("a route has a target"),
-        Err(reply) => return settle::sweep(out, id, &options, reply, Stage::NotConnected, ""),
+    let Some(domain) = out.queues.borrow().get(id).map(|q| q.key.domain.clone()) else {
+        return;
     };
-    let (stream, address) = match connect::connect(&target, options.connect_timeout).await {
-        Ok(pair) => pair,
-        Err(reply) => {
-            return settle::sweep(out, id, &options, &reply, Stage::NotConnected, "");
+    let config = out.env.config.get();
+    let spread = out.spread.get();
+    out.spread.set(spread.wrapping_add(1));
+    let targets = connect::resolve(
+        &out.resolver,
+        config.nameservers(),
+        config.prohibited_hosts(),
+        &domain,
+        &route::plan(&options),
+        spread,
+    )
+    .await;
+    let targets = match targets {
+        Ok(targets) => targets,
+        Err(failure) if failure.permanent => {
+            return settle::fail_active(out, id, &options, &failure.reply);
+        }
+        Err(failure) => {
+            return settle::sweep(out, id, &options, &failure.reply, Stage::NotConnected, "");
         }
     };
-    let remote_ip = address.ip().to_string();
     let ehlo = if is_valid_ehlo_hostname(&options.ehlo_hostname) {
         options.ehlo_hostname.as_str()
     } else {
         "localhost"
     };
-    Connection {
-        out,
-        queue: id,
-        options: &options,
-        remote_ip: &remote_ip,
-        stream,
-        client: ClientSession::new(ehlo),
-        current: None,
-        greeted: false,
-        body: Vec::new(),
-        body_loaded: false,
-        converted: Vec::new(),
-        wire: Vec::new(),
+    // The next address, then the next host, while a connection fails or
+    // the host refuses us before the session is ready (RFC 5321 5.1).
+    let mut last = (String::new(), Stage::NotConnected, String::new());
+    for target in &targets {
+        let remote_ip = target.address.to_string();
+        let stream = match connect::connect(target, options.connect_timeout).await {
+            Ok(stream) => stream,
+            Err(reply) => {
+                tracing::debug!("{domain}: {reply}");
+                last = (reply, Stage::NotConnected, remote_ip);
+                continue;
+            }
+        };
+        let ended = Connection {
+            out,
+            queue: id,
+            options: &options,
+            remote_ip: &remote_ip,
+            stream,
+            client: ClientSession::new(ehlo),
+            current: None,
+            greeted: false,
+            body: Vec::new(),
+            body_loaded: false,
+            converted: Vec::new(),
+            wire: Vec::new(),
+        }
+        .run()
+        .await;
+        match ended {
+            Ended::Done => return,
+            Ended::NotReady { reply, stage } => last = (reply, stage, remote_ip),
+        }
+        if out.env.is_stopping() {
+            break;
+        }
     }
-    .run()
-    .await;
+    let (reply, stage, remote_ip) = last;
+    settle::sweep(out, id, &options, &reply, stage, &remote_ip);
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Its work is done, or its failure settled.
+    Done,
+    /// The host failed or refused us before the session was ready
+    /// (greeting, EHLO): the next target may be tried.
+    NotReady { reply: String, stage: Stage },
 }
 
 struct Connection<'a, S: Transport> {
@@ -105,8 +150,9 @@ enum LoadError {
 }
 
 impl<S: Transport> Connection<'_, S> {
-    async fn run(mut self) {
+    async fn run(mut self) -> Ended {
         let mut input = vec![0u8; READ_BUFFER_BYTES];
+        let mut ended = Ended::Done;
         loop {
             match self.client.poll() {
                 ClientAction::Send => {
@@ -160,7 +206,12 @@ impl<S: Transport> Connection<'_, S> {
                         failure.stage,
                         failure.cause
                     );
-                    if failure.is_outside_transaction() {
+                    if failure.is_outside_transaction() && !self.greeted {
+                        ended = Ended::NotReady {
+                            reply: failure.reply.text(),
+                            stage: failure.stage,
+                        };
+                    } else if failure.is_outside_transaction() {
                         settle::sweep(
                             self.out,
                             self.queue,
@@ -175,6 +226,7 @@ impl<S: Transport> Connection<'_, S> {
             }
         }
         let _ = futures_lite::AsyncWriteExt::close(&mut self.stream).await;
+        ended
     }
 
     fn timeout(&self, stage: Stage) -> Duration {

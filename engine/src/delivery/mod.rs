@@ -1,9 +1,11 @@
 //! Outbound delivery on a queue owner's shard, in parts:
 //!
-//! - [`route`] (pure): a queue's options → the hosts to try;
+//! - [`route`] (pure): a queue's options and DNS answers → the addresses
+//!   to try, or why there are none (transient or permanent);
 //! - [`pool`] (pure): admission, whether a queue may open a connection,
 //!   and the back-off of a destination that failed outside a transaction;
-//! - [`connect`]: resolution off the shard's thread and the TCP connect;
+//! - [`connect`]: the lookups through the shard's `dns` resolver and the
+//!   TCP connect;
 //! - [`driver`]: the I/O driver of one client connection over any
 //!   [`Transport`](crate::transport::Transport), moving bytes between it
 //!   and the pure [`ClientSession`](crate::smtp::client::ClientSession);
@@ -17,7 +19,7 @@
 //! promoting due entries; the entries of a queue backed off by
 //! [`pool::back_off`] wait in the delayed heap until its back-off ends),
 //! and the spool readers bodies are read with.
-//! May call: `queue`, `mesh` (routing checks and reports), `smtp::client`,
+//! May call: `dns`, `queue`, `mesh` (routing checks and reports), `smtp::client`,
 //! `log`, `stats`, the spool's body reader. Never: protocol decisions (the
 //! client session makes them), another shard's queues.
 
@@ -28,7 +30,7 @@ pub mod pool;
 pub mod route;
 mod settle;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use ecelerity_spool::BodyReader;
@@ -37,6 +39,7 @@ use glommio::TaskQueueHandle;
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
 use crate::control::{self, ControlReply, ControlRequest};
+use crate::dns::Resolver;
 use crate::env::ShardEnv;
 use crate::mesh::Router;
 use crate::queue::{Bindings, MessageRef, QueueId, Queues};
@@ -55,6 +58,10 @@ pub struct Outbound {
     bodies: RefCell<Vec<BodyReader>>,
     /// Task queue of delivery connections.
     task_queue: TaskQueueHandle,
+    /// This shard's DNS resolver and cache.
+    resolver: Resolver,
+    /// Counts connections; rotates MX hosts of equal preference.
+    spread: Cell<u64>,
 }
 
 impl Outbound {
@@ -64,6 +71,7 @@ impl Outbound {
         router: Rc<Router>,
         bodies: Vec<BodyReader>,
         task_queue: TaskQueueHandle,
+        resolver: Resolver,
     ) -> Outbound {
         Outbound {
             env,
@@ -72,6 +80,8 @@ impl Outbound {
             queues: RefCell::new(Queues::default()),
             bodies: RefCell::new(bodies),
             task_queue,
+            resolver,
+            spread: Cell::new(0),
         }
     }
 

@@ -3,7 +3,7 @@
 //! counters, the delayed queue for retries, and the outcomes reported
 //! to the message's home shard (with the failing reply, for the DSN).
 //!
-//! Owns: [`settle`] and [`sweep`]. May call: `disposition` (the decision),
+//! Owns: [`settle`], [`sweep`] and [`fail_active`]. May call: `disposition` (the decision),
 //! `pool` (back-off), `bounce` (classification), `log`, `stats`, the queue (through [`Outbound`]),
 //! `mesh` (reports).
 //! Never: deciding anything `disposition` decides.
@@ -53,6 +53,57 @@ pub(super) fn sweep(
         }
         entries
     };
+    settle_all(
+        out,
+        id,
+        options,
+        entries,
+        reply,
+        stage,
+        remote_ip,
+        ReplyClass::Transient,
+    );
+}
+
+/// The route of queue `id` failed for good (NXDOMAIN, null MX, a domain
+/// without any address): every active entry fails with `reply` (P lines
+/// and bounces). No back-off: nothing is left to retry.
+pub(super) fn fail_active(
+    out: &Rc<Outbound>,
+    id: QueueId,
+    options: &Rc<DeliveryOptions>,
+    reply: &str,
+) {
+    let entries: Vec<MessageRef> = match out.queues.borrow_mut().get_mut(id) {
+        Some(q) => q.active.drain(..).collect(),
+        None => return,
+    };
+    let stage = Stage::NotConnected;
+    settle_all(
+        out,
+        id,
+        options,
+        entries,
+        reply,
+        stage,
+        "",
+        ReplyClass::Permanent,
+    );
+}
+
+/// Settles every recipient of `entries` with one `reply` of `class`, in a
+/// task of its own.
+#[allow(clippy::too_many_arguments)]
+fn settle_all(
+    out: &Rc<Outbound>,
+    id: QueueId,
+    options: &Rc<DeliveryOptions>,
+    entries: Vec<MessageRef>,
+    reply: &str,
+    stage: Stage,
+    remote_ip: &str,
+    class: ReplyClass,
+) {
     let (out, options, reply, remote_ip) = (
         out.clone(),
         options.clone(),
@@ -65,7 +116,7 @@ pub(super) fn sweep(
                 .rcpts
                 .iter()
                 .map(|_| AttemptReply {
-                    class: ReplyClass::Transient,
+                    class,
                     text: reply.clone(),
                     stage: stage.code(),
                 })

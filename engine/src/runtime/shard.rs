@@ -24,6 +24,7 @@ use crate::clock::now_unix_ms;
 use crate::config::Config;
 use crate::control::{Envelope, CONTROL_POLL_MS};
 use crate::delivery::Outbound;
+use crate::dns::{system_nameservers, Resolver};
 use crate::env::{LiveConfig, ShardEnv, Stopping};
 use crate::inbound::{accept_loop, shard_policy, Inbound};
 use crate::log::ShardLogs;
@@ -336,12 +337,15 @@ fn wire(
         now_unix_ms(),
         max_recovered_id,
     ));
+    // Read once at start (like the logs opened above), before any traffic.
+    let system_nameservers = system_nameservers();
     let outbound = Rc::new(Outbound::new(
         env.clone(),
         bindings.clone(),
         router.clone(),
         spool_dirs.into_iter().map(BodyReader::new).collect(),
         delivery_queue,
+        Resolver::new(system_nameservers),
     ));
     let inbound = Rc::new(Inbound {
         env: env.clone(),

@@ -24,14 +24,10 @@ fn config_with_line(config: &TestConfig, line: &str) -> String {
 
 /// Valid ecelerity.conf that the engine would not act on yet, and the
 /// start of what the operator is told about it.
-const NOT_SUPPORTED_YET: [(&str, &str); 4] = [
+const NOT_SUPPORTED_YET: [(&str, &str); 3] = [
     (
         "bind_address = 192.0.2.1",
         "`bind_address` is not supported yet (",
-    ),
-    (
-        "remote_smtp_port = 2525",
-        "`remote_smtp_port` is not supported yet (",
     ),
     (
         "binding \"tx\" { max_outbound_connections = 3 }",
