@@ -1,16 +1,27 @@
-//! Body reads from any thread: blocking pread on read-only segment files.
-//! Owns: a small cache of open read-only file descriptors, per reader.
-//! May call: std::fs.
+//! Body reads for delivery, through io_uring on the reading shard's
+//! executor: glommio `BufferedFile` opens and `read_at`s (page-cache
+//! reads; a miss is served by io_uring's worker, never by the shard's
+//! thread blocking in pread).
+//! Owns: a small cache of open read-only segment files, per reader.
+//! May call: glommio file APIs.
 //! Never: write, create or delete a segment; touch the writer's state.
 //! A body read runs on the delivering shard, which may not be the shard
 //! that wrote the segment; segment files are immutable below their synced
-//! end, so no coordination is needed. A segment deleted while its fd is
-//! cached stays readable through that fd until the cache drops it.
+//! end, so no coordination is needed. A segment deleted while its file is
+//! cached (or in the middle of a read) stays readable through that open
+//! file until the cache drops it; glommio closes a dropped file through
+//! io_uring.
+//!
+//! A reader is a cheap handle (`Clone` shares the cache), so a delivery
+//! task can take one out of a shard's table and await a read without
+//! holding a borrow of the table.
 
-use std::fs::File;
+use std::cell::RefCell;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::rc::Rc;
+
+use glommio::io::BufferedFile;
 
 use crate::storage::segment_file_name;
 use crate::BodyRef;
@@ -19,39 +30,90 @@ use crate::BodyRef;
 /// newest few segments; eight covers that without holding many fds.
 pub const BODY_READER_FILES_MAX: usize = 8;
 
+/// Reads message bodies from one spool directory. `!Send`: it lives on
+/// the executor that reads.
+#[derive(Clone)]
 pub struct BodyReader {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
     dir: PathBuf,
     /// Most recently used last; never longer than BODY_READER_FILES_MAX.
-    files: Vec<(u64, File)>,
+    files: RefCell<Vec<(u64, Rc<BufferedFile>)>>,
 }
 
 impl BodyReader {
     pub fn new(dir: PathBuf) -> Self {
         BodyReader {
-            dir,
-            files: Vec::with_capacity(BODY_READER_FILES_MAX),
+            inner: Rc::new(Inner {
+                dir,
+                files: RefCell::new(Vec::with_capacity(BODY_READER_FILES_MAX)),
+            }),
         }
     }
 
-    /// Replaces the contents of `into` with the body bytes.
-    pub fn read(&mut self, body: &BodyRef, into: &mut Vec<u8>) -> io::Result<()> {
-        let file = self.file(body.segment)?;
+    /// Replaces the contents of `into` with the body bytes. Must run on a
+    /// glommio executor. A body that ends before `body.len` bytes (a
+    /// damaged or truncated segment) is an `UnexpectedEof` error.
+    pub async fn read(&self, body: &BodyRef, into: &mut Vec<u8>) -> io::Result<()> {
+        let file = self.file(body.segment).await?;
         into.clear();
-        into.resize(body.len as usize, 0);
-        file.read_exact_at(into, body.offset)
+        into.reserve(body.len as usize);
+        let mut offset = body.offset;
+        let end = body.offset + body.len as u64;
+        // read(2) on a regular file may return less than asked only at
+        // its end or for a very large request; loop until done.
+        while offset < end {
+            let chunk = file
+                .read_at(offset, (end - offset) as usize)
+                .await
+                .map_err(glommio_error)?;
+            if chunk.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "segment {:016x} ends at {offset}, before the body's end at {end}",
+                        body.segment
+                    ),
+                ));
+            }
+            into.extend_from_slice(&chunk);
+            offset += chunk.len() as u64;
+        }
+        Ok(())
     }
 
-    fn file(&mut self, segment: u64) -> io::Result<&File> {
-        if let Some(at) = self.files.iter().position(|(s, _)| *s == segment) {
-            let entry = self.files.remove(at);
-            self.files.push(entry);
-        } else {
-            let file = File::open(self.dir.join(segment_file_name(segment)))?;
-            if self.files.len() == BODY_READER_FILES_MAX {
-                self.files.remove(0);
+    /// The open file of `segment`, from the cache or opened now.
+    async fn file(&self, segment: u64) -> io::Result<Rc<BufferedFile>> {
+        {
+            let mut files = self.inner.files.borrow_mut();
+            if let Some(at) = files.iter().position(|(s, _)| *s == segment) {
+                let entry = files.remove(at);
+                let file = entry.1.clone();
+                files.push(entry);
+                return Ok(file);
             }
-            self.files.push((segment, file));
         }
-        Ok(&self.files.last().expect("just pushed").1)
+        let path = self.inner.dir.join(segment_file_name(segment));
+        let file = Rc::new(BufferedFile::open(&path).await.map_err(glommio_error)?);
+        let mut files = self.inner.files.borrow_mut();
+        // Another read may have opened it meanwhile: keep one.
+        if let Some(at) = files.iter().position(|(s, _)| *s == segment) {
+            return Ok(files[at].1.clone());
+        }
+        if files.len() == BODY_READER_FILES_MAX {
+            files.remove(0);
+        }
+        files.push((segment, file.clone()));
+        Ok(file)
+    }
+}
+
+/// Keeps the OS error code of a glommio error.
+fn glommio_error(err: glommio::GlommioError<()>) -> io::Error {
+    match err.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::from(err),
     }
 }

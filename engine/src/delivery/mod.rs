@@ -220,7 +220,8 @@ impl Connection<'_> {
             .as_ref()
             .expect("a body is sent within a transaction");
         let home = entry.id.home_shard();
-        let read = self.shard.bodies.borrow_mut()[home].read(&entry.body, &mut self.body);
+        let reader = self.shard.bodies.borrow()[home].clone();
+        let read = reader.read(&entry.body, &mut self.body).await;
         if let Err(e) = read {
             tracing::error!("spool: cannot read the body of {}: {e}", entry.id);
             self.client.abort(AbortReason::Io);
