@@ -10,6 +10,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 
@@ -266,6 +268,7 @@ impl Storage for GlommioStorage {
         Ok(GlommioRemover {
             dir: self.dir.clone(),
             dir_handle: self.dir_handle.try_clone().map_err(io::Error::from)?,
+            removals: crate::reader::removal_counter(&self.dir),
         })
     }
 
@@ -283,12 +286,18 @@ impl Storage for GlommioStorage {
 pub struct GlommioRemover {
     dir: PathBuf,
     dir_handle: Directory,
+    /// Bumped after each removal so that body readers close the files
+    /// of deleted segments (see `reader`).
+    removals: Arc<AtomicU64>,
 }
 
 impl Remover for GlommioRemover {
     async fn remove_segment(&mut self, segment: u64) -> io::Result<()> {
         match glommio::io::remove(self.dir.join(segment_file_name(segment))).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.removals.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Err(err) => {
                 let err = os_error(err);
                 if err.kind() == io::ErrorKind::NotFound {

@@ -25,7 +25,7 @@ const FILL_MESSAGES_MAX: usize = 200;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
-struct Mount(PathBuf);
+pub(crate) struct Mount(PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {
@@ -33,7 +33,7 @@ impl Drop for Mount {
     }
 }
 
-fn mount_tmpfs(dir: &Path, mib: u64) -> Result<Mount, String> {
+pub(crate) fn mount_tmpfs(dir: &Path, mib: u64) -> Result<Mount, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("not root: cannot mount a tmpfs".into());
     }
