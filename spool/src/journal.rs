@@ -234,13 +234,15 @@ impl Journal {
     /// The reservation to ask for when resuming a segment whose records
     /// end at `end` and whose file is `len` bytes long, with `live` live
     /// messages: room for a complete of each (within the limits of the
-    /// reserve) and one small note, never less than the file.
+    /// reserve) and one small note, but no more than a segment (a full one
+    /// still takes some completes), and never less than the file.
     pub fn resume_bytes_min(&self, end: u64, len: u64, live: u64) -> u64 {
         let note = Slot {
             len: COMPLETE_RECORD_BYTES as u32,
             class: Class::Note,
         };
         self.bytes_min(end, note, live)
+            .min(self.segment_bytes)
             .max(len.next_multiple_of(RESERVE_ALIGN_BYTES))
     }
 
@@ -551,14 +553,9 @@ mod tests {
         let capacity = 8192;
         let mut journal = rolled(capacity, 0, capacity);
         let mut live = 0;
-        loop {
-            match journal.plan(&messages(&[500]), live) {
-                Plan::Write(plan) => {
-                    journal.committed(&plan);
-                    live += 1;
-                }
-                Plan::Roll { .. } => break,
-            }
+        while let Plan::Write(plan) = journal.plan(&messages(&[500]), live) {
+            journal.committed(&plan);
+            live += 1;
         }
         assert_eq!(live, 15);
         let note = Slot {
@@ -575,7 +572,7 @@ mod tests {
             len: COMPLETE_RECORD_BYTES as u32,
             class: Class::Complete,
         };
-        for _ in 0..live {
+        while live > 0 {
             let plan = write(journal.plan(&[complete], live));
             journal.committed(&plan);
             live -= 1;

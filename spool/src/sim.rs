@@ -156,6 +156,9 @@ pub struct SimStats {
     /// which then healed: every live message completed, space came back
     /// and a new message was accepted.
     pub heals: u64,
+    /// Sized histories whose reopened spool accepted no message (the disk
+    /// was full already), so healing was not checked.
+    pub heals_skipped: u64,
     /// Rolls refused because no reservation fitted the disk's free space.
     pub reserves_refused: u64,
 }
@@ -179,6 +182,7 @@ impl SimStats {
         self.cuts_reported += o.cuts_reported;
         self.messages_recovered += o.messages_recovered;
         self.heals += o.heals;
+        self.heals_skipped += o.heals_skipped;
         self.reserves_refused += o.reserves_refused;
     }
 }
@@ -254,6 +258,8 @@ enum DirOp {
 #[derive(Clone, Debug)]
 pub struct SyncedFlip {
     pub segment: u64,
+    /// The file it hit (a segment number may name another file later).
+    pub inode: u64,
     pub position: u64,
     pub lost_from: u64,
     /// The records at or after `lost_from` before the flip, as
@@ -476,6 +482,17 @@ impl SimDisk {
         Some(disk.files[inode].live())
     }
 
+    /// The file `segment` names now.
+    pub fn inode_of(&self, segment: u64) -> Option<u64> {
+        self.0.borrow().live_dir.get(&segment).copied()
+    }
+
+    /// Whether file `inode` still exists (named, or removed without a
+    /// directory sync, so a power cut may bring it back).
+    pub fn has_inode(&self, inode: u64) -> bool {
+        self.0.borrow().files.contains_key(&inode)
+    }
+
     /// End of the synced non-zero bytes of `segment` (0 if absent).
     pub fn acked_end(&self, segment: u64) -> u64 {
         let disk = self.0.borrow();
@@ -562,7 +579,8 @@ impl SimDisk {
         let synced_end = disk.files[&inode].synced_end;
         let position = disk.rng.below(synced_end);
         let bit = disk.rng.below(8);
-        let flip = locate_flip(&disk.files[&inode].durable, segment, position);
+        let mut flip = locate_flip(&disk.files[&inode].durable, segment, position);
+        flip.inode = inode;
         disk.files.get_mut(&inode).expect("file").durable[position as usize] ^= 1 << bit;
         disk.stats.synced_flips += 1;
         if disk.trace {
@@ -577,6 +595,7 @@ impl SimDisk {
 fn locate_flip(bytes: &[u8], segment: u64, position: u64) -> SyncedFlip {
     let mut flip = SyncedFlip {
         segment,
+        inode: 0,
         position,
         lost_from: 0,
         lost_records: Vec::new(),
@@ -1137,7 +1156,8 @@ async fn open(disk: &SimDisk, options: SpoolOptions) -> Result<(Spool, Recovery)
 }
 
 /// Checks a recovery against the model, then makes the recovered state the
-/// model's. `known_cuts` holds, per segment, the cut a synced flip made.
+/// model's. `known_cuts` holds, per file (inode), the cut a synced flip
+/// made.
 fn check_recovery(
     model: &mut Model,
     disk: &SimDisk,
@@ -1150,27 +1170,25 @@ fn check_recovery(
     // end (then the segment is never written again, like any cut one) or
     // not (then appends may resume there and zero it): it counts as a
     // known cut only once recovery reports it.
-    let zeros_flip = flip
-        .filter(|f| !f.inside_records)
-        .map(|f| (f.segment, f.lost_from));
-    if let Some((segment, offset)) = zeros_flip {
+    let zeros_flip = flip.filter(|f| !f.inside_records);
+    if let Some(f) = zeros_flip {
         if recovery
             .truncated
             .iter()
-            .any(|c| c.segment == segment && c.offset == offset)
+            .any(|c| c.segment == f.segment && c.offset == f.lost_from)
         {
-            let cut = known_cuts.entry(segment).or_insert(offset);
-            *cut = (*cut).min(offset);
+            let cut = known_cuts.entry(f.inode).or_insert(f.lost_from);
+            *cut = (*cut).min(f.lost_from);
         }
     }
     if let Some(flip) = flip.filter(|f| f.inside_records) {
-        // A segment keeps its earliest cut: a later flip further in cannot
+        // A file keeps its earliest cut: a later flip further in cannot
         // move it (a damaged header stays damaged and is reported at 0).
-        let cut = known_cuts.entry(flip.segment).or_insert(flip.lost_from);
+        let cut = known_cuts.entry(flip.inode).or_insert(flip.lost_from);
         *cut = (*cut).min(flip.lost_from);
         // An earlier open attempt that failed later on may have deleted
         // the segment already (nothing live in it).
-        if disk.read(flip.segment).is_some()
+        if disk.inode_of(flip.segment) == Some(flip.inode)
             && !recovery
                 .truncated
                 .iter()
@@ -1185,7 +1203,10 @@ fn check_recovery(
     model.stats.cuts_reported += recovery.truncated.len() as u64;
     for cut in &recovery.truncated {
         let acked_end = disk.acked_end(cut.segment);
-        if cut.offset < acked_end && known_cuts.get(&cut.segment) != Some(&cut.offset) {
+        let known = disk
+            .inode_of(cut.segment)
+            .and_then(|inode| known_cuts.get(&inode));
+        if cut.offset < acked_end && known != Some(&cut.offset) {
             return Err(format!(
                 "cut inside synced bytes without a media fault: {cut:?} (acked end {acked_end})"
             ));
@@ -1330,8 +1351,9 @@ fn check_recovery(
         model.completing.clear();
     }
     model.stats.messages_recovered += recovery.messages.len() as u64;
-    let present: BTreeSet<u64> = disk.segments().into_iter().collect();
-    known_cuts.retain(|s, _| present.contains(s));
+    // Keyed by file: a segment removed without a directory sync may come
+    // back at a power cut with its cut.
+    known_cuts.retain(|&inode, _| disk.has_inode(inode));
     let violations = disk.violations();
     if !violations.is_empty() {
         return Err(violations.join("; "));
@@ -1360,6 +1382,122 @@ fn records_of(disk: &SimDisk, id: u64) -> String {
     found.join(", ")
 }
 
+/// Share of histories whose disk has a size the spool can fill.
+const SIZED_DISK_PERCENT: u32 = 40;
+/// Most messages the healing check appends to fill the disk.
+const HEAL_FILL_MESSAGES_MAX: u64 = 10_000;
+
+/// The end of a history on a sized disk: with the faults gone and after a
+/// clean reopen, the spool fills the disk with messages until it refuses
+/// one; then every live message must complete (none refused for space),
+/// the spool must accept a message again, and a last power cut must bring
+/// back only that one.
+///
+/// Skipped when a segment with a damaged header is kept on disk (its
+/// space is the operator's to free). When the reopened spool accepts no
+/// message at all (the disk is full
+/// already), completes refused for space are retried while others free
+/// segments; the history is counted as skipped if they stop making
+/// progress. That can happen: after a power cut the recovered live set may
+/// be larger than the reserve the writer kept (completes and messages that
+/// were never acknowledged come back), and a full disk then has no room
+/// for all their completes. Once one message is accepted the reserve
+/// covers every live message again (see `journal`), and then no complete
+/// may be refused.
+async fn heal(
+    disk: &SimDisk,
+    options: SpoolOptions,
+    model: &Shared,
+    known_cuts: &mut BTreeMap<u64, u64>,
+) -> Result<(), String> {
+    disk.set_faults(Faults::NONE);
+    disk.set_full(false);
+    model.borrow_mut().epoch += 1;
+    let (spool, recovery) = open(disk, options).await?;
+    check_recovery(
+        &mut model.borrow_mut(),
+        disk,
+        &recovery,
+        None,
+        known_cuts,
+        false,
+    )?;
+    if recovery.truncated.iter().any(|c| c.offset == 0) {
+        // A segment with a damaged header stays on disk for inspection and
+        // keeps its space: on a small disk that is for the operator.
+        model.borrow_mut().stats.heals_skipped += 1;
+        let _ = spool.close().await;
+        return Ok(());
+    }
+    let mut live: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+    let first = model.borrow().next_id;
+    let body = vec![b'h'; (options.segment_bytes / 8) as usize];
+    let mut filled = 0;
+    loop {
+        let id = first + filled;
+        match spool.append_message(id, b"fill", &body).await {
+            Ok(_) => live.push(id),
+            Err(SpoolError::StorageFull) => break,
+            Err(err) => return Err(format!("fill message {id}: {err}")),
+        }
+        filled += 1;
+        if filled == HEAL_FILL_MESSAGES_MAX {
+            return Err("the sized disk never filled".into());
+        }
+    }
+    // Complete everything; with nothing accepted, completes refused for
+    // space are retried while others free segments.
+    loop {
+        let mut refused = Vec::new();
+        for &id in &live {
+            match spool.complete(id).await {
+                Ok(()) => {}
+                Err(SpoolError::StorageFull) if filled == 0 => refused.push(id),
+                Err(err) => {
+                    return Err(format!(
+                        "complete {id} of {} refused on the full disk: {err}; segments {:?}, \
+                         {} bytes used",
+                        live.len(),
+                        disk.segments(),
+                        disk.used_bytes()
+                    ))
+                }
+            }
+        }
+        yield_times(64).await;
+        if refused.is_empty() {
+            break;
+        }
+        if refused.len() == live.len() {
+            model.borrow_mut().stats.heals_skipped += 1;
+            let _ = spool.close().await;
+            return Ok(());
+        }
+        live = refused;
+    }
+    let id = first + filled;
+    spool
+        .append_message(id, b"healed", b"body")
+        .await
+        .map_err(|err| {
+            format!(
+                "acceptance did not resume: {err}; segments {:?}",
+                disk.segments()
+            )
+        })?;
+    drop(spool);
+    disk.crash();
+    yield_times(4).await;
+    let (spool, recovery) = open(disk, options).await?;
+    let found: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+    if found != vec![id] {
+        return Err(format!("after healing and a power cut: {found:?}"));
+    }
+    let _ = spool.close().await;
+    model.borrow_mut().stats.heals += 1;
+    Ok(())
+}
+
 /// One seeded history: a workload of appends, notes, completes, crashes,
 /// clean reopens and disk-full spells over a faulty `SimDisk`.
 pub async fn run_history(seed: u64) -> Result<SimStats, String> {
@@ -1373,6 +1511,13 @@ pub async fn run_history(seed: u64) -> Result<SimStats, String> {
         ..SpoolOptions::default()
     };
     let body_max = segment_bytes / 2;
+    // Some disks are small enough for the spool to fill them itself (a
+    // stream of its own, so the rest of the history stays as it was).
+    let mut space_rng = Prng::new(seed ^ 0x5A5A_D15C_F011_0001);
+    let sized = space_rng.chance(SIZED_DISK_PERCENT);
+    if sized {
+        disk.set_space(segment_bytes * (1 + space_rng.below(4)) + space_rng.below(segment_bytes));
+    }
     let steps = HISTORY_STEPS_MAX / 2 + rng.below(HISTORY_STEPS_MAX / 2);
     let model: Shared = Rc::new(RefCell::new(Model::default()));
     let mut known_cuts = BTreeMap::new();
@@ -1474,6 +1619,11 @@ pub async fn run_history(seed: u64) -> Result<SimStats, String> {
     let _ = spool.close().await;
     drop(spool);
     yield_times(2).await;
+    if sized {
+        heal(&disk, options, &model, &mut known_cuts)
+            .await
+            .map_err(|e| fail(&model, steps, format!("healing: {e}")))?;
+    }
     let mut stats = model.borrow().stats;
     stats.add(&disk.stats());
     stats.histories = 1;
