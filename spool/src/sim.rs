@@ -268,6 +268,9 @@ pub struct SyncedFlip {
     /// Whether the flip hit a record or the segment header (so recovery
     /// must report a cut), not the zeros after the last record.
     pub inside_records: bool,
+    /// Whether the readable records end at a damaged one (not at zeros)
+    /// and the flip lies at or after it.
+    pub behind_cut: bool,
 }
 
 struct DiskState {
@@ -293,6 +296,8 @@ struct DiskState {
     trace: bool,
     /// Spool misbehaviour the disk itself sees (writes below synced data).
     violations: Vec<String>,
+    /// Positions of synced bit flips made so far, per file.
+    flipped: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 fn eio() -> io::Error {
@@ -422,6 +427,7 @@ impl SimDisk {
             fail_next: Vec::new(),
             trace: std::env::var_os("ECELERITY_SIM_TRACE").is_some(),
             violations: Vec::new(),
+            flipped: BTreeMap::new(),
         })))
     }
 
@@ -579,7 +585,24 @@ impl SimDisk {
         let synced_end = disk.files[&inode].synced_end;
         let position = disk.rng.below(synced_end);
         let bit = disk.rng.below(8);
+        if position < SEGMENT_HEADER_BYTES as u64
+            && record::decode_segment_header(&disk.files[&inode].durable, segment).is_err()
+        {
+            // A second flip in a header a first one damaged could repair
+            // it and bring back a segment the spool has let go of for the
+            // operator; beyond the model (two faults at the same spot).
+            return None;
+        }
         let mut flip = locate_flip(&disk.files[&inode].durable, segment, position);
+        let flipped = disk.flipped.entry(inode).or_default();
+        if flip.behind_cut && !flipped.contains(&position) {
+            // Behind a standing cut the bytes are already lost; a flip
+            // there would stay latent and surface only if a later flip of
+            // the same bit repaired the cut (two faults at one spot, which
+            // the checker cannot foresee). Repairs themselves stay in.
+            return None;
+        }
+        flipped.insert(position);
         flip.inode = inode;
         disk.files.get_mut(&inode).expect("file").durable[position as usize] ^= 1 << bit;
         disk.stats.synced_flips += 1;
@@ -600,11 +623,21 @@ fn locate_flip(bytes: &[u8], segment: u64, position: u64) -> SyncedFlip {
         lost_from: 0,
         lost_records: Vec::new(),
         inside_records: true,
+        behind_cut: false,
     };
     let mut records = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
+    let mut stopped_at_damage = false;
     if record::decode_segment_header(bytes, segment).is_ok() {
-        while let Ok((rec, used)) = record::decode(&bytes[offset..]) {
+        loop {
+            let (rec, used) = match record::decode(&bytes[offset..]) {
+                Ok(decoded) => decoded,
+                Err(record::DecodeError::End) => break,
+                Err(_) => {
+                    stopped_at_damage = true;
+                    break;
+                }
+            };
             let entry = match rec {
                 Record::Message { id, envelope, .. } => (1, id, envelope.to_vec()),
                 Record::Note { id, data } => (2, id, data.to_vec()),
@@ -626,6 +659,7 @@ fn locate_flip(bytes: &[u8], segment: u64, position: u64) -> SyncedFlip {
         // of the records, nothing acknowledged is lost.
         flip.lost_from = offset as u64;
         flip.inside_records = false;
+        flip.behind_cut = stopped_at_damage;
     }
     flip.lost_records = records
         .into_iter()

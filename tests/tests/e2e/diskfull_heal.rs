@@ -21,7 +21,7 @@ const TMPFS_MIB: u64 = 16;
 /// Message size while filling the spool.
 const FILL_MESSAGE_BYTES: u64 = 100 * 1024;
 /// Messages per send.py run while filling.
-const FILL_BATCH: usize = 40;
+const FILL_BATCH: usize = 10;
 /// Most fill messages before the test gives up on seeing 452.
 const FILL_MESSAGES_MAX: usize = 400;
 /// How long the accepted messages get to arrive once the gateway is up.
