@@ -1,21 +1,98 @@
 //! Pure bookkeeping of the spool: where the next batch goes (segment and
-//! offset, roll-over, rewriting after a failed write) and which segments
-//! hold live messages (and so may not be deleted).
-//! Owns: the write cursor of the current segment, the live set index.
+//! offset, roll-over, rewriting after a failed write), how much of a
+//! segment each kind of record may use (the reserve that lets completions
+//! through on a full disk) and which segments hold live messages (and so
+//! may not be deleted).
+//! Owns: the write cursor of the current segment, the reserve rules, the
+//! live set index.
 //! May call: nothing but std.
 //! Never: I/O. The writer task asks it what to write where, does the I/O
 //! through `Storage`, and reports back; a simulated storage drives the same
 //! code.
+//!
+//! The reserve. Every segment is preallocated before records go to it,
+//! and records never go past that reservation (`capacity`), so writing
+//! into the current segment never needs new space. Of a segment's
+//! capacity, message records leave free the complete reserve (one
+//! `COMPLETE_RECORD_BYTES` per live message, at most a
+//! `COMPLETE_RESERVE_DIVISOR`th of the segment) plus the note reserve (a
+//! `NOTE_RESERVE_DIVISOR`th); notes leave free the complete reserve;
+//! completes of live messages may use everything. So when the disk is full
+//! and no new segment can be made, messages are refused but every live
+//! message can still be completed, and completions free whole segments.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::record::SEGMENT_HEADER_BYTES;
+use crate::record::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+
+/// Bytes of a complete record (a header without payload).
+pub const COMPLETE_RECORD_BYTES: u64 = RECORD_HEADER_BYTES as u64;
+/// The complete reserve is at most 1/4 of a segment: with 64 MiB segments,
+/// completes for 699,050 live messages. Past that many live messages a
+/// full disk may refuse some completes until segments are freed.
+pub const COMPLETE_RESERVE_DIVISOR: u64 = 4;
+/// Notes (retry schedules, partial outcomes) may use 1/32 of a segment
+/// that messages may not: 2 MiB of a 64 MiB segment.
+pub const NOTE_RESERVE_DIVISOR: u64 = 32;
+/// Granularity of a reduced segment reservation.
+pub const RESERVE_ALIGN_BYTES: u64 = 4096;
+
+const _: () = assert!(COMPLETE_RESERVE_DIVISOR >= 2 && NOTE_RESERVE_DIVISOR >= 2);
+// Messages keep at least half of a segment: 1/c + 1/n < 1/2.
+const _: () = assert!(
+    2 * (COMPLETE_RESERVE_DIVISOR + NOTE_RESERVE_DIVISOR)
+        < COMPLETE_RESERVE_DIVISOR * NOTE_RESERVE_DIVISOR
+);
+
+/// What a record may use of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// A message record: leaves both reserves free, and adds one live
+    /// message (one complete to reserve).
+    Message,
+    /// A note, or a complete of a message that is not live: leaves the
+    /// complete reserve free.
+    Note,
+    /// A complete of a live message: uses the space reserved for it.
+    Complete,
+}
+
+/// One record offered to `Journal::plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Encoded bytes, header included.
+    pub len: u32,
+    pub class: Class,
+}
+
+/// The bytes a segment of `capacity` keeps for completes of `live` messages.
+pub fn complete_reserve_bytes(capacity: u64, live: u64) -> u64 {
+    live.saturating_mul(COMPLETE_RECORD_BYTES)
+        .min(capacity / COMPLETE_RESERVE_DIVISOR)
+}
+
+/// The bytes a segment of `capacity` keeps for notes.
+pub fn note_reserve_bytes(capacity: u64) -> u64 {
+    capacity / NOTE_RESERVE_DIVISOR
+}
+
+/// Whether a record of `class` ending at `end` fits a segment of
+/// `capacity` with `live` live messages before it.
+fn fits(class: Class, end: u64, capacity: u64, live: u64) -> bool {
+    match class {
+        Class::Complete => end <= capacity,
+        Class::Note => end.saturating_add(complete_reserve_bytes(capacity, live)) <= capacity,
+        Class::Message => {
+            end.saturating_add(complete_reserve_bytes(capacity, live + 1))
+                .saturating_add(note_reserve_bytes(capacity))
+                <= capacity
+        }
+    }
+}
 
 /// Where one group-commit write goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkPlan {
-    /// Create this segment (and make it the current one) before writing.
-    pub roll_to: Option<u64>,
     pub segment: u64,
     /// File offset of the first record of the chunk.
     pub offset: u64,
@@ -31,15 +108,27 @@ pub struct ChunkPlan {
     pub zero_fill: u64,
 }
 
+/// What to do with the records offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Write a prefix of them into the current segment.
+    Write(ChunkPlan),
+    /// The first does not fit the current segment (or there is none):
+    /// create `segment` with a reservation of `bytes_min` bytes or more.
+    Roll { segment: u64, bytes_min: u64 },
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Cursor {
     segment: u64,
+    /// Bytes reserved for this segment; nothing is written past them.
+    capacity: u64,
     /// End of the last record covered by a successful fdatasync. New
     /// records go here. Never above `dirty_bytes`.
     synced_bytes: u64,
     /// End of everything ever written to this segment, including writes
     /// that failed: bytes in synced_bytes..dirty_bytes are garbage to
-    /// overwrite.
+    /// overwrite. Never above `capacity`.
     dirty_bytes: u64,
 }
 
@@ -63,9 +152,12 @@ impl Journal {
         }
     }
 
-    /// Records above this size can never be written.
+    /// Records above this size can never be written: a message must fit
+    /// a fresh full-size segment with its reserves.
     pub fn record_bytes_max(&self) -> u64 {
+        let reserves = note_reserve_bytes(self.segment_bytes) + COMPLETE_RECORD_BYTES;
         (self.segment_bytes - SEGMENT_HEADER_BYTES as u64)
+            .saturating_sub(reserves)
             .min(crate::record::RECORD_BYTES_MAX as u64)
     }
 
@@ -73,63 +165,140 @@ impl Journal {
         self.cursor.map(|c| c.segment)
     }
 
-    /// Plans the next write for records of the given lengths (in order):
-    /// as many as fit in the current segment, or a roll to a fresh one.
-    pub fn plan(&self, lens: &[u32]) -> ChunkPlan {
-        assert!(!lens.is_empty());
-        let fit = |start: u64| -> (usize, u64) {
-            let mut end = start;
-            let mut count = 0;
-            for &len in lens {
-                if end + len as u64 > self.segment_bytes {
-                    break;
-                }
-                end += len as u64;
-                count += 1;
-            }
-            (count, end - start)
-        };
+    /// Plans the next write for records (in order), with `live` messages
+    /// live before them: as many as fit in the current segment, or a roll.
+    pub fn plan(&self, slots: &[Slot], live: u64) -> Plan {
+        assert!(!slots.is_empty());
         if let Some(cursor) = self.cursor {
             let with_header = cursor.synced_bytes == 0;
             let start = cursor.synced_bytes.max(SEGMENT_HEADER_BYTES as u64);
-            let (records, bytes) = fit(start);
+            let mut end = start;
+            let mut live = live;
+            let mut records = 0;
+            for slot in slots {
+                let record_end = end + slot.len as u64;
+                if !fits(slot.class, record_end, cursor.capacity, live) {
+                    break;
+                }
+                end = record_end;
+                records += 1;
+                match slot.class {
+                    Class::Message => live += 1,
+                    Class::Complete => live = live.saturating_sub(1),
+                    Class::Note => {}
+                }
+            }
             if records > 0 {
-                return ChunkPlan {
-                    roll_to: None,
+                return Plan::Write(ChunkPlan {
                     segment: cursor.segment,
                     offset: start,
                     records,
-                    bytes,
+                    bytes: end - start,
                     with_header,
-                    zero_fill: cursor.dirty_bytes.saturating_sub(start + bytes),
-                };
+                    zero_fill: cursor.dirty_bytes.saturating_sub(end),
+                });
             }
         }
-        let (records, bytes) = fit(SEGMENT_HEADER_BYTES as u64);
-        assert!(records > 0, "record of {} bytes over the limit", lens[0]);
-        ChunkPlan {
-            roll_to: Some(self.next_segment),
+        Plan::Roll {
             segment: self.next_segment,
-            offset: SEGMENT_HEADER_BYTES as u64,
-            records,
-            bytes,
-            with_header: true,
-            zero_fill: 0,
+            bytes_min: self.bytes_min(SEGMENT_HEADER_BYTES as u64, slots[0], live),
         }
     }
 
-    /// The segment `segment` was created: it becomes the current one.
-    /// Returns the segment it replaces.
-    pub fn rolled(&mut self, segment: u64) -> Option<u64> {
+    /// The smallest reservation (a multiple of RESERVE_ALIGN_BYTES) in
+    /// which a record `slot` fits after `used` bytes.
+    fn bytes_min(&self, used: u64, slot: Slot, live: u64) -> u64 {
+        let mut bytes = (used + slot.len as u64).next_multiple_of(RESERVE_ALIGN_BYTES);
+        while !fits(slot.class, used + slot.len as u64, bytes, live) {
+            bytes += RESERVE_ALIGN_BYTES;
+        }
+        bytes
+    }
+
+    /// Reservations to ask for, largest first: the segment size, then
+    /// halves of it down to `bytes_min`, then `bytes_min` itself. Empty
+    /// when `bytes_min` is above the segment size.
+    pub fn reserve_sizes(&self, bytes_min: u64) -> Vec<u64> {
+        let mut sizes = Vec::new();
+        let mut size = self.segment_bytes;
+        while size >= bytes_min && size >= RESERVE_ALIGN_BYTES {
+            sizes.push(size);
+            size /= 2;
+        }
+        if bytes_min <= self.segment_bytes && sizes.last() != Some(&bytes_min) {
+            sizes.push(bytes_min);
+        }
+        sizes
+    }
+
+    /// The reservation to ask for when resuming a segment whose records
+    /// end at `end` and whose file is `len` bytes long, with `live` live
+    /// messages: room for a complete of each (within the limits of the
+    /// reserve) and one small note, but no more than a segment (a full one
+    /// still takes some completes), and never less than the file.
+    pub fn resume_bytes_min(&self, end: u64, len: u64, live: u64) -> u64 {
+        let note = Slot {
+            len: COMPLETE_RECORD_BYTES as u32,
+            class: Class::Note,
+        };
+        self.bytes_min(end, note, live)
+            .min(self.segment_bytes)
+            .max(len.next_multiple_of(RESERVE_ALIGN_BYTES))
+    }
+
+    /// The segment `segment` was created with `capacity` bytes reserved:
+    /// it becomes the current one. Returns the segment it replaces.
+    pub fn rolled(&mut self, segment: u64, capacity: u64) -> Option<u64> {
         assert_eq!(segment, self.next_segment);
+        assert!(capacity > SEGMENT_HEADER_BYTES as u64 && capacity <= self.segment_bytes);
         self.next_segment += 1;
         let previous = self.current_segment();
         self.cursor = Some(Cursor {
             segment,
+            capacity,
             synced_bytes: 0,
             dirty_bytes: 0,
         });
         previous
+    }
+
+    /// After a restart: appends continue in `segment` (below
+    /// `next_segment`), whose valid records end at `end`, whose file is
+    /// `len` bytes long (garbage past `end` is zeroed by the first write)
+    /// and for which `capacity` bytes are reserved.
+    pub fn resume(&mut self, segment: u64, end: u64, len: u64, capacity: u64) {
+        assert!(self.cursor.is_none());
+        assert!(segment < self.next_segment);
+        assert!(end >= SEGMENT_HEADER_BYTES as u64 && end <= len && len <= capacity);
+        assert!(capacity <= self.segment_bytes);
+        self.cursor = Some(Cursor {
+            segment,
+            capacity,
+            synced_bytes: end,
+            dirty_bytes: len,
+        });
+    }
+
+    /// The current segment is closed for good (it holds nothing live and
+    /// is about to be deleted): the next write rolls.
+    pub fn retire(&mut self) -> Option<u64> {
+        self.cursor.take().map(|c| c.segment)
+    }
+
+    /// Garbage of failed writes past the last synced record, as (offset,
+    /// bytes), to zero before the segment is closed so that the next open
+    /// finds a clean end there and may resume the segment.
+    pub fn dirty_tail(&self) -> Option<(u64, u64)> {
+        let cursor = self.cursor?;
+        let start = cursor.synced_bytes.max(SEGMENT_HEADER_BYTES as u64);
+        (cursor.synced_bytes > 0 && cursor.dirty_bytes > start)
+            .then(|| (start, cursor.dirty_bytes - start))
+    }
+
+    /// The dirty tail was zeroed and synced.
+    pub fn tail_cleaned(&mut self) {
+        let cursor = self.cursor.as_mut().expect("a segment");
+        cursor.dirty_bytes = cursor.synced_bytes;
     }
 
     /// The chunk was written and synced.
@@ -142,7 +311,7 @@ impl Journal {
         assert!(plan.offset + plan.bytes + plan.zero_fill >= cursor.dirty_bytes);
         cursor.synced_bytes = plan.offset + plan.bytes;
         cursor.dirty_bytes = cursor.synced_bytes;
-        assert!(cursor.synced_bytes <= self.segment_bytes);
+        assert!(cursor.synced_bytes <= cursor.capacity);
     }
 
     /// Writing or syncing the chunk failed: its bytes (up to
@@ -151,6 +320,7 @@ impl Journal {
         if let Some(cursor) = self.cursor.as_mut() {
             if cursor.segment == plan.segment {
                 let attempted_end = plan.offset + plan.bytes + plan.zero_fill;
+                assert!(attempted_end <= cursor.capacity);
                 cursor.dirty_bytes = cursor.dirty_bytes.max(attempted_end);
             }
         }
@@ -196,12 +366,24 @@ impl LiveIndex {
         self.segments.len()
     }
 
+    pub fn newest_segment(&self) -> Option<u64> {
+        self.segments.keys().next_back().copied()
+    }
+
     pub fn live_count(&self) -> usize {
         self.live.len()
     }
 
     pub fn is_live(&self, id: u64) -> bool {
         self.live.contains_key(&id)
+    }
+
+    /// Whether `segment` exists and neither a live message nor a guard
+    /// keeps it.
+    pub fn is_free(&self, segment: u64) -> bool {
+        self.segments
+            .get(&segment)
+            .is_some_and(|state| state.pins == 0 && state.guards == 0)
     }
 
     fn pin(&mut self, segment: u64) {
@@ -311,11 +493,40 @@ mod tests {
 
     const HEADER: u64 = SEGMENT_HEADER_BYTES as u64;
 
+    fn messages(lens: &[u32]) -> Vec<Slot> {
+        lens.iter()
+            .map(|&len| Slot {
+                len,
+                class: Class::Message,
+            })
+            .collect()
+    }
+
+    fn write(plan: Plan) -> ChunkPlan {
+        match plan {
+            Plan::Write(chunk) => chunk,
+            Plan::Roll { .. } => panic!("expected a write, got {plan:?}"),
+        }
+    }
+
+    /// A journal with segment `segment` current, `capacity` reserved.
+    fn rolled(segment_bytes: u64, segment: u64, capacity: u64) -> Journal {
+        let mut journal = Journal::new(segment_bytes, segment);
+        journal.rolled(segment, capacity);
+        journal
+    }
+
     #[test]
     fn first_chunk_rolls_to_a_fresh_segment_with_a_header() {
-        let journal = Journal::new(1000, 5);
-        let plan = journal.plan(&[100, 100]);
-        assert_eq!(plan.roll_to, Some(5));
+        let journal = Journal::new(8192, 5);
+        let Plan::Roll { segment, bytes_min } = journal.plan(&messages(&[100, 100]), 0) else {
+            panic!("no segment yet");
+        };
+        assert_eq!(segment, 5);
+        assert_eq!(bytes_min, 4096);
+        let mut journal = journal;
+        journal.rolled(5, 8192);
+        let plan = write(journal.plan(&messages(&[100, 100]), 0));
         assert_eq!(plan.offset, HEADER);
         assert_eq!(plan.records, 2);
         assert!(plan.with_header);
@@ -323,44 +534,113 @@ mod tests {
 
     #[test]
     fn records_that_do_not_fit_go_to_the_next_segment() {
-        let mut journal = Journal::new(1000, 0);
-        let plan = journal.plan(&[400, 400, 400]);
-        assert_eq!((plan.records, plan.bytes), (2, 800));
-        journal.rolled(0);
+        let mut journal = rolled(8192, 0, 8192);
+        // 8192 - 32 header - 256 note reserve - 24 per live message.
+        let plan = write(journal.plan(&messages(&[3000, 3000, 3000]), 0));
+        assert_eq!((plan.records, plan.bytes), (2, 6000));
         journal.committed(&plan);
-        let plan = journal.plan(&[400]);
-        assert_eq!(plan.roll_to, Some(1));
-        assert_eq!(plan.segment, 1);
+        let Plan::Roll { segment, .. } = journal.plan(&messages(&[3000]), 2) else {
+            panic!("the segment is full");
+        };
+        assert_eq!(segment, 1);
+    }
+
+    #[test]
+    fn messages_leave_the_reserves_free_and_completes_may_use_them() {
+        // Goal: on a segment that messages filled, notes still fit until
+        // only the complete reserve is left, and a complete of every live
+        // message still fits after that.
+        let capacity = 8192;
+        let mut journal = rolled(capacity, 0, capacity);
+        let mut live = 0;
+        while let Plan::Write(plan) = journal.plan(&messages(&[500]), live) {
+            journal.committed(&plan);
+            live += 1;
+        }
+        assert_eq!(live, 15);
+        let note = Slot {
+            len: 40,
+            class: Class::Note,
+        };
+        let mut notes = 0;
+        while let Plan::Write(plan) = journal.plan(&[note], live) {
+            journal.committed(&plan);
+            notes += 1;
+        }
+        assert!(notes >= note_reserve_bytes(capacity) / 40, "{notes}");
+        let complete = Slot {
+            len: COMPLETE_RECORD_BYTES as u32,
+            class: Class::Complete,
+        };
+        while live > 0 {
+            let plan = write(journal.plan(&[complete], live));
+            journal.committed(&plan);
+            live -= 1;
+        }
+    }
+
+    #[test]
+    fn reservations_halve_down_to_the_least_that_fits() {
+        let journal = Journal::new(64 * 1024, 0);
+        assert_eq!(
+            journal.reserve_sizes(10_000),
+            vec![65536, 32768, 16384, 10_000]
+        );
+        assert_eq!(journal.reserve_sizes(16384), vec![65536, 32768, 16384]);
+        assert!(journal.reserve_sizes(70_000).is_empty());
+        // A message needs room for itself and both reserves.
+        let bytes_min = journal.bytes_min(HEADER, messages(&[5000])[0], 0);
+        assert_eq!(bytes_min % RESERVE_ALIGN_BYTES, 0);
+        assert!(fits(Class::Message, HEADER + 5000, bytes_min, 0));
+        assert!(!fits(
+            Class::Message,
+            HEADER + 5000,
+            bytes_min - RESERVE_ALIGN_BYTES,
+            0
+        ));
+    }
+
+    #[test]
+    fn a_resumed_segment_continues_after_its_records_and_zeroes_the_rest() {
+        let mut journal = Journal::new(8192, 4);
+        journal.resume(3, 1000, 1500, 8192);
+        let plan = write(journal.plan(&messages(&[100]), 0));
+        assert_eq!((plan.segment, plan.offset), (3, 1000));
+        assert!(!plan.with_header);
+        assert_eq!(plan.zero_fill, 400);
+        journal.committed(&plan);
+        assert_eq!(journal.retire(), Some(3));
+        let Plan::Roll { segment, .. } = journal.plan(&messages(&[100]), 1) else {
+            panic!("retired");
+        };
+        assert_eq!(segment, 4);
     }
 
     #[test]
     fn a_failed_chunk_is_rewritten_from_the_last_synced_offset_and_zero_filled() {
-        let mut journal = Journal::new(10_000, 0);
-        let first = journal.plan(&[100]);
-        journal.rolled(0);
+        let mut journal = rolled(10_000, 0, 10_000);
+        let first = write(journal.plan(&messages(&[100]), 0));
         journal.committed(&first);
-        let failed = journal.plan(&[500, 500]);
+        let failed = write(journal.plan(&messages(&[500, 500]), 1));
         assert_eq!(failed.offset, HEADER + 100);
         assert!(!failed.with_header);
         journal.failed(&failed);
-        let retry = journal.plan(&[200]);
+        let retry = write(journal.plan(&messages(&[200]), 1));
         assert_eq!(retry.offset, HEADER + 100);
         assert_eq!(retry.zero_fill, 800);
         journal.committed(&retry);
         // The zero fill covered the garbage; nothing more to clear.
-        let next = journal.plan(&[10]);
+        let next = write(journal.plan(&messages(&[10]), 2));
         assert_eq!(next.offset, HEADER + 300);
         assert_eq!(next.zero_fill, 0);
     }
 
     #[test]
     fn a_failed_first_chunk_writes_the_header_again() {
-        let mut journal = Journal::new(10_000, 3);
-        let plan = journal.plan(&[100]);
-        journal.rolled(3);
+        let mut journal = rolled(10_000, 3, 10_000);
+        let plan = write(journal.plan(&messages(&[100]), 0));
         journal.failed(&plan);
-        let retry = journal.plan(&[100]);
-        assert_eq!(retry.roll_to, None);
+        let retry = write(journal.plan(&messages(&[100]), 0));
         assert!(retry.with_header);
         assert_eq!(retry.offset, HEADER);
     }

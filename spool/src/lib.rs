@@ -1,21 +1,25 @@
 //! ecelerity's durable spool: append-only segment files, a versioned and
-//! checksummed record codec, group commit, recovery and segment GC.
+//! checksummed record codec, group commit, recovery, segment GC, and the
+//! reserve that lets a full disk heal by itself.
 //! Owns: the files under one shard's spool directory.
-//! May call: glommio (file I/O on the owning executor), std::fs and
-//! memmap2 (start-up reads, body reads from any thread).
+//! May call: glommio (file I/O through io_uring on the executor that
+//! writes or reads), std::fs and memmap2 (start-up reads only).
 //! Never: SMTP, queues or policy; envelopes and notes are opaque bytes.
 //!
 //! Layout: `<dir>/<segment:016x>.seg`, each a segment header then records
 //! (see `record`). A message is live from its durable `Message` record
 //! until its durable `Complete` record; a segment is deleted once no live
 //! message has a record in it and no complete record in it still hides a
-//! message of an older segment (see `journal::LiveIndex`).
+//! message of an older segment (see `journal::LiveIndex`). Each segment is
+//! reserved before records go to it and part of it is kept for notes and
+//! completes (see `journal`), so a spool that cannot get a new segment
+//! still completes its messages and frees the space.
 //!
-//! Modules: `record` (pure codec), `journal` (pure write-position and
-//! live-set bookkeeping), `recovery` (pure over `Storage` reads),
-//! `storage` (the only I/O, behind a trait a simulated disk can
-//! implement), `spool` (handle and group-commit writer task), `reader`
-//! (body reads from any thread).
+//! Modules: `record` (pure codec), `journal` (pure write-position, reserve
+//! and live-set bookkeeping), `recovery` (pure over `Storage` reads),
+//! `storage` (the only I/O, behind traits a simulated disk can implement),
+//! `spool` (handle, group-commit writer task, GC task), `reader` (body
+//! reads through io_uring, on any shard).
 //!
 //! File access choice: glommio `BufferedFile` (io_uring `write` into the
 //! page cache, then `fdatasync`), segments reserved with

@@ -15,13 +15,17 @@ use crate::storage::Storage;
 use crate::{BodyRef, RecoveredMessage, Recovery, TornTail};
 
 /// What recovery hands the spool: the report for the engine, the live
-/// index the writer continues from, the first free segment number and the
-/// segments to delete (oldest first).
+/// index the writer continues from, the first free segment number, the
+/// segments to delete (oldest first) and where appends may continue.
 pub struct Recovered {
     pub recovery: Recovery,
     pub index: LiveIndex,
     pub next_segment: u64,
     pub dead_segments: Vec<u64>,
+    /// The newest segment and the end of its records, when its header is
+    /// sound, its records end cleanly (a zeroed header, no cut) and it is
+    /// not dead: appends may continue there, in space it already holds.
+    pub tail: Option<(u64, u64)>,
 }
 
 pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
@@ -29,6 +33,8 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
     let mut index = LiveIndex::default();
     let mut live: HashMap<u64, RecoveredMessage> = HashMap::new();
     let mut recovery = Recovery::default();
+    // Where the records of each segment that ends cleanly end.
+    let mut clean_ends: HashMap<u64, u64> = HashMap::new();
     for &segment in &segments {
         let bytes = storage.read_segment(segment)?;
         let bytes = bytes.as_ref();
@@ -56,7 +62,10 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
         loop {
             let (record, used) = match record::decode(&bytes[offset..]) {
                 Ok(decoded) => decoded,
-                Err(DecodeError::End) => break,
+                Err(DecodeError::End) => {
+                    clean_ends.insert(segment, offset as u64);
+                    break;
+                }
                 Err(err) => {
                     recovery.truncated.push(TornTail {
                         segment,
@@ -111,6 +120,11 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
         })?,
     };
     let dead_segments = index.take_deletable(None);
+    // The newest segment that stays (a dead or empty one newer than it is
+    // deleted now; one with a damaged header is not in the index).
+    let tail = index
+        .newest_segment()
+        .and_then(|segment| clean_ends.get(&segment).map(|&end| (segment, end)));
     recovery.messages = live.into_values().collect();
     recovery
         .messages
@@ -120,5 +134,6 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
         index,
         next_segment,
         dead_segments,
+        tail,
     })
 }

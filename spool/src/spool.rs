@@ -10,6 +10,17 @@
 //! `write_at`, `fdatasync`, then resolve every record that sync covered.
 //! Records appended while a sync runs form the next batch, so batches grow
 //! with load and a lone record waits for exactly one sync.
+//!
+//! Full disk: the writer never writes past a segment's reservation and
+//! keeps part of it for notes and completes (`journal`). When a new segment
+//! cannot be reserved, the records that needed it fail with `StorageFull`
+//! and the rest of the batch still goes into the current segment, so
+//! completions keep flowing; once the current segment holds nothing live it
+//! is retired and deleted too, and the next roll finds the space again.
+//!
+//! Segment GC runs in a task of its own (`run_gc`), fed dead segments in
+//! ascending order by the writer: a removal and its directory syncs never
+//! delay a group commit.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -20,9 +31,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::journal::{ChunkPlan, Journal, LiveIndex};
+use crate::journal::{ChunkPlan, Class, Journal, LiveIndex, Plan, Slot};
 use crate::record::{self, Record, SEGMENT_HEADER_BYTES};
-use crate::storage::{GlommioStorage, Storage};
+use crate::storage::{GlommioStorage, Remover, Storage};
 use crate::{BodyRef, Recovery, SpoolError, SpoolOptions, SpoolStats};
 
 /// The outcome handed to one waiting appender.
@@ -83,11 +94,31 @@ struct Shared {
     space_waiters: Vec<Waker>,
     done_waiters: Vec<Waker>,
     stats: SpoolStats,
+    /// Dead segments (gone from the live index) whose removal has not
+    /// completed yet, ascending. The GC task removes them oldest first and
+    /// never past a failure: a newer one may hold the complete records
+    /// that keep messages of an older one dead.
+    removals: Vec<u64>,
+    /// Set by the writer when `removals` changed or a failed removal is
+    /// worth another try; taken by the GC task.
+    gc_kick: bool,
+    gc_waker: Option<Waker>,
+    /// GC passes finished, and the writer waiting for the next one.
+    gc_passes: u64,
+    gc_pass_waiter: Option<Waker>,
+    gc_done: bool,
 }
 
 impl Shared {
     fn wake_space_waiters(&mut self) {
         for waker in self.space_waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn kick_gc(&mut self) {
+        self.gc_kick = true;
+        if let Some(waker) = self.gc_waker.take() {
             waker.wake();
         }
     }
@@ -194,12 +225,23 @@ impl Spool {
                  live messages complete",
             );
         }
-        let (deleted, failure) = remove_in_order(&mut storage, &recovered.dead_segments).await;
+        let mut remover = storage.remover().map_err(SpoolError::from_io)?;
+        let (deleted, failure) = remove_in_order(&mut remover, &recovered.dead_segments).await;
         recovery.segments_deleted += deleted as u32;
         if let Some(err) = failure {
             return Err(SpoolError::from_io(err));
         }
-        let journal = Journal::new(options.segment_bytes, recovered.next_segment);
+        let mut journal = Journal::new(options.segment_bytes, recovered.next_segment);
+        if let Some((segment, end)) = recovered.tail {
+            resume(
+                &mut storage,
+                &mut journal,
+                segment,
+                end,
+                index.live_count() as u64,
+            )
+            .await;
+        }
         let stats = SpoolStats {
             segments: index.segment_count() as u32,
             live_messages: index.live_count() as u64,
@@ -217,14 +259,21 @@ impl Spool {
             space_waiters: Vec::new(),
             done_waiters: Vec::new(),
             stats,
+            removals: Vec::new(),
+            gc_kick: false,
+            gc_waker: None,
+            gc_passes: 0,
+            gc_pass_waiter: None,
+            gc_done: false,
         }));
         let writer = Writer {
             storage,
             journal,
             index,
-            removals: Vec::new(),
+            roll_blocked: false,
             shared: shared.clone(),
         };
+        glommio::spawn_local(run_gc(remover, shared.clone())).detach();
         glommio::spawn_local(writer.run()).detach();
         let spool = Spool {
             handle: Rc::new(Handle {
@@ -342,7 +391,7 @@ impl Spool {
         }
         PollFn(|cx: &mut Context<'_>| {
             let mut shared = shared.borrow_mut();
-            if shared.writer_done {
+            if shared.writer_done && shared.gc_done {
                 Poll::Ready(())
             } else {
                 shared.done_waiters.push(cx.waker().clone());
@@ -362,16 +411,42 @@ impl Spool {
 /// limit only under load.
 const BATCH_CAPACITY_BYTES_MAX: usize = 1024 * 1024;
 
+/// Continues appending in the newest segment after a restart, in the space
+/// it already holds, so that completions go through even when the disk is
+/// full at start-up. On any failure the spool goes on without it: the
+/// first append rolls to a fresh segment.
+async fn resume<S: Storage>(
+    storage: &mut S,
+    journal: &mut Journal,
+    segment: u64,
+    end: u64,
+    live: u64,
+) {
+    let len = match storage.resume_segment(segment).await {
+        Ok(len) => len,
+        Err(err) => {
+            tracing::warn!(segment, error = %err, "cannot reopen the newest spool segment; appends go to a new one");
+            return;
+        }
+    };
+    let sizes = journal.reserve_sizes(journal.resume_bytes_min(end, len, live));
+    match storage.reserve(&sizes).await {
+        Ok(capacity) => journal.resume(segment, end, len, capacity),
+        Err(err) => {
+            tracing::warn!(segment, error = %err, "cannot reserve space in the newest spool segment; appends go to a new one");
+            let _ = storage.close().await;
+        }
+    }
+}
+
 /// The group-commit task: sole owner of the storage and the bookkeeping.
 struct Writer<S: Storage> {
     storage: S,
     journal: Journal,
     index: LiveIndex,
-    /// Dead segments (gone from `index`) whose removal has not completed
-    /// yet, ascending. Removed oldest first and never past a failure: a
-    /// newer one may hold the complete records that keep messages of an
-    /// older one dead.
-    removals: Vec<u64>,
+    /// The last roll failed for lack of space: a current segment that holds
+    /// nothing live is retired (and deleted) rather than kept for appends.
+    roll_blocked: bool,
     shared: Rc<RefCell<Shared>>,
 }
 
@@ -380,13 +455,40 @@ impl<S: Storage> Writer<S> {
         while let Some((batch, pending)) = self.next_batch().await {
             self.write_batch(batch, pending).await;
         }
+        self.clean_tail().await;
         let result = self.storage.close().await;
         let mut shared = self.shared.borrow_mut();
         shared.writer_done = true;
         shared.close_result = Some(result);
         shared.wake_space_waiters();
+        if let Some(waker) = shared.gc_waker.take() {
+            waker.wake();
+        }
         for waker in shared.done_waiters.drain(..) {
             waker.wake();
+        }
+    }
+
+    /// Zeroes what failed writes left past the last record of the current
+    /// segment, so that the next open sees a clean end and resumes there
+    /// (on a full disk, that is where completions find their reserve).
+    async fn clean_tail(&mut self) {
+        let Some((offset, bytes)) = self.journal.dirty_tail() else {
+            return;
+        };
+        let mut result = self.storage.write_at(vec![0; bytes as usize], offset).await;
+        if result.is_ok() {
+            result = self.storage.sync().await;
+        }
+        match result {
+            Ok(()) => self.journal.tail_cleaned(),
+            Err(err) => tracing::warn!(
+                offset,
+                bytes,
+                error = %err,
+                "cannot clear the tail of the spool segment at close; the next start \
+                 reports a cut there and begins a new segment"
+            ),
         }
     }
 
@@ -411,33 +513,91 @@ impl<S: Storage> Writer<S> {
         .await
     }
 
+    /// What each record of a batch may use of a segment (see `journal`):
+    /// a complete counts as one of a live message when its message is live
+    /// or comes earlier in the batch.
+    fn classify(&self, pending: &[Pending]) -> Vec<Slot> {
+        let mut batch_messages: Option<std::collections::HashSet<u64>> = None;
+        pending
+            .iter()
+            .map(|p| {
+                let class = match p.kind {
+                    PendingKind::Message { .. } => Class::Message,
+                    PendingKind::Note => Class::Note,
+                    PendingKind::Complete if self.index.is_live(p.id) => Class::Complete,
+                    PendingKind::Complete => {
+                        let ids = batch_messages.get_or_insert_with(|| {
+                            pending
+                                .iter()
+                                .filter(|q| matches!(q.kind, PendingKind::Message { .. }))
+                                .map(|q| q.id)
+                                .collect()
+                        });
+                        if ids.remove(&p.id) {
+                            Class::Complete
+                        } else {
+                            Class::Note
+                        }
+                    }
+                };
+                Slot { len: p.len, class }
+            })
+            .collect()
+    }
+
     /// Writes a batch as one chunk per segment it touches (one, unless it
-    /// crosses a roll-over), each with one write and one fdatasync.
+    /// crosses a roll-over), each with one write and one fdatasync. A
+    /// record that needs a new segment when none can be reserved fails
+    /// with `StorageFull` alone; the records after it still go into the
+    /// current segment if they fit there.
     async fn write_batch(&mut self, batch: Vec<u8>, pending: Vec<Pending>) {
-        let lens: Vec<u32> = pending.iter().map(|p| p.len).collect();
-        assert_eq!(lens.iter().map(|&l| l as usize).sum::<usize>(), batch.len());
+        let slots = self.classify(&pending);
+        assert_eq!(
+            slots.iter().map(|s| s.len as usize).sum::<usize>(),
+            batch.len()
+        );
         let mut batch = Some(batch);
         let mut record_start = 0;
         let mut byte_start = 0;
+        // A roll in this batch failed for lack of space: later records that
+        // need one fail at once instead of asking the disk again.
+        let mut roll_failed = false;
+        // The last step created a segment: the next record must fit it.
+        let mut rolled = false;
         while record_start < pending.len() {
-            let plan = self.journal.plan(&lens[record_start..]);
-            if let Some(segment) = plan.roll_to {
-                let segment_bytes = self.shared.borrow().options.segment_bytes;
-                if let Err(err) = self.storage.create_segment(segment, segment_bytes).await {
-                    tracing::warn!(segment, error = %err, "cannot create spool segment");
-                    fail(&pending[record_start..], &err);
-                    return;
+            let live = self.index.live_count() as u64;
+            let plan = match self.journal.plan(&slots[record_start..], live) {
+                Plan::Write(plan) => plan,
+                Plan::Roll { segment, bytes_min } => {
+                    let sizes = self.journal.reserve_sizes(bytes_min);
+                    if roll_failed || rolled || sizes.is_empty() {
+                        Waiter::resolve(
+                            &pending[record_start].waiter,
+                            Err(SpoolError::StorageFull),
+                        );
+                        byte_start += pending[record_start].len as usize;
+                        record_start += 1;
+                        rolled = false;
+                        continue;
+                    }
+                    match self.roll(segment, &sizes).await {
+                        Ok(()) => rolled = true,
+                        Err(err) if is_storage_full(&err) => roll_failed = true,
+                        Err(err) => {
+                            tracing::warn!(segment, error = %err, "cannot create spool segment");
+                            fail(&pending[record_start..], &err);
+                            return;
+                        }
+                    }
+                    continue;
                 }
-                self.journal.rolled(segment);
-                self.index.add_segment(segment);
-                // The previous segment may hold nothing live any more.
-                self.collect_garbage().await;
-            }
+            };
+            rolled = false;
             let record_end = record_start + plan.records;
             let byte_end = byte_start + plan.bytes as usize;
             let whole = record_start == 0 && record_end == pending.len();
             let (offset, data) = chunk_bytes(&plan, &mut batch, byte_start, byte_end, whole);
-            check_records(&data, &plan, offset, &lens[record_start..record_end]);
+            check_records(&data, &plan, offset, &slots[record_start..record_end]);
             let started = Instant::now();
             let mut result = self.storage.write_at(data, offset).await;
             if result.is_ok() {
@@ -464,12 +624,82 @@ impl<S: Storage> Writer<S> {
             }
             self.journal.committed(&plan);
             let completed = self.commit(&plan, &pending[record_start..record_end]);
-            if completed || !self.removals.is_empty() {
+            if completed || !self.shared.borrow().removals.is_empty() {
                 self.collect_garbage().await;
             }
             record_start = record_end;
             byte_start = byte_end;
         }
+    }
+
+    /// Creates segment `segment` with the first of `sizes` the disk can
+    /// reserve and makes it current. When the disk has no room, first
+    /// lets the GC task finish removals that would free some, then asks
+    /// once more.
+    async fn roll(&mut self, segment: u64, sizes: &[u64]) -> io::Result<()> {
+        let mut result = self.storage.create_segment(segment, sizes).await;
+        if matches!(&result, Err(err) if is_storage_full(err)) {
+            // A full disk: the current segment may hold nothing live any
+            // more (retire it), and segments may be waiting for removal.
+            self.roll_blocked = true;
+            self.collect_garbage().await;
+            if self.wait_for_gc().await {
+                result = self.storage.create_segment(segment, sizes).await;
+            }
+        }
+        match result {
+            Ok(capacity) => {
+                self.journal.rolled(segment, capacity);
+                self.index.add_segment(segment);
+                if self.roll_blocked {
+                    tracing::info!(
+                        segment,
+                        capacity,
+                        "spool has room again: new segment reserved"
+                    );
+                }
+                self.roll_blocked = false;
+                self.update_segment_count();
+                // The previous segment may hold nothing live any more.
+                self.collect_garbage().await;
+                Ok(())
+            }
+            Err(err) => {
+                if is_storage_full(&err) {
+                    tracing::debug!(
+                        segment,
+                        "no space to reserve a new spool segment: messages are refused \
+                         until completions free a segment"
+                    );
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Waits for the GC task to run a pass over the removals now queued.
+    /// Returns false when nothing was queued.
+    async fn wait_for_gc(&mut self) -> bool {
+        let target = {
+            let mut shared = self.shared.borrow_mut();
+            if shared.removals.is_empty() {
+                return false;
+            }
+            shared.kick_gc();
+            shared.gc_passes + 1
+        };
+        let shared = self.shared.clone();
+        PollFn(move |cx: &mut Context<'_>| {
+            let mut shared = shared.borrow_mut();
+            if shared.gc_passes >= target || shared.gc_done {
+                Poll::Ready(())
+            } else {
+                shared.gc_pass_waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        true
     }
 
     /// Updates the live index for a durable chunk and wakes its waiters.
@@ -510,27 +740,95 @@ impl<S: Storage> Writer<S> {
         completed
     }
 
-    /// Deletes every segment no live message needs, oldest first. A
-    /// failed removal stops the pass; it and the newer ones are retried at
-    /// the next pass (or decided anew by the next open).
+    /// Hands every segment no live message needs to the GC task, oldest
+    /// first. With the disk full, a current segment that holds nothing
+    /// live is retired and handed over too, so its space comes back.
     async fn collect_garbage(&mut self) {
-        let dead = self.index.take_deletable(self.journal.current_segment());
-        self.removals.extend(dead);
-        self.removals.sort_unstable();
-        self.removals.dedup();
-        // Counted as gone from here; a failed removal counts them again.
-        self.shared.borrow_mut().stats.segments = self.index.segment_count() as u32;
-        let (removed, failure) = remove_in_order(&mut self.storage, &self.removals).await;
-        self.removals.drain(..removed);
+        let mut dead = self.index.take_deletable(self.journal.current_segment());
+        if self.roll_blocked {
+            if let Some(current) = self.journal.current_segment() {
+                if self.index.is_free(current) {
+                    self.journal.retire();
+                    if let Err(err) = self.storage.close().await {
+                        tracing::warn!(segment = current, error = %err, "closing a retired spool segment failed");
+                    }
+                    dead.extend(self.index.take_deletable(None));
+                }
+            }
+        }
+        let mut shared = self.shared.borrow_mut();
+        shared.removals.extend(dead);
+        shared.removals.sort_unstable();
+        shared.removals.dedup();
+        if !shared.removals.is_empty() {
+            shared.kick_gc();
+        }
+        drop(shared);
+        self.update_segment_count();
+    }
+
+    /// Segment files present: those in the live index and those waiting
+    /// for removal.
+    fn update_segment_count(&self) {
+        let mut shared = self.shared.borrow_mut();
+        shared.stats.segments = (self.index.segment_count() + shared.removals.len()) as u32;
+    }
+}
+
+/// The GC task: removes the segments the writer hands over, oldest first,
+/// one pass per kick. A failed removal stops the pass; it and the newer
+/// ones are tried again at the next kick (or decided anew by the next
+/// open). Ends once the writer is done and no kick is left.
+async fn run_gc<R: Remover>(mut remover: R, shared: Rc<RefCell<Shared>>) {
+    loop {
+        let go = {
+            let shared = shared.clone();
+            PollFn(move |cx: &mut Context<'_>| {
+                let mut shared = shared.borrow_mut();
+                if shared.gc_kick {
+                    shared.gc_kick = false;
+                    Poll::Ready(true)
+                } else if shared.writer_done {
+                    Poll::Ready(false)
+                } else {
+                    shared.gc_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await
+        };
+        if !go {
+            break;
+        }
+        let removals = shared.borrow().removals.clone();
+        let (removed, failure) = remove_in_order(&mut remover, &removals).await;
+        let mut shared = shared.borrow_mut();
+        // The writer may have queued older segments meanwhile (their last
+        // live message completed later): those removed go by value.
+        // Removing a newer one before them is safe: a segment is queued
+        // only once no older segment depends on it (its guards are 0), and
+        // a segment that depends on a queued one sorts after it.
+        shared.removals.retain(|s| !removals[..removed].contains(s));
+        shared.stats.segments = shared.stats.segments.saturating_sub(removed as u32);
         if let Some(err) = failure {
             tracing::warn!(
-                segment = self.removals[0],
+                segment = removals[removed],
                 error = %err,
                 "cannot delete spool segment; retried after the next sync",
             );
-            self.shared.borrow_mut().stats.segments =
-                (self.index.segment_count() + self.removals.len()) as u32;
         }
+        shared.gc_passes += 1;
+        if let Some(waker) = shared.gc_pass_waiter.take() {
+            waker.wake();
+        }
+    }
+    let mut shared = shared.borrow_mut();
+    shared.gc_done = true;
+    if let Some(waker) = shared.gc_pass_waiter.take() {
+        waker.wake();
+    }
+    for waker in shared.done_waiters.drain(..) {
+        waker.wake();
     }
 }
 
@@ -540,8 +838,8 @@ impl<S: Storage> Writer<S> {
 /// older one, and losing only the older removal at a power cut would bring
 /// those messages back. Stops at the first failure. Returns how many were
 /// removed, and the failure.
-async fn remove_in_order<S: Storage>(
-    storage: &mut S,
+async fn remove_in_order<R: Remover>(
+    remover: &mut R,
     segments: &[u64],
 ) -> (usize, Option<io::Error>) {
     debug_assert!(segments.windows(2).all(|w| w[0] < w[1]));
@@ -551,13 +849,13 @@ async fn remove_in_order<S: Storage>(
     // A removal an earlier pass (or an earlier process, whose last
     // directory sync failed) made may still be pending: make it durable
     // before any newer one.
-    if let Err(err) = storage.sync_dir().await {
+    if let Err(err) = remover.sync_dir().await {
         return (0, Some(err));
     }
     for (done, &segment) in segments.iter().enumerate() {
-        let mut result = storage.remove_segment(segment).await;
+        let mut result = remover.remove_segment(segment).await;
         if result.is_ok() {
-            result = storage.sync_dir().await;
+            result = remover.sync_dir().await;
         }
         if let Err(err) = result {
             return (done, Some(err));
@@ -598,9 +896,10 @@ fn chunk_bytes(
 
 /// Checks every record's length and CRC just before it is written, the
 /// twin of the check recovery makes when it reads the record back.
-fn check_records(data: &[u8], plan: &ChunkPlan, offset: u64, lens: &[u32]) {
+fn check_records(data: &[u8], plan: &ChunkPlan, offset: u64, slots: &[Slot]) {
     let mut at = (plan.offset - offset) as usize;
-    for &len in lens {
+    for slot in slots {
+        let len = slot.len;
         match record::decode(&data[at..]) {
             Ok((_, used)) => assert_eq!(used, len as usize, "record length changed"),
             Err(err) => panic!("spool is about to write a bad record: {err}"),

@@ -2,13 +2,16 @@
 //! glommio implementation.
 //! Owns: open file handles of the segment being written and of the spool
 //! directory; the segment file naming (`<segment:016x>.seg`).
-//! May call: glommio file APIs, std::fs and memmap2 for start-up reads.
+//! May call: glommio file APIs (io_uring, and glommio's blocking thread for
+//! unlink), std::fs and memmap2 for start-up reads (before the spool serves).
 //! Never: decide what to write where (that is `journal`) or parse records
 //! (that is `record`). A deterministic simulated storage (power cuts, torn
 //! writes, EIO, ENOSPC) implements the same trait.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 
@@ -36,32 +39,64 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 }
 
 /// What the spool needs from a disk. Writes go to the current segment,
-/// the one the last `create_segment` made. All methods report the
-/// `io::Error` the disk gave; the caller decides what a failure means.
+/// the one the last `create_segment` or `resume_segment` made. All methods
+/// report the `io::Error` the disk gave; the caller decides what a failure
+/// means.
+///
+/// Space: a segment's blocks are reserved (`fallocate`, keep size) before
+/// records go to it, and the spool never writes past the reservation, so
+/// a write into the current segment never needs new space. That is what
+/// lets completions go through on a full disk (see `journal`).
 ///
 /// The trait is used by one task on one executor, hence no `Send` bounds.
 #[allow(async_fn_in_trait)]
 pub trait Storage {
     /// A whole segment's bytes, read before serving.
     type SegmentBytes: AsRef<[u8]>;
+    /// Deletes segments from a task of its own (see `Remover`).
+    type Remover: Remover + 'static;
 
     /// Segment numbers present, ascending.
     fn list_segments(&self) -> io::Result<Vec<u64>>;
     /// The full contents of a segment file (may end in zeros).
     fn read_segment(&self, segment: u64) -> io::Result<Self::SegmentBytes>;
-    /// Creates segment `segment` (empty, space reserved for `bytes`), makes
-    /// its name durable and makes it the write target.
-    async fn create_segment(&mut self, segment: u64, bytes: u64) -> io::Result<()>;
+    /// Creates segment `segment` (empty), reserves for it the first of
+    /// `sizes` (bytes, descending) the file system can give, makes its name
+    /// durable and makes it the write target. Returns the bytes reserved.
+    /// When no size fits it fails with ENOSPC and the current segment stays
+    /// what it was.
+    async fn create_segment(&mut self, segment: u64, sizes: &[u64]) -> io::Result<u64>;
+    /// Makes the existing segment `segment` the write target again (after
+    /// a restart). Returns its length in bytes (everything ever written to
+    /// it, garbage after its last record included).
+    async fn resume_segment(&mut self, segment: u64) -> io::Result<u64>;
+    /// Reserves for the current segment the first of `sizes` (bytes,
+    /// descending) that fits; blocks it already holds count. Returns the
+    /// bytes reserved, or ENOSPC when none fits.
+    async fn reserve(&mut self, sizes: &[u64]) -> io::Result<u64>;
     /// Writes all of `buf` at `offset` of the current segment.
     async fn write_at(&mut self, buf: Vec<u8>, offset: u64) -> io::Result<()>;
     /// Makes every write to the current segment durable.
     async fn sync(&mut self) -> io::Result<()>;
-    /// Deletes a segment that is not the current one.
+    /// A handle that deletes segments, for the spool's GC task.
+    fn remover(&self) -> io::Result<Self::Remover>;
+    /// Closes the current segment (there is none afterwards).
+    async fn close(&mut self) -> io::Result<()>;
+}
+
+/// Deletion of segment files, apart from the writer so that a removal and
+/// its directory sync never hold up a group commit.
+#[allow(async_fn_in_trait)]
+pub trait Remover {
+    /// Deletes a segment that is not the current one. A missing file is
+    /// not an error.
     async fn remove_segment(&mut self, segment: u64) -> io::Result<()>;
     /// Makes creations and deletions of segment files durable.
     async fn sync_dir(&mut self) -> io::Result<()>;
-    /// Closes the current segment.
-    async fn close(&mut self) -> io::Result<()>;
+}
+
+fn is_enospc(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// Segment bytes read at start-up: a read-only map, or nothing for an
@@ -117,8 +152,23 @@ fn os_error(err: glommio::GlommioError<()>) -> io::Error {
     }
 }
 
+impl GlommioStorage {
+    /// Reserves the first of `sizes` that fits for `file`.
+    async fn reserve_file(file: &BufferedFile, sizes: &[u64]) -> io::Result<u64> {
+        for &size in sizes {
+            match file.pre_allocate(size, true).await.map_err(os_error) {
+                Ok(()) => return Ok(size),
+                Err(err) if is_enospc(&err) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+}
+
 impl Storage for GlommioStorage {
     type SegmentBytes = MappedSegment;
+    type Remover = GlommioRemover;
 
     fn list_segments(&self) -> io::Result<Vec<u64>> {
         let mut segments = Vec::new();
@@ -144,7 +194,7 @@ impl Storage for GlommioStorage {
         Ok(MappedSegment::Map(map))
     }
 
-    async fn create_segment(&mut self, segment: u64, bytes: u64) -> io::Result<()> {
+    async fn create_segment(&mut self, segment: u64, sizes: &[u64]) -> io::Result<u64> {
         let path = self.path_of(segment);
         let file = OpenOptions::new()
             .write(true)
@@ -157,28 +207,41 @@ impl Storage for GlommioStorage {
         // Reserve the blocks now so group commits never allocate; the
         // file size stays at what was written (keep_size), so the
         // unwritten tail never exists for readers.
-        //
-        // With less free space than a whole segment, preallocation fails
-        // with ENOSPC although records still fit: go on without it, so the
-        // spool keeps accepting until the space is really gone (a write
-        // then fails with ENOSPC and the append reports StorageFull).
-        if let Err(err) = file.pre_allocate(bytes, true).await.map_err(os_error) {
-            if err.raw_os_error() != Some(libc::ENOSPC) {
+        let reserved = match GlommioStorage::reserve_file(&file, sizes).await {
+            Ok(reserved) => reserved,
+            Err(err) => {
+                // Nothing was written or made durable: drop the empty
+                // file (and any blocks a partial fallocate kept) off the
+                // shard's thread. Left behind, it is harmless: an empty
+                // segment is dead at the next open.
+                let _ = file.close().await;
+                let _ = glommio::io::remove(&path).await;
                 return Err(err);
             }
-            tracing::warn!(
-                segment,
-                bytes,
-                "spool: not enough free space to reserve a whole segment; \
-                 writing without the reservation (free space on the spool's \
-                 file system, or lower the segment size)"
-            );
-        }
+        };
         self.dir_handle.sync().await.map_err(os_error)?;
         if let Some((_, old)) = self.current.replace((segment, file)) {
             old.close().await.map_err(os_error)?;
         }
-        Ok(())
+        Ok(reserved)
+    }
+
+    async fn resume_segment(&mut self, segment: u64) -> io::Result<u64> {
+        let file = OpenOptions::new()
+            .write(true)
+            .buffered_open(self.path_of(segment))
+            .await
+            .map_err(os_error)?;
+        let len = file.file_size().await.map_err(os_error)?;
+        if let Some((_, old)) = self.current.replace((segment, file)) {
+            old.close().await.map_err(os_error)?;
+        }
+        Ok(len)
+    }
+
+    async fn reserve(&mut self, sizes: &[u64]) -> io::Result<u64> {
+        let (_, file) = self.current.as_ref().expect("reserve needs a segment");
+        GlommioStorage::reserve_file(file, sizes).await
     }
 
     async fn write_at(&mut self, buf: Vec<u8>, offset: u64) -> io::Result<()> {
@@ -201,17 +264,12 @@ impl Storage for GlommioStorage {
         file.fdatasync().await.map_err(os_error)
     }
 
-    async fn remove_segment(&mut self, segment: u64) -> io::Result<()> {
-        assert_ne!(self.current.as_ref().map(|(s, _)| *s), Some(segment));
-        match std::fs::remove_file(self.path_of(segment)) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err),
-        }
-    }
-
-    async fn sync_dir(&mut self) -> io::Result<()> {
-        self.dir_handle.sync().await.map_err(os_error)
+    fn remover(&self) -> io::Result<GlommioRemover> {
+        Ok(GlommioRemover {
+            dir: self.dir.clone(),
+            dir_handle: self.dir_handle.try_clone().map_err(io::Error::from)?,
+            removals: crate::reader::removal_counter(&self.dir),
+        })
     }
 
     async fn close(&mut self) -> io::Result<()> {
@@ -219,5 +277,39 @@ impl Storage for GlommioStorage {
             file.close().await.map_err(os_error)?;
         }
         Ok(())
+    }
+}
+
+/// Deletes segment files through glommio: the unlink runs on glommio's
+/// blocking-operation thread (io_uring has no unlink that glommio uses),
+/// the directory sync through io_uring.
+pub struct GlommioRemover {
+    dir: PathBuf,
+    dir_handle: Directory,
+    /// Bumped after each removal so that body readers close the files
+    /// of deleted segments (see `reader`).
+    removals: Arc<AtomicU64>,
+}
+
+impl Remover for GlommioRemover {
+    async fn remove_segment(&mut self, segment: u64) -> io::Result<()> {
+        match glommio::io::remove(self.dir.join(segment_file_name(segment))).await {
+            Ok(()) => {
+                self.removals.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => {
+                let err = os_error(err);
+                if err.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn sync_dir(&mut self) -> io::Result<()> {
+        self.dir_handle.sync().await.map_err(os_error)
     }
 }

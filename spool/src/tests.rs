@@ -117,14 +117,14 @@ fn every_acknowledged_message_comes_back_after_reopen_and_completed_ones_do_not(
         let expected: Vec<u64> = (1..=30).filter(|id| id % 3 != 0).collect();
         let got: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
         assert_eq!(got, expected);
-        let mut reader = BodyReader::new(dir.clone());
+        let reader = BodyReader::new(dir.clone());
         let mut buf = Vec::new();
         for message in &recovery.messages {
             let id = message.id;
             assert_eq!(message.envelope, envelope_of(id));
             let acked = bodies.iter().find(|(i, _)| *i == id).unwrap().1;
             assert_eq!(message.body, acked);
-            reader.read(&message.body, &mut buf).unwrap();
+            reader.read(&message.body, &mut buf).await.unwrap();
             assert_eq!(buf, body_of(id, 100 + id as usize * 37));
             let notes: Vec<Vec<u8>> = if id % 2 == 0 {
                 vec![
@@ -136,10 +136,23 @@ fn every_acknowledged_message_comes_back_after_reopen_and_completed_ones_do_not(
             };
             assert_eq!(message.notes, notes);
         }
-        // New appends go to a fresh segment, never after a recovered tail.
+        // New appends continue after the cleanly ended newest segment's
+        // last record, in the space it already holds.
         let old_segment = recovery.messages[0].body.segment;
         let at = spool.append_message(1000, b"e", b"b").await.unwrap();
-        assert_eq!(at.segment, old_segment + 1);
+        assert_eq!(at.segment, old_segment);
+        assert!(at.offset > recovery.messages.last().unwrap().body.offset);
+        // A body past the end of its segment is an error, not garbage.
+        let beyond = BodyRef {
+            offset: at.offset + 1_000_000,
+            ..at
+        };
+        let err = reader.read(&beyond, &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+        spool.close().await.unwrap();
+        let (spool, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        assert!(recovery.truncated.is_empty(), "{:?}", recovery.truncated);
+        assert_eq!(recovery.messages.last().unwrap().id, 1000);
         spool.close().await.unwrap();
     });
 }
@@ -354,6 +367,17 @@ async fn wait_until_gone(path: &Path) {
     panic!("{} still exists", path.display());
 }
 
+/// Waits until the spool counts `segments` segment files (the GC task
+/// updates the count after each removal's directory sync).
+async fn wait_for_segment_count(spool: &Spool, segments: u32) {
+    for _ in 0..SEGMENT_DELETION_WAIT_MS_MAX {
+        if spool.stats().segments == segments {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 #[test]
 fn segments_roll_over_and_are_deleted_once_nothing_in_them_is_live() {
     // Goal: roll-over at the segment size and GC of dead segments, both
@@ -390,6 +414,7 @@ fn segments_roll_over_and_are_deleted_once_nothing_in_them_is_live() {
             }
         }
         wait_until_gone(&segment_path(&dir, first)).await;
+        wait_for_segment_count(&spool, segments_before - 1).await;
         assert_eq!(
             spool.stats().segments,
             segments_before - 1,
@@ -428,6 +453,7 @@ fn segments_roll_over_and_are_deleted_once_nothing_in_them_is_live() {
                 spool.complete(message.id).await.unwrap();
             }
         }
+        wait_for_segment_count(&spool, 1).await;
         assert_eq!(spool.stats().segments, 1, "only the current segment");
         spool.close().await.unwrap();
         let (spool, recovery) = Spool::open(&dir, small_segments()).await.unwrap();

@@ -21,6 +21,8 @@ mod crash;
 mod delivery;
 #[path = "e2e/diskfull.rs"]
 mod diskfull;
+#[path = "e2e/diskfull_heal.rs"]
+mod diskfull_heal;
 #[path = "e2e/ec_ctl.rs"]
 mod ec_ctl;
 #[path = "e2e/hostile.rs"]

@@ -187,7 +187,7 @@ impl<S: Transport> Connection<'_, S> {
                     }
                 }
                 ClientAction::Ready => match self.next_entry().await {
-                    Some(entry) => self.start(entry),
+                    Some(entry) => self.start(entry).await,
                     None => self.client.quit(),
                 },
                 ClientAction::TransactionDone(result) => {
@@ -244,7 +244,7 @@ impl<S: Transport> Connection<'_, S> {
     /// first: 7-bit goes as it is, 8-bit converted, or the transaction is
     /// refused when it cannot be (a spool read error is left for
     /// `send_body` to meet again, inside the transaction, as transient).
-    fn start(&mut self, entry: MessageRef) {
+    async fn start(&mut self, entry: MessageRef) {
         let eightbitmime = self
             .client
             .capabilities()
@@ -253,7 +253,7 @@ impl<S: Transport> Connection<'_, S> {
         self.body_loaded = false;
         let mut body_len = self.current.as_ref().unwrap().body.len as u64;
         if !eightbitmime {
-            match self.load_body(false) {
+            match self.load_body(false).await {
                 Ok(()) => body_len = self.body.len() as u64,
                 Err(LoadError::Read) => {}
                 Err(LoadError::Unconvertible(why)) => {
@@ -275,13 +275,15 @@ impl<S: Transport> Connection<'_, S> {
 
     /// Reads the current entry's body into `body`; converts an 8-bit one
     /// to 7-bit unless `eightbitmime` (the server takes it as it is).
-    fn load_body(&mut self, eightbitmime: bool) -> Result<(), LoadError> {
+    async fn load_body(&mut self, eightbitmime: bool) -> Result<(), LoadError> {
         let entry = self
             .current
             .as_ref()
             .expect("a body belongs to a transaction");
         let home = entry.id.home_shard();
-        let read = self.out.bodies.borrow_mut()[home].read(&entry.body, &mut self.body);
+        // Clones share the reader's file cache; no borrow across the read.
+        let reader = self.out.bodies.borrow()[home].clone();
+        let read = reader.read(&entry.body, &mut self.body).await;
         if let Err(e) = read {
             tracing::error!("spool: cannot read the body of {}: {e}", entry.id);
             return Err(LoadError::Read);
@@ -301,7 +303,7 @@ impl<S: Transport> Connection<'_, S> {
                 .client
                 .capabilities()
                 .is_some_and(|capabilities| capabilities.eightbitmime);
-            if self.load_body(eightbitmime).is_err() {
+            if self.load_body(eightbitmime).await.is_err() {
                 self.client.abort(AbortReason::Io);
                 return;
             }

@@ -62,7 +62,7 @@ pub struct Messages {
     bindings: Rc<Bindings>,
     pub spool: Spool,
     /// Reads the header blocks of this shard's spooled bodies for DSNs.
-    headers: RefCell<BodyReader>,
+    headers: BodyReader,
     /// Messages spooled here and not yet final: id → recipients left.
     live: RefCell<HashMap<u64, u32>>,
     /// The live set reached its limit (warned once per episode).
@@ -88,7 +88,7 @@ impl Messages {
             env,
             bindings,
             spool,
-            headers: RefCell::new(headers),
+            headers,
             live: RefCell::new(HashMap::new()),
             live_full: Cell::new(false),
             next_sequence: Cell::new(first_sequence),
@@ -275,7 +275,7 @@ impl Messages {
             len: first.body.len.min(DSN_HEADER_READ_BYTES_MAX as u32),
             ..first.body
         };
-        if let Err(e) = self.headers.borrow_mut().read(&head, &mut original) {
+        if let Err(e) = self.headers.read(&head, &mut original).await {
             tracing::error!(
                 "spool: cannot read the headers of {id} for its DSN ({e}); the DSN goes \
                  without them"

@@ -25,7 +25,7 @@ const FILL_MESSAGES_MAX: usize = 200;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
-struct Mount(PathBuf);
+pub(crate) struct Mount(PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {
@@ -33,7 +33,7 @@ impl Drop for Mount {
     }
 }
 
-fn mount_tmpfs(dir: &Path, mib: u64) -> Result<Mount, String> {
+pub(crate) fn mount_tmpfs(dir: &Path, mib: u64) -> Result<Mount, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("not root: cannot mount a tmpfs".into());
     }
@@ -90,9 +90,9 @@ fn send_one(port: u16, prefix: &str, bytes: u64) -> (String, String) {
 
 /// Goal: disk full gives 452 4.3.1, harms nothing accepted, is explained
 /// in the paniclog, and heals by itself. Method: the spool on a 136 MiB
-/// tmpfs; a ballast file takes everything outside the first (preallocated)
-/// segment; 1 MiB messages fill that segment until the spool must open a
-/// new one and cannot: 452. Delete the ballast and the next message is
+/// tmpfs; the gateway is down (so messages stay live); a ballast file takes
+/// everything outside the first (preallocated) segment; 1 MiB messages
+/// fill that segment until the spool must open a new one and cannot: 452. Delete the ballast and the next message is
 /// accepted without a restart. Every 250 is delivered.
 #[test]
 fn disk_full_gives_452_harms_nothing_and_heals() {
@@ -105,7 +105,7 @@ fn disk_full_gives_452_harms_nothing_and_heals() {
             return;
         }
     };
-    let sink = Sink::start(&dir.join("sink"), free_port());
+    let mut sink = Sink::start(&dir.join("sink"), free_port());
     let mut config = TestConfig::new(sink.port());
     config.shards = 1;
     let daemon = Daemon::start(dir.path(), &config.render());
@@ -115,6 +115,11 @@ fn disk_full_gives_452_harms_nothing_and_heals() {
     let first = send_one(port, "before", 4096);
     assert_eq!(first.1, "250", "a message before the disk fills");
     accepted.insert(first.0);
+    // The gateway goes down so that the fill messages stay live: the spool
+    // reuses the space of delivered messages (a full disk heals by
+    // itself, see diskfull_heal.rs), so only live ones can fill it.
+    sink.wait_for_messages(1, DELIVERY_TIMEOUT);
+    sink.stop();
 
     let ballast = spool.join("ballast");
     let ballast_bytes = fill(&ballast);
@@ -159,6 +164,7 @@ fn disk_full_gives_452_harms_nothing_and_heals() {
     }
     let healed = healed.expect("acceptance did not resume after space returned");
     eprintln!("e2e: accepting again {healed:?} after the ballast went");
+    sink.restart();
 
     let mut tally = MessageIdTally::default();
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
