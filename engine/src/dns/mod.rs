@@ -240,6 +240,9 @@ impl Resolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(Answer::Addresses(vec![ip]));
         }
+        if let Some(ips) = loopback_name(host) {
+            return Ok(Answer::Addresses(ips));
+        }
         let v4 = self.lookup(configured, host, RecordKind::A).await;
         if matches!(v4, Ok(Answer::NxDomain)) {
             return v4;
@@ -257,6 +260,20 @@ impl Resolver {
             (Ok(_), Ok(v6)) => Ok(v6),
         }
     }
+}
+
+/// `localhost` and names under `.localhost` are the loopback addresses,
+/// never asked of a nameserver (RFC 6761 section 6.3), so a `gateway =
+/// "localhost:2525"` works as an operator expects.
+fn loopback_name(host: &str) -> Option<Vec<IpAddr>> {
+    let name = host.trim_end_matches('.');
+    let lower = name.to_ascii_lowercase();
+    (lower == "localhost" || lower.ends_with(".localhost")).then(|| {
+        vec![
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ]
+    })
 }
 
 /// The first asker of a question. Dropped before `done` (its task was
@@ -391,6 +408,17 @@ async fn exchange_tcp(server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, Dns
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn localhost_names_are_loopback_without_a_query() {
+        for name in ["localhost", "LocalHost.", "mx.localhost"] {
+            let ips = loopback_name(name).expect(name);
+            assert!(ips.iter().all(|ip| ip.is_loopback()), "{name}");
+        }
+        assert_eq!(loopback_name("localhost.example.com"), None);
+        assert_eq!(loopback_name("notlocalhost"), None);
+    }
+
     use super::*;
     use std::cell::Cell;
     use std::rc::Rc;
