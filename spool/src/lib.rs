@@ -84,6 +84,12 @@ pub struct SpoolOptions {
     pub batch_bytes_max: usize,
     /// Permission bits of new segment files.
     pub file_mode: u32,
+    /// How long a batch of notes and completions only may wait for a
+    /// message to share its fdatasync, in milliseconds (0: sync at once).
+    /// Nothing waits on such records for a reply, and a crash that loses
+    /// them only delivers again (never loses), so the daemon lingers;
+    /// tests and the simulator sync at once.
+    pub progress_linger_ms: u64,
 }
 
 impl Default for SpoolOptions {
@@ -92,12 +98,24 @@ impl Default for SpoolOptions {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             batch_bytes_max: BATCH_BYTES_MAX,
             file_mode: FILE_MODE_DEFAULT,
+            progress_linger_ms: 0,
         }
     }
 }
 
+/// Longest `progress_linger_ms` accepted.
+pub const PROGRESS_LINGER_MS_MAX: u64 = 1_000;
+
 impl SpoolOptions {
     pub fn validate(&self) -> Result<(), SpoolError> {
+        if self.progress_linger_ms > PROGRESS_LINGER_MS_MAX {
+            return Err(SpoolError::InvalidOptions {
+                reason: format!(
+                    "progress_linger_ms must be at most {PROGRESS_LINGER_MS_MAX}, got {}",
+                    self.progress_linger_ms
+                ),
+            });
+        }
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
             return Err(SpoolError::InvalidOptions {
                 reason: format!(

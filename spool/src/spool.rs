@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use std::time::Instant;
 
 use crate::journal::{ChunkPlan, Class, Journal, LiveIndex, Plan, Slot};
@@ -492,25 +493,66 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    /// Takes the open batch, or None once closing and drained.
+    /// Takes the open batch, or None once closing and drained. A batch of
+    /// notes and completions only (no message waits on it for its 250)
+    /// lingers up to `options.progress_linger_ms` for a message to share
+    /// its sync: with one client sending one message at a time, each
+    /// message's completion then rides the next message's fdatasync
+    /// instead of costing one of its own.
     async fn next_batch(&mut self) -> Option<(Vec<u8>, Vec<Pending>)> {
+        // Wait for records (or the close) without taking them yet.
         let shared = self.shared.clone();
         PollFn(move |cx: &mut Context<'_>| {
             let mut shared = shared.borrow_mut();
-            if !shared.pending.is_empty() {
-                let capacity = shared.batch.len().min(BATCH_CAPACITY_BYTES_MAX);
-                let batch = std::mem::replace(&mut shared.batch, Vec::with_capacity(capacity));
-                let pending = std::mem::take(&mut shared.pending);
-                shared.wake_space_waiters();
-                return Poll::Ready(Some((batch, pending)));
-            }
-            if shared.closing {
-                return Poll::Ready(None);
+            if !shared.pending.is_empty() || shared.closing {
+                return Poll::Ready(());
             }
             shared.writer_waker = Some(cx.waker().clone());
             Poll::Pending
         })
-        .await
+        .await;
+        self.linger_for_a_message().await;
+        let mut shared = self.shared.borrow_mut();
+        if shared.pending.is_empty() {
+            assert!(shared.closing, "woken with nothing to write only to close");
+            return None;
+        }
+        let capacity = shared.batch.len().min(BATCH_CAPACITY_BYTES_MAX);
+        let batch = std::mem::replace(&mut shared.batch, Vec::with_capacity(capacity));
+        let pending = std::mem::take(&mut shared.pending);
+        shared.wake_space_waiters();
+        Some((batch, pending))
+    }
+
+    /// Waits while the open batch holds progress records only, until a
+    /// message joins it, the spool closes, or the linger runs out. Returns
+    /// at once when the batch is empty (the caller waits for records) or
+    /// lingering is off.
+    async fn linger_for_a_message(&self) {
+        let linger_ms = self.shared.borrow().options.progress_linger_ms;
+        let only_progress = |shared: &Shared| {
+            !shared.closing
+                && !shared.pending.is_empty()
+                && shared
+                    .pending
+                    .iter()
+                    .all(|p| !matches!(p.kind, PendingKind::Message { .. }))
+        };
+        if linger_ms == 0 || !only_progress(&self.shared.borrow()) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let message_joined = PollFn(move |cx: &mut Context<'_>| {
+            let mut shared = shared.borrow_mut();
+            if only_progress(&shared) {
+                shared.writer_waker = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        });
+        let linger = glommio::timer::sleep(Duration::from_millis(linger_ms));
+        futures_lite::future::or(message_joined, linger).await;
     }
 
     /// What each record of a batch may use of a segment (see `journal`):

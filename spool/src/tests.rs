@@ -506,3 +506,60 @@ fn throughput_of_1k_appends_with_64_appenders() {
         spool.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_completion_lingers_for_the_next_message_and_shares_its_sync() {
+    // Goal: with progress_linger_ms set, a completion alone waits for a
+    // message and rides its fdatasync; with nothing coming it is synced
+    // once the linger runs out; with lingering off it is synced at once.
+    // Method: count the spool's syncs around each case.
+    let tmp = TempDir::new("linger");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let options = SpoolOptions {
+            progress_linger_ms: 200,
+            ..SpoolOptions::default()
+        };
+        let (spool, _) = Spool::open(&dir, options).await.unwrap();
+        spool
+            .append_message(1, &envelope_of(1), b"one")
+            .await
+            .unwrap();
+        let before = spool.stats().syncs;
+        let started = std::time::Instant::now();
+        let complete = glommio::spawn_local({
+            let spool = spool.clone();
+            async move { spool.complete(1).await }
+        });
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        spool
+            .append_message(2, &envelope_of(2), b"two")
+            .await
+            .unwrap();
+        complete.await.unwrap();
+        assert_eq!(spool.stats().syncs, before + 1, "one sync for both");
+        assert!(started.elapsed() < std::time::Duration::from_millis(200));
+
+        let started = std::time::Instant::now();
+        spool.complete(2).await.unwrap();
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(200),
+            "alone, it waits the linger out"
+        );
+        assert_eq!(spool.stats().syncs, before + 2);
+        spool.close().await.unwrap();
+
+        let (spool, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        assert!(recovery.messages.is_empty(), "both completions are durable");
+        spool
+            .append_message(3, &envelope_of(3), b"three")
+            .await
+            .unwrap();
+        let before = spool.stats().syncs;
+        let started = std::time::Instant::now();
+        spool.complete(3).await.unwrap();
+        assert_eq!(spool.stats().syncs, before + 1);
+        assert!(started.elapsed() < std::time::Duration::from_millis(200));
+        spool.close().await.unwrap();
+    });
+}

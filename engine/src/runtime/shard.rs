@@ -50,6 +50,10 @@ const DELIVERY_SHARES: usize = 1000;
 /// Preemption target of the inbound queue: how long it lets another queue
 /// run before it gets the core back.
 const INBOUND_LATENCY_MS: u64 = 1;
+/// How long notes and completions wait for a message to share their
+/// fdatasync (see `SpoolOptions::progress_linger_ms`): a client sending
+/// one message at a time sends the next well within it.
+const SPOOL_PROGRESS_LINGER_MS: u64 = 20;
 /// How long a stopping shard waits for open SMTP sessions to finish.
 pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
@@ -120,18 +124,20 @@ fn note_slow_step(id: usize, step: &str, since: Instant) {
     }
 }
 
-/// How often a shard wakes itself while it joins the mesh.
-const JOIN_NUDGE_MS: u64 = 5;
+/// How often a starting shard wakes itself.
+const START_NUDGE_MS: u64 = 5;
 
-/// Wakes the executor every `JOIN_NUDGE_MS` until `done` is set. glommio's
-/// mesh join waits for cross-thread notifications; seen here under load, a
-/// shard that missed one slept until something else woke it, and start-up
-/// stalled for tens of seconds with nothing in the log. Any wake-up makes
-/// glommio look at its shared channels again, so this bounds such a miss
-/// to a few milliseconds. It ends with the join.
-async fn nudge_until(done: Rc<Cell<bool>>) {
-    while !done.get() {
-        glommio::timer::sleep(Duration::from_millis(JOIN_NUDGE_MS)).await;
+/// Wakes the executor every `START_NUDGE_MS` while `starting` holds.
+/// Start-up waits on cross-thread notifications (glommio's mesh join, then
+/// the channels that carry recovered entries to their owners); seen here
+/// under load, a shard that missed one slept until something else woke it,
+/// and start-up stalled for tens of seconds with nothing in the log. Any
+/// wake-up makes glommio look at its shared channels again, so this bounds
+/// such a miss to a few milliseconds. Once serving, the shard's tick does
+/// the same every `TICK_MS`.
+async fn nudge_while(starting: Rc<Cell<bool>>) {
+    while starting.get() {
+        glommio::timer::sleep(Duration::from_millis(START_NUDGE_MS)).await;
     }
 }
 
@@ -156,10 +162,12 @@ pub(super) async fn run(setup: Setup) {
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
     let started = Instant::now();
-    let joined = Rc::new(Cell::new(false));
-    glommio::spawn_local(nudge_until(joined.clone())).detach();
+    // Until this shard is ready nothing else wakes it on a timer (the tick
+    // starts with serving), so it nudges itself through the mesh join and
+    // the routing of what recovery found.
+    let starting = Rc::new(Cell::new(true));
+    glommio::spawn_local(nudge_while(starting.clone())).detach();
     let join = mesh.join().await;
-    joined.set(true);
     let Ok((senders, mut receivers)) = join else {
         return fail(&ready, id, "cannot join the shard mesh".into());
     };
@@ -183,7 +191,11 @@ pub(super) async fn run(setup: Setup) {
     let opened = glommio::spawn_local_into(
         {
             let spool_dir = spool_dir.clone();
-            async move { Spool::open(&spool_dir, SpoolOptions::default()).await }
+            let options = SpoolOptions {
+                progress_linger_ms: SPOOL_PROGRESS_LINGER_MS,
+                ..SpoolOptions::default()
+            };
+            async move { Spool::open(&spool_dir, options).await }
         },
         inbound_queue,
     );
@@ -269,6 +281,7 @@ pub(super) async fn run(setup: Setup) {
     while !serving.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(SERVE_POLL_MS)).await;
     }
+    starting.set(false);
     let mut accept_tasks = Vec::new();
     for (sock, listener) in listeners {
         match glommio::spawn_local_into(
