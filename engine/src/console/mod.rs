@@ -5,7 +5,8 @@
 //! each answer ([`execute`] is pure: a command line and a snapshot in, text
 //! out, or a control request to ask the shards), and the console threads.
 //! Counters are read from what every shard publishes (`stats`), without
-//! waiting on a shard; commands about queues (`mailq`) are asked of every
+//! waiting on a shard; commands about queues (`mailq`, `active`, `delayed`,
+//! `flush domain`, `fail domain`) are asked of every
 //! shard through `control`, with a timeout, so a console client can never
 //! hold up mail.
 //! May call: `stats`, `control`, `config`. Never: the spool, the queues
@@ -26,7 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::control::{render_mailq, ControlHandle, ControlRequest, CONTROL_TIMEOUT_MS};
+use crate::control::{
+    render_domains, render_failed, render_flushed, render_mailq, ControlHandle, ControlRequest,
+    QueueSide, CONTROL_TIMEOUT_MS,
+};
 use crate::stats::{Counter, EngineStats, Figures};
 
 /// Longest command line accepted; a longer one closes the connection.
@@ -197,12 +201,19 @@ fn session(
 
 /// Asks every shard and renders their answer (or why there is none).
 fn ask(control: &ControlHandle, request: ControlRequest) -> String {
-    let limit = match &request {
-        ControlRequest::Mailq { limit, .. } => *limit,
-    };
-    match control.ask_all(request, Duration::from_millis(CONTROL_TIMEOUT_MS)) {
-        Ok(parts) => render_mailq(&parts, limit),
+    match control.ask_all(request.clone(), Duration::from_millis(CONTROL_TIMEOUT_MS)) {
+        Ok(parts) => render(&request, &parts),
         Err(e) => format!("Error: {e}\n"),
+    }
+}
+
+/// The text of every shard's `parts` of the answer to `request`.
+pub fn render(request: &ControlRequest, parts: &[crate::control::ControlReply]) -> String {
+    match request {
+        ControlRequest::Mailq { limit, .. } => render_mailq(parts, *limit),
+        ControlRequest::Domains { side, above } => render_domains(parts, *side, *above),
+        ControlRequest::Flush { domain } => render_flushed(parts, domain.as_deref()),
+        ControlRequest::Fail { domain, .. } => render_failed(parts, domain),
     }
 }
 
@@ -273,6 +284,11 @@ Commands:
   summary              Summary Statistics, in total and per shard
   mailq [-d domain ...] [-b binding ...] [-l N]
                        queues with their active (AQ) and delayed (DQ) sizes
+  active [N]           domains whose active queue holds more than N (default 0)
+  delayed [N]          domains whose delayed queue holds more than N (default 0)
+  flush domain <d|all> every delayed message of the domain is retried now
+  fail domain [quiet] <d>
+                       every queued message of the domain fails now (quiet: no DSN)
   shutdown             stop gracefully: stop accepting, finish open transactions, sync the spool, exit
   quit                 close this console session
 ";
@@ -291,6 +307,17 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
             Ok(request) => (String::new(), Action::Ask(request)),
             Err(e) => (format!("{e}\n"), Action::None),
         },
+        [w, args @ ..]
+            if w.eq_ignore_ascii_case("active")
+                || w.eq_ignore_ascii_case("delayed")
+                || w.eq_ignore_ascii_case("flush")
+                || w.eq_ignore_ascii_case("fail") =>
+        {
+            match parse_queue_command(w, args) {
+                Ok(request) => (String::new(), Action::Ask(request)),
+                Err(e) => (format!("{e}\n"), Action::None),
+            }
+        }
         [w] if w.eq_ignore_ascii_case("shutdown") => {
             ("Shutdown requested: no new connections; open transactions finish, the spool syncs, then the daemon exits.\n".to_string(), Action::Shutdown)
         }
@@ -332,6 +359,45 @@ fn parse_mailq(args: &[&str]) -> Result<ControlRequest, String> {
         bindings,
         limit,
     })
+}
+
+/// `active [N]`, `delayed [N]`, `flush domain <d|all>`,
+/// `fail domain [quiet] <d>`.
+fn parse_queue_command(command: &str, args: &[&str]) -> Result<ControlRequest, String> {
+    let command = command.to_ascii_lowercase();
+    let is = |w: &&str, word: &str| w.eq_ignore_ascii_case(word);
+    match (command.as_str(), args) {
+        ("active" | "delayed", [] | [_]) => {
+            let side = if command == "active" {
+                QueueSide::Active
+            } else {
+                QueueSide::Delayed
+            };
+            let above = match args.first() {
+                None => 0,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| format!("Usage: {command} [N]: N is a number of messages"))?,
+            };
+            Ok(ControlRequest::Domains { side, above })
+        }
+        ("flush", [d, domain]) if is(d, "domain") => Ok(ControlRequest::Flush {
+            domain: (!domain.eq_ignore_ascii_case("all")).then(|| domain.to_ascii_lowercase()),
+        }),
+        ("fail", [d, domain]) if is(d, "domain") && !is(domain, "quiet") => {
+            Ok(ControlRequest::Fail {
+                domain: domain.to_ascii_lowercase(),
+                quiet: false,
+            })
+        }
+        ("fail", [d, q, domain]) if is(d, "domain") && is(q, "quiet") => Ok(ControlRequest::Fail {
+            domain: domain.to_ascii_lowercase(),
+            quiet: true,
+        }),
+        ("active" | "delayed", _) => Err(format!("Usage: {command} [N]")),
+        ("flush", _) => Err("Usage: flush domain <domain|all>".to_string()),
+        _ => Err("Usage: fail domain [quiet] <domain>".to_string()),
+    }
 }
 
 /// Momentum's `summary` block ("Label: value", values right-aligned), then
@@ -460,6 +526,60 @@ mod tests {
         let (text, action) = execute("mailq -l many", &snapshot());
         assert!(text.starts_with("Usage: mailq"));
         assert_eq!(action, Action::None);
+    }
+
+    #[test]
+    fn queue_commands_parse_into_control_requests() {
+        let ask = |line: &str| execute(line, &snapshot()).1;
+        let usage = |line: &str| {
+            let (text, action) = execute(line, &snapshot());
+            assert_eq!(action, Action::None, "{line}");
+            text
+        };
+        assert_eq!(
+            ask("active"),
+            Action::Ask(ControlRequest::Domains {
+                side: QueueSide::Active,
+                above: 0
+            })
+        );
+        assert_eq!(
+            ask("DELAYED 10"),
+            Action::Ask(ControlRequest::Domains {
+                side: QueueSide::Delayed,
+                above: 10
+            })
+        );
+        assert!(usage("delayed lots").starts_with("Usage: delayed [N]"));
+        assert!(usage("active 1 2").starts_with("Usage: active [N]"));
+        assert_eq!(
+            ask("flush domain Example.COM"),
+            Action::Ask(ControlRequest::Flush {
+                domain: Some("example.com".into())
+            })
+        );
+        assert_eq!(
+            ask("flush domain all"),
+            Action::Ask(ControlRequest::Flush { domain: None })
+        );
+        assert!(usage("flush example.com").starts_with("Usage: flush domain"));
+        assert_eq!(
+            ask("fail domain example.com"),
+            Action::Ask(ControlRequest::Fail {
+                domain: "example.com".into(),
+                quiet: false
+            })
+        );
+        assert_eq!(
+            ask("fail domain quiet example.com"),
+            Action::Ask(ControlRequest::Fail {
+                domain: "example.com".into(),
+                quiet: true
+            })
+        );
+        assert!(usage("fail domain").starts_with("Usage: fail domain"));
+        assert!(usage("fail domain quiet").starts_with("Usage: fail domain"));
+        assert!(usage("fail example.com").starts_with("Usage: fail domain"));
     }
 
     #[test]

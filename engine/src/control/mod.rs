@@ -5,7 +5,10 @@
 //! carries a request over the mesh with the channel its answers go back
 //! on, [`ControlHandle`] (how a thread outside the shards, such as the
 //! console, asks), and the pure handlers: [`answer`] (a request and one
-//! shard's queues in, that shard's part out) and [`render_mailq`].
+//! shard's queues in, that shard's part out; `Flush` and `Fail` change
+//! queues and are carried out by `delivery::Outbound`) and the renderers
+//! ([`render_mailq`], [`render_domains`], [`render_flushed`],
+//! [`render_failed`]).
 //! May call: `queue` (read-only). Never: I/O, a lock on a shard's path
 //! (a shard answers with a non-blocking send; a full or closed reply
 //! channel drops that part).
@@ -33,6 +36,10 @@ pub const CONTROL_QUEUE_MAX: usize = 64;
 pub const CONTROL_TIMEOUT_MS: u64 = 5_000;
 /// Most rows one shard returns for `mailq`.
 pub const MAILQ_ROWS_MAX: usize = 10_000;
+/// Most domains one shard returns for `active` / `delayed`.
+pub const DOMAIN_ROWS_MAX: usize = 10_000;
+/// The reply every recipient failed by `fail domain` gets.
+pub const OPERATOR_FAILURE_REPLY: &str = "554 5.4.0 [internal] failed by the operator";
 
 /// What a control client asks every shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +51,50 @@ pub enum ControlRequest {
         bindings: Vec<String>,
         limit: usize,
     },
+    /// Momentum's `active N` / `delayed N`: domains whose active (or
+    /// delayed) queue holds more than `above` entries, summed over shards.
+    Domains { side: QueueSide, above: u64 },
+    /// Momentum's `flush domain <d|all>`: every delayed entry of the domain
+    /// (every binding; `None`: every domain) is due now.
+    Flush { domain: Option<String> },
+    /// Momentum's `fail domain [quiet] <d>`: every queued entry of the
+    /// domain (active and delayed, every binding) fails permanently with
+    /// [`OPERATOR_FAILURE_REPLY`]; `quiet` sends no DSN.
+    Fail { domain: String, quiet: bool },
+}
+
+/// Which queue of a domain `active` / `delayed` look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueSide {
+    Active,
+    Delayed,
 }
 
 /// One shard's part of the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlReply {
     Mailq(Vec<QueueRow>),
+    Domains(Vec<DomainRow>),
+    /// Delayed entries made due.
+    Flushed(u64),
+    /// Entries failed.
+    Failed(u64),
+}
+
+/// One domain as `active` / `delayed` show it (every binding summed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DomainRow {
+    pub domain: String,
+    pub connections: u64,
+    pub active: u64,
+    pub delayed: u64,
+    /// Recipients delivered since the queue was created.
+    pub sent: u64,
+}
+
+/// Whether `filter` (a domain, case-insensitive) names `domain`.
+pub fn domain_matches(filter: &str, domain: &str) -> bool {
+    filter.eq_ignore_ascii_case(domain)
 }
 
 /// One queue as `mailq` shows it.
@@ -157,9 +202,38 @@ impl ControlHandle {
     }
 }
 
-/// One shard's part of `request`, from its own queues.
+/// One shard's part of a read-only `request`, from its own queues (the
+/// requests that change queues, `Flush` and `Fail`, are carried out by the
+/// shard's `delivery::Outbound`; here they answer 0).
 pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) -> ControlReply {
     match request {
+        ControlRequest::Domains { .. } => {
+            let mut rows: Vec<DomainRow> = Vec::new();
+            for q in queues.iter() {
+                if q.active.is_empty() && q.delayed_count == 0 && q.connections == 0 {
+                    continue;
+                }
+                let at = match rows.iter().position(|r| *r.domain == *q.key.domain) {
+                    Some(at) => at,
+                    None if rows.len() < DOMAIN_ROWS_MAX => {
+                        rows.push(DomainRow {
+                            domain: q.key.domain.to_string(),
+                            ..DomainRow::default()
+                        });
+                        rows.len() - 1
+                    }
+                    None => continue,
+                };
+                let r = &mut rows[at];
+                r.connections += q.connections as u64;
+                r.active += q.active.len() as u64;
+                r.delayed += q.delayed_count as u64;
+                r.sent += q.delivered;
+            }
+            ControlReply::Domains(rows)
+        }
+        ControlRequest::Flush { .. } => ControlReply::Flushed(0),
+        ControlRequest::Fail { .. } => ControlReply::Failed(0),
         ControlRequest::Mailq {
             domains,
             bindings: only,
@@ -197,7 +271,9 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
 pub fn render_mailq(parts: &[ControlReply], limit: usize) -> String {
     let mut rows: Vec<QueueRow> = Vec::new();
     for part in parts {
-        let ControlReply::Mailq(part_rows) = part;
+        let ControlReply::Mailq(part_rows) = part else {
+            continue;
+        };
         for r in part_rows {
             match rows
                 .iter_mut()
@@ -244,6 +320,82 @@ pub fn render_mailq(parts: &[ControlReply], limit: usize) -> String {
     out
 }
 
+/// Momentum's `active N` / `delayed N`: one `Domain:` line per domain
+/// whose `side` queue holds more than `above` entries (every shard
+/// summed), sorted, then a `Total:` line over every domain queued.
+pub fn render_domains(parts: &[ControlReply], side: QueueSide, above: u64) -> String {
+    let mut rows: Vec<DomainRow> = Vec::new();
+    for part in parts {
+        let ControlReply::Domains(part_rows) = part else {
+            continue;
+        };
+        for r in part_rows {
+            match rows.iter_mut().find(|x| x.domain == r.domain) {
+                Some(x) => {
+                    x.connections += r.connections;
+                    x.active += r.active;
+                    x.delayed += r.delayed;
+                    x.sent += r.sent;
+                }
+                None => rows.push(r.clone()),
+            }
+        }
+    }
+    rows.sort();
+    let mut total = DomainRow::default();
+    let mut out = String::new();
+    for r in &rows {
+        total.connections += r.connections;
+        total.active += r.active;
+        total.delayed += r.delayed;
+        total.sent += r.sent;
+        let size = match side {
+            QueueSide::Active => r.active,
+            QueueSide::Delayed => r.delayed,
+        };
+        if size > above {
+            let _ = writeln!(
+                out,
+                "Domain: {}  C: {}  A: {}  D: {}  S: {}",
+                r.domain, r.connections, r.active, r.delayed, r.sent
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Total:  C: {}  A: {}  D: {}  S: {}",
+        total.connections, total.active, total.delayed, total.sent
+    );
+    out
+}
+
+/// Momentum's answer to `flush domain`: `<d> flushed.  N messages requeued.`
+pub fn render_flushed(parts: &[ControlReply], domain: Option<&str>) -> String {
+    let n: u64 = parts
+        .iter()
+        .map(|p| match p {
+            ControlReply::Flushed(n) => *n,
+            _ => 0,
+        })
+        .sum();
+    format!(
+        "{} flushed.  {n} messages requeued.\n",
+        domain.unwrap_or("all")
+    )
+}
+
+/// Momentum's answer to `fail domain`: `<d> purged, N messages failed.`
+pub fn render_failed(parts: &[ControlReply], domain: &str) -> String {
+    let n: u64 = parts
+        .iter()
+        .map(|p| match p {
+            ControlReply::Failed(n) => *n,
+            _ => 0,
+        })
+        .sum();
+    format!("{domain} purged, {n} messages failed.\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +424,90 @@ mod tests {
         assert_eq!(words(lines[1]), ["default/default", "a.example", "3", "0"]);
         assert_eq!(words(lines[2]), ["default/default", "b.example", "5", "7"]);
         assert_eq!(render_mailq(&parts, 1).lines().count(), 2);
+    }
+
+    fn domain(name: &str, active: u64, delayed: u64) -> DomainRow {
+        DomainRow {
+            domain: name.into(),
+            connections: 1,
+            active,
+            delayed,
+            sent: 2,
+        }
+    }
+
+    #[test]
+    fn domains_sum_shards_filter_above_n_and_total_every_domain() {
+        let parts = vec![
+            ControlReply::Domains(vec![domain("b.example", 0, 3), domain("a.example", 1, 0)]),
+            ControlReply::Domains(vec![domain("b.example", 2, 1)]),
+        ];
+        let text = render_domains(&parts, QueueSide::Delayed, 0);
+        assert_eq!(
+            text,
+            "Domain: b.example  C: 2  A: 2  D: 4  S: 4\n\
+             Total:  C: 3  A: 3  D: 4  S: 6\n"
+        );
+        let text = render_domains(&parts, QueueSide::Active, 1);
+        assert_eq!(
+            text.lines().next(),
+            Some("Domain: b.example  C: 2  A: 2  D: 4  S: 4")
+        );
+        assert_eq!(text.lines().count(), 2);
+        let text = render_domains(&parts, QueueSide::Active, 0);
+        assert!(text.starts_with("Domain: a.example  C: 1  A: 1  D: 0"));
+        assert_eq!(
+            render_domains(&[], QueueSide::Active, 0),
+            "Total:  C: 0  A: 0  D: 0  S: 0\n"
+        );
+    }
+
+    #[test]
+    fn flush_and_fail_sum_every_shard_in_momentum_words() {
+        let flushed = [ControlReply::Flushed(3), ControlReply::Flushed(1)];
+        assert_eq!(
+            render_flushed(&flushed, Some("example.com")),
+            "example.com flushed.  4 messages requeued.\n"
+        );
+        assert_eq!(
+            render_flushed(&flushed, None),
+            "all flushed.  4 messages requeued.\n"
+        );
+        let failed = [ControlReply::Failed(2), ControlReply::Failed(0)];
+        assert_eq!(
+            render_failed(&failed, "example.com"),
+            "example.com purged, 2 messages failed.\n"
+        );
+    }
+
+    #[test]
+    fn answer_sums_the_bindings_of_a_domain() {
+        let config = Config::parse("", std::path::Path::new("t.conf")).unwrap();
+        let bindings = Bindings::from_config(&config);
+        let mut queues = Queues::default();
+        let options = || config.delivery("default", "x");
+        let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        queues.find_or_create(Bindings::DEFAULT, "idle.example", 1, options);
+        queues.get_mut(a).unwrap().delayed_count = 2;
+        queues.get_mut(a).unwrap().delivered = 5;
+        let reply = answer(
+            &ControlRequest::Domains {
+                side: QueueSide::Delayed,
+                above: 0,
+            },
+            &queues,
+            &bindings,
+        );
+        assert_eq!(
+            reply,
+            ControlReply::Domains(vec![DomainRow {
+                domain: "a.example".into(),
+                connections: 0,
+                active: 0,
+                delayed: 2,
+                sent: 5
+            }])
+        );
     }
 
     #[test]

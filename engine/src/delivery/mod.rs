@@ -16,7 +16,8 @@
 //!
 //! This file owns [`Outbound`]: the queues this shard owns and their
 //! scheduling (enqueue, waking idle connections, opening new ones,
-//! promoting due entries; the entries of a queue backed off by
+//! promoting due entries, the operator's `flush domain` and `fail domain`;
+//! the entries of a queue backed off by
 //! [`pool::back_off`] wait in the delayed heap until its back-off ends),
 //! and the spool readers bodies are read with.
 //! May call: `dns`, `queue`, `mesh` (routing checks and reports), `smtp::client`,
@@ -220,8 +221,87 @@ impl Outbound {
         self.queues.borrow_mut().prune(now_unix_ms());
     }
 
-    /// This shard's part of a control request about queues.
-    pub fn answer(&self, request: &ControlRequest) -> ControlReply {
-        control::answer(request, &self.queues.borrow(), &self.bindings)
+    /// This shard's part of a control request about queues; `flush` and
+    /// `fail` change this shard's own queues.
+    pub fn answer(self: &Rc<Self>, request: &ControlRequest) -> ControlReply {
+        match request {
+            ControlRequest::Flush { domain } => {
+                ControlReply::Flushed(self.flush(domain.as_deref()))
+            }
+            ControlRequest::Fail { domain, quiet } => {
+                ControlReply::Failed(self.fail_domain(domain, *quiet))
+            }
+            _ => control::answer(request, &self.queues.borrow(), &self.bindings),
+        }
+    }
+
+    /// Makes every delayed entry of `domain` (every binding; `None`: every
+    /// domain) due now: the queues' back-offs end, the entries move to
+    /// their active queues and a connection is kicked. Returns how many
+    /// entries moved.
+    fn flush(self: &Rc<Self>, domain: Option<&str>) -> u64 {
+        let (ids, moved) = {
+            let mut queues = self.queues.borrow_mut();
+            let ids =
+                queues.ids_where(|k| domain.is_none_or(|d| control::domain_matches(d, &k.domain)));
+            let taken = queues.take_delayed(&ids);
+            let moved = taken.len() as u64;
+            for id in &ids {
+                if let Some(q) = queues.get_mut(*id) {
+                    q.not_before_unix_ms = 0;
+                }
+            }
+            for (id, entry) in taken {
+                if let Some(q) = queues.get_mut(id) {
+                    q.active.push_back(entry);
+                }
+            }
+            (ids, moved)
+        };
+        for id in ids {
+            self.kick(id);
+        }
+        moved
+    }
+
+    /// Fails every queued entry of `domain` (active and delayed, every
+    /// binding) with [`control::OPERATOR_FAILURE_REPLY`] through the
+    /// normal settle path (P lines, bouncelog, a DSN unless `quiet`).
+    /// Entries inside a connection at that moment are not touched.
+    /// Returns how many entries failed.
+    fn fail_domain(self: &Rc<Self>, domain: &str, quiet: bool) -> u64 {
+        let (ids, mut entries) = {
+            let mut queues = self.queues.borrow_mut();
+            let ids = queues.ids_where(|k| control::domain_matches(domain, &k.domain));
+            let entries = queues.take_delayed(&ids);
+            (ids, entries)
+        };
+        for id in &ids {
+            if let Some(q) = self.queues.borrow_mut().get_mut(*id) {
+                entries.extend(q.active.drain(..).map(|e| (*id, e)));
+            }
+        }
+        let failed = entries.len() as u64;
+        for id in ids {
+            let mine: Vec<MessageRef> = entries
+                .extract_if(.., |(of, _)| *of == id)
+                .map(|(_, e)| e)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let Some(options) = self.options(id) else {
+                continue;
+            };
+            let options = if quiet {
+                let mut o = (*options).clone();
+                o.generate_bounces = false;
+                Rc::new(o)
+            } else {
+                options
+            };
+            settle::fail_entries(self, id, &options, mine, control::OPERATOR_FAILURE_REPLY);
+        }
+        failed
     }
 }

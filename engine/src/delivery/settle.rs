@@ -3,7 +3,7 @@
 //! counters, the delayed queue for retries, and the outcomes reported
 //! to the message's home shard (with the failing reply, for the DSN).
 //!
-//! Owns: [`settle`], [`sweep`] and [`fail_active`]. May call: `disposition` (the decision),
+//! Owns: [`settle`], [`sweep`], [`fail_active`] and [`fail_entries`]. May call: `disposition` (the decision),
 //! `pool` (back-off), `bounce` (classification), `log`, `stats`, the queue (through [`Outbound`]),
 //! `mesh` (reports).
 //! Never: deciding anything `disposition` decides.
@@ -86,6 +86,27 @@ pub(super) fn fail_active(
         entries,
         reply,
         stage,
+        "",
+        ReplyClass::Permanent,
+    );
+}
+
+/// Fails every recipient of `entries` (taken from queue `id`) with
+/// `reply`, now (the operator's `fail domain`).
+pub(super) fn fail_entries(
+    out: &Rc<Outbound>,
+    id: QueueId,
+    options: &Rc<DeliveryOptions>,
+    entries: Vec<MessageRef>,
+    reply: &str,
+) {
+    settle_all(
+        out,
+        id,
+        options,
+        entries,
+        reply,
+        Stage::NotConnected,
         "",
         ReplyClass::Permanent,
     );

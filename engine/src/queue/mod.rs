@@ -382,6 +382,41 @@ impl Queues {
         due
     }
 
+    /// The queues whose key `pick` accepts.
+    pub fn ids_where(&self, mut pick: impl FnMut(&QueueKey) -> bool) -> Vec<QueueId> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| {
+                let q = q.as_ref()?;
+                pick(&q.key).then_some(QueueId(i as u32))
+            })
+            .collect()
+    }
+
+    /// Takes every delayed entry of the queues `ids`, whenever due (the
+    /// heap is rebuilt: this serves an operator's command, not a message).
+    pub fn take_delayed(&mut self, ids: &[QueueId]) -> Vec<(QueueId, MessageRef)> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed)
+            .into_vec()
+            .into_iter()
+            .partition(|Reverse(d)| ids.contains(&d.queue));
+        self.delayed = BinaryHeap::from(kept);
+        let mut out = Vec::with_capacity(taken.len());
+        for Reverse(d) in taken {
+            let q = self
+                .get_mut(d.queue)
+                .expect("a queue with delayed entries stays");
+            assert!(q.delayed_count > 0);
+            q.delayed_count -= 1;
+            out.push((d.queue, d.entry));
+        }
+        out
+    }
+
     /// When the earliest delayed entry is due.
     pub fn next_due_unix_ms(&self) -> Option<u64> {
         self.delayed.peek().map(|Reverse(d)| d.due_unix_ms)
@@ -541,6 +576,27 @@ mod tests {
         let due = queues.pop_due(1000, 10);
         assert_eq!(due[0].0, a);
         assert_eq!(queues.delayed_count(), 0);
+    }
+
+    #[test]
+    fn take_delayed_takes_only_the_named_queues_and_keeps_the_heap_in_order() {
+        let mut queues = Queues::default();
+        let a = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        let b = queues.find_or_create(Bindings::DEFAULT, "b.example", 1, options);
+        queues.push_delayed(a, entry("a.example"), 30);
+        queues.push_delayed(b, entry("b.example"), 20);
+        queues.push_delayed(a, entry("a.example"), 10);
+        queues.push_delayed(b, entry("b.example"), 5);
+        let ids = queues.ids_where(|k| &*k.domain == "a.example");
+        assert_eq!(ids, vec![a]);
+        let taken = queues.take_delayed(&ids);
+        assert_eq!(taken.len(), 2);
+        assert!(taken.iter().all(|(id, _)| *id == a));
+        assert_eq!(queues.get(a).unwrap().delayed_count, 0);
+        assert_eq!(queues.get(b).unwrap().delayed_count, 2);
+        assert_eq!(queues.next_due_unix_ms(), Some(5));
+        assert_eq!(queues.pop_due(100, 10).len(), 2);
+        assert!(queues.take_delayed(&[]).is_empty());
     }
 
     #[test]

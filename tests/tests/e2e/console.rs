@@ -153,3 +153,91 @@ fn console_mailq_shows_every_queue_with_its_sizes() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.starts_with("Usage: mailq"), "{text}");
 }
+
+/// Messages queued for the queue commands.
+const QUEUE_COMMAND_MESSAGES: usize = 4;
+/// A retry interval long enough that deferred entries sit in the delayed
+/// queue for the whole test (seconds).
+const LONG_RETRY_INTERVAL_S: u32 = 3600;
+
+/// Goal: `delayed`, `flush domain` and `fail domain quiet` act on every
+/// shard's queues. Method: with the gateway down and a long retry
+/// interval, queue N messages to example.com; `delayed` must show
+/// example.com with `D: N`; `flush domain example.com` must requeue N;
+/// `fail domain quiet example.com` (repeated while an entry may be inside
+/// a connection attempt) must purge N in all, the mainlog must get N P
+/// lines with the operator's reply, and `mailq` must show no queue left.
+#[test]
+fn console_delayed_flush_and_fail_domain_act_on_every_shard() {
+    let dir = ecelerity_tests::TempDir::new("console-queue-commands");
+    // Nothing listens on the gateway port: every attempt is deferred.
+    let mut config = ecelerity_tests::TestConfig::new(ecelerity_tests::free_port());
+    config.retry_interval_s = LONG_RETRY_INTERVAL_S;
+    config.max_retry_interval_s = LONG_RETRY_INTERVAL_S;
+    let daemon = ecelerity_tests::Daemon::start(dir.path(), &config.render());
+    let count = QUEUE_COMMAND_MESSAGES.to_string();
+    let report = send_messages(daemon.smtp_port(), &["--count", &count], ARRIVAL_TIMEOUT);
+    assert_eq!(
+        report.accepted().len(),
+        QUEUE_COMMAND_MESSAGES,
+        "{}",
+        report.stderr
+    );
+
+    let console = |command: &str| {
+        let output = daemon.console(command);
+        assert!(
+            output.status.success(),
+            "ec_console: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let mut last = String::new();
+    let want = format!("D: {QUEUE_COMMAND_MESSAGES}  S: 0");
+    let shown = poll_until(ARRIVAL_TIMEOUT, || {
+        last = console("delayed\n");
+        last.lines()
+            .any(|l| l.starts_with("Domain: example.com  C: ") && l.ends_with(&want))
+            .then_some(())
+    });
+    assert!(shown.is_some(), "delayed never showed {want}:\n{last}");
+    assert!(last.lines().any(|l| l.starts_with("Total:")), "{last}");
+
+    let flushed = console("flush domain example.com\n");
+    assert!(
+        flushed.contains(&format!(
+            "example.com flushed.  {QUEUE_COMMAND_MESSAGES} messages requeued."
+        )),
+        "{flushed}"
+    );
+
+    let mut purged = 0;
+    let all = poll_until(ARRIVAL_TIMEOUT, || {
+        last = console("fail domain quiet example.com\n");
+        let line = last
+            .lines()
+            .find(|l| l.starts_with("example.com purged, "))?;
+        purged += line
+            .trim_start_matches("example.com purged, ")
+            .split_whitespace()
+            .next()?
+            .parse::<usize>()
+            .ok()?;
+        (purged >= QUEUE_COMMAND_MESSAGES).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "purged {purged} in all; last answer:\n{last}"
+    );
+    assert_eq!(purged, QUEUE_COMMAND_MESSAGES, "{last}");
+
+    let lines = daemon.wait_for_kind("P", QUEUE_COMMAND_MESSAGES, ARRIVAL_TIMEOUT);
+    let by_operator = lines
+        .iter()
+        .filter(|l| l.contains("failed by the operator"))
+        .count();
+    assert_eq!(by_operator, QUEUE_COMMAND_MESSAGES, "{}", lines.join("\n"));
+    let mailq = console("mailq\n");
+    assert_eq!(mailq.lines().count(), 1, "only the header:\n{mailq}");
+}
