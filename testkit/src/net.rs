@@ -22,11 +22,52 @@ const BANNER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// measured (`ecbench scenario queue`), so this is also their resolution.
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Lowest port handed out by [`free_port`].
+pub const TEST_PORT_MIN: u16 = 20_000;
+/// Where the kernel's ephemeral range starts when
+/// /proc/sys/net/ipv4/ip_local_port_range cannot be read (Linux default).
+const EPHEMERAL_PORT_MIN_DEFAULT: u16 = 32_768;
+/// Ports tried before giving up.
+const FREE_PORT_TRIES_MAX: u32 = 4_096;
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_port_min() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .filter(|&p: &u16| p > TEST_PORT_MIN + 1_000)
+        .unwrap_or(EPHEMERAL_PORT_MIN_DEFAULT)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound, read,
-/// closed). Panics when not even port 0 can be bound.
+/// closed), below the kernel's ephemeral range. A test often picks a port
+/// for a sink it starts later (a gateway that comes up after a while):
+/// a port from the ephemeral range could meanwhile become the source port
+/// of one of the many outbound connections of the suite's daemons, and
+/// the sink could not bind it. Ports below the range are never handed out
+/// as source ports. Each process starts at its own place in the range and
+/// walks it, so parallel test processes rarely meet. Panics when no port
+/// in the range can be bound.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let top = ephemeral_port_min();
+    let span = u32::from(top - TEST_PORT_MIN);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..FREE_PORT_TRIES_MAX {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        // A stride coprime with most spans spreads one process's ports.
+        let offset = seed.wrapping_add(step.wrapping_mul(7_919)) % span;
+        let port = TEST_PORT_MIN + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {TEST_PORT_MIN}..{top}");
 }
 
 /// Connect to 127.0.0.1:`port` once and read the greeting's first line.
@@ -86,6 +127,19 @@ pub fn wait_for_greeting(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_differ() {
+        let top = ephemeral_port_min();
+        let a = free_port();
+        let b = free_port();
+        for p in [a, b] {
+            assert!((TEST_PORT_MIN..top).contains(&p), "{p}");
+            std::net::TcpListener::bind(("127.0.0.1", p)).expect("still free");
+        }
+        assert_ne!(a, b);
+    }
+
     use super::*;
     use std::process::Command;
 
