@@ -9,7 +9,8 @@
 //!   DATA transparency, limits, smuggling defence).
 //! * [`received`]: the `Received:` header prepended before spooling.
 //! * [`reply`]: the incremental reply parser used by the client.
-//! * [`client`]: the outbound session state machine.
+//! * [`client`]: the outbound session state machine (its EHLO reading and
+//!   Momentum stage codes in `client/ehlo.rs` and `client/stage.rs`).
 //! * [`body`]: DATA encoding of an outbound body.
 //! * [`downgrade`]: 8-bit to 7-bit conversion for a server without 8BITMIME.
 
