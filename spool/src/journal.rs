@@ -250,6 +250,10 @@ impl Journal {
     /// it becomes the current one. Returns the segment it replaces.
     pub fn rolled(&mut self, segment: u64, capacity: u64) -> Option<u64> {
         assert_eq!(segment, self.next_segment);
+        assert!(
+            segment < crate::BODY_FILE_SEGMENT,
+            "segment numbers exhausted"
+        );
         assert!(capacity > SEGMENT_HEADER_BYTES as u64 && capacity <= self.segment_bytes);
         self.next_segment += 1;
         let previous = self.current_segment();

@@ -19,7 +19,8 @@
 //! and live-set bookkeeping), `recovery` (pure over `Storage` reads),
 //! `storage` (the only I/O, behind traits a simulated disk can implement),
 //! `spool` (handle, group-commit writer task, GC task), `reader` (body
-//! reads through io_uring, on any shard).
+//! reads through io_uring, on any shard), `bodies` (large bodies in files
+//! of their own, written while DATA arrives).
 //!
 //! File access choice: glommio `BufferedFile` (io_uring `write` into the
 //! page cache, then `fdatasync`), segments reserved with
@@ -39,6 +40,7 @@
 //! noise (220,000/s), so the file keeps its written size and never shows a
 //! zeroed tail beyond it. A lone append waits for one write + sync.
 
+pub mod bodies;
 pub mod journal;
 pub mod reader;
 pub mod record;
@@ -50,7 +52,8 @@ pub mod storage;
 
 use std::io;
 
-pub use reader::BodyReader;
+pub use bodies::{BodyWriter, FileBody};
+pub use reader::{BodyReader, BODY_READ_CHUNK_BYTES};
 pub use record::{DecodeError, Record, RECORD_BYTES_MAX};
 pub use spool::Spool;
 pub use storage::{GlommioStorage, Storage};
@@ -142,12 +145,35 @@ impl SpoolOptions {
 }
 
 /// Where a message body sits: `len` bytes at `offset` of segment file
-/// `segment`. Plain data, sendable to the shard that delivers.
+/// `segment`, or, when `segment` is `BODY_FILE_SEGMENT`, the first `len`
+/// bytes of the body file of message `offset` (`bodies`). Plain data,
+/// sendable to the shard that delivers; kept at three words because
+/// every queue entry carries one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BodyRef {
     pub segment: u64,
     pub offset: u64,
     pub len: u32,
+}
+
+/// The `segment` of a `BodyRef` whose body has a file of its own. Segment
+/// numbers stay below it (`Journal::rolled` asserts it).
+pub const BODY_FILE_SEGMENT: u64 = u64::MAX;
+
+impl BodyRef {
+    /// The body of message `id`, `len` bytes in its own file.
+    pub fn file(id: u64, len: u32) -> BodyRef {
+        BodyRef {
+            segment: BODY_FILE_SEGMENT,
+            offset: id,
+            len,
+        }
+    }
+
+    /// The message id whose body file holds this body, if it has one.
+    pub fn file_id(&self) -> Option<u64> {
+        (self.segment == BODY_FILE_SEGMENT).then_some(self.offset)
+    }
 }
 
 /// A message found live at open, with its notes in the order written.
@@ -178,6 +204,13 @@ pub struct Recovery {
     pub segments_deleted: u32,
     pub records_read: u64,
     pub truncated: Vec<TornTail>,
+    /// Body files without a durable message record (a DATA cut short by a
+    /// crash, or a completed message whose unlink was lost), deleted at
+    /// open.
+    pub body_files_deleted: u32,
+    /// Live messages whose body file is missing (removed by hand, or a
+    /// media fault): kept live, their delivery fails on the read.
+    pub body_files_missing: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

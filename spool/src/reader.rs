@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use glommio::io::BufferedFile;
 
+use crate::bodies::body_file_name;
 use crate::storage::segment_file_name;
 use crate::BodyRef;
 
@@ -46,6 +47,62 @@ use crate::BodyRef;
 pub const BODY_READER_FILES_MAX: usize = 8;
 /// A reader closes its cached files once it has not read for this long.
 pub const BODY_READER_LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes one body read asks for: a delivery holds one such chunk of a
+/// body (and its encoding for the wire) at a time, whatever the body's size.
+pub const BODY_READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The rest of one body, read in bounded chunks (`BodyReader::chunks`).
+pub struct BodyChunks {
+    file: Rc<BufferedFile>,
+    /// File name, for errors.
+    name: String,
+    /// File offset of the next byte to read; never above `end`.
+    at: u64,
+    /// File offset just past the body.
+    end: u64,
+}
+
+impl BodyChunks {
+    /// Bytes of the body not read yet.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.at
+    }
+
+    /// Replaces the contents of `into` with the next at most `max` bytes
+    /// of the body (`max` > 0); returns false, with `into` empty, once the
+    /// body is read. A file that ends before the body does is an
+    /// `UnexpectedEof` error.
+    pub async fn next(&mut self, into: &mut Vec<u8>, max: usize) -> io::Result<bool> {
+        assert!(max > 0);
+        into.clear();
+        if self.at == self.end {
+            return Ok(false);
+        }
+        let want = (self.end - self.at).min(max as u64) as usize;
+        // read(2) on a regular file may return less than asked only at
+        // its end or for a very large request; loop until done.
+        while into.len() < want {
+            let chunk = self
+                .file
+                .read_at(self.at, want - into.len())
+                .await
+                .map_err(glommio_error)?;
+            if chunk.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "spool file {} ends at {}, before the body's end at {}",
+                        self.name, self.at, self.end
+                    ),
+                ));
+            }
+            into.extend_from_slice(&chunk);
+            self.at += chunk.len() as u64;
+        }
+        Ok(true)
+    }
+}
 
 /// Reads message bodies from one spool directory. `!Send`: it lives on
 /// the executor that reads.
@@ -122,35 +179,48 @@ impl BodyReader {
 
     /// Replaces the contents of `into` with the body bytes. Must run on a
     /// glommio executor. A body that ends before `body.len` bytes (a
-    /// damaged or truncated segment) is an `UnexpectedEof` error.
+    /// damaged or truncated segment or body file) is an `UnexpectedEof`
+    /// error. Reads the whole body into memory: for a large one, use
+    /// `chunks`.
     pub async fn read(&self, body: &BodyRef, into: &mut Vec<u8>) -> io::Result<()> {
-        self.inner.last_read.set(Instant::now());
-        self.arm_closer();
-        let file = self.file(body.segment).await?;
+        let mut chunks = self.chunks(body).await?;
         into.clear();
         into.reserve(body.len as usize);
-        let mut offset = body.offset;
-        let end = body.offset + body.len as u64;
-        // read(2) on a regular file may return less than asked only at
-        // its end or for a very large request; loop until done.
-        while offset < end {
-            let chunk = file
-                .read_at(offset, (end - offset) as usize)
-                .await
-                .map_err(glommio_error)?;
-            if chunk.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "segment {:016x} ends at {offset}, before the body's end at {end}",
-                        body.segment
-                    ),
-                ));
-            }
+        let mut chunk = Vec::new();
+        while chunks.next(&mut chunk, BODY_READ_CHUNK_BYTES).await? {
             into.extend_from_slice(&chunk);
-            offset += chunk.len() as u64;
         }
         Ok(())
+    }
+
+    /// The body as a sequence of bounded reads (`BodyChunks::next`), so
+    /// that delivery holds at most one chunk of it at a time. A segment's
+    /// file comes from the cache; a body file is opened for the reads and
+    /// closed when the `BodyChunks` is dropped (body files are not cached:
+    /// one is read once per delivery attempt, and an open file would keep
+    /// the space of a completed message).
+    pub async fn chunks(&self, body: &BodyRef) -> io::Result<BodyChunks> {
+        self.inner.last_read.set(Instant::now());
+        self.arm_closer();
+        let (file, start, name) = match body.file_id() {
+            Some(id) => {
+                let name = body_file_name(id);
+                let path = self.inner.dir.join(&name);
+                let file = BufferedFile::open(&path).await.map_err(glommio_error)?;
+                (Rc::new(file), 0, name)
+            }
+            None => (
+                self.file(body.segment).await?,
+                body.offset,
+                segment_file_name(body.segment),
+            ),
+        };
+        Ok(BodyChunks {
+            file,
+            name,
+            at: start,
+            end: start + body.len as u64,
+        })
     }
 
     /// The open file of `segment`, from the cache or opened now.

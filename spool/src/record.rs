@@ -12,13 +12,15 @@
 //! | 0 | 4 | CRC32C over bytes 4..end of record |
 //! | 4 | 2 | magic `RECORD_MAGIC` (never zero: a zero magic marks the end) |
 //! | 6 | 1 | format version `RECORD_VERSION` |
-//! | 7 | 1 | kind (1 message, 2 note, 3 complete) |
+//! | 7 | 1 | kind (1 message, 2 note, 3 complete, 4 message with its body in a file) |
 //! | 8 | 4 | payload length in bytes |
 //! | 12 | 4 | reserved, zero |
 //! | 16 | 8 | message id |
 //!
 //! Payload: message = envelope length (u32) + envelope + body; note = the
-//! note bytes; complete = empty.
+//! note bytes; complete = empty; message with its body in a file (a large
+//! body streamed while DATA arrived, see `bodies`) = envelope length (u32)
+//! + envelope + body length (u64) + CRC32C of the body (u32).
 //!
 //! Segment header (`SEGMENT_HEADER_BYTES`): magic `SEGMENT_MAGIC` (8),
 //! version (u32), reserved (u32), segment number (u64), reserved (u32),
@@ -51,6 +53,10 @@ const _: () = assert!(RECORD_MAGIC != 0);
 const KIND_MESSAGE: u8 = 1;
 const KIND_NOTE: u8 = 2;
 const KIND_COMPLETE: u8 = 3;
+const KIND_MESSAGE_FILE: u8 = 4;
+/// Bytes after the envelope in a message-file payload: body length (u64)
+/// and body CRC32C (u32).
+const BODY_FILE_FIELDS_BYTES: usize = 12;
 
 /// One decoded record, borrowing from the buffer it was decoded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,12 +73,23 @@ pub enum Record<'a> {
     Complete {
         id: u64,
     },
+    /// A message whose body sits in its own file (`bodies::body_file_name`),
+    /// written and synced before this record.
+    MessageFile {
+        id: u64,
+        envelope: &'a [u8],
+        body_len: u64,
+        body_crc32c: u32,
+    },
 }
 
 impl Record<'_> {
     pub fn id(&self) -> u64 {
         match *self {
-            Record::Message { id, .. } | Record::Note { id, .. } | Record::Complete { id } => id,
+            Record::Message { id, .. }
+            | Record::Note { id, .. }
+            | Record::Complete { id }
+            | Record::MessageFile { id, .. } => id,
         }
     }
 
@@ -89,6 +106,9 @@ impl Record<'_> {
                 .saturating_add(body.len()),
             Record::Note { data, .. } => data.len(),
             Record::Complete { .. } => 0,
+            Record::MessageFile { envelope, .. } => ENVELOPE_LENGTH_BYTES
+                .saturating_add(envelope.len())
+                .saturating_add(BODY_FILE_FIELDS_BYTES),
         }
     }
 
@@ -142,6 +162,7 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
         Record::Message { id, .. } => (KIND_MESSAGE, id),
         Record::Note { id, .. } => (KIND_NOTE, id),
         Record::Complete { id } => (KIND_COMPLETE, id),
+        Record::MessageFile { id, .. } => (KIND_MESSAGE_FILE, id),
     };
     out.extend_from_slice(&[0u8; 4]); // CRC, filled below.
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
@@ -158,6 +179,17 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
         }
         Record::Note { data, .. } => out.extend_from_slice(data),
         Record::Complete { .. } => {}
+        Record::MessageFile {
+            envelope,
+            body_len,
+            body_crc32c,
+            ..
+        } => {
+            out.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+            out.extend_from_slice(envelope);
+            out.extend_from_slice(&body_len.to_le_bytes());
+            out.extend_from_slice(&body_crc32c.to_le_bytes());
+        }
     }
     assert_eq!(out.len() - start, total);
     let crc = crc32c::crc32c(&out[start + 4..]);
@@ -262,6 +294,26 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
             }
             Record::Complete { id }
         }
+        KIND_MESSAGE_FILE => {
+            if payload.len() < ENVELOPE_LENGTH_BYTES + BODY_FILE_FIELDS_BYTES {
+                return Err(DecodeError::BadPayload {
+                    reason: "message-file payload shorter than its fixed fields",
+                });
+            }
+            let envelope_len = read_u32(payload, 0) as usize;
+            let rest = &payload[ENVELOPE_LENGTH_BYTES..];
+            if envelope_len != rest.len() - BODY_FILE_FIELDS_BYTES {
+                return Err(DecodeError::BadPayload {
+                    reason: "message-file envelope length does not match the record",
+                });
+            }
+            Record::MessageFile {
+                id,
+                envelope: &rest[..envelope_len],
+                body_len: read_u64(rest, envelope_len),
+                body_crc32c: read_u32(rest, envelope_len + 8),
+            }
+        }
         found => return Err(DecodeError::UnknownKind { found }),
     };
     Ok((record, total))
@@ -336,6 +388,16 @@ impl fmt::Display for Record<'_> {
             ),
             Record::Note { id, data } => write!(f, "note {id} ({} bytes)", data.len()),
             Record::Complete { id } => write!(f, "complete {id}"),
+            Record::MessageFile {
+                id,
+                envelope,
+                body_len,
+                ..
+            } => write!(
+                f,
+                "message {id} (envelope {} bytes, body {body_len} bytes in its file)",
+                envelope.len()
+            ),
         }
     }
 }
@@ -362,6 +424,18 @@ mod tests {
             },
             Record::Note { id: 0, data: b"" },
             Record::Complete { id: 12345 },
+            Record::MessageFile {
+                id: 8,
+                envelope: b"MAIL FROM:<a@b>",
+                body_len: 50 * 1024 * 1024,
+                body_crc32c: 0xdead_beef,
+            },
+            Record::MessageFile {
+                id: 0,
+                envelope: b"",
+                body_len: 0,
+                body_crc32c: 0,
+            },
         ]
     }
 

@@ -35,6 +35,8 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
     let mut recovery = Recovery::default();
     // Where the records of each segment that ends cleanly end.
     let mut clean_ends: HashMap<u64, u64> = HashMap::new();
+    // Segment and offset of each message record seen.
+    let mut spooled_at: HashMap<u64, (u64, usize)> = HashMap::new();
     for &segment in &segments {
         let bytes = storage.read_segment(segment)?;
         let bytes = bytes.as_ref();
@@ -81,6 +83,7 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
                 Record::Message { id, envelope, body } => {
                     let body_offset = record.body_offset().expect("a message has a body");
                     index.message(id, segment);
+                    spooled_at.insert(id, (segment, offset));
                     live.insert(
                         id,
                         RecoveredMessage {
@@ -91,6 +94,34 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
                                 offset: (offset + body_offset) as u64,
                                 len: body.len() as u32,
                             },
+                            notes: Vec::new(),
+                        },
+                    );
+                }
+                Record::MessageFile {
+                    id,
+                    envelope,
+                    body_len,
+                    ..
+                } => {
+                    let Ok(len) = u32::try_from(body_len) else {
+                        recovery.truncated.push(TornTail {
+                            segment,
+                            offset: offset as u64,
+                            reason: format!(
+                                "message {id} names a body of {body_len} bytes, over 4 GiB"
+                            ),
+                        });
+                        break;
+                    };
+                    index.message(id, segment);
+                    spooled_at.insert(id, (segment, offset));
+                    live.insert(
+                        id,
+                        RecoveredMessage {
+                            id,
+                            envelope: envelope.to_vec(),
+                            body: BodyRef::file(id, len),
                             notes: Vec::new(),
                         },
                     );
@@ -126,9 +157,10 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
         .newest_segment()
         .and_then(|segment| clean_ends.get(&segment).map(|&end| (segment, end)));
     recovery.messages = live.into_values().collect();
+    // In the order they were spooled: where their message records sit.
     recovery
         .messages
-        .sort_unstable_by_key(|m| (m.body.segment, m.body.offset));
+        .sort_unstable_by_key(|m| spooled_at.get(&m.id).copied().unwrap_or_default());
     Ok(Recovered {
         recovery,
         index,

@@ -642,6 +642,7 @@ fn locate_flip(bytes: &[u8], segment: u64, position: u64) -> SyncedFlip {
                 Record::Message { id, envelope, .. } => (1, id, envelope.to_vec()),
                 Record::Note { id, data } => (2, id, data.to_vec()),
                 Record::Complete { id } => (3, id, Vec::new()),
+                Record::MessageFile { id, envelope, .. } => (4, id, envelope.to_vec()),
             };
             records.push((offset as u64, offset as u64 + used as u64, entry));
             offset += used;
@@ -1410,6 +1411,7 @@ fn records_of(disk: &SimDisk, id: u64) -> String {
                     Record::Message { .. } => "message",
                     Record::Note { .. } => "note",
                     Record::Complete { .. } => "complete",
+                    Record::MessageFile { .. } => "message-file",
                 };
                 found.push(format!("{kind} at {segment}:{offset}"));
             }

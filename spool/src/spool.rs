@@ -58,10 +58,12 @@ impl Waiter {
 
 #[derive(Clone, Copy, Debug)]
 enum PendingKind {
-    /// Body offset from the start of the record, and body length.
+    /// Body offset from the start of the record, and body length; or,
+    /// `in_file`, the body's length in its own file (offset unused).
     Message {
         body_offset: u32,
         body_len: u32,
+        in_file: bool,
     },
     Note,
     Complete,
@@ -100,6 +102,12 @@ struct Shared {
     /// never past a failure: a newer one may hold the complete records
     /// that keep messages of an older one dead.
     removals: Vec<u64>,
+    /// The spool directory, where body files live.
+    body_dir: PathBuf,
+    /// Ids of messages whose `Complete` is durable and whose body file is
+    /// to be removed (no order needed: a lost unlink only leaves an orphan
+    /// that the next open removes).
+    body_removals: Vec<u64>,
     /// Set by the writer when `removals` changed or a failed removal is
     /// worth another try; taken by the GC task.
     gc_kick: bool,
@@ -202,7 +210,9 @@ impl Spool {
         let storage = GlommioStorage::open(&dir, options.file_mode)
             .await
             .map_err(SpoolError::from_io)?;
-        Spool::open_with_storage(&dir, storage, options).await
+        let (spool, mut recovery) = Spool::open_with_storage(&dir, storage, options).await?;
+        sweep_body_files(&dir, &mut recovery).await?;
+        Ok((spool, recovery))
     }
 
     /// `open` over any storage (a simulated disk in tests).
@@ -261,16 +271,24 @@ impl Spool {
             done_waiters: Vec::new(),
             stats,
             removals: Vec::new(),
+            body_removals: Vec::new(),
+            body_dir: dir.to_path_buf(),
             gc_kick: false,
             gc_waker: None,
             gc_passes: 0,
             gc_pass_waiter: None,
             gc_done: false,
         }));
+        let body_files = recovery
+            .messages
+            .iter()
+            .filter_map(|m| m.body.file_id())
+            .collect();
         let writer = Writer {
             storage,
             journal,
             index,
+            body_files,
             roll_blocked: false,
             shared: shared.clone(),
         };
@@ -305,6 +323,46 @@ impl Spool {
         Ok(body_ref.expect("a message record yields a body reference"))
     }
 
+    /// Appends a message whose body was written to its own file (`bodies`)
+    /// and synced there; resolves once the record is durable, with the
+    /// body's reference. Only from then on is the body file a message's;
+    /// on an error it is the caller's to remove (`bodies::remove_body_file`).
+    pub async fn append_message_file(
+        &self,
+        envelope: &[u8],
+        body: &crate::FileBody,
+    ) -> Result<BodyRef, SpoolError> {
+        let record = Record::MessageFile {
+            id: body.id,
+            envelope,
+            body_len: body.len,
+            body_crc32c: body.crc32c,
+        };
+        if body.len > u32::MAX as u64 {
+            return Err(SpoolError::TooLarge {
+                bytes: body.len,
+                limit: u32::MAX as u64,
+            });
+        }
+        let body_ref = self.append(record).await?;
+        Ok(body_ref.expect("a message record yields a body reference"))
+    }
+
+    /// A writer for the body file of message `id` in this spool's
+    /// directory (see `bodies`).
+    pub async fn body_writer(&self, id: u64) -> Result<crate::BodyWriter, SpoolError> {
+        let file_mode = self.handle.shared.borrow().options.file_mode;
+        crate::BodyWriter::create(&self.handle.dir, id, file_mode).await
+    }
+
+    /// Removes the body file of message `id`, one that never became a
+    /// message (its record failed).
+    pub async fn discard_body_file(&self, id: u64) {
+        if let Err(err) = crate::bodies::remove_body_file(&self.handle.dir, id).await {
+            tracing::warn!(id, error = %err, "cannot remove an unused body file; the next start removes it");
+        }
+    }
+
     /// Appends a note (opaque to the spool) for message `id`; resolves once
     /// it is durable. Notes for an id that is not live are kept on disk but
     /// ignored by recovery.
@@ -334,6 +392,12 @@ impl Spool {
             Record::Message { body, .. } => PendingKind::Message {
                 body_offset: record.body_offset().expect("message") as u32,
                 body_len: body.len() as u32,
+                in_file: false,
+            },
+            Record::MessageFile { body_len, .. } => PendingKind::Message {
+                body_offset: 0,
+                body_len: body_len as u32,
+                in_file: true,
             },
             Record::Note { .. } => PendingKind::Note,
             Record::Complete { .. } => PendingKind::Complete,
@@ -408,6 +472,47 @@ impl Spool {
     }
 }
 
+/// Removes the body files no live message names (a DATA cut short by a
+/// crash, or a completed message whose unlink was lost) and reports live
+/// messages whose body file is missing. Runs at open, before any body
+/// file is written.
+async fn sweep_body_files(dir: &Path, recovery: &mut Recovery) -> Result<(), SpoolError> {
+    let files = crate::bodies::list_body_files(dir).map_err(SpoolError::Io)?;
+    let live: std::collections::HashSet<u64> = recovery
+        .messages
+        .iter()
+        .filter_map(|m| m.body.file_id())
+        .collect();
+    for &id in &files {
+        if live.contains(&id) {
+            continue;
+        }
+        match crate::bodies::remove_body_file(dir, id).await {
+            Ok(()) => recovery.body_files_deleted += 1,
+            Err(err) => tracing::warn!(
+                dir = %dir.display(),
+                id,
+                error = %err,
+                "cannot delete a body file no message names; tried again at the next start",
+            ),
+        }
+    }
+    let present: std::collections::HashSet<u64> = files.into_iter().collect();
+    for id in live {
+        if !present.contains(&id) {
+            tracing::error!(
+                dir = %dir.display(),
+                id,
+                "spool: the body file of a live message is missing (removed by hand or a \
+                 media fault); its delivery fails until the message expires and bounces",
+            );
+            recovery.body_files_missing.push(id);
+        }
+    }
+    recovery.body_files_missing.sort_unstable();
+    Ok(())
+}
+
 /// Initial capacity reserved for the batch buffer; it grows to the batch
 /// limit only under load.
 const BATCH_CAPACITY_BYTES_MAX: usize = 1024 * 1024;
@@ -445,6 +550,9 @@ struct Writer<S: Storage> {
     storage: S,
     journal: Journal,
     index: LiveIndex,
+    /// Live messages whose body is in a file of its own: their file goes
+    /// once their `Complete` is durable.
+    body_files: std::collections::HashSet<u64>,
     /// The last roll failed for lack of space: a current segment that holds
     /// nothing live is retired (and deleted) rather than kept for appends.
     roll_blocked: bool,
@@ -754,13 +862,19 @@ impl<S: Storage> Writer<S> {
                 PendingKind::Message {
                     body_offset,
                     body_len,
+                    in_file,
                 } => {
                     self.index.message(p.id, plan.segment);
-                    Some(BodyRef {
-                        segment: plan.segment,
-                        offset: offset + body_offset as u64,
-                        len: body_len,
-                    })
+                    if in_file {
+                        self.body_files.insert(p.id);
+                        Some(BodyRef::file(p.id, body_len))
+                    } else {
+                        Some(BodyRef {
+                            segment: plan.segment,
+                            offset: offset + body_offset as u64,
+                            len: body_len,
+                        })
+                    }
                 }
                 PendingKind::Note => {
                     self.index.note(p.id, plan.segment);
@@ -768,6 +882,11 @@ impl<S: Storage> Writer<S> {
                 }
                 PendingKind::Complete => {
                     completed |= self.index.complete(p.id, plan.segment);
+                    if !self.index.is_live(p.id) && self.body_files.remove(&p.id) {
+                        let mut shared = self.shared.borrow_mut();
+                        shared.body_removals.push(p.id);
+                        shared.kick_gc();
+                    }
                     None
                 }
             };
@@ -841,6 +960,15 @@ async fn run_gc<R: Remover>(mut remover: R, shared: Rc<RefCell<Shared>>) {
         };
         if !go {
             break;
+        }
+        let bodies = std::mem::take(&mut shared.borrow_mut().body_removals);
+        if !bodies.is_empty() {
+            let dir = shared.borrow().body_dir.clone();
+            for id in bodies {
+                if let Err(err) = crate::bodies::remove_body_file(&dir, id).await {
+                    tracing::warn!(id, error = %err, "cannot delete a completed message's body file; the next start removes it");
+                }
+            }
         }
         let removals = shared.borrow().removals.clone();
         let (removed, failure) = remove_in_order(&mut remover, &removals).await;

@@ -563,3 +563,125 @@ fn a_completion_lingers_for_the_next_message_and_shares_its_sync() {
         spool.close().await.unwrap();
     });
 }
+
+/// Goal: a large body streamed into its own file comes back byte for byte
+/// through bounded chunk reads and after a reopen, and its file goes once
+/// the message completes. Method: 3 MiB written in uneven chunks larger
+/// than a 64 KiB segment, committed with `append_message_file` between two
+/// inline messages, read back in 256 KiB chunks, the spool reopened, the
+/// message completed and the spool reopened again.
+#[test]
+fn a_streamed_body_is_read_back_exactly_and_its_file_goes_with_its_message() {
+    run(|| async {
+        let dir = TempDir::new("streamed");
+        let body = body_of(7, 3 * 1024 * 1024 + 5);
+        let (spool, _) = Spool::open(&dir.0, small_segments()).await.expect("open");
+        spool
+            .append_message(1, &envelope_of(1), b"small\r\n")
+            .await
+            .expect("append");
+        let mut writer = spool.body_writer(2).await.expect("body file");
+        for piece in body.chunks(100_003) {
+            writer.write(piece.to_vec()).await.expect("write");
+        }
+        assert_eq!(writer.len(), body.len() as u64);
+        let file_body = writer.finish().await.expect("finish");
+        assert_eq!(file_body.crc32c, crc32c::crc32c(&body));
+        let body_ref = spool
+            .append_message_file(&envelope_of(2), &file_body)
+            .await
+            .expect("commit");
+        assert_eq!(body_ref, BodyRef::file(2, body.len() as u32));
+        spool
+            .append_message(3, &envelope_of(3), b"after\r\n")
+            .await
+            .expect("append");
+
+        let reader = BodyReader::new(dir.0.clone());
+        let mut chunks = reader.chunks(&body_ref).await.expect("open body");
+        let (mut read, mut chunk, mut reads) = (Vec::new(), Vec::new(), 0);
+        while chunks
+            .next(&mut chunk, BODY_READ_CHUNK_BYTES)
+            .await
+            .expect("read")
+        {
+            assert!(chunk.len() <= BODY_READ_CHUNK_BYTES);
+            read.extend_from_slice(&chunk);
+            reads += 1;
+        }
+        assert_eq!(read, body, "chunked read differs");
+        assert_eq!(reads, body.len().div_ceil(BODY_READ_CHUNK_BYTES));
+        drop(chunks);
+        spool.close().await.expect("close");
+
+        let (spool, recovery) = Spool::open(&dir.0, small_segments()).await.expect("reopen");
+        let ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [1, 2, 3], "in the order spooled");
+        assert_eq!(recovery.messages[1].body, body_ref);
+        assert_eq!(recovery.messages[1].envelope, envelope_of(2));
+        assert_eq!(recovery.body_files_deleted, 0);
+        let mut whole = Vec::new();
+        reader
+            .read(&body_ref, &mut whole)
+            .await
+            .expect("read whole");
+        assert_eq!(whole, body);
+
+        let path = dir.0.join(bodies::body_file_name(2));
+        assert!(path.exists());
+        spool.complete(2).await.expect("complete");
+        wait_until_gone(&path).await;
+        spool.close().await.expect("close");
+        let (spool, recovery) = Spool::open(&dir.0, small_segments()).await.expect("reopen");
+        let ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [1, 3]);
+        spool.close().await.expect("close");
+    });
+}
+
+/// Goal: a body file without a durable message record (a DATA cut short
+/// by a crash, or a record that failed) is not a message and does not
+/// stay on disk. Method: one body file finished but never committed, one
+/// left mid-write (as a kill -9 leaves it), and one committed; reopen:
+/// only the committed one is live and the two others are deleted.
+#[test]
+fn body_files_without_a_record_are_not_messages_and_are_removed_at_open() {
+    run(|| async {
+        let dir = TempDir::new("orphans");
+        let (spool, _) = Spool::open(&dir.0, small_segments()).await.expect("open");
+        let mut finished = spool.body_writer(10).await.expect("create");
+        finished.write(body_of(10, 300_000)).await.expect("write");
+        let _ = finished.finish().await.expect("finish");
+        let mut cut = spool.body_writer(11).await.expect("create");
+        cut.write(body_of(11, 200_000)).await.expect("write");
+        std::mem::forget(cut);
+        let mut kept = spool.body_writer(12).await.expect("create");
+        kept.write(body_of(12, 70_000)).await.expect("write");
+        let kept = kept.finish().await.expect("finish");
+        spool
+            .append_message_file(b"env", &kept)
+            .await
+            .expect("commit");
+        // A discarded writer removes its file at once.
+        let mut discarded = spool.body_writer(13).await.expect("create");
+        discarded.write(body_of(13, 1000)).await.expect("write");
+        discarded.discard().await;
+        assert!(!dir.0.join(bodies::body_file_name(13)).exists());
+        spool.close().await.expect("close");
+
+        let (spool, recovery) = Spool::open(&dir.0, small_segments()).await.expect("reopen");
+        let ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [12]);
+        assert_eq!(recovery.body_files_deleted, 2);
+        assert!(recovery.body_files_missing.is_empty());
+        assert_eq!(bodies::list_body_files(&dir.0).expect("list"), [12]);
+        spool.close().await.expect("close");
+
+        // A live message whose file vanished is reported, not dropped.
+        std::fs::remove_file(dir.0.join(bodies::body_file_name(12))).expect("rm");
+        let (spool, recovery) = Spool::open(&dir.0, small_segments()).await.expect("reopen");
+        assert_eq!(recovery.messages.len(), 1);
+        assert_eq!(recovery.body_files_missing, [12]);
+        spool.close().await.expect("close");
+    });
+}
