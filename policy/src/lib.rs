@@ -97,7 +97,10 @@ pub enum Check<'a> {
         forward_path: &'a str,
     },
     /// The message as received: CRLF lines, dot-unstuffed, no Received
-    /// header yet.
+    /// header yet. A message large enough to be streamed to the spool
+    /// while it arrived shows its header block only (through the blank
+    /// line, at most 64 KiB): a policy reads headers, never a whole large
+    /// body.
     Data {
         body: &'a [u8],
     },

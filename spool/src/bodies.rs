@@ -168,17 +168,14 @@ impl BodyWriter {
     }
 
     /// Makes the file and its name durable (`fdatasync` of the file, then
-    /// of the directory) and closes it. On error the file stays; discard
-    /// it with `remove_body_file`.
+    /// of the directory) and closes it. On error the file is removed.
     pub async fn finish(mut self) -> Result<FileBody, SpoolError> {
         let file = self.file.take().expect("finished once");
-        let synced = file.fdatasync().await.map_err(os_error);
-        let closed = file.close().await.map_err(os_error);
-        synced.and(closed).map_err(SpoolError::from_io)?;
-        let dir = Directory::open(&self.dir).await.map_err(os_error)?;
-        let synced = dir.sync().await.map_err(os_error);
-        let _ = dir.close().await;
-        synced.map_err(SpoolError::from_io)?;
+        let result = sync_and_close(file, &self.dir).await;
+        if let Err(err) = result {
+            let _ = glommio::io::remove(&self.path).await;
+            return Err(SpoolError::from_io(err));
+        }
         Ok(FileBody {
             id: self.id,
             len: self.len,
@@ -199,6 +196,18 @@ impl BodyWriter {
             );
         }
     }
+}
+
+/// `fdatasync` of `file`, close, then a sync of the directory `dir` that
+/// holds its name.
+async fn sync_and_close(file: BufferedFile, dir: &Path) -> io::Result<()> {
+    let synced = file.fdatasync().await.map_err(os_error);
+    let closed = file.close().await.map_err(os_error);
+    synced.and(closed)?;
+    let dir = Directory::open(dir).await.map_err(os_error)?;
+    let synced = dir.sync().await.map_err(os_error);
+    let _ = dir.close().await;
+    synced
 }
 
 /// Removes the body file of message `id` from `dir` (on glommio's blocking

@@ -47,3 +47,5 @@ mod sighup;
 mod smuggling;
 #[path = "e2e/soak.rs"]
 mod soak;
+#[path = "e2e/stream.rs"]
+mod stream;

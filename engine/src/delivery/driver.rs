@@ -23,15 +23,23 @@ use super::disposition::{AttemptReply, ReplyClass};
 use super::{connect, pool, route, settle, Outbound};
 use crate::config::DeliveryOptions;
 use crate::queue::{MessageRef, QueueId};
+use ecelerity_spool::{BodyReader, BODY_READ_CHUNK_BYTES};
+
+use crate::smtp::body::BodyEncoder;
 use crate::smtp::client::{
-    encode_body, is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome,
-    Stage, TransactionResult,
+    is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome, Stage,
+    TransactionResult,
 };
-use crate::smtp::downgrade::{self, Unconvertible};
+use crate::smtp::downgrade::{self, Unconvertible, DOWNGRADE_BODY_BYTES_MAX};
 use crate::transport::{read_within, write_all_within, Transport};
 
 /// Bytes read from a server socket at a time.
 pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Body memory of one connection while it sends: a chunk read from the
+/// spool and its encoding for the wire (at most twice its size, plus the
+/// trailer), whatever the body's size; a body converted to 7-bit is held
+/// whole on top (at most `DOWNGRADE_BODY_BYTES_MAX`, with its original).
+pub const CONNECTION_BODY_BYTES_MAX: usize = 3 * BODY_READ_CHUNK_BYTES + 8;
 
 /// Runs one connection for queue `id` until its queue is empty (after
 /// `idle_timeout`), the server closes it, or the shard stops. A queue
@@ -95,6 +103,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             greeted: false,
             body: Vec::new(),
             body_loaded: false,
+            body_sendable: false,
             converted: Vec::new(),
             wire: Vec::new(),
         }
@@ -137,6 +146,10 @@ struct Connection<'a, S: Transport> {
     body: Vec<u8>,
     /// `body` holds the body of the transaction in flight.
     body_loaded: bool,
+    /// The body of the transaction in flight may go as the spool holds it
+    /// (or is loaded, converted): the server offers 8BITMIME, or the body
+    /// was found 7-bit.
+    body_sendable: bool,
     converted: Vec<u8>,
     wire: Vec<u8>,
 }
@@ -240,10 +253,11 @@ impl<S: Transport> Connection<'_, S> {
         }
     }
 
-    /// Starts the transaction of `entry`. Without 8BITMIME its body is read
-    /// first: 7-bit goes as it is, 8-bit converted, or the transaction is
-    /// refused when it cannot be (a spool read error is left for
-    /// `send_body` to meet again, inside the transaction, as transient).
+    /// Starts the transaction of `entry`. Without 8BITMIME its body is
+    /// checked first (`check_7bit`): 7-bit goes as it is, 8-bit converted,
+    /// or the transaction is refused when it cannot be (a spool read error
+    /// is left for `send_body` to meet, inside the transaction, as
+    /// transient).
     async fn start(&mut self, entry: MessageRef) {
         let eightbitmime = self
             .client
@@ -251,11 +265,12 @@ impl<S: Transport> Connection<'_, S> {
             .is_some_and(|capabilities| capabilities.eightbitmime);
         self.current = Some(entry);
         self.body_loaded = false;
+        self.body_sendable = eightbitmime;
         let mut body_len = self.current.as_ref().unwrap().body.len as u64;
         if !eightbitmime {
-            match self.load_body(false).await {
-                Ok(()) => body_len = self.body.len() as u64,
-                Err(LoadError::Read) => {}
+            match self.check_7bit().await {
+                Ok(()) if self.body_loaded => body_len = self.body.len() as u64,
+                Ok(()) | Err(LoadError::Read) => {}
                 Err(LoadError::Unconvertible(why)) => {
                     let entry = self.current.as_ref().unwrap();
                     let why = why.to_string();
@@ -273,48 +288,152 @@ impl<S: Transport> Connection<'_, S> {
         );
     }
 
-    /// Reads the current entry's body into `body`; converts an 8-bit one
-    /// to 7-bit unless `eightbitmime` (the server takes it as it is).
-    async fn load_body(&mut self, eightbitmime: bool) -> Result<(), LoadError> {
+    /// The body reader of the current entry's home shard (clones share the
+    /// reader's file cache; no borrow is held across a read).
+    fn reader(&self) -> BodyReader {
         let entry = self
             .current
             .as_ref()
             .expect("a body belongs to a transaction");
-        let home = entry.id.home_shard();
-        // Clones share the reader's file cache; no borrow across the read.
-        let reader = self.out.bodies.borrow()[home].clone();
-        let read = reader.read(&entry.body, &mut self.body).await;
-        if let Err(e) = read {
-            tracing::error!("spool: cannot read the body of {}: {e}", entry.id);
+        self.out.bodies.borrow()[entry.id.home_shard()].clone()
+    }
+
+    /// For a server without 8BITMIME: a 7-bit body is marked sendable as
+    /// it is (a large one is scanned in chunks, never held whole); an 8-bit
+    /// one of at most `DOWNGRADE_BODY_BYTES_MAX` is read and converted
+    /// into `body`; a larger 8-bit one is unconvertible.
+    async fn check_7bit(&mut self) -> Result<(), LoadError> {
+        let entry = self
+            .current
+            .as_ref()
+            .expect("a body belongs to a transaction");
+        let body_ref = entry.body;
+        let id = entry.id;
+        if body_ref.len as usize > BODY_READ_CHUNK_BYTES {
+            let reader = self.reader();
+            let scanned = async {
+                let mut chunks = reader.chunks(&body_ref).await?;
+                while chunks.next(&mut self.body, BODY_READ_CHUNK_BYTES).await? {
+                    if downgrade::has_8bit(&self.body) {
+                        return Ok(true);
+                    }
+                }
+                Ok::<bool, std::io::Error>(false)
+            }
+            .await;
+            match scanned {
+                Ok(false) => {
+                    self.body_sendable = true;
+                    return Ok(());
+                }
+                Ok(true) if body_ref.len as usize > DOWNGRADE_BODY_BYTES_MAX => {
+                    return Err(LoadError::Unconvertible(Unconvertible::TooLarge));
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::error!("spool: cannot read the body of {id}: {e}");
+                    return Err(LoadError::Read);
+                }
+            }
+        }
+        let reader = self.reader();
+        if let Err(e) = reader.read(&body_ref, &mut self.body).await {
+            tracing::error!("spool: cannot read the body of {id}: {e}");
             return Err(LoadError::Read);
         }
-        if !eightbitmime && downgrade::has_8bit(&self.body) {
+        if downgrade::has_8bit(&self.body) {
             downgrade::downgrade(&self.body, &mut self.converted)
                 .map_err(LoadError::Unconvertible)?;
             std::mem::swap(&mut self.body, &mut self.converted);
         }
         self.body_loaded = true;
+        self.body_sendable = true;
         Ok(())
     }
 
+    /// Sends the body: the one in `body` when it was loaded (converted),
+    /// else straight from the spool in chunks of `BODY_READ_CHUNK_BYTES`,
+    /// each encoded for the wire (`BodyEncoder`) and written before the
+    /// next is read, so a connection holds one chunk and its encoding
+    /// whatever the body's size. Any failure aborts the transaction before
+    /// the final dot: the server discards what it got.
     async fn send_body(&mut self) {
-        if !self.body_loaded {
-            let eightbitmime = self
-                .client
-                .capabilities()
-                .is_some_and(|capabilities| capabilities.eightbitmime);
-            if self.load_body(eightbitmime).await.is_err() {
-                self.client.abort(AbortReason::Io);
-                return;
-            }
+        if !self.body_sendable {
+            // The check before MAIL could not read the body: transient.
+            self.client.abort(AbortReason::Io);
+            return;
         }
-        self.body_loaded = false;
-        self.wire.clear();
-        encode_body(&self.body, &mut self.wire);
+        let sent = if self.body_loaded {
+            self.body_loaded = false;
+            self.send_loaded_body().await
+        } else {
+            self.stream_body().await
+        };
+        match sent {
+            Ok(bytes) => self.client.body_sent(bytes),
+            Err(()) => self.client.abort(AbortReason::Io),
+        }
+    }
+
+    /// Encodes and writes `body` (loaded, converted) chunk by chunk.
+    async fn send_loaded_body(&mut self) -> Result<u64, ()> {
         let limit = self.options.body_timeout;
-        match write_all_within(&mut self.stream, &self.wire, limit).await {
-            Ok(()) => self.client.body_sent(self.wire.len() as u64),
-            Err(_) => self.client.abort(AbortReason::Io),
+        let mut encoder = BodyEncoder::new();
+        let mut sent = 0;
+        let mut at = 0;
+        while at < self.body.len() {
+            let end = (at + BODY_READ_CHUNK_BYTES).min(self.body.len());
+            self.wire.clear();
+            encoder.encode_chunk(&self.body[at..end], &mut self.wire);
+            write_all_within(&mut self.stream, &self.wire, limit)
+                .await
+                .map_err(|_| ())?;
+            sent += self.wire.len() as u64;
+            at = end;
+        }
+        self.wire.clear();
+        encoder.finish(&mut self.wire);
+        write_all_within(&mut self.stream, &self.wire, limit)
+            .await
+            .map_err(|_| ())?;
+        Ok(sent + self.wire.len() as u64)
+    }
+
+    /// Reads the body from the spool chunk by chunk, encoding and writing
+    /// each (`body_timeout` per write, so a large body is not held to the
+    /// time of one).
+    async fn stream_body(&mut self) -> Result<u64, ()> {
+        let entry = self
+            .current
+            .as_ref()
+            .expect("a body belongs to a transaction");
+        let (body_ref, id) = (entry.body, entry.id);
+        let reader = self.reader();
+        let limit = self.options.body_timeout;
+        let mut chunks = reader.chunks(&body_ref).await.map_err(|e| {
+            tracing::error!("spool: cannot read the body of {id}: {e}");
+        })?;
+        let mut encoder = BodyEncoder::new();
+        let mut sent = 0;
+        loop {
+            let more = chunks
+                .next(&mut self.body, BODY_READ_CHUNK_BYTES)
+                .await
+                .map_err(|e| tracing::error!("spool: cannot read the body of {id}: {e}"))?;
+            self.wire.clear();
+            if more {
+                encoder.encode_chunk(&self.body, &mut self.wire);
+            } else {
+                encoder.finish(&mut self.wire);
+            }
+            assert!(self.body.len() + self.wire.len() <= CONNECTION_BODY_BYTES_MAX);
+            write_all_within(&mut self.stream, &self.wire, limit)
+                .await
+                .map_err(|_| ())?;
+            sent += self.wire.len() as u64;
+            if !more {
+                return Ok(sent);
+            }
         }
     }
 

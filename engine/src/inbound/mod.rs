@@ -17,9 +17,13 @@
 //! takes one compare-and-swap at accept and one at close).
 //!
 //! Memory: an idle session holds `COMMAND_READ_BYTES` of read buffer; the
-//! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read.
+//! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read. A
+//! body larger than `stream::STREAM_CHUNK_BYTES` is streamed to the spool
+//! as it arrives (`stream`), so a session holds at most
+//! `stream::SESSION_BODY_BYTES_MAX` of body, whatever the message size.
 
 pub mod backpressure;
+pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -52,6 +56,7 @@ use crate::smtp::server::{
 use crate::stats::Counter;
 use crate::transport::{read_within, write_all_within, Transport};
 use backpressure::{pressure, BacklogLimits, Episodes, Pressure};
+use stream::Streaming;
 
 /// Bytes read from a client socket at a time while a DATA is being read.
 /// Allocated at the 354 and freed when the message is answered.
@@ -360,12 +365,28 @@ async fn serve(
 
 /// The I/O driver of one server session over any transport (plain TCP
 /// today, TLS next): reads, writes and timeouts here, every decision in
-/// the session.
+/// the session. A body still streaming when the session ends, however it
+/// ends, is discarded.
 async fn drive<S: Transport>(
+    shard: &Rc<Inbound>,
+    conn: &Conn,
+    stream: S,
+    listener: &ListenerConfig,
+) -> std::io::Result<()> {
+    let mut streaming = None;
+    let result = drive_session(shard, conn, stream, listener, &mut streaming).await;
+    if let Some(body) = streaming.take() {
+        body.discard().await;
+    }
+    result
+}
+
+async fn drive_session<S: Transport>(
     shard: &Rc<Inbound>,
     conn: &Conn,
     mut stream: S,
     listener: &ListenerConfig,
+    streaming: &mut Option<Streaming>,
 ) -> std::io::Result<()> {
     let limits = ServerLimits {
         text_line_bytes_max: listener.max_line_length_bytes as usize,
@@ -425,9 +446,17 @@ async fn drive<S: Transport>(
             match event {
                 Event::Validate(_) => unreachable!("answered above"),
                 Event::Message(envelope) => {
-                    let (outcome, body) = receive(shard, conn, &session, envelope).await;
+                    let (outcome, body) = match streaming.take() {
+                        Some(body) => (receive_streamed(shard, conn, body, envelope).await, None),
+                        None => {
+                            let (outcome, body) = receive(shard, conn, &session, envelope).await;
+                            (outcome, Some(body))
+                        }
+                    };
                     session.spooled(outcome);
-                    session.recycle_body(body);
+                    if let Some(body) = body {
+                        session.recycle_body(body);
+                    }
                     continue;
                 }
                 Event::Close => {
@@ -435,6 +464,13 @@ async fn drive<S: Transport>(
                     write_all_within(&mut stream, &output, write_limit).await?;
                     break;
                 }
+            }
+        }
+        if streaming.is_some() && !session.receiving_body() {
+            // The transaction ended without a message (refused, reset,
+            // closed): its streamed body is not one.
+            if let Some(body) = streaming.take() {
+                body.discard().await;
             }
         }
         if !stop_seen && shard.env.is_stopping() {
@@ -496,6 +532,16 @@ async fn drive<S: Transport>(
             Some(Ok(n)) => {
                 shard.env.stats().add(Counter::BytesReceived, n as u64);
                 session.input(&buffer[..n]);
+                if stream::chunk_due(&session) {
+                    let chunk = session.take_body(stream::STREAM_CHUNK_BYTES);
+                    match streaming.as_mut() {
+                        Some(body) => body.write(chunk).await,
+                        None => {
+                            *streaming =
+                                Some(Streaming::start(&shard.messages, &session, chunk).await)
+                        }
+                    }
+                }
             }
             Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let what = if Instant::now() >= deadlines.deadline() {
@@ -653,22 +699,7 @@ async fn receive(
     };
     let spooled_ref = match shard.messages.spool(id, &spooled, &body).await {
         Ok(r) => r,
-        Err(RefusedBecause::Spool(SpoolError::StorageFull)) => {
-            tracing::error!(
-                shard = shard.env.id,
-                "spool full: message from {} refused with 452 4.3.1",
-                conn.peer
-            );
-            return (SpoolOutcome::StorageFull, received);
-        }
-        Err(e) => {
-            tracing::error!(
-                shard = shard.env.id,
-                "spool write failed: {e:?}: message from {} refused with 451 4.3.0",
-                conn.peer
-            );
-            return (SpoolOutcome::TemporaryFailure, received);
-        }
+        Err(e) => return (refused(shard, conn, e), received),
     };
     let size_bytes = body.len() as u64;
     let peer_ip = Some(conn.peer.ip());
@@ -687,6 +718,77 @@ async fn receive(
         glommio::timer::sleep(delay).await;
     }
     (SpoolOutcome::Queued { queue_id }, received)
+}
+
+/// Commits one message whose body was streamed to the spool while it
+/// arrived (`stream`) and routes its recipients; the reply waits for it.
+async fn receive_streamed(
+    shard: &Rc<Inbound>,
+    conn: &Conn,
+    body: Streaming,
+    envelope: Envelope,
+) -> SpoolOutcome {
+    let id = body.id();
+    let file_body = match body.finish(envelope.body).await {
+        Ok(file_body) => file_body,
+        Err(outcome) => return outcome,
+    };
+    let now_ms = now_unix_ms();
+    let spooled = SpooledEnvelope {
+        received_unix_ms: now_ms,
+        peer_ip: conn.peer.ip(),
+        connection_id: conn.id,
+        body_8bitmime: envelope.body_8bitmime,
+        binding: shard.bindings.name(Bindings::DEFAULT).to_string(),
+        mail_from: envelope.mail_from,
+        rcpts: envelope.rcpts,
+    };
+    let spooled_ref = match shard.messages.spool_file(id, &spooled, &file_body).await {
+        Ok(r) => r,
+        Err(e) => return refused(shard, conn, e),
+    };
+    shard.messages.log_receptions(
+        id,
+        &spooled,
+        file_body.len,
+        Some(conn.peer.ip()),
+        PROTOCOL_ESMTP,
+    );
+    let entries = shard.messages.entries_for(
+        id,
+        spooled_ref.body,
+        &spooled,
+        (0..spooled.rcpts.len() as u32).map(|i| (i, 0, 0)),
+    );
+    shard.router.route(entries).await;
+    if let Pressure::Slow(delay) = shard.pressure() {
+        glommio::timer::sleep(delay).await;
+    }
+    SpoolOutcome::Queued {
+        queue_id: id.to_string(),
+    }
+}
+
+/// The reply for a message the spool did not take, with its paniclog line.
+fn refused(shard: &Inbound, conn: &Conn, why: RefusedBecause) -> SpoolOutcome {
+    match why {
+        RefusedBecause::Spool(SpoolError::StorageFull) => {
+            tracing::error!(
+                shard = shard.env.id,
+                "spool full: message from {} refused with 452 4.3.1",
+                conn.peer
+            );
+            SpoolOutcome::StorageFull
+        }
+        e => {
+            tracing::error!(
+                shard = shard.env.id,
+                "spool write failed: {e:?}: message from {} refused with 451 4.3.0",
+                conn.peer
+            );
+            SpoolOutcome::TemporaryFailure
+        }
+    }
 }
 
 /// Writes a rejectlog line for each final 4xx/5xx reply line the session

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 
-use ecelerity_spool::{BodyReader, BodyRef, RecoveredMessage, Spool, SpoolError};
+use ecelerity_spool::{BodyReader, BodyRef, FileBody, RecoveredMessage, Spool, SpoolError};
 
 use crate::bounce::dsn::{self, FailedRecipient, ORIGINAL_HEADERS_BYTES_MAX};
 use crate::clock::now_unix_ms;
@@ -149,13 +149,43 @@ impl Messages {
             .append_message(id.0, &encoded, body)
             .await
             .map_err(RefusedBecause::Spool)?;
+        self.now_live(id, envelope);
+        Ok(Spooled { id, body })
+    }
+
+    /// Makes message `id`, whose body was streamed to its own file and
+    /// synced there (`inbound::stream`), durable; it is live from then on.
+    /// Resolves after the group commit that covers its record. On an error
+    /// the body file is removed: it never became a message.
+    pub async fn spool_file(
+        &self,
+        id: MessageId,
+        envelope: &SpooledEnvelope,
+        body: &FileBody,
+    ) -> Result<Spooled, RefusedBecause> {
+        assert_eq!(id.0, body.id, "a body file belongs to its message");
+        let mut encoded =
+            Vec::with_capacity(64 + envelope.rcpts.iter().map(|r| r.len() + 2).sum::<usize>());
+        envelope.encode(&mut encoded);
+        let body = match self.spool.append_message_file(&encoded, body).await {
+            Ok(body) => body,
+            Err(e) => {
+                self.spool.discard_body_file(id.0).await;
+                return Err(RefusedBecause::Spool(e));
+            }
+        };
+        self.now_live(id, envelope);
+        Ok(Spooled { id, body })
+    }
+
+    /// A message just became durable: it joins the live set.
+    fn now_live(&self, id: MessageId, envelope: &SpooledEnvelope) {
         let stats = self.env.stats();
         stats.add(Counter::MessagesReceived, 1);
         stats.add(Counter::LiveMessages, 1);
         self.live
             .borrow_mut()
             .insert(id.0, envelope.rcpts.len() as u32);
-        Ok(Spooled { id, body })
     }
 
     /// Writes the mainlog R lines of a spooled message, one per recipient.

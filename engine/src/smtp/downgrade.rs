@@ -27,6 +27,12 @@ use std::fmt;
 /// Deepest MIME nesting converted (the top level is depth 0). Postfix's
 /// `mime_nesting_limit` is 100; real mail rarely goes past 5.
 pub const MIME_DEPTH_MAX: usize = 32;
+/// Largest 8-bit body converted. The conversion walks the MIME structure
+/// of the whole message in memory, so a delivery converting holds the
+/// body and its conversion at once; a larger 8-bit body for a server
+/// without 8BITMIME is refused (`Unconvertible::TooLarge`) rather than
+/// read whole. 7-bit bodies of any size need no conversion and stream.
+pub const DOWNGRADE_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Longest quoted-printable line, soft-break "=" included (RFC 2045 6.7).
 pub const QP_LINE_BYTES_MAX: usize = 76;
 
@@ -40,6 +46,8 @@ pub enum Unconvertible {
     NoBoundary,
     PreambleOrEpilogue,
     TooDeep,
+    /// Over DOWNGRADE_BODY_BYTES_MAX.
+    TooLarge,
 }
 
 impl fmt::Display for Unconvertible {
@@ -52,6 +60,7 @@ impl fmt::Display for Unconvertible {
             Unconvertible::NoBoundary => "a multipart without a boundary",
             Unconvertible::PreambleOrEpilogue => "8-bit data outside the MIME parts",
             Unconvertible::TooDeep => "MIME parts nested too deep",
+            Unconvertible::TooLarge => "a body over 8 MiB (DOWNGRADE_BODY_BYTES_MAX)",
         };
         write!(
             f,

@@ -82,6 +82,9 @@ impl ServerSession {
         self.phase = Phase::Data;
         self.data = DataState::FRESH;
         self.body.clear();
+        self.body_bytes = 0;
+        self.body_taken = false;
+        self.head.clear();
         if let Some(size) = self.size_declared {
             let reserve = size.min(BODY_RESERVE_BYTES_MAX as u64) as usize;
             self.body.reserve(reserve);
@@ -174,11 +177,75 @@ impl ServerSession {
         if self.data.refusal.is_some() {
             return;
         }
-        if (self.body.len() + bytes.len()) as u64 > self.message_bytes_limit {
+        if self.body_bytes + bytes.len() as u64 > self.message_bytes_limit {
             self.refuse_data(DataRefusal::TooBig);
             return;
         }
+        self.body_bytes += bytes.len() as u64;
         self.body.extend_from_slice(bytes);
+    }
+
+    /// Moves the body bytes received so far out of the session, for a body
+    /// streamed to the spool while DATA is read; the next bytes go to a
+    /// buffer of `capacity` bytes. The session goes on counting the bytes
+    /// against the size limit, and keeps a copy of the header block (at
+    /// most `STREAMED_HEAD_BYTES_MAX`) from the first call for the
+    /// end-of-data policy. Empty once the message is refused: a refused
+    /// message is not spooled.
+    pub fn take_body(&mut self, capacity: usize) -> Vec<u8> {
+        assert!(
+            self.phase == Phase::Data,
+            "a body is taken while DATA is read"
+        );
+        if self.data.refusal.is_some() {
+            return Vec::new();
+        }
+        if !self.body_taken {
+            self.body_taken = true;
+            let end = header_block_len(&self.body).min(STREAMED_HEAD_BYTES_MAX);
+            self.head.clear();
+            self.head.extend_from_slice(&self.body[..end]);
+        }
+        std::mem::replace(&mut self.body, Vec::with_capacity(capacity))
+    }
+
+    /// A body is being read and may still become a message: DATA is in
+    /// progress, or its end awaits the policy, and nothing so far makes
+    /// the session refuse it. While false, a body streamed to the spool
+    /// for this transaction will never be spooled.
+    pub fn receiving_body(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Data | Phase::AwaitingPolicy(PolicyPhase::Data)
+        ) && self.data.refusal.is_none()
+    }
+
+    /// DATA is being read: `take_body` may be called.
+    pub fn reading_data(&self) -> bool {
+        self.phase == Phase::Data
+    }
+
+    /// Body bytes received and not taken yet (`take_body`).
+    pub fn body_buffered(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Some of this message's body was taken (`take_body`): what the
+    /// policy sees at end of data is its header block, and the envelope's
+    /// `body` is the rest.
+    pub fn body_taken(&self) -> bool {
+        self.body_taken
+    }
+
+    /// Unstuffed body bytes of the message being read, taken or not.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
+    /// The body of this message will be refused at end of data (too big,
+    /// a line too long, a NUL): nothing of it needs to be kept.
+    pub fn body_refused(&self) -> bool {
+        self.data.refusal.is_some()
     }
 
     /// Remember the first reason to refuse the message and stop buffering
@@ -187,6 +254,7 @@ impl ServerSession {
         if self.data.refusal.is_none() {
             self.data.refusal = Some(refusal);
             self.body.clear();
+            self.head.clear();
         }
     }
 
@@ -251,6 +319,7 @@ impl ServerSession {
     }
 
     /// The policy let the message through: hand it over for spooling.
+    /// A body taken in part (`take_body`) hands over its rest.
     pub(super) fn accept_message(&mut self) {
         let envelope = Envelope {
             helo: self.connection.ehlo_domain.clone(),
@@ -267,4 +336,15 @@ impl ServerSession {
         self.reset_transaction();
         self.phase = Phase::AwaitingSpool;
     }
+}
+
+/// Bytes of the header block at the start of `body`, the blank line that
+/// ends it included; the whole body when no blank line is found.
+pub(super) fn header_block_len(body: &[u8]) -> usize {
+    if body.starts_with(b"\r\n") {
+        return 2;
+    }
+    body.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(body.len(), |at| at + 4)
 }

@@ -29,6 +29,7 @@ impl ServerSession {
             PolicyPhase::RcptTo => Check::RcptTo {
                 forward_path: &self.argument,
             },
+            PolicyPhase::Data if self.body_taken => Check::Data { body: &self.head },
             PolicyPhase::Data => Check::Data { body: &self.body },
         };
         let validation = Validation {

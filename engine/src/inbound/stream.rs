@@ -1,0 +1,167 @@
+//! A large body streamed to the spool while its DATA is read, so a
+//! session never holds a whole large message in memory.
+//!
+//! A body that ends within its first `STREAM_CHUNK_BYTES` stays in the
+//! session's buffer and is spooled inline, as one record with one write
+//! (most mail is a few KiB: that path is unchanged). Once a body fills
+//! that much, the driver takes it from the session (`take_body`) and
+//! starts a [`Streaming`]: the message gets its id now (`Messages::admit`),
+//! its Received header and the bytes so far go to a body file of its own
+//! in the shard's spool (`ecelerity_spool::BodyWriter`, page-cache writes,
+//! not synced), and every further `STREAM_CHUNK_BYTES` follow as they
+//! arrive. At end of data, once the policy let the message through, the
+//! rest is written and [`Streaming::finish`] syncs the file; the caller
+//! then commits the message record through the group commit, and only
+//! after that sync does the client get 250. A transaction that ends any
+//! other way (refused, reset, cut, timed out, the shard stopping) discards
+//! the file; one a crash cuts short is removed by the next start.
+//!
+//! A spool error while streaming (disk full, live set full at the start)
+//! does not end the DATA: the rest of the body is read and dropped, and
+//! the client gets the error's reply (`452 4.3.1`, `451 4.3.0`) at end of
+//! data, as RFC 5321 wants it.
+//!
+//! Memory per session while streaming: the body buffer (at most
+//! `STREAM_CHUNK_BYTES` + one read), the read buffer and the header block
+//! kept for the policy (`STREAMED_HEAD_BYTES_MAX`); see
+//! `SESSION_BODY_BYTES_MAX`.
+//!
+//! Owns: the body writer of one transaction. May call: `message` (ids,
+//! the spool's body writer), the session (its Received header). Never:
+//! protocol decisions; the reply is the session's, from the outcome.
+
+use ecelerity_spool::{BodyWriter, FileBody, SpoolError};
+
+use crate::clock::now_unix_ms;
+use crate::message::Messages;
+use crate::queue::MessageId;
+use crate::smtp::server::{
+    ServerSession, SpoolOutcome, BODY_RESERVE_BYTES_MAX, STREAMED_HEAD_BYTES_MAX,
+};
+
+/// Bytes of body a session buffers before it streams them to the spool,
+/// and so the largest body spooled inline (one record, one write).
+pub const STREAM_CHUNK_BYTES: usize = 256 * 1024;
+/// Body memory one session holds at most while reading a DATA: the
+/// buffer of a chunk being filled (a chunk is taken once the next read
+/// could overflow it) and the header block kept for the policy. The
+/// driver's read buffer (`READ_BUFFER_BYTES`) and held pipelined input
+/// come on top.
+pub const SESSION_BODY_BYTES_MAX: usize = STREAM_CHUNK_BYTES + STREAMED_HEAD_BYTES_MAX;
+
+// The session reserves a chunk's worth from SIZE=, never more than a chunk.
+const _: () = assert!(BODY_RESERVE_BYTES_MAX <= STREAM_CHUNK_BYTES);
+const _: () = assert!(super::READ_BUFFER_BYTES < STREAM_CHUNK_BYTES);
+
+/// Whether the body buffered in `session` should go to the spool now: the
+/// next read could take it past a chunk.
+pub fn chunk_due(session: &ServerSession) -> bool {
+    session.reading_data()
+        && session.body_buffered() + super::READ_BUFFER_BYTES > STREAM_CHUNK_BYTES
+}
+
+/// One body being streamed to the spool.
+pub struct Streaming {
+    id: MessageId,
+    state: State,
+}
+
+enum State {
+    Writing(BodyWriter),
+    /// The spool could not take it: the reply owed at end of data.
+    Failed(SpoolOutcome),
+}
+
+/// What an error of the spool means for the client.
+fn outcome_of(err: &SpoolError) -> SpoolOutcome {
+    match err {
+        SpoolError::StorageFull => SpoolOutcome::StorageFull,
+        _ => SpoolOutcome::TemporaryFailure,
+    }
+}
+
+impl Streaming {
+    /// Starts streaming the body of the message `session` is reading:
+    /// takes an id for it and writes its Received header and `first`.
+    pub async fn start(messages: &Messages, session: &ServerSession, first: Vec<u8>) -> Streaming {
+        let id = match messages.admit() {
+            Ok(id) => id,
+            Err(_) => {
+                return Streaming {
+                    id: MessageId(0),
+                    state: State::Failed(SpoolOutcome::TemporaryFailure),
+                }
+            }
+        };
+        let header =
+            session.transaction_received_header(&id.to_string(), (now_unix_ms() / 1000) as i64);
+        let mut streaming = match messages.spool.body_writer(id.0).await {
+            Ok(writer) => Streaming {
+                id,
+                state: State::Writing(writer),
+            },
+            Err(err) => {
+                tracing::error!("spool: cannot create the body file of {id}: {err}");
+                return Streaming {
+                    id,
+                    state: State::Failed(outcome_of(&err)),
+                };
+            }
+        };
+        streaming.write(header.into_bytes()).await;
+        streaming.write(first).await;
+        streaming
+    }
+
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// Appends the next part of the body. After an error the rest is
+    /// dropped and the file removed; the error is answered at end of data.
+    pub async fn write(&mut self, chunk: Vec<u8>) {
+        let State::Writing(writer) = &mut self.state else {
+            return;
+        };
+        if let Err(err) = writer.write(chunk).await {
+            tracing::error!(
+                "spool: cannot write the body of {} ({err}); the client gets {} at end \
+                 of data",
+                self.id,
+                if matches!(err, SpoolError::StorageFull) {
+                    "452 4.3.1"
+                } else {
+                    "451 4.3.0"
+                }
+            );
+            self.fail(outcome_of(&err)).await;
+        }
+    }
+
+    async fn fail(&mut self, outcome: SpoolOutcome) {
+        if let State::Writing(writer) = std::mem::replace(&mut self.state, State::Failed(outcome)) {
+            writer.discard().await;
+        }
+    }
+
+    /// Writes the rest of the body and makes the file durable. Returns
+    /// the body to commit, or the reply owed when the spool failed (the
+    /// file is gone then).
+    pub async fn finish(mut self, rest: Vec<u8>) -> Result<FileBody, SpoolOutcome> {
+        self.write(rest).await;
+        match self.state {
+            State::Failed(outcome) => Err(outcome),
+            State::Writing(writer) => writer.finish().await.map_err(|err| {
+                tracing::error!("spool: cannot sync the body of {}: {err}", self.id);
+                outcome_of(&err)
+            }),
+        }
+    }
+
+    /// The transaction ended without a message: remove the file.
+    pub async fn discard(self) {
+        if let State::Writing(writer) = self.state {
+            writer.discard().await;
+        }
+    }
+}
