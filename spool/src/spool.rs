@@ -497,6 +497,14 @@ async fn sweep_body_files(dir: &Path, recovery: &mut Recovery) -> Result<(), Spo
             ),
         }
     }
+    if recovery.body_files_deleted > 0 {
+        tracing::info!(
+            dir = %dir.display(),
+            "removed {} body file(s) that no message names (a DATA cut short by a \
+             restart, or a completed message's file)",
+            recovery.body_files_deleted
+        );
+    }
     let present: std::collections::HashSet<u64> = files.into_iter().collect();
     for id in live {
         if !present.contains(&id) {

@@ -36,18 +36,21 @@ use crate::clock::now_unix_ms;
 use crate::message::Messages;
 use crate::queue::MessageId;
 use crate::smtp::server::{
-    ServerSession, SpoolOutcome, BODY_RESERVE_BYTES_MAX, STREAMED_HEAD_BYTES_MAX,
+    ServerSession, SpoolOutcome, BODY_RESERVE_BYTES_MAX, INPUT_BUFFER_BYTES_DEFAULT,
+    STREAMED_HEAD_BYTES_MAX,
 };
 
 /// Bytes of body a session buffers before it streams them to the spool,
 /// and so the largest body spooled inline (one record, one write).
 pub const STREAM_CHUNK_BYTES: usize = 256 * 1024;
 /// Body memory one session holds at most while reading a DATA: the
-/// buffer of a chunk being filled (a chunk is taken once the next read
-/// could overflow it) and the header block kept for the policy. The
-/// driver's read buffer (`READ_BUFFER_BYTES`) and held pipelined input
-/// come on top.
-pub const SESSION_BODY_BYTES_MAX: usize = STREAM_CHUNK_BYTES + STREAMED_HEAD_BYTES_MAX;
+/// buffer of a chunk being filled (taken once the next read could take it
+/// past a chunk; pipelined input held while a verdict was awaited, at most
+/// `INPUT_BUFFER_BYTES_DEFAULT`, may add to it once) and the header block
+/// kept for the policy. The driver's read buffer (`READ_BUFFER_BYTES`)
+/// comes on top.
+pub const SESSION_BODY_BYTES_MAX: usize =
+    STREAM_CHUNK_BYTES + INPUT_BUFFER_BYTES_DEFAULT + STREAMED_HEAD_BYTES_MAX;
 
 // The session reserves a chunk's worth from SIZE=, never more than a chunk.
 const _: () = assert!(BODY_RESERVE_BYTES_MAX <= STREAM_CHUNK_BYTES);
@@ -56,6 +59,7 @@ const _: () = assert!(super::READ_BUFFER_BYTES < STREAM_CHUNK_BYTES);
 /// Whether the body buffered in `session` should go to the spool now: the
 /// next read could take it past a chunk.
 pub fn chunk_due(session: &ServerSession) -> bool {
+    assert!(session.body_buffered() <= SESSION_BODY_BYTES_MAX - STREAMED_HEAD_BYTES_MAX);
     session.reading_data()
         && session.body_buffered() + super::READ_BUFFER_BYTES > STREAM_CHUNK_BYTES
 }

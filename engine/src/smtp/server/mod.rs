@@ -73,8 +73,9 @@ pub const COMMAND_LINE_BYTES_DEFAULT: usize = 1000;
 /// Default DATA line limit, CRLF included (RFC 5322: 998 + CRLF).
 pub const TEXT_LINE_BYTES_DEFAULT: usize = 1000;
 /// What `message_bytes_max = 0` ("unlimited", Momentum's default) means.
-/// The body is held in memory until it is spooled, so the ceiling bounds
-/// the memory one connection can pin.
+/// A large body is streamed to the spool as it arrives (the driver takes
+/// it with `take_body`), so this bounds the disk one message may take and
+/// keeps a body's length inside the spool's u32, not memory.
 pub const MESSAGE_BYTES_CEILING: u64 = 256 * 1024 * 1024;
 /// What `recipients_max = 0` ("unlimited") means.
 pub const RECIPIENTS_CEILING: u32 = 10_000;
