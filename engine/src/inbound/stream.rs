@@ -105,7 +105,7 @@ impl Streaming {
                 state: State::Writing(writer),
             },
             Err(err) => {
-                tracing::error!("spool: cannot create the body file of {id}: {err}");
+                tracing::error!("spool: cannot create the body file of {id} ({err}); the client gets 452 or 451 at end of data");
                 return Streaming {
                     id,
                     state: State::Failed(outcome_of(&err)),
@@ -128,15 +128,14 @@ impl Streaming {
             return;
         };
         if let Err(err) = writer.write(chunk).await {
+            let (what, reply) = match err {
+                SpoolError::StorageFull => ("spool full", "452 4.3.1"),
+                _ => ("spool", "451 4.3.0"),
+            };
             tracing::error!(
-                "spool: cannot write the body of {} ({err}); the client gets {} at end \
-                 of data",
-                self.id,
-                if matches!(err, SpoolError::StorageFull) {
-                    "452 4.3.1"
-                } else {
-                    "451 4.3.0"
-                }
+                "{what}: cannot write the body of {} ({err}); the client gets {reply} at \
+                 end of data",
+                self.id
             );
             self.fail(outcome_of(&err)).await;
         }

@@ -18,10 +18,14 @@ use ecelerity_tests::{
 
 /// tmpfs size: room for two 64 MiB preallocated segments and a little more.
 const TMPFS_MIB: u64 = 136;
-/// Message size while filling the spool.
-const FILL_MESSAGE_BYTES: u64 = 1024 * 1024;
+/// Message size while filling the spool: below the 256 KiB inline limit,
+/// so each goes into the segment as one record (a larger body streams to
+/// a body file of its own, outside the segment's reservation).
+const FILL_MESSAGE_BYTES: u64 = 200 * 1024;
+/// A message large enough to be streamed to a body file.
+const STREAMED_MESSAGE_BYTES: u64 = 1024 * 1024;
 /// Most fill messages before the test gives up on seeing 452.
-const FILL_MESSAGES_MAX: usize = 200;
+const FILL_MESSAGES_MAX: usize = 400;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
@@ -92,8 +96,10 @@ fn send_one(port: u16, prefix: &str, bytes: u64) -> (String, String) {
 /// in the paniclog, and heals by itself. Method: the spool on a 136 MiB
 /// tmpfs; the gateway is down (so messages stay live); a ballast file takes
 /// everything outside the first (preallocated) segment; 1 MiB messages
-/// fill that segment until the spool must open a new one and cannot: 452. Delete the ballast and the next message is
-/// accepted without a restart. Every 250 is delivered.
+/// fill that segment until the spool must open a new one and cannot: 452.
+/// A message large enough to stream to a body file gets 452 too. Delete
+/// the ballast and the next message is accepted without a restart. Every
+/// 250 is delivered.
 #[test]
 fn disk_full_gives_452_harms_nothing_and_heals() {
     let dir = TempDir::new("disk-full");
@@ -125,25 +131,47 @@ fn disk_full_gives_452_harms_nothing_and_heals() {
     let ballast_bytes = fill(&ballast);
     eprintln!("e2e: ballast took {} MiB", ballast_bytes >> 20);
 
+    // One session sends them all (a process per message is slow under
+    // load); once the disk is full every later one is refused too, since
+    // nothing completes with the gateway down.
+    let size = FILL_MESSAGE_BYTES.to_string();
+    let report = send_messages(
+        port,
+        &[
+            "--count",
+            &FILL_MESSAGES_MAX.to_string(),
+            "--min-size",
+            &size,
+            "--max-size",
+            &size,
+            "--prefix",
+            "fill",
+        ],
+        Duration::from_secs(300),
+    );
     let mut full_reply = None;
-    for i in 0..FILL_MESSAGES_MAX {
-        let (id, code) = send_one(port, &format!("fill{i}"), FILL_MESSAGE_BYTES);
+    for (i, (id, code)) in report.results.iter().enumerate() {
         match code.as_str() {
-            "250" => {
-                accepted.insert(id);
+            "250" if full_reply.is_none() => {
+                accepted.insert(id.clone());
             }
+            "250" => panic!("fill message {i} accepted after a full disk was reported"),
             "452" | "451" => {
-                full_reply = Some((i, code));
-                break;
+                full_reply.get_or_insert((i, code.clone()));
             }
-            other => panic!("fill message {i} got {other}"),
+            other => panic!("fill message {i} got {other}: {}", report.stderr),
         }
     }
     let (filled, code) = full_reply.expect("the spool never reported a full disk");
-    eprintln!("e2e: {filled} x 1 MiB accepted, then {code}");
+    eprintln!("e2e: {filled} x 200 KiB accepted, then {code}");
     assert_eq!(code, "452", "a full disk is 452 4.3.1, not a generic 451");
     // Still full: still 452, and the daemon is alive.
     assert_eq!(send_one(port, "still-full", FILL_MESSAGE_BYTES).1, "452");
+    assert_eq!(
+        send_one(port, "still-full-streamed", STREAMED_MESSAGE_BYTES).1,
+        "452",
+        "a streamed body on a full disk is 452 4.3.1 too"
+    );
     let paniclog = fs::read_to_string(dir.join("log/paniclog.ec")).unwrap_or_default();
     assert!(
         paniclog.contains("No space left on device") || paniclog.contains("spool full"),
