@@ -5,12 +5,13 @@
 //! each answer ([`execute`] is pure: a command line and a snapshot in, text
 //! out, or a control request to ask the shards), and the console threads.
 //! Counters are read from what every shard publishes (`stats`), without
-//! waiting on a shard; commands about queues (`mailq`, `active`, `delayed`,
-//! `flush domain`, `fail domain`) are asked of every
-//! shard through `control`, with a timeout, so a console client can never
-//! hold up mail.
-//! May call: `stats`, `control`, `config`. Never: the spool, the queues
-//! directly.
+//! waiting on a shard; commands about queues and the resolver (`mailq`,
+//! `active`, `delayed`, `domain`, `showqueue`, `message`, `flush domain`,
+//! `fail domain`, `binding summary`, `suspend`, `resume`, `reroute
+//! queue`, `dns_cache`) are asked of every shard through `control`, with
+//! a timeout, so a console client can never hold up mail.
+//! May call: `stats`, `control`, `config`, `queue` (the `MessageId` type),
+//! `clock`. Never: the spool, the queues directly.
 //!
 //! Framing: the client sends one command per line. The server answers with
 //! the reply's lines, a line that starts with `.` sent with a second `.`

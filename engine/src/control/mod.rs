@@ -5,10 +5,12 @@
 //! carries a request over the mesh with the channel its answers go back
 //! on, [`ControlHandle`] (how a thread outside the shards, such as the
 //! console, asks), and the pure handlers: [`answer`] (a request and one
-//! shard's queues in, that shard's part out; `Flush` and `Fail` change
-//! queues and are carried out by `delivery::Outbound`) and the renderers
-//! ([`render_mailq`], [`render_domains`], [`render_flushed`],
-//! [`render_failed`]).
+//! shard's queues in, that shard's part out; the requests that change
+//! queues or read the resolver are carried out by `delivery::Outbound`)
+//! and the renderers: here [`render_mailq`], [`render_domains`],
+//! [`render_flushed`], [`render_failed`]; `showqueue` and `message` in
+//! `messages.rs`, `domain`, `binding summary`, `suspend` and `reroute` in
+//! `queues.rs`, `dns_cache` in `resolver.rs`.
 //! May call: `queue` (read-only). Never: I/O, a lock on a shard's path
 //! (a shard answers with a non-blocking send; a full or closed reply
 //! channel drops that part).

@@ -6,7 +6,8 @@
 //! Owns: queue entries ([`MessageRef`]), queue keys ([`QueueKey`]) and the
 //! interned [`QueueId`] a shard gives each queue it holds, per-queue
 //! connection counts, idle-connection wake-ups and back-off state (set and
-//! read by `delivery::pool`), the delayed heap.
+//! read by `delivery::pool`), the operator's suspended flag (set by
+//! `delivery::operator`), the delayed heap.
 //! May call: `config` (delivery options). Never: I/O (that is `delivery`),
 //! another shard's queues.
 
