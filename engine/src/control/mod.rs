@@ -803,6 +803,69 @@ mod tests {
     }
 
     #[test]
+    fn answer_lists_a_domains_messages_and_queues_filtered_by_binding() {
+        let config =
+            Config::parse("binding \"mkt\" {\n}\n", std::path::Path::new("t.conf")).unwrap();
+        let bindings = Bindings::from_config(&config);
+        let mkt = bindings.find("mkt").unwrap();
+        let mut queues = Queues::default();
+        let options = || config.delivery("default", "x");
+        let entry = |binding| crate::queue::MessageRef {
+            id: MessageId::new(0, 1),
+            body: ecelerity_spool::BodyRef {
+                segment: 1,
+                offset: 0,
+                len: 10,
+            },
+            mail_from: "s@x".into(),
+            rcpts: vec![(0, "r@a.example".into())],
+            binding,
+            domain: "a.example".into(),
+            received_unix_ms: 0,
+            attempts: 0,
+            next_attempt_unix_ms: 0,
+            connection_id: 0,
+            body_8bitmime: false,
+        };
+        let d = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        let m = queues.find_or_create(mkt, "a.example", 1, options);
+        queues.push_delayed(d, entry(Bindings::DEFAULT), 10);
+        queues.get_mut(m).unwrap().active.push_back(entry(mkt));
+        let show = |binding: Option<&str>| match answer(
+            &ControlRequest::ShowQueue {
+                domain: "A.example".into(),
+                binding: binding.map(String::from),
+                limit: 10,
+                offset: 0,
+            },
+            &queues,
+            &bindings,
+        ) {
+            ControlReply::Messages(rows) => rows
+                .iter()
+                .map(|r| (r.binding.clone(), r.delayed))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            show(None),
+            [("mkt".to_string(), false), ("default".to_string(), true)]
+        );
+        assert_eq!(show(Some("default")), [("default".to_string(), true)]);
+        let ControlReply::Domain { queues: rows, mx } = answer(
+            &ControlRequest::Domain {
+                domain: "a.example".into(),
+            },
+            &queues,
+            &bindings,
+        ) else {
+            panic!("a Domain reply");
+        };
+        assert_eq!(mx, None, "the resolver's part is delivery's");
+        assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
     fn an_asker_times_out_when_a_shard_does_not_answer() {
         let (handle, rx) = ControlHandle::new(2);
         let shard0 = std::thread::spawn(move || {

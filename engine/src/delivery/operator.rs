@@ -208,9 +208,11 @@ impl Outbound {
                 .map(|(_, e)| e)
                 .collect();
             assert!(!mine.is_empty(), "the first entry is of queue {id:?}");
-            let Some(options) = self.options(id) else {
-                continue;
-            };
+            // The entries were taken from this queue in this same call, and
+            // only the tick prunes queues: it is still there.
+            let options = self
+                .options(id)
+                .expect("a queue whose entries were just taken exists");
             let options = if quiet {
                 let mut o = (*options).clone();
                 o.generate_bounces = false;
