@@ -485,11 +485,6 @@ impl Queues {
             .map(|Reverse(d)| (d.queue, d.due_unix_ms, &d.entry))
     }
 
-    /// The id of a queue this shard holds, by reference.
-    pub fn id_of(&self, queue: &Queue) -> Option<QueueId> {
-        self.find(queue.key.binding, &queue.key.domain)
-    }
-
     /// When the earliest delayed entry is due.
     pub fn next_due_unix_ms(&self) -> Option<u64> {
         self.delayed.peek().map(|Reverse(d)| d.due_unix_ms)
