@@ -349,6 +349,9 @@ impl<S: Transport> Connection<'_, S> {
         let batch_max = self.options.max_recipients_per_batch.max(1) as usize;
         let mut queues = self.out.queues.borrow_mut();
         let q = queues.get_mut(self.queue)?;
+        if q.suspended {
+            return None;
+        }
         let mut entry = q.active.pop_front()?;
         if entry.rcpts.len() > batch_max {
             let rest = entry.rcpts.split_off(batch_max);
