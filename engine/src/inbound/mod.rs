@@ -20,6 +20,7 @@
 //! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read.
 
 pub mod backpressure;
+pub mod binding_header;
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -52,6 +53,7 @@ use crate::smtp::server::{
 use crate::stats::Counter;
 use crate::transport::{read_within, write_all_within, Transport};
 use backpressure::{pressure, BacklogLimits, Episodes, Pressure};
+use binding_header::UnknownBindings;
 
 /// Bytes read from a client socket at a time while a DATA is being read.
 /// Allocated at the 354 and freed when the message is answered.
@@ -155,6 +157,8 @@ pub struct Inbound {
     pub sessions: Gate,
     /// The last back-pressure level reported in the paniclog.
     pub episodes: Episodes,
+    /// Messages whose `binding_header` named no binding.
+    pub unknown_bindings: UnknownBindings,
 }
 
 impl Inbound {
@@ -425,7 +429,7 @@ async fn drive<S: Transport>(
             match event {
                 Event::Validate(_) => unreachable!("answered above"),
                 Event::Message(envelope) => {
-                    let (outcome, body) = receive(shard, conn, &session, envelope).await;
+                    let (outcome, body) = receive(shard, conn, listener, &session, envelope).await;
                     session.spooled(outcome);
                     session.recycle_body(body);
                     continue;
@@ -623,6 +627,7 @@ async fn await_verdict(
 async fn receive(
     shard: &Rc<Inbound>,
     conn: &Conn,
+    listener: &ListenerConfig,
     session: &ServerSession,
     mut envelope: Envelope,
 ) -> (SpoolOutcome, Vec<u8>) {
@@ -639,15 +644,21 @@ async fn receive(
     let now_ms = now_unix_ms();
     let header = session.received_header(&envelope, &queue_id, (now_ms / 1000) as i64);
     let received = std::mem::take(&mut envelope.body);
+    let binding_header = listener.binding_header.as_deref();
+    let assigned = binding_header::assign(&shard.bindings, binding_header, &received);
+    if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
+        let id = shard.env.id;
+        shard.unknown_bindings.note(id, header, name, &queue_id);
+    }
     let mut body = Vec::with_capacity(header.len() + received.len());
     body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&received);
+    binding_header::append_without(&mut body, &received, &assigned.fields);
     let spooled = SpooledEnvelope {
         received_unix_ms: now_ms,
         peer_ip: conn.peer.ip(),
         connection_id: conn.id,
         body_8bitmime: envelope.body_8bitmime,
-        binding: shard.bindings.name(Bindings::DEFAULT).to_string(),
+        binding: shard.bindings.name(assigned.binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
     };
