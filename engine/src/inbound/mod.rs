@@ -8,10 +8,12 @@
 //! every shard, `max_inbound_connections_per_ip` through the process-wide
 //! peer table), the clocks of a session (`idle_time` per read,
 //! `inbound_command_timeout` per command line, `inbound_data_timeout` per
-//! DATA) and the read buffers.
+//! DATA), the read buffers, and the binding a message is assigned to by
+//! the listener's `binding_header` ([`binding_header`]).
 //! May call: the session, the shard's policy (whose verdicts it feeds
 //! back to the session), `message` (admission and spooling), `mesh`
-//! (routing entries to queue owners), `env` (logs, counters, stop signal).
+//! (routing entries to queue owners), `queue` (the binding table, the
+//! spooled envelope), `env` (logs, counters, stop signal).
 //! Never: protocol decisions (replies other than the connection-refusal
 //! 421s are the session's); a lock on a per-message path (the peer table
 //! takes one compare-and-swap at accept and one at close).
