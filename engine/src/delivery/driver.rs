@@ -78,13 +78,13 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     };
     // The next address, then the next host, while a connection fails or
     // the host refuses us before the session is ready (RFC 5321 5.1).
+    let from = connect::Source {
+        binding: out.bindings.name(binding),
+        address: options.bind_address,
+    };
     let mut last = (String::new(), Stage::NotConnected, String::new());
     for target in &targets {
         let remote_ip = target.address.to_string();
-        let from = connect::Source {
-            binding: out.bindings.name(binding),
-            address: options.bind_address,
-        };
         let stream = match connect::connect(target, from, options.connect_timeout).await {
             Ok(stream) => stream,
             Err(reply) => {

@@ -73,8 +73,8 @@ fn by_subject<'a>(messages: &'a [SinkMessage], subject: &str) -> &'a SinkMessage
     found.unwrap_or_else(|| panic!("no message `{subject}` at the sink: {messages:?}"))
 }
 
-/// The binding group and binding of the mainlog R line of the message
-/// `subject` (looked up by its D line's id is not needed: one rcpt each).
+/// The binding group and binding of the mainlog R line of the recipient
+/// whose local part is `rcpt_local` (each message has one).
 fn r_binding(daemon: &Daemon, rcpt_local: &str) -> (String, String) {
     let lines = daemon.mainlog();
     let r = lines
@@ -136,6 +136,8 @@ fn the_binding_header_picks_the_source_address_and_is_removed() {
         );
     }
 
+    // Each shard flushes its mainlog every tick: wait for every R line.
+    mta.daemon.wait_for_kind("R", cases.len(), WAIT);
     let expected = [
         ("via-mkt1", "default", "mkt1"),
         ("via-tx1", "tx", "tx1"),
@@ -180,14 +182,19 @@ fn a_dsn_leaves_from_the_binding_of_the_bounced_message() {
     );
     assert_eq!(dsn.rcpts, ["sender@client.test"]);
     assert_eq!(dsn.peer, "127.0.0.5");
+    // The DSN's R line: received internally, on binding mkt1.
+    mta.daemon
+        .wait_for("the DSN's R line on mkt1", WAIT, |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("@R@sender@client.test@@@unknown@"))
+        });
     let lines = mta.daemon.mainlog_lines();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("@R@sender@client.test@@@unknown@")
-                && l.ends_with("@internal@default@mkt1")),
-        "{lines:?}"
-    );
+    let dsn_r = lines
+        .iter()
+        .find(|l| l.contains("@R@sender@client.test@@@unknown@"))
+        .expect("waited for above");
+    assert!(dsn_r.ends_with("@internal@default@mkt1"), "{dsn_r}");
 }
 
 /// Goal: a bind_address that is not this host's is the binding's
