@@ -6,6 +6,8 @@
 //!   and the back-off of a destination that failed outside a transaction;
 //! - [`connect`]: the lookups through the shard's `dns` resolver and the
 //!   TCP connect;
+//! - `source`: a connection from a binding's `bind_address` (the socket
+//!   bound before a non-blocking connect, then handed to glommio);
 //! - [`driver`]: the I/O driver of one client connection over any
 //!   [`Transport`](crate::transport::Transport), moving bytes between it
 //!   and the pure [`ClientSession`](crate::smtp::client::ClientSession);
@@ -32,6 +34,7 @@ mod operator;
 pub mod pool;
 pub mod route;
 mod settle;
+mod source;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -199,6 +199,7 @@ pub(super) async fn settle(
                     body: entry.body,
                     received_unix_ms: entry.received_unix_ms,
                     generate_bounce: options.generate_bounces,
+                    binding: entry.binding,
                 })),
             }),
             Disposition::Retry {

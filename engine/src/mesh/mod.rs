@@ -84,6 +84,8 @@ pub struct Failure {
     pub received_unix_ms: u64,
     /// `generate_bounces` of the recipient's (binding, domain).
     pub generate_bounce: bool,
+    /// The binding the message left from: its DSN leaves from it too.
+    pub binding: BindingId,
 }
 
 impl OutcomeKind {

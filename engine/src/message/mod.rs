@@ -26,7 +26,6 @@ use ecelerity_spool::{BodyReader, BodyRef, RecoveredMessage, Spool, SpoolError};
 
 use crate::bounce::dsn::{self, FailedRecipient, ORIGINAL_HEADERS_BYTES_MAX};
 use crate::clock::now_unix_ms;
-use crate::config::DEFAULT_BINDING;
 use crate::env::ShardEnv;
 use crate::log::{format_reception, Reception, RecordIds};
 use crate::mesh::{Failure, Outcome, OutcomeKind, Router};
@@ -311,7 +310,9 @@ impl Messages {
             peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             connection_id: self.next_connection_id(),
             body_8bitmime: headers.iter().any(|&b| b >= 0x80),
-            binding: DEFAULT_BINDING.to_string(),
+            // Momentum sends a bounce through the binding of the message
+            // that bounced.
+            binding: self.bindings.name(first.binding).to_string(),
             mail_from: String::new(),
             rcpts: vec![first.mail_from.to_string()],
         };
@@ -533,6 +534,7 @@ mod tests {
                 },
                 received_unix_ms: 0,
                 generate_bounce,
+                binding: Bindings::DEFAULT,
             })),
         }
     }

@@ -137,8 +137,18 @@ impl Bindings {
     /// The id of `name`; an unknown binding is the default binding (as
     /// Momentum falls back).
     pub fn id(&self, name: &str) -> BindingId {
-        let index = self.names.iter().position(|b| &**b == name).unwrap_or(0);
-        BindingId(index as u16)
+        self.lookup(name).unwrap_or(Bindings::DEFAULT)
+    }
+
+    /// The id of `name`, if it is configured. A binary search: after the
+    /// default binding, names are sorted.
+    pub fn lookup(&self, name: &str) -> Option<BindingId> {
+        if name == DEFAULT_BINDING {
+            return Some(Bindings::DEFAULT);
+        }
+        let others = &self.names[1..];
+        let index = others.binary_search_by(|b| (**b).cmp(name)).ok()?;
+        Some(BindingId(index as u16 + 1))
     }
 
     pub fn name(&self, id: BindingId) -> &str {
@@ -584,6 +594,27 @@ mod tests {
         assert_eq!(delivery_parts(0, 2), 2);
         assert_eq!(delivery_parts(1, 2), 1);
         assert_eq!(delivery_parts(9, 2), 2);
+    }
+
+    #[test]
+    fn bindings_are_found_by_exact_name_and_unknown_ones_are_the_default() {
+        let config = Config::parse(
+            "binding zz { }\nbinding_group g { binding a1 { } binding M { } }",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let bindings = Bindings::from_config(&config);
+        for name in ["default", "M", "a1", "zz"] {
+            let id = bindings.lookup(name).expect(name);
+            assert_eq!(bindings.name(id), name);
+            assert_eq!(bindings.id(name), id);
+        }
+        assert_eq!(bindings.lookup("default"), Some(Bindings::DEFAULT));
+        assert_eq!(bindings.group(bindings.id("a1")), "g");
+        for unknown in ["m", "a", "zzz", ""] {
+            assert_eq!(bindings.lookup(unknown), None, "{unknown}");
+            assert_eq!(bindings.id(unknown), Bindings::DEFAULT);
+        }
     }
 
     #[test]
