@@ -61,6 +61,7 @@ fn format_value(value: &Typed) -> String {
         Typed::Ip(ip) => quote(&ip.to_string()),
         Typed::MaxRetries(retries) => retries.to_string(),
         Typed::FileMode(mode) => format!("{mode:04o}"),
+        Typed::Throttle(throttle) => quote(&throttle.to_string()),
     }
 }
 

@@ -116,6 +116,8 @@ pub enum ConfigErrorKind {
         scope: String,
         reason: &'static str,
     },
+    #[error("more than {max} `outbound_throttle_*` settings: each is a token bucket of its own; set the throttle in a binding_group or binding to share one")]
+    TooManyThrottles { max: u32 },
     #[error("second ec_logger instance `{name}`: only one (`{first}`) is supported")]
     SecondLogger { name: String, first: String },
 }

@@ -341,6 +341,8 @@ struct Builder<'t> {
     bindings: BTreeMap<String, BindingScope>,
     /// In reading order.
     unheeded: Vec<Unheeded>,
+    /// Throttle settings read so far: the next one's bucket.
+    throttles: u32,
 }
 
 /// What `build` makes of a tree.
@@ -368,6 +370,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         groups: BTreeMap::new(),
         bindings: BTreeMap::new(),
         unheeded: Vec::new(),
+        throttles: 0,
     };
     builder
         .groups
@@ -652,8 +655,11 @@ impl Builder<'_> {
             };
             return Err(self.error(file, line, kind));
         }
-        let typed = convert(spec.kind, name, value)
+        let mut typed = convert(spec.kind, name, value)
             .map_err(|(l, kind)| self.error(file, l.unwrap_or(line), kind))?;
+        if let Typed::Throttle(throttle) = &mut typed {
+            throttle.bucket = self.next_throttle_bucket(file, line)?;
+        }
         self.note_unheeded(place, spec, file, line, name);
         let key = spec.name;
         let unclaimed = match place {
@@ -692,6 +698,19 @@ impl Builder<'_> {
         // does not is a bug in this file.
         assert!(unclaimed.is_ok(), "no setter for `{key}` in {scope} scope");
         Ok(())
+    }
+
+    /// The bucket of the throttle setting at `line`: one per occurrence, so
+    /// that everything inheriting it shares it (by reference).
+    fn next_throttle_bucket(&mut self, file: FileId, line: u32) -> Result<u32, ConfigError> {
+        if self.throttles >= THROTTLE_BUCKETS_MAX {
+            let kind = ConfigErrorKind::TooManyThrottles {
+                max: THROTTLE_BUCKETS_MAX,
+            };
+            return Err(self.error(file, line, kind));
+        }
+        self.throttles += 1;
+        Ok(self.throttles - 1)
     }
 
     fn set_global(&mut self, key: &str, typed: Typed) -> Result<(), Typed> {
@@ -840,6 +859,20 @@ impl Builder<'_> {
     }
 }
 
+/// Momentum's throttle rate: `N` (per second) or `N/S` (N per S seconds).
+/// `Some(None)` is unlimited (N = 0); `None` is not a rate.
+fn parse_rate(text: &str) -> Option<Option<Rate>> {
+    let (count, seconds) = text.split_once('/').unwrap_or((text, "1"));
+    let number = |t: &str, max: u64| -> Option<u32> {
+        let digits = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        let n = t.parse::<u64>().ok().filter(|n| digits && *n <= max)?;
+        Some(narrow_u32(n))
+    };
+    let count = number(count, THROTTLE_COUNT_MAX)?;
+    let per_seconds = number(seconds, THROTTLE_SECONDS_MAX).filter(|s| *s > 0)?;
+    Some((count > 0).then_some(Rate { count, per_seconds }))
+}
+
 /// Line to blame (if not the option's own) and what is wrong.
 type ConvertError = (Option<u32>, ConfigErrorKind);
 
@@ -978,6 +1011,10 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
                 None => return Err(wrong_type(got(), line)),
             }
         }
+        Kind::Rate => Typed::Throttle(Throttle {
+            rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
+            bucket: 0,
+        }),
         Kind::CidrList | Kind::NameserverList => unreachable!("handled above"),
     };
     Ok(typed)
@@ -1009,6 +1046,7 @@ mod tests {
             Kind::IpAddress => "192.0.2.1",
             Kind::MaxRetries => "auto",
             Kind::FileMode => "0640",
+            Kind::Rate => "50/1",
         }
     }
 
@@ -1052,6 +1090,7 @@ mod tests {
             Kind::Seconds { .. } => "3",
             Kind::Bool => "no",
             Kind::MaxRetries => "7",
+            Kind::Rate => "7/3",
             other => sample(other),
         }
     }
@@ -1205,6 +1244,37 @@ mod tests {
             assert_eq!(parse_bool(t), Some(false));
         }
         assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn throttle_rates_read_momentums_syntax() {
+        let rate = |count, per_seconds| Some(Some(Rate { count, per_seconds }));
+        assert_eq!(parse_rate("50/1"), rate(50, 1));
+        assert_eq!(parse_rate("50"), rate(50, 1), "N alone is per second");
+        assert_eq!(parse_rate("1/60"), rate(1, 60));
+        assert_eq!(parse_rate("0"), Some(None), "0 is unlimited");
+        assert_eq!(parse_rate("0/5"), Some(None));
+        for bad in [
+            "", "/", "5/", "/5", "5/0", "-1", "1.5", "5/1/2", "a/1", "1000001",
+        ] {
+            assert_eq!(parse_rate(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            Rate {
+                count: 50,
+                per_seconds: 1
+            }
+            .interval_us(),
+            20_000
+        );
+        assert_eq!(
+            Rate {
+                count: 1,
+                per_seconds: 60
+            }
+            .interval_us(),
+            60_000_000
+        );
     }
 
     #[test]
