@@ -12,6 +12,8 @@
 //! connect that fails or a 421 before the session is ready marks it down
 //! for `host_failure_retry` (every domain then skips it); each transaction
 //! takes a token of `outbound_throttle_messages` first (waiting for one);
+//! [`TRANSIENT_STORM_TRANSACTIONS`] transactions in a row refused with 4xx
+//! end the session and mark the address down too;
 //! after `max_deliveries_per_connection` delivered messages the session
 //! ends with QUIT and the queue opens a fresh connection for the rest.
 //!
@@ -41,6 +43,10 @@ use crate::transport::{read_within, write_all_within, Transport};
 
 /// Bytes read from a server socket at a time.
 pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Transactions in a row on one connection in which every recipient got a
+/// 4xx: a storm from the receiver, not a message's problem. The session
+/// ends and the address is remembered as down (`host_failure_retry`).
+pub const TRANSIENT_STORM_TRANSACTIONS: u32 = 10;
 
 /// Runs one connection for queue `id` until its queue is empty (after
 /// `idle_timeout`), the server closes it, or the shard stops. A queue
@@ -106,6 +112,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             remote_ip: &remote_ip,
             address: target.address,
             delivered_messages: 0,
+            transient_in_a_row: 0,
             stream,
             client: ClientSession::new(ehlo),
             current: None,
@@ -170,6 +177,8 @@ struct Connection<'a, S: Transport> {
     /// Transactions of this connection with at least one recipient
     /// accepted; at `max_deliveries_per_connection` the session ends.
     delivered_messages: u32,
+    /// Transactions in a row in which every recipient got a 4xx.
+    transient_in_a_row: u32,
     stream: S,
     client: ClientSession,
     /// The entry of the transaction in flight.
@@ -232,19 +241,18 @@ impl<S: Transport> Connection<'_, S> {
                     }
                 }
                 ClientAction::Ready if self.deliveries_used_up() => self.client.quit(),
+                ClientAction::Ready if self.transient_in_a_row >= TRANSIENT_STORM_TRANSACTIONS => {
+                    tracing::debug!("{}: a storm of 4xx replies, backing off", self.remote_ip);
+                    mark_down(self.address, self.options);
+                    self.client.quit();
+                }
                 ClientAction::Ready => match self.next_entry().await {
                     Some(entry) => self.start(entry).await,
                     None => self.client.quit(),
                 },
                 ClientAction::TransactionDone(result) => {
                     let entry = self.current.take().expect("a transaction was in flight");
-                    if result
-                        .rcpts
-                        .iter()
-                        .any(|o| matches!(o, RcptOutcome::Accepted(_)))
-                    {
-                        self.delivered_messages += 1;
-                    }
+                    self.count_transaction(&result);
                     self.settle_transaction(entry, result).await;
                 }
                 ClientAction::Closed => break,
@@ -280,6 +288,21 @@ impl<S: Transport> Connection<'_, S> {
         }
         let _ = futures_lite::AsyncWriteExt::close(&mut self.stream).await;
         ended
+    }
+
+    /// Counts a finished transaction towards `max_deliveries_per_connection`
+    /// (any recipient accepted) or a storm of 4xx (every one deferred).
+    fn count_transaction(&mut self, result: &TransactionResult) {
+        let rcpts = &result.rcpts;
+        if rcpts.iter().any(|o| matches!(o, RcptOutcome::Accepted(_))) {
+            self.delivered_messages += 1;
+        }
+        let deferred = |o: &RcptOutcome| matches!(o, RcptOutcome::Transient(_));
+        if !rcpts.is_empty() && rcpts.iter().all(deferred) {
+            self.transient_in_a_row += 1;
+        } else {
+            self.transient_in_a_row = 0;
+        }
     }
 
     /// Whether this connection has delivered its

@@ -18,7 +18,7 @@
 //!   session was ready, is skipped by every domain's connections until the
 //!   time [`mark_host_down`] gave, then tried again. A table of 65,536
 //!   words indexed by a hash of the address, each word the address's
-//!   32-bit tag and the time it comes back ([`pack_down`], pure). Two
+//!   24-bit tag and the millisecond it comes back ([`pack_down`], pure). Two
 //!   addresses that share a slot overwrite each other's memory: the one
 //!   forgotten is tried early (as with no memory), never skipped wrongly.
 //!
@@ -115,24 +115,39 @@ fn address_hash(ip: IpAddr) -> u64 {
     hash
 }
 
-/// The slot of `ip` and its tag (the hash's other half).
+/// Bits of a slot's word that hold the time; the tag has the rest.
+const DOWN_TIME_BITS: u32 = 40;
+const DOWN_TIME_MASK: u64 = (1 << DOWN_TIME_BITS) - 1;
+/// The times in the slots count milliseconds from here (2020-01-01), so
+/// 40 bits last until 2054.
+const DOWN_EPOCH_UNIX_MS: u64 = 1_577_836_800_000;
+
+/// The slot of `ip` and its 24-bit tag (high bits of the hash the slot
+/// index does not use).
 fn host_slot(ip: IpAddr) -> (usize, u32) {
     let hash = address_hash(ip);
-    ((hash as usize) & (HOST_SLOTS - 1), (hash >> 32) as u32)
+    (
+        (hash as usize) & (HOST_SLOTS - 1),
+        (hash >> DOWN_TIME_BITS) as u32,
+    )
 }
 
-/// A slot's word: the address tag, and the second (since the epoch) the
-/// host is tried again, rounded up.
+/// A slot's word: the address's 24-bit tag, and the millisecond the host
+/// is tried again.
 pub fn pack_down(tag: u32, until_unix_ms: u64) -> u64 {
-    let until_s = until_unix_ms.div_ceil(1000).min(u64::from(u32::MAX));
-    (u64::from(tag) << 32) | until_s
+    assert!(tag < 1 << (64 - DOWN_TIME_BITS));
+    let until = until_unix_ms
+        .saturating_sub(DOWN_EPOCH_UNIX_MS)
+        .min(DOWN_TIME_MASK);
+    (u64::from(tag) << DOWN_TIME_BITS) | until
 }
 
 /// When the host of `tag` is tried again, if `word` says it is down at
 /// `now_unix_ms`.
 pub fn down_until(word: u64, tag: u32, now_unix_ms: u64) -> Option<u64> {
-    let until_ms = (word & u64::from(u32::MAX)) * 1000;
-    (word != 0 && (word >> 32) as u32 == tag && until_ms > now_unix_ms).then_some(until_ms)
+    let until_ms = (word & DOWN_TIME_MASK) + DOWN_EPOCH_UNIX_MS;
+    let same = (word >> DOWN_TIME_BITS) as u32 == tag;
+    (word != 0 && same && until_ms > now_unix_ms).then_some(until_ms)
 }
 
 /// Remembers that `ip` failed: every domain's connections skip it until
@@ -153,7 +168,7 @@ pub fn host_down_until(ip: IpAddr, now_unix_ms: u64) -> Option<u64> {
 pub fn host_up(ip: IpAddr) {
     let (slot, tag) = host_slot(ip);
     let word = HOSTS_DOWN[slot].load(Acquire);
-    if word != 0 && (word >> 32) as u32 == tag {
+    if word != 0 && (word >> DOWN_TIME_BITS) as u32 == tag {
         let _ = HOSTS_DOWN[slot].compare_exchange(word, 0, AcqRel, Acquire);
     }
 }
@@ -272,23 +287,21 @@ mod tests {
     }
 
     #[test]
-    fn the_down_word_holds_the_tag_and_the_second_of_return() {
-        let word = pack_down(0xdead_beef, 1_700_000_000_001);
+    fn the_down_word_holds_the_tag_and_the_millisecond_of_return() {
+        let word = pack_down(0xad_beef, 1_700_000_000_001);
         assert_eq!(
-            down_until(word, 0xdead_beef, 1_700_000_000_000),
-            Some(1_700_000_001_000)
+            down_until(word, 0xad_beef, 1_700_000_000_000),
+            Some(1_700_000_000_001)
         );
+        assert_eq!(down_until(word, 0xad_beef, 1_700_000_000_001), None, "back");
         assert_eq!(
-            down_until(word, 0xdead_beef, 1_700_000_001_000),
-            None,
-            "back"
-        );
-        assert_eq!(
-            down_until(word, 0xfeed_beef, 0),
+            down_until(word, 0xed_beef, 0),
             None,
             "another address's slot"
         );
         assert_eq!(down_until(0, 0, 0), None, "empty");
+        let year_2050 = 2_524_608_000_000;
+        assert_eq!(down_until(pack_down(1, year_2050), 1, 0), Some(year_2050));
     }
 
     #[test]
