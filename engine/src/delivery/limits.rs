@@ -95,6 +95,15 @@ pub fn take_token(throttle: &Throttle, now_us: u64) -> Result<(), u64> {
     taken.map(|_| ()).map_err(|_| refused)
 }
 
+/// When the next token of `throttle` is free, if not at `now_us`; takes
+/// nothing (a look for whether another connection would have work).
+pub fn token_wait(throttle: &Throttle, now_us: u64) -> Option<u64> {
+    let rate = throttle.rate?;
+    assert!(throttle.bucket < THROTTLE_BUCKETS_MAX);
+    let tat_us = BUCKETS[throttle.bucket as usize].load(Acquire);
+    gcra(tat_us, now_us, rate).err()
+}
+
 /// Slots of the host memory: a power of two.
 const HOST_SLOTS: usize = 1 << 16;
 const _: () = assert!(HOST_SLOTS.is_power_of_two());
@@ -272,6 +281,13 @@ mod tests {
         assert_eq!(take_token(&shared, now), Err(now + 500_000));
         assert_eq!(take_token(&other, now), Ok(()));
         assert_eq!(take_token(&Throttle::UNLIMITED, now), Ok(()));
+        assert_eq!(
+            token_wait(&shared, now),
+            Some(now + 500_000),
+            "a look takes nothing"
+        );
+        assert_eq!(token_wait(&shared, now + 500_000), None);
+        assert_eq!(take_token(&shared, now + 500_000), Ok(()));
     }
 
     #[test]

@@ -159,6 +159,12 @@ impl Outbound {
         if self.env.is_stopping() || !pool::may_open(q, self.env.count, now) {
             return;
         }
+        // A throttled queue whose connections wait for a token gains
+        // nothing from another one until tokens are free when work comes.
+        let throttle = &q.options.outbound_throttle_messages;
+        if q.connections > 0 && limits::token_wait(throttle, now_unix_us()).is_some() {
+            return;
+        }
         let server_max = self.env.config.get().server_max_outbound_connections();
         let Some(slot) = limits::ServerSlot::take(server_max) else {
             return self.stall(id, now);
