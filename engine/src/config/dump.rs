@@ -248,6 +248,15 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
         w.line(0, "");
         w.domains(0, settings.domains.values());
     }
+    for host in settings.hosts.values() {
+        w.line(0, "");
+        w.open(0, "host", Some(&host.name));
+        if let Some(n) = host.max_outbound_connections {
+            let entry = ("max_outbound_connections", Typed::Integer(u64::from(n)));
+            w.options(1, &[entry]);
+        }
+        w.close(0);
+    }
     w.out
 }
 

@@ -137,10 +137,12 @@ pub enum Scope {
     ControlListen,
     EcLogger,
     Security,
+    /// `host "mx.example" { }`: an MX host (or gateway) by name or address.
+    Host,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 11] = [
         Scope::Global,
         Scope::BindingGroup,
         Scope::Binding,
@@ -151,6 +153,7 @@ impl Scope {
         Scope::ControlListen,
         Scope::EcLogger,
         Scope::Security,
+        Scope::Host,
     ];
 
     pub fn name(self) -> &'static str {
@@ -165,6 +168,7 @@ impl Scope {
             Scope::ControlListen => "Control_Listener Listen",
             Scope::EcLogger => "ec_logger",
             Scope::Security => "Security",
+            Scope::Host => "host",
         }
     }
 

@@ -320,6 +320,18 @@ impl Config {
 
     /// `nameservers`: the DNS servers delivery asks, in order; empty means
     /// the system's (/etc/resolv.conf).
+    /// `max_outbound_connections` of a `host` scope named `host` (an MX
+    /// host or gateway name, or an address as text): open connections per
+    /// address of that host, over every domain and shard. `None`:
+    /// unlimited (no such scope, or it does not set the option).
+    pub fn host_max_outbound_connections(&self, host: &str) -> Option<u32> {
+        if self.settings.hosts.is_empty() {
+            return None;
+        }
+        let key = host.trim_end_matches('.').to_ascii_lowercase();
+        self.settings.hosts.get(&key)?.max_outbound_connections
+    }
+
     /// Cap on open outbound connections over every shard.
     pub fn server_max_outbound_connections(&self) -> u32 {
         self.settings.global.server_max_outbound_connections
@@ -888,6 +900,46 @@ domain "example.com" {
             !config
                 .delivery(DEFAULT_BINDING, "quiet.example")
                 .generate_bounces
+        );
+    }
+
+    #[test]
+    fn a_host_scope_limits_connections_per_address_and_dumps_back() {
+        let config = parse(
+            r#"
+            host "MX1.Example.net" { max_outbound_connections = 4 }
+            host "192.0.2.7" { max_outbound_connections = 1 }
+            host "mx2.example.net" { }
+            "#,
+        );
+        assert_eq!(
+            config.host_max_outbound_connections("mx1.example.net"),
+            Some(4)
+        );
+        assert_eq!(
+            config.host_max_outbound_connections("mx1.example.net."),
+            Some(4)
+        );
+        assert_eq!(config.host_max_outbound_connections("192.0.2.7"), Some(1));
+        assert_eq!(
+            config.host_max_outbound_connections("mx2.example.net"),
+            None,
+            "unset: unlimited"
+        );
+        assert_eq!(config.host_max_outbound_connections("other.example"), None);
+        let again = parse(&config.dump());
+        assert_eq!(
+            again.host_max_outbound_connections("mx1.example.net"),
+            Some(4)
+        );
+        assert_eq!(
+            error("host h { retry_interval = 5 }"),
+            "test.conf:1: option `retry_interval` is not valid in host scope (valid in: global, \
+             binding_group, binding, domain)"
+        );
+        assert_eq!(
+            error("domain d { host h { } }"),
+            "test.conf:1: host scope is not allowed inside domain scope"
         );
     }
 

@@ -42,6 +42,16 @@ pub(super) struct DomainScope {
     pub(super) overrides: DeliveryOverrides,
 }
 
+/// A `host "name" { }` scope: an MX host (or gateway) by name or address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HostScope {
+    /// The name as first written; the map key is its lowercase form.
+    pub(super) name: String,
+    /// Open connections per address of the host, over every domain and
+    /// shard; unset = unlimited (Momentum's -1).
+    pub(super) max_outbound_connections: Option<u32>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct GroupScope {
     pub(super) overrides: DeliveryOverrides,
@@ -94,6 +104,8 @@ pub(super) struct Settings {
     pub(super) groups: BTreeMap<String, GroupScope>,
     /// Always holds `DEFAULT_BINDING`.
     pub(super) bindings: BTreeMap<String, BindingScope>,
+    /// Global `host` scopes, keyed by lowercase name.
+    pub(super) hosts: BTreeMap<String, HostScope>,
 }
 
 impl Settings {
@@ -262,14 +274,22 @@ pub(super) fn parse_bool(text: &str) -> Option<bool> {
 enum Place {
     Global,
     Group(String),
-    Binding { binding: String, nested: bool },
-    Domain { at: DomainAt, key: String },
+    Binding {
+        binding: String,
+        nested: bool,
+    },
+    Domain {
+        at: DomainAt,
+        key: String,
+    },
     EsmtpListener,
     EsmtpListen(usize),
     ControlListener,
     ControlListen(usize),
     EcLogger,
     Security,
+    /// A global `host` scope; the key is the lowercase name.
+    Host(String),
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +315,7 @@ impl Place {
             Place::ControlListen(_) => Scope::ControlListen,
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
+            Place::Host(_) => Scope::Host,
         }
     }
 }
@@ -341,6 +362,8 @@ struct Builder<'t> {
     bindings: BTreeMap<String, BindingScope>,
     /// In reading order.
     unheeded: Vec<Unheeded>,
+    /// Global `host` scopes, keyed by lowercase name.
+    hosts: BTreeMap<String, HostScope>,
     /// Throttle settings read so far: the next one's bucket.
     throttles: u32,
 }
@@ -370,6 +393,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         groups: BTreeMap::new(),
         bindings: BTreeMap::new(),
         unheeded: Vec::new(),
+        hosts: BTreeMap::new(),
         throttles: 0,
     };
     builder
@@ -423,6 +447,7 @@ impl Builder<'_> {
             (Place::Global, Keyword::ControlListener) => Scope::ControlListener,
             (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
             (Place::Global, Keyword::Security) => Scope::Security,
+            (Place::Global, Keyword::Host) => Scope::Host,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
             _ => return Err(not_allowed()),
@@ -432,6 +457,7 @@ impl Builder<'_> {
             Scope::BindingGroup
                 | Scope::Binding
                 | Scope::Domain
+                | Scope::Host
                 | Scope::EsmtpListen
                 | Scope::ControlListen
         );
@@ -466,6 +492,9 @@ impl Builder<'_> {
                 return Err(bad_name(
                     "names may not be empty or contain spaces or colons",
                 ));
+            }
+            Scope::Host if name.is_empty() || name.chars().any(char::is_whitespace) => {
+                return Err(bad_name("host names may not be empty or contain spaces"));
             }
             Scope::Domain => {
                 if name.is_empty() || name.chars().any(char::is_whitespace) {
@@ -515,6 +544,14 @@ impl Builder<'_> {
                     overrides: DeliveryOverrides::default(),
                 });
                 Place::Domain { at, key }
+            }
+            Scope::Host => {
+                let key = name.to_ascii_lowercase();
+                self.hosts.entry(key.clone()).or_insert_with(|| HostScope {
+                    name: name.to_string(),
+                    max_outbound_connections: None,
+                });
+                Place::Host(key)
             }
             Scope::EsmtpListener => Place::EsmtpListener,
             Scope::EsmtpListen => {
@@ -693,6 +730,14 @@ impl Builder<'_> {
                 logger.1.set(key, typed)
             }
             Place::Security => self.security.as_mut().expect("entered").set(key, typed),
+            Place::Host(host) => match (key, typed) {
+                ("max_outbound_connections", Typed::Integer(n)) => {
+                    let scope = self.hosts.get_mut(host).expect("entered");
+                    scope.max_outbound_connections = Some(narrow_u32(n));
+                    Ok(())
+                }
+                (_, typed) => Err(typed),
+            },
         };
         // The option table said this scope takes this option; a setter that
         // does not is a bug in this file.
@@ -851,6 +896,7 @@ impl Builder<'_> {
             domains: self.domains,
             groups: self.groups,
             bindings: self.bindings,
+            hosts: self.hosts,
         };
         Built {
             settings,
@@ -1072,6 +1118,7 @@ mod tests {
                     Scope::ControlListen => format!("Control_Listener {{ Listen s {{ {line} }} }}"),
                     Scope::EcLogger => format!("ec_logger {{ {line} }}"),
                     Scope::Security => format!("Security {{ {line} }}"),
+                    Scope::Host => format!("host mx.example {{ {line} }}"),
                 };
                 let tree = super::super::parse::parse_tree(&text, "t".as_ref()).unwrap();
                 if let Err(error) = build(&tree) {

@@ -142,6 +142,14 @@ pub(super) const OUTBOUND: ScopeSet = ScopeSet::of(&[
     Scope::Binding,
     Scope::Domain,
 ]);
+/// `max_outbound_connections`: the outbound scopes, and `host` (per address).
+pub(super) const OUTBOUND_AND_HOST: ScopeSet = ScopeSet::of(&[
+    Scope::Global,
+    Scope::BindingGroup,
+    Scope::Binding,
+    Scope::Domain,
+    Scope::Host,
+]);
 pub(super) const BINDING_LEVEL: ScopeSet =
     ScopeSet::of(&[Scope::Global, Scope::BindingGroup, Scope::Binding]);
 /// Momentum's `host_failure_retry` scopes.
@@ -458,7 +466,9 @@ option_family! {
         /// Send a DSN to the return path when a recipient fails for good.
         generate_bounces: bool = "generate_bounces" in OUTBOUND, Kind::Bool, default true;
         /// Concurrent connections per domain.
-        max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND,
+        /// (In a `host` scope: per address of that host, every domain
+        /// together; see `Config::host_max_outbound_connections`.)
+        max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND_AND_HOST,
             integer(1, OUTBOUND_CONNECTIONS_MAX),
             default MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32;
         /// RCPTs per outbound transaction.

@@ -16,6 +16,9 @@
 //! end the session and mark the address down too;
 //! after `max_deliveries_per_connection` delivered messages the session
 //! ends with QUIT and the queue opens a fresh connection for the rest.
+//! An address at its `host` scope's `max_outbound_connections` is passed
+//! over for the next; when no target could be tried for that reason, the
+//! queue waits [`HOST_BUSY_WAIT_MS`] with nothing settled (no T line).
 //!
 //! Owns: the read buffer and the reused body buffers of a connection, the
 //! per-stage timeouts. May call: `route`, `connect`, `pool`, `limits`, `settle`, the
@@ -47,6 +50,9 @@ pub const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// 4xx: a storm from the receiver, not a message's problem. The session
 /// ends and the address is remembered as down (`host_failure_retry`).
 pub const TRANSIENT_STORM_TRANSACTIONS: u32 = 10;
+/// How long a queue whose every target host is at its `host` scope's
+/// `max_outbound_connections` waits before it tries again.
+pub const HOST_BUSY_WAIT_MS: u64 = 100;
 
 /// Runs one connection for queue `id` until its queue is empty (after
 /// `idle_timeout`), the server closes it, or the shard stops. A queue
@@ -89,8 +95,20 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     // The next address, then the next host, while a connection fails or
     // the host refuses us before the session is ready (RFC 5321 5.1).
     let mut last = (String::new(), Stage::NotConnected, String::new());
+    let mut busy = false;
     for target in &targets {
         let remote_ip = target.address.to_string();
+        let host_limit = config
+            .host_max_outbound_connections(&target.host)
+            .or_else(|| config.host_max_outbound_connections(&remote_ip));
+        let _host_slot = match host_limit.map(|n| limits::HostSlot::take(target.address, n)) {
+            Some(None) => {
+                busy = true;
+                continue;
+            }
+            Some(slot) => slot,
+            None => None,
+        };
         if let Some(until) = limits::host_down_until(target.address, now_unix_ms()) {
             let reply = host_down_reply(target, until);
             last = (reply, Stage::NotConnected, remote_ip);
@@ -137,6 +155,10 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
         if out.env.is_stopping() {
             break;
         }
+    }
+    if busy {
+        // Not the messages' failure, nor the destination's: wait.
+        return out.stall(id, now_unix_ms() + HOST_BUSY_WAIT_MS);
     }
     let (reply, stage, remote_ip) = last;
     settle::sweep(out, id, &options, &reply, stage, &remote_ip);

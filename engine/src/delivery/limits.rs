@@ -13,6 +13,11 @@
 //!   algorithm ([`gcra`], pure) in one `AtomicU64` ([`take_token`]).
 //!   Exact: one CAS per message or connection, and only where a throttle
 //!   is set.
+//! - `max_outbound_connections` of a `host` scope: open connections per
+//!   address of that host, every domain and shard together
+//!   ([`HostSlot`]): 65,536 counters indexed by a hash of the address.
+//!   Two limited addresses that share a counter share its count, so the
+//!   limit can only bite early, never late (as inbound's per-IP limit).
 //! - Host-level failure memory (`host_failure_retry`): a host whose
 //!   address refused or timed out a connection, or answered 421 before the
 //!   session was ready, is skipped by every domain's connections until the
@@ -22,7 +27,7 @@
 //!   addresses that share a slot overwrite each other's memory: the one
 //!   forgotten is tried early (as with no memory), never skipped wrongly.
 //!
-//! Owns: the three tables and their pure decisions. May call: `config`
+//! Owns: the four tables and their pure decisions. May call: `config`
 //! (types). Never: I/O, clocks (callers pass the time), queues.
 
 use std::net::IpAddr;
@@ -157,6 +162,34 @@ pub fn down_until(word: u64, tag: u32, now_unix_ms: u64) -> Option<u64> {
     let until_ms = (word & DOWN_TIME_MASK) + DOWN_EPOCH_UNIX_MS;
     let same = (word >> DOWN_TIME_BITS) as u32 == tag;
     (word != 0 && same && until_ms > now_unix_ms).then_some(until_ms)
+}
+
+/// Open connections per address of a limited host (by slot).
+static HOST_CONNECTIONS: [AtomicU32; HOST_SLOTS] = [const { AtomicU32::new(0) }; HOST_SLOTS];
+
+/// One open connection's place under its host's
+/// `max_outbound_connections`; gives it back on drop.
+#[derive(Debug)]
+pub struct HostSlot {
+    slot: usize,
+}
+
+impl HostSlot {
+    /// A place for a connection to `ip`, or `None` when `limit` are open.
+    pub fn take(ip: IpAddr, limit: u32) -> Option<HostSlot> {
+        let (slot, _) = host_slot(ip);
+        HOST_CONNECTIONS[slot]
+            .fetch_update(AcqRel, Acquire, |open| (open < limit).then_some(open + 1))
+            .ok()
+            .map(|_| HostSlot { slot })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let before = HOST_CONNECTIONS[self.slot].fetch_sub(1, AcqRel);
+        assert!(before > 0, "a host slot is given back once");
+    }
 }
 
 /// Remembers that `ip` failed: every domain's connections skip it until
@@ -300,6 +333,25 @@ mod tests {
         drop(a);
         let c = ServerSlot::take(open + 2).expect("a closed connection gives its slot back");
         drop((b, c));
+    }
+
+    #[test]
+    fn host_slots_cap_connections_per_address_and_come_back_on_drop() {
+        let ip: IpAddr = "192.0.2.211".parse().unwrap();
+        let other: IpAddr = "192.0.2.212".parse().unwrap();
+        assert_ne!(
+            host_slot(ip).0,
+            host_slot(other).0,
+            "the test needs two slots"
+        );
+        let a = HostSlot::take(ip, 2).expect("first");
+        let b = HostSlot::take(ip, 2).expect("second");
+        assert!(HostSlot::take(ip, 2).is_none(), "third is over the limit");
+        let c = HostSlot::take(other, 2).expect("another address counts apart");
+        drop(a);
+        let d = HostSlot::take(ip, 2).expect("a closed connection gives its place back");
+        drop((b, c, d));
+        assert_eq!(HOST_CONNECTIONS[host_slot(ip).0].load(Acquire), 0);
     }
 
     #[test]

@@ -159,6 +159,9 @@ impl Outbound {
         if self.env.is_stopping() || !pool::may_open(q, self.env.count, now) {
             return;
         }
+        if self.is_stalled(id) {
+            return;
+        }
         // A throttled queue whose connections wait for a token gains
         // nothing from another one until tokens are free when work comes.
         let throttle = &q.options.outbound_throttle_messages;
@@ -217,6 +220,11 @@ impl Outbound {
             Some((_, at)) => *at = (*at).min(at_unix_ms),
             None => stalled.push((id, at_unix_ms)),
         }
+    }
+
+    /// Whether queue `id` waits for a shared limit (until the tick kicks it).
+    fn is_stalled(&self, id: QueueId) -> bool {
+        self.stalled.borrow().iter().any(|(of, _)| *of == id)
     }
 
     /// Kicks the stalled queues whose time has come.

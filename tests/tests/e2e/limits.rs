@@ -285,3 +285,43 @@ fn limits_a_dead_host_is_skipped_by_every_domain_then_retried() {
     let sink = ecelerity_tests::Sink::start(&dir.join("sink"), port);
     sink.wait_for_messages(2, ARRIVAL_TIMEOUT);
 }
+
+/// Goal: `max_outbound_connections` in a `host` scope caps the connections
+/// to that host's address over every domain (and the shards their queues
+/// live on), and a queue that finds the host full waits without a T line.
+/// Method: two domains (two queues, 32 connections each allowed) share
+/// the one gateway host, limited to 2; the sink takes 300 ms per DATA;
+/// 30 messages each to both domains. The sink never sees a third
+/// connection, sees two, and the mainlog has a D for all 60 and no T.
+#[test]
+fn limits_a_host_scope_caps_connections_over_every_domain() {
+    let dir = TempDir::new("limits-host");
+    let sink = LimitsSink::start(&dir.join("sink"), 300);
+    let daemon = start_daemon(
+        &dir,
+        sink.port,
+        "host \"127.0.0.1\" { max_outbound_connections = 2 }\n",
+    );
+    send(
+        daemon.smtp_port(),
+        30,
+        6,
+        "one@first.test,two@second.test",
+        "host",
+    );
+    sink.wait_for_messages(60, ARRIVAL_TIMEOUT);
+    let peak = sink
+        .events()
+        .iter()
+        .filter_map(|e| e.open_now)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(peak, 2, "the most connections open at once to the host");
+    let lines = daemon.wait_for_kind("D", 60, ARRIVAL_TIMEOUT);
+    let kinds = ecelerity_tests::count_kinds(&lines);
+    assert_eq!(
+        kinds.get("T"),
+        None,
+        "waiting for the host is no failure: {kinds:?}"
+    );
+}
