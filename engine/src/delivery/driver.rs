@@ -26,7 +26,7 @@
 //! reader, `smtp::downgrade`. Never: protocol decisions (the client
 //! session and `downgrade` make them).
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -118,7 +118,9 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             Some(slot) => slot,
             None => None,
         };
-        if let Some(until) = limits::host_down_until(target.address, now_unix_ms()) {
+        if let Some(until) =
+            limits::host_down_until(SocketAddr::new(target.address, target.port), now_unix_ms())
+        {
             let reply = host_down_reply(target, until);
             last = (reply, Stage::NotConnected, remote_ip);
             continue;
@@ -128,7 +130,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             Err(failure) => {
                 tracing::debug!("{domain}: {}", failure.reply);
                 if failure.host_at_fault {
-                    mark_down(target.address, &options);
+                    mark_down(SocketAddr::new(target.address, target.port), &options);
                 }
                 last = (failure.reply, Stage::NotConnected, remote_ip);
                 continue;
@@ -139,7 +141,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             queue: id,
             options: &options,
             remote_ip: &remote_ip,
-            address: target.address,
+            server: SocketAddr::new(target.address, target.port),
             delivered_messages: 0,
             transient_in_a_row: 0,
             stream,
@@ -158,7 +160,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             Ended::NotReady { reply, stage } => {
                 // 421: the host will not serve us now, whatever the domain.
                 if reply.starts_with("421") {
-                    mark_down(target.address, &options);
+                    mark_down(SocketAddr::new(target.address, target.port), &options);
                 }
                 last = (reply, stage, remote_ip)
             }
@@ -176,9 +178,9 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
 }
 
 /// Remembers `address` as down for `host_failure_retry`, for every domain.
-fn mark_down(address: IpAddr, options: &DeliveryOptions) {
+fn mark_down(server: SocketAddr, options: &DeliveryOptions) {
     let retry_ms = options.host_failure_retry.as_millis() as u64;
-    limits::mark_host_down(address, now_unix_ms().saturating_add(retry_ms));
+    limits::mark_host_down(server, now_unix_ms().saturating_add(retry_ms));
 }
 
 /// Why a target remembered as down was not tried.
@@ -205,8 +207,8 @@ struct Connection<'a, S: Transport> {
     queue: QueueId,
     options: &'a Rc<DeliveryOptions>,
     remote_ip: &'a str,
-    /// The address connected to (for the host memory).
-    address: IpAddr,
+    /// The server connected to (for the host memory).
+    server: SocketAddr,
     /// Transactions of this connection with at least one recipient
     /// accepted; at `max_deliveries_per_connection` the session ends.
     delivered_messages: u32,
@@ -268,7 +270,7 @@ impl<S: Transport> Connection<'_, S> {
                 }
                 ClientAction::Ready if !self.greeted => {
                     self.greeted = true;
-                    limits::host_up(self.address);
+                    limits::host_up(self.server);
                     if let Some(q) = self.out.queues.borrow_mut().get_mut(self.queue) {
                         pool::greeted(q);
                     }
@@ -276,7 +278,7 @@ impl<S: Transport> Connection<'_, S> {
                 ClientAction::Ready if self.deliveries_used_up() => self.client.quit(),
                 ClientAction::Ready if self.transient_in_a_row >= TRANSIENT_STORM_TRANSACTIONS => {
                     tracing::debug!("{}: a storm of 4xx replies, backing off", self.remote_ip);
-                    mark_down(self.address, self.options);
+                    mark_down(self.server, self.options);
                     self.client.quit();
                 }
                 ClientAction::Ready => match self.next_entry().await {

@@ -18,8 +18,9 @@
 //!   ([`HostSlot`]): 65,536 counters indexed by a hash of the address.
 //!   Two limited addresses that share a counter share its count, so the
 //!   limit can only bite early, never late (as inbound's per-IP limit).
-//! - Host-level failure memory (`host_failure_retry`): a host whose
-//!   address refused or timed out a connection, or answered 421 before the
+//! - Host-level failure memory (`host_failure_retry`): a server (address
+//!   and port: a gateway on another port of the same host is another
+//!   server) that refused or timed out a connection, or answered 421 before the
 //!   session was ready, is skipped by every domain's connections until the
 //!   time [`mark_host_down`] gave, then tried again. A table of 65,536
 //!   words indexed by a hash of the address, each word the address's
@@ -30,7 +31,7 @@
 //! Owns: the four tables and their pure decisions. May call: `config`
 //! (types). Never: I/O, clocks (callers pass the time), queues.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -115,6 +116,9 @@ const _: () = assert!(HOST_SLOTS.is_power_of_two());
 /// Per slot: `pack_down(tag, until)`, 0 when empty.
 static HOSTS_DOWN: [AtomicU64; HOST_SLOTS] = [const { AtomicU64::new(0) }; HOST_SLOTS];
 
+/// FNV-1a's multiplier.
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
 /// FNV-1a of the address bytes (IPv4 as mapped IPv6).
 fn address_hash(ip: IpAddr) -> u64 {
     let octets = match ip {
@@ -124,7 +128,7 @@ fn address_hash(ip: IpAddr) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in octets {
         hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        hash = hash.wrapping_mul(FNV_PRIME);
     }
     hash
 }
@@ -192,23 +196,35 @@ impl Drop for HostSlot {
     }
 }
 
-/// Remembers that `ip` failed: every domain's connections skip it until
-/// `until_unix_ms`.
-pub fn mark_host_down(ip: IpAddr, until_unix_ms: u64) {
-    let (slot, tag) = host_slot(ip);
+/// The memory's slot and tag of a server: its address and port, so a
+/// dead gateway on one port of a host never hides a live one on another.
+fn down_slot(server: SocketAddr) -> (usize, u32) {
+    let hash = address_hash(server.ip()) ^ u64::from(server.port()).wrapping_mul(FNV_PRIME);
+    let hash = hash.wrapping_mul(FNV_PRIME);
+    (
+        (hash as usize) & (HOST_SLOTS - 1),
+        (hash >> DOWN_TIME_BITS) as u32,
+    )
+}
+
+/// Remembers that `server` failed: every domain's connections skip it
+/// until `until_unix_ms`.
+pub fn mark_host_down(server: SocketAddr, until_unix_ms: u64) {
+    let (slot, tag) = down_slot(server);
     HOSTS_DOWN[slot].store(pack_down(tag, until_unix_ms), Release);
 }
 
-/// When `ip` is tried again, if it is remembered as down at `now_unix_ms`.
-pub fn host_down_until(ip: IpAddr, now_unix_ms: u64) -> Option<u64> {
-    let (slot, tag) = host_slot(ip);
+/// When `server` is tried again, if it is remembered as down at
+/// `now_unix_ms`.
+pub fn host_down_until(server: SocketAddr, now_unix_ms: u64) -> Option<u64> {
+    let (slot, tag) = down_slot(server);
     down_until(HOSTS_DOWN[slot].load(Acquire), tag, now_unix_ms)
 }
 
-/// `ip` greeted us: forget that it was down (unless its slot now holds
-/// another address).
-pub fn host_up(ip: IpAddr) {
-    let (slot, tag) = host_slot(ip);
+/// `server` greeted us: forget that it was down (unless its slot now
+/// holds another server).
+pub fn host_up(server: SocketAddr) {
+    let (slot, tag) = down_slot(server);
     let word = HOSTS_DOWN[slot].load(Acquire);
     if word != 0 && (word >> DOWN_TIME_BITS) as u32 == tag {
         let _ = HOSTS_DOWN[slot].compare_exchange(word, 0, AcqRel, Acquire);
@@ -375,14 +391,16 @@ mod tests {
     #[test]
     fn a_dead_host_is_skipped_for_every_domain_until_its_time_or_a_greeting() {
         // Addresses from the documentation range no other test uses.
-        let dead: IpAddr = "192.0.2.201".parse().unwrap();
-        let alive: IpAddr = "192.0.2.202".parse().unwrap();
+        let dead: SocketAddr = "192.0.2.201:25".parse().unwrap();
+        let alive: SocketAddr = "192.0.2.202:25".parse().unwrap();
+        let other_port: SocketAddr = "192.0.2.201:2525".parse().unwrap();
         let now = 1_800_000_000_000u64;
         mark_host_down(dead, now + 120_000);
         assert_eq!(host_down_until(dead, now), Some(now + 120_000));
         assert_eq!(host_down_until(dead, now + 119_999), Some(now + 120_000));
         assert_eq!(host_down_until(dead, now + 120_000), None, "retried then");
         assert_eq!(host_down_until(alive, now), None);
+        assert_eq!(host_down_until(other_port, now), None, "a port of its own");
         host_up(dead);
         assert_eq!(host_down_until(dead, now), None, "a greeting clears it");
     }
