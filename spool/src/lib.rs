@@ -52,7 +52,10 @@ use std::io;
 
 pub use reader::BodyReader;
 pub use record::{DecodeError, Record, RECORD_BYTES_MAX};
-pub use spool::Spool;
+pub use spool::compact::{
+    relocated, COMPACTION_BYTES_PER_SECOND_DEFAULT, COMPACTION_LIVE_PERCENT_DEFAULT,
+};
+pub use spool::{CompactReport, CompactionOptions, Spool};
 pub use storage::{GlommioStorage, Storage};
 
 /// Default size of a segment file.
