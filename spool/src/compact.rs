@@ -312,36 +312,37 @@ impl<S: Storage> super::Writer<S> {
             report.disk_full = true;
             return Ok(report);
         }
-        // Segments made during this step (full of the copies it wrote) are
-        // not compacted by it again.
-        let Some(newest_at_start) = self.index.newest_segment() else {
+        // The segment the copies go to and those made during this step
+        // (full of them) are not compacted by it.
+        let Some(newest) = self.index.newest_segment() else {
             return Ok(report);
         };
+        let first_new = self.journal.current_segment().unwrap_or(newest + 1);
         let segment_bytes = self.shared.borrow().options.segment_bytes;
         let live_bytes_max = segment_bytes * live_percent_max as u64 / 100;
         let record_bytes_max = self.shared.borrow().record_bytes_max;
         while report.bytes_copied < budget_bytes {
-            if self.compactor.target.is_none()
-                && !self.choose_target(live_bytes_max, newest_at_start)
-            {
+            if self.compactor.target.is_none() && !self.choose_target(live_bytes_max, first_new) {
                 break;
             }
             let budget_left = budget_bytes - report.bytes_copied;
+            // One message at least per step, however large.
+            let over_budget_ok = report.messages_moved == 0;
             let moves = self
-                .next_moves(budget_left, record_bytes_max, &mut report)
+                .next_moves(budget_left, over_budget_ok, record_bytes_max, &mut report)
                 .await?;
-            if moves.is_empty() {
-                self.finish_target(&mut report);
-                continue;
+            match moves {
+                None => self.finish_target(&mut report),
+                Some(moves) if moves.is_empty() => break,
+                Some(moves) => self.write_moves(moves, &mut report).await?,
             }
-            self.write_moves(moves, &mut report).await?;
         }
         self.collect_garbage().await;
         Ok(report)
     }
 
     /// Picks the oldest segment worth compacting. False when there is none.
-    fn choose_target(&mut self, live_bytes_max: u64, newest: u64) -> bool {
+    fn choose_target(&mut self, live_bytes_max: u64, first_new: u64) -> bool {
         let current = self.journal.current_segment();
         let compactor = &mut self.compactor;
         compactor
@@ -351,7 +352,7 @@ impl<S: Storage> super::Writer<S> {
         let candidate = self
             .index
             .compaction_candidate(current, live_bytes_max, |segment| {
-                segment > newest || stuck.contains(&segment)
+                segment >= first_new || stuck.contains(&segment)
             });
         let Some(segment) = candidate else {
             return false;
@@ -375,18 +376,23 @@ impl<S: Storage> super::Writer<S> {
     }
 
     /// Reads and encodes the next messages of the target, up to
-    /// `budget_left` bytes (one at least).
+    /// `budget_left` bytes (the first one beyond it when
+    /// `over_budget_ok`). None once the target has no message left.
     async fn next_moves(
         &mut self,
         budget_left: u64,
+        over_budget_ok: bool,
         record_bytes_max: u64,
         report: &mut CompactReport,
-    ) -> Result<Vec<Move>, SpoolError> {
+    ) -> Result<Option<Vec<Move>>, SpoolError> {
         let mut moves: Vec<Move> = Vec::new();
         let mut bytes = 0u64;
         loop {
             let target = self.compactor.target.as_mut().expect("a target");
             let Some(&id) = target.ids.front() else {
+                if moves.is_empty() {
+                    return Ok(None);
+                }
                 break;
             };
             if !self.index.pins(id, target.segment) {
@@ -425,7 +431,7 @@ impl<S: Storage> super::Writer<S> {
                 continue;
             };
             let len = built.record.len() as u64;
-            if !moves.is_empty() && bytes + len > budget_left {
+            if (!moves.is_empty() || !over_budget_ok) && bytes + len > budget_left {
                 break;
             }
             target.ids.pop_front();
@@ -435,7 +441,7 @@ impl<S: Storage> super::Writer<S> {
                 break;
             }
         }
-        Ok(moves)
+        Ok(Some(moves))
     }
 
     /// The bytes of each of `spans`.
