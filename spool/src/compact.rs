@@ -330,11 +330,23 @@ impl<S: Storage> super::Writer<S> {
             let over_budget_ok = report.messages_moved == 0;
             let moves = self
                 .next_moves(budget_left, over_budget_ok, record_bytes_max, &mut report)
-                .await?;
-            match moves {
-                None => self.finish_target(&mut report),
-                Some(moves) if moves.is_empty() => break,
-                Some(moves) => self.write_moves(moves, &mut report).await?,
+                .await;
+            let result = match moves {
+                Ok(None) => {
+                    self.finish_target(&mut report);
+                    Ok(())
+                }
+                Ok(Some(moves)) if moves.is_empty() => break,
+                Ok(Some(moves)) => self.write_moves(moves, &mut report).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                // What was moved is durable and reported; the failure
+                // recurs (or not) at the next step.
+                if report.messages_moved == 0 {
+                    return Err(err);
+                }
+                break;
             }
         }
         self.collect_garbage().await;
