@@ -18,8 +18,10 @@
 //! Modules: `record` (pure codec), `journal` (pure write-position, reserve
 //! and live-set bookkeeping), `recovery` (pure over `Storage` reads),
 //! `storage` (the only I/O, behind traits a simulated disk can implement),
-//! `spool` (handle, group-commit writer task, GC task), `reader` (body
-//! reads through io_uring, on any shard).
+//! `spool` (handle, group-commit writer task, GC task), `compact` (moves
+//! the live messages of sparse old segments forward, paced, so the spool's
+//! size follows its live data), `reader` (body reads through io_uring, on
+//! any shard).
 //!
 //! File access choice: glommio `BufferedFile` (io_uring `write` into the
 //! page cache, then `fdatasync`), segments reserved with
