@@ -450,8 +450,13 @@ impl LiveIndex {
             message_segments = old.message_segments;
             message_segments.retain(|s| self.segments.contains_key(s));
         }
-        assert!(message_segments.iter().all(|&s| s < segment));
-        message_segments.push(segment);
+        // Records are read and written in segment order, so every earlier
+        // copy sits in this segment or an older one (two copies in one
+        // segment only where the pieces of failed writes landed).
+        assert!(message_segments.iter().all(|&s| s <= segment));
+        if message_segments.last() != Some(&segment) {
+            message_segments.push(segment);
+        }
         self.pin(segment);
         self.live.insert(
             id,
