@@ -81,6 +81,16 @@ pub const BACKLOG_ENTRIES_MAX: u64 = 100_000_000;
 /// (Postfix's `in_flow_delay`, 1 s by default).
 pub const IN_FLOW_DELAY_MS_DEFAULT: u64 = 1_000;
 pub const IN_FLOW_DELAY_MS_MAX: u64 = 60_000;
+/// `spool_compaction_bytes_per_second`: the pace of spool compaction on
+/// each shard (bytes of live messages copied forward per second); 0 turns
+/// it off.
+pub const SPOOL_COMPACTION_BYTES_PER_SECOND_DEFAULT: u64 =
+    ecelerity_spool::COMPACTION_BYTES_PER_SECOND_DEFAULT;
+pub const SPOOL_COMPACTION_BYTES_PER_SECOND_MAX: u64 = 1024 * 1024 * 1024;
+/// `spool_compaction_live_percent`: a sealed spool segment whose live
+/// messages take at most this share of a segment is compacted.
+pub const SPOOL_COMPACTION_LIVE_PERCENT_DEFAULT: u64 =
+    ecelerity_spool::COMPACTION_LIVE_PERCENT_DEFAULT as u64;
 /// `max_inbound_connections_per_ip`: open connections from one client
 /// address (peers in `relay_hosts` are exempt); 0 = unlimited. Postfix's
 /// `smtpd_client_connection_count_limit` is 50 too.
@@ -317,6 +327,16 @@ impl Config {
             g.backlog_refuse_entries,
             g.in_flow_delay_ms,
         )
+    }
+
+    /// `spool_compaction_bytes_per_second` and
+    /// `spool_compaction_live_percent`: how each shard compacts its spool.
+    pub fn spool_compaction(&self) -> ecelerity_spool::CompactionOptions {
+        let g = &self.settings.global;
+        ecelerity_spool::CompactionOptions {
+            bytes_per_second: g.spool_compaction_bytes_per_second,
+            live_percent_max: g.spool_compaction_live_percent as u32,
+        }
     }
 
     /// `nameservers`: the DNS servers delivery asks, in order; empty means

@@ -609,6 +609,16 @@ option_family! {
         /// 0 means one per CPU.
         shards: u64 = "shards" in GLOBAL, integer(0, SHARDS_MAX), default 0;
         pidfile: PathBuf = "pidfile" in GLOBAL, Kind::Path, default PIDFILE_DEFAULT.into();
+        /// ecelerity's own: bytes per second each shard's spool compaction
+        /// may copy (0: off).
+        spool_compaction_bytes_per_second: u64 = "spool_compaction_bytes_per_second" in GLOBAL,
+            Kind::Integer { min: 0, max: SPOOL_COMPACTION_BYTES_PER_SECOND_MAX, unit: " bytes/s" },
+            default SPOOL_COMPACTION_BYTES_PER_SECOND_DEFAULT;
+        /// ecelerity's own: the live share (percent of a segment) at or
+        /// below which a sealed spool segment is compacted.
+        spool_compaction_live_percent: u64 = "spool_compaction_live_percent" in GLOBAL,
+            Kind::Integer { min: 0, max: 100, unit: " %" },
+            default SPOOL_COMPACTION_LIVE_PERCENT_DEFAULT;
         server_max_inbound_connections: u32 = "server_max_inbound_connections" in GLOBAL,
             integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
             default SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32;
