@@ -41,6 +41,8 @@ mod raw;
 mod relay;
 #[path = "e2e/retry.rs"]
 mod retry;
+#[path = "e2e/routes.rs"]
+mod routes;
 #[path = "e2e/sighup.rs"]
 mod sighup;
 #[path = "e2e/smuggling.rs"]
