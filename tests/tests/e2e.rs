@@ -17,6 +17,8 @@ mod config;
 mod console;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/delay.rs"]
+mod delay;
 #[path = "e2e/delivery.rs"]
 mod delivery;
 #[path = "e2e/diskfull.rs"]

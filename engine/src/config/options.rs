@@ -463,12 +463,11 @@ option_family! {
         /// message still undelivered `delay_dsn_retry_interval` after it
         /// was received.
         generate_delay_dsn: bool = "generate_delay_dsn" in OUTBOUND, Kind::Bool,
-            default false, not_yet NOT_YET_DELAY_DSN_SERIES;
+            default false;
         /// Age of a still-deferred message at which its delay DSN goes out
         /// (Momentum's first delay DSN; ecelerity sends no later ones).
         delay_dsn_retry_interval: Duration = "delay_dsn_retry_interval" in OUTBOUND, INTERVAL,
-            default Duration::from_secs(DELAY_DSN_RETRY_INTERVAL_SECONDS_DEFAULT),
-            not_yet NOT_YET_DELAY_DSN_SERIES;
+            default Duration::from_secs(DELAY_DSN_RETRY_INTERVAL_SECONDS_DEFAULT);
         /// Momentum's cap on the interval between later delay DSNs.
         delay_dsn_max_retry_interval: Duration = "delay_dsn_max_retry_interval" in OUTBOUND,
             INTERVAL,
