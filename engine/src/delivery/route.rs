@@ -101,11 +101,13 @@ pub fn plan(options: &DeliveryOptions) -> Plan {
 }
 
 /// The name whose MX records item `route` of a `routes` list needs
-/// (`__mx__`: the domain's; a `type=mx` host: its own), or `None`.
+/// (`__mx__`: the domain's; a `type=mx` host: its own), or `None`. An IP
+/// address has no MX records: `type=mx` on one (Momentum's own synopsis
+/// writes `smtp://1.2.3.4?pref=10&ttl=300&type=mx`) means the address.
 pub fn mx_name_of<'a>(route: &'a Route, domain: &'a str) -> Option<&'a str> {
     match route {
         Route::Mx => Some(domain),
-        Route::Host(h) if h.mx_lookup => Some(&h.host),
+        Route::Host(h) if h.mx_lookup && h.host.parse::<IpAddr>().is_err() => Some(&h.host),
         Route::Host(_) => None,
     }
 }
@@ -603,6 +605,9 @@ mod tests {
                 ("mx2.test".to_string(), 2700)
             ]
         );
+        // type=mx on an address is the address (Momentum's synopsis).
+        let text = "routes = ( \"smtp://127.0.0.9?pref=10&ttl=300&type=mx\" )\n";
+        assert_eq!(names(&hosts_of(text, &answer, 0)), ["127.0.0.9"]);
         // A host both listed and an MX is tried once.
         let text = "routes = ( \"mx2.test\" \"__mx__\" )\n";
         assert_eq!(names(&hosts_of(text, &answer, 0)), ["mx2.test", "mx1.test"]);
