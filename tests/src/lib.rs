@@ -473,6 +473,10 @@ pub struct SinkMessage {
     pub mail_from: String,
     pub rcpts: Vec<String>,
     pub path: PathBuf,
+    /// The IP address the message came from (the client's source address).
+    pub peer: String,
+    /// The name the client gave in EHLO (or HELO).
+    pub ehlo: String,
 }
 
 impl SinkMessage {
@@ -643,10 +647,14 @@ impl Sink {
                 let mail_from = parts.next()?.to_string();
                 let rcpts = parts.next()?.split(',').map(str::to_string).collect();
                 let file = parts.next()?;
+                let peer = parts.next().unwrap_or_default().to_string();
+                let ehlo = parts.next().unwrap_or_default().to_string();
                 Some(SinkMessage {
                     mail_from,
                     rcpts,
                     path: self.dir.join(file),
+                    peer,
+                    ehlo,
                 })
             })
             .collect()

@@ -9,6 +9,8 @@ mod common;
 
 #[path = "e2e/backpressure.rs"]
 mod backpressure;
+#[path = "e2e/bindings.rs"]
+mod bindings;
 #[path = "e2e/bounces.rs"]
 mod bounces;
 #[path = "e2e/config.rs"]

@@ -45,6 +45,9 @@ pub const HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
 /// Longest `hostname` or `ehlo_hostname`: a domain name's limit, and what
 /// the SMTP client accepts after EHLO (`smtp::client::EHLO_HOSTNAME_BYTES_MAX`).
 pub const HOST_NAME_BYTES_MAX: usize = 255;
+/// Longest `binding_header` name. RFC 5322 sets no limit but the line's;
+/// a header naming a binding has a short name.
+pub const HEADER_NAME_BYTES_MAX: usize = 64;
 /// `hostname` when `HOSTNAME_PATH` cannot be read or is empty.
 pub const HOSTNAME_FALLBACK: &str = "localhost";
 /// Most shards (`shards`); 0 means one per CPU.
@@ -255,10 +258,8 @@ impl Config {
 
     /// `Err` naming the first setting, in reading order, that is valid
     /// ecelerity.conf but that the engine would ignore today: an option
-    /// marked `not_yet` in the table (`bind_address`),
-    /// or an outbound option in a binding or binding group that no mail is
-    /// sent through (everything goes out through the binding `default`).
-    /// Accepting those would silently do less than the file says.
+    /// marked `not_yet` in the table (none at the moment). Accepting those
+    /// would silently do less than the file says.
     pub fn check_supported(&self) -> Result<(), ConfigError> {
         match &self.unsupported {
             Some(error) => Err(error.clone()),
@@ -774,6 +775,7 @@ domain "example.com" {
                 max_inbound_connections_per_ip: 7,
                 inbound_command_timeout: secs(40),
                 inbound_data_timeout: secs(400),
+                binding_header: None,
             }
         );
         assert_eq!(
@@ -790,6 +792,7 @@ domain "example.com" {
                 max_inbound_connections_per_ip: 0,
                 inbound_command_timeout: secs(30),
                 inbound_data_timeout: secs(400),
+                binding_header: None,
             }
         );
     }
@@ -1176,6 +1179,17 @@ domain "example.com" {
     }
 
     #[test]
+    fn routes_in_a_bindings_domain_apply_to_that_binding_only() {
+        let config =
+            parse("binding \"mta2\" { domain \"example.com\" { routes = \"relay.example\" } }\n");
+        assert!(config.check_supported().is_ok());
+        let routed = config.delivery("mta2", "example.com").routes.unwrap();
+        assert_eq!(routed.len(), 1);
+        assert_eq!(config.delivery("default", "example.com").routes, None);
+        assert_eq!(config.delivery("mta2", "example.org").routes, None);
+    }
+
+    #[test]
     fn error_bad_routes_name_the_item_and_its_line() {
         assert_eq!(
             error("routes = (\n \"__mx__\"\n \"smtp://h?pref=x\" )"),
@@ -1549,90 +1563,114 @@ domain "example.com" {
         );
     }
 
-    /// `check_supported`'s error for `text`, as the daemon would print it.
-    fn unsupported(text: &str) -> String {
-        parse(text).check_supported().unwrap_err().to_string()
-    }
-
     #[test]
-    fn options_the_engine_ignores_are_refused_with_file_and_line() {
-        // Goal: nothing valid in Momentum's language is accepted and then
-        // silently ignored. Method: each kind of setting the engine does not
-        // act on yet, alone in a config; check_supported names it and its
-        // line, and Config::load refuses the same text from a file.
-        assert_eq!(
-            unsupported("shards = 2\n\nbind_address = 192.0.2.1"),
-            "test.conf:3: `bind_address` is not supported yet (outbound connections take the \
-             source address the kernel picks)"
+    fn bindings_and_their_groups_may_set_outbound_options_and_bind_address() {
+        // Goal: now that mail can be assigned to any binding, every scope
+        // of the outbound fallback is honoured, bind_address included.
+        // Method: settings in other bindings, groups and their domains,
+        // once refused as "not supported yet", pass check_supported, a
+        // file holding them loads, and each binding resolves its own
+        // bind_address (the global one is the default binding's and the
+        // fallback of bindings that set none).
+        let ok = [
+            "shards = 2\n\nbind_address = 192.0.2.1",
+            "binding \"tx\" {\n max_retries = none\n}",
+            "binding \"tx\" { domain \"d\" {\n retry_interval = 5 } }",
+            "binding_group \"g\" {\n binding \"b\" { }\n domain d { max_retries = 1 } }",
+            "binding_group \"g\" { binding \"b\" { domain d {\n gateway = x } } }",
+            "binding_group g { binding default { } }\nbinding_group default { max_retries = 4 }",
+            FULL,
+        ];
+        for text in ok {
+            assert_eq!(parse(text).check_supported(), Ok(()), "{text}");
+        }
+        let config = parse(
+            "bind_address = 127.0.0.1\n\
+             binding \"a\" { bind_address = 127.0.0.5 ehlo_hostname = a.example }\n\
+             binding_group \"g\" { bind_address = \"::1\" binding \"b\" { } }\n\
+             binding \"c\" { }",
         );
-        assert_eq!(
-            parse("domain \"d\" {\n  Remote_SMTP_Port = 2525\n}").check_supported(),
-            Ok(()),
-            "remote_smtp_port is supported since MX routing"
-        );
-        let not_sent = "all mail is sent from the binding `default` until bindings can be \
-                        assigned; set it globally, in a domain scope, or in binding \"default\"";
-        assert_eq!(
-            unsupported("binding \"tx\" {\n max_retries = none\n}"),
-            format!("test.conf:2: `max_retries` in binding `tx` is not supported yet ({not_sent})")
-        );
-        assert_eq!(
-            unsupported("binding \"tx\" { domain \"d\" {\n retry_interval = 5 } }"),
-            format!(
-                "test.conf:2: `retry_interval` in binding `tx` is not supported yet ({not_sent})"
-            )
-        );
-        assert_eq!(
-            unsupported(
-                "binding_group \"g\" {\n binding \"b\" { }\n domain d { max_retries = 1 } }"
-            ),
-            format!(
-                "test.conf:3: `max_retries` in binding_group `g` is not supported yet ({not_sent})"
-            )
-        );
-        assert_eq!(
-            unsupported("binding_group \"g\" { binding \"b\" { domain d {\n gateway = x } } }"),
-            format!("test.conf:2: `gateway` in binding `b` is not supported yet ({not_sent})")
-        );
-        // The first one in reading order is named.
-        assert!(unsupported(FULL).starts_with("test.conf:35: `bind_address` "));
+        let source = |b: &str| config.delivery(b, "d.example").bind_address;
+        assert_eq!(source("a"), Some("127.0.0.5".parse().unwrap()));
+        assert_eq!(source("b"), Some("::1".parse().unwrap()), "binding_group");
+        assert_eq!(source("c"), Some("127.0.0.1".parse().unwrap()), "global");
+        assert_eq!(source("default"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(source("nonesuch"), source("default"));
+        assert_eq!(config.delivery("a", "d").ehlo_hostname, "a.example");
+        assert_ne!(config.delivery("c", "d").ehlo_hostname, "a.example");
 
-        let dir = temp_dir("unsupported");
+        let dir = temp_dir("bindings-load");
         let file = dir.join("ecelerity.conf");
-        std::fs::write(&file, "gateway = \"127.0.0.1:25\"\nbind_address = ::1\n").unwrap();
-        let err = Config::load(&file).unwrap_err();
-        assert_eq!((err.file.as_path(), err.line), (file.as_path(), 2));
-        assert!(matches!(err.kind, ConfigErrorKind::NotSupportedYet { .. }));
+        std::fs::write(
+            &file,
+            "gateway = \"127.0.0.1:25\"\nbinding b {\n bind_address = ::1\n}\n",
+        )
+        .unwrap();
+        let loaded = Config::load(&file).unwrap();
+        assert_eq!(
+            loaded.delivery("b", "x").bind_address,
+            Some("::1".parse().unwrap())
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn the_default_binding_and_its_group_may_set_outbound_options() {
-        // Goal: only scopes that no mail goes through are refused. Method:
-        // settings in binding "default", binding_group "default", the group
-        // the default binding is put in (before and after it joins) and
-        // their domains pass; declared but empty other bindings pass too.
-        let ok = [
-            "binding \"default\" { max_retries = 1 domain d { max_retries = 2 } }",
-            "binding_group \"default\" { max_retries = 1 domain d { retry_interval = 9 } }",
-            "binding_group \"g\" { max_outbound_connections = 3\n binding \"default\" { } }",
-            "binding_group \"g\" { max_outbound_connections = 3 }\n\
-             binding_group \"g\" { binding \"default\" { domain d { max_retries = 1 } } }",
-            "binding \"tx\" { }\nbinding_group \"mkt\" { binding \"m1\" { } }",
-        ];
-        for text in ok {
-            let config = parse(text);
-            assert_eq!(config.check_supported(), Ok(()), "{text}");
+    fn bind_address_is_refused_outside_the_binding_scopes() {
+        // Goal: a source address belongs to a binding, not to a domain or a
+        // listener. Method: each wrong place gives file:line and the scopes
+        // it is valid in.
+        let valid_in = "(valid in: global, binding_group, binding)";
+        assert_eq!(
+            error("binding b {\n domain d {\n  bind_address = 10.0.0.1 } }"),
+            format!("test.conf:3: option `bind_address` is not valid in domain scope {valid_in}")
+        );
+        assert_eq!(
+            error("ESMTP_Listener {\n bind_address = 10.0.0.1 }"),
+            format!(
+                "test.conf:2: option `bind_address` is not valid in ESMTP_Listener scope \
+                 {valid_in}"
+            )
+        );
+        assert_eq!(
+            error("binding b { bind_address = 10.0.0.256 }"),
+            "test.conf:1: `bind_address`: `10.0.0.256` is not an IP address"
+        );
+    }
+
+    #[test]
+    fn binding_header_is_a_listener_option_naming_a_header() {
+        // Goal: `binding_header` is off unless a listener sets it, and only
+        // a header name is taken. Method: unset, set on the listener and
+        // overridden per Listen; refused globally, in a binding, and with
+        // a name holding a colon or a space.
+        let config = parse(
+            "ESMTP_Listener {\n binding_header = X-Binding\n Listen \"127.0.0.1:25\" { }\n \
+             Listen \"127.0.0.1:26\" { binding_header = \"X-MTA-Binding\" }\n \
+             }\nESMTP_Listener { Listen \"127.0.0.1:27\" { } }",
+        );
+        let headers: Vec<Option<&str>> = config
+            .esmtp_listeners()
+            .iter()
+            .map(|l| l.binding_header.as_deref())
+            .collect();
+        assert_eq!(
+            headers,
+            [Some("X-Binding"), Some("X-MTA-Binding"), Some("X-Binding")]
+        );
+        let plain = parse("ESMTP_Listener { Listen \"127.0.0.1:25\" { } }");
+        assert_eq!(plain.esmtp_listeners()[0].binding_header, None);
+        assert!(error("binding_header = X-Binding")
+            .starts_with("test.conf:1: option `binding_header` is not valid in global scope"));
+        assert!(error("binding b { binding_header = X-Binding }")
+            .starts_with("test.conf:1: option `binding_header` is not valid in binding scope"));
+        for bad in ["\"X-Binding:\"", "\"X Binding\"", "\"\""] {
+            let text = format!("ESMTP_Listener {{ binding_header = {bad} }}");
+            assert!(
+                error(&text).starts_with("test.conf:1: `binding_header` must be a header name"),
+                "{text}: {}",
+                error(&text)
+            );
         }
-        let config = parse(ok[2]);
-        assert_eq!(config.delivery("default", "x").max_outbound_connections, 3);
-        // Once the default binding lives in `g`, group `default` is unused.
-        assert!(parse(
-            "binding_group g { binding default { } }\n\
-                       binding_group default { max_retries = 4 }"
-        )
-        .check_supported()
-        .is_err());
     }
 
     #[test]

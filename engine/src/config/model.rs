@@ -17,9 +17,8 @@
 //! domain scope stores only what it sets (`DeliveryOverrides`), and
 //! `Settings::delivery` layers them at lookup time.
 //!
-//! Options the engine does not act on yet (a `not_yet` table entry, or an
-//! outbound option in a binding or group no mail is sent through) are valid
-//! language: `build` accepts them so the model stays Momentum's, and
+//! Options the engine does not act on yet (a `not_yet` table entry) are
+//! valid language: `build` accepts them so the model stays Momentum's, and
 //! records the first one for `Config::check_supported`.
 
 use std::borrow::Cow;
@@ -396,26 +395,16 @@ impl Place {
     }
 }
 
-/// An outbound setting the engine would not act on yet, kept until the
-/// whole tree is read: whether a binding group's settings count depends on
-/// where the default binding ends up.
+/// A setting the engine would not act on yet (its table entry says
+/// `not_yet`), kept in reading order.
 #[derive(Debug)]
 struct Unheeded {
     file: FileId,
     line: u32,
     /// As written.
     option: String,
-    why: Why,
-}
-
-#[derive(Debug)]
-enum Why {
-    /// The option's table entry says `not_yet`, with this reason.
-    Option(&'static str),
-    /// Set in this binding group (or one of its domains).
-    Group(String),
-    /// Set in this binding (or one of its domains).
-    Binding(String),
+    /// Why, from the table entry.
+    reason: &'static str,
 }
 
 /// Collects what each scope sets while walking the tree.
@@ -751,7 +740,7 @@ impl Builder<'_> {
         }
         let typed = convert(spec.kind, name, value)
             .map_err(|(l, kind)| self.error(file, l.unwrap_or(line), kind))?;
-        self.note_unheeded(place, spec, file, line, name);
+        self.note_unheeded(spec, file, line, name);
         let key = spec.name;
         let unclaimed = match place {
             Place::Global => self.set_global(key, typed),
@@ -803,70 +792,28 @@ impl Builder<'_> {
         self.global_delivery.set(key, typed)
     }
 
-    /// Remembers a setting at `place` that the engine may not act on.
-    fn note_unheeded(
-        &mut self,
-        place: &Place,
-        spec: &OptionSpec,
-        file: FileId,
-        line: u32,
-        name: &str,
-    ) {
-        let why = match (spec.support, place) {
-            (Support::NotYet(reason), _) => Why::Option(reason),
-            (_, Place::Group(group)) => Why::Group(group.clone()),
-            (
-                _,
-                Place::Domain {
-                    at: DomainAt::Group(group),
-                    ..
-                },
-            ) => Why::Group(group.clone()),
-            (_, Place::Binding { binding, .. }) => Why::Binding(binding.clone()),
-            (
-                _,
-                Place::Domain {
-                    at: DomainAt::Binding(binding) | DomainAt::GroupBinding(binding),
-                    ..
-                },
-            ) => Why::Binding(binding.clone()),
-            _ => return,
-        };
-        self.unheeded.push(Unheeded {
-            file,
-            line,
-            option: name.to_string(),
-            why,
-        });
+    /// Remembers a setting that the engine may not act on.
+    fn note_unheeded(&mut self, spec: &OptionSpec, file: FileId, line: u32, name: &str) {
+        if let Support::NotYet(reason) = spec.support {
+            self.unheeded.push(Unheeded {
+                file,
+                line,
+                option: name.to_string(),
+                reason,
+            });
+        }
     }
 
     /// The first remembered setting the engine does not act on: a `not_yet`
-    /// option anywhere, or an outbound option in a scope that no mail is
-    /// sent through (the engine sends everything from the default binding).
+    /// option anywhere.
     fn first_unsupported(&self) -> Option<ConfigError> {
-        let default_group = &self.bindings[DEFAULT_BINDING].group;
-        self.unheeded.iter().find_map(|u| {
-            let kind = match &u.why {
-                Why::Option(reason) => ConfigErrorKind::NotSupportedYet {
-                    option: u.option.clone(),
-                    scope: String::new(),
-                    reason,
-                },
-                Why::Group(group) if group != default_group => ConfigErrorKind::NotSupportedYet {
-                    option: u.option.clone(),
-                    scope: format!(" in binding_group `{group}`"),
-                    reason: NOT_YET_OTHER_BINDINGS,
-                },
-                Why::Binding(binding) if binding != DEFAULT_BINDING => {
-                    ConfigErrorKind::NotSupportedYet {
-                        option: u.option.clone(),
-                        scope: format!(" in binding `{binding}`"),
-                        reason: NOT_YET_OTHER_BINDINGS,
-                    }
-                }
-                Why::Group(_) | Why::Binding(_) => return None,
+        self.unheeded.first().map(|u| {
+            let kind = ConfigErrorKind::NotSupportedYet {
+                option: u.option.clone(),
+                scope: String::new(),
+                reason: u.reason,
             };
-            Some(self.error(u.file, u.line, kind))
+            self.error(u.file, u.line, kind)
         })
     }
 
@@ -1046,7 +993,7 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
     };
     let typed = match kind {
-        Kind::Path | Kind::Text | Kind::HostName if text.is_empty() => {
+        Kind::Path | Kind::Text | Kind::HostName | Kind::HeaderName if text.is_empty() => {
             return Err(wrong_type("an empty string".into(), line))
         }
         Kind::Path => Typed::Path(PathBuf::from(text)),
@@ -1054,6 +1001,14 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         Kind::HostName => {
             let valid =
                 text.len() <= HOST_NAME_BYTES_MAX && text.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                return Err(wrong_type(got(), line));
+            }
+            Typed::Text(text.to_string())
+        }
+        Kind::HeaderName => {
+            let valid = text.len() <= HEADER_NAME_BYTES_MAX
+                && text.bytes().all(|b| b.is_ascii_graphic() && b != b':');
             if !valid {
                 return Err(wrong_type(got(), line));
             }
@@ -1130,6 +1085,7 @@ mod tests {
             Kind::Path => "some/path",
             Kind::Text => "text",
             Kind::HostName => "host.example",
+            Kind::HeaderName => "X-Binding",
             Kind::Integer { min, .. } if min > 0 => "1000",
             Kind::Integer { .. } | Kind::Seconds { .. } => "1",
             Kind::Bool => "yes",

@@ -1,19 +1,20 @@
 //! Finding and opening an outbound connection: the DNS lookups a route
 //! needs (through the shard's [`Resolver`], never blocking the shard),
 //! handed to the pure `route` functions, and a TCP connect bounded by
-//! `connect_timeout`.
+//! `connect_timeout`, from the binding's `bind_address` when it has one.
 //!
-//! Owns: [`resolve`] and [`connect`]. May call: `dns`, `route`, glommio's
-//! sockets. Never: routing decisions (`route` makes them), protocol
-//! decisions, queues.
+//! Owns: [`resolve`] and [`connect`]. May call: `dns`, `route`, `source`,
+//! glommio's sockets. Never: routing decisions (`route` makes them),
+//! protocol decisions, queues.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ecelerity_policy::Cidr;
 use glommio::net::TcpStream;
 
 use super::route::{self, HostLookup, Plan, RouteFailure, Target};
+use super::source::{self, SourceError};
 use crate::dns::{Answer, RecordKind, Resolver};
 
 /// Most MX hosts (or route hosts) whose addresses are looked up for one
@@ -66,17 +67,43 @@ pub async fn resolve(
     route::targets(domain, &lookups, implicit, prohibited)
 }
 
-/// Connects to `target` within `timeout`. On failure, the transient reply
-/// that says what went wrong.
-pub async fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
+/// Where an outbound connection comes from: `address` is the binding's
+/// `bind_address` (`None`: the kernel picks).
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub binding: &'a str,
+    pub address: Option<IpAddr>,
+}
+
+/// Connects to `target` from `from` within `timeout`. On failure, the
+/// transient reply that says what went wrong.
+pub async fn connect(
+    target: &Target,
+    from: Source<'_>,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
     let address = SocketAddr::new(target.address, target.port);
-    match TcpStream::connect_timeout(address, timeout.max(Duration::from_millis(1))).await {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let connected = match from.address {
+        None => TcpStream::connect_timeout(address, timeout)
+            .await
+            .map_err(|e| SourceError::Connect(e.into())),
+        Some(source) => source::connect_from(source, address, timeout).await,
+    };
+    match connected {
         Ok(stream) => {
             // glommio leaves Nagle on; SMTP's small commands need it off.
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Err(e) => Err(format!(
+        Err(SourceError::Bind(e)) => Err(format!(
+            "451 4.4.1 cannot bind source address {} of binding {} (bind_address) \
+             to connect to {} ({address}): {e}",
+            from.address.expect("only a bound source fails to bind"),
+            from.binding,
+            target.host
+        )),
+        Err(SourceError::Connect(e)) => Err(format!(
             "451 4.4.1 connection to {} ({address}) failed: {e}",
             target.host
         )),

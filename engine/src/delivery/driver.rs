@@ -42,7 +42,12 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     let Some(options) = out.options(id) else {
         return;
     };
-    let Some(domain) = out.queues.borrow().get(id).map(|q| q.key.domain.clone()) else {
+    let Some((binding, domain)) = out
+        .queues
+        .borrow()
+        .get(id)
+        .map(|q| (q.key.binding, q.key.domain.clone()))
+    else {
         return;
     };
     let config = out.env.config.get();
@@ -73,10 +78,14 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     };
     // The next address, then the next host, while a connection fails or
     // the host refuses us before the session is ready (RFC 5321 5.1).
+    let from = connect::Source {
+        binding: out.bindings.name(binding),
+        address: options.bind_address,
+    };
     let mut last = (String::new(), Stage::NotConnected, String::new());
     for target in &targets {
         let remote_ip = target.address.to_string();
-        let stream = match connect::connect(target, options.connect_timeout).await {
+        let stream = match connect::connect(target, from, options.connect_timeout).await {
             Ok(stream) => stream,
             Err(reply) => {
                 tracing::debug!("{domain}: {reply}");
@@ -349,6 +358,9 @@ impl<S: Transport> Connection<'_, S> {
         let batch_max = self.options.max_recipients_per_batch.max(1) as usize;
         let mut queues = self.out.queues.borrow_mut();
         let q = queues.get_mut(self.queue)?;
+        if q.suspended {
+            return None;
+        }
         let mut entry = q.active.pop_front()?;
         if entry.rcpts.len() > batch_max {
             let rest = entry.rcpts.split_off(batch_max);

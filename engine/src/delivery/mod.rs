@@ -6,18 +6,21 @@
 //!   and the back-off of a destination that failed outside a transaction;
 //! - [`connect`]: the lookups through the shard's `dns` resolver and the
 //!   TCP connect;
+//! - `source`: a connection from a binding's `bind_address` (the socket
+//!   bound before a non-blocking connect, then handed to glommio);
 //! - [`driver`]: the I/O driver of one client connection over any
 //!   [`Transport`](crate::transport::Transport), moving bytes between it
 //!   and the pure [`ClientSession`](crate::smtp::client::ClientSession);
 //! - [`disposition`] (pure): one recipient's reply → delivered, failed or
 //!   retry at a time;
 //! - [`settle`]: applies dispositions (mainlog, counters, the delayed
-//!   queue, the report to the message's home shard).
+//!   queue, the report to the message's home shard);
+//! - [`operator`]: the console's commands on this shard's queues and
+//!   resolver (flush, fail, retry, suspend, reroute, `dns_cache`).
 //!
 //! This file owns [`Outbound`]: the queues this shard owns and their
 //! scheduling (enqueue, waking idle connections, opening new ones,
-//! promoting due entries, the operator's `flush domain` and `fail domain`;
-//! the entries of a queue backed off by
+//! promoting due entries; the entries of a queue backed off by
 //! [`pool::back_off`] wait in the delayed heap until its back-off ends),
 //! and the spool readers bodies are read with.
 //! May call: `dns`, `queue`, `mesh` (routing checks and reports), `smtp::client`,
@@ -27,9 +30,11 @@
 pub mod connect;
 pub mod disposition;
 mod driver;
+mod operator;
 pub mod pool;
 pub mod route;
 mod settle;
+mod source;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -39,7 +44,6 @@ use glommio::TaskQueueHandle;
 
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
-use crate::control::{self, ControlReply, ControlRequest};
 use crate::dns::Resolver;
 use crate::env::ShardEnv;
 use crate::mesh::Router;
@@ -63,6 +67,8 @@ pub struct Outbound {
     resolver: Resolver,
     /// Counts connections; rotates MX hosts of equal preference.
     spread: Cell<u64>,
+    /// What the operator suspended (`operator`).
+    suspensions: RefCell<operator::Suspensions>,
 }
 
 impl Outbound {
@@ -83,6 +89,7 @@ impl Outbound {
             task_queue,
             resolver,
             spread: Cell::new(0),
+            suspensions: RefCell::default(),
         }
     }
 
@@ -112,6 +119,8 @@ impl Outbound {
         let id = queues.find_or_create(entry.binding, &entry.domain, generation, || {
             config.delivery(self.bindings.name(entry.binding), &entry.domain)
         });
+        let q = queues.get_mut(id).expect("just found");
+        q.suspended = self.is_suspended(&q.key);
         let now = now_unix_ms();
         let held = pool::held_until(queues.get(id).expect("just found"), now);
         let due = entry.next_attempt_unix_ms.max(held.unwrap_or(0));
@@ -131,6 +140,9 @@ impl Outbound {
         let Some(q) = queues.get_mut(id) else {
             return;
         };
+        if q.suspended {
+            return;
+        }
         while let Some(waiter) = q.idle.pop() {
             if waiter.try_send(()).is_ok() {
                 return;
@@ -219,89 +231,5 @@ impl Outbound {
     /// Forgets idle queues.
     pub fn prune(&self) {
         self.queues.borrow_mut().prune(now_unix_ms());
-    }
-
-    /// This shard's part of a control request about queues; `flush` and
-    /// `fail` change this shard's own queues.
-    pub fn answer(self: &Rc<Self>, request: &ControlRequest) -> ControlReply {
-        match request {
-            ControlRequest::Flush { domain } => {
-                ControlReply::Flushed(self.flush(domain.as_deref()))
-            }
-            ControlRequest::Fail { domain, quiet } => {
-                ControlReply::Failed(self.fail_domain(domain, *quiet))
-            }
-            _ => control::answer(request, &self.queues.borrow(), &self.bindings),
-        }
-    }
-
-    /// Makes every delayed entry of `domain` (every binding; `None`: every
-    /// domain) due now: the queues' back-offs end, the entries move to
-    /// their active queues and a connection is kicked. Returns how many
-    /// entries moved.
-    fn flush(self: &Rc<Self>, domain: Option<&str>) -> u64 {
-        let (ids, moved) = {
-            let mut queues = self.queues.borrow_mut();
-            let ids =
-                queues.ids_where(|k| domain.is_none_or(|d| control::domain_matches(d, &k.domain)));
-            let taken = queues.take_delayed(&ids);
-            let moved = taken.len() as u64;
-            for id in &ids {
-                if let Some(q) = queues.get_mut(*id) {
-                    q.not_before_unix_ms = 0;
-                }
-            }
-            for (id, entry) in taken {
-                if let Some(q) = queues.get_mut(id) {
-                    q.active.push_back(entry);
-                }
-            }
-            (ids, moved)
-        };
-        for id in ids {
-            self.kick(id);
-        }
-        moved
-    }
-
-    /// Fails every queued entry of `domain` (active and delayed, every
-    /// binding) with [`control::OPERATOR_FAILURE_REPLY`] through the
-    /// normal settle path (P lines, bouncelog, a DSN unless `quiet`).
-    /// Entries inside a connection at that moment are not touched.
-    /// Returns how many entries failed.
-    fn fail_domain(self: &Rc<Self>, domain: &str, quiet: bool) -> u64 {
-        let (ids, mut entries) = {
-            let mut queues = self.queues.borrow_mut();
-            let ids = queues.ids_where(|k| control::domain_matches(domain, &k.domain));
-            let entries = queues.take_delayed(&ids);
-            (ids, entries)
-        };
-        for id in &ids {
-            if let Some(q) = self.queues.borrow_mut().get_mut(*id) {
-                entries.extend(q.active.drain(..).map(|e| (*id, e)));
-            }
-        }
-        let failed = entries.len() as u64;
-        for id in ids {
-            let mine: Vec<MessageRef> = entries
-                .extract_if(.., |(of, _)| *of == id)
-                .map(|(_, e)| e)
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let Some(options) = self.options(id) else {
-                continue;
-            };
-            let options = if quiet {
-                let mut o = (*options).clone();
-                o.generate_bounces = false;
-                Rc::new(o)
-            } else {
-                options
-            };
-            settle::fail_entries(self, id, &options, mine, control::OPERATOR_FAILURE_REPLY);
-        }
-        failed
     }
 }

@@ -205,6 +205,7 @@ pub(super) async fn settle(
                     body: entry.body,
                     received_unix_ms: entry.received_unix_ms,
                     generate_bounce: options.generate_bounces,
+                    binding: entry.binding,
                 })),
             }),
             Disposition::Retry {
@@ -244,6 +245,7 @@ pub(super) async fn settle(
                 mail_from: entry.mail_from.clone(),
                 body: entry.body,
                 received_unix_ms: entry.received_unix_ms,
+                binding: entry.binding,
                 will_retry_until_unix_ms: until,
             })),
         });

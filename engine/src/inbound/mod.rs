@@ -8,10 +8,12 @@
 //! every shard, `max_inbound_connections_per_ip` through the process-wide
 //! peer table), the clocks of a session (`idle_time` per read,
 //! `inbound_command_timeout` per command line, `inbound_data_timeout` per
-//! DATA) and the read buffers.
+//! DATA), the read buffers, and the binding a message is assigned to by
+//! the listener's `binding_header` ([`binding_header`]).
 //! May call: the session, the shard's policy (whose verdicts it feeds
 //! back to the session), `message` (admission and spooling), `mesh`
-//! (routing entries to queue owners), `env` (logs, counters, stop signal).
+//! (routing entries to queue owners), `queue` (the binding table, the
+//! spooled envelope), `env` (logs, counters, stop signal).
 //! Never: protocol decisions (replies other than the connection-refusal
 //! 421s are the session's); a lock on a per-message path (the peer table
 //! takes one compare-and-swap at accept and one at close).
@@ -20,6 +22,7 @@
 //! `READ_BUFFER_BYTES` buffer exists only while a DATA is being read.
 
 pub mod backpressure;
+pub mod binding_header;
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -52,6 +55,7 @@ use crate::smtp::server::{
 use crate::stats::Counter;
 use crate::transport::{read_within, write_all_within, Transport};
 use backpressure::{pressure, BacklogLimits, Episodes, Pressure};
+use binding_header::UnknownBindings;
 
 /// Bytes read from a client socket at a time while a DATA is being read.
 /// Allocated at the 354 and freed when the message is answered.
@@ -155,6 +159,8 @@ pub struct Inbound {
     pub sessions: Gate,
     /// The last back-pressure level reported in the paniclog.
     pub episodes: Episodes,
+    /// Messages whose `binding_header` named no binding.
+    pub unknown_bindings: UnknownBindings,
 }
 
 impl Inbound {
@@ -425,7 +431,7 @@ async fn drive<S: Transport>(
             match event {
                 Event::Validate(_) => unreachable!("answered above"),
                 Event::Message(envelope) => {
-                    let (outcome, body) = receive(shard, conn, &session, envelope).await;
+                    let (outcome, body) = receive(shard, conn, listener, &session, envelope).await;
                     session.spooled(outcome);
                     session.recycle_body(body);
                     continue;
@@ -623,6 +629,7 @@ async fn await_verdict(
 async fn receive(
     shard: &Rc<Inbound>,
     conn: &Conn,
+    listener: &ListenerConfig,
     session: &ServerSession,
     mut envelope: Envelope,
 ) -> (SpoolOutcome, Vec<u8>) {
@@ -639,15 +646,21 @@ async fn receive(
     let now_ms = now_unix_ms();
     let header = session.received_header(&envelope, &queue_id, (now_ms / 1000) as i64);
     let received = std::mem::take(&mut envelope.body);
+    let binding_header = listener.binding_header.as_deref();
+    let assigned = binding_header::assign(&shard.bindings, binding_header, &received);
+    if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
+        let id = shard.env.id;
+        shard.unknown_bindings.note(id, header, name, &queue_id);
+    }
     let mut body = Vec::with_capacity(header.len() + received.len());
     body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&received);
+    binding_header::append_without(&mut body, &received, &assigned.fields);
     let spooled = SpooledEnvelope {
         received_unix_ms: now_ms,
         peer_ip: conn.peer.ip(),
         connection_id: conn.id,
         body_8bitmime: envelope.body_8bitmime,
-        binding: shard.bindings.name(Bindings::DEFAULT).to_string(),
+        binding: shard.bindings.name(assigned.binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
     };

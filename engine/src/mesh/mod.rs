@@ -82,6 +82,8 @@ pub struct Delay {
     /// Where the original's body sits in its home shard's spool.
     pub body: BodyRef,
     pub received_unix_ms: u64,
+    /// The message's binding: the delay DSN leaves through it, like a bounce.
+    pub binding: BindingId,
     /// When the retries stop: `message_expiration` after reception.
     pub will_retry_until_unix_ms: u64,
 }
@@ -104,6 +106,8 @@ pub struct Failure {
     pub received_unix_ms: u64,
     /// `generate_bounces` of the recipient's (binding, domain).
     pub generate_bounce: bool,
+    /// The binding the message left from: its DSN leaves from it too.
+    pub binding: BindingId,
 }
 
 impl OutcomeKind {

@@ -31,12 +31,13 @@ use ecelerity_spool::{BodyReader, BodyRef, RecoveredMessage, Spool, SpoolError};
 
 use crate::bounce::dsn::{self, FailedRecipient, Report, ORIGINAL_HEADERS_BYTES_MAX};
 use crate::clock::now_unix_ms;
-use crate::config::DEFAULT_BINDING;
 use crate::env::ShardEnv;
 use crate::log::{format_reception, Reception, RecordIds};
 use crate::mesh::{Delay, Failure, Outcome, OutcomeKind, Router};
 use crate::queue::record::{Note, SpooledEnvelope};
-use crate::queue::{domain_of, Bindings, MessageId, MessageRef, LIVE_MESSAGES_PER_SHARD_MAX};
+use crate::queue::{
+    domain_of, BindingId, Bindings, MessageId, MessageRef, LIVE_MESSAGES_PER_SHARD_MAX,
+};
 use crate::stats::Counter;
 
 /// The R-line protocol of a message this shard wrote itself (a DSN), as
@@ -300,6 +301,7 @@ impl Messages {
             body: delay.body,
             mail_from: &delay.mail_from,
             received_unix_ms: delay.received_unix_ms,
+            binding: delay.binding,
         };
         let entries = match self.inject_report(&original, report, &recipients).await {
             Ok(entries) => entries,
@@ -374,7 +376,9 @@ impl Messages {
             peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             connection_id: self.next_connection_id(),
             body_8bitmime: headers.iter().any(|&b| b >= 0x80),
-            binding: DEFAULT_BINDING.to_string(),
+            // Momentum sends a bounce through the binding of the message
+            // that bounced.
+            binding: self.bindings.name(original.binding).to_string(),
             mail_from: String::new(),
             rcpts: vec![original.mail_from.to_string()],
         };
@@ -407,6 +411,7 @@ impl Messages {
             body: first.body,
             mail_from: &first.mail_from,
             received_unix_ms: first.received_unix_ms,
+            binding: first.binding,
         };
         let injected = self
             .inject_report(&original, Report::Failed, &recipients)
@@ -557,6 +562,8 @@ struct Original<'a> {
     /// Its return path: the DSN's recipient. Never empty.
     mail_from: &'a str,
     received_unix_ms: u64,
+    /// Its binding: the DSN leaves through it.
+    binding: BindingId,
 }
 
 /// Takes the delay reports out of a batch of outcomes, merged per message
@@ -677,6 +684,7 @@ mod tests {
                 },
                 received_unix_ms: 0,
                 generate_bounce,
+                binding: Bindings::DEFAULT,
             })),
         }
     }
@@ -727,6 +735,7 @@ mod tests {
                     len: 10,
                 },
                 received_unix_ms: 0,
+                binding: Bindings::DEFAULT,
                 will_retry_until_unix_ms: 86_400_000,
             })),
         }

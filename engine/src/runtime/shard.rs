@@ -368,6 +368,7 @@ fn wire(
         policy: shard_policy(config),
         sessions: Gate::new(),
         episodes: Default::default(),
+        unknown_bindings: Default::default(),
     });
     let shard = Rc::new(Shard {
         env,

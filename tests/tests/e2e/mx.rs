@@ -19,13 +19,13 @@ const UNBOUND: &str = "/usr/sbin/unbound";
 /// unbound as a child, serving `local-data` records on 127.0.0.1:port.
 /// Names under `test.` that are not listed are NXDOMAIN (with an SOA of
 /// minimum 5 s); names outside `test.` are REFUSED.
-struct Unbound {
-    port: u16,
+pub(crate) struct Unbound {
+    pub(crate) port: u16,
     _child: ChildGuard,
 }
 
 impl Unbound {
-    fn start(dir: &Path, records: &[String]) -> Unbound {
+    pub(crate) fn start(dir: &Path, records: &[String]) -> Unbound {
         let port = free_port();
         let log = dir.join("unbound.log");
         let mut conf = format!(
@@ -68,7 +68,7 @@ impl Unbound {
 
 /// A daemon with no gateway, asking `nameservers`, delivering MX hosts on
 /// `smtp_port`.
-fn start_daemon(dir: &Path, nameservers: &str, smtp_port: u16) -> Daemon {
+pub(crate) fn start_daemon(dir: &Path, nameservers: &str, smtp_port: u16) -> Daemon {
     start_daemon_with(dir, nameservers, smtp_port, "")
 }
 
