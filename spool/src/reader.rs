@@ -12,6 +12,11 @@
 //! file until the cache drops it; glommio closes a dropped file through
 //! io_uring.
 //!
+//! A body compaction moved (see `compact`) is read where it went once
+//! its old segment is gone: a missing file sends the reader to the
+//! relocation table (no lookup while the old file is there; its bytes
+//! stay valid until it is deleted).
+//!
 //! A reader is a cheap handle (`Clone` shares the cache), so a delivery
 //! task can take one out of a shard's table and await a read without
 //! holding a borrow of the table.
@@ -126,7 +131,8 @@ impl BodyReader {
     pub async fn read(&self, body: &BodyRef, into: &mut Vec<u8>) -> io::Result<()> {
         self.inner.last_read.set(Instant::now());
         self.arm_closer();
-        let file = self.file(body.segment).await?;
+        let (body, file) = self.file_of(*body).await?;
+        let body = &body;
         into.clear();
         into.reserve(body.len as usize);
         let mut offset = body.offset;
@@ -151,6 +157,30 @@ impl BodyReader {
             offset += chunk.len() as u64;
         }
         Ok(())
+    }
+
+    /// Where `body` can be read now and the open file there: its own
+    /// segment, or where compaction moved it once that segment is gone
+    /// (see `compact`).
+    async fn file_of(&self, mut body: BodyRef) -> io::Result<(BodyRef, Rc<BufferedFile>)> {
+        let mut attempts = 0;
+        loop {
+            match self.file(body.segment).await {
+                Ok(file) => return Ok((body, file)),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    attempts += 1;
+                    match crate::relocated(&self.inner.dir, &body) {
+                        Some(moved)
+                            if attempts < crate::spool::compact::RELOCATION_ATTEMPTS_MAX =>
+                        {
+                            body = moved
+                        }
+                        _ => return Err(err),
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// The open file of `segment`, from the cache or opened now.

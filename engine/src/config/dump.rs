@@ -70,6 +70,7 @@ fn format_value(value: &Typed) -> String {
         Typed::Ip(ip) => quote(&ip.to_string()),
         Typed::MaxRetries(retries) => retries.to_string(),
         Typed::FileMode(mode) => format!("{mode:04o}"),
+        Typed::Throttle(throttle) => quote(&throttle.to_string()),
     }
 }
 
@@ -255,6 +256,15 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     if !settings.domains.is_empty() {
         w.line(0, "");
         w.domains(0, settings.domains.values());
+    }
+    for host in settings.hosts.values() {
+        w.line(0, "");
+        w.open(0, "host", Some(&host.name));
+        if let Some(n) = host.max_outbound_connections {
+            let entry = ("max_outbound_connections", Typed::Integer(u64::from(n)));
+            w.options(1, &[entry]);
+        }
+        w.close(0);
     }
     w.out
 }

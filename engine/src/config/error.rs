@@ -120,6 +120,8 @@ pub enum ConfigErrorKind {
         scope: String,
         reason: &'static str,
     },
+    #[error("more than {max} `outbound_throttle_*` settings: each is a token bucket of its own; set the throttle in a binding_group or binding to share one")]
+    TooManyThrottles { max: u32 },
     #[error("second ec_logger instance `{name}`: only one (`{first}`) is supported")]
     SecondLogger { name: String, first: String },
 }
@@ -139,10 +141,12 @@ pub enum Scope {
     ControlListen,
     EcLogger,
     Security,
+    /// `host "mx.example" { }`: an MX host (or gateway) by name or address.
+    Host,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 11] = [
         Scope::Global,
         Scope::BindingGroup,
         Scope::Binding,
@@ -153,6 +157,7 @@ impl Scope {
         Scope::ControlListen,
         Scope::EcLogger,
         Scope::Security,
+        Scope::Host,
     ];
 
     pub fn name(self) -> &'static str {
@@ -167,6 +172,7 @@ impl Scope {
             Scope::ControlListen => "Control_Listener Listen",
             Scope::EcLogger => "ec_logger",
             Scope::Security => "Security",
+            Scope::Host => "host",
         }
     }
 

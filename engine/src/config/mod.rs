@@ -81,6 +81,16 @@ pub const BACKLOG_ENTRIES_MAX: u64 = 100_000_000;
 /// (Postfix's `in_flow_delay`, 1 s by default).
 pub const IN_FLOW_DELAY_MS_DEFAULT: u64 = 1_000;
 pub const IN_FLOW_DELAY_MS_MAX: u64 = 60_000;
+/// `spool_compaction_bytes_per_second`: the pace of spool compaction on
+/// each shard (bytes of live messages copied forward per second); 0 turns
+/// it off.
+pub const SPOOL_COMPACTION_BYTES_PER_SECOND_DEFAULT: u64 =
+    ecelerity_spool::COMPACTION_BYTES_PER_SECOND_DEFAULT;
+pub const SPOOL_COMPACTION_BYTES_PER_SECOND_MAX: u64 = 1024 * 1024 * 1024;
+/// `spool_compaction_live_percent`: a sealed spool segment whose live
+/// messages take at most this share of a segment is compacted.
+pub const SPOOL_COMPACTION_LIVE_PERCENT_DEFAULT: u64 =
+    ecelerity_spool::COMPACTION_LIVE_PERCENT_DEFAULT as u64;
 /// `max_inbound_connections_per_ip`: open connections from one client
 /// address (peers in `relay_hosts` are exempt); 0 = unlimited. Postfix's
 /// `smtpd_client_connection_count_limit` is 50 too.
@@ -108,6 +118,20 @@ pub const MAX_OUTBOUND_CONNECTIONS_DEFAULT: u64 = 32;
 pub const OUTBOUND_CONNECTIONS_MAX: u64 = 20_000;
 pub const MAX_RECIPIENTS_PER_BATCH_DEFAULT: u64 = 100;
 pub const RECIPIENTS_PER_BATCH_MAX: u64 = 10_000;
+/// `max_deliveries_per_connection`: 0 = unlimited.
+pub const DELIVERIES_PER_CONNECTION_MAX: u64 = 1_000_000;
+/// `server_max_outbound_connections`: Momentum's sample configuration value.
+pub const SERVER_MAX_OUTBOUND_CONNECTIONS_DEFAULT: u64 = 20_000;
+pub const SERVER_MAX_OUTBOUND_CONNECTIONS_MAX: u64 = 1_000_000;
+/// `host_failure_retry`: how long a host that refused or timed out a
+/// connection is skipped, for every domain that uses it.
+pub const HOST_FAILURE_RETRY_SECONDS_DEFAULT: u64 = 120;
+/// Largest N and S of a throttle rate `"N/S"`.
+pub const THROTTLE_COUNT_MAX: u64 = 1_000_000;
+pub const THROTTLE_SECONDS_MAX: u64 = 86_400;
+/// Most `outbound_throttle_*` settings in one configuration: each is a
+/// token bucket of its own in the engine's fixed table.
+pub const THROTTLE_BUCKETS_MAX: u32 = 65_536;
 /// `delivery_shards`: one shard per domain unless tuned.
 pub const DELIVERY_SHARDS_DEFAULT: u64 = 1;
 /// Most shards a domain may be spread over (the engine's shard ceiling).
@@ -159,6 +183,10 @@ const _: () = assert!(MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT <= MAX_INBOUND_CONN
 const _: () = assert!(OUTBOUND_CONNECTIONS_MAX <= u32::MAX as u64);
 const _: () = assert!(RECIPIENTS_PER_BATCH_MAX <= u32::MAX as u64);
 const _: () = assert!(RETRIES_MAX <= u32::MAX as u64);
+const _: () = assert!(THROTTLE_COUNT_MAX <= u32::MAX as u64);
+const _: () = assert!(THROTTLE_SECONDS_MAX <= u32::MAX as u64);
+const _: () = assert!(SERVER_MAX_OUTBOUND_CONNECTIONS_MAX <= u32::MAX as u64);
+const _: () = assert!(DELIVERIES_PER_CONNECTION_MAX <= u32::MAX as u64);
 const _: () = assert!(RETRY_INTERVAL_SECONDS_DEFAULT <= MAX_RETRY_INTERVAL_SECONDS_DEFAULT);
 
 /// The configuration used when no file is given: a development setup whose
@@ -306,8 +334,35 @@ impl Config {
         )
     }
 
+    /// `spool_compaction_bytes_per_second` and
+    /// `spool_compaction_live_percent`: how each shard compacts its spool.
+    pub fn spool_compaction(&self) -> ecelerity_spool::CompactionOptions {
+        let g = &self.settings.global;
+        ecelerity_spool::CompactionOptions {
+            bytes_per_second: g.spool_compaction_bytes_per_second,
+            live_percent_max: g.spool_compaction_live_percent as u32,
+        }
+    }
+
     /// `nameservers`: the DNS servers delivery asks, in order; empty means
     /// the system's (/etc/resolv.conf).
+    /// `max_outbound_connections` of a `host` scope named `host` (an MX
+    /// host or gateway name, or an address as text): open connections per
+    /// address of that host, over every domain and shard. `None`:
+    /// unlimited (no such scope, or it does not set the option).
+    pub fn host_max_outbound_connections(&self, host: &str) -> Option<u32> {
+        if self.settings.hosts.is_empty() {
+            return None;
+        }
+        let key = host.trim_end_matches('.').to_ascii_lowercase();
+        self.settings.hosts.get(&key)?.max_outbound_connections
+    }
+
+    /// Cap on open outbound connections over every shard.
+    pub fn server_max_outbound_connections(&self) -> u32 {
+        self.settings.global.server_max_outbound_connections
+    }
+
     pub fn nameservers(&self) -> &[std::net::SocketAddr] {
         &self.settings.global.nameservers
     }
@@ -473,6 +528,71 @@ impl fmt::Display for Route {
     }
 }
 
+/// A throttle rate in Momentum's syntax: `"N"` is N per second, `"N/S"`
+/// N per S seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// At least 1: a rate of 0 is no throttle.
+    pub count: u32,
+    /// At least 1.
+    pub per_seconds: u32,
+}
+
+impl Rate {
+    /// The time between two events at this rate, in microseconds (at
+    /// least 1).
+    pub fn interval_us(self) -> u64 {
+        assert!(self.count > 0 && self.per_seconds > 0);
+        (u64::from(self.per_seconds) * 1_000_000 / u64::from(self.count)).max(1)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.per_seconds)
+    }
+}
+
+/// An `outbound_throttle_*` setting as a queue resolved it. Throttles are
+/// by reference (Momentum): every (binding, domain) that inherits one
+/// setting shares its token bucket, so a throttle set in a binding_group
+/// limits everything under it together, and one set in a domain scope
+/// that domain. `bucket` names the setting: each occurrence in the file
+/// gets its own, in reading order.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    /// `None`: unlimited (unset, or set to 0).
+    pub rate: Option<Rate>,
+    /// Below `THROTTLE_BUCKETS_MAX`; meaningless without a rate.
+    pub bucket: u32,
+}
+
+impl Throttle {
+    pub const UNLIMITED: Throttle = Throttle {
+        rate: None,
+        bucket: 0,
+    };
+}
+
+/// Two throttles are the same setting when their rates are: a dump read
+/// back numbers its buckets afresh.
+impl PartialEq for Throttle {
+    fn eq(&self, other: &Throttle) -> bool {
+        self.rate == other.rate
+    }
+}
+
+impl Eq for Throttle {}
+
+impl fmt::Display for Throttle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rate {
+            Some(rate) => rate.fmt(f),
+            None => f.write_str("0"),
+        }
+    }
+}
+
 impl DeliveryOptions {
     /// Delay before the next attempt after `attempts_so_far` attempts:
     /// R, 2R, 4R, ... capped at `max_retry_interval` (0 attempts counts as 1).
@@ -603,6 +723,11 @@ bind_address = 192.0.2.1
 generate_bounces = false
 generate_delay_dsn = true
 delay_dsn_retry_interval = 1800
+max_deliveries_per_connection = 25
+outbound_throttle_messages = "100/60"
+outbound_throttle_connections = 5
+host_failure_retry = 90
+server_max_outbound_connections = 900
 
 Security {
   user = ecuser
@@ -725,6 +850,7 @@ domain "example.com" {
         assert_eq!(config.shards(), 4);
         assert_eq!(config.pidfile(), Path::new("run/ec.pid"));
         assert_eq!(config.server_max_inbound_connections(), 9000);
+        assert_eq!(config.server_max_outbound_connections(), 900);
         assert_eq!(
             config.relay_hosts(),
             &cidrs(&["10.0.0.0/8", "192.168.0.0/16", "::1"])[..]
@@ -830,6 +956,22 @@ domain "example.com" {
                 routes: None,
                 max_outbound_connections: 20,
                 max_recipients_per_batch: 50,
+                max_deliveries_per_connection: 25,
+                outbound_throttle_messages: Throttle {
+                    rate: Some(Rate {
+                        count: 100,
+                        per_seconds: 60
+                    }),
+                    bucket: 0,
+                },
+                outbound_throttle_connections: Throttle {
+                    rate: Some(Rate {
+                        count: 5,
+                        per_seconds: 1
+                    }),
+                    bucket: 1,
+                },
+                host_failure_retry: secs(90),
                 delivery_shards: 1,
                 idle_timeout: secs(10),
                 connect_timeout: secs(30),
@@ -857,6 +999,100 @@ domain "example.com" {
             !config
                 .delivery(DEFAULT_BINDING, "quiet.example")
                 .generate_bounces
+        );
+    }
+
+    #[test]
+    fn a_host_scope_limits_connections_per_address_and_dumps_back() {
+        let config = parse(
+            r#"
+            host "MX1.Example.net" { max_outbound_connections = 4 }
+            host "192.0.2.7" { max_outbound_connections = 1 }
+            host "mx2.example.net" { }
+            "#,
+        );
+        assert_eq!(
+            config.host_max_outbound_connections("mx1.example.net"),
+            Some(4)
+        );
+        assert_eq!(
+            config.host_max_outbound_connections("mx1.example.net."),
+            Some(4)
+        );
+        assert_eq!(config.host_max_outbound_connections("192.0.2.7"), Some(1));
+        assert_eq!(
+            config.host_max_outbound_connections("mx2.example.net"),
+            None,
+            "unset: unlimited"
+        );
+        assert_eq!(config.host_max_outbound_connections("other.example"), None);
+        let again = parse(&config.dump());
+        assert_eq!(
+            again.host_max_outbound_connections("mx1.example.net"),
+            Some(4)
+        );
+        assert_eq!(
+            error("host h { retry_interval = 5 }"),
+            "test.conf:1: option `retry_interval` is not valid in host scope (valid in: global, \
+             binding_group, binding, domain)"
+        );
+        assert_eq!(
+            error("domain d { host h { } }"),
+            "test.conf:1: host scope is not allowed inside domain scope"
+        );
+    }
+
+    #[test]
+    fn a_throttle_is_one_bucket_for_every_scope_that_inherits_it() {
+        // Goal: Momentum's by-reference throttles. Method: a throttle set
+        // globally, in a domain, in a group and unset again (0) in one
+        // domain of the group; what each (binding, domain) resolves to.
+        let config = parse(
+            r#"
+            outbound_throttle_messages = "10"
+            domain "a.example" { outbound_throttle_messages = "5/2" }
+            binding_group "g" {
+              outbound_throttle_messages = "100/60"
+              binding "b1" { }
+              binding "b2" { domain "free.example" { outbound_throttle_messages = 0 } }
+            }
+            "#,
+        );
+        let throttle = |binding: &str, domain: &str| {
+            let t = config.delivery(binding, domain).outbound_throttle_messages;
+            (t.rate.map(|r| r.to_string()), t.bucket)
+        };
+        let global = (Some("10/1".to_string()), 0);
+        assert_eq!(throttle("default", "x.example"), global);
+        assert_eq!(
+            throttle("default", "y.example"),
+            global,
+            "one bucket for all"
+        );
+        assert_eq!(throttle("default", "a.example"), (Some("5/2".into()), 1));
+        let group = (Some("100/60".to_string()), 2);
+        assert_eq!(throttle("b1", "x.example"), group);
+        assert_eq!(
+            throttle("b2", "y.example"),
+            group,
+            "the group's bindings share"
+        );
+        assert_eq!(
+            throttle("b1", "a.example"),
+            group,
+            "binding_group beats a global domain"
+        );
+        assert_eq!(throttle("b2", "free.example").0, None, "0 is unlimited");
+        let connections = config.delivery("default", "x.example");
+        assert_eq!(
+            connections.outbound_throttle_connections,
+            Throttle::UNLIMITED
+        );
+        assert_eq!(
+            error("outbound_throttle_messages = \"5/0\""),
+            "test.conf:1: `outbound_throttle_messages` must be a rate \"N\" (per second) or \
+             \"N/S\" (N per S seconds), N in 0..=1000000 (0 = unlimited), S in 1..=86400, \
+             got `5/0`"
         );
     }
 

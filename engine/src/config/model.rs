@@ -41,6 +41,16 @@ pub(super) struct DomainScope {
     pub(super) overrides: DeliveryOverrides,
 }
 
+/// A `host "name" { }` scope: an MX host (or gateway) by name or address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HostScope {
+    /// The name as first written; the map key is its lowercase form.
+    pub(super) name: String,
+    /// Open connections per address of the host, over every domain and
+    /// shard; unset = unlimited (Momentum's -1).
+    pub(super) max_outbound_connections: Option<u32>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct GroupScope {
     pub(super) overrides: DeliveryOverrides,
@@ -93,6 +103,8 @@ pub(super) struct Settings {
     pub(super) groups: BTreeMap<String, GroupScope>,
     /// Always holds `DEFAULT_BINDING`.
     pub(super) bindings: BTreeMap<String, BindingScope>,
+    /// Global `host` scopes, keyed by lowercase name.
+    pub(super) hosts: BTreeMap<String, HostScope>,
 }
 
 impl Settings {
@@ -358,14 +370,22 @@ pub(super) fn parse_bool(text: &str) -> Option<bool> {
 enum Place {
     Global,
     Group(String),
-    Binding { binding: String, nested: bool },
-    Domain { at: DomainAt, key: String },
+    Binding {
+        binding: String,
+        nested: bool,
+    },
+    Domain {
+        at: DomainAt,
+        key: String,
+    },
     EsmtpListener,
     EsmtpListen(usize),
     ControlListener,
     ControlListen(usize),
     EcLogger,
     Security,
+    /// A global `host` scope; the key is the lowercase name.
+    Host(String),
 }
 
 #[derive(Debug, Clone)]
@@ -391,6 +411,7 @@ impl Place {
             Place::ControlListen(_) => Scope::ControlListen,
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
+            Place::Host(_) => Scope::Host,
         }
     }
 }
@@ -427,6 +448,10 @@ struct Builder<'t> {
     bindings: BTreeMap<String, BindingScope>,
     /// In reading order.
     unheeded: Vec<Unheeded>,
+    /// Global `host` scopes, keyed by lowercase name.
+    hosts: BTreeMap<String, HostScope>,
+    /// Throttle settings read so far: the next one's bucket.
+    throttles: u32,
 }
 
 /// What `build` makes of a tree.
@@ -454,6 +479,8 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         groups: BTreeMap::new(),
         bindings: BTreeMap::new(),
         unheeded: Vec::new(),
+        hosts: BTreeMap::new(),
+        throttles: 0,
     };
     builder
         .groups
@@ -506,6 +533,7 @@ impl Builder<'_> {
             (Place::Global, Keyword::ControlListener) => Scope::ControlListener,
             (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
             (Place::Global, Keyword::Security) => Scope::Security,
+            (Place::Global, Keyword::Host) => Scope::Host,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
             _ => return Err(not_allowed()),
@@ -515,6 +543,7 @@ impl Builder<'_> {
             Scope::BindingGroup
                 | Scope::Binding
                 | Scope::Domain
+                | Scope::Host
                 | Scope::EsmtpListen
                 | Scope::ControlListen
         );
@@ -549,6 +578,9 @@ impl Builder<'_> {
                 return Err(bad_name(
                     "names may not be empty or contain spaces or colons",
                 ));
+            }
+            Scope::Host if name.is_empty() || name.chars().any(char::is_whitespace) => {
+                return Err(bad_name("host names may not be empty or contain spaces"));
             }
             Scope::Domain => {
                 if name.is_empty() || name.chars().any(char::is_whitespace) {
@@ -598,6 +630,14 @@ impl Builder<'_> {
                     overrides: DeliveryOverrides::default(),
                 });
                 Place::Domain { at, key }
+            }
+            Scope::Host => {
+                let key = name.to_ascii_lowercase();
+                self.hosts.entry(key.clone()).or_insert_with(|| HostScope {
+                    name: name.to_string(),
+                    max_outbound_connections: None,
+                });
+                Place::Host(key)
             }
             Scope::EsmtpListener => Place::EsmtpListener,
             Scope::EsmtpListen => {
@@ -738,8 +778,11 @@ impl Builder<'_> {
             };
             return Err(self.error(file, line, kind));
         }
-        let typed = convert(spec.kind, name, value)
+        let mut typed = convert(spec.kind, name, value)
             .map_err(|(l, kind)| self.error(file, l.unwrap_or(line), kind))?;
+        if let Typed::Throttle(throttle) = &mut typed {
+            throttle.bucket = self.next_throttle_bucket(file, line)?;
+        }
         self.note_unheeded(spec, file, line, name);
         let key = spec.name;
         let unclaimed = match place {
@@ -773,11 +816,32 @@ impl Builder<'_> {
                 logger.1.set(key, typed)
             }
             Place::Security => self.security.as_mut().expect("entered").set(key, typed),
+            Place::Host(host) => match (key, typed) {
+                ("max_outbound_connections", Typed::Integer(n)) => {
+                    let scope = self.hosts.get_mut(host).expect("entered");
+                    scope.max_outbound_connections = Some(narrow_u32(n));
+                    Ok(())
+                }
+                (_, typed) => Err(typed),
+            },
         };
         // The option table said this scope takes this option; a setter that
         // does not is a bug in this file.
         assert!(unclaimed.is_ok(), "no setter for `{key}` in {scope} scope");
         Ok(())
+    }
+
+    /// The bucket of the throttle setting at `line`: one per occurrence, so
+    /// that everything inheriting it shares it (by reference).
+    fn next_throttle_bucket(&mut self, file: FileId, line: u32) -> Result<u32, ConfigError> {
+        if self.throttles >= THROTTLE_BUCKETS_MAX {
+            let kind = ConfigErrorKind::TooManyThrottles {
+                max: THROTTLE_BUCKETS_MAX,
+            };
+            return Err(self.error(file, line, kind));
+        }
+        self.throttles += 1;
+        Ok(self.throttles - 1)
     }
 
     fn set_global(&mut self, key: &str, typed: Typed) -> Result<(), Typed> {
@@ -877,12 +941,27 @@ impl Builder<'_> {
             domains: self.domains,
             groups: self.groups,
             bindings: self.bindings,
+            hosts: self.hosts,
         };
         Built {
             settings,
             unsupported,
         }
     }
+}
+
+/// Momentum's throttle rate: `N` (per second) or `N/S` (N per S seconds).
+/// `Some(None)` is unlimited (N = 0); `None` is not a rate.
+fn parse_rate(text: &str) -> Option<Option<Rate>> {
+    let (count, seconds) = text.split_once('/').unwrap_or((text, "1"));
+    let number = |t: &str, max: u64| -> Option<u32> {
+        let digits = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        let n = t.parse::<u64>().ok().filter(|n| digits && *n <= max)?;
+        Some(narrow_u32(n))
+    };
+    let count = number(count, THROTTLE_COUNT_MAX)?;
+    let per_seconds = number(seconds, THROTTLE_SECONDS_MAX).filter(|s| *s > 0)?;
+    Some((count > 0).then_some(Rate { count, per_seconds }))
 }
 
 /// Line to blame (if not the option's own) and what is wrong.
@@ -1063,6 +1142,10 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
                 None => return Err(wrong_type(got(), line)),
             }
         }
+        Kind::Rate => Typed::Throttle(Throttle {
+            rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
+            bucket: 0,
+        }),
         Kind::CidrList | Kind::NameserverList | Kind::Routes => unreachable!("handled above"),
     };
     Ok(typed)
@@ -1096,6 +1179,7 @@ mod tests {
             Kind::IpAddress => "192.0.2.1",
             Kind::MaxRetries => "auto",
             Kind::FileMode => "0640",
+            Kind::Rate => "50/1",
         }
     }
 
@@ -1121,6 +1205,7 @@ mod tests {
                     Scope::ControlListen => format!("Control_Listener {{ Listen s {{ {line} }} }}"),
                     Scope::EcLogger => format!("ec_logger {{ {line} }}"),
                     Scope::Security => format!("Security {{ {line} }}"),
+                    Scope::Host => format!("host mx.example {{ {line} }}"),
                 };
                 let tree = super::super::parse::parse_tree(&text, "t".as_ref()).unwrap();
                 if let Err(error) = build(&tree) {
@@ -1139,6 +1224,7 @@ mod tests {
             Kind::Seconds { .. } => "3",
             Kind::Bool => "no",
             Kind::MaxRetries => "7",
+            Kind::Rate => "7/3",
             other => sample(other),
         }
     }
@@ -1297,6 +1383,37 @@ mod tests {
             assert_eq!(parse_bool(t), Some(false));
         }
         assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn throttle_rates_read_momentums_syntax() {
+        let rate = |count, per_seconds| Some(Some(Rate { count, per_seconds }));
+        assert_eq!(parse_rate("50/1"), rate(50, 1));
+        assert_eq!(parse_rate("50"), rate(50, 1), "N alone is per second");
+        assert_eq!(parse_rate("1/60"), rate(1, 60));
+        assert_eq!(parse_rate("0"), Some(None), "0 is unlimited");
+        assert_eq!(parse_rate("0/5"), Some(None));
+        for bad in [
+            "", "/", "5/", "/5", "5/0", "-1", "1.5", "5/1/2", "a/1", "1000001",
+        ] {
+            assert_eq!(parse_rate(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            Rate {
+                count: 50,
+                per_seconds: 1
+            }
+            .interval_us(),
+            20_000
+        );
+        assert_eq!(
+            Rate {
+                count: 1,
+                per_seconds: 60
+            }
+            .interval_us(),
+            60_000_000
+        );
     }
 
     #[test]

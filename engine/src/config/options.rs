@@ -71,6 +71,9 @@ pub(super) enum Kind {
     MaxRetries,
     /// Octal permission bits, e.g. `0600`.
     FileMode,
+    /// A throttle rate: `"N"` per second or `"N/S"` per S seconds; 0 is
+    /// unlimited.
+    Rate,
 }
 
 impl Kind {
@@ -99,6 +102,11 @@ impl Kind {
             Kind::IpAddress => "an IP address",
             Kind::MaxRetries => "an integer, \"auto\" or \"none\"",
             Kind::FileMode => "an octal file mode between 0000 and 7777 such as 0600",
+            // The numbers are THROTTLE_COUNT_MAX and THROTTLE_SECONDS_MAX.
+            Kind::Rate => {
+                "a rate \"N\" (per second) or \"N/S\" (N per S seconds), N in 0..=1000000 \
+                 (0 = unlimited), S in 1..=86400"
+            }
         }
     }
 
@@ -152,8 +160,18 @@ pub(super) const OUTBOUND: ScopeSet = ScopeSet::of(&[
 ]);
 /// `routes`: Momentum documents it for the global and domain scopes only.
 pub(super) const ROUTES: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::Domain]);
+/// `max_outbound_connections`: the outbound scopes, and `host` (per address).
+pub(super) const OUTBOUND_AND_HOST: ScopeSet = ScopeSet::of(&[
+    Scope::Global,
+    Scope::BindingGroup,
+    Scope::Binding,
+    Scope::Domain,
+    Scope::Host,
+]);
 pub(super) const BINDING_LEVEL: ScopeSet =
     ScopeSet::of(&[Scope::Global, Scope::BindingGroup, Scope::Binding]);
+/// Momentum's `host_failure_retry` scopes.
+pub(super) const GLOBAL_OR_DOMAIN: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::Domain]);
 pub(super) const LOGGER: ScopeSet = ScopeSet::of(&[Scope::EcLogger]);
 pub(super) const SECURITY: ScopeSet = ScopeSet::of(&[Scope::Security]);
 
@@ -191,6 +209,7 @@ pub(super) enum Typed {
     Ip(IpAddr),
     MaxRetries(MaxRetries),
     FileMode(u32),
+    Throttle(Throttle),
 }
 
 pub(super) fn narrow_u32(value: u64) -> u32 {
@@ -262,6 +281,7 @@ option_value!(Gateway, 0, Gateway(v) => v, |s| Typed::Gateway(s.clone()));
 option_value!(Vec<Route>, 0, Routes(v) => v, |s| Typed::Routes(s.clone()));
 option_value!(IpAddr, 0, Ip(v) => v, |s| Typed::Ip(*s));
 option_value!(MaxRetries, u32::MAX as u64, MaxRetries(v) => v, |s| Typed::MaxRetries(*s));
+option_value!(Throttle, 0, Throttle(v) => v, |s| Typed::Throttle(*s));
 
 /// How a resolved field holds its option's value: as the value itself, or
 /// as `Option<value>` when "unset" is a meaningful resolved state (no
@@ -312,7 +332,8 @@ plain_field!(
     PathBuf,
     Vec<Cidr>,
     Vec<SocketAddr>,
-    MaxRetries
+    MaxRetries,
+    Throttle
 );
 optional_field!(Gateway, Vec<Route>, IpAddr, String);
 
@@ -485,13 +506,30 @@ option_family! {
             default Duration::from_secs(DELAY_DSN_MAX_RETRY_INTERVAL_SECONDS_DEFAULT),
             not_yet NOT_YET_DELAY_DSN_SERIES;
         /// Concurrent connections per domain.
-        max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND,
+        /// (In a `host` scope: per address of that host, every domain
+        /// together; see `Config::host_max_outbound_connections`.)
+        max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND_AND_HOST,
             integer(1, OUTBOUND_CONNECTIONS_MAX),
             default MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32;
         /// RCPTs per outbound transaction.
         max_recipients_per_batch: u32 = "max_recipients_per_batch" in OUTBOUND,
             integer(1, RECIPIENTS_PER_BATCH_MAX),
             default MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32;
+        /// Messages delivered on one connection before QUIT; 0 = unlimited.
+        max_deliveries_per_connection: u32 = "max_deliveries_per_connection" in OUTBOUND,
+            integer(0, DELIVERIES_PER_CONNECTION_MAX), default 0;
+        /// Messages sent per time, shared by every queue inheriting the
+        /// setting (by reference).
+        outbound_throttle_messages: Throttle = "outbound_throttle_messages" in OUTBOUND,
+            Kind::Rate, default Throttle::UNLIMITED;
+        /// Connections opened per time, shared like the message throttle.
+        outbound_throttle_connections: Throttle = "outbound_throttle_connections" in OUTBOUND,
+            Kind::Rate, default Throttle::UNLIMITED;
+        /// How long a host that refused or timed out a connection is
+        /// skipped, for every domain.
+        host_failure_retry: Duration = "host_failure_retry" in GLOBAL_OR_DOMAIN,
+            seconds(1, INTERVAL_SECONDS_MAX),
+            default Duration::from_secs(HOST_FAILURE_RETRY_SECONDS_DEFAULT);
         /// Over how many shards the queue of one domain is spread (Momentum's
         /// delivery_pool idea, per domain): 1 keeps a domain on one shard,
         /// 0 spreads it over every shard. `max_outbound_connections` is then
@@ -604,9 +642,23 @@ option_family! {
         /// 0 means one per CPU.
         shards: u64 = "shards" in GLOBAL, integer(0, SHARDS_MAX), default 0;
         pidfile: PathBuf = "pidfile" in GLOBAL, Kind::Path, default PIDFILE_DEFAULT.into();
+        /// ecelerity's own: bytes per second each shard's spool compaction
+        /// may copy (0: off).
+        spool_compaction_bytes_per_second: u64 = "spool_compaction_bytes_per_second" in GLOBAL,
+            Kind::Integer { min: 0, max: SPOOL_COMPACTION_BYTES_PER_SECOND_MAX, unit: " bytes/s" },
+            default SPOOL_COMPACTION_BYTES_PER_SECOND_DEFAULT;
+        /// ecelerity's own: the live share (percent of a segment) at or
+        /// below which a sealed spool segment is compacted.
+        spool_compaction_live_percent: u64 = "spool_compaction_live_percent" in GLOBAL,
+            Kind::Integer { min: 0, max: 100, unit: " %" },
+            default SPOOL_COMPACTION_LIVE_PERCENT_DEFAULT;
         server_max_inbound_connections: u32 = "server_max_inbound_connections" in GLOBAL,
             integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
             default SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32;
+        /// Open outbound connections over every shard.
+        server_max_outbound_connections: u32 = "server_max_outbound_connections" in GLOBAL,
+            integer(1, SERVER_MAX_OUTBOUND_CONNECTIONS_MAX),
+            default SERVER_MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32;
         /// Reception slows above this many entries waiting for delivery.
         backlog_slowdown_entries: u64 = "backlog_slowdown_entries" in GLOBAL,
             integer(1, BACKLOG_ENTRIES_MAX), default BACKLOG_SLOWDOWN_ENTRIES_DEFAULT;

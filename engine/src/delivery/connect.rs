@@ -75,13 +75,22 @@ pub struct Source<'a> {
     pub address: Option<IpAddr>,
 }
 
-/// Connects to `target` from `from` within `timeout`. On failure, the
-/// transient reply that says what went wrong.
+/// Why a connection was not made: the transient reply that says so, and
+/// whether the destination is to blame (a refused or timed-out connect) or
+/// our side is (a `bind_address` that cannot be bound), which must not
+/// mark the host down for every domain.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    pub reply: String,
+    pub host_at_fault: bool,
+}
+
+/// Connects to `target` from `from` within `timeout`.
 pub async fn connect(
     target: &Target,
     from: Source<'_>,
     timeout: Duration,
-) -> Result<TcpStream, String> {
+) -> Result<TcpStream, ConnectFailure> {
     let address = SocketAddr::new(target.address, target.port);
     let timeout = timeout.max(Duration::from_millis(1));
     let connected = match from.address {
@@ -96,16 +105,22 @@ pub async fn connect(
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Err(SourceError::Bind(e)) => Err(format!(
-            "451 4.4.1 cannot bind source address {} of binding {} (bind_address) \
-             to connect to {} ({address}): {e}",
-            from.address.expect("only a bound source fails to bind"),
-            from.binding,
-            target.host
-        )),
-        Err(SourceError::Connect(e)) => Err(format!(
-            "451 4.4.1 connection to {} ({address}) failed: {e}",
-            target.host
-        )),
+        Err(SourceError::Bind(e)) => Err(ConnectFailure {
+            reply: format!(
+                "451 4.4.1 cannot bind source address {} of binding {} (bind_address) \
+                 to connect to {} ({address}): {e}",
+                from.address.expect("only a bound source fails to bind"),
+                from.binding,
+                target.host
+            ),
+            host_at_fault: false,
+        }),
+        Err(SourceError::Connect(e)) => Err(ConnectFailure {
+            reply: format!(
+                "451 4.4.1 connection to {} ({address}) failed: {e}",
+                target.host
+            ),
+            host_at_fault: true,
+        }),
     }
 }

@@ -4,6 +4,9 @@
 //!   to try, or why there are none (transient or permanent);
 //! - [`pool`] (pure): admission, whether a queue may open a connection,
 //!   and the back-off of a destination that failed outside a transaction;
+//! - [`limits`]: what spans shards, in tables of atomics: the server's
+//!   connection count, the throttles' token buckets, the memory of dead
+//!   hosts;
 //! - [`connect`]: the lookups through the shard's `dns` resolver and the
 //!   TCP connect;
 //! - `source`: a connection from a binding's `bind_address` (the socket
@@ -20,7 +23,10 @@
 //!
 //! This file owns [`Outbound`]: the queues this shard owns and their
 //! scheduling (enqueue, waking idle connections, opening new ones,
-//! promoting due entries; the entries of a queue backed off by
+//! promoting due entries; queues that a shared limit
+//! (`server_max_outbound_connections`, `outbound_throttle_connections`)
+//! kept from opening a connection are kicked again by the tick once it may
+//! let them; the entries of a queue backed off by
 //! [`pool::back_off`] wait in the delayed heap until its back-off ends),
 //! and the spool readers bodies are read with.
 //! May call: `dns`, `queue`, `mesh` (routing checks and reports), `smtp::client`,
@@ -30,6 +36,7 @@
 pub mod connect;
 pub mod disposition;
 mod driver;
+pub mod limits;
 mod operator;
 pub mod pool;
 pub mod route;
@@ -42,7 +49,7 @@ use std::rc::Rc;
 use ecelerity_spool::BodyReader;
 use glommio::TaskQueueHandle;
 
-use crate::clock::now_unix_ms;
+use crate::clock::{now_unix_ms, now_unix_us};
 use crate::config::DeliveryOptions;
 use crate::dns::Resolver;
 use crate::env::ShardEnv;
@@ -69,6 +76,9 @@ pub struct Outbound {
     spread: Cell<u64>,
     /// What the operator suspended (`operator`).
     suspensions: RefCell<operator::Suspensions>,
+    /// Queues a shared limit kept from opening a connection, each once,
+    /// with the time (unix ms) to kick them again. At most one per queue.
+    stalled: RefCell<Vec<(QueueId, u64)>>,
 }
 
 impl Outbound {
@@ -90,6 +100,7 @@ impl Outbound {
             resolver,
             spread: Cell::new(0),
             suspensions: RefCell::default(),
+            stalled: RefCell::new(Vec::new()),
         }
     }
 
@@ -160,6 +171,24 @@ impl Outbound {
         if self.env.is_stopping() || !pool::may_open(q, self.env.count, now) {
             return;
         }
+        if self.is_stalled(id) {
+            return;
+        }
+        // A throttled queue whose connections wait for a token gains
+        // nothing from another one until tokens are free when work comes.
+        let throttle = &q.options.outbound_throttle_messages;
+        if q.connections > 0 && limits::token_wait(throttle, now_unix_us()).is_some() {
+            return;
+        }
+        let server_max = self.env.config.get().server_max_outbound_connections();
+        let Some(slot) = limits::ServerSlot::take(server_max) else {
+            return self.stall(id, now);
+        };
+        if let Err(at_us) =
+            limits::take_token(&q.options.outbound_throttle_connections, now_unix_us())
+        {
+            return self.stall(id, at_us.div_ceil(1000));
+        }
         q.connections += 1;
         drop(queues);
         self.env.stats().add(Counter::OutboundConnections, 1);
@@ -167,6 +196,7 @@ impl Outbound {
         let connection = glommio::spawn_local_into(
             async move {
                 driver::run_connection(&outbound, id).await;
+                drop(slot);
                 outbound.env.stats().sub(Counter::OutboundConnections, 1);
                 let more = match outbound.queues.borrow_mut().get_mut(id) {
                     Some(q) => {
@@ -194,9 +224,39 @@ impl Outbound {
         }
     }
 
-    /// Moves due delayed entries to their active queues and kicks them.
+    /// Remembers that a shared limit kept queue `id` from opening a
+    /// connection until `at_unix_ms`.
+    fn stall(&self, id: QueueId, at_unix_ms: u64) {
+        let mut stalled = self.stalled.borrow_mut();
+        match stalled.iter_mut().find(|(of, _)| *of == id) {
+            Some((_, at)) => *at = (*at).min(at_unix_ms),
+            None => stalled.push((id, at_unix_ms)),
+        }
+    }
+
+    /// Whether queue `id` waits for a shared limit (until the tick kicks it).
+    fn is_stalled(&self, id: QueueId) -> bool {
+        self.stalled.borrow().iter().any(|(of, _)| *of == id)
+    }
+
+    /// Kicks the stalled queues whose time has come.
+    fn kick_stalled(self: &Rc<Self>, now_unix_ms: u64) {
+        let due: Vec<QueueId> = self
+            .stalled
+            .borrow_mut()
+            .extract_if(.., |(_, at)| *at <= now_unix_ms)
+            .map(|(id, _)| id)
+            .collect();
+        for id in due {
+            self.kick(id);
+        }
+    }
+
+    /// Moves due delayed entries to their active queues and kicks them,
+    /// and the stalled queues whose time has come.
     pub fn promote_due(self: &Rc<Self>) {
         let now = now_unix_ms();
+        self.kick_stalled(now);
         let due = self.queues.borrow_mut().pop_due(now, PROMOTE_ENTRIES_MAX);
         let mut kicked: Vec<QueueId> = Vec::new();
         {
