@@ -19,6 +19,8 @@ mod config;
 mod console;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/delay.rs"]
+mod delay;
 #[path = "e2e/delivery.rs"]
 mod delivery;
 #[path = "e2e/diskfull.rs"]
@@ -45,6 +47,8 @@ mod raw;
 mod relay;
 #[path = "e2e/retry.rs"]
 mod retry;
+#[path = "e2e/routes.rs"]
+mod routes;
 #[path = "e2e/sighup.rs"]
 mod sighup;
 #[path = "e2e/smuggling.rs"]

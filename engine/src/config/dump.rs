@@ -58,6 +58,15 @@ fn format_value(value: &Typed) -> String {
             out
         }
         Typed::Gateway(gateway) => quote(&gateway.to_string()),
+        Typed::Routes(routes) => {
+            let mut out = String::from("(");
+            for route in routes {
+                out.push(' ');
+                out.push_str(&quote(&route.to_string()));
+            }
+            out.push_str(" )");
+            out
+        }
         Typed::Ip(ip) => quote(&ip.to_string()),
         Typed::MaxRetries(retries) => retries.to_string(),
         Typed::FileMode(mode) => format!("{mode:04o}"),
@@ -129,7 +138,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     w.options(0, &GlobalOverrides::complete(&settings.global).entries());
     w.options(0, &inbound_entries(&settings.inbound, false));
     let delivery = DeliveryOverrides::complete(&settings.delivery);
-    if delivery.gateway.is_none() {
+    if delivery.gateway.is_none() && delivery.routes.is_none() {
         w.line(
             0,
             "# gateway is unset: mail goes to each domain's MX hosts (remote_smtp_port)",

@@ -87,6 +87,10 @@ pub enum ConfigErrorKind {
     BadIpAddress { option: String, value: String },
     #[error("bad gateway `{value}`: {reason}")]
     BadGateway { value: String, reason: &'static str },
+    #[error("`routes`: bad route `{value}`: {reason}")]
+    BadRoute { value: String, reason: &'static str },
+    #[error("`routes`: {count} items, at most {max} are allowed")]
+    TooManyRoutes { count: usize, max: usize },
     #[error("bad listen address `{address}`: {reason}")]
     BadListenAddress {
         address: String,

@@ -105,6 +105,11 @@ pub const INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT: u64 = 900;
 pub const RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 1200;
 pub const MAX_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 43_200;
 pub const MESSAGE_EXPIRATION_SECONDS_DEFAULT: u64 = 86_400;
+/// `delay_dsn_retry_interval`: Momentum's default, one hour.
+pub const DELAY_DSN_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 3_600;
+/// `delay_dsn_max_retry_interval`: Momentum's default (accepted, refused
+/// as not supported yet).
+pub const DELAY_DSN_MAX_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 43_200;
 /// Longest retry interval or message expiration accepted: one year.
 pub const INTERVAL_SECONDS_MAX: u64 = 365 * 86_400;
 /// Largest `max_retries = N`, and the cap on the count `auto` derives.
@@ -458,6 +463,71 @@ impl fmt::Display for Gateway {
     }
 }
 
+/// Most entries in one `routes` list.
+pub const ROUTES_ENTRIES_MAX: usize = 32;
+/// The `routes` item that stands for the domain's own MX hosts.
+pub const ROUTE_MX: &str = "__mx__";
+
+/// One item of a `routes` list (Momentum's syntax): `"__mx__"`, a bare
+/// host name or IP address, or `"smtp://host?pref=P&ttl=T&port=O&type=mx|a"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `__mx__`: the domain's MX hosts from DNS (or its own address
+    /// without MX).
+    Mx,
+    Host(RouteHost),
+}
+
+/// A host of a `routes` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteHost {
+    /// A name or an IP address (IPv6 without brackets).
+    pub host: String,
+    /// `pref=`: lower is tried first. `None`: the item's position in the
+    /// list (0 for the first).
+    pub preference: Option<u16>,
+    /// `port=`; `None` means `remote_smtp_port`.
+    pub port: Option<u16>,
+    /// `type=mx`: the host is a mail domain whose MX hosts are used;
+    /// `type=a` (the default): the host's own addresses.
+    pub mx_lookup: bool,
+    /// `ttl=` as written. Momentum's route cache keeps an item this long;
+    /// ecelerity plans every connection from the live configuration and
+    /// the DNS cache, so it has no effect (docs/configuration.md).
+    pub ttl_seconds: Option<u32>,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = match self {
+            Route::Mx => return f.write_str(ROUTE_MX),
+            Route::Host(h) => h,
+        };
+        let host = if h.host.contains(':') {
+            format!("[{}]", h.host)
+        } else {
+            h.host.clone()
+        };
+        let mut query = Vec::new();
+        if let Some(pref) = h.preference {
+            query.push(format!("pref={pref}"));
+        }
+        if let Some(ttl) = h.ttl_seconds {
+            query.push(format!("ttl={ttl}"));
+        }
+        if let Some(port) = h.port {
+            query.push(format!("port={port}"));
+        }
+        if h.mx_lookup {
+            query.push("type=mx".to_string());
+        }
+        if query.is_empty() {
+            return f.write_str(&host);
+        }
+        write!(f, "smtp://{host}?{}", query.join("&"))
+    }
+}
+
 /// A throttle rate in Momentum's syntax: `"N"` is N per second, `"N/S"`
 /// N per S seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -651,6 +721,8 @@ remote_smtp_port = 2526
 ehlo_hostname = "out.example.net"
 bind_address = 192.0.2.1
 generate_bounces = false
+generate_delay_dsn = true
+delay_dsn_retry_interval = 1800
 max_deliveries_per_connection = 25
 outbound_throttle_messages = "100/60"
 outbound_throttle_connections = 5
@@ -878,6 +950,10 @@ domain "example.com" {
                 max_retries: MaxRetries::Count(10),
                 message_expiration: secs(604_800),
                 generate_bounces: false,
+                generate_delay_dsn: true,
+                delay_dsn_retry_interval: secs(1800),
+                delay_dsn_max_retry_interval: secs(43_200),
+                routes: None,
                 max_outbound_connections: 20,
                 max_recipients_per_batch: 50,
                 max_deliveries_per_connection: 25,
@@ -1285,6 +1361,109 @@ domain "example.com" {
             Config::parse(&text, Path::new("d.conf")).unwrap(),
             config,
             "\n{text}"
+        );
+    }
+
+    #[test]
+    fn routes_parse_momentums_forms_and_dump_back() {
+        let config = parse(
+            r#"
+            routes = ( "__mx__" )
+            domain "example.com" {
+              Routes = ( "smtp://10.0.0.1?pref=10&ttl=300&port=2525&type=a"
+                         "smtp://[2001:db8::25]?pref=10"
+                         "relay.example.net" "[::1]" "smtp://hub.example?type=mx" "__MX__" )
+            }
+            binding "default" { domain "example.org" { routes = "smtp://relay?port=2600" } }
+            "#,
+        );
+        let host = |host: &str, preference, port, mx_lookup, ttl_seconds| {
+            Route::Host(RouteHost {
+                host: host.into(),
+                preference,
+                port,
+                mx_lookup,
+                ttl_seconds,
+            })
+        };
+        assert_eq!(
+            config.delivery("default", "Example.COM").routes.unwrap(),
+            [
+                host("10.0.0.1", Some(10), Some(2525), false, Some(300)),
+                host("2001:db8::25", Some(10), None, false, None),
+                host("relay.example.net", None, None, false, None),
+                host("::1", None, None, false, None),
+                host("hub.example", None, None, true, None),
+                Route::Mx,
+            ]
+        );
+        assert_eq!(
+            config.delivery("default", "other.example").routes.unwrap(),
+            [Route::Mx]
+        );
+        assert_eq!(
+            config.delivery("default", "example.org").routes.unwrap(),
+            [host("relay", None, Some(2600), false, None)]
+        );
+        let text = config.dump();
+        assert!(text.contains("\"smtp://[2001:db8::25]?pref=10\""), "{text}");
+        assert_eq!(
+            Config::parse(&text, Path::new("d.conf")).unwrap(),
+            config,
+            "\n{text}"
+        );
+    }
+
+    #[test]
+    fn routes_in_a_bindings_domain_apply_to_that_binding_only() {
+        let config =
+            parse("binding \"mta2\" { domain \"example.com\" { routes = \"relay.example\" } }\n");
+        assert!(config.check_supported().is_ok());
+        let routed = config.delivery("mta2", "example.com").routes.unwrap();
+        assert_eq!(routed.len(), 1);
+        assert_eq!(config.delivery("default", "example.com").routes, None);
+        assert_eq!(config.delivery("mta2", "example.org").routes, None);
+    }
+
+    #[test]
+    fn error_bad_routes_name_the_item_and_its_line() {
+        assert_eq!(
+            error("routes = (\n \"__mx__\"\n \"smtp://h?pref=x\" )"),
+            "test.conf:3: `routes`: bad route `smtp://h?pref=x`: pref must be a number in 0..=65535"
+        );
+        assert_eq!(
+            error("routes = \"h:25\""),
+            "test.conf:1: `routes`: bad route `h:25`: give the port as ?port=, e.g. smtp://host?port=2525"
+        );
+        assert_eq!(
+            error("routes = \"::1\""),
+            "test.conf:1: `routes`: bad route `::1`: IPv6 addresses must be bracketed, e.g. \"[::1]\""
+        );
+        assert_eq!(
+            error("routes = \"apn://gateway.push.apple.com?port=2195\""),
+            "test.conf:1: `routes`: bad route `apn://gateway.push.apple.com?port=2195`: only \
+             smtp:// routes are supported (delivery_method is ESMTP)"
+        );
+        assert_eq!(
+            error("routes = \"smtp://h?type=srv\""),
+            "test.conf:1: `routes`: bad route `smtp://h?type=srv`: type must be `mx` or `a`"
+        );
+        assert_eq!(
+            error("routes = \"smtp://h?weight=1\""),
+            "test.conf:1: `routes`: bad route `smtp://h?weight=1`: unknown key; use pref, ttl, \
+             port or type"
+        );
+        assert!(
+            error("routes = ( )").starts_with("test.conf:1: `routes`: bad route ``: an empty list")
+        );
+        let many = format!("routes = ( {} )", "\"h\" ".repeat(ROUTES_ENTRIES_MAX + 1));
+        assert_eq!(
+            error(&many),
+            format!("test.conf:1: `routes`: 33 items, at most {ROUTES_ENTRIES_MAX} are allowed")
+        );
+        assert!(
+            error("binding_group g { routes = \"h\" }").contains("`routes`"),
+            "routes is a global and domain option, as in Momentum"
         );
     }
 

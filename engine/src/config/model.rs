@@ -141,8 +141,21 @@ impl Settings {
         ];
         for layer in layers.into_iter().flatten() {
             layer.apply(&mut options);
+            settle_route_choice(layer, &mut options);
         }
         options
+    }
+}
+
+/// `gateway` and `routes` both say where a domain's mail goes: the one
+/// set in the more specific scope wins, and `gateway` when one scope sets
+/// both (it "ignores MX", Momentum's strongest statement). Called after
+/// each layer is applied, least specific first.
+fn settle_route_choice(layer: &DeliveryOverrides, options: &mut DeliveryOptions) {
+    if layer.gateway.is_some() {
+        options.routes = None;
+    } else if layer.routes.is_some() {
+        options.gateway = None;
     }
 }
 
@@ -246,6 +259,90 @@ pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
         host: host.to_string(),
         port,
     })
+}
+
+/// Parses one `routes` item: `__mx__`, a bare host name or IP address
+/// (IPv6 bracketed), or `smtp://host?pref=P&ttl=T&port=O&type=mx|a`.
+pub(super) fn parse_route(text: &str) -> Result<Route, &'static str> {
+    if text.eq_ignore_ascii_case(ROUTE_MX) {
+        return Ok(Route::Mx);
+    }
+    if text.is_empty() {
+        return Err("empty");
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err("must not contain spaces");
+    }
+    let (host, query) = match text.split_once("://") {
+        None => (text, None),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("smtp") => match rest.split_once('?') {
+            Some((host, query)) => (host, Some(query)),
+            None => (rest, None),
+        },
+        Some(_) => return Err("only smtp:// routes are supported (delivery_method is ESMTP)"),
+    };
+    let mut route = RouteHost {
+        host: parse_route_host(host)?,
+        preference: None,
+        port: None,
+        mx_lookup: false,
+        ttl_seconds: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or("expected key=value after `?`")?;
+        let number = parse_decimal(value);
+        match key.to_ascii_lowercase().as_str() {
+            "pref" => {
+                let pref = number.and_then(|n| u16::try_from(n).ok());
+                route.preference = Some(pref.ok_or("pref must be a number in 0..=65535")?);
+            }
+            "port" => {
+                let port = number
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|p| *p != 0);
+                route.port = Some(port.ok_or("port must be a number in 1..=65535")?);
+            }
+            "ttl" => {
+                let ttl = number.and_then(|n| u32::try_from(n).ok());
+                route.ttl_seconds = Some(ttl.ok_or("ttl must be a whole number of seconds")?);
+            }
+            "type" if value.eq_ignore_ascii_case("mx") => route.mx_lookup = true,
+            "type" if value.eq_ignore_ascii_case("a") => route.mx_lookup = false,
+            "type" => return Err("type must be `mx` or `a`"),
+            _ => return Err("unknown key; use pref, ttl, port or type"),
+        }
+    }
+    Ok(Route::Host(route))
+}
+
+/// The host of a route: a name or an IP address; an IPv6 address must be
+/// bracketed, and a port goes in `?port=`.
+fn parse_route_host(text: &str) -> Result<String, &'static str> {
+    let host = match text.strip_prefix('[') {
+        Some(rest) => {
+            let inner = rest
+                .strip_suffix(']')
+                .ok_or("an IPv6 address is written \"[address]\"; give a port as ?port=")?;
+            inner
+                .parse::<Ipv6Addr>()
+                .map_err(|_| "not an IPv6 address inside the brackets")?;
+            inner
+        }
+        None if text.matches(':').count() > 1 => {
+            return Err("IPv6 addresses must be bracketed, e.g. \"[::1]\"")
+        }
+        None if text.contains(':') => {
+            return Err("give the port as ?port=, e.g. smtp://host?port=2525")
+        }
+        None => text,
+    };
+    if host.is_empty() {
+        return Err("missing host");
+    }
+    if host.contains(['/', '?', '&', '@']) {
+        return Err("not a host name or IP address");
+    }
+    Ok(host.to_string())
 }
 
 /// Digits only; `None` for anything else, including overflow.
@@ -797,6 +894,7 @@ impl Builder<'_> {
         assert!(global.shards <= SHARDS_MAX);
         let mut delivery = DeliveryOptions::builtin(&global.hostname);
         self.global_delivery.apply(&mut delivery);
+        settle_route_choice(&self.global_delivery, &mut delivery);
         let mut inbound = ListenerConfig::builtin();
         self.global_inbound.apply(&mut inbound);
         let esmtp_listeners = self
@@ -915,6 +1013,38 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
         return Ok(Typed::Nameservers(servers));
     }
+    if kind == Kind::Routes {
+        let items: &[Word] = match value {
+            Value::Scalar(word) => std::slice::from_ref(word),
+            Value::List(items) => items,
+        };
+        if items.len() > ROUTES_ENTRIES_MAX {
+            let kind = ConfigErrorKind::TooManyRoutes {
+                count: items.len(),
+                max: ROUTES_ENTRIES_MAX,
+            };
+            return Err((None, kind));
+        }
+        if items.is_empty() {
+            let kind = ConfigErrorKind::BadRoute {
+                value: String::new(),
+                reason: "an empty list routes nowhere; leave `routes` unset for MX routing",
+            };
+            return Err((None, kind));
+        }
+        let mut routes = Vec::with_capacity(items.len());
+        for item in items {
+            let route = parse_route(&item.text).map_err(|reason| {
+                let kind = ConfigErrorKind::BadRoute {
+                    value: item.text.clone(),
+                    reason,
+                };
+                (Some(item.line), kind)
+            })?;
+            routes.push(route);
+        }
+        return Ok(Typed::Routes(routes));
+    }
     let word = match value {
         Value::Scalar(word) => word,
         Value::List(_) => return Err((None, wrong_type("a list".into(), 0).1)),
@@ -1016,7 +1146,7 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
             rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
             bucket: 0,
         }),
-        Kind::CidrList | Kind::NameserverList => unreachable!("handled above"),
+        Kind::CidrList | Kind::NameserverList | Kind::Routes => unreachable!("handled above"),
     };
     Ok(typed)
 }
@@ -1045,6 +1175,7 @@ mod tests {
             Kind::CidrList => "10.0.0.0/8",
             Kind::NameserverList => "127.0.0.1:5353",
             Kind::Gateway => "relay.example:2525",
+            Kind::Routes => "smtp://relay.example?pref=5",
             Kind::IpAddress => "192.0.2.1",
             Kind::MaxRetries => "auto",
             Kind::FileMode => "0640",
@@ -1142,8 +1273,15 @@ mod tests {
         let mut checked = 0;
         for (specs, place, resolve) in families {
             for spec in specs {
-                let text = distinct_sample(spec.kind);
-                let expected = convert(spec.kind, spec.name, &scalar(text)).unwrap();
+                let empty = super::super::parse::parse_tree(&place(""), "t".as_ref()).unwrap();
+                let default = resolve(&build(&empty).unwrap().settings);
+                let mut text = distinct_sample(spec.kind);
+                let mut expected = convert(spec.kind, spec.name, &scalar(text)).unwrap();
+                if spec.kind == Kind::Bool && default.contains(&(spec.name, expected.clone())) {
+                    // A boolean that is off by default.
+                    text = "yes";
+                    expected = convert(spec.kind, spec.name, &scalar(text)).unwrap();
+                }
                 let config = if spec.name == "bind_address" {
                     // Not a domain option: its most specific scope is binding.
                     format!("binding_group g {{ binding b {{ bind_address = {text} }} }}")
@@ -1157,8 +1295,6 @@ mod tests {
                     entries.contains(&(spec.name, expected.clone())),
                     "{config}: want {expected:?} in {entries:?}"
                 );
-                let empty = super::super::parse::parse_tree(&place(""), "t".as_ref()).unwrap();
-                let default = resolve(&build(&empty).unwrap().settings);
                 assert!(
                     !default.contains(&(spec.name, expected)),
                     "{config}: sample is the default"

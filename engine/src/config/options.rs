@@ -65,6 +65,8 @@ pub(super) enum Kind {
     /// or `[ipv6]:port` (port 53 when none is written).
     NameserverList,
     Gateway,
+    /// A list (or a single item) of Momentum routes (`config::Route`).
+    Routes,
     IpAddress,
     MaxRetries,
     /// Octal permission bits, e.g. `0600`.
@@ -94,6 +96,9 @@ impl Kind {
             Kind::CidrList => "a list of IP addresses or CIDR netblocks",
             Kind::NameserverList => "a list of IP addresses with optional ports",
             Kind::Gateway => "a single \"host:port\" or \"host\"",
+            Kind::Routes => {
+                "a list of routes: \"__mx__\", \"host\" or \"smtp://host?pref=P&port=O&type=mx\""
+            }
             Kind::IpAddress => "an IP address",
             Kind::MaxRetries => "an integer, \"auto\" or \"none\"",
             Kind::FileMode => "an octal file mode between 0000 and 7777 such as 0600",
@@ -153,6 +158,8 @@ pub(super) const OUTBOUND: ScopeSet = ScopeSet::of(&[
     Scope::Binding,
     Scope::Domain,
 ]);
+/// `routes`: Momentum documents it for the global and domain scopes only.
+pub(super) const ROUTES: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::Domain]);
 /// `max_outbound_connections`: the outbound scopes, and `host` (per address).
 pub(super) const OUTBOUND_AND_HOST: ScopeSet = ScopeSet::of(&[
     Scope::Global,
@@ -198,6 +205,7 @@ pub(super) enum Typed {
     Cidrs(Vec<Cidr>),
     Nameservers(Vec<SocketAddr>),
     Gateway(Gateway),
+    Routes(Vec<Route>),
     Ip(IpAddr),
     MaxRetries(MaxRetries),
     FileMode(u32),
@@ -270,6 +278,7 @@ option_value!(PathBuf, 0, Path(v) => v, |s| Typed::Path(s.clone()));
 option_value!(Vec<Cidr>, 0, Cidrs(v) => v, |s| Typed::Cidrs(s.clone()));
 option_value!(Vec<SocketAddr>, 0, Nameservers(v) => v, |s| Typed::Nameservers(s.clone()));
 option_value!(Gateway, 0, Gateway(v) => v, |s| Typed::Gateway(s.clone()));
+option_value!(Vec<Route>, 0, Routes(v) => v, |s| Typed::Routes(s.clone()));
 option_value!(IpAddr, 0, Ip(v) => v, |s| Typed::Ip(*s));
 option_value!(MaxRetries, u32::MAX as u64, MaxRetries(v) => v, |s| Typed::MaxRetries(*s));
 option_value!(Throttle, 0, Throttle(v) => v, |s| Typed::Throttle(*s));
@@ -326,7 +335,7 @@ plain_field!(
     MaxRetries,
     Throttle
 );
-optional_field!(Gateway, IpAddr, String);
+optional_field!(Gateway, Vec<Route>, IpAddr, String);
 
 /// `Support` of a table entry: `Yes` unless it names a `not_yet` reason.
 macro_rules! support {
@@ -463,6 +472,12 @@ option_family! {
         /// Deliver every message here instead of looking up MX records.
         gateway: Option<Gateway> = "gateway" in OUTBOUND, Kind::Gateway,
             default None;
+        /// Momentum's routing table for a domain (global and domain scopes,
+        /// as in Momentum; a domain inside a binding makes it per binding).
+        /// Between `gateway` and `routes` the more specific scope wins, and
+        /// `gateway` within one scope (`model::settle_route_choice`).
+        routes: Option<Vec<Route>> = "routes" in ROUTES, Kind::Routes,
+            default None;
         /// First retry delay; each later one doubles.
         retry_interval: Duration = "retry_interval" in OUTBOUND, INTERVAL,
             default Duration::from_secs(RETRY_INTERVAL_SECONDS_DEFAULT);
@@ -476,6 +491,20 @@ option_family! {
             default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT);
         /// Send a DSN to the return path when a recipient fails for good.
         generate_bounces: bool = "generate_bounces" in OUTBOUND, Kind::Bool, default true;
+        /// Send one delay DSN (Action: delayed) to the return path of a
+        /// message still undelivered `delay_dsn_retry_interval` after it
+        /// was received.
+        generate_delay_dsn: bool = "generate_delay_dsn" in OUTBOUND, Kind::Bool,
+            default false;
+        /// Age of a still-deferred message at which its delay DSN goes out
+        /// (Momentum's first delay DSN; ecelerity sends no later ones).
+        delay_dsn_retry_interval: Duration = "delay_dsn_retry_interval" in OUTBOUND, INTERVAL,
+            default Duration::from_secs(DELAY_DSN_RETRY_INTERVAL_SECONDS_DEFAULT);
+        /// Momentum's cap on the interval between later delay DSNs.
+        delay_dsn_max_retry_interval: Duration = "delay_dsn_max_retry_interval" in OUTBOUND,
+            INTERVAL,
+            default Duration::from_secs(DELAY_DSN_MAX_RETRY_INTERVAL_SECONDS_DEFAULT),
+            not_yet NOT_YET_DELAY_DSN_SERIES;
         /// Concurrent connections per domain.
         /// (In a `host` scope: per address of that host, every domain
         /// together; see `Config::host_max_outbound_connections`.)
@@ -535,6 +564,10 @@ option_family! {
             default None;
     }
 }
+
+/// Why `delay_dsn_max_retry_interval` is refused.
+pub(super) const NOT_YET_DELAY_DSN_SERIES: &str =
+    "ecelerity sends one delay DSN per message, after delay_dsn_retry_interval";
 
 option_family! {
     /// One `ESMTP_Listener` `Listen`, with Listen > ESMTP_Listener > global >

@@ -13,15 +13,16 @@ use std::time::Duration;
 use ecelerity_policy::Cidr;
 use glommio::net::TcpStream;
 
-use super::route::{self, Plan, RouteFailure, Target};
+use super::route::{self, HostLookup, Plan, RouteFailure, Target};
 use super::source::{self, SourceError};
 use crate::dns::{Answer, RecordKind, Resolver};
 
-/// Most MX hosts whose addresses are looked up for one domain.
+/// Most MX hosts (or route hosts) whose addresses are looked up for one
+/// domain.
 pub const MX_HOSTS_MAX: usize = 10;
 
 /// The addresses to try for `domain` under `plan`, in order. `spread`
-/// rotates MX hosts of equal preference.
+/// rotates MX hosts (and route items) of equal preference.
 pub async fn resolve(
     resolver: &Resolver,
     nameservers: &[SocketAddr],
@@ -30,28 +31,40 @@ pub async fn resolve(
     plan: &Plan,
     spread: u64,
 ) -> Result<Vec<Target>, RouteFailure> {
-    let (hosts, port, implicit) = match plan {
-        Plan::Gateway { host, port } => (vec![host.clone()], *port, false),
+    let (mut hosts, implicit) = match plan {
+        Plan::Gateway { host, port } => (vec![(host.clone(), *port)], false),
         Plan::Mx { port } => {
             let answer = resolver
                 .lookup(nameservers, domain, RecordKind::Mx)
                 .await
                 .map_err(|e| RouteFailure::lookup("MX of", domain, &e))?;
             let implicit = !matches!(answer, Answer::Mx(_));
-            let mut hosts = route::mx_hosts(domain, &answer, spread)?;
-            hosts.truncate(MX_HOSTS_MAX);
-            (hosts, *port, implicit)
+            let hosts = route::mx_hosts(domain, &answer, spread)?;
+            (hosts.into_iter().map(|h| (h, *port)).collect(), implicit)
+        }
+        Plan::Routes { routes, port } => {
+            let mut answers = Vec::with_capacity(routes.len());
+            for item in routes {
+                let answer = match route::mx_name_of(item, domain) {
+                    Some(name) => Some(resolver.lookup(nameservers, name, RecordKind::Mx).await),
+                    None => None,
+                };
+                answers.push(answer);
+            }
+            let hosts = route::route_hosts(domain, routes, &answers, *port, spread)?;
+            // A route list is the operator's: it never bounces.
+            (hosts, false)
         }
     };
+    hosts.truncate(MX_HOSTS_MAX);
     let mut lookups = Vec::with_capacity(hosts.len());
-    for host in hosts {
+    for (host, port) in hosts {
         let answer = resolver.addresses(nameservers, &host).await;
-        lookups.push((host, answer));
+        lookups.push(HostLookup { host, port, answer });
     }
     // A gateway that does not resolve is the operator's to fix: never a
     // bounce.
-    let implicit = implicit && matches!(plan, Plan::Mx { .. });
-    route::targets(domain, &lookups, port, implicit, prohibited)
+    route::targets(domain, &lookups, implicit, prohibited)
 }
 
 /// Where an outbound connection comes from: `address` is the binding's
