@@ -12,6 +12,7 @@
 //! and each session's code reads top to bottom like the protocol.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +63,9 @@ pub struct LoadSpec {
     pub new_connection_per_message: bool,
     pub io_timeout: Duration,
     pub rcpt_domain: String,
+    /// 0 or 1: every recipient is in `rcpt_domain`. N > 1: message `id`
+    /// goes to `d<id % N>.<rcpt_domain>` (many domains, the mx scenario).
+    pub rcpt_domains: u64,
     pub progress: bool,
     pub label: String,
 }
@@ -79,6 +83,7 @@ impl LoadSpec {
             new_connection_per_message: false,
             io_timeout: Duration::from_secs(120),
             rcpt_domain: "sink.test".into(),
+            rcpt_domains: 0,
             progress: true,
             label: String::new(),
         }
@@ -373,6 +378,8 @@ fn session(index: usize, spec: &LoadSpec, shared: &Shared, start: Instant) -> Hi
         .collect();
     let mut rng = Rng::new(index as u64 + 1);
     let mut envelope = Vec::with_capacity(256);
+    // The recipient domain of the current message, reused.
+    let mut domain = String::with_capacity(spec.rcpt_domain.len() + 16);
     let mut conn: Option<Conn> = None;
     let deadline = spec.duration.map(|d| start + d);
     loop {
@@ -417,12 +424,17 @@ fn session(index: usize, spec: &LoadSpec, shared: &Shared, start: Instant) -> Hi
             .max(1);
         t.patch(id, unix_ns());
         let bytes = t.message_bytes();
+        domain.clear();
+        if spec.rcpt_domains > 1 {
+            let _ = write!(domain, "d{}.", id % spec.rcpt_domains);
+        }
+        domain.push_str(&spec.rcpt_domain);
         match send_one(
             &mut c,
             &mut envelope,
             &t.text,
             recipients,
-            &spec.rcpt_domain,
+            &domain,
             id,
             shared,
         ) {

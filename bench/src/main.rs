@@ -1,7 +1,7 @@
 //! `ecbench`: SMTP load generator, sink, and benchmark scenarios for
 //! ecelerity and its peers (Postfix, Haraka, KumoMTA) on one machine.
 //! Owns: the command line; each subcommand delegates to a module.
-//! May call: client, sink, scenario, shapes, plot, `ecelerity_testkit` (the
+//! May call: client, sink, scenario, shapes, mx, plot, `ecelerity_testkit` (the
 //! binary directory).
 //! Never: the engine crate: every MTA is measured from outside.
 //!
@@ -10,6 +10,7 @@
 //! tears down and writes `NAME.json`, `NAME.txt` and PNG plots to `--out`.
 
 mod client;
+mod mx;
 mod peers;
 mod plot;
 mod procstat;
@@ -96,7 +97,7 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Run a scenario: limit, relay, side-by-side, latency, shards, queue, shapes, all.
+    /// Run a scenario: limit, relay, side-by-side, latency, shards, queue, shapes, mx, all.
     Scenario(ScenarioArgs),
     /// Re-draw the PNG plots from a results JSON file.
     Plot {
@@ -108,7 +109,7 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct ScenarioArgs {
-    /// limit | relay | side-by-side | latency | shards | queue | shapes | all
+    /// limit | relay | side-by-side | latency | shards | queue | shapes | mx | all
     name: String,
     /// Message sizes, comma separated.
     #[arg(long, default_value = "1k,10k,100k")]
@@ -153,6 +154,12 @@ struct ScenarioArgs {
     /// shapes scenario: runs of each client shape (interleaved).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// mx scenario: recipient domains, each with its own MX record.
+    #[arg(long, default_value_t = 1000)]
+    mx_domains: u64,
+    /// mx scenario: MX hosts the domains share (sinks on 127.0.0.2, .3, ...).
+    #[arg(long, default_value_t = 4)]
+    mx_hosts: u32,
     /// Scratch directory for spools and configs.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -250,6 +257,8 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         delivery_shards: args.delivery_shards,
         queue_messages: args.queue_messages,
         repeat: args.repeat,
+        mx_domains: args.mx_domains,
+        mx_hosts: args.mx_hosts,
         quick: args.quick,
         progress: !args.quiet,
         command_line,
@@ -286,13 +295,14 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         "shards" => scenario::shards(&o, &mut results),
         "queue" => scenario::queue(&o, &mut results),
         "shapes" => shapes::shapes(&o, &mut results),
+        "mx" => mx::mx(&o, &mut results),
         "all" => scenario::side_by_side(&o, &mut results)
             .and_then(|_| scenario::latency(&o, &mut results))
             .and_then(|_| scenario::shards(&o, &mut results))
             .and_then(|_| scenario::queue(&o, &mut results))
             .and_then(|_| shapes::shapes(&o, &mut results)),
         other => bail!(
-            "unknown scenario `{other}` (limit, relay, side-by-side, latency, shards, queue, shapes, all)"
+            "unknown scenario `{other}` (limit, relay, side-by-side, latency, shards, queue, shapes, mx, all)"
         ),
     };
     eprintln!(

@@ -53,6 +53,10 @@ pub struct RunOptions {
     pub queue_messages: u64,
     /// shapes scenario: runs of each row (interleaved: a, b, c, d, a, ...).
     pub repeat: u32,
+    /// mx scenario: recipient domains, each with its own MX record.
+    pub mx_domains: u64,
+    /// mx scenario: MX hosts (sinks on 127.0.0.2, .3, ...) the domains share.
+    pub mx_hosts: u32,
     /// Smoke mode (`--quick`): scenarios keep to a few hundred messages.
     pub quick: bool,
     pub progress: bool,
@@ -203,7 +207,7 @@ impl Results {
         }
     }
 
-    fn note(&mut self, text: String) {
+    pub(crate) fn note(&mut self, text: String) {
         eprintln!("ecbench: {text}");
         self.notes.push(text);
     }

@@ -4,7 +4,8 @@
 //! end-to-end latency from the generator's X-Ecbench-Ts header to the end
 //! of DATA here. Supports PIPELINING: replies are buffered until the input
 //! buffer holds no complete command, then written in one go.
-//! Owns: the listening socket, one thread per connection, the counters.
+//! Owns: the listening sockets (one, or several sharing the counters: the
+//! MX hosts of the mx scenario), one thread per connection, the counters.
 //! May call: std::net, report, `ecelerity_testkit::Rng` (reply scripts).
 //! Never: the MTA under test.
 
@@ -60,15 +61,38 @@ struct Counters {
 
 /// A running sink; stops accepting when dropped.
 pub struct Sink {
+    /// The first (often the only) listening address.
     pub addr: SocketAddr,
+    /// Every listening address, `addr` first.
+    pub addrs: Vec<SocketAddr>,
     counters: Arc<Counters>,
 }
 
 impl Sink {
     /// Listen on `addr` (port 0 picks one) and serve in background threads.
     pub fn start(addr: SocketAddr, script: ReplyScript) -> io::Result<Sink> {
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
+        Sink::start_many(&[addr], script)
+    }
+
+    /// Listen on every address of `addrs` with one set of counters. Port 0
+    /// in the first picks a free port; port 0 in the others means the
+    /// port the first got (one port on several loopback addresses).
+    pub fn start_many(addrs: &[SocketAddr], script: ReplyScript) -> io::Result<Sink> {
+        assert!(!addrs.is_empty(), "a sink listens somewhere");
+        let first = TcpListener::bind(addrs[0])?;
+        let port = first.local_addr()?.port();
+        let mut listeners = vec![first];
+        for addr in &addrs[1..] {
+            let mut addr = *addr;
+            if addr.port() == 0 {
+                addr.set_port(port);
+            }
+            listeners.push(TcpListener::bind(addr)?);
+        }
+        let bound: Vec<SocketAddr> = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<io::Result<_>>()?;
         let counters = Arc::new(Counters {
             connections: AtomicU64::new(0),
             messages: AtomicU64::new(0),
@@ -81,30 +105,14 @@ impl Sink {
             e2e: Mutex::new(latency_histogram()),
             stop: AtomicBool::new(false),
         });
-        let shared = Arc::clone(&counters);
-        thread::Builder::new()
-            .name("ecbench-sink-accept".into())
-            .spawn(move || {
-                let mut sequence = 0u64;
-                for stream in listener.incoming() {
-                    if shared.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    sequence += 1;
-                    shared.connections.fetch_add(1, Ordering::Relaxed);
-                    let shared = Arc::clone(&shared);
-                    let script = script.clone();
-                    let seed = sequence;
-                    let _ = thread::Builder::new()
-                        .name("ecbench-sink".into())
-                        .stack_size(CONNECTION_STACK_BYTES)
-                        .spawn(move || {
-                            let _ = serve(stream, &shared, &script, seed);
-                        });
-                }
-            })?;
-        Ok(Sink { addr, counters })
+        for listener in listeners {
+            accept_in_background(listener, Arc::clone(&counters), script.clone())?;
+        }
+        Ok(Sink {
+            addr: bound[0],
+            addrs: bound,
+            counters,
+        })
     }
 
     /// Zero the counters and the histogram; arrival times count from now.
@@ -161,11 +169,45 @@ impl Sink {
     }
 }
 
+/// The accept loop of one listener, in a thread of its own; a thread per
+/// connection.
+fn accept_in_background(
+    listener: TcpListener,
+    shared: Arc<Counters>,
+    script: ReplyScript,
+) -> io::Result<()> {
+    thread::Builder::new()
+        .name("ecbench-sink-accept".into())
+        .spawn(move || {
+            let mut sequence = 0u64;
+            for stream in listener.incoming() {
+                if shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                sequence += 1;
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let shared = Arc::clone(&shared);
+                let script = script.clone();
+                let seed = sequence;
+                let _ = thread::Builder::new()
+                    .name("ecbench-sink".into())
+                    .stack_size(CONNECTION_STACK_BYTES)
+                    .spawn(move || {
+                        let _ = serve(stream, &shared, &script, seed);
+                    });
+            }
+        })?;
+    Ok(())
+}
+
 impl Drop for Sink {
     fn drop(&mut self) {
         self.counters.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        // Wake each accept loop so it sees the flag.
+        for addr in &self.addrs {
+            let _ = TcpStream::connect_timeout(addr, Duration::from_millis(200));
+        }
     }
 }
 

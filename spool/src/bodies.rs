@@ -14,7 +14,7 @@
 //! segment for the message's whole life and have to be copied by
 //! compaction (tens of MiB per long-lived message); a file of its own is
 //! freed the moment its message completes, is never copied (compaction
-//! moves the small `MessageFile` record only), keeps the group-commit
+//! moves the small record only, as a `MovedFile` record), keeps the group-commit
 //! batch free of bulk data, and lets a message be larger than a segment.
 //! The cost is a file create, an `fdatasync` of the file and one of the
 //! directory per large message, small next to moving the body itself.

@@ -331,10 +331,22 @@ impl Journal {
     }
 }
 
+/// Where one record sits: `len` bytes at `offset` of segment `segment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
 #[derive(Debug, Default)]
 struct SegmentState {
     /// Live messages with a record (message or note) in this segment.
     pins: u32,
+    /// Bytes of the records of live messages in this segment (their
+    /// message or moved record and their notes since): what compaction
+    /// would copy out of it.
+    live_bytes: u64,
     /// Complete records in this segment whose message record sits in an
     /// older segment that still exists: deleting this one first would
     /// bring those messages back at recovery.
@@ -345,9 +357,15 @@ struct SegmentState {
 
 #[derive(Debug)]
 struct LiveMessage {
-    message_segment: u64,
+    /// Segments holding a message or moved record of this id, oldest
+    /// first, each once: a complete must outlive every one of them (see
+    /// `complete`). More than one only after compaction moved it.
+    message_segments: Vec<u64>,
     /// Segments holding this message's records, each once.
     pinned: Vec<u64>,
+    /// Its current message (or moved) record, then its notes since, in
+    /// the order written: what compaction copies (see `locate`).
+    spans: Vec<Span>,
 }
 
 /// Which segments exist and which live messages keep them.
@@ -360,6 +378,9 @@ pub struct LiveIndex {
 /// Records pinned per message: beyond this a message's notes stop adding
 /// entries (the segment list is scanned linearly).
 const PINNED_SEGMENTS_MAX: usize = 1024;
+/// Records located per message (its message record and notes); a message
+/// with more is never moved by compaction, so its segments stay.
+pub const SPANS_PER_MESSAGE_MAX: usize = 256;
 
 impl LiveIndex {
     pub fn add_segment(&mut self, segment: u64) {
@@ -407,18 +428,138 @@ impl LiveIndex {
     /// record for a live id (a copy made forward) replaces the first.
     pub fn message(&mut self, id: u64, segment: u64) {
         if let Some(old) = self.live.remove(&id) {
-            for s in old.pinned {
-                self.unpin(s);
-            }
+            self.release(&old);
         }
         self.pin(segment);
         self.live.insert(
             id,
             LiveMessage {
-                message_segment: segment,
+                message_segments: vec![segment],
                 pinned: vec![segment],
+                spans: Vec::new(),
             },
         );
+    }
+
+    /// A moved record for `id` is durable in `segment`: it supersedes
+    /// every earlier record of the id. The segments of earlier message
+    /// records are remembered (a complete must outlive them too). An id
+    /// that is not live had its older records deleted after the copy was
+    /// durable (at recovery only: the writer never moves a dead id), so it
+    /// is live again from here.
+    pub fn moved(&mut self, id: u64, segment: u64) {
+        let mut message_segments = Vec::new();
+        if let Some(old) = self.live.remove(&id) {
+            self.release(&old);
+            message_segments = old.message_segments;
+            message_segments.retain(|s| self.segments.contains_key(s));
+        }
+        // Records are read and written in segment order, so every earlier
+        // copy sits in this segment or an older one (two copies in one
+        // segment only where the pieces of failed writes landed).
+        assert!(message_segments.iter().all(|&s| s <= segment));
+        if message_segments.last() != Some(&segment) {
+            message_segments.push(segment);
+        }
+        self.pin(segment);
+        self.live.insert(
+            id,
+            LiveMessage {
+                message_segments,
+                pinned: vec![segment],
+                spans: Vec::new(),
+            },
+        );
+    }
+
+    /// The record of `span` (the message, moved or note record the caller
+    /// just reported for `id`) is where compaction will find it. Ignored
+    /// for an id that is not live.
+    pub fn locate(&mut self, id: u64, span: Span) {
+        let Some(message) = self.live.get_mut(&id) else {
+            return;
+        };
+        if message.spans.len() >= SPANS_PER_MESSAGE_MAX {
+            // A message with this many notes is not moved (see
+            // `movable_spans`): it keeps its segments.
+            message.spans.push(span);
+            message.spans.truncate(SPANS_PER_MESSAGE_MAX + 1);
+            return;
+        }
+        message.spans.push(span);
+        if let Some(state) = self.segments.get_mut(&span.segment) {
+            state.live_bytes += span.len as u64;
+        }
+    }
+
+    /// Unpins what a message that stops being live (or is superseded)
+    /// held.
+    fn release(&mut self, message: &LiveMessage) {
+        for s in &message.pinned {
+            self.unpin(*s);
+        }
+        for span in message.spans.iter().take(SPANS_PER_MESSAGE_MAX) {
+            if let Some(state) = self.segments.get_mut(&span.segment) {
+                assert!(state.live_bytes >= span.len as u64);
+                state.live_bytes -= span.len as u64;
+            }
+        }
+    }
+
+    /// The records to copy to move `id`: its message record, then its
+    /// notes. None when it is not live, is not located, or has more notes
+    /// than a move carries.
+    pub fn movable_spans(&self, id: u64) -> Option<&[Span]> {
+        let message = self.live.get(&id)?;
+        if message.spans.is_empty() || message.spans.len() > SPANS_PER_MESSAGE_MAX {
+            return None;
+        }
+        Some(&message.spans)
+    }
+
+    /// Whether live message `id` has a record in `segment`.
+    pub fn pins(&self, id: u64, segment: u64) -> bool {
+        self.live
+            .get(&id)
+            .is_some_and(|message| message.pinned.contains(&segment))
+    }
+
+    /// The oldest segment other than `current` that live messages keep
+    /// but whose live records take no more than `live_bytes_max` bytes:
+    /// the next to compact.
+    pub fn compaction_candidate(
+        &self,
+        current: Option<u64>,
+        live_bytes_max: u64,
+        skip: impl Fn(u64) -> bool,
+    ) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(&segment, state)| {
+                Some(segment) != current
+                    && state.pins > 0
+                    && state.live_bytes <= live_bytes_max
+                    && !skip(segment)
+            })
+            .map(|(&segment, _)| segment)
+    }
+
+    /// Live messages with a record in `segment`, ascending. Scans the live
+    /// set: called once per segment compacted.
+    pub fn live_in(&self, segment: u64) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, message)| message.pinned.contains(&segment))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Bytes of live records in `segment` (0 for one that does not exist).
+    pub fn live_bytes(&self, segment: u64) -> u64 {
+        self.segments.get(&segment).map_or(0, |s| s.live_bytes)
     }
 
     /// A note for `id` is durable in `segment`. Returns false (and changes
@@ -443,20 +584,21 @@ impl LiveIndex {
         let Some(message) = self.live.remove(&id) else {
             return false;
         };
-        for s in &message.pinned {
-            self.unpin(*s);
-        }
-        let m = message.message_segment;
-        if m != segment && self.segments.contains_key(&m) {
-            self.segments
-                .get_mut(&segment)
-                .expect("records only go to existing segments")
-                .guards += 1;
-            self.segments
-                .get_mut(&m)
-                .expect("checked")
-                .guarded
-                .push(segment);
+        self.release(&message);
+        // Every segment that still holds a message or moved record of the
+        // id would bring it back if it outlived this complete.
+        for &m in &message.message_segments {
+            if m != segment && self.segments.contains_key(&m) {
+                self.segments
+                    .get_mut(&segment)
+                    .expect("records only go to existing segments")
+                    .guards += 1;
+                self.segments
+                    .get_mut(&m)
+                    .expect("checked")
+                    .guarded
+                    .push(segment);
+            }
         }
         true
     }
@@ -675,6 +817,57 @@ mod tests {
         assert!(index.take_deletable(Some(3)).is_empty());
         index.complete(10, 3);
         assert_eq!(index.take_deletable(Some(3)), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_complete_of_a_moved_message_outlives_every_segment_holding_a_copy() {
+        // Goal: after compaction moved message 10 from segment 1 to 2 and
+        // it completed in 3, segment 3 stays while segment 1 (still kept
+        // by message 11) holds the original: deleting 3 first would bring
+        // 10 back at recovery. Method: drive the index, check deletables.
+        let mut index = LiveIndex::default();
+        for s in 1..=4 {
+            index.add_segment(s);
+        }
+        index.message(10, 1);
+        index.message(11, 1);
+        index.moved(10, 2);
+        assert!(!index.pins(10, 1) && index.pins(10, 2));
+        index.complete(10, 3);
+        // Segment 2 (the copy) is free and goes; 3 still guards 1.
+        assert_eq!(index.take_deletable(Some(4)), vec![2]);
+        index.complete(11, 4);
+        assert_eq!(index.take_deletable(Some(4)), vec![1, 3]);
+    }
+
+    #[test]
+    fn live_bytes_follow_located_records_through_moves_and_completes() {
+        let mut index = LiveIndex::default();
+        for s in 1..=2 {
+            index.add_segment(s);
+        }
+        let span = |segment, offset, len| Span {
+            segment,
+            offset,
+            len,
+        };
+        index.message(10, 1);
+        index.locate(10, span(1, 32, 500));
+        assert!(index.note(10, 1));
+        index.locate(10, span(1, 532, 40));
+        index.message(11, 1);
+        index.locate(11, span(1, 572, 300));
+        assert_eq!(index.live_bytes(1), 840);
+        assert_eq!(index.compaction_candidate(Some(2), 839, |_| false), None);
+        assert_eq!(index.compaction_candidate(Some(2), 840, |_| false), Some(1));
+        assert_eq!(index.live_in(1), vec![10, 11]);
+        assert_eq!(index.movable_spans(10).map(<[Span]>::len), Some(2));
+        index.moved(10, 2);
+        index.locate(10, span(2, 32, 560));
+        assert_eq!((index.live_bytes(1), index.live_bytes(2)), (300, 560));
+        index.complete(11, 2);
+        index.complete(10, 2);
+        assert_eq!((index.live_bytes(1), index.live_bytes(2)), (0, 0));
     }
 
     #[test]

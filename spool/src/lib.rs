@@ -18,9 +18,11 @@
 //! Modules: `record` (pure codec), `journal` (pure write-position, reserve
 //! and live-set bookkeeping), `recovery` (pure over `Storage` reads),
 //! `storage` (the only I/O, behind traits a simulated disk can implement),
-//! `spool` (handle, group-commit writer task, GC task), `reader` (body
-//! reads through io_uring, on any shard), `bodies` (large bodies in files
-//! of their own, written while DATA arrives).
+//! `spool` (handle, group-commit writer task, GC task), `compact` (moves
+//! the live messages of sparse old segments forward, paced, so the spool's
+//! size follows its live data; a body in a file of its own stays there),
+//! `reader` (body reads through io_uring, on any shard), `bodies` (large
+//! bodies in files of their own, written while DATA arrives).
 //!
 //! File access choice: glommio `BufferedFile` (io_uring `write` into the
 //! page cache, then `fdatasync`), segments reserved with
@@ -55,7 +57,10 @@ use std::io;
 pub use bodies::{BodyWriter, FileBody};
 pub use reader::{BodyReader, BODY_READ_CHUNK_BYTES};
 pub use record::{DecodeError, Record, RECORD_BYTES_MAX};
-pub use spool::Spool;
+pub use spool::compact::{
+    relocated, COMPACTION_BYTES_PER_SECOND_DEFAULT, COMPACTION_LIVE_PERCENT_DEFAULT,
+};
+pub use spool::{CompactReport, CompactionOptions, Spool};
 pub use storage::{GlommioStorage, Storage};
 
 /// Default size of a segment file.

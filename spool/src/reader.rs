@@ -12,6 +12,11 @@
 //! file until the cache drops it; glommio closes a dropped file through
 //! io_uring.
 //!
+//! A body compaction moved (see `compact`) is read where it went once
+//! its old segment is gone: a missing file sends the reader to the
+//! relocation table (no lookup while the old file is there; its bytes
+//! stay valid until it is deleted).
+//!
 //! A reader is a cheap handle (`Clone` shares the cache), so a delivery
 //! task can take one out of a shard's table and await a read without
 //! holding a borrow of the table.
@@ -198,7 +203,8 @@ impl BodyReader {
     /// file comes from the cache; a body file is opened for the reads and
     /// closed when the `BodyChunks` is dropped (body files are not cached:
     /// one is read once per delivery attempt, and an open file would keep
-    /// the space of a completed message).
+    /// the space of a completed message). A body file never moves:
+    /// compaction copies forward only the record that names it.
     pub async fn chunks(&self, body: &BodyRef) -> io::Result<BodyChunks> {
         self.inner.last_read.set(Instant::now());
         self.arm_closer();
@@ -209,11 +215,11 @@ impl BodyReader {
                 let file = BufferedFile::open(&path).await.map_err(glommio_error)?;
                 (Rc::new(file), 0, name)
             }
-            None => (
-                self.file(body.segment).await?,
-                body.offset,
-                segment_file_name(body.segment),
-            ),
+            None => {
+                // Where compaction moved it, once its segment is gone.
+                let (body, file) = self.file_of(*body).await?;
+                (file, body.offset, segment_file_name(body.segment))
+            }
         };
         Ok(BodyChunks {
             file,
@@ -221,6 +227,30 @@ impl BodyReader {
             at: start,
             end: start + body.len as u64,
         })
+    }
+
+    /// Where `body` can be read now and the open file there: its own
+    /// segment, or where compaction moved it once that segment is gone
+    /// (see `compact`).
+    async fn file_of(&self, mut body: BodyRef) -> io::Result<(BodyRef, Rc<BufferedFile>)> {
+        let mut attempts = 0;
+        loop {
+            match self.file(body.segment).await {
+                Ok(file) => return Ok((body, file)),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    attempts += 1;
+                    match crate::relocated(&self.inner.dir, &body) {
+                        Some(moved)
+                            if attempts < crate::spool::compact::RELOCATION_ATTEMPTS_MAX =>
+                        {
+                            body = moved
+                        }
+                        _ => return Err(err),
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// The open file of `segment`, from the cache or opened now.

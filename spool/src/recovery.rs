@@ -1,7 +1,11 @@
 //! Start-up recovery: reads every segment of a spool directory in order
 //! and rebuilds the live set.
 //! Owns: the rules for where a segment's valid records end (the first
-//! torn, corrupt or zeroed record) and for which messages are live.
+//! torn, corrupt or zeroed record) and for which messages are live: a
+//! message record makes its id live, a note joins a live id, a complete
+//! ends it, and a moved record (compaction's copy) replaces whatever came
+//! before for its id, notes included, or makes it live again when the
+//! segment of the original is gone.
 //! May call: `Storage::list_segments` / `read_segment`, `record`, `journal`.
 //! Never: write or delete (the caller deletes what it is told is dead, so
 //! this stays a pure function of the bytes on disk).
@@ -9,7 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 
-use crate::journal::LiveIndex;
+use crate::journal::{LiveIndex, Span};
 use crate::record::{self, DecodeError, HeaderError, Record, SEGMENT_HEADER_BYTES};
 use crate::storage::Storage;
 use crate::{BodyRef, RecoveredMessage, Recovery, TornTail};
@@ -139,6 +143,65 @@ pub fn recover<S: Storage>(storage: &S) -> io::Result<Recovered> {
                         live.remove(&id);
                     }
                 }
+                Record::Moved {
+                    id,
+                    envelope,
+                    notes,
+                    body,
+                } => {
+                    let body_offset = record.body_offset().expect("a moved record has a body");
+                    index.moved(id, segment);
+                    live.insert(
+                        id,
+                        RecoveredMessage {
+                            id,
+                            envelope: envelope.to_vec(),
+                            body: BodyRef {
+                                segment,
+                                offset: (offset + body_offset) as u64,
+                                len: body.len() as u32,
+                            },
+                            notes: record::notes_of(notes).map(<[u8]>::to_vec).collect(),
+                        },
+                    );
+                }
+                Record::MovedFile {
+                    id,
+                    envelope,
+                    notes,
+                    body_len,
+                    ..
+                } => {
+                    let Ok(len) = u32::try_from(body_len) else {
+                        recovery.truncated.push(TornTail {
+                            segment,
+                            offset: offset as u64,
+                            reason: format!(
+                                "moved message {id} names a body of {body_len} bytes, over 4 GiB"
+                            ),
+                        });
+                        break;
+                    };
+                    // Like a moved record; the body stays in its file.
+                    index.moved(id, segment);
+                    live.insert(
+                        id,
+                        RecoveredMessage {
+                            id,
+                            envelope: envelope.to_vec(),
+                            body: BodyRef::file(id, len),
+                            notes: record::notes_of(notes).map(<[u8]>::to_vec).collect(),
+                        },
+                    );
+                }
+            }
+            if !matches!(record, Record::Complete { .. }) {
+                let span = Span {
+                    segment,
+                    offset: offset as u64,
+                    len: used as u32,
+                };
+                index.locate(record.id(), span);
             }
             offset += used;
         }

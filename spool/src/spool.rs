@@ -32,10 +32,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use std::time::Instant;
 
-use crate::journal::{ChunkPlan, Class, Journal, LiveIndex, Plan, Slot};
+use crate::journal::{ChunkPlan, Class, Journal, LiveIndex, Plan, Slot, Span};
 use crate::record::{self, Record, SEGMENT_HEADER_BYTES};
 use crate::storage::{GlommioStorage, Remover, Storage};
 use crate::{BodyRef, Recovery, SpoolError, SpoolOptions, SpoolStats};
+pub use compact::{CompactReport, CompactionOptions};
+
+#[path = "compact.rs"]
+pub(crate) mod compact;
 
 /// The outcome handed to one waiting appender.
 type AppendResult = Result<Option<BodyRef>, SpoolError>;
@@ -67,6 +71,14 @@ enum PendingKind {
     },
     Note,
     Complete,
+    /// A live message copied forward by compaction (written by the writer
+    /// itself, never appended); `in_file` as for `Message` (a moved-file
+    /// record: the body stays in its file).
+    Moved {
+        body_offset: u32,
+        body_len: u32,
+        in_file: bool,
+    },
 }
 
 /// One record in the open batch, waiting for the sync that covers it.
@@ -76,6 +88,23 @@ struct Pending {
     len: u32,
     kind: PendingKind,
     waiter: Rc<RefCell<Waiter>>,
+}
+
+impl Pending {
+    /// A moved record of `len` bytes for `id`, for compaction (`in_file`:
+    /// a moved-file record, `body_offset` unused).
+    fn moved(id: u64, len: u32, body_offset: u32, body_len: u32, in_file: bool) -> Pending {
+        Pending {
+            id,
+            len,
+            kind: PendingKind::Moved {
+                body_offset,
+                body_len,
+                in_file,
+            },
+            waiter: Rc::new(RefCell::new(Waiter::default())),
+        }
+    }
 }
 
 /// State shared by the handles and the writer task (same executor).
@@ -116,6 +145,9 @@ struct Shared {
     gc_passes: u64,
     gc_pass_waiter: Option<Waker>,
     gc_done: bool,
+    /// Compaction steps asked of the writer, oldest first; never more
+    /// than COMPACTION_REQUESTS_MAX.
+    compaction: std::collections::VecDeque<compact::Request>,
 }
 
 impl Shared {
@@ -278,6 +310,7 @@ impl Spool {
             gc_passes: 0,
             gc_pass_waiter: None,
             gc_done: false,
+            compaction: std::collections::VecDeque::new(),
         }));
         let body_files = recovery
             .messages
@@ -291,6 +324,7 @@ impl Spool {
             body_files,
             roll_blocked: false,
             shared: shared.clone(),
+            compactor: compact::Compactor::new(dir),
         };
         glommio::spawn_local(run_gc(remover, shared.clone())).detach();
         glommio::spawn_local(writer.run()).detach();
@@ -401,6 +435,9 @@ impl Spool {
             },
             Record::Note { .. } => PendingKind::Note,
             Record::Complete { .. } => PendingKind::Complete,
+            Record::Moved { .. } | Record::MovedFile { .. } => {
+                unreachable!("moved records are written by compaction only")
+            }
         };
         let waiter = Rc::new(RefCell::new(Waiter::default()));
         PollFn(|cx: &mut Context<'_>| {
@@ -441,6 +478,28 @@ impl Spool {
             }
         })
         .await
+    }
+
+    /// Runs one compaction step (see `compact`): moves live messages out
+    /// of sealed segments whose live records take at most
+    /// `live_percent_max` percent of a segment, up to `budget_bytes` of
+    /// copies (one message at least), and hands the segments it empties to
+    /// the GC. Runs on the writer between group commits.
+    pub async fn compact(
+        &self,
+        budget_bytes: u64,
+        live_percent_max: u32,
+    ) -> Result<CompactReport, SpoolError> {
+        assert!(live_percent_max <= 100, "a percentage");
+        compact::ask_for_step(&self.handle.shared, budget_bytes, live_percent_max).await
+    }
+
+    /// The background task that compacts this spool at the pace `options`
+    /// set, until the spool closes (spawn it on the spool's executor, in a
+    /// task queue that does not serve clients). It holds no handle while
+    /// it sleeps, so dropping the spool still closes it.
+    pub fn compaction_task(&self, options: CompactionOptions) -> impl Future<Output = ()> {
+        compact::pace(Rc::downgrade(&self.handle), options)
     }
 
     /// Writes and syncs everything appended so far, stops the writer and
@@ -565,12 +624,20 @@ struct Writer<S: Storage> {
     /// nothing live is retired (and deleted) rather than kept for appends.
     roll_blocked: bool,
     shared: Rc<RefCell<Shared>>,
+    compactor: compact::Compactor,
 }
 
 impl<S: Storage> Writer<S> {
     async fn run(mut self) {
         while let Some((batch, pending)) = self.next_batch().await {
-            self.write_batch(batch, pending).await;
+            if !pending.is_empty() {
+                self.write_batch(batch, pending).await;
+            }
+            self.compact_if_asked().await;
+        }
+        let unanswered = std::mem::take(&mut self.shared.borrow_mut().compaction);
+        for request in unanswered {
+            request.resolve(Err(SpoolError::Closed));
         }
         self.clean_tail().await;
         let result = self.storage.close().await;
@@ -609,7 +676,8 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    /// Takes the open batch, or None once closing and drained. A batch of
+    /// Takes the open batch (empty when only a compaction step was asked
+    /// for), or None once closing and drained. A batch of
     /// notes and completions only (no message waits on it for its 250)
     /// lingers up to `options.progress_linger_ms` for a message to share
     /// its sync: with one client sending one message at a time, each
@@ -620,7 +688,7 @@ impl<S: Storage> Writer<S> {
         let shared = self.shared.clone();
         PollFn(move |cx: &mut Context<'_>| {
             let mut shared = shared.borrow_mut();
-            if !shared.pending.is_empty() || shared.closing {
+            if !shared.pending.is_empty() || shared.closing || !shared.compaction.is_empty() {
                 return Poll::Ready(());
             }
             shared.writer_waker = Some(cx.waker().clone());
@@ -630,8 +698,14 @@ impl<S: Storage> Writer<S> {
         self.linger_for_a_message().await;
         let mut shared = self.shared.borrow_mut();
         if shared.pending.is_empty() {
-            assert!(shared.closing, "woken with nothing to write only to close");
-            return None;
+            if shared.closing {
+                return None;
+            }
+            assert!(
+                !shared.compaction.is_empty(),
+                "woken with nothing to write only to close or compact"
+            );
+            return Some((Vec::new(), Vec::new()));
         }
         let capacity = shared.batch.len().min(BATCH_CAPACITY_BYTES_MAX);
         let batch = std::mem::replace(&mut shared.batch, Vec::with_capacity(capacity));
@@ -680,7 +754,10 @@ impl<S: Storage> Writer<S> {
             .iter()
             .map(|p| {
                 let class = match p.kind {
-                    PendingKind::Message { .. } => Class::Message,
+                    // A moved record leaves both reserves free, like a
+                    // message (it counts one live message too many in the
+                    // reserve: conservative).
+                    PendingKind::Message { .. } | PendingKind::Moved { .. } => Class::Message,
                     PendingKind::Note => Class::Note,
                     PendingKind::Complete if self.index.is_live(p.id) => Class::Complete,
                     PendingKind::Complete => {
@@ -890,14 +967,48 @@ impl<S: Storage> Writer<S> {
                 }
                 PendingKind::Complete => {
                     completed |= self.index.complete(p.id, plan.segment);
+                    // A moved message keeps its id in `body_files`: its
+                    // body file goes when its message completes, however
+                    // often its record was copied forward.
                     if !self.index.is_live(p.id) && self.body_files.remove(&p.id) {
                         let mut shared = self.shared.borrow_mut();
                         shared.body_removals.push(p.id);
                         shared.kick_gc();
                     }
+                    self.compactor.forget(p.id);
                     None
                 }
+                PendingKind::Moved {
+                    body_offset,
+                    body_len,
+                    in_file,
+                } => {
+                    assert!(self.index.is_live(p.id), "moved only while live");
+                    self.index.moved(p.id, plan.segment);
+                    if in_file {
+                        // The body stays in its file: only its record moved.
+                        assert!(
+                            self.body_files.contains(&p.id),
+                            "a body file of a live message"
+                        );
+                        Some(BodyRef::file(p.id, body_len))
+                    } else {
+                        Some(BodyRef {
+                            segment: plan.segment,
+                            offset: offset + body_offset as u64,
+                            len: body_len,
+                        })
+                    }
+                }
             };
+            if !matches!(p.kind, PendingKind::Complete) {
+                let span = Span {
+                    segment: plan.segment,
+                    offset,
+                    len: p.len,
+                };
+                self.index.locate(p.id, span);
+            }
             offset += p.len as u64;
             Waiter::resolve(&p.waiter, Ok(result));
         }

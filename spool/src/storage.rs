@@ -9,6 +9,7 @@
 //! writes, EIO, ENOSPC) implements the same trait.
 
 use std::io;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -80,6 +81,23 @@ pub trait Storage {
     async fn sync(&mut self) -> io::Result<()>;
     /// A handle that deletes segments, for the spool's GC task.
     fn remover(&self) -> io::Result<Self::Remover>;
+    /// `len` bytes at `offset` of segment `segment`, for compaction: the
+    /// records of a live message, below the synced end of their segment
+    /// (the current one included). The default reads the whole segment.
+    async fn read_span(&self, segment: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let bytes = self.read_segment(segment)?;
+        let start = offset as usize;
+        bytes
+            .as_ref()
+            .get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("segment {segment:016x} ends before {len} bytes at {offset}"),
+                )
+            })
+    }
     /// Closes the current segment (there is none afterwards).
     async fn close(&mut self) -> io::Result<()>;
 }
@@ -116,8 +134,10 @@ impl AsRef<[u8]> for MappedSegment {
 }
 
 /// Segments on a real file system through glommio's buffered files
-/// (io_uring writes into the page cache, then fdatasync). See the crate
-/// documentation for why buffered and not O_DIRECT.
+/// (appends up to `PWRITE_ON_SHARD_MAX_BYTES` copied into the page cache by
+/// pwrite(2) on the shard, larger ones written through io_uring; then
+/// fdatasync through io_uring). See the crate documentation for why
+/// buffered and not O_DIRECT.
 pub struct GlommioStorage {
     dir: PathBuf,
     dir_handle: Directory,
@@ -247,7 +267,11 @@ impl Storage for GlommioStorage {
     async fn write_at(&mut self, buf: Vec<u8>, offset: u64) -> io::Result<()> {
         let (_, file) = self.current.as_ref().expect("write_at needs a segment");
         let len = buf.len();
-        let written = file.write_at(buf, offset).await.map_err(os_error)?;
+        let written = if len <= PWRITE_ON_SHARD_MAX_BYTES {
+            pwrite_all(file.as_raw_fd(), &buf, offset)?
+        } else {
+            file.write_at(buf, offset).await.map_err(os_error)?
+        };
         if written == len {
             return Ok(());
         }
@@ -264,6 +288,36 @@ impl Storage for GlommioStorage {
         file.fdatasync().await.map_err(os_error)
     }
 
+    async fn read_span(&self, segment: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        // A read-only file of its own, through io_uring: never a blocking
+        // read (or a page fault of a map) on the shard's thread.
+        let file = BufferedFile::open(self.path_of(segment))
+            .await
+            .map_err(os_error)?;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let at = offset + out.len() as u64;
+            let chunk = file.read_at(at, len - out.len()).await.map_err(os_error);
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    let _ = file.close().await;
+                    return Err(err);
+                }
+            };
+            if chunk.is_empty() {
+                let _ = file.close().await;
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("segment {segment:016x} ends at {at}, before {len} bytes at {offset}"),
+                ));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        file.close().await.map_err(os_error)?;
+        Ok(out)
+    }
+
     fn remover(&self) -> io::Result<GlommioRemover> {
         Ok(GlommioRemover {
             dir: self.dir.clone(),
@@ -278,6 +332,45 @@ impl Storage for GlommioStorage {
         }
         Ok(())
     }
+}
+
+/// Largest append `GlommioStorage::write_at` copies into the page cache
+/// with pwrite(2) on the shard's own thread. Through io_uring an ext4
+/// buffered write is punted to an io-wq worker (`iou-wrk`), which runs on
+/// the shard's core: two context switches per group commit for a copy of a
+/// few microseconds. Larger batches (big bodies) still go through io_uring,
+/// so a slow page-cache copy never stalls the shard for long.
+const PWRITE_ON_SHARD_MAX_BYTES: usize = 64 << 10;
+
+/// pwrite(2) until all of `buf` is written, an error, or a write of 0
+/// bytes (no space). Returns the bytes written.
+fn pwrite_all(fd: std::os::unix::io::RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        // SAFETY: `rest` is a live, initialised slice of `rest.len()` bytes
+        // and `fd` an open file of this storage for the whole call.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    Ok(done)
 }
 
 /// Deletes segment files through glommio: the unlink runs on glommio's

@@ -1,5 +1,6 @@
 //! Spool tests that need a glommio executor and a real directory: append
-//! and reopen, torn tails, group commit, roll-over and segment GC.
+//! and reopen, torn tails, group commit, roll-over, segment GC and
+//! compaction.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -564,6 +565,211 @@ fn a_completion_lingers_for_the_next_message_and_shares_its_sync() {
     });
 }
 
+/// Segment numbers of the segment files in `dir`, ascending.
+fn segment_files(dir: &Path) -> Vec<u64> {
+    let mut segments: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            crate::storage::parse_segment_file_name(name.to_str()?)
+        })
+        .collect();
+    segments.sort_unstable();
+    segments
+}
+
+/// Waits (bounded) until the GC task has removed every segment below
+/// `segment`.
+async fn wait_for_removal_below(dir: &Path, segment: u64) {
+    for _ in 0..200 {
+        if segment_files(dir).iter().all(|&s| s >= segment) {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!(
+        "segments below {segment} still there: {:?}",
+        segment_files(dir)
+    );
+}
+
+#[test]
+fn compaction_moves_the_one_live_message_forward_and_frees_its_segment() {
+    // Goal: a segment kept alive by one long-lived message among many
+    // completed ones is copied forward and deleted; the moved message keeps
+    // its notes, its body reads byte for byte through the old reference
+    // and the new one, and recovery returns exactly it, once. Method: fill
+    // segment 0 with messages, complete all but one, roll to segment 1,
+    // compact, check the files, read, reopen.
+    let tmp = TempDir::new("compact");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let options = small_segments();
+        let (spool, _) = Spool::open(&dir, options).await.unwrap();
+        let kept = 7u64;
+        let kept_body = body_of(kept, 3000);
+        let mut old_ref = None;
+        let mut id = 0u64;
+        // Fill segment 0; the last message lands in segment 1.
+        loop {
+            id += 1;
+            let body = if id == kept {
+                kept_body.clone()
+            } else {
+                body_of(id, 3000)
+            };
+            let at = spool
+                .append_message(id, &envelope_of(id), &body)
+                .await
+                .unwrap();
+            if id == kept {
+                old_ref = Some(at);
+                spool
+                    .append_note(kept, b"deferred: 451 try later")
+                    .await
+                    .unwrap();
+            }
+            if at.segment == 1 {
+                break;
+            }
+        }
+        let old_ref = old_ref.expect("kept message spooled");
+        assert_eq!(old_ref.segment, 0);
+        for done in (1..=id).filter(|&i| i != kept) {
+            spool.complete(done).await.unwrap();
+        }
+        // Segment 0 holds one live message of ~3 KiB out of 64 KiB.
+        assert_eq!(segment_files(&dir), vec![0, 1]);
+        let report = spool
+            .compact(1024 * 1024, COMPACTION_LIVE_PERCENT_DEFAULT)
+            .await
+            .unwrap();
+        assert_eq!(report.messages_moved, 1, "{report:?}");
+        assert_eq!(report.segments_compacted, 1, "{report:?}");
+        assert!(report.bytes_copied > kept_body.len() as u64, "{report:?}");
+        wait_for_removal_below(&dir, 1).await;
+        assert_eq!(segment_files(&dir), vec![1]);
+        // A second step finds nothing to do: segment 1 is the current one.
+        let idle = spool.compact(1024 * 1024, 100).await.unwrap();
+        assert_eq!(idle, CompactReport::default());
+
+        // The engine's old reference still reads the body, byte for byte.
+        let reader = BodyReader::new(dir.clone());
+        let mut got = Vec::new();
+        reader.read(&old_ref, &mut got).await.unwrap();
+        assert_eq!(got, kept_body);
+        let moved = relocated(&dir, &old_ref).expect("relocated");
+        assert_eq!(moved.segment, 1);
+        reader.read(&moved, &mut got).await.unwrap();
+        assert_eq!(got, kept_body);
+        spool.append_note(kept, b"deferred again").await.unwrap();
+        spool.close().await.unwrap();
+
+        let (spool, recovery) = Spool::open(&dir, options).await.unwrap();
+        assert!(recovery.truncated.is_empty(), "{:?}", recovery.truncated);
+        assert_eq!(recovery.messages.len(), 1, "{:?}", recovery.messages);
+        let m = &recovery.messages[0];
+        assert_eq!((m.id, m.envelope.clone()), (kept, envelope_of(kept)));
+        assert_eq!(m.body, moved);
+        assert_eq!(
+            m.notes,
+            vec![
+                b"deferred: 451 try later".to_vec(),
+                b"deferred again".to_vec()
+            ]
+        );
+        reader.read(&m.body, &mut got).await.unwrap();
+        assert_eq!(got, kept_body);
+        // Completing the moved message ends it for good.
+        spool.complete(kept).await.unwrap();
+        assert!(relocated(&dir, &old_ref).is_none());
+        spool.close().await.unwrap();
+        let (spool, recovery) = Spool::open(&dir, options).await.unwrap();
+        assert!(recovery.messages.is_empty(), "{:?}", recovery.messages);
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn compaction_leaves_segments_with_enough_live_data_alone() {
+    // Goal: the threshold holds: a sealed segment whose live records take
+    // more than live_percent_max of a segment is not copied. Method: fill
+    // segment 0 with live messages, roll, compact at 25 %, then at 100 %.
+    let tmp = TempDir::new("compact-threshold");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, small_segments()).await.unwrap();
+        let mut id = 0;
+        loop {
+            id += 1;
+            let at = spool
+                .append_message(id, &envelope_of(id), &body_of(id, 4000))
+                .await
+                .unwrap();
+            if at.segment == 1 {
+                break;
+            }
+        }
+        let report = spool.compact(u64::MAX, 25).await.unwrap();
+        assert_eq!(report, CompactReport::default());
+        assert_eq!(segment_files(&dir), vec![0, 1]);
+        let report = spool.compact(u64::MAX, 100).await.unwrap();
+        assert_eq!(report.messages_moved, id - 1, "{report:?}");
+        wait_for_removal_below(&dir, 1).await;
+        spool.close().await.unwrap();
+        let (spool, recovery) = Spool::open(&dir, small_segments()).await.unwrap();
+        let mut ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=id).collect::<Vec<_>>());
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_compaction_budget_bounds_the_bytes_one_step_copies() {
+    // Goal: a step copies at most its budget (one message at least), and
+    // steps resume where the last one stopped. Method: 10 live messages of
+    // 2 KiB in a sealed segment, steps of 5 KiB, count.
+    let tmp = TempDir::new("compact-budget");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, small_segments()).await.unwrap();
+        for id in 1..=10u64 {
+            spool
+                .append_message(id, &envelope_of(id), &body_of(id, 2048))
+                .await
+                .unwrap();
+        }
+        let mut id = 10;
+        // Roll with messages completed at once, so only 1..=10 stay live.
+        loop {
+            id += 1;
+            let at = spool
+                .append_message(id, &envelope_of(id), &body_of(id, 4000))
+                .await
+                .unwrap();
+            spool.complete(id).await.unwrap();
+            if at.segment == 1 {
+                break;
+            }
+        }
+        let mut steps = 0;
+        let mut moved = 0;
+        while moved < 10 {
+            let report = spool.compact(5 * 1024, 50).await.unwrap();
+            assert!(report.bytes_copied <= 5 * 1024, "{report:?}");
+            assert!(report.messages_moved >= 1, "{report:?}");
+            moved += report.messages_moved;
+            steps += 1;
+            assert!(steps <= 10);
+        }
+        assert_eq!(moved, 10);
+        assert!(steps >= 4, "{steps} steps for 20 KiB at 5 KiB a step");
+        wait_for_removal_below(&dir, 1).await;
+        spool.close().await.unwrap();
+    });
+}
+
 /// Goal: a large body streamed into its own file comes back byte for byte
 /// through bounded chunk reads and after a reopen, and its file goes once
 /// the message completes. Method: 3 MiB written in uneven chunks larger
@@ -683,5 +889,92 @@ fn body_files_without_a_record_are_not_messages_and_are_removed_at_open() {
         assert_eq!(recovery.messages.len(), 1);
         assert_eq!(recovery.body_files_missing, [12]);
         spool.close().await.expect("close");
+    });
+}
+
+/// Goal: compaction copies a message whose body is in a file of its own
+/// forward as a moved-file record, without reading or copying the body:
+/// the segment goes, the `BodyRef::file` stays valid, recovery gives it
+/// back with the notes, the open sweep keeps the file, and the file goes
+/// when the message completes. Method: a streamed body committed into
+/// segment 0 among inline messages, all but it completed, one compaction
+/// step, reads, reopen, complete, reopen.
+#[test]
+fn compaction_moves_a_body_file_message_as_its_record_only() {
+    let tmp = TempDir::new("compact-file");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let options = small_segments();
+        let (spool, _) = Spool::open(&dir, options).await.unwrap();
+        let kept = 5u64;
+        let body = body_of(kept, 300 * 1024 + 11);
+        let mut kept_ref = None;
+        let mut id = 0u64;
+        loop {
+            id += 1;
+            let at = if id == kept {
+                let mut writer = spool.body_writer(kept).await.unwrap();
+                writer.write(body.clone()).await.unwrap();
+                let file_body = writer.finish().await.unwrap();
+                let at = spool
+                    .append_message_file(&envelope_of(kept), &file_body)
+                    .await
+                    .unwrap();
+                spool.append_note(kept, b"deferred").await.unwrap();
+                kept_ref = Some(at);
+                continue;
+            } else {
+                spool
+                    .append_message(id, &envelope_of(id), &body_of(id, 3000))
+                    .await
+                    .unwrap()
+            };
+            if at.segment == 1 {
+                break;
+            }
+        }
+        let kept_ref = kept_ref.expect("kept message spooled");
+        assert_eq!(kept_ref, BodyRef::file(kept, body.len() as u32));
+        for done in (1..=id).filter(|&i| i != kept) {
+            spool.complete(done).await.unwrap();
+        }
+        assert_eq!(segment_files(&dir), vec![0, 1]);
+        let report = spool
+            .compact(1024 * 1024, COMPACTION_LIVE_PERCENT_DEFAULT)
+            .await
+            .unwrap();
+        assert_eq!(report.messages_moved, 1, "{report:?}");
+        assert_eq!(report.segments_compacted, 1, "{report:?}");
+        assert!(
+            report.bytes_copied < 1024,
+            "the body is not copied: {report:?}"
+        );
+        wait_for_removal_below(&dir, 1).await;
+        assert!(relocated(&dir, &kept_ref).is_none(), "nothing to relocate");
+        let reader = BodyReader::new(dir.clone());
+        let mut got = Vec::new();
+        reader.read(&kept_ref, &mut got).await.unwrap();
+        assert_eq!(got, body);
+        spool.close().await.unwrap();
+
+        let (spool, recovery) = Spool::open(&dir, options).await.unwrap();
+        assert!(recovery.truncated.is_empty(), "{:?}", recovery.truncated);
+        assert_eq!(recovery.body_files_deleted, 0);
+        assert!(recovery.body_files_missing.is_empty());
+        assert_eq!(recovery.messages.len(), 1, "{:?}", recovery.messages);
+        let m = &recovery.messages[0];
+        assert_eq!((m.id, m.body), (kept, kept_ref));
+        assert_eq!(m.envelope, envelope_of(kept));
+        assert_eq!(m.notes, vec![b"deferred".to_vec()]);
+        reader.read(&m.body, &mut got).await.unwrap();
+        assert_eq!(got, body);
+        let path = dir.join(bodies::body_file_name(kept));
+        assert!(path.exists());
+        spool.complete(kept).await.unwrap();
+        wait_until_gone(&path).await;
+        spool.close().await.unwrap();
+        let (spool, recovery) = Spool::open(&dir, options).await.unwrap();
+        assert!(recovery.messages.is_empty(), "{:?}", recovery.messages);
+        spool.close().await.unwrap();
     });
 }

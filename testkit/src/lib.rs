@@ -14,11 +14,13 @@
 //! * `ecelerity`: where the built binaries are, the daemon's command line
 //!   and `EcelerityConfig`, the config renderer for a relay on loopback.
 //! * `postfix`: `Postfix`, a private Postfix instance relaying to a port.
+//! * `unbound`: `Unbound`, a private unbound serving fixed `test.` records
+//!   on a loopback port.
 //!
 //! Owns: child processes it is handed or starts, the files of a private
 //! Postfix instance under the directory it is given.
-//! May call: std, libc (signals, euid), the Postfix binaries under
-//! /usr/sbin, `chown`.
+//! May call: std, libc (signals, euid), the Postfix binaries and unbound
+//! under /usr/sbin, `chown`.
 //! Never: the engine or the spool (both take this crate as a
 //! dev-dependency for `Rng`, so depending on them would be a cycle); the
 //! system's own Postfix instance; the network beyond 127.0.0.1. Not
@@ -30,6 +32,7 @@ pub mod net;
 pub mod postfix;
 pub mod process;
 pub mod rng;
+pub mod unbound;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -46,6 +49,7 @@ pub use process::{
     POLL_INTERVAL,
 };
 pub use rng::Rng;
+pub use unbound::{Unbound, UNBOUND_BIN};
 
 /// What a launcher could not do. Tests turn it into a panic; `ecbench`
 /// reports it and skips the peer.

@@ -6,6 +6,7 @@ package and prints what the end-to-end tests check, one fact per line:
   parts<TAB>text/plain,message/delivery-status,text/rfc822-headers
   reporting-mta<TAB>dns; host
   recipient<TAB>rfc822; addr<TAB>action<TAB>status<TAB>diagnostic-code
+  will-retry-until<TAB>date (per recipient group that has one: delay DSNs)
   original<TAB>Subject header of the text/rfc822-headers part
 Usage: dsn.py FILE
 """
@@ -31,6 +32,8 @@ def main():
                 for name in ("Final-Recipient", "Action", "Status", "Diagnostic-Code")
             )
         )
+        if group["Will-Retry-Until"] is not None:
+            print(f"will-retry-until\t{group['Will-Retry-Until']}")
     original = parts[2].get_payload()
     if not isinstance(original, str):
         original = original[0].as_string() if original else ""

@@ -6,7 +6,9 @@ Listens on HOST:PORT and stores every accepted transaction in DIR:
                     line endings, as the client sent them), one file per
                     transaction;
   DIR/index.txt     one line per stored file, appended after the file is
-                    complete: "mailfrom<TAB>rcpt1,rcpt2<TAB>NNNNNNNN.eml".
+                    complete: "mailfrom<TAB>rcpt1,rcpt2<TAB>NNNNNNNN.eml<TAB>peer<TAB>ehlo",
+                    peer being the client's IP address (the source address
+                    the message came from) and ehlo the name it greeted with.
 A restarted sink continues the numbering after the last index line.
 
 Replies are scripted by the recipient's local part (first matching prefix,
@@ -83,12 +85,12 @@ class Store:
             with open(self.index_path, "rb") as index:
                 self.sequence = sum(1 for _ in index)
 
-    def save(self, mail_from, rcpts, content):
+    def save(self, mail_from, rcpts, content, peer, ehlo):
         self.sequence += 1
         name = f"{self.sequence:08d}.eml"
         with open(os.path.join(self.directory, name), "wb") as message:
             message.write(content)
-        line = f"{mail_from}\t{','.join(rcpts)}\t{name}\n"
+        line = f"{mail_from}\t{','.join(rcpts)}\t{name}\t{peer}\t{ehlo}\n"
         with open(self.index_path, "a", encoding="utf-8", errors="surrogateescape") as index:
             index.write(line)
         return name
@@ -112,7 +114,11 @@ class Handler:
             reply = first_match(self.data_rules, rcpt)
             if reply is not None:
                 return reply
-        name = self.store.save(envelope.mail_from, envelope.rcpt_tos, envelope.original_content)
+        peer = session.peer[0] if session.peer else "unknown"
+        ehlo = session.host_name or ""
+        name = self.store.save(
+            envelope.mail_from, envelope.rcpt_tos, envelope.original_content, peer, ehlo
+        )
         return f"250 2.0.0 Ok: queued as {name}"
 
 

@@ -129,13 +129,17 @@ pub struct TestConfig {
     pub relay_hosts: Vec<String>,
     pub retry_interval_s: u32,
     pub max_retry_interval_s: u32,
+    /// How long a host that refused a connection is skipped by every
+    /// domain (Momentum's default is 120 s; tests restart sinks).
+    pub host_failure_retry_s: u32,
     /// Appended verbatim at global scope.
     pub extra: String,
 }
 
 impl TestConfig {
     /// A config listening on a fresh port and delivering everything to
-    /// 127.0.0.1:`gateway_port`, relaying for 127.0.0.0/8, retrying every second.
+    /// 127.0.0.1:`gateway_port`, relaying for 127.0.0.0/8, retrying every
+    /// second (a failed host too).
     pub fn new(gateway_port: u16) -> TestConfig {
         TestConfig {
             smtp_port: free_port(),
@@ -144,6 +148,7 @@ impl TestConfig {
             relay_hosts: vec!["127.0.0.0/8".to_string()],
             retry_interval_s: 1,
             max_retry_interval_s: 2,
+            host_failure_retry_s: 1,
             extra: String::new(),
         }
     }
@@ -154,7 +159,8 @@ impl TestConfig {
         config.relay_hosts = self.relay_hosts.clone();
         config
             .option("retry_interval", self.retry_interval_s)
-            .option("max_retry_interval", self.max_retry_interval_s);
+            .option("max_retry_interval", self.max_retry_interval_s)
+            .option("host_failure_retry", self.host_failure_retry_s);
         config.extra = self.extra.clone();
         config.render()
     }
@@ -473,6 +479,10 @@ pub struct SinkMessage {
     pub mail_from: String,
     pub rcpts: Vec<String>,
     pub path: PathBuf,
+    /// The IP address the message came from (the client's source address).
+    pub peer: String,
+    /// The name the client gave in EHLO (or HELO).
+    pub ehlo: String,
 }
 
 impl SinkMessage {
@@ -643,10 +653,14 @@ impl Sink {
                 let mail_from = parts.next()?.to_string();
                 let rcpts = parts.next()?.split(',').map(str::to_string).collect();
                 let file = parts.next()?;
+                let peer = parts.next().unwrap_or_default().to_string();
+                let ehlo = parts.next().unwrap_or_default().to_string();
                 Some(SinkMessage {
                     mail_from,
                     rcpts,
                     path: self.dir.join(file),
+                    peer,
+                    ehlo,
                 })
             })
             .collect()

@@ -9,6 +9,8 @@ mod common;
 
 #[path = "e2e/backpressure.rs"]
 mod backpressure;
+#[path = "e2e/bindings.rs"]
+mod bindings;
 #[path = "e2e/bounces.rs"]
 mod bounces;
 #[path = "e2e/config.rs"]
@@ -17,6 +19,8 @@ mod config;
 mod console;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/delay.rs"]
+mod delay;
 #[path = "e2e/delivery.rs"]
 mod delivery;
 #[path = "e2e/diskfull.rs"]
@@ -27,6 +31,8 @@ mod diskfull_heal;
 mod ec_ctl;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/limits.rs"]
+mod limits;
 #[path = "e2e/mx.rs"]
 mod mx;
 #[path = "e2e/odd_servers.rs"]
@@ -41,6 +47,8 @@ mod raw;
 mod relay;
 #[path = "e2e/retry.rs"]
 mod retry;
+#[path = "e2e/routes.rs"]
+mod routes;
 #[path = "e2e/sighup.rs"]
 mod sighup;
 #[path = "e2e/smuggling.rs"]

@@ -1,8 +1,10 @@
 //! The delivery status notification (RFC 3464) for the permanent failures
-//! of one message: a multipart/report with a human-readable part, a
+//! of one message, or for its recipients still being retried (a delay
+//! DSN): a multipart/report with a human-readable part, a
 //! message/delivery-status part (Reporting-MTA, Arrival-Date, and per
-//! recipient Final-Recipient, Action: failed, Status, Diagnostic-Code) and
-//! the original's header block as text/rfc822-headers.
+//! recipient Final-Recipient, Action: failed or delayed, Status,
+//! Diagnostic-Code, Will-Retry-Until for a delay) and the original's header
+//! block as text/rfc822-headers.
 //!
 //! Owns: [`build`], a pure function from the facts to the message bytes,
 //! and [`original_headers`] (the header block of a spooled body).
@@ -25,12 +27,23 @@ pub const ORIGINAL_HEADERS_BYTES_MAX: usize = 64 * 1024;
 /// well below RFC 5322's 998-byte line limit, with room for the field name.
 pub const DSN_FIELD_BYTES_MAX: usize = 900;
 
-/// One failed recipient of the message.
+/// One recipient a DSN reports on: failed, or delayed in a delay DSN.
 #[derive(Debug, Clone, Copy)]
 pub struct FailedRecipient<'a> {
     pub rcpt: &'a str,
-    /// The reply that decided the failure (remote, or our `554 5.4.7`).
+    /// The reply that decided the failure (remote, or our `554 5.4.7`), or
+    /// the last transient reply of a delayed recipient.
     pub reply: &'a str,
+}
+
+/// What a DSN reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The recipients failed for good (Action: failed, Status 5.x.x).
+    Failed,
+    /// The recipients are still being retried (Action: delayed, Status
+    /// 4.x.x), until this time at the latest (Will-Retry-Until).
+    Delayed { will_retry_until_unix_secs: i64 },
 }
 
 /// What a DSN says.
@@ -47,6 +60,7 @@ pub struct Dsn<'a> {
     pub arrival_unix_secs: i64,
     pub now_unix_secs: i64,
     pub failed: &'a [FailedRecipient<'a>],
+    pub report: Report,
     /// The original's header block (see [`original_headers`]).
     pub original_headers: &'a [u8],
 }
@@ -88,9 +102,49 @@ fn one_line(out: &mut Vec<u8>, text: &str) {
 /// The RFC 3463 status of a failed recipient: the reply's enhanced code
 /// with class 5, or 5.0.0 when it has none.
 pub fn status_of(reply: &str) -> String {
+    class_status(5, reply)
+}
+
+/// The reply's enhanced code with class `class` (4 or 5), or `class`.0.0.
+fn class_status(class: u8, reply: &str) -> String {
+    assert!(class == 4 || class == 5);
     match reply_codes(reply).status {
-        Some(status) => format!("5.{status}"),
-        None => "5.0.0".to_string(),
+        Some(status) => format!("{class}.{status}"),
+        None => format!("{class}.0.0"),
+    }
+}
+
+/// The words that differ between a failure DSN and a delay DSN.
+struct Wording {
+    subject: &'static str,
+    summary: &'static str,
+    detail: [&'static str; 2],
+    action: &'static str,
+    class: u8,
+}
+
+fn wording(report: Report) -> Wording {
+    match report {
+        Report::Failed => Wording {
+            subject: "Undelivered Mail Returned to Sender",
+            summary: "Your message could not be delivered to one or more recipients.",
+            detail: [
+                "It has been returned with the reasons below; no further attempts",
+                "will be made for these recipients.",
+            ],
+            action: "failed",
+            class: 5,
+        },
+        Report::Delayed { .. } => Wording {
+            subject: "Delayed Mail (still being retried)",
+            summary: "Your message has not been delivered yet to the recipients below.",
+            detail: [
+                "This is a warning only: you do not need to send the message again;",
+                "delivery will be retried until the time given below.",
+            ],
+            action: "delayed",
+            class: 4,
+        },
     }
 }
 
@@ -106,6 +160,14 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     let mut arrival = String::new();
     write_rfc5322_date(&mut arrival, dsn.arrival_unix_secs);
     let host = dsn.reporting_mta;
+    let words = wording(dsn.report);
+    let mut until = String::new();
+    if let Report::Delayed {
+        will_retry_until_unix_secs,
+    } = dsn.report
+    {
+        write_rfc5322_date(&mut until, will_retry_until_unix_secs);
+    }
     let mut out = Vec::with_capacity(2048 + dsn.original_headers.len());
     let line = |out: &mut Vec<u8>, parts: &[&str]| {
         for p in parts {
@@ -120,7 +182,7 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     out.extend_from_slice(b"To: <");
     one_line(&mut out, dsn.return_path);
     out.extend_from_slice(b">\r\n");
-    line(&mut out, &["Subject: Undelivered Mail Returned to Sender"]);
+    line(&mut out, &["Subject: ", words.subject]);
     line(&mut out, &["Date: ", &date]);
     line(
         &mut out,
@@ -143,15 +205,12 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     line(&mut out, &[]);
     line(&mut out, &["This is the mail system at host ", host, "."]);
     line(&mut out, &[]);
-    line(
-        &mut out,
-        &["Your message could not be delivered to one or more recipients."],
-    );
-    line(
-        &mut out,
-        &["It has been returned with the reasons below; no further attempts"],
-    );
-    line(&mut out, &["will be made for these recipients."]);
+    line(&mut out, &[words.summary]);
+    line(&mut out, &[words.detail[0]]);
+    line(&mut out, &[words.detail[1]]);
+    if !until.is_empty() {
+        line(&mut out, &["Retries end: ", &until]);
+    }
     line(&mut out, &[]);
     for f in dsn.failed {
         out.push(b'<');
@@ -174,11 +233,14 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
         out.extend_from_slice(b"Final-Recipient: rfc822; ");
         one_line(&mut out, f.rcpt);
         out.extend_from_slice(b"\r\n");
-        line(&mut out, &["Action: failed"]);
-        line(&mut out, &["Status: ", &status_of(f.reply)]);
+        line(&mut out, &["Action: ", words.action]);
+        line(&mut out, &["Status: ", &class_status(words.class, f.reply)]);
         out.extend_from_slice(b"Diagnostic-Code: smtp; ");
         one_line(&mut out, f.reply);
         out.extend_from_slice(b"\r\n");
+        if !until.is_empty() {
+            line(&mut out, &["Will-Retry-Until: ", &until]);
+        }
     }
     line(&mut out, &[]);
 
@@ -270,6 +332,7 @@ mod tests {
             arrival_unix_secs: 1_700_000_000,
             now_unix_secs: 1_700_000_060,
             failed,
+            report: Report::Failed,
             original_headers: original_headers(ORIGINAL),
         })
     }
@@ -343,6 +406,63 @@ mod tests {
         assert!(!parsed.parts[2].1.contains("body text"), "headers only");
     }
 
+    /// Goal: a delay DSN says delayed, not failed. Method: build one for a
+    /// recipient deferred with a 451 and one whose reply has no enhanced
+    /// code; read the subject and the status groups.
+    #[test]
+    fn a_delay_dsn_reports_delayed_with_4xx_status_and_will_retry_until() {
+        let delayed = [
+            FailedRecipient {
+                rcpt: "bob@example.com",
+                reply: "451 4.2.0 try again later",
+            },
+            FailedRecipient {
+                rcpt: "carol@example.com",
+                reply: "421 busy",
+            },
+        ];
+        let dsn = build(&Dsn {
+            reporting_mta: "mx.example.org",
+            return_path: "news@example.net",
+            original_id: "00/00-01234-0A1B2C3D",
+            dsn_id: "00/00-01234-0A1B2C41",
+            arrival_unix_secs: 1_700_000_000,
+            now_unix_secs: 1_700_003_600,
+            failed: &delayed,
+            report: Report::Delayed {
+                will_retry_until_unix_secs: 1_700_086_400,
+            },
+            original_headers: original_headers(ORIGINAL),
+        });
+        let parsed = parse(&dsn);
+        assert!(parsed
+            .headers
+            .contains("Subject: Delayed Mail (still being retried)"));
+        assert!(parsed.parts[0].1.contains("<bob@example.com>: 451 4.2.0"));
+        assert!(!parsed.parts[0].1.contains("no further attempts"));
+        let g = groups(&parsed.parts[1].1);
+        assert_eq!(g.len(), 3, "{g:?}");
+        let until = "Wed, 15 Nov 2023 22:13:20 +0000";
+        assert_eq!(
+            g[1],
+            vec![
+                (
+                    "Final-Recipient".to_string(),
+                    "rfc822; bob@example.com".to_string()
+                ),
+                ("Action".to_string(), "delayed".to_string()),
+                ("Status".to_string(), "4.2.0".to_string()),
+                (
+                    "Diagnostic-Code".to_string(),
+                    "smtp; 451 4.2.0 try again later".to_string()
+                ),
+                ("Will-Retry-Until".to_string(), until.to_string()),
+            ]
+        );
+        assert_eq!(g[2][2], ("Status".into(), "4.0.0".into()));
+        assert!(parsed.closed);
+    }
+
     #[test]
     fn replies_without_enhanced_codes_get_5_0_0_and_cannot_inject_lines() {
         let failed = [FailedRecipient {
@@ -371,6 +491,7 @@ mod tests {
                 rcpt: "b@example.com",
                 reply: "550 5.1.1 no",
             }],
+            report: Report::Failed,
             original_headers: headers,
         });
         let parsed = parse(&dsn);

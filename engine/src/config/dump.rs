@@ -58,9 +58,19 @@ fn format_value(value: &Typed) -> String {
             out
         }
         Typed::Gateway(gateway) => quote(&gateway.to_string()),
+        Typed::Routes(routes) => {
+            let mut out = String::from("(");
+            for route in routes {
+                out.push(' ');
+                out.push_str(&quote(&route.to_string()));
+            }
+            out.push_str(" )");
+            out
+        }
         Typed::Ip(ip) => quote(&ip.to_string()),
         Typed::MaxRetries(retries) => retries.to_string(),
         Typed::FileMode(mode) => format!("{mode:04o}"),
+        Typed::Throttle(throttle) => quote(&throttle.to_string()),
     }
 }
 
@@ -128,7 +138,7 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     w.options(0, &GlobalOverrides::complete(&settings.global).entries());
     w.options(0, &inbound_entries(&settings.inbound, false));
     let delivery = DeliveryOverrides::complete(&settings.delivery);
-    if delivery.gateway.is_none() {
+    if delivery.gateway.is_none() && delivery.routes.is_none() {
         w.line(
             0,
             "# gateway is unset: mail goes to each domain's MX hosts (remote_smtp_port)",
@@ -246,6 +256,15 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     if !settings.domains.is_empty() {
         w.line(0, "");
         w.domains(0, settings.domains.values());
+    }
+    for host in settings.hosts.values() {
+        w.line(0, "");
+        w.open(0, "host", Some(&host.name));
+        if let Some(n) = host.max_outbound_connections {
+            let entry = ("max_outbound_connections", Typed::Integer(u64::from(n)));
+            w.options(1, &[entry]);
+        }
+        w.close(0);
     }
     w.out
 }

@@ -87,6 +87,10 @@ pub enum ConfigErrorKind {
     BadIpAddress { option: String, value: String },
     #[error("bad gateway `{value}`: {reason}")]
     BadGateway { value: String, reason: &'static str },
+    #[error("`routes`: bad route `{value}`: {reason}")]
+    BadRoute { value: String, reason: &'static str },
+    #[error("`routes`: {count} items, at most {max} are allowed")]
+    TooManyRoutes { count: usize, max: usize },
     #[error("bad listen address `{address}`: {reason}")]
     BadListenAddress {
         address: String,
@@ -116,6 +120,8 @@ pub enum ConfigErrorKind {
         scope: String,
         reason: &'static str,
     },
+    #[error("more than {max} `outbound_throttle_*` settings: each is a token bucket of its own; set the throttle in a binding_group or binding to share one")]
+    TooManyThrottles { max: u32 },
     #[error("second ec_logger instance `{name}`: only one (`{first}`) is supported")]
     SecondLogger { name: String, first: String },
 }
@@ -135,10 +141,12 @@ pub enum Scope {
     ControlListen,
     EcLogger,
     Security,
+    /// `host "mx.example" { }`: an MX host (or gateway) by name or address.
+    Host,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 11] = [
         Scope::Global,
         Scope::BindingGroup,
         Scope::Binding,
@@ -149,6 +157,7 @@ impl Scope {
         Scope::ControlListen,
         Scope::EcLogger,
         Scope::Security,
+        Scope::Host,
     ];
 
     pub fn name(self) -> &'static str {
@@ -163,6 +172,7 @@ impl Scope {
             Scope::ControlListen => "Control_Listener Listen",
             Scope::EcLogger => "ec_logger",
             Scope::Security => "Security",
+            Scope::Host => "host",
         }
     }
 

@@ -45,6 +45,9 @@ pub const HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
 /// Longest `hostname` or `ehlo_hostname`: a domain name's limit, and what
 /// the SMTP client accepts after EHLO (`smtp::client::EHLO_HOSTNAME_BYTES_MAX`).
 pub const HOST_NAME_BYTES_MAX: usize = 255;
+/// Longest `binding_header` name. RFC 5322 sets no limit but the line's;
+/// a header naming a binding has a short name.
+pub const HEADER_NAME_BYTES_MAX: usize = 64;
 /// `hostname` when `HOSTNAME_PATH` cannot be read or is empty.
 pub const HOSTNAME_FALLBACK: &str = "localhost";
 /// Most shards (`shards`); 0 means one per CPU.
@@ -78,6 +81,16 @@ pub const BACKLOG_ENTRIES_MAX: u64 = 100_000_000;
 /// (Postfix's `in_flow_delay`, 1 s by default).
 pub const IN_FLOW_DELAY_MS_DEFAULT: u64 = 1_000;
 pub const IN_FLOW_DELAY_MS_MAX: u64 = 60_000;
+/// `spool_compaction_bytes_per_second`: the pace of spool compaction on
+/// each shard (bytes of live messages copied forward per second); 0 turns
+/// it off.
+pub const SPOOL_COMPACTION_BYTES_PER_SECOND_DEFAULT: u64 =
+    ecelerity_spool::COMPACTION_BYTES_PER_SECOND_DEFAULT;
+pub const SPOOL_COMPACTION_BYTES_PER_SECOND_MAX: u64 = 1024 * 1024 * 1024;
+/// `spool_compaction_live_percent`: a sealed spool segment whose live
+/// messages take at most this share of a segment is compacted.
+pub const SPOOL_COMPACTION_LIVE_PERCENT_DEFAULT: u64 =
+    ecelerity_spool::COMPACTION_LIVE_PERCENT_DEFAULT as u64;
 /// `max_inbound_connections_per_ip`: open connections from one client
 /// address (peers in `relay_hosts` are exempt); 0 = unlimited. Postfix's
 /// `smtpd_client_connection_count_limit` is 50 too.
@@ -92,6 +105,11 @@ pub const INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT: u64 = 900;
 pub const RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 1200;
 pub const MAX_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 43_200;
 pub const MESSAGE_EXPIRATION_SECONDS_DEFAULT: u64 = 86_400;
+/// `delay_dsn_retry_interval`: Momentum's default, one hour.
+pub const DELAY_DSN_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 3_600;
+/// `delay_dsn_max_retry_interval`: Momentum's default (accepted, refused
+/// as not supported yet).
+pub const DELAY_DSN_MAX_RETRY_INTERVAL_SECONDS_DEFAULT: u64 = 43_200;
 /// Longest retry interval or message expiration accepted: one year.
 pub const INTERVAL_SECONDS_MAX: u64 = 365 * 86_400;
 /// Largest `max_retries = N`, and the cap on the count `auto` derives.
@@ -100,6 +118,20 @@ pub const MAX_OUTBOUND_CONNECTIONS_DEFAULT: u64 = 32;
 pub const OUTBOUND_CONNECTIONS_MAX: u64 = 20_000;
 pub const MAX_RECIPIENTS_PER_BATCH_DEFAULT: u64 = 100;
 pub const RECIPIENTS_PER_BATCH_MAX: u64 = 10_000;
+/// `max_deliveries_per_connection`: 0 = unlimited.
+pub const DELIVERIES_PER_CONNECTION_MAX: u64 = 1_000_000;
+/// `server_max_outbound_connections`: Momentum's sample configuration value.
+pub const SERVER_MAX_OUTBOUND_CONNECTIONS_DEFAULT: u64 = 20_000;
+pub const SERVER_MAX_OUTBOUND_CONNECTIONS_MAX: u64 = 1_000_000;
+/// `host_failure_retry`: how long a host that refused or timed out a
+/// connection is skipped, for every domain that uses it.
+pub const HOST_FAILURE_RETRY_SECONDS_DEFAULT: u64 = 120;
+/// Largest N and S of a throttle rate `"N/S"`.
+pub const THROTTLE_COUNT_MAX: u64 = 1_000_000;
+pub const THROTTLE_SECONDS_MAX: u64 = 86_400;
+/// Most `outbound_throttle_*` settings in one configuration: each is a
+/// token bucket of its own in the engine's fixed table.
+pub const THROTTLE_BUCKETS_MAX: u32 = 65_536;
 /// `delivery_shards`: one shard per domain unless tuned.
 pub const DELIVERY_SHARDS_DEFAULT: u64 = 1;
 /// Most shards a domain may be spread over (the engine's shard ceiling).
@@ -151,6 +183,10 @@ const _: () = assert!(MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT <= MAX_INBOUND_CONN
 const _: () = assert!(OUTBOUND_CONNECTIONS_MAX <= u32::MAX as u64);
 const _: () = assert!(RECIPIENTS_PER_BATCH_MAX <= u32::MAX as u64);
 const _: () = assert!(RETRIES_MAX <= u32::MAX as u64);
+const _: () = assert!(THROTTLE_COUNT_MAX <= u32::MAX as u64);
+const _: () = assert!(THROTTLE_SECONDS_MAX <= u32::MAX as u64);
+const _: () = assert!(SERVER_MAX_OUTBOUND_CONNECTIONS_MAX <= u32::MAX as u64);
+const _: () = assert!(DELIVERIES_PER_CONNECTION_MAX <= u32::MAX as u64);
 const _: () = assert!(RETRY_INTERVAL_SECONDS_DEFAULT <= MAX_RETRY_INTERVAL_SECONDS_DEFAULT);
 
 /// The configuration used when no file is given: a development setup whose
@@ -250,10 +286,8 @@ impl Config {
 
     /// `Err` naming the first setting, in reading order, that is valid
     /// ecelerity.conf but that the engine would ignore today: an option
-    /// marked `not_yet` in the table (`bind_address`),
-    /// or an outbound option in a binding or binding group that no mail is
-    /// sent through (everything goes out through the binding `default`).
-    /// Accepting those would silently do less than the file says.
+    /// marked `not_yet` in the table (none at the moment). Accepting those
+    /// would silently do less than the file says.
     pub fn check_supported(&self) -> Result<(), ConfigError> {
         match &self.unsupported {
             Some(error) => Err(error.clone()),
@@ -300,8 +334,35 @@ impl Config {
         )
     }
 
+    /// `spool_compaction_bytes_per_second` and
+    /// `spool_compaction_live_percent`: how each shard compacts its spool.
+    pub fn spool_compaction(&self) -> ecelerity_spool::CompactionOptions {
+        let g = &self.settings.global;
+        ecelerity_spool::CompactionOptions {
+            bytes_per_second: g.spool_compaction_bytes_per_second,
+            live_percent_max: g.spool_compaction_live_percent as u32,
+        }
+    }
+
     /// `nameservers`: the DNS servers delivery asks, in order; empty means
     /// the system's (/etc/resolv.conf).
+    /// `max_outbound_connections` of a `host` scope named `host` (an MX
+    /// host or gateway name, or an address as text): open connections per
+    /// address of that host, over every domain and shard. `None`:
+    /// unlimited (no such scope, or it does not set the option).
+    pub fn host_max_outbound_connections(&self, host: &str) -> Option<u32> {
+        if self.settings.hosts.is_empty() {
+            return None;
+        }
+        let key = host.trim_end_matches('.').to_ascii_lowercase();
+        self.settings.hosts.get(&key)?.max_outbound_connections
+    }
+
+    /// Cap on open outbound connections over every shard.
+    pub fn server_max_outbound_connections(&self) -> u32 {
+        self.settings.global.server_max_outbound_connections
+    }
+
     pub fn nameservers(&self) -> &[std::net::SocketAddr] {
         &self.settings.global.nameservers
     }
@@ -398,6 +459,136 @@ impl fmt::Display for Gateway {
             (true, None) => write!(f, "[{}]", self.host),
             (false, Some(port)) => write!(f, "{}:{port}", self.host),
             (false, None) => write!(f, "{}", self.host),
+        }
+    }
+}
+
+/// Most entries in one `routes` list.
+pub const ROUTES_ENTRIES_MAX: usize = 32;
+/// The `routes` item that stands for the domain's own MX hosts.
+pub const ROUTE_MX: &str = "__mx__";
+
+/// One item of a `routes` list (Momentum's syntax): `"__mx__"`, a bare
+/// host name or IP address, or `"smtp://host?pref=P&ttl=T&port=O&type=mx|a"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `__mx__`: the domain's MX hosts from DNS (or its own address
+    /// without MX).
+    Mx,
+    Host(RouteHost),
+}
+
+/// A host of a `routes` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteHost {
+    /// A name or an IP address (IPv6 without brackets).
+    pub host: String,
+    /// `pref=`: lower is tried first. `None`: the item's position in the
+    /// list (0 for the first).
+    pub preference: Option<u16>,
+    /// `port=`; `None` means `remote_smtp_port`.
+    pub port: Option<u16>,
+    /// `type=mx`: the host is a mail domain whose MX hosts are used;
+    /// `type=a` (the default): the host's own addresses.
+    pub mx_lookup: bool,
+    /// `ttl=` as written. Momentum's route cache keeps an item this long;
+    /// ecelerity plans every connection from the live configuration and
+    /// the DNS cache, so it has no effect (docs/configuration.md).
+    pub ttl_seconds: Option<u32>,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = match self {
+            Route::Mx => return f.write_str(ROUTE_MX),
+            Route::Host(h) => h,
+        };
+        let host = if h.host.contains(':') {
+            format!("[{}]", h.host)
+        } else {
+            h.host.clone()
+        };
+        let mut query = Vec::new();
+        if let Some(pref) = h.preference {
+            query.push(format!("pref={pref}"));
+        }
+        if let Some(ttl) = h.ttl_seconds {
+            query.push(format!("ttl={ttl}"));
+        }
+        if let Some(port) = h.port {
+            query.push(format!("port={port}"));
+        }
+        if h.mx_lookup {
+            query.push("type=mx".to_string());
+        }
+        if query.is_empty() {
+            return f.write_str(&host);
+        }
+        write!(f, "smtp://{host}?{}", query.join("&"))
+    }
+}
+
+/// A throttle rate in Momentum's syntax: `"N"` is N per second, `"N/S"`
+/// N per S seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// At least 1: a rate of 0 is no throttle.
+    pub count: u32,
+    /// At least 1.
+    pub per_seconds: u32,
+}
+
+impl Rate {
+    /// The time between two events at this rate, in microseconds (at
+    /// least 1).
+    pub fn interval_us(self) -> u64 {
+        assert!(self.count > 0 && self.per_seconds > 0);
+        (u64::from(self.per_seconds) * 1_000_000 / u64::from(self.count)).max(1)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.per_seconds)
+    }
+}
+
+/// An `outbound_throttle_*` setting as a queue resolved it. Throttles are
+/// by reference (Momentum): every (binding, domain) that inherits one
+/// setting shares its token bucket, so a throttle set in a binding_group
+/// limits everything under it together, and one set in a domain scope
+/// that domain. `bucket` names the setting: each occurrence in the file
+/// gets its own, in reading order.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    /// `None`: unlimited (unset, or set to 0).
+    pub rate: Option<Rate>,
+    /// Below `THROTTLE_BUCKETS_MAX`; meaningless without a rate.
+    pub bucket: u32,
+}
+
+impl Throttle {
+    pub const UNLIMITED: Throttle = Throttle {
+        rate: None,
+        bucket: 0,
+    };
+}
+
+/// Two throttles are the same setting when their rates are: a dump read
+/// back numbers its buckets afresh.
+impl PartialEq for Throttle {
+    fn eq(&self, other: &Throttle) -> bool {
+        self.rate == other.rate
+    }
+}
+
+impl Eq for Throttle {}
+
+impl fmt::Display for Throttle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rate {
+            Some(rate) => rate.fmt(f),
+            None => f.write_str("0"),
         }
     }
 }
@@ -530,6 +721,13 @@ remote_smtp_port = 2526
 ehlo_hostname = "out.example.net"
 bind_address = 192.0.2.1
 generate_bounces = false
+generate_delay_dsn = true
+delay_dsn_retry_interval = 1800
+max_deliveries_per_connection = 25
+outbound_throttle_messages = "100/60"
+outbound_throttle_connections = 5
+host_failure_retry = 90
+server_max_outbound_connections = 900
 
 Security {
   user = ecuser
@@ -652,6 +850,7 @@ domain "example.com" {
         assert_eq!(config.shards(), 4);
         assert_eq!(config.pidfile(), Path::new("run/ec.pid"));
         assert_eq!(config.server_max_inbound_connections(), 9000);
+        assert_eq!(config.server_max_outbound_connections(), 900);
         assert_eq!(
             config.relay_hosts(),
             &cidrs(&["10.0.0.0/8", "192.168.0.0/16", "::1"])[..]
@@ -702,6 +901,7 @@ domain "example.com" {
                 max_inbound_connections_per_ip: 7,
                 inbound_command_timeout: secs(40),
                 inbound_data_timeout: secs(400),
+                binding_header: None,
             }
         );
         assert_eq!(
@@ -718,6 +918,7 @@ domain "example.com" {
                 max_inbound_connections_per_ip: 0,
                 inbound_command_timeout: secs(30),
                 inbound_data_timeout: secs(400),
+                binding_header: None,
             }
         );
     }
@@ -749,8 +950,28 @@ domain "example.com" {
                 max_retries: MaxRetries::Count(10),
                 message_expiration: secs(604_800),
                 generate_bounces: false,
+                generate_delay_dsn: true,
+                delay_dsn_retry_interval: secs(1800),
+                delay_dsn_max_retry_interval: secs(43_200),
+                routes: None,
                 max_outbound_connections: 20,
                 max_recipients_per_batch: 50,
+                max_deliveries_per_connection: 25,
+                outbound_throttle_messages: Throttle {
+                    rate: Some(Rate {
+                        count: 100,
+                        per_seconds: 60
+                    }),
+                    bucket: 0,
+                },
+                outbound_throttle_connections: Throttle {
+                    rate: Some(Rate {
+                        count: 5,
+                        per_seconds: 1
+                    }),
+                    bucket: 1,
+                },
+                host_failure_retry: secs(90),
                 delivery_shards: 1,
                 idle_timeout: secs(10),
                 connect_timeout: secs(30),
@@ -778,6 +999,100 @@ domain "example.com" {
             !config
                 .delivery(DEFAULT_BINDING, "quiet.example")
                 .generate_bounces
+        );
+    }
+
+    #[test]
+    fn a_host_scope_limits_connections_per_address_and_dumps_back() {
+        let config = parse(
+            r#"
+            host "MX1.Example.net" { max_outbound_connections = 4 }
+            host "192.0.2.7" { max_outbound_connections = 1 }
+            host "mx2.example.net" { }
+            "#,
+        );
+        assert_eq!(
+            config.host_max_outbound_connections("mx1.example.net"),
+            Some(4)
+        );
+        assert_eq!(
+            config.host_max_outbound_connections("mx1.example.net."),
+            Some(4)
+        );
+        assert_eq!(config.host_max_outbound_connections("192.0.2.7"), Some(1));
+        assert_eq!(
+            config.host_max_outbound_connections("mx2.example.net"),
+            None,
+            "unset: unlimited"
+        );
+        assert_eq!(config.host_max_outbound_connections("other.example"), None);
+        let again = parse(&config.dump());
+        assert_eq!(
+            again.host_max_outbound_connections("mx1.example.net"),
+            Some(4)
+        );
+        assert_eq!(
+            error("host h { retry_interval = 5 }"),
+            "test.conf:1: option `retry_interval` is not valid in host scope (valid in: global, \
+             binding_group, binding, domain)"
+        );
+        assert_eq!(
+            error("domain d { host h { } }"),
+            "test.conf:1: host scope is not allowed inside domain scope"
+        );
+    }
+
+    #[test]
+    fn a_throttle_is_one_bucket_for_every_scope_that_inherits_it() {
+        // Goal: Momentum's by-reference throttles. Method: a throttle set
+        // globally, in a domain, in a group and unset again (0) in one
+        // domain of the group; what each (binding, domain) resolves to.
+        let config = parse(
+            r#"
+            outbound_throttle_messages = "10"
+            domain "a.example" { outbound_throttle_messages = "5/2" }
+            binding_group "g" {
+              outbound_throttle_messages = "100/60"
+              binding "b1" { }
+              binding "b2" { domain "free.example" { outbound_throttle_messages = 0 } }
+            }
+            "#,
+        );
+        let throttle = |binding: &str, domain: &str| {
+            let t = config.delivery(binding, domain).outbound_throttle_messages;
+            (t.rate.map(|r| r.to_string()), t.bucket)
+        };
+        let global = (Some("10/1".to_string()), 0);
+        assert_eq!(throttle("default", "x.example"), global);
+        assert_eq!(
+            throttle("default", "y.example"),
+            global,
+            "one bucket for all"
+        );
+        assert_eq!(throttle("default", "a.example"), (Some("5/2".into()), 1));
+        let group = (Some("100/60".to_string()), 2);
+        assert_eq!(throttle("b1", "x.example"), group);
+        assert_eq!(
+            throttle("b2", "y.example"),
+            group,
+            "the group's bindings share"
+        );
+        assert_eq!(
+            throttle("b1", "a.example"),
+            group,
+            "binding_group beats a global domain"
+        );
+        assert_eq!(throttle("b2", "free.example").0, None, "0 is unlimited");
+        let connections = config.delivery("default", "x.example");
+        assert_eq!(
+            connections.outbound_throttle_connections,
+            Throttle::UNLIMITED
+        );
+        assert_eq!(
+            error("outbound_throttle_messages = \"5/0\""),
+            "test.conf:1: `outbound_throttle_messages` must be a rate \"N\" (per second) or \
+             \"N/S\" (N per S seconds), N in 0..=1000000 (0 = unlimited), S in 1..=86400, \
+             got `5/0`"
         );
     }
 
@@ -1046,6 +1361,109 @@ domain "example.com" {
             Config::parse(&text, Path::new("d.conf")).unwrap(),
             config,
             "\n{text}"
+        );
+    }
+
+    #[test]
+    fn routes_parse_momentums_forms_and_dump_back() {
+        let config = parse(
+            r#"
+            routes = ( "__mx__" )
+            domain "example.com" {
+              Routes = ( "smtp://10.0.0.1?pref=10&ttl=300&port=2525&type=a"
+                         "smtp://[2001:db8::25]?pref=10"
+                         "relay.example.net" "[::1]" "smtp://hub.example?type=mx" "__MX__" )
+            }
+            binding "default" { domain "example.org" { routes = "smtp://relay?port=2600" } }
+            "#,
+        );
+        let host = |host: &str, preference, port, mx_lookup, ttl_seconds| {
+            Route::Host(RouteHost {
+                host: host.into(),
+                preference,
+                port,
+                mx_lookup,
+                ttl_seconds,
+            })
+        };
+        assert_eq!(
+            config.delivery("default", "Example.COM").routes.unwrap(),
+            [
+                host("10.0.0.1", Some(10), Some(2525), false, Some(300)),
+                host("2001:db8::25", Some(10), None, false, None),
+                host("relay.example.net", None, None, false, None),
+                host("::1", None, None, false, None),
+                host("hub.example", None, None, true, None),
+                Route::Mx,
+            ]
+        );
+        assert_eq!(
+            config.delivery("default", "other.example").routes.unwrap(),
+            [Route::Mx]
+        );
+        assert_eq!(
+            config.delivery("default", "example.org").routes.unwrap(),
+            [host("relay", None, Some(2600), false, None)]
+        );
+        let text = config.dump();
+        assert!(text.contains("\"smtp://[2001:db8::25]?pref=10\""), "{text}");
+        assert_eq!(
+            Config::parse(&text, Path::new("d.conf")).unwrap(),
+            config,
+            "\n{text}"
+        );
+    }
+
+    #[test]
+    fn routes_in_a_bindings_domain_apply_to_that_binding_only() {
+        let config =
+            parse("binding \"mta2\" { domain \"example.com\" { routes = \"relay.example\" } }\n");
+        assert!(config.check_supported().is_ok());
+        let routed = config.delivery("mta2", "example.com").routes.unwrap();
+        assert_eq!(routed.len(), 1);
+        assert_eq!(config.delivery("default", "example.com").routes, None);
+        assert_eq!(config.delivery("mta2", "example.org").routes, None);
+    }
+
+    #[test]
+    fn error_bad_routes_name_the_item_and_its_line() {
+        assert_eq!(
+            error("routes = (\n \"__mx__\"\n \"smtp://h?pref=x\" )"),
+            "test.conf:3: `routes`: bad route `smtp://h?pref=x`: pref must be a number in 0..=65535"
+        );
+        assert_eq!(
+            error("routes = \"h:25\""),
+            "test.conf:1: `routes`: bad route `h:25`: give the port as ?port=, e.g. smtp://host?port=2525"
+        );
+        assert_eq!(
+            error("routes = \"::1\""),
+            "test.conf:1: `routes`: bad route `::1`: IPv6 addresses must be bracketed, e.g. \"[::1]\""
+        );
+        assert_eq!(
+            error("routes = \"apn://gateway.push.apple.com?port=2195\""),
+            "test.conf:1: `routes`: bad route `apn://gateway.push.apple.com?port=2195`: only \
+             smtp:// routes are supported (delivery_method is ESMTP)"
+        );
+        assert_eq!(
+            error("routes = \"smtp://h?type=srv\""),
+            "test.conf:1: `routes`: bad route `smtp://h?type=srv`: type must be `mx` or `a`"
+        );
+        assert_eq!(
+            error("routes = \"smtp://h?weight=1\""),
+            "test.conf:1: `routes`: bad route `smtp://h?weight=1`: unknown key; use pref, ttl, \
+             port or type"
+        );
+        assert!(
+            error("routes = ( )").starts_with("test.conf:1: `routes`: bad route ``: an empty list")
+        );
+        let many = format!("routes = ( {} )", "\"h\" ".repeat(ROUTES_ENTRIES_MAX + 1));
+        assert_eq!(
+            error(&many),
+            format!("test.conf:1: `routes`: 33 items, at most {ROUTES_ENTRIES_MAX} are allowed")
+        );
+        assert!(
+            error("binding_group g { routes = \"h\" }").contains("`routes`"),
+            "routes is a global and domain option, as in Momentum"
         );
     }
 
@@ -1381,90 +1799,114 @@ domain "example.com" {
         );
     }
 
-    /// `check_supported`'s error for `text`, as the daemon would print it.
-    fn unsupported(text: &str) -> String {
-        parse(text).check_supported().unwrap_err().to_string()
-    }
-
     #[test]
-    fn options_the_engine_ignores_are_refused_with_file_and_line() {
-        // Goal: nothing valid in Momentum's language is accepted and then
-        // silently ignored. Method: each kind of setting the engine does not
-        // act on yet, alone in a config; check_supported names it and its
-        // line, and Config::load refuses the same text from a file.
-        assert_eq!(
-            unsupported("shards = 2\n\nbind_address = 192.0.2.1"),
-            "test.conf:3: `bind_address` is not supported yet (outbound connections take the \
-             source address the kernel picks)"
+    fn bindings_and_their_groups_may_set_outbound_options_and_bind_address() {
+        // Goal: now that mail can be assigned to any binding, every scope
+        // of the outbound fallback is honoured, bind_address included.
+        // Method: settings in other bindings, groups and their domains,
+        // once refused as "not supported yet", pass check_supported, a
+        // file holding them loads, and each binding resolves its own
+        // bind_address (the global one is the default binding's and the
+        // fallback of bindings that set none).
+        let ok = [
+            "shards = 2\n\nbind_address = 192.0.2.1",
+            "binding \"tx\" {\n max_retries = none\n}",
+            "binding \"tx\" { domain \"d\" {\n retry_interval = 5 } }",
+            "binding_group \"g\" {\n binding \"b\" { }\n domain d { max_retries = 1 } }",
+            "binding_group \"g\" { binding \"b\" { domain d {\n gateway = x } } }",
+            "binding_group g { binding default { } }\nbinding_group default { max_retries = 4 }",
+            FULL,
+        ];
+        for text in ok {
+            assert_eq!(parse(text).check_supported(), Ok(()), "{text}");
+        }
+        let config = parse(
+            "bind_address = 127.0.0.1\n\
+             binding \"a\" { bind_address = 127.0.0.5 ehlo_hostname = a.example }\n\
+             binding_group \"g\" { bind_address = \"::1\" binding \"b\" { } }\n\
+             binding \"c\" { }",
         );
-        assert_eq!(
-            parse("domain \"d\" {\n  Remote_SMTP_Port = 2525\n}").check_supported(),
-            Ok(()),
-            "remote_smtp_port is supported since MX routing"
-        );
-        let not_sent = "all mail is sent from the binding `default` until bindings can be \
-                        assigned; set it globally, in a domain scope, or in binding \"default\"";
-        assert_eq!(
-            unsupported("binding \"tx\" {\n max_retries = none\n}"),
-            format!("test.conf:2: `max_retries` in binding `tx` is not supported yet ({not_sent})")
-        );
-        assert_eq!(
-            unsupported("binding \"tx\" { domain \"d\" {\n retry_interval = 5 } }"),
-            format!(
-                "test.conf:2: `retry_interval` in binding `tx` is not supported yet ({not_sent})"
-            )
-        );
-        assert_eq!(
-            unsupported(
-                "binding_group \"g\" {\n binding \"b\" { }\n domain d { max_retries = 1 } }"
-            ),
-            format!(
-                "test.conf:3: `max_retries` in binding_group `g` is not supported yet ({not_sent})"
-            )
-        );
-        assert_eq!(
-            unsupported("binding_group \"g\" { binding \"b\" { domain d {\n gateway = x } } }"),
-            format!("test.conf:2: `gateway` in binding `b` is not supported yet ({not_sent})")
-        );
-        // The first one in reading order is named.
-        assert!(unsupported(FULL).starts_with("test.conf:35: `bind_address` "));
+        let source = |b: &str| config.delivery(b, "d.example").bind_address;
+        assert_eq!(source("a"), Some("127.0.0.5".parse().unwrap()));
+        assert_eq!(source("b"), Some("::1".parse().unwrap()), "binding_group");
+        assert_eq!(source("c"), Some("127.0.0.1".parse().unwrap()), "global");
+        assert_eq!(source("default"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(source("nonesuch"), source("default"));
+        assert_eq!(config.delivery("a", "d").ehlo_hostname, "a.example");
+        assert_ne!(config.delivery("c", "d").ehlo_hostname, "a.example");
 
-        let dir = temp_dir("unsupported");
+        let dir = temp_dir("bindings-load");
         let file = dir.join("ecelerity.conf");
-        std::fs::write(&file, "gateway = \"127.0.0.1:25\"\nbind_address = ::1\n").unwrap();
-        let err = Config::load(&file).unwrap_err();
-        assert_eq!((err.file.as_path(), err.line), (file.as_path(), 2));
-        assert!(matches!(err.kind, ConfigErrorKind::NotSupportedYet { .. }));
+        std::fs::write(
+            &file,
+            "gateway = \"127.0.0.1:25\"\nbinding b {\n bind_address = ::1\n}\n",
+        )
+        .unwrap();
+        let loaded = Config::load(&file).unwrap();
+        assert_eq!(
+            loaded.delivery("b", "x").bind_address,
+            Some("::1".parse().unwrap())
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn the_default_binding_and_its_group_may_set_outbound_options() {
-        // Goal: only scopes that no mail goes through are refused. Method:
-        // settings in binding "default", binding_group "default", the group
-        // the default binding is put in (before and after it joins) and
-        // their domains pass; declared but empty other bindings pass too.
-        let ok = [
-            "binding \"default\" { max_retries = 1 domain d { max_retries = 2 } }",
-            "binding_group \"default\" { max_retries = 1 domain d { retry_interval = 9 } }",
-            "binding_group \"g\" { max_outbound_connections = 3\n binding \"default\" { } }",
-            "binding_group \"g\" { max_outbound_connections = 3 }\n\
-             binding_group \"g\" { binding \"default\" { domain d { max_retries = 1 } } }",
-            "binding \"tx\" { }\nbinding_group \"mkt\" { binding \"m1\" { } }",
-        ];
-        for text in ok {
-            let config = parse(text);
-            assert_eq!(config.check_supported(), Ok(()), "{text}");
+    fn bind_address_is_refused_outside_the_binding_scopes() {
+        // Goal: a source address belongs to a binding, not to a domain or a
+        // listener. Method: each wrong place gives file:line and the scopes
+        // it is valid in.
+        let valid_in = "(valid in: global, binding_group, binding)";
+        assert_eq!(
+            error("binding b {\n domain d {\n  bind_address = 10.0.0.1 } }"),
+            format!("test.conf:3: option `bind_address` is not valid in domain scope {valid_in}")
+        );
+        assert_eq!(
+            error("ESMTP_Listener {\n bind_address = 10.0.0.1 }"),
+            format!(
+                "test.conf:2: option `bind_address` is not valid in ESMTP_Listener scope \
+                 {valid_in}"
+            )
+        );
+        assert_eq!(
+            error("binding b { bind_address = 10.0.0.256 }"),
+            "test.conf:1: `bind_address`: `10.0.0.256` is not an IP address"
+        );
+    }
+
+    #[test]
+    fn binding_header_is_a_listener_option_naming_a_header() {
+        // Goal: `binding_header` is off unless a listener sets it, and only
+        // a header name is taken. Method: unset, set on the listener and
+        // overridden per Listen; refused globally, in a binding, and with
+        // a name holding a colon or a space.
+        let config = parse(
+            "ESMTP_Listener {\n binding_header = X-Binding\n Listen \"127.0.0.1:25\" { }\n \
+             Listen \"127.0.0.1:26\" { binding_header = \"X-MTA-Binding\" }\n \
+             }\nESMTP_Listener { Listen \"127.0.0.1:27\" { } }",
+        );
+        let headers: Vec<Option<&str>> = config
+            .esmtp_listeners()
+            .iter()
+            .map(|l| l.binding_header.as_deref())
+            .collect();
+        assert_eq!(
+            headers,
+            [Some("X-Binding"), Some("X-MTA-Binding"), Some("X-Binding")]
+        );
+        let plain = parse("ESMTP_Listener { Listen \"127.0.0.1:25\" { } }");
+        assert_eq!(plain.esmtp_listeners()[0].binding_header, None);
+        assert!(error("binding_header = X-Binding")
+            .starts_with("test.conf:1: option `binding_header` is not valid in global scope"));
+        assert!(error("binding b { binding_header = X-Binding }")
+            .starts_with("test.conf:1: option `binding_header` is not valid in binding scope"));
+        for bad in ["\"X-Binding:\"", "\"X Binding\"", "\"\""] {
+            let text = format!("ESMTP_Listener {{ binding_header = {bad} }}");
+            assert!(
+                error(&text).starts_with("test.conf:1: `binding_header` must be a header name"),
+                "{text}: {}",
+                error(&text)
+            );
         }
-        let config = parse(ok[2]);
-        assert_eq!(config.delivery("default", "x").max_outbound_connections, 3);
-        // Once the default binding lives in `g`, group `default` is unused.
-        assert!(parse(
-            "binding_group g { binding default { } }\n\
-                       binding_group default { max_retries = 4 }"
-        )
-        .check_supported()
-        .is_err());
     }
 
     #[test]

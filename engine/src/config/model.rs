@@ -17,9 +17,8 @@
 //! domain scope stores only what it sets (`DeliveryOverrides`), and
 //! `Settings::delivery` layers them at lookup time.
 //!
-//! Options the engine does not act on yet (a `not_yet` table entry, or an
-//! outbound option in a binding or group no mail is sent through) are valid
-//! language: `build` accepts them so the model stays Momentum's, and
+//! Options the engine does not act on yet (a `not_yet` table entry) are
+//! valid language: `build` accepts them so the model stays Momentum's, and
 //! records the first one for `Config::check_supported`.
 
 use std::borrow::Cow;
@@ -40,6 +39,16 @@ pub(super) struct DomainScope {
     /// The name as first written; the map key is its lowercase form.
     pub(super) name: String,
     pub(super) overrides: DeliveryOverrides,
+}
+
+/// A `host "name" { }` scope: an MX host (or gateway) by name or address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HostScope {
+    /// The name as first written; the map key is its lowercase form.
+    pub(super) name: String,
+    /// Open connections per address of the host, over every domain and
+    /// shard; unset = unlimited (Momentum's -1).
+    pub(super) max_outbound_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,6 +103,8 @@ pub(super) struct Settings {
     pub(super) groups: BTreeMap<String, GroupScope>,
     /// Always holds `DEFAULT_BINDING`.
     pub(super) bindings: BTreeMap<String, BindingScope>,
+    /// Global `host` scopes, keyed by lowercase name.
+    pub(super) hosts: BTreeMap<String, HostScope>,
 }
 
 impl Settings {
@@ -130,8 +141,21 @@ impl Settings {
         ];
         for layer in layers.into_iter().flatten() {
             layer.apply(&mut options);
+            settle_route_choice(layer, &mut options);
         }
         options
+    }
+}
+
+/// `gateway` and `routes` both say where a domain's mail goes: the one
+/// set in the more specific scope wins, and `gateway` when one scope sets
+/// both (it "ignores MX", Momentum's strongest statement). Called after
+/// each layer is applied, least specific first.
+fn settle_route_choice(layer: &DeliveryOverrides, options: &mut DeliveryOptions) {
+    if layer.gateway.is_some() {
+        options.routes = None;
+    } else if layer.routes.is_some() {
+        options.gateway = None;
     }
 }
 
@@ -237,6 +261,90 @@ pub(super) fn parse_gateway(text: &str) -> Result<Gateway, &'static str> {
     })
 }
 
+/// Parses one `routes` item: `__mx__`, a bare host name or IP address
+/// (IPv6 bracketed), or `smtp://host?pref=P&ttl=T&port=O&type=mx|a`.
+pub(super) fn parse_route(text: &str) -> Result<Route, &'static str> {
+    if text.eq_ignore_ascii_case(ROUTE_MX) {
+        return Ok(Route::Mx);
+    }
+    if text.is_empty() {
+        return Err("empty");
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err("must not contain spaces");
+    }
+    let (host, query) = match text.split_once("://") {
+        None => (text, None),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("smtp") => match rest.split_once('?') {
+            Some((host, query)) => (host, Some(query)),
+            None => (rest, None),
+        },
+        Some(_) => return Err("only smtp:// routes are supported (delivery_method is ESMTP)"),
+    };
+    let mut route = RouteHost {
+        host: parse_route_host(host)?,
+        preference: None,
+        port: None,
+        mx_lookup: false,
+        ttl_seconds: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or("expected key=value after `?`")?;
+        let number = parse_decimal(value);
+        match key.to_ascii_lowercase().as_str() {
+            "pref" => {
+                let pref = number.and_then(|n| u16::try_from(n).ok());
+                route.preference = Some(pref.ok_or("pref must be a number in 0..=65535")?);
+            }
+            "port" => {
+                let port = number
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|p| *p != 0);
+                route.port = Some(port.ok_or("port must be a number in 1..=65535")?);
+            }
+            "ttl" => {
+                let ttl = number.and_then(|n| u32::try_from(n).ok());
+                route.ttl_seconds = Some(ttl.ok_or("ttl must be a whole number of seconds")?);
+            }
+            "type" if value.eq_ignore_ascii_case("mx") => route.mx_lookup = true,
+            "type" if value.eq_ignore_ascii_case("a") => route.mx_lookup = false,
+            "type" => return Err("type must be `mx` or `a`"),
+            _ => return Err("unknown key; use pref, ttl, port or type"),
+        }
+    }
+    Ok(Route::Host(route))
+}
+
+/// The host of a route: a name or an IP address; an IPv6 address must be
+/// bracketed, and a port goes in `?port=`.
+fn parse_route_host(text: &str) -> Result<String, &'static str> {
+    let host = match text.strip_prefix('[') {
+        Some(rest) => {
+            let inner = rest
+                .strip_suffix(']')
+                .ok_or("an IPv6 address is written \"[address]\"; give a port as ?port=")?;
+            inner
+                .parse::<Ipv6Addr>()
+                .map_err(|_| "not an IPv6 address inside the brackets")?;
+            inner
+        }
+        None if text.matches(':').count() > 1 => {
+            return Err("IPv6 addresses must be bracketed, e.g. \"[::1]\"")
+        }
+        None if text.contains(':') => {
+            return Err("give the port as ?port=, e.g. smtp://host?port=2525")
+        }
+        None => text,
+    };
+    if host.is_empty() {
+        return Err("missing host");
+    }
+    if host.contains(['/', '?', '&', '@']) {
+        return Err("not a host name or IP address");
+    }
+    Ok(host.to_string())
+}
+
 /// Digits only; `None` for anything else, including overflow.
 fn parse_decimal(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -262,14 +370,22 @@ pub(super) fn parse_bool(text: &str) -> Option<bool> {
 enum Place {
     Global,
     Group(String),
-    Binding { binding: String, nested: bool },
-    Domain { at: DomainAt, key: String },
+    Binding {
+        binding: String,
+        nested: bool,
+    },
+    Domain {
+        at: DomainAt,
+        key: String,
+    },
     EsmtpListener,
     EsmtpListen(usize),
     ControlListener,
     ControlListen(usize),
     EcLogger,
     Security,
+    /// A global `host` scope; the key is the lowercase name.
+    Host(String),
 }
 
 #[derive(Debug, Clone)]
@@ -295,30 +411,21 @@ impl Place {
             Place::ControlListen(_) => Scope::ControlListen,
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
+            Place::Host(_) => Scope::Host,
         }
     }
 }
 
-/// An outbound setting the engine would not act on yet, kept until the
-/// whole tree is read: whether a binding group's settings count depends on
-/// where the default binding ends up.
+/// A setting the engine would not act on yet (its table entry says
+/// `not_yet`), kept in reading order.
 #[derive(Debug)]
 struct Unheeded {
     file: FileId,
     line: u32,
     /// As written.
     option: String,
-    why: Why,
-}
-
-#[derive(Debug)]
-enum Why {
-    /// The option's table entry says `not_yet`, with this reason.
-    Option(&'static str),
-    /// Set in this binding group (or one of its domains).
-    Group(String),
-    /// Set in this binding (or one of its domains).
-    Binding(String),
+    /// Why, from the table entry.
+    reason: &'static str,
 }
 
 /// Collects what each scope sets while walking the tree.
@@ -341,6 +448,10 @@ struct Builder<'t> {
     bindings: BTreeMap<String, BindingScope>,
     /// In reading order.
     unheeded: Vec<Unheeded>,
+    /// Global `host` scopes, keyed by lowercase name.
+    hosts: BTreeMap<String, HostScope>,
+    /// Throttle settings read so far: the next one's bucket.
+    throttles: u32,
 }
 
 /// What `build` makes of a tree.
@@ -368,6 +479,8 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         groups: BTreeMap::new(),
         bindings: BTreeMap::new(),
         unheeded: Vec::new(),
+        hosts: BTreeMap::new(),
+        throttles: 0,
     };
     builder
         .groups
@@ -420,6 +533,7 @@ impl Builder<'_> {
             (Place::Global, Keyword::ControlListener) => Scope::ControlListener,
             (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
             (Place::Global, Keyword::Security) => Scope::Security,
+            (Place::Global, Keyword::Host) => Scope::Host,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
             _ => return Err(not_allowed()),
@@ -429,6 +543,7 @@ impl Builder<'_> {
             Scope::BindingGroup
                 | Scope::Binding
                 | Scope::Domain
+                | Scope::Host
                 | Scope::EsmtpListen
                 | Scope::ControlListen
         );
@@ -463,6 +578,9 @@ impl Builder<'_> {
                 return Err(bad_name(
                     "names may not be empty or contain spaces or colons",
                 ));
+            }
+            Scope::Host if name.is_empty() || name.chars().any(char::is_whitespace) => {
+                return Err(bad_name("host names may not be empty or contain spaces"));
             }
             Scope::Domain => {
                 if name.is_empty() || name.chars().any(char::is_whitespace) {
@@ -512,6 +630,14 @@ impl Builder<'_> {
                     overrides: DeliveryOverrides::default(),
                 });
                 Place::Domain { at, key }
+            }
+            Scope::Host => {
+                let key = name.to_ascii_lowercase();
+                self.hosts.entry(key.clone()).or_insert_with(|| HostScope {
+                    name: name.to_string(),
+                    max_outbound_connections: None,
+                });
+                Place::Host(key)
             }
             Scope::EsmtpListener => Place::EsmtpListener,
             Scope::EsmtpListen => {
@@ -652,9 +778,12 @@ impl Builder<'_> {
             };
             return Err(self.error(file, line, kind));
         }
-        let typed = convert(spec.kind, name, value)
+        let mut typed = convert(spec.kind, name, value)
             .map_err(|(l, kind)| self.error(file, l.unwrap_or(line), kind))?;
-        self.note_unheeded(place, spec, file, line, name);
+        if let Typed::Throttle(throttle) = &mut typed {
+            throttle.bucket = self.next_throttle_bucket(file, line)?;
+        }
+        self.note_unheeded(spec, file, line, name);
         let key = spec.name;
         let unclaimed = match place {
             Place::Global => self.set_global(key, typed),
@@ -687,11 +816,32 @@ impl Builder<'_> {
                 logger.1.set(key, typed)
             }
             Place::Security => self.security.as_mut().expect("entered").set(key, typed),
+            Place::Host(host) => match (key, typed) {
+                ("max_outbound_connections", Typed::Integer(n)) => {
+                    let scope = self.hosts.get_mut(host).expect("entered");
+                    scope.max_outbound_connections = Some(narrow_u32(n));
+                    Ok(())
+                }
+                (_, typed) => Err(typed),
+            },
         };
         // The option table said this scope takes this option; a setter that
         // does not is a bug in this file.
         assert!(unclaimed.is_ok(), "no setter for `{key}` in {scope} scope");
         Ok(())
+    }
+
+    /// The bucket of the throttle setting at `line`: one per occurrence, so
+    /// that everything inheriting it shares it (by reference).
+    fn next_throttle_bucket(&mut self, file: FileId, line: u32) -> Result<u32, ConfigError> {
+        if self.throttles >= THROTTLE_BUCKETS_MAX {
+            let kind = ConfigErrorKind::TooManyThrottles {
+                max: THROTTLE_BUCKETS_MAX,
+            };
+            return Err(self.error(file, line, kind));
+        }
+        self.throttles += 1;
+        Ok(self.throttles - 1)
     }
 
     fn set_global(&mut self, key: &str, typed: Typed) -> Result<(), Typed> {
@@ -706,70 +856,28 @@ impl Builder<'_> {
         self.global_delivery.set(key, typed)
     }
 
-    /// Remembers a setting at `place` that the engine may not act on.
-    fn note_unheeded(
-        &mut self,
-        place: &Place,
-        spec: &OptionSpec,
-        file: FileId,
-        line: u32,
-        name: &str,
-    ) {
-        let why = match (spec.support, place) {
-            (Support::NotYet(reason), _) => Why::Option(reason),
-            (_, Place::Group(group)) => Why::Group(group.clone()),
-            (
-                _,
-                Place::Domain {
-                    at: DomainAt::Group(group),
-                    ..
-                },
-            ) => Why::Group(group.clone()),
-            (_, Place::Binding { binding, .. }) => Why::Binding(binding.clone()),
-            (
-                _,
-                Place::Domain {
-                    at: DomainAt::Binding(binding) | DomainAt::GroupBinding(binding),
-                    ..
-                },
-            ) => Why::Binding(binding.clone()),
-            _ => return,
-        };
-        self.unheeded.push(Unheeded {
-            file,
-            line,
-            option: name.to_string(),
-            why,
-        });
+    /// Remembers a setting that the engine may not act on.
+    fn note_unheeded(&mut self, spec: &OptionSpec, file: FileId, line: u32, name: &str) {
+        if let Support::NotYet(reason) = spec.support {
+            self.unheeded.push(Unheeded {
+                file,
+                line,
+                option: name.to_string(),
+                reason,
+            });
+        }
     }
 
     /// The first remembered setting the engine does not act on: a `not_yet`
-    /// option anywhere, or an outbound option in a scope that no mail is
-    /// sent through (the engine sends everything from the default binding).
+    /// option anywhere.
     fn first_unsupported(&self) -> Option<ConfigError> {
-        let default_group = &self.bindings[DEFAULT_BINDING].group;
-        self.unheeded.iter().find_map(|u| {
-            let kind = match &u.why {
-                Why::Option(reason) => ConfigErrorKind::NotSupportedYet {
-                    option: u.option.clone(),
-                    scope: String::new(),
-                    reason,
-                },
-                Why::Group(group) if group != default_group => ConfigErrorKind::NotSupportedYet {
-                    option: u.option.clone(),
-                    scope: format!(" in binding_group `{group}`"),
-                    reason: NOT_YET_OTHER_BINDINGS,
-                },
-                Why::Binding(binding) if binding != DEFAULT_BINDING => {
-                    ConfigErrorKind::NotSupportedYet {
-                        option: u.option.clone(),
-                        scope: format!(" in binding `{binding}`"),
-                        reason: NOT_YET_OTHER_BINDINGS,
-                    }
-                }
-                Why::Group(_) | Why::Binding(_) => return None,
+        self.unheeded.first().map(|u| {
+            let kind = ConfigErrorKind::NotSupportedYet {
+                option: u.option.clone(),
+                scope: String::new(),
+                reason: u.reason,
             };
-            Some(self.error(u.file, u.line, kind))
+            self.error(u.file, u.line, kind)
         })
     }
 
@@ -786,6 +894,7 @@ impl Builder<'_> {
         assert!(global.shards <= SHARDS_MAX);
         let mut delivery = DeliveryOptions::builtin(&global.hostname);
         self.global_delivery.apply(&mut delivery);
+        settle_route_choice(&self.global_delivery, &mut delivery);
         let mut inbound = ListenerConfig::builtin();
         self.global_inbound.apply(&mut inbound);
         let esmtp_listeners = self
@@ -832,12 +941,27 @@ impl Builder<'_> {
             domains: self.domains,
             groups: self.groups,
             bindings: self.bindings,
+            hosts: self.hosts,
         };
         Built {
             settings,
             unsupported,
         }
     }
+}
+
+/// Momentum's throttle rate: `N` (per second) or `N/S` (N per S seconds).
+/// `Some(None)` is unlimited (N = 0); `None` is not a rate.
+fn parse_rate(text: &str) -> Option<Option<Rate>> {
+    let (count, seconds) = text.split_once('/').unwrap_or((text, "1"));
+    let number = |t: &str, max: u64| -> Option<u32> {
+        let digits = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        let n = t.parse::<u64>().ok().filter(|n| digits && *n <= max)?;
+        Some(narrow_u32(n))
+    };
+    let count = number(count, THROTTLE_COUNT_MAX)?;
+    let per_seconds = number(seconds, THROTTLE_SECONDS_MAX).filter(|s| *s > 0)?;
+    Some((count > 0).then_some(Rate { count, per_seconds }))
 }
 
 /// Line to blame (if not the option's own) and what is wrong.
@@ -889,6 +1013,38 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
         return Ok(Typed::Nameservers(servers));
     }
+    if kind == Kind::Routes {
+        let items: &[Word] = match value {
+            Value::Scalar(word) => std::slice::from_ref(word),
+            Value::List(items) => items,
+        };
+        if items.len() > ROUTES_ENTRIES_MAX {
+            let kind = ConfigErrorKind::TooManyRoutes {
+                count: items.len(),
+                max: ROUTES_ENTRIES_MAX,
+            };
+            return Err((None, kind));
+        }
+        if items.is_empty() {
+            let kind = ConfigErrorKind::BadRoute {
+                value: String::new(),
+                reason: "an empty list routes nowhere; leave `routes` unset for MX routing",
+            };
+            return Err((None, kind));
+        }
+        let mut routes = Vec::with_capacity(items.len());
+        for item in items {
+            let route = parse_route(&item.text).map_err(|reason| {
+                let kind = ConfigErrorKind::BadRoute {
+                    value: item.text.clone(),
+                    reason,
+                };
+                (Some(item.line), kind)
+            })?;
+            routes.push(route);
+        }
+        return Ok(Typed::Routes(routes));
+    }
     let word = match value {
         Value::Scalar(word) => word,
         Value::List(_) => return Err((None, wrong_type("a list".into(), 0).1)),
@@ -916,7 +1072,7 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
     };
     let typed = match kind {
-        Kind::Path | Kind::Text | Kind::HostName if text.is_empty() => {
+        Kind::Path | Kind::Text | Kind::HostName | Kind::HeaderName if text.is_empty() => {
             return Err(wrong_type("an empty string".into(), line))
         }
         Kind::Path => Typed::Path(PathBuf::from(text)),
@@ -924,6 +1080,14 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         Kind::HostName => {
             let valid =
                 text.len() <= HOST_NAME_BYTES_MAX && text.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                return Err(wrong_type(got(), line));
+            }
+            Typed::Text(text.to_string())
+        }
+        Kind::HeaderName => {
+            let valid = text.len() <= HEADER_NAME_BYTES_MAX
+                && text.bytes().all(|b| b.is_ascii_graphic() && b != b':');
             if !valid {
                 return Err(wrong_type(got(), line));
             }
@@ -978,7 +1142,11 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
                 None => return Err(wrong_type(got(), line)),
             }
         }
-        Kind::CidrList | Kind::NameserverList => unreachable!("handled above"),
+        Kind::Rate => Typed::Throttle(Throttle {
+            rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
+            bucket: 0,
+        }),
+        Kind::CidrList | Kind::NameserverList | Kind::Routes => unreachable!("handled above"),
     };
     Ok(typed)
 }
@@ -1000,15 +1168,18 @@ mod tests {
             Kind::Path => "some/path",
             Kind::Text => "text",
             Kind::HostName => "host.example",
+            Kind::HeaderName => "X-Binding",
             Kind::Integer { min, .. } if min > 0 => "1000",
             Kind::Integer { .. } | Kind::Seconds { .. } => "1",
             Kind::Bool => "yes",
             Kind::CidrList => "10.0.0.0/8",
             Kind::NameserverList => "127.0.0.1:5353",
             Kind::Gateway => "relay.example:2525",
+            Kind::Routes => "smtp://relay.example?pref=5",
             Kind::IpAddress => "192.0.2.1",
             Kind::MaxRetries => "auto",
             Kind::FileMode => "0640",
+            Kind::Rate => "50/1",
         }
     }
 
@@ -1034,6 +1205,7 @@ mod tests {
                     Scope::ControlListen => format!("Control_Listener {{ Listen s {{ {line} }} }}"),
                     Scope::EcLogger => format!("ec_logger {{ {line} }}"),
                     Scope::Security => format!("Security {{ {line} }}"),
+                    Scope::Host => format!("host mx.example {{ {line} }}"),
                 };
                 let tree = super::super::parse::parse_tree(&text, "t".as_ref()).unwrap();
                 if let Err(error) = build(&tree) {
@@ -1052,6 +1224,7 @@ mod tests {
             Kind::Seconds { .. } => "3",
             Kind::Bool => "no",
             Kind::MaxRetries => "7",
+            Kind::Rate => "7/3",
             other => sample(other),
         }
     }
@@ -1100,8 +1273,15 @@ mod tests {
         let mut checked = 0;
         for (specs, place, resolve) in families {
             for spec in specs {
-                let text = distinct_sample(spec.kind);
-                let expected = convert(spec.kind, spec.name, &scalar(text)).unwrap();
+                let empty = super::super::parse::parse_tree(&place(""), "t".as_ref()).unwrap();
+                let default = resolve(&build(&empty).unwrap().settings);
+                let mut text = distinct_sample(spec.kind);
+                let mut expected = convert(spec.kind, spec.name, &scalar(text)).unwrap();
+                if spec.kind == Kind::Bool && default.contains(&(spec.name, expected.clone())) {
+                    // A boolean that is off by default.
+                    text = "yes";
+                    expected = convert(spec.kind, spec.name, &scalar(text)).unwrap();
+                }
                 let config = if spec.name == "bind_address" {
                     // Not a domain option: its most specific scope is binding.
                     format!("binding_group g {{ binding b {{ bind_address = {text} }} }}")
@@ -1115,8 +1295,6 @@ mod tests {
                     entries.contains(&(spec.name, expected.clone())),
                     "{config}: want {expected:?} in {entries:?}"
                 );
-                let empty = super::super::parse::parse_tree(&place(""), "t".as_ref()).unwrap();
-                let default = resolve(&build(&empty).unwrap().settings);
                 assert!(
                     !default.contains(&(spec.name, expected)),
                     "{config}: sample is the default"
@@ -1205,6 +1383,37 @@ mod tests {
             assert_eq!(parse_bool(t), Some(false));
         }
         assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn throttle_rates_read_momentums_syntax() {
+        let rate = |count, per_seconds| Some(Some(Rate { count, per_seconds }));
+        assert_eq!(parse_rate("50/1"), rate(50, 1));
+        assert_eq!(parse_rate("50"), rate(50, 1), "N alone is per second");
+        assert_eq!(parse_rate("1/60"), rate(1, 60));
+        assert_eq!(parse_rate("0"), Some(None), "0 is unlimited");
+        assert_eq!(parse_rate("0/5"), Some(None));
+        for bad in [
+            "", "/", "5/", "/5", "5/0", "-1", "1.5", "5/1/2", "a/1", "1000001",
+        ] {
+            assert_eq!(parse_rate(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            Rate {
+                count: 50,
+                per_seconds: 1
+            }
+            .interval_us(),
+            20_000
+        );
+        assert_eq!(
+            Rate {
+                count: 1,
+                per_seconds: 60
+            }
+            .interval_us(),
+            60_000_000
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub(super) enum Kind {
     /// `HOST_NAME_BYTES_MAX` bytes. The SMTP client would otherwise replace
     /// it with `localhost` without a word.
     HostName,
+    /// A header field name (RFC 5322 2.2: printable ASCII but `:`), at most
+    /// `HEADER_NAME_BYTES_MAX` bytes.
+    HeaderName,
     /// A decimal integer in `min..=max`; `unit` is for messages.
     Integer {
         min: u64,
@@ -62,10 +65,15 @@ pub(super) enum Kind {
     /// or `[ipv6]:port` (port 53 when none is written).
     NameserverList,
     Gateway,
+    /// A list (or a single item) of Momentum routes (`config::Route`).
+    Routes,
     IpAddress,
     MaxRetries,
     /// Octal permission bits, e.g. `0600`.
     FileMode,
+    /// A throttle rate: `"N"` per second or `"N/S"` per S seconds; 0 is
+    /// unlimited.
+    Rate,
 }
 
 impl Kind {
@@ -78,15 +86,27 @@ impl Kind {
             Kind::HostName => {
                 "a host name of at most 255 printable ASCII characters without spaces"
             }
+            // The text names HEADER_NAME_BYTES_MAX (asserted below).
+            Kind::HeaderName => {
+                "a header name of at most 64 printable ASCII characters without spaces or `:`"
+            }
             Kind::Integer { .. } => "an integer",
             Kind::Seconds { .. } => "a whole number of seconds",
             Kind::Bool => "a boolean (true/false, yes/no, on/off, 1/0)",
             Kind::CidrList => "a list of IP addresses or CIDR netblocks",
             Kind::NameserverList => "a list of IP addresses with optional ports",
             Kind::Gateway => "a single \"host:port\" or \"host\"",
+            Kind::Routes => {
+                "a list of routes: \"__mx__\", \"host\" or \"smtp://host?pref=P&port=O&type=mx\""
+            }
             Kind::IpAddress => "an IP address",
             Kind::MaxRetries => "an integer, \"auto\" or \"none\"",
             Kind::FileMode => "an octal file mode between 0000 and 7777 such as 0600",
+            // The numbers are THROTTLE_COUNT_MAX and THROTTLE_SECONDS_MAX.
+            Kind::Rate => {
+                "a rate \"N\" (per second) or \"N/S\" (N per S seconds), N in 0..=1000000 \
+                 (0 = unlimited), S in 1..=86400"
+            }
         }
     }
 
@@ -103,6 +123,7 @@ impl Kind {
 }
 
 const _: () = assert!(HOST_NAME_BYTES_MAX == 255);
+const _: () = assert!(HEADER_NAME_BYTES_MAX == 64);
 
 /// Whether the engine acts on an option yet. The parser knows Momentum's
 /// options before the engine implements them; `Config::load` refuses an
@@ -110,7 +131,10 @@ const _: () = assert!(HOST_NAME_BYTES_MAX == 255);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Support {
     Yes,
-    /// Completes "`option` is not supported yet (...)".
+    /// Completes "`option` is not supported yet (...)". No option waits
+    /// for the engine today; the next one Momentum has and we do not act
+    /// on yet goes here rather than being accepted and ignored.
+    #[allow(dead_code)]
     NotYet(&'static str),
 }
 
@@ -134,8 +158,20 @@ pub(super) const OUTBOUND: ScopeSet = ScopeSet::of(&[
     Scope::Binding,
     Scope::Domain,
 ]);
+/// `routes`: Momentum documents it for the global and domain scopes only.
+pub(super) const ROUTES: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::Domain]);
+/// `max_outbound_connections`: the outbound scopes, and `host` (per address).
+pub(super) const OUTBOUND_AND_HOST: ScopeSet = ScopeSet::of(&[
+    Scope::Global,
+    Scope::BindingGroup,
+    Scope::Binding,
+    Scope::Domain,
+    Scope::Host,
+]);
 pub(super) const BINDING_LEVEL: ScopeSet =
     ScopeSet::of(&[Scope::Global, Scope::BindingGroup, Scope::Binding]);
+/// Momentum's `host_failure_retry` scopes.
+pub(super) const GLOBAL_OR_DOMAIN: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::Domain]);
 pub(super) const LOGGER: ScopeSet = ScopeSet::of(&[Scope::EcLogger]);
 pub(super) const SECURITY: ScopeSet = ScopeSet::of(&[Scope::Security]);
 
@@ -169,9 +205,11 @@ pub(super) enum Typed {
     Cidrs(Vec<Cidr>),
     Nameservers(Vec<SocketAddr>),
     Gateway(Gateway),
+    Routes(Vec<Route>),
     Ip(IpAddr),
     MaxRetries(MaxRetries),
     FileMode(u32),
+    Throttle(Throttle),
 }
 
 pub(super) fn narrow_u32(value: u64) -> u32 {
@@ -240,8 +278,10 @@ option_value!(PathBuf, 0, Path(v) => v, |s| Typed::Path(s.clone()));
 option_value!(Vec<Cidr>, 0, Cidrs(v) => v, |s| Typed::Cidrs(s.clone()));
 option_value!(Vec<SocketAddr>, 0, Nameservers(v) => v, |s| Typed::Nameservers(s.clone()));
 option_value!(Gateway, 0, Gateway(v) => v, |s| Typed::Gateway(s.clone()));
+option_value!(Vec<Route>, 0, Routes(v) => v, |s| Typed::Routes(s.clone()));
 option_value!(IpAddr, 0, Ip(v) => v, |s| Typed::Ip(*s));
 option_value!(MaxRetries, u32::MAX as u64, MaxRetries(v) => v, |s| Typed::MaxRetries(*s));
+option_value!(Throttle, 0, Throttle(v) => v, |s| Typed::Throttle(*s));
 
 /// How a resolved field holds its option's value: as the value itself, or
 /// as `Option<value>` when "unset" is a meaningful resolved state (no
@@ -292,9 +332,10 @@ plain_field!(
     PathBuf,
     Vec<Cidr>,
     Vec<SocketAddr>,
-    MaxRetries
+    MaxRetries,
+    Throttle
 );
-optional_field!(Gateway, IpAddr, String);
+optional_field!(Gateway, Vec<Route>, IpAddr, String);
 
 /// `Support` of a table entry: `Yes` unless it names a `not_yet` reason.
 macro_rules! support {
@@ -431,6 +472,12 @@ option_family! {
         /// Deliver every message here instead of looking up MX records.
         gateway: Option<Gateway> = "gateway" in OUTBOUND, Kind::Gateway,
             default None;
+        /// Momentum's routing table for a domain (global and domain scopes,
+        /// as in Momentum; a domain inside a binding makes it per binding).
+        /// Between `gateway` and `routes` the more specific scope wins, and
+        /// `gateway` within one scope (`model::settle_route_choice`).
+        routes: Option<Vec<Route>> = "routes" in ROUTES, Kind::Routes,
+            default None;
         /// First retry delay; each later one doubles.
         retry_interval: Duration = "retry_interval" in OUTBOUND, INTERVAL,
             default Duration::from_secs(RETRY_INTERVAL_SECONDS_DEFAULT);
@@ -444,14 +491,45 @@ option_family! {
             default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT);
         /// Send a DSN to the return path when a recipient fails for good.
         generate_bounces: bool = "generate_bounces" in OUTBOUND, Kind::Bool, default true;
+        /// Send one delay DSN (Action: delayed) to the return path of a
+        /// message still undelivered `delay_dsn_retry_interval` after it
+        /// was received.
+        generate_delay_dsn: bool = "generate_delay_dsn" in OUTBOUND, Kind::Bool,
+            default false;
+        /// Age of a still-deferred message at which its delay DSN goes out
+        /// (Momentum's first delay DSN; ecelerity sends no later ones).
+        delay_dsn_retry_interval: Duration = "delay_dsn_retry_interval" in OUTBOUND, INTERVAL,
+            default Duration::from_secs(DELAY_DSN_RETRY_INTERVAL_SECONDS_DEFAULT);
+        /// Momentum's cap on the interval between later delay DSNs.
+        delay_dsn_max_retry_interval: Duration = "delay_dsn_max_retry_interval" in OUTBOUND,
+            INTERVAL,
+            default Duration::from_secs(DELAY_DSN_MAX_RETRY_INTERVAL_SECONDS_DEFAULT),
+            not_yet NOT_YET_DELAY_DSN_SERIES;
         /// Concurrent connections per domain.
-        max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND,
+        /// (In a `host` scope: per address of that host, every domain
+        /// together; see `Config::host_max_outbound_connections`.)
+        max_outbound_connections: u32 = "max_outbound_connections" in OUTBOUND_AND_HOST,
             integer(1, OUTBOUND_CONNECTIONS_MAX),
             default MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32;
         /// RCPTs per outbound transaction.
         max_recipients_per_batch: u32 = "max_recipients_per_batch" in OUTBOUND,
             integer(1, RECIPIENTS_PER_BATCH_MAX),
             default MAX_RECIPIENTS_PER_BATCH_DEFAULT as u32;
+        /// Messages delivered on one connection before QUIT; 0 = unlimited.
+        max_deliveries_per_connection: u32 = "max_deliveries_per_connection" in OUTBOUND,
+            integer(0, DELIVERIES_PER_CONNECTION_MAX), default 0;
+        /// Messages sent per time, shared by every queue inheriting the
+        /// setting (by reference).
+        outbound_throttle_messages: Throttle = "outbound_throttle_messages" in OUTBOUND,
+            Kind::Rate, default Throttle::UNLIMITED;
+        /// Connections opened per time, shared like the message throttle.
+        outbound_throttle_connections: Throttle = "outbound_throttle_connections" in OUTBOUND,
+            Kind::Rate, default Throttle::UNLIMITED;
+        /// How long a host that refused or timed out a connection is
+        /// skipped, for every domain.
+        host_failure_retry: Duration = "host_failure_retry" in GLOBAL_OR_DOMAIN,
+            seconds(1, INTERVAL_SECONDS_MAX),
+            default Duration::from_secs(HOST_FAILURE_RETRY_SECONDS_DEFAULT);
         /// Over how many shards the queue of one domain is spread (Momentum's
         /// delivery_pool idea, per domain): 1 keeps a domain on one shard,
         /// 0 spreads it over every shard. `max_outbound_connections` is then
@@ -480,20 +558,16 @@ option_family! {
             default REMOTE_SMTP_PORT_DEFAULT;
         ehlo_hostname: String = "ehlo_hostname" in OUTBOUND, Kind::HostName,
             default hostname.to_string();
-        /// Source address; `None` lets the kernel choose.
+        /// Source address of the binding's connections; `None` lets the
+        /// kernel choose.
         bind_address: Option<IpAddr> = "bind_address" in BINDING_LEVEL, Kind::IpAddress,
-            default None, not_yet NOT_YET_BIND_ADDRESS;
+            default None;
     }
 }
 
-/// Why outbound options in a binding or binding group other than the
-/// default binding and its group are refused.
-pub(super) const NOT_YET_OTHER_BINDINGS: &str =
-    "all mail is sent from the binding `default` until bindings can be assigned; \
-     set it globally, in a domain scope, or in binding \"default\"";
-/// Why `bind_address` is refused.
-pub(super) const NOT_YET_BIND_ADDRESS: &str =
-    "outbound connections take the source address the kernel picks";
+/// Why `delay_dsn_max_retry_interval` is refused.
+pub(super) const NOT_YET_DELAY_DSN_SERIES: &str =
+    "ecelerity sends one delay DSN per message, after delay_dsn_retry_interval";
 
 option_family! {
     /// One `ESMTP_Listener` `Listen`, with Listen > ESMTP_Listener > global >
@@ -542,6 +616,12 @@ option_family! {
         /// From the 354 reply until the end of the DATA.
         inbound_data_timeout: Duration = "inbound_data_timeout" in INBOUND, TIMEOUT,
             default Duration::from_secs(INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT);
+        /// ecelerity's own, until policy can assign bindings: the header
+        /// whose value names the binding a message leaves from. It is
+        /// removed before the message is spooled. `None`: every message
+        /// leaves from the binding `default`.
+        binding_header: Option<String> = "binding_header" in LISTENER, Kind::HeaderName,
+            default None;
     }
 }
 
@@ -562,9 +642,23 @@ option_family! {
         /// 0 means one per CPU.
         shards: u64 = "shards" in GLOBAL, integer(0, SHARDS_MAX), default 0;
         pidfile: PathBuf = "pidfile" in GLOBAL, Kind::Path, default PIDFILE_DEFAULT.into();
+        /// ecelerity's own: bytes per second each shard's spool compaction
+        /// may copy (0: off).
+        spool_compaction_bytes_per_second: u64 = "spool_compaction_bytes_per_second" in GLOBAL,
+            Kind::Integer { min: 0, max: SPOOL_COMPACTION_BYTES_PER_SECOND_MAX, unit: " bytes/s" },
+            default SPOOL_COMPACTION_BYTES_PER_SECOND_DEFAULT;
+        /// ecelerity's own: the live share (percent of a segment) at or
+        /// below which a sealed spool segment is compacted.
+        spool_compaction_live_percent: u64 = "spool_compaction_live_percent" in GLOBAL,
+            Kind::Integer { min: 0, max: 100, unit: " %" },
+            default SPOOL_COMPACTION_LIVE_PERCENT_DEFAULT;
         server_max_inbound_connections: u32 = "server_max_inbound_connections" in GLOBAL,
             integer(1, SERVER_MAX_INBOUND_CONNECTIONS_MAX),
             default SERVER_MAX_INBOUND_CONNECTIONS_DEFAULT as u32;
+        /// Open outbound connections over every shard.
+        server_max_outbound_connections: u32 = "server_max_outbound_connections" in GLOBAL,
+            integer(1, SERVER_MAX_OUTBOUND_CONNECTIONS_MAX),
+            default SERVER_MAX_OUTBOUND_CONNECTIONS_DEFAULT as u32;
         /// Reception slows above this many entries waiting for delivery.
         backlog_slowdown_entries: u64 = "backlog_slowdown_entries" in GLOBAL,
             integer(1, BACKLOG_ENTRIES_MAX), default BACKLOG_SLOWDOWN_ENTRIES_DEFAULT;

@@ -37,11 +37,12 @@ pub(super) enum Keyword {
     Listen,
     EcLogger,
     Security,
+    Host,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 8] = [
+        const KEYWORDS: [(&str, Keyword); 9] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -50,6 +51,7 @@ impl Keyword {
             ("listen", Keyword::Listen),
             ("ec_logger", Keyword::EcLogger),
             ("security", Keyword::Security),
+            ("host", Keyword::Host),
         ];
         KEYWORDS
             .iter()

@@ -5,12 +5,13 @@
 //! each answer ([`execute`] is pure: a command line and a snapshot in, text
 //! out, or a control request to ask the shards), and the console threads.
 //! Counters are read from what every shard publishes (`stats`), without
-//! waiting on a shard; commands about queues (`mailq`, `active`, `delayed`,
-//! `flush domain`, `fail domain`) are asked of every
-//! shard through `control`, with a timeout, so a console client can never
-//! hold up mail.
-//! May call: `stats`, `control`, `config`. Never: the spool, the queues
-//! directly.
+//! waiting on a shard; commands about queues and the resolver (`mailq`,
+//! `active`, `delayed`, `domain`, `showqueue`, `message`, `flush domain`,
+//! `fail domain`, `binding summary`, `suspend`, `resume`, `reroute
+//! queue`, `dns_cache`) are asked of every shard through `control`, with
+//! a timeout, so a console client can never hold up mail.
+//! May call: `stats`, `control`, `config`, `queue` (the `MessageId` type),
+//! `clock`. Never: the spool, the queues directly.
 //!
 //! Framing: the client sends one command per line. The server answers with
 //! the reply's lines, a line that starts with `.` sent with a second `.`
@@ -26,11 +27,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::now_unix_ms;
 use crate::config::Config;
 use crate::control::{
-    render_domains, render_failed, render_flushed, render_mailq, ControlHandle, ControlRequest,
-    QueueSide, CONTROL_TIMEOUT_MS,
+    render_binding_summary, render_dns_flushed, render_dns_lookup, render_dns_stats, render_domain,
+    render_domains, render_failed, render_flushed, render_mailq, render_message,
+    render_message_changed, render_rerouted, render_showqueue, render_suspended, ControlHandle,
+    ControlRequest, DnsCacheRequest, DnsKind, MessageAction, QueueSide, Target, CONTROL_TIMEOUT_MS,
+    SHOWQUEUE_ROWS_DEFAULT, SHOWQUEUE_ROWS_MAX,
 };
+use crate::queue::MessageId;
 use crate::stats::{Counter, EngineStats, Figures};
 
 /// Longest command line accepted; a longer one closes the connection.
@@ -202,18 +208,45 @@ fn session(
 /// Asks every shard and renders their answer (or why there is none).
 fn ask(control: &ControlHandle, request: ControlRequest) -> String {
     match control.ask_all(request.clone(), Duration::from_millis(CONTROL_TIMEOUT_MS)) {
-        Ok(parts) => render(&request, &parts),
+        Ok(parts) => render(&request, &parts, now_unix_ms()),
         Err(e) => format!("Error: {e}\n"),
     }
 }
 
-/// The text of every shard's `parts` of the answer to `request`.
-pub fn render(request: &ControlRequest, parts: &[crate::control::ControlReply]) -> String {
+/// The text of every shard's `parts` of the answer to `request`, at
+/// `now_unix_ms` (for "in N seconds").
+pub fn render(
+    request: &ControlRequest,
+    parts: &[crate::control::ControlReply],
+    now_unix_ms: u64,
+) -> String {
     match request {
         ControlRequest::Mailq { limit, .. } => render_mailq(parts, *limit),
         ControlRequest::Domains { side, above } => render_domains(parts, *side, *above),
         ControlRequest::Flush { domain } => render_flushed(parts, domain.as_deref()),
         ControlRequest::Fail { domain, .. } => render_failed(parts, domain),
+        ControlRequest::Domain { domain } => render_domain(parts, domain, now_unix_ms),
+        ControlRequest::ShowQueue {
+            domain,
+            limit,
+            offset,
+            ..
+        } => render_showqueue(parts, domain, *limit, *offset),
+        ControlRequest::Message {
+            id,
+            action: MessageAction::Details,
+        } => render_message(parts, *id, now_unix_ms),
+        ControlRequest::Message { id, action } => render_message_changed(parts, *id, *action),
+        ControlRequest::BindingSummary { binding } => {
+            render_binding_summary(parts, binding.as_deref())
+        }
+        ControlRequest::Suspend { target, suspend } => render_suspended(parts, target, *suspend),
+        ControlRequest::Reroute { from, to } => render_rerouted(parts, from, to),
+        ControlRequest::DnsCache(DnsCacheRequest::Stats) => render_dns_stats(parts),
+        ControlRequest::DnsCache(DnsCacheRequest::Lookup { name, kinds }) => {
+            render_dns_lookup(parts, name, kinds)
+        }
+        ControlRequest::DnsCache(DnsCacheRequest::Flush) => render_dns_flushed(parts),
     }
 }
 
@@ -289,6 +322,22 @@ Commands:
   flush domain <d|all> every delayed message of the domain is retried now
   fail domain [quiet] <d>
                        every queued message of the domain fails now (quiet: no DSN)
+  domain <d>           the domain's queues per binding: sizes, connections, state, cached MXs
+  showqueue [binding <b>|binding all] <d> [limit[,offset]]
+                       the messages queued for the domain (default 100, every binding)
+  message details <id> where a message (id as in the mainlog) is queued
+  message retry <id>   the message is retried now
+  message fail [quiet] <id>
+                       the message's queued recipients fail now (quiet: no DSN)
+  binding summary [b]  per binding: queues, messages, connections
+  suspend domain <d> | suspend binding <b>
+                       hold the queues: they keep their messages, open no connections
+  resume domain <d> | resume binding <b>
+                       release them: delivery starts again
+  reroute queue <d1> <d2>
+                       the messages queued for d1 go through d2's route
+  dns_cache stats | dns_cache lookup <name> [MX|A|AAAA] | dns_cache flush
+                       every shard's DNS cache: counts, a cached answer, forget all
   shutdown             stop gracefully: stop accepting, finish open transactions, sync the spool, exit
   quit                 close this console session
 ";
@@ -318,12 +367,151 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
                 Err(e) => (format!("{e}\n"), Action::None),
             }
         }
+        [w, args @ ..] if is_message_command(w) => match parse_message_command(w, args) {
+            Ok(request) => (String::new(), Action::Ask(request)),
+            Err(e) => (format!("{e}\n"), Action::None),
+        },
         [w] if w.eq_ignore_ascii_case("shutdown") => {
             ("Shutdown requested: no new connections; open transactions finish, the spool syncs, then the daemon exits.\n".to_string(), Action::Shutdown)
         }
         [w] if w.eq_ignore_ascii_case("quit") || w.eq_ignore_ascii_case("exit") => (String::new(), Action::Close),
         _ => (format!("Unknown command: {line}. Type 'help' for the list.\n"), Action::None),
     }
+}
+
+/// The first words of the commands [`parse_message_command`] reads.
+const MESSAGE_COMMANDS: [&str; 8] = [
+    "domain",
+    "showqueue",
+    "message",
+    "binding",
+    "suspend",
+    "resume",
+    "reroute",
+    "dns_cache",
+];
+
+fn is_message_command(word: &str) -> bool {
+    MESSAGE_COMMANDS
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(word))
+}
+
+/// `domain`, `showqueue`, `message`, `binding summary`, `suspend`,
+/// `resume`, `reroute queue`, `dns_cache`: a control request, or the
+/// usage of the command.
+fn parse_message_command(command: &str, args: &[&str]) -> Result<ControlRequest, String> {
+    let command = command.to_ascii_lowercase();
+    let is = |w: &&str, word: &str| w.eq_ignore_ascii_case(word);
+    let lower = |w: &&str| w.to_ascii_lowercase();
+    match (command.as_str(), args) {
+        ("domain", [d]) => Ok(ControlRequest::Domain { domain: lower(d) }),
+        ("domain", _) => Err("Usage: domain <domain>".into()),
+        ("showqueue", _) => parse_showqueue(args),
+        ("message", [a, id]) if is(a, "details") => message(id, MessageAction::Details),
+        ("message", [a, id]) if is(a, "retry") => message(id, MessageAction::Retry),
+        ("message", [a, id]) if is(a, "fail") && !is(id, "quiet") => {
+            message(id, MessageAction::Fail { quiet: false })
+        }
+        ("message", [a, q, id]) if is(a, "fail") && is(q, "quiet") => {
+            message(id, MessageAction::Fail { quiet: true })
+        }
+        ("message", _) => {
+            Err("Usage: message details|retry <id> | message fail [quiet] <id>".into())
+        }
+        ("binding", [s]) if is(s, "summary") => {
+            Ok(ControlRequest::BindingSummary { binding: None })
+        }
+        ("binding", [s, b]) if is(s, "summary") => Ok(ControlRequest::BindingSummary {
+            binding: Some(b.to_string()),
+        }),
+        ("binding", _) => Err("Usage: binding summary [binding]".into()),
+        ("suspend" | "resume", [kind, name]) if is(kind, "domain") || is(kind, "binding") => {
+            let target = if is(kind, "domain") {
+                Target::Domain(lower(name))
+            } else {
+                Target::Binding(name.to_string())
+            };
+            Ok(ControlRequest::Suspend {
+                target,
+                suspend: command == "suspend",
+            })
+        }
+        ("suspend" | "resume", _) => Err(format!(
+            "Usage: {command} domain <domain> | {command} binding <binding>"
+        )),
+        ("reroute", [q, from, to]) if is(q, "queue") && !from.eq_ignore_ascii_case(to) => {
+            Ok(ControlRequest::Reroute {
+                from: lower(from),
+                to: lower(to),
+            })
+        }
+        ("reroute", _) => {
+            Err("Usage: reroute queue <from-domain> <to-domain> (two different domains)".into())
+        }
+        ("dns_cache", [s]) if is(s, "stats") => {
+            Ok(ControlRequest::DnsCache(DnsCacheRequest::Stats))
+        }
+        ("dns_cache", [s]) if is(s, "flush") => {
+            Ok(ControlRequest::DnsCache(DnsCacheRequest::Flush))
+        }
+        ("dns_cache", [s, name, kind @ ..]) if is(s, "lookup") && kind.len() <= 1 => {
+            let kinds = match kind.first() {
+                None => DnsKind::ALL.to_vec(),
+                Some(k) => vec![DnsKind::parse(k).ok_or_else(|| {
+                    format!("Usage: dns_cache lookup <name> [MX|A|AAAA]: the cache holds no '{k}' records")
+                })?],
+            };
+            Ok(ControlRequest::DnsCache(DnsCacheRequest::Lookup {
+                name: name.trim_end_matches('.').to_ascii_lowercase(),
+                kinds,
+            }))
+        }
+        _ => Err(
+            "Usage: dns_cache stats | dns_cache lookup <name> [MX|A|AAAA] | dns_cache flush".into(),
+        ),
+    }
+}
+
+fn message(id: &str, action: MessageAction) -> Result<ControlRequest, String> {
+    let id: MessageId = id.parse().map_err(|e| format!("{e}"))?;
+    Ok(ControlRequest::Message { id, action })
+}
+
+/// `showqueue [binding <b>|binding all] <domain> [limit[,offset]]`.
+fn parse_showqueue(args: &[&str]) -> Result<ControlRequest, String> {
+    const USAGE: &str = "Usage: showqueue [binding <b>|binding all] <domain> [limit[,offset]]";
+    let (binding, rest) = match args {
+        [b, name, rest @ ..] if b.eq_ignore_ascii_case("binding") => {
+            let binding = (!name.eq_ignore_ascii_case("all")).then(|| name.to_string());
+            (binding, rest)
+        }
+        _ => (None, args),
+    };
+    let (domain, window) = match rest {
+        [domain] => (domain, None),
+        [domain, window] => (domain, Some(*window)),
+        _ => return Err(USAGE.into()),
+    };
+    let (mut limit, mut offset) = (SHOWQUEUE_ROWS_DEFAULT, 0);
+    if let Some(window) = window {
+        let (l, o) = window.split_once(',').unwrap_or((window, "0"));
+        limit = l
+            .parse()
+            .map_err(|_| format!("{USAGE}: '{window}' is not limit[,offset]"))?;
+        offset = o
+            .parse()
+            .map_err(|_| format!("{USAGE}: '{window}' is not limit[,offset]"))?;
+    }
+    if limit == 0 || limit > SHOWQUEUE_ROWS_MAX {
+        return Err(format!("{USAGE}: limit is 1..={SHOWQUEUE_ROWS_MAX}"));
+    }
+    Ok(ControlRequest::ShowQueue {
+        domain: domain.to_ascii_lowercase(),
+        binding,
+        limit,
+        offset,
+    })
 }
 
 /// Rows `mailq` shows unless told otherwise.
@@ -580,6 +768,157 @@ mod tests {
         assert!(usage("fail domain").starts_with("Usage: fail domain"));
         assert!(usage("fail domain quiet").starts_with("Usage: fail domain"));
         assert!(usage("fail example.com").starts_with("Usage: fail domain"));
+    }
+
+    #[test]
+    fn message_and_queue_commands_parse_into_control_requests() {
+        let ask = |line: &str| match execute(line, &snapshot()) {
+            (text, Action::Ask(request)) => {
+                assert!(text.is_empty());
+                request
+            }
+            (text, action) => panic!("{line}: {action:?} {text}"),
+        };
+        let usage = |line: &str| {
+            let (text, action) = execute(line, &snapshot());
+            assert_eq!(action, Action::None, "{line}");
+            assert!(
+                text.starts_with("Usage: ") || text.contains("not a message id"),
+                "{line}: {text}"
+            );
+            text
+        };
+        assert_eq!(
+            ask("domain Example.COM"),
+            ControlRequest::Domain {
+                domain: "example.com".into()
+            }
+        );
+        usage("domain");
+        usage("domain a b");
+        assert_eq!(
+            ask("showqueue example.com"),
+            ControlRequest::ShowQueue {
+                domain: "example.com".into(),
+                binding: None,
+                limit: SHOWQUEUE_ROWS_DEFAULT,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            ask("showqueue binding mkt example.com 10,20"),
+            ControlRequest::ShowQueue {
+                domain: "example.com".into(),
+                binding: Some("mkt".into()),
+                limit: 10,
+                offset: 20
+            }
+        );
+        assert_eq!(
+            ask("showqueue binding all example.com 5"),
+            ControlRequest::ShowQueue {
+                domain: "example.com".into(),
+                binding: None,
+                limit: 5,
+                offset: 0
+            }
+        );
+        usage("showqueue");
+        usage("showqueue example.com ten");
+        usage("showqueue example.com 0");
+        let id = MessageId::new(1, 42);
+        assert_eq!(
+            ask(&format!("message details {id}")),
+            ControlRequest::Message {
+                id,
+                action: MessageAction::Details
+            }
+        );
+        assert_eq!(
+            ask(&format!("MESSAGE retry {id}")),
+            ControlRequest::Message {
+                id,
+                action: MessageAction::Retry
+            }
+        );
+        assert_eq!(
+            ask(&format!("message fail quiet {id}")),
+            ControlRequest::Message {
+                id,
+                action: MessageAction::Fail { quiet: true }
+            }
+        );
+        assert_eq!(
+            ask(&format!("message fail {id}")),
+            ControlRequest::Message {
+                id,
+                action: MessageAction::Fail { quiet: false }
+            }
+        );
+        assert!(usage("message details 42").contains("not a message id"));
+        usage("message fail quiet");
+        usage("message bounce 01/00-00000-00000001");
+        assert_eq!(
+            ask("binding summary"),
+            ControlRequest::BindingSummary { binding: None }
+        );
+        assert_eq!(
+            ask("binding summary mkt"),
+            ControlRequest::BindingSummary {
+                binding: Some("mkt".into())
+            }
+        );
+        usage("binding");
+        assert_eq!(
+            ask("suspend domain A.example"),
+            ControlRequest::Suspend {
+                target: Target::Domain("a.example".into()),
+                suspend: true
+            }
+        );
+        assert_eq!(
+            ask("resume binding mkt"),
+            ControlRequest::Suspend {
+                target: Target::Binding("mkt".into()),
+                suspend: false
+            }
+        );
+        usage("suspend a.example");
+        usage("resume queue a.example");
+        assert_eq!(
+            ask("reroute queue a.example B.example"),
+            ControlRequest::Reroute {
+                from: "a.example".into(),
+                to: "b.example".into()
+            }
+        );
+        usage("reroute queue a.example a.example");
+        usage("reroute a.example b.example");
+        assert_eq!(
+            ask("dns_cache stats"),
+            ControlRequest::DnsCache(DnsCacheRequest::Stats)
+        );
+        assert_eq!(
+            ask("dns_cache flush"),
+            ControlRequest::DnsCache(DnsCacheRequest::Flush)
+        );
+        assert_eq!(
+            ask("dns_cache lookup One.Test. mx"),
+            ControlRequest::DnsCache(DnsCacheRequest::Lookup {
+                name: "one.test".into(),
+                kinds: vec![DnsKind::Mx]
+            })
+        );
+        assert_eq!(
+            ask("dns_cache lookup one.test"),
+            ControlRequest::DnsCache(DnsCacheRequest::Lookup {
+                name: "one.test".into(),
+                kinds: DnsKind::ALL.to_vec()
+            })
+        );
+        usage("dns_cache lookup one.test TXT");
+        usage("dns_cache");
+        usage("dns_cache refcnts");
     }
 
     #[test]

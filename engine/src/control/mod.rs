@@ -5,10 +5,12 @@
 //! carries a request over the mesh with the channel its answers go back
 //! on, [`ControlHandle`] (how a thread outside the shards, such as the
 //! console, asks), and the pure handlers: [`answer`] (a request and one
-//! shard's queues in, that shard's part out; `Flush` and `Fail` change
-//! queues and are carried out by `delivery::Outbound`) and the renderers
-//! ([`render_mailq`], [`render_domains`], [`render_flushed`],
-//! [`render_failed`]).
+//! shard's queues in, that shard's part out; the requests that change
+//! queues or read the resolver are carried out by `delivery::Outbound`)
+//! and the renderers: here [`render_mailq`], [`render_domains`],
+//! [`render_flushed`], [`render_failed`]; `showqueue` and `message` in
+//! `messages.rs`, `domain`, `binding summary`, `suspend` and `reroute` in
+//! `queues.rs`, `dns_cache` in `resolver.rs`.
 //! May call: `queue` (read-only). Never: I/O, a lock on a shard's path
 //! (a shard answers with a non-blocking send; a full or closed reply
 //! channel drops that part).
@@ -25,7 +27,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 
-use crate::queue::{Bindings, Queues};
+use crate::queue::{Bindings, MessageId, Queues};
+
+mod messages;
+mod queues;
+mod resolver;
+
+pub use messages::{queued_messages, render_message, render_message_changed, render_showqueue};
+pub use queues::{
+    binding_rows, domain_queues, render_binding_summary, render_domain, render_rerouted,
+    render_suspended,
+};
+pub use resolver::{render_dns_flushed, render_dns_lookup, render_dns_stats};
 
 /// How often shard 0 looks at its control queue while requests come (it
 /// looks once a tick otherwise).
@@ -38,7 +51,11 @@ pub const CONTROL_TIMEOUT_MS: u64 = 5_000;
 pub const MAILQ_ROWS_MAX: usize = 10_000;
 /// Most domains one shard returns for `active` / `delayed`.
 pub const DOMAIN_ROWS_MAX: usize = 10_000;
-/// The reply every recipient failed by `fail domain` gets.
+/// Most messages one shard returns for `showqueue` or `message details`.
+pub const SHOWQUEUE_ROWS_MAX: usize = 10_000;
+/// Messages `showqueue` shows unless told otherwise.
+pub const SHOWQUEUE_ROWS_DEFAULT: usize = 100;
+/// The reply every recipient failed by `fail domain` or `message fail` gets.
 pub const OPERATOR_FAILURE_REPLY: &str = "554 5.4.0 [internal] failed by the operator";
 
 /// What a control client asks every shard.
@@ -61,6 +78,91 @@ pub enum ControlRequest {
     /// domain (active and delayed, every binding) fails permanently with
     /// [`OPERATOR_FAILURE_REPLY`]; `quiet` sends no DSN.
     Fail { domain: String, quiet: bool },
+    /// Momentum's `domain <d>`: the queues of the domain, one per binding,
+    /// with their sizes, connections and state.
+    Domain { domain: String },
+    /// Momentum's `showqueue [binding <b>|binding all] <d> [limit,offset]`:
+    /// the messages queued for the domain (`binding` `None`: every binding).
+    ShowQueue {
+        domain: String,
+        binding: Option<String>,
+        limit: usize,
+        offset: usize,
+    },
+    /// Momentum's `message details|retry|fail [quiet] <id>`.
+    Message {
+        id: MessageId,
+        action: MessageAction,
+    },
+    /// Momentum's `binding summary [name]`: per binding, its queues,
+    /// messages and connections (`None`: every binding).
+    BindingSummary { binding: Option<String> },
+    /// `suspend` / `resume` of a domain's queues or a binding's queues.
+    Suspend { target: Target, suspend: bool },
+    /// Momentum's `reroute queue <d1> <d2>`: the queued messages of `from`
+    /// are delivered through the route of `to`.
+    Reroute { from: String, to: String },
+    /// `dns_cache stats|lookup <name> [type]|flush` over every shard's
+    /// resolver cache.
+    DnsCache(DnsCacheRequest),
+}
+
+/// What `message` does with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageAction {
+    /// Shows where it is queued.
+    Details,
+    /// Makes every queued part of it due now.
+    Retry,
+    /// Fails every queued recipient of it permanently; `quiet`: no DSN.
+    Fail { quiet: bool },
+}
+
+/// What `suspend` / `resume` act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every binding's queue of the domain.
+    Domain(String),
+    /// Every queue of the binding.
+    Binding(String),
+}
+
+/// The `dns_cache` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsCacheRequest {
+    Stats,
+    /// The cached answers for `name`, of `kinds` (MX, A, AAAA).
+    Lookup {
+        name: String,
+        kinds: Vec<DnsKind>,
+    },
+    Flush,
+}
+
+/// The record types the resolver caches, as the console names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DnsKind {
+    Mx,
+    A,
+    Aaaa,
+}
+
+impl DnsKind {
+    pub const ALL: [DnsKind; 3] = [DnsKind::Mx, DnsKind::A, DnsKind::Aaaa];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DnsKind::Mx => "MX",
+            DnsKind::A => "A",
+            DnsKind::Aaaa => "AAAA",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DnsKind> {
+        DnsKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(text))
+    }
 }
 
 /// Which queue of a domain `active` / `delayed` look at.
@@ -79,6 +181,114 @@ pub enum ControlReply {
     Flushed(u64),
     /// Entries failed.
     Failed(u64),
+    /// `domain`: this shard's queues of the domain, and the domain's MX
+    /// records if this shard's resolver has them cached.
+    Domain {
+        queues: Vec<QueueDetail>,
+        mx: Option<DnsCached>,
+    },
+    /// `showqueue`, `message details`: queued messages.
+    Messages(Vec<QueuedMessage>),
+    /// `message retry`: entries made due.
+    Requeued(u64),
+    /// `binding summary`: one row per binding (idle ones included).
+    Bindings(Vec<BindingRow>),
+    /// `suspend` / `resume`: queues whose state changed and the entries
+    /// they hold.
+    Suspended {
+        queues: u64,
+        messages: u64,
+    },
+    /// `reroute queue`: entries moved.
+    Moved(u64),
+    /// The binding named does not exist.
+    UnknownBinding(String),
+    /// `dns_cache stats`.
+    DnsStats(DnsStats),
+    /// `dns_cache lookup`: what this shard's cache holds.
+    DnsCached(Vec<DnsCached>),
+    /// `dns_cache flush`: entries forgotten.
+    DnsFlushed(u64),
+}
+
+/// One (binding, domain) queue as `domain` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueDetail {
+    pub binding_group: String,
+    pub binding: String,
+    pub domain: String,
+    pub active: u64,
+    pub delayed: u64,
+    pub connections: u64,
+    /// Recipients delivered and failed since the queue was created.
+    pub delivered: u64,
+    pub failed: u64,
+    pub suspended: bool,
+    /// The destination is backed off until then (0: it is not).
+    pub backed_off_until_unix_ms: u64,
+}
+
+/// One queue entry (a message's recipients at one domain) as `showqueue`
+/// and `message details` show it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueuedMessage {
+    /// In the delayed queue (else the active one).
+    pub delayed: bool,
+    pub binding: String,
+    pub id: MessageId,
+    pub binding_group: String,
+    pub domain: String,
+    pub received_unix_ms: u64,
+    /// Due then (delayed entries only; 0 for active ones).
+    pub next_attempt_unix_ms: u64,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub size_bytes: u64,
+    pub suspended: bool,
+}
+
+/// One binding as `binding summary` shows it (one shard's part).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BindingRow {
+    pub binding: String,
+    pub binding_group: String,
+    pub queues: u64,
+    pub suspended_queues: u64,
+    pub active: u64,
+    pub delayed: u64,
+    pub connections: u64,
+}
+
+/// One shard resolver's counts, as `dns_cache stats` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    pub entries: u64,
+    pub negative_entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub queries: u64,
+    pub failures: u64,
+}
+
+/// One cached answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsCached {
+    /// Lower case, without the final dot.
+    pub name: String,
+    pub kind: DnsKind,
+    pub ttl_left_s: u32,
+    pub answer: DnsData,
+}
+
+/// A cached answer's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsData {
+    /// Record data in zone-file form (`10 mx.example.com.`, `192.0.2.1`).
+    Records(Vec<String>),
+    NoData,
+    NxDomain,
 }
 
 /// One domain as `active` / `delayed` show it (every binding summed).
@@ -105,6 +315,8 @@ pub struct QueueRow {
     pub domain: String,
     pub active: u64,
     pub delayed: u64,
+    /// The operator suspended the queue (shown after the sizes).
+    pub suspended: bool,
 }
 
 /// A request on its way, and where its parts go.
@@ -202,11 +414,50 @@ impl ControlHandle {
     }
 }
 
-/// One shard's part of a read-only `request`, from its own queues (the
-/// requests that change queues, `Flush` and `Fail`, are carried out by the
-/// shard's `delivery::Outbound`; here they answer 0).
+/// One shard's part of a read-only `request` about queues, from its own
+/// queues (the requests that change queues or read the resolver are
+/// carried out by the shard's `delivery::Outbound`; here they answer 0).
 pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) -> ControlReply {
     match request {
+        ControlRequest::Domain { domain } => ControlReply::Domain {
+            queues: domain_queues(queues, bindings, domain),
+            mx: None,
+        },
+        ControlRequest::ShowQueue {
+            domain,
+            binding,
+            limit,
+            offset,
+        } => ControlReply::Messages(queued_messages(
+            queues,
+            bindings,
+            |q, _| {
+                domain_matches(domain, &q.key.domain)
+                    && binding
+                        .as_deref()
+                        .is_none_or(|b| b == bindings.name(q.key.binding))
+            },
+            limit.saturating_add(*offset).min(SHOWQUEUE_ROWS_MAX),
+        )),
+        ControlRequest::Message {
+            id,
+            action: MessageAction::Details,
+        } => ControlReply::Messages(queued_messages(
+            queues,
+            bindings,
+            |_, e| e.id == *id,
+            SHOWQUEUE_ROWS_MAX,
+        )),
+        ControlRequest::BindingSummary { binding } => {
+            ControlReply::Bindings(binding_rows(queues, bindings, binding.as_deref()))
+        }
+        ControlRequest::Message { .. } => ControlReply::Requeued(0),
+        ControlRequest::Suspend { .. } => ControlReply::Suspended {
+            queues: 0,
+            messages: 0,
+        },
+        ControlRequest::Reroute { .. } => ControlReply::Moved(0),
+        ControlRequest::DnsCache(_) => ControlReply::DnsFlushed(0),
         ControlRequest::Domains { .. } => {
             let mut rows: Vec<DomainRow> = Vec::new();
             for q in queues.iter() {
@@ -259,6 +510,7 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
                     domain: q.key.domain.to_string(),
                     active: q.active.len() as u64,
                     delayed: q.delayed_count as u64,
+                    suspended: q.suspended,
                 })
                 .collect();
             ControlReply::Mailq(rows)
@@ -267,7 +519,8 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
 }
 
 /// Momentum's `mailq` table: `Group/Binding  Domain  AQ  DQ`, one row per
-/// queue (a queue spread over several shards is summed), sorted.
+/// queue (a queue spread over several shards is summed), sorted; a
+/// suspended queue has `suspended` after its sizes.
 pub fn render_mailq(parts: &[ControlReply], limit: usize) -> String {
     let mut rows: Vec<QueueRow> = Vec::new();
     for part in parts {
@@ -282,6 +535,7 @@ pub fn render_mailq(parts: &[ControlReply], limit: usize) -> String {
                 Some(x) => {
                     x.active += r.active;
                     x.delayed += r.delayed;
+                    x.suspended |= r.suspended;
                 }
                 None => rows.push(r.clone()),
             }
@@ -308,7 +562,7 @@ pub fn render_mailq(parts: &[ControlReply], limit: usize) -> String {
         "Group/Binding", "Domain", "AQ", "DQ"
     );
     for r in &rows {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<width$}  {:<domain_width$}  {:>8}  {:>8}",
             format!("{}/{}", r.binding_group, r.binding),
@@ -316,6 +570,7 @@ pub fn render_mailq(parts: &[ControlReply], limit: usize) -> String {
             r.active,
             r.delayed
         );
+        out.push_str(if r.suspended { "  suspended\n" } else { "\n" });
     }
     out
 }
@@ -408,21 +663,27 @@ mod tests {
             domain: domain.into(),
             active,
             delayed,
+            suspended: false,
         }
     }
 
     #[test]
     fn mailq_sums_a_spread_queue_and_sorts() {
+        let mut suspended = row("b.example", 4, 5);
+        suspended.suspended = true;
         let parts = vec![
             ControlReply::Mailq(vec![row("b.example", 1, 2), row("a.example", 3, 0)]),
-            ControlReply::Mailq(vec![row("b.example", 4, 5)]),
+            ControlReply::Mailq(vec![suspended]),
         ];
         let text = render_mailq(&parts, 100);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("Group/Binding"));
         let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
         assert_eq!(words(lines[1]), ["default/default", "a.example", "3", "0"]);
-        assert_eq!(words(lines[2]), ["default/default", "b.example", "5", "7"]);
+        assert_eq!(
+            words(lines[2]),
+            ["default/default", "b.example", "5", "7", "suspended"]
+        );
         assert_eq!(render_mailq(&parts, 1).lines().count(), 2);
     }
 
@@ -539,6 +800,69 @@ mod tests {
             &bindings,
         );
         assert_eq!(none, ControlReply::Mailq(vec![]));
+    }
+
+    #[test]
+    fn answer_lists_a_domains_messages_and_queues_filtered_by_binding() {
+        let config =
+            Config::parse("binding \"mkt\" {\n}\n", std::path::Path::new("t.conf")).unwrap();
+        let bindings = Bindings::from_config(&config);
+        let mkt = bindings.find("mkt").unwrap();
+        let mut queues = Queues::default();
+        let options = || config.delivery("default", "x");
+        let entry = |binding| crate::queue::MessageRef {
+            id: MessageId::new(0, 1),
+            body: ecelerity_spool::BodyRef {
+                segment: 1,
+                offset: 0,
+                len: 10,
+            },
+            mail_from: "s@x".into(),
+            rcpts: vec![(0, "r@a.example".into())],
+            binding,
+            domain: "a.example".into(),
+            received_unix_ms: 0,
+            attempts: 0,
+            next_attempt_unix_ms: 0,
+            connection_id: 0,
+            body_8bitmime: false,
+        };
+        let d = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
+        let m = queues.find_or_create(mkt, "a.example", 1, options);
+        queues.push_delayed(d, entry(Bindings::DEFAULT), 10);
+        queues.get_mut(m).unwrap().active.push_back(entry(mkt));
+        let show = |binding: Option<&str>| match answer(
+            &ControlRequest::ShowQueue {
+                domain: "A.example".into(),
+                binding: binding.map(String::from),
+                limit: 10,
+                offset: 0,
+            },
+            &queues,
+            &bindings,
+        ) {
+            ControlReply::Messages(rows) => rows
+                .iter()
+                .map(|r| (r.binding.clone(), r.delayed))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            show(None),
+            [("mkt".to_string(), false), ("default".to_string(), true)]
+        );
+        assert_eq!(show(Some("default")), [("default".to_string(), true)]);
+        let ControlReply::Domain { queues: rows, mx } = answer(
+            &ControlRequest::Domain {
+                domain: "a.example".into(),
+            },
+            &queues,
+            &bindings,
+        ) else {
+            panic!("a Domain reply");
+        };
+        assert_eq!(mx, None, "the resolver's part is delivery's");
+        assert_eq!(rows.len(), 2);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Owns: [`dispose`] and the [`Disposition`] it returns (delivered, failed
 //! with the reply that decided it, or retry at a time). Retry limits and
 //! expiry (`max_retries`, `message_expiration`) are decided here, nowhere
-//! else.
+//! else; so is whether a retried message is due a delay DSN
+//! ([`delay_dsn_until`]).
 //! May call: `config` (the options' back-off arithmetic). Never: I/O,
 //! queues, logs.
 
@@ -91,6 +92,28 @@ pub fn dispose(
     }
 }
 
+/// Whether recipients just deferred are due a delay DSN: `generate_delay_dsn`
+/// is on, the return path is not null (never a DSN about a DSN) and the
+/// message is at least `delay_dsn_retry_interval` old. Then the time until
+/// which it will be retried (reception + `message_expiration`), for the
+/// DSN's Will-Retry-Until. The home shard makes it once per message.
+pub fn delay_dsn_until(
+    history: History,
+    mail_from: &str,
+    options: &DeliveryOptions,
+    now_unix_ms: u64,
+) -> Option<u64> {
+    if !options.generate_delay_dsn || mail_from.is_empty() {
+        return None;
+    }
+    let age_ms = now_unix_ms.saturating_sub(history.received_unix_ms);
+    if age_ms < options.delay_dsn_retry_interval.as_millis() as u64 {
+        return None;
+    }
+    let expiration_ms = options.message_expiration.as_millis() as u64;
+    Some(history.received_unix_ms.saturating_add(expiration_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +182,38 @@ mod tests {
             }
             other => panic!("retries ran out: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_delay_dsn_is_due_past_the_interval_with_a_return_path_and_the_option_on() {
+        let on = options(
+            "generate_delay_dsn = true\ndelay_dsn_retry_interval = 600\nmessage_expiration = 3600\n",
+        );
+        let h = History {
+            attempts: 2,
+            received_unix_ms: HOUR_MS,
+        };
+        let ten_minutes = HOUR_MS + 600_000;
+        assert_eq!(
+            delay_dsn_until(h, "s@example.net", &on, ten_minutes),
+            Some(2 * HOUR_MS),
+            "due at the interval, retried until reception + message_expiration"
+        );
+        assert_eq!(
+            delay_dsn_until(h, "s@example.net", &on, ten_minutes - 1),
+            None
+        );
+        assert_eq!(
+            delay_dsn_until(h, "", &on, ten_minutes),
+            None,
+            "never to the null sender (a DSN)"
+        );
+        let off = options("delay_dsn_retry_interval = 600\n");
+        assert_eq!(
+            delay_dsn_until(h, "s@example.net", &off, ten_minutes),
+            None,
+            "generate_delay_dsn is off by default"
+        );
     }
 
     #[test]

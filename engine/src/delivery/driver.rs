@@ -8,19 +8,33 @@
 //! `settle::sweep` (the queue's entries take it, the destination is backed
 //! off); the first Ready of a session ends a back-off (`pool::greeted`).
 //!
+//! Limits it applies: an address `limits` remembers as down is skipped, a
+//! connect that fails or a 421 before the session is ready marks it down
+//! for `host_failure_retry` (every domain then skips it); each transaction
+//! takes a token of `outbound_throttle_messages` first (waiting for one);
+//! [`TRANSIENT_STORM_TRANSACTIONS`] transactions in a row refused with 4xx
+//! end the session and mark the address down too;
+//! after `max_deliveries_per_connection` delivered messages the session
+//! ends with QUIT and the queue opens a fresh connection for the rest.
+//! An address at its `host` scope's `max_outbound_connections` is passed
+//! over for the next; when no target could be tried for that reason, the
+//! queue waits [`HOST_BUSY_WAIT_MS`] with nothing settled (no T line).
+//!
 //! Owns: the read buffer and the reused body buffers of a connection, the
-//! per-stage timeouts. May call: `route`, `connect`, `pool`, `settle`, the
+//! per-stage timeouts. May call: `route`, `connect`, `pool`, `limits`, `settle`, the
 //! queue of this connection (through [`Outbound`]), the spool's body
 //! reader, `smtp::downgrade`. Never: protocol decisions (the client
 //! session and `downgrade` make them).
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::channels::local_channel;
 
 use super::disposition::{AttemptReply, ReplyClass};
-use super::{connect, pool, route, settle, Outbound};
+use super::{connect, limits, pool, route, settle, Outbound};
+use crate::clock::{now_unix_ms, now_unix_us};
 use crate::config::DeliveryOptions;
 use crate::queue::{MessageRef, QueueId};
 use ecelerity_spool::{BodyReader, BODY_READ_CHUNK_BYTES};
@@ -40,6 +54,13 @@ pub const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// trailer), whatever the body's size; a body converted to 7-bit is held
 /// whole on top (at most `DOWNGRADE_BODY_BYTES_MAX`, with its original).
 pub const CONNECTION_BODY_BYTES_MAX: usize = 3 * BODY_READ_CHUNK_BYTES + 8;
+/// Transactions in a row on one connection in which every recipient got a
+/// 4xx: a storm from the receiver, not a message's problem. The session
+/// ends and the address is remembered as down (`host_failure_retry`).
+pub const TRANSIENT_STORM_TRANSACTIONS: u32 = 10;
+/// How long a queue whose every target host is at its `host` scope's
+/// `max_outbound_connections` waits before it tries again.
+pub const HOST_BUSY_WAIT_MS: u64 = 100;
 
 /// Runs one connection for queue `id` until its queue is empty (after
 /// `idle_timeout`), the server closes it, or the shard stops. A queue
@@ -50,7 +71,12 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     let Some(options) = out.options(id) else {
         return;
     };
-    let Some(domain) = out.queues.borrow().get(id).map(|q| q.key.domain.clone()) else {
+    let Some((binding, domain)) = out
+        .queues
+        .borrow()
+        .get(id)
+        .map(|q| (q.key.binding, q.key.domain.clone()))
+    else {
         return;
     };
     let config = out.env.config.get();
@@ -81,14 +107,40 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     };
     // The next address, then the next host, while a connection fails or
     // the host refuses us before the session is ready (RFC 5321 5.1).
+    let from = connect::Source {
+        binding: out.bindings.name(binding),
+        address: options.bind_address,
+    };
     let mut last = (String::new(), Stage::NotConnected, String::new());
+    let mut busy = false;
     for target in &targets {
         let remote_ip = target.address.to_string();
-        let stream = match connect::connect(target, options.connect_timeout).await {
+        let host_limit = config
+            .host_max_outbound_connections(&target.host)
+            .or_else(|| config.host_max_outbound_connections(&remote_ip));
+        let _host_slot = match host_limit.map(|n| limits::HostSlot::take(target.address, n)) {
+            Some(None) => {
+                busy = true;
+                continue;
+            }
+            Some(slot) => slot,
+            None => None,
+        };
+        if let Some(until) =
+            limits::host_down_until(SocketAddr::new(target.address, target.port), now_unix_ms())
+        {
+            let reply = host_down_reply(target, until);
+            last = (reply, Stage::NotConnected, remote_ip);
+            continue;
+        }
+        let stream = match connect::connect(target, from, options.connect_timeout).await {
             Ok(stream) => stream,
-            Err(reply) => {
-                tracing::debug!("{domain}: {reply}");
-                last = (reply, Stage::NotConnected, remote_ip);
+            Err(failure) => {
+                tracing::debug!("{domain}: {}", failure.reply);
+                if failure.host_at_fault {
+                    mark_down(SocketAddr::new(target.address, target.port), &options);
+                }
+                last = (failure.reply, Stage::NotConnected, remote_ip);
                 continue;
             }
         };
@@ -97,6 +149,9 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             queue: id,
             options: &options,
             remote_ip: &remote_ip,
+            server: SocketAddr::new(target.address, target.port),
+            delivered_messages: 0,
+            transient_in_a_row: 0,
             stream,
             client: ClientSession::new(ehlo),
             current: None,
@@ -111,14 +166,40 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
         .await;
         match ended {
             Ended::Done => return,
-            Ended::NotReady { reply, stage } => last = (reply, stage, remote_ip),
+            Ended::NotReady { reply, stage } => {
+                // 421: the host will not serve us now, whatever the domain.
+                if reply.starts_with("421") {
+                    mark_down(SocketAddr::new(target.address, target.port), &options);
+                }
+                last = (reply, stage, remote_ip)
+            }
         }
         if out.env.is_stopping() {
             break;
         }
     }
+    if busy {
+        // Not the messages' failure, nor the destination's: wait.
+        return out.stall(id, now_unix_ms() + HOST_BUSY_WAIT_MS);
+    }
     let (reply, stage, remote_ip) = last;
     settle::sweep(out, id, &options, &reply, stage, &remote_ip);
+}
+
+/// Remembers `address` as down for `host_failure_retry`, for every domain.
+fn mark_down(server: SocketAddr, options: &DeliveryOptions) {
+    let retry_ms = options.host_failure_retry.as_millis() as u64;
+    limits::mark_host_down(server, now_unix_ms().saturating_add(retry_ms));
+}
+
+/// Why a target remembered as down was not tried.
+fn host_down_reply(target: &route::Target, until_unix_ms: u64) -> String {
+    let seconds = until_unix_ms.saturating_sub(now_unix_ms()).div_ceil(1000);
+    format!(
+        "451 4.4.1 {} ({}) failed recently and is skipped for another {seconds} s \
+         (host_failure_retry)",
+        target.host, target.address
+    )
 }
 
 /// How a connection ended.
@@ -135,6 +216,13 @@ struct Connection<'a, S: Transport> {
     queue: QueueId,
     options: &'a Rc<DeliveryOptions>,
     remote_ip: &'a str,
+    /// The server connected to (for the host memory).
+    server: SocketAddr,
+    /// Transactions of this connection with at least one recipient
+    /// accepted; at `max_deliveries_per_connection` the session ends.
+    delivered_messages: u32,
+    /// Transactions in a row in which every recipient got a 4xx.
+    transient_in_a_row: u32,
     stream: S,
     client: ClientSession,
     /// The entry of the transaction in flight.
@@ -195,9 +283,16 @@ impl<S: Transport> Connection<'_, S> {
                 }
                 ClientAction::Ready if !self.greeted => {
                     self.greeted = true;
+                    limits::host_up(self.server);
                     if let Some(q) = self.out.queues.borrow_mut().get_mut(self.queue) {
                         pool::greeted(q);
                     }
+                }
+                ClientAction::Ready if self.deliveries_used_up() => self.client.quit(),
+                ClientAction::Ready if self.transient_in_a_row >= TRANSIENT_STORM_TRANSACTIONS => {
+                    tracing::debug!("{}: a storm of 4xx replies, backing off", self.remote_ip);
+                    mark_down(self.server, self.options);
+                    self.client.quit();
                 }
                 ClientAction::Ready => match self.next_entry().await {
                     Some(entry) => self.start(entry).await,
@@ -205,6 +300,7 @@ impl<S: Transport> Connection<'_, S> {
                 },
                 ClientAction::TransactionDone(result) => {
                     let entry = self.current.take().expect("a transaction was in flight");
+                    self.count_transaction(&result);
                     self.settle_transaction(entry, result).await;
                 }
                 ClientAction::Closed => break,
@@ -240,6 +336,28 @@ impl<S: Transport> Connection<'_, S> {
         }
         let _ = futures_lite::AsyncWriteExt::close(&mut self.stream).await;
         ended
+    }
+
+    /// Counts a finished transaction towards `max_deliveries_per_connection`
+    /// (any recipient accepted) or a storm of 4xx (every one deferred).
+    fn count_transaction(&mut self, result: &TransactionResult) {
+        let rcpts = &result.rcpts;
+        if rcpts.iter().any(|o| matches!(o, RcptOutcome::Accepted(_))) {
+            self.delivered_messages += 1;
+        }
+        let deferred = |o: &RcptOutcome| matches!(o, RcptOutcome::Transient(_));
+        if !rcpts.is_empty() && rcpts.iter().all(deferred) {
+            self.transient_in_a_row += 1;
+        } else {
+            self.transient_in_a_row = 0;
+        }
+    }
+
+    /// Whether this connection has delivered its
+    /// `max_deliveries_per_connection` (0: unlimited).
+    fn deliveries_used_up(&self) -> bool {
+        let max = self.options.max_deliveries_per_connection;
+        max > 0 && self.delivered_messages >= max
     }
 
     fn timeout(&self, stage: Stage) -> Duration {
@@ -438,15 +556,25 @@ impl<S: Transport> Connection<'_, S> {
     }
 
     /// The next entry of this connection's queue, split to at most
-    /// `max_recipients_per_batch` recipients; waits up to `idle_timeout`
-    /// for one when the queue is empty.
+    /// `max_recipients_per_batch` recipients, once `outbound_throttle_messages`
+    /// lets it go (waiting for a token); waits up to `idle_timeout` for one
+    /// when the queue is empty.
     async fn next_entry(&mut self) -> Option<MessageRef> {
         loop {
             if self.out.env.is_stopping() {
                 return None;
             }
-            if let Some(entry) = self.pop_active() {
-                return Some(entry);
+            if self.has_active() {
+                let throttle = &self.options.outbound_throttle_messages;
+                match limits::take_token(throttle, now_unix_us()) {
+                    // No await since has_active: the entry is still there.
+                    Ok(()) => return self.pop_active(),
+                    Err(at_us) => {
+                        let wait_us = at_us.saturating_sub(now_unix_us());
+                        glommio::timer::sleep(Duration::from_micros(wait_us)).await;
+                        continue;
+                    }
+                }
             }
             let (tx, rx) = local_channel::new_bounded(1);
             match self.out.queues.borrow_mut().get_mut(self.queue) {
@@ -464,10 +592,18 @@ impl<S: Transport> Connection<'_, S> {
         }
     }
 
+    fn has_active(&self) -> bool {
+        let queues = self.out.queues.borrow();
+        queues.get(self.queue).is_some_and(|q| !q.active.is_empty())
+    }
+
     fn pop_active(&mut self) -> Option<MessageRef> {
         let batch_max = self.options.max_recipients_per_batch.max(1) as usize;
         let mut queues = self.out.queues.borrow_mut();
         let q = queues.get_mut(self.queue)?;
+        if q.suspended {
+            return None;
+        }
         let mut entry = q.active.pop_front()?;
         if entry.rcpts.len() > batch_max {
             let rest = entry.rcpts.split_off(batch_max);

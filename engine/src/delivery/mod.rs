@@ -4,20 +4,29 @@
 //!   to try, or why there are none (transient or permanent);
 //! - [`pool`] (pure): admission, whether a queue may open a connection,
 //!   and the back-off of a destination that failed outside a transaction;
+//! - [`limits`]: what spans shards, in tables of atomics: the server's
+//!   connection count, the throttles' token buckets, the memory of dead
+//!   hosts;
 //! - [`connect`]: the lookups through the shard's `dns` resolver and the
 //!   TCP connect;
+//! - `source`: a connection from a binding's `bind_address` (the socket
+//!   bound before a non-blocking connect, then handed to glommio);
 //! - [`driver`]: the I/O driver of one client connection over any
 //!   [`Transport`](crate::transport::Transport), moving bytes between it
 //!   and the pure [`ClientSession`](crate::smtp::client::ClientSession);
 //! - [`disposition`] (pure): one recipient's reply → delivered, failed or
 //!   retry at a time;
 //! - [`settle`]: applies dispositions (mainlog, counters, the delayed
-//!   queue, the report to the message's home shard).
+//!   queue, the report to the message's home shard);
+//! - [`operator`]: the console's commands on this shard's queues and
+//!   resolver (flush, fail, retry, suspend, reroute, `dns_cache`).
 //!
 //! This file owns [`Outbound`]: the queues this shard owns and their
 //! scheduling (enqueue, waking idle connections, opening new ones,
-//! promoting due entries, the operator's `flush domain` and `fail domain`;
-//! the entries of a queue backed off by
+//! promoting due entries; queues that a shared limit
+//! (`server_max_outbound_connections`, `outbound_throttle_connections`)
+//! kept from opening a connection are kicked again by the tick once it may
+//! let them; the entries of a queue backed off by
 //! [`pool::back_off`] wait in the delayed heap until its back-off ends),
 //! and the spool readers bodies are read with.
 //! May call: `dns`, `queue`, `mesh` (routing checks and reports), `smtp::client`,
@@ -27,9 +36,12 @@
 pub mod connect;
 pub mod disposition;
 mod driver;
+pub mod limits;
+mod operator;
 pub mod pool;
 pub mod route;
 mod settle;
+mod source;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -37,9 +49,8 @@ use std::rc::Rc;
 use ecelerity_spool::BodyReader;
 use glommio::TaskQueueHandle;
 
-use crate::clock::now_unix_ms;
+use crate::clock::{now_unix_ms, now_unix_us};
 use crate::config::DeliveryOptions;
-use crate::control::{self, ControlReply, ControlRequest};
 use crate::dns::Resolver;
 use crate::env::ShardEnv;
 use crate::mesh::Router;
@@ -63,6 +74,11 @@ pub struct Outbound {
     resolver: Resolver,
     /// Counts connections; rotates MX hosts of equal preference.
     spread: Cell<u64>,
+    /// What the operator suspended (`operator`).
+    suspensions: RefCell<operator::Suspensions>,
+    /// Queues a shared limit kept from opening a connection, each once,
+    /// with the time (unix ms) to kick them again. At most one per queue.
+    stalled: RefCell<Vec<(QueueId, u64)>>,
 }
 
 impl Outbound {
@@ -83,6 +99,8 @@ impl Outbound {
             task_queue,
             resolver,
             spread: Cell::new(0),
+            suspensions: RefCell::default(),
+            stalled: RefCell::new(Vec::new()),
         }
     }
 
@@ -112,6 +130,8 @@ impl Outbound {
         let id = queues.find_or_create(entry.binding, &entry.domain, generation, || {
             config.delivery(self.bindings.name(entry.binding), &entry.domain)
         });
+        let q = queues.get_mut(id).expect("just found");
+        q.suspended = self.is_suspended(&q.key);
         let now = now_unix_ms();
         let held = pool::held_until(queues.get(id).expect("just found"), now);
         let due = entry.next_attempt_unix_ms.max(held.unwrap_or(0));
@@ -131,6 +151,9 @@ impl Outbound {
         let Some(q) = queues.get_mut(id) else {
             return;
         };
+        if q.suspended {
+            return;
+        }
         while let Some(waiter) = q.idle.pop() {
             if waiter.try_send(()).is_ok() {
                 return;
@@ -148,6 +171,24 @@ impl Outbound {
         if self.env.is_stopping() || !pool::may_open(q, self.env.count, now) {
             return;
         }
+        if self.is_stalled(id) {
+            return;
+        }
+        // A throttled queue whose connections wait for a token gains
+        // nothing from another one until tokens are free when work comes.
+        let throttle = &q.options.outbound_throttle_messages;
+        if q.connections > 0 && limits::token_wait(throttle, now_unix_us()).is_some() {
+            return;
+        }
+        let server_max = self.env.config.get().server_max_outbound_connections();
+        let Some(slot) = limits::ServerSlot::take(server_max) else {
+            return self.stall(id, now);
+        };
+        if let Err(at_us) =
+            limits::take_token(&q.options.outbound_throttle_connections, now_unix_us())
+        {
+            return self.stall(id, at_us.div_ceil(1000));
+        }
         q.connections += 1;
         drop(queues);
         self.env.stats().add(Counter::OutboundConnections, 1);
@@ -155,6 +196,7 @@ impl Outbound {
         let connection = glommio::spawn_local_into(
             async move {
                 driver::run_connection(&outbound, id).await;
+                drop(slot);
                 outbound.env.stats().sub(Counter::OutboundConnections, 1);
                 let more = match outbound.queues.borrow_mut().get_mut(id) {
                     Some(q) => {
@@ -182,9 +224,39 @@ impl Outbound {
         }
     }
 
-    /// Moves due delayed entries to their active queues and kicks them.
+    /// Remembers that a shared limit kept queue `id` from opening a
+    /// connection until `at_unix_ms`.
+    fn stall(&self, id: QueueId, at_unix_ms: u64) {
+        let mut stalled = self.stalled.borrow_mut();
+        match stalled.iter_mut().find(|(of, _)| *of == id) {
+            Some((_, at)) => *at = (*at).min(at_unix_ms),
+            None => stalled.push((id, at_unix_ms)),
+        }
+    }
+
+    /// Whether queue `id` waits for a shared limit (until the tick kicks it).
+    fn is_stalled(&self, id: QueueId) -> bool {
+        self.stalled.borrow().iter().any(|(of, _)| *of == id)
+    }
+
+    /// Kicks the stalled queues whose time has come.
+    fn kick_stalled(self: &Rc<Self>, now_unix_ms: u64) {
+        let due: Vec<QueueId> = self
+            .stalled
+            .borrow_mut()
+            .extract_if(.., |(_, at)| *at <= now_unix_ms)
+            .map(|(id, _)| id)
+            .collect();
+        for id in due {
+            self.kick(id);
+        }
+    }
+
+    /// Moves due delayed entries to their active queues and kicks them,
+    /// and the stalled queues whose time has come.
     pub fn promote_due(self: &Rc<Self>) {
         let now = now_unix_ms();
+        self.kick_stalled(now);
         let due = self.queues.borrow_mut().pop_due(now, PROMOTE_ENTRIES_MAX);
         let mut kicked: Vec<QueueId> = Vec::new();
         {
@@ -219,89 +291,5 @@ impl Outbound {
     /// Forgets idle queues.
     pub fn prune(&self) {
         self.queues.borrow_mut().prune(now_unix_ms());
-    }
-
-    /// This shard's part of a control request about queues; `flush` and
-    /// `fail` change this shard's own queues.
-    pub fn answer(self: &Rc<Self>, request: &ControlRequest) -> ControlReply {
-        match request {
-            ControlRequest::Flush { domain } => {
-                ControlReply::Flushed(self.flush(domain.as_deref()))
-            }
-            ControlRequest::Fail { domain, quiet } => {
-                ControlReply::Failed(self.fail_domain(domain, *quiet))
-            }
-            _ => control::answer(request, &self.queues.borrow(), &self.bindings),
-        }
-    }
-
-    /// Makes every delayed entry of `domain` (every binding; `None`: every
-    /// domain) due now: the queues' back-offs end, the entries move to
-    /// their active queues and a connection is kicked. Returns how many
-    /// entries moved.
-    fn flush(self: &Rc<Self>, domain: Option<&str>) -> u64 {
-        let (ids, moved) = {
-            let mut queues = self.queues.borrow_mut();
-            let ids =
-                queues.ids_where(|k| domain.is_none_or(|d| control::domain_matches(d, &k.domain)));
-            let taken = queues.take_delayed(&ids);
-            let moved = taken.len() as u64;
-            for id in &ids {
-                if let Some(q) = queues.get_mut(*id) {
-                    q.not_before_unix_ms = 0;
-                }
-            }
-            for (id, entry) in taken {
-                if let Some(q) = queues.get_mut(id) {
-                    q.active.push_back(entry);
-                }
-            }
-            (ids, moved)
-        };
-        for id in ids {
-            self.kick(id);
-        }
-        moved
-    }
-
-    /// Fails every queued entry of `domain` (active and delayed, every
-    /// binding) with [`control::OPERATOR_FAILURE_REPLY`] through the
-    /// normal settle path (P lines, bouncelog, a DSN unless `quiet`).
-    /// Entries inside a connection at that moment are not touched.
-    /// Returns how many entries failed.
-    fn fail_domain(self: &Rc<Self>, domain: &str, quiet: bool) -> u64 {
-        let (ids, mut entries) = {
-            let mut queues = self.queues.borrow_mut();
-            let ids = queues.ids_where(|k| control::domain_matches(domain, &k.domain));
-            let entries = queues.take_delayed(&ids);
-            (ids, entries)
-        };
-        for id in &ids {
-            if let Some(q) = self.queues.borrow_mut().get_mut(*id) {
-                entries.extend(q.active.drain(..).map(|e| (*id, e)));
-            }
-        }
-        let failed = entries.len() as u64;
-        for id in ids {
-            let mine: Vec<MessageRef> = entries
-                .extract_if(.., |(of, _)| *of == id)
-                .map(|(_, e)| e)
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let Some(options) = self.options(id) else {
-                continue;
-            };
-            let options = if quiet {
-                let mut o = (*options).clone();
-                o.generate_bounces = false;
-                Rc::new(o)
-            } else {
-                options
-            };
-            settle::fail_entries(self, id, &options, mine, control::OPERATOR_FAILURE_REPLY);
-        }
-        failed
     }
 }

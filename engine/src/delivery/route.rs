@@ -1,11 +1,12 @@
 //! Where mail for a queue goes: pure functions of its options and of the
 //! DNS answers `connect` looked up, returning the ordered targets.
 //!
-//! Owns: [`plan`] (a `gateway`, or MX routing on `remote_smtp_port`),
-//! [`mx_hosts`] (MX records → hosts to try: by preference, equal
-//! preferences spread, implicit MX, null MX, NXDOMAIN), [`targets`]
-//! (hosts and their addresses → addresses to try, minus
-//! `prohibited_hosts`) and the replies of a failed route.
+//! Owns: [`plan`] (a `gateway`, Momentum's `routes`, or MX routing on
+//! `remote_smtp_port`), [`mx_hosts`] (MX records → hosts to try: by
+//! preference, equal preferences spread, implicit MX, null MX, NXDOMAIN),
+//! [`route_hosts`] (a `routes` list and its MX answers → hosts and ports
+//! to try), [`targets`] (hosts and their addresses → addresses to try,
+//! minus `prohibited_hosts`) and the replies of a failed route.
 //! May call: `config`, `dns` (its answer types only). Never: I/O (the
 //! lookups are `connect`'s), clocks, randomness (the caller passes the
 //! spread).
@@ -14,7 +15,7 @@ use std::net::IpAddr;
 
 use ecelerity_policy::Cidr;
 
-use crate::config::DeliveryOptions;
+use crate::config::{DeliveryOptions, Route};
 use crate::dns::{Answer, DnsError, Mx};
 
 /// One address to try, in order.
@@ -35,6 +36,17 @@ pub enum Plan {
     /// The domain's MX hosts (or the domain itself without MX) on `port`
     /// (`remote_smtp_port`).
     Mx { port: u16 },
+    /// A `routes` list other than a lone `__mx__`; `port`
+    /// (`remote_smtp_port`) for the items that name none.
+    Routes { routes: Vec<Route>, port: u16 },
+}
+
+/// A host to try and the answer to its address lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLookup {
+    pub host: String,
+    pub port: u16,
+    pub answer: Result<Answer, DnsError>,
 }
 
 /// Why a queue has no target now. A permanent failure fails its
@@ -71,17 +83,130 @@ impl RouteFailure {
     }
 }
 
-/// The plan for a queue with `options`.
+/// The plan for a queue with `options`. Config resolution leaves at most
+/// one of `gateway` and `routes` set.
 pub fn plan(options: &DeliveryOptions) -> Plan {
-    match &options.gateway {
-        Some(g) => Plan::Gateway {
+    let port = options.remote_smtp_port;
+    match (&options.gateway, &options.routes) {
+        (Some(g), _) => Plan::Gateway {
             host: g.host.clone(),
-            port: g.port.unwrap_or(options.remote_smtp_port),
+            port: g.port.unwrap_or(port),
         },
-        None => Plan::Mx {
-            port: options.remote_smtp_port,
+        (None, Some(routes)) if routes[..] != [Route::Mx] => Plan::Routes {
+            routes: routes.clone(),
+            port,
         },
+        (None, _) => Plan::Mx { port },
     }
+}
+
+/// The name whose MX records item `route` of a `routes` list needs
+/// (`__mx__`: the domain's; a `type=mx` host: its own), or `None`. An IP
+/// address has no MX records: `type=mx` on one (Momentum's own synopsis
+/// writes `smtp://1.2.3.4?pref=10&ttl=300&type=mx`) means the address.
+pub fn mx_name_of<'a>(route: &'a Route, domain: &'a str) -> Option<&'a str> {
+    match route {
+        Route::Mx => Some(domain),
+        Route::Host(h) if h.mx_lookup && h.host.parse::<IpAddr>().is_err() => Some(&h.host),
+        Route::Host(_) => None,
+    }
+}
+
+/// The hosts (with ports) to try for `domain` under a `routes` list, in
+/// Momentum's order: by preference, lowest first, where an item without
+/// `pref` (and `__mx__`) has its position in the list (0 for the first);
+/// equal preferences keep list order, except items that both give the same
+/// `pref`, which take turns being first (rotated by `spread`). An item
+/// that needs MX records (`__mx__`, `type=mx`) expands in place to those
+/// hosts (`mx_hosts`). `mx_answers[i]` is the answer for item `i` when it
+/// needs one. Hosts repeated are tried once. An item that resolves to
+/// nothing is skipped; when none resolves the failure is transient: a
+/// route list is the operator's, never a bounce.
+pub fn route_hosts(
+    domain: &str,
+    routes: &[Route],
+    mx_answers: &[Option<Result<Answer, DnsError>>],
+    port: u16,
+    spread: u64,
+) -> Result<Vec<(String, u16)>, RouteFailure> {
+    assert_eq!(routes.len(), mx_answers.len());
+    let order = route_order(routes, spread);
+    let mut out: Vec<(String, u16)> = Vec::with_capacity(routes.len());
+    let mut first_failure: Option<RouteFailure> = None;
+    for index in order {
+        let expanded = expand(domain, &routes[index], &mx_answers[index], port, spread);
+        match expanded {
+            Ok(hosts) => {
+                for host in hosts {
+                    if !out.contains(&host) {
+                        out.push(host);
+                    }
+                }
+            }
+            Err(failure) => {
+                first_failure.get_or_insert(failure);
+            }
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let why = first_failure.map_or_else(String::new, |f| format!(": {}", f.reply));
+    Err(RouteFailure::transient(format!(
+        "451 4.4.4 no item of the routes of {domain} has a host{why}"
+    )))
+}
+
+/// Indices of `routes` in the order they are tried (see [`route_hosts`]).
+fn route_order(routes: &[Route], spread: u64) -> Vec<usize> {
+    let explicit = |i: usize| match &routes[i] {
+        Route::Host(h) => h.preference,
+        Route::Mx => None,
+    };
+    let preference = |i: usize| explicit(i).map_or(i as u64, u64::from);
+    let mut order: Vec<usize> = (0..routes.len()).collect();
+    order.sort_by_key(|&i| preference(i));
+    // Runs of items sharing one explicit `pref` share the load.
+    let mut start = 0;
+    while start < order.len() {
+        let pref = explicit(order[start]);
+        let mut end = start + 1;
+        while end < order.len() && pref.is_some() && explicit(order[end]) == pref {
+            end += 1;
+        }
+        let run = &mut order[start..end];
+        let shift = (spread % run.len() as u64) as usize;
+        run.rotate_left(shift);
+        start = end;
+    }
+    order
+}
+
+/// The hosts one `routes` item stands for.
+fn expand(
+    domain: &str,
+    route: &Route,
+    mx_answer: &Option<Result<Answer, DnsError>>,
+    port: u16,
+    spread: u64,
+) -> Result<Vec<(String, u16)>, RouteFailure> {
+    let port = match route {
+        Route::Host(h) => h.port.unwrap_or(port),
+        Route::Mx => port,
+    };
+    let Some(name) = mx_name_of(route, domain) else {
+        let Route::Host(h) = route else {
+            unreachable!("__mx__ always needs MX records")
+        };
+        return Ok(vec![(h.host.to_ascii_lowercase(), port)]);
+    };
+    let answer = match mx_answer {
+        Some(Ok(answer)) => answer,
+        Some(Err(e)) => return Err(RouteFailure::lookup("MX of", name, e)),
+        None => unreachable!("the caller looks up every item that needs MX records"),
+    };
+    let hosts = mx_hosts(name, answer, spread)?;
+    Ok(hosts.into_iter().map(|host| (host, port)).collect())
 }
 
 /// The hosts to try for `domain`, given the answer to its MX query:
@@ -118,23 +243,23 @@ pub fn mx_hosts(domain: &str, answer: &Answer, spread: u64) -> Result<Vec<String
 }
 
 /// The addresses to try, in order: each host's addresses in the order
-/// given, hosts in order, on `port`, without addresses in `prohibited`.
-/// `lookups` holds each host with the answer to its address lookup.
+/// given, hosts in order, on the host's port, without addresses in
+/// `prohibited`. `lookups` holds each host with the answer to its address
+/// lookup.
 /// `implicit` says the only host is the domain itself (no MX): then a
 /// domain without addresses is a permanent failure; a host of an MX
 /// record without addresses is skipped, and if none has one the failure
 /// is transient (a broken zone can be fixed).
 pub fn targets(
     domain: &str,
-    lookups: &[(String, Result<Answer, DnsError>)],
-    port: u16,
+    lookups: &[HostLookup],
     implicit: bool,
     prohibited: &[Cidr],
 ) -> Result<Vec<Target>, RouteFailure> {
     let mut out = Vec::new();
     let mut skipped_prohibited = 0;
     let mut first_error: Option<RouteFailure> = None;
-    for (host, answer) in lookups {
+    for HostLookup { host, port, answer } in lookups {
         match answer {
             Ok(Answer::Addresses(ips)) => {
                 for &address in ips {
@@ -145,7 +270,7 @@ pub fn targets(
                     out.push(Target {
                         host: host.clone(),
                         address,
-                        port,
+                        port: *port,
                     });
                 }
             }
@@ -197,6 +322,17 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// Each (host, answer) of `list` on `port`.
+    fn on(port: u16, list: &[(String, Result<Answer, DnsError>)]) -> Vec<HostLookup> {
+        list.iter()
+            .map(|(host, answer)| HostLookup {
+                host: host.clone(),
+                port,
+                answer: answer.clone(),
+            })
+            .collect()
     }
 
     fn ips(list: &[&str]) -> Result<Answer, DnsError> {
@@ -290,7 +426,7 @@ mod tests {
             ("dead.test".to_string(), Ok(Answer::NxDomain)),
             ("b.test".to_string(), ips(&["127.0.0.3"])),
         ];
-        let t = targets("d.test", &lookups, 2525, false, &[]).unwrap();
+        let t = targets("d.test", &on(2525, &lookups), false, &[]).unwrap();
         let got: Vec<(String, String, u16)> = t
             .iter()
             .map(|t| (t.host.clone(), t.address.to_string(), t.port))
@@ -308,17 +444,17 @@ mod tests {
     #[test]
     fn targets_fail_permanently_only_for_a_domain_without_any_address() {
         let none = vec![("d.test".to_string(), Ok(Answer::NoData))];
-        let implicit = targets("d.test", &none, 25, true, &[]).unwrap_err();
+        let implicit = targets("d.test", &on(25, &none), true, &[]).unwrap_err();
         assert!(implicit.permanent);
         assert!(implicit.reply.starts_with("550 5.1.2 "));
         let mx_host = vec![("mx.test".to_string(), Ok(Answer::NxDomain))];
         assert!(
-            !targets("d.test", &mx_host, 25, false, &[])
+            !targets("d.test", &on(25, &mx_host), false, &[])
                 .unwrap_err()
                 .permanent
         );
         let servfail = vec![("mx.test".to_string(), Err(DnsError::Timeout))];
-        let failure = targets("d.test", &servfail, 25, true, &[]).unwrap_err();
+        let failure = targets("d.test", &on(25, &servfail), true, &[]).unwrap_err();
         assert!(!failure.permanent);
         assert!(failure.reply.starts_with("451 4.4.3 "), "{}", failure.reply);
     }
@@ -345,12 +481,156 @@ mod tests {
             "mx.test".to_string(),
             ips(&["0.0.0.1", "192.0.2.9", "127.0.0.2"]),
         )];
-        let t = targets("d.test", &lookups, 25, false, &prohibited).unwrap();
+        let t = targets("d.test", &on(25, &lookups), false, &prohibited).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].address.to_string(), "127.0.0.2");
         let only_bad = vec![("mx.test".to_string(), ips(&["0.0.0.0"]))];
-        let failure = targets("d.test", &only_bad, 25, false, &prohibited).unwrap_err();
+        let failure = targets("d.test", &on(25, &only_bad), false, &prohibited).unwrap_err();
         assert!(!failure.permanent);
         assert!(failure.reply.contains("prohibited_hosts"));
+    }
+
+    fn routes_plan(text: &str) -> (Vec<Route>, u16) {
+        match plan(&options(text)) {
+            Plan::Routes { routes, port } => (routes, port),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_are_a_plan_of_their_own_and_a_lone_mx_item_is_mx_routing() {
+        let (routes, port) = routes_plan("routes = ( \"smtp://relay.test?port=2526\" )\n");
+        assert_eq!(routes.len(), 1);
+        assert_eq!(port, 25);
+        assert_eq!(
+            plan(&options(
+                "routes = ( \"__mx__\" )\nremote_smtp_port = 2600\n"
+            )),
+            Plan::Mx { port: 2600 }
+        );
+    }
+
+    #[test]
+    fn the_more_specific_of_gateway_and_routes_wins_and_gateway_within_a_scope() {
+        // A domain's routes beat a global gateway.
+        let text = "gateway = \"hub.test:2525\"\ndomain example.com { routes = \"relay.test\" }\n";
+        assert!(matches!(plan(&options(text)), Plan::Routes { .. }));
+        // A domain's gateway beats global routes.
+        let text = "routes = \"relay.test\"\ndomain example.com { gateway = \"hub.test\" }\n";
+        assert!(matches!(plan(&options(text)), Plan::Gateway { .. }));
+        // One scope with both: the gateway.
+        let text = "domain example.com { routes = \"relay.test\"\n gateway = \"hub.test\" }\n";
+        assert!(matches!(plan(&options(text)), Plan::Gateway { .. }));
+        let text = "routes = \"relay.test\"\ngateway = \"hub.test\"\n";
+        assert!(matches!(plan(&options(text)), Plan::Gateway { .. }));
+        // A binding::domain routes beat a global domain gateway.
+        let text = "domain example.com { gateway = \"hub.test\" }\n\
+                    binding default { domain example.com { routes = \"relay.test\" } }\n";
+        assert!(matches!(plan(&options(text)), Plan::Routes { .. }));
+    }
+
+    /// The MX answers `route_hosts` needs for `routes`: `mx` for every item
+    /// that needs MX records.
+    fn answers_for(routes: &[Route], mx: &Answer) -> Vec<Option<Result<Answer, DnsError>>> {
+        routes
+            .iter()
+            .map(|r| mx_name_of(r, "d.test").map(|_| Ok(mx.clone())))
+            .collect()
+    }
+
+    fn hosts_of(text: &str, mx_answer: &Answer, spread: u64) -> Vec<(String, u16)> {
+        let (routes, port) = routes_plan(text);
+        let answers = answers_for(&routes, mx_answer);
+        route_hosts("d.test", &routes, &answers, port, spread).unwrap()
+    }
+
+    fn names(hosts: &[(String, u16)]) -> Vec<&str> {
+        hosts.iter().map(|(h, _)| h.as_str()).collect()
+    }
+
+    #[test]
+    fn routes_without_pref_are_tried_in_the_order_written() {
+        let text = "routes = ( \"b.test\" \"A.test\" \"192.0.2.7\" )\nremote_smtp_port = 2525\n";
+        for spread in 0..3 {
+            let hosts = hosts_of(text, &Answer::NoData, spread);
+            assert_eq!(
+                hosts,
+                [
+                    ("b.test".to_string(), 2525),
+                    ("a.test".to_string(), 2525),
+                    ("192.0.2.7".to_string(), 2525)
+                ],
+                "without prefs the first item is used exclusively"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_prefs_order_items_and_equal_ones_take_turns() {
+        let text = "routes = ( \"smtp://c.test?pref=30\" \"smtp://a.test?pref=10\" \
+                    \"smtp://b.test?pref=10&port=2600\" )\n";
+        let mut firsts = Vec::new();
+        for spread in 0..2 {
+            let hosts = hosts_of(text, &Answer::NoData, spread);
+            assert_eq!(hosts.len(), 3);
+            assert_eq!(hosts[2], ("c.test".to_string(), 25));
+            assert!(hosts.contains(&("b.test".to_string(), 2600)), "{hosts:?}");
+            firsts.push(hosts[0].0.clone());
+        }
+        firsts.sort();
+        assert_eq!(firsts, ["a.test", "b.test"]);
+    }
+
+    #[test]
+    fn mx_items_expand_in_place_to_the_mx_hosts() {
+        let answer = mx(&[(20, "mx2.test"), (10, "mx1.test")]);
+        // A smarthost first, the MX as the fallback.
+        let text = "routes = ( \"smtp://relay.test?pref=1\" \"__mx__\" )\n";
+        assert_eq!(
+            names(&hosts_of(text, &answer, 0)),
+            ["relay.test", "mx1.test", "mx2.test"]
+        );
+        // The MX first, a backup host after it.
+        let text = "routes = ( \"__mx__\" \"backup.test\" )\n";
+        assert_eq!(
+            names(&hosts_of(text, &answer, 0)),
+            ["mx1.test", "mx2.test", "backup.test"]
+        );
+        // type=mx: another domain's MX hosts, on the item's port.
+        let text = "routes = ( \"smtp://hub.test?type=mx&port=2700\" )\n";
+        assert_eq!(
+            hosts_of(text, &answer, 0),
+            [
+                ("mx1.test".to_string(), 2700),
+                ("mx2.test".to_string(), 2700)
+            ]
+        );
+        // type=mx on an address is the address (Momentum's synopsis).
+        let text = "routes = ( \"smtp://127.0.0.9?pref=10&ttl=300&type=mx\" )\n";
+        assert_eq!(names(&hosts_of(text, &answer, 0)), ["127.0.0.9"]);
+        // A host both listed and an MX is tried once.
+        let text = "routes = ( \"mx2.test\" \"__mx__\" )\n";
+        assert_eq!(names(&hosts_of(text, &answer, 0)), ["mx2.test", "mx1.test"]);
+    }
+
+    #[test]
+    fn a_route_list_skips_items_without_hosts_and_never_bounces() {
+        let (routes, port) = routes_plan("routes = ( \"__mx__\" \"relay.test\" )\n");
+        let nx = vec![Some(Ok(Answer::NxDomain)), None];
+        let hosts = route_hosts("d.test", &routes, &nx, port, 0).unwrap();
+        assert_eq!(names(&hosts), ["relay.test"]);
+        let (routes, port) =
+            routes_plan("routes = ( \"smtp://hub.test?type=mx\" \"smtp://hub2.test?type=mx\" )\n");
+        let answers = vec![Some(Ok(Answer::NxDomain)), Some(Err(DnsError::Timeout))];
+        let failure = route_hosts("d.test", &routes, &answers, port, 0).unwrap_err();
+        assert!(!failure.permanent, "a route list is the operator's to fix");
+        assert!(
+            failure
+                .reply
+                .starts_with("451 4.4.4 no item of the routes of d.test"),
+            "{}",
+            failure.reply
+        );
+        assert!(failure.reply.contains("hub.test"), "{}", failure.reply);
     }
 }

@@ -1,7 +1,8 @@
 //! Applying the dispositions of one attempt: the mainlog lines (D, T, P),
 //! the bouncelog lines (B, with Momentum's bounce classification), the
 //! counters, the delayed queue for retries, and the outcomes reported
-//! to the message's home shard (with the failing reply, for the DSN).
+//! to the message's home shard (with the failing reply, for the DSN; and,
+//! past `delay_dsn_retry_interval`, a delay report for the delay DSN).
 //!
 //! Owns: [`settle`], [`sweep`], [`fail_active`] and [`fail_entries`]. May call: `disposition` (the decision),
 //! `pool` (back-off), `bounce` (classification), `log`, `stats`, the queue (through [`Outbound`]),
@@ -10,13 +11,15 @@
 
 use std::rc::Rc;
 
-use super::disposition::{dispose, AttemptReply, Disposition, History, ReplyClass};
+use super::disposition::{
+    delay_dsn_until, dispose, AttemptReply, Disposition, History, ReplyClass,
+};
 use super::{pool, Outbound};
 use crate::bounce::classify;
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
 use crate::log::{format_bounce, format_delivery, format_failure, Attempt, Bounce, RecordIds};
-use crate::mesh::{Failure, Outcome, OutcomeKind};
+use crate::mesh::{Delay, Failure, Outcome, OutcomeKind};
 use crate::queue::{MessageId, MessageRef, QueueId};
 use crate::smtp::client::Stage;
 use crate::stats::Counter;
@@ -183,6 +186,9 @@ pub(super) async fn settle(
     let mut delivered = Vec::new();
     let mut reports = Vec::new();
     let mut retry: Vec<u32> = Vec::new();
+    // Filled only when a delay DSN is due: most retries need no copies.
+    let delay_until = delay_dsn_until(history, &entry.mail_from, options, now);
+    let mut retry_replies: Vec<(Box<str>, Box<str>)> = Vec::new();
     let mut retry_at = None;
     for (((index, rcpt), reply), disposition) in entry.rcpts.iter().zip(&replies).zip(dispositions)
     {
@@ -199,6 +205,7 @@ pub(super) async fn settle(
                     body: entry.body,
                     received_unix_ms: entry.received_unix_ms,
                     generate_bounce: options.generate_bounces,
+                    binding: entry.binding,
                 })),
             }),
             Disposition::Retry {
@@ -206,6 +213,9 @@ pub(super) async fn settle(
                 at_unix_ms,
             } => {
                 retry.push(*index);
+                if delay_until.is_some() {
+                    retry_replies.push((rcpt.clone(), reply.text.as_str().into()));
+                }
                 retry_at = Some((attempts, at_unix_ms));
             }
         }
@@ -224,6 +234,20 @@ pub(super) async fn settle(
             id: entry.id,
             rcpts: delivered,
             kind: OutcomeKind::Delivered,
+        });
+    }
+    if let (Some(until), false) = (delay_until, retry.is_empty()) {
+        reports.push(Outcome {
+            id: entry.id,
+            rcpts: retry.clone(),
+            kind: OutcomeKind::Delayed(Box::new(Delay {
+                rcpts: retry_replies,
+                mail_from: entry.mail_from.clone(),
+                body: entry.body,
+                received_unix_ms: entry.received_unix_ms,
+                binding: entry.binding,
+                will_retry_until_unix_ms: until,
+            })),
         });
     }
     if let Some((attempts, next_attempt_unix_ms)) = retry_at {

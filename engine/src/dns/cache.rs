@@ -55,6 +55,26 @@ impl Cache {
         self.entries.is_empty()
     }
 
+    /// Entries holding a negative answer (NXDOMAIN, no data).
+    pub fn negative_len(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.answer.is_negative())
+            .count()
+    }
+
+    /// The answer for `name` and `kind` and its whole seconds left, if
+    /// cached and not expired at `now_unix_ms`; changes nothing.
+    pub fn peek(&self, name: &str, kind: RecordKind, now_unix_ms: u64) -> Option<(Answer, u32)> {
+        let key = (name.to_ascii_lowercase(), kind);
+        let entry = self.entries.get(&key)?;
+        let left_ms = entry.expires_unix_ms.checked_sub(now_unix_ms)?;
+        if left_ms == 0 {
+            return None;
+        }
+        Some((entry.answer.clone(), (left_ms / 1000) as u32))
+    }
+
     /// The answer for `name` and `kind` if one is cached and has not
     /// expired at `now_unix_ms`.
     pub fn get(&mut self, name: &str, kind: RecordKind, now_unix_ms: u64) -> Option<Answer> {
@@ -156,6 +176,21 @@ mod tests {
         assert_eq!(cache.get("example.com", RecordKind::A, 2_000), None);
         assert_eq!(cache.get("example.com", RecordKind::Mx, 31_000), None);
         assert!(cache.is_empty(), "an expired answer is dropped when met");
+    }
+
+    #[test]
+    fn peek_tells_the_seconds_left_and_changes_nothing() {
+        let mut cache = Cache::new(10);
+        cache.put("a.test", RecordKind::Mx, mx("x"), 30, 1_000);
+        cache.put("nx.test", RecordKind::Mx, Answer::NxDomain, 30, 1_000);
+        assert_eq!(
+            cache.peek("A.test", RecordKind::Mx, 11_500),
+            Some((mx("x"), 19))
+        );
+        assert_eq!(cache.peek("a.test", RecordKind::A, 11_500), None);
+        assert_eq!(cache.peek("a.test", RecordKind::Mx, 31_000), None);
+        assert_eq!(cache.len(), 2, "an expired answer is left for get to drop");
+        assert_eq!(cache.negative_len(), 1);
     }
 
     #[test]

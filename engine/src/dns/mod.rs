@@ -24,7 +24,7 @@
 pub mod cache;
 pub mod wire;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -149,6 +149,34 @@ pub struct Resolver {
     inflight: RefCell<HashMap<Question, Waiters>>,
     /// Used when the configuration names no `nameservers`.
     system: Vec<SocketAddr>,
+    /// What the console's `dns_cache stats` shows (single-writer cells on
+    /// the shard's own thread: no atomics, no locks).
+    counts: ResolverCounts,
+}
+
+/// Lookups of one shard's resolver since it started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResolverStats {
+    /// Answers found in the cache.
+    pub hits: u64,
+    /// Answers not in the cache (each asked, or waited for a shared ask).
+    pub misses: u64,
+    /// Questions sent to nameservers (a shared ask counts once).
+    pub queries: u64,
+    /// Questions that got no answer (timeout, SERVFAIL, a bad reply).
+    pub failures: u64,
+}
+
+#[derive(Default)]
+struct ResolverCounts {
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+    queries: Cell<u64>,
+    failures: Cell<u64>,
+}
+
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get().wrapping_add(1));
 }
 
 impl Resolver {
@@ -157,7 +185,29 @@ impl Resolver {
             cache: RefCell::new(Cache::new(CACHE_ENTRIES_MAX)),
             inflight: RefCell::new(HashMap::new()),
             system,
+            counts: ResolverCounts::default(),
         }
+    }
+
+    /// Lookups since start, and the cache's entries (all, negative).
+    pub fn stats(&self) -> (ResolverStats, usize, usize) {
+        let c = &self.counts;
+        let stats = ResolverStats {
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            queries: c.queries.get(),
+            failures: c.failures.get(),
+        };
+        let cache = self.cache.borrow();
+        (stats, cache.len(), cache.negative_len())
+    }
+
+    /// The cached answer for `name` and `kind` and the seconds it has
+    /// left, without a query and without counting a hit (console
+    /// `dns_cache lookup`).
+    pub fn cached_answer(&self, name: &str, kind: RecordKind) -> Option<(Answer, u32)> {
+        let name = name.trim_end_matches('.');
+        self.cache.borrow().peek(name, kind, now_unix_ms())
     }
 
     /// Entries in the cache.
@@ -165,8 +215,12 @@ impl Resolver {
         self.cache.borrow().len()
     }
 
-    pub fn flush(&self) {
-        self.cache.borrow_mut().clear();
+    /// Forgets every cached answer; returns how many there were.
+    pub fn flush(&self) -> usize {
+        let mut cache = self.cache.borrow_mut();
+        let entries = cache.len();
+        cache.clear();
+        entries
     }
 
     /// The answer for `name` and `kind`, from the cache or from
@@ -179,8 +233,10 @@ impl Resolver {
     ) -> Result<Answer, DnsError> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(answer) = self.cache.borrow_mut().get(&name, kind, now_unix_ms()) {
+            bump(&self.counts.hits);
             return Ok(answer);
         }
+        bump(&self.counts.misses);
         let question = (name, kind);
         let waiting = {
             let mut inflight = self.inflight.borrow_mut();
@@ -214,7 +270,11 @@ impl Resolver {
             resolver: self,
             question: &question,
         };
+        bump(&self.counts.queries);
         let result = query(servers, &question.0, kind).await;
+        if result.is_err() {
+            bump(&self.counts.failures);
+        }
         if let Ok((answer, ttl)) = &result {
             let now = now_unix_ms();
             self.cache

@@ -8,10 +8,12 @@
 //! every shard, `max_inbound_connections_per_ip` through the process-wide
 //! peer table), the clocks of a session (`idle_time` per read,
 //! `inbound_command_timeout` per command line, `inbound_data_timeout` per
-//! DATA) and the read buffers.
+//! DATA), the read buffers, and the binding a message is assigned to by
+//! the listener's `binding_header` ([`binding_header`]).
 //! May call: the session, the shard's policy (whose verdicts it feeds
 //! back to the session), `message` (admission and spooling), `mesh`
-//! (routing entries to queue owners), `env` (logs, counters, stop signal).
+//! (routing entries to queue owners), `queue` (the binding table, the
+//! spooled envelope), `env` (logs, counters, stop signal).
 //! Never: protocol decisions (replies other than the connection-refusal
 //! 421s are the session's); a lock on a per-message path (the peer table
 //! takes one compare-and-swap at accept and one at close).
@@ -23,6 +25,7 @@
 //! `stream::SESSION_BODY_BYTES_MAX` of body, whatever the message size.
 
 pub mod backpressure;
+pub mod binding_header;
 pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +59,7 @@ use crate::smtp::server::{
 use crate::stats::Counter;
 use crate::transport::{read_within, write_all_within, Transport};
 use backpressure::{pressure, BacklogLimits, Episodes, Pressure};
+use binding_header::UnknownBindings;
 use stream::Streaming;
 
 /// Bytes read from a client socket at a time while a DATA is being read.
@@ -160,6 +164,8 @@ pub struct Inbound {
     pub sessions: Gate,
     /// The last back-pressure level reported in the paniclog.
     pub episodes: Episodes,
+    /// Messages whose `binding_header` named no binding.
+    pub unknown_bindings: UnknownBindings,
 }
 
 impl Inbound {
@@ -449,7 +455,8 @@ async fn drive_session<S: Transport>(
                     let (outcome, body) = match streaming.take() {
                         Some(body) => (receive_streamed(shard, conn, body, envelope).await, None),
                         None => {
-                            let (outcome, body) = receive(shard, conn, &session, envelope).await;
+                            let (outcome, body) =
+                                receive(shard, conn, listener, &session, envelope).await;
                             (outcome, Some(body))
                         }
                     };
@@ -538,7 +545,7 @@ async fn drive_session<S: Transport>(
                         Some(body) => body.write(chunk).await,
                         None => {
                             *streaming =
-                                Some(Streaming::start(&shard.messages, &session, chunk).await)
+                                Some(start_streaming(shard, listener, &session, chunk).await)
                         }
                     }
                 }
@@ -669,6 +676,7 @@ async fn await_verdict(
 async fn receive(
     shard: &Rc<Inbound>,
     conn: &Conn,
+    listener: &ListenerConfig,
     session: &ServerSession,
     mut envelope: Envelope,
 ) -> (SpoolOutcome, Vec<u8>) {
@@ -685,15 +693,21 @@ async fn receive(
     let now_ms = now_unix_ms();
     let header = session.received_header(&envelope, &queue_id, (now_ms / 1000) as i64);
     let received = std::mem::take(&mut envelope.body);
+    let binding_header = listener.binding_header.as_deref();
+    let assigned = binding_header::assign(&shard.bindings, binding_header, &received);
+    if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
+        let id = shard.env.id;
+        shard.unknown_bindings.note(id, header, name, &queue_id);
+    }
     let mut body = Vec::with_capacity(header.len() + received.len());
     body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&received);
+    binding_header::append_without(&mut body, &received, &assigned.fields);
     let spooled = SpooledEnvelope {
         received_unix_ms: now_ms,
         peer_ip: conn.peer.ip(),
         connection_id: conn.id,
         body_8bitmime: envelope.body_8bitmime,
-        binding: shard.bindings.name(Bindings::DEFAULT).to_string(),
+        binding: shard.bindings.name(assigned.binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
     };
@@ -720,6 +734,37 @@ async fn receive(
     (SpoolOutcome::Queued { queue_id }, received)
 }
 
+/// Starts streaming a body whose first `chunk` (the header block with it,
+/// unless that is longer than a chunk) just filled: the listener's
+/// `binding_header` picks the binding and its fields are left out of what
+/// goes to the body file, as `receive` does for an inline message. A
+/// header block longer than the first chunk is looked at in that chunk
+/// only.
+async fn start_streaming(
+    shard: &Rc<Inbound>,
+    listener: &ListenerConfig,
+    session: &ServerSession,
+    chunk: Vec<u8>,
+) -> Streaming {
+    let binding_header = listener.binding_header.as_deref();
+    let assigned = binding_header::assign(&shard.bindings, binding_header, &chunk);
+    let first = if assigned.fields.is_empty() {
+        chunk
+    } else {
+        let mut first = Vec::with_capacity(chunk.len());
+        binding_header::append_without(&mut first, &chunk, &assigned.fields);
+        first
+    };
+    let streaming = Streaming::start(&shard.messages, session, first, assigned.binding).await;
+    if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
+        let queue_id = streaming.id().to_string();
+        shard
+            .unknown_bindings
+            .note(shard.env.id, header, name, &queue_id);
+    }
+    streaming
+}
+
 /// Commits one message whose body was streamed to the spool while it
 /// arrived (`stream`) and routes its recipients; the reply waits for it.
 async fn receive_streamed(
@@ -729,6 +774,7 @@ async fn receive_streamed(
     envelope: Envelope,
 ) -> SpoolOutcome {
     let id = body.id();
+    let binding = body.binding();
     let file_body = match body.finish(envelope.body).await {
         Ok(file_body) => file_body,
         Err(outcome) => return outcome,
@@ -739,7 +785,7 @@ async fn receive_streamed(
         peer_ip: conn.peer.ip(),
         connection_id: conn.id,
         body_8bitmime: envelope.body_8bitmime,
-        binding: shard.bindings.name(Bindings::DEFAULT).to_string(),
+        binding: shard.bindings.name(binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
     };

@@ -34,7 +34,7 @@ use ecelerity_spool::{BodyWriter, FileBody, SpoolError};
 
 use crate::clock::now_unix_ms;
 use crate::message::Messages;
-use crate::queue::MessageId;
+use crate::queue::{BindingId, MessageId};
 use crate::smtp::server::{
     ServerSession, SpoolOutcome, BODY_RESERVE_BYTES_MAX, INPUT_BUFFER_BYTES_DEFAULT,
     STREAMED_HEAD_BYTES_MAX,
@@ -67,6 +67,8 @@ pub fn chunk_due(session: &ServerSession) -> bool {
 /// One body being streamed to the spool.
 pub struct Streaming {
     id: MessageId,
+    /// The binding the listener's `binding_header` picked (`start`).
+    binding: BindingId,
     state: State,
 }
 
@@ -86,13 +88,21 @@ fn outcome_of(err: &SpoolError) -> SpoolOutcome {
 
 impl Streaming {
     /// Starts streaming the body of the message `session` is reading:
-    /// takes an id for it and writes its Received header and `first`.
-    pub async fn start(messages: &Messages, session: &ServerSession, first: Vec<u8>) -> Streaming {
+    /// takes an id for it and writes its Received header and `first` (the
+    /// first chunk, the binding header already left out of it by the
+    /// caller, which chose `binding` from it).
+    pub async fn start(
+        messages: &Messages,
+        session: &ServerSession,
+        first: Vec<u8>,
+        binding: BindingId,
+    ) -> Streaming {
         let id = match messages.admit() {
             Ok(id) => id,
             Err(_) => {
                 return Streaming {
                     id: MessageId(0),
+                    binding,
                     state: State::Failed(SpoolOutcome::TemporaryFailure),
                 }
             }
@@ -102,12 +112,14 @@ impl Streaming {
         let mut streaming = match messages.spool.body_writer(id.0).await {
             Ok(writer) => Streaming {
                 id,
+                binding,
                 state: State::Writing(writer),
             },
             Err(err) => {
                 tracing::error!("spool: cannot create the body file of {id} ({err}); the client gets 452 or 451 at end of data");
                 return Streaming {
                     id,
+                    binding,
                     state: State::Failed(outcome_of(&err)),
                 };
             }
@@ -119,6 +131,11 @@ impl Streaming {
 
     pub fn id(&self) -> MessageId {
         self.id
+    }
+
+    /// The binding the message leaves from.
+    pub fn binding(&self) -> BindingId {
+        self.binding
     }
 
     /// Appends the next part of the body. After an error the rest is

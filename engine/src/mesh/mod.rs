@@ -64,6 +64,28 @@ pub enum OutcomeKind {
         attempts: u32,
         next_attempt_unix_ms: u64,
     },
+    /// Still deferred `delay_dsn_retry_interval` after reception, with
+    /// `generate_delay_dsn` on and a return path that is not null: what
+    /// the home shard needs for a delay DSN. Sent beside the recipients'
+    /// `Retry`, and changes nothing about them; the home shard sends one
+    /// delay DSN per message and ignores the rest.
+    Delayed(Box<Delay>),
+}
+
+/// Recipients of one message still deferred past the delay DSN threshold.
+#[derive(Debug, Clone)]
+pub struct Delay {
+    /// Each delayed recipient and the reply of its last attempt.
+    pub rcpts: Vec<(Box<str>, Box<str>)>,
+    /// The message's return path; never empty (no DSN to the null sender).
+    pub mail_from: Box<str>,
+    /// Where the original's body sits in its home shard's spool.
+    pub body: BodyRef,
+    pub received_unix_ms: u64,
+    /// The message's binding: the delay DSN leaves through it, like a bounce.
+    pub binding: BindingId,
+    /// When the retries stop: `message_expiration` after reception.
+    pub will_retry_until_unix_ms: u64,
 }
 
 /// A permanent failure of one recipient, with what its home shard needs to
@@ -84,12 +106,14 @@ pub struct Failure {
     pub received_unix_ms: u64,
     /// `generate_bounces` of the recipient's (binding, domain).
     pub generate_bounce: bool,
+    /// The binding the message left from: its DSN leaves from it too.
+    pub binding: BindingId,
 }
 
 impl OutcomeKind {
     /// Delivered or failed: the recipient needs no more work.
     pub fn is_final(&self) -> bool {
-        !matches!(self, OutcomeKind::Retry { .. })
+        matches!(self, OutcomeKind::Delivered | OutcomeKind::Failed(_))
     }
 }
 

@@ -2,11 +2,13 @@
 //! spooled it): admission against the live-set limit, spooling, the R
 //! lines, splitting into queue entries, recording outcomes, bounces (a DSN
 //! per message per batch of permanent failures), completion, and
-//! requeueing what recovery found after a restart.
+//! requeueing what recovery found after a restart; delay DSNs (one per
+//! message, once `delivery` reports it still deferred past
+//! `delay_dsn_retry_interval`).
 //!
-//! Owns: the live set (message id → recipients not yet final), message
-//! ids, the engine's notes and completions in the spool, the injection of
-//! DSNs.
+//! Owns: the live set (message id → recipients not yet final), which live
+//! messages had their delay DSN, message ids, the engine's notes and
+//! completions in the spool, the injection of DSNs.
 //! May call: the spool (appends; body reads of its own segments),
 //! `queue` (entries, records), `mesh` (outcome types; the router, only to
 //! send a DSN it injected to its queue owner), `bounce` (the DSN builder),
@@ -15,23 +17,27 @@
 //! A DSN is a message like any other: spooled with the group commit, then
 //! routed. The failures it reports are recorded (and the original perhaps
 //! completed) only once the DSN is durable, so a crash in between replays
-//! the failures (a duplicate DSN) rather than losing the bounce.
+//! the failures (a duplicate DSN) rather than losing the bounce. A delay
+//! DSN is recorded the same way: a `DelayDsnSent` note once it is durable,
+//! so a restart does not send it again; a crash between the two sends a
+//! second one (a warning twice, never none).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 
 use ecelerity_spool::{BodyReader, BodyRef, FileBody, RecoveredMessage, Spool, SpoolError};
 
-use crate::bounce::dsn::{self, FailedRecipient, ORIGINAL_HEADERS_BYTES_MAX};
+use crate::bounce::dsn::{self, FailedRecipient, Report, ORIGINAL_HEADERS_BYTES_MAX};
 use crate::clock::now_unix_ms;
-use crate::config::DEFAULT_BINDING;
 use crate::env::ShardEnv;
 use crate::log::{format_reception, Reception, RecordIds};
-use crate::mesh::{Failure, Outcome, OutcomeKind, Router};
+use crate::mesh::{Delay, Failure, Outcome, OutcomeKind, Router};
 use crate::queue::record::{Note, SpooledEnvelope};
-use crate::queue::{domain_of, Bindings, MessageId, MessageRef, LIVE_MESSAGES_PER_SHARD_MAX};
+use crate::queue::{
+    domain_of, BindingId, Bindings, MessageId, MessageRef, LIVE_MESSAGES_PER_SHARD_MAX,
+};
 use crate::stats::Counter;
 
 /// The R-line protocol of a message this shard wrote itself (a DSN), as
@@ -65,6 +71,9 @@ pub struct Messages {
     headers: BodyReader,
     /// Messages spooled here and not yet final: id → recipients left.
     live: RefCell<HashMap<u64, u32>>,
+    /// Live messages whose delay DSN is spooled or being written. Never
+    /// holds an id that is not in `live` for longer than the DSN's write.
+    delay_notified: RefCell<HashSet<u64>>,
     /// The live set reached its limit (warned once per episode).
     live_full: Cell<bool>,
     next_sequence: Cell<u64>,
@@ -90,6 +99,7 @@ impl Messages {
             spool,
             headers,
             live: RefCell::new(HashMap::new()),
+            delay_notified: RefCell::new(HashSet::new()),
             live_full: Cell::new(false),
             next_sequence: Cell::new(first_sequence),
             // Connection ids count from the middle of the same space so
@@ -275,6 +285,10 @@ impl Messages {
                 "outcome sent to the wrong home shard"
             );
         }
+        let (outcomes, delays) = split_delays(outcomes);
+        for (id, delay) in delays {
+            self.notify_delay(id, delay, router);
+        }
         let (now, bouncing) = split_bounces(outcomes);
         for outcome in now {
             self.on_outcome(outcome);
@@ -284,6 +298,121 @@ impl Messages {
             glommio::spawn_local(async move { messages.bounce(id, failed, &router).await })
                 .detach();
         }
+    }
+
+    /// Sends the delay DSN of message `id` unless it had one or is no
+    /// longer live: at most one per message.
+    fn notify_delay(self: &Rc<Self>, id: MessageId, delay: Delay, router: &Rc<Router>) {
+        if !self.live.borrow().contains_key(&id.0) {
+            return;
+        }
+        if !self.delay_notified.borrow_mut().insert(id.0) {
+            return;
+        }
+        let (messages, router) = (self.clone(), router.clone());
+        glommio::spawn_local(async move { messages.send_delay_dsn(id, delay, &router).await })
+            .detach();
+    }
+
+    /// Writes, spools and routes the delay DSN of message `id`, then notes
+    /// in the spool that it was sent. If it cannot be spooled, the next
+    /// report of the message's delay tries again.
+    async fn send_delay_dsn(&self, id: MessageId, delay: Delay, router: &Rc<Router>) {
+        let recipients: Vec<FailedRecipient<'_>> = delay
+            .rcpts
+            .iter()
+            .map(|(rcpt, reply)| FailedRecipient { rcpt, reply })
+            .collect();
+        let report = Report::Delayed {
+            will_retry_until_unix_secs: (delay.will_retry_until_unix_ms / 1000) as i64,
+        };
+        let original = Original {
+            id,
+            body: delay.body,
+            mail_from: &delay.mail_from,
+            received_unix_ms: delay.received_unix_ms,
+            binding: delay.binding,
+        };
+        let entries = match self.inject_report(&original, report, &recipients).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.delay_notified.borrow_mut().remove(&id.0);
+                if !matches!(e, RefusedBecause::Spool(SpoolError::Closed)) {
+                    tracing::error!(
+                        "spool: cannot spool the delay DSN of {id} ({e:?}); it is tried \
+                         again at the message's next deferral"
+                    );
+                }
+                return;
+            }
+        };
+        drop(recipients);
+        if self.live.borrow().contains_key(&id.0) {
+            let mut buf = Vec::with_capacity(32);
+            Note::DelayDsnSent.encode(&mut buf);
+            if let Err(e) = self.spool.append_note(id.0, &buf).await {
+                tracing::debug!(
+                    "spool: delay DSN of {id} not noted ({e}); a restart may repeat it"
+                );
+            }
+        }
+        router.route(entries).await;
+    }
+
+    /// Builds the DSN reporting `recipients` of `original` and injects it
+    /// (see [`Messages::inject`]), addressed to the original's return path
+    /// from the null sender. The original's header block is read from this
+    /// shard's spool; the DSN goes without it when it cannot be read.
+    async fn inject_report(
+        &self,
+        original: &Original<'_>,
+        report: Report,
+        recipients: &[FailedRecipient<'_>],
+    ) -> Result<Vec<MessageRef>, RefusedBecause> {
+        let id = original.id;
+        assert!(!original.mail_from.is_empty(), "no DSN to the null sender");
+        let mut headers_read = Vec::new();
+        let head = BodyRef {
+            len: original.body.len.min(DSN_HEADER_READ_BYTES_MAX as u32),
+            ..original.body
+        };
+        if let Err(e) = self.headers.read(&head, &mut headers_read).await {
+            tracing::error!(
+                "spool: cannot read the headers of {id} for its DSN ({e}); the DSN goes \
+                 without them"
+            );
+            headers_read.clear();
+        }
+        let now = now_unix_ms();
+        let dsn_id = self.next_message_id();
+        let reporting_mta = self.env.config.get().hostname().to_string();
+        let original_id = id.to_string();
+        let dsn_name = dsn_id.to_string();
+        let headers = dsn::original_headers(&headers_read);
+        let body = dsn::build(&dsn::Dsn {
+            reporting_mta: &reporting_mta,
+            return_path: original.mail_from,
+            original_id: &original_id,
+            dsn_id: &dsn_name,
+            arrival_unix_secs: (original.received_unix_ms / 1000) as i64,
+            now_unix_secs: (now / 1000) as i64,
+            failed: recipients,
+            report,
+            original_headers: headers,
+        });
+        let envelope = SpooledEnvelope {
+            received_unix_ms: now,
+            // Written here: the loopback address stands for "this host".
+            peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            connection_id: self.next_connection_id(),
+            body_8bitmime: headers.iter().any(|&b| b >= 0x80),
+            // Momentum sends a bounce through the binding of the message
+            // that bounced.
+            binding: self.bindings.name(original.binding).to_string(),
+            mail_from: String::new(),
+            rcpts: vec![original.mail_from.to_string()],
+        };
+        self.inject(dsn_id, &envelope, &body).await
     }
 
     /// Writes, spools and routes the DSN for `failed` (permanent failures
@@ -300,23 +429,6 @@ impl Messages {
             })
             .collect();
         let first = failures[0];
-        let mut original = Vec::new();
-        let head = BodyRef {
-            len: first.body.len.min(DSN_HEADER_READ_BYTES_MAX as u32),
-            ..first.body
-        };
-        if let Err(e) = self.headers.read(&head, &mut original).await {
-            tracing::error!(
-                "spool: cannot read the headers of {id} for its DSN ({e}); the DSN goes \
-                 without them"
-            );
-            original.clear();
-        }
-        let now = now_unix_ms();
-        let dsn_id = self.next_message_id();
-        let reporting_mta = self.env.config.get().hostname().to_string();
-        let original_id = id.to_string();
-        let dsn_name = dsn_id.to_string();
         let recipients: Vec<FailedRecipient<'_>> = failures
             .iter()
             .map(|f| FailedRecipient {
@@ -324,29 +436,18 @@ impl Messages {
                 reply: &f.reply,
             })
             .collect();
-        let headers = dsn::original_headers(&original);
-        let body = dsn::build(&dsn::Dsn {
-            reporting_mta: &reporting_mta,
-            return_path: &first.mail_from,
-            original_id: &original_id,
-            dsn_id: &dsn_name,
-            arrival_unix_secs: (first.received_unix_ms / 1000) as i64,
-            now_unix_secs: (now / 1000) as i64,
-            failed: &recipients,
-            original_headers: headers,
-        });
-        let envelope = SpooledEnvelope {
-            received_unix_ms: now,
-            // Written here: the loopback address stands for "this host".
-            peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            connection_id: self.next_connection_id(),
-            body_8bitmime: headers.iter().any(|&b| b >= 0x80),
-            binding: DEFAULT_BINDING.to_string(),
-            mail_from: String::new(),
-            rcpts: vec![first.mail_from.to_string()],
+        let original = Original {
+            id,
+            body: first.body,
+            mail_from: &first.mail_from,
+            received_unix_ms: first.received_unix_ms,
+            binding: first.binding,
         };
+        let injected = self
+            .inject_report(&original, Report::Failed, &recipients)
+            .await;
         drop(recipients);
-        let entries = match self.inject(dsn_id, &envelope, &body).await {
+        let entries = match injected {
             Ok(entries) => entries,
             // A closed spool is the normal end of a shutdown.
             Err(RefusedBecause::Spool(SpoolError::Closed)) => {
@@ -397,6 +498,7 @@ impl Messages {
                 *left = left.saturating_sub(outcome.rcpts.len() as u32);
                 if *left == 0 {
                     live.remove(&id);
+                    self.delay_notified.borrow_mut().remove(&id);
                     self.env.stats().sub(Counter::LiveMessages, 1);
                     None
                 } else {
@@ -413,6 +515,8 @@ impl Messages {
                 attempts,
                 next_attempt_unix_ms,
             }),
+            // `on_outcomes` takes these out; they change no recipient.
+            OutcomeKind::Delayed(_) => return,
         };
         let spool = self.spool.clone();
         glommio::spawn_local(async move {
@@ -464,6 +568,9 @@ impl Messages {
                 continue;
             }
             self.live.borrow_mut().insert(m.id, pending.len() as u32);
+            if delay_dsn_sent(&m) {
+                self.delay_notified.borrow_mut().insert(m.id);
+            }
             entries.extend(self.entries_for(
                 MessageId(m.id),
                 m.body,
@@ -476,6 +583,49 @@ impl Messages {
             .set(Counter::LiveMessages, self.live.borrow().len() as u64);
         entries
     }
+}
+
+/// The original message a DSN reports on.
+struct Original<'a> {
+    id: MessageId,
+    body: BodyRef,
+    /// Its return path: the DSN's recipient. Never empty.
+    mail_from: &'a str,
+    received_unix_ms: u64,
+    /// Its binding: the DSN leaves through it.
+    binding: BindingId,
+}
+
+/// Takes the delay reports out of a batch of outcomes, merged per message
+/// (in order of first appearance): the recipients of every report of a
+/// message in the batch go into its one delay DSN.
+fn split_delays(outcomes: Vec<Outcome>) -> (Vec<Outcome>, Vec<(MessageId, Delay)>) {
+    if !outcomes
+        .iter()
+        .any(|o| matches!(o.kind, OutcomeKind::Delayed(_)))
+    {
+        return (outcomes, Vec::new());
+    }
+    let mut rest = Vec::with_capacity(outcomes.len());
+    let mut delays: Vec<(MessageId, Delay)> = Vec::new();
+    for outcome in outcomes {
+        let OutcomeKind::Delayed(delay) = outcome.kind else {
+            rest.push(outcome);
+            continue;
+        };
+        match delays.iter_mut().find(|(id, _)| *id == outcome.id) {
+            Some((_, merged)) => merged.rcpts.extend(delay.rcpts),
+            None => delays.push((outcome.id, *delay)),
+        }
+    }
+    (rest, delays)
+}
+
+/// Whether a recovered message's delay DSN was spooled before the restart.
+fn delay_dsn_sent(m: &RecoveredMessage) -> bool {
+    m.notes
+        .iter()
+        .any(|note| matches!(Note::decode(note), Ok(Note::DelayDsnSent)))
 }
 
 /// Splits a batch of outcomes into those recorded at once and, per message
@@ -531,6 +681,7 @@ fn pending_recipients(envelope: &SpooledEnvelope, m: &RecoveredMessage) -> Vec<(
                     schedule[i as usize] = (attempts, next_attempt_unix_ms);
                 }
             }
+            Ok(Note::DelayDsnSent) => {}
             Err(e) => tracing::warn!(
                 "spool: unreadable note for {} ignored: {e}",
                 MessageId(m.id)
@@ -563,6 +714,7 @@ mod tests {
                 },
                 received_unix_ms: 0,
                 generate_bounce,
+                binding: Bindings::DEFAULT,
             })),
         }
     }
@@ -595,5 +747,57 @@ mod tests {
         assert_eq!(rcpts, [0, 2]);
         let ids: Vec<MessageId> = now.iter().map(|o| o.id).collect();
         assert_eq!(ids, [a, b, c], "recorded at once, in order");
+    }
+
+    fn delayed(id: MessageId, index: u32) -> Outcome {
+        Outcome {
+            id,
+            rcpts: vec![index],
+            kind: OutcomeKind::Delayed(Box::new(Delay {
+                rcpts: vec![(
+                    format!("r{index}@example.com").into(),
+                    "451 4.2.0 later".into(),
+                )],
+                mail_from: "s@example.net".into(),
+                body: BodyRef {
+                    segment: 1,
+                    offset: 0,
+                    len: 10,
+                },
+                received_unix_ms: 0,
+                binding: Bindings::DEFAULT,
+                will_retry_until_unix_ms: 86_400_000,
+            })),
+        }
+    }
+
+    /// Goal: one delay DSN per message per batch, naming every delayed
+    /// recipient the batch reports, and the recipients' other outcomes
+    /// untouched. Method: a batch with two delay reports of one message
+    /// (two domains), one of another, and a retry, split.
+    #[test]
+    fn delay_reports_merge_per_message_and_leave_other_outcomes_alone() {
+        let (a, b) = (MessageId::new(0, 1), MessageId::new(0, 2));
+        let retry = Outcome {
+            id: a,
+            rcpts: vec![0],
+            kind: OutcomeKind::Retry {
+                attempts: 2,
+                next_attempt_unix_ms: 5,
+            },
+        };
+        let batch = vec![delayed(a, 0), retry, delayed(b, 0), delayed(a, 1)];
+        let (rest, delays) = split_delays(batch);
+        assert_eq!(rest.len(), 1);
+        assert!(matches!(
+            rest[0].kind,
+            OutcomeKind::Retry { attempts: 2, .. }
+        ));
+        assert_eq!(delays.len(), 2);
+        assert_eq!(delays[0].0, a);
+        let rcpts: Vec<&str> = delays[0].1.rcpts.iter().map(|(r, _)| &**r).collect();
+        assert_eq!(rcpts, ["r0@example.com", "r1@example.com"]);
+        assert_eq!(delays[1].0, b);
+        assert!(!OutcomeKind::Delayed(delays[1].1.clone().into()).is_final());
     }
 }

@@ -6,7 +6,8 @@
 //! Owns: queue entries ([`MessageRef`]), queue keys ([`QueueKey`]) and the
 //! interned [`QueueId`] a shard gives each queue it holds, per-queue
 //! connection counts, idle-connection wake-ups and back-off state (set and
-//! read by `delivery::pool`), the delayed heap.
+//! read by `delivery::pool`), the operator's suspended flag (set by
+//! `delivery::operator`), the delayed heap.
 //! May call: `config` (delivery options). Never: I/O (that is `delivery`),
 //! another shard's queues.
 
@@ -65,6 +66,40 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// Why a text is not a message id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a message id (SS/HH-MMMMM-LLLLLLLL, as in the mainlog)")]
+pub struct BadMessageId(pub String);
+
+/// Reads the mainlog's form back (hex digits in either case).
+impl std::str::FromStr for MessageId {
+    type Err = BadMessageId;
+
+    fn from_str(text: &str) -> Result<MessageId, BadMessageId> {
+        let bad = || BadMessageId(text.to_string());
+        let (shard, rest) = text.split_once('/').ok_or_else(bad)?;
+        let mut groups = rest.splitn(3, '-');
+        let mut field = |digits: usize, max: u64| -> Result<u64, BadMessageId> {
+            let g = groups.next().ok_or_else(bad)?;
+            if g.len() != digits {
+                return Err(bad());
+            }
+            let value = u64::from_str_radix(g, 16).map_err(|_| bad())?;
+            (value <= max).then_some(value).ok_or_else(bad)
+        };
+        // A sequence has 56 bits: 4 in the first group, 20, then 32.
+        let (high, middle, low) = (field(2, 0xF)?, field(5, 0xF_FFFF)?, field(8, 0xFFFF_FFFF)?);
+        if shard.len() != 2 {
+            return Err(bad());
+        }
+        let shard = u8::from_str_radix(shard, 16).map_err(|_| bad())?;
+        Ok(MessageId::new(
+            shard as usize,
+            high << 52 | middle << 32 | low,
+        ))
+    }
+}
+
 /// A binding, by its index in [`Bindings`]: the same on every shard, since
 /// every shard builds the table from the same configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,8 +137,18 @@ impl Bindings {
     /// The id of `name`; an unknown binding is the default binding (as
     /// Momentum falls back).
     pub fn id(&self, name: &str) -> BindingId {
-        let index = self.names.iter().position(|b| &**b == name).unwrap_or(0);
-        BindingId(index as u16)
+        self.lookup(name).unwrap_or(Bindings::DEFAULT)
+    }
+
+    /// The id of `name`, if it is configured. A binary search: after the
+    /// default binding, names are sorted.
+    pub fn lookup(&self, name: &str) -> Option<BindingId> {
+        if name == DEFAULT_BINDING {
+            return Some(Bindings::DEFAULT);
+        }
+        let others = &self.names[1..];
+        let index = others.binary_search_by(|b| (**b).cmp(name)).ok()?;
+        Some(BindingId(index as u16 + 1))
     }
 
     pub fn name(&self, id: BindingId) -> &str {
@@ -112,6 +157,19 @@ impl Bindings {
 
     pub fn group(&self, id: BindingId) -> &str {
         &self.groups[id.0 as usize]
+    }
+
+    /// Every binding, the default first, then by name.
+    pub fn iter(&self) -> impl Iterator<Item = (BindingId, &str)> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (BindingId(i as u16), &**name))
+    }
+
+    /// The id of `name` if it is configured (no fallback to the default).
+    pub fn find(&self, name: &str) -> Option<BindingId> {
+        self.iter().find(|(_, b)| *b == name).map(|(id, _)| id)
     }
 }
 
@@ -221,6 +279,9 @@ pub struct Queue {
     pub not_before_unix_ms: u64,
     /// Back-offs since the destination last greeted us properly.
     pub backoffs_in_a_row: u32,
+    /// The operator suspended this queue (console `suspend`): it keeps
+    /// its entries, opens no connection and hands none out until resumed.
+    pub suspended: bool,
 }
 
 impl Queue {
@@ -316,6 +377,7 @@ impl Queues {
             failed: 0,
             not_before_unix_ms: 0,
             backoffs_in_a_row: 0,
+            suspended: false,
         };
         let id = match self.free.pop() {
             Some(slot) => {
@@ -400,10 +462,19 @@ impl Queues {
         if ids.is_empty() {
             return Vec::new();
         }
+        self.take_delayed_where(|id, _| ids.contains(&id))
+    }
+
+    /// Takes every delayed entry that `pick` accepts, whenever due (the
+    /// heap is rebuilt: an operator's command, not a message's path).
+    pub fn take_delayed_where(
+        &mut self,
+        mut pick: impl FnMut(QueueId, &MessageRef) -> bool,
+    ) -> Vec<(QueueId, MessageRef)> {
         let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed)
             .into_vec()
             .into_iter()
-            .partition(|Reverse(d)| ids.contains(&d.queue));
+            .partition(|Reverse(d)| pick(d.queue, &d.entry));
         self.delayed = BinaryHeap::from(kept);
         let mut out = Vec::with_capacity(taken.len());
         for Reverse(d) in taken {
@@ -415,6 +486,13 @@ impl Queues {
             out.push((d.queue, d.entry));
         }
         out
+    }
+
+    /// Every delayed entry with its queue and due time, in no order.
+    pub fn delayed_entries(&self) -> impl Iterator<Item = (QueueId, u64, &MessageRef)> {
+        self.delayed
+            .iter()
+            .map(|Reverse(d)| (d.queue, d.due_unix_ms, &d.entry))
     }
 
     /// When the earliest delayed entry is due.
@@ -473,6 +551,30 @@ mod tests {
     }
 
     #[test]
+    fn a_message_id_reads_back_from_its_mainlog_form() {
+        for (shard, sequence) in [
+            (0, 0),
+            (1, (1_700_000_000u64 << 20) | 42),
+            (255, (1 << 56) - 1),
+        ] {
+            let id = MessageId::new(shard, sequence);
+            assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
+            assert_eq!(id.to_string().to_lowercase().parse::<MessageId>(), Ok(id));
+        }
+        for bad in [
+            "",
+            "01/06-553A4",
+            "1/06-553A4-0000002A",
+            "01/06-553A4-0000002A-1",
+            "01/G6-553A4-0000002A",
+            "01/16-553A4-0000002A",
+            "01-06-553A4-0000002A",
+        ] {
+            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_spread_domain_uses_exactly_its_parts() {
         let shards = 4;
         for parts in 1..=shards {
@@ -492,6 +594,27 @@ mod tests {
         assert_eq!(delivery_parts(0, 2), 2);
         assert_eq!(delivery_parts(1, 2), 1);
         assert_eq!(delivery_parts(9, 2), 2);
+    }
+
+    #[test]
+    fn bindings_are_found_by_exact_name_and_unknown_ones_are_the_default() {
+        let config = Config::parse(
+            "binding zz { }\nbinding_group g { binding a1 { } binding M { } }",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let bindings = Bindings::from_config(&config);
+        for name in ["default", "M", "a1", "zz"] {
+            let id = bindings.lookup(name).expect(name);
+            assert_eq!(bindings.name(id), name);
+            assert_eq!(bindings.id(name), id);
+        }
+        assert_eq!(bindings.lookup("default"), Some(Bindings::DEFAULT));
+        assert_eq!(bindings.group(bindings.id("a1")), "g");
+        for unknown in ["m", "a", "zzz", ""] {
+            assert_eq!(bindings.lookup(unknown), None, "{unknown}");
+            assert_eq!(bindings.id(unknown), Bindings::DEFAULT);
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum Note {
         attempts: u32,
         next_attempt_unix_ms: u64,
     },
+    /// The message's delay DSN is spooled: after a restart it is not sent
+    /// again.
+    DelayDsnSent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +144,7 @@ impl SpooledEnvelope {
 
 impl Note {
     pub fn encode(&self, out: &mut Vec<u8>) {
+        const NONE: &Vec<u32> = &Vec::new();
         let (kind, rcpts, attempts, next) = match self {
             Note::Done { rcpts } => (1u8, rcpts, 0, 0),
             Note::Retry {
@@ -148,6 +152,7 @@ impl Note {
                 attempts,
                 next_attempt_unix_ms,
             } => (2u8, rcpts, *attempts, *next_attempt_unix_ms),
+            Note::DelayDsnSent => (3u8, NONE, 0, 0),
         };
         assert!(rcpts.len() <= RECIPIENTS_MAX);
         out.push(kind);
@@ -182,6 +187,7 @@ impl Note {
                 attempts,
                 next_attempt_unix_ms,
             }),
+            3 if rcpts.is_empty() => Ok(Note::DelayDsnSent),
             _ => Err(RecordError::Value),
         }
     }
@@ -255,6 +261,7 @@ mod tests {
                 attempts: 3,
                 next_attempt_unix_ms: 99,
             },
+            Note::DelayDsnSent,
         ] {
             let mut buf = Vec::new();
             note.encode(&mut buf);

@@ -292,6 +292,18 @@ pub(super) async fn run(setup: Setup) {
             Err(e) => tracing::error!(shard = id, "cannot start an accept loop: {e}"),
         }
     }
+    // Spool compaction in the background queue, at its configured pace:
+    // never in the path of a message.
+    let compaction = shard
+        .messages
+        .spool
+        .compaction_task(config.spool_compaction());
+    match glommio::spawn_local_into(compaction, delivery_queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => tracing::error!(shard = id, "cannot start spool compaction: {e}"),
+    }
     if let Some(queue) = control_queue {
         let shard = shard.clone();
         glommio::spawn_local(async move { poll_control(&shard, queue).await }).detach();
@@ -368,6 +380,7 @@ fn wire(
         policy: shard_policy(config),
         sessions: Gate::new(),
         episodes: Default::default(),
+        unknown_bindings: Default::default(),
     });
     let shard = Rc::new(Shard {
         env,

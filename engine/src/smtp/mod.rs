@@ -8,6 +8,8 @@
 //! * [`server`]: the inbound session state machine (RFC 5321, PIPELINING,
 //!   DATA transparency, limits, smuggling defence).
 //! * [`received`]: the `Received:` header prepended before spooling.
+//! * [`header`]: finding fields in a received header section (the
+//!   `binding_header` is read and left out).
 //! * [`reply`]: the incremental reply parser used by the client.
 //! * [`client`]: the outbound session state machine (its EHLO reading and
 //!   Momentum stage codes in `client/ehlo.rs` and `client/stage.rs`).
@@ -19,6 +21,7 @@ pub mod capabilities;
 pub mod client;
 pub mod command;
 pub mod downgrade;
+pub mod header;
 pub mod received;
 pub mod reply;
 pub mod server;

@@ -9,66 +9,33 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ecelerity_tests::{
-    file_tail, free_port, parse_mainlog, poll_until, py_dir, python, send_file,
-    strip_leading_received, ChildGuard, Daemon, MainlogLine, Sink, TempDir, TestConfig,
-    ARRIVAL_TIMEOUT, READY_TIMEOUT,
+    free_port, parse_mainlog, poll_until, py_dir, python, send_file, strip_leading_received,
+    ChildGuard, Daemon, MainlogLine, Sink, TempDir, TestConfig, ARRIVAL_TIMEOUT, READY_TIMEOUT,
 };
 
-const UNBOUND: &str = "/usr/sbin/unbound";
-
-/// unbound as a child, serving `local-data` records on 127.0.0.1:port.
-/// Names under `test.` that are not listed are NXDOMAIN (with an SOA of
-/// minimum 5 s); names outside `test.` are REFUSED.
-struct Unbound {
-    port: u16,
-    _child: ChildGuard,
+/// unbound (`ecelerity_testkit::Unbound`) serving `local-data` records on
+/// 127.0.0.1:port, panicking if it does not come up. Names under `test.`
+/// that are not listed are NXDOMAIN (with an SOA of minimum 5 s); names
+/// outside `test.` are REFUSED.
+pub(crate) struct Unbound {
+    pub(crate) port: u16,
+    _server: ecelerity_testkit::Unbound,
 }
 
 impl Unbound {
-    fn start(dir: &Path, records: &[String]) -> Unbound {
-        let port = free_port();
-        let log = dir.join("unbound.log");
-        let mut conf = format!(
-            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-ip6: no\n  \
-             do-daemonize: no\n  chroot: \"\"\n  username: \"\"\n  directory: \"{dir}\"\n  \
-             pidfile: \"{dir}/unbound.pid\"\n  use-syslog: no\n  logfile: \"{log}\"\n  \
-             verbosity: 1\n  num-threads: 1\n  access-control: 127.0.0.0/8 allow\n  \
-             local-zone: \".\" refuse\n  local-zone: \"test.\" static\n  \
-             local-data: \"test. 3600 IN SOA ns.test. admin.test. 1 3600 600 86400 5\"\n",
-            dir = dir.display(),
-            log = log.display(),
-        );
-        for record in records {
-            conf.push_str(&format!("  local-data: \"{record}\"\n"));
-        }
-        conf.push_str("remote-control:\n  control-enable: no\n");
-        let conf_path = dir.join("unbound.conf");
-        fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(UNBOUND)
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn unbound (run tests/install-deps)");
-        let child = ChildGuard::new("unbound", child);
-        let ready = poll_until(READY_TIMEOUT, || {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            text.contains("start of service").then_some(())
-        });
-        assert!(ready.is_some(), "unbound not ready:\n{}", file_tail(&log));
+    pub(crate) fn start(dir: &Path, records: &[String]) -> Unbound {
+        let server = ecelerity_testkit::Unbound::start(dir, records, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
         Unbound {
-            port,
-            _child: child,
+            port: server.port(),
+            _server: server,
         }
     }
 }
 
 /// A daemon with no gateway, asking `nameservers`, delivering MX hosts on
 /// `smtp_port`.
-fn start_daemon(dir: &Path, nameservers: &str, smtp_port: u16) -> Daemon {
+pub(crate) fn start_daemon(dir: &Path, nameservers: &str, smtp_port: u16) -> Daemon {
     start_daemon_with(dir, nameservers, smtp_port, "")
 }
 
