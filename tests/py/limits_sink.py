@@ -7,9 +7,13 @@ each, appended to DIR/events.txt as it happens:
   open    UNIX_TIME CONNECTION OPEN_NOW   a connection was accepted
   message UNIX_TIME CONNECTION            a DATA was accepted (250 sent)
   close   UNIX_TIME CONNECTION OPEN_NOW   a connection ended
+  refuse  UNIX_TIME CONNECTION            a RCPT got --rcpt-reply (with
+                                          --rcpt-reply only)
 CONNECTION numbers connections from 1; OPEN_NOW counts open connections
 after the event. DIR/ready appears once the socket listens (so the test
 need not probe the port, which would count as a connection).
+With --rcpt-reply "451 ..." every RCPT TO gets that reply instead of 250
+(a receiver in a storm of 4xx).
 """
 
 import argparse
@@ -35,9 +39,17 @@ class Events:
 
 
 class Handler:
-    def __init__(self, events, data_delay_s):
+    def __init__(self, events, data_delay_s, rcpt_reply):
         self.events = events
         self.data_delay_s = data_delay_s
+        self.rcpt_reply = rcpt_reply
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.rcpt_reply:
+            self.events.write("refuse", f"{time.time():.6f}", server.connection_number)
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if self.data_delay_s > 0:
@@ -75,10 +87,11 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--data-delay-ms", type=int, default=0)
+    parser.add_argument("--rcpt-reply", default="")
     args = parser.parse_args()
 
     events = Events(args.dir)
-    handler = Handler(events, args.data_delay_ms / 1000.0)
+    handler = Handler(events, args.data_delay_ms / 1000.0, args.rcpt_reply)
 
     def factory():
         return CountingSMTP(handler, events, hostname="limits-sink.test", decode_data=False)

@@ -3,8 +3,9 @@
 //! were open at once, and when each message arrived; the tests read that
 //! log. Momentum's options: `max_outbound_connections`,
 //! `outbound_throttle_messages` (by reference: one bucket for every queue
-//! inheriting the setting), `max_deliveries_per_connection`, and the
-//! host-level failure memory (`host_failure_retry`).
+//! inheriting the setting), `outbound_throttle_connections`,
+//! `max_deliveries_per_connection`, and the host-level failure memory
+//! (`host_failure_retry`: a dead host, a storm of 4xx replies).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ struct LimitsSink {
 
 impl LimitsSink {
     fn start(dir: &Path, data_delay_ms: u32) -> LimitsSink {
+        LimitsSink::start_with(dir, data_delay_ms, "")
+    }
+
+    /// A sink that answers `rcpt_reply` to every RCPT TO (when not empty).
+    fn start_with(dir: &Path, data_delay_ms: u32, rcpt_reply: &str) -> LimitsSink {
         fs::create_dir_all(dir).expect("sink dir");
         let port = free_port();
         let log = fs::File::create(dir.join("sink.log")).expect("sink log");
@@ -44,6 +50,7 @@ impl LimitsSink {
             .arg("--dir")
             .arg(dir)
             .args(["--data-delay-ms", &data_delay_ms.to_string()])
+            .args(["--rcpt-reply", rcpt_reply])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -323,5 +330,160 @@ fn limits_a_host_scope_caps_connections_over_every_domain() {
         kinds.get("T"),
         None,
         "waiting for the host is no failure: {kinds:?}"
+    );
+}
+
+/// Goal: `outbound_throttle_connections = "2/1"` opens 2 connections per
+/// second (after a burst of 2), and every message still arrives. Method:
+/// `max_deliveries_per_connection = 1`, so each of 24 messages needs a
+/// connection of its own (about 11 s of work at 2/s); the sink stamps each
+/// connection it accepts. In the 5 s after the first, the bucket allows
+/// 1 (the burst's second) + 10; a stalled queue is retried at the 100 ms
+/// tick, so 8..=13 is the tolerance (without the throttle, all 24 would
+/// open within a second or so).
+#[test]
+fn limits_outbound_throttle_connections_paces_connection_openings() {
+    const MESSAGES: usize = 24;
+    const WINDOW_S: f64 = 5.0;
+    let dir = TempDir::new("limits-throttle-conns");
+    let sink = LimitsSink::start(&dir.join("sink"), 0);
+    let daemon = start_daemon(
+        &dir,
+        sink.port,
+        "outbound_throttle_connections = \"2/1\"\nmax_deliveries_per_connection = 1\n",
+    );
+    send(
+        daemon.smtp_port(),
+        MESSAGES,
+        4,
+        "rcpt@conn-paced.test",
+        "cpaced",
+    );
+    sink.wait_for_messages(MESSAGES, Duration::from_secs(90));
+    let events = sink.events();
+    let mut opens: Vec<f64> = events
+        .iter()
+        .filter(|e| e.kind == "open")
+        .map(|e| e.unix_s)
+        .collect();
+    opens.sort_by(f64::total_cmp);
+    for open in events.iter().filter(|e| e.kind == "open") {
+        let carried = events
+            .iter()
+            .filter(|e| e.kind == "message" && e.connection == open.connection)
+            .count();
+        assert!(
+            carried <= 1,
+            "connection {} carried {carried} messages",
+            open.connection
+        );
+    }
+    let first = opens[0];
+    let last = *opens.last().unwrap();
+    assert!(
+        last >= first + WINDOW_S,
+        "the openings must outlast the window: {:.2} s",
+        last - first
+    );
+    let in_window = opens
+        .iter()
+        .filter(|t| **t > first && **t <= first + WINDOW_S)
+        .count();
+    eprintln!(
+        "e2e: {in_window} connections opened in the {WINDOW_S} s after the first, {} in {:.2} s",
+        opens.len(),
+        last - first
+    );
+    assert!(
+        (8..=13).contains(&in_window),
+        "{in_window} connections opened in {WINDOW_S} s, throttle 2/s"
+    );
+}
+
+/// Goal: a receiver answering 4xx to everything is backed off after
+/// `TRANSIENT_STORM_TRANSACTIONS` (10) all-4xx transactions in a row on
+/// one connection: no connection to it for `host_failure_retry`, the
+/// messages meanwhile get T lines saying it is skipped, a domain on
+/// another server is not held up, and the server is tried again after.
+/// Method: storm.test goes (one connection at a time) to a sink that
+/// answers 451 to every RCPT; 12 messages to it. Once the sink has seen a
+/// connection with 10 refusals close, 3 messages to calm.test (its own
+/// gateway, a second sink) must arrive within the 5 s window; the storm
+/// sink sees no connection for at least 4 of its 5 s, then one again.
+#[test]
+fn limits_a_4xx_storm_backs_off_that_server_only() {
+    const RETRY_S: f64 = 5.0;
+    const STORM: usize = 10;
+    let dir = TempDir::new("limits-storm");
+    let storm = LimitsSink::start_with(&dir.join("storm"), 0, "451 4.7.1 storm: try later");
+    let calm = LimitsSink::start(&dir.join("calm"), 0);
+    let mut config = TestConfig::new(storm.port);
+    config.host_failure_retry_s = RETRY_S as u32;
+    config.extra = format!(
+        "domain \"storm.test\" {{ max_outbound_connections = 1 }}\n\
+         domain \"calm.test\" {{ gateway = \"127.0.0.1:{}\" }}\n",
+        calm.port
+    );
+    let daemon = Daemon::start(dir.path(), &config.render());
+    send(daemon.smtp_port(), 12, 2, "rcpt@storm.test", "storm");
+    // The connection that took the storm, and when it closed.
+    let (storm_connection, storm_end) = poll_until(Duration::from_secs(60), || {
+        let events = storm.events();
+        let connection = events
+            .iter()
+            .filter(|e| e.kind == "open")
+            .map(|e| e.connection)
+            .find(|c| {
+                events
+                    .iter()
+                    .filter(|e| e.kind == "refuse" && e.connection == *c)
+                    .count()
+                    >= STORM
+            })?;
+        let closed = events
+            .iter()
+            .find(|e| e.kind == "close" && e.connection == connection)?;
+        Some((connection, closed.unix_s))
+    })
+    .unwrap_or_else(|| panic!("no connection took {STORM} refusals: {:?}", storm.events()));
+    // The other server still gets its mail meanwhile.
+    send(daemon.smtp_port(), 3, 1, "rcpt@calm.test", "calm");
+    let calm_arrivals = calm.wait_for_messages(3, Duration::from_secs(30));
+    let calm_last = calm_arrivals
+        .iter()
+        .map(|e| e.unix_s)
+        .fold(f64::MIN, f64::max);
+    assert!(
+        calm_last < storm_end + RETRY_S,
+        "calm.test arrived {:.2} s after the storm, not within the {RETRY_S} s back-off",
+        calm_last - storm_end
+    );
+    // T lines: storm.test's retries skip the server.
+    let skipped = poll_until(Duration::from_secs(30), || {
+        let lines = daemon.mainlog_lines();
+        parse_mainlog(&lines)
+            .into_iter()
+            .filter(|l| l.kind() == "T" && l.field(5) == "storm.test")
+            .map(|l| l.field(13).to_string())
+            .find(|reply| reply.contains("skipped") && reply.contains("host_failure_retry"))
+    });
+    assert!(
+        skipped.is_some(),
+        "no T line for storm.test says it is skipped (host_failure_retry)"
+    );
+    // The storm server is tried again, but not before most of the window.
+    let next_open = poll_until(Duration::from_secs(30), || {
+        storm
+            .events()
+            .iter()
+            .find(|e| e.kind == "open" && e.connection > storm_connection)
+            .map(|e| e.unix_s)
+    })
+    .expect("the storm server is never tried again");
+    let gap = next_open - storm_end;
+    eprintln!("e2e: after the storm the server was tried again {gap:.2} s later");
+    assert!(
+        gap >= RETRY_S * 0.8,
+        "a new connection {gap:.2} s after the storm, host_failure_retry {RETRY_S} s"
     );
 }
