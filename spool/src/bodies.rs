@@ -37,8 +37,6 @@ use crate::SpoolError;
 
 /// Suffix of body file names.
 pub const BODY_FILE_SUFFIX: &str = ".body";
-/// Hex digits of the message id in a body file name.
-const BODY_NAME_DIGITS: usize = 16;
 
 /// File name of the body of message `id` inside the spool directory.
 pub fn body_file_name(id: u64) -> String {
@@ -47,15 +45,7 @@ pub fn body_file_name(id: u64) -> String {
 
 /// The message id a file name stands for, if it names a body file.
 pub fn parse_body_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(BODY_FILE_SUFFIX)?;
-    if digits.len() != BODY_NAME_DIGITS
-        || !digits
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return None;
-    }
-    u64::from_str_radix(digits, 16).ok()
+    crate::storage::parse_hex_file_name(name, BODY_FILE_SUFFIX)
 }
 
 /// Ids of the body files in `dir`, ascending. A start-up read (readdir),

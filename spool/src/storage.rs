@@ -28,7 +28,13 @@ pub fn segment_file_name(segment: u64) -> String {
 
 /// The segment number a file name stands for, if it names a segment.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_FILE_SUFFIX)?;
+    parse_hex_file_name(name, SEGMENT_FILE_SUFFIX)
+}
+
+/// The number in a spool file name of exactly 16 lower-case hex digits
+/// followed by `suffix` (segments and body files are named so).
+pub(crate) fn parse_hex_file_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != SEGMENT_NAME_DIGITS
         || !digits
             .bytes()
