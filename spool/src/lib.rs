@@ -44,9 +44,11 @@
 
 pub mod bodies;
 pub mod journal;
+pub mod latency;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+mod ring;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod spool;
@@ -98,6 +100,13 @@ pub struct SpoolOptions {
     /// them only delivers again (never loses), so the daemon lingers;
     /// tests and the simulator sync at once.
     pub progress_linger_ms: u64,
+    /// Segment fdatasyncs go through a spool ring of their own, submitted
+    /// as soon as the batch is written (`ring`), instead of through
+    /// glommio's reactor (submitted at its next turn). Off by default: on
+    /// this project's shared test machine the two measured the same
+    /// (docs/benchmarks.md, "Latency tail"), and the reactor path costs
+    /// one io_uring operation per sync instead of two.
+    pub sync_ring: bool,
 }
 
 impl Default for SpoolOptions {
@@ -107,6 +116,7 @@ impl Default for SpoolOptions {
             batch_bytes_max: BATCH_BYTES_MAX,
             file_mode: FILE_MODE_DEFAULT,
             progress_linger_ms: 0,
+            sync_ring: false,
         }
     }
 }

@@ -117,6 +117,13 @@ struct Shared {
     batch: Vec<u8>,
     /// The records of `batch`, in order.
     pending: Vec<Pending>,
+    /// When the first record of the open batch was appended.
+    batch_opened: Option<Instant>,
+    /// Per batch: from its first record's append to the start of its
+    /// write (waiting for the sync before it, and for the writer to run).
+    commit_wait: crate::latency::LatencyHistogram,
+    /// Per batch: write + fdatasync.
+    commit_sync: crate::latency::LatencyHistogram,
     /// No append is accepted once set; the writer drains and exits.
     closing: bool,
     writer_done: bool,
@@ -239,7 +246,7 @@ impl Spool {
         // glommio opens a relative directory path with a bad dirfd (EBADF):
         // always hand it an absolute one.
         let dir = std::path::absolute(dir).map_err(SpoolError::Io)?;
-        let storage = GlommioStorage::open(&dir, options.file_mode)
+        let storage = GlommioStorage::open(&dir, options.file_mode, options.sync_ring)
             .await
             .map_err(SpoolError::from_io)?;
         let (spool, mut recovery) = Spool::open_with_storage(&dir, storage, options).await?;
@@ -295,6 +302,9 @@ impl Spool {
             batch: Vec::with_capacity(options.batch_bytes_max.min(BATCH_CAPACITY_BYTES_MAX)),
             options,
             pending: Vec::new(),
+            batch_opened: None,
+            commit_wait: Default::default(),
+            commit_sync: Default::default(),
             closing: false,
             writer_done: false,
             close_result: None,
@@ -325,6 +335,7 @@ impl Spool {
             roll_blocked: false,
             shared: shared.clone(),
             compactor: compact::Compactor::new(dir),
+            batch_opened: None,
         };
         glommio::spawn_local(run_gc(remover, shared.clone())).detach();
         glommio::spawn_local(writer.run()).detach();
@@ -455,6 +466,9 @@ impl Spool {
                 return Poll::Pending;
             }
             record::encode(&record, &mut shared.batch);
+            if shared.pending.is_empty() {
+                shared.batch_opened = Some(Instant::now());
+            }
             shared.pending.push(Pending {
                 id: record.id(),
                 len: len as u32,
@@ -625,6 +639,8 @@ struct Writer<S: Storage> {
     roll_blocked: bool,
     shared: Rc<RefCell<Shared>>,
     compactor: compact::Compactor,
+    /// When the first record of the batch being written was appended.
+    batch_opened: Option<Instant>,
 }
 
 impl<S: Storage> Writer<S> {
@@ -642,6 +658,13 @@ impl<S: Storage> Writer<S> {
         self.clean_tail().await;
         let result = self.storage.close().await;
         let mut shared = self.shared.borrow_mut();
+        if shared.commit_sync.count() > 0 {
+            tracing::info!(
+                "spool group commit: wait before write {:?}; write + fdatasync {:?}",
+                shared.commit_wait,
+                shared.commit_sync
+            );
+        }
         shared.writer_done = true;
         shared.close_result = Some(result);
         shared.wake_space_waiters();
@@ -710,6 +733,7 @@ impl<S: Storage> Writer<S> {
         let capacity = shared.batch.len().min(BATCH_CAPACITY_BYTES_MAX);
         let batch = std::mem::replace(&mut shared.batch, Vec::with_capacity(capacity));
         let pending = std::mem::take(&mut shared.pending);
+        self.batch_opened = shared.batch_opened.take();
         shared.wake_space_waiters();
         Some((batch, pending))
     }
@@ -834,6 +858,7 @@ impl<S: Storage> Writer<S> {
             let (offset, data) = chunk_bytes(&plan, &mut batch, byte_start, byte_end, whole);
             check_records(&data, &plan, offset, &slots[record_start..record_end]);
             let started = Instant::now();
+            let opened = self.batch_opened.take();
             let mut result = self.storage.write_at(data, offset).await;
             if result.is_ok() {
                 result = self.storage.sync().await;
@@ -841,6 +866,11 @@ impl<S: Storage> Writer<S> {
             let sync_us = started.elapsed().as_micros() as u64;
             {
                 let mut shared = self.shared.borrow_mut();
+                if let Some(opened) = opened {
+                    let wait = started.saturating_duration_since(opened);
+                    shared.commit_wait.record(wait.as_micros() as u64);
+                }
+                shared.commit_sync.record(sync_us);
                 shared.stats.syncs += 1;
                 shared.stats.sync_latency_us_max = shared.stats.sync_latency_us_max.max(sync_us);
             }

@@ -149,18 +149,35 @@ pub struct GlommioStorage {
     dir_handle: Directory,
     file_mode: u32,
     current: Option<(u64, BufferedFile)>,
+    /// The spool ring that submits segment fdatasyncs at once (`ring`);
+    /// None: they go through glommio's reactor.
+    ring: Option<crate::ring::SyncRing>,
 }
 
 impl GlommioStorage {
-    /// Opens (creating it if needed) the spool directory.
-    pub async fn open(dir: &Path, file_mode: u32) -> io::Result<GlommioStorage> {
+    /// Opens (creating it if needed) the spool directory. With
+    /// `sync_ring`, segment syncs go through a spool ring of their own
+    /// (`ring`); when that ring cannot be made they go through glommio.
+    pub async fn open(dir: &Path, file_mode: u32, sync_ring: bool) -> io::Result<GlommioStorage> {
         std::fs::create_dir_all(dir)?;
         let dir_handle = Directory::open(dir).await.map_err(io::Error::from)?;
+        let ring = if sync_ring {
+            match crate::ring::SyncRing::new() {
+                Ok(ring) => Some(ring),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot set up the spool ring; segment syncs go through glommio");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(GlommioStorage {
             dir: dir.to_path_buf(),
             dir_handle,
             file_mode,
             current: None,
+            ring,
         })
     }
 
@@ -291,7 +308,10 @@ impl Storage for GlommioStorage {
 
     async fn sync(&mut self) -> io::Result<()> {
         let (_, file) = self.current.as_ref().expect("sync needs a segment");
-        file.fdatasync().await.map_err(os_error)
+        match self.ring.as_mut() {
+            Some(ring) => ring.fdatasync(file.as_raw_fd()).await,
+            None => file.fdatasync().await.map_err(os_error),
+        }
     }
 
     async fn read_span(&self, segment: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -333,6 +353,9 @@ impl Storage for GlommioStorage {
     }
 
     async fn close(&mut self) -> io::Result<()> {
+        if let Some(ring) = self.ring.take() {
+            ring.close().await;
+        }
         if let Some((_, file)) = self.current.take() {
             file.close().await.map_err(os_error)?;
         }

@@ -978,3 +978,174 @@ fn compaction_moves_a_body_file_message_as_its_record_only() {
         spool.close().await.unwrap();
     });
 }
+
+#[test]
+fn the_spool_ring_group_commits_concurrent_appends_and_they_come_back() {
+    // Goal: with `sync_ring` (fdatasync through the spool's own io_uring)
+    // every acknowledged message is durable and readable after a reopen,
+    // completed ones are gone, and concurrent appenders share syncs.
+    // Method: 40 appenders at once (half completed), close, reopen over
+    // the glommio path, compare bodies byte for byte.
+    let tmp = TempDir::new("sync-ring");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let options = SpoolOptions {
+            sync_ring: true,
+            ..SpoolOptions::default()
+        };
+        let (spool, _) = Spool::open(&dir, options).await.unwrap();
+        let tasks: Vec<_> = (1..=40u64)
+            .map(|id| {
+                let spool = spool.clone();
+                glommio::spawn_local(async move {
+                    let at = spool
+                        .append_message(id, &envelope_of(id), &body_of(id, 500 + id as usize))
+                        .await
+                        .unwrap();
+                    if id % 2 == 0 {
+                        spool.complete(id).await.unwrap();
+                    }
+                    (id, at)
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.push(task.await);
+        }
+        let stats = spool.stats();
+        assert!(
+            stats.syncs < 40,
+            "40 concurrent appends took {} syncs: no group commit",
+            stats.syncs
+        );
+        spool.close().await.unwrap();
+        let (spool, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        assert!(recovery.truncated.is_empty(), "{:?}", recovery.truncated);
+        let mut got: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        got.sort_unstable();
+        let expected: Vec<u64> = (1..=40).filter(|id| id % 2 == 1).collect();
+        assert_eq!(got, expected);
+        let reader = BodyReader::new(dir.clone());
+        let mut buf = Vec::new();
+        for message in &recovery.messages {
+            let at = acked.iter().find(|(id, _)| *id == message.id).unwrap().1;
+            assert_eq!(message.body, at);
+            reader.read(&message.body, &mut buf).await.unwrap();
+            assert_eq!(buf, body_of(message.id, 500 + message.id as usize));
+        }
+        spool.close().await.unwrap();
+    });
+}
+
+/// One run of `sync_path_latency`: `sessions` tasks append 1 KiB messages
+/// at `rate_per_s` in total for `seconds`, while a CPU-bound task in a
+/// queue of its own stands for delivery work; returns the sorted
+/// append-to-durable latencies in microseconds.
+fn commit_latency_run(sync_ring: bool, sessions: u64, rate_per_s: u64, seconds: u64) -> Vec<u64> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+    let tmp = TempDir::new("sync-path");
+    let dir = tmp.0.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let options = SpoolOptions {
+            sync_ring,
+            ..SpoolOptions::default()
+        };
+        let (spool, _) = Spool::open(&dir, options).await.unwrap();
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let busy_queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(1000),
+            glommio::Latency::NotImportant,
+            "busy",
+        );
+        let inbound = glommio::executor().create_task_queue(
+            glommio::Shares::Static(1000),
+            glommio::Latency::Matters(Duration::from_millis(1)),
+            "sessions",
+        );
+        let busy = {
+            let stop = stop.clone();
+            glommio::spawn_local_into(
+                async move {
+                    // Half of the core: 100 us of work, 100 us asleep.
+                    while !stop.get() {
+                        let until = Instant::now() + Duration::from_micros(100);
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                        glommio::timer::sleep(Duration::from_micros(100)).await;
+                    }
+                },
+                busy_queue,
+            )
+            .unwrap()
+        };
+        let latencies = Rc::new(RefCell::new(Vec::new()));
+        let gap = Duration::from_micros(1_000_000 * sessions / rate_per_s);
+        let mut tasks = Vec::new();
+        for s in 0..sessions {
+            let spool = spool.clone();
+            let latencies = latencies.clone();
+            let body = body_of(s, 1024);
+            tasks.push(
+                glommio::spawn_local_into(
+                    async move {
+                        let started = Instant::now();
+                        let mut next = started + gap * (s as u32) / (sessions as u32);
+                        let mut id = s << 32;
+                        while started.elapsed() < Duration::from_secs(seconds) {
+                            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                                glommio::timer::sleep(wait).await;
+                            }
+                            next += gap;
+                            let t = Instant::now();
+                            spool
+                                .append_message(id, &envelope_of(id), &body)
+                                .await
+                                .unwrap();
+                            latencies.borrow_mut().push(t.elapsed().as_micros() as u64);
+                            spool.complete(id).await.unwrap();
+                            id += 1;
+                        }
+                    },
+                    inbound,
+                )
+                .unwrap(),
+            );
+        }
+        for task in tasks {
+            task.await;
+        }
+        stop.set(true);
+        busy.await;
+        spool.close().await.unwrap();
+        let mut out = std::mem::take(&mut *latencies.borrow_mut());
+        out.sort_unstable();
+        tx.send(out).unwrap();
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+#[ignore = "a measurement (seconds of disk syncs), run by hand: cargo test -p ecelerity-spool --release -- --ignored --nocapture sync_path_latency"]
+fn sync_path_latency() {
+    // Compares the spool ring with glommio's fdatasync under a CPU-bound
+    // neighbour, alternating so that both see the same disk.
+    let q = |v: &[u64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    for round in 0..3 {
+        for ring in [false, true] {
+            let v = commit_latency_run(ring, 50, 2_000, 4);
+            println!(
+                "round {round} {}: n={} p50={}us p99={}us p99.9={}us",
+                if ring { "spool ring" } else { "glommio  " },
+                v.len(),
+                q(&v, 0.5),
+                q(&v, 0.99),
+                q(&v, 0.999)
+            );
+        }
+    }
+}
