@@ -423,6 +423,71 @@ impl Config {
     }
 }
 
+/// Momentum's `tls`: on a listener, whether STARTTLS is offered (`no`),
+/// offered (`ifavailable`) or demanded before MAIL, RCPT, DATA and AUTH
+/// (`required`); outbound, whether delivery uses STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    No,
+    IfAvailable,
+    Required,
+}
+
+impl TlsMode {
+    pub(crate) fn parse(text: &str) -> Option<TlsMode> {
+        [TlsMode::No, TlsMode::IfAvailable, TlsMode::Required]
+            .into_iter()
+            .find(|mode| mode.to_string().eq_ignore_ascii_case(text))
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::No => "no",
+            TlsMode::IfAvailable => "ifavailable",
+            TlsMode::Required => "required",
+        })
+    }
+}
+
+/// Momentum's `tls_verify` (outbound): how a server certificate is
+/// checked. `no`: not at all; `ca`: signed by `tls_ca` (or the system's
+/// roots); `host`: `ca` and the name matches the host connected to, else
+/// the delivery fails; `optional`: checked like `host`, the result only
+/// logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVerify {
+    No,
+    Ca,
+    Host,
+    Optional,
+}
+
+impl TlsVerify {
+    pub(crate) fn parse(text: &str) -> Option<TlsVerify> {
+        [
+            TlsVerify::No,
+            TlsVerify::Ca,
+            TlsVerify::Host,
+            TlsVerify::Optional,
+        ]
+        .into_iter()
+        .find(|v| v.to_string().eq_ignore_ascii_case(text))
+    }
+}
+
+impl fmt::Display for TlsVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVerify::No => "no",
+            TlsVerify::Ca => "ca",
+            TlsVerify::Host => "host",
+            TlsVerify::Optional => "optional",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxRetries {
     /// Derive a count from `message_expiration` and the back-off.

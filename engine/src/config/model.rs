@@ -763,7 +763,7 @@ impl Builder<'_> {
         value: &Value,
     ) -> Result<(), ConfigError> {
         let scope = place.scope();
-        let Some(spec) = lookup(name) else {
+        let Some(spec) = lookup(name, scope) else {
             let kind = ConfigErrorKind::UnknownOption {
                 option: name.to_string(),
                 scope,
@@ -1146,6 +1146,12 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
             rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
             bucket: 0,
         }),
+        Kind::TlsMode => {
+            Typed::TlsMode(TlsMode::parse(text).ok_or_else(|| wrong_type(got(), line))?)
+        }
+        Kind::TlsVerify => {
+            Typed::TlsVerify(TlsVerify::parse(text).ok_or_else(|| wrong_type(got(), line))?)
+        }
         Kind::CidrList | Kind::NameserverList | Kind::Routes => unreachable!("handled above"),
     };
     Ok(typed)
@@ -1180,6 +1186,8 @@ mod tests {
             Kind::MaxRetries => "auto",
             Kind::FileMode => "0640",
             Kind::Rate => "50/1",
+            Kind::TlsMode => "required",
+            Kind::TlsVerify => "host",
         }
     }
 
