@@ -115,6 +115,9 @@ impl Failure {
             Stage::ReadingBanner
                 | Stage::DuringEhlo
                 | Stage::AfterEhlo
+                | Stage::DuringStarttls
+                | Stage::AfterStarttls
+                | Stage::TlsHandshake
                 | Stage::DuringRset
                 | Stage::AfterRset
         )
@@ -170,9 +173,22 @@ pub struct TransactionResult {
     pub bytes_sent: u64,
 }
 
+/// Whether the session asks for STARTTLS (the `tls` option, read by the
+/// driver): `Off`; `Opportunistic` when the server offers it, clear text
+/// otherwise; `Required`, never a transaction in clear text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    Off,
+    Opportunistic,
+    Required,
+}
+
 /// What the driver should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAction {
+    /// STARTTLS got `220`: run the TLS handshake over the connection, then
+    /// call `tls_started` (or `abort` when it failed).
+    StartTls,
     /// Write all of `output()`, then call `output_sent()`.
     Send,
     /// Write the body through a `BodyEncoder` (or `encode_body`), then call
@@ -198,6 +214,7 @@ enum Expect {
     Banner,
     Ehlo,
     Helo,
+    StartTls,
     Rset,
     Mail,
     /// Index into the transaction's recipients.
@@ -215,6 +232,7 @@ impl Expect {
         match self {
             Expect::Banner => Stage::ReadingBanner,
             Expect::Ehlo | Expect::Helo => Stage::DuringEhlo,
+            Expect::StartTls => Stage::DuringStarttls,
             Expect::Rset => Stage::DuringRset,
             Expect::Mail => Stage::DuringMailFrom,
             Expect::Rcpt(_) => Stage::DuringRcptTo,
@@ -229,6 +247,7 @@ impl Expect {
         match self {
             Expect::Banner => Stage::ReadingBanner,
             Expect::Ehlo | Expect::Helo => Stage::AfterEhlo,
+            Expect::StartTls => Stage::AfterStarttls,
             Expect::Rset => Stage::AfterRset,
             Expect::Mail => Stage::AfterMailFrom,
             Expect::Rcpt(_) => Stage::AfterRcptTo,
@@ -240,8 +259,10 @@ impl Expect {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    /// Banner, EHLO, HELO.
+    /// Banner, EHLO, HELO, STARTTLS.
     Greeting,
+    /// STARTTLS got 220: the driver runs the handshake.
+    Handshake,
     Ready,
     /// Commands of a transaction written or waiting for replies.
     Transaction,
@@ -348,12 +369,20 @@ pub struct ClientSession {
     /// The failure to report once the QUIT sent after a refusal is
     /// answered (or the connection goes).
     failure_after_quit: Option<Failure>,
+    starttls: StartTls,
+    /// The handshake after STARTTLS succeeded.
+    tls_active: bool,
 }
 
 impl ClientSession {
     /// `ehlo_hostname` comes from configuration, which must have checked it
     /// with `is_valid_ehlo_hostname`.
     pub fn new(ehlo_hostname: &str) -> ClientSession {
+        ClientSession::with_starttls(ehlo_hostname, StartTls::Off)
+    }
+
+    /// As `new`, asking for STARTTLS as `starttls` says.
+    pub fn with_starttls(ehlo_hostname: &str, starttls: StartTls) -> ClientSession {
         assert!(
             is_valid_ehlo_hostname(ehlo_hostname),
             "bad EHLO name {ehlo_hostname:?}"
@@ -372,7 +401,48 @@ impl ClientSession {
             finished: None,
             rset_needed: false,
             failure_after_quit: None,
+            starttls,
+            tls_active: false,
         }
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: EHLO again (RFC 3207
+    /// section 4.2: what the server offered in clear text is forgotten).
+    pub fn tls_started(&mut self) {
+        assert_eq!(
+            self.phase,
+            Phase::Handshake,
+            "tls_started answers ClientAction::StartTls"
+        );
+        self.tls_active = true;
+        self.capabilities = None;
+        self.phase = Phase::Greeting;
+        self.write_greeting(b"EHLO ", Expect::Ehlo);
+    }
+
+    /// The TLS handshake after STARTTLS failed (`why`: the TLS error, a
+    /// refused certificate): the connection is of no more use. The failure
+    /// is at stage 17 (TLS handshake), outside any transaction, so the
+    /// driver may try again in clear text where `tls = ifavailable`.
+    pub fn tls_failed(&mut self, why: &str) {
+        assert_eq!(
+            self.phase,
+            Phase::Handshake,
+            "tls_failed answers ClientAction::StartTls"
+        );
+        let text = format!("ecelerity: TLS handshake failed: {why}");
+        let reply = refusal_text(451, EnhancedCode::new(4, 7, 5), text);
+        let failure = Failure::new(
+            Stage::TlsHandshake,
+            FailureCause::Aborted(AbortReason::Io),
+            reply,
+        );
+        self.end(Phase::Failed(failure));
+    }
+
+    /// The handshake after STARTTLS succeeded.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     pub fn stage(&self) -> Stage {
@@ -420,6 +490,7 @@ impl ClientSession {
         match self.phase {
             Phase::Ready => ClientAction::Ready,
             Phase::Body => ClientAction::SendBody,
+            Phase::Handshake => ClientAction::StartTls,
             _ => {
                 assert!(
                     !self.awaiting.is_empty(),
@@ -618,6 +689,10 @@ impl ClientSession {
                 return;
             }
             Phase::Greeting | Phase::Transaction | Phase::Body => {}
+            Phase::Handshake => {
+                self.tls_failed(&reason.to_string());
+                return;
+            }
         }
         let text = format!("ecelerity: {reason} {stage}");
         let reply = refusal_text(451, EnhancedCode::new(4, 4, 2), text);
@@ -645,7 +720,7 @@ impl ClientSession {
             self.defer_transaction(&reply, stage);
             if matches!(
                 expect,
-                Expect::Banner | Expect::Ehlo | Expect::Helo | Expect::Rset
+                Expect::Banner | Expect::Ehlo | Expect::Helo | Expect::StartTls | Expect::Rset
             ) {
                 self.end(Phase::Failed(Failure::new(
                     stage,
@@ -661,6 +736,7 @@ impl ClientSession {
             Expect::Banner => self.on_banner(reply, stage),
             Expect::Ehlo => self.on_ehlo(reply, stage),
             Expect::Helo => self.on_helo(reply, stage),
+            Expect::StartTls => self.on_starttls(reply, stage),
             Expect::Quit => {
                 self.end_quitting();
                 Ok(())
@@ -691,8 +767,21 @@ impl ClientSession {
 
     fn on_ehlo(&mut self, reply: Reply, stage: Stage) -> Result<(), ClientError> {
         if reply.is_positive() {
-            self.capabilities = Some(Capabilities::from_ehlo(&reply));
-            self.phase = Phase::Ready;
+            let capabilities = Capabilities::from_ehlo(&reply);
+            let wanted = self.starttls != StartTls::Off && !self.tls_active;
+            let offered = capabilities.starttls;
+            self.capabilities = Some(capabilities);
+            if wanted && offered {
+                self.output.extend_from_slice(b"STARTTLS\r\n");
+                self.awaiting.push_back(Expect::StartTls);
+            } else if wanted && self.starttls == StartTls::Required {
+                self.refused(
+                    tls_required_refusal("the server does not offer STARTTLS"),
+                    stage,
+                );
+            } else {
+                self.phase = Phase::Ready;
+            }
             Ok(())
         } else if reply.is_permanent() {
             // An old server that does not know EHLO (RFC 5321 3.2).
@@ -709,12 +798,38 @@ impl ClientSession {
     fn on_helo(&mut self, reply: Reply, stage: Stage) -> Result<(), ClientError> {
         if reply.is_positive() {
             self.capabilities = Some(Capabilities::default());
-            self.phase = Phase::Ready;
+            if self.starttls == StartTls::Required && !self.tls_active {
+                self.refused(
+                    tls_required_refusal("the server does not speak ESMTP"),
+                    stage,
+                );
+            } else {
+                self.phase = Phase::Ready;
+            }
             Ok(())
         } else if reply.is_intermediate() {
             Err(self.fail_unexpected(&reply, stage))
         } else {
             self.refused(reply, stage);
+            Ok(())
+        }
+    }
+
+    /// 220: the driver runs the handshake. Anything else: clear text
+    /// goes on when TLS is opportunistic; with `Required` the session
+    /// ends (QUIT) and the destination is deferred.
+    fn on_starttls(&mut self, reply: Reply, stage: Stage) -> Result<(), ClientError> {
+        if reply.code == 220 {
+            self.phase = Phase::Handshake;
+            Ok(())
+        } else if reply.is_intermediate() || reply.is_positive() {
+            Err(self.fail_unexpected(&reply, stage))
+        } else if self.starttls == StartTls::Required {
+            let why = format!("the server refused STARTTLS: {}", reply.text());
+            self.refused(tls_required_refusal(&why), stage);
+            Ok(())
+        } else {
+            self.phase = Phase::Ready;
             Ok(())
         }
     }
@@ -958,6 +1073,16 @@ impl ClientSession {
         )));
         error
     }
+}
+
+/// Why a session with `tls = required` goes no further: transient, so the
+/// destination is deferred and the message never goes in clear text.
+fn tls_required_refusal(why: &str) -> Reply {
+    refusal(
+        451,
+        EnhancedCode::new(4, 7, 5),
+        &format!("TLS required (tls = required) but {why}"),
+    )
 }
 
 /// Most bytes of an unexpected reply quoted in `ClientError`.
