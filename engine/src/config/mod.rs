@@ -967,6 +967,9 @@ domain "example.com" {
                 inbound_command_timeout: secs(40),
                 inbound_data_timeout: secs(400),
                 binding_header: None,
+                tls_certificate: None,
+                tls_key: None,
+                tls: TlsMode::IfAvailable,
             }
         );
         assert_eq!(
@@ -984,6 +987,9 @@ domain "example.com" {
                 inbound_command_timeout: secs(30),
                 inbound_data_timeout: secs(400),
                 binding_header: None,
+                tls_certificate: None,
+                tls_key: None,
+                tls: TlsMode::IfAvailable,
             }
         );
     }
@@ -1048,6 +1054,12 @@ domain "example.com" {
                 remote_smtp_port: 2526,
                 ehlo_hostname: "out.example.net".into(),
                 bind_address: Some("192.0.2.1".parse().unwrap()),
+                tls: TlsMode::No,
+                tls_verify: TlsVerify::No,
+                tls_ca: None,
+                tls_certificate: None,
+                tls_key: None,
+                tls_ifavailable_fallback: true,
             }
         );
     }

@@ -849,9 +849,18 @@ impl Builder<'_> {
             Ok(()) => return Ok(()),
             Err(typed) => typed,
         };
-        let typed = match self.global_inbound.set(key, typed) {
-            Ok(()) => return Ok(()),
-            Err(typed) => typed,
+        // A name both families know (`tls`) is the listeners' only where
+        // their table allows the global scope.
+        let inbound_at_global = INBOUND_SPECS
+            .iter()
+            .any(|spec| spec.name == key && spec.scopes.contains(Scope::Global));
+        let typed = if inbound_at_global {
+            match self.global_inbound.set(key, typed) {
+                Ok(()) => return Ok(()),
+                Err(typed) => typed,
+            }
+        } else {
+            typed
         };
         self.global_delivery.set(key, typed)
     }
@@ -1314,12 +1323,45 @@ mod tests {
     }
 
     #[test]
-    fn option_names_are_unique_ignoring_case() {
+    fn option_names_are_unique_ignoring_case_in_every_scope() {
+        // A name may serve two families (`tls`: a listener's, and the
+        // outbound scopes') only where their scopes do not meet, so the
+        // scope picks the one meant.
         for (i, a) in OPTIONS.iter().enumerate() {
             for b in &OPTIONS[i + 1..] {
-                assert!(!a.name.eq_ignore_ascii_case(b.name), "{}", a.name);
+                if a.name.eq_ignore_ascii_case(b.name) {
+                    for scope in Scope::ALL {
+                        let both = a.scopes.contains(scope) && b.scopes.contains(scope);
+                        assert!(!both, "{} twice in {scope}", a.name);
+                    }
+                }
             }
         }
+    }
+
+    #[test]
+    fn tls_is_a_listeners_option_in_a_listener_and_an_outbound_one_elsewhere() {
+        let text = "tls = ifavailable\ndomain \"d\" { tls = required tls_verify = host }\n\
+                    ESMTP_Listener { Listen \"127.0.0.1:25\" { tls = required \
+                    tls_certificate = \"c.pem\" tls_key = \"k.pem\" } }\n";
+        let config = Config::parse(text, "t.conf".as_ref()).unwrap();
+        let listener = &config.esmtp_listeners()[0];
+        assert_eq!(listener.tls, TlsMode::Required);
+        assert_eq!(listener.tls_key, Some("k.pem".into()));
+        assert_eq!(
+            config.delivery(DEFAULT_BINDING, "e").tls,
+            TlsMode::IfAvailable
+        );
+        assert_eq!(config.delivery(DEFAULT_BINDING, "d").tls, TlsMode::Required);
+        assert_eq!(
+            config.delivery(DEFAULT_BINDING, "d").tls_verify,
+            TlsVerify::Host
+        );
+        let err = Config::parse("tls = sometimes\n", "t.conf".as_ref()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf:1: `tls` must be one of no, ifavailable, required, got `sometimes`"
+        );
     }
 
     #[test]

@@ -1957,6 +1957,7 @@ mod tests {
             for _ in 0..STEPS_MAX {
                 match session.poll() {
                     Send => session.output_sent(),
+                    ClientAction::StartTls => unreachable!("STARTTLS is never asked for"),
                     SendBody => {
                         bodies_sent += 1;
                         session.body_sent(rng.next_u64() % 1000);
