@@ -1143,6 +1143,85 @@ mod tests {
         output
     }
 
+    const EHLO_STARTTLS: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+
+    /// A session asking for STARTTLS `mode`, through banner and EHLO.
+    fn tls_greeted(mode: StartTls, ehlo: &str) -> ClientSession {
+        let mut session = ClientSession::with_starttls("client.example.com", mode);
+        reply(&mut session, "220 mx.example.net ESMTP\r\n");
+        assert_eq!(sent(&mut session), "EHLO client.example.com\r\n");
+        reply(&mut session, ehlo);
+        session
+    }
+
+    #[test]
+    fn starttls_when_offered_then_ehlo_again_over_tls() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        assert_eq!(sent(&mut session), "STARTTLS\r\n");
+        assert_eq!(session.poll(), WaitForReply(Stage::DuringStarttls));
+        reply(&mut session, "220 2.0.0 go ahead\r\n");
+        assert_eq!(session.poll(), ClientAction::StartTls);
+        session.tls_started();
+        assert!(session.tls_active());
+        assert_eq!(sent(&mut session), "EHLO client.example.com\r\n");
+        // Over TLS the server still offers STARTTLS: not asked twice.
+        reply(&mut session, EHLO_STARTTLS);
+        assert_eq!(session.poll(), Ready);
+    }
+
+    #[test]
+    fn opportunistic_tls_goes_on_in_clear_text_when_not_offered_or_refused() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_PLAIN);
+        assert_eq!(session.poll(), Ready);
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        assert_eq!(sent(&mut session), "STARTTLS\r\n");
+        reply(&mut session, "454 4.7.0 TLS not available\r\n");
+        assert_eq!(session.poll(), Ready);
+        assert!(!session.tls_active());
+    }
+
+    #[test]
+    fn required_tls_never_reaches_a_transaction_in_clear_text() {
+        for (ehlo, starttls_reply) in [
+            (EHLO_PLAIN, None),
+            (EHLO_STARTTLS, Some("454 4.7.0 no\r\n")),
+        ] {
+            let mut session = tls_greeted(StartTls::Required, ehlo);
+            if let Some(text) = starttls_reply {
+                assert_eq!(sent(&mut session), "STARTTLS\r\n");
+                reply(&mut session, text);
+            }
+            assert_eq!(sent(&mut session), "QUIT\r\n");
+            reply(&mut session, "221 bye\r\n");
+            let ClientAction::Failed(failure) = session.poll() else {
+                panic!("a required TLS session fails");
+            };
+            assert!(failure.is_outside_transaction());
+            assert_eq!(failure.reply.code, 451, "{:?}", failure.reply);
+            assert!(
+                failure.reply.text().contains("tls = required"),
+                "{:?}",
+                failure.reply
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_handshake_fails_the_session_at_stage_17() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        sent(&mut session);
+        reply(&mut session, "220 go ahead\r\n");
+        assert_eq!(session.poll(), ClientAction::StartTls);
+        session.tls_failed("invalid peer certificate: UnknownIssuer");
+        let ClientAction::Failed(failure) = session.poll() else {
+            panic!("the session fails");
+        };
+        assert_eq!(failure.stage, Stage::TlsHandshake);
+        assert_eq!(failure.stage.code(), 17);
+        assert!(failure.is_outside_transaction());
+        assert!(failure.reply.text().contains("UnknownIssuer"));
+    }
+
     /// Feeds server bytes one at a time, as the harshest split.
     fn reply(session: &mut ClientSession, text: &str) {
         for byte in text.as_bytes() {

@@ -1840,6 +1840,119 @@ mod tests {
         ServerSession::new(params);
     }
 
+    fn tls_session(required: bool) -> Driven {
+        let mut params = params(ServerLimits::default());
+        params.capabilities.starttls = true;
+        params.tls_required = required;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        session
+    }
+
+    fn tls13() -> TlsInfo {
+        TlsInfo {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        }
+    }
+
+    #[test]
+    fn starttls_is_offered_answered_and_starts_the_session_over() {
+        let mut session = tls_session(false);
+        let ehlo = send(&mut session, b"EHLO c.test\r\n");
+        assert!(ehlo.contains(&"250 STARTTLS".to_string()), "{ehlo:?}");
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["250 2.1.0 Ok"]
+        );
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\n"),
+            ["220 2.0.0 Ready to start TLS"]
+        );
+        assert_eq!(session.next_event(), Some(Event::StartTls));
+        assert_eq!(session.phase_name(), "starttls");
+        assert!(!session.tls_active());
+        session.tls_started(tls13());
+        assert!(session.tls_active());
+        // RFC 3207 4.2: greeting and transaction are forgotten.
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["503 5.5.1 Error: send HELO/EHLO first"]
+        );
+        let ehlo = send(&mut session, b"EHLO c.test\r\n");
+        assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")), "{ehlo:?}");
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\n"),
+            ["554 5.5.1 Error: TLS already active"]
+        );
+        let (_, header) = {
+            let envelope = Envelope {
+                helo: "c.test".into(),
+                esmtp: true,
+                mail_from: String::new(),
+                rcpts: vec!["b@x.test".into()],
+                body_8bitmime: false,
+                body: Vec::new(),
+            };
+            ((), session.received_header(&envelope, "0A1B", 0))
+        };
+        assert!(
+            header.contains("with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)"),
+            "{header}"
+        );
+    }
+
+    #[test]
+    fn tls_required_refuses_mail_rcpt_and_data_until_starttls() {
+        let mut session = tls_session(true);
+        send(&mut session, b"EHLO c.test\r\n");
+        let refused = "530 5.7.0 Must issue a STARTTLS command first";
+        assert_eq!(
+            send(
+                &mut session,
+                b"MAIL FROM:<a@c.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+            ),
+            [refused, refused, refused]
+        );
+        assert_eq!(send(&mut session, b"NOOP\r\n"), ["250 2.0.0 Ok"]);
+        send(&mut session, b"STARTTLS\r\n");
+        assert_eq!(session.next_event(), Some(Event::StartTls));
+        session.tls_started(tls13());
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["250 2.1.0 Ok"]
+        );
+    }
+
+    #[test]
+    fn plaintext_pipelined_behind_starttls_is_refused_and_read_as_clear_text() {
+        // CVE-2011-0411: what follows STARTTLS in the same read must not
+        // run inside the TLS session; TLS does not start at all.
+        let mut session = tls_session(false);
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\nMAIL FROM:<a@c.test>\r\n"),
+            [
+                "554 5.5.1 Error: command pipelined after STARTTLS",
+                "250 2.1.0 Ok"
+            ]
+        );
+        assert_eq!(session.next_event(), None);
+        assert!(!session.tls_active());
+    }
+
+    #[test]
+    fn starttls_without_a_certificate_is_not_implemented() {
+        let mut session = open();
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\n"),
+            ["502 5.5.1 Error: command not implemented"]
+        );
+    }
+
     #[test]
     fn bare_postmaster_is_accepted_even_where_relay_is_denied() {
         let mut session = open_with(ServerLimits::default(), RelayControl::default());
