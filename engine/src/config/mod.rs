@@ -287,7 +287,9 @@ impl Config {
     /// `Err` naming the first setting, in reading order, that is valid
     /// ecelerity.conf but that the engine would ignore today: an option
     /// marked `not_yet` in the table (none at the moment). Accepting those
-    /// would silently do less than the file says.
+    /// would silently do less than the file says. Also a listener whose
+    /// TLS settings do not add up (a certificate without its key,
+    /// `tls = required` without either), named by its Listen line.
     pub fn check_supported(&self) -> Result<(), ConfigError> {
         match &self.unsupported {
             Some(error) => Err(error.clone()),

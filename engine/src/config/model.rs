@@ -437,6 +437,8 @@ struct Builder<'t> {
     esmtp_listener: InboundOverrides,
     /// In order of first appearance; stanzas for the same address merge.
     listens: Vec<(SocketAddr, InboundOverrides)>,
+    /// Where each of `listens` was first opened, for errors about it.
+    listen_lines: Vec<(FileId, u32)>,
     control_listener: ControlOverrides,
     /// In order of first appearance; stanzas for the same path merge.
     control_listens: Vec<(PathBuf, ControlOverrides)>,
@@ -471,6 +473,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         global_delivery: DeliveryOverrides::default(),
         esmtp_listener: InboundOverrides::default(),
         listens: Vec::new(),
+        listen_lines: Vec::new(),
         control_listener: ControlOverrides::default(),
         control_listens: Vec::new(),
         logger: None,
@@ -486,7 +489,32 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         .groups
         .insert(DEFAULT_BINDING.to_string(), GroupScope::default());
     builder.walk(&Place::Global, &tree.items)?;
-    Ok(builder.finish())
+    let lines = std::mem::take(&mut builder.listen_lines);
+    let mut built = builder.finish();
+    // Refused by `Config::load` (with the `not_yet` settings), so that an
+    // option set alone still parses.
+    for (listener, (file, line)) in built.settings.esmtp_listeners.iter().zip(lines) {
+        if let Some(reason) = listener_tls_problem(listener) {
+            let kind = ConfigErrorKind::ListenerTls {
+                address: listener.address.to_string(),
+                reason,
+            };
+            built.unsupported = built.unsupported.or(Some(tree.error(file, line, kind)));
+            break;
+        }
+    }
+    Ok(built)
+}
+
+/// What is wrong with a listener's TLS settings, if anything: a
+/// certificate without its key (or the reverse), or `tls = required`
+/// with neither.
+fn listener_tls_problem(listener: &ListenerConfig) -> Option<&'static str> {
+    match (&listener.tls_certificate, &listener.tls_key, listener.tls) {
+        (Some(_), None, _) | (None, Some(_), _) => Some("tls_certificate and tls_key go together"),
+        (None, None, TlsMode::Required) => Some("tls = required needs tls_certificate and tls_key"),
+        _ => None,
+    }
 }
 
 impl Builder<'_> {
@@ -652,6 +680,7 @@ impl Builder<'_> {
                     Some(index) => index,
                     None => {
                         self.listens.push((address, InboundOverrides::default()));
+                        self.listen_lines.push((file, line));
                         self.listens.len() - 1
                     }
                 };
@@ -1356,6 +1385,18 @@ mod tests {
         assert_eq!(
             config.delivery(DEFAULT_BINDING, "d").tls_verify,
             TlsVerify::Host
+        );
+        let err = Config::parse(
+            "ESMTP_Listener {\n Listen \"127.0.0.1:25\" {\n tls = required\n }\n}\n",
+            "t.conf".as_ref(),
+        )
+        .unwrap()
+        .check_supported()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf:2: ESMTP Listen `127.0.0.1:25`: tls = required needs tls_certificate and \
+             tls_key"
         );
         let err = Config::parse("tls = sometimes\n", "t.conf".as_ref()).unwrap_err();
         assert_eq!(
