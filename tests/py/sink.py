@@ -40,6 +40,8 @@ LINE_BYTES_MAX = 1024 * 1024
 # Largest message the sink accepts.
 DATA_BYTES_MAX = 256 * 1024 * 1024
 INDEX_NAME = "index.txt"
+# --broken-starttls: pause between the 220 and the garbage.
+BROKEN_STARTTLS_PAUSE_S = 0.3
 
 RCPT_RULES_DEFAULT = [
     ("tempfail", "451 4.3.0 tempfail requested by recipient"),
@@ -145,6 +147,9 @@ class BrokenStartTls(SMTP):
 
     async def smtp_STARTTLS(self, arg):
         await self.push("220 2.0.0 Ready to start TLS")
+        # Let the client start its handshake, so the garbage is read as TLS
+        # (garbage in the same packet as the 220 is refused before that).
+        await asyncio.sleep(BROKEN_STARTTLS_PAUSE_S)
         self.transport.write(b"\x15\x03\x03\x00\x02this is no handshake\r\n")
         self.transport.close()
 

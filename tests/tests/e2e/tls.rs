@@ -524,5 +524,48 @@ fn outbound_ifavailable_falls_back_to_clear_text_after_a_broken_handshake() {
         Some(&body[..])
     );
     let log = paniclog(dir.path());
+    assert!(log.contains("TLS handshake failed"), "{log}");
     assert!(log.contains("delivering in clear text"), "{log}");
+}
+
+/// Goal: TLS settings that do not add up stop the daemon before it
+/// listens, naming the file and the Listen line; a key file that is no
+/// key stops it too, naming the listener. Method: `tls = required`
+/// without a certificate; then a certificate with a bogus key file.
+#[test]
+fn listener_tls_settings_that_do_not_add_up_refuse_to_start() {
+    let dir = TempDir::new("tls-bad-config");
+    let config = TestConfig::new(1);
+    let text = config_text(&config, "tls = \"required\"");
+    let line = text
+        .lines()
+        .position(|l| l.contains("tls = \"required\""))
+        .expect("the Listen line")
+        + 1;
+    let mut daemon = Daemon::spawn(dir.path(), &text);
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .expect("must exit");
+    let stderr = daemon.stderr_text();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let location = format!("{}:{line}:", ecelerity_tests::CONFIG_FILE_NAME);
+    assert!(stderr.contains(&location), "no {location} in {stderr}");
+    assert!(
+        stderr.contains("tls = required needs tls_certificate"),
+        "{stderr}"
+    );
+
+    let dir = TempDir::new("tls-bad-key");
+    let pki = Pki::new(dir.path());
+    let (cert, _) = pki.issue("mta.test", "DNS:mta.test");
+    let bogus = dir.join("bogus.key");
+    fs::write(&bogus, "not a key\n").unwrap();
+    let text = config_text(&config, &listen_tls(&cert, &bogus, ""));
+    let mut daemon = Daemon::spawn(dir.path(), &text);
+    let status = daemon
+        .wait_exit(Duration::from_secs(60))
+        .expect("must exit");
+    let stderr = daemon.stderr_text();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("bogus.key"), "{stderr}");
 }

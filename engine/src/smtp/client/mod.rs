@@ -519,6 +519,15 @@ impl ClientSession {
             if matches!(self.phase, Phase::Closed | Phase::Failed(_)) {
                 return Ok(());
             }
+            if self.phase == Phase::Handshake {
+                // Bytes after the 220 to STARTTLS would be clear text read
+                // as if it came over TLS (the server side of
+                // CVE-2011-0411): the handshake is not even tried.
+                if self.parser.buffered_bytes() > 0 {
+                    self.tls_failed("the server sent more after its 220 to STARTTLS");
+                }
+                return Ok(());
+            }
         }
     }
 
@@ -1204,6 +1213,20 @@ mod tests {
                 failure.reply
             );
         }
+    }
+
+    #[test]
+    fn bytes_after_the_220_to_starttls_fail_the_handshake_unread() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        sent(&mut session);
+        session
+            .on_input(b"220 go ahead\r\n250 injected\r\n")
+            .expect("not a protocol error: a TLS failure");
+        let ClientAction::Failed(failure) = session.poll() else {
+            panic!("the handshake is not tried");
+        };
+        assert_eq!(failure.stage, Stage::TlsHandshake);
+        assert!(failure.reply.text().contains("more after its 220"));
     }
 
     #[test]
