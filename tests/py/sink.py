@@ -11,7 +11,8 @@ Listens on HOST:PORT and stores every accepted transaction in DIR:
                     the message came from), ehlo the name it greeted with,
                     tls the TLS version of the session ("-" in clear text).
 TLS: --tls-cert/--tls-key offer STARTTLS (aiosmtpd's tls_context),
---require-starttls refuses mail in clear text, --broken-starttls answers
+--require-starttls refuses mail in clear text, --tls-client-ca CA demands
+a client certificate signed by CA, --broken-starttls answers
 STARTTLS with 220 and then garbage instead of a handshake (mail in clear
 text is still taken).
 A restarted sink continues the numbering after the last index line.
@@ -164,12 +165,16 @@ def main():
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--require-starttls", action="store_true")
+    parser.add_argument("--tls-client-ca", help="demand a client certificate signed by this CA")
     parser.add_argument("--broken-starttls", action="store_true")
     args = parser.parse_args()
     tls_context = None
     if args.tls_cert:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls_context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            tls_context.verify_mode = ssl.CERT_REQUIRED
+            tls_context.load_verify_locations(args.tls_client_ca)
 
     store = Store(args.dir)
     handler = Handler(store, args.rule + RCPT_RULES_DEFAULT, args.data_rule + DATA_RULES_DEFAULT)

@@ -569,3 +569,52 @@ fn listener_tls_settings_that_do_not_add_up_refuse_to_start() {
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("bogus.key"), "{stderr}");
 }
+
+/// Goal: the client certificate of the outbound scopes is offered.
+/// Method: a sink that demands a client certificate from the test CA;
+/// with `tls_certificate`/`tls_key` set the message arrives over TLS,
+/// without them (tls = required) it is deferred and never arrives.
+#[test]
+fn outbound_client_certificate_is_offered_to_a_server_that_demands_one() {
+    let probe = TempDir::new("tls-pki-client");
+    let pki = Pki::new(probe.path());
+    let (cert, key) = pki.issue("sink.test", "DNS:sink.test,IP:127.0.0.1");
+    let (client_cert, client_key) = pki.issue("mta.test", "DNS:mta.test");
+    let sink_args = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-client-ca",
+        pki.ca.to_str().unwrap(),
+    ];
+    let with_cert = format!(
+        "tls = \"required\"\ntls_certificate = \"{}\"\ntls_key = \"{}\"",
+        client_cert.display(),
+        client_key.display()
+    );
+    let (dir, sink, daemon) = outbound("tls-out-client", &sink_args, &with_cert);
+    let body = send_plain(daemon.smtp_port(), dir.path(), "clientcert");
+    let messages = sink.wait_for_messages(1, ARRIVAL_TIMEOUT);
+    assert_eq!(messages[0].tls, "TLSv1.3");
+    assert_eq!(
+        strip_leading_received(&messages[0].bytes()),
+        Some(&body[..])
+    );
+
+    let (dir, sink, daemon) = outbound("tls-out-noclient", &sink_args, "tls = \"required\"");
+    send_plain(daemon.smtp_port(), dir.path(), "noclientcert");
+    // TLS 1.3: the client's handshake is done before the server checks
+    // its certificate, so the refusal (an alert) ends the EHLO after it:
+    // deferred all the same.
+    daemon.wait_for(
+        "a T line after the refused certificate",
+        ARRIVAL_TIMEOUT,
+        |lines| lines.iter().any(|l| l.contains("@T@")),
+    );
+    std::thread::sleep(NEVER_ARRIVES_WAIT);
+    assert!(
+        sink.messages().is_empty(),
+        "delivered without a client certificate"
+    );
+}
