@@ -39,6 +39,7 @@ pub mod queue;
 pub mod runtime;
 pub mod smtp;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 /// The version every banner, console and log line reports.

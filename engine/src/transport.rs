@@ -1,5 +1,5 @@
 //! The byte streams SMTP runs over, inbound and outbound: any async
-//! stream (plain TCP today, TLS next), with timeouts from glommio timers
+//! stream (plain TCP, or TLS after STARTTLS: `tls::Stream`), with timeouts from glommio timers
 //! rather than socket options, so a wrapper such as a TLS stream keeps
 //! them.
 //!
@@ -43,7 +43,12 @@ pub async fn write_all_within<S: Transport>(
     limit: Duration,
 ) -> io::Result<()> {
     match glommio::timer::timeout(at_least_min(limit), async {
-        Ok(stream.write_all(bytes).await)
+        // A TLS stream may hold written bytes until flushed.
+        Ok(async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        }
+        .await)
     })
     .await
     {

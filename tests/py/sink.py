@@ -6,9 +6,15 @@ Listens on HOST:PORT and stores every accepted transaction in DIR:
                     line endings, as the client sent them), one file per
                     transaction;
   DIR/index.txt     one line per stored file, appended after the file is
-                    complete: "mailfrom<TAB>rcpt1,rcpt2<TAB>NNNNNNNN.eml<TAB>peer<TAB>ehlo",
+                    complete: "mailfrom<TAB>rcpt1,rcpt2<TAB>NNNNNNNN.eml<TAB>peer<TAB>ehlo<TAB>tls",
                     peer being the client's IP address (the source address
-                    the message came from) and ehlo the name it greeted with.
+                    the message came from), ehlo the name it greeted with,
+                    tls the TLS version of the session ("-" in clear text).
+TLS: --tls-cert/--tls-key offer STARTTLS (aiosmtpd's tls_context),
+--require-starttls refuses mail in clear text, --tls-client-ca CA demands
+a client certificate signed by CA, --broken-starttls answers
+STARTTLS with 220 and then garbage instead of a handshake (mail in clear
+text is still taken).
 A restarted sink continues the numbering after the last index line.
 
 Replies are scripted by the recipient's local part (first matching prefix,
@@ -24,6 +30,7 @@ import argparse
 import asyncio
 import os
 import signal
+import ssl
 import sys
 
 from aiosmtpd.smtp import SMTP
@@ -34,6 +41,8 @@ LINE_BYTES_MAX = 1024 * 1024
 # Largest message the sink accepts.
 DATA_BYTES_MAX = 256 * 1024 * 1024
 INDEX_NAME = "index.txt"
+# --broken-starttls: pause between the 220 and the garbage.
+BROKEN_STARTTLS_PAUSE_S = 0.3
 
 RCPT_RULES_DEFAULT = [
     ("tempfail", "451 4.3.0 tempfail requested by recipient"),
@@ -85,12 +94,12 @@ class Store:
             with open(self.index_path, "rb") as index:
                 self.sequence = sum(1 for _ in index)
 
-    def save(self, mail_from, rcpts, content, peer, ehlo):
+    def save(self, mail_from, rcpts, content, peer, ehlo, tls="-"):
         self.sequence += 1
         name = f"{self.sequence:08d}.eml"
         with open(os.path.join(self.directory, name), "wb") as message:
             message.write(content)
-        line = f"{mail_from}\t{','.join(rcpts)}\t{name}\t{peer}\t{ehlo}\n"
+        line = f"{mail_from}\t{','.join(rcpts)}\t{name}\t{peer}\t{ehlo}\t{tls}\n"
         with open(self.index_path, "a", encoding="utf-8", errors="surrogateescape") as index:
             index.write(line)
         return name
@@ -117,9 +126,33 @@ class Handler:
         peer = session.peer[0] if session.peer else "unknown"
         ehlo = session.host_name or ""
         name = self.store.save(
-            envelope.mail_from, envelope.rcpt_tos, envelope.original_content, peer, ehlo
+            envelope.mail_from, envelope.rcpt_tos, envelope.original_content, peer, ehlo,
+            tls_version(server, session),
         )
         return f"250 2.0.0 Ok: queued as {name}"
+
+
+def tls_version(server, session):
+    """The TLS version of the session ("TLSv1.3"), or "-" in clear text."""
+    extra = getattr(session, "ssl", None)
+    if not extra:
+        return "-"
+    obj = extra.get("ssl_object") if isinstance(extra, dict) else None
+    if obj is None and server.transport is not None:
+        obj = server.transport.get_extra_info("ssl_object")
+    return obj.version() if obj is not None else "TLS"
+
+
+class BrokenStartTls(SMTP):
+    """Offers STARTTLS, answers 220, then sends garbage and hangs up."""
+
+    async def smtp_STARTTLS(self, arg):
+        await self.push("220 2.0.0 Ready to start TLS")
+        # Let the client start its handshake, so the garbage is read as TLS
+        # (garbage in the same packet as the 220 is refused before that).
+        await asyncio.sleep(BROKEN_STARTTLS_PAUSE_S)
+        self.transport.write(b"\x15\x03\x03\x00\x02this is no handshake\r\n")
+        self.transport.close()
 
 
 def main():
@@ -129,18 +162,33 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--rule", type=parse_rule, action="append", default=[])
     parser.add_argument("--data-rule", type=parse_rule, action="append", default=[])
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--require-starttls", action="store_true")
+    parser.add_argument("--tls-client-ca", help="demand a client certificate signed by this CA")
+    parser.add_argument("--broken-starttls", action="store_true")
     args = parser.parse_args()
+    tls_context = None
+    if args.tls_cert:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            tls_context.verify_mode = ssl.CERT_REQUIRED
+            tls_context.load_verify_locations(args.tls_client_ca)
 
     store = Store(args.dir)
     handler = Handler(store, args.rule + RCPT_RULES_DEFAULT, args.data_rule + DATA_RULES_DEFAULT)
 
     def factory():
-        smtp = SMTP(
+        kind = BrokenStartTls if args.broken_starttls else SMTP
+        smtp = kind(
             handler,
             hostname="sink.test",
             data_size_limit=DATA_BYTES_MAX,
             decode_data=False,
             enable_SMTPUTF8=True,
+            tls_context=tls_context,
+            require_starttls=args.require_starttls,
         )
         smtp.line_length_limit = LINE_BYTES_MAX
         return smtp

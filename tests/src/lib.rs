@@ -483,6 +483,8 @@ pub struct SinkMessage {
     pub peer: String,
     /// The name the client gave in EHLO (or HELO).
     pub ehlo: String,
+    /// The TLS version of the session (`TLSv1.3`), `-` in clear text.
+    pub tls: String,
 }
 
 impl SinkMessage {
@@ -655,12 +657,14 @@ impl Sink {
                 let file = parts.next()?;
                 let peer = parts.next().unwrap_or_default().to_string();
                 let ehlo = parts.next().unwrap_or_default().to_string();
+                let tls = parts.next().unwrap_or("-").to_string();
                 Some(SinkMessage {
                     mail_from,
                     rcpts,
                     path: self.dir.join(file),
                     peer,
                     ehlo,
+                    tls,
                 })
             })
             .collect()

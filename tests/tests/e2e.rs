@@ -57,3 +57,5 @@ mod smuggling;
 mod soak;
 #[path = "e2e/stream.rs"]
 mod stream;
+#[path = "e2e/tls.rs"]
+mod tls;

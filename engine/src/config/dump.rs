@@ -71,6 +71,8 @@ fn format_value(value: &Typed) -> String {
         Typed::MaxRetries(retries) => retries.to_string(),
         Typed::FileMode(mode) => format!("{mode:04o}"),
         Typed::Throttle(throttle) => quote(&throttle.to_string()),
+        Typed::TlsMode(mode) => quote(&mode.to_string()),
+        Typed::TlsVerify(verify) => quote(&verify.to_string()),
     }
 }
 

@@ -96,6 +96,11 @@ pub enum ConfigErrorKind {
         address: String,
         reason: &'static str,
     },
+    #[error("ESMTP Listen `{address}`: {reason}")]
+    ListenerTls {
+        address: String,
+        reason: &'static str,
+    },
     #[error("Control_Listener Listen `{address}`: TCP control listeners are not supported yet; use a socket path")]
     TcpControlListener { address: String },
     #[error("include file `{path}` not found (looked for {resolved})")]

@@ -287,7 +287,9 @@ impl Config {
     /// `Err` naming the first setting, in reading order, that is valid
     /// ecelerity.conf but that the engine would ignore today: an option
     /// marked `not_yet` in the table (none at the moment). Accepting those
-    /// would silently do less than the file says.
+    /// would silently do less than the file says. Also a listener whose
+    /// TLS settings do not add up (a certificate without its key,
+    /// `tls = required` without either), named by its Listen line.
     pub fn check_supported(&self) -> Result<(), ConfigError> {
         match &self.unsupported {
             Some(error) => Err(error.clone()),
@@ -420,6 +422,71 @@ impl Config {
     /// Parsing the result gives an equal `Config`.
     pub fn dump(&self) -> String {
         dump::dump(&self.settings, self.source.as_deref())
+    }
+}
+
+/// Momentum's `tls`: on a listener, whether STARTTLS is offered (`no`),
+/// offered (`ifavailable`) or demanded before MAIL, RCPT, DATA and AUTH
+/// (`required`); outbound, whether delivery uses STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    No,
+    IfAvailable,
+    Required,
+}
+
+impl TlsMode {
+    pub(crate) fn parse(text: &str) -> Option<TlsMode> {
+        [TlsMode::No, TlsMode::IfAvailable, TlsMode::Required]
+            .into_iter()
+            .find(|mode| mode.to_string().eq_ignore_ascii_case(text))
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::No => "no",
+            TlsMode::IfAvailable => "ifavailable",
+            TlsMode::Required => "required",
+        })
+    }
+}
+
+/// Momentum's `tls_verify` (outbound): how a server certificate is
+/// checked. `no`: not at all; `ca`: signed by `tls_ca` (or the system's
+/// roots); `host`: `ca` and the name matches the host connected to, else
+/// the delivery fails; `optional`: checked like `host`, the result only
+/// logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVerify {
+    No,
+    Ca,
+    Host,
+    Optional,
+}
+
+impl TlsVerify {
+    pub(crate) fn parse(text: &str) -> Option<TlsVerify> {
+        [
+            TlsVerify::No,
+            TlsVerify::Ca,
+            TlsVerify::Host,
+            TlsVerify::Optional,
+        ]
+        .into_iter()
+        .find(|v| v.to_string().eq_ignore_ascii_case(text))
+    }
+}
+
+impl fmt::Display for TlsVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVerify::No => "no",
+            TlsVerify::Ca => "ca",
+            TlsVerify::Host => "host",
+            TlsVerify::Optional => "optional",
+        })
     }
 }
 
@@ -902,6 +969,9 @@ domain "example.com" {
                 inbound_command_timeout: secs(40),
                 inbound_data_timeout: secs(400),
                 binding_header: None,
+                tls_certificate: None,
+                tls_key: None,
+                tls: TlsMode::IfAvailable,
             }
         );
         assert_eq!(
@@ -919,6 +989,9 @@ domain "example.com" {
                 inbound_command_timeout: secs(30),
                 inbound_data_timeout: secs(400),
                 binding_header: None,
+                tls_certificate: None,
+                tls_key: None,
+                tls: TlsMode::IfAvailable,
             }
         );
     }
@@ -983,6 +1056,12 @@ domain "example.com" {
                 remote_smtp_port: 2526,
                 ehlo_hostname: "out.example.net".into(),
                 bind_address: Some("192.0.2.1".parse().unwrap()),
+                tls: TlsMode::No,
+                tls_verify: TlsVerify::No,
+                tls_ca: None,
+                tls_certificate: None,
+                tls_key: None,
+                tls_ifavailable_fallback: true,
             }
         );
     }

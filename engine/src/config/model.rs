@@ -437,6 +437,8 @@ struct Builder<'t> {
     esmtp_listener: InboundOverrides,
     /// In order of first appearance; stanzas for the same address merge.
     listens: Vec<(SocketAddr, InboundOverrides)>,
+    /// Where each of `listens` was first opened, for errors about it.
+    listen_lines: Vec<(FileId, u32)>,
     control_listener: ControlOverrides,
     /// In order of first appearance; stanzas for the same path merge.
     control_listens: Vec<(PathBuf, ControlOverrides)>,
@@ -471,6 +473,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         global_delivery: DeliveryOverrides::default(),
         esmtp_listener: InboundOverrides::default(),
         listens: Vec::new(),
+        listen_lines: Vec::new(),
         control_listener: ControlOverrides::default(),
         control_listens: Vec::new(),
         logger: None,
@@ -486,7 +489,32 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         .groups
         .insert(DEFAULT_BINDING.to_string(), GroupScope::default());
     builder.walk(&Place::Global, &tree.items)?;
-    Ok(builder.finish())
+    let lines = std::mem::take(&mut builder.listen_lines);
+    let mut built = builder.finish();
+    // Refused by `Config::load` (with the `not_yet` settings), so that an
+    // option set alone still parses.
+    for (listener, (file, line)) in built.settings.esmtp_listeners.iter().zip(lines) {
+        if let Some(reason) = listener_tls_problem(listener) {
+            let kind = ConfigErrorKind::ListenerTls {
+                address: listener.address.to_string(),
+                reason,
+            };
+            built.unsupported = built.unsupported.or(Some(tree.error(file, line, kind)));
+            break;
+        }
+    }
+    Ok(built)
+}
+
+/// What is wrong with a listener's TLS settings, if anything: a
+/// certificate without its key (or the reverse), or `tls = required`
+/// with neither.
+fn listener_tls_problem(listener: &ListenerConfig) -> Option<&'static str> {
+    match (&listener.tls_certificate, &listener.tls_key, listener.tls) {
+        (Some(_), None, _) | (None, Some(_), _) => Some("tls_certificate and tls_key go together"),
+        (None, None, TlsMode::Required) => Some("tls = required needs tls_certificate and tls_key"),
+        _ => None,
+    }
 }
 
 impl Builder<'_> {
@@ -652,6 +680,7 @@ impl Builder<'_> {
                     Some(index) => index,
                     None => {
                         self.listens.push((address, InboundOverrides::default()));
+                        self.listen_lines.push((file, line));
                         self.listens.len() - 1
                     }
                 };
@@ -763,7 +792,7 @@ impl Builder<'_> {
         value: &Value,
     ) -> Result<(), ConfigError> {
         let scope = place.scope();
-        let Some(spec) = lookup(name) else {
+        let Some(spec) = lookup(name, scope) else {
             let kind = ConfigErrorKind::UnknownOption {
                 option: name.to_string(),
                 scope,
@@ -849,9 +878,18 @@ impl Builder<'_> {
             Ok(()) => return Ok(()),
             Err(typed) => typed,
         };
-        let typed = match self.global_inbound.set(key, typed) {
-            Ok(()) => return Ok(()),
-            Err(typed) => typed,
+        // A name both families know (`tls`) is the listeners' only where
+        // their table allows the global scope.
+        let inbound_at_global = INBOUND_SPECS
+            .iter()
+            .any(|spec| spec.name == key && spec.scopes.contains(Scope::Global));
+        let typed = if inbound_at_global {
+            match self.global_inbound.set(key, typed) {
+                Ok(()) => return Ok(()),
+                Err(typed) => typed,
+            }
+        } else {
+            typed
         };
         self.global_delivery.set(key, typed)
     }
@@ -1146,6 +1184,12 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
             rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
             bucket: 0,
         }),
+        Kind::TlsMode => {
+            Typed::TlsMode(TlsMode::parse(text).ok_or_else(|| wrong_type(got(), line))?)
+        }
+        Kind::TlsVerify => {
+            Typed::TlsVerify(TlsVerify::parse(text).ok_or_else(|| wrong_type(got(), line))?)
+        }
         Kind::CidrList | Kind::NameserverList | Kind::Routes => unreachable!("handled above"),
     };
     Ok(typed)
@@ -1180,6 +1224,8 @@ mod tests {
             Kind::MaxRetries => "auto",
             Kind::FileMode => "0640",
             Kind::Rate => "50/1",
+            Kind::TlsMode => "required",
+            Kind::TlsVerify => "host",
         }
     }
 
@@ -1306,12 +1352,57 @@ mod tests {
     }
 
     #[test]
-    fn option_names_are_unique_ignoring_case() {
+    fn option_names_are_unique_ignoring_case_in_every_scope() {
+        // A name may serve two families (`tls`: a listener's, and the
+        // outbound scopes') only where their scopes do not meet, so the
+        // scope picks the one meant.
         for (i, a) in OPTIONS.iter().enumerate() {
             for b in &OPTIONS[i + 1..] {
-                assert!(!a.name.eq_ignore_ascii_case(b.name), "{}", a.name);
+                if a.name.eq_ignore_ascii_case(b.name) {
+                    for scope in Scope::ALL {
+                        let both = a.scopes.contains(scope) && b.scopes.contains(scope);
+                        assert!(!both, "{} twice in {scope}", a.name);
+                    }
+                }
             }
         }
+    }
+
+    #[test]
+    fn tls_is_a_listeners_option_in_a_listener_and_an_outbound_one_elsewhere() {
+        let text = "tls = ifavailable\ndomain \"d\" { tls = required tls_verify = host }\n\
+                    ESMTP_Listener { Listen \"127.0.0.1:25\" { tls = required \
+                    tls_certificate = \"c.pem\" tls_key = \"k.pem\" } }\n";
+        let config = Config::parse(text, "t.conf".as_ref()).unwrap();
+        let listener = &config.esmtp_listeners()[0];
+        assert_eq!(listener.tls, TlsMode::Required);
+        assert_eq!(listener.tls_key, Some("k.pem".into()));
+        assert_eq!(
+            config.delivery(DEFAULT_BINDING, "e").tls,
+            TlsMode::IfAvailable
+        );
+        assert_eq!(config.delivery(DEFAULT_BINDING, "d").tls, TlsMode::Required);
+        assert_eq!(
+            config.delivery(DEFAULT_BINDING, "d").tls_verify,
+            TlsVerify::Host
+        );
+        let err = Config::parse(
+            "ESMTP_Listener {\n Listen \"127.0.0.1:25\" {\n tls = required\n }\n}\n",
+            "t.conf".as_ref(),
+        )
+        .unwrap()
+        .check_supported()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf:2: ESMTP Listen `127.0.0.1:25`: tls = required needs tls_certificate and \
+             tls_key"
+        );
+        let err = Config::parse("tls = sometimes\n", "t.conf".as_ref()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf:1: `tls` must be one of no, ifavailable, required, got `sometimes`"
+        );
     }
 
     #[test]

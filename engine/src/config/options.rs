@@ -74,6 +74,10 @@ pub(super) enum Kind {
     /// A throttle rate: `"N"` per second or `"N/S"` per S seconds; 0 is
     /// unlimited.
     Rate,
+    /// `no`, `ifavailable` or `required` ([`TlsMode`]).
+    TlsMode,
+    /// `no`, `ca`, `host` or `optional` ([`TlsVerify`]).
+    TlsVerify,
 }
 
 impl Kind {
@@ -107,6 +111,8 @@ impl Kind {
                 "a rate \"N\" (per second) or \"N/S\" (N per S seconds), N in 0..=1000000 \
                  (0 = unlimited), S in 1..=86400"
             }
+            Kind::TlsMode => "one of no, ifavailable, required",
+            Kind::TlsVerify => "one of no, ca, host, optional",
         }
     }
 
@@ -210,6 +216,8 @@ pub(super) enum Typed {
     MaxRetries(MaxRetries),
     FileMode(u32),
     Throttle(Throttle),
+    TlsMode(TlsMode),
+    TlsVerify(TlsVerify),
 }
 
 pub(super) fn narrow_u32(value: u64) -> u32 {
@@ -282,6 +290,8 @@ option_value!(Vec<Route>, 0, Routes(v) => v, |s| Typed::Routes(s.clone()));
 option_value!(IpAddr, 0, Ip(v) => v, |s| Typed::Ip(*s));
 option_value!(MaxRetries, u32::MAX as u64, MaxRetries(v) => v, |s| Typed::MaxRetries(*s));
 option_value!(Throttle, 0, Throttle(v) => v, |s| Typed::Throttle(*s));
+option_value!(TlsMode, 0, TlsMode(v) => v, |s| Typed::TlsMode(*s));
+option_value!(TlsVerify, 0, TlsVerify(v) => v, |s| Typed::TlsVerify(*s));
 
 /// How a resolved field holds its option's value: as the value itself, or
 /// as `Option<value>` when "unset" is a meaningful resolved state (no
@@ -333,9 +343,11 @@ plain_field!(
     Vec<Cidr>,
     Vec<SocketAddr>,
     MaxRetries,
-    Throttle
+    Throttle,
+    TlsMode,
+    TlsVerify
 );
-optional_field!(Gateway, Vec<Route>, IpAddr, String);
+optional_field!(Gateway, Vec<Route>, IpAddr, String, PathBuf);
 
 /// `Support` of a table entry: `Yes` unless it names a `not_yet` reason.
 macro_rules! support {
@@ -562,6 +574,22 @@ option_family! {
         /// kernel choose.
         bind_address: Option<IpAddr> = "bind_address" in BINDING_LEVEL, Kind::IpAddress,
             default None;
+        /// STARTTLS to the receiving server: `no`, `ifavailable`
+        /// (opportunistic), `required` (never in clear text).
+        tls: TlsMode = "tls" in OUTBOUND, Kind::TlsMode, default TlsMode::No;
+        /// How the server's certificate is checked (`TlsVerify`).
+        tls_verify: TlsVerify = "tls_verify" in OUTBOUND, Kind::TlsVerify,
+            default TlsVerify::No;
+        /// PEM file of the CAs `tls_verify` trusts; `None`: the system's.
+        tls_ca: Option<PathBuf> = "tls_ca" in OUTBOUND, Kind::Path, default None;
+        /// PEM client certificate (chain) and key offered to servers.
+        tls_certificate: Option<PathBuf> = "tls_certificate" in OUTBOUND, Kind::Path,
+            default None;
+        tls_key: Option<PathBuf> = "tls_key" in OUTBOUND, Kind::Path, default None;
+        /// With `tls = ifavailable`: a failed handshake is retried in clear
+        /// text to the same host.
+        tls_ifavailable_fallback: bool = "tls_ifavailable_fallback" in OUTBOUND, Kind::Bool,
+            default true;
     }
 }
 
@@ -622,6 +650,14 @@ option_family! {
         /// leaves from the binding `default`.
         binding_header: Option<String> = "binding_header" in LISTENER, Kind::HeaderName,
             default None;
+        /// PEM certificate chain and private key: with both set, STARTTLS
+        /// is offered (unless `tls = no`).
+        tls_certificate: Option<PathBuf> = "tls_certificate" in LISTENER, Kind::Path,
+            default None;
+        tls_key: Option<PathBuf> = "tls_key" in LISTENER, Kind::Path, default None;
+        /// `required`: MAIL, RCPT, DATA and AUTH get `530 5.7.0` before
+        /// STARTTLS; `no`: STARTTLS is not offered.
+        tls: TlsMode = "tls" in LISTENER, Kind::TlsMode, default TlsMode::IfAvailable;
     }
 }
 
@@ -775,10 +811,20 @@ const fn concat(tables: [&[OptionSpec]; FAMILIES.len()]) -> [OptionSpec; OPTIONS
 /// with their meaning).
 pub(super) const OPTIONS: &[OptionSpec] = &concat(FAMILIES);
 
-pub(super) fn lookup(name: &str) -> Option<&'static OptionSpec> {
-    OPTIONS
+/// The spec of `name` for `scope`: a few names (`tls`, `tls_certificate`,
+/// `tls_key`) are a listener's option in listener scopes and an outbound
+/// one elsewhere, as in Momentum. A scope no spec allows gets the first,
+/// for the error message.
+pub(super) fn lookup(name: &str, scope: Scope) -> Option<&'static OptionSpec> {
+    let mut named = OPTIONS
         .iter()
-        .find(|spec| spec.name.eq_ignore_ascii_case(name))
+        .filter(|spec| spec.name.eq_ignore_ascii_case(name));
+    let first = named.clone().next()?;
+    Some(
+        named
+            .find(|spec| spec.scopes.contains(scope))
+            .unwrap_or(first),
+    )
 }
 
 /// The spec of `name` as spelled in the table.

@@ -39,13 +39,17 @@ use crate::config::DeliveryOptions;
 use crate::queue::{MessageRef, QueueId};
 use ecelerity_spool::{BodyReader, BODY_READ_CHUNK_BYTES};
 
+use crate::config::TlsMode;
 use crate::smtp::body::BodyEncoder;
+use crate::smtp::client::StartTls;
 use crate::smtp::client::{
     is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome, Stage,
     TransactionResult,
 };
 use crate::smtp::downgrade::{self, Unconvertible, DOWNGRADE_BODY_BYTES_MAX};
-use crate::transport::{read_within, write_all_within, Transport};
+use crate::tls::{self, Stream};
+use crate::transport::{read_within, write_all_within};
+use rustls::pki_types::ServerName;
 
 /// Bytes read from a server socket at a time.
 pub const READ_BUFFER_BYTES: usize = 8 * 1024;
@@ -113,7 +117,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     };
     let mut last = (String::new(), Stage::NotConnected, String::new());
     let mut busy = false;
-    for target in &targets {
+    'targets: for target in &targets {
         let remote_ip = target.address.to_string();
         let host_limit = config
             .host_max_outbound_connections(&target.host)
@@ -133,37 +137,82 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             last = (reply, Stage::NotConnected, remote_ip);
             continue;
         }
-        let stream = match connect::connect(target, from, options.connect_timeout).await {
-            Ok(stream) => stream,
-            Err(failure) => {
-                tracing::debug!("{domain}: {}", failure.reply);
-                if failure.host_at_fault {
-                    mark_down(SocketAddr::new(target.address, target.port), &options);
+        // ifavailable: a failed handshake is tried again in clear text
+        // to the same host, once (tls_ifavailable_fallback); required:
+        // never.
+        let mut starttls = starttls_of(options.tls);
+        let ended = loop {
+            let tls = match starttls {
+                StartTls::Off => None,
+                _ => match out.tls.client(&options) {
+                    Ok(client) => Some(TlsTarget {
+                        client,
+                        name: tls::client::server_name(&target.host, target.address),
+                    }),
+                    Err(e) => {
+                        let reply = format!("451 4.7.5 ecelerity: outbound TLS settings: {e}");
+                        tracing::error!("{domain}: {reply}");
+                        last = (reply, Stage::NotConnected, remote_ip.clone());
+                        continue 'targets;
+                    }
+                },
+            };
+            let stream = match connect::connect(target, from, options.connect_timeout).await {
+                Ok(stream) => stream,
+                Err(failure) => {
+                    tracing::debug!("{domain}: {}", failure.reply);
+                    if failure.host_at_fault {
+                        mark_down(SocketAddr::new(target.address, target.port), &options);
+                    }
+                    last = (failure.reply, Stage::NotConnected, remote_ip.clone());
+                    continue 'targets;
                 }
-                last = (failure.reply, Stage::NotConnected, remote_ip);
+            };
+            let ended = Connection {
+                out,
+                queue: id,
+                options: &options,
+                remote_ip: &remote_ip,
+                server: SocketAddr::new(target.address, target.port),
+                delivered_messages: 0,
+                transient_in_a_row: 0,
+                stream: Stream::Plain(stream),
+                tls,
+                client: ClientSession::with_starttls(ehlo, starttls),
+                current: None,
+                greeted: false,
+                body: Vec::new(),
+                body_loaded: false,
+                body_sendable: false,
+                converted: Vec::new(),
+                wire: Vec::new(),
+            }
+            .run()
+            .await;
+            let handshake_failed = matches!(
+                &ended,
+                Ended::NotReady {
+                    stage: Stage::TlsHandshake,
+                    ..
+                }
+            );
+            if handshake_failed
+                && starttls == StartTls::Opportunistic
+                && options.tls_ifavailable_fallback
+                && !out.env.is_stopping()
+            {
+                if let Ended::NotReady { reply, .. } = &ended {
+                    tracing::warn!(
+                        "{domain}: {} ({remote_ip}): {reply}; delivering in clear text \
+                         (tls = ifavailable, tls_ifavailable_fallback)",
+                        target.host
+                    );
+                }
+                starttls = StartTls::Off;
                 continue;
             }
+            break ended;
         };
-        let ended = Connection {
-            out,
-            queue: id,
-            options: &options,
-            remote_ip: &remote_ip,
-            server: SocketAddr::new(target.address, target.port),
-            delivered_messages: 0,
-            transient_in_a_row: 0,
-            stream,
-            client: ClientSession::new(ehlo),
-            current: None,
-            greeted: false,
-            body: Vec::new(),
-            body_loaded: false,
-            body_sendable: false,
-            converted: Vec::new(),
-            wire: Vec::new(),
-        }
-        .run()
-        .await;
         match ended {
             Ended::Done => return,
             Ended::NotReady { reply, stage } => {
@@ -184,6 +233,15 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     }
     let (reply, stage, remote_ip) = last;
     settle::sweep(out, id, &options, &reply, stage, &remote_ip);
+}
+
+/// What the session asks of STARTTLS under the `tls` option.
+fn starttls_of(mode: TlsMode) -> StartTls {
+    match mode {
+        TlsMode::No => StartTls::Off,
+        TlsMode::IfAvailable => StartTls::Opportunistic,
+        TlsMode::Required => StartTls::Required,
+    }
 }
 
 /// Remembers `address` as down for `host_failure_retry`, for every domain.
@@ -211,7 +269,14 @@ enum Ended {
     NotReady { reply: String, stage: Stage },
 }
 
-struct Connection<'a, S: Transport> {
+/// The TLS side of a connection that may issue STARTTLS.
+struct TlsTarget {
+    client: tls::client::Client,
+    /// What the server's certificate is checked against.
+    name: ServerName<'static>,
+}
+
+struct Connection<'a> {
     out: &'a Rc<Outbound>,
     queue: QueueId,
     options: &'a Rc<DeliveryOptions>,
@@ -223,7 +288,9 @@ struct Connection<'a, S: Transport> {
     delivered_messages: u32,
     /// Transactions in a row in which every recipient got a 4xx.
     transient_in_a_row: u32,
-    stream: S,
+    stream: Stream,
+    /// Set when the session may issue STARTTLS.
+    tls: Option<TlsTarget>,
     client: ClientSession,
     /// The entry of the transaction in flight.
     current: Option<MessageRef>,
@@ -250,7 +317,51 @@ enum LoadError {
     Unconvertible(Unconvertible),
 }
 
-impl<S: Transport> Connection<'_, S> {
+impl Connection<'_> {
+    /// The client side of the handshake after STARTTLS's 220, within
+    /// `tls::HANDSHAKE_TIMEOUT_MS`. Logs (paniclog, info) what was
+    /// negotiated and whether the certificate verified, whatever
+    /// `tls_verify` demanded.
+    async fn start_tls(&mut self) -> Result<(), String> {
+        let Some(target) = self.tls.as_ref() else {
+            return Err("STARTTLS without a TLS configuration".into());
+        };
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err("STARTTLS on a TLS connection".into());
+        };
+        let connector = futures_rustls::TlsConnector::from(target.client.config.clone());
+        let limit = Duration::from_millis(tls::HANDSHAKE_TIMEOUT_MS);
+        let name = target.name.clone();
+        let connected =
+            glommio::timer::timeout(limit, async { Ok(connector.connect(name, tcp).await) }).await;
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timed out".into()),
+        };
+        let connection = stream.get_ref().1;
+        let info = tls::info_of(connection);
+        let verified = match connection.peer_certificates() {
+            Some([end_entity, intermediates @ ..]) => target.client.verifier.check(
+                end_entity,
+                intermediates,
+                &target.name,
+                rustls::pki_types::UnixTime::now(),
+            ),
+            _ => tls::client::Verified::No("no certificate".into()),
+        };
+        tracing::info!(
+            "TLS to {} ({}): {} {}, certificate {verified} (tls_verify = {})",
+            target.name.to_str(),
+            self.remote_ip,
+            info.protocol,
+            info.cipher,
+            target.client.verifier.mode()
+        );
+        self.stream = Stream::Client(Box::new(stream));
+        Ok(())
+    }
+
     async fn run(mut self) -> Ended {
         let mut input = vec![0u8; READ_BUFFER_BYTES];
         let mut ended = Ended::Done;
@@ -266,6 +377,10 @@ impl<S: Transport> Connection<'_, S> {
                     }
                 }
                 ClientAction::SendBody => self.send_body().await,
+                ClientAction::StartTls => match self.start_tls().await {
+                    Ok(()) => self.client.tls_started(),
+                    Err(why) => self.client.tls_failed(&why),
+                },
                 ClientAction::WaitForReply(stage) => {
                     let limit = self.timeout(stage);
                     match read_within(&mut self.stream, &mut input, limit).await {

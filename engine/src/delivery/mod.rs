@@ -79,6 +79,8 @@ pub struct Outbound {
     /// Queues a shared limit kept from opening a connection, each once,
     /// with the time (unix ms) to kick them again. At most one per queue.
     stalled: RefCell<Vec<(QueueId, u64)>>,
+    /// Outbound TLS configurations, built on first use (`tls::client`).
+    tls: crate::tls::client::ClientTls,
 }
 
 impl Outbound {
@@ -101,6 +103,7 @@ impl Outbound {
             spread: Cell::new(0),
             suspensions: RefCell::default(),
             stalled: RefCell::new(Vec::new()),
+            tls: crate::tls::client::ClientTls::default(),
         }
     }
 

@@ -45,7 +45,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Gate;
 
 use crate::clock::now_unix_ms;
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::env::{ShardEnv, Stopping};
 use crate::log::{format_rejection, Rejection};
 use crate::mesh::Router;
@@ -57,6 +57,7 @@ use crate::smtp::server::{
     Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
 use crate::stats::Counter;
+use crate::tls::{self, server::ServerTls, Stream, TlsInfo};
 use crate::transport::{read_within, write_all_within, Transport};
 use backpressure::{pressure, BacklogLimits, Episodes, Pressure};
 use binding_header::UnknownBindings;
@@ -206,7 +207,32 @@ pub fn shard_policy(config: &Config) -> Box<dyn Policy> {
     })
 }
 
-pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<ListenerConfig>) {
+/// The STARTTLS side of a listener on this shard: `None` when it has no
+/// `tls_certificate`/`tls_key` or says `tls = no`. The files are read now
+/// (before privileges are dropped), so a listener whose certificate does
+/// not load keeps the daemon from starting; the error names the listener.
+pub fn listener_tls(listener: &ListenerConfig) -> Result<Option<Rc<ServerTls>>, String> {
+    let name = listener.address;
+    match (&listener.tls_certificate, &listener.tls_key, listener.tls) {
+        (Some(_), None, _) | (None, Some(_), _) => Err(format!(
+            "ESMTP Listen {name}: tls_certificate and tls_key go together"
+        )),
+        (None, None, TlsMode::Required) => Err(format!(
+            "ESMTP Listen {name}: tls = required needs tls_certificate and tls_key"
+        )),
+        (None, None, _) | (_, _, TlsMode::No) => Ok(None),
+        (Some(certificate), Some(key), _) => ServerTls::new(certificate, key)
+            .map(|tls| Some(Rc::new(tls)))
+            .map_err(|e| format!("ESMTP Listen {name}: TLS certificate or key: {e}")),
+    }
+}
+
+pub async fn accept_loop(
+    shard: Rc<Inbound>,
+    listener: TcpListener,
+    config: Rc<ListenerConfig>,
+    tls: Option<Rc<ServerTls>>,
+) {
     let server_max = u64::from(shard.env.config.get().server_max_inbound_connections());
     loop {
         let stream = match listener.accept().await {
@@ -248,10 +274,10 @@ pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<L
         }
         shard.env.stats().add(Counter::InboundConnections, 1);
         shard.env.stats().add(Counter::InboundConnectionsTotal, 1);
-        let (shard2, config2) = (shard.clone(), config.clone());
+        let (shard2, config2, tls2) = (shard.clone(), config.clone(), tls.clone());
         let spawned = shard.sessions.spawn(async move {
             let _slot = slot;
-            if let Err(e) = serve(&shard2, stream, &config2).await {
+            if let Err(e) = serve(&shard2, stream, &config2, tls2.as_deref()).await {
                 tracing::debug!(shard = shard2.env.id, "session ended: {e}");
             }
             shard2.env.stats().sub(Counter::InboundConnections, 1);
@@ -359,6 +385,7 @@ async fn serve(
     shard: &Rc<Inbound>,
     stream: TcpStream,
     listener: &ListenerConfig,
+    tls: Option<&ServerTls>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let conn = Conn {
@@ -366,32 +393,34 @@ async fn serve(
         peer: stream.peer_addr()?,
         local: stream.local_addr()?,
     };
-    drive(shard, &conn, stream, listener).await
+    drive(shard, &conn, Stream::Plain(stream), listener, tls).await
 }
 
-/// The I/O driver of one server session over any transport (plain TCP
-/// today, TLS next): reads, writes and timeouts here, every decision in
-/// the session. A body still streaming when the session ends, however it
-/// ends, is discarded.
-async fn drive<S: Transport>(
+/// The I/O driver of one server session over its connection, in clear
+/// text or TLS after STARTTLS (one `tls::Stream`, the same code): reads,
+/// writes and timeouts here, every decision in the session. A body still
+/// streaming when the session ends, however it ends, is discarded.
+async fn drive(
     shard: &Rc<Inbound>,
     conn: &Conn,
-    stream: S,
+    stream: Stream,
     listener: &ListenerConfig,
+    tls: Option<&ServerTls>,
 ) -> std::io::Result<()> {
     let mut streaming = None;
-    let result = drive_session(shard, conn, stream, listener, &mut streaming).await;
+    let result = drive_session(shard, conn, stream, listener, tls, &mut streaming).await;
     if let Some(body) = streaming.take() {
         body.discard().await;
     }
     result
 }
 
-async fn drive_session<S: Transport>(
+async fn drive_session(
     shard: &Rc<Inbound>,
     conn: &Conn,
-    mut stream: S,
+    mut stream: Stream,
     listener: &ListenerConfig,
+    tls: Option<&ServerTls>,
     streaming: &mut Option<Streaming>,
 ) -> std::io::Result<()> {
     let limits = ServerLimits {
@@ -407,10 +436,13 @@ async fn drive_session<S: Transport>(
         listener: listener.address,
         limits,
         // PIPELINING, SIZE (max_message_size, through the limits),
-        // 8BITMIME, ENHANCEDSTATUSCODES; STARTTLS joins with the
-        // listener's TLS options.
-        capabilities: Capabilities::default(),
+        // 8BITMIME, ENHANCEDSTATUSCODES; STARTTLS with a certificate.
+        capabilities: Capabilities {
+            starttls: tls.is_some(),
+            ..Capabilities::default()
+        },
         version: crate::VERSION,
+        tls_required: tls.is_some() && listener.tls == TlsMode::Required,
     };
     let mut session = ServerSession::new(params);
     session.start();
@@ -463,6 +495,30 @@ async fn drive_session<S: Transport>(
                     session.spooled(outcome);
                     if let Some(body) = body {
                         session.recycle_body(body);
+                    }
+                    continue;
+                }
+                Event::StartTls => {
+                    let tls = tls.expect("STARTTLS is offered only with a certificate");
+                    match start_tls(&mut stream, tls).await {
+                        Ok(info) => {
+                            tracing::debug!(
+                                shard = shard.env.id,
+                                "{}: STARTTLS, {} {}",
+                                conn.peer,
+                                info.protocol,
+                                info.cipher
+                            );
+                            session.tls_started(info);
+                        }
+                        Err(e) => {
+                            tracing::info!(
+                                shard = shard.env.id,
+                                "{}: TLS handshake after STARTTLS failed: {e}",
+                                conn.peer
+                            );
+                            break;
+                        }
                     }
                     continue;
                 }
@@ -569,6 +625,30 @@ async fn drive_session<S: Transport>(
     }
     let _ = stream.close().await;
     Ok(())
+}
+
+/// The server side of the handshake after STARTTLS's `220`, within
+/// `tls::HANDSHAKE_TIMEOUT_MS`, with the listener's current certificate.
+/// On success the connection is TLS from now on.
+async fn start_tls(stream: &mut Stream, tls: &ServerTls) -> std::io::Result<TlsInfo> {
+    let Some(tcp) = stream.take_plain() else {
+        return Err(std::io::Error::other("STARTTLS on a TLS connection"));
+    };
+    let acceptor = futures_rustls::TlsAcceptor::from(tls.config(Instant::now()));
+    let limit = Duration::from_millis(tls::HANDSHAKE_TIMEOUT_MS);
+    let accepted = glommio::timer::timeout(limit, async { Ok(acceptor.accept(tcp).await) }).await;
+    match accepted {
+        Ok(Ok(tls_stream)) => {
+            let info = tls::info_of(tls_stream.get_ref().1);
+            *stream = Stream::Server(Box::new(tls_stream));
+            Ok(info)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
 }
 
 /// Asks the shard's policy about the phase the session awaits and feeds the

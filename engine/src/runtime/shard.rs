@@ -234,8 +234,12 @@ pub(super) async fn run(setup: Setup) {
     };
     let mut listeners = Vec::new();
     for l in config.esmtp_listeners().iter().filter(|l| l.enabled) {
+        let tls = match crate::inbound::listener_tls(l) {
+            Ok(tls) => tls,
+            Err(why) => return fail(&ready, id, why),
+        };
         match glommio::net::TcpListener::bind(l.address) {
-            Ok(sock) => listeners.push((sock, Rc::new(l.clone()))),
+            Ok(sock) => listeners.push((sock, Rc::new(l.clone()), tls)),
             Err(e) => return fail(&ready, id, format!("cannot listen on {}: {e}", l.address)),
         }
     }
@@ -283,9 +287,9 @@ pub(super) async fn run(setup: Setup) {
     }
     starting.set(false);
     let mut accept_tasks = Vec::new();
-    for (sock, listener) in listeners {
+    for (sock, listener, tls) in listeners {
         match glommio::spawn_local_into(
-            accept_loop(shard.inbound.clone(), sock, listener),
+            accept_loop(shard.inbound.clone(), sock, listener, tls),
             inbound_queue,
         ) {
             Ok(task) => accept_tasks.push(task),

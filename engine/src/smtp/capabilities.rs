@@ -39,7 +39,8 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     /// RFC 2034.
     pub enhanced_status_codes: bool,
-    /// RFC 3207; needs a TLS transport.
+    /// RFC 3207: the listener has a certificate (`tls_certificate`,
+    /// `tls_key`); the session stops offering it once TLS is on.
     pub starttls: bool,
     /// RFC 4954.
     pub auth: AuthMechanisms,
@@ -72,9 +73,7 @@ impl Capabilities {
     /// would promise a command we answer with 502, so a session refuses
     /// to start with it (a programmer error, not an operating one).
     pub fn unsupported(&self) -> Option<&'static str> {
-        if self.starttls {
-            Some("STARTTLS")
-        } else if !self.auth.is_empty() {
+        if !self.auth.is_empty() {
             Some("AUTH")
         } else if self.smtputf8 {
             Some("SMTPUTF8")
@@ -174,7 +173,7 @@ mod tests {
              250-SIZE 1000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n\
              250-AUTH PLAIN LOGIN\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n"
         );
-        assert_eq!(all.unsupported(), Some("STARTTLS"));
+        assert_eq!(all.unsupported(), Some("AUTH"));
         let none = Capabilities {
             pipelining: false,
             size: false,

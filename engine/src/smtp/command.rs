@@ -53,8 +53,10 @@ pub enum Command<'a> {
     Quit,
     Vrfy,
     Help,
+    /// RFC 3207; no argument.
+    StartTls,
     /// A verb we know but do not offer (EXPN, TURN, ETRN, BDAT, AUTH,
-    /// STARTTLS, SEND, SOML, SAML): `502 5.5.1`.
+    /// SEND, SOML, SAML): `502 5.5.1`.
     NotImplemented,
 }
 
@@ -159,6 +161,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
                 Ok(Command::Vrfy)
             }
         }
+        Verb::StartTls => no_args(args, usage, Command::StartTls),
         Verb::NotImplemented => Ok(Command::NotImplemented),
     }
 }
@@ -175,6 +178,7 @@ enum Verb {
     Quit,
     Vrfy,
     Help,
+    StartTls,
     NotImplemented,
 }
 
@@ -196,7 +200,7 @@ impl Verb {
             (b"ETRN", Verb::NotImplemented),
             (b"BDAT", Verb::NotImplemented),
             (b"AUTH", Verb::NotImplemented),
-            (b"STARTTLS", Verb::NotImplemented),
+            (b"STARTTLS", Verb::StartTls),
             (b"SEND", Verb::NotImplemented),
             (b"SOML", Verb::NotImplemented),
             (b"SAML", Verb::NotImplemented),
@@ -219,6 +223,7 @@ impl Verb {
             Verb::Noop => "NOOP",
             Verb::Quit => "QUIT",
             Verb::Help => "HELP",
+            Verb::StartTls => "STARTTLS",
             Verb::NotImplemented => "command",
         }
     }

@@ -25,3 +25,11 @@ pub mod header;
 pub mod received;
 pub mod reply;
 pub mod server;
+
+/// What a TLS session negotiated, as a Received header and the logs name
+/// it: `protocol` like `TLSv1.3`, `cipher` like `TLS13_AES_256_GCM_SHA384`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub protocol: String,
+    pub cipher: String,
+}

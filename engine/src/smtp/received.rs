@@ -17,6 +17,9 @@ pub struct ReceivedFields<'a> {
     pub version: &'a str,
     /// "with ESMTP" rather than "with SMTP" (RFC 3848).
     pub esmtp: bool,
+    /// The session ran over TLS: "with ESMTPS" (RFC 3848) and a comment
+    /// naming the protocol and cipher.
+    pub tls: Option<&'a super::TlsInfo>,
     pub queue_id: &'a str,
     /// Named in a `for` clause; pass it only for a single-recipient message
     /// so one copy does not reveal the other recipients.
@@ -39,7 +42,12 @@ pub struct ReceivedFields<'a> {
 pub fn received_header(fields: &ReceivedFields<'_>) -> String {
     use std::fmt::Write as _;
     let mut header = String::with_capacity(160 + fields.helo.len());
-    let protocol = if fields.esmtp { "ESMTP" } else { "SMTP" };
+    let protocol = match (fields.esmtp, fields.tls.is_some()) {
+        (true, true) => "ESMTPS",
+        (true, false) => "ESMTP",
+        (false, true) => "SMTPS",
+        (false, false) => "SMTP",
+    };
     let _ = write!(header, "Received: from {} (", fields.helo);
     match fields.peer_ip.to_canonical() {
         IpAddr::V4(v4) => {
@@ -51,9 +59,17 @@ pub fn received_header(fields: &ReceivedFields<'_>) -> String {
     }
     let _ = write!(
         header,
-        ")\r\n\tby {} (ecelerity {}) with {protocol} id {}",
-        fields.hostname, fields.version, fields.queue_id
+        ")\r\n\tby {} (ecelerity {}) with {protocol}",
+        fields.hostname, fields.version
     );
+    if let Some(tls) = fields.tls {
+        let _ = write!(
+            header,
+            "\r\n\t(version={} cipher={})",
+            tls.protocol, tls.cipher
+        );
+    }
+    let _ = write!(header, " id {}", fields.queue_id);
     match fields.recipient {
         Some(rcpt) => {
             let _ = write!(header, "\r\n\tfor <{rcpt}>; ");
@@ -143,6 +159,7 @@ mod tests {
             hostname: "mx.test",
             version: "0.1.0",
             esmtp: true,
+            tls: None,
             queue_id: "0A1B",
             recipient: Some("b@x.test"),
             unix_secs: 1_700_000_000,
@@ -151,6 +168,16 @@ mod tests {
             received_header(&fields),
             "Received: from client.test ([192.0.2.1])\r\n\tby mx.test (ecelerity 0.1.0) with ESMTP id 0A1B\r\n\tfor <b@x.test>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
         );
+        let tls = crate::smtp::TlsInfo {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        };
+        fields.tls = Some(&tls);
+        assert_eq!(
+            received_header(&fields),
+            "Received: from client.test ([192.0.2.1])\r\n\tby mx.test (ecelerity 0.1.0) with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_AES_256_GCM_SHA384) id 0A1B\r\n\tfor <b@x.test>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+        fields.tls = None;
         fields.recipient = None;
         fields.esmtp = false;
         fields.peer_ip = "2001:db8::1".parse().unwrap();

@@ -115,6 +115,9 @@ impl Failure {
             Stage::ReadingBanner
                 | Stage::DuringEhlo
                 | Stage::AfterEhlo
+                | Stage::DuringStarttls
+                | Stage::AfterStarttls
+                | Stage::TlsHandshake
                 | Stage::DuringRset
                 | Stage::AfterRset
         )
@@ -170,9 +173,22 @@ pub struct TransactionResult {
     pub bytes_sent: u64,
 }
 
+/// Whether the session asks for STARTTLS (the `tls` option, read by the
+/// driver): `Off`; `Opportunistic` when the server offers it, clear text
+/// otherwise; `Required`, never a transaction in clear text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    Off,
+    Opportunistic,
+    Required,
+}
+
 /// What the driver should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAction {
+    /// STARTTLS got `220`: run the TLS handshake over the connection, then
+    /// call `tls_started` (or `abort` when it failed).
+    StartTls,
     /// Write all of `output()`, then call `output_sent()`.
     Send,
     /// Write the body through a `BodyEncoder` (or `encode_body`), then call
@@ -198,6 +214,7 @@ enum Expect {
     Banner,
     Ehlo,
     Helo,
+    StartTls,
     Rset,
     Mail,
     /// Index into the transaction's recipients.
@@ -215,6 +232,7 @@ impl Expect {
         match self {
             Expect::Banner => Stage::ReadingBanner,
             Expect::Ehlo | Expect::Helo => Stage::DuringEhlo,
+            Expect::StartTls => Stage::DuringStarttls,
             Expect::Rset => Stage::DuringRset,
             Expect::Mail => Stage::DuringMailFrom,
             Expect::Rcpt(_) => Stage::DuringRcptTo,
@@ -229,6 +247,7 @@ impl Expect {
         match self {
             Expect::Banner => Stage::ReadingBanner,
             Expect::Ehlo | Expect::Helo => Stage::AfterEhlo,
+            Expect::StartTls => Stage::AfterStarttls,
             Expect::Rset => Stage::AfterRset,
             Expect::Mail => Stage::AfterMailFrom,
             Expect::Rcpt(_) => Stage::AfterRcptTo,
@@ -240,8 +259,10 @@ impl Expect {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    /// Banner, EHLO, HELO.
+    /// Banner, EHLO, HELO, STARTTLS.
     Greeting,
+    /// STARTTLS got 220: the driver runs the handshake.
+    Handshake,
     Ready,
     /// Commands of a transaction written or waiting for replies.
     Transaction,
@@ -348,12 +369,20 @@ pub struct ClientSession {
     /// The failure to report once the QUIT sent after a refusal is
     /// answered (or the connection goes).
     failure_after_quit: Option<Failure>,
+    starttls: StartTls,
+    /// The handshake after STARTTLS succeeded.
+    tls_active: bool,
 }
 
 impl ClientSession {
     /// `ehlo_hostname` comes from configuration, which must have checked it
     /// with `is_valid_ehlo_hostname`.
     pub fn new(ehlo_hostname: &str) -> ClientSession {
+        ClientSession::with_starttls(ehlo_hostname, StartTls::Off)
+    }
+
+    /// As `new`, asking for STARTTLS as `starttls` says.
+    pub fn with_starttls(ehlo_hostname: &str, starttls: StartTls) -> ClientSession {
         assert!(
             is_valid_ehlo_hostname(ehlo_hostname),
             "bad EHLO name {ehlo_hostname:?}"
@@ -372,7 +401,48 @@ impl ClientSession {
             finished: None,
             rset_needed: false,
             failure_after_quit: None,
+            starttls,
+            tls_active: false,
         }
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: EHLO again (RFC 3207
+    /// section 4.2: what the server offered in clear text is forgotten).
+    pub fn tls_started(&mut self) {
+        assert_eq!(
+            self.phase,
+            Phase::Handshake,
+            "tls_started answers ClientAction::StartTls"
+        );
+        self.tls_active = true;
+        self.capabilities = None;
+        self.phase = Phase::Greeting;
+        self.write_greeting(b"EHLO ", Expect::Ehlo);
+    }
+
+    /// The TLS handshake after STARTTLS failed (`why`: the TLS error, a
+    /// refused certificate): the connection is of no more use. The failure
+    /// is at stage 17 (TLS handshake), outside any transaction, so the
+    /// driver may try again in clear text where `tls = ifavailable`.
+    pub fn tls_failed(&mut self, why: &str) {
+        assert_eq!(
+            self.phase,
+            Phase::Handshake,
+            "tls_failed answers ClientAction::StartTls"
+        );
+        let text = format!("ecelerity: TLS handshake failed: {why}");
+        let reply = refusal_text(451, EnhancedCode::new(4, 7, 5), text);
+        let failure = Failure::new(
+            Stage::TlsHandshake,
+            FailureCause::Aborted(AbortReason::Io),
+            reply,
+        );
+        self.end(Phase::Failed(failure));
+    }
+
+    /// The handshake after STARTTLS succeeded.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     pub fn stage(&self) -> Stage {
@@ -420,6 +490,7 @@ impl ClientSession {
         match self.phase {
             Phase::Ready => ClientAction::Ready,
             Phase::Body => ClientAction::SendBody,
+            Phase::Handshake => ClientAction::StartTls,
             _ => {
                 assert!(
                     !self.awaiting.is_empty(),
@@ -446,6 +517,15 @@ impl ClientSession {
             };
             self.on_reply(reply)?;
             if matches!(self.phase, Phase::Closed | Phase::Failed(_)) {
+                return Ok(());
+            }
+            if self.phase == Phase::Handshake {
+                // Bytes after the 220 to STARTTLS would be clear text read
+                // as if it came over TLS (the server side of
+                // CVE-2011-0411): the handshake is not even tried.
+                if self.parser.buffered_bytes() > 0 {
+                    self.tls_failed("the server sent more after its 220 to STARTTLS");
+                }
                 return Ok(());
             }
         }
@@ -618,6 +698,10 @@ impl ClientSession {
                 return;
             }
             Phase::Greeting | Phase::Transaction | Phase::Body => {}
+            Phase::Handshake => {
+                self.tls_failed(&reason.to_string());
+                return;
+            }
         }
         let text = format!("ecelerity: {reason} {stage}");
         let reply = refusal_text(451, EnhancedCode::new(4, 4, 2), text);
@@ -645,7 +729,7 @@ impl ClientSession {
             self.defer_transaction(&reply, stage);
             if matches!(
                 expect,
-                Expect::Banner | Expect::Ehlo | Expect::Helo | Expect::Rset
+                Expect::Banner | Expect::Ehlo | Expect::Helo | Expect::StartTls | Expect::Rset
             ) {
                 self.end(Phase::Failed(Failure::new(
                     stage,
@@ -661,6 +745,7 @@ impl ClientSession {
             Expect::Banner => self.on_banner(reply, stage),
             Expect::Ehlo => self.on_ehlo(reply, stage),
             Expect::Helo => self.on_helo(reply, stage),
+            Expect::StartTls => self.on_starttls(reply, stage),
             Expect::Quit => {
                 self.end_quitting();
                 Ok(())
@@ -691,8 +776,21 @@ impl ClientSession {
 
     fn on_ehlo(&mut self, reply: Reply, stage: Stage) -> Result<(), ClientError> {
         if reply.is_positive() {
-            self.capabilities = Some(Capabilities::from_ehlo(&reply));
-            self.phase = Phase::Ready;
+            let capabilities = Capabilities::from_ehlo(&reply);
+            let wanted = self.starttls != StartTls::Off && !self.tls_active;
+            let offered = capabilities.starttls;
+            self.capabilities = Some(capabilities);
+            if wanted && offered {
+                self.output.extend_from_slice(b"STARTTLS\r\n");
+                self.awaiting.push_back(Expect::StartTls);
+            } else if wanted && self.starttls == StartTls::Required {
+                self.refused(
+                    tls_required_refusal("the server does not offer STARTTLS"),
+                    stage,
+                );
+            } else {
+                self.phase = Phase::Ready;
+            }
             Ok(())
         } else if reply.is_permanent() {
             // An old server that does not know EHLO (RFC 5321 3.2).
@@ -709,12 +807,38 @@ impl ClientSession {
     fn on_helo(&mut self, reply: Reply, stage: Stage) -> Result<(), ClientError> {
         if reply.is_positive() {
             self.capabilities = Some(Capabilities::default());
-            self.phase = Phase::Ready;
+            if self.starttls == StartTls::Required && !self.tls_active {
+                self.refused(
+                    tls_required_refusal("the server does not speak ESMTP"),
+                    stage,
+                );
+            } else {
+                self.phase = Phase::Ready;
+            }
             Ok(())
         } else if reply.is_intermediate() {
             Err(self.fail_unexpected(&reply, stage))
         } else {
             self.refused(reply, stage);
+            Ok(())
+        }
+    }
+
+    /// 220: the driver runs the handshake. Anything else: clear text
+    /// goes on when TLS is opportunistic; with `Required` the session
+    /// ends (QUIT) and the destination is deferred.
+    fn on_starttls(&mut self, reply: Reply, stage: Stage) -> Result<(), ClientError> {
+        if reply.code == 220 {
+            self.phase = Phase::Handshake;
+            Ok(())
+        } else if reply.is_intermediate() || reply.is_positive() {
+            Err(self.fail_unexpected(&reply, stage))
+        } else if self.starttls == StartTls::Required {
+            let why = format!("the server refused STARTTLS: {}", reply.text());
+            self.refused(tls_required_refusal(&why), stage);
+            Ok(())
+        } else {
+            self.phase = Phase::Ready;
             Ok(())
         }
     }
@@ -960,6 +1084,16 @@ impl ClientSession {
     }
 }
 
+/// Why a session with `tls = required` goes no further: transient, so the
+/// destination is deferred and the message never goes in clear text.
+fn tls_required_refusal(why: &str) -> Reply {
+    refusal(
+        451,
+        EnhancedCode::new(4, 7, 5),
+        &format!("TLS required (tls = required) but {why}"),
+    )
+}
+
 /// Most bytes of an unexpected reply quoted in `ClientError`.
 const UNEXPECTED_REPLY_QUOTE_BYTES_MAX: usize = 128;
 
@@ -1016,6 +1150,99 @@ mod tests {
         let output = String::from_utf8(session.output().to_vec()).unwrap();
         session.output_sent();
         output
+    }
+
+    const EHLO_STARTTLS: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+
+    /// A session asking for STARTTLS `mode`, through banner and EHLO.
+    fn tls_greeted(mode: StartTls, ehlo: &str) -> ClientSession {
+        let mut session = ClientSession::with_starttls("client.example.com", mode);
+        reply(&mut session, "220 mx.example.net ESMTP\r\n");
+        assert_eq!(sent(&mut session), "EHLO client.example.com\r\n");
+        reply(&mut session, ehlo);
+        session
+    }
+
+    #[test]
+    fn starttls_when_offered_then_ehlo_again_over_tls() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        assert_eq!(sent(&mut session), "STARTTLS\r\n");
+        assert_eq!(session.poll(), WaitForReply(Stage::DuringStarttls));
+        reply(&mut session, "220 2.0.0 go ahead\r\n");
+        assert_eq!(session.poll(), ClientAction::StartTls);
+        session.tls_started();
+        assert!(session.tls_active());
+        assert_eq!(sent(&mut session), "EHLO client.example.com\r\n");
+        // Over TLS the server still offers STARTTLS: not asked twice.
+        reply(&mut session, EHLO_STARTTLS);
+        assert_eq!(session.poll(), Ready);
+    }
+
+    #[test]
+    fn opportunistic_tls_goes_on_in_clear_text_when_not_offered_or_refused() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_PLAIN);
+        assert_eq!(session.poll(), Ready);
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        assert_eq!(sent(&mut session), "STARTTLS\r\n");
+        reply(&mut session, "454 4.7.0 TLS not available\r\n");
+        assert_eq!(session.poll(), Ready);
+        assert!(!session.tls_active());
+    }
+
+    #[test]
+    fn required_tls_never_reaches_a_transaction_in_clear_text() {
+        for (ehlo, starttls_reply) in [
+            (EHLO_PLAIN, None),
+            (EHLO_STARTTLS, Some("454 4.7.0 no\r\n")),
+        ] {
+            let mut session = tls_greeted(StartTls::Required, ehlo);
+            if let Some(text) = starttls_reply {
+                assert_eq!(sent(&mut session), "STARTTLS\r\n");
+                reply(&mut session, text);
+            }
+            assert_eq!(sent(&mut session), "QUIT\r\n");
+            reply(&mut session, "221 bye\r\n");
+            let ClientAction::Failed(failure) = session.poll() else {
+                panic!("a required TLS session fails");
+            };
+            assert!(failure.is_outside_transaction());
+            assert_eq!(failure.reply.code, 451, "{:?}", failure.reply);
+            assert!(
+                failure.reply.text().contains("tls = required"),
+                "{:?}",
+                failure.reply
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_220_to_starttls_fail_the_handshake_unread() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        sent(&mut session);
+        session
+            .on_input(b"220 go ahead\r\n250 injected\r\n")
+            .expect("not a protocol error: a TLS failure");
+        let ClientAction::Failed(failure) = session.poll() else {
+            panic!("the handshake is not tried");
+        };
+        assert_eq!(failure.stage, Stage::TlsHandshake);
+        assert!(failure.reply.text().contains("more after its 220"));
+    }
+
+    #[test]
+    fn a_failed_handshake_fails_the_session_at_stage_17() {
+        let mut session = tls_greeted(StartTls::Opportunistic, EHLO_STARTTLS);
+        sent(&mut session);
+        reply(&mut session, "220 go ahead\r\n");
+        assert_eq!(session.poll(), ClientAction::StartTls);
+        session.tls_failed("invalid peer certificate: UnknownIssuer");
+        let ClientAction::Failed(failure) = session.poll() else {
+            panic!("the session fails");
+        };
+        assert_eq!(failure.stage, Stage::TlsHandshake);
+        assert_eq!(failure.stage.code(), 17);
+        assert!(failure.is_outside_transaction());
+        assert!(failure.reply.text().contains("UnknownIssuer"));
     }
 
     /// Feeds server bytes one at a time, as the harshest split.
@@ -1832,6 +2059,7 @@ mod tests {
             for _ in 0..STEPS_MAX {
                 match session.poll() {
                     Send => session.output_sent(),
+                    ClientAction::StartTls => unreachable!("STARTTLS is never asked for"),
                     SendBody => {
                         bodies_sent += 1;
                         session.body_sent(rng.next_u64() % 1000);

@@ -64,6 +64,10 @@ impl DataState {
 impl ServerSession {
     pub(super) fn data(&mut self) {
         self.data_refused = !self.has_mail || self.rcpts.is_empty();
+        if self.refuse_without_tls() {
+            self.data_refused = true;
+            return;
+        }
         if !self.has_mail {
             self.reply(503, "5.5.1", format_args!("Error: need MAIL command"));
             self.count_error();

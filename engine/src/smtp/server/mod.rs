@@ -58,6 +58,7 @@ use super::command::{parse_command, BodyType, Command, CommandError, MailParams}
 pub use super::received::{
     received_header, write_rfc5322_date, ReceivedFields, RFC5322_DATE_UNIX_SECS_MAX,
 };
+use super::TlsInfo;
 
 mod data;
 mod verdicts;
@@ -153,6 +154,9 @@ pub struct ServerParams {
     pub capabilities: Capabilities,
     /// Our version, for the banner and Received headers.
     pub version: &'static str,
+    /// The listener's `tls = required`: MAIL, RCPT and DATA get `530
+    /// 5.7.0` until STARTTLS (which `capabilities.starttls` must offer).
+    pub tls_required: bool,
 }
 
 /// One received message, handed over with [`Event::Message`].
@@ -187,6 +191,11 @@ pub enum Event {
     /// Spool it, then call [`ServerSession::spooled`]; the session reads
     /// no further commands until then.
     Message(Envelope),
+    /// STARTTLS was accepted (its `220` is in the output): write the
+    /// output, run the TLS handshake, then call
+    /// [`ServerSession::tls_started`], or close the connection if the
+    /// handshake failed. No input is read until then.
+    StartTls,
     /// The session is over: write the pending output, then close.
     Close,
 }
@@ -214,6 +223,8 @@ enum Phase {
     /// `validated()`. What is being validated is in `argument` (EHLO, MAIL,
     /// RCPT) or `body` (DATA).
     AwaitingPolicy(PolicyPhase),
+    /// `220` to STARTTLS was given; the driver runs the handshake.
+    AwaitingTls,
     Closed,
 }
 
@@ -298,6 +309,11 @@ pub struct ServerSession {
     /// DATA the last command of a group): it would be a message body read
     /// as commands, so the session closes instead.
     data_refused: bool,
+    /// Input follows the command line being executed in the same read
+    /// (what STARTTLS must refuse: CVE-2011-0411).
+    line_followed: bool,
+    /// What the TLS handshake after STARTTLS negotiated; `None` in clear.
+    tls: Option<TlsInfo>,
 }
 
 impl ServerSession {
@@ -313,6 +329,10 @@ impl ServerSession {
         assert!(limits.errors_max >= 1);
         assert!(limits.input_buffer_bytes_max >= 1);
         assert!(!params.hostname.is_empty());
+        assert!(
+            !params.tls_required || params.capabilities.starttls,
+            "tls = required needs STARTTLS offered"
+        );
         if let Some(extension) = params.capabilities.unsupported() {
             panic!("the server session does not speak {extension} yet");
         }
@@ -362,6 +382,8 @@ impl ServerSession {
             messages_received: 0,
             deferred_close: None,
             data_refused: false,
+            line_followed: false,
+            tls: None,
         }
     }
 
@@ -446,7 +468,7 @@ impl ServerSession {
             Phase::AwaitingSpool => {
                 self.deferred_close.get_or_insert(DeferredClose::Timeout);
             }
-            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) => {
+            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) | Phase::AwaitingTls => {
                 self.reply_timeout();
                 self.close();
             }
@@ -465,7 +487,7 @@ impl ServerSession {
             Phase::AwaitingSpool => {
                 self.deferred_close.get_or_insert(DeferredClose::Shutdown);
             }
-            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) => {
+            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) | Phase::AwaitingTls => {
                 self.reply_shutdown();
                 self.close();
             }
@@ -532,7 +554,10 @@ impl ServerSession {
     }
 
     fn is_waiting(&self) -> bool {
-        matches!(self.phase, Phase::AwaitingSpool | Phase::AwaitingPolicy(_))
+        matches!(
+            self.phase,
+            Phase::AwaitingSpool | Phase::AwaitingPolicy(_) | Phase::AwaitingTls
+        )
     }
 
     /// Messages handed over with Event::Message in this session.
@@ -570,6 +595,7 @@ impl ServerSession {
             Phase::Data => "data",
             Phase::AwaitingSpool => "spool",
             Phase::AwaitingPolicy(phase) => phase.callout(),
+            Phase::AwaitingTls => "starttls",
             Phase::Closed => "closed",
             Phase::Command if self.connection.ehlo_domain.is_empty() => "awaiting ehlo",
             Phase::Command if !self.has_mail => "awaiting mailfrom",
@@ -592,6 +618,7 @@ impl ServerSession {
             hostname: &self.params.hostname,
             version: self.params.version,
             esmtp: self.esmtp,
+            tls: self.tls.as_ref(),
             queue_id,
             recipient: match self.rcpts.as_slice() {
                 [only] => Some(only),
@@ -608,6 +635,7 @@ impl ServerSession {
             hostname: &self.params.hostname,
             version: self.params.version,
             esmtp: envelope.esmtp,
+            tls: self.tls.as_ref(),
             queue_id,
             recipient: match envelope.rcpts.as_slice() {
                 [only] => Some(only),
@@ -698,7 +726,10 @@ impl ServerSession {
             let consumed = match self.phase {
                 Phase::Command => self.command_bytes(&bytes[at..]),
                 Phase::Data => self.data_bytes(&bytes[at..]),
-                Phase::AwaitingSpool | Phase::AwaitingPolicy(_) | Phase::Closed => break,
+                Phase::AwaitingSpool
+                | Phase::AwaitingPolicy(_)
+                | Phase::AwaitingTls
+                | Phase::Closed => break,
             };
             assert!(consumed > 0 && consumed <= bytes.len() - at);
             at += consumed;
@@ -732,7 +763,9 @@ impl ServerSession {
                     self.count_error();
                 } else {
                     self.line.extend_from_slice(&rest[..lf]);
+                    self.line_followed = rest.len() > lf + 1;
                     self.execute_line();
+                    self.line_followed = false;
                     if std::mem::take(&mut self.data_refused) && rest.len() > lf + 1 {
                         self.refuse_unsynchronized_data();
                     }
@@ -772,6 +805,7 @@ impl ServerSession {
                 self.reply(250, "2.0.0", format_args!("Ok"));
             }
             Command::Noop => self.reply(250, "2.0.0", format_args!("Ok")),
+            Command::StartTls => self.starttls(),
             Command::Quit => {
                 self.reply(221, "2.0.0", format_args!("Bye"));
                 self.close();
@@ -825,6 +859,9 @@ impl ServerSession {
     }
 
     fn mail(&mut self, reverse_path: &str, params: MailParams) {
+        if self.refuse_without_tls() {
+            return;
+        }
         if self.connection.ehlo_domain.is_empty() {
             self.reply(503, "5.5.1", format_args!("Error: send HELO/EHLO first"));
             self.count_error();
@@ -886,6 +923,9 @@ impl ServerSession {
     /// `postmaster` is the bare reserved mailbox, which RFC 5321 section
     /// 4.5.1 says every server accepts; it skips the relay policy.
     fn rcpt(&mut self, forward_path: &str, postmaster: bool) {
+        if self.refuse_without_tls() {
+            return;
+        }
         if !self.has_mail {
             self.reply(503, "5.5.1", format_args!("Error: need MAIL command"));
             self.count_error();
@@ -909,6 +949,85 @@ impl ServerSession {
     fn accept_rcpt(&mut self) {
         self.rcpts.push(self.argument.clone());
         self.reply(250, "2.1.5", format_args!("Ok"));
+    }
+
+    /// The listener demands TLS and this session has none: `530 5.7.0`
+    /// (MAIL, RCPT, DATA; AUTH too once it exists). Not counted as an
+    /// error: the client may still issue STARTTLS.
+    pub fn refuse_without_tls(&mut self) -> bool {
+        if !self.params.tls_required || self.tls.is_some() {
+            return false;
+        }
+        self.reply(
+            530,
+            "5.7.0",
+            format_args!("Must issue a STARTTLS command first"),
+        );
+        true
+    }
+
+    /// STARTTLS (RFC 3207): refused when not offered, once TLS is on, or
+    /// when more input follows it in the same read, which would be clear
+    /// text an attacker put in front of the TLS session (CVE-2011-0411;
+    /// Momentum's `starttls_injection_policy = reject`): the client gets
+    /// `554 5.5.1`, TLS does not start, and what followed is read as the
+    /// clear-text commands it is.
+    fn starttls(&mut self) {
+        if !self.params.capabilities.starttls && self.tls.is_none() {
+            self.reply(502, "5.5.1", format_args!("Error: command not implemented"));
+            self.count_error();
+            return;
+        }
+        if self.tls.is_some() {
+            self.reply(554, "5.5.1", format_args!("Error: TLS already active"));
+            self.count_error();
+            return;
+        }
+        if self.line_followed || self.held_bytes() > 0 {
+            self.reply(
+                554,
+                "5.5.1",
+                format_args!("Error: command pipelined after STARTTLS"),
+            );
+            self.count_error();
+            return;
+        }
+        self.reply(220, "2.0.0", format_args!("Ready to start TLS"));
+        self.phase = Phase::AwaitingTls;
+        self.events.push_back(Event::StartTls);
+    }
+
+    /// The handshake after STARTTLS succeeded: the session starts over
+    /// (RFC 3207 section 4.2: the greeting, the transaction and the
+    /// message scope are forgotten; the client must EHLO again) and
+    /// STARTTLS is no longer offered.
+    pub fn tls_started(&mut self, info: TlsInfo) {
+        assert_eq!(
+            self.phase,
+            Phase::AwaitingTls,
+            "tls_started answers Event::StartTls"
+        );
+        assert!(
+            self.pending.is_empty(),
+            "nothing is read during a handshake"
+        );
+        self.reset_transaction();
+        self.vctx.reset_message();
+        self.connection.ehlo_domain.clear();
+        self.esmtp = false;
+        self.params.capabilities.starttls = false;
+        self.tls = Some(info);
+        self.phase = Phase::Command;
+    }
+
+    /// TLS is on (STARTTLS and its handshake are done).
+    pub fn tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// What TLS negotiated, for the Received header and the logs.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
     }
 
     fn reset_transaction(&mut self) {
@@ -1144,6 +1263,7 @@ mod tests {
             limits,
             capabilities: Capabilities::default(),
             version: "0.1.0",
+            tls_required: false,
         }
     }
 
@@ -1713,11 +1833,124 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "does not speak STARTTLS yet")]
+    #[should_panic(expected = "does not speak CHUNKING yet")]
     fn a_session_refuses_to_offer_an_extension_it_does_not_speak() {
         let mut params = params(ServerLimits::default());
-        params.capabilities.starttls = true;
+        params.capabilities.chunking = true;
         ServerSession::new(params);
+    }
+
+    fn tls_session(required: bool) -> Driven {
+        let mut params = params(ServerLimits::default());
+        params.capabilities.starttls = true;
+        params.tls_required = required;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        session
+    }
+
+    fn tls13() -> TlsInfo {
+        TlsInfo {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        }
+    }
+
+    #[test]
+    fn starttls_is_offered_answered_and_starts_the_session_over() {
+        let mut session = tls_session(false);
+        let ehlo = send(&mut session, b"EHLO c.test\r\n");
+        assert!(ehlo.contains(&"250 STARTTLS".to_string()), "{ehlo:?}");
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["250 2.1.0 Ok"]
+        );
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\n"),
+            ["220 2.0.0 Ready to start TLS"]
+        );
+        assert_eq!(session.next_event(), Some(Event::StartTls));
+        assert_eq!(session.phase_name(), "starttls");
+        assert!(!session.tls_active());
+        session.tls_started(tls13());
+        assert!(session.tls_active());
+        // RFC 3207 4.2: greeting and transaction are forgotten.
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["503 5.5.1 Error: send HELO/EHLO first"]
+        );
+        let ehlo = send(&mut session, b"EHLO c.test\r\n");
+        assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")), "{ehlo:?}");
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\n"),
+            ["554 5.5.1 Error: TLS already active"]
+        );
+        let (_, header) = {
+            let envelope = Envelope {
+                helo: "c.test".into(),
+                esmtp: true,
+                mail_from: String::new(),
+                rcpts: vec!["b@x.test".into()],
+                body_8bitmime: false,
+                body: Vec::new(),
+            };
+            ((), session.received_header(&envelope, "0A1B", 0))
+        };
+        assert!(
+            header.contains("with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)"),
+            "{header}"
+        );
+    }
+
+    #[test]
+    fn tls_required_refuses_mail_rcpt_and_data_until_starttls() {
+        let mut session = tls_session(true);
+        send(&mut session, b"EHLO c.test\r\n");
+        let refused = "530 5.7.0 Must issue a STARTTLS command first";
+        assert_eq!(
+            send(
+                &mut session,
+                b"MAIL FROM:<a@c.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+            ),
+            [refused, refused, refused]
+        );
+        assert_eq!(send(&mut session, b"NOOP\r\n"), ["250 2.0.0 Ok"]);
+        send(&mut session, b"STARTTLS\r\n");
+        assert_eq!(session.next_event(), Some(Event::StartTls));
+        session.tls_started(tls13());
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@c.test>\r\n"),
+            ["250 2.1.0 Ok"]
+        );
+    }
+
+    #[test]
+    fn plaintext_pipelined_behind_starttls_is_refused_and_read_as_clear_text() {
+        // CVE-2011-0411: what follows STARTTLS in the same read must not
+        // run inside the TLS session; TLS does not start at all.
+        let mut session = tls_session(false);
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\nMAIL FROM:<a@c.test>\r\n"),
+            [
+                "554 5.5.1 Error: command pipelined after STARTTLS",
+                "250 2.1.0 Ok"
+            ]
+        );
+        assert_eq!(session.next_event(), None);
+        assert!(!session.tls_active());
+    }
+
+    #[test]
+    fn starttls_without_a_certificate_is_not_implemented() {
+        let mut session = open();
+        send(&mut session, b"EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut session, b"STARTTLS\r\n"),
+            ["502 5.5.1 Error: command not implemented"]
+        );
     }
 
     #[test]
