@@ -92,6 +92,7 @@ fn server(limits: ServerLimits) -> ServerSession {
         limits,
         capabilities: Capabilities::default(),
         version: "fuzz",
+        auth_plaintext: false,
     };
     let mut session = ServerSession::new(params);
     session.start();

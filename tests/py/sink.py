@@ -18,6 +18,10 @@ case-insensitive):
   datafail*  -> accepted at RCPT TO, 451 4.3.0 after DATA (nothing stored)
 More rules: --rule PREFIX=CODE (RCPT stage) or --data-rule PREFIX=CODE; a
 rule may give the whole reply instead, e.g. --rule "full=552 5.2.2 mailbox full".
+
+--auth USER:PASSWORD offers AUTH PLAIN LOGIN without TLS and requires it
+before MAIL; every attempt is appended to DIR/auth.txt as
+"mechanism<TAB>user<TAB>password<TAB>ok|fail".
 """
 
 import argparse
@@ -26,7 +30,7 @@ import os
 import signal
 import sys
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 # Longest DATA or command line the sink accepts. Generous on purpose: the
 # sink must never be the component that rejects a test message.
@@ -122,6 +126,24 @@ class Handler:
         return f"250 2.0.0 Ok: queued as {name}"
 
 
+class Authenticator:
+    """Accepts one user and password; records every attempt."""
+
+    def __init__(self, directory, user_password):
+        self.path = os.path.join(directory, "auth.txt")
+        self.user, _, self.password = user_password.partition(":")
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "surrogateescape")
+        password = auth_data.password.decode("utf-8", "surrogateescape")
+        ok = user == self.user and password == self.password
+        with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as log:
+            log.write(f"{mechanism}\t{user}\t{password}\t{'ok' if ok else 'fail'}\n")
+        return AuthResult(success=ok)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -129,7 +151,9 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--rule", type=parse_rule, action="append", default=[])
     parser.add_argument("--data-rule", type=parse_rule, action="append", default=[])
+    parser.add_argument("--auth", help="USER:PASSWORD required before MAIL")
     args = parser.parse_args()
+    authenticator = Authenticator(args.dir, args.auth) if args.auth else None
 
     store = Store(args.dir)
     handler = Handler(store, args.rule + RCPT_RULES_DEFAULT, args.data_rule + DATA_RULES_DEFAULT)
@@ -141,6 +165,9 @@ def main():
             data_size_limit=DATA_BYTES_MAX,
             decode_data=False,
             enable_SMTPUTF8=True,
+            authenticator=authenticator,
+            auth_required=authenticator is not None,
+            auth_require_tls=False,
         )
         smtp.line_length_limit = LINE_BYTES_MAX
         return smtp

@@ -74,8 +74,6 @@ impl Capabilities {
     pub fn unsupported(&self) -> Option<&'static str> {
         if self.starttls {
             Some("STARTTLS")
-        } else if !self.auth.is_empty() {
-            Some("AUTH")
         } else if self.smtputf8 {
             Some("SMTPUTF8")
         } else if self.chunking {

@@ -30,13 +30,15 @@
 //! context and the check of a policy's reply.
 //! May call: [`super::command`] (parsing), [`super::capabilities`] (the
 //! EHLO reply), [`super::received`] (the `Received:` header of a message
-//! it received), the data types of `ecelerity_policy` (never a policy).
+//! it received), [`super::sasl`] (AUTH responses, in [`auth`]), the data
+//! types of `ecelerity_policy` (never a policy).
 //! Never: sockets, the spool, clocks, other shards, logging, a policy
 //! object. Relay decisions are the policy's, not ours.
 //!
 //! Layout: this file holds the session, its commands and replies;
 //! [`data`] the DATA scanner and the hand-over of a message; [`verdicts`]
-//! what a policy is shown and how its verdict is carried out.
+//! what a policy is shown and how its verdict is carried out; [`auth`] SMTP
+//! AUTH.
 //!
 //! Smuggling defence: only `<CR><LF>.<CR><LF>` ends DATA, and a bare LF or
 //! bare CR anywhere in DATA closes the session with `521` (Postfix's
@@ -59,9 +61,13 @@ pub use super::received::{
     received_header, write_rfc5322_date, ReceivedFields, RFC5322_DATE_UNIX_SECS_MAX,
 };
 
+mod auth;
 mod data;
 mod verdicts;
 
+use super::sasl::Credentials;
+pub use auth::AuthOutcome;
+use auth::AuthStep;
 use data::DataState;
 
 /// Shortest command line any configuration may set, CRLF included
@@ -153,6 +159,9 @@ pub struct ServerParams {
     pub capabilities: Capabilities,
     /// Our version, for the banner and Received headers.
     pub version: &'static str,
+    /// `allow_plaintext_auth`: the mechanisms in `capabilities.auth` are
+    /// offered without TLS too (otherwise only once TLS is active).
+    pub auth_plaintext: bool,
 }
 
 /// One received message, handed over with [`Event::Message`].
@@ -187,6 +196,10 @@ pub enum Event {
     /// Spool it, then call [`ServerSession::spooled`]; the session reads
     /// no further commands until then.
     Message(Envelope),
+    /// A client gave credentials (AUTH): check them, then call
+    /// [`ServerSession::authenticated`]; the session reads no further
+    /// commands until then.
+    Authenticate(Credentials),
     /// The session is over: write the pending output, then close.
     Close,
 }
@@ -214,6 +227,11 @@ enum Phase {
     /// `validated()`. What is being validated is in `argument` (EHLO, MAIL,
     /// RCPT) or `body` (DATA).
     AwaitingPolicy(PolicyPhase),
+    /// Reading a SASL response line after a `334`.
+    AuthResponse(AuthStep),
+    /// Credentials were handed over; input is held until
+    /// `authenticated()`.
+    AwaitingAuth,
     Closed,
 }
 
@@ -298,6 +316,9 @@ pub struct ServerSession {
     /// DATA the last command of a group): it would be a message body read
     /// as commands, so the session closes instead.
     data_refused: bool,
+    /// The user name of an AUTH exchange under way (LOGIN between its two
+    /// responses, or awaiting `authenticated()`); empty otherwise.
+    auth_pending_user: String,
 }
 
 impl ServerSession {
@@ -329,6 +350,7 @@ impl ServerSession {
             peer_ip: params.peer_ip,
             listener: params.listener,
             ehlo_domain: String::new(),
+            auth_user: None,
         };
         ServerSession {
             params,
@@ -362,6 +384,7 @@ impl ServerSession {
             messages_received: 0,
             deferred_close: None,
             data_refused: false,
+            auth_pending_user: String::new(),
         }
     }
 
@@ -446,7 +469,11 @@ impl ServerSession {
             Phase::AwaitingSpool => {
                 self.deferred_close.get_or_insert(DeferredClose::Timeout);
             }
-            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) => {
+            Phase::Command
+            | Phase::Data
+            | Phase::AwaitingPolicy(_)
+            | Phase::AuthResponse(_)
+            | Phase::AwaitingAuth => {
                 self.reply_timeout();
                 self.close();
             }
@@ -465,7 +492,11 @@ impl ServerSession {
             Phase::AwaitingSpool => {
                 self.deferred_close.get_or_insert(DeferredClose::Shutdown);
             }
-            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) => {
+            Phase::Command
+            | Phase::Data
+            | Phase::AwaitingPolicy(_)
+            | Phase::AuthResponse(_)
+            | Phase::AwaitingAuth => {
                 self.reply_shutdown();
                 self.close();
             }
@@ -532,7 +563,10 @@ impl ServerSession {
     }
 
     fn is_waiting(&self) -> bool {
-        matches!(self.phase, Phase::AwaitingSpool | Phase::AwaitingPolicy(_))
+        matches!(
+            self.phase,
+            Phase::AwaitingSpool | Phase::AwaitingPolicy(_) | Phase::AwaitingAuth
+        )
     }
 
     /// Messages handed over with Event::Message in this session.
@@ -570,6 +604,7 @@ impl ServerSession {
             Phase::Data => "data",
             Phase::AwaitingSpool => "spool",
             Phase::AwaitingPolicy(phase) => phase.callout(),
+            Phase::AuthResponse(_) | Phase::AwaitingAuth => "auth",
             Phase::Closed => "closed",
             Phase::Command if self.connection.ehlo_domain.is_empty() => "awaiting ehlo",
             Phase::Command if !self.has_mail => "awaiting mailfrom",
@@ -696,9 +731,12 @@ impl ServerSession {
         let mut at = 0;
         while at < bytes.len() {
             let consumed = match self.phase {
-                Phase::Command => self.command_bytes(&bytes[at..]),
+                Phase::Command | Phase::AuthResponse(_) => self.command_bytes(&bytes[at..]),
                 Phase::Data => self.data_bytes(&bytes[at..]),
-                Phase::AwaitingSpool | Phase::AwaitingPolicy(_) | Phase::Closed => break,
+                Phase::AwaitingSpool
+                | Phase::AwaitingPolicy(_)
+                | Phase::AwaitingAuth
+                | Phase::Closed => break,
             };
             assert!(consumed > 0 && consumed <= bytes.len() - at);
             at += consumed;
@@ -729,6 +767,9 @@ impl ServerSession {
                     self.discarding_line = false;
                     self.line.clear();
                     self.reply(500, "5.5.2", format_args!("Error: line too long"));
+                    if matches!(self.phase, Phase::AuthResponse(_)) {
+                        self.auth_abandoned();
+                    }
                     self.count_error();
                 } else {
                     self.line.extend_from_slice(&rest[..lf]);
@@ -746,6 +787,14 @@ impl ServerSession {
         let mut line = std::mem::take(&mut self.line);
         if line.last() == Some(&b'\r') {
             line.pop();
+        }
+        if let Phase::AuthResponse(step) = self.phase {
+            // Not a command: a SASL response (base64, or `*`).
+            let text = std::str::from_utf8(&line).unwrap_or("\u{0}");
+            self.auth_response(step, text);
+            line.clear();
+            self.line = line;
+            return;
         }
         match parse_command(&line) {
             Ok(command) => self.execute(command),
@@ -772,6 +821,10 @@ impl ServerSession {
                 self.reply(250, "2.0.0", format_args!("Ok"));
             }
             Command::Noop => self.reply(250, "2.0.0", format_args!("Ok")),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response),
             Command::Quit => {
                 self.reply(221, "2.0.0", format_args!("Bye"));
                 self.close();
@@ -813,7 +866,9 @@ impl ServerSession {
         let host = &self.params.hostname;
         // RFC 2034 section 3: no enhanced codes on the EHLO/HELO reply.
         if esmtp {
-            self.params.capabilities.write_ehlo_reply(
+            let mut capabilities = self.params.capabilities;
+            capabilities.auth = self.auth_offered();
+            capabilities.write_ehlo_reply(
                 &mut self.output,
                 host,
                 self.params.peer_ip,
@@ -849,6 +904,7 @@ impl ServerSession {
         let capabilities = self.params.capabilities;
         if (params.size_bytes.is_some() && !capabilities.size)
             || (params.body.is_some() && !capabilities.eight_bit_mime)
+            || (params.auth && self.auth_offered().is_empty())
         {
             // RFC 5321 section 4.1.1.11: a parameter of an extension we
             // did not offer.
@@ -1144,6 +1200,7 @@ mod tests {
             limits,
             capabilities: Capabilities::default(),
             version: "0.1.0",
+            auth_plaintext: false,
         }
     }
 
@@ -2562,5 +2619,184 @@ mod tests {
         }
         eprintln!("fuzz: {messages} messages, {bare_closes} bare closes, held up to {held_max}");
         assert!(messages > 1000 && bare_closes > 50 && held_max > 256);
+    }
+
+    /// A session on a listener with AUTH PLAIN and LOGIN, in clear text
+    /// when `plaintext`, greeted with EHLO (its reply returned).
+    fn open_auth(plaintext: bool) -> (Driven, Vec<String>) {
+        let mut params = params(ServerLimits::default());
+        params.capabilities.auth = crate::smtp::capabilities::AuthMechanisms {
+            plain: true,
+            login: true,
+        };
+        params.auth_plaintext = plaintext;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        let ehlo = send(&mut session, b"EHLO client.test\r\n");
+        (session, ehlo)
+    }
+
+    fn credentials(session: &mut Driven) -> Credentials {
+        match session.next_event() {
+            Some(Event::Authenticate(credentials)) => credentials,
+            other => panic!("expected credentials, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_is_neither_offered_nor_accepted_in_clear_text_by_default() {
+        let (mut session, ehlo) = open_auth(false);
+        assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "{ehlo:?}");
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN AGFsaWNlAHB3\r\n"),
+            ["503 5.5.1 Error: authentication not enabled"]
+        );
+        assert_eq!(session.next_event(), None);
+        assert!(!session.tls_active());
+    }
+
+    #[test]
+    fn auth_plain_with_an_initial_response_authenticates_the_session() {
+        let (mut session, ehlo) = open_auth(true);
+        assert!(
+            ehlo.contains(&"250 AUTH PLAIN LOGIN".to_string()),
+            "{ehlo:?}"
+        );
+        // Pipelined MAIL waits for the answer.
+        assert_eq!(
+            send(
+                &mut session,
+                b"AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nMAIL FROM:<a@client.test>\r\n"
+            ),
+            Vec::<String>::new()
+        );
+        let given = credentials(&mut session);
+        assert_eq!(
+            (given.user.as_str(), given.password.as_str()),
+            ("alice", "s3cret")
+        );
+        assert_eq!(session.phase_name(), "auth");
+        assert_eq!(session.auth_pending_user(), "alice");
+        session.authenticated(AuthOutcome::Accepted);
+        // The held MAIL now goes to the policy, as the driver would see.
+        session.settle();
+        assert_eq!(
+            take_lines(&mut session),
+            ["235 2.7.0 Authentication successful", "250 2.1.0 Ok"]
+        );
+        assert_eq!(session.auth_user(), Some("alice"));
+        assert_eq!(
+            send(&mut session, b"RSET\r\nAUTH LOGIN\r\n"),
+            ["250 2.0.0 Ok", "503 5.5.1 Error: already authenticated"]
+        );
+    }
+
+    #[test]
+    fn auth_login_asks_user_then_password_and_a_refusal_is_535() {
+        let (mut session, _) = open_auth(true);
+        assert_eq!(send(&mut session, b"AUTH LOGIN\r\n"), ["334 VXNlcm5hbWU6"]);
+        assert_eq!(send(&mut session, b"Ym9i\r\n"), ["334 UGFzc3dvcmQ6"]);
+        assert_eq!(send(&mut session, b"d3Jvbmc=\r\n"), Vec::<String>::new());
+        let given = credentials(&mut session);
+        assert_eq!(
+            (given.user.as_str(), given.password.as_str()),
+            ("bob", "wrong")
+        );
+        session.authenticated(AuthOutcome::Refused);
+        assert_eq!(
+            take_lines(&mut session),
+            ["535 5.7.8 Error: authentication failed"]
+        );
+        assert_eq!(session.auth_user(), None);
+        // LOGIN with the user name as initial response, then PLAIN after a 334.
+        assert_eq!(
+            send(&mut session, b"AUTH LOGIN Ym9i\r\n"),
+            ["334 UGFzc3dvcmQ6"]
+        );
+        assert_eq!(
+            send(&mut session, b"*\r\n"),
+            ["501 5.7.0 Authentication aborted"]
+        );
+        assert_eq!(send(&mut session, b"AUTH PLAIN\r\n"), ["334 "]);
+        assert_eq!(
+            send(&mut session, b"AGJvYgBwdw==\r\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(credentials(&mut session).user, "bob");
+        session.authenticated(AuthOutcome::Unavailable);
+        assert_eq!(
+            take_lines(&mut session),
+            ["454 4.7.0 Temporary authentication failure"]
+        );
+    }
+
+    #[test]
+    fn malformed_auth_gets_its_reply_and_too_many_failures_close() {
+        let (mut session, _) = open_auth(true);
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN !!notbase64\r\n"),
+            ["501 5.5.2 Error: malformed authentication response"]
+        );
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN YWxpY2U=\r\n"),
+            ["501 5.5.2 Error: malformed authentication response"],
+            "no NUL separators"
+        );
+        assert_eq!(
+            send(&mut session, b"AUTH CRAM-MD5\r\n"),
+            ["504 5.5.4 Unsupported authentication mechanism"]
+        );
+        assert_eq!(
+            send(&mut session, b"AUTH\r\n"),
+            ["501 5.5.4 Syntax: AUTH mechanism [initial-response]"]
+        );
+        assert_eq!(
+            send(
+                &mut session,
+                b"MAIL FROM:<a@client.test>\r\nAUTH PLAIN AGEAYg==\r\n"
+            ),
+            [
+                "250 2.1.0 Ok",
+                "503 5.5.1 Error: MAIL transaction in progress"
+            ]
+        );
+        assert_eq!(
+            send(&mut session, b"RSET\r\nAUTH PLAIN AGEAYg==\r\n"),
+            ["250 2.0.0 Ok"]
+        );
+        credentials(&mut session);
+        session.authenticated(AuthOutcome::TooManyFailures);
+        let lines = take_lines(&mut session);
+        assert_eq!(
+            lines,
+            ["421 4.7.0 mx.test Error: too many failed authentications, try again later"]
+        );
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn auth_needs_ehlo_and_mail_auth_parameter_needs_auth_offered() {
+        let mut params = params(ServerLimits::default());
+        params.capabilities.auth.plain = true;
+        params.auth_plaintext = true;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        assert_eq!(send(&mut session, b"HELO client.test\r\n"), ["250 mx.test"]);
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN AGEAYg==\r\n"),
+            ["503 5.5.1 Error: send EHLO first"]
+        );
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@client.test> AUTH=<>\r\n"),
+            ["250 2.1.0 Ok"]
+        );
+        let mut plain = open();
+        send(&mut plain, b"EHLO client.test\r\n");
+        assert_eq!(
+            send(&mut plain, b"MAIL FROM:<a@client.test> AUTH=<>\r\n"),
+            ["555 5.5.4 Error: unsupported parameter"]
+        );
     }
 }
