@@ -41,10 +41,11 @@ use ecelerity_spool::{BodyReader, BODY_READ_CHUNK_BYTES};
 
 use crate::smtp::body::BodyEncoder;
 use crate::smtp::client::{
-    is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome, Stage,
-    TransactionResult,
+    is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, OutboundAuth, RcptOutcome,
+    Stage, TransactionResult,
 };
 use crate::smtp::downgrade::{self, Unconvertible, DOWNGRADE_BODY_BYTES_MAX};
+use crate::smtp::sasl::Mechanism;
 use crate::transport::{read_within, write_all_within, Transport};
 
 /// Bytes read from a server socket at a time.
@@ -153,7 +154,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             delivered_messages: 0,
             transient_in_a_row: 0,
             stream,
-            client: ClientSession::new(ehlo),
+            client: ClientSession::new(ehlo).with_auth(outbound_auth(&options)),
             current: None,
             greeted: false,
             body: Vec::new(),
@@ -640,4 +641,20 @@ impl<S: Transport> Connection<'_, S> {
         )
         .await;
     }
+}
+
+/// The `outbound_smtp_auth_*` credentials of `options`, when both the user
+/// and the password are set.
+fn outbound_auth(options: &DeliveryOptions) -> Option<OutboundAuth> {
+    let user = options.outbound_smtp_auth_user.as_ref()?;
+    let password = options.outbound_smtp_auth_pass.as_ref()?;
+    Some(OutboundAuth {
+        user: user.clone(),
+        password: password.clone(),
+        mechanism: options
+            .outbound_smtp_auth_type
+            .as_deref()
+            .and_then(Mechanism::parse),
+        allow_plaintext: options.outbound_smtp_auth_allow_plaintext,
+    })
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ecelerity_tests::{
-    bin, complete_lines, free_port, poll_until, py_dir, python, run, run_with_input,
+    bin, complete_lines, free_port, poll_until, py_dir, python, run, run_with_input, send_file,
     strip_leading_received, swaks, Daemon, Sink, SmtpClient, TempDir, TestConfig, ARRIVAL_TIMEOUT,
 };
 
@@ -309,4 +309,106 @@ fn a_bad_password_file_is_a_config_error_with_file_and_line() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("passwd:2: "), "{stderr}");
     assert!(stderr.contains("argon2"), "{stderr}");
+}
+
+/// A daemon relaying for loopback to an aiosmtpd sink that requires AUTH
+/// as relay/pw; `extra` goes at global scope.
+fn start_outbound(label: &str, extra: &str) -> (Daemon, Sink, TempDir) {
+    let dir = TempDir::new(label);
+    let sink = Sink::start_with_args(
+        &dir.join("sink"),
+        free_port(),
+        &["--auth", "relay:s3cret pw"],
+    );
+    let mut config = TestConfig::new(sink.port());
+    config.extra = extra.to_string();
+    let daemon = Daemon::start(dir.path(), &config.render());
+    (daemon, sink, dir)
+}
+
+fn sink_auth_log(sink: &Sink) -> Vec<String> {
+    complete_lines(&sink.dir().join("auth.txt"))
+}
+
+/// Goal: outbound AUTH to a smarthost that requires it, per domain, and
+/// the message arrives byte for byte. Method: the aiosmtpd sink refuses
+/// MAIL without AUTH; one message to a domain with default settings (PLAIN)
+/// and one to a domain with outbound_smtp_auth_type = LOGIN; both arrive
+/// unchanged after our Received header, and the sink recorded a good PLAIN
+/// and a good LOGIN with our credentials.
+#[test]
+fn outbound_auth_to_a_smarthost_delivers_byte_for_byte() {
+    let (daemon, sink, dir) = start_outbound(
+        "auth-out",
+        "outbound_smtp_auth_user = \"relay\"\n\
+         outbound_smtp_auth_pass = \"s3cret pw\"\n\
+         outbound_smtp_auth_allow_plaintext = true\n\
+         domain \"login.example\" { outbound_smtp_auth_type = \"LOGIN\" }\n",
+    );
+    let mut sent = Vec::new();
+    for (index, to) in ["bob@plain.example", "bob@login.example"]
+        .iter()
+        .enumerate()
+    {
+        let body = format!(
+            "From: app@client.test\r\nTo: {to}\r\nSubject: outbound {index}\r\n\
+             Message-ID: <out-{index}@client.test>\r\n\r\nhello {to}\r\n..leading dot\r\n"
+        );
+        let file = dir.join(format!("out-{index}.eml"));
+        std::fs::write(&file, &body).unwrap();
+        // smtplib sends the file's bytes as they are (swaks adds a CRLF).
+        let code = send_file(daemon.smtp_port(), &file, "app@client.test", &[to]);
+        assert_eq!(code, "250");
+        sent.push(body);
+    }
+    let arrived = sink.wait_for_messages(2, ARRIVAL_TIMEOUT);
+    assert_eq!(arrived.len(), 2, "mainlog: {:?}", daemon.mainlog_lines());
+    for body in &sent {
+        let found = arrived.iter().any(|m| {
+            strip_leading_received(&m.bytes()).is_some_and(|rest| rest == body.as_bytes())
+        });
+        assert!(
+            found,
+            "not delivered byte for byte: {body:?}\narrived: {:?}",
+            arrived
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.bytes()).into_owned())
+                .collect::<Vec<_>>()
+        );
+    }
+    let attempts = sink_auth_log(&sink);
+    assert!(
+        attempts.contains(&"PLAIN\trelay\ts3cret pw\tok".to_string()),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts.contains(&"LOGIN\trelay\ts3cret pw\tok".to_string()),
+        "{attempts:?}"
+    );
+    assert!(attempts.iter().all(|a| a.ends_with("\tok")), "{attempts:?}");
+}
+
+/// Goal: credentials never go over a connection without TLS unless
+/// allowed. Method: credentials set without outbound_smtp_auth_allow_plaintext:
+/// the message gets a T line saying why (454 4.7.0), the sink saw no AUTH
+/// attempt and received nothing.
+#[test]
+fn outbound_credentials_are_not_sent_in_clear_text_by_default() {
+    let (daemon, sink, _dir) = start_outbound(
+        "auth-out-clear",
+        "outbound_smtp_auth_user = \"relay\"\noutbound_smtp_auth_pass = \"s3cret pw\"\n",
+    );
+    let output = swaks(
+        daemon.smtp_port(),
+        &["--from", "app@client.test", "--to", "bob@plain.example"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let lines = daemon.wait_for_kind("T", 1, ARRIVAL_TIMEOUT);
+    let deferral = lines.iter().find(|l| l.contains("@T@")).expect("a T line");
+    assert!(
+        deferral.contains("@454 4.7.0 ") && deferral.contains("without TLS"),
+        "{lines:?}"
+    );
+    assert!(sink_auth_log(&sink).is_empty(), "credentials were sent");
+    assert!(sink.messages().is_empty());
 }
