@@ -260,6 +260,30 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_with_auth_needs_a_readable_password_file() {
+        let mut listener = ListenerConfig::builtin();
+        listener.enable_authentication = true;
+        let config = Path::new("ecelerity.conf");
+        let error = PasswordFiles::load(std::slice::from_ref(&listener), config).unwrap_err();
+        assert!(matches!(
+            error.kind,
+            ConfigErrorKind::AuthWithoutPasswordFile { .. }
+        ));
+        listener.auth_password_file = Some("/nonexistent/ecelerity-passwd".into());
+        let error = PasswordFiles::load(std::slice::from_ref(&listener), config).unwrap_err();
+        assert_eq!(error.file, Path::new("/nonexistent/ecelerity-passwd"));
+        assert!(
+            error.to_string().contains("cannot read password file"),
+            "{error}"
+        );
+        listener.enabled = false;
+        let none = PasswordFiles::load(&[listener], config).unwrap();
+        assert!(none
+            .get(Path::new("/nonexistent/ecelerity-passwd"))
+            .is_none());
+    }
+
+    #[test]
     fn the_password_file_reads_users_and_names_the_bad_line() {
         let hash = hash_password("pw").unwrap();
         let text = format!("# users\n\nalice:{hash}\n bob:{hash} \n");
