@@ -697,7 +697,13 @@ impl ClientSession {
             self.defer_transaction(&reply, stage);
             if matches!(
                 expect,
-                Expect::Banner | Expect::Ehlo | Expect::Helo | Expect::Rset
+                Expect::Banner
+                    | Expect::Ehlo
+                    | Expect::Helo
+                    | Expect::Rset
+                    | Expect::AuthLoginUser
+                    | Expect::AuthLoginPassword
+                    | Expect::Auth
             ) {
                 self.end(Phase::Failed(Failure::new(
                     stage,
@@ -1268,13 +1274,19 @@ mod tests {
         reply(&mut session, "250-mx\r\n250 AUTH PLAIN\r\n");
         assert_eq!(sent(&mut session), "QUIT\r\n");
         reply(&mut session, "221 bye\r\n");
-        let failure = failure(&mut session);
-        assert_eq!(failure.reply.code, 454);
-        assert!(failure.reply.text().contains("without TLS"));
+        let refused = failure(&mut session);
+        assert_eq!(refused.reply.code, 454);
+        assert!(refused.reply.text().contains("without TLS"));
         // A mechanism the server does not offer: no AUTH either.
         let mut session = auth_session(Some(Mechanism::Login), true);
         reply(&mut session, "250-mx\r\n250 AUTH PLAIN\r\n");
         assert_eq!(sent(&mut session), "QUIT\r\n");
+        // A server closing during AUTH fails the session (not a clean close).
+        let mut session = auth_session(None, true);
+        reply(&mut session, "250-mx\r\n250 AUTH PLAIN\r\n");
+        sent(&mut session);
+        reply(&mut session, "421 4.3.2 going away\r\n");
+        assert_eq!(failure(&mut session).reply.code, 421);
     }
 
     #[test]
