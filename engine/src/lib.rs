@@ -23,6 +23,7 @@
 //! May call: `ecelerity-spool` (durable storage), `ecelerity-policy`
 //! (reception phases). Never: anything in `cli` (the binaries call us).
 
+pub mod auth;
 pub mod bounce;
 pub mod clock;
 pub mod config;

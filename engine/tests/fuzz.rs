@@ -93,6 +93,7 @@ fn server(limits: ServerLimits) -> ServerSession {
         capabilities: Capabilities::default(),
         version: "fuzz",
         tls_required: false,
+        auth_plaintext: false,
     };
     let mut session = ServerSession::new(params);
     session.start();

@@ -76,6 +76,8 @@ pub struct Connection {
     pub listener: SocketAddr,
     /// The accepted EHLO/HELO argument, empty before one was accepted.
     pub ehlo_domain: String,
+    /// The user the client authenticated as (SMTP AUTH), if it did.
+    pub auth_user: Option<String>,
 }
 
 /// The phase being asked about, with its argument.
@@ -207,6 +209,7 @@ mod tests {
             peer_ip: "192.0.2.1".parse().unwrap(),
             listener: "0.0.0.0:25".parse().unwrap(),
             ehlo_domain: String::new(),
+            auth_user: None,
         };
         let mut vctx = ValidationContext::new();
         let validation = Validation {

@@ -11,8 +11,8 @@ use std::str::FromStr;
 
 use crate::{Answer, Check, Connection, Policy, Rejection, Validation, ValidationContext, Verdict};
 
-/// The built-in relay control: a client whose address is in `relay_hosts`
-/// may send to any domain; anyone else may send only to the local domains
+/// The built-in relay control: a client whose address is in `relay_hosts`,
+/// or that authenticated (SMTP AUTH), may send to any domain; anyone else may send only to the local domains
 /// (none by default), and is refused with `550 5.7.1` at RCPT TO, as
 /// Momentum and Postfix do. Defaults refuse.
 ///
@@ -47,7 +47,9 @@ impl RelayControl {
     }
 
     fn validate_rcptto(&self, conn: &Connection, rcpt_to: &str) -> Verdict {
-        if self.may_relay(conn) {
+        // An authenticated client relays (SMTP AUTH), as in Momentum and
+        // Postfix's permit_sasl_authenticated.
+        if conn.auth_user.is_some() || self.may_relay(conn) {
             return Verdict::Continue;
         }
         if let Some(domain) = local_delivery_domain(rcpt_to) {
@@ -186,6 +188,7 @@ mod tests {
             peer_ip: ip.parse().unwrap(),
             listener: LISTENER.parse().unwrap(),
             ehlo_domain: String::new(),
+            auth_user: None,
         }
     }
 
@@ -215,6 +218,21 @@ mod tests {
             Answer::Later(_) => panic!("relay control answers at once"),
         };
         verdict
+    }
+
+    #[test]
+    fn an_authenticated_client_relays_from_anywhere() {
+        let policy = relay_control(&["10.0.0.0/8"], &[]);
+        let mut stranger = conn("192.0.2.7");
+        assert!(matches!(
+            rcptto(&policy, &stranger, "bob@far.test"),
+            Verdict::Reject(_)
+        ));
+        stranger.auth_user = Some("alice".into());
+        assert_eq!(
+            rcptto(&policy, &stranger, "bob@far.test"),
+            Verdict::Continue
+        );
     }
 
     #[test]

@@ -24,6 +24,10 @@ case-insensitive):
   datafail*  -> accepted at RCPT TO, 451 4.3.0 after DATA (nothing stored)
 More rules: --rule PREFIX=CODE (RCPT stage) or --data-rule PREFIX=CODE; a
 rule may give the whole reply instead, e.g. --rule "full=552 5.2.2 mailbox full".
+
+--auth USER:PASSWORD offers AUTH PLAIN LOGIN without TLS and requires it
+before MAIL; every attempt is appended to DIR/auth.txt as
+"mechanism<TAB>user<TAB>password<TAB>ok|fail".
 """
 
 import argparse
@@ -33,7 +37,7 @@ import signal
 import ssl
 import sys
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 # Longest DATA or command line the sink accepts. Generous on purpose: the
 # sink must never be the component that rejects a test message.
@@ -153,6 +157,22 @@ class BrokenStartTls(SMTP):
         await asyncio.sleep(BROKEN_STARTTLS_PAUSE_S)
         self.transport.write(b"\x15\x03\x03\x00\x02this is no handshake\r\n")
         self.transport.close()
+class Authenticator:
+    """Accepts one user and password; records every attempt."""
+
+    def __init__(self, directory, user_password):
+        self.path = os.path.join(directory, "auth.txt")
+        self.user, _, self.password = user_password.partition(":")
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "surrogateescape")
+        password = auth_data.password.decode("utf-8", "surrogateescape")
+        ok = user == self.user and password == self.password
+        with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as log:
+            log.write(f"{mechanism}\t{user}\t{password}\t{'ok' if ok else 'fail'}\n")
+        return AuthResult(success=ok)
 
 
 def main():
@@ -167,7 +187,6 @@ def main():
     parser.add_argument("--require-starttls", action="store_true")
     parser.add_argument("--tls-client-ca", help="demand a client certificate signed by this CA")
     parser.add_argument("--broken-starttls", action="store_true")
-    args = parser.parse_args()
     tls_context = None
     if args.tls_cert:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -175,6 +194,9 @@ def main():
         if args.tls_client_ca:
             tls_context.verify_mode = ssl.CERT_REQUIRED
             tls_context.load_verify_locations(args.tls_client_ca)
+    parser.add_argument("--auth", help="USER:PASSWORD required before MAIL")
+    args = parser.parse_args()
+    authenticator = Authenticator(args.dir, args.auth) if args.auth else None
 
     store = Store(args.dir)
     handler = Handler(store, args.rule + RCPT_RULES_DEFAULT, args.data_rule + DATA_RULES_DEFAULT)
@@ -189,6 +211,9 @@ def main():
             enable_SMTPUTF8=True,
             tls_context=tls_context,
             require_starttls=args.require_starttls,
+            authenticator=authenticator,
+            auth_required=authenticator is not None,
+            auth_require_tls=False,
         )
         smtp.line_length_limit = LINE_BYTES_MAX
         return smtp

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use super::error::Scope;
 use super::model::{BindingScope, DomainScope, Settings};
 use super::options::{
     spec_of, ControlOverrides, DeliveryOverrides, GlobalOverrides, InboundOverrides,
@@ -119,11 +120,12 @@ impl Writer {
     }
 }
 
-/// Listener options of `listener` in table order; `with_enable` keeps
-/// `Enable` (not a global option).
+/// Listener options of `listener` in table order; `with_enable` (a
+/// Listen) keeps the listener-only ones (`Enable`, the AUTH options), which
+/// the global scope does not take.
 fn inbound_entries(listener: &ListenerConfig, with_enable: bool) -> Vec<(&'static str, Typed)> {
     let mut entries = InboundOverrides::complete(listener).entries();
-    entries.retain(|(name, _)| with_enable || *name != "Enable");
+    entries.retain(|(name, _)| with_enable || spec_of(name).scopes.contains(Scope::Global));
     entries
 }
 

@@ -127,6 +127,10 @@ pub enum ConfigErrorKind {
     },
     #[error("more than {max} `outbound_throttle_*` settings: each is a token bucket of its own; set the throttle in a binding_group or binding to share one")]
     TooManyThrottles { max: u32 },
+    #[error("{reason}")]
+    BadPasswordFile { reason: String },
+    #[error("ESMTP Listen `{listener}` has enable_authentication but no auth_password_file")]
+    AuthWithoutPasswordFile { listener: String },
     #[error("second ec_logger instance `{name}`: only one (`{first}`) is supported")]
     SecondLogger { name: String, first: String },
 }

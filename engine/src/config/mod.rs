@@ -96,6 +96,17 @@ pub const SPOOL_COMPACTION_LIVE_PERCENT_DEFAULT: u64 =
 /// `smtpd_client_connection_count_limit` is 50 too.
 pub const MAX_INBOUND_CONNECTIONS_PER_IP_DEFAULT: u64 = 50;
 pub const MAX_INBOUND_CONNECTIONS_PER_IP_MAX: u64 = 1_000_000;
+/// `max_auth_failures_per_ip`: failed AUTH attempts from one client
+/// address within `auth_failure_window` before its AUTH is answered
+/// `421 4.7.0` unchecked (every shard counts together).
+pub const MAX_AUTH_FAILURES_PER_IP_DEFAULT: u64 = 5;
+pub const MAX_AUTH_FAILURES_PER_IP_MAX: u64 = 1_000_000;
+/// `auth_failure_window`: how long a failed AUTH counts against its address.
+pub const AUTH_FAILURE_WINDOW_SECONDS_DEFAULT: u64 = 300;
+/// `auth_failure_delay_ms`: a failed AUTH is answered this much later
+/// (Postfix's `smtpd_error_sleep_time` idea: guessing gets slow).
+pub const AUTH_FAILURE_DELAY_MS_DEFAULT: u64 = 1000;
+pub const AUTH_FAILURE_DELAY_MS_MAX: u64 = 60_000;
 /// `inbound_command_timeout`: from our last reply until the client's next
 /// command line is complete, however the bytes trickle in.
 pub const INBOUND_COMMAND_TIMEOUT_SECONDS_DEFAULT: u64 = 300;
@@ -167,6 +178,7 @@ pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
 pub const PANICLOG_DEFAULT: &str = "/var/log/ecelerity/paniclog.ec";
 /// Momentum's bounce_logger default; here an `ec_logger` option.
 pub const BOUNCELOG_DEFAULT: &str = "/var/log/ecelerity/bouncelog.ec";
+pub const ACCTLOG_DEFAULT: &str = "/var/log/ecelerity/acctlog.ec";
 
 /// The binding (and binding group) that exists without being declared and
 /// takes all mail not assigned elsewhere.
@@ -224,6 +236,9 @@ pub struct Config {
     /// The first setting the engine does not act on yet; not part of
     /// equality (it is derived from the settings and where they were read).
     unsupported: Option<ConfigError>,
+    /// The `auth_password_file` of every listener that authenticates,
+    /// read by `load` (empty after `parse` alone).
+    passwords: crate::auth::PasswordFiles,
 }
 
 impl PartialEq for Config {
@@ -255,8 +270,9 @@ impl Config {
             });
         }
         let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
-        let config = Config::parse(&text, path)?;
+        let mut config = Config::parse(&text, path)?;
         config.check_supported()?;
+        config.passwords = crate::auth::PasswordFiles::load(config.esmtp_listeners(), path)?;
         Ok(config)
     }
 
@@ -271,6 +287,7 @@ impl Config {
             source: Some(file.to_path_buf()),
             settings: built.settings,
             unsupported: built.unsupported,
+            passwords: Default::default(),
         })
     }
 
@@ -381,6 +398,11 @@ impl Config {
 
     /// Every `ESMTP_Listener` `Listen`, in file order, fallback applied;
     /// disabled ones included (see `enabled`).
+    /// The password file read for a listener's `auth_password_file`.
+    pub fn password_file(&self, path: &Path) -> Option<&crate::auth::PasswordFile> {
+        self.passwords.get(path).map(|file| &**file)
+    }
+
     pub fn esmtp_listeners(&self) -> &[ListenerConfig] {
         &self.settings.esmtp_listeners
     }
@@ -936,6 +958,7 @@ domain "example.com" {
                 rejectlog: "/logs/reject.ec".into(),
                 paniclog: "/logs/panic.ec".into(),
                 bouncelog: "/logs/bounce.ec".into(),
+                acctlog: ACCTLOG_DEFAULT.into(),
             }
         );
         assert_eq!(
@@ -969,9 +992,7 @@ domain "example.com" {
                 inbound_command_timeout: secs(40),
                 inbound_data_timeout: secs(400),
                 binding_header: None,
-                tls_certificate: None,
-                tls_key: None,
-                tls: TlsMode::IfAvailable,
+                ..ListenerConfig::builtin()
             }
         );
         assert_eq!(
@@ -989,9 +1010,7 @@ domain "example.com" {
                 inbound_command_timeout: secs(30),
                 inbound_data_timeout: secs(400),
                 binding_header: None,
-                tls_certificate: None,
-                tls_key: None,
-                tls: TlsMode::IfAvailable,
+                ..ListenerConfig::builtin()
             }
         );
     }
@@ -1062,6 +1081,10 @@ domain "example.com" {
                 tls_certificate: None,
                 tls_key: None,
                 tls_ifavailable_fallback: true,
+                outbound_smtp_auth_user: None,
+                outbound_smtp_auth_pass: None,
+                outbound_smtp_auth_type: None,
+                outbound_smtp_auth_allow_plaintext: false,
             }
         );
     }

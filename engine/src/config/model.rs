@@ -1180,6 +1180,12 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
                 None => return Err(wrong_type(got(), line)),
             }
         }
+        Kind::AuthMechanism => {
+            if !(text.eq_ignore_ascii_case("PLAIN") || text.eq_ignore_ascii_case("LOGIN")) {
+                return Err(wrong_type(got(), line));
+            }
+            Typed::Text(text.to_ascii_uppercase())
+        }
         Kind::Rate => Typed::Throttle(Throttle {
             rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
             bucket: 0,
@@ -1226,6 +1232,7 @@ mod tests {
             Kind::Rate => "50/1",
             Kind::TlsMode => "required",
             Kind::TlsVerify => "host",
+            Kind::AuthMechanism => "login",
         }
     }
 

@@ -71,6 +71,9 @@ pub(super) enum Kind {
     MaxRetries,
     /// Octal permission bits, e.g. `0600`.
     FileMode,
+    /// An SMTP AUTH mechanism we speak: `PLAIN` or `LOGIN` (any case;
+    /// kept upper case).
+    AuthMechanism,
     /// A throttle rate: `"N"` per second or `"N/S"` per S seconds; 0 is
     /// unlimited.
     Rate,
@@ -106,6 +109,7 @@ impl Kind {
             Kind::IpAddress => "an IP address",
             Kind::MaxRetries => "an integer, \"auto\" or \"none\"",
             Kind::FileMode => "an octal file mode between 0000 and 7777 such as 0600",
+            Kind::AuthMechanism => "PLAIN or LOGIN",
             // The numbers are THROTTLE_COUNT_MAX and THROTTLE_SECONDS_MAX.
             Kind::Rate => {
                 "a rate \"N\" (per second) or \"N/S\" (N per S seconds), N in 0..=1000000 \
@@ -590,6 +594,20 @@ option_family! {
         /// text to the same host.
         tls_ifavailable_fallback: bool = "tls_ifavailable_fallback" in OUTBOUND, Kind::Bool,
             default true;
+        /// Momentum's outbound_smtp_auth module: the user sent with AUTH
+        /// to a server that offers it (with `outbound_smtp_auth_pass`).
+        outbound_smtp_auth_user: Option<String> = "outbound_smtp_auth_user" in OUTBOUND,
+            Kind::Text, default None;
+        outbound_smtp_auth_pass: Option<String> = "outbound_smtp_auth_pass" in OUTBOUND,
+            Kind::Text, default None;
+        /// `PLAIN` or `LOGIN`; unset: PLAIN when offered, else LOGIN.
+        outbound_smtp_auth_type: Option<String> = "outbound_smtp_auth_type" in OUTBOUND,
+            Kind::AuthMechanism, default None;
+        /// ecelerity's own: send the credentials over a connection without
+        /// TLS. Otherwise such a connection sends no credentials: its
+        /// mail is deferred (docs/auth.md).
+        outbound_smtp_auth_allow_plaintext: bool = "outbound_smtp_auth_allow_plaintext" in OUTBOUND,
+            Kind::Bool, default false;
     }
 }
 
@@ -658,6 +676,30 @@ option_family! {
         /// `required`: MAIL, RCPT, DATA and AUTH get `530 5.7.0` before
         /// STARTTLS; `no`: STARTTLS is not offered.
         tls: TlsMode = "tls" in LISTENER, Kind::TlsMode, default TlsMode::IfAvailable;
+        /// SMTP AUTH (PLAIN, LOGIN) against `auth_password_file`; offered
+        /// only under TLS unless `allow_plaintext_auth`.
+        enable_authentication: bool = "enable_authentication" in LISTENER, Kind::Bool,
+            default false;
+        /// ecelerity's own (Momentum names a datasource in its auth
+        /// parameters): `user:hash` lines, argon2 PHC hashes (`ec_passwd`).
+        auth_password_file: Option<PathBuf> = "auth_password_file" in LISTENER, Kind::Path,
+            default None;
+        /// ecelerity's own: offer AUTH on a connection without TLS (else
+        /// only after STARTTLS, Postfix's `smtpd_tls_auth_only = yes`).
+        allow_plaintext_auth: bool = "allow_plaintext_auth" in LISTENER, Kind::Bool,
+            default false;
+        /// ecelerity's own: failed AUTHs from one address within
+        /// `auth_failure_window`, after which AUTH is answered `421 4.7.0`.
+        max_auth_failures_per_ip: u32 = "max_auth_failures_per_ip" in LISTENER,
+            integer(1, MAX_AUTH_FAILURES_PER_IP_MAX),
+            default MAX_AUTH_FAILURES_PER_IP_DEFAULT as u32;
+        /// ecelerity's own: how long a failed AUTH counts.
+        auth_failure_window: Duration = "auth_failure_window" in LISTENER, INTERVAL,
+            default Duration::from_secs(AUTH_FAILURE_WINDOW_SECONDS_DEFAULT);
+        /// ecelerity's own: delay before a `535` is answered.
+        auth_failure_delay_ms: u64 = "auth_failure_delay_ms" in LISTENER,
+            Kind::Integer { min: 0, max: AUTH_FAILURE_DELAY_MS_MAX, unit: " ms" },
+            default AUTH_FAILURE_DELAY_MS_DEFAULT;
     }
 }
 
@@ -751,6 +793,9 @@ option_family! {
         rejectlog: PathBuf = "rejectlog" in LOGGER, Kind::Path, default REJECTLOG_DEFAULT.into();
         paniclog: PathBuf = "paniclog" in LOGGER, Kind::Path, default PANICLOG_DEFAULT.into();
         bouncelog: PathBuf = "bouncelog" in LOGGER, Kind::Path, default BOUNCELOG_DEFAULT.into();
+        /// AUTH results (`auth:` lines); opened only when a listener has
+        /// `enable_authentication`.
+        acctlog: PathBuf = "acctlog" in LOGGER, Kind::Path, default ACCTLOG_DEFAULT.into();
     }
 }
 

@@ -43,11 +43,12 @@ use crate::config::TlsMode;
 use crate::smtp::body::BodyEncoder;
 use crate::smtp::client::StartTls;
 use crate::smtp::client::{
-    is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, RcptOutcome, Stage,
-    TransactionResult,
+    is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, OutboundAuth, RcptOutcome,
+    Stage, TransactionResult,
 };
 use crate::smtp::downgrade::{self, Unconvertible, DOWNGRADE_BODY_BYTES_MAX};
 use crate::tls::{self, Stream};
+use crate::smtp::sasl::Mechanism;
 use crate::transport::{read_within, write_all_within};
 use rustls::pki_types::ServerName;
 
@@ -178,7 +179,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
                 transient_in_a_row: 0,
                 stream: Stream::Plain(stream),
                 tls,
-                client: ClientSession::with_starttls(ehlo, starttls),
+                client: ClientSession::with_starttls(ehlo, starttls).with_auth(outbound_auth(&options)),
                 current: None,
                 greeted: false,
                 body: Vec::new(),
@@ -755,4 +756,20 @@ impl Connection<'_> {
         )
         .await;
     }
+}
+
+/// The `outbound_smtp_auth_*` credentials of `options`, when both the user
+/// and the password are set.
+fn outbound_auth(options: &DeliveryOptions) -> Option<OutboundAuth> {
+    let user = options.outbound_smtp_auth_user.as_ref()?;
+    let password = options.outbound_smtp_auth_pass.as_ref()?;
+    Some(OutboundAuth {
+        user: user.clone(),
+        password: password.clone(),
+        mechanism: options
+            .outbound_smtp_auth_type
+            .as_deref()
+            .and_then(Mechanism::parse),
+        allow_plaintext: options.outbound_smtp_auth_allow_plaintext,
+    })
 }

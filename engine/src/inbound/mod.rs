@@ -44,6 +44,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use glommio::sync::Gate;
 
+use crate::auth::{failures, verify_off_shard, AcctLog};
 use crate::clock::now_unix_ms;
 use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::env::{ShardEnv, Stopping};
@@ -52,9 +53,10 @@ use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
 use crate::queue::record::SpooledEnvelope;
 use crate::queue::{Bindings, MessageId};
-use crate::smtp::capabilities::Capabilities;
+use crate::smtp::capabilities::{AuthMechanisms, Capabilities};
+use crate::smtp::sasl::Credentials;
 use crate::smtp::server::{
-    Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
+    AuthOutcome, Envelope, Event, ServerLimits, ServerParams, ServerSession, SpoolOutcome,
 };
 use crate::stats::Counter;
 use crate::tls::{self, server::ServerTls, Stream, TlsInfo};
@@ -167,6 +169,8 @@ pub struct Inbound {
     pub episodes: Episodes,
     /// Messages whose `binding_header` named no binding.
     pub unknown_bindings: UnknownBindings,
+    /// Where AUTH results go (`auth:` lines).
+    pub acctlog: AcctLog,
 }
 
 impl Inbound {
@@ -439,10 +443,15 @@ async fn drive_session(
         // 8BITMIME, ENHANCEDSTATUSCODES; STARTTLS with a certificate.
         capabilities: Capabilities {
             starttls: tls.is_some(),
+            auth: AuthMechanisms {
+                plain: listener.enable_authentication,
+                login: listener.enable_authentication,
+            },
             ..Capabilities::default()
         },
         version: crate::VERSION,
         tls_required: tls.is_some() && listener.tls == TlsMode::Required,
+        auth_plaintext: listener.allow_plaintext_auth,
     };
     let mut session = ServerSession::new(params);
     session.start();
@@ -520,6 +529,11 @@ async fn drive_session(
                             break;
                         }
                     }
+                    continue;
+                }
+                Event::Authenticate(credentials) => {
+                    let outcome = authenticate(shard, conn, listener, credentials).await;
+                    session.authenticated(outcome);
                     continue;
                 }
                 Event::Close => {
@@ -649,6 +663,59 @@ async fn start_tls(stream: &mut Stream, tls: &ServerTls) -> std::io::Result<TlsI
             "TLS handshake timed out",
         )),
     }
+}
+
+/// Checks AUTH credentials for the session: refused unchecked when the
+/// peer failed `max_auth_failures_per_ip` times within
+/// `auth_failure_window`; otherwise the argon2 check runs on the blocking
+/// pool, the result goes to the acctlog, and a failure is counted and
+/// answered `auth_failure_delay_ms` later. The session makes the reply.
+async fn authenticate(
+    shard: &Inbound,
+    conn: &Conn,
+    listener: &ListenerConfig,
+    credentials: Credentials,
+) -> AuthOutcome {
+    let window_secs = listener.auth_failure_window.as_secs();
+    let ip = conn.peer.ip();
+    let log = |ok: bool| {
+        shard.acctlog.auth(
+            now_unix_ms() / 1000,
+            &listener.address.to_string(),
+            &conn.peer.to_string(),
+            &credentials.user,
+            ok,
+        )
+    };
+    if failures::failures(ip, now_unix_ms() / 1000, window_secs)
+        >= listener.max_auth_failures_per_ip
+    {
+        log(false);
+        return AuthOutcome::TooManyFailures;
+    }
+    let config = shard.env.config.get();
+    let file = listener
+        .auth_password_file
+        .as_deref()
+        .and_then(|path| config.password_file(path));
+    let Some(file) = file else {
+        tracing::warn!(
+            shard = shard.env.id,
+            "AUTH on {} but no password file was read for it",
+            listener.address
+        );
+        return AuthOutcome::Unavailable;
+    };
+    let hash = file.hash_of(&credentials.user).map(str::to_string);
+    drop(config);
+    let ok = verify_off_shard(hash, credentials.password.clone()).await;
+    log(ok);
+    if ok {
+        return AuthOutcome::Accepted;
+    }
+    failures::record_failure(ip, now_unix_ms() / 1000, window_secs);
+    glommio::timer::sleep(Duration::from_millis(listener.auth_failure_delay_ms)).await;
+    AuthOutcome::Refused
 }
 
 /// Asks the shard's policy about the phase the session awaits and feeds the

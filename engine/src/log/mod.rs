@@ -1,5 +1,6 @@
 //! Momentum's logs: mainlog (R, D, T, P records), bouncelog (B records),
-//! rejectlog and paniclog.
+//! rejectlog and paniclog; the acctlog's `auth:` line format (its writer
+//! is `auth::AcctLog`).
 //!
 //! Owns: the line formats (tested against golden lines) and the per-shard
 //! writers. Each shard formats into its own buffer and writes it with one
@@ -246,6 +247,24 @@ pub fn format_rejection(buf: &mut Vec<u8>, unix_secs: u64, r: &Rejection<'_>) {
     buf.push(b'\n');
 }
 
+/// An acctlog `auth:` record: `ts@N@<listener endpoint>@<peer ip:port>@<user>@<1|0>`.
+pub fn format_auth(
+    buf: &mut Vec<u8>,
+    unix_secs: u64,
+    endpoint: &str,
+    peer: &str,
+    user: &str,
+    ok: bool,
+) {
+    let _ = write!(Fmt(buf), "{unix_secs}@N@");
+    push_field(buf, endpoint);
+    buf.push(b'@');
+    push_field(buf, peer);
+    buf.push(b'@');
+    push_field(buf, user);
+    buf.extend_from_slice(if ok { b"@1\n" } else { b"@0\n" });
+}
+
 /// Opens a log file for appending, creating it and its folder.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     if let Some(dir) = path.parent() {
@@ -343,6 +362,32 @@ impl ShardLogs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_line_is_momentums_acctlog_shape_with_escaped_fields() {
+        let mut buf = Vec::new();
+        format_auth(
+            &mut buf,
+            1160503808,
+            "127.0.0.1:2525",
+            "127.0.0.1:40000",
+            "alice",
+            true,
+        );
+        format_auth(
+            &mut buf,
+            1160503809,
+            "127.0.0.1:2525",
+            "127.0.0.1:40001",
+            "a@b",
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "1160503808@N@127.0.0.1:2525@127.0.0.1:40000@alice@1\n\
+             1160503809@N@127.0.0.1:2525@127.0.0.1:40001@a\\@b@0\n"
+        );
+    }
 
     fn ids() -> RecordIds<'static> {
         RecordIds {

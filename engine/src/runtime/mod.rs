@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::Config;
 use crate::control::ControlHandle;
@@ -155,7 +155,10 @@ pub fn start(
         let control_queue = (id == 0).then(|| control_queue.clone());
         let builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("shard{id}"))
-            .io_memory(io_memory);
+            .io_memory(io_memory)
+            // CPU-heavy helpers (an AUTH's argon2 check) run on this
+            // pool's thread, on whichever core is free, not the shard's.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
         let handle = builder
             .spawn(move || async move {
                 shard::run(shard::Setup {

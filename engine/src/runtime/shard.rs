@@ -7,6 +7,7 @@
 //! graceful stop. May call: every engine room. Never: another shard's
 //! state except through the mesh.
 
+use crate::auth::AcctLog;
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -232,6 +233,21 @@ pub(super) async fn run(setup: Setup) {
             return;
         }
     };
+    let authenticates = config
+        .esmtp_listeners()
+        .iter()
+        .any(|l| l.enabled && l.enable_authentication);
+    let acctlog = match AcctLog::open(&config.logs().acctlog, authenticates) {
+        Ok(a) => a,
+        Err(source) => {
+            let _ = ready.send(Err(StartError::Io {
+                shard: id,
+                what: "cannot open the acctlog".into(),
+                source,
+            }));
+            return;
+        }
+    };
     let mut listeners = Vec::new();
     for l in config.esmtp_listeners().iter().filter(|l| l.enabled) {
         let tls = match crate::inbound::listener_tls(l) {
@@ -253,6 +269,7 @@ pub(super) async fn run(setup: Setup) {
         spool,
         recovery.max_id,
         delivery_queue,
+        acctlog,
     );
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -344,6 +361,7 @@ fn wire(
     spool: Spool,
     max_recovered_id: u64,
     delivery_queue: glommio::TaskQueueHandle,
+    acctlog: AcctLog,
 ) -> Rc<Shard> {
     let env = Rc::new(ShardEnv {
         id,
@@ -385,6 +403,7 @@ fn wire(
         sessions: Gate::new(),
         episodes: Default::default(),
         unknown_bindings: Default::default(),
+        acctlog,
     });
     let shard = Rc::new(Shard {
         env,

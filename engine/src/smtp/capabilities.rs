@@ -73,9 +73,7 @@ impl Capabilities {
     /// would promise a command we answer with 502, so a session refuses
     /// to start with it (a programmer error, not an operating one).
     pub fn unsupported(&self) -> Option<&'static str> {
-        if !self.auth.is_empty() {
-            Some("AUTH")
-        } else if self.smtputf8 {
+        if self.smtputf8 {
             Some("SMTPUTF8")
         } else if self.chunking {
             Some("CHUNKING")

@@ -55,7 +55,13 @@ pub enum Command<'a> {
     Help,
     /// RFC 3207; no argument.
     StartTls,
-    /// A verb we know but do not offer (EXPN, TURN, ETRN, BDAT, AUTH,
+    /// `AUTH mechanism [initial-response]` (RFC 4954); the mechanism as
+    /// written (the session matches it), the response still base64.
+    Auth {
+        mechanism: &'a str,
+        initial_response: Option<&'a str>,
+    },
+    /// A verb we know but do not offer (EXPN, TURN, ETRN, BDAT,
     /// SEND, SOML, SAML): `502 5.5.1`.
     NotImplemented,
 }
@@ -68,6 +74,9 @@ pub struct MailParams {
     pub size_bytes: Option<u64>,
     /// RFC 6152 `BODY=`.
     pub body: Option<BodyType>,
+    /// RFC 4954 `AUTH=` was given; its value is not used (we trust no
+    /// identity a client asserts for a message).
+    pub auth: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +125,7 @@ const USAGE_RCPT: &str = "RCPT TO:<address>";
 const USAGE_DATA: &str = "DATA";
 const USAGE_RSET: &str = "RSET";
 const USAGE_VRFY: &str = "VRFY address";
+const USAGE_AUTH: &str = "AUTH mechanism [initial-response]";
 
 /// Parse one command line, without its CRLF. Verbs are case-insensitive;
 /// trailing spaces and tabs are ignored.
@@ -162,7 +172,20 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
             }
         }
         Verb::StartTls => no_args(args, usage, Command::StartTls),
+        Verb::Auth => parse_auth(args, usage),
         Verb::NotImplemented => Ok(Command::NotImplemented),
+    }
+}
+
+/// `AUTH mechanism [initial-response]`: exactly one or two words.
+fn parse_auth<'a>(args: &'a str, usage: &'static str) -> Result<Command<'a>, CommandError> {
+    let mut words = args.split(' ').filter(|w| !w.is_empty());
+    match (words.next(), words.next(), words.next()) {
+        (Some(mechanism), initial_response, None) => Ok(Command::Auth {
+            mechanism,
+            initial_response,
+        }),
+        _ => Err(CommandError::Syntax { usage }),
     }
 }
 
@@ -179,6 +202,7 @@ enum Verb {
     Vrfy,
     Help,
     StartTls,
+    Auth,
     NotImplemented,
 }
 
@@ -199,7 +223,7 @@ impl Verb {
             (b"TURN", Verb::NotImplemented),
             (b"ETRN", Verb::NotImplemented),
             (b"BDAT", Verb::NotImplemented),
-            (b"AUTH", Verb::NotImplemented),
+            (b"AUTH", Verb::Auth),
             (b"STARTTLS", Verb::StartTls),
             (b"SEND", Verb::NotImplemented),
             (b"SOML", Verb::NotImplemented),
@@ -220,6 +244,7 @@ impl Verb {
             Verb::Data => USAGE_DATA,
             Verb::Rset => USAGE_RSET,
             Verb::Vrfy => USAGE_VRFY,
+            Verb::Auth => USAGE_AUTH,
             Verb::Noop => "NOOP",
             Verb::Quit => "QUIT",
             Verb::Help => "HELP",
@@ -368,6 +393,11 @@ fn parse_mail_params(text: &str) -> Result<MailParams, CommandError> {
             } else {
                 return Err(CommandError::UnknownParameter);
             });
+        } else if keyword.eq_ignore_ascii_case("AUTH") {
+            if value.is_none() || params.auth {
+                return Err(CommandError::BadParameter);
+            }
+            params.auth = true;
         } else {
             return Err(CommandError::UnknownParameter);
         }
@@ -543,6 +573,31 @@ fn check_address_literal(literal: &str) -> Result<(), PathError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn auth_takes_a_mechanism_and_an_optional_initial_response() {
+        assert_eq!(
+            parse_command(b"auth plain AGFsaWNlAHB3"),
+            Ok(Command::Auth {
+                mechanism: "plain",
+                initial_response: Some("AGFsaWNlAHB3"),
+            })
+        );
+        assert_eq!(
+            parse_command(b"AUTH LOGIN"),
+            Ok(Command::Auth {
+                mechanism: "LOGIN",
+                initial_response: None,
+            })
+        );
+        for bad in [&b"AUTH"[..], b"AUTH PLAIN a b", b"AUTH   "] {
+            assert_eq!(
+                parse_command(bad),
+                Err(CommandError::Syntax { usage: USAGE_AUTH }),
+                "{bad:?}"
+            );
+        }
+    }
+
     fn parse(line: &str) -> Result<Command<'_>, CommandError> {
         parse_command(line.as_bytes())
     }
@@ -619,7 +674,8 @@ mod tests {
                 reverse_path: "a@example.com",
                 params: MailParams {
                     size_bytes: Some(1000),
-                    body: Some(BodyType::EightBitMime)
+                    body: Some(BodyType::EightBitMime),
+                    auth: false,
                 },
             })
         );
@@ -629,9 +685,18 @@ mod tests {
                 reverse_path: "",
                 params: MailParams {
                     size_bytes: None,
-                    body: Some(BodyType::SevenBit)
+                    body: Some(BodyType::SevenBit),
+                    auth: false,
                 },
             })
+        );
+        assert!(matches!(
+            parse("MAIL FROM:<a@b.example> AUTH=<>"),
+            Ok(Command::Mail { params, .. }) if params.auth
+        ));
+        assert_eq!(
+            parse("MAIL FROM:<a@b.example> AUTH"),
+            Err(CommandError::BadParameter)
         );
         let huge = parse("MAIL FROM:<> SIZE=99999999999999999999");
         assert!(

@@ -15,6 +15,7 @@
 //!   Momentum stage codes in `client/ehlo.rs` and `client/stage.rs`).
 //! * [`body`]: DATA encoding of an outbound body.
 //! * [`downgrade`]: 8-bit to 7-bit conversion for a server without 8BITMIME.
+//! * [`sasl`]: SMTP AUTH PLAIN and LOGIN responses, both sides.
 
 pub mod body;
 pub mod capabilities;
@@ -24,6 +25,7 @@ pub mod downgrade;
 pub mod header;
 pub mod received;
 pub mod reply;
+pub mod sasl;
 pub mod server;
 
 /// What a TLS session negotiated, as a Received header and the logs name

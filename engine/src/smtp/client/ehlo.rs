@@ -16,6 +16,10 @@ pub struct Capabilities {
     pub enhancedstatuscodes: bool,
     pub starttls: bool,
     pub chunking: bool,
+    /// AUTH offered with PLAIN (RFC 4954; also the old `AUTH=` form).
+    pub auth_plain: bool,
+    /// AUTH offered with LOGIN.
+    pub auth_login: bool,
 }
 
 impl Capabilities {
@@ -44,6 +48,19 @@ impl Capabilities {
                 capabilities.starttls = true;
             } else if is("CHUNKING") {
                 capabilities.chunking = true;
+            } else if is("AUTH")
+                || keyword
+                    .get(..5)
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case("AUTH="))
+            {
+                let first = keyword.get(5..).filter(|m| !m.is_empty());
+                for mechanism in first.into_iter().chain(words) {
+                    if mechanism.eq_ignore_ascii_case("PLAIN") {
+                        capabilities.auth_plain = true;
+                    } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+                        capabilities.auth_login = true;
+                    }
+                }
             }
         }
         capabilities

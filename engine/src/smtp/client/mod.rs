@@ -24,6 +24,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use super::reply::{EnhancedCode, Reply, ReplyError, ReplyParser};
+use super::sasl::{self, Mechanism};
 
 /// Most recipients in one transaction. RFC 5321 requires servers to take
 /// 100; Momentum's `max_recipients_per_batch` defaults to 100 as well.
@@ -215,6 +216,12 @@ enum Expect {
     Ehlo,
     Helo,
     StartTls,
+    /// 334 to `AUTH LOGIN`: the user name goes next.
+    AuthLoginUser,
+    /// 334 after the user name: the password goes next.
+    AuthLoginPassword,
+    /// The result of AUTH (235 to go on).
+    Auth,
     Rset,
     Mail,
     /// Index into the transaction's recipients.
@@ -231,7 +238,11 @@ impl Expect {
     fn stage(self) -> Stage {
         match self {
             Expect::Banner => Stage::ReadingBanner,
-            Expect::Ehlo | Expect::Helo => Stage::DuringEhlo,
+            Expect::Ehlo
+            | Expect::Helo
+            | Expect::AuthLoginUser
+            | Expect::AuthLoginPassword
+            | Expect::Auth => Stage::DuringEhlo,
             Expect::StartTls => Stage::DuringStarttls,
             Expect::Rset => Stage::DuringRset,
             Expect::Mail => Stage::DuringMailFrom,
@@ -246,7 +257,11 @@ impl Expect {
     fn stage_after(self) -> Stage {
         match self {
             Expect::Banner => Stage::ReadingBanner,
-            Expect::Ehlo | Expect::Helo => Stage::AfterEhlo,
+            Expect::Ehlo
+            | Expect::Helo
+            | Expect::AuthLoginUser
+            | Expect::AuthLoginPassword
+            | Expect::Auth => Stage::AfterEhlo,
             Expect::StartTls => Stage::AfterStarttls,
             Expect::Rset => Stage::AfterRset,
             Expect::Mail => Stage::AfterMailFrom,
@@ -372,6 +387,30 @@ pub struct ClientSession {
     starttls: StartTls,
     /// The handshake after STARTTLS succeeded.
     tls_active: bool,
+    /// Credentials to send with AUTH when the server offers it.
+    auth: Option<OutboundAuth>,
+}
+
+/// Momentum's `outbound_smtp_auth_*` options for one connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundAuth {
+    pub user: String,
+    pub password: String,
+    /// `outbound_smtp_auth_type`; `None`: PLAIN when offered, else LOGIN.
+    pub mechanism: Option<Mechanism>,
+    /// `outbound_smtp_auth_allow_plaintext`: credentials may go over a
+    /// connection without TLS.
+    pub allow_plaintext: bool,
+}
+
+impl fmt::Debug for OutboundAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundAuth")
+            .field("user", &self.user)
+            .field("mechanism", &self.mechanism)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientSession {
@@ -403,8 +442,16 @@ impl ClientSession {
             failure_after_quit: None,
             starttls,
             tls_active: false,
+            auth: None,
         }
     }
+
+    /// Authenticate with `auth` after EHLO when the server offers AUTH.
+    pub fn with_auth(mut self, auth: Option<OutboundAuth>) -> ClientSession {
+        self.auth = auth;
+        self
+    }
+
 
     /// The TLS handshake after STARTTLS succeeded: EHLO again (RFC 3207
     /// section 4.2: what the server offered in clear text is forgotten).
@@ -729,7 +776,14 @@ impl ClientSession {
             self.defer_transaction(&reply, stage);
             if matches!(
                 expect,
-                Expect::Banner | Expect::Ehlo | Expect::Helo | Expect::StartTls | Expect::Rset
+                Expect::Banner
+                    | Expect::Ehlo
+                    | Expect::Helo
+                    | Expect::StartTls
+                    | Expect::Rset
+                    | Expect::AuthLoginUser
+                    | Expect::AuthLoginPassword
+                    | Expect::Auth
             ) {
                 self.end(Phase::Failed(Failure::new(
                     stage,
@@ -746,6 +800,9 @@ impl ClientSession {
             Expect::Ehlo => self.on_ehlo(reply, stage),
             Expect::Helo => self.on_helo(reply, stage),
             Expect::StartTls => self.on_starttls(reply, stage),
+            Expect::AuthLoginUser | Expect::AuthLoginPassword | Expect::Auth => {
+                self.on_auth(expect, reply, stage)
+            }
             Expect::Quit => {
                 self.end_quitting();
                 Ok(())
@@ -779,6 +836,7 @@ impl ClientSession {
             let capabilities = Capabilities::from_ehlo(&reply);
             let wanted = self.starttls != StartTls::Off && !self.tls_active;
             let offered = capabilities.starttls;
+            let auth_offered = capabilities.auth_plain || capabilities.auth_login;
             self.capabilities = Some(capabilities);
             if wanted && offered {
                 self.output.extend_from_slice(b"STARTTLS\r\n");
@@ -788,6 +846,8 @@ impl ClientSession {
                     tls_required_refusal("the server does not offer STARTTLS"),
                     stage,
                 );
+            } else if auth_offered && self.auth.is_some() {
+                self.start_auth(stage);
             } else {
                 self.phase = Phase::Ready;
             }
@@ -801,6 +861,83 @@ impl ClientSession {
         } else {
             self.refused(reply, stage);
             Ok(())
+        }
+    }
+
+    /// After EHLO, with credentials and a server offering AUTH: the first
+    /// AUTH command, or a failure (`454 4.7.0`, retried) when the
+    /// credentials may not go in clear text or no mechanism fits.
+    fn start_auth(&mut self, stage: Stage) {
+        let auth = self.auth.as_ref().expect("start_auth with credentials");
+        let capabilities = self.capabilities.as_ref().expect("after EHLO");
+        if !self.tls_active() && !auth.allow_plaintext {
+            let why = "credentials not sent over a connection without TLS \
+                       (outbound_smtp_auth_allow_plaintext)";
+            return self.refused(refusal(454, EnhancedCode::new(4, 7, 0), why), stage);
+        }
+        let offered = |m: Mechanism| match m {
+            Mechanism::Plain => capabilities.auth_plain,
+            Mechanism::Login => capabilities.auth_login,
+        };
+        let mechanism = match auth.mechanism {
+            Some(m) => Some(m).filter(|m| offered(*m)),
+            None => [Mechanism::Plain, Mechanism::Login]
+                .into_iter()
+                .find(|m| offered(*m)),
+        };
+        let Some(mechanism) = mechanism else {
+            let why = "the server offers no AUTH mechanism outbound_smtp_auth_type allows";
+            return self.refused(refusal(454, EnhancedCode::new(4, 7, 0), why), stage);
+        };
+        let command = match mechanism {
+            Mechanism::Plain => {
+                self.awaiting.push_back(Expect::Auth);
+                format!(
+                    "AUTH PLAIN {}\r\n",
+                    sasl::encode_plain(&auth.user, &auth.password)
+                )
+            }
+            Mechanism::Login => {
+                self.awaiting.push_back(Expect::AuthLoginUser);
+                "AUTH LOGIN\r\n".to_string()
+            }
+        };
+        self.output.extend_from_slice(command.as_bytes());
+    }
+
+    /// A reply in the AUTH exchange. A refusal fails the session with a
+    /// transient reply whatever its code: wrong credentials are the
+    /// operator's to fix, the mail waits rather than bounces.
+    fn on_auth(&mut self, expect: Expect, reply: Reply, stage: Stage) -> Result<(), ClientError> {
+        let auth = self
+            .auth
+            .as_ref()
+            .expect("an AUTH exchange has credentials");
+        match expect {
+            Expect::AuthLoginUser | Expect::AuthLoginPassword if reply.code == 334 => {
+                let (next, text) = if expect == Expect::AuthLoginUser {
+                    (Expect::AuthLoginPassword, &auth.user)
+                } else {
+                    (Expect::Auth, &auth.password)
+                };
+                let line = format!("{}\r\n", sasl::encode(text));
+                self.output.extend_from_slice(line.as_bytes());
+                self.awaiting.push_back(next);
+                Ok(())
+            }
+            Expect::Auth if reply.is_positive() => {
+                self.phase = Phase::Ready;
+                Ok(())
+            }
+            _ if reply.is_positive() || reply.is_intermediate() => {
+                Err(self.fail_unexpected(&reply, stage))
+            }
+            _ => {
+                let text = format!("ecelerity: AUTH refused: {}", reply.text());
+                let reply = refusal_text(454, EnhancedCode::new(4, 7, 0), text);
+                self.refused(reply, stage);
+                Ok(())
+            }
         }
     }
 
@@ -1296,6 +1433,82 @@ mod tests {
             .collect()
     }
 
+    fn auth_session(mechanism: Option<Mechanism>, allow_plaintext: bool) -> ClientSession {
+        let mut session = ClientSession::new("client.example.com").with_auth(Some(OutboundAuth {
+            user: "relay".into(),
+            password: "pw".into(),
+            mechanism,
+            allow_plaintext,
+        }));
+        reply(&mut session, "220 mx.example.net ESMTP\r\n");
+        assert_eq!(sent(&mut session), "EHLO client.example.com\r\n");
+        session
+    }
+
+    fn failure(session: &mut ClientSession) -> Failure {
+        match session.poll() {
+            ClientAction::Failed(failure) => failure,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_plain_is_sent_after_ehlo_when_offered_then_the_session_is_ready() {
+        let mut session = auth_session(None, true);
+        reply(&mut session, "250-mx\r\n250 AUTH LOGIN PLAIN\r\n");
+        assert_eq!(sent(&mut session), "AUTH PLAIN AHJlbGF5AHB3\r\n");
+        assert_eq!(session.poll(), WaitForReply(Stage::DuringEhlo));
+        reply(&mut session, "235 2.7.0 ok\r\n");
+        assert_eq!(session.poll(), Ready);
+        // Without AUTH offered, no credentials are sent.
+        let mut session = auth_session(None, true);
+        reply(&mut session, EHLO_PIPELINING);
+        assert_eq!(session.poll(), Ready);
+    }
+
+    #[test]
+    fn auth_login_answers_both_challenges_and_a_refusal_is_transient() {
+        let mut session = auth_session(Some(Mechanism::Login), true);
+        reply(&mut session, "250-mx\r\n250 AUTH PLAIN LOGIN\r\n");
+        assert_eq!(sent(&mut session), "AUTH LOGIN\r\n");
+        reply(&mut session, "334 VXNlcm5hbWU6\r\n");
+        assert_eq!(sent(&mut session), "cmVsYXk=\r\n");
+        reply(&mut session, "334 UGFzc3dvcmQ6\r\n");
+        assert_eq!(sent(&mut session), "cHc=\r\n");
+        reply(&mut session, "535 5.7.8 bad credentials\r\n");
+        assert_eq!(sent(&mut session), "QUIT\r\n");
+        reply(&mut session, "221 bye\r\n");
+        let failure = failure(&mut session);
+        assert_eq!(failure.reply.code, 454);
+        assert!(
+            failure.reply.text().contains("535 5.7.8"),
+            "{:?}",
+            failure.reply
+        );
+        assert!(failure.is_outside_transaction());
+    }
+
+    #[test]
+    fn credentials_never_go_in_clear_text_unless_allowed() {
+        let mut session = auth_session(None, false);
+        reply(&mut session, "250-mx\r\n250 AUTH PLAIN\r\n");
+        assert_eq!(sent(&mut session), "QUIT\r\n");
+        reply(&mut session, "221 bye\r\n");
+        let refused = failure(&mut session);
+        assert_eq!(refused.reply.code, 454);
+        assert!(refused.reply.text().contains("without TLS"));
+        // A mechanism the server does not offer: no AUTH either.
+        let mut session = auth_session(Some(Mechanism::Login), true);
+        reply(&mut session, "250-mx\r\n250 AUTH PLAIN\r\n");
+        assert_eq!(sent(&mut session), "QUIT\r\n");
+        // A server closing during AUTH fails the session (not a clean close).
+        let mut session = auth_session(None, true);
+        reply(&mut session, "250-mx\r\n250 AUTH PLAIN\r\n");
+        sent(&mut session);
+        reply(&mut session, "421 4.3.2 going away\r\n");
+        assert_eq!(failure(&mut session).reply.code, 421);
+    }
+
     #[test]
     fn capabilities_are_read_from_ehlo_keywords_in_any_case() {
         let mut parser = ReplyParser::new();
@@ -1315,8 +1528,13 @@ mod tests {
                 enhancedstatuscodes: true,
                 starttls: true,
                 chunking: true,
+                auth_plain: true,
+                auth_login: true,
             }
         );
+        parser.feed(b"250-mx\r\n250 AUTH=LOGIN\r\n");
+        let old = Capabilities::from_ehlo(&parser.next_reply().unwrap().unwrap());
+        assert!(old.auth_login && !old.auth_plain);
     }
 
     #[test]

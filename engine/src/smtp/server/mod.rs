@@ -30,13 +30,15 @@
 //! context and the check of a policy's reply.
 //! May call: [`super::command`] (parsing), [`super::capabilities`] (the
 //! EHLO reply), [`super::received`] (the `Received:` header of a message
-//! it received), the data types of `ecelerity_policy` (never a policy).
+//! it received), [`super::sasl`] (AUTH responses, in [`auth`]), the data
+//! types of `ecelerity_policy` (never a policy).
 //! Never: sockets, the spool, clocks, other shards, logging, a policy
 //! object. Relay decisions are the policy's, not ours.
 //!
 //! Layout: this file holds the session, its commands and replies;
 //! [`data`] the DATA scanner and the hand-over of a message; [`verdicts`]
-//! what a policy is shown and how its verdict is carried out.
+//! what a policy is shown and how its verdict is carried out; [`auth`] SMTP
+//! AUTH.
 //!
 //! Smuggling defence: only `<CR><LF>.<CR><LF>` ends DATA, and a bare LF or
 //! bare CR anywhere in DATA closes the session with `521` (Postfix's
@@ -60,9 +62,13 @@ pub use super::received::{
 };
 use super::TlsInfo;
 
+mod auth;
 mod data;
 mod verdicts;
 
+use super::sasl::Credentials;
+pub use auth::AuthOutcome;
+use auth::AuthStep;
 use data::DataState;
 
 /// Shortest command line any configuration may set, CRLF included
@@ -157,6 +163,9 @@ pub struct ServerParams {
     /// The listener's `tls = required`: MAIL, RCPT and DATA get `530
     /// 5.7.0` until STARTTLS (which `capabilities.starttls` must offer).
     pub tls_required: bool,
+    /// `allow_plaintext_auth`: the mechanisms in `capabilities.auth` are
+    /// offered without TLS too (otherwise only once TLS is active).
+    pub auth_plaintext: bool,
 }
 
 /// One received message, handed over with [`Event::Message`].
@@ -196,6 +205,10 @@ pub enum Event {
     /// [`ServerSession::tls_started`], or close the connection if the
     /// handshake failed. No input is read until then.
     StartTls,
+    /// A client gave credentials (AUTH): check them, then call
+    /// [`ServerSession::authenticated`]; the session reads no further
+    /// commands until then.
+    Authenticate(Credentials),
     /// The session is over: write the pending output, then close.
     Close,
 }
@@ -225,6 +238,11 @@ enum Phase {
     AwaitingPolicy(PolicyPhase),
     /// `220` to STARTTLS was given; the driver runs the handshake.
     AwaitingTls,
+    /// Reading a SASL response line after a `334`.
+    AuthResponse(AuthStep),
+    /// Credentials were handed over; input is held until
+    /// `authenticated()`.
+    AwaitingAuth,
     Closed,
 }
 
@@ -314,6 +332,9 @@ pub struct ServerSession {
     line_followed: bool,
     /// What the TLS handshake after STARTTLS negotiated; `None` in clear.
     tls: Option<TlsInfo>,
+    /// The user name of an AUTH exchange under way (LOGIN between its two
+    /// responses, or awaiting `authenticated()`); empty otherwise.
+    auth_pending_user: String,
 }
 
 impl ServerSession {
@@ -349,6 +370,7 @@ impl ServerSession {
             peer_ip: params.peer_ip,
             listener: params.listener,
             ehlo_domain: String::new(),
+            auth_user: None,
         };
         ServerSession {
             params,
@@ -384,6 +406,7 @@ impl ServerSession {
             data_refused: false,
             line_followed: false,
             tls: None,
+            auth_pending_user: String::new(),
         }
     }
 
@@ -468,7 +491,12 @@ impl ServerSession {
             Phase::AwaitingSpool => {
                 self.deferred_close.get_or_insert(DeferredClose::Timeout);
             }
-            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) | Phase::AwaitingTls => {
+            Phase::Command
+            | Phase::Data
+            | Phase::AwaitingPolicy(_)
+            | Phase::AwaitingTls
+            | Phase::AuthResponse(_)
+            | Phase::AwaitingAuth => {
                 self.reply_timeout();
                 self.close();
             }
@@ -487,7 +515,12 @@ impl ServerSession {
             Phase::AwaitingSpool => {
                 self.deferred_close.get_or_insert(DeferredClose::Shutdown);
             }
-            Phase::Command | Phase::Data | Phase::AwaitingPolicy(_) | Phase::AwaitingTls => {
+            Phase::Command
+            | Phase::Data
+            | Phase::AwaitingPolicy(_)
+            | Phase::AwaitingTls
+            | Phase::AuthResponse(_)
+            | Phase::AwaitingAuth => {
                 self.reply_shutdown();
                 self.close();
             }
@@ -556,7 +589,10 @@ impl ServerSession {
     fn is_waiting(&self) -> bool {
         matches!(
             self.phase,
-            Phase::AwaitingSpool | Phase::AwaitingPolicy(_) | Phase::AwaitingTls
+            Phase::AwaitingSpool
+                | Phase::AwaitingPolicy(_)
+                | Phase::AwaitingTls
+                | Phase::AwaitingAuth
         )
     }
 
@@ -596,6 +632,7 @@ impl ServerSession {
             Phase::AwaitingSpool => "spool",
             Phase::AwaitingPolicy(phase) => phase.callout(),
             Phase::AwaitingTls => "starttls",
+            Phase::AuthResponse(_) | Phase::AwaitingAuth => "auth",
             Phase::Closed => "closed",
             Phase::Command if self.connection.ehlo_domain.is_empty() => "awaiting ehlo",
             Phase::Command if !self.has_mail => "awaiting mailfrom",
@@ -724,11 +761,12 @@ impl ServerSession {
         let mut at = 0;
         while at < bytes.len() {
             let consumed = match self.phase {
-                Phase::Command => self.command_bytes(&bytes[at..]),
+                Phase::Command | Phase::AuthResponse(_) => self.command_bytes(&bytes[at..]),
                 Phase::Data => self.data_bytes(&bytes[at..]),
                 Phase::AwaitingSpool
                 | Phase::AwaitingPolicy(_)
                 | Phase::AwaitingTls
+                | Phase::AwaitingAuth
                 | Phase::Closed => break,
             };
             assert!(consumed > 0 && consumed <= bytes.len() - at);
@@ -760,6 +798,9 @@ impl ServerSession {
                     self.discarding_line = false;
                     self.line.clear();
                     self.reply(500, "5.5.2", format_args!("Error: line too long"));
+                    if matches!(self.phase, Phase::AuthResponse(_)) {
+                        self.auth_abandoned();
+                    }
                     self.count_error();
                 } else {
                     self.line.extend_from_slice(&rest[..lf]);
@@ -779,6 +820,14 @@ impl ServerSession {
         let mut line = std::mem::take(&mut self.line);
         if line.last() == Some(&b'\r') {
             line.pop();
+        }
+        if let Phase::AuthResponse(step) = self.phase {
+            // Not a command: a SASL response (base64, or `*`).
+            let text = std::str::from_utf8(&line).unwrap_or("\u{0}");
+            self.auth_response(step, text);
+            line.clear();
+            self.line = line;
+            return;
         }
         match parse_command(&line) {
             Ok(command) => self.execute(command),
@@ -806,6 +855,10 @@ impl ServerSession {
             }
             Command::Noop => self.reply(250, "2.0.0", format_args!("Ok")),
             Command::StartTls => self.starttls(),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response),
             Command::Quit => {
                 self.reply(221, "2.0.0", format_args!("Bye"));
                 self.close();
@@ -847,7 +900,9 @@ impl ServerSession {
         let host = &self.params.hostname;
         // RFC 2034 section 3: no enhanced codes on the EHLO/HELO reply.
         if esmtp {
-            self.params.capabilities.write_ehlo_reply(
+            let mut capabilities = self.params.capabilities;
+            capabilities.auth = self.auth_offered();
+            capabilities.write_ehlo_reply(
                 &mut self.output,
                 host,
                 self.params.peer_ip,
@@ -886,6 +941,7 @@ impl ServerSession {
         let capabilities = self.params.capabilities;
         if (params.size_bytes.is_some() && !capabilities.size)
             || (params.body.is_some() && !capabilities.eight_bit_mime)
+            || (params.auth && self.auth_offered().is_empty())
         {
             // RFC 5321 section 4.1.1.11: a parameter of an extension we
             // did not offer.
@@ -1264,6 +1320,7 @@ mod tests {
             capabilities: Capabilities::default(),
             version: "0.1.0",
             tls_required: false,
+            auth_plaintext: false,
         }
     }
 
@@ -2795,5 +2852,184 @@ mod tests {
         }
         eprintln!("fuzz: {messages} messages, {bare_closes} bare closes, held up to {held_max}");
         assert!(messages > 1000 && bare_closes > 50 && held_max > 256);
+    }
+
+    /// A session on a listener with AUTH PLAIN and LOGIN, in clear text
+    /// when `plaintext`, greeted with EHLO (its reply returned).
+    fn open_auth(plaintext: bool) -> (Driven, Vec<String>) {
+        let mut params = params(ServerLimits::default());
+        params.capabilities.auth = crate::smtp::capabilities::AuthMechanisms {
+            plain: true,
+            login: true,
+        };
+        params.auth_plaintext = plaintext;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        let ehlo = send(&mut session, b"EHLO client.test\r\n");
+        (session, ehlo)
+    }
+
+    fn credentials(session: &mut Driven) -> Credentials {
+        match session.next_event() {
+            Some(Event::Authenticate(credentials)) => credentials,
+            other => panic!("expected credentials, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_is_neither_offered_nor_accepted_in_clear_text_by_default() {
+        let (mut session, ehlo) = open_auth(false);
+        assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "{ehlo:?}");
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN AGFsaWNlAHB3\r\n"),
+            ["503 5.5.1 Error: authentication not enabled"]
+        );
+        assert_eq!(session.next_event(), None);
+        assert!(!session.tls_active());
+    }
+
+    #[test]
+    fn auth_plain_with_an_initial_response_authenticates_the_session() {
+        let (mut session, ehlo) = open_auth(true);
+        assert!(
+            ehlo.contains(&"250 AUTH PLAIN LOGIN".to_string()),
+            "{ehlo:?}"
+        );
+        // Pipelined MAIL waits for the answer.
+        assert_eq!(
+            send(
+                &mut session,
+                b"AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nMAIL FROM:<a@client.test>\r\n"
+            ),
+            Vec::<String>::new()
+        );
+        let given = credentials(&mut session);
+        assert_eq!(
+            (given.user.as_str(), given.password.as_str()),
+            ("alice", "s3cret")
+        );
+        assert_eq!(session.phase_name(), "auth");
+        assert_eq!(session.auth_pending_user(), "alice");
+        session.authenticated(AuthOutcome::Accepted);
+        // The held MAIL now goes to the policy, as the driver would see.
+        session.settle();
+        assert_eq!(
+            take_lines(&mut session),
+            ["235 2.7.0 Authentication successful", "250 2.1.0 Ok"]
+        );
+        assert_eq!(session.auth_user(), Some("alice"));
+        assert_eq!(
+            send(&mut session, b"RSET\r\nAUTH LOGIN\r\n"),
+            ["250 2.0.0 Ok", "503 5.5.1 Error: already authenticated"]
+        );
+    }
+
+    #[test]
+    fn auth_login_asks_user_then_password_and_a_refusal_is_535() {
+        let (mut session, _) = open_auth(true);
+        assert_eq!(send(&mut session, b"AUTH LOGIN\r\n"), ["334 VXNlcm5hbWU6"]);
+        assert_eq!(send(&mut session, b"Ym9i\r\n"), ["334 UGFzc3dvcmQ6"]);
+        assert_eq!(send(&mut session, b"d3Jvbmc=\r\n"), Vec::<String>::new());
+        let given = credentials(&mut session);
+        assert_eq!(
+            (given.user.as_str(), given.password.as_str()),
+            ("bob", "wrong")
+        );
+        session.authenticated(AuthOutcome::Refused);
+        assert_eq!(
+            take_lines(&mut session),
+            ["535 5.7.8 Error: authentication failed"]
+        );
+        assert_eq!(session.auth_user(), None);
+        // LOGIN with the user name as initial response, then PLAIN after a 334.
+        assert_eq!(
+            send(&mut session, b"AUTH LOGIN Ym9i\r\n"),
+            ["334 UGFzc3dvcmQ6"]
+        );
+        assert_eq!(
+            send(&mut session, b"*\r\n"),
+            ["501 5.7.0 Authentication aborted"]
+        );
+        assert_eq!(send(&mut session, b"AUTH PLAIN\r\n"), ["334 "]);
+        assert_eq!(
+            send(&mut session, b"AGJvYgBwdw==\r\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(credentials(&mut session).user, "bob");
+        session.authenticated(AuthOutcome::Unavailable);
+        assert_eq!(
+            take_lines(&mut session),
+            ["454 4.7.0 Temporary authentication failure"]
+        );
+    }
+
+    #[test]
+    fn malformed_auth_gets_its_reply_and_too_many_failures_close() {
+        let (mut session, _) = open_auth(true);
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN !!notbase64\r\n"),
+            ["501 5.5.2 Error: malformed authentication response"]
+        );
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN YWxpY2U=\r\n"),
+            ["501 5.5.2 Error: malformed authentication response"],
+            "no NUL separators"
+        );
+        assert_eq!(
+            send(&mut session, b"AUTH CRAM-MD5\r\n"),
+            ["504 5.5.4 Unsupported authentication mechanism"]
+        );
+        assert_eq!(
+            send(&mut session, b"AUTH\r\n"),
+            ["501 5.5.4 Syntax: AUTH mechanism [initial-response]"]
+        );
+        assert_eq!(
+            send(
+                &mut session,
+                b"MAIL FROM:<a@client.test>\r\nAUTH PLAIN AGEAYg==\r\n"
+            ),
+            [
+                "250 2.1.0 Ok",
+                "503 5.5.1 Error: MAIL transaction in progress"
+            ]
+        );
+        assert_eq!(
+            send(&mut session, b"RSET\r\nAUTH PLAIN AGEAYg==\r\n"),
+            ["250 2.0.0 Ok"]
+        );
+        credentials(&mut session);
+        session.authenticated(AuthOutcome::TooManyFailures);
+        let lines = take_lines(&mut session);
+        assert_eq!(
+            lines,
+            ["421 4.7.0 mx.test Error: too many failed authentications, try again later"]
+        );
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn auth_needs_ehlo_and_mail_auth_parameter_needs_auth_offered() {
+        let mut params = params(ServerLimits::default());
+        params.capabilities.auth.plain = true;
+        params.auth_plaintext = true;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        assert_eq!(send(&mut session, b"HELO client.test\r\n"), ["250 mx.test"]);
+        assert_eq!(
+            send(&mut session, b"AUTH PLAIN AGEAYg==\r\n"),
+            ["503 5.5.1 Error: send EHLO first"]
+        );
+        assert_eq!(
+            send(&mut session, b"MAIL FROM:<a@client.test> AUTH=<>\r\n"),
+            ["250 2.1.0 Ok"]
+        );
+        let mut plain = open();
+        send(&mut plain, b"EHLO client.test\r\n");
+        assert_eq!(
+            send(&mut plain, b"MAIL FROM:<a@client.test> AUTH=<>\r\n"),
+            ["555 5.5.4 Error: unsupported parameter"]
+        );
     }
 }
