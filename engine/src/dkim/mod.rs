@@ -48,6 +48,7 @@ type Hash = <Sha256 as HashImpl>::Context;
 
 /// One `dkim_domain` with its key loaded.
 pub struct Signer {
+    id: SignerId,
     /// The From domain it signs for (lowercase).
     pub name: String,
     /// Covers subdomains of `name` (its `base_domain` is `name` or a
@@ -174,6 +175,7 @@ impl Signers {
             };
             by_name.insert(domain.name.clone(), signers.len());
             signers.push(Signer {
+                id: SignerId(signers.len()),
                 name: domain.name.clone(),
                 covers_subdomains: domain
                     .base_domain
@@ -189,6 +191,15 @@ impl Signers {
 
     pub fn is_empty(&self) -> bool {
         self.signers.is_empty()
+    }
+
+    pub fn get(&self, id: SignerId) -> &Signer {
+        &self.signers[id.0]
+    }
+
+    /// The signers of `config`'s `opendkim` stanza; None without one.
+    pub fn for_config(config: &crate::config::Config) -> Result<Option<Signers>, ConfigError> {
+        config.opendkim().map(Signers::load).transpose()
     }
 
     /// The signer for mail from `from_domain` (lowercase): its own
@@ -210,6 +221,16 @@ impl Signers {
         }
         None
     }
+}
+
+/// Whether `opendkim_sign` asks for a message of `binding` to `rcpts` to
+/// be signed: true for the binding and any recipient's domain. Only asked
+/// when an `opendkim` stanza is configured.
+pub fn wanted(config: &crate::config::Config, binding: &str, rcpts: &[String]) -> bool {
+    rcpts.iter().any(|rcpt| {
+        let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+        config.delivery(binding, domain).opendkim_sign
+    })
 }
 
 /// The domain of the first From header in `header_block` (lowercase), or
@@ -342,10 +363,15 @@ impl std::fmt::Display for SignError {
     }
 }
 
+/// Which signer of a [`Signers`] (`Signers::pick`): a message being
+/// signed keeps this, not a reference, so it can wait across awaits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignerId(usize);
+
 /// One message being signed: its header block, kept, and the running hash
-/// of its canonical body.
-pub struct BodySigner<'a> {
-    signer: &'a Signer,
+/// of its canonical body. The signer is named again at the end.
+pub struct BodySigner {
+    signer: SignerId,
     header_block: Vec<u8>,
     body: BodyHasher<Hash>,
     /// t= (seconds since the epoch).
@@ -355,9 +381,9 @@ pub struct BodySigner<'a> {
 impl Signer {
     /// Starts signing a message whose header block (without the empty
     /// line) is `header_block`, at `time` (t=, seconds since the epoch).
-    pub fn start(&self, header_block: &[u8], time: u64) -> BodySigner<'_> {
+    pub fn start(&self, header_block: &[u8], time: u64) -> BodySigner {
         BodySigner {
-            signer: self,
+            signer: self.id,
             header_block: header_block.to_vec(),
             body: BodyHasher::new(<Sha256 as HashImpl>::hasher(), self.template.cb, 0),
             time,
@@ -373,11 +399,15 @@ impl Signer {
         };
         let mut signing = self.start(headers, time);
         signing.body(body);
-        signing.finish()
+        signing.finish(self)
     }
 }
 
-impl BodySigner<'_> {
+impl BodySigner {
+    pub fn signer(&self) -> SignerId {
+        self.signer
+    }
+
     /// Hashes the next part of the body.
     pub fn body(&mut self, chunk: &[u8]) {
         self.body.write(chunk);
@@ -386,8 +416,12 @@ impl BodySigner<'_> {
     /// The signature with everything but the hashes, and the headers it
     /// covers (RFC 6376 5.4.2: found bottom up; names absent from the
     /// message are signed as absent, after the present ones).
-    fn signature(&self) -> (Signature, Vec<(&[u8], &[u8])>) {
-        signature_for(self.signer, &self.header_block, self.time)
+    fn signature<'h>(&'h self, signer: &Signer) -> (Signature, Vec<(&'h [u8], &'h [u8])>) {
+        assert_eq!(
+            signer.id, self.signer,
+            "signed by the signer it started with"
+        );
+        signature_for(signer, &self.header_block, self.time)
     }
 }
 
@@ -426,26 +460,37 @@ fn signature_for<'h>(
     }
 }
 
-impl BodySigner<'_> {
+impl BodySigner {
     /// The exact length of the DKIM-Signature header `finish` will make,
     /// known before the body is: every part of it that depends on the body
     /// or the key (bh=, b=) has a fixed width.
-    pub fn header_len(&self) -> usize {
-        let (mut signature, _) = self.signature();
+    pub fn header_len(&self, signer: &Signer) -> usize {
+        let (mut signature, _) = self.signature(signer);
         signature.bh = vec![0; BODY_HASH_BYTES];
-        signature.b = vec![0; self.signer.signature_bytes];
+        signature.b = vec![0; signer.signature_bytes];
         let mut counter = ByteCount(0);
         signature.write_header(&mut counter);
         counter.0
     }
 
-    /// Signs: the DKIM-Signature header (folded, ending in CRLF).
-    pub fn finish(self) -> Result<Vec<u8>, SignError> {
+    /// Whether the header block holds any header to sign (else `finish`
+    /// fails with `NoHeaders`).
+    pub fn has_headers(&self, signer: &Signer) -> bool {
+        !self.signature(signer).1.is_empty()
+    }
+
+    /// Signs with `signer` (the one it started with): the DKIM-Signature
+    /// header (folded, ending in CRLF).
+    pub fn finish(self, signer: &Signer) -> Result<Vec<u8>, SignError> {
+        assert_eq!(
+            signer.id, self.signer,
+            "signed by the signer it started with"
+        );
         let BodySigner {
-            signer,
             header_block,
             body,
             time,
+            ..
         } = self;
         let (hash, _) = body.finish();
         let (mut signature, headers) = signature_for(signer, &header_block, time);
@@ -467,8 +512,8 @@ impl BodySigner<'_> {
     }
 
     /// `finish`, the result checked to be `reserved` bytes long.
-    pub fn finish_exact(self, reserved: usize) -> Result<Vec<u8>, SignError> {
-        let header = self.finish()?;
+    pub fn finish_exact(self, signer: &Signer, reserved: usize) -> Result<Vec<u8>, SignError> {
+        let header = self.finish(signer)?;
         if header.len() != reserved {
             return Err(SignError::LengthChanged {
                 reserved,

@@ -79,11 +79,11 @@ fn chunked_and_whole_signatures_are_the_same_and_as_long_as_reserved() {
         let whole = signer.sign(MESSAGE, 1_796_000_000).unwrap();
         let at = body_offset(MESSAGE).unwrap();
         let mut signing = signer.start(&MESSAGE[..at - 2], 1_796_000_000);
-        let reserved = signing.header_len();
+        let reserved = signing.header_len(signer);
         for chunk in MESSAGE[at..].chunks(3) {
             signing.body(chunk);
         }
-        let chunked = signing.finish_exact(reserved).unwrap();
+        let chunked = signing.finish_exact(signer, reserved).unwrap();
         assert_eq!(whole, chunked, "{from}");
         let text = String::from_utf8(whole).unwrap();
         assert!(text.starts_with("DKIM-Signature: v=1; a="), "{text}");
@@ -112,12 +112,12 @@ fn the_reserved_length_holds_for_any_body_and_time() {
         headers.extend(std::iter::repeat_n(b'x', rng.below(300) as usize));
         headers.extend_from_slice(b"\r\n");
         let mut signing = signer.start(&headers, time);
-        let reserved = signing.header_len();
+        let reserved = signing.header_len(signer);
         let body: Vec<u8> = (0..rng.below(5000))
             .map(|_| b"ab \r\n"[rng.below(5) as usize])
             .collect();
         signing.body(&body);
-        signing.finish_exact(reserved).unwrap();
+        signing.finish_exact(signer, reserved).unwrap();
     }
 }
 

@@ -71,6 +71,8 @@ pub(super) struct Setup {
     pub ready: mpsc::Sender<Result<(), StartError>>,
     /// Shard 0 only: control requests from threads outside the shards.
     pub control_queue: Option<Receiver<Envelope>>,
+    /// The DKIM signers (`opendkim`), loaded once before the shards start.
+    pub dkim: Option<Arc<crate::dkim::Signers>>,
 }
 
 /// One shard's rooms, wired.
@@ -158,6 +160,7 @@ pub(super) async fn run(setup: Setup) {
         mesh,
         ready,
         control_queue,
+        dkim,
     } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
@@ -249,6 +252,7 @@ pub(super) async fn run(setup: Setup) {
         spool,
         recovery.max_id,
         delivery_queue,
+        dkim,
     );
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -340,6 +344,7 @@ fn wire(
     spool: Spool,
     max_recovered_id: u64,
     delivery_queue: glommio::TaskQueueHandle,
+    dkim: Option<Arc<crate::dkim::Signers>>,
 ) -> Rc<Shard> {
     let env = Rc::new(ShardEnv {
         id,
@@ -381,6 +386,7 @@ fn wire(
         sessions: Gate::new(),
         episodes: Default::default(),
         unknown_bindings: Default::default(),
+        dkim,
     });
     let shard = Rc::new(Shard {
         env,
