@@ -726,6 +726,33 @@ mod tests {
     }
 
     #[test]
+    fn signing_stats_totals_the_shards_under_momentum_names() {
+        let mut snapshot = snapshot();
+        snapshot.shards[0].set(Counter::DkimMessagesProcessed, 3);
+        snapshot.shards[0].set(Counter::DkimMessagesSigned, 2);
+        snapshot.shards[0].set(Counter::DkimSigningFailures, 1);
+        snapshot.shards[0].set(Counter::DkimSigningMicros, 1_500_000);
+        snapshot.shards[1].set(Counter::DkimMessagesProcessed, 4);
+        snapshot.shards[1].set(Counter::DkimMessagesSigned, 4);
+        snapshot.shards[1].set(Counter::DkimSigningMicros, 2_250);
+        let (text, action) = execute("signing_stats", &snapshot);
+        assert_eq!(action, Action::None);
+        assert!(
+            text.contains("  AccumulatedSigningTime: 1.502250 seconds\n"),
+            "{text}"
+        );
+        assert!(text.contains("  TotalMessagesSigned: 6\n"), "{text}");
+        assert!(text.contains("  FailedSigningAttempts: 1\n"), "{text}");
+        assert!(text.contains("  TotalMessagesProcessed: 7\n"), "{text}");
+        assert!(
+            text.contains("    1          4          4          0           2250\n"),
+            "{text}"
+        );
+        let (text, _) = execute("signing_stats reset", &snapshot);
+        assert!(text.contains("not supported yet"), "{text}");
+    }
+
+    #[test]
     fn summary_totals_every_shard_in_momentum_labels() {
         let (text, action) = execute("summary", &snapshot());
         assert_eq!(action, Action::None);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ecelerity_tests::{
     free_port, python, send_file, Daemon, Sink, TempDir, TestConfig, ARRIVAL_TIMEOUT,
+    CONFIG_FILE_NAME,
 };
 
 /// How long unbound may take to serve (loaded machine).
@@ -137,7 +138,7 @@ fn setup(label: &str) -> Setup {
            headerlist = (\"from\", \"to\", \"subject\", \"date\", \"message-id\")\n\
            key = \"{}/%{{d}}/%{{s}}.key\"\n\
            dkim_domain \"rsa.test\" {{ selector = \"rsa1\" base_domain = \"rsa.test\" }}\n\
-           dkim_domain \"ed.test\" {{ selector = \"ed1\" digest = \"ed25519-sha256\" body_canon = \"simple\" }}\n\
+           dkim_domain \"ed.test\" {{ selector = \"ed1\" digest = \"ed25519-sha256\" header_canon = \"simple\" body_canon = \"simple\" }}\n\
          }}\n",
         keys.display()
     );
@@ -226,7 +227,7 @@ fn dkim_header(bytes: &[u8]) -> String {
 
 /// Goal: what the daemon signs verifies with an independent verifier
 /// against keys published in DNS, RSA 2048 and Ed25519, relaxed and simple
-/// body canonicalization, a subdomain signed by its base_domain; a body
+/// canonicalization (headers and body), a subdomain signed by its base_domain; a body
 /// changed after signing fails; a From domain without a signer arrives
 /// unsigned; signing_stats counts all of it. Method: four messages sent
 /// with smtplib, stored by the sink; dkimpy (dnspython asking the test's
@@ -326,4 +327,47 @@ fn a_large_streamed_body_is_signed_on_the_way_and_verifies() {
     fs::write(&copy, &stored).unwrap();
     let verdicts = s.verify(&[copy]);
     assert!(verdicts[0].1, "dkimpy verifies the streamed message");
+}
+
+/// Goal: a key the `opendkim` stanza names but that cannot be used stops
+/// the start as a configuration error, naming the file and the `key`
+/// line, and nothing listens. Method: a config whose dkim_domain's key
+/// file does not exist, then one whose Ed25519 key is declared rsa-sha256;
+/// the daemon must exit 1 with `ecelerity.conf:LINE: opendkim:` on stderr.
+#[test]
+fn an_unusable_key_stops_the_start_with_its_line() {
+    let dir = TempDir::new("dkim-badkey");
+    let keys = dir.join("keys");
+    make_key(&keys.join("ed.test/ed1.key"), true);
+    for (dkim_domain, what) in [
+        (
+            "dkim_domain \"rsa.test\" { selector = \"missing\" }",
+            "rsa.test/missing.key",
+        ),
+        ("dkim_domain \"ed.test\" { selector = \"ed1\" }", "Ed25519"),
+    ] {
+        let mut config = TestConfig::new(free_port());
+        config.extra = format!(
+            "opendkim_sign = true\nopendkim \"o\" {{\nkey = \"{}/%{{d}}/%{{s}}.key\"\n{dkim_domain}\n}}\n",
+            keys.display()
+        );
+        let text = config.render();
+        let key_line = text
+            .lines()
+            .position(|l| l.starts_with("key = "))
+            .expect("the key line")
+            + 1;
+        let mut daemon = Daemon::spawn(dir.path(), &text);
+        let status = daemon
+            .wait_exit(Duration::from_secs(30))
+            .expect("the daemon exits");
+        let stderr = daemon.stderr_text();
+        assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+        let location = format!("{CONFIG_FILE_NAME}:{key_line}: opendkim: ");
+        assert!(
+            stderr.contains(&location),
+            "want `{location}` in:\n{stderr}"
+        );
+        assert!(stderr.contains(what), "want `{what}` in:\n{stderr}");
+    }
 }
