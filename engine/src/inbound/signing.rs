@@ -83,7 +83,8 @@ pub fn sign_inline(
         }
         Err(e) => {
             stats.add(Counter::DkimSigningFailures, 1);
-            tracing::warn!(shard = shard.env.id, "dkim: message not signed: {e}");
+            // Counted in signing_stats; not logged per message.
+            tracing::debug!(shard = shard.env.id, "dkim: message not signed: {e}");
             None
         }
     }
@@ -109,7 +110,7 @@ pub fn start_streamed(
     let stats = shard.env.stats();
     if !signing.has_headers(signer) {
         stats.add(Counter::DkimSigningFailures, 1);
-        tracing::warn!(
+        tracing::debug!(
             shard = shard.env.id,
             "dkim: message not signed: no header to sign"
         );

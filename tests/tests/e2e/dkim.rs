@@ -132,6 +132,7 @@ fn setup(label: &str) -> Setup {
     let mut config = TestConfig::new(sink.port());
     config.extra = format!(
         "opendkim_sign = true\n\
+         domain \"nosign.test\" {{ opendkim_sign = false }}\n\
          opendkim \"opendkim1\" {{\n\
            header_canon = \"relaxed\"\n\
            body_canon = \"relaxed\"\n\
@@ -154,14 +155,13 @@ fn setup(label: &str) -> Setup {
 
 impl Setup {
     fn send(&self, name: &str, message: &[u8]) {
+        self.send_to(name, message, "r@example.com");
+    }
+
+    fn send_to(&self, name: &str, message: &[u8], rcpt: &str) {
         let path = self.dir.join(format!("{name}.eml"));
         fs::write(&path, message).unwrap();
-        let code = send_file(
-            self.daemon.smtp_port(),
-            &path,
-            "s@rsa.test",
-            &["r@example.com"],
-        );
+        let code = send_file(self.daemon.smtp_port(), &path, "s@rsa.test", &[rcpt]);
         assert_eq!(code, "250", "{name}: {}", self.daemon.stderr_text());
         fs::remove_file(&path).unwrap();
     }
@@ -227,10 +227,11 @@ fn dkim_header(bytes: &[u8]) -> String {
 
 /// Goal: what the daemon signs verifies with an independent verifier
 /// against keys published in DNS, RSA 2048 and Ed25519, relaxed and simple
-/// canonicalization (headers and body), a subdomain signed by its base_domain; a body
-/// changed after signing fails; a From domain without a signer arrives
-/// unsigned; signing_stats counts all of it. Method: four messages sent
-/// with smtplib, stored by the sink; dkimpy (dnspython asking the test's
+/// canonicalization (headers and body), a subdomain signed by its
+/// base_domain; a body changed after signing fails; a From domain without
+/// a signer arrives unsigned, and so does one to a domain whose
+/// opendkim_sign is false; signing_stats counts the four that were to be
+/// signed. Method: five messages sent with smtplib, stored by the sink; dkimpy (dnspython asking the test's
 /// unbound) verifies each stored file and a copy with one body byte
 /// changed.
 #[test]
@@ -241,8 +242,9 @@ fn signed_messages_verify_with_dkimpy_and_a_changed_body_fails() {
     s.send("ed", &message("b@ed.test", "ed", body));
     s.send("sub", &message("c@news.rsa.test", "sub", body));
     s.send("none", &message("d@other.test", "none", body));
-    let arrived = s.sink.wait_for_messages(4, ARRIVAL_TIMEOUT);
-    assert_eq!(arrived.len(), 4, "each message once");
+    s.send_to("off", &message("e@rsa.test", "off", body), "r@nosign.test");
+    let arrived = s.sink.wait_for_messages(5, ARRIVAL_TIMEOUT);
+    assert_eq!(arrived.len(), 5, "each message once");
     let mut files = Vec::new();
     for (id, d, a) in [
         ("rsa", "rsa.test", "rsa-sha256"),
@@ -265,11 +267,16 @@ fn signed_messages_verify_with_dkimpy_and_a_changed_body_fails() {
         files.push((copy, true));
         files.push((tampered, false));
     }
-    let unsigned = find(&arrived, "none").bytes();
-    assert!(
-        !String::from_utf8_lossy(&unsigned).contains("DKIM-Signature"),
-        "no signer for other.test: sent unsigned"
-    );
+    for (id, why) in [
+        ("none", "no signer for other.test"),
+        ("off", "opendkim_sign = false for nosign.test"),
+    ] {
+        let unsigned = find(&arrived, id).bytes();
+        assert!(
+            !String::from_utf8_lossy(&unsigned).contains("DKIM-Signature"),
+            "{why}: sent unsigned"
+        );
+    }
     let paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     let verdicts = s.verify(&paths);
     assert_eq!(verdicts.len(), files.len());
