@@ -17,6 +17,8 @@
 //!   serves them (and the counters) on the control socket.
 //! - [`bounce`]: pure bounce parts (Momentum's classification, the
 //!   RFC 3464 DSN builder), called by `delivery` and `message`.
+//! - [`dkim`]: DKIM signing (the `opendkim` stanza's keys, the choice of
+//!   signer, body hashing as it streams), called by `inbound`.
 //! - [`queue`], [`smtp`], [`config`], [`stats`], [`log`], [`transport`],
 //!   [`env`], [`clock`]: leaves (types, pure protocol code, shared pieces).
 //!
@@ -30,6 +32,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod env;
 pub mod inbound;

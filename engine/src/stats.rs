@@ -68,6 +68,10 @@ counters! {
     SpoolSegments => "spool_segments", Gauge, "Segment files in this shard's spool.";
     SpoolSyncs => "spool_syncs", Counter, "fdatasync calls of this shard's spool.";
     LiveMessages => "live_messages", Gauge, "Messages spooled here and not yet final.";
+    DkimMessagesProcessed => "dkim_messages_processed", Counter, "Messages opendkim_sign asked to sign.";
+    DkimMessagesSigned => "dkim_messages_signed", Counter, "Messages given a DKIM-Signature.";
+    DkimSigningFailures => "dkim_signing_failures", Counter, "Messages to sign that could not be (no signer for the From domain, no header to sign, a key error).";
+    DkimSigningMicros => "dkim_signing_us", Counter, "Microseconds spent hashing and signing for DKIM.";
 }
 
 /// How many values a block holds.

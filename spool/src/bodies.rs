@@ -83,8 +83,11 @@ pub struct BodyWriter {
     file: Option<BufferedFile>,
     /// Bytes written so far; the offset of the next chunk.
     len: u64,
-    /// CRC32C of the bytes written so far.
+    /// CRC32C of the bytes written so far (after the head, if reserved).
     crc32c: u32,
+    /// The first bytes of the file, left free by `reserve_head` for
+    /// `fill_head`: their length and, once written, their CRC32C.
+    head: Option<(u64, Option<u32>)>,
 }
 
 /// Keeps the OS error code of a glommio error (ENOSPC must stay
@@ -116,7 +119,49 @@ impl BodyWriter {
             file: Some(file),
             len: 0,
             crc32c: 0,
+            head: None,
         })
+    }
+
+    /// Leaves the first `len` bytes of the file free for [`fill_head`]
+    /// (a header whose length is known before its content, such as a DKIM
+    /// signature made once the whole body was hashed). Only before the
+    /// first write; `fill_head` must come before `finish`.
+    ///
+    /// [`fill_head`]: BodyWriter::fill_head
+    pub fn reserve_head(&mut self, len: usize) {
+        assert!(
+            self.len == 0 && self.head.is_none(),
+            "a head is reserved first, once"
+        );
+        self.len = len as u64;
+        self.head = Some((len as u64, None));
+    }
+
+    /// Writes the head `reserve_head` left free: exactly that many bytes.
+    pub async fn fill_head(&mut self, head: Vec<u8>) -> Result<(), SpoolError> {
+        let Some((len, None)) = self.head else {
+            panic!("fill_head needs a reserved, unfilled head");
+        };
+        assert_eq!(
+            head.len() as u64,
+            len,
+            "the head fills its reservation exactly"
+        );
+        let file = self
+            .file
+            .as_ref()
+            .expect("a body writer is open until finished");
+        let crc32c = crc32c::crc32c(&head);
+        let written = file
+            .write_at(head, 0)
+            .await
+            .map_err(|e| SpoolError::from_io(os_error(e)))?;
+        if written as u64 != len {
+            return Err(SpoolError::StorageFull);
+        }
+        self.head = Some((len, Some(crc32c)));
+        Ok(())
     }
 
     pub fn id(&self) -> u64 {
@@ -160,6 +205,13 @@ impl BodyWriter {
     /// Makes the file and its name durable (`fdatasync` of the file, then
     /// of the directory) and closes it. On error the file is removed.
     pub async fn finish(mut self) -> Result<FileBody, SpoolError> {
+        let crc32c = match self.head {
+            None => self.crc32c,
+            Some((len, Some(head))) => {
+                crc32c::crc32c_combine(head, self.crc32c, (self.len - len) as usize)
+            }
+            Some((_, None)) => panic!("a reserved head is filled before finish"),
+        };
         let file = self.file.take().expect("finished once");
         let result = sync_and_close(file, &self.dir).await;
         if let Err(err) = result {
@@ -169,7 +221,7 @@ impl BodyWriter {
         Ok(FileBody {
             id: self.id,
             len: self.len,
-            crc32c: self.crc32c,
+            crc32c,
         })
     }
 

@@ -1149,3 +1149,23 @@ fn sync_path_latency() {
         }
     }
 }
+
+#[test]
+fn a_reserved_head_is_filled_in_place_and_in_the_crc() {
+    let dir = TempDir::new("reserved-head");
+    let path = dir.0.clone();
+    std::fs::create_dir_all(&path).unwrap();
+    run(move || async move {
+        let mut writer = crate::BodyWriter::create(&path, 9, 0o600).await.unwrap();
+        writer.reserve_head(5);
+        writer.write(b"world, ".to_vec()).await.unwrap();
+        writer.write(b"again".to_vec()).await.unwrap();
+        writer.fill_head(b"hello".to_vec()).await.unwrap();
+        let body = writer.finish().await.unwrap();
+        let whole = b"helloworld, again";
+        assert_eq!(body.len, whole.len() as u64);
+        assert_eq!(body.crc32c, crc32c::crc32c(whole));
+        let on_disk = std::fs::read(path.join(crate::bodies::body_file_name(9))).unwrap();
+        assert_eq!(on_disk, whole);
+    });
+}

@@ -87,7 +87,9 @@ fn config(dir: &Path, port: u16, records: &[String]) -> String {
         dir = dir.display(),
     );
     for record in records {
-        conf.push_str(&format!("  local-data: \"{record}\"\n"));
+        // A TXT record holds its own double-quoted strings.
+        let quote = if record.contains('"') { '\'' } else { '"' };
+        conf.push_str(&format!("  local-data: {quote}{record}{quote}\n"));
     }
     conf.push_str("remote-control:\n  control-enable: no\n");
     conf

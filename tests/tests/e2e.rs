@@ -29,6 +29,8 @@ mod delivery;
 mod diskfull;
 #[path = "e2e/diskfull_heal.rs"]
 mod diskfull_heal;
+#[path = "e2e/dkim.rs"]
+mod dkim;
 #[path = "e2e/ec_ctl.rs"]
 mod ec_ctl;
 #[path = "e2e/hostile.rs"]

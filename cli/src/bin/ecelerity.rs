@@ -81,6 +81,13 @@ fn main() {
     };
     let engine = match runtime::start(config.clone(), drop_privileges) {
         Ok(e) => e,
+        Err(e @ runtime::StartError::Config(_)) => {
+            // A file the configuration names (a DKIM key) is bad: bad input,
+            // `file:line: what is wrong` as for any configuration error.
+            eprintln!("{e}");
+            remove_pid_file(&pid_file);
+            std::process::exit(ecelerity_cli::EXIT_BAD_INPUT);
+        }
         Err(e) => {
             tracing::error!("cannot start: {e}");
             if args.daemon {

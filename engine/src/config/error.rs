@@ -117,6 +117,9 @@ pub enum ConfigErrorKind {
         first_group: String,
         second_group: String,
     },
+    /// Something wrong inside an `opendkim` stanza (`config::dkim`).
+    #[error("opendkim: {reason}")]
+    Opendkim { reason: String },
     /// Valid ecelerity.conf that the engine would not act on yet. `scope`
     /// is empty or starts with a space (" in binding `b`").
     #[error("`{option}`{scope} is not supported yet ({reason})")]

@@ -19,6 +19,7 @@
 //! `Config::load` also refuses valid settings the engine does not act on
 //! yet (`check_supported`), so nothing in the file is silently ignored.
 
+mod dkim;
 mod dump;
 mod error;
 mod lexer;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use ecelerity_policy::Cidr;
 
+pub use dkim::{is_within as dkim_is_within, Canon, Digest, DkimDomain, OpendkimConfig};
 pub use error::{ConfigError, ConfigErrorKind, Scope};
 pub use options::{ControlListenerConfig, DeliveryOptions, ListenerConfig, LogPaths, Security};
 
@@ -423,6 +425,11 @@ impl Config {
     /// Outbound options for mail to `domain` sent from `binding`, after
     /// fallback. An unknown binding means the default binding; `domain`
     /// matches case-insensitively.
+    /// The `opendkim` module stanza, if configured.
+    pub fn opendkim(&self) -> Option<&OpendkimConfig> {
+        self.settings.opendkim.as_ref()
+    }
+
     pub fn delivery(&self, binding: &str, domain: &str) -> DeliveryOptions {
         self.settings.delivery(binding, domain)
     }
@@ -1042,6 +1049,7 @@ domain "example.com" {
                 max_retries: MaxRetries::Count(10),
                 message_expiration: secs(604_800),
                 generate_bounces: false,
+                opendkim_sign: false,
                 generate_delay_dsn: true,
                 delay_dsn_retry_interval: secs(1800),
                 delay_dsn_max_retry_interval: secs(43_200),

@@ -105,6 +105,8 @@ pub(super) struct Settings {
     pub(super) bindings: BTreeMap<String, BindingScope>,
     /// Global `host` scopes, keyed by lowercase name.
     pub(super) hosts: BTreeMap<String, HostScope>,
+    /// The `opendkim` module stanza, if any (`config::dkim`).
+    pub(super) opendkim: Option<super::dkim::OpendkimConfig>,
 }
 
 impl Settings {
@@ -454,6 +456,7 @@ struct Builder<'t> {
     hosts: BTreeMap<String, HostScope>,
     /// Throttle settings read so far: the next one's bucket.
     throttles: u32,
+    opendkim: Option<super::dkim::OpendkimConfig>,
 }
 
 /// What `build` makes of a tree.
@@ -484,6 +487,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         unheeded: Vec::new(),
         hosts: BTreeMap::new(),
         throttles: 0,
+        opendkim: None,
     };
     builder
         .groups
@@ -531,6 +535,17 @@ impl Builder<'_> {
                     name,
                     value,
                 } => self.set(place, *file, *line, name, value)?,
+                Item::Stanza(stanza)
+                    if stanza.keyword == Keyword::Opendkim && matches!(place, Place::Global) =>
+                {
+                    if self.opendkim.is_some() {
+                        let kind = ConfigErrorKind::Opendkim {
+                            reason: "only one opendkim stanza may be configured".into(),
+                        };
+                        return Err(self.error(stanza.file, stanza.line, kind));
+                    }
+                    self.opendkim = Some(super::dkim::read(self.tree, stanza)?);
+                }
                 Item::Stanza(stanza) => {
                     let inner = self.enter(place, stanza)?;
                     self.walk(&inner, &stanza.items)?;
@@ -980,6 +995,7 @@ impl Builder<'_> {
             groups: self.groups,
             bindings: self.bindings,
             hosts: self.hosts,
+            opendkim: self.opendkim,
         };
         Built {
             settings,

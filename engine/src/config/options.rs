@@ -505,6 +505,9 @@ option_family! {
         /// Age at which an undelivered message fails permanently.
         message_expiration: Duration = "message_expiration" in OUTBOUND, INTERVAL,
             default Duration::from_secs(MESSAGE_EXPIRATION_SECONDS_DEFAULT);
+        /// Momentum's `opendkim_sign`: sign messages of this binding and
+        /// recipient domain with the `opendkim` stanza (before spooling).
+        opendkim_sign: bool = "opendkim_sign" in OUTBOUND, Kind::Bool, default false;
         /// Send a DSN to the return path when a recipient fails for good.
         generate_bounces: bool = "generate_bounces" in OUTBOUND, Kind::Bool, default true;
         /// Send one delay DSN (Action: delayed) to the return path of a

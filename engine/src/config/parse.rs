@@ -38,11 +38,15 @@ pub(super) enum Keyword {
     EcLogger,
     Security,
     Host,
+    /// Momentum's `opendkim "name" { }` module stanza (read by `dkim`).
+    Opendkim,
+    /// `dkim_domain "name" { }`, inside `opendkim` only.
+    DkimDomain,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 9] = [
+        const KEYWORDS: [(&str, Keyword); 11] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -52,6 +56,8 @@ impl Keyword {
             ("ec_logger", Keyword::EcLogger),
             ("security", Keyword::Security),
             ("host", Keyword::Host),
+            ("opendkim", Keyword::Opendkim),
+            ("dkim_domain", Keyword::DkimDomain),
         ];
         KEYWORDS
             .iter()

@@ -26,6 +26,7 @@
 
 pub mod backpressure;
 pub mod binding_header;
+pub mod signing;
 pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -171,6 +172,9 @@ pub struct Inbound {
     pub unknown_bindings: UnknownBindings,
     /// Where AUTH results go (`auth:` lines).
     pub acctlog: AcctLog,
+    /// The `opendkim` stanza's signers (keys), when one is configured:
+    /// loaded once at start, shared read-only by the shards.
+    pub dkim: Option<std::sync::Arc<crate::dkim::Signers>>,
 }
 
 impl Inbound {
@@ -849,6 +853,14 @@ async fn receive(
     let mut body = Vec::with_capacity(header.len() + received.len());
     body.extend_from_slice(header.as_bytes());
     binding_header::append_without(&mut body, &received, &assigned.fields);
+    let binding = shard.bindings.name(assigned.binding);
+    let message = &body[header.len()..];
+    if let Some(dkim) =
+        signing::sign_inline(shard, binding, &envelope.rcpts, message, now_ms / 1000)
+    {
+        // On top, above the Received header (one move of the message).
+        body.splice(0..0, dkim);
+    }
     let spooled = SpooledEnvelope {
         received_unix_ms: now_ms,
         peer_ip: conn.peer.ip(),
@@ -902,7 +914,10 @@ async fn start_streaming(
         binding_header::append_without(&mut first, &chunk, &assigned.fields);
         first
     };
-    let streaming = Streaming::start(&shard.messages, session, first, assigned.binding).await;
+    let binding = shard.bindings.name(assigned.binding);
+    let now_secs = now_unix_ms() / 1000;
+    let dkim = signing::start_streamed(shard, binding, session.rcpts(), &first, now_secs);
+    let streaming = Streaming::start(&shard.messages, session, first, assigned.binding, dkim).await;
     if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
         let queue_id = streaming.id().to_string();
         shard
@@ -922,7 +937,8 @@ async fn receive_streamed(
 ) -> SpoolOutcome {
     let id = body.id();
     let binding = body.binding();
-    let file_body = match body.finish(envelope.body).await {
+    let sign = |dkim| signing::finish_streamed(shard, dkim);
+    let file_body = match body.finish(envelope.body, sign).await {
         Ok(file_body) => file_body,
         Err(outcome) => return outcome,
     };

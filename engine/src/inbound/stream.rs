@@ -32,6 +32,7 @@
 
 use ecelerity_spool::{BodyWriter, FileBody, SpoolError};
 
+use super::signing::Signing;
 use crate::clock::now_unix_ms;
 use crate::message::Messages;
 use crate::queue::{BindingId, MessageId};
@@ -70,6 +71,10 @@ pub struct Streaming {
     /// The binding the listener's `binding_header` picked (`start`).
     binding: BindingId,
     state: State,
+    /// The DKIM signing of this message, when it is signed: every chunk
+    /// is hashed as it is written, and the file's head left free for the
+    /// signature.
+    signing: Option<Signing>,
 }
 
 enum State {
@@ -90,12 +95,14 @@ impl Streaming {
     /// Starts streaming the body of the message `session` is reading:
     /// takes an id for it and writes its Received header and `first` (the
     /// first chunk, the binding header already left out of it by the
-    /// caller, which chose `binding` from it).
+    /// caller, which chose `binding` from it). `signing` (the first
+    /// chunk already hashed) gets the head of the file for its signature.
     pub async fn start(
         messages: &Messages,
         session: &ServerSession,
         first: Vec<u8>,
         binding: BindingId,
+        signing: Option<Signing>,
     ) -> Streaming {
         let id = match messages.admit() {
             Ok(id) => id,
@@ -104,28 +111,36 @@ impl Streaming {
                     id: MessageId(0),
                     binding,
                     state: State::Failed(SpoolOutcome::TemporaryFailure),
+                    signing: None,
                 }
             }
         };
         let header =
             session.transaction_received_header(&id.to_string(), (now_unix_ms() / 1000) as i64);
         let mut streaming = match messages.spool.body_writer(id.0).await {
-            Ok(writer) => Streaming {
-                id,
-                binding,
-                state: State::Writing(writer),
-            },
+            Ok(mut writer) => {
+                if let Some(signing) = &signing {
+                    writer.reserve_head(signing.reserved);
+                }
+                Streaming {
+                    id,
+                    binding,
+                    state: State::Writing(writer),
+                    signing,
+                }
+            }
             Err(err) => {
                 tracing::error!("spool: cannot create the body file of {id} ({err}); the client gets 452 or 451 at end of data");
                 return Streaming {
                     id,
                     binding,
                     state: State::Failed(outcome_of(&err)),
+                    signing: None,
                 };
             }
         };
-        streaming.write(header.into_bytes()).await;
-        streaming.write(first).await;
+        streaming.write_raw(header.into_bytes()).await;
+        streaming.write_raw(first).await;
         streaming
     }
 
@@ -141,6 +156,15 @@ impl Streaming {
     /// Appends the next part of the body. After an error the rest is
     /// dropped and the file removed; the error is answered at end of data.
     pub async fn write(&mut self, chunk: Vec<u8>) {
+        if let Some(signing) = &mut self.signing {
+            signing.hash(&chunk);
+        }
+        self.write_raw(chunk).await;
+    }
+
+    /// Appends bytes the signature does not hash (the Received header, the
+    /// first chunk it hashed already).
+    async fn write_raw(&mut self, chunk: Vec<u8>) {
         let State::Writing(writer) = &mut self.state else {
             return;
         };
@@ -164,11 +188,30 @@ impl Streaming {
         }
     }
 
-    /// Writes the rest of the body and makes the file durable. Returns
-    /// the body to commit, or the reply owed when the spool failed (the
-    /// file is gone then).
-    pub async fn finish(mut self, rest: Vec<u8>) -> Result<FileBody, SpoolOutcome> {
+    /// Writes the rest of the body and, when it is signed, the signature
+    /// `sign` makes into the head left for it; then makes the file
+    /// durable. Returns the body to commit, or the reply owed when the
+    /// spool failed or the signature could not be made (the file is gone
+    /// then).
+    pub async fn finish(
+        mut self,
+        rest: Vec<u8>,
+        sign: impl FnOnce(Signing) -> Option<Vec<u8>>,
+    ) -> Result<FileBody, SpoolOutcome> {
         self.write(rest).await;
+        if let Some(signing) = self.signing.take() {
+            if let State::Writing(writer) = &mut self.state {
+                // Without its signature the file has a hole: not a message.
+                let filled = match sign(signing) {
+                    Some(header) => writer.fill_head(header).await.map_err(|e| outcome_of(&e)),
+                    None => Err(SpoolOutcome::TemporaryFailure),
+                };
+                if let Err(outcome) = filled {
+                    tracing::error!("cannot complete the body of {}: 451 or 452", self.id);
+                    self.fail(outcome).await;
+                }
+            }
+        }
         match self.state {
             State::Failed(outcome) => Err(outcome),
             State::Writing(writer) => writer.finish().await.map_err(|err| {

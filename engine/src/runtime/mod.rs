@@ -40,6 +40,10 @@ pub enum StartError {
     },
     #[error("shard {shard}: {what}")]
     Other { shard: usize, what: String },
+    /// The configuration names something that cannot be loaded (a DKIM
+    /// key): `file:line: what is wrong`.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A running engine: the shard threads and the flag that stops them.
@@ -127,6 +131,8 @@ pub fn start(
     before_serving: impl FnOnce() -> Result<(), String>,
 ) -> Result<Engine, StartError> {
     let count = shard_count(&config)?;
+    // Keys are read before privileges are dropped; a bad one stops the start.
+    let dkim = crate::dkim::Signers::for_config(&config)?.map(Arc::new);
     let (io_memory, memlock) = io_memory_bytes(count);
     let stats = EngineStats::new(count);
     let stop = Arc::new(AtomicBool::new(false));
@@ -143,6 +149,7 @@ pub fn start(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut threads = Vec::with_capacity(count);
     for id in 0..count {
+        let dkim = dkim.clone();
         let (config, stats, stop, serving, mesh, ready) = (
             config.clone(),
             stats.clone(),
@@ -171,6 +178,7 @@ pub fn start(
                     mesh,
                     ready,
                     control_queue,
+                    dkim,
                 })
                 .await;
             })

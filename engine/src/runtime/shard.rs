@@ -72,6 +72,8 @@ pub(super) struct Setup {
     pub ready: mpsc::Sender<Result<(), StartError>>,
     /// Shard 0 only: control requests from threads outside the shards.
     pub control_queue: Option<Receiver<Envelope>>,
+    /// The DKIM signers (`opendkim`), loaded once before the shards start.
+    pub dkim: Option<Arc<crate::dkim::Signers>>,
 }
 
 /// One shard's rooms, wired.
@@ -159,6 +161,7 @@ pub(super) async fn run(setup: Setup) {
         mesh,
         ready,
         control_queue,
+        dkim,
     } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
@@ -270,6 +273,7 @@ pub(super) async fn run(setup: Setup) {
         recovery.max_id,
         delivery_queue,
         acctlog,
+        dkim,
     );
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -362,6 +366,7 @@ fn wire(
     max_recovered_id: u64,
     delivery_queue: glommio::TaskQueueHandle,
     acctlog: AcctLog,
+    dkim: Option<Arc<crate::dkim::Signers>>,
 ) -> Rc<Shard> {
     let env = Rc::new(ShardEnv {
         id,
@@ -404,6 +409,7 @@ fn wire(
         episodes: Default::default(),
         unknown_bindings: Default::default(),
         acctlog,
+        dkim,
     });
     let shard = Rc::new(Shard {
         env,

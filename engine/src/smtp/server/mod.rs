@@ -641,6 +641,11 @@ impl ServerSession {
         }
     }
 
+    /// The accepted recipients of the open transaction.
+    pub fn rcpts(&self) -> &[String] {
+        &self.rcpts
+    }
+
     /// The reverse path of the open transaction ("" when none or `<>`).
     pub fn mail_from(&self) -> &str {
         &self.mail_from
