@@ -159,7 +159,9 @@ pub struct Inbound {
     pub bindings: Rc<Bindings>,
     /// The policy every session of this shard asks at each phase
     /// ([`shard_policy`]).
-    pub policy: Box<dyn Policy>,
+    /// Replaced by a reload (listeners' `relay_hosts` may change); a
+    /// session holds the one it asked until it answers.
+    pub policy: std::cell::RefCell<Rc<dyn Policy>>,
     /// Open sessions; shutdown waits for them.
     pub sessions: Gate,
     /// The last back-pressure level reported in the paniclog.
@@ -190,7 +192,7 @@ impl Inbound {
 /// The policy of a shard: the built-in relay control, holding the
 /// `relay_hosts` of every enabled ESMTP listener; a session is judged by
 /// the listener it came in on (`ServerParams::listener`).
-pub fn shard_policy(config: &Config) -> Box<dyn Policy> {
+pub fn shard_policy(config: &Config) -> Rc<dyn Policy> {
     let listeners = config
         .esmtp_listeners()
         .iter()
@@ -200,14 +202,17 @@ pub fn shard_policy(config: &Config) -> Box<dyn Policy> {
             relay_hosts: l.relay_hosts.clone(),
         })
         .collect();
-    Box::new(RelayControl {
+    Rc::new(RelayControl {
         listeners,
         local_domains: Vec::new(),
     })
 }
 
-pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<ListenerConfig>) {
-    let server_max = u64::from(shard.env.config.get().server_max_inbound_connections());
+/// A listener's options as a reload leaves them: the accept loop reads
+/// them for every new connection.
+pub type LiveListener = Rc<std::cell::RefCell<Rc<ListenerConfig>>>;
+
+pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, live: LiveListener) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -215,12 +220,16 @@ pub async fn accept_loop(shard: Rc<Inbound>, listener: TcpListener, config: Rc<L
                 tracing::warn!(
                     shard = shard.env.id,
                     "accept on {} failed: {e}",
-                    config.address
+                    live.borrow().address
                 );
                 glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                 continue;
             }
         };
+        // Read per connection: a reload changes both (a session keeps the
+        // listener options it started with).
+        let config = live.borrow().clone();
+        let server_max = u64::from(shard.env.config.get().server_max_inbound_connections());
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
@@ -605,7 +614,8 @@ async fn validate<S: Transport>(
     let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
     let (validation, vctx) = session.validation();
     let mut wrote = false;
-    let waited = match shard.policy.validate(validation, vctx) {
+    let policy = shard.policy.borrow().clone();
+    let waited = match policy.validate(validation, vctx) {
         Answer::Now(verdict) => Waited::Verdict(verdict),
         Answer::Later(verdict) => {
             if !output.is_empty() {
