@@ -45,6 +45,8 @@ mod policy;
 mod raw;
 #[path = "e2e/relay.rs"]
 mod relay;
+#[path = "e2e/reload.rs"]
+mod reload;
 #[path = "e2e/retry.rs"]
 mod retry;
 #[path = "e2e/routes.rs"]
