@@ -33,6 +33,8 @@ mod ec_ctl;
 mod hostile;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/logrotate.rs"]
+mod logrotate;
 #[path = "e2e/mx.rs"]
 mod mx;
 #[path = "e2e/odd_servers.rs"]
