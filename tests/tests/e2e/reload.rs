@@ -128,6 +128,12 @@ fn console_reload_while_sending_applies_everything_and_loses_nothing() {
         console_text(&daemon, "config eval domain example.com gateway"),
         format!("gateway = \"127.0.0.1:{}\"\n", sink_b.port())
     );
+    let shown = console_text(&daemon, "config show");
+    assert!(
+        shown.contains(&format!("Listen \"127.0.0.1:{p3}\" {{"))
+            && !shown.contains(&format!("Listen \"127.0.0.1:{p2}\" {{")),
+        "{shown}"
+    );
     assert!(
         poll_until(LISTENER_GONE_TIMEOUT, || refuses(p2).then_some(())).is_some(),
         "the removed listener P2 still accepts connections"
@@ -232,11 +238,13 @@ fn console_reload_while_sending_applies_everything_and_loses_nothing() {
     assert!(refuses(p2), "a failed reload brought listener P2 back");
 }
 
-/// Goal: SIGHUP is a reload, restart-only options are reported and kept.
-/// Method: change the gateway and `spoolbase` in the file, send SIGHUP;
-/// the paniclog names spoolbase as needing a restart, `config eval` shows
-/// the old spoolbase and the new gateway, and a message sent next reaches
-/// the new gateway.
+/// Goal: SIGHUP is a reload, restart-only options are reported and kept,
+/// a broken file is refused with `file:line`. Method: change the gateway
+/// and `spoolbase` in the file, send SIGHUP; the paniclog names spoolbase
+/// as needing a restart, `config eval` shows the old spoolbase, and a
+/// message sent next reaches the new gateway. Then a file with an unknown
+/// option on line 1 and SIGHUP: the paniclog has `ecelerity.conf:1:` and
+/// the daemon still delivers to the new gateway.
 #[test]
 fn sighup_reloads_and_keeps_restart_only_options() {
     let dir = TempDir::new("reload-hup");
@@ -278,5 +286,36 @@ fn sighup_reloads_and_keeps_restart_only_options() {
     );
     let arrived = sink_b.wait_for_messages(1, ARRIVAL_TIMEOUT);
     assert_eq!(arrived[0].rcpts, vec!["after-hup@example.com"]);
+    assert!(sink_a.messages().is_empty());
+
+    let broken = format!(
+        "no_such_option = 1\n{}",
+        config_text(&base, sink_a.port(), &[p1], "")
+    );
+    std::fs::write(daemon.config_path(), broken).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let refused = poll_until(ARRIVAL_TIMEOUT, || {
+        let text = std::fs::read_to_string(&paniclog).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("config reload:") && l.contains("ecelerity.conf:1:"))
+            .map(str::to_string)
+    });
+    assert!(
+        refused.is_some(),
+        "the broken file's error is not in the paniclog:\n{}",
+        ecelerity_tests::file_tail(&paniclog)
+    );
+    let output = swaks(
+        p1,
+        &["--to", "after-bad@example.com", "--from", "ops@example.org"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let arrived = sink_b.wait_for_messages(2, ARRIVAL_TIMEOUT);
+    assert!(arrived.iter().any(|m| m.rcpts == ["after-bad@example.com"]));
     assert!(sink_a.messages().is_empty());
 }
