@@ -16,6 +16,11 @@ const MESSAGES_ACROSS_RELOAD: usize = 600;
 const CLIENT_THREADS: usize = 4;
 /// Messages sent once the reload is done; all must reach the new gateway.
 const MESSAGES_AFTER_RELOAD: usize = 20;
+/// Options of the reloaded file: a new outbound limit and a message size
+/// limit that the running listener P1 applies from its next connection.
+const RELOADED_OPTIONS: &str = "max_outbound_connections = 7\nmax_message_size = 100000\n";
+/// A message over that size limit.
+const BIG_MESSAGE_BYTES: &str = "200000";
 /// How long every accepted message may take to arrive.
 const ALL_ARRIVED_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a removed listener may take to refuse connections.
@@ -56,9 +61,10 @@ fn refuses(port: u16) -> bool {
 /// doubling mail. Method: 4 smtplib connections send 600 messages to
 /// listener P1 while the console reloads a file that moves the gateway from
 /// sink A to sink B, removes listener P2, adds P3 and changes
-/// max_outbound_connections. `config eval` shows the new values; P2
+/// max_outbound_connections and max_message_size. `config eval` shows the new values; P2
 /// refuses, P3 accepts (swaks), messages sent after the reload all reach
-/// B, every accepted message arrives exactly once over A and B. Then a
+/// B, P1 refuses a message over the new size limit, every accepted message
+/// arrives exactly once over A and B. Then a
 /// file with a bad value on line 2: `Reconfigure failed` with
 /// `ecelerity.conf:2:`, and the running configuration (gateway B, P3)
 /// stays in effect.
@@ -103,12 +109,7 @@ fn console_reload_while_sending_applies_everything_and_loses_nothing() {
 
     std::fs::write(
         daemon.config_path(),
-        config_text(
-            &base,
-            sink_b.port(),
-            &[p1, p3],
-            "max_outbound_connections = 7\n",
-        ),
+        config_text(&base, sink_b.port(), &[p1, p3], RELOADED_OPTIONS),
     )
     .unwrap();
     let still_sending = background.try_wait().is_none();
@@ -169,6 +170,27 @@ fn console_reload_while_sending_applies_everything_and_loses_nothing() {
         MESSAGES_AFTER_RELOAD,
         "{}",
         after.stderr
+    );
+
+    let big = send_messages(
+        p1,
+        &[
+            "--min-size",
+            BIG_MESSAGE_BYTES,
+            "--max-size",
+            BIG_MESSAGE_BYTES,
+            "--prefix",
+            "big",
+            "--deadline",
+            "60",
+        ],
+        ARRIVAL_TIMEOUT,
+    );
+    assert!(
+        big.results.len() == 1 && big.results[0].1.starts_with('5'),
+        "P1 did not apply the reloaded max_message_size: {:?} {}",
+        big.results,
+        big.stderr
     );
 
     let wanted = MESSAGES_ACROSS_RELOAD + MESSAGES_AFTER_RELOAD;
