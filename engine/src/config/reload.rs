@@ -7,14 +7,18 @@
 
 use std::path::Path;
 
+use super::model::{DomainScope, Settings};
 use super::{Config, ConfigError};
 
 /// Options (and stanzas) a reload cannot change, as Momentum marks them
 /// "restart": the spool's place and shape, the pid file, the console
 /// sockets, the log paths, the identity the daemon runs as, the resolver's
-/// servers, the spool compaction task's pace, and the set of bindings (a
+/// servers, the spool compaction task's pace, the set of bindings (a
 /// queued message names its binding by an index into the table built at
-/// start, so bindings can change their options on reload, not come or go).
+/// start, so bindings can change their options on reload, not come or go)
+/// and `delivery_shards` in every scope (it decides which shard owns a
+/// queue: shards must never disagree on it, and queued entries stay where
+/// they are).
 pub const RESTART_OPTIONS: &[&str] = &[
     "spoolbase",
     "shards",
@@ -26,6 +30,7 @@ pub const RESTART_OPTIONS: &[&str] = &[
     "ec_logger",
     "Security",
     "binding",
+    "delivery_shards",
 ];
 
 impl Config {
@@ -75,6 +80,9 @@ impl Config {
             keep!("ec_logger", logs);
         }
         keep!("Security", security);
+        if keep_delivery_shards(new, old) {
+            kept.push("delivery_shards");
+        }
         let old_names: Vec<&String> = old.bindings.keys().collect();
         let new_names: Vec<&String> = new.bindings.keys().collect();
         if old_names != new_names {
@@ -95,6 +103,62 @@ impl Config {
         }
         kept
     }
+}
+
+/// `delivery_shards` of `scope` in `old` (`None`: unset or no such scope).
+type Shards = Option<u32>;
+
+fn domains_shards(
+    new: &mut std::collections::BTreeMap<String, DomainScope>,
+    old: Option<&std::collections::BTreeMap<String, DomainScope>>,
+) -> bool {
+    let mut changed = false;
+    for (name, scope) in new.iter_mut() {
+        let was: Shards = old
+            .and_then(|o| o.get(name))
+            .and_then(|d| d.overrides.delivery_shards);
+        changed |= put_back(&mut scope.overrides.delivery_shards, was);
+    }
+    // A scope the new file dropped that set it: the old value is lost with
+    // the scope, and the fallback value may differ; report it.
+    if let Some(old) = old {
+        changed |= old
+            .iter()
+            .any(|(name, d)| d.overrides.delivery_shards.is_some() && !new.contains_key(name));
+    }
+    changed
+}
+
+fn put_back(field: &mut Shards, was: Shards) -> bool {
+    let changed = *field != was;
+    *field = was;
+    changed
+}
+
+/// Puts `old`'s `delivery_shards` back in every scope of `new`; true when
+/// any differed.
+fn keep_delivery_shards(new: &mut Settings, old: &Settings) -> bool {
+    let mut changed = new.delivery.delivery_shards != old.delivery.delivery_shards;
+    new.delivery.delivery_shards = old.delivery.delivery_shards;
+    changed |= domains_shards(&mut new.domains, Some(&old.domains));
+    for (name, group) in new.groups.iter_mut() {
+        let was = old.groups.get(name);
+        changed |= put_back(
+            &mut group.overrides.delivery_shards,
+            was.and_then(|g| g.overrides.delivery_shards),
+        );
+        changed |= domains_shards(&mut group.domains, was.map(|g| &g.domains));
+    }
+    for (name, binding) in new.bindings.iter_mut() {
+        let was = old.bindings.get(name);
+        changed |= put_back(
+            &mut binding.overrides.delivery_shards,
+            was.and_then(|b| b.overrides.delivery_shards),
+        );
+        changed |= domains_shards(&mut binding.domains, was.map(|b| &b.domains));
+        changed |= domains_shards(&mut binding.group_domains, was.map(|b| &b.group_domains));
+    }
+    changed
 }
 
 #[cfg(test)]
@@ -125,6 +189,26 @@ mod tests {
         let names: Vec<&str> = new.bindings().collect();
         assert_eq!(names, vec!["b1", "default"]);
         assert_eq!(new.esmtp_listeners()[0].address.port(), 2526);
+    }
+
+    #[test]
+    fn delivery_shards_keeps_its_running_value_in_every_scope() {
+        let old = parse("delivery_shards = 2\ndomain \"a.test\" { delivery_shards = 1 }\n");
+        let mut new = parse(
+            "delivery_shards = 3\nmax_outbound_connections = 4\n\
+             domain \"a.test\" { delivery_shards = 2 }\n\
+             binding \"b\" { domain \"c.test\" { delivery_shards = 5 } }\n",
+        );
+        let kept = new.keep_restart_settings(&old);
+        assert!(kept.contains(&"delivery_shards"), "{kept:?}");
+        assert_eq!(new.delivery("default", "x.test").delivery_shards, 2);
+        assert_eq!(new.delivery("default", "a.test").delivery_shards, 1);
+        assert_eq!(
+            new.delivery("default", "x.test").max_outbound_connections,
+            4
+        );
+        let mut same = parse("delivery_shards = 2\ndomain \"a.test\" { delivery_shards = 1 }\n");
+        assert!(same.keep_restart_settings(&old).is_empty());
     }
 
     #[test]
