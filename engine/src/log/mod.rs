@@ -1,5 +1,6 @@
-//! Momentum's logs: mainlog (R, D, T, P records), bouncelog (B records),
-//! rejectlog and paniclog.
+//! Momentum's logs: mainlog (R, D, T, P records and the M heartbeat),
+//! bouncelog (B records), rejectlog, acctlog (auth records) and paniclog,
+//! and their reopen for log rotation.
 //!
 //! Owns: the line formats (tested against golden lines) and the per-shard
 //! writers. Each shard formats into its own buffer and writes it with one

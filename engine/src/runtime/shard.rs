@@ -3,7 +3,9 @@
 //!
 //! Owns: [`Shard`], the wiring of one shard's rooms (inbound, message
 //! lifecycle, outbound, router), its [`Inbox`] (what the mesh brings is
-//! handed to the room that owns it), the shard's clock (the tick) and its
+//! handed to the room that owns it), its listeners (bound at start, added,
+//! changed or dropped by a reload: `Shard::reload`), the log reopen, the
+//! shard's clock (the tick, and shard 0's mainlog heartbeat) and its
 //! graceful stop. May call: every engine room. Never: another shard's
 //! state except through the mesh.
 
