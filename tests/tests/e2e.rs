@@ -37,6 +37,8 @@ mod ec_ctl;
 mod hostile;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/logrotate.rs"]
+mod logrotate;
 #[path = "e2e/mx.rs"]
 mod mx;
 #[path = "e2e/odd_servers.rs"]
@@ -49,6 +51,8 @@ mod policy;
 mod raw;
 #[path = "e2e/relay.rs"]
 mod relay;
+#[path = "e2e/reload.rs"]
+mod reload;
 #[path = "e2e/retry.rs"]
 mod retry;
 #[path = "e2e/routes.rs"]

@@ -4,7 +4,9 @@
 //! `--daemon` detaches. Without `--config` it runs on the embedded default
 //! configuration (ESMTP on 127.0.0.1:2525, everything under ./var).
 //! SIGTERM or SIGINT (or the console's `shutdown`) stop it gracefully;
-//! SIGHUP is logged to the paniclog and ignored until reload exists.
+//! SIGHUP reloads the configuration (the console's `config reload`: a bad
+//! file keeps the running one, and the paniclog says `file:line: what is
+//! wrong`); SIGUSR1 reopens every log file (the console's `reopen logs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -122,14 +124,14 @@ fn main() {
     let stop = engine.stop_flag();
     loop {
         match wait_signal(&signals, Duration::from_millis(200)) {
-            // Momentum operators (and logrotate scripts) send SIGHUP for a
-            // reload or a log reopen; neither exists yet, and stopping a
-            // production MTA for it would be worse than doing nothing.
-            Some(libc::SIGHUP) => tracing::warn!(
-                "signal SIGHUP ignored: configuration reload and log reopening are not \
-                 supported yet; the daemon keeps running with its current configuration and \
-                 log files (restart it to apply a changed ecelerity.conf)"
-            ),
+            Some(libc::SIGHUP) => {
+                tracing::info!("signal SIGHUP: reloading the configuration");
+                let _ = engine.reload();
+            }
+            Some(libc::SIGUSR1) => {
+                tracing::info!("signal SIGUSR1: reopening the logs");
+                let _ = engine.reopen_logs();
+            }
             Some(sig) => {
                 tracing::info!("signal {sig}: stopping");
                 engine.request_stop();
@@ -168,7 +170,15 @@ fn prepare_run_as(
     }
     privileges::chown_tree(config.spoolbase(), who)?;
     let logs = config.logs();
-    for log in [&logs.mainlog, &logs.rejectlog, &logs.paniclog] {
+    for log in [
+        &logs.mainlog,
+        &logs.rejectlog,
+        &logs.paniclog,
+        &logs.bouncelog,
+    ]
+    .into_iter()
+    .chain(logs.acctlog.as_ref())
+    {
         let file = ecelerity_engine::log::open_append(log, 0o644)
             .map_err(|e| format!("{}: {e}", log.display()))?;
         drop(file);
@@ -203,7 +213,7 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any shard
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in this thread before any shard
 /// starts, so every thread inherits the mask and only [`wait_signal`]
 /// sees them.
 fn block_stop_signals() -> libc::sigset_t {
@@ -214,6 +224,7 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }

@@ -5,7 +5,8 @@
 //! Owns: [`PasswordFile`] (`auth_password_file`: `user:argon2-PHC-hash`
 //! lines), [`PasswordFiles`] (every listener's file, read by
 //! `Config::load`), [`hash_password`] (what `ec_passwd` prints), the
-//! process-wide failure table ([`failures`]), [`AcctLog`].
+//! process-wide failure table ([`failures`]); the acctlog line is written
+//! by the shard's `log::ShardLogs::acctlog`.
 //! May call: `argon2`, `log` (the line format), glommio's blocking pool
 //! (an argon2 check takes milliseconds of CPU; the shard awaits it on the
 //! pool's thread, placed Unbound by `runtime`, and keeps serving).
@@ -15,8 +16,6 @@
 pub mod failures;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -208,37 +207,6 @@ fn fill_random(buf: &mut [u8]) -> Result<(), String> {
         filled += n as usize;
     }
     Ok(())
-}
-
-/// A shard's acctlog: one `write(2)` per AUTH result on a file opened
-/// with O_APPEND (results are rare next to messages, so no buffer).
-pub struct AcctLog {
-    file: Option<File>,
-}
-
-impl AcctLog {
-    /// Opens `path` when some listener authenticates; otherwise writes
-    /// nowhere and creates no file.
-    pub fn open(path: &Path, wanted: bool) -> std::io::Result<AcctLog> {
-        let file = if wanted {
-            Some(crate::log::open_append(path, 0o644)?)
-        } else {
-            None
-        };
-        Ok(AcctLog { file })
-    }
-
-    /// `ts@N@<endpoint>@<peer>@<user>@<1|0>` (Momentum's acctlog).
-    pub fn auth(&self, unix_secs: u64, endpoint: &str, peer: &str, user: &str, ok: bool) {
-        let Some(mut file) = self.file.as_ref() else {
-            return;
-        };
-        let mut line = Vec::with_capacity(64 + user.len());
-        crate::log::format_auth(&mut line, unix_secs, endpoint, peer, user, ok);
-        if let Err(e) = file.write_all(&line) {
-            tracing::error!("cannot write the acctlog: {e}; an auth line dropped");
-        }
-    }
 }
 
 #[cfg(test)]

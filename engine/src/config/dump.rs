@@ -273,6 +273,139 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     w.out
 }
 
+/// A scope path of `config eval`, as Momentum's console takes it.
+#[derive(Default)]
+struct ScopePath<'a> {
+    group: Option<&'a str>,
+    binding: Option<&'a str>,
+    domain: Option<&'a str>,
+    esmtp_listener: bool,
+    control_listener: bool,
+    listen: Option<&'a str>,
+    logger: bool,
+    security: bool,
+}
+
+fn scope_path<'a>(words: &[&'a str]) -> Result<ScopePath<'a>, String> {
+    let mut path = ScopePath::default();
+    let mut rest = words;
+    while let Some((&word, tail)) = rest.split_first() {
+        let kind = word.to_ascii_lowercase();
+        let named = matches!(
+            kind.as_str(),
+            "binding_group" | "binding" | "domain" | "listen"
+        );
+        let name = if named {
+            let (&name, tail) = tail
+                .split_first()
+                .ok_or_else(|| format!("Scope '{word}' needs a name"))?;
+            rest = tail;
+            Some(name)
+        } else {
+            rest = tail;
+            None
+        };
+        match kind.as_str() {
+            "binding_group" => path.group = name,
+            "binding" => path.binding = name,
+            "domain" => path.domain = name,
+            "listen" => path.listen = name,
+            "esmtp_listener" => path.esmtp_listener = true,
+            "control_listener" => path.control_listener = true,
+            "ec_logger" => {
+                path.logger = true;
+                // The logger's instance name is optional.
+                if let Some((_, tail)) = rest.split_first().filter(|(w, _)| w.starts_with('"')) {
+                    rest = tail;
+                }
+            }
+            "security" => path.security = true,
+            _ => return Err(format!("Unknown scope '{word}'")),
+        }
+    }
+    Ok(path)
+}
+
+/// Momentum's `config eval [scope...] <option>`: the value of `option`
+/// in effect in the scope, fallback applied (`Option = value`).
+pub(super) fn eval(settings: &Settings, words: &[&str]) -> Result<String, String> {
+    let Some((&option, scope)) = words.split_last() else {
+        return Err("Usage: config eval [scope ...] <option>".into());
+    };
+    if super::options::lookup(option, Scope::Global).is_none() {
+        return Err(format!("Unknown option '{option}'"));
+    }
+    let path = scope_path(scope)?;
+    let global = GlobalOverrides::complete(&settings.global).entries();
+    let mut entries: Vec<(&'static str, Typed)> = Vec::new();
+    if path.control_listener {
+        let found = match path.listen {
+            Some(name) => settings
+                .control_listeners
+                .iter()
+                .find(|c| c.path.to_string_lossy() == name),
+            None => settings.control_listeners.first(),
+        };
+        let listener = found.ok_or_else(|| format!("No Control_Listener Listen '{scope:?}'"))?;
+        entries.extend(ControlOverrides::complete(listener).entries());
+    } else if path.esmtp_listener || path.listen.is_some() {
+        match path.listen {
+            Some(name) => {
+                let listener = settings
+                    .esmtp_listeners
+                    .iter()
+                    .find(|l| {
+                        l.address.to_string() == name || format!(":{}", l.address.port()) == name
+                    })
+                    .ok_or_else(|| format!("No ESMTP_Listener Listen \"{name}\""))?;
+                entries.extend(inbound_entries(listener, true));
+            }
+            None => entries.extend(inbound_entries(&settings.inbound, false)),
+        }
+    } else if path.logger {
+        entries.extend(LoggerOverrides::complete(&settings.logs).entries());
+    } else if path.security {
+        if let Some(security) = &settings.security {
+            entries.extend(SecurityOverrides::complete(security).entries());
+        }
+    } else {
+        let mut delivery = settings.delivery.clone();
+        match (path.binding, path.group) {
+            (Some(binding), _) => {
+                delivery = settings.delivery(binding, path.domain.unwrap_or(""));
+            }
+            (None, Some(group)) => {
+                if let Some(group) = settings.groups.get(group) {
+                    group.overrides.apply(&mut delivery);
+                    let domain = path.domain.map(str::to_ascii_lowercase);
+                    if let Some(d) = domain.and_then(|d| group.domains.get(&d)) {
+                        d.overrides.apply(&mut delivery);
+                    }
+                }
+            }
+            (None, None) => {
+                if let Some(domain) = path.domain {
+                    delivery = settings.delivery(DEFAULT_BINDING, domain);
+                }
+            }
+        }
+        entries.extend(DeliveryOverrides::complete(&delivery).entries());
+        entries.extend(inbound_entries(&settings.inbound, false));
+    }
+    entries.extend(global);
+    let found = entries
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(option));
+    match found {
+        Some((name, Typed::Bool(b))) => Ok(format!("{name} = {}\n", u8::from(*b))),
+        Some((name, value)) => Ok(format!("{name} = {}\n", format_value(value))),
+        None => Ok(format!(
+            "Option '{option}' is not set in scope '{}'.\n",
+            scope.join(" ")
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +413,45 @@ mod tests {
     #[test]
     fn quoting_escapes_what_the_lexer_unescapes() {
         assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+    }
+
+    fn settings(text: &str) -> Settings {
+        super::super::Config::parse(text, Path::new("t.conf"))
+            .unwrap()
+            .settings
+    }
+
+    #[test]
+    fn eval_falls_back_through_scopes() {
+        let s = settings(
+            "max_outbound_connections = 9\nbinding_group \"g\" { max_outbound_connections = 4 \
+             binding \"b\" { domain \"x.test\" { max_outbound_connections = 2 } } }\n\
+             ESMTP_Listener { idle_time = 77 Listen \"127.0.0.1:2525\" { } }\n",
+        );
+        let eval = |w: &str| eval(&s, &w.split_whitespace().collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            eval("max_outbound_connections"),
+            "max_outbound_connections = 9\n"
+        );
+        assert_eq!(
+            eval("binding_group g binding b domain x.test max_outbound_connections"),
+            "max_outbound_connections = 2\n"
+        );
+        assert_eq!(
+            eval("binding b domain y.test max_outbound_connections"),
+            "max_outbound_connections = 4\n"
+        );
+        assert_eq!(
+            eval("ESMTP_Listener Listen 127.0.0.1:2525 idle_time"),
+            "idle_time = 77\n"
+        );
+        assert_eq!(
+            eval("binding b hostname").split(" = ").next(),
+            Some("hostname")
+        );
+        assert!(eval("gateway").starts_with("Option 'gateway' is not set"));
+        assert!(super::eval(&s, &["no_such_option"]).is_err());
+        assert!(super::eval(&s, &["nowhere", "x", "idle_time"]).is_err());
     }
 
     #[test]

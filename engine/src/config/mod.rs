@@ -26,6 +26,7 @@ mod lexer;
 mod model;
 mod options;
 mod parse;
+mod reload;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use ecelerity_policy::Cidr;
 pub use dkim::{is_within as dkim_is_within, Canon, Digest, DkimDomain, OpendkimConfig};
 pub use error::{ConfigError, ConfigErrorKind, Scope};
 pub use options::{ControlListenerConfig, DeliveryOptions, ListenerConfig, LogPaths, Security};
+pub use reload::RESTART_OPTIONS;
 
 // Built-in defaults and accepted ranges. Seconds and bytes are whole
 // numbers in the file; ranges are inclusive.
@@ -180,7 +182,10 @@ pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
 pub const PANICLOG_DEFAULT: &str = "/var/log/ecelerity/paniclog.ec";
 /// Momentum's bounce_logger default; here an `ec_logger` option.
 pub const BOUNCELOG_DEFAULT: &str = "/var/log/ecelerity/bouncelog.ec";
-pub const ACCTLOG_DEFAULT: &str = "/var/log/ecelerity/acctlog.ec";
+/// `heartbeat` (ec_logger): seconds between two mainlog `M` lines, as
+/// Momentum; 0 writes none.
+pub const HEARTBEAT_SECONDS_DEFAULT: u64 = 60;
+pub const HEARTBEAT_SECONDS_MAX: u64 = 86_400;
 
 /// The binding (and binding group) that exists without being declared and
 /// takes all mail not assigned elsewhere.
@@ -451,6 +456,12 @@ impl Config {
     /// Parsing the result gives an equal `Config`.
     pub fn dump(&self) -> String {
         dump::dump(&self.settings, self.source.as_deref())
+    }
+
+    /// Momentum's `config eval [scope ...] <option>`: `Option = value` in
+    /// effect in the scope (fallback applied), or why not.
+    pub fn eval(&self, words: &[&str]) -> Result<String, String> {
+        dump::eval(&self.settings, words)
     }
 }
 
@@ -965,7 +976,8 @@ domain "example.com" {
                 rejectlog: "/logs/reject.ec".into(),
                 paniclog: "/logs/panic.ec".into(),
                 bouncelog: "/logs/bounce.ec".into(),
-                acctlog: ACCTLOG_DEFAULT.into(),
+                acctlog: None,
+                heartbeat: Duration::from_secs(HEARTBEAT_SECONDS_DEFAULT),
             }
         );
         assert_eq!(

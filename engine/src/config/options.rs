@@ -796,9 +796,11 @@ option_family! {
         rejectlog: PathBuf = "rejectlog" in LOGGER, Kind::Path, default REJECTLOG_DEFAULT.into();
         paniclog: PathBuf = "paniclog" in LOGGER, Kind::Path, default PANICLOG_DEFAULT.into();
         bouncelog: PathBuf = "bouncelog" in LOGGER, Kind::Path, default BOUNCELOG_DEFAULT.into();
-        /// AUTH results (`auth:` lines); opened only when a listener has
-        /// `enable_authentication`.
-        acctlog: PathBuf = "acctlog" in LOGGER, Kind::Path, default ACCTLOG_DEFAULT.into();
+        /// Momentum's acctlog (auth lines); unset: no acctlog is written.
+        acctlog: Option<PathBuf> = "acctlog" in LOGGER, Kind::Path, default None;
+        /// Seconds between two mainlog `M` heartbeat lines; 0: none.
+        heartbeat: Duration = "heartbeat" in LOGGER, seconds(0, HEARTBEAT_SECONDS_MAX),
+            default Duration::from_secs(HEARTBEAT_SECONDS_DEFAULT);
     }
 }
 

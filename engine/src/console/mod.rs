@@ -17,6 +17,10 @@
 //! the reply's lines, a line that starts with `.` sent with a second `.`
 //! (as in SMTP DATA), and ends the reply with a line holding a lone `.`.
 
+mod reload;
+
+pub use reload::{reload, reopen_logs, RunningConfig, RECONFIGURE_FAILED};
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -89,7 +93,7 @@ pub fn serve(
     sockets: Vec<ControlSocket>,
     stats: Arc<EngineStats>,
     control: ControlHandle,
-    config: Arc<Config>,
+    config: Arc<RunningConfig>,
     stop: Arc<AtomicBool>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
@@ -169,7 +173,7 @@ fn session(
     mut stream: UnixStream,
     stats: &EngineStats,
     control: &ControlHandle,
-    config: &Config,
+    running: &RunningConfig,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS)))?;
@@ -187,7 +191,13 @@ fn session(
             stream.write_all(&frame("Command line too long\n"))?;
             return Ok(());
         }
-        let snapshot = Snapshot::take(stats, config);
+        let config = running.get();
+        if let Some(command) = reload::command(line.trim(), &config) {
+            let reply = reload::run(command, running, control);
+            stream.write_all(&frame(&reply))?;
+            continue;
+        }
+        let snapshot = Snapshot::take(stats, &config);
         let (reply, action) = execute(line.trim(), &snapshot);
         let reply = match &action {
             Action::Ask(request) => ask(control, request.clone()),
@@ -247,6 +257,8 @@ pub fn render(
             render_dns_lookup(parts, name, kinds)
         }
         ControlRequest::DnsCache(DnsCacheRequest::Flush) => render_dns_flushed(parts),
+        // `console::reload` asks and renders these itself.
+        ControlRequest::Reload(_) | ControlRequest::ReopenLogs => String::new(),
     }
 }
 
@@ -339,6 +351,11 @@ Commands:
   dns_cache stats | dns_cache lookup <name> [MX|A|AAAA] | dns_cache flush
                        every shard's DNS cache: counts, a cached answer, forget all
   signing_stats        DKIM signing (opendkim): messages processed, signed, failed, time spent
+  config reload [path] re-read the configuration (a bad file keeps the running one)
+  config show          the configuration in effect
+  config eval [scope ...] <option>
+                       an option's value in effect in a scope (fallback applied)
+  reopen logs          reopen every log file (after logrotate renamed them)
   shutdown             stop gracefully: stop accepting, finish open transactions, sync the spool, exit
   quit                 close this console session
 ";

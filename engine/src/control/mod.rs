@@ -11,7 +11,7 @@
 //! [`render_flushed`], [`render_failed`]; `showqueue` and `message` in
 //! `messages.rs`, `domain`, `binding summary`, `suspend` and `reroute` in
 //! `queues.rs`, `dns_cache` in `resolver.rs`.
-//! May call: `queue` (read-only). Never: I/O, a lock on a shard's path
+//! May call: `queue` (read-only), `config` (the type a reload carries). Never: I/O, a lock on a shard's path
 //! (a shard answers with a non-blocking send; a full or closed reply
 //! channel drops that part).
 //!
@@ -23,10 +23,12 @@
 //! per shard or gives up after its timeout.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 
+use crate::config::Config;
 use crate::queue::{Bindings, MessageId, Queues};
 
 mod messages;
@@ -105,7 +107,27 @@ pub enum ControlRequest {
     /// `dns_cache stats|lookup <name> [type]|flush` over every shard's
     /// resolver cache.
     DnsCache(DnsCacheRequest),
+    /// `config reload` / SIGHUP: every shard swaps in this configuration
+    /// (already checked) at a point between two decisions, and binds or
+    /// closes the listeners that changed.
+    Reload(NewConfig),
+    /// `reopen logs` / SIGUSR1: every shard flushes its log buffers to the
+    /// files it has open, then opens the paths again.
+    ReopenLogs,
 }
+
+/// A configuration a reload hands to every shard; two are equal when they
+/// are the same one.
+#[derive(Debug, Clone)]
+pub struct NewConfig(pub Arc<Config>);
+
+impl PartialEq for NewConfig {
+    fn eq(&self, other: &NewConfig) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for NewConfig {}
 
 /// What `message` does with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +231,15 @@ pub enum ControlReply {
     DnsCached(Vec<DnsCached>),
     /// `dns_cache flush`: entries forgotten.
     DnsFlushed(u64),
+    /// `config reload`: what this shard could not do (a listener it could
+    /// not bind); empty when all is in effect.
+    Reloaded {
+        errors: Vec<String>,
+    },
+    /// `reopen logs`: why this shard could not reopen its logs, if so.
+    LogsReopened {
+        error: Option<String>,
+    },
 }
 
 /// One (binding, domain) queue as `domain` shows it.
@@ -458,6 +489,9 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
         },
         ControlRequest::Reroute { .. } => ControlReply::Moved(0),
         ControlRequest::DnsCache(_) => ControlReply::DnsFlushed(0),
+        // Carried out by the shard itself (`runtime`), never here.
+        ControlRequest::Reload(_) => ControlReply::Reloaded { errors: Vec::new() },
+        ControlRequest::ReopenLogs => ControlReply::LogsReopened { error: None },
         ControlRequest::Domains { .. } => {
             let mut rows: Vec<DomainRow> = Vec::new();
             for q in queues.iter() {

@@ -176,6 +176,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
                 remote_ip: &remote_ip,
                 server: SocketAddr::new(target.address, target.port),
                 delivered_messages: 0,
+                generation: std::cell::Cell::new(out.env.config.generation()),
                 transient_in_a_row: 0,
                 stream: Stream::Plain(stream),
                 tls,
@@ -289,6 +290,8 @@ struct Connection<'a> {
     delivered_messages: u32,
     /// Transactions in a row in which every recipient got a 4xx.
     transient_in_a_row: u32,
+    /// The configuration generation `options` were last checked against.
+    generation: std::cell::Cell<u64>,
     stream: Stream,
     /// Set when the session may issue STARTTLS.
     tls: Option<TlsTarget>,
@@ -471,6 +474,20 @@ impl Connection<'_> {
 
     /// Whether this connection has delivered its
     /// `max_deliveries_per_connection` (0: unlimited).
+    /// A reload changed this queue's options (its route, gateway, limits):
+    /// the session ends between two transactions, and the queue's next
+    /// connection is made with the new options. Compared once per reload.
+    fn options_reloaded(&self) -> bool {
+        let now = self.out.env.config.generation();
+        if now == self.generation.get() {
+            return false;
+        }
+        self.generation.set(now);
+        self.out
+            .options(self.queue)
+            .is_some_and(|fresh| *fresh != **self.options)
+    }
+
     fn deliveries_used_up(&self) -> bool {
         let max = self.options.max_deliveries_per_connection;
         max > 0 && self.delivered_messages >= max
@@ -677,7 +694,8 @@ impl Connection<'_> {
     /// when the queue is empty.
     async fn next_entry(&mut self) -> Option<MessageRef> {
         loop {
-            if self.out.env.is_stopping() {
+            // Also after waiting idle: a reload may have come meanwhile.
+            if self.out.env.is_stopping() || self.options_reloaded() {
                 return None;
             }
             if self.has_active() {

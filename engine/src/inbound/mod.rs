@@ -45,11 +45,11 @@ use glommio::net::{TcpListener, TcpStream};
 
 use glommio::sync::Gate;
 
-use crate::auth::{failures, verify_off_shard, AcctLog};
+use crate::auth::{failures, verify_off_shard};
 use crate::clock::now_unix_ms;
 use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::env::{ShardEnv, Stopping};
-use crate::log::{format_rejection, Rejection};
+use crate::log::{self, format_rejection, Rejection};
 use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
 use crate::queue::record::SpooledEnvelope;
@@ -163,15 +163,15 @@ pub struct Inbound {
     pub bindings: Rc<Bindings>,
     /// The policy every session of this shard asks at each phase
     /// ([`shard_policy`]).
-    pub policy: Box<dyn Policy>,
+    /// Replaced by a reload (listeners' `relay_hosts` may change); a
+    /// session holds the one it asked until it answers.
+    pub policy: std::cell::RefCell<Rc<dyn Policy>>,
     /// Open sessions; shutdown waits for them.
     pub sessions: Gate,
     /// The last back-pressure level reported in the paniclog.
     pub episodes: Episodes,
     /// Messages whose `binding_header` named no binding.
     pub unknown_bindings: UnknownBindings,
-    /// Where AUTH results go (`auth:` lines).
-    pub acctlog: AcctLog,
     /// The `opendkim` stanza's signers (keys), when one is configured:
     /// loaded once at start, shared read-only by the shards.
     pub dkim: Option<std::sync::Arc<crate::dkim::Signers>>,
@@ -199,7 +199,7 @@ impl Inbound {
 /// The policy of a shard: the built-in relay control, holding the
 /// `relay_hosts` of every enabled ESMTP listener; a session is judged by
 /// the listener it came in on (`ServerParams::listener`).
-pub fn shard_policy(config: &Config) -> Box<dyn Policy> {
+pub fn shard_policy(config: &Config) -> Rc<dyn Policy> {
     let listeners = config
         .esmtp_listeners()
         .iter()
@@ -209,7 +209,7 @@ pub fn shard_policy(config: &Config) -> Box<dyn Policy> {
             relay_hosts: l.relay_hosts.clone(),
         })
         .collect();
-    Box::new(RelayControl {
+    Rc::new(RelayControl {
         listeners,
         local_domains: Vec::new(),
     })
@@ -235,13 +235,16 @@ pub fn listener_tls(listener: &ListenerConfig) -> Result<Option<Rc<ServerTls>>, 
     }
 }
 
+/// A listener's options as a reload leaves them: the accept loop reads
+/// them for every new connection.
+pub type LiveListener = Rc<std::cell::RefCell<Rc<ListenerConfig>>>;
+
 pub async fn accept_loop(
     shard: Rc<Inbound>,
     listener: TcpListener,
-    config: Rc<ListenerConfig>,
+    live: LiveListener,
     tls: Option<Rc<ServerTls>>,
 ) {
-    let server_max = u64::from(shard.env.config.get().server_max_inbound_connections());
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -249,12 +252,16 @@ pub async fn accept_loop(
                 tracing::warn!(
                     shard = shard.env.id,
                     "accept on {} failed: {e}",
-                    config.address
+                    live.borrow().address
                 );
                 glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                 continue;
             }
         };
+        // Read per connection: a reload changes both (a session keeps the
+        // listener options it started with).
+        let config = live.borrow().clone();
+        let server_max = u64::from(shard.env.config.get().server_max_inbound_connections());
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
@@ -683,13 +690,21 @@ async fn authenticate(
     let window_secs = listener.auth_failure_window.as_secs();
     let ip = conn.peer.ip();
     let log = |ok: bool| {
-        shard.acctlog.auth(
-            now_unix_ms() / 1000,
-            &listener.address.to_string(),
-            &conn.peer.to_string(),
-            &credentials.user,
-            ok,
-        )
+        let outcome = if ok {
+            log::AuthOutcome::Success
+        } else {
+            log::AuthOutcome::Failure
+        };
+        shard.env.logs.acctlog(|buf| {
+            log::format_acct_auth(
+                buf,
+                now_unix_ms() / 1000,
+                &listener.address.to_string(),
+                &conn.peer.to_string(),
+                &credentials.user,
+                outcome,
+            )
+        })
     };
     if failures::failures(ip, now_unix_ms() / 1000, window_secs)
         >= listener.max_auth_failures_per_ip
@@ -756,7 +771,8 @@ async fn validate<S: Transport>(
     let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
     let (validation, vctx) = session.validation();
     let mut wrote = false;
-    let waited = match shard.policy.validate(validation, vctx) {
+    let policy = shard.policy.borrow().clone();
+    let waited = match policy.validate(validation, vctx) {
         Answer::Now(verdict) => Waited::Verdict(verdict),
         Answer::Later(verdict) => {
             if !output.is_empty() {

@@ -1,6 +1,6 @@
-//! Momentum's logs: mainlog (R, D, T, P records), bouncelog (B records),
-//! rejectlog and paniclog; the acctlog's `auth:` line format (its writer
-//! is `auth::AcctLog`).
+//! Momentum's logs: mainlog (R, D, T, P records and the M heartbeat),
+//! bouncelog (B records), rejectlog, acctlog (auth records) and paniclog,
+//! and their reopen for log rotation.
 //!
 //! Owns: the line formats (tested against golden lines) and the per-shard
 //! writers. Each shard formats into its own buffer and writes it with one
@@ -13,7 +13,7 @@
 
 mod panic;
 
-pub use panic::{install_paniclog, paniclog_path};
+pub use panic::{install_paniclog, paniclog_path, reopen_paniclog};
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -247,24 +247,6 @@ pub fn format_rejection(buf: &mut Vec<u8>, unix_secs: u64, r: &Rejection<'_>) {
     buf.push(b'\n');
 }
 
-/// An acctlog `auth:` record: `ts@N@<listener endpoint>@<peer ip:port>@<user>@<1|0>`.
-pub fn format_auth(
-    buf: &mut Vec<u8>,
-    unix_secs: u64,
-    endpoint: &str,
-    peer: &str,
-    user: &str,
-    ok: bool,
-) {
-    let _ = write!(Fmt(buf), "{unix_secs}@N@");
-    push_field(buf, endpoint);
-    buf.push(b'@');
-    push_field(buf, peer);
-    buf.push(b'@');
-    push_field(buf, user);
-    buf.extend_from_slice(if ok { b"@1\n" } else { b"@0\n" });
-}
-
 /// Opens a log file for appending, creating it and its folder.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     if let Some(dir) = path.parent() {
@@ -283,72 +265,122 @@ pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
 /// deliveries, so it starts small and grows to [`LOG_BUFFER_BYTES_MAX`].
 pub const BOUNCELOG_BUFFER_BYTES_INITIAL: usize = 4096;
 
-/// A shard's mainlog, bouncelog and rejectlog: buffers it formats into,
-/// written out by [`ShardLogs::flush`] (called every
-/// [`LOG_FLUSH_INTERVAL_MS`] and when the mainlog or bouncelog buffer
-/// passes [`LOG_BUFFER_BYTES_MAX`]).
+/// A shard's mainlog, bouncelog, rejectlog and acctlog: buffers it
+/// formats into, written out by [`ShardLogs::flush`] (called every
+/// [`LOG_FLUSH_INTERVAL_MS`] and when a buffer passes
+/// [`LOG_BUFFER_BYTES_MAX`]). [`ShardLogs::reopen`] (console `reopen logs`,
+/// SIGUSR1) flushes every buffer to the files open now, then opens the
+/// paths again: after logrotate renamed a file, the lines before the
+/// reopen are in the renamed file and the lines after it in the new one,
+/// none lost and none twice.
 pub struct ShardLogs {
-    mainlog: File,
-    rejectlog: File,
-    bouncelog: File,
+    paths: LogPaths,
+    files: RefCell<Files>,
     main: RefCell<Vec<u8>>,
     reject: RefCell<Vec<u8>>,
     bounce: RefCell<Vec<u8>>,
+    acct: RefCell<Vec<u8>>,
 }
+
+/// The open log files of a shard.
+struct Files {
+    mainlog: File,
+    rejectlog: File,
+    bouncelog: File,
+    acctlog: Option<File>,
+}
+
+impl Files {
+    fn open(paths: &LogPaths) -> io::Result<Files> {
+        let open = |path: &Path| {
+            open_append(path, LOG_FILE_MODE)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
+        Ok(Files {
+            mainlog: open(&paths.mainlog)?,
+            rejectlog: open(&paths.rejectlog)?,
+            bouncelog: open(&paths.bouncelog)?,
+            acctlog: paths.acctlog.as_deref().map(open).transpose()?,
+        })
+    }
+}
+
+/// Mode of a log file this daemon creates (Momentum's `<log>_mode`).
+pub const LOG_FILE_MODE: u32 = 0o644;
 
 impl ShardLogs {
     pub fn open(paths: &LogPaths) -> io::Result<ShardLogs> {
         Ok(ShardLogs {
-            mainlog: open_append(&paths.mainlog, 0o644)?,
-            rejectlog: open_append(&paths.rejectlog, 0o644)?,
-            bouncelog: open_append(&paths.bouncelog, 0o644)?,
+            paths: paths.clone(),
+            files: RefCell::new(Files::open(paths)?),
             main: RefCell::new(Vec::with_capacity(LOG_BUFFER_BYTES_MAX)),
             reject: RefCell::new(Vec::with_capacity(4096)),
             bounce: RefCell::new(Vec::with_capacity(BOUNCELOG_BUFFER_BYTES_INITIAL)),
+            acct: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Formats into `buf` with `f`; flushes once it is full.
+    fn append(&self, buf: &RefCell<Vec<u8>>, f: impl FnOnce(&mut Vec<u8>)) {
+        let full = {
+            let mut buf = buf.borrow_mut();
+            f(&mut buf);
+            buf.len() >= LOG_BUFFER_BYTES_MAX
+        };
+        if full {
+            self.flush();
+        }
     }
 
     /// Formats bouncelog records with `f`; flushes if the buffer is full.
     pub fn bouncelog(&self, f: impl FnOnce(&mut Vec<u8>)) {
-        let full = {
-            let mut buf = self.bounce.borrow_mut();
-            f(&mut buf);
-            buf.len() >= LOG_BUFFER_BYTES_MAX
-        };
-        if full {
-            self.flush();
-        }
+        self.append(&self.bounce, f);
     }
 
     /// Formats one mainlog record with `f`; flushes if the buffer is full.
     pub fn mainlog(&self, f: impl FnOnce(&mut Vec<u8>)) {
-        let full = {
-            let mut buf = self.main.borrow_mut();
-            f(&mut buf);
-            buf.len() >= LOG_BUFFER_BYTES_MAX
-        };
-        if full {
-            self.flush();
-        }
+        self.append(&self.main, f);
     }
 
+    /// Formats one rejectlog line with `f`; flushes if the buffer is full
+    /// (a flood of rejections must not grow it without bound).
     pub fn rejectlog(&self, f: impl FnOnce(&mut Vec<u8>)) {
-        f(&mut self.reject.borrow_mut());
+        self.append(&self.reject, f);
+    }
+
+    /// Formats one acctlog record with `f` (see [`format_acct_auth`]);
+    /// dropped when no `acctlog` is configured.
+    pub fn acctlog(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        if self.paths.acctlog.is_some() {
+            self.append(&self.acct, f);
+        }
     }
 
     /// Writes the buffers out, one write each. A failed write is reported
     /// to the paniclog and the lines are dropped: logs never hold up mail.
     pub fn flush(&self) {
-        for (buf, mut file, name) in [
-            (&self.main, &self.mainlog, "mainlog"),
-            (&self.reject, &self.rejectlog, "rejectlog"),
-            (&self.bounce, &self.bouncelog, "bouncelog"),
+        let mut files = self.files.borrow_mut();
+        let Files {
+            mainlog,
+            rejectlog,
+            bouncelog,
+            acctlog,
+        } = &mut *files;
+        for (buf, file, name) in [
+            (&self.main, Some(mainlog), "mainlog"),
+            (&self.reject, Some(rejectlog), "rejectlog"),
+            (&self.bounce, Some(bouncelog), "bouncelog"),
+            (&self.acct, acctlog.as_mut(), "acctlog"),
         ] {
             let mut buf = buf.borrow_mut();
             if buf.is_empty() {
                 continue;
             }
-            if let Err(e) = file.write_all(&buf) {
+            let written = match file {
+                Some(file) => file.write_all(&buf),
+                None => Ok(()),
+            };
+            if let Err(e) = written {
                 tracing::error!(
                     "cannot write the {name}: {e}; {} bytes of log lines dropped",
                     buf.len()
@@ -357,6 +389,56 @@ impl ShardLogs {
             buf.clear();
         }
     }
+
+    /// Flushes what is buffered to the files open now, then opens every
+    /// path again (created if logrotate moved it away). When a path cannot
+    /// be opened the shard keeps writing to the file it had.
+    pub fn reopen(&self) -> io::Result<()> {
+        self.flush();
+        let files = Files::open(&self.paths)?;
+        *self.files.borrow_mut() = files;
+        Ok(())
+    }
+}
+
+/// Momentum's mainlog heartbeat: `ts@@@@M`.
+pub fn format_heartbeat(buf: &mut Vec<u8>, unix_secs: u64) {
+    let _ = writeln!(Fmt(buf), "{unix_secs}@@@@M");
+}
+
+/// Whether a login succeeded, failed or timed out, for the acctlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Success,
+    Failure,
+    /// The client did not finish the exchange in time (type `T`).
+    Timeout,
+}
+
+/// Momentum's acctlog auth record:
+/// `ts@N@<listener endpoint>@<peer ip:port, empty for unix>@<user>@<1|0>`
+/// (`T` instead of `N` for a timed-out exchange).
+pub fn format_acct_auth(
+    buf: &mut Vec<u8>,
+    unix_secs: u64,
+    endpoint: &str,
+    peer: &str,
+    user: &str,
+    outcome: AuthOutcome,
+) {
+    let kind = if outcome == AuthOutcome::Timeout {
+        'T'
+    } else {
+        'N'
+    };
+    let _ = write!(Fmt(buf), "{unix_secs}@{kind}@");
+    push_field(buf, endpoint);
+    buf.push(b'@');
+    push_field(buf, peer);
+    buf.push(b'@');
+    push_field(buf, user);
+    let ok = u8::from(outcome == AuthOutcome::Success);
+    let _ = writeln!(Fmt(buf), "@{ok}");
 }
 
 #[cfg(test)]
@@ -366,21 +448,21 @@ mod tests {
     #[test]
     fn auth_line_is_momentums_acctlog_shape_with_escaped_fields() {
         let mut buf = Vec::new();
-        format_auth(
+        format_acct_auth(
             &mut buf,
             1160503808,
             "127.0.0.1:2525",
             "127.0.0.1:40000",
             "alice",
-            true,
+            AuthOutcome::Success,
         );
-        format_auth(
+        format_acct_auth(
             &mut buf,
             1160503809,
             "127.0.0.1:2525",
             "127.0.0.1:40001",
             "a@b",
-            false,
+            AuthOutcome::Failure,
         );
         assert_eq!(
             String::from_utf8(buf).unwrap(),
@@ -478,6 +560,56 @@ mod tests {
         let line = String::from_utf8(buf).unwrap();
         assert_eq!(line.trim_end().split('@').count(), 16, "{line}");
         assert!(line.contains("@bob@example.com@@@default@default@0@24@10@@554 5.4.7"));
+    }
+
+    #[test]
+    fn heartbeat_and_acctlog_lines_match_momentum_layout() {
+        let mut buf = Vec::new();
+        format_heartbeat(&mut buf, 1700000000);
+        format_acct_auth(
+            &mut buf,
+            1160503808,
+            "/tmp/2025",
+            "",
+            "ec-user",
+            AuthOutcome::Success,
+        );
+        format_acct_auth(
+            &mut buf,
+            1160503809,
+            "*:587",
+            "10.0.0.1:4000",
+            "a@b",
+            AuthOutcome::Timeout,
+        );
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "1700000000@@@@M\n1160503808@N@/tmp/2025@@ec-user@1\n\
+             1160503809@T@*:587@10.0.0.1:4000@a\\@b@0\n"
+        );
+    }
+
+    #[test]
+    fn reopen_flushes_to_the_old_file_then_writes_the_new_path() {
+        let dir = std::env::temp_dir().join(format!("ec-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut paths = LogPaths::builtin();
+        paths.mainlog = dir.join("mainlog.ec");
+        paths.rejectlog = dir.join("rejectlog.ec");
+        paths.bouncelog = dir.join("bouncelog.ec");
+        paths.acctlog = Some(dir.join("acctlog.ec"));
+        let logs = ShardLogs::open(&paths).unwrap();
+        logs.mainlog(|b| b.extend_from_slice(b"one\n"));
+        logs.acctlog(|b| b.extend_from_slice(b"auth\n"));
+        std::fs::rename(&paths.mainlog, dir.join("mainlog.ec.1")).unwrap();
+        logs.reopen().unwrap();
+        logs.mainlog(|b| b.extend_from_slice(b"two\n"));
+        logs.flush();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read("mainlog.ec.1"), "one\n");
+        assert_eq!(read("mainlog.ec"), "two\n");
+        assert_eq!(read("acctlog.ec"), "auth\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

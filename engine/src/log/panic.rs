@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{Event, Level, Subscriber};
@@ -18,6 +18,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 
 static PANICLOG_PATH: OnceLock<PathBuf> = OnceLock::new();
+/// The open paniclog, shared with the subscriber so `reopen_paniclog` can
+/// swap it.
+static PANICLOG_FILE: OnceLock<Arc<Mutex<Option<File>>>> = OnceLock::new();
 
 /// Where the paniclog is, once installed.
 pub fn paniclog_path() -> Option<&'static Path> {
@@ -56,7 +59,7 @@ where
 
 /// File plus optional stderr, behind one lock (diagnostics only).
 struct Sink {
-    file: Mutex<Option<File>>,
+    file: Arc<Mutex<Option<File>>>,
     echo_stderr: bool,
 }
 
@@ -111,10 +114,9 @@ impl<'a> MakeWriter<'a> for Sink {
 pub fn install_paniclog(path: &Path, level: Level, echo_stderr: bool) -> io::Result<()> {
     let file = super::open_append(path, 0o644)?;
     let _ = PANICLOG_PATH.set(path.to_path_buf());
-    let sink = Sink {
-        file: Mutex::new(Some(file)),
-        echo_stderr,
-    };
+    let file = Arc::new(Mutex::new(Some(file)));
+    let _ = PANICLOG_FILE.set(file.clone());
+    let sink = Sink { file, echo_stderr };
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(level)
         .event_format(PanicFormat)
@@ -122,4 +124,19 @@ pub fn install_paniclog(path: &Path, level: Level, echo_stderr: bool) -> io::Res
         .finish();
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|e| io::Error::new(io::ErrorKind::AlreadyExists, e.to_string()))
+}
+
+/// Opens the paniclog's path again (console `reopen logs`, SIGUSR1): the
+/// lines written so far stay in the file logrotate renamed, the next ones
+/// go to the path. On error the old file is kept.
+pub fn reopen_paniclog() -> io::Result<()> {
+    let (Some(path), Some(file)) = (PANICLOG_PATH.get(), PANICLOG_FILE.get()) else {
+        return Ok(());
+    };
+    let reopened = super::open_append(path, super::LOG_FILE_MODE)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    if let Ok(mut file) = file.lock() {
+        *file = Some(reopened);
+    }
+    Ok(())
 }

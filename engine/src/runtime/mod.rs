@@ -20,6 +20,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::Config;
+use crate::console::RunningConfig;
 use crate::control::ControlHandle;
 use crate::mesh::{ShardMsg, SHARD_CHANNEL_MESSAGES_MAX};
 use crate::stats::EngineStats;
@@ -54,6 +55,8 @@ pub struct Engine {
     pub control: ControlHandle,
     pub shard_count: usize,
     pub io_memory_bytes: usize,
+    /// The configuration in effect; `reload` replaces it.
+    pub running: Arc<RunningConfig>,
 }
 
 impl Engine {
@@ -65,6 +68,16 @@ impl Engine {
 
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// SIGHUP: `config reload` of the file the daemon runs from.
+    pub fn reload(&self) -> String {
+        crate::console::reload(&self.running, &self.control, None)
+    }
+
+    /// SIGUSR1: `reopen logs`.
+    pub fn reopen_logs(&self) -> String {
+        crate::console::reopen_logs(&self.control)
     }
 
     /// Waits for every shard thread to end.
@@ -205,6 +218,7 @@ pub fn start(
         control,
         shard_count: count,
         io_memory_bytes: io_memory,
+        running: Arc::new(RunningConfig::new(config.clone())),
     };
     for _ in 0..count {
         match ready_rx.recv() {
@@ -234,7 +248,7 @@ pub fn start(
         consoles,
         engine.stats.clone(),
         engine.control.clone(),
-        config,
+        engine.running.clone(),
         stop,
     );
     Ok(engine)

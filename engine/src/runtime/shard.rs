@@ -3,12 +3,15 @@
 //!
 //! Owns: [`Shard`], the wiring of one shard's rooms (inbound, message
 //! lifecycle, outbound, router), its [`Inbox`] (what the mesh brings is
-//! handed to the room that owns it), the shard's clock (the tick) and its
+//! handed to the room that owns it), its listeners (bound at start, added,
+//! changed or dropped by a reload: `Shard::reload`), the log reopen, the
+//! shard's clock (the tick, and shard 0's mainlog heartbeat) and its
 //! graceful stop. May call: every engine room. Never: another shard's
 //! state except through the mesh.
 
-use crate::auth::AcctLog;
-use std::cell::Cell;
+use crate::tls::server::ServerTls;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,17 +21,18 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::Receiver;
 use ecelerity_spool::{BodyReader, Spool, SpoolOptions};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
 use glommio::sync::Gate;
 
 use super::StartError;
 use crate::clock::now_unix_ms;
-use crate::config::Config;
-use crate::control::{Envelope, CONTROL_POLL_MS};
+use crate::config::{Config, ListenerConfig};
+use crate::control::{ControlReply, ControlRequest, Envelope, CONTROL_POLL_MS};
 use crate::delivery::Outbound;
 use crate::dns::{system_nameservers, Resolver};
 use crate::env::{LiveConfig, ShardEnv, Stopping};
-use crate::inbound::{accept_loop, shard_policy, Inbound};
-use crate::log::ShardLogs;
+use crate::inbound::{accept_loop, shard_policy, Inbound, LiveListener};
+use crate::log::{format_heartbeat, ShardLogs};
 use crate::mesh::{dispatch, Inbox, Outcome, Router, ShardMsg};
 use crate::message::Messages;
 use crate::queue::{Bindings, MessageRef};
@@ -83,6 +87,88 @@ struct Shard {
     messages: Rc<Messages>,
     outbound: Rc<Outbound>,
     inbound: Rc<Inbound>,
+    /// The ESMTP listeners this shard accepts on (a reload adds and
+    /// removes them), and the task queue their accept loops run in.
+    listening: RefCell<Vec<Listening>>,
+    inbound_queue: Cell<Option<glommio::TaskQueueHandle>>,
+}
+
+/// One listener a shard accepts on: its live options and its accept loop
+/// (dropping the task closes the socket; open sessions go on).
+struct Listening {
+    address: SocketAddr,
+    live: LiveListener,
+    _accepting: glommio::Task<()>,
+}
+
+impl Shard {
+    /// Starts accepting on `socket` with `config`.
+    fn listen(
+        &self,
+        socket: TcpListener,
+        config: &ListenerConfig,
+        tls: Option<Rc<ServerTls>>,
+    ) -> Result<(), String> {
+        let queue = self.inbound_queue.get().ok_or("not serving yet")?;
+        let live: LiveListener = Rc::new(RefCell::new(Rc::new(config.clone())));
+        let task = glommio::spawn_local_into(
+            accept_loop(self.inbound.clone(), socket, live.clone(), tls),
+            queue,
+        )
+        .map_err(|e| format!("cannot start an accept loop on {}: {e}", config.address))?;
+        self.listening.borrow_mut().push(Listening {
+            address: config.address,
+            live,
+            _accepting: task,
+        });
+        Ok(())
+    }
+
+    /// `config reload`: swaps the configuration in (queues resolve their
+    /// options again on their next decision: `LiveConfig`'s generation),
+    /// the policy (listeners' `relay_hosts`), and the listeners: a changed
+    /// one takes its new options for its next connection, a new one is
+    /// bound, a removed one stops accepting (its sessions finish).
+    fn reload(&self, config: &Arc<Config>) -> Vec<String> {
+        self.env.config.replace(config.clone());
+        *self.inbound.policy.borrow_mut() = shard_policy(config);
+        let wanted: Vec<&ListenerConfig> = config
+            .esmtp_listeners()
+            .iter()
+            .filter(|l| l.enabled)
+            .collect();
+        let mut errors = Vec::new();
+        self.listening
+            .borrow_mut()
+            .retain(|l| wanted.iter().any(|w| w.address == l.address));
+        for listener in wanted {
+            let existing = self
+                .listening
+                .borrow()
+                .iter()
+                .find(|l| l.address == listener.address)
+                .map(|l| l.live.clone());
+            match existing {
+                Some(live) => *live.borrow_mut() = Rc::new(listener.clone()),
+                None => {
+                    let bound = crate::inbound::listener_tls(listener).and_then(|tls| {
+                        TcpListener::bind(listener.address)
+                            .map_err(|e| format!("cannot listen on {}: {e}", listener.address))
+                            .and_then(|socket| self.listen(socket, listener, tls))
+                    });
+                    if let Err(e) = bound {
+                        errors.push(format!("shard {}: {e}", self.env.id));
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    /// Stops accepting on every listener.
+    fn stop_listening(&self) {
+        self.listening.borrow_mut().clear();
+    }
 }
 
 impl Inbox for Shard {
@@ -110,7 +196,16 @@ impl Inbox for Shard {
             })
             .detach();
         } else {
-            envelope.answer(self.env.id, self.outbound.answer(&envelope.request));
+            let reply = match &envelope.request {
+                ControlRequest::Reload(new) => ControlReply::Reloaded {
+                    errors: self.reload(&new.0),
+                },
+                ControlRequest::ReopenLogs => ControlReply::LogsReopened {
+                    error: self.env.logs.reopen().err().map(|e| e.to_string()),
+                },
+                request => self.outbound.answer(request),
+            };
+            envelope.answer(self.env.id, reply);
         }
     }
 }
@@ -236,29 +331,14 @@ pub(super) async fn run(setup: Setup) {
             return;
         }
     };
-    let authenticates = config
-        .esmtp_listeners()
-        .iter()
-        .any(|l| l.enabled && l.enable_authentication);
-    let acctlog = match AcctLog::open(&config.logs().acctlog, authenticates) {
-        Ok(a) => a,
-        Err(source) => {
-            let _ = ready.send(Err(StartError::Io {
-                shard: id,
-                what: "cannot open the acctlog".into(),
-                source,
-            }));
-            return;
-        }
-    };
     let mut listeners = Vec::new();
     for l in config.esmtp_listeners().iter().filter(|l| l.enabled) {
         let tls = match crate::inbound::listener_tls(l) {
             Ok(tls) => tls,
             Err(why) => return fail(&ready, id, why),
         };
-        match glommio::net::TcpListener::bind(l.address) {
-            Ok(sock) => listeners.push((sock, Rc::new(l.clone()), tls)),
+        match TcpListener::bind(l.address) {
+            Ok(sock) => listeners.push((sock, l.clone(), tls)),
             Err(e) => return fail(&ready, id, format!("cannot listen on {}: {e}", l.address)),
         }
     }
@@ -272,7 +352,6 @@ pub(super) async fn run(setup: Setup) {
         spool,
         recovery.max_id,
         delivery_queue,
-        acctlog,
         dkim,
     );
     for (_, rx) in receivers.streams() {
@@ -307,14 +386,10 @@ pub(super) async fn run(setup: Setup) {
         glommio::timer::sleep(Duration::from_millis(SERVE_POLL_MS)).await;
     }
     starting.set(false);
-    let mut accept_tasks = Vec::new();
+    shard.inbound_queue.set(Some(inbound_queue));
     for (sock, listener, tls) in listeners {
-        match glommio::spawn_local_into(
-            accept_loop(shard.inbound.clone(), sock, listener, tls),
-            inbound_queue,
-        ) {
-            Ok(task) => accept_tasks.push(task),
-            Err(e) => tracing::error!(shard = id, "cannot start an accept loop: {e}"),
+        if let Err(e) = shard.listen(sock, &listener, tls) {
+            tracing::error!(shard = id, "{e}");
         }
     }
     // Spool compaction in the background queue, at its configured pace:
@@ -337,9 +412,7 @@ pub(super) async fn run(setup: Setup) {
     tick_until_stopped(&shard, &stop).await;
 
     // Graceful stop: no new connections, open sessions finish or get 421.
-    for t in accept_tasks {
-        t.cancel().await;
-    }
+    shard.stop_listening();
     shard.env.stopping.start();
     let _ = glommio::timer::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), async {
         let _ = shard.inbound.sessions.close().await;
@@ -365,7 +438,6 @@ fn wire(
     spool: Spool,
     max_recovered_id: u64,
     delivery_queue: glommio::TaskQueueHandle,
-    acctlog: AcctLog,
     dkim: Option<Arc<crate::dkim::Signers>>,
 ) -> Rc<Shard> {
     let env = Rc::new(ShardEnv {
@@ -404,11 +476,10 @@ fn wire(
         messages: messages.clone(),
         router: router.clone(),
         bindings,
-        policy: shard_policy(config),
+        policy: RefCell::new(shard_policy(config)),
         sessions: Gate::new(),
         episodes: Default::default(),
         unknown_bindings: Default::default(),
-        acctlog,
         dkim,
     });
     let shard = Rc::new(Shard {
@@ -417,6 +488,8 @@ fn wire(
         messages,
         outbound,
         inbound,
+        listening: RefCell::new(Vec::new()),
+        inbound_queue: Cell::new(None),
     });
     let inbox: Rc<dyn Inbox> = shard.clone();
     shard.router.set_inbox(Rc::downgrade(&inbox));
@@ -426,8 +499,12 @@ fn wire(
 /// The shard's clock: stop flag, delayed queue, gauges, log flush.
 async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
     let mut ticks: u64 = 0;
+    let mut last_heartbeat = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        if shard.env.id == 0 {
+            heartbeat(&shard.env, &mut last_heartbeat);
+        }
         shard.outbound.promote_due();
         shard.outbound.refresh_gauges();
         let spool = shard.messages.spool.stats();
@@ -442,6 +519,18 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
             shard.outbound.prune();
         }
     }
+}
+
+/// Shard 0 only (the daemon has one logger): the mainlog's `M` line every
+/// `heartbeat` seconds (0: none), read from the live configuration.
+fn heartbeat(env: &ShardEnv, last: &mut Instant) {
+    let every = env.config.get().logs().heartbeat;
+    if every.is_zero() || last.elapsed() < every {
+        return;
+    }
+    *last = Instant::now();
+    let secs = now_unix_ms() / 1000;
+    env.logs.mainlog(|buf| format_heartbeat(buf, secs));
 }
 
 /// Shard 0 only: takes control requests from threads outside the shards
