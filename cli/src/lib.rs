@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use ecelerity_engine::config::Config;
 
+pub mod systemd;
+
 /// Exit code for bad input (a config error, a bad argument).
 pub const EXIT_BAD_INPUT: i32 = 1;
 /// Exit code when the work could not be done (I/O, permissions, a peer).

@@ -68,6 +68,11 @@ counters! {
     SpoolSegments => "spool_segments", Gauge, "Segment files in this shard's spool.";
     SpoolSyncs => "spool_syncs", Counter, "fdatasync calls of this shard's spool.";
     LiveMessages => "live_messages", Gauge, "Messages spooled here and not yet final.";
+    ActiveDomains => "active_domains", Gauge, "Queues (binding, domain) of this shard holding a message.";
+    DnsAQueries => "dns_a_queries", Counter, "DNS A questions sent to nameservers.";
+    DnsMxQueries => "dns_mx_queries", Counter, "DNS MX questions sent to nameservers.";
+    DnsPending => "dns_pending", Gauge, "DNS questions waiting for an answer.";
+    ShardTicks => "shard_ticks", Counter, "Clock ticks of this shard (the systemd watchdog checks they move).";
 }
 
 /// How many values a block holds.

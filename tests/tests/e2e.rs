@@ -17,6 +17,8 @@ mod bounces;
 mod config;
 #[path = "e2e/console.rs"]
 mod console;
+#[path = "e2e/console_ops.rs"]
+mod console_ops;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/delay.rs"]
@@ -57,3 +59,5 @@ mod smuggling;
 mod soak;
 #[path = "e2e/stream.rs"]
 mod stream;
+#[path = "e2e/systemd.rs"]
+mod systemd;

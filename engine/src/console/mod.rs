@@ -17,6 +17,8 @@
 //! the reply's lines, a line that starts with `.` sent with a second `.`
 //! (as in SMTP DATA), and ends the reply with a line holding a lone `.`.
 
+mod status;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -38,6 +40,7 @@ use crate::control::{
 };
 use crate::queue::MessageId;
 use crate::stats::{Counter, EngineStats, Figures};
+pub use status::Baseline;
 
 /// Longest command line accepted; a longer one closes the connection.
 pub const CONSOLE_LINE_BYTES_MAX: usize = 4096;
@@ -93,13 +96,15 @@ pub fn serve(
     stop: Arc<AtomicBool>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let baseline = Arc::new(Baseline::new(stats.started));
     for socket in sockets {
-        let (stats, control, config, stop, open) = (
+        let (stats, control, config, stop, open, baseline) = (
             stats.clone(),
             control.clone(),
             config.clone(),
             stop.clone(),
             open.clone(),
+            baseline.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name("console".into())
@@ -120,17 +125,25 @@ pub fn serve(
                         continue; // dropped: closes the connection
                     }
                     open.fetch_add(1, SeqCst);
-                    let (stats, control, config, stop, open) = (
+                    let (stats, control, config, stop, open, baseline) = (
                         stats.clone(),
                         control.clone(),
                         config.clone(),
                         stop.clone(),
                         open.clone(),
+                        baseline.clone(),
                     );
                     let _ = std::thread::Builder::new()
                         .name("console-session".into())
                         .spawn(move || {
-                            let _ = session(stream, &stats, &control, &config, &stop);
+                            let shared = Shared {
+                                stats: &stats,
+                                control: &control,
+                                config: &config,
+                                stop: &stop,
+                                baseline: &baseline,
+                            };
+                            let _ = session(stream, &shared);
                             open.fetch_sub(1, SeqCst);
                         });
                 }
@@ -165,13 +178,23 @@ fn peer_is_trusted(stream: &UnixStream) -> bool {
     rc == 0 && (cred.uid == 0 || cred.uid == me)
 }
 
-fn session(
-    mut stream: UnixStream,
-    stats: &EngineStats,
-    control: &ControlHandle,
-    config: &Config,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
+/// What every console session reads or changes.
+struct Shared<'a> {
+    stats: &'a EngineStats,
+    control: &'a ControlHandle,
+    config: &'a Config,
+    stop: &'a AtomicBool,
+    baseline: &'a Baseline,
+}
+
+fn session(mut stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    let Shared {
+        stats,
+        control,
+        config,
+        stop,
+        baseline,
+    } = *shared;
     stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -187,15 +210,27 @@ fn session(
             stream.write_all(&frame("Command line too long\n"))?;
             return Ok(());
         }
-        let snapshot = Snapshot::take(stats, config);
+        let snapshot = Snapshot::take(stats, config, baseline);
         let (reply, action) = execute(line.trim(), &snapshot);
         let reply = match &action {
             Action::Ask(request) => ask(control, request.clone()),
+            Action::ResetSummary => {
+                baseline.reset(snapshot.total());
+                reply
+            }
+            Action::Memory => {
+                status::memory(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+            }
+            Action::Sysinfo => status::sysinfo(&status::SysFacts::gather(snapshot.shards.len())),
             _ => reply,
         };
         stream.write_all(&frame(&reply))?;
         match action {
-            Action::None | Action::Ask(_) => {}
+            Action::None
+            | Action::Ask(_)
+            | Action::ResetSummary
+            | Action::Memory
+            | Action::Sysinfo => {}
             Action::Shutdown => {
                 tracing::info!("console: shutdown requested");
                 stop.store(true, SeqCst);
@@ -283,6 +318,12 @@ pub enum Action {
     Close,
     /// The answer needs every shard: ask them (the reply text is theirs).
     Ask(ControlRequest),
+    /// `summary reset`: the current totals become the new zero.
+    ResetSummary,
+    /// `memory`: the reply is read from /proc/self/status.
+    Memory,
+    /// `sysinfo`: the reply is read from the system.
+    Sysinfo,
 }
 
 /// Everything the counter commands need, read without locks.
@@ -291,13 +332,22 @@ pub struct Snapshot {
     pub shards: Vec<Figures>,
     pub uptime_secs: u64,
     pub config_source: String,
+    /// Totals at the last `summary reset` (zeros before one).
+    pub baseline: Figures,
+    /// Milliseconds since the last `summary reset` (or the start).
+    pub since_reset_ms: u64,
+    pub pid: u32,
 }
 
 impl Snapshot {
-    pub fn take(stats: &EngineStats, config: &Config) -> Snapshot {
+    pub fn take(stats: &EngineStats, config: &Config, baseline: &Baseline) -> Snapshot {
+        let (baseline, since_reset_ms) = baseline.read();
         Snapshot {
             shards: stats.shards.iter().map(|s| s.figures()).collect(),
             uptime_secs: stats.started.elapsed().as_secs(),
+            baseline,
+            since_reset_ms,
+            pid: std::process::id(),
             config_source: config
                 .source()
                 .map(|p| p.display().to_string())
@@ -305,7 +355,7 @@ impl Snapshot {
         }
     }
 
-    fn total(&self) -> Figures {
+    pub fn total(&self) -> Figures {
         Figures::sum(&self.shards)
     }
 }
@@ -315,6 +365,10 @@ Commands:
   help                 this list
   version              the daemon's version
   summary              Summary Statistics, in total and per shard
+  summary reset        counters (not queue sizes) start again from zero
+  pid                  the daemon's process id
+  memory               the daemon's memory use
+  sysinfo              the host: OS, CPUs, load, memory
   mailq [-d domain ...] [-b binding ...] [-l N]
                        queues with their active (AQ) and delayed (DQ) sizes
   active [N]           domains whose active queue holds more than N (default 0)
@@ -348,10 +402,14 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
     match words.as_slice() {
         [] => (String::new(), Action::None),
         [w] if w.eq_ignore_ascii_case("help") => (HELP.to_string(), Action::None),
-        [w] if w.eq_ignore_ascii_case("version") => {
-            (format!("ecelerity {} (thread-per-core MTA)\n", crate::VERSION), Action::None)
-        }
+        [w] if w.eq_ignore_ascii_case("version") => (status::version(), Action::None),
         [w] if w.eq_ignore_ascii_case("summary") => (summary(snapshot), Action::None),
+        [w, r] if w.eq_ignore_ascii_case("summary") && r.eq_ignore_ascii_case("reset") => {
+            ("Summary statistics reset.\n".to_string(), Action::ResetSummary)
+        }
+        [w] if w.eq_ignore_ascii_case("pid") => (format!("{}\n", snapshot.pid), Action::None),
+        [w] if w.eq_ignore_ascii_case("memory") => (String::new(), Action::Memory),
+        [w] if w.eq_ignore_ascii_case("sysinfo") => (String::new(), Action::Sysinfo),
         [w, args @ ..] if w.eq_ignore_ascii_case("mailq") => match parse_mailq(args) {
             Ok(request) => (String::new(), Action::Ask(request)),
             Err(e) => (format!("{e}\n"), Action::None),
@@ -588,40 +646,12 @@ fn parse_queue_command(command: &str, args: &[&str]) -> Result<ControlRequest, S
     }
 }
 
-/// Momentum's `summary` block ("Label: value", values right-aligned), then
-/// one row per shard.
+/// Momentum's `summary` block (counters since the last `summary reset`),
+/// then one row per shard (since start).
 pub fn summary(s: &Snapshot) -> String {
-    let t = s.total();
-    let mut out = String::from("Summary Statistics\n\n");
+    let t = status::since_reset(&s.total(), &s.baseline);
+    let mut out = status::summary_block(&t, s.since_reset_ms, s.uptime_secs);
     use Counter::*;
-    let rows: [(&str, String); 14] = [
-        (
-            "Outbound Concurrency",
-            t.get(OutboundConnections).to_string(),
-        ),
-        ("Inbound Concurrency", t.get(InboundConnections).to_string()),
-        ("Active Queue Size", t.get(ActiveQueue).to_string()),
-        ("Delayed Queue Size", t.get(DelayedQueue).to_string()),
-        (
-            "Total Queue Size",
-            (t.get(ActiveQueue) + t.get(DelayedQueue)).to_string(),
-        ),
-        ("Spooled Messages", t.get(LiveMessages).to_string()),
-        (
-            "Successfully Delivered Messages",
-            t.get(Delivered).to_string(),
-        ),
-        ("Failed Messages", t.get(Failed).to_string()),
-        ("Transient Failures", t.get(TransientFailures).to_string()),
-        ("Rejected Messages", t.get(Rejections).to_string()),
-        ("Received Messages", t.get(MessagesReceived).to_string()),
-        ("Received Bytes", t.get(BytesReceived).to_string()),
-        ("Spool Segments", t.get(SpoolSegments).to_string()),
-        ("Uptime", format!("{} seconds", s.uptime_secs)),
-    ];
-    for (label, value) in rows {
-        let _ = writeln!(out, "{:>32}: {:>14}", label, value);
-    }
     let _ = writeln!(
         out,
         "\nPer shard:\n{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
@@ -672,6 +702,9 @@ mod tests {
             shards: vec![a, b],
             uptime_secs: 7,
             config_source: "x.conf".into(),
+            baseline: Figures::default(),
+            since_reset_ms: 7000,
+            pid: 4242,
         }
     }
 
@@ -689,6 +722,28 @@ mod tests {
         assert!(line("Successfully Delivered Messages:").ends_with(" 7"));
         assert!(line("Total Queue Size:").ends_with(" 1"));
         assert!(line("Uptime:").ends_with("7 seconds"));
+    }
+
+    #[test]
+    fn summary_reset_pid_memory_sysinfo_and_version() {
+        let mut s = snapshot();
+        assert_eq!(execute("summary reset", &s).1, Action::ResetSummary);
+        assert_eq!(execute("pid", &s).0, "4242\n");
+        assert_eq!(execute("memory", &s).1, Action::Memory);
+        assert_eq!(execute("SYSINFO", &s).1, Action::Sysinfo);
+        assert!(execute("version", &s).0.starts_with("ecelerity "));
+        s.baseline = s.total();
+        s.since_reset_ms = 2000;
+        let text = execute("summary", &s).0;
+        let line = |label: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("Received Messages:").ends_with(" 0"), "{text}");
+        assert!(line("Total Queue Size:").ends_with(" 1"), "a gauge stays");
+        assert!(line("Statistics Last Reset:").ends_with(" 2 seconds"));
     }
 
     #[test]
