@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ecelerity_engine::config::Config;
 
+pub mod sendmail;
 pub mod systemd;
 
 /// Exit code for bad input (a config error, a bad argument).

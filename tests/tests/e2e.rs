@@ -51,6 +51,8 @@ mod relay;
 mod retry;
 #[path = "e2e/routes.rs"]
 mod routes;
+#[path = "e2e/sendmail.rs"]
+mod sendmail;
 #[path = "e2e/sighup.rs"]
 mod sighup;
 #[path = "e2e/smuggling.rs"]
