@@ -31,9 +31,15 @@ pub fn load_config_or_exit(path: Option<&Path>) -> Arc<Config> {
     }
 }
 
-/// The control socket a tool should use: the first Control_Listener path.
+/// The control socket a tool should use: the first Control_Listener Unix
+/// socket path, else the first TCP console (`host:port`).
 pub fn control_socket(config: &Config) -> Option<PathBuf> {
-    config.control_listeners().first().map(|c| c.path.clone())
+    let listeners = config.control_listeners();
+    listeners
+        .iter()
+        .find(|c| c.tcp.is_none())
+        .or_else(|| listeners.first())
+        .map(|c| c.path.clone())
 }
 
 /// Dropping root for the `Security { user group }` stanza.

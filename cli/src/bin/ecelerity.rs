@@ -69,7 +69,11 @@ fn main() {
     let drop_privileges = || match run_as {
         None => Ok(()),
         Some(who) => {
-            for c in config.control_listeners() {
+            for c in config
+                .control_listeners()
+                .iter()
+                .filter(|c| c.tcp.is_none())
+            {
                 privileges::chown_tree(&c.path, who)?;
             }
             // So that the unprivileged daemon can at least empty it at exit.

@@ -33,7 +33,9 @@ use std::time::Duration;
 use ecelerity_policy::Cidr;
 
 pub use error::{ConfigError, ConfigErrorKind, Scope};
-pub use options::{ControlListenerConfig, DeliveryOptions, ListenerConfig, LogPaths, Security};
+pub use options::{
+    ControlListenerConfig, ControlPeer, DeliveryOptions, ListenerConfig, LogPaths, Security,
+};
 
 // Built-in defaults and accepted ranges. Seconds and bytes are whole
 // numbers in the file; ranges are inclusive.
@@ -804,6 +806,8 @@ domain "example.com" {
             config.control_listeners(),
             &[ControlListenerConfig {
                 path: "var/run/ecelerity.sock".into(),
+                tcp: None,
+                peers: Vec::new(),
                 file_mode: 0o600
             }]
         );
@@ -876,10 +880,14 @@ domain "example.com" {
             &[
                 ControlListenerConfig {
                     path: "/var/run/ec.sock".into(),
+                    tcp: None,
+                    peers: Vec::new(),
                     file_mode: 0o660
                 },
                 ControlListenerConfig {
                     path: "ctl.sock".into(),
+                    tcp: None,
+                    peers: Vec::new(),
                     file_mode: 0o600
                 },
             ]
@@ -1584,12 +1592,31 @@ domain "example.com" {
     }
 
     #[test]
-    fn error_tcp_control_listener() {
+    fn tcp_control_listener_with_peer_rules() {
+        let config = Config::parse(
+            "Control_Listener {\n Peer \"10.0.0.0/8\" { Enable = true }\n              Listen \"127.0.0.1:2025\" {\n  Peer \"127.0.0.2\" { Enable = false }\n               Peer \"10.1.0.0/16\" { Enable = false }\n }\n Listen \"ctl.sock\" { }\n}\n",
+            "test.conf".as_ref(),
+        )
+        .unwrap();
+        let [tcp, unix] = config.control_listeners() else {
+            panic!("two listeners")
+        };
+        assert_eq!(tcp.tcp, Some("127.0.0.1:2025".parse().unwrap()));
+        assert_eq!(unix.tcp, None);
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(tcp.allows(ip("127.0.0.1")), "loopback by default");
+        assert!(!tcp.allows(ip("127.0.0.2")), "a Peer says no");
+        assert!(tcp.allows(ip("10.2.3.4")), "the listener's Peer says yes");
+        assert!(!tcp.allows(ip("10.1.3.4")), "the more specific Peer wins");
+        assert!(!tcp.allows(ip("192.0.2.1")), "no rule: not loopback");
+        assert!(tcp.allows(ip("::ffff:10.2.3.4")), "v4-mapped is v4");
         assert_eq!(
-            error("Control_Listener {\n Listen \"127.0.0.1:2025\" { }\n}"),
-            "test.conf:2: Control_Listener Listen `127.0.0.1:2025`: TCP control listeners are not \
-             supported yet; use a socket path"
+            error("Control_Listener {\n Peer \"10.0.0.0/8\" {\n  File_Mode = 0600\n }\n}"),
+            "test.conf:3: option `File_Mode` is not valid in Control_Listener Peer scope \
+             (valid in: Control_Listener, Control_Listener Listen)"
         );
+        assert!(error("Control_Listener {\n Peer \"nope\" { }\n}").starts_with("test.conf:2: "));
+        assert!(error("Peer \"10.0.0.0/8\" { }").starts_with("test.conf:1: "));
     }
 
     #[test]

@@ -21,16 +21,16 @@ mod status;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::now_unix_ms;
-use crate::config::Config;
+use crate::config::{Config, ControlListenerConfig};
 use crate::control::{
     render_binding_summary, render_dns_flushed, render_dns_lookup, render_dns_stats, render_domain,
     render_domains, render_failed, render_flushed, render_mailq, render_message,
@@ -49,18 +49,41 @@ pub const CONSOLE_LINE_BYTES_MAX: usize = 4096;
 pub const CONSOLE_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Most console connections served at once.
 pub const CONSOLE_CONNECTIONS_MAX: usize = 64;
+/// How long the one-line refusal to a client the `Peer` rules exclude may
+/// take to write, and how long its unread input is then drained, before
+/// the connection is closed anyway.
+pub const CONSOLE_REFUSAL_WRITE_MS: u64 = 1_000;
 
 /// A bound control socket.
 pub struct ControlSocket {
-    listener: UnixListener,
-    path: PathBuf,
+    listener: Endpoint,
+    /// As written in the configuration (a path or `host:port`).
+    name: String,
 }
 
-/// Binds every Control_Listener socket (mode as configured; a stale socket
-/// file from an earlier run is replaced, a live one is an error).
+enum Endpoint {
+    Unix(UnixListener),
+    /// A TCP console and the `Peer` rules its clients must pass.
+    Tcp(TcpListener, ControlListenerConfig),
+}
+
+/// Binds every Control_Listener socket: Unix sockets with the configured
+/// mode (a stale socket file from an earlier run is replaced, a live one
+/// is an error), TCP consoles on their address.
 pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
     let mut sockets = Vec::new();
     for c in config.control_listeners() {
+        let name = c.path.display().to_string();
+        if let Some(address) = c.tcp {
+            let listener = TcpListener::bind(address).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("Control_Listener {address}: {e}"))
+            })?;
+            sockets.push(ControlSocket {
+                listener: Endpoint::Tcp(listener, c.clone()),
+                name,
+            });
+            continue;
+        }
         if let Some(dir) = c.path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)?;
@@ -78,11 +101,22 @@ pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
         let listener = UnixListener::bind(&c.path)?;
         std::fs::set_permissions(&c.path, std::fs::Permissions::from_mode(c.file_mode))?;
         sockets.push(ControlSocket {
-            listener,
-            path: c.path.clone(),
+            listener: Endpoint::Unix(listener),
+            name,
         });
     }
     Ok(sockets)
+}
+
+/// What every console session reads or changes.
+#[derive(Clone)]
+struct Shared {
+    stats: Arc<EngineStats>,
+    control: ControlHandle,
+    config: Arc<Config>,
+    stop: Arc<AtomicBool>,
+    baseline: Arc<Baseline>,
+    open: Arc<AtomicUsize>,
 }
 
 /// Serves the console on threads of its own, apart from the shards: a
@@ -95,62 +129,120 @@ pub fn serve(
     config: Arc<Config>,
     stop: Arc<AtomicBool>,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let baseline = Arc::new(Baseline::new(stats.started));
+    let shared = Shared {
+        baseline: Arc::new(Baseline::new(stats.started)),
+        open: Arc::new(AtomicUsize::new(0)),
+        stats,
+        control,
+        config,
+        stop,
+    };
     for socket in sockets {
-        let (stats, control, config, stop, open, baseline) = (
-            stats.clone(),
-            control.clone(),
-            config.clone(),
-            stop.clone(),
-            open.clone(),
-            baseline.clone(),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || {
-                for stream in socket.listener.incoming() {
-                    let stream = match stream {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(
-                                "console accept on {} failed: {e}",
-                                socket.path.display()
-                            );
-                            std::thread::sleep(Duration::from_millis(50));
-                            continue;
+        let shared = shared.clone();
+        let spawned =
+            std::thread::Builder::new()
+                .name("console".into())
+                .spawn(move || match socket.listener {
+                    Endpoint::Unix(listener) => {
+                        for stream in listener.incoming() {
+                            match stream {
+                                Ok(s) if peer_is_trusted(&s) => start_session(s, &shared),
+                                Ok(_) => {} // dropped: closes the connection
+                                Err(e) => accept_failed(&socket.name, e),
+                            }
                         }
-                    };
-                    if !peer_is_trusted(&stream) || open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
-                        continue; // dropped: closes the connection
                     }
-                    open.fetch_add(1, SeqCst);
-                    let (stats, control, config, stop, open, baseline) = (
-                        stats.clone(),
-                        control.clone(),
-                        config.clone(),
-                        stop.clone(),
-                        open.clone(),
-                        baseline.clone(),
-                    );
-                    let _ = std::thread::Builder::new()
-                        .name("console-session".into())
-                        .spawn(move || {
-                            let shared = Shared {
-                                stats: &stats,
-                                control: &control,
-                                config: &config,
-                                stop: &stop,
-                                baseline: &baseline,
-                            };
-                            let _ = session(stream, &shared);
-                            open.fetch_sub(1, SeqCst);
-                        });
-                }
-            });
+                    Endpoint::Tcp(listener, rules) => {
+                        for stream in listener.incoming() {
+                            match stream {
+                                Ok(s) => match s.peer_addr() {
+                                    Ok(peer) if rules.allows(peer.ip()) => {
+                                        start_session(s, &shared)
+                                    }
+                                    Ok(peer) => refuse(s, peer.ip(), &socket.name),
+                                    Err(_) => {}
+                                },
+                                Err(e) => accept_failed(&socket.name, e),
+                            }
+                        }
+                    }
+                });
         if let Err(e) = spawned {
             tracing::error!("cannot start the console thread: {e}");
         }
+    }
+}
+
+fn accept_failed(name: &str, e: std::io::Error) {
+    tracing::warn!("console accept on {name} failed: {e}");
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Tells a client the `Peer` rules exclude that it may not use the
+/// console, in one line, and closes.
+fn refuse(mut stream: TcpStream, ip: std::net::IpAddr, name: &str) {
+    tracing::warn!("console {name}: refused {ip} (Control_Listener Peer rules)");
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(CONSOLE_REFUSAL_WRITE_MS)));
+    let _ = stream.write_all(
+        format!("Access denied: {ip} may not use this console (Control_Listener Peer rules)\n")
+            .as_bytes(),
+    );
+    // Close gracefully: a close with the client's command still unread
+    // would reset the connection and the client might never read the line.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_REFUSAL_WRITE_MS)));
+    let mut sink = [0u8; 512];
+    let mut left = CONSOLE_LINE_BYTES_MAX;
+    while left > 0 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// A console stream of either kind.
+trait ConsoleStream: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn idle_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl ConsoleStream for UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn idle_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+impl ConsoleStream for TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn idle_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+/// Serves `stream` on a thread of its own, if fewer than
+/// [`CONSOLE_CONNECTIONS_MAX`] are open (else it is closed).
+fn start_session<S: ConsoleStream>(stream: S, shared: &Shared) {
+    if shared.open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
+        return;
+    }
+    shared.open.fetch_add(1, SeqCst);
+    let open = shared.open.clone();
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("console-session".into())
+        .spawn(move || {
+            let _ = session(stream, &shared);
+            shared.open.fetch_sub(1, SeqCst);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a console session thread: {e}");
+        open.fetch_sub(1, SeqCst);
     }
 }
 
@@ -178,25 +270,16 @@ fn peer_is_trusted(stream: &UnixStream) -> bool {
     rc == 0 && (cred.uid == 0 || cred.uid == me)
 }
 
-/// What every console session reads or changes.
-struct Shared<'a> {
-    stats: &'a EngineStats,
-    control: &'a ControlHandle,
-    config: &'a Config,
-    stop: &'a AtomicBool,
-    baseline: &'a Baseline,
-}
-
-fn session(mut stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
-    let Shared {
-        stats,
-        control,
-        config,
-        stop,
-        baseline,
-    } = *shared;
-    stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+fn session<S: ConsoleStream>(mut stream: S, shared: &Shared) -> std::io::Result<()> {
+    let (stats, control, config, stop, baseline) = (
+        &*shared.stats,
+        &shared.control,
+        &*shared.config,
+        &*shared.stop,
+        &*shared.baseline,
+    );
+    stream.idle_timeout(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS))?;
+    let mut reader = BufReader::new(stream.duplicate()?);
     let mut line = String::new();
     loop {
         line.clear();

@@ -170,3 +170,70 @@ fn pid_memory_sysinfo_and_version_tell_the_truth() {
     assert!(first.starts_with("ecelerity "), "{text}");
     assert!(text.contains("Product type:"), "{text}");
 }
+
+/// `ec_console ADDRESS` with `input` on stdin.
+fn tcp_console(address: &str, input: &str) -> std::process::Output {
+    ecelerity_tests::run_with_input(
+        std::process::Command::new(ecelerity_tests::bin("ec_console")).arg(address),
+        input.as_bytes(),
+        ecelerity_tests::STOP_TIMEOUT,
+    )
+}
+
+/// Goal: a TCP Control_Listener serves the console to the peers its
+/// `Peer` rules allow (the most specific netblock decides) and refuses the
+/// others with one clear line, then closes. Method: two TCP listens next
+/// to the Unix socket: one whose Listen-level `Peer "127.0.0.1"` allows us
+/// although the listener-level `Peer "127.0.0.0/8"` does not, one that
+/// inherits only the refusal; `ec_console` against both, and a raw
+/// connection to the refusing one.
+#[test]
+fn tcp_console_follows_peer_rules() {
+    let (open_port, shut_port) = (ecelerity_tests::free_port(), ecelerity_tests::free_port());
+    let mta = Mta::start_with("console-ops-tcp", |c| {
+        c.extra.push_str(&format!(
+            "Control_Listener {{\n  Peer \"127.0.0.0/8\" {{ Enable = false }}\n  \
+             Listen \"127.0.0.1:{open_port}\" {{\n    Peer \"127.0.0.1\" {{ Enable = true }}\n  }}\n  \
+             Listen \"127.0.0.1:{shut_port}\" {{ }}\n}}\n"
+        ));
+    });
+    let open = format!("127.0.0.1:{open_port}");
+    let output = tcp_console(&open, "pid\nsummary\n");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ec_console {open}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pid = mta.daemon.pid().unwrap().to_string();
+    assert_eq!(stdout.lines().next(), Some(pid.as_str()), "{stdout}");
+    assert!(stdout.contains("Summary Statistics"), "{stdout}");
+    // Batch mode with the command as arguments, too.
+    let output = std::process::Command::new(ecelerity_tests::bin("ec_console"))
+        .args([open.as_str(), "version"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ecelerity "));
+    // The Unix socket is not subject to Peer rules.
+    assert!(console_text(&mta, "pid\n").contains(&pid));
+
+    let shut = format!("127.0.0.1:{shut_port}");
+    let output = tcp_console(&shut, "summary\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Access denied: 127.0.0.1"), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing served");
+
+    use std::io::Read;
+    let mut raw = std::net::TcpStream::connect(&shut).unwrap();
+    raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut said = String::new();
+    raw.read_to_string(&mut said)
+        .expect("closed after the refusal");
+    assert_eq!(
+        said,
+        "Access denied: 127.0.0.1 may not use this console (Control_Listener Peer rules)\n"
+    );
+}
