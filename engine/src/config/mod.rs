@@ -1603,6 +1603,7 @@ domain "example.com" {
         };
         assert_eq!(tcp.tcp, Some("127.0.0.1:2025".parse().unwrap()));
         assert_eq!(unix.tcp, None);
+        assert!(unix.peers.is_empty(), "Peer rules are for TCP consoles");
         let ip = |s: &str| s.parse().unwrap();
         assert!(tcp.allows(ip("127.0.0.1")), "loopback by default");
         assert!(!tcp.allows(ip("127.0.0.2")), "a Peer says no");

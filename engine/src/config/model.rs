@@ -969,8 +969,10 @@ impl Builder<'_> {
                 let mut listener = ControlListenerConfig::builtin();
                 listener.tcp = path.to_str().and_then(|p| parse_listen_address(p).ok());
                 listener.path = path;
+                // Peer rules are for TCP consoles; a Unix socket has its mode.
                 listener.peers = control_peers
                     .iter()
+                    .filter(|_| listener.tcp.is_some())
                     .filter(|(at, _, _)| at.is_none() || *at == Some(index))
                     .map(|(at, cidr, enable)| ControlPeer {
                         cidr: *cidr,
