@@ -163,6 +163,9 @@ pub const PROHIBITED_HOSTS_DEFAULT: &[&str] = &[
 /// Control socket mode. Momentum uses 0660; we refuse the group by default.
 pub const FILE_MODE_DEFAULT: u32 = 0o600;
 pub const FILE_MODE_MAX: u32 = 0o7777;
+/// An idle console connection is closed after this long (Momentum's
+/// Control_Listener `timeout`).
+pub const CONSOLE_TIMEOUT_SECONDS_DEFAULT: u64 = 60;
 pub const LOGGER_NAME_DEFAULT: &str = "ec_logger";
 pub const MAINLOG_DEFAULT: &str = "/var/log/ecelerity/mainlog.ec";
 pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
@@ -808,7 +811,8 @@ domain "example.com" {
                 path: "var/run/ecelerity.sock".into(),
                 tcp: None,
                 peers: Vec::new(),
-                file_mode: 0o600
+                file_mode: 0o600,
+                timeout: Duration::from_secs(60),
             }]
         );
         assert_eq!(config.logs().paniclog, Path::new("var/log/paniclog.ec"));
@@ -882,13 +886,15 @@ domain "example.com" {
                     path: "/var/run/ec.sock".into(),
                     tcp: None,
                     peers: Vec::new(),
-                    file_mode: 0o660
+                    file_mode: 0o660,
+                    timeout: Duration::from_secs(60),
                 },
                 ControlListenerConfig {
                     path: "ctl.sock".into(),
                     tcp: None,
                     peers: Vec::new(),
-                    file_mode: 0o600
+                    file_mode: 0o600,
+                    timeout: Duration::from_secs(60),
                 },
             ]
         );

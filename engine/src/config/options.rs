@@ -705,6 +705,9 @@ option_family! {
     options {
         /// Permission bits for the socket, at most `FILE_MODE_MAX`.
         file_mode: u32 = "File_Mode" in CONTROL, Kind::FileMode, default FILE_MODE_DEFAULT;
+        /// An idle console session is closed after this long.
+        timeout: Duration = "timeout" in CONTROL, TIMEOUT,
+            default Duration::from_secs(CONSOLE_TIMEOUT_SECONDS_DEFAULT);
     }
 }
 

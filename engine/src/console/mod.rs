@@ -44,9 +44,6 @@ pub use status::Baseline;
 
 /// Longest command line accepted; a longer one closes the connection.
 pub const CONSOLE_LINE_BYTES_MAX: usize = 4096;
-/// An idle console connection is closed after this long (Momentum's
-/// Control_Listener `timeout`, 60 s).
-pub const CONSOLE_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Most console connections served at once.
 pub const CONSOLE_CONNECTIONS_MAX: usize = 64;
 /// How long the one-line refusal to a client the `Peer` rules exclude may
@@ -57,6 +54,8 @@ pub const CONSOLE_REFUSAL_WRITE_MS: u64 = 1_000;
 /// A bound control socket.
 pub struct ControlSocket {
     listener: Endpoint,
+    /// Idle sessions close after this long (the Listen's `timeout`).
+    idle: Duration,
     /// As written in the configuration (a path or `host:port`).
     name: String,
 }
@@ -80,6 +79,7 @@ pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
             })?;
             sockets.push(ControlSocket {
                 listener: Endpoint::Tcp(listener, c.clone()),
+                idle: c.timeout,
                 name,
             });
             continue;
@@ -102,6 +102,7 @@ pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
         std::fs::set_permissions(&c.path, std::fs::Permissions::from_mode(c.file_mode))?;
         sockets.push(ControlSocket {
             listener: Endpoint::Unix(listener),
+            idle: c.timeout,
             name,
         });
     }
@@ -146,7 +147,9 @@ pub fn serve(
                     Endpoint::Unix(listener) => {
                         for stream in listener.incoming() {
                             match stream {
-                                Ok(s) if peer_is_trusted(&s) => start_session(s, &shared),
+                                Ok(s) if peer_is_trusted(&s) => {
+                                    start_session(s, socket.idle, &shared)
+                                }
                                 Ok(_) => {} // dropped: closes the connection
                                 Err(e) => accept_failed(&socket.name, e),
                             }
@@ -157,7 +160,7 @@ pub fn serve(
                             match stream {
                                 Ok(s) => match s.peer_addr() {
                                     Ok(peer) if rules.allows(peer.ip()) => {
-                                        start_session(s, &shared)
+                                        start_session(s, socket.idle, &shared)
                                     }
                                     Ok(peer) => refuse(s, peer.ip(), &socket.name),
                                     Err(_) => {}
@@ -227,7 +230,7 @@ impl ConsoleStream for TcpStream {
 
 /// Serves `stream` on a thread of its own, if fewer than
 /// [`CONSOLE_CONNECTIONS_MAX`] are open (else it is closed).
-fn start_session<S: ConsoleStream>(stream: S, shared: &Shared) {
+fn start_session<S: ConsoleStream>(stream: S, idle: Duration, shared: &Shared) {
     if shared.open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
         return;
     }
@@ -237,7 +240,7 @@ fn start_session<S: ConsoleStream>(stream: S, shared: &Shared) {
     let spawned = std::thread::Builder::new()
         .name("console-session".into())
         .spawn(move || {
-            let _ = session(stream, &shared);
+            let _ = session(stream, idle, &shared);
             shared.open.fetch_sub(1, SeqCst);
         });
     if let Err(e) = spawned {
@@ -270,7 +273,11 @@ fn peer_is_trusted(stream: &UnixStream) -> bool {
     rc == 0 && (cred.uid == 0 || cred.uid == me)
 }
 
-fn session<S: ConsoleStream>(mut stream: S, shared: &Shared) -> std::io::Result<()> {
+fn session<S: ConsoleStream>(
+    mut stream: S,
+    idle: Duration,
+    shared: &Shared,
+) -> std::io::Result<()> {
     let (stats, control, config, stop, baseline) = (
         &*shared.stats,
         &shared.control,
@@ -278,7 +285,7 @@ fn session<S: ConsoleStream>(mut stream: S, shared: &Shared) -> std::io::Result<
         &*shared.stop,
         &*shared.baseline,
     );
-    stream.idle_timeout(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS))?;
+    stream.idle_timeout(idle)?;
     let mut reader = BufReader::new(stream.duplicate()?);
     let mut line = String::new();
     loop {

@@ -186,14 +186,16 @@ fn tcp_console(address: &str, input: &str) -> std::process::Output {
 /// to the Unix socket: one whose Listen-level `Peer "127.0.0.1"` allows us
 /// although the listener-level `Peer "127.0.0.0/8"` does not, one that
 /// inherits only the refusal; `ec_console` against both, and a raw
-/// connection to the refusing one.
+/// connection to the refusing one. The allowing Listen's `timeout = 1`
+/// closes an idle session.
 #[test]
 fn tcp_console_follows_peer_rules() {
     let (open_port, shut_port) = (ecelerity_tests::free_port(), ecelerity_tests::free_port());
     let mta = Mta::start_with("console-ops-tcp", |c| {
         c.extra.push_str(&format!(
             "Control_Listener {{\n  Peer \"127.0.0.0/8\" {{ Enable = false }}\n  \
-             Listen \"127.0.0.1:{open_port}\" {{\n    Peer \"127.0.0.1\" {{ Enable = true }}\n  }}\n  \
+             Listen \"127.0.0.1:{open_port}\" {{\n    timeout = 1\n    \
+             Peer \"127.0.0.1\" {{ Enable = true }}\n  }}\n  \
              Listen \"127.0.0.1:{shut_port}\" {{ }}\n}}\n"
         ));
     });
@@ -235,5 +237,20 @@ fn tcp_console_follows_peer_rules() {
     assert_eq!(
         said,
         "Access denied: 127.0.0.1 may not use this console (Control_Listener Peer rules)\n"
+    );
+
+    // An idle session on the allowing Listen is closed after its timeout.
+    let mut idle = std::net::TcpStream::connect(&open).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let began = std::time::Instant::now();
+    let mut said = String::new();
+    idle.read_to_string(&mut said)
+        .expect("the daemon closes an idle console");
+    assert!(said.is_empty(), "{said}");
+    assert!(
+        began.elapsed() >= std::time::Duration::from_millis(900),
+        "closed after {:?}, before the timeout",
+        began.elapsed()
     );
 }
