@@ -1,5 +1,10 @@
 //! The control console: Momentum's `ec_console` commands served on the
-//! Control_Listener unix socket(s), on threads of the console's own.
+//! Control_Listener unix socket(s) and TCP consoles, on threads of the
+//! console's own. A TCP client the listener's `Peer` rules exclude
+//! (`ControlListenerConfig::allows`) gets one `Access denied` line and is
+//! closed; a Unix client must be root or the daemon's user (SO_PEERCRED).
+//! The status commands (`summary`, `summary reset`, `pid`, `memory`,
+//! `sysinfo`, `version`) are rendered by `status`.
 //!
 //! Owns: the console wire framing, the command table and the rendering of
 //! each answer ([`execute`] is pure: a command line and a snapshot in, text
