@@ -70,8 +70,12 @@ const VALUE_WIDTH: usize = 14;
 pub fn summary_block(t: &Figures, reset_ms: u64, uptime_secs: u64) -> String {
     use Counter::*;
     let dns = t.get(DnsAQueries) + t.get(DnsMxQueries);
-    let rate =
-        |count: u64, unit: &str| format!("{:.2} {unit}/second", rate_per_second(count, reset_ms));
+    let rate = |count: u64, unit: &str| {
+        format!(
+            "{:>VALUE_WIDTH$.2} {unit}/second",
+            rate_per_second(count, reset_ms)
+        )
+    };
     let rows: [(&str, String); 23] = [
         (
             "Outbound Concurrency",
