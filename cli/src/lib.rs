@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use ecelerity_engine::config::Config;
 
+pub mod sendmail;
+pub mod systemd;
+
 /// Exit code for bad input (a config error, a bad argument).
 pub const EXIT_BAD_INPUT: i32 = 1;
 /// Exit code when the work could not be done (I/O, permissions, a peer).
@@ -28,9 +31,15 @@ pub fn load_config_or_exit(path: Option<&Path>) -> Arc<Config> {
     }
 }
 
-/// The control socket a tool should use: the first Control_Listener path.
+/// The control socket a tool should use: the first Control_Listener Unix
+/// socket path, else the first TCP console (`host:port`).
 pub fn control_socket(config: &Config) -> Option<PathBuf> {
-    config.control_listeners().first().map(|c| c.path.clone())
+    let listeners = config.control_listeners();
+    listeners
+        .iter()
+        .find(|c| c.tcp.is_none())
+        .or_else(|| listeners.first())
+        .map(|c| c.path.clone())
 }
 
 /// Dropping root for the `Security { user group }` stanza.

@@ -72,6 +72,11 @@ counters! {
     DkimMessagesSigned => "dkim_messages_signed", Counter, "Messages given a DKIM-Signature.";
     DkimSigningFailures => "dkim_signing_failures", Counter, "Messages to sign that could not be (no signer for the From domain, no header to sign, a key error).";
     DkimSigningMicros => "dkim_signing_us", Counter, "Microseconds spent hashing and signing for DKIM.";
+    ActiveDomains => "active_domains", Gauge, "Queues (binding, domain) of this shard holding a message.";
+    DnsAQueries => "dns_a_queries", Counter, "DNS A questions sent to nameservers.";
+    DnsMxQueries => "dns_mx_queries", Counter, "DNS MX questions sent to nameservers.";
+    DnsPending => "dns_pending", Gauge, "DNS questions waiting for an answer.";
+    ShardTicks => "shard_ticks", Counter, "Clock ticks of this shard (the systemd watchdog checks they move).";
 }
 
 /// How many values a block holds.

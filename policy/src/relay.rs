@@ -116,6 +116,11 @@ impl fmt::Display for CidrError {
 impl std::error::Error for CidrError {}
 
 impl Cidr {
+    /// The netblock's prefix length (32 or 128 for a single address).
+    pub fn prefix_bits(&self) -> u8 {
+        self.prefix_bits
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(

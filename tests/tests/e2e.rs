@@ -19,6 +19,8 @@ mod bounces;
 mod config;
 #[path = "e2e/console.rs"]
 mod console;
+#[path = "e2e/console_ops.rs"]
+mod console_ops;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/delay.rs"]
@@ -57,6 +59,8 @@ mod reload;
 mod retry;
 #[path = "e2e/routes.rs"]
 mod routes;
+#[path = "e2e/sendmail.rs"]
+mod sendmail;
 #[path = "e2e/sighup.rs"]
 mod sighup;
 #[path = "e2e/smuggling.rs"]
@@ -67,3 +71,5 @@ mod soak;
 mod stream;
 #[path = "e2e/tls.rs"]
 mod tls;
+#[path = "e2e/systemd.rs"]
+mod systemd;

@@ -1,12 +1,14 @@
-//! `ec_console [SOCKET] [COMMAND...]`: the control console.
+//! `ec_console [SOCKET|HOST:PORT] [COMMAND...]`: the control console.
 //!
-//! Without SOCKET it uses the first Control_Listener of `--config FILE`, or
+//! SOCKET is a Control_Listener Unix socket path; `127.0.0.1:2025` or
+//! `[::1]:2025` a TCP console. Without SOCKET it uses the first Control_Listener of `--config FILE`, or
 //! of the embedded default (var/run/ecelerity.sock under the working
 //! directory). With COMMAND it runs that one command and exits. Otherwise
 //! it reads commands: with line editing and history on a terminal, or one
 //! per line from stdin when stdin is not a terminal.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,17 +32,66 @@ struct Args {
 /// How long the console waits for the daemon's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long connecting to a TCP console may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A console connection: a Unix socket or TCP.
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// `host:port` (or `[v6]:port`) names a TCP console.
+fn tcp_address(path: &Path) -> Option<SocketAddr> {
+    path.to_str()?.parse().ok()
+}
+
 struct Console {
     path: PathBuf,
-    conn: Option<(UnixStream, BufReader<UnixStream>)>,
+    conn: Option<(Stream, BufReader<Stream>)>,
 }
 
 impl Console {
-    fn connect(path: &Path) -> std::io::Result<(UnixStream, BufReader<UnixStream>)> {
-        let stream = UnixStream::connect(path)?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        let reader = BufReader::new(stream.try_clone()?);
-        Ok((stream, reader))
+    fn connect(path: &Path) -> std::io::Result<(Stream, BufReader<Stream>)> {
+        let (stream, reader) = match tcp_address(path) {
+            Some(address) => {
+                let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+                stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                let reader = stream.try_clone()?;
+                (Stream::Tcp(stream), Stream::Tcp(reader))
+            }
+            None => {
+                let stream = UnixStream::connect(path)?;
+                stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                let reader = stream.try_clone()?;
+                (Stream::Unix(stream), Stream::Unix(reader))
+            }
+        };
+        Ok((stream, BufReader::new(reader)))
     }
 
     /// Sends one command and returns its reply. Reconnects once if the
@@ -70,10 +121,14 @@ impl Console {
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the daemon closed the console",
-                ));
+                // What it said before closing (e.g. a refusal) is the reason.
+                let said = reply.trim_end();
+                let why = if said.is_empty() {
+                    "the daemon closed the console".to_string()
+                } else {
+                    format!("the daemon closed the console: {said}")
+                };
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why));
             }
             match unframe_line(line.trim_end_matches('\n')) {
                 None => return Ok(reply),
@@ -92,7 +147,7 @@ fn main() {
     // nor an existing file is the command.
     if let Some(first) = args.socket.clone() {
         let text = first.to_string_lossy();
-        if !text.contains('/') && !first.exists() {
+        if !text.contains('/') && !first.exists() && tcp_address(&first).is_none() {
             args.command.insert(0, text.into_owned());
             args.socket = None;
         }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use ecelerity_cli::{load_config_or_exit, privileges, EXIT_FAILED};
+use ecelerity_cli::{load_config_or_exit, privileges, systemd, EXIT_FAILED};
 use ecelerity_engine::runtime;
 
 #[derive(Parser)]
@@ -71,7 +71,11 @@ fn main() {
     let drop_privileges = || match run_as {
         None => Ok(()),
         Some(who) => {
-            for c in config.control_listeners() {
+            for c in config
+                .control_listeners()
+                .iter()
+                .filter(|c| c.tcp.is_none())
+            {
                 privileges::chown_tree(&c.path, who)?;
             }
             // So that the unprivileged daemon can at least empty it at exit.
@@ -122,7 +126,9 @@ fn main() {
             .unwrap_or_else(|| "(embedded default)".into())
     );
     let stop = engine.stop_flag();
+    let mut systemd = Systemd::from_env();
     loop {
+        systemd.poll(&engine.stats);
         match wait_signal(&signals, Duration::from_millis(200)) {
             Some(libc::SIGHUP) => {
                 tracing::info!("signal SIGHUP: reloading the configuration");
@@ -142,9 +148,70 @@ fn main() {
             break;
         }
     }
+    systemd.notify("STOPPING=1");
     engine.join();
     remove_pid_file(&pid_file);
     tracing::info!("ecelerity stopped");
+}
+
+/// systemd's `Type=notify` protocol, driven by the shards' clocks: READY=1
+/// once every shard has ticked (its accept loops run), then WATCHDOG=1
+/// only while every shard keeps ticking. Does nothing without systemd.
+struct Systemd {
+    notifier: Option<systemd::Notifier>,
+    watchdog: Option<systemd::Watchdog>,
+    ready: bool,
+}
+
+impl Systemd {
+    fn from_env() -> Systemd {
+        let notifier = systemd::Notifier::from_env().unwrap_or_else(|e| {
+            tracing::warn!("NOTIFY_SOCKET is set but unusable: {e}");
+            None
+        });
+        let watchdog = notifier
+            .as_ref()
+            .and(systemd::watchdog_interval_from_env())
+            .map(systemd::Watchdog::new);
+        Systemd {
+            notifier,
+            watchdog,
+            ready: false,
+        }
+    }
+
+    fn notify(&self, state: &str) {
+        if let Some(n) = &self.notifier {
+            if let Err(e) = n.notify(state) {
+                tracing::warn!("systemd notification {state} failed: {e}");
+            }
+        }
+    }
+
+    fn poll(&mut self, stats: &ecelerity_engine::stats::EngineStats) {
+        if self.notifier.is_none() {
+            return;
+        }
+        let ticks: Vec<u64> = stats
+            .shards
+            .iter()
+            .map(|s| s.get(ecelerity_engine::stats::Counter::ShardTicks))
+            .collect();
+        if !self.ready {
+            if ticks.iter().all(|&t| t > 0) {
+                self.ready = true;
+                self.notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+            }
+            return;
+        }
+        let ping = self
+            .watchdog
+            .as_mut()
+            .is_some_and(|w| w.check(std::time::Instant::now(), &ticks));
+        if ping {
+            self.notify("WATCHDOG=1");
+        }
+    }
 }
 
 /// When running as root with a `Security { user }` stanza: resolves the

@@ -195,6 +195,11 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
         for listener in &settings.control_listeners {
             w.open(1, "Listen", Some(&listener.path.to_string_lossy()));
             w.options(2, &ControlOverrides::complete(listener).entries());
+            for peer in &listener.peers {
+                w.open(2, "Peer", Some(&peer.cidr.to_string()));
+                w.line(3, &format!("Enable = {}", peer.enable));
+                w.close(2);
+            }
             w.close(1);
         }
         w.close(0);

@@ -101,8 +101,6 @@ pub enum ConfigErrorKind {
         address: String,
         reason: &'static str,
     },
-    #[error("Control_Listener Listen `{address}`: TCP control listeners are not supported yet; use a socket path")]
-    TcpControlListener { address: String },
     #[error("include file `{path}` not found (looked for {resolved})")]
     IncludeNotFound { path: String, resolved: String },
     #[error("cannot read include `{path}`: {reason}")]
@@ -155,10 +153,13 @@ pub enum Scope {
     Security,
     /// `host "mx.example" { }`: an MX host (or gateway) by name or address.
     Host,
+    /// A `Peer "cidr"` inside `Control_Listener` or one of its `Listen`s:
+    /// who may use a TCP console.
+    ControlPeer,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 11] = [
+    pub const ALL: [Scope; 12] = [
         Scope::Global,
         Scope::BindingGroup,
         Scope::Binding,
@@ -170,6 +171,7 @@ impl Scope {
         Scope::EcLogger,
         Scope::Security,
         Scope::Host,
+        Scope::ControlPeer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -185,6 +187,7 @@ impl Scope {
             Scope::EcLogger => "ec_logger",
             Scope::Security => "Security",
             Scope::Host => "host",
+            Scope::ControlPeer => "Control_Listener Peer",
         }
     }
 

@@ -36,7 +36,9 @@ use ecelerity_policy::Cidr;
 
 pub use dkim::{is_within as dkim_is_within, Canon, Digest, DkimDomain, OpendkimConfig};
 pub use error::{ConfigError, ConfigErrorKind, Scope};
-pub use options::{ControlListenerConfig, DeliveryOptions, ListenerConfig, LogPaths, Security};
+pub use options::{
+    ControlListenerConfig, ControlPeer, DeliveryOptions, ListenerConfig, LogPaths, Security,
+};
 pub use reload::RESTART_OPTIONS;
 
 // Built-in defaults and accepted ranges. Seconds and bytes are whole
@@ -176,6 +178,9 @@ pub const PROHIBITED_HOSTS_DEFAULT: &[&str] = &[
 /// Control socket mode. Momentum uses 0660; we refuse the group by default.
 pub const FILE_MODE_DEFAULT: u32 = 0o600;
 pub const FILE_MODE_MAX: u32 = 0o7777;
+/// An idle console connection is closed after this long (Momentum's
+/// Control_Listener `timeout`).
+pub const CONSOLE_TIMEOUT_SECONDS_DEFAULT: u64 = 60;
 pub const LOGGER_NAME_DEFAULT: &str = "ec_logger";
 pub const MAINLOG_DEFAULT: &str = "/var/log/ecelerity/mainlog.ec";
 pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
@@ -911,7 +916,10 @@ domain "example.com" {
             config.control_listeners(),
             &[ControlListenerConfig {
                 path: "var/run/ecelerity.sock".into(),
-                file_mode: 0o600
+                tcp: None,
+                peers: Vec::new(),
+                file_mode: 0o600,
+                timeout: Duration::from_secs(60),
             }]
         );
         assert_eq!(config.logs().paniclog, Path::new("var/log/paniclog.ec"));
@@ -985,11 +993,17 @@ domain "example.com" {
             &[
                 ControlListenerConfig {
                     path: "/var/run/ec.sock".into(),
-                    file_mode: 0o660
+                    tcp: None,
+                    peers: Vec::new(),
+                    file_mode: 0o660,
+                    timeout: Duration::from_secs(60),
                 },
                 ControlListenerConfig {
                     path: "ctl.sock".into(),
-                    file_mode: 0o600
+                    tcp: None,
+                    peers: Vec::new(),
+                    file_mode: 0o600,
+                    timeout: Duration::from_secs(60),
                 },
             ]
         );
@@ -1706,12 +1720,32 @@ domain "example.com" {
     }
 
     #[test]
-    fn error_tcp_control_listener() {
+    fn tcp_control_listener_with_peer_rules() {
+        let config = Config::parse(
+            "Control_Listener {\n Peer \"10.0.0.0/8\" { Enable = true }\n              Listen \"127.0.0.1:2025\" {\n  Peer \"127.0.0.2\" { Enable = false }\n               Peer \"10.1.0.0/16\" { Enable = false }\n }\n Listen \"ctl.sock\" { }\n}\n",
+            "test.conf".as_ref(),
+        )
+        .unwrap();
+        let [tcp, unix] = config.control_listeners() else {
+            panic!("two listeners")
+        };
+        assert_eq!(tcp.tcp, Some("127.0.0.1:2025".parse().unwrap()));
+        assert_eq!(unix.tcp, None);
+        assert!(unix.peers.is_empty(), "Peer rules are for TCP consoles");
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(tcp.allows(ip("127.0.0.1")), "loopback by default");
+        assert!(!tcp.allows(ip("127.0.0.2")), "a Peer says no");
+        assert!(tcp.allows(ip("10.2.3.4")), "the listener's Peer says yes");
+        assert!(!tcp.allows(ip("10.1.3.4")), "the more specific Peer wins");
+        assert!(!tcp.allows(ip("192.0.2.1")), "no rule: not loopback");
+        assert!(tcp.allows(ip("::ffff:10.2.3.4")), "v4-mapped is v4");
         assert_eq!(
-            error("Control_Listener {\n Listen \"127.0.0.1:2025\" { }\n}"),
-            "test.conf:2: Control_Listener Listen `127.0.0.1:2025`: TCP control listeners are not \
-             supported yet; use a socket path"
+            error("Control_Listener {\n Peer \"10.0.0.0/8\" {\n  File_Mode = 0600\n }\n}"),
+            "test.conf:3: option `File_Mode` is not valid in Control_Listener Peer scope \
+             (valid in: Control_Listener, Control_Listener Listen)"
         );
+        assert!(error("Control_Listener {\n Peer \"nope\" { }\n}").starts_with("test.conf:2: "));
+        assert!(error("Peer \"10.0.0.0/8\" { }").starts_with("test.conf:1: "));
     }
 
     #[test]

@@ -384,6 +384,8 @@ enum Place {
     EsmtpListen(usize),
     ControlListener,
     ControlListen(usize),
+    /// A `Peer` of the Control_Listener: its index in `control_peers`.
+    ControlPeer(usize),
     EcLogger,
     Security,
     /// A global `host` scope; the key is the lowercase name.
@@ -411,6 +413,7 @@ impl Place {
             Place::EsmtpListen(_) => Scope::EsmtpListen,
             Place::ControlListener => Scope::ControlListener,
             Place::ControlListen(_) => Scope::ControlListen,
+            Place::ControlPeer(_) => Scope::ControlPeer,
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
             Place::Host(_) => Scope::Host,
@@ -444,6 +447,9 @@ struct Builder<'t> {
     control_listener: ControlOverrides,
     /// In order of first appearance; stanzas for the same path merge.
     control_listens: Vec<(PathBuf, ControlOverrides)>,
+    /// Every `Peer` of the Control_Listener: the `Listen` it is in (`None`:
+    /// the listener's own), its netblock and its `Enable`.
+    control_peers: Vec<(Option<usize>, Cidr, bool)>,
     /// The instance name (never empty) and its paths.
     logger: Option<(String, LoggerOverrides)>,
     security: Option<SecurityOverrides>,
@@ -479,6 +485,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         listen_lines: Vec::new(),
         control_listener: ControlOverrides::default(),
         control_listens: Vec::new(),
+        control_peers: Vec::new(),
         logger: None,
         security: None,
         domains: BTreeMap::new(),
@@ -579,6 +586,7 @@ impl Builder<'_> {
             (Place::Global, Keyword::Host) => Scope::Host,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
+            (Place::ControlListener | Place::ControlListen(_), Keyword::Peer) => Scope::ControlPeer,
             _ => return Err(not_allowed()),
         };
         let named = matches!(
@@ -589,6 +597,7 @@ impl Builder<'_> {
                 | Scope::Host
                 | Scope::EsmtpListen
                 | Scope::ControlListen
+                | Scope::ControlPeer
         );
         let name = stanza.name.as_ref().map(|w| w.text.as_str());
         let name = match (named, name) {
@@ -710,12 +719,7 @@ impl Builder<'_> {
                     };
                     return Err(self.error(file, line, kind));
                 }
-                if parse_listen_address(name).is_ok() {
-                    let kind = ConfigErrorKind::TcpControlListener {
-                        address: name.to_string(),
-                    };
-                    return Err(self.error(file, line, kind));
-                }
+                // "host:port" is a TCP console; anything else a socket path.
                 let path = PathBuf::from(name);
                 let index = match self.control_listens.iter().position(|(p, _)| *p == path) {
                     Some(index) => index,
@@ -726,6 +730,17 @@ impl Builder<'_> {
                     }
                 };
                 Place::ControlListen(index)
+            }
+            Scope::ControlPeer => {
+                let cidr = name
+                    .parse::<Cidr>()
+                    .map_err(|_| bad_name("not an IP address or CIDR netblock"))?;
+                let listen = match parent {
+                    Place::ControlListen(index) => Some(*index),
+                    _ => None,
+                };
+                self.control_peers.push((listen, cidr, true));
+                Place::ControlPeer(self.control_peers.len() - 1)
             }
             Scope::EcLogger => {
                 let name = if name.is_empty() {
@@ -781,6 +796,39 @@ impl Builder<'_> {
         }
     }
 
+    /// A `Control_Listener` `Peer` takes one option, `Enable`.
+    fn set_control_peer(
+        &mut self,
+        index: usize,
+        file: FileId,
+        line: u32,
+        name: &str,
+        value: &Value,
+    ) -> Result<(), ConfigError> {
+        if !name.eq_ignore_ascii_case("enable") {
+            let option = name.to_string();
+            let scope = Scope::ControlPeer;
+            let kind = match lookup(name, scope) {
+                Some(spec) => ConfigErrorKind::WrongScope {
+                    option,
+                    scope,
+                    allowed: spec.scopes.describe(),
+                },
+                None => ConfigErrorKind::UnknownOption { option, scope },
+            };
+            return Err(self.error(file, line, kind));
+        }
+        match convert(Kind::Bool, name, value)
+            .map_err(|(l, kind)| self.error(file, l.unwrap_or(line), kind))?
+        {
+            Typed::Bool(enable) => {
+                self.control_peers[index].2 = enable;
+                Ok(())
+            }
+            _ => unreachable!("Kind::Bool converts to Typed::Bool"),
+        }
+    }
+
     fn domain_map(&mut self, at: &DomainAt) -> &mut BTreeMap<String, DomainScope> {
         match at {
             DomainAt::Global => &mut self.domains,
@@ -807,6 +855,9 @@ impl Builder<'_> {
         value: &Value,
     ) -> Result<(), ConfigError> {
         let scope = place.scope();
+        if let Place::ControlPeer(index) = place {
+            return self.set_control_peer(*index, file, line, name, value);
+        }
         let Some(spec) = lookup(name, scope) else {
             let kind = ConfigErrorKind::UnknownOption {
                 option: name.to_string(),
@@ -855,6 +906,7 @@ impl Builder<'_> {
             Place::EsmtpListen(index) => self.listens[*index].1.set(key, typed),
             Place::ControlListener => self.control_listener.set(key, typed),
             Place::ControlListen(index) => self.control_listens[*index].1.set(key, typed),
+            Place::ControlPeer(_) => unreachable!("handled by set_control_peer"),
             Place::EcLogger => {
                 let logger = self.logger.as_mut().expect("entered");
                 logger.1.set(key, typed)
@@ -961,12 +1013,26 @@ impl Builder<'_> {
                 listener
             })
             .collect();
+        let control_peers = self.control_peers;
         let control_listeners = self
             .control_listens
             .into_iter()
-            .map(|(path, overrides)| {
+            .enumerate()
+            .map(|(index, (path, overrides))| {
                 let mut listener = ControlListenerConfig::builtin();
+                listener.tcp = path.to_str().and_then(|p| parse_listen_address(p).ok());
                 listener.path = path;
+                // Peer rules are for TCP consoles; a Unix socket has its mode.
+                listener.peers = control_peers
+                    .iter()
+                    .filter(|_| listener.tcp.is_some())
+                    .filter(|(at, _, _)| at.is_none() || *at == Some(index))
+                    .map(|(at, cidr, enable)| ControlPeer {
+                        cidr: *cidr,
+                        enable: *enable,
+                        in_listen: at.is_some(),
+                    })
+                    .collect();
                 self.control_listener.apply(&mut listener);
                 overrides.apply(&mut listener);
                 listener
@@ -1275,6 +1341,7 @@ mod tests {
                     Scope::EcLogger => format!("ec_logger {{ {line} }}"),
                     Scope::Security => format!("Security {{ {line} }}"),
                     Scope::Host => format!("host mx.example {{ {line} }}"),
+                    Scope::ControlPeer => continue,
                 };
                 let tree = super::super::parse::parse_tree(&text, "t".as_ref()).unwrap();
                 if let Err(error) = build(&tree) {

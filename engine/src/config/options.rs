@@ -768,8 +768,15 @@ option_family! {
     /// Control_Listener > default applied.
     pub struct ControlListenerConfig {
         fixed {
-            /// As written; relative to the daemon's working directory if relative.
+            /// As written; relative to the daemon's working directory if
+            /// relative. For a TCP console, its address as written.
             path: PathBuf = PathBuf::new(),
+            /// A TCP console's address (`Listen "127.0.0.1:2025"`); `None`
+            /// for a Unix socket.
+            tcp: Option<SocketAddr> = None,
+            /// The `Peer` rules of this Listen and of the Control_Listener
+            /// (TCP consoles only; see [`ControlListenerConfig::allows`]).
+            peers: Vec<ControlPeer> = Vec::new(),
         }
     }
     /// The defaults every control Listen starts from; `path` is empty.
@@ -779,6 +786,37 @@ option_family! {
     options {
         /// Permission bits for the socket, at most `FILE_MODE_MAX`.
         file_mode: u32 = "File_Mode" in CONTROL, Kind::FileMode, default FILE_MODE_DEFAULT;
+        /// An idle console session is closed after this long.
+        timeout: Duration = "timeout" in CONTROL, TIMEOUT,
+            default Duration::from_secs(CONSOLE_TIMEOUT_SECONDS_DEFAULT);
+    }
+}
+
+/// A `Peer "cidr" { Enable = true|false }` rule of a TCP console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlPeer {
+    pub cidr: Cidr,
+    pub enable: bool,
+    /// Written inside the `Listen` (wins over the listener's own rule for
+    /// the same netblock).
+    pub in_listen: bool,
+}
+
+impl ControlListenerConfig {
+    /// Whether a TCP console client at `ip` may connect: the most specific
+    /// `Peer` netblock that holds it decides (a `Listen`'s rule before the
+    /// listener's for the same size); with no rule for it, only loopback
+    /// clients may.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.peers
+            .iter()
+            .filter(|p| p.cidr.contains(ip))
+            .max_by_key(|p| (p.cidr.prefix_bits(), p.in_listen))
+            .map_or(ip.is_loopback(), |p| p.enable)
     }
 }
 

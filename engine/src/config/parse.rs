@@ -42,11 +42,12 @@ pub(super) enum Keyword {
     Opendkim,
     /// `dkim_domain "name" { }`, inside `opendkim` only.
     DkimDomain,
+    Peer,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 11] = [
+        const KEYWORDS: [(&str, Keyword); 12] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -58,6 +59,7 @@ impl Keyword {
             ("host", Keyword::Host),
             ("opendkim", Keyword::Opendkim),
             ("dkim_domain", Keyword::DkimDomain),
+            ("peer", Keyword::Peer),
         ];
         KEYWORDS
             .iter()

@@ -1,5 +1,10 @@
 //! The control console: Momentum's `ec_console` commands served on the
-//! Control_Listener unix socket(s), on threads of the console's own.
+//! Control_Listener unix socket(s) and TCP consoles, on threads of the
+//! console's own. A TCP client the listener's `Peer` rules exclude
+//! (`ControlListenerConfig::allows`) gets one `Access denied` line and is
+//! closed; a Unix client must be root or the daemon's user (SO_PEERCRED).
+//! The status commands (`summary`, `summary reset`, `pid`, `memory`,
+//! `sysinfo`, `version`) are rendered by `status`.
 //!
 //! Owns: the console wire framing, the command table and the rendering of
 //! each answer ([`execute`] is pure: a command line and a snapshot in, text
@@ -20,19 +25,20 @@
 mod reload;
 
 pub use reload::{reload, reopen_logs, RunningConfig, RECONFIGURE_FAILED};
+mod status;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::now_unix_ms;
-use crate::config::Config;
+use crate::config::{Config, ControlListenerConfig};
 use crate::control::{
     render_binding_summary, render_dns_flushed, render_dns_lookup, render_dns_stats, render_domain,
     render_domains, render_failed, render_flushed, render_mailq, render_message,
@@ -42,26 +48,50 @@ use crate::control::{
 };
 use crate::queue::MessageId;
 use crate::stats::{Counter, EngineStats, Figures};
+pub use status::Baseline;
 
 /// Longest command line accepted; a longer one closes the connection.
 pub const CONSOLE_LINE_BYTES_MAX: usize = 4096;
-/// An idle console connection is closed after this long (Momentum's
-/// Control_Listener `timeout`, 60 s).
-pub const CONSOLE_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Most console connections served at once.
 pub const CONSOLE_CONNECTIONS_MAX: usize = 64;
+/// How long the one-line refusal to a client the `Peer` rules exclude may
+/// take to write, and how long its unread input is then drained, before
+/// the connection is closed anyway.
+pub const CONSOLE_REFUSAL_WRITE_MS: u64 = 1_000;
 
 /// A bound control socket.
 pub struct ControlSocket {
-    listener: UnixListener,
-    path: PathBuf,
+    listener: Endpoint,
+    /// Idle sessions close after this long (the Listen's `timeout`).
+    idle: Duration,
+    /// As written in the configuration (a path or `host:port`).
+    name: String,
 }
 
-/// Binds every Control_Listener socket (mode as configured; a stale socket
-/// file from an earlier run is replaced, a live one is an error).
+enum Endpoint {
+    Unix(UnixListener),
+    /// A TCP console and the `Peer` rules its clients must pass.
+    Tcp(TcpListener, ControlListenerConfig),
+}
+
+/// Binds every Control_Listener socket: Unix sockets with the configured
+/// mode (a stale socket file from an earlier run is replaced, a live one
+/// is an error), TCP consoles on their address.
 pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
     let mut sockets = Vec::new();
     for c in config.control_listeners() {
+        let name = c.path.display().to_string();
+        if let Some(address) = c.tcp {
+            let listener = TcpListener::bind(address).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("Control_Listener {address}: {e}"))
+            })?;
+            sockets.push(ControlSocket {
+                listener: Endpoint::Tcp(listener, c.clone()),
+                idle: c.timeout,
+                name,
+            });
+            continue;
+        }
         if let Some(dir) = c.path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)?;
@@ -79,11 +109,23 @@ pub fn bind(config: &Config) -> std::io::Result<Vec<ControlSocket>> {
         let listener = UnixListener::bind(&c.path)?;
         std::fs::set_permissions(&c.path, std::fs::Permissions::from_mode(c.file_mode))?;
         sockets.push(ControlSocket {
-            listener,
-            path: c.path.clone(),
+            listener: Endpoint::Unix(listener),
+            idle: c.timeout,
+            name,
         });
     }
     Ok(sockets)
+}
+
+/// What every console session reads or changes.
+#[derive(Clone)]
+struct Shared {
+    stats: Arc<EngineStats>,
+    control: ControlHandle,
+    config: Arc<RunningConfig>,
+    stop: Arc<AtomicBool>,
+    baseline: Arc<Baseline>,
+    open: Arc<AtomicUsize>,
 }
 
 /// Serves the console on threads of its own, apart from the shards: a
@@ -96,52 +138,122 @@ pub fn serve(
     config: Arc<RunningConfig>,
     stop: Arc<AtomicBool>,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let shared = Shared {
+        baseline: Arc::new(Baseline::new(stats.started)),
+        open: Arc::new(AtomicUsize::new(0)),
+        stats,
+        control,
+        config,
+        stop,
+    };
     for socket in sockets {
-        let (stats, control, config, stop, open) = (
-            stats.clone(),
-            control.clone(),
-            config.clone(),
-            stop.clone(),
-            open.clone(),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || {
-                for stream in socket.listener.incoming() {
-                    let stream = match stream {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(
-                                "console accept on {} failed: {e}",
-                                socket.path.display()
-                            );
-                            std::thread::sleep(Duration::from_millis(50));
-                            continue;
+        let shared = shared.clone();
+        let spawned =
+            std::thread::Builder::new()
+                .name("console".into())
+                .spawn(move || match socket.listener {
+                    Endpoint::Unix(listener) => {
+                        for stream in listener.incoming() {
+                            match stream {
+                                Ok(s) if peer_is_trusted(&s) => {
+                                    start_session(s, socket.idle, &shared)
+                                }
+                                Ok(_) => {} // dropped: closes the connection
+                                Err(e) => accept_failed(&socket.name, e),
+                            }
                         }
-                    };
-                    if !peer_is_trusted(&stream) || open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
-                        continue; // dropped: closes the connection
                     }
-                    open.fetch_add(1, SeqCst);
-                    let (stats, control, config, stop, open) = (
-                        stats.clone(),
-                        control.clone(),
-                        config.clone(),
-                        stop.clone(),
-                        open.clone(),
-                    );
-                    let _ = std::thread::Builder::new()
-                        .name("console-session".into())
-                        .spawn(move || {
-                            let _ = session(stream, &stats, &control, &config, &stop);
-                            open.fetch_sub(1, SeqCst);
-                        });
-                }
-            });
+                    Endpoint::Tcp(listener, rules) => {
+                        for stream in listener.incoming() {
+                            match stream {
+                                Ok(s) => match s.peer_addr() {
+                                    Ok(peer) if rules.allows(peer.ip()) => {
+                                        start_session(s, socket.idle, &shared)
+                                    }
+                                    Ok(peer) => refuse(s, peer.ip(), &socket.name),
+                                    Err(_) => {}
+                                },
+                                Err(e) => accept_failed(&socket.name, e),
+                            }
+                        }
+                    }
+                });
         if let Err(e) = spawned {
             tracing::error!("cannot start the console thread: {e}");
         }
+    }
+}
+
+fn accept_failed(name: &str, e: std::io::Error) {
+    tracing::warn!("console accept on {name} failed: {e}");
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Tells a client the `Peer` rules exclude that it may not use the
+/// console, in one line, and closes.
+fn refuse(mut stream: TcpStream, ip: std::net::IpAddr, name: &str) {
+    tracing::warn!("console {name}: refused {ip} (Control_Listener Peer rules)");
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(CONSOLE_REFUSAL_WRITE_MS)));
+    let _ = stream.write_all(
+        format!("Access denied: {ip} may not use this console (Control_Listener Peer rules)\n")
+            .as_bytes(),
+    );
+    // Close gracefully: a close with the client's command still unread
+    // would reset the connection and the client might never read the line.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_REFUSAL_WRITE_MS)));
+    let mut sink = [0u8; 512];
+    let mut left = CONSOLE_LINE_BYTES_MAX;
+    while left > 0 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// A console stream of either kind.
+trait ConsoleStream: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn idle_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl ConsoleStream for UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn idle_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+impl ConsoleStream for TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn idle_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+/// Serves `stream` on a thread of its own, if fewer than
+/// [`CONSOLE_CONNECTIONS_MAX`] are open (else it is closed).
+fn start_session<S: ConsoleStream>(stream: S, idle: Duration, shared: &Shared) {
+    if shared.open.load(SeqCst) >= CONSOLE_CONNECTIONS_MAX {
+        return;
+    }
+    shared.open.fetch_add(1, SeqCst);
+    let open = shared.open.clone();
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("console-session".into())
+        .spawn(move || {
+            let _ = session(stream, idle, &shared);
+            shared.open.fetch_sub(1, SeqCst);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a console session thread: {e}");
+        open.fetch_sub(1, SeqCst);
     }
 }
 
@@ -169,15 +281,20 @@ fn peer_is_trusted(stream: &UnixStream) -> bool {
     rc == 0 && (cred.uid == 0 || cred.uid == me)
 }
 
-fn session(
-    mut stream: UnixStream,
-    stats: &EngineStats,
-    control: &ControlHandle,
-    running: &RunningConfig,
-    stop: &AtomicBool,
+fn session<S: ConsoleStream>(
+    mut stream: S,
+    idle: Duration,
+    shared: &Shared,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_millis(CONSOLE_IDLE_TIMEOUT_MS)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let (stats, control, running, stop, baseline) = (
+        &*shared.stats,
+        &shared.control,
+        &*shared.config,
+        &*shared.stop,
+        &*shared.baseline,
+    );
+    stream.idle_timeout(idle)?;
+    let mut reader = BufReader::new(stream.duplicate()?);
     let mut line = String::new();
     loop {
         line.clear();
@@ -197,15 +314,27 @@ fn session(
             stream.write_all(&frame(&reply))?;
             continue;
         }
-        let snapshot = Snapshot::take(stats, &config);
+        let snapshot = Snapshot::take(stats, &config, baseline);
         let (reply, action) = execute(line.trim(), &snapshot);
         let reply = match &action {
             Action::Ask(request) => ask(control, request.clone()),
+            Action::ResetSummary => {
+                baseline.reset(snapshot.total());
+                reply
+            }
+            Action::Memory => {
+                status::memory(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+            }
+            Action::Sysinfo => status::sysinfo(&status::SysFacts::gather(snapshot.shards.len())),
             _ => reply,
         };
         stream.write_all(&frame(&reply))?;
         match action {
-            Action::None | Action::Ask(_) => {}
+            Action::None
+            | Action::Ask(_)
+            | Action::ResetSummary
+            | Action::Memory
+            | Action::Sysinfo => {}
             Action::Shutdown => {
                 tracing::info!("console: shutdown requested");
                 stop.store(true, SeqCst);
@@ -295,6 +424,12 @@ pub enum Action {
     Close,
     /// The answer needs every shard: ask them (the reply text is theirs).
     Ask(ControlRequest),
+    /// `summary reset`: the current totals become the new zero.
+    ResetSummary,
+    /// `memory`: the reply is read from /proc/self/status.
+    Memory,
+    /// `sysinfo`: the reply is read from the system.
+    Sysinfo,
 }
 
 /// Everything the counter commands need, read without locks.
@@ -303,13 +438,22 @@ pub struct Snapshot {
     pub shards: Vec<Figures>,
     pub uptime_secs: u64,
     pub config_source: String,
+    /// Totals at the last `summary reset` (zeros before one).
+    pub baseline: Figures,
+    /// Milliseconds since the last `summary reset` (or the start).
+    pub since_reset_ms: u64,
+    pub pid: u32,
 }
 
 impl Snapshot {
-    pub fn take(stats: &EngineStats, config: &Config) -> Snapshot {
+    pub fn take(stats: &EngineStats, config: &Config, baseline: &Baseline) -> Snapshot {
+        let (baseline, since_reset_ms) = baseline.read();
         Snapshot {
             shards: stats.shards.iter().map(|s| s.figures()).collect(),
             uptime_secs: stats.started.elapsed().as_secs(),
+            baseline,
+            since_reset_ms,
+            pid: std::process::id(),
             config_source: config
                 .source()
                 .map(|p| p.display().to_string())
@@ -317,7 +461,7 @@ impl Snapshot {
         }
     }
 
-    fn total(&self) -> Figures {
+    pub fn total(&self) -> Figures {
         Figures::sum(&self.shards)
     }
 }
@@ -327,6 +471,10 @@ Commands:
   help                 this list
   version              the daemon's version
   summary              Summary Statistics, in total and per shard
+  summary reset        counters (not queue sizes) start again from zero
+  pid                  the daemon's process id
+  memory               the daemon's memory use
+  sysinfo              the host: OS, CPUs, load, memory
   mailq [-d domain ...] [-b binding ...] [-l N]
                        queues with their active (AQ) and delayed (DQ) sizes
   active [N]           domains whose active queue holds more than N (default 0)
@@ -366,15 +514,19 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
     match words.as_slice() {
         [] => (String::new(), Action::None),
         [w] if w.eq_ignore_ascii_case("help") => (HELP.to_string(), Action::None),
-        [w] if w.eq_ignore_ascii_case("version") => {
-            (format!("ecelerity {} (thread-per-core MTA)\n", crate::VERSION), Action::None)
-        }
+        [w] if w.eq_ignore_ascii_case("version") => (status::version(), Action::None),
         [w] if w.eq_ignore_ascii_case("summary") => (summary(snapshot), Action::None),
         [w] if w.eq_ignore_ascii_case("signing_stats") => (signing_stats(snapshot), Action::None),
         [w, r] if w.eq_ignore_ascii_case("signing_stats") && r.eq_ignore_ascii_case("reset") => (
             "signing_stats reset is not supported yet: the counters only grow.\n".to_string(),
             Action::None,
         ),
+        [w, r] if w.eq_ignore_ascii_case("summary") && r.eq_ignore_ascii_case("reset") => {
+            ("Summary statistics reset.\n".to_string(), Action::ResetSummary)
+        }
+        [w] if w.eq_ignore_ascii_case("pid") => (format!("{}\n", snapshot.pid), Action::None),
+        [w] if w.eq_ignore_ascii_case("memory") => (String::new(), Action::Memory),
+        [w] if w.eq_ignore_ascii_case("sysinfo") => (String::new(), Action::Sysinfo),
         [w, args @ ..] if w.eq_ignore_ascii_case("mailq") => match parse_mailq(args) {
             Ok(request) => (String::new(), Action::Ask(request)),
             Err(e) => (format!("{e}\n"), Action::None),
@@ -657,38 +809,12 @@ pub fn signing_stats(s: &Snapshot) -> String {
 
 /// Momentum's `summary` block ("Label: value", values right-aligned), then
 /// one row per shard.
+/// Momentum's `summary` block (counters since the last `summary reset`),
+/// then one row per shard (since start).
 pub fn summary(s: &Snapshot) -> String {
-    let t = s.total();
-    let mut out = String::from("Summary Statistics\n\n");
+    let t = status::since_reset(&s.total(), &s.baseline);
+    let mut out = status::summary_block(&t, s.since_reset_ms, s.uptime_secs);
     use Counter::*;
-    let rows: [(&str, String); 14] = [
-        (
-            "Outbound Concurrency",
-            t.get(OutboundConnections).to_string(),
-        ),
-        ("Inbound Concurrency", t.get(InboundConnections).to_string()),
-        ("Active Queue Size", t.get(ActiveQueue).to_string()),
-        ("Delayed Queue Size", t.get(DelayedQueue).to_string()),
-        (
-            "Total Queue Size",
-            (t.get(ActiveQueue) + t.get(DelayedQueue)).to_string(),
-        ),
-        ("Spooled Messages", t.get(LiveMessages).to_string()),
-        (
-            "Successfully Delivered Messages",
-            t.get(Delivered).to_string(),
-        ),
-        ("Failed Messages", t.get(Failed).to_string()),
-        ("Transient Failures", t.get(TransientFailures).to_string()),
-        ("Rejected Messages", t.get(Rejections).to_string()),
-        ("Received Messages", t.get(MessagesReceived).to_string()),
-        ("Received Bytes", t.get(BytesReceived).to_string()),
-        ("Spool Segments", t.get(SpoolSegments).to_string()),
-        ("Uptime", format!("{} seconds", s.uptime_secs)),
-    ];
-    for (label, value) in rows {
-        let _ = writeln!(out, "{:>32}: {:>14}", label, value);
-    }
     let _ = writeln!(
         out,
         "\nPer shard:\n{:>5} {:>7} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8}",
@@ -739,6 +865,9 @@ mod tests {
             shards: vec![a, b],
             uptime_secs: 7,
             config_source: "x.conf".into(),
+            baseline: Figures::default(),
+            since_reset_ms: 7000,
+            pid: 4242,
         }
     }
 
@@ -783,6 +912,28 @@ mod tests {
         assert!(line("Successfully Delivered Messages:").ends_with(" 7"));
         assert!(line("Total Queue Size:").ends_with(" 1"));
         assert!(line("Uptime:").ends_with("7 seconds"));
+    }
+
+    #[test]
+    fn summary_reset_pid_memory_sysinfo_and_version() {
+        let mut s = snapshot();
+        assert_eq!(execute("summary reset", &s).1, Action::ResetSummary);
+        assert_eq!(execute("pid", &s).0, "4242\n");
+        assert_eq!(execute("memory", &s).1, Action::Memory);
+        assert_eq!(execute("SYSINFO", &s).1, Action::Sysinfo);
+        assert!(execute("version", &s).0.starts_with("ecelerity "));
+        s.baseline = s.total();
+        s.since_reset_ms = 2000;
+        let text = execute("summary", &s).0;
+        let line = |label: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("Received Messages:").ends_with(" 0"), "{text}");
+        assert!(line("Total Queue Size:").ends_with(" 1"), "a gauge stays");
+        assert!(line("Statistics Last Reset:").ends_with(" 2 seconds"));
     }
 
     #[test]

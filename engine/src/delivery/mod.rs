@@ -289,6 +289,15 @@ impl Outbound {
         let stats = self.env.stats();
         stats.set(Counter::ActiveQueue, queues.active_count() as u64);
         stats.set(Counter::DelayedQueue, queues.delayed_count() as u64);
+        let domains = queues
+            .iter()
+            .filter(|q| !q.active.is_empty() || q.delayed_count > 0)
+            .count();
+        stats.set(Counter::ActiveDomains, domains as u64);
+        let (dns, _, _) = self.resolver.stats();
+        stats.set(Counter::DnsAQueries, dns.a_queries);
+        stats.set(Counter::DnsMxQueries, dns.mx_queries);
+        stats.set(Counter::DnsPending, dns.pending);
     }
 
     /// Forgets idle queues.

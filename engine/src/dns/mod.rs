@@ -165,6 +165,12 @@ pub struct ResolverStats {
     pub queries: u64,
     /// Questions that got no answer (timeout, SERVFAIL, a bad reply).
     pub failures: u64,
+    /// Of `queries`, the A questions.
+    pub a_queries: u64,
+    /// Of `queries`, the MX questions.
+    pub mx_queries: u64,
+    /// Questions sent and not answered yet.
+    pub pending: u64,
 }
 
 #[derive(Default)]
@@ -173,6 +179,8 @@ struct ResolverCounts {
     misses: Cell<u64>,
     queries: Cell<u64>,
     failures: Cell<u64>,
+    a_queries: Cell<u64>,
+    mx_queries: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>) {
@@ -197,6 +205,9 @@ impl Resolver {
             misses: c.misses.get(),
             queries: c.queries.get(),
             failures: c.failures.get(),
+            a_queries: c.a_queries.get(),
+            mx_queries: c.mx_queries.get(),
+            pending: self.inflight.borrow().len() as u64,
         };
         let cache = self.cache.borrow();
         (stats, cache.len(), cache.negative_len())
@@ -271,6 +282,11 @@ impl Resolver {
             question: &question,
         };
         bump(&self.counts.queries);
+        match kind {
+            RecordKind::A => bump(&self.counts.a_queries),
+            RecordKind::Mx => bump(&self.counts.mx_queries),
+            _ => {}
+        }
         let result = query(servers, &question.0, kind).await;
         if result.is_err() {
             bump(&self.counts.failures);

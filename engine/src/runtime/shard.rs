@@ -513,6 +513,7 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
             .stats()
             .set(Counter::SpoolSegments, spool.segments as u64);
         shard.env.stats().set(Counter::SpoolSyncs, spool.syncs);
+        shard.env.stats().add(Counter::ShardTicks, 1);
         shard.env.logs.flush();
         ticks += 1;
         if ticks.is_multiple_of(PRUNE_TICKS) {
