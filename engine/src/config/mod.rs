@@ -387,6 +387,11 @@ impl Config {
         &self.settings.control_listeners
     }
 
+    /// Every `HTTP_Listener` `Listen` address (served on every shard).
+    pub fn http_listeners(&self) -> &[std::net::SocketAddr] {
+        &self.settings.http_listeners
+    }
+
     pub fn logs(&self) -> &LogPaths {
         &self.settings.logs
     }

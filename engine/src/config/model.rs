@@ -94,6 +94,8 @@ pub(super) struct Settings {
     pub(super) delivery: DeliveryOptions,
     pub(super) esmtp_listeners: Vec<ListenerConfig>,
     pub(super) control_listeners: Vec<ControlListenerConfig>,
+    /// Every `HTTP_Listener` `Listen` address, in file order.
+    pub(super) http_listeners: Vec<SocketAddr>,
     pub(super) logger_name: String,
     pub(super) logs: LogPaths,
     pub(super) security: Option<Security>,
@@ -382,6 +384,8 @@ enum Place {
     EsmtpListen(usize),
     ControlListener,
     ControlListen(usize),
+    HttpListener,
+    HttpListen,
     EcLogger,
     Security,
     /// A global `host` scope; the key is the lowercase name.
@@ -409,6 +413,8 @@ impl Place {
             Place::EsmtpListen(_) => Scope::EsmtpListen,
             Place::ControlListener => Scope::ControlListener,
             Place::ControlListen(_) => Scope::ControlListen,
+            Place::HttpListener => Scope::HttpListener,
+            Place::HttpListen => Scope::HttpListen,
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
             Place::Host(_) => Scope::Host,
@@ -440,6 +446,8 @@ struct Builder<'t> {
     control_listener: ControlOverrides,
     /// In order of first appearance; stanzas for the same path merge.
     control_listens: Vec<(PathBuf, ControlOverrides)>,
+    /// `HTTP_Listener` `Listen` addresses, in order of first appearance.
+    http_listens: Vec<SocketAddr>,
     /// The instance name (never empty) and its paths.
     logger: Option<(String, LoggerOverrides)>,
     security: Option<SecurityOverrides>,
@@ -473,6 +481,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         listens: Vec::new(),
         control_listener: ControlOverrides::default(),
         control_listens: Vec::new(),
+        http_listens: Vec::new(),
         logger: None,
         security: None,
         domains: BTreeMap::new(),
@@ -531,11 +540,13 @@ impl Builder<'_> {
             }
             (Place::Global, Keyword::EsmtpListener) => Scope::EsmtpListener,
             (Place::Global, Keyword::ControlListener) => Scope::ControlListener,
+            (Place::Global, Keyword::HttpListener) => Scope::HttpListener,
             (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
             (Place::Global, Keyword::Security) => Scope::Security,
             (Place::Global, Keyword::Host) => Scope::Host,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
+            (Place::HttpListener, Keyword::Listen) => Scope::HttpListen,
             _ => return Err(not_allowed()),
         };
         let named = matches!(
@@ -546,6 +557,7 @@ impl Builder<'_> {
                 | Scope::Host
                 | Scope::EsmtpListen
                 | Scope::ControlListen
+                | Scope::HttpListen
         );
         let name = stanza.name.as_ref().map(|w| w.text.as_str());
         let name = match (named, name) {
@@ -683,6 +695,20 @@ impl Builder<'_> {
                 };
                 Place::ControlListen(index)
             }
+            Scope::HttpListener => Place::HttpListener,
+            Scope::HttpListen => {
+                let address = parse_listen_address(name).map_err(|reason| {
+                    let kind = ConfigErrorKind::BadListenAddress {
+                        address: name.to_string(),
+                        reason,
+                    };
+                    self.error(file, line, kind)
+                })?;
+                if !self.http_listens.contains(&address) {
+                    self.http_listens.push(address);
+                }
+                Place::HttpListen
+            }
             Scope::EcLogger => {
                 let name = if name.is_empty() {
                     LOGGER_NAME_DEFAULT
@@ -811,6 +837,8 @@ impl Builder<'_> {
             Place::EsmtpListen(index) => self.listens[*index].1.set(key, typed),
             Place::ControlListener => self.control_listener.set(key, typed),
             Place::ControlListen(index) => self.control_listens[*index].1.set(key, typed),
+            // No option names these scopes (the table is checked first).
+            Place::HttpListener | Place::HttpListen => Err(typed),
             Place::EcLogger => {
                 let logger = self.logger.as_mut().expect("entered");
                 logger.1.set(key, typed)
@@ -935,6 +963,7 @@ impl Builder<'_> {
             delivery,
             esmtp_listeners,
             control_listeners,
+            http_listeners: self.http_listens,
             logger_name,
             logs,
             security,
@@ -1203,6 +1232,8 @@ mod tests {
                     Scope::EsmtpListen => format!("ESMTP_Listener {{ Listen :25 {{ {line} }} }}"),
                     Scope::ControlListener => format!("Control_Listener {{ {line} }}"),
                     Scope::ControlListen => format!("Control_Listener {{ Listen s {{ {line} }} }}"),
+                    Scope::HttpListener => format!("HTTP_Listener {{ {line} }}"),
+                    Scope::HttpListen => format!("HTTP_Listener {{ Listen :2081 {{ {line} }} }}"),
                     Scope::EcLogger => format!("ec_logger {{ {line} }}"),
                     Scope::Security => format!("Security {{ {line} }}"),
                     Scope::Host => format!("host mx.example {{ {line} }}"),

@@ -34,6 +34,7 @@ pub(super) enum Keyword {
     Domain,
     EsmtpListener,
     ControlListener,
+    HttpListener,
     Listen,
     EcLogger,
     Security,
@@ -42,12 +43,13 @@ pub(super) enum Keyword {
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 9] = [
+        const KEYWORDS: [(&str, Keyword); 10] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
             ("esmtp_listener", Keyword::EsmtpListener),
             ("control_listener", Keyword::ControlListener),
+            ("http_listener", Keyword::HttpListener),
             ("listen", Keyword::Listen),
             ("ec_logger", Keyword::EcLogger),
             ("security", Keyword::Security),

@@ -247,6 +247,7 @@ pub fn render(
             render_dns_lookup(parts, name, kinds)
         }
         ControlRequest::DnsCache(DnsCacheRequest::Flush) => render_dns_flushed(parts),
+        ControlRequest::Status => crate::http::render::render_shards(parts),
     }
 }
 
@@ -315,6 +316,7 @@ Commands:
   help                 this list
   version              the daemon's version
   summary              Summary Statistics, in total and per shard
+  shards               per shard: rates, queue sizes, accept-latency percentiles
   mailq [-d domain ...] [-b binding ...] [-l N]
                        queues with their active (AQ) and delayed (DQ) sizes
   active [N]           domains whose active queue holds more than N (default 0)
@@ -352,6 +354,7 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
             (format!("ecelerity {} (thread-per-core MTA)\n", crate::VERSION), Action::None)
         }
         [w] if w.eq_ignore_ascii_case("summary") => (summary(snapshot), Action::None),
+        [w] if w.eq_ignore_ascii_case("shards") => (String::new(), Action::Ask(ControlRequest::Status)),
         [w, args @ ..] if w.eq_ignore_ascii_case("mailq") => match parse_mailq(args) {
             Ok(request) => (String::new(), Action::Ask(request)),
             Err(e) => (format!("{e}\n"), Action::None),

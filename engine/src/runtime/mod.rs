@@ -143,6 +143,7 @@ pub fn start(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let mut threads = Vec::with_capacity(count);
     for id in 0..count {
+        let control = control.clone();
         let (config, stats, stop, serving, mesh, ready) = (
             config.clone(),
             stats.clone(),
@@ -168,6 +169,7 @@ pub fn start(
                     mesh,
                     ready,
                     control_queue,
+                    control,
                 })
                 .await;
             })

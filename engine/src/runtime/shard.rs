@@ -22,11 +22,13 @@ use glommio::sync::Gate;
 use super::StartError;
 use crate::clock::now_unix_ms;
 use crate::config::Config;
-use crate::control::{Envelope, CONTROL_POLL_MS};
+use crate::control::{ControlHandle, Envelope, CONTROL_POLL_MS};
 use crate::delivery::Outbound;
 use crate::dns::{system_nameservers, Resolver};
 use crate::env::{LiveConfig, ShardEnv, Stopping};
+use crate::http::{self, HttpContext, HTTP_SHARES};
 use crate::inbound::{accept_loop, shard_policy, Inbound};
+use crate::latency::RATE_SAMPLE_MS;
 use crate::log::ShardLogs;
 use crate::mesh::{dispatch, Inbox, Outcome, Router, ShardMsg};
 use crate::message::Messages;
@@ -71,6 +73,8 @@ pub(super) struct Setup {
     pub ready: mpsc::Sender<Result<(), StartError>>,
     /// Shard 0 only: control requests from threads outside the shards.
     pub control_queue: Option<Receiver<Envelope>>,
+    /// How this shard's HTTP listener asks every shard for its status.
+    pub control: ControlHandle,
 }
 
 /// One shard's rooms, wired.
@@ -158,6 +162,7 @@ pub(super) async fn run(setup: Setup) {
         mesh,
         ready,
         control_queue,
+        control,
     } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
@@ -239,6 +244,19 @@ pub(super) async fn run(setup: Setup) {
             Err(e) => return fail(&ready, id, format!("cannot listen on {}: {e}", l.address)),
         }
     }
+    let mut http_listeners = Vec::new();
+    for address in config.http_listeners() {
+        match glommio::net::TcpListener::bind(address) {
+            Ok(sock) => http_listeners.push(sock),
+            Err(e) => {
+                return fail(
+                    &ready,
+                    id,
+                    format!("cannot listen on {address} (HTTP): {e}"),
+                )
+            }
+        }
+    }
     let shard = wire(
         id,
         count,
@@ -290,6 +308,20 @@ pub(super) async fn run(setup: Setup) {
         ) {
             Ok(task) => accept_tasks.push(task),
             Err(e) => tracing::error!(shard = id, "cannot start an accept loop: {e}"),
+        }
+    }
+    // The HTTP listener in a queue of its own with few shares: a request
+    // waits for mail work, never the other way round.
+    let http_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(HTTP_SHARES),
+        glommio::Latency::NotImportant,
+        "http",
+    );
+    let http = HttpContext::new(id, shard.env.stats.clone(), control, http_queue);
+    for sock in http_listeners {
+        match glommio::spawn_local_into(http::accept_loop(http.clone(), sock), http_queue) {
+            Ok(task) => accept_tasks.push(task),
+            Err(e) => tracing::error!(shard = id, "cannot start an HTTP accept loop: {e}"),
         }
     }
     // Spool compaction in the background queue, at its configured pace:
@@ -348,6 +380,7 @@ fn wire(
         stats,
         logs,
         stopping: Stopping::default(),
+        latency: Default::default(),
     });
     let bindings = Rc::new(Bindings::from_config(config));
     let router = Rc::new(Router::new(env.clone(), bindings.clone(), senders));
@@ -408,6 +441,11 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
             .set(Counter::SpoolSegments, spool.segments as u64);
         shard.env.stats().set(Counter::SpoolSyncs, spool.syncs);
         shard.env.logs.flush();
+        if ticks.is_multiple_of(RATE_SAMPLE_MS / TICK_MS) {
+            let figures = shard.env.stats().figures();
+            let mut latency = shard.env.latency.borrow_mut();
+            latency.sample(Instant::now(), &figures);
+        }
         ticks += 1;
         if ticks.is_multiple_of(PRUNE_TICKS) {
             shard.outbound.prune();
