@@ -1589,6 +1589,43 @@ domain "example.com" {
     }
 
     #[test]
+    fn http_listener_listens_merge_and_take_momentums_address_forms() {
+        let config = parse(
+            "HTTP_Listener {\n Listen \":2081\" { }\n Listen \"127.0.0.1:8081\" { }\n}\n\
+             http_listener { Listen \"*:2081\" { } }",
+        );
+        let addresses: Vec<String> = config
+            .http_listeners()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(addresses, ["0.0.0.0:2081", "127.0.0.1:8081"]);
+        assert!(parse("").http_listeners().is_empty());
+        let dumped = config.dump();
+        assert!(
+            dumped.contains("HTTP_Listener {\n  Listen \"0.0.0.0:2081\" {"),
+            "{dumped}"
+        );
+    }
+
+    #[test]
+    fn error_in_http_listener() {
+        assert_eq!(
+            error("HTTP_Listener {\n  Listen \"localhost:2081\" { }\n}"),
+            "test.conf:2: bad listen address `localhost:2081`: the host must be an IPv4 address, \
+             `*`, or a bracketed IPv6 address"
+        );
+        assert!(
+            error("HTTP_Listener { Listen \":2081\" {\n idle_time = 5 } }")
+                .starts_with("test.conf:2: "),
+        );
+        assert!(
+            error("HTTP_Listener { Listen \":2081\" { Listen \":2082\" { } } }")
+                .starts_with("test.conf:1: ")
+        );
+    }
+
+    #[test]
     fn error_tcp_control_listener() {
         assert_eq!(
             error("Control_Listener {\n Listen \"127.0.0.1:2025\" { }\n}"),
