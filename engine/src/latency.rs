@@ -63,29 +63,46 @@ impl Recorder {
         self.sum_us = self.sum_us.saturating_add(us.saturating_mul(count));
     }
 
+    /// One pass over the recorded values (not over every slot of the
+    /// histogram): cumulative bucket counts and percentiles together, so
+    /// that answering a status request costs the shard little.
     fn summary(&self, bounds_s: &[f64]) -> LatencySummary {
         let h = &self.histogram;
-        let empty = h.is_empty();
-        let at = |q: f64| if empty { 0 } else { h.value_at_quantile(q) };
+        let count = h.len();
+        let bounds_us: Vec<u64> = bounds_s.iter().map(|b| (b * 1e6) as u64).collect();
+        let mut buckets = vec![0u64; bounds_us.len()];
+        const QUANTILES: [f64; 4] = [0.50, 0.90, 0.99, 0.999];
+        // The rank each percentile needs (at least 1: the smallest value).
+        let ranks = QUANTILES.map(|q| ((q * count as f64).ceil() as u64).max(1));
+        let mut percentiles = [0u64; 4];
+        let mut seen = 0u64;
+        for v in h.iter_recorded() {
+            let n = v.count_at_value();
+            // A slot counts under every bound at or above its lowest value
+            // (as `count_between` does); percentiles report its highest
+            // (as `value_at_quantile` does).
+            let lowest = h.lowest_equivalent(v.value_iterated_to());
+            let value = h.highest_equivalent(v.value_iterated_to());
+            let first = bounds_us.partition_point(|b| *b < lowest);
+            for b in &mut buckets[first..] {
+                *b += n;
+            }
+            for (p, rank) in percentiles.iter_mut().zip(ranks) {
+                if seen < rank && seen + n >= rank {
+                    *p = value;
+                }
+            }
+            seen += n;
+        }
         LatencySummary {
-            count: h.len(),
+            count,
             sum_us: self.sum_us,
-            buckets: bounds_s
-                .iter()
-                .map(|b| {
-                    let bound_us = (b * 1e6) as u64;
-                    if empty {
-                        0
-                    } else {
-                        h.count_between(0, bound_us.min(h.high()))
-                    }
-                })
-                .collect(),
-            p50_us: at(0.50),
-            p90_us: at(0.90),
-            p99_us: at(0.99),
-            p999_us: at(0.999),
-            max_us: if empty { 0 } else { h.max() },
+            buckets,
+            p50_us: percentiles[0],
+            p90_us: percentiles[1],
+            p99_us: percentiles[2],
+            p999_us: percentiles[3],
+            max_us: if count == 0 { 0 } else { h.max() },
         }
     }
 }
@@ -244,6 +261,32 @@ mod tests {
         assert!((49_000..=51_000).contains(&s.p50_us), "{s:?}");
         assert!((98_000..=101_000).contains(&s.p99_us), "{s:?}");
         assert!(s.max_us >= 99_000);
+    }
+
+    #[test]
+    fn one_pass_summary_agrees_with_hdrhistograms_own_queries() {
+        // Goal: the single pass gives what count_between and
+        // value_at_quantile give. Method: random latencies over six
+        // decades, both ways.
+        let mut rng = ecelerity_testkit::Rng::new(11);
+        let mut l = ShardLatency::default();
+        for _ in 0..5_000 {
+            let decade = 10u64.pow(rng.below(6) as u32 + 1);
+            l.record_accept(Duration::from_micros(rng.range(1, decade)));
+        }
+        let s = l.accept_summary();
+        let h = &l.accept.histogram;
+        for (bound, got) in ACCEPT_BUCKETS_S.iter().zip(&s.buckets) {
+            assert_eq!(
+                *got,
+                h.count_between(0, (bound * 1e6) as u64),
+                "bound {bound}"
+            );
+        }
+        assert_eq!(s.p50_us, h.value_at_quantile(0.5));
+        assert_eq!(s.p90_us, h.value_at_quantile(0.9));
+        assert_eq!(s.p99_us, h.value_at_quantile(0.99));
+        assert_eq!(s.p999_us, h.value_at_quantile(0.999));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 mod io;
 pub mod render;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,6 +51,10 @@ const WATCHDOG_MS: u64 = 250;
 pub const HTTP_STATUS_TIMEOUT_MS: u64 = 3_000;
 /// How often a waiting request looks for the shards' parts.
 const STATUS_POLL_MS: u64 = 5;
+/// A gathered status is reused by this shard's requests for this long, and
+/// one gather at a time runs per shard: however many clients poll, the
+/// shards answer at most one `Status` per HTTP shard per this interval.
+pub const HTTP_STATUS_CACHE_MS: u64 = 500;
 /// Shares of the HTTP task queue (the inbound and delivery queues have
 /// 1000 each): under load a request waits, mail does not.
 pub const HTTP_SHARES: usize = 100;
@@ -68,6 +72,10 @@ pub struct HttpContext {
     /// Open connections on this shard.
     connections: Cell<usize>,
     queue: glommio::TaskQueueHandle,
+    /// The last gathered status and when it was gathered.
+    cached: RefCell<Option<(Instant, Rc<Snapshot>)>>,
+    /// A gather is under way (others wait for its result).
+    gathering: Cell<bool>,
 }
 
 impl HttpContext {
@@ -83,6 +91,8 @@ impl HttpContext {
             control,
             connections: Cell::new(0),
             queue,
+            cached: RefCell::new(None),
+            gathering: Cell::new(false),
         })
     }
 }
@@ -205,6 +215,13 @@ async fn serve_connection(ctx: &Rc<HttpContext>, stream: TcpStream) {
     }
 }
 
+/// A gathered status and its renderings, each made once, on first use.
+struct Snapshot {
+    view: StatusView,
+    metrics: OnceCell<Bytes>,
+    json: OnceCell<Bytes>,
+}
+
 type Reply = Response<Full<Bytes>>;
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
@@ -251,23 +268,68 @@ async fn route(ctx: &Rc<HttpContext>, request: Request<Incoming>) -> Reply {
         "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         "/status.js" => reply(StatusCode::OK, "text/javascript; charset=utf-8", STATUS_JS),
         "/status.css" => reply(StatusCode::OK, "text/css; charset=utf-8", STATUS_CSS),
-        "/metrics" => match gather(ctx).await {
-            Ok(view) => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                render::prometheus(&view),
-            ),
+        "/metrics" => match status(ctx).await {
+            Ok(snapshot) => {
+                let body = snapshot
+                    .metrics
+                    .get_or_init(|| render::prometheus(&snapshot.view).into());
+                let content_type = "text/plain; version=0.0.4; charset=utf-8";
+                reply(StatusCode::OK, content_type, body.clone())
+            }
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("503: {e}\n")),
         },
-        _ => match gather(ctx).await {
-            Ok(view) => reply(
-                StatusCode::OK,
-                "application/json",
-                render::status_json(&view),
-            ),
+        _ => match status(ctx).await {
+            Ok(snapshot) => {
+                let body = snapshot
+                    .json
+                    .get_or_init(|| render::status_json(&snapshot.view).into());
+                reply(StatusCode::OK, "application/json", body.clone())
+            }
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("503: {e}\n")),
         },
     }
+}
+
+/// The engine's status, at most `HTTP_STATUS_CACHE_MS` old: a fresh enough
+/// copy is reused; otherwise one request gathers while the others wait.
+async fn status(ctx: &HttpContext) -> Result<Rc<Snapshot>, ControlError> {
+    let fresh = Duration::from_millis(HTTP_STATUS_CACHE_MS);
+    let deadline = Instant::now() + Duration::from_millis(HTTP_STATUS_TIMEOUT_MS);
+    loop {
+        if let Some((at, snapshot)) = &*ctx.cached.borrow() {
+            if at.elapsed() < fresh {
+                return Ok(snapshot.clone());
+            }
+        }
+        if !ctx.gathering.get() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(ControlError::Busy);
+        }
+        glommio::timer::sleep(Duration::from_millis(STATUS_POLL_MS)).await;
+    }
+    // Cleared on drop: a request whose connection is dropped mid-gather
+    // must not leave the flag set.
+    struct Gathering<'a>(&'a Cell<bool>);
+    impl Drop for Gathering<'_> {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    ctx.gathering.set(true);
+    let guard = Gathering(&ctx.gathering);
+    let gathered = gather(ctx).await;
+    drop(guard);
+    let snapshot = Rc::new(Snapshot {
+        view: gathered?,
+        metrics: OnceCell::new(),
+        json: OnceCell::new(),
+    });
+    *ctx.cached.borrow_mut() = Some((Instant::now(), snapshot.clone()));
+    // Rendering is the costly part: let queued mail work run first.
+    glommio::yield_if_needed().await;
+    Ok(snapshot)
 }
 
 /// Every shard's counters (read directly) and status (asked of each shard
