@@ -37,6 +37,8 @@ mod dkim;
 mod ec_ctl;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/http.rs"]
+mod http;
 #[path = "e2e/limits.rs"]
 mod limits;
 #[path = "e2e/logrotate.rs"]

@@ -205,6 +205,16 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
         w.close(0);
     }
 
+    if !settings.http_listeners.is_empty() {
+        w.line(0, "");
+        w.open(0, "HTTP_Listener", None);
+        for address in &settings.http_listeners {
+            w.open(1, "Listen", Some(&address.to_string()));
+            w.close(1);
+        }
+        w.close(0);
+    }
+
     w.line(0, "");
     w.open(0, "ec_logger", Some(&settings.logger_name));
     w.options(1, &LoggerOverrides::complete(&settings.logs).entries());

@@ -149,6 +149,9 @@ pub enum Scope {
     ControlListener,
     /// A `Listen` inside `Control_Listener`.
     ControlListen,
+    HttpListener,
+    /// A `Listen` inside `HTTP_Listener`.
+    HttpListen,
     EcLogger,
     Security,
     /// `host "mx.example" { }`: an MX host (or gateway) by name or address.
@@ -159,7 +162,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 12] = [
+    pub const ALL: [Scope; 14] = [
         Scope::Global,
         Scope::BindingGroup,
         Scope::Binding,
@@ -168,6 +171,8 @@ impl Scope {
         Scope::EsmtpListen,
         Scope::ControlListener,
         Scope::ControlListen,
+        Scope::HttpListener,
+        Scope::HttpListen,
         Scope::EcLogger,
         Scope::Security,
         Scope::Host,
@@ -184,6 +189,8 @@ impl Scope {
             Scope::EsmtpListen => "ESMTP_Listener Listen",
             Scope::ControlListener => "Control_Listener",
             Scope::ControlListen => "Control_Listener Listen",
+            Scope::HttpListener => "HTTP_Listener",
+            Scope::HttpListen => "HTTP_Listener Listen",
             Scope::EcLogger => "ec_logger",
             Scope::Security => "Security",
             Scope::Host => "host",

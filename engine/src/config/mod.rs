@@ -423,6 +423,11 @@ impl Config {
         &self.settings.control_listeners
     }
 
+    /// Every `HTTP_Listener` `Listen` address (served on every shard).
+    pub fn http_listeners(&self) -> &[std::net::SocketAddr] {
+        &self.settings.http_listeners
+    }
+
     pub fn logs(&self) -> &LogPaths {
         &self.settings.logs
     }
@@ -1716,6 +1721,43 @@ domain "example.com" {
         assert_eq!(
             error("ESMTP_Listener { Listen \"/tmp/smtp\" { } }"),
             "test.conf:1: bad listen address `/tmp/smtp`: missing `:port`"
+        );
+    }
+
+    #[test]
+    fn http_listener_listens_merge_and_take_momentums_address_forms() {
+        let config = parse(
+            "HTTP_Listener {\n Listen \":2081\" { }\n Listen \"127.0.0.1:8081\" { }\n}\n\
+             http_listener { Listen \"*:2081\" { } }",
+        );
+        let addresses: Vec<String> = config
+            .http_listeners()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(addresses, ["0.0.0.0:2081", "127.0.0.1:8081"]);
+        assert!(parse("").http_listeners().is_empty());
+        let dumped = config.dump();
+        assert!(
+            dumped.contains("HTTP_Listener {\n  Listen \"0.0.0.0:2081\" {"),
+            "{dumped}"
+        );
+    }
+
+    #[test]
+    fn error_in_http_listener() {
+        assert_eq!(
+            error("HTTP_Listener {\n  Listen \"localhost:2081\" { }\n}"),
+            "test.conf:2: bad listen address `localhost:2081`: the host must be an IPv4 address, \
+             `*`, or a bracketed IPv6 address"
+        );
+        assert!(
+            error("HTTP_Listener { Listen \":2081\" {\n idle_time = 5 } }")
+                .starts_with("test.conf:2: "),
+        );
+        assert!(
+            error("HTTP_Listener { Listen \":2081\" { Listen \":2082\" { } } }")
+                .starts_with("test.conf:1: ")
         );
     }
 

@@ -94,6 +94,8 @@ pub(super) struct Settings {
     pub(super) delivery: DeliveryOptions,
     pub(super) esmtp_listeners: Vec<ListenerConfig>,
     pub(super) control_listeners: Vec<ControlListenerConfig>,
+    /// Every `HTTP_Listener` `Listen` address, in file order.
+    pub(super) http_listeners: Vec<SocketAddr>,
     pub(super) logger_name: String,
     pub(super) logs: LogPaths,
     pub(super) security: Option<Security>,
@@ -386,6 +388,8 @@ enum Place {
     ControlListen(usize),
     /// A `Peer` of the Control_Listener: its index in `control_peers`.
     ControlPeer(usize),
+    HttpListener,
+    HttpListen,
     EcLogger,
     Security,
     /// A global `host` scope; the key is the lowercase name.
@@ -414,6 +418,8 @@ impl Place {
             Place::ControlListener => Scope::ControlListener,
             Place::ControlListen(_) => Scope::ControlListen,
             Place::ControlPeer(_) => Scope::ControlPeer,
+            Place::HttpListener => Scope::HttpListener,
+            Place::HttpListen => Scope::HttpListen,
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
             Place::Host(_) => Scope::Host,
@@ -450,6 +456,8 @@ struct Builder<'t> {
     /// Every `Peer` of the Control_Listener: the `Listen` it is in (`None`:
     /// the listener's own), its netblock and its `Enable`.
     control_peers: Vec<(Option<usize>, Cidr, bool)>,
+    /// `HTTP_Listener` `Listen` addresses, in order of first appearance.
+    http_listens: Vec<SocketAddr>,
     /// The instance name (never empty) and its paths.
     logger: Option<(String, LoggerOverrides)>,
     security: Option<SecurityOverrides>,
@@ -486,6 +494,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         control_listener: ControlOverrides::default(),
         control_listens: Vec::new(),
         control_peers: Vec::new(),
+        http_listens: Vec::new(),
         logger: None,
         security: None,
         domains: BTreeMap::new(),
@@ -581,12 +590,14 @@ impl Builder<'_> {
             }
             (Place::Global, Keyword::EsmtpListener) => Scope::EsmtpListener,
             (Place::Global, Keyword::ControlListener) => Scope::ControlListener,
+            (Place::Global, Keyword::HttpListener) => Scope::HttpListener,
             (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
             (Place::Global, Keyword::Security) => Scope::Security,
             (Place::Global, Keyword::Host) => Scope::Host,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
             (Place::ControlListener | Place::ControlListen(_), Keyword::Peer) => Scope::ControlPeer,
+            (Place::HttpListener, Keyword::Listen) => Scope::HttpListen,
             _ => return Err(not_allowed()),
         };
         let named = matches!(
@@ -598,6 +609,7 @@ impl Builder<'_> {
                 | Scope::EsmtpListen
                 | Scope::ControlListen
                 | Scope::ControlPeer
+                | Scope::HttpListen
         );
         let name = stanza.name.as_ref().map(|w| w.text.as_str());
         let name = match (named, name) {
@@ -741,6 +753,20 @@ impl Builder<'_> {
                 };
                 self.control_peers.push((listen, cidr, true));
                 Place::ControlPeer(self.control_peers.len() - 1)
+            }
+            Scope::HttpListener => Place::HttpListener,
+            Scope::HttpListen => {
+                let address = parse_listen_address(name).map_err(|reason| {
+                    let kind = ConfigErrorKind::BadListenAddress {
+                        address: name.to_string(),
+                        reason,
+                    };
+                    self.error(file, line, kind)
+                })?;
+                if !self.http_listens.contains(&address) {
+                    self.http_listens.push(address);
+                }
+                Place::HttpListen
             }
             Scope::EcLogger => {
                 let name = if name.is_empty() {
@@ -907,6 +933,8 @@ impl Builder<'_> {
             Place::ControlListener => self.control_listener.set(key, typed),
             Place::ControlListen(index) => self.control_listens[*index].1.set(key, typed),
             Place::ControlPeer(_) => unreachable!("handled by set_control_peer"),
+            // No option names these scopes (the table is checked first).
+            Place::HttpListener | Place::HttpListen => Err(typed),
             Place::EcLogger => {
                 let logger = self.logger.as_mut().expect("entered");
                 logger.1.set(key, typed)
@@ -1054,6 +1082,7 @@ impl Builder<'_> {
             delivery,
             esmtp_listeners,
             control_listeners,
+            http_listeners: self.http_listens,
             logger_name,
             logs,
             security,
@@ -1338,6 +1367,8 @@ mod tests {
                     Scope::EsmtpListen => format!("ESMTP_Listener {{ Listen :25 {{ {line} }} }}"),
                     Scope::ControlListener => format!("Control_Listener {{ {line} }}"),
                     Scope::ControlListen => format!("Control_Listener {{ Listen s {{ {line} }} }}"),
+                    Scope::HttpListener => format!("HTTP_Listener {{ {line} }}"),
+                    Scope::HttpListen => format!("HTTP_Listener {{ Listen :2081 {{ {line} }} }}"),
                     Scope::EcLogger => format!("ec_logger {{ {line} }}"),
                     Scope::Security => format!("Security {{ {line} }}"),
                     Scope::Host => format!("host mx.example {{ {line} }}"),

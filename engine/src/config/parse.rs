@@ -34,6 +34,7 @@ pub(super) enum Keyword {
     Domain,
     EsmtpListener,
     ControlListener,
+    HttpListener,
     Listen,
     EcLogger,
     Security,
@@ -47,12 +48,13 @@ pub(super) enum Keyword {
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 12] = [
+        const KEYWORDS: [(&str, Keyword); 13] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
             ("esmtp_listener", Keyword::EsmtpListener),
             ("control_listener", Keyword::ControlListener),
+            ("http_listener", Keyword::HttpListener),
             ("listen", Keyword::Listen),
             ("ec_logger", Keyword::EcLogger),
             ("security", Keyword::Security),

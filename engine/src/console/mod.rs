@@ -388,6 +388,7 @@ pub fn render(
         ControlRequest::DnsCache(DnsCacheRequest::Flush) => render_dns_flushed(parts),
         // `console::reload` asks and renders these itself.
         ControlRequest::Reload(_) | ControlRequest::ReopenLogs => String::new(),
+        ControlRequest::Status => crate::http::render::render_shards(parts),
     }
 }
 
@@ -475,6 +476,7 @@ Commands:
   pid                  the daemon's process id
   memory               the daemon's memory use
   sysinfo              the host: OS, CPUs, load, memory
+  shards               per shard: rates, queue sizes, accept-latency percentiles
   mailq [-d domain ...] [-b binding ...] [-l N]
                        queues with their active (AQ) and delayed (DQ) sizes
   active [N]           domains whose active queue holds more than N (default 0)
@@ -527,6 +529,7 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
         [w] if w.eq_ignore_ascii_case("pid") => (format!("{}\n", snapshot.pid), Action::None),
         [w] if w.eq_ignore_ascii_case("memory") => (String::new(), Action::Memory),
         [w] if w.eq_ignore_ascii_case("sysinfo") => (String::new(), Action::Sysinfo),
+        [w] if w.eq_ignore_ascii_case("shards") => (String::new(), Action::Ask(ControlRequest::Status)),
         [w, args @ ..] if w.eq_ignore_ascii_case("mailq") => match parse_mailq(args) {
             Ok(request) => (String::new(), Action::Ask(request)),
             Err(e) => (format!("{e}\n"), Action::None),

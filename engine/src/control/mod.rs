@@ -114,6 +114,10 @@ pub enum ControlRequest {
     /// `reopen logs` / SIGUSR1: every shard flushes its log buffers to the
     /// files it has open, then opens the paths again.
     ReopenLogs,
+    /// The HTTP listener's `/metrics` and `/api/v1/status`, and console
+    /// `shards`: every non-empty queue with its sizes, and the shard's
+    /// rates and latency summaries.
+    Status,
 }
 
 /// A configuration a reload hands to every shard; two are equal when they
@@ -240,6 +244,18 @@ pub enum ControlReply {
     LogsReopened {
         error: Option<String>,
     },
+    /// `Status`: this shard's queues, rates and latencies.
+    Status(Box<ShardStatus>),
+}
+
+/// One shard's part of a `Status` answer: cheap copies, made on the shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// Non-empty queues (at most `MAILQ_ROWS_MAX`).
+    pub queues: Vec<QueueRow>,
+    pub rates: crate::latency::Rates,
+    pub accept: crate::latency::LatencySummary,
+    pub delivery: crate::latency::LatencySummary,
 }
 
 /// One (binding, domain) queue as `domain` shows it.
@@ -405,6 +421,30 @@ impl ControlHandle {
         )
     }
 
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    /// Sends `request` to every shard without waiting: the parts arrive on
+    /// the returned channel as `(shard, part)` (for askers that must not
+    /// block, such as a shard's HTTP task, which polls it).
+    pub fn start(
+        &self,
+        request: ControlRequest,
+    ) -> Result<Receiver<(usize, ControlReply)>, ControlError> {
+        let (reply, parts) = crossbeam::channel::bounded(self.shard_count);
+        let envelope = Envelope {
+            request,
+            reply,
+            fan_out: true,
+        };
+        match self.to_first_shard.try_send(envelope) {
+            Ok(()) => Ok(parts),
+            Err(TrySendError::Full(_)) => Err(ControlError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(ControlError::Stopped),
+        }
+    }
+
     /// Asks every shard and returns their parts in shard order.
     pub fn ask_all(
         &self,
@@ -492,6 +532,20 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
         // Carried out by the shard itself (`runtime`), never here.
         ControlRequest::Reload(_) => ControlReply::Reloaded { errors: Vec::new() },
         ControlRequest::ReopenLogs => ControlReply::LogsReopened { error: None },
+        ControlRequest::Status => {
+            let all = ControlRequest::Mailq {
+                domains: Vec::new(),
+                bindings: Vec::new(),
+                limit: MAILQ_ROWS_MAX,
+            };
+            let ControlReply::Mailq(queues) = answer(&all, queues, bindings) else {
+                unreachable!("mailq answers with rows")
+            };
+            ControlReply::Status(Box::new(ShardStatus {
+                queues,
+                ..ShardStatus::default()
+            }))
+        }
         ControlRequest::Domains { .. } => {
             let mut rows: Vec<DomainRow> = Vec::new();
             for q in queues.iter() {

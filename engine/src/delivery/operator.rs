@@ -112,6 +112,17 @@ impl Outbound {
             ControlRequest::Suspend { target, suspend } => self.suspend(target, *suspend),
             ControlRequest::Reroute { from, to } => ControlReply::Moved(self.reroute(from, to)),
             ControlRequest::DnsCache(request) => self.dns_cache(request),
+            ControlRequest::Status => {
+                let reply = control::answer(request, &self.queues.borrow(), &self.bindings);
+                let ControlReply::Status(mut status) = reply else {
+                    unreachable!("status answers with a status")
+                };
+                let latency = self.env.latency.borrow();
+                status.rates = latency.rates();
+                status.accept = latency.accept_summary();
+                status.delivery = latency.delivery_summary();
+                ControlReply::Status(status)
+            }
             _ => control::answer(request, &self.queues.borrow(), &self.bindings),
         }
     }

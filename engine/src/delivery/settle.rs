@@ -223,6 +223,11 @@ pub(super) async fn settle(
     let stats = out.env.stats();
     let failed = reports.len() as u64;
     stats.add(Counter::Delivered, delivered.len() as u64);
+    let age_ms = now_unix_ms().saturating_sub(entry.received_unix_ms);
+    out.env
+        .latency
+        .borrow_mut()
+        .record_delivery(age_ms, delivered.len() as u64);
     stats.add(Counter::Failed, failed);
     stats.add(Counter::TransientFailures, retry.len() as u64);
     if let Some(q) = out.queues.borrow_mut().get_mut(id) {

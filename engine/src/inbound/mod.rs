@@ -504,6 +504,7 @@ async fn drive_session(
             match event {
                 Event::Validate(_) => unreachable!("answered above"),
                 Event::Message(envelope) => {
+                    let accepting = Instant::now();
                     let (outcome, body) = match streaming.take() {
                         Some(body) => (receive_streamed(shard, conn, body, envelope).await, None),
                         None => {
@@ -512,6 +513,10 @@ async fn drive_session(
                             (outcome, Some(body))
                         }
                     };
+                    if matches!(outcome, SpoolOutcome::Queued { .. }) {
+                        let took = accepting.elapsed();
+                        shard.env.latency.borrow_mut().record_accept(took);
+                    }
                     session.spooled(outcome);
                     if let Some(body) = body {
                         session.recycle_body(body);

@@ -163,6 +163,7 @@ pub fn start(
     let mut threads = Vec::with_capacity(count);
     for id in 0..count {
         let dkim = dkim.clone();
+        let control = control.clone();
         let (config, stats, stop, serving, mesh, ready) = (
             config.clone(),
             stats.clone(),
@@ -192,6 +193,7 @@ pub fn start(
                     ready,
                     control_queue,
                     dkim,
+                    control,
                 })
                 .await;
             })

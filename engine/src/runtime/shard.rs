@@ -27,11 +27,13 @@ use glommio::sync::Gate;
 use super::StartError;
 use crate::clock::now_unix_ms;
 use crate::config::{Config, ListenerConfig};
-use crate::control::{ControlReply, ControlRequest, Envelope, CONTROL_POLL_MS};
+use crate::control::{ControlHandle, ControlReply, ControlRequest, Envelope, CONTROL_POLL_MS};
 use crate::delivery::Outbound;
 use crate::dns::{system_nameservers, Resolver};
 use crate::env::{LiveConfig, ShardEnv, Stopping};
+use crate::http::{self, HttpContext, HTTP_SHARES};
 use crate::inbound::{accept_loop, shard_policy, Inbound, LiveListener};
+use crate::latency::RATE_SAMPLE_MS;
 use crate::log::{format_heartbeat, ShardLogs};
 use crate::mesh::{dispatch, Inbox, Outcome, Router, ShardMsg};
 use crate::message::Messages;
@@ -78,6 +80,8 @@ pub(super) struct Setup {
     pub control_queue: Option<Receiver<Envelope>>,
     /// The DKIM signers (`opendkim`), loaded once before the shards start.
     pub dkim: Option<Arc<crate::dkim::Signers>>,
+    /// How this shard's HTTP listener asks every shard for its status.
+    pub control: ControlHandle,
 }
 
 /// One shard's rooms, wired.
@@ -257,6 +261,7 @@ pub(super) async fn run(setup: Setup) {
         ready,
         control_queue,
         dkim,
+        control,
     } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
@@ -342,6 +347,19 @@ pub(super) async fn run(setup: Setup) {
             Err(e) => return fail(&ready, id, format!("cannot listen on {}: {e}", l.address)),
         }
     }
+    let mut http_listeners = Vec::new();
+    for address in config.http_listeners() {
+        match glommio::net::TcpListener::bind(address) {
+            Ok(sock) => http_listeners.push(sock),
+            Err(e) => {
+                return fail(
+                    &ready,
+                    id,
+                    format!("cannot listen on {address} (HTTP): {e}"),
+                )
+            }
+        }
+    }
     let shard = wire(
         id,
         count,
@@ -392,6 +410,21 @@ pub(super) async fn run(setup: Setup) {
             tracing::error!(shard = id, "{e}");
         }
     }
+    // The HTTP listener in a queue of its own with few shares: a request
+    // waits for mail work, never the other way round.
+    let http_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(HTTP_SHARES),
+        glommio::Latency::NotImportant,
+        "http",
+    );
+    let http = HttpContext::new(id, shard.env.stats.clone(), control, http_queue);
+    let mut http_tasks = Vec::new();
+    for sock in http_listeners {
+        match glommio::spawn_local_into(http::accept_loop(http.clone(), sock), http_queue) {
+            Ok(task) => http_tasks.push(task),
+            Err(e) => tracing::error!(shard = id, "cannot start an HTTP accept loop: {e}"),
+        }
+    }
     // Spool compaction in the background queue, at its configured pace:
     // never in the path of a message.
     let compaction = shard
@@ -413,6 +446,9 @@ pub(super) async fn run(setup: Setup) {
 
     // Graceful stop: no new connections, open sessions finish or get 421.
     shard.stop_listening();
+    for t in http_tasks {
+        t.cancel().await;
+    }
     shard.env.stopping.start();
     let _ = glommio::timer::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), async {
         let _ = shard.inbound.sessions.close().await;
@@ -447,6 +483,7 @@ fn wire(
         stats,
         logs,
         stopping: Stopping::default(),
+        latency: Default::default(),
     });
     let bindings = Rc::new(Bindings::from_config(config));
     let router = Rc::new(Router::new(env.clone(), bindings.clone(), senders));
@@ -515,6 +552,11 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
         shard.env.stats().set(Counter::SpoolSyncs, spool.syncs);
         shard.env.stats().add(Counter::ShardTicks, 1);
         shard.env.logs.flush();
+        if ticks.is_multiple_of(RATE_SAMPLE_MS / TICK_MS) {
+            let figures = shard.env.stats().figures();
+            let mut latency = shard.env.latency.borrow_mut();
+            latency.sample(Instant::now(), &figures);
+        }
         ticks += 1;
         if ticks.is_multiple_of(PRUNE_TICKS) {
             shard.outbound.prune();
