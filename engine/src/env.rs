@@ -15,6 +15,7 @@ use std::sync::Arc;
 use glommio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::log::ShardLogs;
 use crate::stats::{EngineStats, ShardStats};
 
@@ -88,6 +89,8 @@ pub struct ShardEnv {
     pub config: LiveConfig,
     pub stats: Arc<EngineStats>,
     pub logs: ShardLogs,
+    /// The JSON-lines event log (a no-op when `eventlog` is unset).
+    pub events: EventLog,
     pub stopping: Stopping,
 }
 

@@ -31,6 +31,7 @@ pub mod control;
 pub mod delivery;
 pub mod dns;
 pub mod env;
+pub mod events;
 pub mod inbound;
 pub mod log;
 pub mod mesh;

@@ -68,6 +68,12 @@ counters! {
     SpoolSegments => "spool_segments", Gauge, "Segment files in this shard's spool.";
     SpoolSyncs => "spool_syncs", Counter, "fdatasync calls of this shard's spool.";
     LiveMessages => "live_messages", Gauge, "Messages spooled here and not yet final.";
+    WebhookEndpoints => "webhook_endpoints", Gauge, "Configured webhook endpoints (shard 0 only).";
+    WebhookEndpointsFailing => "webhook_endpoints_failing", Gauge, "Webhook endpoints whose last POST failed (shard 0 only).";
+    WebhookEventsSent => "webhook_events_sent", Counter, "Events accepted by webhook endpoints (shard 0 only).";
+    WebhookPostFailures => "webhook_post_failures", Counter, "Webhook POSTs that failed: no connection, timeout or non-2xx (shard 0 only).";
+    WebhookBacklogBytes => "webhook_backlog_bytes", Gauge, "Event log bytes not yet sent, over every webhook endpoint (shard 0 only).";
+    WebhookBytesSkipped => "webhook_bytes_skipped", Counter, "Event log bytes skipped because an endpoint lagged more than its max_backlog_bytes (shard 0 only).";
 }
 
 /// How many values a block holds.

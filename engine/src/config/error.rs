@@ -122,6 +122,16 @@ pub enum ConfigErrorKind {
     },
     #[error("more than {max} `outbound_throttle_*` settings: each is a token bucket of its own; set the throttle in a binding_group or binding to share one")]
     TooManyThrottles { max: u32 },
+    #[error("webhook `{name}` has no `target`")]
+    WebhookWithoutTarget { name: String },
+    #[error("webhook `{name}` needs an `eventlog` in the ec_logger stanza (its events are read from there)")]
+    WebhookWithoutEventlog { name: String },
+    #[error("webhook `{name}`: `auth_token` must be printable ASCII")]
+    BadWebhookToken { name: String },
+    #[error("bad webhook target `{value}`: {reason}")]
+    BadWebhookTarget { value: String, reason: &'static str },
+    #[error("`events`: unknown event type `{value}` (known: {known})")]
+    UnknownEventType { value: String, known: String },
     #[error("second ec_logger instance `{name}`: only one (`{first}`) is supported")]
     SecondLogger { name: String, first: String },
 }
@@ -143,10 +153,12 @@ pub enum Scope {
     Security,
     /// `host "mx.example" { }`: an MX host (or gateway) by name or address.
     Host,
+    /// `webhook "name" { target = "http://..." }`: an event endpoint.
+    Webhook,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 11] = [
+    pub const ALL: [Scope; 12] = [
         Scope::Global,
         Scope::BindingGroup,
         Scope::Binding,
@@ -158,6 +170,7 @@ impl Scope {
         Scope::EcLogger,
         Scope::Security,
         Scope::Host,
+        Scope::Webhook,
     ];
 
     pub fn name(self) -> &'static str {
@@ -173,6 +186,7 @@ impl Scope {
             Scope::EcLogger => "ec_logger",
             Scope::Security => "Security",
             Scope::Host => "host",
+            Scope::Webhook => "webhook",
         }
     }
 

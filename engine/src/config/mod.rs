@@ -33,7 +33,10 @@ use std::time::Duration;
 use ecelerity_policy::Cidr;
 
 pub use error::{ConfigError, ConfigErrorKind, Scope};
-pub use options::{ControlListenerConfig, DeliveryOptions, ListenerConfig, LogPaths, Security};
+pub use model::parse_webhook_target;
+pub use options::{
+    ControlListenerConfig, DeliveryOptions, ListenerConfig, LogPaths, Security, WebhookConfig,
+};
 
 // Built-in defaults and accepted ranges. Seconds and bytes are whole
 // numbers in the file; ranges are inclusive.
@@ -167,6 +170,23 @@ pub const REJECTLOG_DEFAULT: &str = "/var/log/ecelerity/rejectlog.ec";
 pub const PANICLOG_DEFAULT: &str = "/var/log/ecelerity/paniclog.ec";
 /// Momentum's bounce_logger default; here an `ec_logger` option.
 pub const BOUNCELOG_DEFAULT: &str = "/var/log/ecelerity/bouncelog.ec";
+
+/// Event types a `webhook` may ask for (`events`), as SparkPost names them.
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "injection",
+    "delivery",
+    "delay",
+    "bounce",
+    "policy_rejection",
+];
+/// Events per webhook POST: default and maximum of `batch_size`.
+pub const WEBHOOK_BATCH_SIZE_DEFAULT: u32 = 100;
+pub const WEBHOOK_BATCH_SIZE_MAX: u64 = 10_000;
+/// How far (bytes of event log) a webhook may lag before its oldest events
+/// are skipped: default and bounds of `max_backlog_bytes`.
+pub const WEBHOOK_BACKLOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+pub const WEBHOOK_BACKLOG_BYTES_MIN: u64 = 1000;
+pub const WEBHOOK_BACKLOG_BYTES_MAX: u64 = 1 << 40;
 
 /// The binding (and binding group) that exists without being declared and
 /// takes all mail not assigned elsewhere.
@@ -389,6 +409,11 @@ impl Config {
 
     pub fn logs(&self) -> &LogPaths {
         &self.settings.logs
+    }
+
+    /// The `webhook` stanzas, in file order.
+    pub fn webhooks(&self) -> &[WebhookConfig] {
+        &self.settings.webhooks
     }
 
     /// The `Security` stanza, if one was written.
@@ -869,6 +894,7 @@ domain "example.com" {
                 rejectlog: "/logs/reject.ec".into(),
                 paniclog: "/logs/panic.ec".into(),
                 bouncelog: "/logs/bounce.ec".into(),
+                eventlog: None,
             }
         );
         assert_eq!(

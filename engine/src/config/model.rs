@@ -105,6 +105,8 @@ pub(super) struct Settings {
     pub(super) bindings: BTreeMap<String, BindingScope>,
     /// Global `host` scopes, keyed by lowercase name.
     pub(super) hosts: BTreeMap<String, HostScope>,
+    /// `webhook` stanzas, in file order.
+    pub(super) webhooks: Vec<WebhookConfig>,
 }
 
 impl Settings {
@@ -346,6 +348,34 @@ fn parse_route_host(text: &str) -> Result<String, &'static str> {
 }
 
 /// Digits only; `None` for anything else, including overflow.
+/// A webhook target: `http://host[:port][/path]`; the port defaults to 80
+/// and the path to `/`. Returns (host, port, path). (https waits for the
+/// TLS client.)
+pub fn parse_webhook_target(text: &str) -> Result<(String, u16, String), &'static str> {
+    let Some(rest) = text.strip_prefix("http://") else {
+        return Err("only http:// targets are supported");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if path.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err("the path may not contain spaces or control characters");
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            let port = port.parse::<u16>().map_err(|_| "bad port")?;
+            (host, port)
+        }
+        _ => (authority, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 || host.contains('@') {
+        return Err("needs a host and a port other than 0");
+    }
+    Ok((host.to_string(), port, path.to_string()))
+}
+
 fn parse_decimal(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -386,6 +416,8 @@ enum Place {
     Security,
     /// A global `host` scope; the key is the lowercase name.
     Host(String),
+    /// Index into `Builder::webhooks`.
+    Webhook(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -412,6 +444,7 @@ impl Place {
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
             Place::Host(_) => Scope::Host,
+            Place::Webhook(_) => Scope::Webhook,
         }
     }
 }
@@ -452,6 +485,16 @@ struct Builder<'t> {
     hosts: BTreeMap<String, HostScope>,
     /// Throttle settings read so far: the next one's bucket.
     throttles: u32,
+    /// `webhook` stanzas in order of first appearance (same name merges),
+    /// with where each was first written.
+    webhooks: Vec<WebhookStanza>,
+}
+
+struct WebhookStanza {
+    name: String,
+    file: FileId,
+    line: u32,
+    overrides: WebhookOverrides,
 }
 
 /// What `build` makes of a tree.
@@ -481,11 +524,13 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         unheeded: Vec::new(),
         hosts: BTreeMap::new(),
         throttles: 0,
+        webhooks: Vec::new(),
     };
     builder
         .groups
         .insert(DEFAULT_BINDING.to_string(), GroupScope::default());
     builder.walk(&Place::Global, &tree.items)?;
+    builder.check_webhooks()?;
     Ok(builder.finish())
 }
 
@@ -534,6 +579,7 @@ impl Builder<'_> {
             (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
             (Place::Global, Keyword::Security) => Scope::Security,
             (Place::Global, Keyword::Host) => Scope::Host,
+            (Place::Global, Keyword::Webhook) => Scope::Webhook,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
             _ => return Err(not_allowed()),
@@ -544,6 +590,7 @@ impl Builder<'_> {
                 | Scope::Binding
                 | Scope::Domain
                 | Scope::Host
+                | Scope::Webhook
                 | Scope::EsmtpListen
                 | Scope::ControlListen
         );
@@ -577,6 +624,16 @@ impl Builder<'_> {
             {
                 return Err(bad_name(
                     "names may not be empty or contain spaces or colons",
+                ));
+            }
+            Scope::Webhook
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                return Err(bad_name(
+                    "webhook names are letters, digits, `-`, `_` and `.`",
                 ));
             }
             Scope::Host if name.is_empty() || name.chars().any(char::is_whitespace) => {
@@ -638,6 +695,21 @@ impl Builder<'_> {
                     max_outbound_connections: None,
                 });
                 Place::Host(key)
+            }
+            Scope::Webhook => {
+                let index = match self.webhooks.iter().position(|w| w.name == name) {
+                    Some(index) => index,
+                    None => {
+                        self.webhooks.push(WebhookStanza {
+                            name: name.to_string(),
+                            file,
+                            line,
+                            overrides: WebhookOverrides::default(),
+                        });
+                        self.webhooks.len() - 1
+                    }
+                };
+                Place::Webhook(index)
             }
             Scope::EsmtpListener => Place::EsmtpListener,
             Scope::EsmtpListen => {
@@ -824,6 +896,7 @@ impl Builder<'_> {
                 }
                 (_, typed) => Err(typed),
             },
+            Place::Webhook(index) => self.webhooks[*index].overrides.set(key, typed),
         };
         // The option table said this scope takes this option; a setter that
         // does not is a bug in this file.
@@ -854,6 +927,34 @@ impl Builder<'_> {
             Err(typed) => typed,
         };
         self.global_delivery.set(key, typed)
+    }
+
+    /// Every webhook has a target and a printable token, and the events
+    /// it sends are written somewhere.
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
+        let eventlog = self
+            .logger
+            .as_ref()
+            .is_some_and(|(_, l)| l.eventlog.is_some());
+        for w in &self.webhooks {
+            let name = w.name.clone();
+            let kind = if w.overrides.target.is_none() {
+                ConfigErrorKind::WebhookWithoutTarget { name }
+            } else if !eventlog {
+                ConfigErrorKind::WebhookWithoutEventlog { name }
+            } else if w
+                .overrides
+                .auth_token
+                .as_ref()
+                .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+            {
+                ConfigErrorKind::BadWebhookToken { name }
+            } else {
+                continue;
+            };
+            return Err(self.error(w.file, w.line, kind));
+        }
+        Ok(())
     }
 
     /// Remembers a setting that the engine may not act on.
@@ -929,6 +1030,16 @@ impl Builder<'_> {
             overrides.apply(&mut security);
             security
         });
+        let webhooks = self
+            .webhooks
+            .iter()
+            .map(|stanza| {
+                let mut webhook = WebhookConfig::builtin();
+                webhook.name = stanza.name.clone();
+                stanza.overrides.apply(&mut webhook);
+                webhook
+            })
+            .collect();
         let settings = Settings {
             global,
             inbound,
@@ -942,6 +1053,7 @@ impl Builder<'_> {
             groups: self.groups,
             bindings: self.bindings,
             hosts: self.hosts,
+            webhooks,
         };
         Built {
             settings,
@@ -1045,6 +1157,35 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         }
         return Ok(Typed::Routes(routes));
     }
+    if kind == Kind::EventTypes {
+        let items: &[Word] = match value {
+            Value::Scalar(word) => std::slice::from_ref(word),
+            Value::List(items) => items,
+        };
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let known = WEBHOOK_EVENT_TYPES.iter().find(|t| **t == item.text);
+            let Some(known) = known else {
+                let kind = ConfigErrorKind::UnknownEventType {
+                    value: item.text.clone(),
+                    known: WEBHOOK_EVENT_TYPES.join(", "),
+                };
+                return Err((Some(item.line), kind));
+            };
+            if !names.iter().any(|n| n == known) {
+                names.push(known.to_string());
+            }
+        }
+        if names.is_empty() {
+            let kind = ConfigErrorKind::WrongType {
+                option: option.to_string(),
+                expected: kind.expected(),
+                got: "an empty list".into(),
+            };
+            return Err((None, kind));
+        }
+        return Ok(Typed::Names(names));
+    }
     let word = match value {
         Value::Scalar(word) => word,
         Value::List(_) => return Err((None, wrong_type("a list".into(), 0).1)),
@@ -1146,7 +1287,19 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
             rate: parse_rate(text).ok_or_else(|| wrong_type(got(), line))?,
             bucket: 0,
         }),
-        Kind::CidrList | Kind::NameserverList | Kind::Routes => unreachable!("handled above"),
+        Kind::WebhookTarget => {
+            parse_webhook_target(text).map_err(|reason| {
+                let kind = ConfigErrorKind::BadWebhookTarget {
+                    value: text.to_string(),
+                    reason,
+                };
+                (Some(line), kind)
+            })?;
+            Typed::Text(text.to_string())
+        }
+        Kind::CidrList | Kind::NameserverList | Kind::Routes | Kind::EventTypes => {
+            unreachable!("handled above")
+        }
     };
     Ok(typed)
 }
@@ -1180,6 +1333,8 @@ mod tests {
             Kind::MaxRetries => "auto",
             Kind::FileMode => "0640",
             Kind::Rate => "50/1",
+            Kind::EventTypes => "delivery",
+            Kind::WebhookTarget => "http://127.0.0.1:8080/hook",
         }
     }
 
@@ -1206,6 +1361,9 @@ mod tests {
                     Scope::EcLogger => format!("ec_logger {{ {line} }}"),
                     Scope::Security => format!("Security {{ {line} }}"),
                     Scope::Host => format!("host mx.example {{ {line} }}"),
+                    Scope::Webhook => format!(
+                        "ec_logger {{ eventlog = e }} webhook w {{ target = \"http://127.0.0.1/\" {line} }}"
+                    ),
                 };
                 let tree = super::super::parse::parse_tree(&text, "t".as_ref()).unwrap();
                 if let Err(error) = build(&tree) {
@@ -1238,7 +1396,7 @@ mod tests {
         // settings, turned back into dump entries, hold that exact value.
         type Resolve = fn(&Settings) -> Vec<(&'static str, Typed)>;
         type Family = (&'static [OptionSpec], fn(&str) -> String, Resolve);
-        let families: [Family; 6] = [
+        let families: [Family; 7] = [
             (
                 GLOBAL_SPECS,
                 |line| line.to_string(),
@@ -1268,6 +1426,15 @@ mod tests {
                 OUTBOUND_SPECS,
                 |line| format!("binding_group g {{ binding b {{ domain d {{ {line} }} }} }}"),
                 |s| DeliveryOverrides::complete(&s.delivery("b", "d")).entries(),
+            ),
+            (
+                WEBHOOK_SPECS,
+                |line| {
+                    format!(
+                        "ec_logger {{ eventlog = e }} webhook w {{ target = \"http://127.0.0.1/\" {line} }}"
+                    )
+                },
+                |s| WebhookOverrides::complete(&s.webhooks[0]).entries(),
             ),
         ];
         let mut checked = 0;

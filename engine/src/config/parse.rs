@@ -38,11 +38,12 @@ pub(super) enum Keyword {
     EcLogger,
     Security,
     Host,
+    Webhook,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 9] = [
+        const KEYWORDS: [(&str, Keyword); 10] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -52,6 +53,7 @@ impl Keyword {
             ("ec_logger", Keyword::EcLogger),
             ("security", Keyword::Security),
             ("host", Keyword::Host),
+            ("webhook", Keyword::Webhook),
         ];
         KEYWORDS
             .iter()

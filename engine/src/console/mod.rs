@@ -594,7 +594,7 @@ pub fn summary(s: &Snapshot) -> String {
     let t = s.total();
     let mut out = String::from("Summary Statistics\n\n");
     use Counter::*;
-    let rows: [(&str, String); 14] = [
+    let rows: [(&str, String); 15] = [
         (
             "Outbound Concurrency",
             t.get(OutboundConnections).to_string(),
@@ -617,6 +617,14 @@ pub fn summary(s: &Snapshot) -> String {
         ("Received Messages", t.get(MessagesReceived).to_string()),
         ("Received Bytes", t.get(BytesReceived).to_string()),
         ("Spool Segments", t.get(SpoolSegments).to_string()),
+        (
+            "Failing Webhooks",
+            format!(
+                "{} of {}",
+                t.get(WebhookEndpointsFailing),
+                t.get(WebhookEndpoints)
+            ),
+        ),
         ("Uptime", format!("{} seconds", s.uptime_secs)),
     ];
     for (label, value) in rows {

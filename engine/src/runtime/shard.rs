@@ -26,6 +26,7 @@ use crate::control::{Envelope, CONTROL_POLL_MS};
 use crate::delivery::Outbound;
 use crate::dns::{system_nameservers, Resolver};
 use crate::env::{LiveConfig, ShardEnv, Stopping};
+use crate::events::EventLog;
 use crate::inbound::{accept_loop, shard_policy, Inbound};
 use crate::log::ShardLogs;
 use crate::mesh::{dispatch, Inbox, Outcome, Router, ShardMsg};
@@ -232,6 +233,17 @@ pub(super) async fn run(setup: Setup) {
             return;
         }
     };
+    let events = match EventLog::open(config.logs().eventlog.as_deref(), id, now_unix_ms()) {
+        Ok(e) => e,
+        Err(source) => {
+            let _ = ready.send(Err(StartError::Io {
+                shard: id,
+                what: "cannot open the eventlog".into(),
+                source,
+            }));
+            return;
+        }
+    };
     let mut listeners = Vec::new();
     for l in config.esmtp_listeners().iter().filter(|l| l.enabled) {
         match glommio::net::TcpListener::bind(l.address) {
@@ -244,7 +256,7 @@ pub(super) async fn run(setup: Setup) {
         count,
         &config,
         stats,
-        logs,
+        (logs, events),
         senders,
         spool,
         recovery.max_id,
@@ -325,6 +337,7 @@ pub(super) async fn run(setup: Setup) {
         tracing::error!(shard = id, "spool: final sync failed: {e}");
     }
     shard.env.logs.flush();
+    shard.env.events.flush();
     tracing::info!(shard = id, "stopped");
 }
 
@@ -335,7 +348,7 @@ fn wire(
     count: usize,
     config: &Arc<Config>,
     stats: Arc<EngineStats>,
-    logs: ShardLogs,
+    (logs, events): (ShardLogs, EventLog),
     senders: glommio::channels::channel_mesh::Senders<ShardMsg>,
     spool: Spool,
     max_recovered_id: u64,
@@ -347,6 +360,7 @@ fn wire(
         config: LiveConfig::new(config.clone()),
         stats,
         logs,
+        events,
         stopping: Stopping::default(),
     });
     let bindings = Rc::new(Bindings::from_config(config));
@@ -408,6 +422,7 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
             .set(Counter::SpoolSegments, spool.segments as u64);
         shard.env.stats().set(Counter::SpoolSyncs, spool.syncs);
         shard.env.logs.flush();
+        shard.env.events.flush();
         ticks += 1;
         if ticks.is_multiple_of(PRUNE_TICKS) {
             shard.outbound.prune();
