@@ -29,6 +29,8 @@ mod diskfull;
 mod diskfull_heal;
 #[path = "e2e/ec_ctl.rs"]
 mod ec_ctl;
+#[path = "e2e/events.rs"]
+mod events;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/limits.rs"]

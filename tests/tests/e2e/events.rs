@@ -1,0 +1,336 @@
+//! The event log and webhooks (issue 11 item 5). Method: the daemon writes
+//! `eventlog` and POSTs to a `webhook` whose target is a Python
+//! `http.server` receiver (tests/py/webhook_receiver.py) that records every
+//! event of every batch with the token header it came with. Mail goes to
+//! the aiosmtpd sink, started late so that the first message is deferred
+//! first; its `reject*` recipient then bounces (550 5.1.1). The receiver is
+//! stopped while more mail flows, restarted on the same port, and the
+//! daemon is restarted: every event of the log must reach it exactly once,
+//! in the log's order per message.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ecelerity_tests::{
+    complete_lines, free_port, poll_until, py_dir, python, summary_value, ChildGuard, Daemon, Sink,
+    SmtpClient, TempDir, TestConfig,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "t0ken-for-tests";
+/// Events per POST, small so that a backlog takes several batches.
+const BATCH_SIZE: usize = 3;
+
+/// The webhook receiver as a child process.
+struct Receiver {
+    dir: PathBuf,
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+impl Receiver {
+    fn start(dir: &Path, port: u16) -> Receiver {
+        let mut r = Receiver {
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(python())
+            .arg(py_dir().join("webhook_receiver.py"))
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn webhook_receiver.py");
+        self.child = Some(ChildGuard::new("webhook_receiver.py", child));
+        let up = poll_until(WAIT, || {
+            TcpStream::connect(("127.0.0.1", self.port))
+                .ok()
+                .map(|_| ())
+        });
+        assert!(up.is_some(), "webhook receiver did not listen");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.signal(libc::SIGTERM);
+            if child.wait_timeout(WAIT).is_none() {
+                child.kill();
+            }
+        }
+    }
+
+    /// Every recorded event, in arrival order.
+    fn records(&self) -> Vec<Value> {
+        complete_lines(&self.dir.join("received.jsonl"))
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("receiver line is JSON"))
+            .collect()
+    }
+}
+
+/// The `message_event` object of an event line or element.
+fn inner(event: &Value) -> &Value {
+    &event["msys"]["message_event"]
+}
+
+fn text<'a>(event: &'a Value, name: &str) -> &'a str {
+    inner(event)[name].as_str().unwrap_or("")
+}
+
+fn event_log(dir: &Path) -> Vec<Value> {
+    complete_lines(&dir.join("log/events.jsonl"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Waits until the event log holds an event matching `want`.
+fn wait_for_event(dir: &Path, what: &str, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    poll_until(WAIT, || {
+        let events = event_log(dir);
+        events.iter().any(&want).then_some(events)
+    })
+    .unwrap_or_else(|| panic!("no {what} in the event log: {:#?}", event_log(dir)))
+}
+
+/// Sends one message and returns its queue id (the 250 reply's last word).
+fn send(port: u16, rcpts: &[&str], subject: &str) -> String {
+    let mut client = SmtpClient::connect(port);
+    assert_eq!(client.command("EHLO client.test").0, 250);
+    assert_eq!(client.command("MAIL FROM:<sender@client.test>").0, 250);
+    for rcpt in rcpts {
+        assert_eq!(client.command(&format!("RCPT TO:<{rcpt}>")).0, 250);
+    }
+    assert_eq!(client.command("DATA").0, 354);
+    let body = format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n");
+    client.write_raw(body.as_bytes());
+    let (code, reply) = client.read_reply().expect("reply after DATA");
+    assert_eq!(code, 250, "{reply}");
+    client.command("QUIT");
+    reply.rsplit(' ').next().unwrap().to_string()
+}
+
+/// The (type, rcpt_to) sequence of each message in `events`.
+fn per_message(events: &[&Value]) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for e in events {
+        let id = text(e, "message_id").to_string();
+        let entry = (text(e, "type").to_string(), text(e, "rcpt_to").to_string());
+        out.entry(id).or_default().push(entry);
+    }
+    out
+}
+
+fn summary(daemon: &Daemon) -> String {
+    String::from_utf8_lossy(&daemon.console("summary\n").stdout).into_owned()
+}
+
+/// Every event id of the log has reached the receiver.
+fn wait_until_received(receiver: &Receiver, dir: &Path) {
+    let done = poll_until(WAIT, || {
+        let log: BTreeSet<String> = event_log(dir)
+            .iter()
+            .map(|e| text(e, "event_id").to_string())
+            .collect();
+        let got: BTreeSet<String> = receiver
+            .records()
+            .iter()
+            .map(|r| text(&r["event"], "event_id").to_string())
+            .collect();
+        (!log.is_empty() && log.is_subset(&got)).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "receiver is missing events: log {:#?}\nreceived {:#?}",
+        event_log(dir),
+        receiver.records()
+    );
+}
+
+#[test]
+fn events_are_logged_in_order_and_posted_exactly_once_across_outages() {
+    let dir = TempDir::new("events");
+    let sink_port = free_port();
+    let hook_port = free_port();
+    let mut receiver = Receiver::start(&dir.join("hook"), hook_port);
+    let mut config = TestConfig::new(sink_port);
+    config.extra = format!(
+        "ec_logger \"ec_logger\" {{ eventlog = \"log/events.jsonl\" }}\n\
+         webhook \"test\" {{\n  target = \"http://127.0.0.1:{hook_port}/ingest\"\n  \
+         auth_token = \"{TOKEN}\"\n  batch_size = {BATCH_SIZE}\n}}\n"
+    );
+    let mut daemon = Daemon::start(dir.path(), &config.render());
+    let port = daemon.smtp_port();
+
+    // A rejected command: a policy_rejection event from the client's address.
+    let mut client = SmtpClient::connect(port);
+    assert_eq!(client.command("EHLO client.test").0, 250);
+    assert_eq!(client.command("RCPT TO:<nobody@example.com>").0, 503);
+    client.command("QUIT");
+
+    // Sink down: both recipients are deferred first.
+    let first = send(port, &["ok1@example.com", "reject1@example.com"], "first");
+    wait_for_event(dir.path(), "delay of reject1", |e| {
+        text(e, "type") == "delay" && text(e, "rcpt_to") == "reject1@example.com"
+    });
+    let sink = Sink::start(&dir.join("sink"), sink_port);
+    wait_for_event(dir.path(), "bounce of reject1", |e| {
+        text(e, "type") == "bounce"
+    });
+    wait_for_event(dir.path(), "delivery of ok1", |e| {
+        text(e, "type") == "delivery" && text(e, "rcpt_to") == "ok1@example.com"
+    });
+    wait_until_received(&receiver, dir.path());
+
+    // Receiver down: the events wait in the log; the endpoint shows failing.
+    receiver.stop();
+    let second = send(port, &["ok2@example.com"], "second");
+    wait_for_event(dir.path(), "delivery of ok2", |e| {
+        text(e, "type") == "delivery" && text(e, "rcpt_to") == "ok2@example.com"
+    });
+    let failing = poll_until(WAIT, || {
+        let s = summary(&daemon);
+        (summary_value(&s, "Failing Webhooks") == Some(1)).then_some(s)
+    });
+    assert!(failing.is_some(), "summary: {}", summary(&daemon));
+
+    // Receiver back on the same port: everything arrives, then it is well.
+    receiver.spawn();
+    wait_until_received(&receiver, dir.path());
+    let healthy = poll_until(WAIT, || {
+        (summary_value(&summary(&daemon), "Failing Webhooks") == Some(0)).then_some(())
+    });
+    assert!(healthy.is_some(), "summary: {}", summary(&daemon));
+
+    // A daemon restart resumes at the persisted cursor: no event twice.
+    daemon.stop();
+    daemon.restart();
+    let third = send(daemon.smtp_port(), &["ok3@example.com"], "third");
+    wait_for_event(dir.path(), "delivery of ok3", |e| {
+        text(e, "type") == "delivery" && text(e, "rcpt_to") == "ok3@example.com"
+    });
+    wait_until_received(&receiver, dir.path());
+    drop(sink);
+
+    let log = event_log(dir.path());
+    let records = receiver.records();
+
+    // Exactly once: the receiver's event ids are the log's, none twice.
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| text(&r["event"], "event_id"))
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicates: {ids:?}");
+    let log_ids: BTreeSet<&str> = log.iter().map(|e| text(e, "event_id")).collect();
+    assert_eq!(unique, log_ids);
+    // Byte for byte: each received element is the log's object.
+    for r in &records {
+        let id = text(&r["event"], "event_id");
+        let logged = log.iter().find(|e| text(e, "event_id") == id).unwrap();
+        assert_eq!(&r["event"], logged);
+    }
+    // In order per message, in the log and at the receiver alike.
+    let log_refs: Vec<&Value> = log.iter().collect();
+    let got_refs: Vec<&Value> = records.iter().map(|r| &r["event"]).collect();
+    assert_eq!(per_message(&got_refs), per_message(&log_refs));
+    // Every POST carried the token, JSON, to the target path, in batches.
+    let mut per_post: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in &records {
+        assert_eq!(r["token"], TOKEN, "{r}");
+        assert_eq!(r["content_type"], "application/json", "{r}");
+        assert_eq!(r["path"], "/ingest", "{r}");
+        *per_post.entry(r["post"].as_u64().unwrap()).or_default() += 1;
+    }
+    assert!(per_post.values().all(|n| *n <= BATCH_SIZE), "{per_post:?}");
+    assert!(
+        per_post.values().any(|n| *n > 1),
+        "backlog sent in batches: {per_post:?}"
+    );
+
+    // The log's content, message by message.
+    let messages = per_message(&log_refs);
+    let seq = |id: &str, rcpt: &str| -> Vec<String> {
+        messages[id]
+            .iter()
+            .filter(|(_, r)| r == rcpt)
+            .map(|(t, _)| t.clone())
+            .collect()
+    };
+    for (rcpt, last) in [
+        ("ok1@example.com", "delivery"),
+        ("reject1@example.com", "bounce"),
+    ] {
+        let types = seq(&first, rcpt);
+        assert_eq!(
+            types.first().map(String::as_str),
+            Some("injection"),
+            "{types:?}"
+        );
+        assert_eq!(types.last().map(String::as_str), Some(last), "{types:?}");
+        let middle = &types[1..types.len() - 1];
+        assert!(
+            !middle.is_empty() && middle.iter().all(|t| t == "delay"),
+            "{types:?}"
+        );
+    }
+    assert_eq!(seq(&second, "ok2@example.com"), ["injection", "delivery"]);
+    assert_eq!(seq(&third, "ok3@example.com"), ["injection", "delivery"]);
+
+    let find = |kind: &str, rcpt: &str| {
+        log.iter()
+            .find(|e| text(e, "type") == kind && text(e, "rcpt_to") == rcpt)
+            .unwrap_or_else(|| panic!("no {kind} for {rcpt}"))
+    };
+    let injection = find("injection", "ok1@example.com");
+    assert_eq!(text(injection, "msg_from"), "sender@client.test");
+    assert_eq!(text(injection, "ip_address"), "127.0.0.1");
+    assert_eq!(text(injection, "recv_method"), "esmtp");
+    assert_eq!(text(injection, "routing_domain"), "example.com");
+    assert_eq!(text(injection, "binding"), "default");
+    let bounce = find("bounce", "reject1@example.com");
+    assert_eq!(text(bounce, "bounce_class"), "10", "{bounce}");
+    assert_eq!(text(bounce, "error_code"), "550", "{bounce}");
+    assert!(
+        text(bounce, "raw_reason").contains("reject requested"),
+        "{bounce}"
+    );
+    assert!(text(bounce, "num_retries").parse::<u32>().unwrap() >= 1);
+    let delay = find("delay", "ok1@example.com");
+    assert_eq!(text(delay, "num_retries"), "0", "{delay}");
+    let delivery = find("delivery", "ok1@example.com");
+    assert_eq!(text(delivery, "ip_address"), "127.0.0.1");
+    assert!(text(delivery, "queue_time").parse::<u64>().unwrap() > 0);
+    let rejection = log
+        .iter()
+        .find(|e| text(e, "type") == "policy_rejection")
+        .expect("a policy_rejection event");
+    assert_eq!(text(rejection, "error_code"), "503", "{rejection}");
+    assert_eq!(text(rejection, "ip_address"), "127.0.0.1", "{rejection}");
+    // Every event carries the fields every consumer keys on.
+    for e in &log {
+        for name in ["type", "event_id", "timestamp"] {
+            assert!(!text(e, name).is_empty(), "{name} missing: {e}");
+        }
+    }
+}
