@@ -1502,6 +1502,63 @@ domain "example.com" {
     // Errors: one test per class, asserting the exact text and line.
 
     #[test]
+    fn webhook_stanzas_resolve_in_order_with_defaults() {
+        let config = parse(
+            "ec_logger { eventlog = \"/logs/events.jsonl\" }\n\
+             webhook \"a\" { target = \"http://127.0.0.1:8080/in\" events = ( \"delivery\" \"bounce\" ) \
+             auth_token = \"s3cret\" batch_size = 10 max_backlog_bytes = 100000 }\n\
+             webhook \"b\" { target = \"http://hooks.example/\" }\n",
+        );
+        assert_eq!(
+            config.logs().eventlog.as_deref(),
+            Some(Path::new("/logs/events.jsonl"))
+        );
+        let hooks = config.webhooks();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].name, "a");
+        assert_eq!(hooks[0].events, ["delivery", "bounce"]);
+        assert_eq!(hooks[0].auth_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            (hooks[0].batch_size, hooks[0].max_backlog_bytes),
+            (10, 100000)
+        );
+        assert_eq!(hooks[1].events.len(), WEBHOOK_EVENT_TYPES.len());
+        assert_eq!(hooks[1].batch_size, WEBHOOK_BATCH_SIZE_DEFAULT);
+        assert_eq!(
+            parse_webhook_target(hooks[1].target.as_deref().unwrap()),
+            Ok(("hooks.example".to_string(), 80, "/".to_string()))
+        );
+        let again = parse(&config.dump());
+        assert_eq!(again, config, "the dump reads back the same");
+    }
+
+    #[test]
+    fn webhook_errors_name_the_line() {
+        let logger = "ec_logger { eventlog = \"e\" }\n";
+        assert_eq!(
+            error(&format!("{logger}webhook \"w\" {{\n}}\n")),
+            "test.conf:2: webhook `w` has no `target`"
+        );
+        assert!(error("webhook \"w\" { target = \"http://h/\" }")
+            .starts_with("test.conf:1: webhook `w` needs an `eventlog`"));
+        assert_eq!(
+            error(&format!(
+                "{logger}webhook \"w\" {{\n target = \"https://h/\" }}"
+            )),
+            "test.conf:3: bad webhook target `https://h/`: only http:// targets are supported"
+        );
+        assert!(error(&format!(
+            "{logger}webhook \"w\" {{ target = \"http://h/\"\n events = ( \"delivery\" \"click\" ) }}"
+        ))
+        .starts_with("test.conf:3: `events`: unknown event type `click`"));
+        assert!(error(&format!(
+            "{logger}webhook \"w\" {{ target = \"http://h/\" auth_token = \"a\tb\" }}"
+        ))
+        .contains("`auth_token` must be printable ASCII"));
+        assert!(error("webhook \"a b\" { }").starts_with("test.conf:1: bad webhook name"));
+    }
+
+    #[test]
     fn error_unknown_option() {
         assert_eq!(
             error("\ndomain \"d\" {\n  max_outbond_connections = 5\n}\n"),

@@ -247,6 +247,8 @@ struct Sender {
     cursor: Cursor,
     failures: u32,
     next_try: Instant,
+    /// Read buffer, [`WEBHOOK_READ_BYTES_MAX`] bytes, kept between passes.
+    chunk: Vec<u8>,
 }
 
 impl Sender {
@@ -276,7 +278,7 @@ struct Pass {
 /// Sends what `sender` has not sent yet from `log`, batch after batch,
 /// until it is caught up, a POST fails or `stop` is set.
 fn pass(sender: &mut Sender, log: &Path, stop: &AtomicBool) -> Pass {
-    let mut out = Pass::default();
+    let out = Pass::default();
     let Ok(file) = File::open(log) else {
         return out;
     };
@@ -291,7 +293,21 @@ fn pass(sender: &mut Sender, log: &Path, stop: &AtomicBool) -> Pass {
         };
         sender.save_cursor();
     }
-    let mut chunk = vec![0u8; WEBHOOK_READ_BYTES_MAX];
+    let mut chunk = std::mem::take(&mut sender.chunk);
+    chunk.resize(WEBHOOK_READ_BYTES_MAX, 0);
+    let out = send_batches(sender, &file, &mut chunk, stop, out);
+    sender.chunk = chunk;
+    out
+}
+
+/// The batches of one [`pass`], read from `file` through `chunk`.
+fn send_batches(
+    sender: &mut Sender,
+    file: &File,
+    chunk: &mut [u8],
+    stop: &AtomicBool,
+    mut out: Pass,
+) -> Pass {
     while !stop.load(Ordering::SeqCst) {
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let endpoint = &sender.endpoint;
@@ -303,7 +319,7 @@ fn pass(sender: &mut Sender, log: &Path, stop: &AtomicBool) -> Pass {
             align = true;
         }
         out.backlog_bytes = len.saturating_sub(sender.cursor.offset);
-        let n = match file.read_at(&mut chunk, sender.cursor.offset) {
+        let n = match file.read_at(chunk, sender.cursor.offset) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("webhook {}: cannot read the eventlog: {e}", endpoint.name);
@@ -380,6 +396,7 @@ pub fn start(config: &Config, stats: Arc<EngineStats>, stop: Arc<AtomicBool>) ->
                 cursor,
                 failures: 0,
                 next_try: now,
+                chunk: Vec::new(),
             }
         })
         .collect();
