@@ -7,6 +7,8 @@ is appended to DIR/received.jsonl as one line
    "content_type": "...", "event": <the element>}
 and only once the whole batch is written (and flushed) is it answered 200.
 A body that is not a JSON array is answered 400 and recorded nowhere.
+With --fail-first N the first N POSTs are answered 503 and recorded nowhere
+(their count goes to DIR/refused.txt).
 POST numbers continue after a restart (counted from the file).
 """
 
@@ -36,6 +38,11 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(batch, list):
             return self.answer(400)
         server = self.server
+        if server.refused < server.fail_first:
+            server.refused += 1
+            with open(os.path.join(server.dir, "refused.txt"), "w") as f:
+                f.write(f"{server.refused}\n")
+            return self.answer(503)
         server.posts += 1
         with open(server.path, "a") as f:
             for event in batch:
@@ -65,11 +72,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--fail-first", type=int, default=0)
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     server = HTTPServer(("127.0.0.1", args.port), Handler)
     server.path = os.path.join(args.dir, "received.jsonl")
     server.posts = 0
+    server.dir = args.dir
+    server.fail_first = args.fail_first
+    server.refused = 0
     if os.path.exists(server.path):
         with open(server.path) as f:
             for line in f:

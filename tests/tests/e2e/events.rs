@@ -29,14 +29,21 @@ const BATCH_SIZE: usize = 3;
 struct Receiver {
     dir: PathBuf,
     port: u16,
+    args: Vec<String>,
     child: Option<ChildGuard>,
 }
 
 impl Receiver {
     fn start(dir: &Path, port: u16) -> Receiver {
+        Receiver::start_with(dir, port, &[])
+    }
+
+    /// As `start`, with extra webhook_receiver.py arguments.
+    fn start_with(dir: &Path, port: u16, args: &[&str]) -> Receiver {
         let mut r = Receiver {
             dir: dir.to_path_buf(),
             port,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         r.spawn();
@@ -56,6 +63,7 @@ impl Receiver {
             .arg(self.port.to_string())
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -111,6 +119,11 @@ fn wait_for_event(dir: &Path, what: &str, want: impl Fn(&Value) -> bool) -> Vec<
         events.iter().any(&want).then_some(events)
     })
     .unwrap_or_else(|| panic!("no {what} in the event log: {:#?}", event_log(dir)))
+}
+
+/// The DSN of a bounce (to the sender) was delivered: the last event.
+fn dsn_delivered(e: &Value) -> bool {
+    text(e, "type") == "delivery" && text(e, "rcpt_to") == "sender@client.test"
 }
 
 /// Sends one message and returns its queue id (the 250 reply's last word).
@@ -200,6 +213,7 @@ fn events_are_logged_in_order_and_posted_exactly_once_across_outages() {
     wait_for_event(dir.path(), "delivery of ok1", |e| {
         text(e, "type") == "delivery" && text(e, "rcpt_to") == "ok1@example.com"
     });
+    wait_for_event(dir.path(), "delivery of the DSN", dsn_delivered);
     wait_until_received(&receiver, dir.path());
 
     // Receiver down: the events wait in the log; the endpoint shows failing.
@@ -333,4 +347,63 @@ fn events_are_logged_in_order_and_posted_exactly_once_across_outages() {
             assert!(!text(e, name).is_empty(), "{name} missing: {e}");
         }
     }
+}
+
+/// Goal: an endpoint gets only the event types it asked for, and a non-2xx
+/// answer is retried until accepted, without duplicates. Method: two
+/// webhooks; "bounces" asks for bounces only and its receiver answers 503
+/// to its first two POSTs; "all" takes everything. One message with a
+/// delivered and a rejected recipient, sink up.
+#[test]
+fn endpoints_get_their_event_types_and_non_2xx_is_retried() {
+    let dir = TempDir::new("events-filter");
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let (all_port, bounce_port) = (free_port(), free_port());
+    let all = Receiver::start(&dir.join("all"), all_port);
+    let bounces = Receiver::start_with(&dir.join("bounces"), bounce_port, &["--fail-first", "2"]);
+    let mut config = TestConfig::new(sink.port());
+    config.extra = format!(
+        "ec_logger \"ec_logger\" {{ eventlog = \"log/events.jsonl\" }}\n\
+         webhook \"all\" {{ target = \"http://127.0.0.1:{all_port}/\" }}\n\
+         webhook \"bounces\" {{ target = \"http://127.0.0.1:{bounce_port}/b\" \
+         events = ( \"bounce\" ) }}\n"
+    );
+    let daemon = Daemon::start(dir.path(), &config.render());
+    let id = send(
+        daemon.smtp_port(),
+        &["ok@example.com", "reject@example.com"],
+        "f",
+    );
+    wait_for_event(dir.path(), "bounce", |e| text(e, "type") == "bounce");
+    wait_for_event(dir.path(), "delivery of the DSN", dsn_delivered);
+    wait_until_received(&all, dir.path());
+    let got = poll_until(WAIT, || {
+        let records = bounces.records();
+        (!records.is_empty()).then_some(records)
+    })
+    .expect("the bounce reaches the bounces endpoint");
+    let refused = std::fs::read_to_string(dir.join("bounces/refused.txt")).unwrap_or_default();
+    assert_eq!(refused.trim(), "2", "two 503s before the 200");
+    // Give a wrongly repeated POST time to show.
+    std::thread::sleep(Duration::from_secs(1));
+    let got_again = bounces.records();
+    assert_eq!(got_again.len(), got.len());
+    let log = event_log(dir.path());
+    let logged: Vec<&Value> = log.iter().filter(|e| text(e, "type") == "bounce").collect();
+    assert_eq!(logged.len(), 1, "{log:#?}");
+    assert_eq!(got_again.len(), 1, "{got_again:#?}");
+    assert_eq!(&got_again[0]["event"], logged[0]);
+    assert_eq!(text(logged[0], "message_id"), id);
+    assert_eq!(
+        got_again[0]["token"],
+        Value::Null,
+        "no auth_token, no header"
+    );
+    assert_eq!(got_again[0]["path"], "/b");
+    assert_eq!(
+        all.records().len(),
+        log.len(),
+        "the other endpoint gets all"
+    );
+    drop(daemon);
 }
