@@ -379,7 +379,7 @@ fn log_attempt_events(
             let event_id = events.next_id();
             let e = Event {
                 kind,
-                event_id: &event_id,
+                event_id,
                 unix_secs: facts.unix_secs,
                 message_id: facts.message_id,
                 rcpt_to: rcpt,

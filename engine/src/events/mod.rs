@@ -49,12 +49,21 @@ impl EventType {
     }
 }
 
+/// An event id, rendered `<prefix><sequence, 9 digits at least>` without
+/// an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventId<'a> {
+    /// Digits only ([`EventLog`]'s).
+    pub prefix: &'a str,
+    pub sequence: u64,
+}
+
 /// One event. Fields that do not apply are `None` and left out of the line.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
     pub kind: EventType,
     /// Unique per event ([`EventLog::next_id`]).
-    pub event_id: &'a str,
+    pub event_id: EventId<'a>,
     pub unix_secs: u64,
     /// Empty for a rejection (no message was taken).
     pub message_id: &'a str,
@@ -145,7 +154,12 @@ pub fn format_event(buf: &mut Vec<u8>, e: &Event<'_>) {
     buf.extend_from_slice(LINE_PREFIX.as_bytes());
     buf.extend_from_slice(e.kind.name().as_bytes());
     buf.push(b'"');
-    field(buf, "event_id", e.event_id);
+    let _ = write!(
+        Fmt(buf),
+        ",\"event_id\":\"{}{:09}\"",
+        e.event_id.prefix,
+        e.event_id.sequence
+    );
     number(buf, "timestamp", e.unix_secs);
     if !e.message_id.is_empty() {
         field(buf, "message_id", e.message_id);
@@ -153,11 +167,10 @@ pub fn format_event(buf: &mut Vec<u8>, e: &Event<'_>) {
     }
     if !e.rcpt_to.is_empty() {
         field(buf, "rcpt_to", e.rcpt_to);
-        field(
-            buf,
-            "routing_domain",
-            &domain_of(e.rcpt_to).to_ascii_lowercase(),
-        );
+        let start = buf.len();
+        field(buf, "routing_domain", domain_of(e.rcpt_to));
+        // Lower case in place (names and escapes are lower case already).
+        buf[start..].make_ascii_lowercase();
     }
     field(buf, "msg_from", e.msg_from);
     if !e.binding.is_empty() {
@@ -229,10 +242,13 @@ impl EventLog {
 
     /// A new event id, unique across shards and restarts (one start per
     /// millisecond at most).
-    pub fn next_id(&self) -> String {
+    pub fn next_id(&self) -> EventId<'_> {
         let n = self.sequence.get() + 1;
         self.sequence.set(n);
-        format!("{}{n:09}", self.id_prefix)
+        EventId {
+            prefix: &self.id_prefix,
+            sequence: n,
+        }
     }
 
     /// Formats events with `f` (when enabled); flushes if the buffer is
@@ -278,7 +294,10 @@ mod tests {
     fn delivery() -> Event<'static> {
         Event {
             kind: EventType::Delivery,
-            event_id: "1700000000000000000000001",
+            event_id: EventId {
+                prefix: "1700000000000000",
+                sequence: 1,
+            },
             unix_secs: 1700000000,
             message_id: "00/00-01234-0A1B2C3D",
             rcpt_to: "Bob@Example.COM",
@@ -356,7 +375,16 @@ mod tests {
     fn event_ids_are_unique_and_ordered_per_shard() {
         let log = EventLog::open(None, 7, 1700000000123).unwrap();
         assert!(!log.is_enabled());
-        assert_eq!(log.next_id(), "1700000000123007000000001");
-        assert_eq!(log.next_id(), "1700000000123007000000002");
+        let mut buf = Vec::new();
+        for _ in 0..2 {
+            let e = Event {
+                event_id: log.next_id(),
+                ..delivery()
+            };
+            format_event(&mut buf, &e);
+        }
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains("\"event_id\":\"1700000000123007000000001\""));
+        assert!(text.contains("\"event_id\":\"1700000000123007000000002\""));
     }
 }

@@ -454,11 +454,14 @@ mod tests {
         }
     }
 
-    fn line(kind: EventType, id: &str) -> Vec<u8> {
+    fn line(kind: EventType, id: u64) -> Vec<u8> {
         let mut buf = Vec::new();
         let e = Event {
             kind,
-            event_id: id,
+            event_id: crate::events::EventId {
+                prefix: "",
+                sequence: id,
+            },
             unix_secs: 1,
             message_id: "m",
             rcpt_to: "a@b",
@@ -480,11 +483,11 @@ mod tests {
     #[test]
     fn batch_takes_wanted_whole_lines_up_to_the_size() {
         let mut log = Vec::new();
-        log.extend(line(EventType::Injection, "1"));
-        log.extend(line(EventType::Delivery, "2"));
-        log.extend(line(EventType::Delivery, "3"));
+        log.extend(line(EventType::Injection, 1));
+        log.extend(line(EventType::Delivery, 2));
+        log.extend(line(EventType::Delivery, 3));
         let first_three = log.len();
-        log.extend(line(EventType::Delivery, "4"));
+        log.extend(line(EventType::Delivery, 4));
         let partial = b"{\"msys\":{\"message_event\":{\"type\":\"deliv";
         log.extend_from_slice(partial);
         let ep = endpoint(&["delivery"], 2);
@@ -497,11 +500,12 @@ mod tests {
         let text = String::from_utf8(b.body).unwrap();
         assert!(text.starts_with("[{\"msys\""), "{text}");
         assert!(text.ends_with("}}}]"), "{text}");
-        assert!(text.contains("\"event_id\":\"2\"") && text.contains("\"event_id\":\"3\""));
+        assert!(text.contains("\"event_id\":\"000000002\""));
+        assert!(text.contains("\"event_id\":\"000000003\""));
         assert!(!text.contains("injection") && !text.contains('\n'));
         let rest = take_batch(&ep, &log[first_three..]);
         assert_eq!(rest.events, 1);
-        assert_eq!(rest.consumed, line(EventType::Delivery, "4").len());
+        assert_eq!(rest.consumed, line(EventType::Delivery, 4).len());
         let none = take_batch(&endpoint(&["bounce"], 10), &log);
         assert_eq!((none.events, none.body.len()), (0, 0));
         assert_eq!(

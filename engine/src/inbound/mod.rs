@@ -888,7 +888,7 @@ fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
         events.write(|buf| {
             let e = events::Event {
                 kind: EventType::PolicyRejection,
-                event_id: &event_id,
+                event_id,
                 unix_secs,
                 message_id: "",
                 rcpt_to: "",

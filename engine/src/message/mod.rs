@@ -256,7 +256,7 @@ impl Messages {
                 let event_id = events.next_id();
                 let e = Event {
                     kind: EventType::Injection,
-                    event_id: &event_id,
+                    event_id,
                     unix_secs: envelope.received_unix_ms / 1000,
                     message_id,
                     rcpt_to: rcpt,
