@@ -407,3 +407,60 @@ fn endpoints_get_their_event_types_and_non_2xx_is_retried() {
     );
     drop(daemon);
 }
+
+/// Goal: the backlog of an endpoint is bounded by `max_backlog_bytes`.
+/// Method: with the receiver down and a 1000-byte bound, mail makes the
+/// event log grow well past 1000 bytes; once the receiver is back it gets
+/// only the newest events: a proper suffix of the log, whole events, each
+/// once, none older than the bound allows.
+#[test]
+fn a_lagging_endpoint_skips_its_oldest_events_past_the_bound() {
+    let dir = TempDir::new("events-backlog");
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let hook_port = free_port();
+    let mut config = TestConfig::new(sink.port());
+    config.extra = format!(
+        "ec_logger \"ec_logger\" {{ eventlog = \"log/events.jsonl\" }}\n\
+         webhook \"small\" {{ target = \"http://127.0.0.1:{hook_port}/\" max_backlog_bytes = 1000 }}\n"
+    );
+    let daemon = Daemon::start(dir.path(), &config.render());
+    let rcpts: Vec<String> = (0..6).map(|i| format!("ok{i}@example.com")).collect();
+    for rcpt in &rcpts {
+        send(daemon.smtp_port(), &[rcpt.as_str()], "backlog");
+    }
+    let last = rcpts.last().unwrap().clone();
+    wait_for_event(dir.path(), "the last delivery", |e| {
+        text(e, "type") == "delivery" && text(e, "rcpt_to") == last
+    });
+    let log_bytes = std::fs::metadata(dir.join("log/events.jsonl"))
+        .unwrap()
+        .len();
+    assert!(log_bytes > 3000, "the log outgrew the bound: {log_bytes}");
+
+    let receiver = Receiver::start(&dir.join("hook"), hook_port);
+    let log = event_log(dir.path());
+    let last_id = text(log.last().unwrap(), "event_id").to_string();
+    let got = poll_until(WAIT, || {
+        let records = receiver.records();
+        records
+            .iter()
+            .any(|r| text(&r["event"], "event_id") == last_id)
+            .then_some(records)
+    })
+    .expect("the newest event arrives");
+    let got: Vec<&Value> = got.iter().map(|r| &r["event"]).collect();
+    assert!(
+        !got.is_empty() && got.len() < log.len(),
+        "{} of {}",
+        got.len(),
+        log.len()
+    );
+    let suffix: Vec<&Value> = log[log.len() - got.len()..].iter().collect();
+    assert_eq!(got, suffix, "the newest events, in order, each once");
+    let sent_bytes: usize = got.iter().map(|e| e.to_string().len() + 1).sum();
+    assert!(
+        sent_bytes <= 1000,
+        "{sent_bytes} bytes sent past a 1000-byte bound"
+    );
+    drop(daemon);
+}
