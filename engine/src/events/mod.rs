@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::log::{open_append, LOG_BUFFER_BYTES_MAX};
 
@@ -213,9 +213,14 @@ pub fn line_type(line: &[u8]) -> Option<&str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
+/// Permission bits of a new event log (as the mainlog's).
+const EVENTLOG_MODE: u32 = 0o644;
+
 /// A shard's event log writer; does nothing when no `eventlog` is set.
 pub struct EventLog {
-    file: Option<File>,
+    path: Option<PathBuf>,
+    /// Open whenever `path` is set (a failed reopen keeps the old file).
+    file: RefCell<Option<File>>,
     buf: RefCell<Vec<u8>>,
     /// Event ids: `<daemon start ms><shard, 3 digits><sequence>`.
     id_prefix: String,
@@ -225,11 +230,12 @@ pub struct EventLog {
 impl EventLog {
     pub fn open(path: Option<&Path>, shard: usize, start_unix_ms: u64) -> io::Result<EventLog> {
         let file = match path {
-            Some(path) => Some(open_append(path, 0o644)?),
+            Some(path) => Some(open_append(path, EVENTLOG_MODE)?),
             None => None,
         };
         Ok(EventLog {
-            file,
+            path: path.map(Path::to_path_buf),
+            file: RefCell::new(file),
             buf: RefCell::new(Vec::new()),
             id_prefix: format!("{start_unix_ms}{shard:03}"),
             sequence: Cell::new(0),
@@ -237,7 +243,19 @@ impl EventLog {
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.file.is_some()
+        self.path.is_some()
+    }
+
+    /// Flushes, then opens the path again (after logrotate renamed the
+    /// file: `reopen logs`). On failure the old file stays in use.
+    pub fn reopen(&self) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        self.flush();
+        let file = open_append(path, EVENTLOG_MODE)?;
+        *self.file.borrow_mut() = Some(file);
+        Ok(())
     }
 
     /// A new event id, unique across shards and restarts (one start per
@@ -254,7 +272,7 @@ impl EventLog {
     /// Formats events with `f` (when enabled); flushes if the buffer is
     /// full.
     pub fn write(&self, f: impl FnOnce(&mut Vec<u8>)) {
-        if self.file.is_none() {
+        if !self.is_enabled() {
             return;
         }
         let full = {
@@ -270,7 +288,8 @@ impl EventLog {
     /// Writes the buffer out with one write. A failed write is reported
     /// and the lines are dropped: events never hold up mail.
     pub fn flush(&self) {
-        let Some(mut file) = self.file.as_ref() else {
+        let file = self.file.borrow();
+        let Some(mut file) = file.as_ref() else {
             return;
         };
         let mut buf = self.buf.borrow_mut();
@@ -369,6 +388,41 @@ mod tests {
         assert!(line.contains("\"error_code\":\"550\""), "{line}");
         assert_eq!(line_type(line.as_bytes()), Some("policy_rejection"));
         assert_eq!(line_type(b"{\"other\":1}"), None);
+    }
+
+    #[test]
+    fn writes_reach_the_file_on_flush_and_after_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("ec-eventlog-{}", std::process::id()));
+        let path = dir.join("events.jsonl");
+        let log = EventLog::open(Some(&path), 0, 1).unwrap();
+        let write = |id| {
+            log.write(|buf| {
+                let e = Event {
+                    event_id: log.next_id(),
+                    message_id: id,
+                    ..delivery()
+                };
+                format_event(buf, &e);
+            })
+        };
+        write("m1");
+        assert_eq!(std::fs::read(&path).unwrap().len(), 0, "buffered");
+        log.flush();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(first.contains("\"message_id\":\"m1\"") && first.ends_with("}}}\n"));
+        std::fs::rename(&path, dir.join("events.jsonl.1")).unwrap();
+        write("m2");
+        log.reopen().unwrap();
+        write("m3");
+        log.flush();
+        let rotated = std::fs::read_to_string(dir.join("events.jsonl.1")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            rotated.contains("\"m2\"") && !rotated.contains("\"m3\""),
+            "{rotated}"
+        );
+        assert!(new.contains("\"m3\"") && new.lines().count() == 1, "{new}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
