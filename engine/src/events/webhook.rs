@@ -386,10 +386,12 @@ pub fn start(config: &Config, stats: Arc<EngineStats>, stop: Arc<AtomicBool>) ->
         .iter()
         .map(|w| {
             let cursor_path = dir.join(format!("{}.cursor", w.name));
+            // A new endpoint starts at the end of the log: it gets the
+            // events from now on, as a new SparkPost webhook does.
             let cursor = std::fs::read_to_string(&cursor_path)
                 .ok()
                 .and_then(|t| Cursor::parse(&t))
-                .unwrap_or_default();
+                .unwrap_or_else(|| end_of(&log));
             Sender {
                 endpoint: Endpoint::from_config(w),
                 cursor_path,
@@ -400,11 +402,25 @@ pub fn start(config: &Config, stats: Arc<EngineStats>, stop: Arc<AtomicBool>) ->
             }
         })
         .collect();
+    for sender in &senders {
+        sender.save_cursor();
+    }
     stats.shards[0].set(Counter::WebhookEndpoints, senders.len() as u64);
     std::thread::Builder::new()
         .name("webhooks".into())
         .spawn(move || run(&mut senders, &log, &stats, &stop))?;
     Ok(())
+}
+
+/// The cursor at the end of the file at `path` (the default cursor when
+/// there is none yet: its first file is read from the start).
+fn end_of(path: &Path) -> Cursor {
+    std::fs::metadata(path)
+        .map(|m| Cursor {
+            inode: m.ino(),
+            offset: m.len(),
+        })
+        .unwrap_or_default()
 }
 
 fn run(senders: &mut [Sender], log: &Path, stats: &EngineStats, stop: &AtomicBool) {
