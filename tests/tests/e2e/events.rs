@@ -464,3 +464,43 @@ fn a_lagging_endpoint_skips_its_oldest_events_past_the_bound() {
     );
     drop(daemon);
 }
+
+/// Goal: a `kill -9` loses no event that reached the event log: every one
+/// is POSTed at least once after the restart. Method: mail flows, the
+/// daemon is killed right after its first events are written, restarted,
+/// more mail flows; every event id of the log reaches the receiver.
+#[test]
+fn after_kill_9_every_logged_event_is_posted() {
+    let dir = TempDir::new("events-crash");
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let hook_port = free_port();
+    let receiver = Receiver::start(&dir.join("hook"), hook_port);
+    let mut config = TestConfig::new(sink.port());
+    config.extra = format!(
+        "ec_logger \"ec_logger\" {{ eventlog = \"log/events.jsonl\" }}\n\
+         webhook \"crash\" {{ target = \"http://127.0.0.1:{hook_port}/\" batch_size = 1 }}\n"
+    );
+    let mut daemon = Daemon::start(dir.path(), &config.render());
+    for i in 0..5 {
+        send(daemon.smtp_port(), &[&format!("pre{i}@example.com")], "pre");
+    }
+    wait_for_event(dir.path(), "a first delivery", |e| {
+        text(e, "type") == "delivery"
+    });
+    daemon.kill9();
+    daemon.restart();
+    let last = send(daemon.smtp_port(), &["post@example.com"], "post");
+    wait_for_event(dir.path(), "the delivery after the restart", |e| {
+        text(e, "type") == "delivery" && text(e, "message_id") == last
+    });
+    wait_until_received(&receiver, dir.path());
+    let got: BTreeSet<String> = receiver
+        .records()
+        .iter()
+        .map(|r| text(&r["event"], "event_id").to_string())
+        .collect();
+    for e in event_log(dir.path()) {
+        assert!(got.contains(text(&e, "event_id")), "never posted: {e}");
+    }
+    drop(daemon);
+}
