@@ -15,6 +15,7 @@ use std::sync::Arc;
 use glommio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::latency::ShardLatency;
 use crate::log::ShardLogs;
 use crate::stats::{EngineStats, ShardStats};
@@ -89,6 +90,8 @@ pub struct ShardEnv {
     pub config: LiveConfig,
     pub stats: Arc<EngineStats>,
     pub logs: ShardLogs,
+    /// The JSON-lines event log (a no-op when `eventlog` is unset).
+    pub events: EventLog,
     pub stopping: Stopping,
     /// This shard's latency histograms and rate window (only it records).
     pub latency: RefCell<ShardLatency>,

@@ -35,6 +35,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod env;
+pub mod events;
 pub mod http;
 pub mod inbound;
 pub mod latency;

@@ -77,6 +77,12 @@ counters! {
     DnsMxQueries => "dns_mx_queries", Counter, "DNS MX questions sent to nameservers.";
     DnsPending => "dns_pending", Gauge, "DNS questions waiting for an answer.";
     ShardTicks => "shard_ticks", Counter, "Clock ticks of this shard (the systemd watchdog checks they move).";
+    WebhookEndpoints => "webhook_endpoints", Gauge, "Configured webhook endpoints (shard 0 only).";
+    WebhookEndpointsFailing => "webhook_endpoints_failing", Gauge, "Webhook endpoints whose last POST failed (shard 0 only).";
+    WebhookEventsSent => "webhook_events_sent", Counter, "Events accepted by webhook endpoints (shard 0 only).";
+    WebhookPostFailures => "webhook_post_failures", Counter, "Webhook POSTs that failed: no connection, timeout or non-2xx (shard 0 only).";
+    WebhookBacklogBytes => "webhook_backlog_bytes", Gauge, "Event log bytes not yet sent, over every webhook endpoint (shard 0 only).";
+    WebhookBytesSkipped => "webhook_bytes_skipped", Counter, "Event log bytes skipped because an endpoint lagged more than its max_backlog_bytes (shard 0 only).";
 }
 
 /// How many values a block holds.

@@ -35,6 +35,8 @@ mod diskfull_heal;
 mod dkim;
 #[path = "e2e/ec_ctl.rs"]
 mod ec_ctl;
+#[path = "e2e/events.rs"]
+mod events;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/http.rs"]
@@ -71,7 +73,7 @@ mod smuggling;
 mod soak;
 #[path = "e2e/stream.rs"]
 mod stream;
-#[path = "e2e/tls.rs"]
-mod tls;
 #[path = "e2e/systemd.rs"]
 mod systemd;
+#[path = "e2e/tls.rs"]
+mod tls;

@@ -13,7 +13,7 @@ use super::error::Scope;
 use super::model::{BindingScope, DomainScope, Settings};
 use super::options::{
     spec_of, ControlOverrides, DeliveryOverrides, GlobalOverrides, InboundOverrides,
-    LoggerOverrides, SecurityOverrides, Support, Typed,
+    LoggerOverrides, SecurityOverrides, Support, Typed, WebhookOverrides,
 };
 use super::{DeliveryOptions, ListenerConfig, DEFAULT_BINDING};
 
@@ -74,6 +74,10 @@ fn format_value(value: &Typed) -> String {
         Typed::Throttle(throttle) => quote(&throttle.to_string()),
         Typed::TlsMode(mode) => quote(&mode.to_string()),
         Typed::TlsVerify(verify) => quote(&verify.to_string()),
+        Typed::Names(names) => {
+            let quoted: Vec<String> = names.iter().map(|n| quote(n)).collect();
+            format!("( {} )", quoted.join(" "))
+        }
     }
 }
 
@@ -219,6 +223,13 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
     w.open(0, "ec_logger", Some(&settings.logger_name));
     w.options(1, &LoggerOverrides::complete(&settings.logs).entries());
     w.close(0);
+
+    for webhook in &settings.webhooks {
+        w.line(0, "");
+        w.open(0, "webhook", Some(&webhook.name));
+        w.options(1, &WebhookOverrides::complete(webhook).entries());
+        w.close(0);
+    }
 
     // A binding of the default group is written at top level (its options
     // and binding::domain scopes); only its binding_group::binding::domain

@@ -132,6 +132,16 @@ pub enum ConfigErrorKind {
     BadPasswordFile { reason: String },
     #[error("ESMTP Listen `{listener}` has enable_authentication but no auth_password_file")]
     AuthWithoutPasswordFile { listener: String },
+    #[error("webhook `{name}` has no `target`")]
+    WebhookWithoutTarget { name: String },
+    #[error("webhook `{name}` needs an `eventlog` in the ec_logger stanza (its events are read from there)")]
+    WebhookWithoutEventlog { name: String },
+    #[error("webhook `{name}`: `auth_token` must be printable ASCII")]
+    BadWebhookToken { name: String },
+    #[error("bad webhook target `{value}`: {reason}")]
+    BadWebhookTarget { value: String, reason: &'static str },
+    #[error("`events`: unknown event type `{value}` (known: {known})")]
+    UnknownEventType { value: String, known: String },
     #[error("second ec_logger instance `{name}`: only one (`{first}`) is supported")]
     SecondLogger { name: String, first: String },
 }
@@ -159,10 +169,12 @@ pub enum Scope {
     /// A `Peer "cidr"` inside `Control_Listener` or one of its `Listen`s:
     /// who may use a TCP console.
     ControlPeer,
+    /// `webhook "name" { target = "http://..." }`: an event endpoint.
+    Webhook,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 14] = [
+    pub const ALL: [Scope; 15] = [
         Scope::Global,
         Scope::BindingGroup,
         Scope::Binding,
@@ -177,6 +189,7 @@ impl Scope {
         Scope::Security,
         Scope::Host,
         Scope::ControlPeer,
+        Scope::Webhook,
     ];
 
     pub fn name(self) -> &'static str {
@@ -195,6 +208,7 @@ impl Scope {
             Scope::Security => "Security",
             Scope::Host => "host",
             Scope::ControlPeer => "Control_Listener Peer",
+            Scope::Webhook => "webhook",
         }
     }
 

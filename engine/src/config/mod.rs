@@ -36,8 +36,10 @@ use ecelerity_policy::Cidr;
 
 pub use dkim::{is_within as dkim_is_within, Canon, Digest, DkimDomain, OpendkimConfig};
 pub use error::{ConfigError, ConfigErrorKind, Scope};
+pub use model::parse_webhook_target;
 pub use options::{
     ControlListenerConfig, ControlPeer, DeliveryOptions, ListenerConfig, LogPaths, Security,
+    WebhookConfig,
 };
 pub use reload::RESTART_OPTIONS;
 
@@ -191,6 +193,23 @@ pub const BOUNCELOG_DEFAULT: &str = "/var/log/ecelerity/bouncelog.ec";
 /// Momentum; 0 writes none.
 pub const HEARTBEAT_SECONDS_DEFAULT: u64 = 60;
 pub const HEARTBEAT_SECONDS_MAX: u64 = 86_400;
+
+/// Event types a `webhook` may ask for (`events`), as SparkPost names them.
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "injection",
+    "delivery",
+    "delay",
+    "bounce",
+    "policy_rejection",
+];
+/// Events per webhook POST: default and maximum of `batch_size`.
+pub const WEBHOOK_BATCH_SIZE_DEFAULT: u32 = 100;
+pub const WEBHOOK_BATCH_SIZE_MAX: u64 = 10_000;
+/// How far (bytes of event log) a webhook may lag before its oldest events
+/// are skipped: default and bounds of `max_backlog_bytes`.
+pub const WEBHOOK_BACKLOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+pub const WEBHOOK_BACKLOG_BYTES_MIN: u64 = 1000;
+pub const WEBHOOK_BACKLOG_BYTES_MAX: u64 = 1 << 40;
 
 /// The binding (and binding group) that exists without being declared and
 /// takes all mail not assigned elsewhere.
@@ -430,6 +449,11 @@ impl Config {
 
     pub fn logs(&self) -> &LogPaths {
         &self.settings.logs
+    }
+
+    /// The `webhook` stanzas, in file order.
+    pub fn webhooks(&self) -> &[WebhookConfig] {
+        &self.settings.webhooks
     }
 
     /// The `Security` stanza, if one was written.
@@ -991,6 +1015,7 @@ domain "example.com" {
                 bouncelog: "/logs/bounce.ec".into(),
                 acctlog: None,
                 heartbeat: Duration::from_secs(HEARTBEAT_SECONDS_DEFAULT),
+                eventlog: None,
             }
         );
         assert_eq!(
@@ -1615,6 +1640,63 @@ domain "example.com" {
     }
 
     // Errors: one test per class, asserting the exact text and line.
+
+    #[test]
+    fn webhook_stanzas_resolve_in_order_with_defaults() {
+        let config = parse(
+            "ec_logger { eventlog = \"/logs/events.jsonl\" }\n\
+             webhook \"a\" { target = \"http://127.0.0.1:8080/in\" events = ( \"delivery\" \"bounce\" ) \
+             auth_token = \"s3cret\" batch_size = 10 max_backlog_bytes = 100000 }\n\
+             webhook \"b\" { target = \"http://hooks.example/\" }\n",
+        );
+        assert_eq!(
+            config.logs().eventlog.as_deref(),
+            Some(Path::new("/logs/events.jsonl"))
+        );
+        let hooks = config.webhooks();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].name, "a");
+        assert_eq!(hooks[0].events, ["delivery", "bounce"]);
+        assert_eq!(hooks[0].auth_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            (hooks[0].batch_size, hooks[0].max_backlog_bytes),
+            (10, 100000)
+        );
+        assert_eq!(hooks[1].events.len(), WEBHOOK_EVENT_TYPES.len());
+        assert_eq!(hooks[1].batch_size, WEBHOOK_BATCH_SIZE_DEFAULT);
+        assert_eq!(
+            parse_webhook_target(hooks[1].target.as_deref().unwrap()),
+            Ok(("hooks.example".to_string(), 80, "/".to_string()))
+        );
+        let again = parse(&config.dump());
+        assert_eq!(again, config, "the dump reads back the same");
+    }
+
+    #[test]
+    fn webhook_errors_name_the_line() {
+        let logger = "ec_logger { eventlog = \"e\" }\n";
+        assert_eq!(
+            error(&format!("{logger}webhook \"w\" {{\n}}\n")),
+            "test.conf:2: webhook `w` has no `target`"
+        );
+        assert!(error("webhook \"w\" { target = \"http://h/\" }")
+            .starts_with("test.conf:1: webhook `w` needs an `eventlog`"));
+        assert_eq!(
+            error(&format!(
+                "{logger}webhook \"w\" {{\n target = \"https://h/\" }}"
+            )),
+            "test.conf:3: bad webhook target `https://h/`: only http:// targets are supported"
+        );
+        assert!(error(&format!(
+            "{logger}webhook \"w\" {{ target = \"http://h/\"\n events = ( \"delivery\" \"click\" ) }}"
+        ))
+        .starts_with("test.conf:3: `events`: unknown event type `click`"));
+        assert!(error(&format!(
+            "{logger}webhook \"w\" {{ target = \"http://h/\" auth_token = \"a\tb\" }}"
+        ))
+        .contains("`auth_token` must be printable ASCII"));
+        assert!(error("webhook \"a b\" { }").starts_with("test.conf:1: bad webhook name"));
+    }
 
     #[test]
     fn error_unknown_option() {

@@ -109,6 +109,8 @@ pub(super) struct Settings {
     pub(super) hosts: BTreeMap<String, HostScope>,
     /// The `opendkim` module stanza, if any (`config::dkim`).
     pub(super) opendkim: Option<super::dkim::OpendkimConfig>,
+    /// `webhook` stanzas, in file order.
+    pub(super) webhooks: Vec<WebhookConfig>,
 }
 
 impl Settings {
@@ -350,6 +352,34 @@ fn parse_route_host(text: &str) -> Result<String, &'static str> {
 }
 
 /// Digits only; `None` for anything else, including overflow.
+/// A webhook target: `http://host[:port][/path]`; the port defaults to 80
+/// and the path to `/`. Returns (host, port, path). (https waits for the
+/// TLS client.)
+pub fn parse_webhook_target(text: &str) -> Result<(String, u16, String), &'static str> {
+    let Some(rest) = text.strip_prefix("http://") else {
+        return Err("only http:// targets are supported");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if path.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err("the path may not contain spaces or control characters");
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            let port = port.parse::<u16>().map_err(|_| "bad port")?;
+            (host, port)
+        }
+        _ => (authority, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 || host.contains('@') {
+        return Err("needs a host and a port other than 0");
+    }
+    Ok((host.to_string(), port, path.to_string()))
+}
+
 fn parse_decimal(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -394,6 +424,8 @@ enum Place {
     Security,
     /// A global `host` scope; the key is the lowercase name.
     Host(String),
+    /// Index into `Builder::webhooks`.
+    Webhook(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -423,6 +455,7 @@ impl Place {
             Place::EcLogger => Scope::EcLogger,
             Place::Security => Scope::Security,
             Place::Host(_) => Scope::Host,
+            Place::Webhook(_) => Scope::Webhook,
         }
     }
 }
@@ -471,6 +504,16 @@ struct Builder<'t> {
     /// Throttle settings read so far: the next one's bucket.
     throttles: u32,
     opendkim: Option<super::dkim::OpendkimConfig>,
+    /// `webhook` stanzas in order of first appearance (same name merges),
+    /// with where each was first written.
+    webhooks: Vec<WebhookStanza>,
+}
+
+struct WebhookStanza {
+    name: String,
+    file: FileId,
+    line: u32,
+    overrides: WebhookOverrides,
 }
 
 /// What `build` makes of a tree.
@@ -504,12 +547,14 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         hosts: BTreeMap::new(),
         throttles: 0,
         opendkim: None,
+        webhooks: Vec::new(),
     };
     builder
         .groups
         .insert(DEFAULT_BINDING.to_string(), GroupScope::default());
     builder.walk(&Place::Global, &tree.items)?;
     let lines = std::mem::take(&mut builder.listen_lines);
+    builder.check_webhooks()?;
     let mut built = builder.finish();
     // Refused by `Config::load` (with the `not_yet` settings), so that an
     // option set alone still parses.
@@ -594,6 +639,7 @@ impl Builder<'_> {
             (Place::Global, Keyword::EcLogger) => Scope::EcLogger,
             (Place::Global, Keyword::Security) => Scope::Security,
             (Place::Global, Keyword::Host) => Scope::Host,
+            (Place::Global, Keyword::Webhook) => Scope::Webhook,
             (Place::EsmtpListener, Keyword::Listen) => Scope::EsmtpListen,
             (Place::ControlListener, Keyword::Listen) => Scope::ControlListen,
             (Place::ControlListener | Place::ControlListen(_), Keyword::Peer) => Scope::ControlPeer,
@@ -606,6 +652,7 @@ impl Builder<'_> {
                 | Scope::Binding
                 | Scope::Domain
                 | Scope::Host
+                | Scope::Webhook
                 | Scope::EsmtpListen
                 | Scope::ControlListen
                 | Scope::ControlPeer
@@ -641,6 +688,16 @@ impl Builder<'_> {
             {
                 return Err(bad_name(
                     "names may not be empty or contain spaces or colons",
+                ));
+            }
+            Scope::Webhook
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                return Err(bad_name(
+                    "webhook names are letters, digits, `-`, `_` and `.`",
                 ));
             }
             Scope::Host if name.is_empty() || name.chars().any(char::is_whitespace) => {
@@ -702,6 +759,21 @@ impl Builder<'_> {
                     max_outbound_connections: None,
                 });
                 Place::Host(key)
+            }
+            Scope::Webhook => {
+                let index = match self.webhooks.iter().position(|w| w.name == name) {
+                    Some(index) => index,
+                    None => {
+                        self.webhooks.push(WebhookStanza {
+                            name: name.to_string(),
+                            file,
+                            line,
+                            overrides: WebhookOverrides::default(),
+                        });
+                        self.webhooks.len() - 1
+                    }
+                };
+                Place::Webhook(index)
             }
             Scope::EsmtpListener => Place::EsmtpListener,
             Scope::EsmtpListen => {
@@ -948,6 +1020,7 @@ impl Builder<'_> {
                 }
                 (_, typed) => Err(typed),
             },
+            Place::Webhook(index) => self.webhooks[*index].overrides.set(key, typed),
         };
         // The option table said this scope takes this option; a setter that
         // does not is a bug in this file.
@@ -987,6 +1060,34 @@ impl Builder<'_> {
             typed
         };
         self.global_delivery.set(key, typed)
+    }
+
+    /// Every webhook has a target and a printable token, and the events
+    /// it sends are written somewhere.
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
+        let eventlog = self
+            .logger
+            .as_ref()
+            .is_some_and(|(_, l)| l.eventlog.is_some());
+        for w in &self.webhooks {
+            let name = w.name.clone();
+            let kind = if w.overrides.target.is_none() {
+                ConfigErrorKind::WebhookWithoutTarget { name }
+            } else if !eventlog {
+                ConfigErrorKind::WebhookWithoutEventlog { name }
+            } else if w
+                .overrides
+                .auth_token
+                .as_ref()
+                .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+            {
+                ConfigErrorKind::BadWebhookToken { name }
+            } else {
+                continue;
+            };
+            return Err(self.error(w.file, w.line, kind));
+        }
+        Ok(())
     }
 
     /// Remembers a setting that the engine may not act on.
@@ -1076,6 +1177,16 @@ impl Builder<'_> {
             overrides.apply(&mut security);
             security
         });
+        let webhooks = self
+            .webhooks
+            .iter()
+            .map(|stanza| {
+                let mut webhook = WebhookConfig::builtin();
+                webhook.name = stanza.name.clone();
+                stanza.overrides.apply(&mut webhook);
+                webhook
+            })
+            .collect();
         let settings = Settings {
             global,
             inbound,
@@ -1091,6 +1202,7 @@ impl Builder<'_> {
             bindings: self.bindings,
             hosts: self.hosts,
             opendkim: self.opendkim,
+            webhooks,
         };
         Built {
             settings,
@@ -1193,6 +1305,35 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
             routes.push(route);
         }
         return Ok(Typed::Routes(routes));
+    }
+    if kind == Kind::EventTypes {
+        let items: &[Word] = match value {
+            Value::Scalar(word) => std::slice::from_ref(word),
+            Value::List(items) => items,
+        };
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let known = WEBHOOK_EVENT_TYPES.iter().find(|t| **t == item.text);
+            let Some(known) = known else {
+                let kind = ConfigErrorKind::UnknownEventType {
+                    value: item.text.clone(),
+                    known: WEBHOOK_EVENT_TYPES.join(", "),
+                };
+                return Err((Some(item.line), kind));
+            };
+            if !names.iter().any(|n| n == known) {
+                names.push(known.to_string());
+            }
+        }
+        if names.is_empty() {
+            let kind = ConfigErrorKind::WrongType {
+                option: option.to_string(),
+                expected: kind.expected(),
+                got: "an empty list".into(),
+            };
+            return Err((None, kind));
+        }
+        return Ok(Typed::Names(names));
     }
     let word = match value {
         Value::Scalar(word) => word,
@@ -1307,7 +1448,19 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         Kind::TlsVerify => {
             Typed::TlsVerify(TlsVerify::parse(text).ok_or_else(|| wrong_type(got(), line))?)
         }
-        Kind::CidrList | Kind::NameserverList | Kind::Routes => unreachable!("handled above"),
+        Kind::WebhookTarget => {
+            parse_webhook_target(text).map_err(|reason| {
+                let kind = ConfigErrorKind::BadWebhookTarget {
+                    value: text.to_string(),
+                    reason,
+                };
+                (Some(line), kind)
+            })?;
+            Typed::Text(text.to_string())
+        }
+        Kind::CidrList | Kind::NameserverList | Kind::Routes | Kind::EventTypes => {
+            unreachable!("handled above")
+        }
     };
     Ok(typed)
 }
@@ -1344,6 +1497,8 @@ mod tests {
             Kind::TlsMode => "required",
             Kind::TlsVerify => "host",
             Kind::AuthMechanism => "login",
+            Kind::EventTypes => "delivery",
+            Kind::WebhookTarget => "http://127.0.0.1:8080/hook",
         }
     }
 
@@ -1373,6 +1528,9 @@ mod tests {
                     Scope::Security => format!("Security {{ {line} }}"),
                     Scope::Host => format!("host mx.example {{ {line} }}"),
                     Scope::ControlPeer => continue,
+                    Scope::Webhook => format!(
+                        "ec_logger {{ eventlog = e }} webhook w {{ target = \"http://127.0.0.1/\" {line} }}"
+                    ),
                 };
                 let tree = super::super::parse::parse_tree(&text, "t".as_ref()).unwrap();
                 if let Err(error) = build(&tree) {
@@ -1405,7 +1563,7 @@ mod tests {
         // settings, turned back into dump entries, hold that exact value.
         type Resolve = fn(&Settings) -> Vec<(&'static str, Typed)>;
         type Family = (&'static [OptionSpec], fn(&str) -> String, Resolve);
-        let families: [Family; 6] = [
+        let families: [Family; 7] = [
             (
                 GLOBAL_SPECS,
                 |line| line.to_string(),
@@ -1435,6 +1593,15 @@ mod tests {
                 OUTBOUND_SPECS,
                 |line| format!("binding_group g {{ binding b {{ domain d {{ {line} }} }} }}"),
                 |s| DeliveryOverrides::complete(&s.delivery("b", "d")).entries(),
+            ),
+            (
+                WEBHOOK_SPECS,
+                |line| {
+                    format!(
+                        "ec_logger {{ eventlog = e }} webhook w {{ target = \"http://127.0.0.1/\" {line} }}"
+                    )
+                },
+                |s| WebhookOverrides::complete(&s.webhooks[0]).entries(),
             ),
         ];
         let mut checked = 0;

@@ -81,6 +81,10 @@ pub(super) enum Kind {
     TlsMode,
     /// `no`, `ca`, `host` or `optional` ([`TlsVerify`]).
     TlsVerify,
+    /// A list (or a single item) of event types from `WEBHOOK_EVENT_TYPES`.
+    EventTypes,
+    /// An `http://host:port/path` URL (`parse_webhook_target`).
+    WebhookTarget,
 }
 
 impl Kind {
@@ -111,6 +115,8 @@ impl Kind {
             Kind::FileMode => "an octal file mode between 0000 and 7777 such as 0600",
             Kind::AuthMechanism => "PLAIN or LOGIN",
             // The numbers are THROTTLE_COUNT_MAX and THROTTLE_SECONDS_MAX.
+            Kind::EventTypes => "a list of event types",
+            Kind::WebhookTarget => "an URL \"http://host:port/path\"",
             Kind::Rate => {
                 "a rate \"N\" (per second) or \"N/S\" (N per S seconds), N in 0..=1000000 \
                  (0 = unlimited), S in 1..=86400"
@@ -184,6 +190,7 @@ pub(super) const BINDING_LEVEL: ScopeSet =
 pub(super) const GLOBAL_OR_DOMAIN: ScopeSet = ScopeSet::of(&[Scope::Global, Scope::Domain]);
 pub(super) const LOGGER: ScopeSet = ScopeSet::of(&[Scope::EcLogger]);
 pub(super) const SECURITY: ScopeSet = ScopeSet::of(&[Scope::Security]);
+pub(super) const WEBHOOK: ScopeSet = ScopeSet::of(&[Scope::Webhook]);
 
 pub(super) const fn integer(min: u64, max: u64) -> Kind {
     Kind::Integer { min, max, unit: "" }
@@ -222,6 +229,8 @@ pub(super) enum Typed {
     Throttle(Throttle),
     TlsMode(TlsMode),
     TlsVerify(TlsVerify),
+    /// Event type names, as configured.
+    Names(Vec<String>),
 }
 
 pub(super) fn narrow_u32(value: u64) -> u32 {
@@ -296,6 +305,7 @@ option_value!(MaxRetries, u32::MAX as u64, MaxRetries(v) => v, |s| Typed::MaxRet
 option_value!(Throttle, 0, Throttle(v) => v, |s| Typed::Throttle(*s));
 option_value!(TlsMode, 0, TlsMode(v) => v, |s| Typed::TlsMode(*s));
 option_value!(TlsVerify, 0, TlsVerify(v) => v, |s| Typed::TlsVerify(*s));
+option_value!(Vec<String>, 0, Names(v) => v, |s| Typed::Names(s.clone()));
 
 /// How a resolved field holds its option's value: as the value itself, or
 /// as `Option<value>` when "unset" is a meaningful resolved state (no
@@ -349,7 +359,8 @@ plain_field!(
     MaxRetries,
     Throttle,
     TlsMode,
-    TlsVerify
+    TlsVerify,
+    Vec<String>
 );
 optional_field!(Gateway, Vec<Route>, IpAddr, String, PathBuf);
 
@@ -839,6 +850,38 @@ option_family! {
         /// Seconds between two mainlog `M` heartbeat lines; 0: none.
         heartbeat: Duration = "heartbeat" in LOGGER, seconds(0, HEARTBEAT_SECONDS_MAX),
             default Duration::from_secs(HEARTBEAT_SECONDS_DEFAULT);
+        /// The JSON-lines event log (`events`); none when unset.
+        eventlog: Option<PathBuf> = "eventlog" in LOGGER, Kind::Path, default None;
+    }
+}
+
+option_family! {
+    /// One `webhook "name"` stanza: where events are POSTed (`events`).
+    pub struct WebhookConfig {
+        fixed {
+            /// The stanza's name.
+            name: String = String::new(),
+        }
+    }
+    /// A webhook without a target (`model` refuses one left so).
+    fn builtin();
+    overrides WebhookOverrides;
+    specs WEBHOOK_SPECS;
+    options {
+        target: Option<String> = "target" in WEBHOOK, Kind::WebhookTarget, default None;
+        /// Event types sent; all of `WEBHOOK_EVENT_TYPES` by default.
+        events: Vec<String> = "events" in WEBHOOK, Kind::EventTypes,
+            default WEBHOOK_EVENT_TYPES.iter().map(|t| t.to_string()).collect();
+        /// Sent in `X-MessageSystems-Webhook-Token` when set.
+        auth_token: Option<String> = "auth_token" in WEBHOOK, Kind::Text, default None;
+        /// Events per POST, at most.
+        batch_size: u32 = "batch_size" in WEBHOOK,
+            integer(1, WEBHOOK_BATCH_SIZE_MAX), default WEBHOOK_BATCH_SIZE_DEFAULT;
+        /// Event log bytes this endpoint may lag behind; older events are
+        /// skipped (and counted) beyond it.
+        max_backlog_bytes: u64 = "max_backlog_bytes" in WEBHOOK,
+            bytes(WEBHOOK_BACKLOG_BYTES_MIN, WEBHOOK_BACKLOG_BYTES_MAX),
+            default WEBHOOK_BACKLOG_BYTES_DEFAULT;
     }
 }
 
@@ -859,13 +902,14 @@ option_family! {
 }
 
 /// The family tables, in the order `OPTIONS` lists them.
-const FAMILIES: [&[OptionSpec]; 6] = [
+const FAMILIES: [&[OptionSpec]; 7] = [
     GLOBAL_SPECS,
     INBOUND_SPECS,
     CONTROL_SPECS,
     LOGGER_SPECS,
     SECURITY_SPECS,
     OUTBOUND_SPECS,
+    WEBHOOK_SPECS,
 ];
 
 const OPTIONS_COUNT: usize = options_count(FAMILIES);

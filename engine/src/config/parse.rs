@@ -44,11 +44,12 @@ pub(super) enum Keyword {
     /// `dkim_domain "name" { }`, inside `opendkim` only.
     DkimDomain,
     Peer,
+    Webhook,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 13] = [
+        const KEYWORDS: [(&str, Keyword); 14] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -62,6 +63,7 @@ impl Keyword {
             ("opendkim", Keyword::Opendkim),
             ("dkim_domain", Keyword::DkimDomain),
             ("peer", Keyword::Peer),
+            ("webhook", Keyword::Webhook),
         ];
         KEYWORDS
             .iter()

@@ -76,7 +76,7 @@ pub fn summary_block(t: &Figures, reset_ms: u64, uptime_secs: u64) -> String {
             rate_per_second(count, reset_ms)
         )
     };
-    let rows: [(&str, String); 23] = [
+    let rows: [(&str, String); 24] = [
         (
             "Outbound Concurrency",
             t.get(OutboundConnections).to_string(),
@@ -109,6 +109,14 @@ pub fn summary_block(t: &Figures, reset_ms: u64, uptime_secs: u64) -> String {
         ("Spooled Messages", t.get(LiveMessages).to_string()),
         ("Received Bytes", t.get(BytesReceived).to_string()),
         ("Spool Segments", t.get(SpoolSegments).to_string()),
+        (
+            "Failing Webhooks",
+            format!(
+                "{} of {}",
+                t.get(WebhookEndpointsFailing),
+                t.get(WebhookEndpoints)
+            ),
+        ),
         (
             "Statistics Last Reset",
             format!("{} seconds", reset_ms / 1000),

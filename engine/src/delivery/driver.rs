@@ -47,8 +47,8 @@ use crate::smtp::client::{
     Stage, TransactionResult,
 };
 use crate::smtp::downgrade::{self, Unconvertible, DOWNGRADE_BODY_BYTES_MAX};
-use crate::tls::{self, Stream};
 use crate::smtp::sasl::Mechanism;
+use crate::tls::{self, Stream};
 use crate::transport::{read_within, write_all_within};
 use rustls::pki_types::ServerName;
 
@@ -180,7 +180,8 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
                 transient_in_a_row: 0,
                 stream: Stream::Plain(stream),
                 tls,
-                client: ClientSession::with_starttls(ehlo, starttls).with_auth(outbound_auth(&options)),
+                client: ClientSession::with_starttls(ehlo, starttls)
+                    .with_auth(outbound_auth(&options)),
                 current: None,
                 greeted: false,
                 body: Vec::new(),

@@ -18,6 +18,7 @@ use super::{pool, Outbound};
 use crate::bounce::classify;
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
+use crate::events::{format_event, Event, EventType};
 use crate::log::{format_bounce, format_delivery, format_failure, Attempt, Bounce, RecordIds};
 use crate::mesh::{Delay, Failure, Outcome, OutcomeKind};
 use crate::queue::{MessageId, MessageRef, QueueId};
@@ -341,4 +342,64 @@ fn log_attempt(
             format_bounce(buf, &ids, &bounce);
         });
     }
+    if out.env.events.is_enabled() {
+        let (unix_secs, queue_time_ms) = (now / 1000, age_ms);
+        let attempt = AttemptFacts {
+            message_id: &message_id,
+            unix_secs,
+            queue_time_ms,
+            remote_ip,
+        };
+        log_attempt_events(out, entry, replies, dispositions, &attempt);
+    }
+}
+
+/// What every event of one attempt shares.
+struct AttemptFacts<'a> {
+    message_id: &'a str,
+    unix_secs: u64,
+    queue_time_ms: u64,
+    remote_ip: &'a str,
+}
+
+/// One `delivery`, `delay` or `bounce` event per recipient of an attempt.
+fn log_attempt_events(
+    out: &Outbound,
+    entry: &MessageRef,
+    replies: &[AttemptReply],
+    dispositions: &[Disposition],
+    facts: &AttemptFacts<'_>,
+) {
+    let events = &out.env.events;
+    events.write(|buf| {
+        let each = entry.rcpts.iter().zip(replies).zip(dispositions);
+        for (((_, rcpt), reply), disposition) in each {
+            let (kind, reason, class) = match disposition {
+                Disposition::Delivered => (EventType::Delivery, None, None),
+                Disposition::Retry { .. } => (EventType::Delay, Some(reply.text.as_str()), None),
+                Disposition::Failed { reply: why } => {
+                    (EventType::Bounce, Some(why.as_str()), Some(classify(why)))
+                }
+            };
+            let event_id = events.next_id();
+            let e = Event {
+                kind,
+                event_id,
+                unix_secs: facts.unix_secs,
+                message_id: facts.message_id,
+                rcpt_to: rcpt,
+                msg_from: &entry.mail_from,
+                binding: out.bindings.name(entry.binding),
+                binding_group: out.bindings.group(entry.binding),
+                msg_size: Some(entry.body.len as u64),
+                ip_address: Some(facts.remote_ip),
+                num_retries: Some(entry.attempts),
+                queue_time_ms: Some(facts.queue_time_ms),
+                raw_reason: reason,
+                bounce_class: class,
+                method: "esmtp",
+            };
+            format_event(buf, &e);
+        }
+    });
 }

@@ -49,6 +49,7 @@ use crate::auth::{failures, verify_off_shard};
 use crate::clock::now_unix_ms;
 use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::env::{ShardEnv, Stopping};
+use crate::events::{self, format_event, EventType};
 use crate::log::{self, format_rejection, Rejection};
 use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
@@ -1055,10 +1056,40 @@ fn log_rejections(shard: &Inbound, conn: &Conn, session: &ServerSession, output:
 /// Counts a rejection and writes its rejectlog line.
 fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
     shard.env.stats().add(Counter::Rejections, 1);
+    let unix_secs = now_unix_ms() / 1000;
     shard
         .env
         .logs
-        .rejectlog(|buf| format_rejection(buf, now_unix_ms() / 1000, rejection));
+        .rejectlog(|buf| format_rejection(buf, unix_secs, rejection));
+    let events = &shard.env.events;
+    if events.is_enabled() {
+        let ip = rejection
+            .remote
+            .rsplit_once(':')
+            .map_or(rejection.remote, |(ip, _)| ip);
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        let event_id = events.next_id();
+        events.write(|buf| {
+            let e = events::Event {
+                kind: EventType::PolicyRejection,
+                event_id,
+                unix_secs,
+                message_id: "",
+                rcpt_to: "",
+                msg_from: rejection.mail_from,
+                binding: "",
+                binding_group: "",
+                msg_size: None,
+                ip_address: Some(ip),
+                num_retries: None,
+                queue_time_ms: None,
+                raw_reason: Some(rejection.text),
+                bounce_class: None,
+                method: "esmtp",
+            };
+            format_event(buf, &e);
+        });
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use ecelerity_spool::{BodyReader, BodyRef, FileBody, RecoveredMessage, Spool, Sp
 use crate::bounce::dsn::{self, FailedRecipient, Report, ORIGINAL_HEADERS_BYTES_MAX};
 use crate::clock::now_unix_ms;
 use crate::env::ShardEnv;
+use crate::events::{format_event, Event, EventType};
 use crate::log::{format_reception, Reception, RecordIds};
 use crate::mesh::{Delay, Failure, Outcome, OutcomeKind, Router};
 use crate::queue::record::{Note, SpooledEnvelope};
@@ -231,6 +232,49 @@ impl Messages {
                 format_reception(buf, &ids, &r);
             }
         });
+        if self.env.events.is_enabled() {
+            self.log_injection_events(&message_id, envelope, size_bytes, peer_ip, protocol);
+        }
+    }
+
+    /// One `injection` event per recipient, flushed at once: the lines are
+    /// in the event log before the message goes to delivery, so no
+    /// delivery, delay or bounce event of it can come first.
+    fn log_injection_events(
+        &self,
+        message_id: &str,
+        envelope: &SpooledEnvelope,
+        size_bytes: u64,
+        peer_ip: Option<IpAddr>,
+        protocol: &str,
+    ) {
+        let binding = self.bindings.id(&envelope.binding);
+        let ip = peer_ip.map(|ip| ip.to_string());
+        let events = &self.env.events;
+        events.write(|buf| {
+            for rcpt in &envelope.rcpts {
+                let event_id = events.next_id();
+                let e = Event {
+                    kind: EventType::Injection,
+                    event_id,
+                    unix_secs: envelope.received_unix_ms / 1000,
+                    message_id,
+                    rcpt_to: rcpt,
+                    msg_from: &envelope.mail_from,
+                    binding: self.bindings.name(binding),
+                    binding_group: self.bindings.group(binding),
+                    msg_size: Some(size_bytes),
+                    ip_address: ip.as_deref(),
+                    num_retries: None,
+                    queue_time_ms: None,
+                    raw_reason: None,
+                    bounce_class: None,
+                    method: protocol,
+                };
+                format_event(buf, &e);
+            }
+        });
+        events.flush();
     }
 
     /// Splits a spooled message into queue entries, one per (binding,

@@ -245,6 +245,14 @@ pub fn start(
         engine.join();
         return Err(StartError::Other { shard: 0, what });
     }
+    if let Err(e) = crate::events::webhook::start(&config, engine.stats.clone(), stop.clone()) {
+        stop.store(true, Ordering::SeqCst);
+        engine.join();
+        return Err(StartError::Other {
+            shard: 0,
+            what: format!("cannot start the webhook sender: {e}"),
+        });
+    }
     serving.store(true, Ordering::SeqCst);
     crate::console::serve(
         consoles,

@@ -31,6 +31,7 @@ use crate::control::{ControlHandle, ControlReply, ControlRequest, Envelope, CONT
 use crate::delivery::Outbound;
 use crate::dns::{system_nameservers, Resolver};
 use crate::env::{LiveConfig, ShardEnv, Stopping};
+use crate::events::EventLog;
 use crate::http::{self, HttpContext, HTTP_SHARES};
 use crate::inbound::{accept_loop, shard_policy, Inbound, LiveListener};
 use crate::latency::RATE_SAMPLE_MS;
@@ -205,7 +206,13 @@ impl Inbox for Shard {
                     errors: self.reload(&new.0),
                 },
                 ControlRequest::ReopenLogs => ControlReply::LogsReopened {
-                    error: self.env.logs.reopen().err().map(|e| e.to_string()),
+                    error: self
+                        .env
+                        .logs
+                        .reopen()
+                        .and_then(|()| self.env.events.reopen())
+                        .err()
+                        .map(|e| e.to_string()),
                 },
                 request => self.outbound.answer(request),
             };
@@ -336,6 +343,17 @@ pub(super) async fn run(setup: Setup) {
             return;
         }
     };
+    let events = match EventLog::open(config.logs().eventlog.as_deref(), id, now_unix_ms()) {
+        Ok(e) => e,
+        Err(source) => {
+            let _ = ready.send(Err(StartError::Io {
+                shard: id,
+                what: "cannot open the eventlog".into(),
+                source,
+            }));
+            return;
+        }
+    };
     let mut listeners = Vec::new();
     for l in config.esmtp_listeners().iter().filter(|l| l.enabled) {
         let tls = match crate::inbound::listener_tls(l) {
@@ -365,7 +383,7 @@ pub(super) async fn run(setup: Setup) {
         count,
         &config,
         stats,
-        logs,
+        (logs, events),
         senders,
         spool,
         recovery.max_id,
@@ -459,6 +477,7 @@ pub(super) async fn run(setup: Setup) {
         tracing::error!(shard = id, "spool: final sync failed: {e}");
     }
     shard.env.logs.flush();
+    shard.env.events.flush();
     tracing::info!(shard = id, "stopped");
 }
 
@@ -469,7 +488,7 @@ fn wire(
     count: usize,
     config: &Arc<Config>,
     stats: Arc<EngineStats>,
-    logs: ShardLogs,
+    (logs, events): (ShardLogs, EventLog),
     senders: glommio::channels::channel_mesh::Senders<ShardMsg>,
     spool: Spool,
     max_recovered_id: u64,
@@ -482,6 +501,7 @@ fn wire(
         config: LiveConfig::new(config.clone()),
         stats,
         logs,
+        events,
         stopping: Stopping::default(),
         latency: Default::default(),
     });
@@ -557,6 +577,7 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
             let mut latency = shard.env.latency.borrow_mut();
             latency.sample(Instant::now(), &figures);
         }
+        shard.env.events.flush();
         ticks += 1;
         if ticks.is_multiple_of(PRUNE_TICKS) {
             shard.outbound.prune();

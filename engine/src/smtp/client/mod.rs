@@ -452,7 +452,6 @@ impl ClientSession {
         self
     }
 
-
     /// The TLS handshake after STARTTLS succeeded: EHLO again (RFC 3207
     /// section 4.2: what the server offered in clear text is forgotten).
     pub fn tls_started(&mut self) {
