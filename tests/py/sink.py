@@ -187,6 +187,8 @@ def main():
     parser.add_argument("--require-starttls", action="store_true")
     parser.add_argument("--tls-client-ca", help="demand a client certificate signed by this CA")
     parser.add_argument("--broken-starttls", action="store_true")
+    parser.add_argument("--auth", help="USER:PASSWORD required before MAIL")
+    args = parser.parse_args()
     tls_context = None
     if args.tls_cert:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -194,8 +196,6 @@ def main():
         if args.tls_client_ca:
             tls_context.verify_mode = ssl.CERT_REQUIRED
             tls_context.load_verify_locations(args.tls_client_ca)
-    parser.add_argument("--auth", help="USER:PASSWORD required before MAIL")
-    args = parser.parse_args()
     authenticator = Authenticator(args.dir, args.auth) if args.auth else None
 
     store = Store(args.dir)
