@@ -171,7 +171,7 @@ mod tests {
              250-SIZE 1000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n\
              250-AUTH PLAIN LOGIN\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n"
         );
-        assert_eq!(all.unsupported(), Some("AUTH"));
+        assert_eq!(all.unsupported(), Some("SMTPUTF8"));
         let none = Capabilities {
             pipelining: false,
             size: false,
