@@ -618,3 +618,64 @@ fn outbound_client_certificate_is_offered_to_a_server_that_demands_one() {
         "delivered without a client certificate"
     );
 }
+
+/// Goal: AUTH is offered only once STARTTLS protects the session (Postfix's
+/// `smtpd_tls_auth_only`), and a client that authenticated over TLS may
+/// relay. Method: a listener with a certificate and `enable_authentication`
+/// (no `allow_plaintext_auth`) that relays only for 10.0.0.0/8; swaks
+/// without TLS cannot authenticate and its message never arrives; swaks
+/// with `--tls --auth PLAIN` relays it to the sink.
+#[test]
+fn auth_after_starttls_relays_and_auth_in_clear_text_is_refused() {
+    let dir = TempDir::new("tls-auth");
+    let pki = Pki::new(dir.path());
+    let (cert, key) = pki.issue("mta.test", "DNS:mta.test,IP:127.0.0.1");
+    let passwd = run_with_input(
+        Command::new(ecelerity_tests::bin("ec_passwd")).arg("alice"),
+        b"sesame tls\n",
+        COMMAND_TIMEOUT,
+    );
+    assert!(passwd.status.success(), "ec_passwd: {passwd:?}");
+    fs::write(dir.join("passwd"), &passwd.stdout).unwrap();
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let mut config = TestConfig::new(sink.port());
+    config.relay_hosts = vec!["10.0.0.0/8".to_string()];
+    let listen = listen_tls(
+        &cert,
+        &key,
+        "enable_authentication = true auth_password_file = \"passwd\"",
+    );
+    let daemon = Daemon::start(dir.path(), &config_text(&config, &listen));
+    let port = daemon.smtp_port().to_string();
+    let swaks = |tls: bool, subject: &str| {
+        let mut command = Command::new("swaks");
+        command
+            .args(["--server", "127.0.0.1", "--port", &port])
+            .args(["--from", "app@client.test", "--to", "b@sink.test"])
+            .args(["--auth", "PLAIN", "--auth-user", "alice"])
+            .args(["--auth-password", "sesame tls"])
+            .args(["--header", &format!("Subject: {subject}")])
+            .stdin(std::process::Stdio::null());
+        if tls {
+            command.arg("--tls");
+        }
+        run(&mut command, COMMAND_TIMEOUT)
+    };
+    let clear = swaks(false, "in clear text");
+    let clear_out = String::from_utf8_lossy(&clear.stdout).into_owned();
+    assert!(
+        !clear.status.success(),
+        "AUTH worked in clear text: {clear_out}"
+    );
+    assert!(!clear_out.contains("250-AUTH"), "{clear_out}");
+    let secure = swaks(true, "after starttls");
+    let secure_out = String::from_utf8_lossy(&secure.stdout).into_owned();
+    assert!(secure.status.success(), "swaks --tls --auth: {secure_out}");
+    assert!(secure_out.contains("235 2.7.0"), "{secure_out}");
+    let arrived = sink.wait_for_messages(1, ARRIVAL_TIMEOUT);
+    assert_eq!(arrived.len(), 1);
+    let body = String::from_utf8_lossy(&arrived[0].bytes()).into_owned();
+    assert!(body.contains("Subject: after starttls"), "{body}");
+    std::thread::sleep(NEVER_ARRIVES_WAIT);
+    assert_eq!(sink.messages().len(), 1, "the clear-text message arrived");
+}
