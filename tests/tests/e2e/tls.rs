@@ -679,3 +679,41 @@ fn auth_after_starttls_relays_and_auth_in_clear_text_is_refused() {
     std::thread::sleep(NEVER_ARRIVES_WAIT);
     assert_eq!(sink.messages().len(), 1, "the clear-text message arrived");
 }
+
+/// Goal: outbound AUTH goes over the STARTTLS session without
+/// `outbound_smtp_auth_allow_plaintext`. Method: aiosmtpd demands STARTTLS
+/// and AUTH; the daemon has `tls = required` and credentials; the message
+/// arrives byte for byte over TLS 1.3 and the sink recorded a successful
+/// PLAIN login with those credentials.
+#[test]
+fn outbound_auth_goes_over_starttls() {
+    let probe = TempDir::new("tls-pki-auth");
+    let pki = Pki::new(probe.path());
+    let (cert, key) = pki.issue("sink.test", "DNS:sink.test,IP:127.0.0.1");
+    let sink_args = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--require-starttls",
+        "--auth",
+        "relay-user:relay secret",
+    ];
+    let outbound_options = "tls = \"required\"\n\
+                            outbound_smtp_auth_user = \"relay-user\"\n\
+                            outbound_smtp_auth_pass = \"relay secret\"";
+    let (dir, sink, daemon) = outbound("tls-out-auth", &sink_args, outbound_options);
+    let body = send_plain(daemon.smtp_port(), dir.path(), "auth-over-tls");
+    let messages = sink.wait_for_messages(1, ARRIVAL_TIMEOUT);
+    assert_eq!(messages[0].tls, "TLSv1.3", "the sink saw a TLS session");
+    assert_eq!(
+        strip_leading_received(&messages[0].bytes()),
+        Some(&body[..])
+    );
+    let auth = fs::read_to_string(dir.join("sink").join("auth.txt")).unwrap_or_default();
+    assert_eq!(
+        auth.trim_end(),
+        "PLAIN\trelay-user\trelay secret\tok",
+        "{auth}"
+    );
+}
