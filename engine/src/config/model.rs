@@ -777,13 +777,7 @@ impl Builder<'_> {
             }
             Scope::EsmtpListener => Place::EsmtpListener,
             Scope::EsmtpListen => {
-                let address = parse_listen_address(name).map_err(|reason| {
-                    let kind = ConfigErrorKind::BadListenAddress {
-                        address: name.to_string(),
-                        reason,
-                    };
-                    self.error(file, line, kind)
-                })?;
+                let address = self.listen_address(file, line, name)?;
                 let index = match self.listens.iter().position(|(a, _)| *a == address) {
                     Some(index) => index,
                     None => {
@@ -828,13 +822,7 @@ impl Builder<'_> {
             }
             Scope::HttpListener => Place::HttpListener,
             Scope::HttpListen => {
-                let address = parse_listen_address(name).map_err(|reason| {
-                    let kind = ConfigErrorKind::BadListenAddress {
-                        address: name.to_string(),
-                        reason,
-                    };
-                    self.error(file, line, kind)
-                })?;
+                let address = self.listen_address(file, line, name)?;
                 if !self.http_listens.contains(&address) {
                     self.http_listens.push(address);
                 }
@@ -892,6 +880,23 @@ impl Builder<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// A `Listen "addr"` name of an ESMTP or HTTP listener, or the
+    /// `file:line` error saying why it is not an address.
+    fn listen_address(
+        &self,
+        file: FileId,
+        line: u32,
+        name: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        parse_listen_address(name).map_err(|reason| {
+            let kind = ConfigErrorKind::BadListenAddress {
+                address: name.to_string(),
+                reason,
+            };
+            self.error(file, line, kind)
+        })
     }
 
     /// A `Control_Listener` `Peer` takes one option, `Enable`.
