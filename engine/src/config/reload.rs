@@ -16,6 +16,8 @@ use super::{Config, ConfigError};
 /// servers, the spool compaction task's pace, the set of bindings (a
 /// queued message names its binding by an index into the table built at
 /// start, so bindings can change their options on reload, not come or go)
+/// the `opendkim` stanza (its keys are loaded once, before privileges
+/// are dropped), the `webhook` stanzas (the webhook thread's endpoints),
 /// and `delivery_shards` in every scope (it decides which shard owns a
 /// queue: shards must never disagree on it, and queued entries stay where
 /// they are).
@@ -31,6 +33,8 @@ pub const RESTART_OPTIONS: &[&str] = &[
     "Security",
     "binding",
     "delivery_shards",
+    "opendkim",
+    "webhook",
 ];
 
 impl Config {
@@ -80,6 +84,10 @@ impl Config {
             keep!("ec_logger", logs);
         }
         keep!("Security", security);
+        // The shards hold the signers and the webhook thread its endpoints
+        // as loaded at start.
+        keep!("opendkim", opendkim);
+        keep!("webhook", webhooks);
         if keep_delivery_shards(new, old) {
             kept.push("delivery_shards");
         }
