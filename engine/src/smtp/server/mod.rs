@@ -654,32 +654,34 @@ impl ServerSession {
     /// The Received header of the message whose DATA is being read, for a
     /// body streamed to the spool before it is complete.
     pub fn transaction_received_header(&self, queue_id: &str, unix_secs: i64) -> String {
-        received_header(&ReceivedFields {
-            helo: &self.connection.ehlo_domain,
-            peer_ip: self.params.peer_ip,
-            hostname: &self.params.hostname,
-            version: self.params.version,
-            esmtp: self.esmtp,
-            tls: self.tls.as_ref(),
-            queue_id,
-            recipient: match self.rcpts.as_slice() {
-                [only] => Some(only),
-                _ => None,
-            },
-            unix_secs,
-        })
+        let helo = &self.connection.ehlo_domain;
+        self.received_for(helo, self.esmtp, &self.rcpts, queue_id, unix_secs)
     }
 
     pub fn received_header(&self, envelope: &Envelope, queue_id: &str, unix_secs: i64) -> String {
+        let (helo, esmtp) = (&envelope.helo, envelope.esmtp);
+        self.received_for(helo, esmtp, &envelope.rcpts, queue_id, unix_secs)
+    }
+
+    /// Our Received header for a message from `helo` to `rcpts` (the
+    /// recipient is named only when there is one).
+    fn received_for(
+        &self,
+        helo: &str,
+        esmtp: bool,
+        rcpts: &[String],
+        queue_id: &str,
+        unix_secs: i64,
+    ) -> String {
         received_header(&ReceivedFields {
-            helo: &envelope.helo,
+            helo,
             peer_ip: self.params.peer_ip,
             hostname: &self.params.hostname,
             version: self.params.version,
-            esmtp: envelope.esmtp,
+            esmtp,
             tls: self.tls.as_ref(),
             queue_id,
-            recipient: match envelope.rcpts.as_slice() {
+            recipient: match rcpts {
                 [only] => Some(only),
                 _ => None,
             },
