@@ -486,6 +486,7 @@ fn fuzz_spool_record_decoders() {
             binding: ecelerity_engine::config::DEFAULT_BINDING.into(),
             mail_from: "a@c.test".into(),
             rcpts: (0..rng.index(4)).map(|i| format!("r{i}@x.test")).collect(),
+            extensions: Vec::new(),
         };
         let mut env_bytes = Vec::new();
         envelope.encode(&mut env_bytes);

@@ -891,6 +891,7 @@ async fn receive(
         binding: shard.bindings.name(assigned.binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
+        extensions: Vec::new(),
     };
     let spooled_ref = match shard.messages.spool(id, &spooled, &body).await {
         Ok(r) => r,
@@ -973,6 +974,7 @@ async fn receive_streamed(
         binding: shard.bindings.name(binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
+        extensions: Vec::new(),
     };
     let spooled_ref = match shard.messages.spool_file(id, &spooled, &file_body).await {
         Ok(r) => r,

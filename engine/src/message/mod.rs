@@ -455,6 +455,7 @@ impl Messages {
             binding: self.bindings.name(original.binding).to_string(),
             mail_from: String::new(),
             rcpts: vec![original.mail_from.to_string()],
+            extensions: Vec::new(),
         };
         self.inject(dsn_id, &envelope, &body).await
     }

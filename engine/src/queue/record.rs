@@ -8,16 +8,28 @@
 //! Never: I/O.
 //!
 //! Envelope versions: 1 had no binding (its messages belong to the default
-//! binding); 2 adds the binding name after the 8BITMIME flag. Both decode.
+//! binding); 2 adds the binding name after the 8BITMIME flag; 3 adds a
+//! list of tagged extension fields after the recipients. All decode.
+//!
+//! Extension tags (a `u16` each; unknown tags are kept as they are):
+//! 1-15 ESMTP parameters (SMTPUTF8, DSN), 16-31 message generation
+//! (X-MSYS-API, REST transmissions), 32-47 policy (Lua context). Each
+//! feature names its tags as constants in its own module.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::config::DEFAULT_BINDING;
 
 /// Format version of an encoded envelope; bump on any layout change.
-const ENVELOPE_VERSION: u8 = 2;
+const ENVELOPE_VERSION: u8 = 3;
 /// The first version, without a binding.
 const ENVELOPE_VERSION_NO_BINDING: u8 = 1;
+/// The second version: a binding, no extension fields.
+const ENVELOPE_VERSION_NO_EXTENSIONS: u8 = 2;
+/// Most extension fields one envelope may carry.
+pub const EXTENSIONS_MAX: usize = 64;
+/// Most bytes of all extension values of one envelope together.
+pub const EXTENSION_BYTES_MAX: usize = 1024 * 1024;
 /// Longest address stored (RFC 5321 allows 256 for a path).
 pub const ADDRESS_BYTES_MAX: usize = 1024;
 /// Most recipients one spooled message may carry.
@@ -39,6 +51,17 @@ pub struct SpooledEnvelope {
     /// Forward paths, in the order the client gave them. A recipient is
     /// named by its index in this list everywhere else.
     pub rcpts: Vec<String>,
+    /// Tagged fields later features store with the message (see the
+    /// module comment for the tag ranges); at most [`EXTENSIONS_MAX`], one
+    /// per tag, [`EXTENSION_BYTES_MAX`] bytes of values together.
+    pub extensions: Vec<EnvelopeExtension>,
+}
+
+/// One tagged extension field of a [`SpooledEnvelope`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeExtension {
+    pub tag: u16,
+    pub value: Vec<u8>,
 }
 
 /// Progress of some recipients of a spooled message.
@@ -93,12 +116,43 @@ impl SpooledEnvelope {
         for rcpt in &self.rcpts {
             put_str(out, rcpt);
         }
+        assert!(self.extensions.len() <= EXTENSIONS_MAX);
+        assert!(self.extension_bytes() <= EXTENSION_BYTES_MAX);
+        out.extend_from_slice(&(self.extensions.len() as u16).to_le_bytes());
+        for ext in &self.extensions {
+            out.extend_from_slice(&ext.tag.to_le_bytes());
+            out.extend_from_slice(&(ext.value.len() as u32).to_le_bytes());
+            out.extend_from_slice(&ext.value);
+        }
+    }
+
+    /// The value stored under `tag`, if any.
+    pub fn extension(&self, tag: u16) -> Option<&[u8]> {
+        self.extensions
+            .iter()
+            .find(|e| e.tag == tag)
+            .map(|e| e.value.as_slice())
+    }
+
+    /// Stores `value` under `tag`, replacing an earlier value.
+    pub fn set_extension(&mut self, tag: u16, value: Vec<u8>) {
+        match self.extensions.iter_mut().find(|e| e.tag == tag) {
+            Some(e) => e.value = value,
+            None => self.extensions.push(EnvelopeExtension { tag, value }),
+        }
+    }
+
+    fn extension_bytes(&self) -> usize {
+        self.extensions.iter().map(|e| e.value.len()).sum()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<SpooledEnvelope, RecordError> {
         let mut r = Reader { bytes };
         let version = r.u8()?;
-        if version != ENVELOPE_VERSION && version != ENVELOPE_VERSION_NO_BINDING {
+        if !matches!(
+            version,
+            ENVELOPE_VERSION | ENVELOPE_VERSION_NO_EXTENSIONS | ENVELOPE_VERSION_NO_BINDING
+        ) {
             return Err(RecordError::Version(version));
         }
         let received_unix_ms = r.u64()?;
@@ -127,6 +181,11 @@ impl SpooledEnvelope {
         for _ in 0..count {
             rcpts.push(r.str()?);
         }
+        let extensions = if version == ENVELOPE_VERSION {
+            r.extensions()?
+        } else {
+            Vec::new()
+        };
         if !r.bytes.is_empty() {
             return Err(RecordError::Value);
         }
@@ -138,6 +197,7 @@ impl SpooledEnvelope {
             binding,
             mail_from,
             rcpts,
+            extensions,
         })
     }
 }
@@ -224,6 +284,28 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, RecordError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
+    fn extensions(&mut self) -> Result<Vec<EnvelopeExtension>, RecordError> {
+        let count = u16::from_le_bytes(self.take(2)?.try_into().unwrap()) as usize;
+        if count > EXTENSIONS_MAX {
+            return Err(RecordError::Limit);
+        }
+        let mut extensions: Vec<EnvelopeExtension> = Vec::with_capacity(count);
+        let mut total_bytes = 0usize;
+        for _ in 0..count {
+            let tag = u16::from_le_bytes(self.take(2)?.try_into().unwrap());
+            let len = self.u32()? as usize;
+            total_bytes = total_bytes.saturating_add(len);
+            if total_bytes > EXTENSION_BYTES_MAX {
+                return Err(RecordError::Limit);
+            }
+            if extensions.iter().any(|e| e.tag == tag) {
+                return Err(RecordError::Value);
+            }
+            let value = self.take(len)?.to_vec();
+            extensions.push(EnvelopeExtension { tag, value });
+        }
+        Ok(extensions)
+    }
     fn str(&mut self) -> Result<String, RecordError> {
         let len = u16::from_le_bytes(self.take(2)?.try_into().unwrap()) as usize;
         if len > ADDRESS_BYTES_MAX {
@@ -246,6 +328,10 @@ mod tests {
             binding: DEFAULT_BINDING.into(),
             mail_from: "news@example.net".into(),
             rcpts: vec!["a@example.com".into(), "b@example.org".into()],
+            extensions: vec![EnvelopeExtension {
+                tag: 1,
+                value: b"x".to_vec(),
+            }],
         }
     }
 
@@ -273,9 +359,15 @@ mod tests {
     fn a_version_1_envelope_belongs_to_the_default_binding() {
         let mut v2 = sample();
         v2.binding = "mta1".into();
+        v2.extensions.clear();
         let mut buf = Vec::new();
         v2.encode(&mut buf);
         assert_eq!(SpooledEnvelope::decode(&buf).unwrap().binding, "mta1");
+        // Version 2 wrote no extension count.
+        buf.truncate(buf.len() - 2);
+        let mut as_v2 = buf.clone();
+        as_v2[0] = ENVELOPE_VERSION_NO_EXTENSIONS;
+        assert_eq!(SpooledEnvelope::decode(&as_v2).unwrap(), v2);
         // The same envelope as version 1 wrote it: no binding field.
         let mut v1 = vec![ENVELOPE_VERSION_NO_BINDING];
         v1.extend_from_slice(&buf[1..1 + 8 + 1 + 4 + 8 + 1]);
@@ -285,6 +377,26 @@ mod tests {
         assert_eq!(old.binding, DEFAULT_BINDING);
         assert_eq!(old.mail_from, v2.mail_from);
         assert_eq!(old.rcpts, v2.rcpts);
+    }
+
+    #[test]
+    fn extensions_are_one_per_tag_and_bounded() {
+        let mut env = sample();
+        env.set_extension(1, b"y".to_vec());
+        env.set_extension(16, b"{}".to_vec());
+        assert_eq!(env.extension(1), Some(&b"y"[..]));
+        assert_eq!(env.extensions.len(), 2);
+        let mut buf = Vec::new();
+        env.encode(&mut buf);
+        assert_eq!(SpooledEnvelope::decode(&buf).unwrap(), env);
+        // The same tag twice is refused on the way back in.
+        env.extensions.push(EnvelopeExtension {
+            tag: 16,
+            value: Vec::new(),
+        });
+        let mut buf = Vec::new();
+        env.encode(&mut buf);
+        assert_eq!(SpooledEnvelope::decode(&buf), Err(RecordError::Value));
     }
 
     #[test]

@@ -270,6 +270,7 @@ fn write_spool(dir: &Path, cases: &[(&'static str, Vec<u8>, bool)]) {
                 binding: ecelerity_engine::config::DEFAULT_BINDING.to_string(),
                 mail_from: SENDER.to_string(),
                 rcpts: vec![rcpt(n)],
+                extensions: Vec::new(),
             };
             let mut encoded = Vec::new();
             envelope.encode(&mut encoded);
