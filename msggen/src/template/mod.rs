@@ -232,3 +232,6 @@ impl Template {
 pub(crate) fn lookup<'a>(layers: &[&'a Value], key: &str) -> Option<&'a Value> {
     layers.iter().find_map(|l| l.get(key))
 }
+
+#[cfg(test)]
+mod tests;
