@@ -235,3 +235,5 @@ pub(crate) fn lookup<'a>(layers: &[&'a Value], key: &str) -> Option<&'a Value> {
 
 #[cfg(test)]
 mod tests;
+
+pub(crate) use parse::find as find_bytes;
