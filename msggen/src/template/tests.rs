@@ -495,21 +495,8 @@ fn template_is_shared_across_threads() {
     assert_eq!(got, ["0", "2", "4", "6"]);
 }
 
-/// A small xorshift generator: random templates and data never panic.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
+fn pick<'a>(rng: &mut ecelerity_testkit::Rng, items: &[&'a str]) -> &'a str {
+    items[rng.index(items.len())]
 }
 
 #[test]
@@ -566,14 +553,14 @@ fn random_templates_never_panic() {
         loop_iterations_max: 1000,
         ..Limits::default()
     };
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut rng = ecelerity_testkit::Rng::from_env_or_clock();
     let mut ok = 0;
     let mut out = Vec::new();
     for _ in 0..20_000 {
-        let n = 1 + rng.next() % 12;
+        let n = rng.range(1, 13);
         let mut src = String::new();
         for _ in 0..n {
-            src.push_str(rng.pick(PIECES));
+            src.push_str(pick(&mut rng, PIECES));
         }
         if let Ok(t) = Template::compile_with(&src, &limits) {
             ok += 1;
@@ -591,11 +578,11 @@ fn random_templates_never_panic() {
 
 #[test]
 fn random_bytes_never_panic() {
-    let mut rng = XorShift(12345);
+    let mut rng = ecelerity_testkit::Rng::from_env_or_clock();
     for _ in 0..5_000 {
-        let n = (rng.next() % 64) as usize;
+        let n = rng.index(64);
         let bytes: Vec<u8> = (0..n)
-            .map(|_| b"{}()[]'\".ab1 +-*/<>=~!\\\n"[(rng.next() % 24) as usize])
+            .map(|_| b"{}()[]'\".ab1 +-*/<>=~!\\\n"[rng.index(24)])
             .collect();
         let src = String::from_utf8_lossy(&bytes);
         if let Ok(t) = Template::compile(&src) {

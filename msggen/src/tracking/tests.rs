@@ -354,19 +354,6 @@ fn paths_parse() {
     }
 }
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
 #[test]
 fn random_html_and_text_never_panic() {
     const PIECES: &[&str] = &[
@@ -410,18 +397,18 @@ fn random_html_and_text_never_panic() {
         ids: ids(),
         now: NOW,
     };
-    let mut rng = XorShift(0xDEAD_BEEF_1234_5678);
+    let mut rng = ecelerity_testkit::Rng::from_env_or_clock();
     let mut out = Vec::new();
     let mut tracked = 0;
     for _ in 0..20_000 {
-        let n = 1 + rng.next() % 16;
+        let n = rng.range(1, 17);
         let mut input = Vec::new();
         for _ in 0..n {
-            input.extend_from_slice(PIECES[(rng.next() % PIECES.len() as u64) as usize].as_bytes());
+            input.extend_from_slice(PIECES[rng.index(PIECES.len())].as_bytes());
         }
         // Sometimes cut in the middle of a UTF-8 sequence.
-        if rng.next() % 4 == 0 && !input.is_empty() {
-            let cut = (rng.next() % input.len() as u64) as usize;
+        if rng.chance(25) && !input.is_empty() {
+            let cut = rng.index(input.len());
             input.truncate(cut);
         }
         out.clear();
