@@ -2,7 +2,7 @@
 //! engagement-tracking links (issue 13 items 3 and 5). Pure: bytes and JSON
 //! in, bytes out; no I/O, no clock (callers pass `now`), no engine types.
 //! Owns: template compile/render, tracking tokens, link rewriting.
-//! May call: `serde_json` (data), `ring` (HMAC-SHA256).
+//! May call: `serde_json` (data), `ring` (ChaCha20-Poly1305, HMAC-SHA256).
 //! Never: the network, files, the spool, global state.
 //!
 //! # Templates (`template`)
@@ -31,9 +31,9 @@
 //! # Tracking (`tracking`)
 //!
 //! - `TrackingKey::new(secret)`; `Token` is the data a link carries;
-//!   `TrackingKey::encode(&Token, &mut Vec<u8>)` appends a signed base64url
-//!   token, `TrackingKey::decode(&[u8], now)` checks the signature and the
-//!   expiry and gives the `Token` back.
+//!   `TrackingKey::encode(&Link, &mut Vec<u8>)` appends an encrypted and
+//!   authenticated base64url token, `TrackingKey::decode(&[u8], now)`
+//!   refuses forged, altered and expired ones and gives the `Token` back.
 //! - `Tracker` (options + ids + key) rewrites one message's parts:
 //!   `rewrite_html` (click links in `<a href>`, open pixel before
 //!   `</body>`) and `rewrite_text` (bare URLs).

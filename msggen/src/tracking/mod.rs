@@ -1,7 +1,7 @@
-//! Engagement tracking (MOMENTUM.md 9): signed tokens and link rewriting.
+//! Engagement tracking (MOMENTUM.md 9): sealed tokens and link rewriting.
 //! Owns: the token codec (`token`), the rewriters (`rewrite`), the URL
 //! path shape (`parse_path`).
-//! May call: `ring` (HMAC-SHA256).
+//! May call: `ring` (ChaCha20-Poly1305, HMAC-SHA256).
 //! Never: I/O or clocks; the HTTP side (redirects, events) is the caller's.
 //!
 //! URLs: click `<scheme>://<tracking_domain>/f/<token>` (with

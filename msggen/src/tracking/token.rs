@@ -1,22 +1,29 @@
-//! Tracking tokens: what a click or open link carries, signed with
-//! HMAC-SHA256 (truncated to 128 bits) and written as base64url.
-//! Owns: the token layout, signing and verification, expiry checks.
-//! May call: `ring::hmac`, `b64`.
-//! Never: clocks (the caller passes `now`), the network.
+//! Tracking tokens: what a click or open link carries, encrypted and
+//! authenticated (ChaCha20-Poly1305, ring) and written as base64url.
+//! Owns: the token layout, sealing and opening, expiry checks.
+//! May call: `ring::{aead, hmac}`, `b64`.
+//! Never: clocks (the caller passes `now`), randomness, the network.
 //!
-//! Layout (version 1), all integers big-endian:
-//! `version u8 | kind u8 | flags u8 | expires_at u64 (unix s) |`
-//! then seven fields, each `len u16 | bytes`: target_url, link_name,
-//! transmission_id, message_id, recipient, campaign_id, metadata;
-//! then `tag [16]` = HMAC-SHA256(key, everything before)[..16].
+//! Layout (version 1): `version u8 | nonce [12] | sealed | tag [16]`, where
+//! `sealed` is the ChaCha20-Poly1305 encryption (additional data: the
+//! version byte) of
+//! `kind u8 | flags u8 | expires_at u64 (unix s, big-endian)` and seven
+//! fields, each `len u16 (big-endian) | bytes`: target_url, link_name,
+//! transmission_id, message_id, recipient, campaign_id, metadata.
+//! The nonce is synthetic: HMAC-SHA256(nonce key, plaintext)[..12], so
+//! the same link always gives the same token and no randomness is needed
+//! (SIV style). Both keys are derived from the operator's secret with
+//! HMAC-SHA256.
 
-use ring::hmac;
+use ring::{aead, hmac};
 
 use super::b64;
 
 pub const TOKEN_VERSION: u8 = 1;
-/// Bytes of the HMAC-SHA256 tag kept in a token (128 bits).
+/// Bytes of the Poly1305 tag that ends a token.
 pub const TAG_BYTES: usize = 16;
+/// Bytes of the (synthetic) nonce after the version byte.
+pub const NONCE_BYTES: usize = 12;
 /// Shortest key `TrackingKey::new` accepts.
 pub const KEY_BYTES_MIN: usize = 16;
 /// Longest target URL a click token carries (SparkPost: longer links fail).
@@ -28,7 +35,9 @@ pub const METADATA_BYTES_MAX: usize = 16 * 1024;
 /// Longest encoded token `decode` looks at.
 pub const ENCODED_TOKEN_BYTES_MAX: usize = 40 * 1024;
 
-const HEADER_BYTES: usize = 3 + 8;
+/// kind, flags, expires_at: the start of the plaintext.
+const HEADER_BYTES: usize = 2 + 8;
+const _: () = assert!(TAG_BYTES == 16 && NONCE_BYTES == aead::NONCE_LEN);
 const FIELD_COUNT: usize = 7;
 const _: () = assert!(METADATA_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(
@@ -113,7 +122,7 @@ pub enum TokenError {
     TooLong,
     #[error("token malformed")]
     Malformed,
-    #[error("token signature does not match (forged or altered)")]
+    #[error("token does not authenticate (forged, altered or another key)")]
     Forged,
     #[error("token version {0} not supported")]
     UnsupportedVersion(u8),
@@ -123,9 +132,11 @@ pub enum TokenError {
     Expired(Box<Token>),
 }
 
-/// The HMAC key tokens are signed with. `Send + Sync`; share one.
+/// The keys tokens are sealed with, derived from one secret. `Send + Sync`;
+/// share one.
 pub struct TrackingKey {
-    key: hmac::Key,
+    nonce_key: hmac::Key,
+    aead_key: aead::LessSafeKey,
 }
 
 impl std::fmt::Debug for TrackingKey {
@@ -139,8 +150,14 @@ impl TrackingKey {
         if secret.len() < KEY_BYTES_MIN {
             return Err(TokenError::KeyTooShort);
         }
+        let master = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let nonce_secret = hmac::sign(&master, b"ecelerity tracking token v1 nonce");
+        let aead_secret = hmac::sign(&master, b"ecelerity tracking token v1 aead");
+        let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, aead_secret.as_ref())
+            .expect("a 32-byte key for ChaCha20-Poly1305");
         Ok(TrackingKey {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            nonce_key: hmac::Key::new(hmac::HMAC_SHA256, nonce_secret.as_ref()),
+            aead_key: aead::LessSafeKey::new(unbound),
         })
     }
 
@@ -172,8 +189,10 @@ impl TrackingKey {
                 return Err(TokenError::FieldTooLong(name));
             }
         }
+        const PLAIN_AT: usize = 1 + NONCE_BYTES;
         scratch.clear();
         scratch.push(TOKEN_VERSION);
+        scratch.extend_from_slice(&[0; NONCE_BYTES]);
         scratch.push(match link.kind {
             TokenKind::Click => 0,
             TokenKind::Open => 1,
@@ -184,8 +203,19 @@ impl TrackingKey {
             scratch.extend_from_slice(&(value.len() as u16).to_be_bytes());
             scratch.extend_from_slice(value.as_bytes());
         }
-        let tag = hmac::sign(&self.key, scratch);
-        scratch.extend_from_slice(&tag.as_ref()[..TAG_BYTES]);
+        let synthetic = hmac::sign(&self.nonce_key, &scratch[PLAIN_AT..]);
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce.copy_from_slice(&synthetic.as_ref()[..NONCE_BYTES]);
+        scratch[1..PLAIN_AT].copy_from_slice(&nonce);
+        let tag = self
+            .aead_key
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from([TOKEN_VERSION]),
+                &mut scratch[PLAIN_AT..],
+            )
+            .expect("a token is far below ChaCha20-Poly1305's length limit");
+        scratch.extend_from_slice(tag.as_ref());
         b64::encode(scratch, out);
         Ok(())
     }
@@ -197,27 +227,29 @@ impl TrackingKey {
         }
         let mut raw = Vec::new();
         b64::decode(text, &mut raw).map_err(|_| TokenError::Malformed)?;
-        if raw.len() < HEADER_BYTES + 2 * FIELD_COUNT + TAG_BYTES {
+        if raw.len() < 1 + NONCE_BYTES + HEADER_BYTES + 2 * FIELD_COUNT + TAG_BYTES {
             return Err(TokenError::Malformed);
         }
-        let (body, tag) = raw.split_at(raw.len() - TAG_BYTES);
-        let want = hmac::sign(&self.key, body);
-        if !constant_time_eq(&want.as_ref()[..TAG_BYTES], tag) {
-            return Err(TokenError::Forged);
+        if raw[0] != TOKEN_VERSION {
+            return Err(TokenError::UnsupportedVersion(raw[0]));
         }
-        // Signed by us from here on, but parse defensively all the same.
-        if body[0] != TOKEN_VERSION {
-            return Err(TokenError::UnsupportedVersion(body[0]));
-        }
-        let kind = match body[1] {
+        let (head, sealed) = raw.split_at_mut(1 + NONCE_BYTES);
+        let nonce = aead::Nonce::try_assume_unique_for_key(&head[1..])
+            .map_err(|_| TokenError::Malformed)?;
+        let body: &[u8] = self
+            .aead_key
+            .open_in_place(nonce, aead::Aad::from([TOKEN_VERSION]), sealed)
+            .map_err(|_| TokenError::Forged)?;
+        // Authentic from here on, but parse defensively all the same.
+        let kind = match body[0] {
             0 => TokenKind::Click,
             1 => TokenKind::Open,
             _ => return Err(TokenError::Malformed),
         };
-        if body[2] > 1 {
+        if body[1] > 1 {
             return Err(TokenError::Malformed);
         }
-        let expires_at = u64::from_be_bytes(body[3..11].try_into().expect("8 bytes"));
+        let expires_at = u64::from_be_bytes(body[2..10].try_into().expect("8 bytes"));
         let mut rest = &body[HEADER_BYTES..];
         let mut next = || -> Result<String, TokenError> {
             let len_bytes = rest.get(..2).ok_or(TokenError::Malformed)?;
@@ -230,7 +262,7 @@ impl TrackingKey {
         let token = Token {
             kind,
             expires_at,
-            unsubscribe: body[2] == 1,
+            unsubscribe: body[1] == 1,
             target_url: next()?,
             link_name: next()?,
             transmission_id: next()?,
@@ -247,13 +279,6 @@ impl TrackingKey {
         }
         Ok(token)
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -314,7 +339,12 @@ mod tests {
                 bad[i] = replacement;
                 let r = key().decode(&bad, 0);
                 assert!(
-                    matches!(r, Err(TokenError::Forged | TokenError::Malformed)),
+                    matches!(
+                        r,
+                        Err(TokenError::Forged
+                            | TokenError::Malformed
+                            | TokenError::UnsupportedVersion(_))
+                    ),
                     "byte {i}: {r:?}"
                 );
             }
@@ -328,6 +358,33 @@ mod tests {
     }
 
     #[test]
+    fn contents_are_not_readable_and_tokens_are_deterministic() {
+        let t = encoded(&sample());
+        let mut raw = Vec::new();
+        b64::decode(&t, &mut raw).unwrap();
+        for secret in [
+            &b"wilma@flintstone.com"[..],
+            b"spring",
+            b"example.com",
+            b"tier",
+        ] {
+            assert!(!raw.windows(secret.len()).any(|w| w == secret));
+        }
+        assert_eq!(encoded(&sample()), t, "same link, same token");
+        let other = Link {
+            recipient: "fred@flintstone.com",
+            ..sample()
+        };
+        let t2 = encoded(&other);
+        assert_ne!(t2, t);
+        assert_ne!(
+            t2[..20],
+            t[..20],
+            "a different nonce for different contents"
+        );
+    }
+
+    #[test]
     fn another_key_is_refused() {
         let other = TrackingKey::new(b"another-key-0123456789").unwrap();
         assert_eq!(
@@ -338,16 +395,20 @@ mod tests {
 
     #[test]
     fn forged_structure_without_key_is_refused() {
-        // A token built by hand with a made-up tag.
-        let mut raw = vec![TOKEN_VERSION, 0, 0];
-        raw.extend_from_slice(&u64::MAX.to_be_bytes());
-        for _ in 0..FIELD_COUNT {
-            raw.extend_from_slice(&[0, 0]);
-        }
-        raw.extend_from_slice(&[0u8; TAG_BYTES]);
+        // A token built by hand: right shape, made-up nonce, body and tag.
+        let mut raw = vec![TOKEN_VERSION];
+        raw.extend_from_slice(&[7u8; NONCE_BYTES]);
+        raw.extend_from_slice(&[0u8; HEADER_BYTES + 2 * FIELD_COUNT + TAG_BYTES]);
         let mut text = Vec::new();
         b64::encode(&raw, &mut text);
         assert_eq!(key().decode(&text, 0), Err(TokenError::Forged));
+        raw[0] = 2;
+        text.clear();
+        b64::encode(&raw, &mut text);
+        assert_eq!(
+            key().decode(&text, 0),
+            Err(TokenError::UnsupportedVersion(2))
+        );
         assert_eq!(key().decode(b"", 0), Err(TokenError::Malformed));
         assert_eq!(key().decode(b"!!!!", 0), Err(TokenError::Malformed));
         let huge = vec![b'A'; ENCODED_TOKEN_BYTES_MAX + 1];
