@@ -221,6 +221,7 @@ impl Tracker<'_> {
         let mut copied = 0;
         let mut i = 0;
         let mut target = String::new();
+        let mut tag_attrs = Vec::new();
         while let Some(off) = memchr(b'<', &html[i..]) {
             let lt = i + off;
             i = lt + 1;
@@ -248,14 +249,15 @@ impl Tracker<'_> {
                 continue;
             }
             // Parse every tag, so a quoted '<a' inside another is not a link.
-            let Some(tag) = parse_attributes(html, lt + 1 + name_len, b">") else {
+            let Some(tag_end) = parse_attributes(html, lt + 1 + name_len, b">", &mut tag_attrs)
+            else {
                 continue;
             };
-            i = tag.end;
+            i = tag_end;
             if !(name_len == 1 && rest[1].eq_ignore_ascii_case(&b'a')) {
                 continue;
             }
-            let Some(href) = tag.attrs.iter().find(|a| a.name_is(html, b"href")) else {
+            let Some(href) = tag_attrs.iter().find(|a| a.name_is(html, b"href")) else {
                 continue;
             };
             let Some(value) = href.value.clone() else {
@@ -266,7 +268,7 @@ impl Tracker<'_> {
             if !is_http_url(url) {
                 continue;
             }
-            let attrs = link_attrs(html, &tag.attrs);
+            let attrs = link_attrs(html, &tag_attrs);
             if attrs.skip
                 || url.len() > TARGET_URL_BYTES_MAX
                 || stats.links_tracked >= LINKS_PER_PART_MAX
@@ -302,28 +304,28 @@ impl Tracker<'_> {
             return stats;
         }
         let mut scratch = Vec::new();
+        let mut marker_attrs = Vec::new();
         let mut copied = 0;
         let mut i = 0;
         while let Some(start) = find_url_start(text, i) {
             let end = url_end(text, start);
             i = end.max(start + 1);
             let mut url_stop = end;
-            let mut marker: Option<(usize, Vec<Attr>)> = None;
+            let mut marker: Option<usize> = None;
             if text[end..].starts_with(b"[[") {
-                if let Some(tag) = parse_attributes(
+                marker = parse_attributes(
                     &text[..text.len().min(end + TEXT_MARKER_BYTES_MAX)],
                     end + 2,
                     b"]]",
-                ) {
-                    marker = Some((tag.end, tag.attrs));
-                }
+                    &mut marker_attrs,
+                );
             } else {
                 url_stop = trim_trailing_punctuation(text, start, end);
                 i = url_stop.max(start + 1);
             }
             let url = std::str::from_utf8(&text[start..url_stop]).ok();
-            let attrs = match &marker {
-                Some((_, a)) => link_attrs(text, a),
+            let attrs = match marker {
+                Some(_) => link_attrs(text, &marker_attrs),
                 None => LinkAttrs::default(),
             };
             let Some(url) = url.filter(|u| is_http_url(u)) else {
@@ -341,7 +343,7 @@ impl Tracker<'_> {
             } else {
                 stats.links_skipped += 1;
             }
-            if let Some((marker_end, _)) = marker {
+            if let Some(marker_end) = marker {
                 out.extend_from_slice(&text[copied..url_stop]);
                 copied = marker_end;
                 i = marker_end;
@@ -368,17 +370,17 @@ impl Attr {
     }
 }
 
-struct Tag {
-    attrs: Vec<Attr>,
-    /// Just past the terminator.
-    end: usize,
-}
-
 /// Parses `name[=value]` attributes from `from` up to `terminator` (`>` for
-/// a tag, `]]` for a text marker). None when malformed or over the limits.
-fn parse_attributes(buf: &[u8], from: usize, terminator: &[u8]) -> Option<Tag> {
+/// a tag, `]]` for a text marker) into `attrs` (cleared first). The offset
+/// just past the terminator; None when malformed or over the limits.
+fn parse_attributes(
+    buf: &[u8],
+    from: usize,
+    terminator: &[u8],
+    attrs: &mut Vec<Attr>,
+) -> Option<usize> {
     let limit = buf.len().min(from.saturating_add(TAG_BYTES_MAX));
-    let mut attrs = Vec::new();
+    attrs.clear();
     let mut i = from;
     loop {
         while i < limit && (buf[i].is_ascii_whitespace() || buf[i] == b'/') {
@@ -388,10 +390,7 @@ fn parse_attributes(buf: &[u8], from: usize, terminator: &[u8]) -> Option<Tag> {
             return None;
         }
         if buf[i..limit].starts_with(terminator) {
-            return Some(Tag {
-                attrs,
-                end: i + terminator.len(),
-            });
+            return Some(i + terminator.len());
         }
         if attrs.len() >= ATTRIBUTES_PER_TAG_MAX {
             return None;
