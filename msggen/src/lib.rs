@@ -40,7 +40,18 @@
 //! - `parse_path("/f/<token>")` splits a request path on the tracking
 //!   domain into the kind, the sublink and the token.
 //!
+//! # Content (`content`)
+//!
+//! - `Content::compile(&ContentSource)` compiles a template version's
+//!   subject, from, reply_to, headers, text and html together (errors name
+//!   the part: `html: line 2, column 3: ...`).
+//! - `Content::render(&Scope, Option<&Tracker>, &mut Rendered)` renders all
+//!   parts for one recipient into reusable buffers, applies tracking to
+//!   text and html, and turns CR/LF from the data into spaces in header
+//!   parts.
+//!
 //! docs/templates.md describes the language and the URL format.
 
+pub mod content;
 pub mod template;
 pub mod tracking;
