@@ -25,7 +25,8 @@
 //!   `{{{x}}}` is raw in both. On error the buffer is left as it was.
 //! - `Scope::layers` are the substitution data, highest precedence first
 //!   (recipient substitution_data, recipient metadata, transmission
-//!   substitution_data, transmission metadata); the other fields are the
+//!   substitution_data, transmission metadata; `template::layers(rcpt, tx)`
+//!   picks them out of SparkPost-shaped JSON); the other fields are the
 //!   reserved variables.
 //!
 //! # Tracking (`tracking`)
@@ -37,6 +38,8 @@
 //! - `Tracker` (options + ids + key) rewrites one message's parts:
 //!   `rewrite_html` (click links in `<a href>`, open pixel before
 //!   `</body>`) and `rewrite_text` (bare URLs).
+//! - `merged_metadata(rcpt, tx, &mut out)` is the metadata JSON a token
+//!   carries (recipient keys over transmission keys).
 //! - `parse_path("/f/<token>")` splits a request path on the tracking
 //!   domain into the kind, the sublink and the token.
 //!

@@ -226,6 +226,22 @@ impl Template {
     }
 }
 
+static NULL: Value = Value::Null;
+
+/// The four substitution layers of one recipient, highest precedence first,
+/// from SparkPost-shaped JSON: a recipient object and a transmission object,
+/// each with optional `substitution_data` and `metadata`. Missing ones are
+/// `null` (found in no lookup).
+pub fn layers<'a>(recipient: &'a Value, transmission: &'a Value) -> [&'a Value; 4] {
+    let get = |v: &'a Value, k: &str| v.get(k).unwrap_or(&NULL);
+    [
+        get(recipient, "substitution_data"),
+        get(recipient, "metadata"),
+        get(transmission, "substitution_data"),
+        get(transmission, "metadata"),
+    ]
+}
+
 /// Looks `key` up in the layers, highest precedence first (recipient
 /// `substitution_data`, recipient `metadata`, transmission
 /// `substitution_data`, transmission `metadata`).

@@ -89,6 +89,30 @@ fn sparkpost_layer_example_city() {
 }
 
 #[test]
+fn layers_from_a_transmission() {
+    // SparkPost's example: the recipient's substitution_data wins.
+    let tx = json!({
+        "metadata": {"city": "San Francisco", "plan": "tx-meta"},
+        "substitution_data": {"city": "Seattle"},
+    });
+    let rcpt = json!({
+        "address": "wilma@flintstone.com",
+        "metadata": {"city": "Baltimore"},
+        "substitution_data": {"city": "New York"},
+    });
+    let l = layers(&rcpt, &tx);
+    let t = Template::compile("Hello, {{city}}! {{plan}}").unwrap();
+    let mut out = Vec::new();
+    t.render(&scope(&l), Context::Html, &mut out).unwrap();
+    assert_eq!(out, b"Hello, New York! tx-meta");
+    let bare = json!({});
+    let l = layers(&bare, &tx);
+    out.clear();
+    t.render(&scope(&l), Context::Html, &mut out).unwrap();
+    assert_eq!(out, b"Hello, Seattle! tx-meta");
+}
+
+#[test]
 fn missing_values_render_empty() {
     assert_eq!(
         text("[{{nope}}][{{a.b.c}}][{{a[3]}}]", &json!({"a": 1})),

@@ -22,6 +22,28 @@ pub use token::{
     KEY_BYTES_MIN, METADATA_BYTES_MAX, TAG_BYTES, TARGET_URL_BYTES_MAX, TOKEN_VERSION,
 };
 
+/// The metadata a token carries, as JSON text appended to `out`: the
+/// transmission's `metadata` object with the recipient's keys over it
+/// (shallow). Nothing is written when both are missing or empty; a
+/// non-object is ignored.
+pub fn merged_metadata(
+    recipient: Option<&serde_json::Value>,
+    transmission: Option<&serde_json::Value>,
+    out: &mut Vec<u8>,
+) {
+    let objects = [transmission, recipient].map(|v| v.and_then(|v| v.as_object()));
+    let mut merged = serde_json::Map::new();
+    for o in objects.into_iter().flatten() {
+        for (k, v) in o {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    if merged.is_empty() {
+        return;
+    }
+    serde_json::to_writer(out, &merged).expect("a JSON map serialises");
+}
+
 /// A request path on the tracking domain, split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackingPath<'a> {

@@ -329,6 +329,19 @@ fn text_links() {
 }
 
 #[test]
+fn metadata_merges_recipient_over_transmission() {
+    let tx = serde_json::json!({"a": 1, "b": "tx"});
+    let rc = serde_json::json!({"b": "rcpt", "c": [1]});
+    let mut out = Vec::new();
+    merged_metadata(Some(&rc), Some(&tx), &mut out);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v, serde_json::json!({"a": 1, "b": "rcpt", "c": [1]}));
+    out.clear();
+    merged_metadata(None, Some(&serde_json::json!("not an object")), &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
 fn paths_parse() {
     assert_eq!(
         parse_path("/f/abc-_9"),
