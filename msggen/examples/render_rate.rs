@@ -95,7 +95,7 @@ fn main() {
     }
     let rate = rewrites as f64 / started.elapsed().as_secs_f64();
     println!(
-        "render+track: {rate:.0} html rewrites/s ({links} links + open pixel, {} bytes out, {:.2} us each)",
+        "track: {rate:.0} html rewrites/s ({links} links + open pixel, {} bytes out, {:.2} us each)",
         tracked.len(),
         1e6 / rate
     );
