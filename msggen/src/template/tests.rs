@@ -615,3 +615,57 @@ fn random_bytes_never_panic() {
         }
     }
 }
+
+/// Counts this thread's heap allocations (tests run on several threads).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-initialised
+// thread-local Cell (no allocation, no destructor).
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING_ALLOC: CountingAlloc = CountingAlloc;
+
+#[test]
+fn rendering_into_a_warm_buffer_does_not_allocate() {
+    let t = Template::compile(
+        "<p>Hi {{first or 'there'}} {{address.name}}</p>{{if member and points > 100}}{{points / 100}}{{else}}-{{end}}\
+         {{each items}}<li>{{loop_index + 1}} {{loop_var.name}} {{loop_var.qty * loop_var.price}} {{loop_vars.items.sku}}</li>{{end}}",
+    )
+    .unwrap();
+    let d = json!({"first": "A<B", "member": true, "points": 1250, "items": [
+        {"name": "x&y", "qty": 2, "price": 1.5, "sku": "S1"},
+        {"name": "z", "qty": 1, "price": 3, "sku": "S2"},
+    ]});
+    let layers = [&d];
+    let sc = scope(&layers);
+    let mut out = Vec::with_capacity(4096);
+    t.render(&sc, Context::Html, &mut out).unwrap();
+    assert!(
+        out.starts_with(b"<p>Hi A&lt;B Wilma</p>12.5<li>1 x&amp;y 3 S1</li>"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let before = ALLOCATIONS.with(|c| c.get());
+    for _ in 0..100 {
+        out.clear();
+        t.render(&sc, Context::Html, &mut out).unwrap();
+    }
+    assert_eq!(ALLOCATIONS.with(|c| c.get()) - before, 0);
+}
