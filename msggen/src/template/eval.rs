@@ -127,7 +127,7 @@ impl<'s> Renderer<'s, '_> {
     {
         for node in nodes {
             match node {
-                Node::Text(t) => self.write(t.as_bytes(), false)?,
+                Node::Text(range) => self.write(&src.as_bytes()[range.clone()], false)?,
                 Node::Output { expr, raw, at } => {
                     if let Expr::Call(Macro::RenderDynamicContent, args) = expr {
                         let v = self

@@ -179,7 +179,7 @@ pub enum RenderError {
 #[derive(Debug)]
 pub struct Template {
     nodes: Vec<parse::Node>,
-    /// The source, kept for positions in render errors.
+    /// The source: text nodes are ranges of it; positions in render errors.
     source: Box<str>,
     limits: Limits,
 }

@@ -10,13 +10,10 @@ use super::{Limits, TemplateError, TemplateErrorKind};
 
 #[derive(Debug)]
 pub(crate) enum Node {
-    Text(Box<str>),
+    /// Literal text: a byte range of the template's source.
+    Text(std::ops::Range<usize>),
     /// `{{expr}}` (escaped in html) or `{{{expr}}}` (raw).
-    Output {
-        expr: Expr,
-        raw: bool,
-        at: usize,
-    },
+    Output { expr: Expr, raw: bool, at: usize },
     If {
         /// (condition, its offset in the source, the branch).
         branches: Vec<(Expr, usize, Vec<Node>)>,
@@ -60,11 +57,11 @@ pub(crate) fn parse(src: &str, limits: &Limits) -> Result<Vec<Node>, TemplateErr
     let mut pos = 0;
     while pos < bytes.len() {
         let Some(found) = find(&bytes[pos..], b"{{") else {
-            push_text(&mut lists, &src[pos..]);
+            push_text(&mut lists, pos..src.len());
             break;
         };
         let tag_at = pos + found;
-        push_text(&mut lists, &src[pos..tag_at]);
+        push_text(&mut lists, pos..tag_at);
         let raw = bytes.get(tag_at + 2) == Some(&b'{');
         let (open_len, close): (usize, &[u8]) = if raw { (3, b"}}}") } else { (2, b"}}") };
         let inner_at = tag_at + open_len;
@@ -188,12 +185,12 @@ pub(crate) fn parse(src: &str, limits: &Limits) -> Result<Vec<Node>, TemplateErr
     Ok(lists.pop().expect("top level"))
 }
 
-fn push_text(lists: &mut [Vec<Node>], text: &str) {
+fn push_text(lists: &mut [Vec<Node>], text: std::ops::Range<usize>) {
     if text.is_empty() {
         return;
     }
     let list = lists.last_mut().expect("top level");
-    list.push(Node::Text(text.into()));
+    list.push(Node::Text(text));
 }
 
 /// The first word of a tag (`if`, `each`, …) and the rest, when the word is
