@@ -18,8 +18,9 @@ pub use rewrite::{
     TEXT_MARKER_BYTES_MAX,
 };
 pub use token::{
-    Link, Token, TokenError, TokenKind, TrackingKey, ENCODED_TOKEN_BYTES_MAX, FIELD_BYTES_MAX,
-    KEY_BYTES_MIN, METADATA_BYTES_MAX, TAG_BYTES, TARGET_URL_BYTES_MAX, TOKEN_VERSION,
+    decode_any, Link, Token, TokenError, TokenKind, TrackingKey, ENCODED_TOKEN_BYTES_MAX,
+    FIELD_BYTES_MAX, KEY_BYTES_MIN, METADATA_BYTES_MAX, NONCE_BYTES, TAG_BYTES,
+    TARGET_URL_BYTES_MAX, TOKEN_VERSION,
 };
 
 /// The metadata a token carries, as JSON text appended to `out`: the
