@@ -15,7 +15,7 @@ mod token;
 pub use rewrite::{
     MessageIds, RewriteStats, Scheme, Tracker, TrackingOptions, ATTRIBUTES_PER_TAG_MAX,
     LINKS_PER_PART_MAX, LINK_NAME_BYTES_MAX, SUBLINK_BYTES_MAX, TAG_BYTES_MAX,
-    TEXT_MARKER_BYTES_MAX,
+    TEXT_MARKER_BYTES_MAX, TRACKING_DOMAIN_BYTES_MAX,
 };
 pub use token::{
     decode_any, Link, Token, TokenError, TokenKind, TrackingKey, ENCODED_TOKEN_BYTES_MAX,

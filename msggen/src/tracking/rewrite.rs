@@ -73,6 +73,33 @@ impl Default for TrackingOptions {
     }
 }
 
+/// Longest `tracking_domain` (a host name and a port).
+pub const TRACKING_DOMAIN_BYTES_MAX: usize = 255 + 6;
+
+impl TrackingOptions {
+    /// What is wrong with these options, for a config error
+    /// (`file:line: ...`); the rewriters trust them after this.
+    pub fn validate(&self) -> Result<(), String> {
+        let d = &self.tracking_domain;
+        let chars_ok = d
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+        if d.is_empty() || d.len() > TRACKING_DOMAIN_BYTES_MAX || !chars_ok {
+            return Err(format!(
+                "tracking_domain \"{d}\" must be a host name or address with an optional :port"
+            ));
+        }
+        if self.max_metadata_len > super::token::METADATA_BYTES_MAX {
+            return Err(format!(
+                "max_metadata_len {} is over the ceiling of {} bytes",
+                self.max_metadata_len,
+                super::token::METADATA_BYTES_MAX
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Who a message is for: what every token of it carries.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessageIds<'a> {

@@ -342,6 +342,32 @@ fn metadata_merges_recipient_over_transmission() {
 }
 
 #[test]
+fn options_validate() {
+    assert_eq!(TrackingOptions::default().validate(), Ok(()));
+    assert_eq!(options().validate(), Ok(()));
+    for bad in ["", "track.example.com/x", "a\"b", "x y", "t.example?q"] {
+        let o = TrackingOptions {
+            tracking_domain: bad.into(),
+            ..options()
+        };
+        assert!(
+            o.validate().unwrap_err().starts_with("tracking_domain"),
+            "{bad}"
+        );
+    }
+    let o = TrackingOptions {
+        tracking_domain: "[::1]:8080".into(),
+        ..options()
+    };
+    assert_eq!(o.validate(), Ok(()));
+    let o = TrackingOptions {
+        max_metadata_len: METADATA_BYTES_MAX + 1,
+        ..options()
+    };
+    assert!(o.validate().unwrap_err().starts_with("max_metadata_len"));
+}
+
+#[test]
 fn paths_parse() {
     assert_eq!(
         parse_path("/f/abc-_9"),
