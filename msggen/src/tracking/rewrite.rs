@@ -195,9 +195,11 @@ impl Tracker<'_> {
         true
     }
 
-    /// Appends the open-pixel URL to `out`.
-    pub fn open_url(&self, out: &mut Vec<u8>) {
+    /// Appends the open-pixel URL to `out`; false (and nothing written)
+    /// when the ids are too long for a token.
+    pub fn open_url(&self, out: &mut Vec<u8>) -> bool {
         let o = self.options;
+        let mark = out.len();
         out.extend_from_slice(o.open_tracking_scheme.as_str().as_bytes());
         out.extend_from_slice(b"://");
         out.extend_from_slice(o.tracking_domain.as_bytes());
@@ -205,10 +207,11 @@ impl Tracker<'_> {
         let attrs = LinkAttrs::default();
         let link = self.link(TokenKind::Open, "", &attrs);
         let mut scratch = Vec::new();
-        // Ids are the caller's and short; an open token has no URL.
         if self.key.encode_with(&link, &mut scratch, out).is_err() {
-            out.truncate(out.len() - b"/q/".len());
+            out.truncate(mark);
+            return false;
         }
+        true
     }
 
     /// Rewrites an html part: `<a href="http(s)://...">` links (when
@@ -226,10 +229,14 @@ impl Tracker<'_> {
         }
         let at = rfind_ci(html, b"</body").unwrap_or(html.len());
         self.html_links(&html[..at], &mut stats, &mut scratch, out);
+        let mark = out.len();
         out.extend_from_slice(b"<img border=\"0\" width=\"1\" height=\"1\" alt=\"\" src=\"");
-        self.open_url(out);
-        out.extend_from_slice(b"\">");
-        stats.open_pixel = true;
+        if self.open_url(out) {
+            out.extend_from_slice(b"\">");
+            stats.open_pixel = true;
+        } else {
+            out.truncate(mark);
+        }
         self.html_links(&html[at..], &mut stats, &mut scratch, out);
         stats
     }

@@ -342,6 +342,33 @@ fn metadata_merges_recipient_over_transmission() {
 }
 
 #[test]
+fn ids_too_long_for_a_token_leave_the_part_untracked() {
+    let k = key();
+    let opts = options();
+    let long_id = "i".repeat(FIELD_BYTES_MAX + 1);
+    let t = Tracker {
+        key: &k,
+        options: &opts,
+        ids: MessageIds {
+            transmission_id: &long_id,
+            ..ids()
+        },
+        now: NOW,
+    };
+    let html = b"<body><a href=\"http://x.example/\">x</a></body>";
+    let mut out = Vec::new();
+    let stats = t.rewrite_html(html, &mut out);
+    assert_eq!(out, html);
+    assert_eq!(
+        (stats.links_tracked, stats.links_skipped, stats.open_pixel),
+        (0, 1, false)
+    );
+    out.clear();
+    assert!(!t.open_url(&mut out));
+    assert!(out.is_empty());
+}
+
+#[test]
 fn options_validate() {
     assert_eq!(TrackingOptions::default().validate(), Ok(()));
     assert_eq!(options().validate(), Ok(()));
