@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod datasource;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
