@@ -24,6 +24,8 @@ pub mod cache;
 pub mod lua;
 pub mod pgsql;
 mod sqlite_driver;
+#[cfg(test)]
+mod tests;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
