@@ -95,6 +95,9 @@ pub struct ShardEnv {
     pub stopping: Stopping,
     /// This shard's latency histograms and rate window (only it records).
     pub latency: RefCell<ShardLatency>,
+    /// The `Datasource`s (drivers shared by all shards) with this shard's
+    /// result caches: what Lua's `msys.db` queries.
+    pub datasources: Rc<crate::datasource::Datasources>,
 }
 
 impl ShardEnv {

@@ -168,6 +168,28 @@ impl DatasourceSet {
         Ok(Arc::new(DatasourceSet { sources }))
     }
 
+    /// [`open`](Self::open) for the daemon's start: a datasource that
+    /// cannot be opened is reported at its stanza, `file:line: datasource:
+    /// ...`, as every configuration error.
+    pub fn open_at_start(
+        configs: &[DatasourceConfig],
+    ) -> Result<Arc<DatasourceSet>, crate::config::ConfigError> {
+        DatasourceSet::open(configs).map_err(|e| {
+            let name = match &e {
+                DsError::Open { name, .. } => name.as_str(),
+                _ => "",
+            };
+            let at = configs.iter().find(|c| c.name == name).or(configs.first());
+            crate::config::ConfigError {
+                file: at.map(|c| c.file.clone()).unwrap_or_default(),
+                line: at.map_or(0, |c| c.line),
+                kind: crate::config::ConfigErrorKind::Datasource {
+                    reason: e.to_string(),
+                },
+            }
+        })
+    }
+
     /// The configured names, in file order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().map(|s| s.config.name.as_str())
