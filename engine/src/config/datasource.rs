@@ -65,6 +65,8 @@ pub struct DatasourceConfig {
     pub file: PathBuf,
     pub line: u32,
     pub uri: DatasourceUri,
+    /// `uri` as written (for `config show`).
+    pub uri_text: String,
     /// Result entries kept per shard; the oldest go first.
     pub cache_size: usize,
     /// Seconds a cached result is served.
@@ -155,6 +157,7 @@ pub(super) fn read(tree: &Tree, stanza: &Stanza) -> Result<DatasourceConfig, Con
         file: tree.files[stanza.file].clone(),
         line: stanza.line,
         uri: DatasourceUri::Sqlite(PathBuf::new()),
+        uri_text: String::new(),
         cache_size: DEFAULT_CACHE_SIZE_ENTRIES,
         cache_life_s: DEFAULT_CACHE_LIFE_S,
         max_rows: Some(DEFAULT_MAX_ROWS),
@@ -204,6 +207,7 @@ pub(super) fn read(tree: &Tree, stanza: &Stanza) -> Result<DatasourceConfig, Con
                     }
                 };
                 config.uri = parse_uri(text).map_err(fail)?;
+                config.uri_text = text.to_string();
                 have_uri = true;
             }
             "cache_size" => {
@@ -277,6 +281,24 @@ pub(super) fn read(tree: &Tree, stanza: &Stanza) -> Result<DatasourceConfig, Con
         ));
     }
     Ok(config)
+}
+
+impl DatasourceConfig {
+    /// The stanza's options as `name = value` lines, every one written
+    /// (defaults included), in a form the parser reads back.
+    pub(super) fn lines(&self) -> Vec<String> {
+        let quoted = self.uri_text.replace('\\', "\\\\").replace('"', "\\\"");
+        vec![
+            format!("uri = ( \"{quoted}\" )"),
+            format!("cache_size = {}", self.cache_size),
+            format!("cache_life = {}", self.cache_life_s),
+            format!("max_rows = {}", self.max_rows.map_or(-1, |n| n as i64)),
+            format!("no_cache = {}", self.no_cache),
+            format!("connections = {}", self.connections),
+            format!("query_timeout_ms = {}", self.query_timeout_ms),
+            format!("queue_limit_jobs = {}", self.queue_limit_jobs),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,33 @@ fn stanzas_parse_with_defaults_and_bad_ones_are_refused() {
     assert!(e.starts_with("t.conf:2:"), "{e}");
 }
 
+/// Goal: `config show` (the dump) writes every Datasource option and
+/// reads back to the same stanzas.
+#[test]
+fn the_dump_round_trips_datasources() {
+    let conf = "Datasource \"a\" {\n  uri = ( \"pgsql:host=/tmp;dbname=m;password=p\\\"q\" )\n  max_rows = -1\n}\nDatasource \"b\" {\n  uri = ( \"sqlite::memory:\" )\n  cache_life = 9\n}\n";
+    let first = Config::parse(conf, Path::new("t.conf")).unwrap();
+    let dumped = first.dump();
+    assert!(dumped.contains("Datasource \"b\" {\n  uri = ( \"sqlite::memory:\" )\n  cache_size = 1000\n  cache_life = 9\n"), "{dumped}");
+    let again = Config::parse(&dumped, Path::new("t.conf")).unwrap();
+    let strip = |c: &Config| {
+        c.datasources()
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.uri.clone(),
+                    d.uri_text.clone(),
+                    d.max_rows,
+                    d.cache_life_s,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&first), strip(&again));
+    assert_eq!(first.datasources()[0].max_rows, None);
+}
+
 /// Goal: a SQLite file that cannot be opened stops `DatasourceSet::open`
 /// with the datasource's name and the reason.
 #[test]
