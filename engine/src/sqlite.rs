@@ -13,7 +13,8 @@
 //! fails at once with [`WorkerError::Busy`] (the caller decides: refuse,
 //! tempfail, retry) rather than queueing without bound. A caller stops
 //! waiting after [`SqliteLimits::call_timeout_ms`]; a job whose caller has
-//! gone is skipped if it has not started. SQLite's own lock wait is
+//! gone is skipped if it has not started, and a statement still running
+//! then is interrupted (a progress handler; the statement fails). SQLite's own lock wait is
 //! [`SqliteLimits::busy_timeout_ms`]. A job that panics answers
 //! [`WorkerError::Panicked`] and the worker carries on (with
 //! `panic = "abort"`, the release profile, a panic ends the process as
@@ -23,9 +24,10 @@
 //! glommio's timer. Never: shard state, the spool, queues.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use rusqlite::Connection;
 
@@ -79,7 +81,21 @@ pub enum WorkerError {
     Panicked,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
+/// A queued closure and the moment its caller stops waiting for it.
+struct Job {
+    deadline: Instant,
+    /// Runs the closure and replies; the flag tells it whether the
+    /// progress handler interrupted it.
+    run: Box<dyn FnOnce(&mut Connection, &AtomicBool) + Send + 'static>,
+}
+
+/// SQLite calls the progress handler every this many virtual machine
+/// steps; it interrupts the statement once the job's caller gave up.
+const PROGRESS_CHECK_STEPS: i32 = 1000;
+/// How long after its caller's timeout a statement is interrupted: the
+/// caller's own timer fires first, so it always sees `Timeout`, never a
+/// race between that and the interrupted statement's error.
+const INTERRUPT_GRACE_MS: u64 = 10;
 
 /// A handle on the worker; clone it for every shard. The thread ends when
 /// the last handle is dropped (after finishing the jobs already queued).
@@ -183,11 +199,16 @@ impl SqliteWorker {
         timeout: Duration,
         f: impl FnOnce(&mut Connection) -> R + Send + 'static,
     ) -> Result<R, WorkerError> {
-        let reply = self.submit(f)?;
+        let deadline = Instant::now() + timeout + Duration::from_millis(INTERRUPT_GRACE_MS);
+        let reply = self.submit(deadline, f)?;
         let waited = glommio::timer::timeout(timeout, async { Ok(reply.recv_async().await) }).await;
         match waited {
             Ok(Ok(Ok(r))) => Ok(r),
-            Ok(Ok(Err(Panicked))) => Err(WorkerError::Panicked),
+            Ok(Ok(Err(Failed::Panicked))) => Err(WorkerError::Panicked),
+            // Interrupted past the deadline: the caller's timer was late.
+            Ok(Ok(Err(Failed::Interrupted))) => {
+                Err(WorkerError::Timeout(timeout.as_millis() as u64))
+            }
             // The worker dropped the reply sender without answering: it stopped.
             Ok(Err(flume::RecvError::Disconnected)) => Err(WorkerError::Stopped),
             Err(_) => Err(WorkerError::Timeout(timeout.as_millis() as u64)),
@@ -197,20 +218,25 @@ impl SqliteWorker {
     /// Queues `f` without waiting; the returned receiver yields its result.
     fn submit<R: Send + 'static>(
         &self,
+        deadline: Instant,
         f: impl FnOnce(&mut Connection) -> R + Send + 'static,
-    ) -> Result<flume::Receiver<Result<R, Panicked>>, WorkerError> {
+    ) -> Result<flume::Receiver<Result<R, Failed>>, WorkerError> {
         let (reply_tx, reply_rx) = flume::bounded(1);
-        let job: Job = Box::new(move |conn: &mut Connection| {
+        let run = Box::new(move |conn: &mut Connection, interrupted: &AtomicBool| {
             // A caller that gave up (timeout, dropped future) no longer
             // wants the answer: skip work nobody will read.
             if reply_tx.is_disconnected() {
                 return;
             }
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
-                .map_err(|_| Panicked);
+                .map_err(|_| Failed::Panicked)
+                .and_then(|r| match interrupted.load(Ordering::Relaxed) {
+                    true => Err(Failed::Interrupted),
+                    false => Ok(r),
+                });
             let _ = reply_tx.send(result);
         });
-        match self.jobs.try_send(job) {
+        match self.jobs.try_send(Job { deadline, run }) {
             Ok(()) => Ok(reply_rx),
             Err(flume::TrySendError::Full(_)) => Err(WorkerError::Busy {
                 limit: self.limits.queue_limit_jobs,
@@ -220,9 +246,14 @@ impl SqliteWorker {
     }
 }
 
-/// The marker a job sends back when it panicked (the worker survives).
+/// Why a job sends back no result.
 #[derive(Debug)]
-struct Panicked;
+enum Failed {
+    /// The job panicked (the worker survives).
+    Panicked,
+    /// The job's statement was interrupted at its deadline.
+    Interrupted,
+}
 
 fn open_connection(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
     let conn = if path == Path::new(":memory:") {
@@ -239,9 +270,32 @@ fn open_connection(path: &Path, busy: Duration) -> rusqlite::Result<Connection> 
     Ok(conn)
 }
 
+/// The worker's loop. A statement still running when its job's caller
+/// stopped waiting is interrupted (`SQLITE_INTERRUPT`: the statement fails,
+/// its transaction rolls back), so a runaway query cannot hold the worker
+/// and every datasource query queued behind it.
 fn run(conn: &mut Connection, jobs: flume::Receiver<Job>) {
+    let base = Instant::now();
+    let deadline_ns = Arc::new(AtomicU64::new(u64::MAX));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let (handler_deadline, handler_interrupted) = (deadline_ns.clone(), interrupted.clone());
+    let installed = conn.progress_handler(
+        PROGRESS_CHECK_STEPS,
+        Some(move || {
+            let late = base.elapsed().as_nanos() as u64 > handler_deadline.load(Ordering::Relaxed);
+            if late {
+                handler_interrupted.store(true, Ordering::Relaxed);
+            }
+            late
+        }),
+    );
+    debug_assert!(installed.is_ok());
     while let Ok(job) = jobs.recv() {
-        job(conn);
+        let ns = job.deadline.saturating_duration_since(base).as_nanos() as u64;
+        interrupted.store(false, Ordering::Relaxed);
+        deadline_ns.store(ns, Ordering::Relaxed);
+        (job.run)(conn, &interrupted);
+        deadline_ns.store(u64::MAX, Ordering::Relaxed);
     }
 }
 
@@ -478,6 +532,35 @@ mod tests {
                     })
                     .await;
                 assert!(matches!(late, Err(WorkerError::Timeout(50))), "{late:?}");
+                // A runaway statement is interrupted when its caller gives
+                // up: the worker is free for the next job at once. (First
+                // let the sleeping job above finish.)
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                let runaway = worker
+                    .call_with_timeout(Duration::from_millis(100), |c| {
+                        c.query_row(
+                            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n",
+                            [],
+                            |r| r.get::<_, i64>(0),
+                        )
+                    })
+                    .await;
+                assert!(
+                    matches!(runaway, Err(WorkerError::Timeout(100))),
+                    "{runaway:?}"
+                );
+                let t = Instant::now();
+                let next: i64 = worker
+                    .call(|c| c.query_row("SELECT 5", [], |r| r.get(0)))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(next, 5);
+                assert!(
+                    t.elapsed() < Duration::from_millis(100),
+                    "{:?}",
+                    t.elapsed()
+                );
             })
         });
     }

@@ -271,8 +271,9 @@ fn the_cache_hits_until_cache_life_expires() {
 }
 
 /// Goal: a slow query on one datasource leaves the shard free (another
-/// Lua coroutine's query on another datasource answers meanwhile), and a
-/// query past `query_timeout_ms` is a timeout error value.
+/// Lua coroutine's query on another datasource answers meanwhile), a
+/// query past `query_timeout_ms` is a timeout error value, and the
+/// statement is interrupted so the datasource answers the next query.
 #[test]
 fn a_slow_query_yields_and_times_out() {
     let dir = temp_dir("slow");
@@ -313,6 +314,20 @@ fn a_slow_query_yields_and_times_out() {
                 t.elapsed()
             );
             let (r, took) = slow.await;
+            // The runaway statement was interrupted: the datasource answers.
+            let t = Instant::now();
+            let after = eval(
+                &lua,
+                r#"return tostring(msys.db.fetch_row("slow", "SELECT 7 AS n").n)"#,
+            )
+            .await
+            .unwrap();
+            assert_eq!(after, "7");
+            assert!(
+                t.elapsed() < Duration::from_millis(200),
+                "{:?}",
+                t.elapsed()
+            );
             assert_eq!(r, "nil datasource `slow`: no answer within 300 ms");
             assert!(
                 took >= Duration::from_millis(300) && took < Duration::from_secs(3),
