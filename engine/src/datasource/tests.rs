@@ -516,3 +516,45 @@ fn postgresql_through_lua() {
     drop(pg);
     println!("postgresql_through_lua took {:?}", started.elapsed());
 }
+
+/// Measures `msys.db.fetch_row` from Lua: a cache hit (no worker) against
+/// a miss (`nocache`: a round trip to the SQLite worker and a query of a
+/// 1000-row table by primary key). Run with `--no-capture` for numbers.
+#[test]
+fn lua_fetch_row_cost_hit_and_miss() {
+    let conf = "Datasource \"m\" {\n  uri = ( \"sqlite::memory:\" )\n}\n";
+    let set = DatasourceSet::open(&configs(conf)).unwrap();
+    let (hit, miss) = on_executor(move || {
+        Box::pin(async move {
+            let (lua, _) = lua_with(set);
+            eval(
+                &lua,
+                r#"msys.db.execute("m", "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+                   for i = 1, 1000 do msys.db.execute("m", "INSERT INTO t VALUES (?, ?)", { i, "v" .. i }) end
+                   return """#,
+            )
+            .await
+            .unwrap();
+            let run = |opts: &'static str| {
+                let lua = lua.clone();
+                async move {
+                    let src = format!(
+                        r#"local n = 0
+                           for i = 1, 2000 do
+                             n = n + #msys.db.fetch_row("m", "SELECT v FROM t WHERE k = ?", {{ 500 }}, {opts}).v
+                           end
+                           return tostring(n)"#
+                    );
+                    let t = Instant::now();
+                    assert_eq!(eval(&lua, &src).await.unwrap(), "8000");
+                    t.elapsed() / 2000
+                }
+            };
+            let miss = run("{ nocache = true }").await;
+            let hit = run("nil").await;
+            (hit, miss)
+        })
+    });
+    println!("msys.db.fetch_row per call (debug build): cache hit {hit:?}, miss {miss:?}");
+    assert!(hit < miss, "hit {hit:?} miss {miss:?}");
+}
