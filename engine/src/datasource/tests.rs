@@ -558,3 +558,27 @@ fn lua_fetch_row_cost_hit_and_miss() {
     println!("msys.db.fetch_row per call (debug build): cache hit {hit:?}, miss {miss:?}");
     assert!(hit < miss, "hit {hit:?} miss {miss:?}");
 }
+
+/// Goal: a PostgreSQL datasource whose server is not there still lets the
+/// daemon start, and each query is an error value naming the cause (the
+/// worker tries to connect again on the next one).
+#[test]
+fn postgresql_down_is_an_error_value() {
+    let conf =
+        "Datasource \"pg\" {\n  uri = ( \"pgsql:host=/nonexistent-pg-dir;dbname=x;user=x\" )\n}\n";
+    let set = DatasourceSet::open(&configs(conf)).unwrap();
+    on_executor(move || {
+        Box::pin(async move {
+            let (lua, _) = lua_with(set);
+            for _ in 0..2 {
+                let e = eval(
+                    &lua,
+                    r#"local v, e = msys.db.fetch_row("pg", "SELECT 1", nil, { raise_error = false }) return tostring(v) .. " " .. e"#,
+                )
+                .await
+                .unwrap();
+                assert!(e.starts_with("nil datasource `pg`: cannot connect:"), "{e}");
+            }
+        })
+    });
+}
