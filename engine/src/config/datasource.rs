@@ -57,8 +57,9 @@ pub enum DatasourceUri {
     Pgsql(String),
 }
 
-/// One `Datasource "name" { }` stanza.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `Datasource "name" { }` stanza. Equal when the options are (where
+/// it was written does not count: moving a stanza changes nothing).
+#[derive(Debug, Clone)]
 pub struct DatasourceConfig {
     /// The cache name Lua's `msys.db.query(name, ...)` uses.
     pub name: String,
@@ -79,6 +80,23 @@ pub struct DatasourceConfig {
     pub query_timeout_ms: u64,
     pub queue_limit_jobs: usize,
 }
+
+impl PartialEq for DatasourceConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.uri == other.uri
+            && self.uri_text == other.uri_text
+            && self.cache_size == other.cache_size
+            && self.cache_life_s == other.cache_life_s
+            && self.max_rows == other.max_rows
+            && self.no_cache == other.no_cache
+            && self.connections == other.connections
+            && self.query_timeout_ms == other.query_timeout_ms
+            && self.queue_limit_jobs == other.queue_limit_jobs
+    }
+}
+
+impl Eq for DatasourceConfig {}
 
 fn error(tree: &Tree, file: FileId, line: u32, reason: String) -> ConfigError {
     ConfigError {

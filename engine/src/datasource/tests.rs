@@ -582,3 +582,25 @@ fn postgresql_down_is_an_error_value() {
         })
     });
 }
+
+/// Goal: a reload keeps the running Datasource stanzas (the workers were
+/// opened at start) and names `Datasource` as needing a restart.
+#[test]
+fn a_reload_keeps_datasources_and_says_restart() {
+    let dir = temp_dir("reload");
+    let old_text = "Datasource \"a\" {\n  uri = ( \"sqlite::memory:\" )\n}\n";
+    let old = Config::parse(old_text, &dir.join("old.conf")).unwrap();
+    let path = dir.join("new.conf");
+    std::fs::write(
+        &path,
+        "Datasource \"a\" {\n  uri = ( \"sqlite::memory:\" )\n  cache_life = 5\n}\n",
+    )
+    .unwrap();
+    let (new, kept) = old.reload(&path).unwrap();
+    assert!(kept.contains(&"Datasource"), "{kept:?}");
+    assert_eq!(new.datasources()[0].cache_life_s, 3600);
+    std::fs::write(&path, old_text).unwrap();
+    let (_, kept) = old.reload(&path).unwrap();
+    assert!(!kept.contains(&"Datasource"), "{kept:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
