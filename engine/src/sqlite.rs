@@ -81,12 +81,15 @@ pub enum WorkerError {
     Panicked,
 }
 
+/// A job's body: runs the caller's closure and sends the reply.
+type RunJob = Box<dyn FnOnce(&mut Connection, &AtomicBool) + Send + 'static>;
+
 /// A queued closure and the moment its caller stops waiting for it.
 struct Job {
     deadline: Instant,
     /// Runs the closure and replies; the flag tells it whether the
     /// progress handler interrupted it.
-    run: Box<dyn FnOnce(&mut Connection, &AtomicBool) + Send + 'static>,
+    run: RunJob,
 }
 
 /// SQLite calls the progress handler every this many virtual machine
@@ -311,7 +314,7 @@ mod tests {
     ) -> T {
         glommio::LocalExecutorBuilder::default()
             .io_memory(1 << 20)
-            .spawn(move || f())
+            .spawn(f)
             .unwrap()
             .join()
             .unwrap()
