@@ -5,8 +5,8 @@
 //!
 //! Owns: [`ShardEnv`], [`LiveConfig`] (the configuration of this shard and
 //! its generation, so that a reload can swap it and queues notice) and
-//! [`Stopping`]. May call: `config`, `log`, `stats`. Never: queues, the
-//! spool, sockets.
+//! [`Stopping`]. May call: `config`, `log`, `stats`, `datasource` (the
+//! shard's `Datasources`, a type). Never: queues, the spool, sockets.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
