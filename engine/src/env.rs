@@ -5,8 +5,8 @@
 //!
 //! Owns: [`ShardEnv`], [`LiveConfig`] (the configuration of this shard and
 //! its generation, so that a reload can swap it and queues notice) and
-//! [`Stopping`]. May call: `config`, `log`, `stats`. Never: queues, the
-//! spool, sockets.
+//! [`Stopping`]. May call: `config`, `log`, `stats`, `datasource` (the
+//! shard's `Datasources`, a type). Never: queues, the spool, sockets.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -95,6 +95,9 @@ pub struct ShardEnv {
     pub stopping: Stopping,
     /// This shard's latency histograms and rate window (only it records).
     pub latency: RefCell<ShardLatency>,
+    /// The `Datasource`s (drivers shared by all shards) with this shard's
+    /// result caches: what Lua's `msys.db` queries.
+    pub datasources: Rc<crate::datasource::Datasources>,
 }
 
 impl ShardEnv {

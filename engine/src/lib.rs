@@ -19,6 +19,8 @@
 //!   RFC 3464 DSN builder), called by `delivery` and `message`.
 //! - [`dkim`]: DKIM signing (the `opendkim` stanza's keys, the choice of
 //!   signer, body hashing as it streams), called by `inbound`.
+//! - [`sqlite`]: the SQLite worker thread shards send jobs to (used by
+//!   datasources and storage); a leaf.
 //! - [`queue`], [`smtp`], [`config`], [`stats`], [`log`], [`transport`],
 //!   [`env`], [`clock`]: leaves (types, pure protocol code, shared pieces).
 //!
@@ -31,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod datasource;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
@@ -45,6 +48,7 @@ pub mod message;
 pub mod queue;
 pub mod runtime;
 pub mod smtp;
+pub mod sqlite;
 pub mod stats;
 pub mod tls;
 pub mod transport;

@@ -231,6 +231,15 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
         w.close(0);
     }
 
+    for datasource in &settings.datasources {
+        w.line(0, "");
+        w.open(0, "Datasource", Some(&datasource.name));
+        for line in datasource.lines() {
+            w.line(1, &line);
+        }
+        w.close(0);
+    }
+
     // A binding of the default group is written at top level (its options
     // and binding::domain scopes); only its binding_group::binding::domain
     // scopes go inside `binding_group "default"`.

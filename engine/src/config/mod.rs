@@ -19,6 +19,7 @@
 //! `Config::load` also refuses valid settings the engine does not act on
 //! yet (`check_supported`), so nothing in the file is silently ignored.
 
+mod datasource;
 mod dkim;
 mod dump;
 mod error;
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use ecelerity_policy::Cidr;
 
+pub use datasource::{parse_uri as parse_datasource_uri, DatasourceConfig, DatasourceUri};
 pub use dkim::{is_within as dkim_is_within, Canon, Digest, DkimDomain, OpendkimConfig};
 pub use error::{ConfigError, ConfigErrorKind, Scope};
 pub use model::parse_webhook_target;
@@ -467,6 +469,11 @@ impl Config {
     /// The `opendkim` module stanza, if configured.
     pub fn opendkim(&self) -> Option<&OpendkimConfig> {
         self.settings.opendkim.as_ref()
+    }
+
+    /// The `Datasource` stanzas, in file order.
+    pub fn datasources(&self) -> &[DatasourceConfig] {
+        &self.settings.datasources
     }
 
     pub fn delivery(&self, binding: &str, domain: &str) -> DeliveryOptions {

@@ -111,6 +111,8 @@ pub(super) struct Settings {
     pub(super) opendkim: Option<super::dkim::OpendkimConfig>,
     /// `webhook` stanzas, in file order.
     pub(super) webhooks: Vec<WebhookConfig>,
+    /// `Datasource` stanzas, in file order (`config::datasource`).
+    pub(super) datasources: Vec<super::datasource::DatasourceConfig>,
 }
 
 impl Settings {
@@ -507,6 +509,7 @@ struct Builder<'t> {
     /// `webhook` stanzas in order of first appearance (same name merges),
     /// with where each was first written.
     webhooks: Vec<WebhookStanza>,
+    datasources: Vec<super::datasource::DatasourceConfig>,
 }
 
 struct WebhookStanza {
@@ -548,6 +551,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         throttles: 0,
         opendkim: None,
         webhooks: Vec::new(),
+        datasources: Vec::new(),
     };
     builder
         .groups
@@ -606,6 +610,28 @@ impl Builder<'_> {
                         return Err(self.error(stanza.file, stanza.line, kind));
                     }
                     self.opendkim = Some(super::dkim::read(self.tree, stanza)?);
+                }
+                Item::Stanza(stanza)
+                    if stanza.keyword == Keyword::Datasource && matches!(place, Place::Global) =>
+                {
+                    let read = super::datasource::read(self.tree, stanza)?;
+                    let fail = |reason: String| {
+                        self.error(
+                            stanza.file,
+                            stanza.line,
+                            ConfigErrorKind::Datasource { reason },
+                        )
+                    };
+                    if self.datasources.iter().any(|d| d.name == read.name) {
+                        return Err(fail(format!("Datasource `{}` appears twice", read.name)));
+                    }
+                    if self.datasources.len() == super::datasource::DATASOURCES_MAX {
+                        return Err(fail(format!(
+                            "more than {} Datasource stanzas",
+                            super::datasource::DATASOURCES_MAX
+                        )));
+                    }
+                    self.datasources.push(read);
                 }
                 Item::Stanza(stanza) => {
                     let inner = self.enter(place, stanza)?;
@@ -1208,6 +1234,7 @@ impl Builder<'_> {
             hosts: self.hosts,
             opendkim: self.opendkim,
             webhooks,
+            datasources: self.datasources,
         };
         Built {
             settings,

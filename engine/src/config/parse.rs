@@ -45,11 +45,13 @@ pub(super) enum Keyword {
     DkimDomain,
     Peer,
     Webhook,
+    /// Momentum's `Datasource "name" { }` (read by `config::datasource`).
+    Datasource,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 14] = [
+        const KEYWORDS: [(&str, Keyword); 15] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -64,6 +66,7 @@ impl Keyword {
             ("dkim_domain", Keyword::DkimDomain),
             ("peer", Keyword::Peer),
             ("webhook", Keyword::Webhook),
+            ("datasource", Keyword::Datasource),
         ];
         KEYWORDS
             .iter()

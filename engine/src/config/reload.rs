@@ -35,6 +35,7 @@ pub const RESTART_OPTIONS: &[&str] = &[
     "delivery_shards",
     "opendkim",
     "webhook",
+    "Datasource",
 ];
 
 impl Config {
@@ -88,6 +89,8 @@ impl Config {
         // as loaded at start.
         keep!("opendkim", opendkim);
         keep!("webhook", webhooks);
+        // Datasource workers are opened once at start and shared by shards.
+        keep!("Datasource", datasources);
         if keep_delivery_shards(new, old) {
             kept.push("delivery_shards");
         }

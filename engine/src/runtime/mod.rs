@@ -146,6 +146,8 @@ pub fn start(
     let count = shard_count(&config)?;
     // Keys are read before privileges are dropped; a bad one stops the start.
     let dkim = crate::dkim::Signers::for_config(&config)?.map(Arc::new);
+    // SQLite files are opened (created) now: a bad one stops the start.
+    let datasources = crate::datasource::DatasourceSet::open_at_start(config.datasources())?;
     let (io_memory, memlock) = io_memory_bytes(count);
     let stats = EngineStats::new(count);
     let stop = Arc::new(AtomicBool::new(false));
@@ -163,6 +165,7 @@ pub fn start(
     let mut threads = Vec::with_capacity(count);
     for id in 0..count {
         let dkim = dkim.clone();
+        let datasources = datasources.clone();
         let control = control.clone();
         let (config, stats, stop, serving, mesh, ready) = (
             config.clone(),
@@ -194,6 +197,7 @@ pub fn start(
                     control_queue,
                     dkim,
                     control,
+                    datasources,
                 })
                 .await;
             })

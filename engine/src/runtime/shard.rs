@@ -83,6 +83,8 @@ pub(super) struct Setup {
     pub dkim: Option<Arc<crate::dkim::Signers>>,
     /// How this shard's HTTP listener asks every shard for its status.
     pub control: ControlHandle,
+    /// The `Datasource` drivers, opened once before the shards start.
+    pub datasources: Arc<crate::datasource::DatasourceSet>,
 }
 
 /// One shard's rooms, wired.
@@ -269,6 +271,7 @@ pub(super) async fn run(setup: Setup) {
         control_queue,
         dkim,
         control,
+        datasources,
     } = setup;
     // Join the mesh first: it only needs every shard to reach this point,
     // and a shard that fails later must not leave the others waiting here.
@@ -389,6 +392,7 @@ pub(super) async fn run(setup: Setup) {
         recovery.max_id,
         delivery_queue,
         dkim,
+        datasources,
     );
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -494,6 +498,7 @@ fn wire(
     max_recovered_id: u64,
     delivery_queue: glommio::TaskQueueHandle,
     dkim: Option<Arc<crate::dkim::Signers>>,
+    datasources: Arc<crate::datasource::DatasourceSet>,
 ) -> Rc<Shard> {
     let env = Rc::new(ShardEnv {
         id,
@@ -504,6 +509,7 @@ fn wire(
         events,
         stopping: Stopping::default(),
         latency: Default::default(),
+        datasources: Rc::new(crate::datasource::Datasources::new(datasources)),
     });
     let bindings = Rc::new(Bindings::from_config(config));
     let router = Rc::new(Router::new(env.clone(), bindings.clone(), senders));
