@@ -27,6 +27,7 @@ mod model;
 mod options;
 mod parse;
 mod reload;
+mod scriptlet;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use options::{
     WebhookConfig,
 };
 pub use reload::RESTART_OPTIONS;
+pub use scriptlet::{ScriptConfig, ScriptletConfig, TimeoutOutcome};
 
 // Built-in defaults and accepted ranges. Seconds and bytes are whole
 // numbers in the file; ranges are inclusive.
@@ -467,6 +469,11 @@ impl Config {
     /// The `opendkim` module stanza, if configured.
     pub fn opendkim(&self) -> Option<&OpendkimConfig> {
         self.settings.opendkim.as_ref()
+    }
+
+    /// The `scriptlet` module stanza (Lua policy), if configured.
+    pub fn scriptlet(&self) -> Option<&ScriptletConfig> {
+        self.settings.scriptlet.as_ref()
     }
 
     pub fn delivery(&self, binding: &str, domain: &str) -> DeliveryOptions {

@@ -111,6 +111,8 @@ pub(super) struct Settings {
     pub(super) opendkim: Option<super::dkim::OpendkimConfig>,
     /// `webhook` stanzas, in file order.
     pub(super) webhooks: Vec<WebhookConfig>,
+    /// The `scriptlet` module stanza, if any (`config::scriptlet`).
+    pub(super) scriptlet: Option<super::scriptlet::ScriptletConfig>,
 }
 
 impl Settings {
@@ -507,6 +509,7 @@ struct Builder<'t> {
     /// `webhook` stanzas in order of first appearance (same name merges),
     /// with where each was first written.
     webhooks: Vec<WebhookStanza>,
+    scriptlet: Option<super::scriptlet::ScriptletConfig>,
 }
 
 struct WebhookStanza {
@@ -548,6 +551,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         throttles: 0,
         opendkim: None,
         webhooks: Vec::new(),
+        scriptlet: None,
     };
     builder
         .groups
@@ -606,6 +610,17 @@ impl Builder<'_> {
                         return Err(self.error(stanza.file, stanza.line, kind));
                     }
                     self.opendkim = Some(super::dkim::read(self.tree, stanza)?);
+                }
+                Item::Stanza(stanza)
+                    if stanza.keyword == Keyword::Scriptlet && matches!(place, Place::Global) =>
+                {
+                    if self.scriptlet.is_some() {
+                        let kind = ConfigErrorKind::Scriptlet {
+                            reason: "only one scriptlet stanza may be configured".into(),
+                        };
+                        return Err(self.error(stanza.file, stanza.line, kind));
+                    }
+                    self.scriptlet = Some(super::scriptlet::read(self.tree, stanza)?);
                 }
                 Item::Stanza(stanza) => {
                     let inner = self.enter(place, stanza)?;
@@ -1208,6 +1223,7 @@ impl Builder<'_> {
             hosts: self.hosts,
             opendkim: self.opendkim,
             webhooks,
+            scriptlet: self.scriptlet,
         };
         Built {
             settings,

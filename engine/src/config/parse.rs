@@ -45,11 +45,15 @@ pub(super) enum Keyword {
     DkimDomain,
     Peer,
     Webhook,
+    /// Momentum's `scriptlet "name" { }` module stanza (read by `scriptlet`).
+    Scriptlet,
+    /// `script "name" { source = ... }`, inside `scriptlet` only.
+    Script,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 14] = [
+        const KEYWORDS: [(&str, Keyword); 16] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -64,6 +68,8 @@ impl Keyword {
             ("dkim_domain", Keyword::DkimDomain),
             ("peer", Keyword::Peer),
             ("webhook", Keyword::Webhook),
+            ("scriptlet", Keyword::Scriptlet),
+            ("script", Keyword::Script),
         ];
         KEYWORDS
             .iter()

@@ -176,6 +176,9 @@ pub struct Inbound {
     /// The `opendkim` stanza's signers (keys), when one is configured:
     /// loaded once at start, shared read-only by the shards.
     pub dkim: Option<std::sync::Arc<crate::dkim::Signers>>,
+    /// The shard's Lua scripts (`scriptlet` stanza), asked after the relay
+    /// control; a reload swaps their state.
+    pub scriptlets: Rc<crate::scriptlet::Scriptlets>,
 }
 
 impl Inbound {
@@ -200,7 +203,10 @@ impl Inbound {
 /// The policy of a shard: the built-in relay control, holding the
 /// `relay_hosts` of every enabled ESMTP listener; a session is judged by
 /// the listener it came in on (`ServerParams::listener`).
-pub fn shard_policy(config: &Config) -> Rc<dyn Policy> {
+pub fn shard_policy(
+    config: &Config,
+    scriptlets: &Rc<crate::scriptlet::Scriptlets>,
+) -> Rc<dyn Policy> {
     let listeners = config
         .esmtp_listeners()
         .iter()
@@ -210,9 +216,13 @@ pub fn shard_policy(config: &Config) -> Rc<dyn Policy> {
             relay_hosts: l.relay_hosts.clone(),
         })
         .collect();
-    Rc::new(RelayControl {
+    let relay = RelayControl {
         listeners,
         local_domains: Vec::new(),
+    };
+    Rc::new(crate::scriptlet::ScriptletPolicy {
+        relay,
+        scriptlets: scriptlets.clone(),
     })
 }
 
@@ -507,7 +517,12 @@ async fn drive_session(
                 Event::Message(envelope) => {
                     let accepting = Instant::now();
                     let (outcome, body) = match streaming.take() {
-                        Some(body) => (receive_streamed(shard, conn, body, envelope).await, None),
+                        Some(body) => {
+                            let chosen = scriptlet_binding(shard, conn, &session);
+                            let outcome =
+                                receive_streamed(shard, conn, body, envelope, chosen).await;
+                            (outcome, None)
+                        }
                         None => {
                             let (outcome, body) =
                                 receive(shard, conn, listener, &session, envelope).await;
@@ -866,8 +881,12 @@ async fn receive(
     let now_ms = now_unix_ms();
     let header = session.received_header(&envelope, &queue_id, (now_ms / 1000) as i64);
     let received = std::mem::take(&mut envelope.body);
+    let received = crate::scriptlet::edited_message(session.vctx(), received);
     let binding_header = listener.binding_header.as_deref();
-    let assigned = binding_header::assign(&shard.bindings, binding_header, &received);
+    let mut assigned = binding_header::assign(&shard.bindings, binding_header, &received);
+    if let Some(chosen) = crate::scriptlet::chosen_binding(session.vctx(), &shard.bindings) {
+        assigned.binding = chosen;
+    }
     if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
         let id = shard.env.id;
         shard.unknown_bindings.note(id, header, name, &queue_id);
@@ -916,6 +935,24 @@ async fn receive(
     (SpoolOutcome::Queued { queue_id }, received)
 }
 
+/// The binding a script chose for a streamed message; its edits of the
+/// text cannot apply (the body is on disk already) and are reported.
+fn scriptlet_binding(
+    shard: &Inbound,
+    conn: &Conn,
+    session: &ServerSession,
+) -> Option<crate::queue::BindingId> {
+    if crate::scriptlet::edits_text(session.vctx()) {
+        tracing::warn!(
+            shard = shard.env.id,
+            "{}: a scriptlet edited a message streamed to the spool (over 256 KiB); \
+             its header and body edits are not applied",
+            conn.peer
+        );
+    }
+    crate::scriptlet::chosen_binding(session.vctx(), &shard.bindings)
+}
+
 /// Starts streaming a body whose first `chunk` (the header block with it,
 /// unless that is longer than a chunk) just filled: the listener's
 /// `binding_header` picks the binding and its fields are left out of what
@@ -957,9 +994,10 @@ async fn receive_streamed(
     conn: &Conn,
     body: Streaming,
     envelope: Envelope,
+    chosen: Option<crate::queue::BindingId>,
 ) -> SpoolOutcome {
     let id = body.id();
-    let binding = body.binding();
+    let binding = chosen.unwrap_or(body.binding());
     let sign = |dkim| signing::finish_streamed(shard, dkim);
     let file_body = match body.finish(envelope.body, sign).await {
         Ok(file_body) => file_body,

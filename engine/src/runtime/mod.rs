@@ -146,6 +146,8 @@ pub fn start(
     let count = shard_count(&config)?;
     // Keys are read before privileges are dropped; a bad one stops the start.
     let dkim = crate::dkim::Signers::for_config(&config)?.map(Arc::new);
+    // A script that does not load stops the start too (file:line: what).
+    crate::scriptlet::check(&config).map_err(|what| StartError::Other { shard: 0, what })?;
     let (io_memory, memlock) = io_memory_bytes(count);
     let stats = EngineStats::new(count);
     let stop = Arc::new(AtomicBool::new(false));

@@ -136,13 +136,24 @@ impl Shard {
     /// bound, a removed one stops accepting (its sessions finish).
     fn reload(&self, config: &Arc<Config>) -> Vec<String> {
         self.env.config.replace(config.clone());
-        *self.inbound.policy.borrow_mut() = shard_policy(config);
+        // Every shard loads the scripts; shard 0 speaks for them all.
+        let mut script_errors = self
+            .inbound
+            .scriptlets
+            .reload(config, &self.inbound.bindings);
+        for e in &script_errors {
+            tracing::error!(shard = self.env.id, "config reload: {e}");
+        }
+        if self.env.id != 0 {
+            script_errors.clear();
+        }
+        *self.inbound.policy.borrow_mut() = shard_policy(config, &self.inbound.scriptlets);
         let wanted: Vec<&ListenerConfig> = config
             .esmtp_listeners()
             .iter()
             .filter(|l| l.enabled)
             .collect();
-        let mut errors = Vec::new();
+        let mut errors = script_errors;
         self.listening
             .borrow_mut()
             .retain(|l| wanted.iter().any(|w| w.address == l.address));
@@ -528,12 +539,14 @@ fn wire(
         delivery_queue,
         Resolver::new(system_nameservers),
     ));
+    let scriptlets = crate::scriptlet::Scriptlets::start(config, &bindings, id);
     let inbound = Rc::new(Inbound {
         env: env.clone(),
         messages: messages.clone(),
         router: router.clone(),
+        policy: RefCell::new(shard_policy(config, &scriptlets)),
+        scriptlets,
         bindings,
-        policy: RefCell::new(shard_policy(config)),
         sessions: Gate::new(),
         episodes: Default::default(),
         unknown_bindings: Default::default(),
