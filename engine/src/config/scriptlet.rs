@@ -247,15 +247,18 @@ fn set(config: &mut ScriptletConfig, name: &str, value: &Value, at: At) -> Resul
         "lua_path" => config.lua_path = scalar()?,
         "max_instructions" => config.max_instructions = number(MAX_INSTRUCTIONS_MIN)?,
         "max_memory" => config.max_memory_bytes = number(MAX_MEMORY_BYTES_MIN)?,
-        "timeout_outcome" => config.timeout_outcome = match scalar()?.to_ascii_lowercase().as_str()
-        {
-            "tempfail" => TimeoutOutcome::Tempfail,
-            "reject" => TimeoutOutcome::Reject,
-            "continue" => TimeoutOutcome::Continue,
-            other => return Err(at.error(format!(
+        "timeout_outcome" => {
+            config.timeout_outcome = match scalar()?.to_ascii_lowercase().as_str() {
+                "tempfail" => TimeoutOutcome::Tempfail,
+                "reject" => TimeoutOutcome::Reject,
+                "continue" => TimeoutOutcome::Continue,
+                other => {
+                    return Err(at.error(format!(
                 "`timeout_outcome` must be \"tempfail\", \"reject\" or \"continue\", got `{other}`"
-            ))),
-        },
+            )))
+                }
+            }
+        }
         _ => {
             return Err(at.error(format!(
                 "unknown option `{name}` (scriptlet takes lua_path, max_instructions, \

@@ -29,6 +29,7 @@ pub mod api;
 pub mod headers;
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 
 use ecelerity_policy::{
@@ -217,24 +218,39 @@ impl State {
                 HookTriggers::new().every_nth_instruction(YIELD_INSTRUCTIONS),
                 move |_, _| {
                     counter.set(counter.get() + YIELD_INSTRUCTIONS as u64);
-                    if counter.get() > max {
-                        // Raised again at every step, so a pcall cannot
-                        // swallow it for long.
-                        flag.set(true);
+                    if counter.get() <= max {
+                        return Ok(VmState::Yield);
+                    }
+                    // Over budget: yield, so the caller can drop the
+                    // coroutine; where Lua cannot yield (inside a C
+                    // function) raise an error every other step, so even
+                    // a pcall loop reaches a point that yields.
+                    flag.set(true);
+                    if (counter.get() / YIELD_INSTRUCTIONS as u64) % 2 == 0 {
                         return Err(mlua::Error::runtime("max_instructions exceeded"));
                     }
                     Ok(VmState::Yield)
                 },
             )
             .map_err(|e| Failure::Lua(e.to_string()))?;
-        let result = match thread.into_async::<MultiValue>(args) {
-            Ok(running) => running.await.map(|_| ()),
-            Err(e) => Err(e),
-        };
+        let running = thread
+            .into_async::<MultiValue>(args)
+            .map_err(|e| Failure::Lua(e.to_string()))?;
+        let mut running = std::pin::pin!(running);
+        let result = std::future::poll_fn(|cx| {
+            if over.get() {
+                return std::task::Poll::Ready(Err(Failure::Budget));
+            }
+            running
+                .as_mut()
+                .poll(cx)
+                .map(|r| r.map(|_| ()).map_err(|e| Failure::Lua(e.to_string())))
+        })
+        .await;
         if over.get() {
             return Err(Failure::Budget);
         }
-        result.map_err(|e| Failure::Lua(e.to_string()))
+        result
     }
 
     /// One policy call: the phase's callouts on a copy of the session's

@@ -1,0 +1,474 @@
+//! Lua scriptlets seen from a client: each phase's callout decides what
+//! the client hears, edits what arrives and where it leaves from; reload
+//! swaps scripts (a broken one keeps the old); a runaway or failing
+//! script costs its own transaction only.
+//! Method: the real daemon with a `scriptlet` stanza and the script in the
+//! config's folder; Python smtplib sessions scripted through
+//! tests/py/session.py; the aiosmtpd sink records what arrived and from
+//! which address.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ecelerity_tests::{
+    free_port, poll_until, py_dir, python, run_with_input, strip_leading_received, Daemon, Sink,
+    SinkMessage, TempDir, TestConfig,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const BINDINGS: &str = r#"
+binding "mkt1" { bind_address = "127.0.0.5" }
+binding_group "tx" {
+  binding "tx1" { bind_address = 127.0.0.6 }
+}
+"#;
+
+/// One callout per phase, each refusing something of its own with a reply
+/// of its own; the message phases edit the message and pick its binding.
+const POLICY: &str = r#"
+require("msys.core")
+require("msys.extended.message")
+local core = msys.core
+local mod = {}
+
+function mod:validate_connect(ac, vctx)
+  if ac:remote_addr() == "127.0.0.9" then
+    vctx:set_code(554, "5.7.1 go away 127.0.0.9")
+    return core.VALIDATE_DONE
+  end
+  vctx:set(core.VCTX_CONN, "seen_connect", "yes")
+  return core.VALIDATE_CONT
+end
+
+function mod:validate_ehlo(str, ac, vctx)
+  if str == "bad.ehlo.test" then
+    vctx:set_code(550, "5.7.1 ehlo " .. str .. " refused")
+    return core.VALIDATE_DONE
+  end
+  return core.VALIDATE_CONT
+end
+
+function mod:validate_mailfrom(str, ac, vctx)
+  if str == "blocked@sender.test" then
+    vctx:set_code(553, "5.7.1 sender blocked")
+    return core.VALIDATE_DONE
+  end
+  return core.VALIDATE_CONT
+end
+
+function mod:validate_rcptto(msg, str, ac, vctx)
+  if msg:rcptto() == "blocked@dest.test" then
+    vctx:set_code(550, "5.1.1 no such user here")
+    return core.VALIDATE_DONE
+  end
+  msys.counter.inc("rcpts_seen")
+  return core.VALIDATE_CONT
+end
+
+function mod:validate_data(msg, ac, vctx)
+  local subject = msg:header("Subject")[1]
+  if subject == "reject me" then
+    vctx:set_code(554, "5.6.0 content refused")
+    return core.VALIDATE_DONE
+  end
+  return core.VALIDATE_CONT
+end
+
+function mod:validate_data_spool(msg, ac, vctx)
+  if #msg:header("X-Spool-Reject") > 0 then
+    vctx:set_code(552, "5.3.4 refused at data_spool")
+    return core.VALIDATE_DONE
+  end
+  msg:header("X-Scriptlet", msys.expandMacro("ehlo=%{vctx_conn:ehlo_domain} connect=%{vctx_conn:seen_connect}"))
+  msg:header("X-Drop-Me", "")
+  return core.VALIDATE_CONT
+end
+
+function mod:validate_data_spool_each_rcpt(msg, ac, vctx)
+  if msg:rcptto() == "eachblock@dest.test" then
+    vctx:set_code(451, "4.7.1 each_rcpt says later")
+    return core.VALIDATE_DONE
+  end
+  return core.VALIDATE_CONT
+end
+
+function mod:validate_set_binding(msg)
+  local from = msg:mailfrom()
+  if from:match("@mkt%.test$") then
+    msg:binding("mkt1")
+  elseif from:match("@tx%.test$") then
+    msg:binding_group("tx")
+  end
+  return core.VALIDATE_CONT
+end
+
+function mod:core_final_validation(msg, ac, vctx)
+  msg:header("X-Final", "yes", "prepend")
+  return core.VALIDATE_CONT
+end
+
+msys.registerModule("policy", mod)
+"#;
+
+/// A daemon (`shards` shards) with `script` as `policy.lua` in its folder
+/// and `stanza_extra` inside the scriptlet stanza.
+fn start(label: &str, script: &str, stanza_extra: &str, shards: u32) -> (Daemon, Sink, TempDir) {
+    let dir = TempDir::new(label);
+    std::fs::write(dir.join("policy.lua"), script).expect("write the script");
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let mut config = TestConfig::new(sink.port());
+    config.shards = shards;
+    config.extra = format!(
+        "{BINDINGS}\nscriptlet \"scriptlet\" {{\n  {stanza_extra}\n  script \"policy\" {{ source = \"policy\" }}\n}}\n"
+    );
+    let daemon = Daemon::start(dir.path(), &config.render());
+    (daemon, sink, dir)
+}
+
+/// Runs `steps` (tests/py/session.py's language) against `port`; one
+/// `step code text` line per step.
+fn session(port: u16, steps: &str) -> Vec<String> {
+    let output = run_with_input(
+        Command::new(python())
+            .arg(py_dir().join("session.py"))
+            .arg("--port")
+            .arg(port.to_string()),
+        steps.as_bytes(),
+        WAIT,
+    );
+    assert!(
+        output.status.success(),
+        "session.py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn message(subject: &str, extra: &str) -> String {
+    format!(
+        "From: <s@client.test>\\r\\nTo: <r@dest.test>\\r\\n{extra}Subject: {subject}\\r\\n\\r\\nhello {subject}\\r\\n"
+    )
+}
+
+fn by_subject<'a>(messages: &'a [SinkMessage], subject: &str) -> &'a SinkMessage {
+    messages
+        .iter()
+        .find(|m| m.header("Subject").as_deref() == Some(subject))
+        .unwrap_or_else(|| panic!("no message `{subject}` at the sink: {messages:?}"))
+}
+
+fn paniclog(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("log/paniclog.ec")).unwrap_or_default()
+}
+
+/// Goal: every phase's callout is called with Momentum's arguments, and a
+/// refusal gives the client exactly the reply the script set; the message
+/// phases' header edits arrive and the binding chosen in
+/// validate_set_binding is the one delivery uses.
+/// Method: smtplib sessions that trip each callout's refusal in turn, then
+/// three messages that pass (default binding, a sender of mkt.test, one of
+/// tx.test); the sink sees their headers and source addresses.
+#[test]
+fn each_phase_refuses_with_the_scripts_reply_and_edits_arrive() {
+    let (daemon, sink, dir) = start("scriptlet-phases", POLICY, "", 2);
+    let port = daemon.smtp_port();
+
+    let refused_connect = session(port, "connect 127.0.0.9\nquit\n");
+    assert_eq!(
+        refused_connect[0],
+        "connect 554 5.7.1 mta.test go away 127.0.0.9"
+    );
+
+    let out = session(
+        port,
+        &format!(
+            "connect\nehlo bad.ehlo.test\nehlo good.client.test\n\
+             mail blocked@sender.test\nmail s@client.test\n\
+             rcpt blocked@dest.test\nrcpt r@dest.test\n\
+             data {}\n\
+             mail s@client.test\nrcpt r@dest.test\ndata {}\n\
+             mail s@client.test\nrcpt r@dest.test\nrcpt eachblock@dest.test\ndata {}\nquit\n",
+            message("reject me", ""),
+            message("spool reject", "X-Spool-Reject: 1\\r\\n"),
+            message("each rcpt", ""),
+        ),
+    );
+    let expected = [
+        "connect 220",
+        "ehlo 550 5.7.1 <bad.ehlo.test>: ehlo bad.ehlo.test refused",
+        "ehlo 250",
+        "mail 553 5.7.1 <blocked@sender.test>: sender blocked",
+        "mail 250",
+        "rcpt 550 5.1.1 <blocked@dest.test>: no such user here",
+        "rcpt 250",
+        "data 554 5.6.0 content refused",
+        "mail 250",
+        "rcpt 250",
+        "data 552 5.3.4 refused at data_spool",
+        "mail 250",
+        "rcpt 250",
+        "rcpt 250",
+        "data 451 4.7.1 each_rcpt says later",
+        "quit 221",
+    ];
+    assert_eq!(out.len(), expected.len(), "{out:#?}");
+    for (got, want) in out.iter().zip(expected) {
+        if want.len() <= "connect 220".len() {
+            assert!(got.starts_with(want), "got `{got}`, want `{want}...`");
+        } else {
+            assert_eq!(got, want);
+        }
+    }
+
+    // Three that pass: default, mkt1 by sender domain, the tx group.
+    for (from, subject) in [
+        ("s@client.test", "via-default"),
+        ("news@mkt.test", "via-mkt1"),
+        ("bill@tx.test", "via-tx"),
+    ] {
+        let out = session(
+            port,
+            &format!(
+                "connect\nehlo good.client.test\nmail {from}\nrcpt r@dest.test\ndata {}\nquit\n",
+                message(subject, "X-Drop-Me: gone\\r\\n")
+            ),
+        );
+        assert!(out[4].starts_with("data 250"), "{subject}: {out:?}");
+    }
+    let messages = sink.wait_for_messages(3, WAIT);
+    assert_eq!(messages.len(), 3, "only the accepted messages arrive");
+    for (subject, peer) in [
+        ("via-default", "127.0.0.1"),
+        ("via-mkt1", "127.0.0.5"),
+        ("via-tx", "127.0.0.6"),
+    ] {
+        let arrived = by_subject(&messages, subject);
+        assert_eq!(arrived.peer, peer, "{subject} left from the chosen binding");
+        let bytes = arrived.bytes();
+        let content = strip_leading_received(&bytes).expect("our Received header first");
+        let want = format!(
+            "X-Final: yes\r\nFrom: <s@client.test>\r\nTo: <r@dest.test>\r\nSubject: {subject}\r\n\
+             X-Scriptlet: ehlo=good.client.test connect=yes\r\n\r\nhello {subject}\r\n"
+        );
+        assert_eq!(String::from_utf8_lossy(content), want, "{subject}");
+    }
+    assert!(
+        !paniclog(dir.path()).contains("scriptlet: validate"),
+        "{}",
+        paniclog(dir.path())
+    );
+}
+
+/// Goal: `config reload` swaps the script while clients send, and a script
+/// that does not load keeps the running one and says where it is wrong.
+/// Method: v1 refuses `x@dest.test` with "v1"; a client sends messages in
+/// a loop meanwhile; the script becomes v2 ("v2") and is reloaded; then a
+/// broken v3 is reloaded: the console names policy.lua and its line, and
+/// the refusal still says v2. Every message the looping client had
+/// accepted arrives.
+#[test]
+fn reload_swaps_the_script_and_a_broken_one_keeps_the_old() {
+    let script = |version: &str| {
+        format!(
+            "local mod = {{}}\n\
+             function mod:validate_rcptto(msg, str, ac, vctx)\n\
+               if str == \"x@dest.test\" then vctx:set_code(550, \"5.7.1 {version}\") end\n\
+               return msys.core.VALIDATE_CONT\n\
+             end\n\
+             msys.registerModule(\"policy\", mod)\n"
+        )
+    };
+    let (daemon, sink, dir) = start("scriptlet-reload", &script("v1"), "", 2);
+    let port = daemon.smtp_port();
+    let refusal = || {
+        session(
+            port,
+            "connect\nehlo c.test\nmail s@c.test\nrcpt x@dest.test\nquit\n",
+        )[3]
+        .clone()
+    };
+    assert_eq!(refusal(), "rcpt 550 5.7.1 <x@dest.test>: v1");
+
+    let sender = {
+        let mut command = Command::new(python());
+        command
+            .arg(py_dir().join("send.py"))
+            .arg("--port")
+            .arg(port.to_string())
+            .args(["--count", "60", "--to", "ok@dest.test", "--threads", "2"]);
+        ecelerity_tests::Background::spawn("send.py", command, dir.path())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(dir.join("policy.lua"), script("v2")).unwrap();
+    let out = daemon.console("config reload\n");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("Reconfigured"), "{text}");
+    assert!(!text.contains("Error"), "{text}");
+    assert_eq!(refusal(), "rcpt 550 5.7.1 <x@dest.test>: v2");
+
+    std::fs::write(dir.join("policy.lua"), "local mod = {\nfunction broken(\n").unwrap();
+    let out = daemon.console("config reload\n");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("Error: scriptlet:") && text.contains("policy.lua:"),
+        "the console names the script and its line: {text}"
+    );
+    assert!(text.contains("the running scripts are kept"), "{text}");
+    assert_eq!(refusal(), "rcpt 550 5.7.1 <x@dest.test>: v2");
+
+    let report = sender.wait_report(WAIT);
+    let accepted = report.accepted();
+    assert_eq!(
+        accepted.len(),
+        60,
+        "every message sent during the reloads is taken: {}",
+        report.stderr
+    );
+    let messages = sink.wait_for_messages(accepted.len(), WAIT);
+    assert_eq!(messages.len(), accepted.len());
+}
+
+/// Goal: a script in an endless loop is cut off after max_instructions
+/// (paniclog, the client gets 451 4.3.0) while its shard goes on serving
+/// other sessions; a script error is a 451 for that transaction and loses
+/// nothing.
+/// Method: one shard; a session whose MAIL FROM loops forever runs while
+/// other sessions send messages that must be answered before it is; one
+/// sender makes the script raise an error at MAIL, one at end of data.
+/// Every message answered 250 arrives.
+#[test]
+fn a_runaway_script_is_cut_off_and_an_error_tempfails() {
+    let script = r#"
+local mod = {}
+function mod:validate_mailfrom(str, ac, vctx)
+  if str == "loop@c.test" then
+    local n = 0
+    while true do n = n + 1 end
+  elseif str == "pcall-loop@c.test" then
+    while true do pcall(function() while true do end end) end
+  elseif str == "error@c.test" then
+    error("boom at mailfrom")
+  end
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_data(msg, ac, vctx)
+  if msg:mailfrom() == "late-error@c.test" then
+    local t = nil
+    return t.field
+  end
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("policy", mod)
+"#;
+    let (daemon, sink, dir) = start(
+        "scriptlet-runaway",
+        script,
+        "max_instructions = 30000000",
+        1,
+    );
+    let port = daemon.smtp_port();
+    let started = Instant::now();
+    let looping = std::thread::spawn(move || {
+        let out = session(port, "connect\nehlo c.test\nmail loop@c.test\nquit\n");
+        (out, Instant::now())
+    });
+    let escaping = std::thread::spawn(move || {
+        session(port, "connect\nehlo c.test\nmail pcall-loop@c.test\nquit\n")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // The shard serves others while the loops run.
+    let mut served_at = Vec::new();
+    for i in 0..3 {
+        let out = session(
+            port,
+            &format!(
+                "connect\nehlo c.test\nmail ok@c.test\nrcpt r@dest.test\ndata {}\nquit\n",
+                message(&format!("meanwhile-{i}"), "")
+            ),
+        );
+        assert!(out[4].starts_with("data 250"), "{out:?}");
+        served_at.push(Instant::now());
+    }
+    let (out, loop_done) = looping.join().unwrap();
+    assert_eq!(
+        out[2],
+        "mail 451 4.3.0 <loop@c.test>: Error: policy took too long, try again later"
+    );
+    assert!(
+        served_at.iter().any(|t| *t < loop_done),
+        "other sessions were answered while the loop ran ({:?} after start)",
+        loop_done - started
+    );
+    let out = escaping.join().unwrap();
+    assert_eq!(
+        out[2], "mail 451 4.3.0 <pcall-loop@c.test>: Error: policy took too long, try again later",
+        "pcall cannot swallow the budget"
+    );
+
+    let out = session(
+        port,
+        "connect\nehlo c.test\nmail error@c.test\nmail ok@c.test\nquit\n",
+    );
+    assert_eq!(
+        out[2],
+        "mail 451 4.3.0 <error@c.test>: Error: internal policy error, try again later"
+    );
+    assert_eq!(out[3], "mail 250 2.1.0 Ok", "the session goes on: {out:?}");
+    let out = session(
+        port,
+        &format!(
+            "connect\nehlo c.test\nmail late-error@c.test\nrcpt r@dest.test\ndata {}\nquit\n",
+            message("late", "")
+        ),
+    );
+    assert!(out[4].starts_with("data 451 4.3.0"), "{out:?}");
+
+    let messages = sink.wait_for_messages(3, WAIT);
+    assert_eq!(messages.len(), 3);
+    let said = poll_until(WAIT, || {
+        let log = paniclog(dir.path());
+        (log.contains("ran over max_instructions")
+            && log.contains("boom at mailfrom")
+            && log.contains("attempt to index a nil value"))
+        .then_some(())
+    });
+    assert!(said.is_some(), "paniclog:\n{}", paniclog(dir.path()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        sink.messages().len(),
+        3,
+        "the refused message never arrives"
+    );
+}
+
+/// Goal: a script that does not load keeps the daemon from starting, with
+/// `file:line: what`; a bad scriptlet option is a config error.
+#[test]
+fn a_script_that_does_not_load_stops_the_start() {
+    let dir = TempDir::new("scriptlet-badload");
+    std::fs::write(dir.join("policy.lua"), "local x = 1\nthis is not lua\n").unwrap();
+    let mut config = TestConfig::new(free_port());
+    config.extra =
+        "scriptlet \"scriptlet\" {\n  script \"policy\" { source = \"policy\" }\n}\n".into();
+    let mut daemon = Daemon::spawn(dir.path(), &config.render());
+    let status = daemon.wait_exit(WAIT).expect("the daemon must not start");
+    assert!(!status.success());
+    let stderr = daemon.stderr_text();
+    assert!(stderr.contains("policy.lua:2:"), "{stderr}");
+
+    let mut config = TestConfig::new(free_port());
+    config.extra = "scriptlet \"scriptlet\" {\n  timeout_outcome = \"maybe\"\n}\n".into();
+    let mut daemon = Daemon::spawn(dir.path(), &config.render());
+    let status = daemon.wait_exit(WAIT).expect("the daemon must not start");
+    assert!(!status.success());
+    let stderr = daemon.stderr_text();
+    assert!(
+        stderr.contains("scriptlet: `timeout_outcome` must be"),
+        "{stderr}"
+    );
+}
