@@ -211,6 +211,16 @@ impl Inbox for Shard {
                 }
             })
             .detach();
+        } else if let ControlRequest::Scriptlet { line } = &envelope.request {
+            // A Lua function may wait: answered from a task of its own.
+            let line = line.clone();
+            let scriptlets = self.inbound.scriptlets.clone();
+            let id = self.env.id;
+            glommio::spawn_local(async move {
+                let reply = crate::scriptlet::control_reply(&scriptlets, id, &line).await;
+                envelope.answer(id, reply);
+            })
+            .detach();
         } else {
             let reply = match &envelope.request {
                 ControlRequest::Reload(new) => ControlReply::Reloaded {

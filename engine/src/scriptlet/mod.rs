@@ -39,6 +39,7 @@ use ecelerity_policy::{
 use mlua::{Function, HookTriggers, Lua, MultiValue, Table, Value, VmState};
 
 use crate::config::{Config, ScriptletConfig, TimeoutOutcome};
+use crate::control::ControlReply;
 use crate::queue::{BindingId, Bindings};
 use api::{Ac, Call, MessageData, Msg, Registry, Vctx};
 
@@ -558,6 +559,60 @@ impl Scriptlets {
     pub fn current(&self) -> Option<Rc<State>> {
         self.current.borrow().clone()
     }
+}
+
+/// This shard's part of a console line for the scripts: shard 0 runs the
+/// registered command it names; every shard gives its counters.
+pub async fn control_reply(scriptlets: &Scriptlets, shard: usize, line: &str) -> ControlReply {
+    let Some(state) = scriptlets.current() else {
+        return ControlReply::Scriptlet {
+            answer: None,
+            counters: Vec::new(),
+        };
+    };
+    let answer = if shard == 0 {
+        state.control(line).await
+    } else {
+        None
+    };
+    ControlReply::Scriptlet {
+        answer,
+        counters: state.counters(),
+    }
+}
+
+/// The console's text for a line the scripts were asked about:
+/// `scriptlet counters` sums every shard's counters; otherwise shard 0's
+/// answer, or "Unknown command" when no script registered the command.
+pub fn render_control(line: &str, parts: &[ControlReply]) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let is_counters = matches!(words.as_slice(), [a, b]
+        if a.eq_ignore_ascii_case("scriptlet") && b.eq_ignore_ascii_case("counters"));
+    if is_counters {
+        let mut sums: std::collections::BTreeMap<&str, i64> = Default::default();
+        for part in parts {
+            if let ControlReply::Scriptlet { counters, .. } = part {
+                for (name, value) in counters {
+                    let sum = sums.entry(name.as_str()).or_insert(0);
+                    *sum = sum.saturating_add(*value);
+                }
+            }
+        }
+        let mut out = String::from("Scriptlet counters\n");
+        for (name, value) in sums {
+            out.push_str(&format!("{name:>40}: {value:>12}\n"));
+        }
+        return out;
+    }
+    for part in parts {
+        if let ControlReply::Scriptlet {
+            answer: Some(text), ..
+        } = part
+        {
+            return text.clone();
+        }
+    }
+    format!("Unknown command: {line}. Type 'help' for the list.\n")
 }
 
 /// Loads the configured scripts once, off the shards, so a script that

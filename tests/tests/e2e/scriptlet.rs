@@ -110,6 +110,10 @@ function mod:core_final_validation(msg, ac, vctx)
 end
 
 msys.registerModule("policy", mod)
+
+msys.registerControl("policy status", function(args)
+  return "policy ok: " .. args .. " rcpts=" .. msys.counter.read("rcpts_seen")
+end)
 "#;
 
 /// A daemon (`shards` shards) with `script` as `policy.lua` in its folder
@@ -262,6 +266,22 @@ fn each_phase_refuses_with_the_scripts_reply_and_edits_arrive() {
         "{}",
         paniclog(dir.path())
     );
+
+    // The console: the scripts' counters summed over both shards (7 RCPTs
+    // passed validate_rcptto), and a command written in Lua.
+    let out = daemon.console("scriptlet counters\npolicy status now\nfrobnicate\n");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let counted = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("rcpts_seen:"))
+        .unwrap_or_else(|| panic!("no rcpts_seen counter: {text}"));
+    assert_eq!(
+        counted.split(':').nth(1).map(str::trim),
+        Some("7"),
+        "{text}"
+    );
+    assert!(text.contains("policy ok: now rcpts="), "{text}");
+    assert!(text.contains("Unknown command: frobnicate"), "{text}");
 }
 
 /// Goal: `config reload` swaps the script while clients send, and a script
