@@ -550,6 +550,7 @@ fn wire(
         Resolver::new(system_nameservers),
     ));
     let scriptlets = crate::scriptlet::Scriptlets::start(config, &bindings, id);
+    outbound.set_scriptlets(scriptlets.clone());
     let inbound = Rc::new(Inbound {
         env: env.clone(),
         messages: messages.clone(),

@@ -79,7 +79,10 @@ pub struct State {
     lua: Lua,
     dispatch: Function,
     dispatch_data: Function,
+    dispatch_outcome: Function,
     callouts: Callouts,
+    /// Some module defines log_delivery, log_transfail or log_permfail.
+    outcome_callouts: bool,
     max_instructions: u64,
     timeout_outcome: TimeoutOutcome,
     bindings: Rc<Vec<(String, String)>>,
@@ -185,6 +188,10 @@ impl State {
         if data.iter().any(|n| has(n)) {
             callouts.0 |= Callouts::bit(Phase::Data);
         }
+        let outcome_callouts = ["log_delivery", "log_transfail", "log_permfail"]
+            .iter()
+            .any(|n| has(n));
+        let dispatch_outcome = msys.get("_dispatch_outcome").map_err(lua_err)?;
         let dispatch = msys.get("_dispatch").map_err(lua_err)?;
         let dispatch_data = msys.get("_dispatch_data").map_err(lua_err)?;
         let bindings = bindings
@@ -195,7 +202,9 @@ impl State {
             lua,
             dispatch,
             dispatch_data,
+            dispatch_outcome,
             callouts,
+            outcome_callouts,
             max_instructions: config.max_instructions,
             timeout_outcome: config.timeout_outcome,
             bindings: Rc::new(bindings),
@@ -376,6 +385,54 @@ impl State {
             .await
     }
 
+    /// Hands one delivery outcome to the callouts that want it; an error
+    /// or a runaway callout goes to the paniclog and changes nothing.
+    async fn outcome(&self, outcome: &Outcome) {
+        let callout = match outcome.kind {
+            OutcomeKind::Delivered => "log_delivery",
+            OutcomeKind::Transient => "log_transfail",
+            OutcomeKind::Permanent => "log_permfail",
+        };
+        let info = (|| {
+            let t = self.lua.create_table()?;
+            t.set("id", outcome.message_id.as_str())?;
+            t.set("mailfrom", outcome.mail_from.as_str())?;
+            t.set("rcptto", outcome.rcpt.as_str())?;
+            t.set("domain", outcome.domain.as_str())?;
+            t.set("binding", outcome.binding.as_str())?;
+            t.set("binding_group", outcome.binding_group.as_str())?;
+            t.set("reply", outcome.reply.as_str())?;
+            t.set("remote_ip", outcome.remote_ip.as_str())?;
+            t.set("retries", outcome.retries)?;
+            let kind = match outcome.kind {
+                OutcomeKind::Delivered => "D",
+                OutcomeKind::Transient => "T",
+                OutcomeKind::Permanent => "P",
+            };
+            t.set("type", kind)?;
+            Ok::<_, mlua::Error>(t)
+        })();
+        let result = match info {
+            Ok(info) => {
+                let name = Value::String(self.lua.create_string(callout).expect("a short string"));
+                let args = MultiValue::from_vec(vec![name, Value::Table(info)]);
+                self.run_budgeted(&self.dispatch_outcome, args).await
+            }
+            Err(e) => Err(Failure::Lua(e.to_string())),
+        };
+        match result {
+            Ok(()) => {}
+            Err(Failure::Budget) => tracing::error!(
+                shard = self.shard,
+                "scriptlet: {callout} ran over max_instructions ({})",
+                self.max_instructions
+            ),
+            Err(Failure::Lua(e)) => {
+                tracing::error!(shard = self.shard, "scriptlet: {callout} error: {e}")
+            }
+        }
+    }
+
     /// Runs a console command a script registered (`msys.registerControl`)
     /// whose name starts `line`; `None` when none matches.
     pub async fn control(&self, line: &str) -> Option<String> {
@@ -511,6 +568,31 @@ pub fn chosen_binding(vctx: &ValidationContext, bindings: &Bindings) -> Option<B
         .map(|(id, _)| id)
 }
 
+/// What a delivery attempt did to one recipient (a mainlog D, T or P).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Delivered,
+    Transient,
+    Permanent,
+}
+
+/// One recipient's delivery outcome, for the scripts' `log_delivery`,
+/// `log_transfail` and `log_permfail` callouts.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    pub message_id: String,
+    pub mail_from: String,
+    pub rcpt: String,
+    pub domain: String,
+    pub binding: String,
+    pub binding_group: String,
+    /// The remote reply or our reason (empty for a delivery).
+    pub reply: String,
+    pub remote_ip: String,
+    pub retries: u32,
+}
+
 /// A shard's scripts: the state in use, replaced by a reload that loads.
 pub struct Scriptlets {
     shard: usize,
@@ -558,6 +640,32 @@ impl Scriptlets {
 
     pub fn current(&self) -> Option<Rc<State>> {
         self.current.borrow().clone()
+    }
+
+    /// Whether delivery should build [`Outcome`]s at all (a script wants
+    /// them).
+    pub fn wants_outcomes(&self) -> bool {
+        self.current
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.outcome_callouts)
+    }
+
+    /// Hands `outcomes` to the scripts in a task of their own: delivery
+    /// never waits for a script.
+    pub fn outcomes(&self, outcomes: Vec<Outcome>) {
+        let Some(state) = self.current() else {
+            return;
+        };
+        if !state.outcome_callouts || outcomes.is_empty() {
+            return;
+        }
+        glommio::spawn_local(async move {
+            for outcome in &outcomes {
+                state.outcome(outcome).await;
+            }
+        })
+        .detach();
     }
 }
 

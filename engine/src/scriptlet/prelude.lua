@@ -17,6 +17,7 @@ local CALLOUTS = {
   validate_rcptto = true, validate_data = true, validate_data_spool = true,
   validate_data_spool_each_rcpt = true, validate_set_binding = true,
   core_final_validation = true, init = true, deinit = true,
+  log_delivery = true, log_transfail = true, log_permfail = true,
 }
 
 function msys.registerModule(name, tbl)
@@ -96,6 +97,15 @@ function msys._dispatch_data(msg, ac, vctx, rcpts)
   phase("validate_set_binding", vctx, msg)
   if vctx:_decided() then return end
   phase("core_final_validation", vctx, msg, ac, vctx)
+end
+
+-- A delivery outcome (D, T or P) for every module that wants it; what
+-- the callouts return does not matter.
+function msys._dispatch_outcome(callout, info)
+  for _, m in ipairs(modules) do
+    local f = m.tbl[callout]
+    if f then f(m.tbl, info) end
+  end
 end
 
 -- %{vctx_conn:key} and %{vctx_mess:key} from the running call's context.

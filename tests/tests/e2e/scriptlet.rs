@@ -492,3 +492,75 @@ fn a_script_that_does_not_load_stops_the_start() {
         "{stderr}"
     );
 }
+
+/// Goal: a script sees delivery outcomes (Momentum's D, T and P) through
+/// `log_delivery`, `log_transfail` and `log_permfail`, with the reply.
+/// Method: the sink refuses local parts starting `bad` with 550; one good
+/// and one bad recipient are sent; the script counts each outcome and
+/// prints the refusal to the paniclog; the console's `scriptlet counters`
+/// and the paniclog show them.
+#[test]
+fn a_script_sees_delivery_outcomes() {
+    let script = r#"
+local mod = {}
+function mod:log_delivery(info)
+  msys.counter.inc("delivered")
+end
+function mod:log_permfail(info)
+  msys.counter.inc("permfail")
+  print("permfail " .. info.type .. " " .. info.rcptto .. " " .. info.reply)
+end
+function mod:log_transfail(info)
+  msys.counter.inc("transfail")
+end
+msys.registerModule("policy", mod)
+"#;
+    let dir = TempDir::new("scriptlet-outcomes");
+    std::fs::write(dir.join("policy.lua"), script).unwrap();
+    let sink = Sink::start_with_args(
+        &dir.join("sink"),
+        free_port(),
+        &["--rule", "bad=550 5.1.1 no such mailbox"],
+    );
+    let mut config = TestConfig::new(sink.port());
+    config.extra =
+        "scriptlet \"scriptlet\" {\n  script \"policy\" { source = \"policy\" }\n}\n".into();
+    let daemon = Daemon::start(dir.path(), &config.render());
+    let port = daemon.smtp_port();
+    for rcpt in ["good@dest.test", "bad@dest.test"] {
+        let out = session(
+            port,
+            &format!(
+                // The null sender: the refusal makes no DSN to deliver.
+                "connect\nehlo c.test\nmail \nrcpt {rcpt}\ndata {}\nquit\n",
+                message(rcpt, "")
+            ),
+        );
+        assert!(out[4].starts_with("data 250"), "{out:?}");
+    }
+    daemon.wait_for_kind("D", 1, WAIT);
+    daemon.wait_for_kind("P", 1, WAIT);
+    let counted = poll_until(WAIT, || {
+        let out = daemon.console("scriptlet counters\n");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{name}:")))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        };
+        (value("delivered").as_deref() == Some("1") && value("permfail").as_deref() == Some("1"))
+            .then_some(text)
+    });
+    assert!(
+        counted.is_some(),
+        "{:?}",
+        daemon.console("scriptlet counters\n")
+    );
+    let said = poll_until(WAIT, || {
+        paniclog(dir.path())
+            .contains("permfail P bad@dest.test 550 5.1.1 no such mailbox")
+            .then_some(())
+    });
+    assert!(said.is_some(), "paniclog:\n{}", paniclog(dir.path()));
+}
