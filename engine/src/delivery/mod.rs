@@ -111,6 +111,17 @@ impl Outbound {
         }
     }
 
+    /// `msys.dnsLookup`: the shard's resolver and cache, with the
+    /// configured `nameservers` (the system's when none).
+    pub async fn dns_lookup(
+        &self,
+        name: &str,
+        kind: crate::dns::RecordKind,
+    ) -> Result<crate::dns::Answer, crate::dns::DnsError> {
+        let config = self.env.config.get();
+        self.resolver.lookup(config.nameservers(), name, kind).await
+    }
+
     /// The shard's Lua scripts, told each delivery outcome they ask for.
     pub fn set_scriptlets(&self, scriptlets: Rc<crate::scriptlet::Scriptlets>) {
         *self.scriptlets.borrow_mut() = Some(scriptlets);

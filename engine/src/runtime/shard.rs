@@ -549,7 +549,14 @@ fn wire(
         delivery_queue,
         Resolver::new(system_nameservers),
     ));
-    let scriptlets = crate::scriptlet::Scriptlets::start(config, &bindings, id);
+    let dns: crate::scriptlet::api::DnsLookup = {
+        let outbound = outbound.clone();
+        Rc::new(move |name, kind| {
+            let outbound = outbound.clone();
+            Box::pin(async move { outbound.dns_lookup(&name, kind).await })
+        })
+    };
+    let scriptlets = crate::scriptlet::Scriptlets::start(config, &bindings, id, Some(dns));
     outbound.set_scriptlets(scriptlets.clone());
     let inbound = Rc::new(Inbound {
         env: env.clone(),

@@ -245,11 +245,12 @@ fn no_message() -> mlua::Error {
 impl UserData for Msg {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("mailfrom", |_, this, set: Option<String>| {
-            let mut call = this.0.borrow_mut();
-            if let Some(address) = set {
-                call.mail_from = address;
+            if set.is_some() {
+                return Err(mlua::Error::runtime(
+                    "msg:mailfrom(address) cannot change the sender yet",
+                ));
             }
-            Ok(call.mail_from.clone())
+            Ok(this.0.borrow().mail_from.clone())
         });
         methods.add_method("rcptto", |_, this, ()| {
             let call = this.0.borrow();
@@ -387,10 +388,66 @@ pub struct Registry {
     pub controls: RefCell<Vec<(String, mlua::Function)>>,
 }
 
+/// A DNS lookup on the shard (its resolver and cache), as the shard
+/// wires it: `msys.dnsLookup`.
+pub type DnsLookup = Rc<
+    dyn Fn(
+        String,
+        crate::dns::RecordKind,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<crate::dns::Answer, crate::dns::DnsError>>>,
+    >,
+>;
+
+/// `msys.dnsLookup(name[, type])`: a table of results (addresses as text,
+/// MX as `"pref exchange"`), or `nil, error`; an empty table when the name
+/// has no such record. Types: A (default), AAAA, MX.
+fn register_dns(lua: &Lua, msys: &Table, dns: Option<DnsLookup>) -> mlua::Result<()> {
+    let lookup =
+        lua.create_async_function(move |lua, (name, kind): (String, Option<String>)| {
+            let dns = dns.clone();
+            async move {
+                use crate::dns::{Answer, RecordKind};
+                let kind = match kind.as_deref().map(str::to_ascii_uppercase).as_deref() {
+                    None | Some("A") => RecordKind::A,
+                    Some("AAAA") => RecordKind::Aaaa,
+                    Some("MX") => RecordKind::Mx,
+                    Some(other) => {
+                        return Err(mlua::Error::runtime(format!(
+                            "msys.dnsLookup: type `{other}` is not supported (A, AAAA, MX)"
+                        )))
+                    }
+                };
+                let Some(dns) = dns else {
+                    return Ok((Value::Nil, Some("no resolver on this thread".to_string())));
+                };
+                let values: Vec<String> = match dns(name, kind).await {
+                    Ok(Answer::Addresses(addresses)) => {
+                        addresses.iter().map(|a| a.to_string()).collect()
+                    }
+                    Ok(Answer::Mx(records)) => records
+                        .iter()
+                        .map(|mx| format!("{} {}", mx.preference, mx.exchange))
+                        .collect(),
+                    Ok(Answer::NoData | Answer::NxDomain) => Vec::new(),
+                    Err(e) => return Ok((Value::Nil, Some(e.to_string()))),
+                };
+                Ok((Value::Table(lua.create_sequence_from(values)?), None))
+            }
+        })?;
+    msys.set("dnsLookup", lookup)
+}
+
 /// Builds the `msys` table of a state. Datasources (`msys.db`) are the
 /// datasource room's: see the marked spot.
-pub fn build_msys(lua: &Lua, shard: usize, registry: &Rc<Registry>) -> mlua::Result<Table> {
+pub fn build_msys(
+    lua: &Lua,
+    shard: usize,
+    registry: &Rc<Registry>,
+    dns: Option<DnsLookup>,
+) -> mlua::Result<Table> {
     let msys = lua.create_table()?;
+    register_dns(lua, &msys, dns)?;
     let core = lua.create_table()?;
     core.set("VALIDATE_CONT", VALIDATE_CONT)?;
     core.set("VALIDATE_DONE", VALIDATE_DONE)?;

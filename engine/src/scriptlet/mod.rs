@@ -103,13 +103,14 @@ impl State {
         config: &ScriptletConfig,
         bindings: &Bindings,
         shard: usize,
+        dns: Option<api::DnsLookup>,
     ) -> Result<State, String> {
         let lua = Lua::new();
         let lua_err = |e: mlua::Error| e.to_string();
         lua.set_memory_limit(config.max_memory_bytes as usize)
             .map_err(lua_err)?;
         let registry = Rc::new(Registry::default());
-        let msys = api::build_msys(&lua, shard, &registry).map_err(lua_err)?;
+        let msys = api::build_msys(&lua, shard, &registry, dns).map_err(lua_err)?;
         lua.globals().set("msys", msys.clone()).map_err(lua_err)?;
         let package: Table = lua.globals().get("package").map_err(lua_err)?;
         let path: Vec<String> = config
@@ -597,16 +598,24 @@ pub struct Outcome {
 pub struct Scriptlets {
     shard: usize,
     current: RefCell<Option<Rc<State>>>,
+    /// The shard's DNS lookups, for `msys.dnsLookup`.
+    dns: Option<api::DnsLookup>,
 }
 
 impl Scriptlets {
     /// Loads the configured scripts on this shard (its executor's thread).
     /// The start checked them ([`check`]); a failure now is logged and the
     /// shard runs without scripts.
-    pub fn start(config: &Config, bindings: &Bindings, shard: usize) -> Rc<Scriptlets> {
+    pub fn start(
+        config: &Config,
+        bindings: &Bindings,
+        shard: usize,
+        dns: Option<api::DnsLookup>,
+    ) -> Rc<Scriptlets> {
         let scriptlets = Rc::new(Scriptlets {
             shard,
             current: RefCell::new(None),
+            dns,
         });
         for e in scriptlets.reload(config, bindings) {
             tracing::error!(shard, "{e}");
@@ -622,7 +631,7 @@ impl Scriptlets {
             *self.current.borrow_mut() = None;
             return Vec::new();
         };
-        match State::load(stanza, bindings, self.shard) {
+        match State::load(stanza, bindings, self.shard, self.dns.clone()) {
             Ok(state) => {
                 *self.current.borrow_mut() = Some(Rc::new(state));
                 Vec::new()
@@ -730,7 +739,7 @@ pub fn check(config: &Config) -> Result<(), String> {
         return Ok(());
     };
     let bindings = Bindings::from_config(config);
-    State::load(stanza, &bindings, 0).map(|_| ())
+    State::load(stanza, &bindings, 0, None).map(|_| ())
 }
 
 /// The shard's policy: the built-in relay control, then the scripts.

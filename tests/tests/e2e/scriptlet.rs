@@ -564,3 +564,60 @@ msys.registerModule("policy", mod)
     });
     assert!(said.is_some(), "paniclog:\n{}", paniclog(dir.path()));
 }
+
+/// Goal: `msys.dnsLookup` asks the shard's resolver (the configured
+/// `nameservers`) without blocking it: A records as addresses, MX as
+/// "pref exchange", nothing for a name that does not exist.
+/// Method: unbound serves a `test.` zone; the script refuses a sender whose
+/// domain is listed under `rbl.test` with the address it found, and one
+/// sender with the MX records of `two.test`; an unlisted sender passes.
+#[test]
+fn dns_lookup_answers_from_the_shards_resolver() {
+    let dir = TempDir::new("scriptlet-dns");
+    let records = [
+        "bad.test.rbl.test. 60 IN A 127.0.0.2",
+        "two.test. 60 IN MX 20 b.two.test.",
+        "two.test. 60 IN MX 10 a.two.test.",
+    ]
+    .map(String::from);
+    let unbound = ecelerity_testkit::Unbound::start(dir.path(), &records, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let script = r#"
+local mod = {}
+function mod:validate_mailfrom(str, ac, vctx)
+  if str == "mx@c.test" then
+    local mx, err = msys.dnsLookup("two.test", "MX")
+    vctx:set_code(550, "5.7.1 mx " .. table.concat(mx or { err }, ","))
+    return msys.core.VALIDATE_DONE
+  end
+  local domain = str:match("@(.+)$") or ""
+  local found, err = msys.dnsLookup(domain .. ".rbl.test")
+  if found == nil then
+    vctx:set_code(451, "4.4.3 lookup failed: " .. err)
+  elseif #found > 0 then
+    vctx:set_code(550, "5.7.1 listed " .. found[1])
+  end
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("policy", mod)
+"#;
+    std::fs::write(dir.join("policy.lua"), script).unwrap();
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let mut config = TestConfig::new(sink.port());
+    config.extra = format!(
+        "nameservers = ( \"127.0.0.1:{}\" )\n\
+         scriptlet \"scriptlet\" {{\n  script \"policy\" {{ source = \"policy\" }}\n}}\n",
+        unbound.port()
+    );
+    let daemon = Daemon::start(dir.path(), &config.render());
+    let out = session(
+        daemon.smtp_port(),
+        "connect\nehlo c.test\nmail a@bad.test\nmail a@good.test\nrset\nmail mx@c.test\nquit\n",
+    );
+    assert_eq!(out[2], "mail 550 5.7.1 <a@bad.test>: listed 127.0.0.2");
+    assert_eq!(out[3], "mail 250 2.1.0 Ok", "{out:?}");
+    assert_eq!(
+        out[5],
+        "mail 550 5.7.1 <mx@c.test>: mx 20 b.two.test,10 a.two.test"
+    );
+}
