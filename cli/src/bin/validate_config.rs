@@ -1,5 +1,7 @@
 //! `validate_config FILE...`: checks ecelerity.conf files without touching
 //! anything else. Prints `FILE: ok`, or `file:line: what is wrong` and exits 1.
+//! The `scriptlet` stanza's Lua scripts are loaded too (a script that
+//! does not load is `path.lua:line: what`).
 
 use clap::Parser;
 use ecelerity_engine::config::Config;
@@ -17,7 +19,13 @@ fn main() {
     let mut failed = false;
     for file in &args.files {
         match Config::load(file) {
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(config) => match ecelerity_engine::scriptlet::check(&config) {
+                Ok(()) => println!("{}: ok", file.display()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    failed = true;
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 failed = true;

@@ -621,3 +621,32 @@ msys.registerModule("policy", mod)
         "mail 550 5.7.1 <mx@c.test>: mx 20 b.two.test,10 a.two.test"
     );
 }
+
+/// Goal: validate_config loads the scripts too, naming the bad line.
+#[test]
+fn validate_config_loads_the_scripts() {
+    let dir = TempDir::new("scriptlet-validate");
+    std::fs::write(dir.join("policy.lua"), "local ok = 1\nreturn = 2\n").unwrap();
+    let mut config = TestConfig::new(free_port());
+    config.extra =
+        "scriptlet \"scriptlet\" {\n  script \"policy\" { source = \"policy\" }\n}\n".into();
+    let path = dir.join("ecelerity.conf");
+    std::fs::write(&path, config.render()).unwrap();
+    let output = ecelerity_tests::run(
+        Command::new(ecelerity_tests::bin("validate_config")).arg(&path),
+        WAIT,
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("policy.lua:2:"), "{stderr}");
+    std::fs::write(dir.join("policy.lua"), "local ok = 1\n").unwrap();
+    let output = ecelerity_tests::run(
+        Command::new(ecelerity_tests::bin("validate_config")).arg(&path),
+        WAIT,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
