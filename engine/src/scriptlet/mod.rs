@@ -770,3 +770,165 @@ impl Policy for ScriptletPolicy {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecelerity_policy::Connection;
+
+    fn config_with(script: &str, stanza: &str) -> (Config, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ecelerity-scriptlet-unit-{}-{}",
+            std::process::id(),
+            ecelerity_testkit::Rng::new(script.len() as u64 ^ stanza.len() as u64).next_u64()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("policy.lua"), script).unwrap();
+        let path = dir.join("ecelerity.conf");
+        std::fs::write(
+            &path,
+            format!(
+                "binding \"b1\" {{ }}\nscriptlet \"scriptlet\" {{\n{stanza}\n  script \"policy\" {{ source = \"policy\" }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        (Config::load(&path).map_err(|e| e.to_string()).unwrap(), dir)
+    }
+
+    fn run_data(state: &State, body: &[u8]) -> (Verdict, ValidationContext) {
+        let connection = Connection {
+            peer_ip: "127.0.0.1".parse().unwrap(),
+            listener: "127.0.0.1:25".parse().unwrap(),
+            ehlo_domain: "c.test".into(),
+            auth_user: None,
+        };
+        let rcpts = vec!["r@d.test".to_string()];
+        let validation = Validation {
+            connection: &connection,
+            mail_from: "s@mkt.test",
+            rcpts: &rcpts,
+            check: Check::Data {
+                body,
+                streamed: false,
+            },
+        };
+        let mut vctx = ValidationContext::new();
+        let verdict = glommio::LocalExecutor::default()
+            .run(async { state.call(validation, &mut vctx).await });
+        (verdict, vctx)
+    }
+
+    /// Goal: header and binding edits made at end of data come back in
+    /// the message scope, and reception rebuilds the message from them.
+    #[test]
+    fn data_phase_edits_rebuild_the_message() {
+        let script = r#"
+local mod = {}
+function mod:validate_data_spool(msg, ac, vctx)
+  msg:header("Subject", "new")
+  msg:header("X-Added", "1", "append")
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_set_binding(msg)
+  assert(msg:binding("nope") == nil)
+  msg:binding("b1")
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("policy", mod)
+"#;
+        let (config, dir) = config_with(script, "");
+        let bindings = Bindings::from_config(&config);
+        let state = State::load(config.scriptlet().unwrap(), &bindings, 0, None).unwrap();
+        let body = b"From: a@b\r\nSubject: old\r\n\r\nhi\r\n";
+        let (verdict, vctx) = run_data(&state, body);
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(
+            edited_message(&vctx, body.to_vec()),
+            b"From: a@b\r\nSubject: new\r\nX-Added: 1\r\n\r\nhi\r\n"
+        );
+        assert_eq!(chosen_binding(&vctx, &bindings), bindings.lookup("b1"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Goal: a runaway call stops at max_instructions with the configured
+    /// outcome; a Lua error is a 451.
+    #[test]
+    fn budget_and_errors_have_their_outcomes() {
+        let script = r#"
+local mod = {}
+function mod:validate_data(msg, ac, vctx)
+  if msg:header("X-Loop")[1] then while true do end end
+  error("boom")
+end
+msys.registerModule("policy", mod)
+"#;
+        let (config, dir) = config_with(
+            script,
+            "max_instructions = 100000\ntimeout_outcome = \"reject\"",
+        );
+        let bindings = Bindings::from_config(&config);
+        let state = State::load(config.scriptlet().unwrap(), &bindings, 0, None).unwrap();
+        let (verdict, _) = run_data(&state, b"X-Loop: 1\r\n\r\nhi\r\n");
+        assert!(
+            matches!(verdict, Verdict::Reject(r) if r.code == 550),
+            "runaway"
+        );
+        let (verdict, _) = run_data(&state, b"Subject: x\r\n\r\nhi\r\n");
+        assert!(matches!(verdict, Verdict::Reject(r) if r.code == 451 && r.enhanced == "4.3.0"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Goal: a script that does not load names its file and line; a
+    /// module without callouts is refused as Momentum refuses it.
+    #[test]
+    fn load_errors_name_the_line() {
+        let (config, dir) = config_with("local a = 1\nlocal = 2\n", "");
+        let bindings = Bindings::from_config(&config);
+        let e = State::load(config.scriptlet().unwrap(), &bindings, 0, None)
+            .err()
+            .unwrap();
+        assert!(e.contains("policy.lua:2:"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+        let (config, dir) = config_with("msys.registerModule(\"m\", { x = 1 })\n", "");
+        let e = State::load(config.scriptlet().unwrap(), &bindings, 0, None)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("no usable methods found for module m in registerModule call"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Goal: bad stanza options are `file:line: scriptlet: ...` errors.
+    #[test]
+    fn stanza_errors_name_the_line() {
+        let dir =
+            std::env::temp_dir().join(format!("ecelerity-scriptlet-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("e.conf");
+        for (text, want) in [
+            (
+                "scriptlet \"s\" {\n max_instructions = 5\n}\n",
+                "e.conf:2: scriptlet: `max_instructions` must be a whole number of at least 10000",
+            ),
+            (
+                "scriptlet \"s\" {\n script \"p\" { source = \"missing\" }\n}\n",
+                "e.conf:2: scriptlet: module `missing` not found on lua_path",
+            ),
+            (
+                "scriptlet \"s\" {\n bogus = 1\n}\n",
+                "e.conf:2: scriptlet: unknown option `bogus`",
+            ),
+            (
+                "scriptlet \"s\" { }\nscriptlet \"t\" { }\n",
+                "e.conf:2: scriptlet: only one scriptlet stanza",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(&path).err().unwrap().to_string();
+            assert!(e.contains(want), "{e}\nwanted: {want}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
