@@ -425,10 +425,14 @@ fn register_dns(lua: &Lua, msys: &Table, dns: Option<DnsLookup>) -> mlua::Result
                     Ok(Answer::Addresses(addresses)) => {
                         addresses.iter().map(|a| a.to_string()).collect()
                     }
-                    Ok(Answer::Mx(records)) => records
-                        .iter()
-                        .map(|mx| format!("{} {}", mx.preference, mx.exchange))
-                        .collect(),
+                    Ok(Answer::Mx(mut records)) => {
+                        // Most preferred first (stable: equals keep their order).
+                        records.sort_by_key(|mx| mx.preference);
+                        records
+                            .iter()
+                            .map(|mx| format!("{} {}", mx.preference, mx.exchange))
+                            .collect()
+                    }
                     Ok(Answer::NoData | Answer::NxDomain) => Vec::new(),
                     Err(e) => return Ok((Value::Nil, Some(e.to_string()))),
                 };

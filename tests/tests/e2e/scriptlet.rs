@@ -618,7 +618,7 @@ msys.registerModule("policy", mod)
     assert_eq!(out[3], "mail 250 2.1.0 Ok", "{out:?}");
     assert_eq!(
         out[5],
-        "mail 550 5.7.1 <mx@c.test>: mx 20 b.two.test,10 a.two.test"
+        "mail 550 5.7.1 <mx@c.test>: mx 10 a.two.test,20 b.two.test"
     );
 }
 
