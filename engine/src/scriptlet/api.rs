@@ -277,9 +277,13 @@ impl UserData for Msg {
                     return lua.create_sequence_from(values).map(Value::Table);
                 };
                 if message.streamed {
-                    return Err(mlua::Error::runtime(
-                        "the message was streamed to the spool (over 256 KiB): its headers are read-only",
-                    ));
+                    // Its header block is on disk already: the edit is
+                    // not made (a tempfail would refuse it for ever).
+                    tracing::warn!(
+                        "scriptlet: msg:header({name}) on a message streamed to the spool \
+                         (over 256 KiB): not applied"
+                    );
+                    return Ok(Value::Boolean(false));
                 }
                 if value.is_empty() {
                     message.headers().delete(&name);
@@ -306,9 +310,11 @@ impl UserData for Msg {
             let message = call.message.as_mut().ok_or_else(no_message)?;
             if message.streamed {
                 if set.is_some() {
-                    return Err(mlua::Error::runtime(
-                        "the message was streamed to the spool (over 256 KiB): its body is read-only",
-                    ));
+                    tracing::warn!(
+                        "scriptlet: msg:body(text) on a message streamed to the spool \
+                         (over 256 KiB): not applied"
+                    );
+                    return Ok(Value::Boolean(false));
                 }
                 return Ok(Value::Nil);
             }

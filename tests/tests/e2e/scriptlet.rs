@@ -650,3 +650,39 @@ fn validate_config_loads_the_scripts() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Goal: a message over 256 KiB (streamed to the spool while it arrives)
+/// still gets the binding the script chose; its header block is readable
+/// and edits of it are not applied (never a refusal).
+/// Method: the phases script on a 320 KiB message from news@mkt.test: it
+/// arrives from mkt1's 127.0.0.5, byte for byte as sent (no X-Scriptlet,
+/// no X-Final), and the paniclog says the edit was not applied.
+#[test]
+fn a_streamed_message_keeps_its_text_and_takes_its_binding() {
+    let (daemon, sink, dir) = start("scriptlet-streamed", POLICY, "", 2);
+    let line = "x".repeat(78);
+    let body_lines = format!("{line}\\r\\n").repeat(4 * 1024);
+    let text = format!(
+        "From: <s@client.test>\\r\\nTo: <r@dest.test>\\r\\nSubject: large\\r\\n\\r\\n{body_lines}"
+    );
+    let out = session(
+        daemon.smtp_port(),
+        &format!("connect\nehlo c.test\nmail news@mkt.test\nrcpt r@dest.test\ndata {text}\nquit\n"),
+    );
+    assert!(out[4].starts_with("data 250"), "{out:?}");
+    let messages = sink.wait_for_messages(1, WAIT);
+    assert_eq!(messages[0].peer, "127.0.0.5");
+    let bytes = messages[0].bytes();
+    let content = strip_leading_received(&bytes).expect("our Received header first");
+    let sent = text.replace("\\r\\n", "\r\n");
+    assert!(
+        content == sent.as_bytes(),
+        "the streamed message arrives as sent"
+    );
+    let said = poll_until(WAIT, || {
+        paniclog(dir.path())
+            .contains("streamed to the spool (over 256 KiB): not applied")
+            .then_some(())
+    });
+    assert!(said.is_some(), "paniclog:\n{}", paniclog(dir.path()));
+}
