@@ -795,13 +795,18 @@ async fn validate<S: Transport>(
     let policy = shard.policy.borrow().clone();
     let waited = match policy.validate(validation, vctx) {
         Answer::Now(verdict) => Waited::Verdict(verdict),
-        Answer::Later(verdict) => {
-            if !output.is_empty() {
-                write_all_within(stream, output, write_limit(listener)).await?;
-                wrote = true;
+        Answer::Later(mut verdict) => match futures_lite::future::poll_once(&mut verdict).await {
+            // Decided without waiting (a script that did not sleep or look
+            // anything up): pipelined replies still leave together.
+            Some(verdict) => Waited::Verdict(verdict),
+            None => {
+                if !output.is_empty() {
+                    write_all_within(stream, output, write_limit(listener)).await?;
+                    wrote = true;
+                }
+                await_verdict(verdict, timeout, &shard.env.stopping).await
             }
-            await_verdict(verdict, timeout, &shard.env.stopping).await
-        }
+        },
     };
     if wrote {
         log_rejections(shard, conn, session, output);
@@ -844,10 +849,15 @@ enum Waited {
 /// Awaits a later verdict for at most `timeout`, and no longer than the
 /// shard runs (`stopping` is closed when it starts to stop).
 async fn await_verdict(
-    verdict: VerdictFuture<'_>,
+    mut verdict: VerdictFuture<'_>,
     timeout: Duration,
     stopping: &Stopping,
 ) -> Waited {
+    // Most later verdicts (a script that did not wait) are ready at their
+    // first poll: those need no timer armed and disarmed.
+    if let Some(ready) = futures_lite::future::poll_once(&mut verdict).await {
+        return Waited::Verdict(ready);
+    }
     let verdict = async { Waited::Verdict(verdict.await) };
     let timer = async {
         glommio::timer::sleep(timeout).await;
