@@ -176,6 +176,10 @@ struct ScenarioArgs {
     /// No per-second progress lines.
     #[arg(long)]
     quiet: bool,
+    /// A file of ecelerity config appended at global scope (e.g. a
+    /// `scriptlet` stanza to measure a Lua policy).
+    #[arg(long)]
+    ecelerity_extra: Option<PathBuf>,
 }
 
 fn list<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>> {
@@ -262,6 +266,12 @@ fn scenario(args: ScenarioArgs) -> Result<()> {
         quick: args.quick,
         progress: !args.quiet,
         command_line,
+        ecelerity_extra: match &args.ecelerity_extra {
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?
+            }
+            None => String::new(),
+        },
     };
     if args.quick {
         o.sizes = vec![1024];

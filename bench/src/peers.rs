@@ -83,6 +83,8 @@ pub struct EcelerityOptions {
     pub max_outbound_connections: u32,
     pub retry_interval_s: u32,
     pub connect_timeout_s: u32,
+    /// Appended verbatim to the config at global scope (`--ecelerity-extra`).
+    pub extra: String,
 }
 
 impl Default for EcelerityOptions {
@@ -93,6 +95,7 @@ impl Default for EcelerityOptions {
             max_outbound_connections: 64,
             retry_interval_s: 1,
             connect_timeout_s: 30,
+            extra: String::new(),
         }
     }
 }
@@ -162,6 +165,7 @@ pub fn ecelerity_config(port: u16, gateway_port: u16, o: &EcelerityOptions) -> S
         .option("delivery_shards", o.delivery_shards)
         .option("retry_interval", o.retry_interval_s)
         .option("connect_timeout", o.connect_timeout_s);
+    config.extra = o.extra.clone();
     format!(
         "# ecbench: ecelerity as a durable relay to a sink on loopback\n{}",
         config.render()

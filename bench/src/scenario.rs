@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub quick: bool,
     pub progress: bool,
     pub command_line: String,
+    /// ecelerity config text appended at global scope (e.g. a scriptlet).
+    pub ecelerity_extra: String,
 }
 
 impl RunOptions {
@@ -69,6 +71,7 @@ impl RunOptions {
         EcelerityOptions {
             shards: self.shards,
             delivery_shards: self.delivery_shards,
+            extra: self.ecelerity_extra.clone(),
             ..EcelerityOptions::default()
         }
     }

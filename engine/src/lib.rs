@@ -47,6 +47,7 @@ pub mod mesh;
 pub mod message;
 pub mod queue;
 pub mod runtime;
+pub mod scriptlet;
 pub mod smtp;
 pub mod sqlite;
 pub mod stats;

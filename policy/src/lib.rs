@@ -105,6 +105,9 @@ pub enum Check<'a> {
     /// body.
     Data {
         body: &'a [u8],
+        /// The body went to the spool while it arrived: `body` is the
+        /// header block only, and the policy cannot change the message.
+        streamed: bool,
     },
 }
 

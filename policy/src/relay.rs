@@ -319,7 +319,10 @@ mod tests {
             Check::MailFrom {
                 reverse_path: "a@c.test",
             },
-            Check::Data { body: b"hi\r\n" },
+            Check::Data {
+                body: b"hi\r\n",
+                streamed: false,
+            },
         ] {
             let validation = Validation {
                 connection: &c,

@@ -65,6 +65,8 @@ mod reload;
 mod retry;
 #[path = "e2e/routes.rs"]
 mod routes;
+#[path = "e2e/scriptlet.rs"]
+mod scriptlet;
 #[path = "e2e/sendmail.rs"]
 mod sendmail;
 #[path = "e2e/sighup.rs"]

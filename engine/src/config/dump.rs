@@ -239,6 +239,30 @@ pub(super) fn dump(settings: &Settings, source: Option<&Path>) -> String {
         }
         w.close(0);
     }
+    if let Some(s) = &settings.scriptlet {
+        let outcome = match s.timeout_outcome {
+            super::TimeoutOutcome::Tempfail => "tempfail",
+            super::TimeoutOutcome::Reject => "reject",
+            super::TimeoutOutcome::Continue => "continue",
+        };
+        w.line(0, "");
+        w.open(0, "scriptlet", Some(&s.instance));
+        w.line(1, &format!("lua_path = {}", quote(&s.lua_path)));
+        w.line(1, &format!("max_instructions = {}", s.max_instructions));
+        w.line(1, &format!("timeout_outcome = {}", quote(outcome)));
+        w.line(1, &format!("max_memory = {}", s.max_memory_bytes));
+        for script in &s.scripts {
+            w.line(
+                1,
+                &format!(
+                    "script {} {{ source = {} }}",
+                    quote(&script.name),
+                    quote(&script.source)
+                ),
+            );
+        }
+        w.close(0);
+    }
 
     // A binding of the default group is written at top level (its options
     // and binding::domain scopes); only its binding_group::binding::domain

@@ -121,6 +121,9 @@ pub enum ConfigErrorKind {
     /// Something wrong inside a `Datasource` stanza (`config::datasource`).
     #[error("datasource: {reason}")]
     Datasource { reason: String },
+    /// Something wrong inside a `scriptlet` stanza (`config::scriptlet`).
+    #[error("scriptlet: {reason}")]
+    Scriptlet { reason: String },
     /// Valid ecelerity.conf that the engine would not act on yet. `scope`
     /// is empty or starts with a space (" in binding `b`").
     #[error("`{option}`{scope} is not supported yet ({reason})")]

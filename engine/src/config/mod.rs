@@ -28,6 +28,7 @@ mod model;
 mod options;
 mod parse;
 mod reload;
+mod scriptlet;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ pub use options::{
     WebhookConfig,
 };
 pub use reload::RESTART_OPTIONS;
+pub use scriptlet::{ScriptConfig, ScriptletConfig, TimeoutOutcome};
 
 // Built-in defaults and accepted ranges. Seconds and bytes are whole
 // numbers in the file; ranges are inclusive.
@@ -474,6 +476,11 @@ impl Config {
     /// The `Datasource` stanzas, in file order.
     pub fn datasources(&self) -> &[DatasourceConfig] {
         &self.settings.datasources
+    }
+
+    /// The `scriptlet` module stanza (Lua policy), if configured.
+    pub fn scriptlet(&self) -> Option<&ScriptletConfig> {
+        self.settings.scriptlet.as_ref()
     }
 
     pub fn delivery(&self, binding: &str, domain: &str) -> DeliveryOptions {

@@ -113,6 +113,8 @@ pub(super) struct Settings {
     pub(super) webhooks: Vec<WebhookConfig>,
     /// `Datasource` stanzas, in file order (`config::datasource`).
     pub(super) datasources: Vec<super::datasource::DatasourceConfig>,
+    /// The `scriptlet` module stanza, if any (`config::scriptlet`).
+    pub(super) scriptlet: Option<super::scriptlet::ScriptletConfig>,
 }
 
 impl Settings {
@@ -510,6 +512,7 @@ struct Builder<'t> {
     /// with where each was first written.
     webhooks: Vec<WebhookStanza>,
     datasources: Vec<super::datasource::DatasourceConfig>,
+    scriptlet: Option<super::scriptlet::ScriptletConfig>,
 }
 
 struct WebhookStanza {
@@ -552,6 +555,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         opendkim: None,
         webhooks: Vec::new(),
         datasources: Vec::new(),
+        scriptlet: None,
     };
     builder
         .groups
@@ -632,6 +636,17 @@ impl Builder<'_> {
                         )));
                     }
                     self.datasources.push(read);
+                }
+                Item::Stanza(stanza)
+                    if stanza.keyword == Keyword::Scriptlet && matches!(place, Place::Global) =>
+                {
+                    if self.scriptlet.is_some() {
+                        let kind = ConfigErrorKind::Scriptlet {
+                            reason: "only one scriptlet stanza may be configured".into(),
+                        };
+                        return Err(self.error(stanza.file, stanza.line, kind));
+                    }
+                    self.scriptlet = Some(super::scriptlet::read(self.tree, stanza)?);
                 }
                 Item::Stanza(stanza) => {
                     let inner = self.enter(place, stanza)?;
@@ -1235,6 +1250,7 @@ impl Builder<'_> {
             opendkim: self.opendkim,
             webhooks,
             datasources: self.datasources,
+            scriptlet: self.scriptlet,
         };
         Built {
             settings,

@@ -47,11 +47,15 @@ pub(super) enum Keyword {
     Webhook,
     /// Momentum's `Datasource "name" { }` (read by `config::datasource`).
     Datasource,
+    /// Momentum's `scriptlet "name" { }` module stanza (read by `scriptlet`).
+    Scriptlet,
+    /// `script "name" { source = ... }`, inside `scriptlet` only.
+    Script,
 }
 
 impl Keyword {
     pub(super) fn from_word(word: &str) -> Option<Keyword> {
-        const KEYWORDS: [(&str, Keyword); 15] = [
+        const KEYWORDS: [(&str, Keyword); 17] = [
             ("binding_group", Keyword::BindingGroup),
             ("binding", Keyword::Binding),
             ("domain", Keyword::Domain),
@@ -67,6 +71,8 @@ impl Keyword {
             ("peer", Keyword::Peer),
             ("webhook", Keyword::Webhook),
             ("datasource", Keyword::Datasource),
+            ("scriptlet", Keyword::Scriptlet),
+            ("script", Keyword::Script),
         ];
         KEYWORDS
             .iter()

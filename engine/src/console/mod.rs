@@ -389,6 +389,7 @@ pub fn render(
         // `console::reload` asks and renders these itself.
         ControlRequest::Reload(_) | ControlRequest::ReopenLogs => String::new(),
         ControlRequest::Status => crate::http::render::render_shards(parts),
+        ControlRequest::Scriptlet { line } => crate::scriptlet::render_control(line, parts),
     }
 }
 
@@ -506,6 +507,8 @@ Commands:
   config eval [scope ...] <option>
                        an option's value in effect in a scope (fallback applied)
   reopen logs          reopen every log file (after logrotate renamed them)
+  scriptlet counters   the Lua scripts' msys.counter values, summed over shards
+                       (commands the scripts register with msys.registerControl run too)
   shutdown             stop gracefully: stop accepting, finish open transactions, sync the spool, exit
   quit                 close this console session
 ";
@@ -553,7 +556,12 @@ pub fn execute(line: &str, snapshot: &Snapshot) -> (String, Action) {
             ("Shutdown requested: no new connections; open transactions finish, the spool syncs, then the daemon exits.\n".to_string(), Action::Shutdown)
         }
         [w] if w.eq_ignore_ascii_case("quit") || w.eq_ignore_ascii_case("exit") => (String::new(), Action::Close),
-        _ => (format!("Unknown command: {line}. Type 'help' for the list.\n"), Action::None),
+        // Perhaps a scriptlet's command (`msys.registerControl`); the
+        // shards say "Unknown command" when it is not.
+        _ => (
+            format!("Unknown command: {line}. Type 'help' for the list.\n"),
+            Action::Ask(ControlRequest::Scriptlet { line: line.to_string() }),
+        ),
     }
 }
 
@@ -943,7 +951,13 @@ mod tests {
     fn unknown_command_is_an_error_and_keeps_the_session() {
         let (text, action) = execute("frobnicate now", &snapshot());
         assert!(text.starts_with("Unknown command: frobnicate now"));
-        assert_eq!(action, Action::None);
+        // The scripts are asked whether it is theirs.
+        assert_eq!(
+            action,
+            Action::Ask(ControlRequest::Scriptlet {
+                line: "frobnicate now".into()
+            })
+        );
         assert_eq!(execute("SHUTDOWN", &snapshot()).1, Action::Shutdown);
     }
 

@@ -118,6 +118,10 @@ pub enum ControlRequest {
     /// `shards`: every non-empty queue with its sizes, and the shard's
     /// rates and latency summaries.
     Status,
+    /// A console line no built-in command took: a command a scriptlet
+    /// registered (`msys.registerControl`, run on shard 0), or `scriptlet
+    /// counters` (every shard's `msys.counter` values).
+    Scriptlet { line: String },
 }
 
 /// A configuration a reload hands to every shard; two are equal when they
@@ -246,6 +250,12 @@ pub enum ControlReply {
     },
     /// `Status`: this shard's queues, rates and latencies.
     Status(Box<ShardStatus>),
+    /// `Scriptlet`: the registered command's answer (shard 0, when one
+    /// matched) and this shard's script counters.
+    Scriptlet {
+        answer: Option<String>,
+        counters: Vec<(String, i64)>,
+    },
 }
 
 /// One shard's part of a `Status` answer: cheap copies, made on the shard.
@@ -532,6 +542,10 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
         // Carried out by the shard itself (`runtime`), never here.
         ControlRequest::Reload(_) => ControlReply::Reloaded { errors: Vec::new() },
         ControlRequest::ReopenLogs => ControlReply::LogsReopened { error: None },
+        ControlRequest::Scriptlet { .. } => ControlReply::Scriptlet {
+            answer: None,
+            counters: Vec::new(),
+        },
         ControlRequest::Status => {
             let all = ControlRequest::Mailq {
                 domains: Vec::new(),

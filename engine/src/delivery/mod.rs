@@ -81,6 +81,9 @@ pub struct Outbound {
     stalled: RefCell<Vec<(QueueId, u64)>>,
     /// Outbound TLS configurations, built on first use (`tls::client`).
     tls: crate::tls::client::ClientTls,
+    /// The shard's Lua scripts, told every outcome when they want them
+    /// (`set_scriptlets`; none until the shard is wired).
+    scriptlets: RefCell<Option<Rc<crate::scriptlet::Scriptlets>>>,
 }
 
 impl Outbound {
@@ -104,7 +107,24 @@ impl Outbound {
             suspensions: RefCell::default(),
             stalled: RefCell::new(Vec::new()),
             tls: crate::tls::client::ClientTls::default(),
+            scriptlets: RefCell::new(None),
         }
+    }
+
+    /// `msys.dnsLookup`: the shard's resolver and cache, with the
+    /// configured `nameservers` (the system's when none).
+    pub async fn dns_lookup(
+        &self,
+        name: &str,
+        kind: crate::dns::RecordKind,
+    ) -> Result<crate::dns::Answer, crate::dns::DnsError> {
+        let config = self.env.config.get();
+        self.resolver.lookup(config.nameservers(), name, kind).await
+    }
+
+    /// The shard's Lua scripts, told each delivery outcome they ask for.
+    pub fn set_scriptlets(&self, scriptlets: Rc<crate::scriptlet::Scriptlets>) {
+        *self.scriptlets.borrow_mut() = Some(scriptlets);
     }
 
     /// The options of queue `id`, refreshed if the configuration changed

@@ -342,6 +342,7 @@ fn log_attempt(
             format_bounce(buf, &ids, &bounce);
         });
     }
+    tell_scriptlets(out, entry, replies, dispositions, remote_ip, &message_id);
     if out.env.events.is_enabled() {
         let (unix_secs, queue_time_ms) = (now / 1000, age_ms);
         let attempt = AttemptFacts {
@@ -352,6 +353,46 @@ fn log_attempt(
         };
         log_attempt_events(out, entry, replies, dispositions, &attempt);
     }
+}
+
+/// The scripts' delivery callouts (`log_delivery`, `log_transfail`,
+/// `log_permfail`), one outcome per recipient, when a script has them.
+fn tell_scriptlets(
+    out: &Outbound,
+    entry: &MessageRef,
+    replies: &[AttemptReply],
+    dispositions: &[Disposition],
+    remote_ip: &str,
+    message_id: &str,
+) {
+    use crate::scriptlet::{Outcome, OutcomeKind};
+    let scriptlets = out.scriptlets.borrow();
+    let Some(scriptlets) = scriptlets.as_ref().filter(|s| s.wants_outcomes()) else {
+        return;
+    };
+    let each = entry.rcpts.iter().zip(replies).zip(dispositions);
+    let outcomes = each
+        .map(|(((_, rcpt), reply), disposition)| {
+            let (kind, why) = match disposition {
+                Disposition::Delivered => (OutcomeKind::Delivered, ""),
+                Disposition::Failed { reply: why } => (OutcomeKind::Permanent, why.as_ref()),
+                Disposition::Retry { .. } => (OutcomeKind::Transient, reply.text.as_ref()),
+            };
+            Outcome {
+                kind,
+                message_id: message_id.to_string(),
+                mail_from: entry.mail_from.to_string(),
+                rcpt: rcpt.to_string(),
+                domain: entry.domain.to_string(),
+                binding: out.bindings.name(entry.binding).to_string(),
+                binding_group: out.bindings.group(entry.binding).to_string(),
+                reply: why.to_string(),
+                remote_ip: remote_ip.to_string(),
+                retries: entry.attempts,
+            }
+        })
+        .collect();
+    scriptlets.outcomes(outcomes);
 }
 
 /// What every event of one attempt shares.

@@ -176,6 +176,9 @@ pub struct Inbound {
     /// The `opendkim` stanza's signers (keys), when one is configured:
     /// loaded once at start, shared read-only by the shards.
     pub dkim: Option<std::sync::Arc<crate::dkim::Signers>>,
+    /// The shard's Lua scripts (`scriptlet` stanza), asked after the relay
+    /// control; a reload swaps their state.
+    pub scriptlets: Rc<crate::scriptlet::Scriptlets>,
 }
 
 impl Inbound {
@@ -200,7 +203,10 @@ impl Inbound {
 /// The policy of a shard: the built-in relay control, holding the
 /// `relay_hosts` of every enabled ESMTP listener; a session is judged by
 /// the listener it came in on (`ServerParams::listener`).
-pub fn shard_policy(config: &Config) -> Rc<dyn Policy> {
+pub fn shard_policy(
+    config: &Config,
+    scriptlets: &Rc<crate::scriptlet::Scriptlets>,
+) -> Rc<dyn Policy> {
     let listeners = config
         .esmtp_listeners()
         .iter()
@@ -210,9 +216,13 @@ pub fn shard_policy(config: &Config) -> Rc<dyn Policy> {
             relay_hosts: l.relay_hosts.clone(),
         })
         .collect();
-    Rc::new(RelayControl {
+    let relay = RelayControl {
         listeners,
         local_domains: Vec::new(),
+    };
+    Rc::new(crate::scriptlet::ScriptletPolicy {
+        relay,
+        scriptlets: scriptlets.clone(),
     })
 }
 
@@ -507,7 +517,12 @@ async fn drive_session(
                 Event::Message(envelope) => {
                     let accepting = Instant::now();
                     let (outcome, body) = match streaming.take() {
-                        Some(body) => (receive_streamed(shard, conn, body, envelope).await, None),
+                        Some(body) => {
+                            let chosen = scriptlet_binding(shard, conn, &session);
+                            let outcome =
+                                receive_streamed(shard, conn, body, envelope, chosen).await;
+                            (outcome, None)
+                        }
                         None => {
                             let (outcome, body) =
                                 receive(shard, conn, listener, &session, envelope).await;
@@ -780,13 +795,18 @@ async fn validate<S: Transport>(
     let policy = shard.policy.borrow().clone();
     let waited = match policy.validate(validation, vctx) {
         Answer::Now(verdict) => Waited::Verdict(verdict),
-        Answer::Later(verdict) => {
-            if !output.is_empty() {
-                write_all_within(stream, output, write_limit(listener)).await?;
-                wrote = true;
+        Answer::Later(mut verdict) => match futures_lite::future::poll_once(&mut verdict).await {
+            // Decided without waiting (a script that did not sleep or look
+            // anything up): pipelined replies still leave together.
+            Some(verdict) => Waited::Verdict(verdict),
+            None => {
+                if !output.is_empty() {
+                    write_all_within(stream, output, write_limit(listener)).await?;
+                    wrote = true;
+                }
+                await_verdict(verdict, timeout, &shard.env.stopping).await
             }
-            await_verdict(verdict, timeout, &shard.env.stopping).await
-        }
+        },
     };
     if wrote {
         log_rejections(shard, conn, session, output);
@@ -829,10 +849,15 @@ enum Waited {
 /// Awaits a later verdict for at most `timeout`, and no longer than the
 /// shard runs (`stopping` is closed when it starts to stop).
 async fn await_verdict(
-    verdict: VerdictFuture<'_>,
+    mut verdict: VerdictFuture<'_>,
     timeout: Duration,
     stopping: &Stopping,
 ) -> Waited {
+    // Most later verdicts (a script that did not wait) are ready at their
+    // first poll: those need no timer armed and disarmed.
+    if let Some(ready) = futures_lite::future::poll_once(&mut verdict).await {
+        return Waited::Verdict(ready);
+    }
     let verdict = async { Waited::Verdict(verdict.await) };
     let timer = async {
         glommio::timer::sleep(timeout).await;
@@ -866,8 +891,12 @@ async fn receive(
     let now_ms = now_unix_ms();
     let header = session.received_header(&envelope, &queue_id, (now_ms / 1000) as i64);
     let received = std::mem::take(&mut envelope.body);
+    let received = crate::scriptlet::edited_message(session.vctx(), received);
     let binding_header = listener.binding_header.as_deref();
-    let assigned = binding_header::assign(&shard.bindings, binding_header, &received);
+    let mut assigned = binding_header::assign(&shard.bindings, binding_header, &received);
+    if let Some(chosen) = crate::scriptlet::chosen_binding(session.vctx(), &shard.bindings) {
+        assigned.binding = chosen;
+    }
     if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
         let id = shard.env.id;
         shard.unknown_bindings.note(id, header, name, &queue_id);
@@ -916,6 +945,24 @@ async fn receive(
     (SpoolOutcome::Queued { queue_id }, received)
 }
 
+/// The binding a script chose for a streamed message; its edits of the
+/// text cannot apply (the body is on disk already) and are reported.
+fn scriptlet_binding(
+    shard: &Inbound,
+    conn: &Conn,
+    session: &ServerSession,
+) -> Option<crate::queue::BindingId> {
+    if crate::scriptlet::edits_text(session.vctx()) {
+        tracing::warn!(
+            shard = shard.env.id,
+            "{}: a scriptlet edited a message streamed to the spool (over 256 KiB); \
+             its header and body edits are not applied",
+            conn.peer
+        );
+    }
+    crate::scriptlet::chosen_binding(session.vctx(), &shard.bindings)
+}
+
 /// Starts streaming a body whose first `chunk` (the header block with it,
 /// unless that is longer than a chunk) just filled: the listener's
 /// `binding_header` picks the binding and its fields are left out of what
@@ -957,9 +1004,10 @@ async fn receive_streamed(
     conn: &Conn,
     body: Streaming,
     envelope: Envelope,
+    chosen: Option<crate::queue::BindingId>,
 ) -> SpoolOutcome {
     let id = body.id();
-    let binding = body.binding();
+    let binding = chosen.unwrap_or(body.binding());
     let sign = |dkim| signing::finish_streamed(shard, dkim);
     let file_body = match body.finish(envelope.body, sign).await {
         Ok(file_body) => file_body,

@@ -148,6 +148,9 @@ pub fn start(
     let dkim = crate::dkim::Signers::for_config(&config)?.map(Arc::new);
     // SQLite files are opened (created) now: a bad one stops the start.
     let datasources = crate::datasource::DatasourceSet::open_at_start(config.datasources())?;
+    // A script that does not load stops the start too (file:line: what).
+    crate::scriptlet::check(&config, &datasources)
+        .map_err(|what| StartError::Other { shard: 0, what })?;
     let (io_memory, memlock) = io_memory_bytes(count);
     let stats = EngineStats::new(count);
     let stop = Arc::new(AtomicBool::new(false));

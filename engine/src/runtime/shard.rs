@@ -138,13 +138,24 @@ impl Shard {
     /// bound, a removed one stops accepting (its sessions finish).
     fn reload(&self, config: &Arc<Config>) -> Vec<String> {
         self.env.config.replace(config.clone());
-        *self.inbound.policy.borrow_mut() = shard_policy(config);
+        // Every shard loads the scripts; shard 0 speaks for them all.
+        let mut script_errors = self
+            .inbound
+            .scriptlets
+            .reload(config, &self.inbound.bindings);
+        for e in &script_errors {
+            tracing::error!(shard = self.env.id, "config reload: {e}");
+        }
+        if self.env.id != 0 {
+            script_errors.clear();
+        }
+        *self.inbound.policy.borrow_mut() = shard_policy(config, &self.inbound.scriptlets);
         let wanted: Vec<&ListenerConfig> = config
             .esmtp_listeners()
             .iter()
             .filter(|l| l.enabled)
             .collect();
-        let mut errors = Vec::new();
+        let mut errors = script_errors;
         self.listening
             .borrow_mut()
             .retain(|l| wanted.iter().any(|w| w.address == l.address));
@@ -200,6 +211,16 @@ impl Inbox for Shard {
                     copy.fan_out = false;
                     router.control(peer, copy).await;
                 }
+            })
+            .detach();
+        } else if let ControlRequest::Scriptlet { line } = &envelope.request {
+            // A Lua function may wait: answered from a task of its own.
+            let line = line.clone();
+            let scriptlets = self.inbound.scriptlets.clone();
+            let id = self.env.id;
+            glommio::spawn_local(async move {
+                let reply = crate::scriptlet::control_reply(&scriptlets, id, &line).await;
+                envelope.answer(id, reply);
             })
             .detach();
         } else {
@@ -534,12 +555,30 @@ fn wire(
         delivery_queue,
         Resolver::new(system_nameservers),
     ));
+    let dns: crate::scriptlet::api::DnsLookup = {
+        let outbound = outbound.clone();
+        Rc::new(move |name, kind| {
+            let outbound = outbound.clone();
+            Box::pin(async move { outbound.dns_lookup(&name, kind).await })
+        })
+    };
+    let scriptlets = crate::scriptlet::Scriptlets::start(
+        config,
+        &bindings,
+        id,
+        crate::scriptlet::api::Services {
+            dns: Some(dns),
+            datasources: Some(env.datasources.clone()),
+        },
+    );
+    outbound.set_scriptlets(scriptlets.clone());
     let inbound = Rc::new(Inbound {
         env: env.clone(),
         messages: messages.clone(),
         router: router.clone(),
+        policy: RefCell::new(shard_policy(config, &scriptlets)),
+        scriptlets,
         bindings,
-        policy: RefCell::new(shard_policy(config)),
         sessions: Gate::new(),
         episodes: Default::default(),
         unknown_bindings: Default::default(),

@@ -1645,7 +1645,13 @@ mod tests {
         );
         let (validation, _) = session.validation();
         assert_eq!(validation.rcpts, ["c@x.test"]);
-        assert_eq!(validation.check, Check::Data { body: b"hello\r\n" });
+        assert_eq!(
+            validation.check,
+            Check::Data {
+                body: b"hello\r\n",
+                streamed: false
+            }
+        );
         session.validated(Verdict::Continue).unwrap();
         match session.next_event() {
             Some(Event::Message(envelope)) => assert_eq!(envelope.rcpts, ["c@x.test"]),
@@ -2333,7 +2339,7 @@ mod tests {
             validation: Validation<'a>,
             _vctx: &'a mut ValidationContext,
         ) -> Answer<'a> {
-            if let Check::Data { body } = validation.check {
+            if let Check::Data { body, .. } = validation.check {
                 *self.seen.borrow_mut() = body.to_vec();
             }
             Answer::Now(Verdict::Continue)

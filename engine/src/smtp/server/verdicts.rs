@@ -29,8 +29,14 @@ impl ServerSession {
             PolicyPhase::RcptTo => Check::RcptTo {
                 forward_path: &self.argument,
             },
-            PolicyPhase::Data if self.body_taken => Check::Data { body: &self.head },
-            PolicyPhase::Data => Check::Data { body: &self.body },
+            PolicyPhase::Data if self.body_taken => Check::Data {
+                body: &self.head,
+                streamed: true,
+            },
+            PolicyPhase::Data => Check::Data {
+                body: &self.body,
+                streamed: false,
+            },
         };
         let validation = Validation {
             connection: &self.connection,
