@@ -26,6 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use ecelerity_spool::{BodyReader, BodyRef, FileBody, RecoveredMessage, Spool, SpoolError};
 
@@ -39,6 +40,7 @@ use crate::queue::record::{Note, SpooledEnvelope};
 use crate::queue::{
     domain_of, BindingId, Bindings, MessageId, MessageRef, LIVE_MESSAGES_PER_SHARD_MAX,
 };
+use crate::smtp::params::MessageParams;
 use crate::stats::Counter;
 
 /// The R-line protocol of a message this shard wrote itself (a DSN), as
@@ -287,6 +289,7 @@ impl Messages {
         pending: impl Iterator<Item = (u32, u32, u64)>,
     ) -> Vec<MessageRef> {
         let binding = self.bindings.id(&envelope.binding);
+        let params = message_params(envelope);
         let mut by_domain: Vec<MessageRef> = Vec::new();
         for (index, attempts, next_attempt_unix_ms) in pending {
             let rcpt = &envelope.rcpts[index as usize];
@@ -310,6 +313,7 @@ impl Messages {
                     next_attempt_unix_ms,
                     connection_id: envelope.connection_id,
                     body_8bitmime: envelope.body_8bitmime,
+                    params: params.clone(),
                 }),
             }
         }
@@ -644,6 +648,13 @@ struct Original<'a> {
 /// Takes the delay reports out of a batch of outcomes, merged per message
 /// (in order of first appearance): the recipients of every report of a
 /// message in the batch go into its one delay DSN.
+/// A message's SMTPUTF8 and DSN parameters from its envelope's extension
+/// fields, shared by its queue entries; `None` when it has none.
+fn message_params(envelope: &SpooledEnvelope) -> Option<Arc<MessageParams>> {
+    let params = MessageParams::from_extensions(|tag| envelope.extension(tag));
+    (!params.is_empty()).then(|| Arc::new(params))
+}
+
 fn split_delays(outcomes: Vec<Outcome>) -> (Vec<Outcome>, Vec<(MessageId, Delay)>) {
     if !outcomes
         .iter()
