@@ -755,6 +755,7 @@ mod tests {
                     size_bytes: Some(1000),
                     body: Some(BodyType::EightBitMime),
                     auth: false,
+                    ..MailParams::default()
                 },
             })
         );
@@ -766,6 +767,7 @@ mod tests {
                     size_bytes: None,
                     body: Some(BodyType::SevenBit),
                     auth: false,
+                    ..MailParams::default()
                 },
             })
         );
@@ -785,7 +787,7 @@ mod tests {
 
     #[test]
     fn mail_from_errors_name_their_reply() {
-        let cases: [(&str, CommandError); 11] = [
+        let cases: [(&str, CommandError); 16] = [
             ("MAIL", CommandError::Syntax { usage: USAGE_MAIL }),
             (
                 "MAIL TO:<a@b.c>",
@@ -810,7 +812,18 @@ mod tests {
                 "MAIL FROM:<a@b.c> BODY=BINARYMIME",
                 CommandError::UnknownParameter,
             ),
-            ("MAIL FROM:<a@b.c> SMTPUTF8", CommandError::UnknownParameter),
+            ("MAIL FROM:<a@b.c> SMTPUTF8=YES", CommandError::BadParameter),
+            ("MAIL FROM:<a@b.c> RET=BODY", CommandError::BadParameter),
+            (
+                "MAIL FROM:<a@b.c> RET=FULL RET=HDRS",
+                CommandError::BadParameter,
+            ),
+            ("MAIL FROM:<a@b.c> ENVID=a+zz", CommandError::BadParameter),
+            ("MAIL FROM:<a@b.c> ENVID", CommandError::BadParameter),
+            (
+                "MAIL FROM:<a@b.c> MT-PRIORITY=1",
+                CommandError::UnknownParameter,
+            ),
             ("MAIL FROM:<a@b.c> =x", CommandError::BadParameter),
         ];
         for (line, error) in cases {
@@ -826,11 +839,12 @@ mod tests {
         assert_eq!(
             parse("rcpt to:<b@example.org>"),
             Ok(Command::Rcpt {
-                forward_path: "b@example.org"
+                forward_path: "b@example.org",
+                params: RcptDsn::default(),
             })
         );
         assert_eq!(
-            parse("RCPT TO:<b@example.org> NOTIFY=NEVER"),
+            parse("RCPT TO:<b@example.org> XYZZY=1"),
             Err(CommandError::UnknownParameter)
         );
         assert_eq!(parse("RCPT TO:<>"), Err(CommandError::BadRecipient));
@@ -919,5 +933,77 @@ mod tests {
             CommandError::Syntax { usage: USAGE_MAIL }.to_string(),
             "Syntax: MAIL FROM:<address>"
         );
+    }
+
+    #[test]
+    fn utf8_paths_parse_for_mail_and_rcpt_only() {
+        assert_eq!(
+            parse("MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example> SMTPUTF8"),
+            Ok(Command::Mail {
+                reverse_path: "j\u{f6}rg@b\u{fc}cher.example",
+                params: MailParams {
+                    smtputf8: true,
+                    ..MailParams::default()
+                },
+            })
+        );
+        assert!(matches!(
+            parse("RCPT TO:<\u{7528}\u{6237}@\u{4f8b}\u{5b50}.\u{5e7f}\u{544a}>"),
+            Ok(Command::Rcpt { forward_path, .. }) if forward_path.starts_with('\u{7528}')
+        ));
+        assert!(matches!(
+            parse("RCPT TO:<\"j\u{f6}rg x\"@example.com>"),
+            Ok(Command::Rcpt { .. })
+        ));
+        // A domain whose A-label form is invalid is refused.
+        assert_eq!(
+            parse("RCPT TO:<a@ex_ample\u{fc}.test>"),
+            Err(CommandError::BadRecipient)
+        );
+        // Elsewhere UTF-8 is still a syntax error.
+        assert_eq!(
+            parse("EHLO b\u{fc}cher.example"),
+            Err(CommandError::Syntax { usage: USAGE_EHLO })
+        );
+        // Not in parameters either.
+        assert_eq!(
+            parse("MAIL FROM:<a@b.example> ENVID=\u{e9}"),
+            Err(CommandError::BadParameter)
+        );
+    }
+
+    #[test]
+    fn dsn_parameters_parse_on_mail_and_rcpt() {
+        assert_eq!(
+            parse("MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ+2B1"),
+            Ok(Command::Mail {
+                reverse_path: "a@b.example",
+                params: MailParams {
+                    ret: Some(Ret::Hdrs),
+                    envid: Some("QQ+2B1"),
+                    ..MailParams::default()
+                },
+            })
+        );
+        assert_eq!(
+            parse("RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40example.org"),
+            Ok(Command::Rcpt {
+                forward_path: "b@example.org",
+                params: RcptDsn {
+                    notify: Some(parse_notify("SUCCESS,FAILURE").unwrap()),
+                    orcpt: Some("rfc822;b+40example.org"),
+                },
+            })
+        );
+        for bad in [
+            "RCPT TO:<b@example.org> NOTIFY=NEVER,DELAY",
+            "RCPT TO:<b@example.org> NOTIFY=SOMETIMES",
+            "RCPT TO:<b@example.org> NOTIFY",
+            "RCPT TO:<b@example.org> ORCPT=b@example.org",
+            "RCPT TO:<b@example.org> NOTIFY=NEVER NOTIFY=NEVER",
+        ] {
+            assert_eq!(parse(bad), Err(CommandError::BadParameter), "{bad}");
+            assert_eq!(CommandError::BadParameter.reply(), (501, "5.5.4"));
+        }
     }
 }

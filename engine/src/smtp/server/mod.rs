@@ -1998,6 +1998,7 @@ mod tests {
                 mail_from: String::new(),
                 rcpts: vec!["b@x.test".into()],
                 body_8bitmime: false,
+                params: MessageParams::default(),
                 body: Vec::new(),
             };
             ((), session.received_header(&envelope, "0A1B", 0))
@@ -2172,6 +2173,7 @@ mod tests {
                 mail_from: String::new(),
                 rcpts: vec!["b@x.test".into(), "c@x.test".into()],
                 body_8bitmime: true,
+                params: MessageParams::default(),
                 body: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
             }
         );
