@@ -625,4 +625,60 @@ mod tests {
         assert!(cut.len() <= ORIGINAL_HEADERS_BYTES_MAX);
         assert!(cut.ends_with(b"\r\n"));
     }
+
+    /// Goal: the RFC 3461 fields and actions. Method: a DSN with ENVID, an
+    /// ORCPT, a UTF-8 recipient, one relayed recipient and RET=FULL.
+    #[test]
+    fn envid_orcpt_relayed_and_the_full_message_are_reported() {
+        let failed = [
+            FailedRecipient {
+                rcpt: "bob@example.com",
+                reply: "550 5.1.1 user unknown",
+                original: Some(("rfc822", "robert@example.org")),
+                relayed: false,
+            },
+            FailedRecipient {
+                rcpt: "j\u{f6}rg=x@b\u{fc}cher.example",
+                reply: "250 2.0.0 Ok: queued as 1",
+                original: None,
+                relayed: true,
+            },
+        ];
+        let dsn = build(&Dsn {
+            reporting_mta: "mx.example.org",
+            return_path: "news@example.net",
+            original_id: "x",
+            dsn_id: "00/00-01234-0A1B2C42",
+            arrival_unix_secs: 0,
+            now_unix_secs: 0,
+            failed: &failed,
+            report: Report::Failed,
+            original_headers: original_headers(ORIGINAL),
+            envid: Some("QQ314159"),
+            returned_message: Some(ORIGINAL),
+        });
+        let parsed = parse(&dsn);
+        let g = groups(&parsed.parts[1].1);
+        assert_eq!(g[0][0], ("Original-Envelope-Id".into(), "QQ314159".into()));
+        assert_eq!(
+            g[1][0],
+            (
+                "Original-Recipient".into(),
+                "rfc822; robert@example.org".into()
+            )
+        );
+        assert_eq!(g[1][2], ("Action".into(), "failed".into()));
+        assert_eq!(
+            g[2][0],
+            (
+                "Final-Recipient".into(),
+                "utf-8; j\\x{F6}rg\\x{3D}x@b\\x{FC}cher.example".into()
+            )
+        );
+        assert_eq!(g[2][1], ("Action".into(), "relayed".into()));
+        assert_eq!(g[2][2], ("Status".into(), "2.0.0".into()));
+        assert!(parsed.parts[2].0.contains("Content-Type: message/rfc822"));
+        assert!(parsed.parts[2].1.contains("body text"), "the whole message");
+        assert!(dsn.is_ascii(), "a 7-bit report");
+    }
 }

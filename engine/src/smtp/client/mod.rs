@@ -2419,4 +2419,63 @@ mod tests {
             "{bodies_sent} {accepted} {closed}"
         );
     }
+
+    /// Goal: SMTPUTF8 and DSN parameters go on only to a server that
+    /// offers them, and a message flagged SMTPUTF8 never goes to one that
+    /// does not. Method: the same transaction against three EHLO replies.
+    #[test]
+    fn smtputf8_and_dsn_parameters_go_only_where_offered() {
+        use crate::smtp::params::{parse_notify, MessageParams, RcptParams, Ret};
+        let message = MessageParams {
+            smtputf8: true,
+            ret: Some(Ret::Full),
+            envid: Some("e 1".into()),
+            rcpts: Vec::new(),
+        };
+        let rcpt = RcptParams {
+            notify: Some(parse_notify("SUCCESS").unwrap()),
+            orcpt: Some(("rfc822".into(), "a+b@x.net".into())),
+        };
+        let params = [(Some(&message), Some(&rcpt)), (Some(&message), None)];
+        let both = "250-mx.example.net\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n250 DSN\r\n";
+        let mut session = connected(both);
+        session.start_transaction_with(
+            "f@example.com",
+            &["a@x.net", "b@x.net"],
+            10,
+            false,
+            &params,
+        );
+        assert_eq!(
+            sent(&mut session),
+            "MAIL FROM:<f@example.com> SMTPUTF8 RET=FULL ENVID=e+201\r\n\
+             RCPT TO:<a@x.net> NOTIFY=SUCCESS ORCPT=rfc822;a+2Bb@x.net\r\n\
+             RCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        let utf8_only = "250-mx.example.net\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n";
+        let mut session = connected(utf8_only);
+        session.start_transaction_with(
+            "f@example.com",
+            &["a@x.net", "b@x.net"],
+            10,
+            false,
+            &params,
+        );
+        assert_eq!(
+            sent(&mut session),
+            "MAIL FROM:<f@example.com> SMTPUTF8\r\nRCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        let mut session = connected(EHLO_PIPELINING);
+        session.start_transaction_with(
+            "f@example.com",
+            &["a@x.net", "b@x.net"],
+            10,
+            false,
+            &params,
+        );
+        let result = done(&mut session);
+        assert_eq!(outcomes(&result), vec![('P', 550), ('P', 550)]);
+        assert!(result.rcpts[0].reply().text().starts_with("550 5.6.7 "));
+        assert_eq!(session.poll(), Ready);
+    }
 }

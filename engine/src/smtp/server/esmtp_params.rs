@@ -73,3 +73,161 @@ impl ServerSession {
         params
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ecelerity_policy::Verdict;
+
+    use super::super::{Event, ServerLimits, ServerParams, SpoolOutcome};
+    use super::*;
+    use crate::smtp::capabilities::Capabilities;
+    use crate::smtp::params::{Notify, Ret};
+
+    /// A session offering SMTPUTF8 and DSN (as `on` says), banner taken,
+    /// whose policy lets everything through.
+    fn session(on: bool) -> ServerSession {
+        let mut session = ServerSession::new(ServerParams {
+            hostname: "mx.test".into(),
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            listener: "192.0.2.10:25".parse().unwrap(),
+            limits: ServerLimits::default(),
+            capabilities: Capabilities {
+                smtputf8: on,
+                dsn: on,
+                ..Capabilities::default()
+            },
+            version: "0.1.0",
+            tls_required: false,
+            auth_plaintext: false,
+        });
+        session.start();
+        send(&mut session, "");
+        session
+    }
+
+    /// Feeds `text`, lets every policy phase through, returns the replies
+    /// and the message handed over, if any.
+    fn exchange(
+        session: &mut ServerSession,
+        text: &str,
+    ) -> (Vec<String>, Option<super::super::Envelope>) {
+        session.input(text.as_bytes());
+        let mut envelope = None;
+        loop {
+            match session.next_event() {
+                Some(Event::Validate(_)) => session.validated(Verdict::Continue).unwrap(),
+                Some(Event::Message(e)) => {
+                    envelope = Some(e);
+                    session.spooled(SpoolOutcome::Queued {
+                        queue_id: "0A1B".into(),
+                    });
+                }
+                _ => break,
+            }
+        }
+        let mut out = Vec::new();
+        session.take_output(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        (
+            text.split_terminator("\r\n").map(str::to_owned).collect(),
+            envelope,
+        )
+    }
+
+    fn send(session: &mut ServerSession, text: &str) -> Vec<String> {
+        exchange(session, text).0
+    }
+
+    #[test]
+    fn ehlo_offers_smtputf8_and_dsn_when_on() {
+        let mut s = session(true);
+        let ehlo = send(&mut s, "EHLO c.test\r\n");
+        assert!(ehlo.contains(&"250-SMTPUTF8".to_string()), "{ehlo:?}");
+        assert_eq!(ehlo.last().unwrap(), "250 DSN");
+        let mut off = session(false);
+        let ehlo = send(&mut off, "EHLO c.test\r\n");
+        assert!(!ehlo
+            .iter()
+            .any(|l| l.contains("SMTPUTF8") || l.contains("DSN")));
+        assert_eq!(
+            send(
+                &mut off,
+                "MAIL FROM:<a@c.test> SMTPUTF8\r\nMAIL FROM:<a@c.test> RET=FULL\r\n\
+                 MAIL FROM:<a@c.test>\r\nRCPT TO:<b@x.test> NOTIFY=NEVER\r\n"
+            ),
+            [
+                "555 5.5.4 Error: unsupported parameter",
+                "555 5.5.4 Error: unsupported parameter",
+                "250 2.1.0 Ok",
+                "555 5.5.4 Error: unsupported parameter",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_utf8_path_needs_smtputf8_on_mail() {
+        let mut s = session(true);
+        send(&mut s, "EHLO c.test\r\n");
+        assert_eq!(
+            send(&mut s, "MAIL FROM:<j\u{f6}rg@b\u{fc}cher.test>\r\n"),
+            ["553 5.6.7 <j\u{f6}rg@b\u{fc}cher.test>: Must declare SMTPUTF8 to send unicode address"]
+        );
+        assert_eq!(
+            send(
+                &mut s,
+                "MAIL FROM:<a@c.test>\r\nRCPT TO:<\u{e9}@x.test>\r\nRSET\r\n"
+            ),
+            [
+                "250 2.1.0 Ok",
+                "553 5.6.7 <\u{e9}@x.test>: Must declare SMTPUTF8 to send unicode address",
+                "250 2.0.0 Ok"
+            ]
+        );
+        let (replies, envelope) = exchange(
+            &mut s,
+            "MAIL FROM:<j\u{f6}rg@b\u{fc}cher.test> SMTPUTF8\r\nRCPT TO:<\u{e9}@x.test>\r\n\
+             DATA\r\nSubject: gr\u{fc}\u{df}e\r\n\r\nhi\r\n.\r\n",
+        );
+        assert_eq!(
+            replies[..3],
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>"
+            ]
+        );
+        let envelope = envelope.expect("a message");
+        assert!(envelope.params.smtputf8);
+        assert_eq!(envelope.rcpts, ["\u{e9}@x.test"]);
+        let received = s.received_header(&envelope, "0A1B", 0);
+        assert!(received.contains("with UTF8ESMTP id 0A1B"), "{received}");
+    }
+
+    #[test]
+    fn dsn_parameters_go_with_the_message_by_recipient_index() {
+        let mut s = session(true);
+        send(&mut s, "EHLO c.test\r\n");
+        let (_, envelope) = exchange(
+            &mut s,
+            "MAIL FROM:<a@c.test> RET=HDRS ENVID=e+2B1\r\nRCPT TO:<b@x.test>\r\n\
+             RCPT TO:<c@x.test> NOTIFY=NEVER ORCPT=rfc822;c+40y.test\r\n\
+             DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+        );
+        let params = envelope.expect("a message").params;
+        assert_eq!(params.ret, Some(Ret::Hdrs));
+        assert_eq!(params.envid.as_deref(), Some("e+1"));
+        assert_eq!(params.rcpts.len(), 2);
+        assert!(params.rcpts[0].is_empty());
+        assert_eq!(params.rcpts[1].notify, Some(Notify::NEVER));
+        assert_eq!(
+            params.rcpts[1].orcpt,
+            Some(("rfc822".to_string(), "c@y.test".to_string()))
+        );
+        // The next transaction starts without them.
+        let (_, envelope) = exchange(
+            &mut s,
+            "MAIL FROM:<a@c.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nSubject: y\r\n\r\nhi\r\n.\r\n",
+        );
+        assert!(envelope.expect("a message").params.is_empty());
+    }
+}
