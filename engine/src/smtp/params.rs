@@ -253,7 +253,8 @@ pub struct MessageParams {
     /// Decoded `ENVID`.
     pub envid: Option<String>,
     /// By recipient index; empty when no recipient had a DSN parameter,
-    /// otherwise as long as the envelope's recipient list.
+    /// otherwise at most as long as the envelope's recipient list (those
+    /// past its end had none).
     pub rcpts: Vec<RcptParams>,
 }
 

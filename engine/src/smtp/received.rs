@@ -28,6 +28,8 @@ pub struct ReceivedFields<'a> {
     pub unix_secs: i64,
     /// MAIL carried SMTPUTF8: "with UTF8ESMTP" (RFC 6531 section 3.7.3).
     pub smtputf8: bool,
+    /// The client authenticated (AUTH): "with ESMTPA" (RFC 3848).
+    pub authenticated: bool,
 }
 
 /// The Received header the engine prepends before spooling, folded and
@@ -50,6 +52,11 @@ pub fn received_header(fields: &ReceivedFields<'_>) -> String {
         (false, true) => "SMTPS",
         (false, false) => "SMTP",
     };
+    let auth = if fields.authenticated && fields.esmtp {
+        "A"
+    } else {
+        ""
+    };
     // SMTPUTF8 is an ESMTP parameter, so it never goes with plain SMTP.
     let utf8 = if fields.smtputf8 && fields.esmtp {
         "UTF8"
@@ -67,7 +74,7 @@ pub fn received_header(fields: &ReceivedFields<'_>) -> String {
     }
     let _ = write!(
         header,
-        ")\r\n\tby {} (ecelerity {}) with {utf8}{protocol}",
+        ")\r\n\tby {} (ecelerity {}) with {utf8}{protocol}{auth}",
         fields.hostname, fields.version
     );
     if let Some(tls) = fields.tls {
@@ -172,6 +179,7 @@ mod tests {
             recipient: Some("b@x.test"),
             unix_secs: 1_700_000_000,
             smtputf8: false,
+            authenticated: false,
         };
         assert_eq!(
             received_header(&fields),
@@ -213,10 +221,17 @@ mod tests {
             recipient: Some("j\u{f6}rg@b\u{fc}cher.test"),
             unix_secs: 1_700_000_000,
             smtputf8: true,
+            authenticated: false,
         };
         assert!(received_header(&fields).contains(" with UTF8ESMTP id 0A1B"));
         assert!(received_header(&fields).contains("for <j\u{f6}rg@b\u{fc}cher.test>;"));
         fields.tls = Some(&tls);
         assert!(received_header(&fields).contains(" with UTF8ESMTPS\r\n"));
+        fields.authenticated = true;
+        assert!(received_header(&fields).contains(" with UTF8ESMTPSA\r\n"));
+        fields.tls = None;
+        assert!(received_header(&fields).contains(" with UTF8ESMTPA id "));
+        fields.smtputf8 = false;
+        assert!(received_header(&fields).contains(" with ESMTPA id "));
     }
 }

@@ -63,8 +63,25 @@ impl ServerSession {
         self.count_error();
     }
 
-    /// The open transaction's parameters for its message; `rcpts` left
-    /// empty when no recipient had one (most mail).
+    /// The recipient just accepted (the last of `rcpts`) keeps the
+    /// parameters its RCPT had. Nothing is allocated until a recipient has
+    /// some (most mail has none); from then on the list covers every
+    /// recipient up to the last with parameters.
+    pub(super) fn keep_rcpt_params(&mut self) {
+        let params = std::mem::take(&mut self.rcpt_params);
+        let index = self.rcpts.len() - 1;
+        if params.is_empty() && self.message_params.rcpts.is_empty() {
+            return;
+        }
+        self.message_params
+            .rcpts
+            .resize_with(index, RcptParams::default);
+        self.message_params.rcpts.push(params);
+        debug_assert_eq!(self.message_params.rcpts.len(), self.rcpts.len());
+    }
+
+    /// The open transaction's parameters for its message; `rcpts` empty
+    /// when no recipient had any (most mail).
     pub(super) fn take_message_params(&mut self) -> MessageParams {
         let mut params = std::mem::take(&mut self.message_params);
         if params.rcpts.iter().all(RcptParams::is_empty) {
@@ -216,7 +233,7 @@ mod tests {
         let params = envelope.expect("a message").params;
         assert_eq!(params.ret, Some(Ret::Hdrs));
         assert_eq!(params.envid.as_deref(), Some("e+1"));
-        assert_eq!(params.rcpts.len(), 2);
+        assert_eq!(params.rcpts.len(), 2, "the first recipient padded");
         assert!(params.rcpts[0].is_empty());
         assert_eq!(params.rcpts[1].notify, Some(Notify::NEVER));
         assert_eq!(

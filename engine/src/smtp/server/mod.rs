@@ -338,7 +338,8 @@ pub struct ServerSession {
     /// What the TLS handshake after STARTTLS negotiated; `None` in clear.
     tls: Option<TlsInfo>,
     /// SMTPUTF8 and DSN parameters of the open transaction (set by every
-    /// MAIL; `rcpts` grows with `rcpts`).
+    /// MAIL; `rcpts` only once a RCPT had some:
+    /// `keep_rcpt_params`).
     message_params: MessageParams,
     /// The DSN parameters of the RCPT awaiting the policy.
     rcpt_params: RcptParams,
@@ -702,6 +703,7 @@ impl ServerSession {
             },
             unix_secs,
             smtputf8,
+            authenticated: self.connection.auth_user.is_some(),
         })
     }
 
@@ -1049,8 +1051,7 @@ impl ServerSession {
     /// The policy let the forward path in `argument` through.
     fn accept_rcpt(&mut self) {
         self.rcpts.push(self.argument.clone());
-        let params = std::mem::take(&mut self.rcpt_params);
-        self.message_params.rcpts.push(params);
+        self.keep_rcpt_params();
         self.reply(250, "2.1.5", format_args!("Ok"));
     }
 
