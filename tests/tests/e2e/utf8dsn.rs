@@ -475,3 +475,59 @@ fn a_dsn_to_a_utf8_sender_goes_with_smtputf8() {
         .then_some(()))
     .is_some());
 }
+
+/// Goal: the parameters are spooled with the message: after a `kill -9`
+/// and a restart, the DSN still honours NOTIFY, ENVID and ORCPT, and the
+/// UTF-8 recipient still goes with SMTPUTF8. Method: the sink is down
+/// while the messages are received (they are deferred), the daemon is
+/// killed, both come back.
+#[test]
+fn parameters_survive_a_kill_and_a_restart() {
+    let mut relay = start("dsn-restart", &[], "");
+    relay.sink.stop();
+    let from = "sender@client.test";
+    let body = message(from, "reject-later@x.test", "dsn restart");
+    send(
+        &relay,
+        from,
+        &["ENVID=restart-1", "SMTPUTF8"],
+        &[
+            "reject-quiet@x.test NOTIFY=NEVER",
+            "reject-later@x.test NOTIFY=FAILURE ORCPT=rfc822;later+40original.test",
+            UTF8_TO,
+        ],
+        &body,
+    );
+    relay.daemon.wait_for_kind("T", 1, WAIT);
+    relay.daemon.kill9();
+    relay.sink.restart();
+    relay.daemon.restart();
+    // The UTF-8 recipient's copy and one DSN.
+    let got = wait_messages(&relay.sink, 2);
+    thread::sleep(QUIET);
+    let dsns = dsns(&relay.sink);
+    assert_eq!(dsns.len(), 1, "{got:?}");
+    let facts = dsn_fields(&dsns[0]);
+    assert_eq!(
+        fact(&facts, &["message", "Original-Envelope-Id"]).as_deref(),
+        Some("restart-1")
+    );
+    assert_eq!(
+        rcpt_field(&facts, 0, "Original-Recipient").as_deref(),
+        Some("rfc822; later@original.test")
+    );
+    assert_eq!(rcpt_field(&facts, 1, "Action"), None, "NEVER is not told");
+    let copy = relay
+        .sink
+        .messages()
+        .into_iter()
+        .find(|m| m.rcpts == [UTF8_TO])
+        .expect("the UTF-8 recipient's copy");
+    assert_eq!(copy.mail_from, from);
+    assert!(
+        commands(relay.sink.dir())
+            .iter()
+            .any(|l| l.starts_with("MAIL\tFROM:<sender@client.test>") && l.contains("SMTPUTF8")),
+        "flagged after the restart"
+    );
+}
