@@ -332,10 +332,9 @@ impl MessageParams {
     /// malformed field is left out.
     pub fn from_extensions<'a>(field: impl Fn(u16) -> Option<&'a [u8]>) -> MessageParams {
         let smtputf8 = field(TAG_SMTPUTF8).is_some_and(|v| v == [1]);
-        let (ret, envid) = match field(TAG_DSN_MAIL).and_then(decode_mail) {
-            Some(pair) => pair,
-            None => (None, None),
-        };
+        let (ret, envid) = field(TAG_DSN_MAIL)
+            .and_then(decode_mail)
+            .unwrap_or_default();
         let rcpts = field(TAG_DSN_RCPTS)
             .and_then(decode_rcpts)
             .unwrap_or_default();
