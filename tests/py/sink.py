@@ -28,6 +28,11 @@ rule may give the whole reply instead, e.g. --rule "full=552 5.2.2 mailbox full"
 --auth USER:PASSWORD offers AUTH PLAIN LOGIN without TLS and requires it
 before MAIL; every attempt is appended to DIR/auth.txt as
 "mechanism<TAB>user<TAB>password<TAB>ok|fail".
+
+Every MAIL and RCPT argument is appended to DIR/commands.txt as the client
+wrote it ("MAIL<TAB>FROM:<a@b> SMTPUTF8"). --no-smtputf8 stops offering
+SMTPUTF8; --dsn offers DSN (RFC 3461) and accepts its parameters (RET,
+ENVID, NOTIFY, ORCPT), which aiosmtpd itself does not know.
 """
 
 import argparse
@@ -110,10 +115,17 @@ class Store:
 
 
 class Handler:
-    def __init__(self, store, rcpt_rules, data_rules):
+    def __init__(self, store, rcpt_rules, data_rules, dsn=False):
         self.store = store
         self.rcpt_rules = rcpt_rules
         self.data_rules = data_rules
+        self.dsn = dsn
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = first_match(self.rcpt_rules, address)
@@ -145,6 +157,36 @@ def tls_version(server, session):
     if obj is None and server.transport is not None:
         obj = server.transport.get_extra_info("ssl_object")
     return obj.version() if obj is not None else "TLS"
+
+
+DSN_PARAMETERS = ("RET=", "ENVID=", "NOTIFY=", "ORCPT=")
+
+
+class Recording(SMTP):
+    """Appends each MAIL and RCPT argument to DIR/commands.txt as written;
+    with --dsn, takes the DSN parameters off before aiosmtpd reads them."""
+
+    commands_path = None
+    dsn = False
+
+    def _record(self, verb, arg):
+        if self.commands_path and arg is not None:
+            with open(self.commands_path, "a", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(f"{verb}\t{arg}\n")
+
+    def _without_dsn(self, arg):
+        if not self.dsn or arg is None:
+            return arg
+        words = arg.split(" ")
+        return " ".join(w for w in words if not w.upper().startswith(DSN_PARAMETERS))
+
+    async def smtp_MAIL(self, arg):
+        self._record("MAIL", arg)
+        await super().smtp_MAIL(self._without_dsn(arg))
+
+    async def smtp_RCPT(self, arg):
+        self._record("RCPT", arg)
+        await super().smtp_RCPT(self._without_dsn(arg))
 
 
 class BrokenStartTls(SMTP):
@@ -188,6 +230,8 @@ def main():
     parser.add_argument("--tls-client-ca", help="demand a client certificate signed by this CA")
     parser.add_argument("--broken-starttls", action="store_true")
     parser.add_argument("--auth", help="USER:PASSWORD required before MAIL")
+    parser.add_argument("--no-smtputf8", action="store_true", help="do not offer SMTPUTF8")
+    parser.add_argument("--dsn", action="store_true", help="offer DSN and take its parameters")
     args = parser.parse_args()
     tls_context = None
     if args.tls_cert:
@@ -199,16 +243,20 @@ def main():
     authenticator = Authenticator(args.dir, args.auth) if args.auth else None
 
     store = Store(args.dir)
-    handler = Handler(store, args.rule + RCPT_RULES_DEFAULT, args.data_rule + DATA_RULES_DEFAULT)
+    handler = Handler(
+        store, args.rule + RCPT_RULES_DEFAULT, args.data_rule + DATA_RULES_DEFAULT, args.dsn
+    )
+    Recording.commands_path = os.path.join(args.dir, "commands.txt")
+    Recording.dsn = args.dsn
 
     def factory():
-        kind = BrokenStartTls if args.broken_starttls else SMTP
+        kind = BrokenStartTls if args.broken_starttls else Recording
         smtp = kind(
             handler,
             hostname="sink.test",
             data_size_limit=DATA_BYTES_MAX,
             decode_data=False,
-            enable_SMTPUTF8=True,
+            enable_SMTPUTF8=not args.no_smtputf8,
             tls_context=tls_context,
             require_starttls=args.require_starttls,
             authenticator=authenticator,

@@ -81,3 +81,5 @@ mod stream;
 mod systemd;
 #[path = "e2e/tls.rs"]
 mod tls;
+#[path = "e2e/utf8dsn.rs"]
+mod utf8dsn;

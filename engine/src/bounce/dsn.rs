@@ -27,13 +27,21 @@ pub const ORIGINAL_HEADERS_BYTES_MAX: usize = 64 * 1024;
 /// well below RFC 5322's 998-byte line limit, with room for the field name.
 pub const DSN_FIELD_BYTES_MAX: usize = 900;
 
-/// One recipient a DSN reports on: failed, or delayed in a delay DSN.
-#[derive(Debug, Clone, Copy)]
+/// One recipient a DSN reports on: failed, or delayed in a delay DSN, or
+/// relayed (a success DSN).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FailedRecipient<'a> {
     pub rcpt: &'a str,
     /// The reply that decided the failure (remote, or our `554 5.4.7`), or
-    /// the last transient reply of a delayed recipient.
+    /// the last transient reply of a delayed recipient, or the reply that
+    /// accepted a relayed one.
     pub reply: &'a str,
+    /// RCPT's `ORCPT` (RFC 3461): address type and address, reported as
+    /// `Original-Recipient`.
+    pub original: Option<(&'a str, &'a str)>,
+    /// Delivered to a next hop that does not offer DSN, with
+    /// `NOTIFY=SUCCESS`: `Action: relayed`, status 2.x.x.
+    pub relayed: bool,
 }
 
 /// What a DSN reports.
@@ -44,6 +52,8 @@ pub enum Report {
     /// The recipients are still being retried (Action: delayed, Status
     /// 4.x.x), until this time at the latest (Will-Retry-Until).
     Delayed { will_retry_until_unix_secs: i64 },
+    /// Every recipient was relayed (a success DSN, RFC 3461 section 6.2).
+    Relayed,
 }
 
 /// What a DSN says.
@@ -63,6 +73,46 @@ pub struct Dsn<'a> {
     pub report: Report,
     /// The original's header block (see [`original_headers`]).
     pub original_headers: &'a [u8],
+    /// MAIL's `ENVID` (RFC 3461), reported as `Original-Envelope-Id`.
+    pub envid: Option<&'a str>,
+    /// `RET=FULL` on a failure DSN: the whole original (at most
+    /// [`RETURNED_MESSAGE_BYTES_MAX`]), returned as message/rfc822 instead
+    /// of its headers.
+    pub returned_message: Option<&'a [u8]>,
+}
+
+/// Largest original a failure DSN returns whole (`RET=FULL`); a larger one
+/// comes back as its headers (RFC 3461 section 4.3 lets an MTA do so, as
+/// Postfix's `bounce_size_limit` does).
+pub const RETURNED_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// An address as a DSN field value: `rfc822; addr` when ASCII, otherwise
+/// `utf-8; ` and RFC 6533's utf-8-addr-xtext (each non-ASCII character,
+/// `\`, `+` and `=` as `\x{HEX}`), so the report stays 7-bit.
+fn address_field(out: &mut Vec<u8>, address: &str) {
+    use std::io::Write as _;
+    if address.is_ascii() {
+        out.extend_from_slice(b"rfc822; ");
+        one_line(out, address);
+        return;
+    }
+    out.extend_from_slice(b"utf-8; ");
+    let start = out.len();
+    for c in address.chars() {
+        if out.len() - start > DSN_FIELD_BYTES_MAX {
+            break;
+        }
+        match c {
+            '\\' | '+' | '=' => {
+                let _ = write!(out, "\\x{{{:X}}}", c as u32);
+            }
+            c if c.is_ascii_control() => out.push(b' '),
+            c if c.is_ascii() => out.push(c as u8),
+            c => {
+                let _ = write!(out, "\\x{{{:X}}}", c as u32);
+            }
+        }
+    }
 }
 
 /// The header block at the start of `body` (up to and without the empty
@@ -105,9 +155,9 @@ pub fn status_of(reply: &str) -> String {
     class_status(5, reply)
 }
 
-/// The reply's enhanced code with class `class` (4 or 5), or `class`.0.0.
+/// The reply's enhanced code with class `class` (2, 4 or 5), or `class`.0.0.
 fn class_status(class: u8, reply: &str) -> String {
-    assert!(class == 4 || class == 5);
+    assert!(class == 2 || class == 4 || class == 5);
     match reply_codes(reply).status {
         Some(status) => format!("{class}.{status}"),
         None => format!("{class}.0.0"),
@@ -145,6 +195,16 @@ fn wording(report: Report) -> Wording {
             action: "delayed",
             class: 4,
         },
+        Report::Relayed => Wording {
+            subject: "Successful Mail Relay Report",
+            summary: "Your message was relayed to the recipients below.",
+            detail: [
+                "The next mail system does not offer delivery notifications,",
+                "so this is the last report you will get for these recipients.",
+            ],
+            action: "relayed",
+            class: 2,
+        },
     }
 }
 
@@ -152,7 +212,8 @@ fn wording(report: Report) -> Wording {
 pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     let mut boundary = format!("=_ecelerity_dsn_{}", dsn.dsn_id.replace('/', "_"));
     let needle = |b: &str| format!("--{b}");
-    while contains(dsn.original_headers, needle(&boundary).as_bytes()) {
+    let returned = dsn.returned_message.unwrap_or(dsn.original_headers);
+    while contains(returned, needle(&boundary).as_bytes()) {
         boundary.push('_');
     }
     let mut date = String::new();
@@ -168,7 +229,7 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     {
         write_rfc5322_date(&mut until, will_retry_until_unix_secs);
     }
-    let mut out = Vec::with_capacity(2048 + dsn.original_headers.len());
+    let mut out = Vec::with_capacity(2048 + returned.len());
     let line = |out: &mut Vec<u8>, parts: &[&str]| {
         for p in parts {
             out.extend_from_slice(p.as_bytes());
@@ -180,7 +241,14 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
         &["From: Mail Delivery System <MAILER-DAEMON@", host, ">"],
     );
     out.extend_from_slice(b"To: <");
-    one_line(&mut out, dsn.return_path);
+    if dsn.return_path.is_ascii() {
+        one_line(&mut out, dsn.return_path);
+    } else {
+        // A UTF-8 return path (SMTPUTF8): the DSN goes as SMTPUTF8 too,
+        // so its header may carry it (RFC 6532), controls made spaces.
+        let text = dsn.return_path.replace(|c: char| c.is_control(), " ");
+        out.extend_from_slice(text.as_bytes());
+    }
     out.extend_from_slice(b">\r\n");
     line(&mut out, &["Subject: ", words.subject]);
     line(&mut out, &["Date: ", &date]);
@@ -216,6 +284,9 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
         out.push(b'<');
         one_line(&mut out, f.rcpt);
         out.extend_from_slice(b">: ");
+        if f.relayed && dsn.report != Report::Relayed {
+            out.extend_from_slice(b"relayed to a system without DSN: ");
+        }
         one_line(&mut out, f.reply);
         out.extend_from_slice(b"\r\n");
     }
@@ -225,16 +296,37 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     line(&mut out, &["Content-Type: message/delivery-status"]);
     line(&mut out, &["Content-Transfer-Encoding: 7bit"]);
     line(&mut out, &[]);
+    if let Some(envid) = dsn.envid {
+        out.extend_from_slice(b"Original-Envelope-Id: ");
+        one_line(&mut out, envid);
+        out.extend_from_slice(b"\r\n");
+    }
     line(&mut out, &["Reporting-MTA: dns; ", host]);
     line(&mut out, &["X-Ecelerity-Queue-ID: ", dsn.original_id]);
     line(&mut out, &["Arrival-Date: ", &arrival]);
     for f in dsn.failed {
         line(&mut out, &[]);
-        out.extend_from_slice(b"Final-Recipient: rfc822; ");
-        one_line(&mut out, f.rcpt);
+        if let Some((addr_type, address)) = f.original {
+            out.extend_from_slice(b"Original-Recipient: ");
+            if addr_type.eq_ignore_ascii_case("rfc822") {
+                address_field(&mut out, address);
+            } else {
+                one_line(&mut out, addr_type);
+                out.extend_from_slice(b"; ");
+                one_line(&mut out, address);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Final-Recipient: ");
+        address_field(&mut out, f.rcpt);
         out.extend_from_slice(b"\r\n");
-        line(&mut out, &["Action: ", words.action]);
-        line(&mut out, &["Status: ", &class_status(words.class, f.reply)]);
+        let (action, class) = if f.relayed {
+            ("relayed", 2)
+        } else {
+            (words.action, words.class)
+        };
+        line(&mut out, &["Action: ", action]);
+        line(&mut out, &["Status: ", &class_status(class, f.reply)]);
         out.extend_from_slice(b"Diagnostic-Code: smtp; ");
         one_line(&mut out, f.reply);
         out.extend_from_slice(b"\r\n");
@@ -245,13 +337,17 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     line(&mut out, &[]);
 
     line(&mut out, &["--", &boundary]);
-    line(&mut out, &["Content-Type: text/rfc822-headers"]);
-    let eight_bit = dsn.original_headers.iter().any(|&b| b >= 0x80);
+    let content_type = match dsn.returned_message {
+        Some(_) => "message/rfc822",
+        None => "text/rfc822-headers",
+    };
+    line(&mut out, &["Content-Type: ", content_type]);
+    let eight_bit = returned.iter().any(|&b| b >= 0x80);
     let encoding = if eight_bit { "8bit" } else { "7bit" };
     line(&mut out, &["Content-Transfer-Encoding: ", encoding]);
     line(&mut out, &[]);
-    out.extend_from_slice(dsn.original_headers);
-    if !dsn.original_headers.ends_with(b"\r\n") {
+    out.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
         line(&mut out, &[]);
     }
     line(&mut out, &[]);
@@ -334,6 +430,8 @@ mod tests {
             failed,
             report: Report::Failed,
             original_headers: original_headers(ORIGINAL),
+            envid: None,
+            returned_message: None,
         })
     }
 
@@ -346,10 +444,12 @@ mod tests {
             FailedRecipient {
                 rcpt: "bob@example.com",
                 reply: "550 5.1.1 user unknown",
+                ..FailedRecipient::default()
             },
             FailedRecipient {
                 rcpt: "carol@example.com",
                 reply: "552 5.2.2 mailbox full",
+                ..FailedRecipient::default()
             },
         ];
         let dsn = sample(&failed);
@@ -415,10 +515,12 @@ mod tests {
             FailedRecipient {
                 rcpt: "bob@example.com",
                 reply: "451 4.2.0 try again later",
+                ..FailedRecipient::default()
             },
             FailedRecipient {
                 rcpt: "carol@example.com",
                 reply: "421 busy",
+                ..FailedRecipient::default()
             },
         ];
         let dsn = build(&Dsn {
@@ -433,6 +535,8 @@ mod tests {
                 will_retry_until_unix_secs: 1_700_086_400,
             },
             original_headers: original_headers(ORIGINAL),
+            envid: None,
+            returned_message: None,
         });
         let parsed = parse(&dsn);
         assert!(parsed
@@ -468,6 +572,7 @@ mod tests {
         let failed = [FailedRecipient {
             rcpt: "bob@example.com\r\nBcc: x@evil.example",
             reply: "550 no\r\nStatus: 2.0.0",
+            ..FailedRecipient::default()
         }];
         let dsn = sample(&failed);
         let parsed = parse(&dsn);
@@ -490,9 +595,12 @@ mod tests {
             failed: &[FailedRecipient {
                 rcpt: "b@example.com",
                 reply: "550 5.1.1 no",
+                ..FailedRecipient::default()
             }],
             report: Report::Failed,
             original_headers: headers,
+            envid: None,
+            returned_message: None,
         });
         let parsed = parse(&dsn);
         assert_eq!(parsed.parts.len(), 3);
@@ -516,5 +624,61 @@ mod tests {
         let cut = original_headers(&long);
         assert!(cut.len() <= ORIGINAL_HEADERS_BYTES_MAX);
         assert!(cut.ends_with(b"\r\n"));
+    }
+
+    /// Goal: the RFC 3461 fields and actions. Method: a DSN with ENVID, an
+    /// ORCPT, a UTF-8 recipient, one relayed recipient and RET=FULL.
+    #[test]
+    fn envid_orcpt_relayed_and_the_full_message_are_reported() {
+        let failed = [
+            FailedRecipient {
+                rcpt: "bob@example.com",
+                reply: "550 5.1.1 user unknown",
+                original: Some(("rfc822", "robert@example.org")),
+                relayed: false,
+            },
+            FailedRecipient {
+                rcpt: "j\u{f6}rg=x@b\u{fc}cher.example",
+                reply: "250 2.0.0 Ok: queued as 1",
+                original: None,
+                relayed: true,
+            },
+        ];
+        let dsn = build(&Dsn {
+            reporting_mta: "mx.example.org",
+            return_path: "news@example.net",
+            original_id: "x",
+            dsn_id: "00/00-01234-0A1B2C42",
+            arrival_unix_secs: 0,
+            now_unix_secs: 0,
+            failed: &failed,
+            report: Report::Failed,
+            original_headers: original_headers(ORIGINAL),
+            envid: Some("QQ314159"),
+            returned_message: Some(ORIGINAL),
+        });
+        let parsed = parse(&dsn);
+        let g = groups(&parsed.parts[1].1);
+        assert_eq!(g[0][0], ("Original-Envelope-Id".into(), "QQ314159".into()));
+        assert_eq!(
+            g[1][0],
+            (
+                "Original-Recipient".into(),
+                "rfc822; robert@example.org".into()
+            )
+        );
+        assert_eq!(g[1][2], ("Action".into(), "failed".into()));
+        assert_eq!(
+            g[2][0],
+            (
+                "Final-Recipient".into(),
+                "utf-8; j\\x{F6}rg\\x{3D}x@b\\x{FC}cher.example".into()
+            )
+        );
+        assert_eq!(g[2][1], ("Action".into(), "relayed".into()));
+        assert_eq!(g[2][2], ("Status".into(), "2.0.0".into()));
+        assert!(parsed.parts[2].0.contains("Content-Type: message/rfc822"));
+        assert!(parsed.parts[2].1.contains("body text"), "the whole message");
+        assert!(dsn.is_ascii(), "a 7-bit report");
     }
 }

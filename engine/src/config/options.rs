@@ -714,6 +714,11 @@ option_family! {
         auth_failure_delay_ms: u64 = "auth_failure_delay_ms" in LISTENER,
             Kind::Integer { min: 0, max: AUTH_FAILURE_DELAY_MS_MAX, unit: " ms" },
             default AUTH_FAILURE_DELAY_MS_DEFAULT;
+        /// ecelerity's own (Postfix's `smtputf8_enable`): offer SMTPUTF8
+        /// (RFC 6531); without it a UTF-8 address gets `553 5.6.7`.
+        enable_smtputf8: bool = "enable_smtputf8" in LISTENER, Kind::Bool, default true;
+        /// ecelerity's own: offer DSN (RFC 3461: NOTIFY, ORCPT, RET, ENVID).
+        enable_dsn: bool = "enable_dsn" in LISTENER, Kind::Bool, default true;
     }
 }
 

@@ -31,6 +31,9 @@ pub async fn resolve(
     plan: &Plan,
     spread: u64,
 ) -> Result<Vec<Target>, RouteFailure> {
+    // A U-label domain (SMTPUTF8) is looked up by its A-labels.
+    let a_labels = route::a_labels(domain)?;
+    let domain: &str = &a_labels;
     let (mut hosts, implicit) = match plan {
         Plan::Gateway { host, port } => (vec![(host.clone(), *port)], false),
         Plan::Mx { port } => {

@@ -532,11 +532,21 @@ impl Connection<'_> {
         }
         let entry = self.current.as_ref().unwrap();
         let rcpts: Vec<&str> = entry.rcpts.iter().map(|(_, r)| &**r).collect();
-        self.client.start_transaction(
+        // SMTPUTF8 and DSN parameters, per recipient (none for most mail).
+        let params: Vec<_> = match entry.params.as_deref() {
+            Some(message) => entry
+                .rcpts
+                .iter()
+                .map(|(index, _)| (Some(message), message.rcpt(*index)))
+                .collect(),
+            None => Vec::new(),
+        };
+        self.client.start_transaction_with(
             &entry.mail_from,
             &rcpts,
             body_len,
             entry.body_8bitmime && eightbitmime,
+            &params,
         );
     }
 
@@ -764,6 +774,7 @@ impl Connection<'_> {
                 stage: stage.code(),
             })
             .collect();
+        let dsn_passed_on = self.client.capabilities().is_some_and(|c| c.dsn);
         settle::settle(
             self.out,
             self.queue,
@@ -772,6 +783,7 @@ impl Connection<'_> {
             replies,
             result.bytes_sent,
             self.remote_ip,
+            dsn_passed_on,
         )
         .await;
     }

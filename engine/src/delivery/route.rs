@@ -85,6 +85,21 @@ impl RouteFailure {
 
 /// The plan for a queue with `options`. Config resolution leaves at most
 /// one of `gateway` and `routes` set.
+/// The name DNS knows `domain` by: itself when ASCII, else its IDNA
+/// A-label form (`b\u{fc}cher.example` -> `xn--bcher-kva.example`); a
+/// domain that has none fails permanently.
+pub fn a_labels(domain: &str) -> Result<std::borrow::Cow<'_, str>, RouteFailure> {
+    if domain.is_ascii() {
+        return Ok(std::borrow::Cow::Borrowed(domain));
+    }
+    match idna::domain_to_ascii_strict(domain) {
+        Ok(ascii) => Ok(std::borrow::Cow::Owned(ascii)),
+        Err(_) => Err(RouteFailure::permanent(format!(
+            "550 5.1.2 {domain}: not a valid domain name"
+        ))),
+    }
+}
+
 pub fn plan(options: &DeliveryOptions) -> Plan {
     let port = options.remote_smtp_port;
     match (&options.gateway, &options.routes) {
@@ -632,5 +647,20 @@ mod tests {
             failure.reply
         );
         assert!(failure.reply.contains("hub.test"), "{}", failure.reply);
+    }
+
+    #[test]
+    fn a_u_label_domain_is_looked_up_by_its_a_labels() {
+        assert_eq!(a_labels("example.com").unwrap(), "example.com");
+        assert_eq!(
+            a_labels("b\u{fc}cher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            a_labels("\u{4f8b}\u{3048}.\u{30c6}\u{30b9}\u{30c8}").unwrap(),
+            "xn--r8jz45g.xn--zckzah"
+        );
+        let bad = a_labels("ex_ample\u{fc}.test").unwrap_err();
+        assert!(bad.reply.starts_with("550 5.1.2"), "{}", bad.reply);
     }
 }

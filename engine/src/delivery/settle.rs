@@ -23,6 +23,7 @@ use crate::log::{format_bounce, format_delivery, format_failure, Attempt, Bounce
 use crate::mesh::{Delay, Failure, Outcome, OutcomeKind};
 use crate::queue::{MessageId, MessageRef, QueueId};
 use crate::smtp::client::Stage;
+use crate::smtp::params::Notify;
 use crate::stats::Counter;
 
 /// Most entries one failed connection attempt defers at once.
@@ -146,7 +147,7 @@ fn settle_all(
                     stage: stage.code(),
                 })
                 .collect();
-            settle(&out, id, &options, entry, replies, 0, &remote_ip).await;
+            settle(&out, id, &options, entry, replies, 0, &remote_ip, false).await;
         }
     })
     .detach();
@@ -154,7 +155,9 @@ fn settle_all(
 
 /// Decides and records each recipient's outcome of one attempt: logs it,
 /// counts it, puts retries in the delayed queue, and reports to the
-/// message's home shard.
+/// message's home shard. `dsn_passed_on`: the server offered DSN, so the
+/// recipients' NOTIFY went with them and success is its to report.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn settle(
     out: &Rc<Outbound>,
     id: QueueId,
@@ -163,6 +166,7 @@ pub(super) async fn settle(
     replies: Vec<AttemptReply>,
     bytes_sent: u64,
     remote_ip: &str,
+    dsn_passed_on: bool,
 ) {
     assert_eq!(replies.len(), entry.rcpts.len());
     let now = now_unix_ms();
@@ -186,14 +190,38 @@ pub(super) async fn settle(
 
     let mut delivered = Vec::new();
     let mut reports = Vec::new();
+    let params = entry.params.as_deref();
+    let wants = |index: u32, kind: Notify| params.is_none_or(|p| p.wants(index, kind));
     let mut retry: Vec<u32> = Vec::new();
     // Filled only when a delay DSN is due: most retries need no copies.
     let delay_until = delay_dsn_until(history, &entry.mail_from, options, now);
     let mut retry_replies: Vec<(Box<str>, Box<str>)> = Vec::new();
+    let mut retry_indexes: Vec<u32> = Vec::new();
     let mut retry_at = None;
     for (((index, rcpt), reply), disposition) in entry.rcpts.iter().zip(&replies).zip(dispositions)
     {
         match disposition {
+            Disposition::Delivered
+                if !dsn_passed_on && params.is_some_and(|p| p.wants(*index, Notify::SUCCESS)) =>
+            {
+                delivered.push(*index);
+                reports.push(Outcome {
+                    id: entry.id,
+                    rcpts: vec![*index],
+                    kind: OutcomeKind::Relayed(Box::new(Failure {
+                        reply: reply.text.as_str().into(),
+                        stage: reply.stage,
+                        rcpt: rcpt.clone(),
+                        mail_from: entry.mail_from.clone(),
+                        body: entry.body,
+                        received_unix_ms: entry.received_unix_ms,
+                        generate_bounce: true,
+                        binding: entry.binding,
+                        params: entry.params.clone(),
+                        rcpt_index: *index,
+                    })),
+                });
+            }
             Disposition::Delivered => delivered.push(*index),
             Disposition::Failed { reply: text } => reports.push(Outcome {
                 id: entry.id,
@@ -205,8 +233,11 @@ pub(super) async fn settle(
                     mail_from: entry.mail_from.clone(),
                     body: entry.body,
                     received_unix_ms: entry.received_unix_ms,
-                    generate_bounce: options.generate_bounces,
+                    // NOTIFY without FAILURE (or NEVER): no DSN.
+                    generate_bounce: options.generate_bounces && wants(*index, Notify::FAILURE),
                     binding: entry.binding,
+                    params: entry.params.clone(),
+                    rcpt_index: *index,
                 })),
             }),
             Disposition::Retry {
@@ -214,8 +245,9 @@ pub(super) async fn settle(
                 at_unix_ms,
             } => {
                 retry.push(*index);
-                if delay_until.is_some() {
+                if delay_until.is_some() && wants(*index, Notify::DELAY) {
                     retry_replies.push((rcpt.clone(), reply.text.as_str().into()));
+                    retry_indexes.push(*index);
                 }
                 retry_at = Some((attempts, at_unix_ms));
             }
@@ -235,6 +267,12 @@ pub(super) async fn settle(
         q.delivered += delivered.len() as u64;
         q.failed += failed;
     }
+    // Relayed ones were counted as delivered and reported on their own.
+    delivered.retain(|index| {
+        !reports
+            .iter()
+            .any(|o| matches!(o.kind, OutcomeKind::Relayed(_)) && o.rcpts == [*index])
+    });
     if !delivered.is_empty() {
         reports.push(Outcome {
             id: entry.id,
@@ -242,7 +280,8 @@ pub(super) async fn settle(
             kind: OutcomeKind::Delivered,
         });
     }
-    if let (Some(until), false) = (delay_until, retry.is_empty()) {
+    // A delay DSN only for recipients whose NOTIFY asks for one.
+    if let (Some(until), false) = (delay_until, retry_replies.is_empty()) {
         reports.push(Outcome {
             id: entry.id,
             rcpts: retry.clone(),
@@ -253,6 +292,8 @@ pub(super) async fn settle(
                 received_unix_ms: entry.received_unix_ms,
                 binding: entry.binding,
                 will_retry_until_unix_ms: until,
+                params: entry.params.clone(),
+                rcpt_indexes: retry_indexes,
             })),
         });
     }

@@ -53,7 +53,7 @@ use crate::events::{self, format_event, EventType};
 use crate::log::{self, format_rejection, Rejection};
 use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
-use crate::queue::record::SpooledEnvelope;
+use crate::queue::record::{EnvelopeExtension, SpooledEnvelope};
 use crate::queue::{Bindings, MessageId};
 use crate::smtp::capabilities::{AuthMechanisms, Capabilities};
 use crate::smtp::sasl::Credentials;
@@ -469,6 +469,8 @@ async fn drive_session(
                 plain: listener.enable_authentication,
                 login: listener.enable_authentication,
             },
+            smtputf8: listener.enable_smtputf8,
+            dsn: listener.enable_dsn,
             ..Capabilities::default()
         },
         version: crate::VERSION,
@@ -920,7 +922,7 @@ async fn receive(
         binding: shard.bindings.name(assigned.binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
-        extensions: Vec::new(),
+        extensions: esmtp_extensions(&envelope.params),
     };
     let spooled_ref = match shard.messages.spool(id, &spooled, &body).await {
         Ok(r) => r,
@@ -1022,7 +1024,7 @@ async fn receive_streamed(
         binding: shard.bindings.name(binding).to_string(),
         mail_from: envelope.mail_from,
         rcpts: envelope.rcpts,
-        extensions: Vec::new(),
+        extensions: esmtp_extensions(&envelope.params),
     };
     let spooled_ref = match shard.messages.spool_file(id, &spooled, &file_body).await {
         Ok(r) => r,
@@ -1140,6 +1142,16 @@ fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
             format_event(buf, &e);
         });
     }
+}
+
+/// The envelope extension fields of a message's SMTPUTF8 and DSN
+/// parameters (`smtp::params`).
+fn esmtp_extensions(params: &crate::smtp::params::MessageParams) -> Vec<EnvelopeExtension> {
+    params
+        .to_extensions()
+        .into_iter()
+        .map(|(tag, value)| EnvelopeExtension { tag, value })
+        .collect()
 }
 
 #[cfg(test)]

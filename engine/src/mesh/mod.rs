@@ -14,6 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ecelerity_spool::BodyRef;
@@ -22,6 +23,7 @@ use glommio::channels::channel_mesh::Senders;
 use crate::control;
 use crate::env::ShardEnv;
 use crate::queue::{delivery_parts, part_owner, BindingId, Bindings, MessageId, MessageRef};
+use crate::smtp::params::MessageParams;
 
 /// Depth of each shard-to-shard channel. 1024 streams well; 64 churns on
 /// park and wake (MEASURED.md).
@@ -70,6 +72,11 @@ pub enum OutcomeKind {
     /// `Retry`, and changes nothing about them; the home shard sends one
     /// delay DSN per message and ignores the rest.
     Delayed(Box<Delay>),
+    /// Delivered to a next hop that does not offer DSN, for a recipient
+    /// with `NOTIFY=SUCCESS`: final like `Delivered`, and a success DSN
+    /// (`Action: relayed`, RFC 3461 section 6.2) is due. The `Failure`
+    /// carries what the DSN needs; its reply is the one that accepted.
+    Relayed(Box<Failure>),
 }
 
 /// Recipients of one message still deferred past the delay DSN threshold.
@@ -86,6 +93,10 @@ pub struct Delay {
     pub binding: BindingId,
     /// When the retries stop: `message_expiration` after reception.
     pub will_retry_until_unix_ms: u64,
+    /// The message's DSN parameters (ENVID, ORCPT), if it has any.
+    pub params: Option<Arc<MessageParams>>,
+    /// Each delayed recipient's index, beside `rcpts`.
+    pub rcpt_indexes: Vec<u32>,
 }
 
 /// A permanent failure of one recipient, with what its home shard needs to
@@ -108,12 +119,20 @@ pub struct Failure {
     pub generate_bounce: bool,
     /// The binding the message left from: its DSN leaves from it too.
     pub binding: BindingId,
+    /// The message's SMTPUTF8 and DSN parameters (RET, ENVID, ORCPT), if
+    /// it has any.
+    pub params: Option<Arc<MessageParams>>,
+    /// The recipient's index in the message's envelope.
+    pub rcpt_index: u32,
 }
 
 impl OutcomeKind {
     /// Delivered or failed: the recipient needs no more work.
     pub fn is_final(&self) -> bool {
-        matches!(self, OutcomeKind::Delivered | OutcomeKind::Failed(_))
+        matches!(
+            self,
+            OutcomeKind::Delivered | OutcomeKind::Failed(_) | OutcomeKind::Relayed(_)
+        )
     }
 }
 

@@ -26,19 +26,23 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use ecelerity_spool::{BodyReader, BodyRef, FileBody, RecoveredMessage, Spool, SpoolError};
 
-use crate::bounce::dsn::{self, FailedRecipient, Report, ORIGINAL_HEADERS_BYTES_MAX};
+use crate::bounce::dsn::{
+    self, FailedRecipient, Report, ORIGINAL_HEADERS_BYTES_MAX, RETURNED_MESSAGE_BYTES_MAX,
+};
 use crate::clock::now_unix_ms;
 use crate::env::ShardEnv;
 use crate::events::{format_event, Event, EventType};
 use crate::log::{format_reception, Reception, RecordIds};
 use crate::mesh::{Delay, Failure, Outcome, OutcomeKind, Router};
-use crate::queue::record::{Note, SpooledEnvelope};
+use crate::queue::record::{EnvelopeExtension, Note, SpooledEnvelope};
 use crate::queue::{
     domain_of, BindingId, Bindings, MessageId, MessageRef, LIVE_MESSAGES_PER_SHARD_MAX,
 };
+use crate::smtp::params::{MessageParams, Ret};
 use crate::stats::Counter;
 
 /// The R-line protocol of a message this shard wrote itself (a DSN), as
@@ -287,6 +291,7 @@ impl Messages {
         pending: impl Iterator<Item = (u32, u32, u64)>,
     ) -> Vec<MessageRef> {
         let binding = self.bindings.id(&envelope.binding);
+        let params = message_params(envelope);
         let mut by_domain: Vec<MessageRef> = Vec::new();
         for (index, attempts, next_attempt_unix_ms) in pending {
             let rcpt = &envelope.rcpts[index as usize];
@@ -310,6 +315,7 @@ impl Messages {
                     next_attempt_unix_ms,
                     connection_id: envelope.connection_id,
                     body_8bitmime: envelope.body_8bitmime,
+                    params: params.clone(),
                 }),
             }
         }
@@ -362,10 +368,17 @@ impl Messages {
     /// in the spool that it was sent. If it cannot be spooled, the next
     /// report of the message's delay tries again.
     async fn send_delay_dsn(&self, id: MessageId, delay: Delay, router: &Rc<Router>) {
+        let params = delay.params.as_deref();
         let recipients: Vec<FailedRecipient<'_>> = delay
             .rcpts
             .iter()
-            .map(|(rcpt, reply)| FailedRecipient { rcpt, reply })
+            .zip(&delay.rcpt_indexes)
+            .map(|((rcpt, reply), index)| FailedRecipient {
+                rcpt,
+                reply,
+                original: original_recipient(params, *index),
+                relayed: false,
+            })
             .collect();
         let report = Report::Delayed {
             will_retry_until_unix_secs: (delay.will_retry_until_unix_ms / 1000) as i64,
@@ -376,6 +389,7 @@ impl Messages {
             mail_from: &delay.mail_from,
             received_unix_ms: delay.received_unix_ms,
             binding: delay.binding,
+            params,
         };
         let entries = match self.inject_report(&original, report, &recipients).await {
             Ok(entries) => entries,
@@ -416,8 +430,18 @@ impl Messages {
         let id = original.id;
         assert!(!original.mail_from.is_empty(), "no DSN to the null sender");
         let mut headers_read = Vec::new();
+        // RET=FULL on a failure DSN returns the whole message when it is
+        // small enough, else (and otherwise) its headers (RFC 3461 4.3).
+        let return_full = report == Report::Failed
+            && original.params.is_some_and(|p| p.ret == Some(Ret::Full))
+            && original.body.len as usize <= RETURNED_MESSAGE_BYTES_MAX;
+        let read_max = if return_full {
+            RETURNED_MESSAGE_BYTES_MAX
+        } else {
+            DSN_HEADER_READ_BYTES_MAX
+        };
         let head = BodyRef {
-            len: original.body.len.min(DSN_HEADER_READ_BYTES_MAX as u32),
+            len: original.body.len.min(read_max as u32),
             ..original.body
         };
         if let Err(e) = self.headers.read(&head, &mut headers_read).await {
@@ -433,6 +457,8 @@ impl Messages {
         let original_id = id.to_string();
         let dsn_name = dsn_id.to_string();
         let headers = dsn::original_headers(&headers_read);
+        let returned_message = (return_full && headers_read.len() == original.body.len as usize)
+            .then_some(headers_read.as_slice());
         let body = dsn::build(&dsn::Dsn {
             reporting_mta: &reporting_mta,
             return_path: original.mail_from,
@@ -443,19 +469,25 @@ impl Messages {
             failed: recipients,
             report,
             original_headers: headers,
+            envid: original.params.and_then(|p| p.envid.as_deref()),
+            returned_message,
         });
         let envelope = SpooledEnvelope {
             received_unix_ms: now,
             // Written here: the loopback address stands for "this host".
             peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             connection_id: self.next_connection_id(),
-            body_8bitmime: headers.iter().any(|&b| b >= 0x80),
+            body_8bitmime: returned_message
+                .unwrap_or(headers)
+                .iter()
+                .any(|&b| b >= 0x80),
             // Momentum sends a bounce through the binding of the message
             // that bounced.
             binding: self.bindings.name(original.binding).to_string(),
             mail_from: String::new(),
             rcpts: vec![original.mail_from.to_string()],
-            extensions: Vec::new(),
+            // To a UTF-8 return path the DSN needs SMTPUTF8 itself.
+            extensions: dsn_extensions(original.mail_from),
         };
         self.inject(dsn_id, &envelope, &body).await
     }
@@ -466,31 +498,38 @@ impl Messages {
     /// recipients stay live and, after a restart, are tried (and bounced)
     /// again.
     async fn bounce(&self, id: MessageId, failed: Vec<Outcome>, router: &Rc<Router>) {
-        let failures: Vec<&Failure> = failed
+        let failures: Vec<(&Failure, bool)> = failed
             .iter()
             .filter_map(|o| match &o.kind {
-                OutcomeKind::Failed(f) => Some(&**f),
+                OutcomeKind::Failed(f) => Some((&**f, false)),
+                OutcomeKind::Relayed(f) => Some((&**f, true)),
                 _ => None,
             })
             .collect();
-        let first = failures[0];
+        let first = failures[0].0;
         let recipients: Vec<FailedRecipient<'_>> = failures
             .iter()
-            .map(|f| FailedRecipient {
+            .map(|(f, relayed)| FailedRecipient {
                 rcpt: &f.rcpt,
                 reply: &f.reply,
+                original: original_recipient(f.params.as_deref(), f.rcpt_index),
+                relayed: *relayed,
             })
             .collect();
+        let report = if failures.iter().all(|(_, relayed)| *relayed) {
+            Report::Relayed
+        } else {
+            Report::Failed
+        };
         let original = Original {
             id,
             body: first.body,
             mail_from: &first.mail_from,
             received_unix_ms: first.received_unix_ms,
             binding: first.binding,
+            params: first.params.as_deref(),
         };
-        let injected = self
-            .inject_report(&original, Report::Failed, &recipients)
-            .await;
+        let injected = self.inject_report(&original, report, &recipients).await;
         drop(recipients);
         let entries = match injected {
             Ok(entries) => entries,
@@ -535,7 +574,7 @@ impl Messages {
     fn on_outcome(&self, outcome: Outcome) {
         let id = outcome.id.0;
         let note = match outcome.kind {
-            OutcomeKind::Delivered | OutcomeKind::Failed { .. } => {
+            OutcomeKind::Delivered | OutcomeKind::Failed { .. } | OutcomeKind::Relayed(_) => {
                 let mut live = self.live.borrow_mut();
                 let Some(left) = live.get_mut(&id) else {
                     return;
@@ -639,11 +678,43 @@ struct Original<'a> {
     received_unix_ms: u64,
     /// Its binding: the DSN leaves through it.
     binding: BindingId,
+    /// Its SMTPUTF8 and DSN parameters (ENVID, RET), if it has any.
+    params: Option<&'a MessageParams>,
 }
 
 /// Takes the delay reports out of a batch of outcomes, merged per message
 /// (in order of first appearance): the recipients of every report of a
 /// message in the batch go into its one delay DSN.
+/// A message's SMTPUTF8 and DSN parameters from its envelope's extension
+/// fields, shared by its queue entries; `None` when it has none.
+fn message_params(envelope: &SpooledEnvelope) -> Option<Arc<MessageParams>> {
+    let params = MessageParams::from_extensions(|tag| envelope.extension(tag));
+    (!params.is_empty()).then(|| Arc::new(params))
+}
+
+/// A recipient's `ORCPT`, for `Original-Recipient`.
+fn original_recipient(params: Option<&MessageParams>, index: u32) -> Option<(&str, &str)> {
+    let (addr_type, address) = params?.rcpt(index)?.orcpt.as_ref()?;
+    Some((addr_type.as_str(), address.as_str()))
+}
+
+/// A DSN's envelope extensions: SMTPUTF8 when its recipient (the
+/// original's return path) is a UTF-8 address.
+fn dsn_extensions(return_path: &str) -> Vec<EnvelopeExtension> {
+    if return_path.is_ascii() {
+        return Vec::new();
+    }
+    let params = MessageParams {
+        smtputf8: true,
+        ..MessageParams::default()
+    };
+    params
+        .to_extensions()
+        .into_iter()
+        .map(|(tag, value)| EnvelopeExtension { tag, value })
+        .collect()
+}
+
 fn split_delays(outcomes: Vec<Outcome>) -> (Vec<Outcome>, Vec<(MessageId, Delay)>) {
     if !outcomes
         .iter()
@@ -659,7 +730,10 @@ fn split_delays(outcomes: Vec<Outcome>) -> (Vec<Outcome>, Vec<(MessageId, Delay)
             continue;
         };
         match delays.iter_mut().find(|(id, _)| *id == outcome.id) {
-            Some((_, merged)) => merged.rcpts.extend(delay.rcpts),
+            Some((_, merged)) => {
+                merged.rcpts.extend(delay.rcpts);
+                merged.rcpt_indexes.extend(delay.rcpt_indexes);
+            }
             None => delays.push((outcome.id, *delay)),
         }
     }
@@ -688,6 +762,8 @@ fn split_bounces(outcomes: Vec<Outcome>) -> (Vec<Outcome>, Vec<(MessageId, Vec<O
                 false
             }
             OutcomeKind::Failed(f) => f.generate_bounce,
+            // A success DSN: never to the null sender either.
+            OutcomeKind::Relayed(f) => !f.mail_from.is_empty(),
             _ => false,
         };
         if !due {
@@ -760,6 +836,8 @@ mod tests {
                 received_unix_ms: 0,
                 generate_bounce,
                 binding: Bindings::DEFAULT,
+                params: None,
+                rcpt_index: index,
             })),
         }
     }
@@ -812,6 +890,8 @@ mod tests {
                 received_unix_ms: 0,
                 binding: Bindings::DEFAULT,
                 will_retry_until_unix_ms: 86_400_000,
+                params: None,
+                rcpt_indexes: vec![index],
             })),
         }
     }

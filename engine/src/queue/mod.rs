@@ -8,7 +8,8 @@
 //! connection counts, idle-connection wake-ups and back-off state (set and
 //! read by `delivery::pool`), the operator's suspended flag (set by
 //! `delivery::operator`), the delayed heap.
-//! May call: `config` (delivery options). Never: I/O (that is `delivery`),
+//! May call: `config` (delivery options), `smtp::params` (the type of a
+//! message's ESMTP parameters). Never: I/O (that is `delivery`),
 //! another shard's queues.
 
 pub mod record;
@@ -17,10 +18,12 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use ecelerity_spool::BodyRef;
 
 use crate::config::{Config, DeliveryOptions, DEFAULT_BINDING};
+use crate::smtp::params::MessageParams;
 
 /// Most messages one shard keeps spooled and undelivered (its live set;
 /// about 400 bytes of memory each, so 1.6 GB at the limit). Past it the
@@ -249,6 +252,10 @@ pub struct MessageRef {
     pub next_attempt_unix_ms: u64,
     pub connection_id: u64,
     pub body_8bitmime: bool,
+    /// SMTPUTF8 and DSN parameters (`smtp::params`, from the envelope's
+    /// extension fields); `None` for a message without any (most mail),
+    /// shared by the message's entries.
+    pub params: Option<Arc<MessageParams>>,
 }
 
 /// A queue this shard holds, by slot: stable while the queue exists (a
@@ -650,6 +657,7 @@ mod tests {
             next_attempt_unix_ms: 0,
             connection_id: 0,
             body_8bitmime: false,
+            params: None,
         }
     }
 

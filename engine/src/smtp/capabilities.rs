@@ -73,12 +73,8 @@ impl Capabilities {
     /// would promise a command we answer with 502, so a session refuses
     /// to start with it (a programmer error, not an operating one).
     pub fn unsupported(&self) -> Option<&'static str> {
-        if self.smtputf8 {
-            Some("SMTPUTF8")
-        } else if self.chunking {
+        if self.chunking {
             Some("CHUNKING")
-        } else if self.dsn {
-            Some("DSN")
         } else {
             None
         }
@@ -171,7 +167,7 @@ mod tests {
              250-SIZE 1000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n\
              250-AUTH PLAIN LOGIN\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n"
         );
-        assert_eq!(all.unsupported(), Some("SMTPUTF8"));
+        assert_eq!(all.unsupported(), Some("CHUNKING"));
         let none = Capabilities {
             pipelining: false,
             size: false,

@@ -12,6 +12,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::params::{parse_envid, parse_notify, parse_orcpt, parse_ret, Notify, Ret};
+
 /// Longest local part, RFC 5321 section 4.5.3.1.1.
 pub const LOCAL_PART_BYTES_MAX: usize = 64;
 /// Longest domain, RFC 5321 section 4.5.3.1.2.
@@ -37,12 +39,13 @@ pub enum Command<'a> {
     /// the null sender `<>`.
     Mail {
         reverse_path: &'a str,
-        params: MailParams,
+        params: MailParams<'a>,
     },
     /// `forward_path` has no angle brackets and no source route. The bare
     /// reserved mailbox comes back as [`Command::RcptPostmaster`] instead.
     Rcpt {
         forward_path: &'a str,
+        params: RcptDsn<'a>,
     },
     /// `RCPT TO:<postmaster>` (any case): RFC 5321 section 4.5.1 says it
     /// must be accepted without a domain.
@@ -68,7 +71,7 @@ pub enum Command<'a> {
 
 /// The MAIL FROM parameters we advertise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MailParams {
+pub struct MailParams<'a> {
     /// RFC 1870 `SIZE=`; a value too large for a u64 saturates (it is over
     /// any limit anyway).
     pub size_bytes: Option<u64>,
@@ -77,6 +80,27 @@ pub struct MailParams {
     /// RFC 4954 `AUTH=` was given; its value is not used (we trust no
     /// identity a client asserts for a message).
     pub auth: bool,
+    /// RFC 6531 `SMTPUTF8`.
+    pub smtputf8: bool,
+    /// RFC 3461 `RET=`.
+    pub ret: Option<Ret>,
+    /// RFC 3461 `ENVID=`, as written (valid xtext; `params::parse_envid`
+    /// decodes it).
+    pub envid: Option<&'a str>,
+}
+
+/// The RCPT TO parameters (RFC 3461 DSN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RcptDsn<'a> {
+    pub notify: Option<Notify>,
+    /// `ORCPT=`, as written (valid; `params::parse_orcpt` decodes it).
+    pub orcpt: Option<&'a str>,
+}
+
+impl RcptDsn<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,10 +166,12 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
         return Err(CommandError::Unrecognized);
     };
     let usage = kind.usage();
-    // Arguments are ASCII in this server (no SMTPUTF8); anything else is a
-    // syntax error, never a panic.
+    // Arguments are ASCII, but for MAIL and RCPT, whose paths may be
+    // UTF-8 (RFC 6531: the session refuses them without SMTPUTF8);
+    // anything else is a syntax error, never a panic.
+    let utf8_paths = matches!(kind, Verb::Mail | Verb::Rcpt);
     let args = match std::str::from_utf8(args_bytes) {
-        Ok(text) if text.is_ascii() => text,
+        Ok(text) if text.is_ascii() || utf8_paths => text,
         _ => return Err(CommandError::Syntax { usage }),
     };
     match kind {
@@ -329,8 +355,36 @@ fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
         }
     }
     let (forward_path, rest) = parse_path(rest).map_err(|_| CommandError::BadRecipient)?;
-    reject_any_params(separated_params(rest, usage)?)?;
-    Ok(Command::Rcpt { forward_path })
+    let params = parse_rcpt_params(separated_params(rest, usage)?)?;
+    Ok(Command::Rcpt {
+        forward_path,
+        params,
+    })
+}
+
+/// RCPT's RFC 3461 parameters, each at most once.
+fn parse_rcpt_params(text: &str) -> Result<RcptDsn<'_>, CommandError> {
+    let mut params = RcptDsn::default();
+    for param in esmtp_params(text) {
+        let (keyword, value) = param?;
+        let value = value.ok_or(CommandError::BadParameter);
+        if keyword.eq_ignore_ascii_case("NOTIFY") {
+            if params.notify.is_some() {
+                return Err(CommandError::BadParameter);
+            }
+            let notify = parse_notify(value?).map_err(|_| CommandError::BadParameter)?;
+            params.notify = Some(notify);
+        } else if keyword.eq_ignore_ascii_case("ORCPT") {
+            let value = value?;
+            if params.orcpt.is_some() || parse_orcpt(value).is_err() {
+                return Err(CommandError::BadParameter);
+            }
+            params.orcpt = Some(value);
+        } else {
+            return Err(CommandError::UnknownParameter);
+        }
+    }
+    Ok(params)
 }
 
 /// What follows a path must be empty or start with a space.
@@ -371,7 +425,7 @@ fn esmtp_params(text: &str) -> impl Iterator<Item = Result<(&str, Option<&str>),
     })
 }
 
-fn parse_mail_params(text: &str) -> Result<MailParams, CommandError> {
+fn parse_mail_params(text: &str) -> Result<MailParams<'_>, CommandError> {
     let mut params = MailParams::default();
     for param in esmtp_params(text) {
         let (keyword, value) = param?;
@@ -398,6 +452,23 @@ fn parse_mail_params(text: &str) -> Result<MailParams, CommandError> {
                 return Err(CommandError::BadParameter);
             }
             params.auth = true;
+        } else if keyword.eq_ignore_ascii_case("SMTPUTF8") {
+            if value.is_some() || params.smtputf8 {
+                return Err(CommandError::BadParameter);
+            }
+            params.smtputf8 = true;
+        } else if keyword.eq_ignore_ascii_case("RET") {
+            let value = value.ok_or(CommandError::BadParameter)?;
+            if params.ret.is_some() {
+                return Err(CommandError::BadParameter);
+            }
+            params.ret = Some(parse_ret(value).map_err(|_| CommandError::BadParameter)?);
+        } else if keyword.eq_ignore_ascii_case("ENVID") {
+            let value = value.ok_or(CommandError::BadParameter)?;
+            if params.envid.is_some() || parse_envid(value).is_err() {
+                return Err(CommandError::BadParameter);
+            }
+            params.envid = Some(value);
         } else {
             return Err(CommandError::UnknownParameter);
         }
@@ -488,14 +559,16 @@ fn local_part_len(text: &str) -> Result<usize, PathError> {
                     Some(b) if (32..=126).contains(b) => at += 2,
                     _ => return Err(PathError::BadLocalPart),
                 },
-                Some(b) if (32..=126).contains(b) => at += 1,
+                Some(b) if (32..=126).contains(b) || *b >= 0x80 => at += 1,
                 Some(_) => return Err(PathError::BadLocalPart),
             }
         }
     } else {
+        // RFC 6531 section 3.3: atext also takes UTF8-non-ascii (the
+        // text is a str, so such bytes come as whole characters).
         let len = bytes
             .iter()
-            .position(|&b| !(is_atext(b) || b == b'.'))
+            .position(|&b| !(is_atext(b) || b == b'.' || b >= 0x80))
             .unwrap_or(bytes.len());
         let dot_string = &text[..len];
         if dot_string.is_empty() || dot_string.split('.').any(|atom| atom.is_empty()) {
@@ -523,6 +596,12 @@ pub fn check_domain(domain: &str) -> Result<(), PathError> {
     if let Some(literal) = domain.strip_prefix('[') {
         let literal = literal.strip_suffix(']').ok_or(PathError::BadDomain)?;
         return check_address_literal(literal);
+    }
+    if !domain.is_ascii() {
+        // RFC 6531 section 3.3: a domain of U-labels, valid when its
+        // A-label form (IDNA 2008, the form DNS sees) is.
+        let ascii = idna::domain_to_ascii_strict(domain).map_err(|_| PathError::BadDomain)?;
+        return check_domain(&ascii);
     }
     for label in domain.split('.') {
         let bytes = label.as_bytes();
@@ -676,6 +755,7 @@ mod tests {
                     size_bytes: Some(1000),
                     body: Some(BodyType::EightBitMime),
                     auth: false,
+                    ..MailParams::default()
                 },
             })
         );
@@ -687,6 +767,7 @@ mod tests {
                     size_bytes: None,
                     body: Some(BodyType::SevenBit),
                     auth: false,
+                    ..MailParams::default()
                 },
             })
         );
@@ -706,7 +787,7 @@ mod tests {
 
     #[test]
     fn mail_from_errors_name_their_reply() {
-        let cases: [(&str, CommandError); 11] = [
+        let cases: [(&str, CommandError); 16] = [
             ("MAIL", CommandError::Syntax { usage: USAGE_MAIL }),
             (
                 "MAIL TO:<a@b.c>",
@@ -731,7 +812,18 @@ mod tests {
                 "MAIL FROM:<a@b.c> BODY=BINARYMIME",
                 CommandError::UnknownParameter,
             ),
-            ("MAIL FROM:<a@b.c> SMTPUTF8", CommandError::UnknownParameter),
+            ("MAIL FROM:<a@b.c> SMTPUTF8=YES", CommandError::BadParameter),
+            ("MAIL FROM:<a@b.c> RET=BODY", CommandError::BadParameter),
+            (
+                "MAIL FROM:<a@b.c> RET=FULL RET=HDRS",
+                CommandError::BadParameter,
+            ),
+            ("MAIL FROM:<a@b.c> ENVID=a+zz", CommandError::BadParameter),
+            ("MAIL FROM:<a@b.c> ENVID", CommandError::BadParameter),
+            (
+                "MAIL FROM:<a@b.c> MT-PRIORITY=1",
+                CommandError::UnknownParameter,
+            ),
             ("MAIL FROM:<a@b.c> =x", CommandError::BadParameter),
         ];
         for (line, error) in cases {
@@ -747,11 +839,12 @@ mod tests {
         assert_eq!(
             parse("rcpt to:<b@example.org>"),
             Ok(Command::Rcpt {
-                forward_path: "b@example.org"
+                forward_path: "b@example.org",
+                params: RcptDsn::default(),
             })
         );
         assert_eq!(
-            parse("RCPT TO:<b@example.org> NOTIFY=NEVER"),
+            parse("RCPT TO:<b@example.org> XYZZY=1"),
             Err(CommandError::UnknownParameter)
         );
         assert_eq!(parse("RCPT TO:<>"), Err(CommandError::BadRecipient));
@@ -840,5 +933,77 @@ mod tests {
             CommandError::Syntax { usage: USAGE_MAIL }.to_string(),
             "Syntax: MAIL FROM:<address>"
         );
+    }
+
+    #[test]
+    fn utf8_paths_parse_for_mail_and_rcpt_only() {
+        assert_eq!(
+            parse("MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example> SMTPUTF8"),
+            Ok(Command::Mail {
+                reverse_path: "j\u{f6}rg@b\u{fc}cher.example",
+                params: MailParams {
+                    smtputf8: true,
+                    ..MailParams::default()
+                },
+            })
+        );
+        assert!(matches!(
+            parse("RCPT TO:<\u{7528}\u{6237}@\u{4f8b}\u{5b50}.\u{5e7f}\u{544a}>"),
+            Ok(Command::Rcpt { forward_path, .. }) if forward_path.starts_with('\u{7528}')
+        ));
+        assert!(matches!(
+            parse("RCPT TO:<\"j\u{f6}rg x\"@example.com>"),
+            Ok(Command::Rcpt { .. })
+        ));
+        // A domain whose A-label form is invalid is refused.
+        assert_eq!(
+            parse("RCPT TO:<a@ex_ample\u{fc}.test>"),
+            Err(CommandError::BadRecipient)
+        );
+        // Elsewhere UTF-8 is still a syntax error.
+        assert_eq!(
+            parse("EHLO b\u{fc}cher.example"),
+            Err(CommandError::Syntax { usage: USAGE_EHLO })
+        );
+        // Not in parameters either.
+        assert_eq!(
+            parse("MAIL FROM:<a@b.example> ENVID=\u{e9}"),
+            Err(CommandError::BadParameter)
+        );
+    }
+
+    #[test]
+    fn dsn_parameters_parse_on_mail_and_rcpt() {
+        assert_eq!(
+            parse("MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ+2B1"),
+            Ok(Command::Mail {
+                reverse_path: "a@b.example",
+                params: MailParams {
+                    ret: Some(Ret::Hdrs),
+                    envid: Some("QQ+2B1"),
+                    ..MailParams::default()
+                },
+            })
+        );
+        assert_eq!(
+            parse("RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40example.org"),
+            Ok(Command::Rcpt {
+                forward_path: "b@example.org",
+                params: RcptDsn {
+                    notify: Some(parse_notify("SUCCESS,FAILURE").unwrap()),
+                    orcpt: Some("rfc822;b+40example.org"),
+                },
+            })
+        );
+        for bad in [
+            "RCPT TO:<b@example.org> NOTIFY=NEVER,DELAY",
+            "RCPT TO:<b@example.org> NOTIFY=SOMETIMES",
+            "RCPT TO:<b@example.org> NOTIFY",
+            "RCPT TO:<b@example.org> ORCPT=b@example.org",
+            "RCPT TO:<b@example.org> NOTIFY=NEVER NOTIFY=NEVER",
+        ] {
+            assert_eq!(parse(bad), Err(CommandError::BadParameter), "{bad}");
+            assert_eq!(CommandError::BadParameter.reply(), (501, "5.5.4"));
+        }
     }
 }

@@ -26,6 +26,10 @@ pub struct ReceivedFields<'a> {
     pub recipient: Option<&'a str>,
     /// Time of reception, seconds since the Unix epoch.
     pub unix_secs: i64,
+    /// MAIL carried SMTPUTF8: "with UTF8ESMTP" (RFC 6531 section 3.7.3).
+    pub smtputf8: bool,
+    /// The client authenticated (AUTH): "with ESMTPA" (RFC 3848).
+    pub authenticated: bool,
 }
 
 /// The Received header the engine prepends before spooling, folded and
@@ -48,6 +52,17 @@ pub fn received_header(fields: &ReceivedFields<'_>) -> String {
         (false, true) => "SMTPS",
         (false, false) => "SMTP",
     };
+    let auth = if fields.authenticated && fields.esmtp {
+        "A"
+    } else {
+        ""
+    };
+    // SMTPUTF8 is an ESMTP parameter, so it never goes with plain SMTP.
+    let utf8 = if fields.smtputf8 && fields.esmtp {
+        "UTF8"
+    } else {
+        ""
+    };
     let _ = write!(header, "Received: from {} (", fields.helo);
     match fields.peer_ip.to_canonical() {
         IpAddr::V4(v4) => {
@@ -59,7 +74,7 @@ pub fn received_header(fields: &ReceivedFields<'_>) -> String {
     }
     let _ = write!(
         header,
-        ")\r\n\tby {} (ecelerity {}) with {protocol}",
+        ")\r\n\tby {} (ecelerity {}) with {utf8}{protocol}{auth}",
         fields.hostname, fields.version
     );
     if let Some(tls) = fields.tls {
@@ -163,6 +178,8 @@ mod tests {
             queue_id: "0A1B",
             recipient: Some("b@x.test"),
             unix_secs: 1_700_000_000,
+            smtputf8: false,
+            authenticated: false,
         };
         assert_eq!(
             received_header(&fields),
@@ -185,5 +202,36 @@ mod tests {
             received_header(&fields),
             "Received: from client.test ([IPv6:2001:db8::1])\r\n\tby mx.test (ecelerity 0.1.0) with SMTP id 0A1B;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n"
         );
+    }
+
+    #[test]
+    fn smtputf8_makes_the_protocol_utf8esmtp() {
+        let tls = crate::smtp::TlsInfo {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        };
+        let mut fields = ReceivedFields {
+            helo: "client.test",
+            peer_ip: "192.0.2.1".parse().unwrap(),
+            hostname: "mx.test",
+            version: "0.1.0",
+            esmtp: true,
+            tls: None,
+            queue_id: "0A1B",
+            recipient: Some("j\u{f6}rg@b\u{fc}cher.test"),
+            unix_secs: 1_700_000_000,
+            smtputf8: true,
+            authenticated: false,
+        };
+        assert!(received_header(&fields).contains(" with UTF8ESMTP id 0A1B"));
+        assert!(received_header(&fields).contains("for <j\u{f6}rg@b\u{fc}cher.test>;"));
+        fields.tls = Some(&tls);
+        assert!(received_header(&fields).contains(" with UTF8ESMTPS\r\n"));
+        fields.authenticated = true;
+        assert!(received_header(&fields).contains(" with UTF8ESMTPSA\r\n"));
+        fields.tls = None;
+        assert!(received_header(&fields).contains(" with UTF8ESMTPA id "));
+        fields.smtputf8 = false;
+        assert!(received_header(&fields).contains(" with ESMTPA id "));
     }
 }

@@ -20,6 +20,8 @@ pub struct Capabilities {
     pub auth_plain: bool,
     /// AUTH offered with LOGIN.
     pub auth_login: bool,
+    /// RFC 3461.
+    pub dsn: bool,
 }
 
 impl Capabilities {
@@ -48,6 +50,8 @@ impl Capabilities {
                 capabilities.starttls = true;
             } else if is("CHUNKING") {
                 capabilities.chunking = true;
+            } else if is("DSN") {
+                capabilities.dsn = true;
             } else if is("AUTH")
                 || keyword
                     .get(..5)

@@ -23,6 +23,7 @@ use std::fmt;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use super::params::{MessageParams, RcptParams};
 use super::reply::{EnhancedCode, Reply, ReplyError, ReplyParser};
 use super::sasl::{self, Mechanism};
 
@@ -306,6 +307,9 @@ struct Transaction {
     states: Vec<RcptState>,
     /// MAIL parameters, starting with a space, e.g. " SIZE=123 BODY=8BITMIME".
     mail_parameters: String,
+    /// Per recipient, its RCPT parameters (DSN passed on), starting with
+    /// a space, or empty; empty when none has any.
+    rcpt_parameters: Vec<String>,
     /// MAIL got 2xx: the server holds a transaction until RSET or the reply
     /// after the body.
     mail_accepted: bool,
@@ -317,6 +321,12 @@ struct Transaction {
 }
 
 impl Transaction {
+    /// `RCPT TO:<..>` of recipient `index`, with its parameters.
+    fn write_rcpt(&self, output: &mut Vec<u8>, index: usize) {
+        let parameters = self.rcpt_parameters.get(index).map_or("", String::as_str);
+        let _ = write!(output, "RCPT TO:<{}>{parameters}\r\n", self.rcpts[index]);
+    }
+
     fn any_accepted(&self) -> bool {
         self.states.contains(&RcptState::Accepted)
     }
@@ -593,6 +603,26 @@ impl ClientSession {
         body_len: u64,
         body_8bit: bool,
     ) {
+        self.start_transaction_with(mail_from, rcpts, body_len, body_8bit, &[]);
+    }
+
+    /// [`ClientSession::start_transaction`] for a message with SMTPUTF8 or
+    /// DSN parameters: `params` is empty or has one entry per recipient
+    /// (the message's, and the recipient's own). A message flagged
+    /// SMTPUTF8 goes with it on MAIL, and to a server that does not offer
+    /// it not at all (`550 5.6.7` for each recipient: RFC 6531 section
+    /// 3.2 never lets it go unflagged). DSN parameters are passed on when
+    /// the server offers DSN (RFC 3461 section 4), left off otherwise.
+    pub fn start_transaction_with(
+        &mut self,
+        mail_from: &str,
+        rcpts: &[&str],
+        body_len: u64,
+        body_8bit: bool,
+        params: &[(Option<&MessageParams>, Option<&RcptParams>)],
+    ) {
+        assert!(params.is_empty() || params.len() == rcpts.len());
+        let message = params.first().and_then(|(m, _)| *m);
         assert_eq!(
             self.phase,
             Phase::Ready,
@@ -607,12 +637,14 @@ impl ClientSession {
             rcpts: rcpts.iter().map(|rcpt| rcpt.to_string()).collect(),
             states: vec![RcptState::Unsent; rcpts.len()],
             mail_parameters: String::new(),
+            rcpt_parameters: Vec::new(),
             mail_accepted: false,
             final_read: false,
             bytes_sent: 0,
             stage: Stage::Idle,
         };
 
+        let flagged_utf8 = message.is_some_and(|m| m.smtputf8);
         let sender_refusal = if !is_valid_address(mail_from) {
             Some(refusal(
                 501,
@@ -624,6 +656,12 @@ impl ClientSession {
                 553,
                 EnhancedCode::new(5, 6, 7),
                 "sender needs SMTPUTF8, not offered",
+            ))
+        } else if flagged_utf8 && !capabilities.smtputf8 {
+            Some(refusal(
+                550,
+                EnhancedCode::new(5, 6, 7),
+                "SMTPUTF8 is required, but was not offered by the host",
             ))
         } else if matches!(capabilities.size_max, Some(max) if max > 0 && body_len > max) {
             Some(refusal(
@@ -670,8 +708,25 @@ impl ClientSession {
             transaction.mail_parameters.push_str(" BODY=8BITMIME");
         }
         let needs_utf8 = !mail_from.is_ascii() || rcpts.iter().any(|rcpt| !rcpt.is_ascii());
-        if needs_utf8 && capabilities.smtputf8 {
+        if (needs_utf8 || flagged_utf8) && capabilities.smtputf8 {
             transaction.mail_parameters.push_str(" SMTPUTF8");
+        }
+        if capabilities.dsn {
+            if let Some(message) = message {
+                message.write_mail_params(&mut transaction.mail_parameters);
+            }
+            if params.iter().any(|(_, rcpt)| rcpt.is_some()) {
+                transaction.rcpt_parameters = params
+                    .iter()
+                    .map(|(_, rcpt)| {
+                        let mut text = String::new();
+                        if let Some(rcpt) = rcpt {
+                            rcpt.write_rcpt_params(&mut text);
+                        }
+                        text
+                    })
+                    .collect();
+            }
         }
         self.transaction = Some(transaction);
         self.phase = Phase::Transaction;
@@ -1109,10 +1164,10 @@ impl ClientSession {
         if !pipelining {
             return;
         }
-        for (index, state) in transaction.states.iter_mut().enumerate() {
-            if *state == RcptState::Unsent {
-                let _ = write!(self.output, "RCPT TO:<{}>\r\n", transaction.rcpts[index]);
-                *state = RcptState::Sent;
+        for index in 0..transaction.states.len() {
+            if transaction.states[index] == RcptState::Unsent {
+                transaction.write_rcpt(&mut self.output, index);
+                transaction.states[index] = RcptState::Sent;
                 self.awaiting.push_back(Expect::Rcpt(index));
             }
         }
@@ -1132,7 +1187,7 @@ impl ClientSession {
             .iter()
             .position(|state| *state == RcptState::Unsent)
         {
-            let _ = write!(self.output, "RCPT TO:<{}>\r\n", transaction.rcpts[index]);
+            transaction.write_rcpt(&mut self.output, index);
             transaction.states[index] = RcptState::Sent;
             self.awaiting.push_back(Expect::Rcpt(index));
         } else if transaction.any_accepted() {
@@ -1529,6 +1584,7 @@ mod tests {
                 chunking: true,
                 auth_plain: true,
                 auth_login: true,
+                dsn: false,
             }
         );
         parser.feed(b"250-mx\r\n250 AUTH=LOGIN\r\n");
@@ -2362,5 +2418,64 @@ mod tests {
             bodies_sent > 100 && accepted > 100 && closed > 100,
             "{bodies_sent} {accepted} {closed}"
         );
+    }
+
+    /// Goal: SMTPUTF8 and DSN parameters go on only to a server that
+    /// offers them, and a message flagged SMTPUTF8 never goes to one that
+    /// does not. Method: the same transaction against three EHLO replies.
+    #[test]
+    fn smtputf8_and_dsn_parameters_go_only_where_offered() {
+        use crate::smtp::params::{parse_notify, MessageParams, RcptParams, Ret};
+        let message = MessageParams {
+            smtputf8: true,
+            ret: Some(Ret::Full),
+            envid: Some("e 1".into()),
+            rcpts: Vec::new(),
+        };
+        let rcpt = RcptParams {
+            notify: Some(parse_notify("SUCCESS").unwrap()),
+            orcpt: Some(("rfc822".into(), "a+b@x.net".into())),
+        };
+        let params = [(Some(&message), Some(&rcpt)), (Some(&message), None)];
+        let both = "250-mx.example.net\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n250 DSN\r\n";
+        let mut session = connected(both);
+        session.start_transaction_with(
+            "f@example.com",
+            &["a@x.net", "b@x.net"],
+            10,
+            false,
+            &params,
+        );
+        assert_eq!(
+            sent(&mut session),
+            "MAIL FROM:<f@example.com> SMTPUTF8 RET=FULL ENVID=e+201\r\n\
+             RCPT TO:<a@x.net> NOTIFY=SUCCESS ORCPT=rfc822;a+2Bb@x.net\r\n\
+             RCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        let utf8_only = "250-mx.example.net\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n";
+        let mut session = connected(utf8_only);
+        session.start_transaction_with(
+            "f@example.com",
+            &["a@x.net", "b@x.net"],
+            10,
+            false,
+            &params,
+        );
+        assert_eq!(
+            sent(&mut session),
+            "MAIL FROM:<f@example.com> SMTPUTF8\r\nRCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        let mut session = connected(EHLO_PIPELINING);
+        session.start_transaction_with(
+            "f@example.com",
+            &["a@x.net", "b@x.net"],
+            10,
+            false,
+            &params,
+        );
+        let result = done(&mut session);
+        assert_eq!(outcomes(&result), vec![('P', 550), ('P', 550)]);
+        assert!(result.rcpts[0].reply().text().starts_with("550 5.6.7 "));
+        assert_eq!(session.poll(), Ready);
     }
 }

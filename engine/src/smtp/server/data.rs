@@ -331,6 +331,7 @@ impl ServerSession {
             mail_from: std::mem::take(&mut self.mail_from),
             rcpts: std::mem::take(&mut self.rcpts),
             body_8bitmime: self.body_8bitmime,
+            params: self.take_message_params(),
             body: std::mem::take(&mut self.body),
         };
         self.events.push_back(Event::Message(envelope));

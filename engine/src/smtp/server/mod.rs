@@ -57,6 +57,7 @@ use ecelerity_policy::{
 
 use super::capabilities::Capabilities;
 use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
+use super::params::{MessageParams, RcptParams};
 pub use super::received::{
     received_header, write_rfc5322_date, ReceivedFields, RFC5322_DATE_UNIX_SECS_MAX,
 };
@@ -64,6 +65,7 @@ use super::TlsInfo;
 
 mod auth;
 mod data;
+mod esmtp_params;
 mod verdicts;
 
 use super::sasl::Credentials;
@@ -182,6 +184,9 @@ pub struct Envelope {
     pub rcpts: Vec<String>,
     /// The client declared `BODY=8BITMIME`.
     pub body_8bitmime: bool,
+    /// SMTPUTF8 and DSN parameters (`rcpts` by recipient index, empty
+    /// when no RCPT had one).
+    pub params: MessageParams,
     /// The message as received: CRLF line endings, dot-unstuffed, final
     /// CRLF kept, without the terminating `.<CR><LF>` and without a
     /// Received header. For a body streamed while it arrived
@@ -332,6 +337,12 @@ pub struct ServerSession {
     line_followed: bool,
     /// What the TLS handshake after STARTTLS negotiated; `None` in clear.
     tls: Option<TlsInfo>,
+    /// SMTPUTF8 and DSN parameters of the open transaction (set by every
+    /// MAIL; `rcpts` only once a RCPT had some:
+    /// `keep_rcpt_params`).
+    message_params: MessageParams,
+    /// The DSN parameters of the RCPT awaiting the policy.
+    rcpt_params: RcptParams,
     /// The user name of an AUTH exchange under way (LOGIN between its two
     /// responses, or awaiting `authenticated()`); empty otherwise.
     auth_pending_user: String,
@@ -406,6 +417,8 @@ impl ServerSession {
             data_refused: false,
             line_followed: false,
             tls: None,
+            message_params: MessageParams::default(),
+            rcpt_params: RcptParams::default(),
             auth_pending_user: String::new(),
         }
     }
@@ -655,12 +668,14 @@ impl ServerSession {
     /// body streamed to the spool before it is complete.
     pub fn transaction_received_header(&self, queue_id: &str, unix_secs: i64) -> String {
         let helo = &self.connection.ehlo_domain;
-        self.received_for(helo, self.esmtp, &self.rcpts, queue_id, unix_secs)
+        let utf8 = self.message_params.smtputf8;
+        self.received_for(helo, self.esmtp, utf8, &self.rcpts, queue_id, unix_secs)
     }
 
     pub fn received_header(&self, envelope: &Envelope, queue_id: &str, unix_secs: i64) -> String {
         let (helo, esmtp) = (&envelope.helo, envelope.esmtp);
-        self.received_for(helo, esmtp, &envelope.rcpts, queue_id, unix_secs)
+        let utf8 = envelope.params.smtputf8;
+        self.received_for(helo, esmtp, utf8, &envelope.rcpts, queue_id, unix_secs)
     }
 
     /// Our Received header for a message from `helo` to `rcpts` (the
@@ -669,6 +684,7 @@ impl ServerSession {
         &self,
         helo: &str,
         esmtp: bool,
+        smtputf8: bool,
         rcpts: &[String],
         queue_id: &str,
         unix_secs: i64,
@@ -686,6 +702,8 @@ impl ServerSession {
                 _ => None,
             },
             unix_secs,
+            smtputf8,
+            authenticated: self.connection.auth_user.is_some(),
         })
     }
 
@@ -852,8 +870,19 @@ impl ServerSession {
                 reverse_path,
                 params,
             } => self.mail(reverse_path, params),
-            Command::Rcpt { forward_path } => self.rcpt(forward_path, false),
-            Command::RcptPostmaster => self.rcpt("postmaster", true),
+            Command::Rcpt {
+                forward_path,
+                params,
+            } => {
+                if self.rcpt_params_refused(forward_path, params) {
+                    return;
+                }
+                self.rcpt(forward_path, false)
+            }
+            Command::RcptPostmaster => {
+                self.rcpt_params = RcptParams::default();
+                self.rcpt("postmaster", true)
+            }
             Command::Data => self.data(),
             Command::Rset => {
                 self.reset_transaction();
@@ -920,7 +949,7 @@ impl ServerSession {
         }
     }
 
-    fn mail(&mut self, reverse_path: &str, params: MailParams) {
+    fn mail(&mut self, reverse_path: &str, params: MailParams<'_>) {
         if self.refuse_without_tls() {
             return;
         }
@@ -955,6 +984,9 @@ impl ServerSession {
             self.command_error(CommandError::UnknownParameter);
             return;
         }
+        if self.mail_params_refused(reverse_path, &params) {
+            return;
+        }
         if params
             .size_bytes
             .is_some_and(|size| size > self.message_bytes_limit)
@@ -972,6 +1004,14 @@ impl ServerSession {
         self.argument.push_str(reverse_path);
         self.body_8bitmime = params.body == Some(BodyType::EightBitMime);
         self.size_declared = params.size_bytes;
+        self.message_params = MessageParams {
+            smtputf8: params.smtputf8,
+            ret: params.ret,
+            envid: params
+                .envid
+                .and_then(|e| super::params::parse_envid(e).ok()),
+            rcpts: Vec::new(),
+        };
         self.await_policy(PolicyPhase::MailFrom);
     }
 
@@ -1011,6 +1051,7 @@ impl ServerSession {
     /// The policy let the forward path in `argument` through.
     fn accept_rcpt(&mut self) {
         self.rcpts.push(self.argument.clone());
+        self.keep_rcpt_params();
         self.reply(250, "2.1.5", format_args!("Ok"));
     }
 
@@ -1098,6 +1139,7 @@ impl ServerSession {
         self.mail_from.clear();
         self.rcpts.clear();
         self.rcpt_attempted = false;
+        self.message_params = MessageParams::default();
         self.body_8bitmime = false;
         self.size_declared = None;
         self.data = DataState::FRESH;
@@ -1963,6 +2005,7 @@ mod tests {
                 mail_from: String::new(),
                 rcpts: vec!["b@x.test".into()],
                 body_8bitmime: false,
+                params: MessageParams::default(),
                 body: Vec::new(),
             };
             ((), session.received_header(&envelope, "0A1B", 0))
@@ -2137,6 +2180,7 @@ mod tests {
                 mail_from: String::new(),
                 rcpts: vec!["b@x.test".into(), "c@x.test".into()],
                 body_8bitmime: true,
+                params: MessageParams::default(),
                 body: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
             }
         );
