@@ -714,6 +714,20 @@ option_family! {
         auth_failure_delay_ms: u64 = "auth_failure_delay_ms" in LISTENER,
             Kind::Integer { min: 0, max: AUTH_FAILURE_DELAY_MS_MAX, unit: " ms" },
             default AUTH_FAILURE_DELAY_MS_DEFAULT;
+        /// ecelerity's own: offer CHUNKING (RFC 3030 BDAT), as Postfix
+        /// does by default.
+        enable_chunking: bool = "enable_chunking" in LISTENER, Kind::Bool, default true;
+        /// ecelerity's own (Postfix's `smtpd_upstream_proxy_protocol`,
+        /// restricted to known proxies): connections from these addresses
+        /// must open with a PROXY protocol v1 or v2 header, whose client
+        /// address is then the peer's for everything; connections from
+        /// elsewhere may not send one. Empty: no PROXY protocol.
+        proxy_protocol_hosts: Vec<Cidr> = "proxy_protocol_hosts" in LISTENER, Kind::CidrList,
+            default Vec::new();
+        /// ecelerity's own (Postfix's `smtpd_upstream_proxy_timeout`): how
+        /// long a proxy may take to send its PROXY header.
+        proxy_protocol_timeout: Duration = "proxy_protocol_timeout" in LISTENER, TIMEOUT,
+            default Duration::from_secs(PROXY_PROTOCOL_TIMEOUT_SECONDS_DEFAULT);
     }
 }
 

@@ -459,6 +459,7 @@ async fn drive_session(
                 plain: listener.enable_authentication,
                 login: listener.enable_authentication,
             },
+            chunking: listener.enable_chunking,
             ..Capabilities::default()
         },
         version: crate::VERSION,

@@ -75,8 +75,6 @@ impl Capabilities {
     pub fn unsupported(&self) -> Option<&'static str> {
         if self.smtputf8 {
             Some("SMTPUTF8")
-        } else if self.chunking {
-            Some("CHUNKING")
         } else if self.dsn {
             Some("DSN")
         } else {
