@@ -16,6 +16,8 @@
 //! * [`body`]: DATA encoding of an outbound body.
 //! * [`downgrade`]: 8-bit to 7-bit conversion for a server without 8BITMIME.
 //! * [`sasl`]: SMTP AUTH PLAIN and LOGIN responses, both sides.
+//! * [`proxy`]: the PROXY protocol v1/v2 header a load balancer sends
+//!   before SMTP.
 
 pub mod body;
 pub mod capabilities;
@@ -23,6 +25,7 @@ pub mod client;
 pub mod command;
 pub mod downgrade;
 pub mod header;
+pub mod proxy;
 pub mod received;
 pub mod reply;
 pub mod sasl;
