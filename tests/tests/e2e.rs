@@ -15,6 +15,8 @@ mod backpressure;
 mod bindings;
 #[path = "e2e/bounces.rs"]
 mod bounces;
+#[path = "e2e/chunking.rs"]
+mod chunking;
 #[path = "e2e/config.rs"]
 mod config;
 #[path = "e2e/console.rs"]
