@@ -55,6 +55,8 @@ mod odd_servers;
 mod outbound_strict;
 #[path = "e2e/policy.rs"]
 mod policy;
+#[path = "e2e/proxy.rs"]
+mod proxy;
 #[path = "e2e/raw.rs"]
 mod raw;
 #[path = "e2e/relay.rs"]
