@@ -1151,6 +1151,7 @@ domain "example.com" {
                 outbound_smtp_auth_pass: None,
                 outbound_smtp_auth_type: None,
                 outbound_smtp_auth_allow_plaintext: false,
+                send_chunking: false,
             }
         );
     }

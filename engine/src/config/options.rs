@@ -622,6 +622,11 @@ option_family! {
         /// mail is deferred (docs/auth.md).
         outbound_smtp_auth_allow_plaintext: bool = "outbound_smtp_auth_allow_plaintext" in OUTBOUND,
             Kind::Bool, default false;
+        /// ecelerity's own, after Momentum's `send_8bitmime`: send bodies
+        /// with BDAT (RFC 3030) to a server that offers CHUNKING, as they
+        /// are spooled (no dot-stuffing, no line-end rewriting). Off:
+        /// DATA, as Postfix always does.
+        send_chunking: bool = "send_chunking" in OUTBOUND, Kind::Bool, default false;
     }
 }
 
