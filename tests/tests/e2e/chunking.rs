@@ -3,13 +3,19 @@
 //! and reply parsing; no packaged client sends BDAT, see the script) must
 //! arrive at the sink byte for byte, 8-bit data and a body over the
 //! streaming threshold included; the size limit holds across chunks and
-//! the chunk's octets are read all the same.
+//! the chunk's octets are read all the same. Out: with `send_chunking`
+//! the body goes with BDAT to a real Postfix smtpd (CHUNKING since 3.4;
+//! Postfix's own client never sends BDAT), whose log counts the BDAT
+//! commands it got, and arrives byte for byte behind it at the sink.
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use ecelerity_tests::{py_dir, python, run, strip_leading_received, ARRIVAL_TIMEOUT};
+use ecelerity_tests::{
+    free_port, poll_until, py_dir, python, run, strip_leading_received, Daemon, PostfixRelay, Sink,
+    TempDir, TestConfig, ARRIVAL_TIMEOUT,
+};
 
 use crate::common::Mta;
 
@@ -154,4 +160,77 @@ fn bdat_over_max_message_size_gets_552_after_its_octets() {
         ]
     );
     assert!(mta.sink.messages().is_empty());
+}
+
+#[test]
+fn send_chunking_delivers_with_bdat_to_postfix_byte_for_byte() {
+    if !PostfixRelay::available() {
+        eprintln!("skipped: Postfix is not installed (tests/install-deps)");
+        return;
+    }
+    let dir = TempDir::new("bdat-out");
+    let sink = Sink::start(&dir.join("sink"), free_port());
+    let postfix = PostfixRelay::start(&dir.join("postfix"), free_port(), sink.port());
+    let mut config = TestConfig::new(postfix.port());
+    config.extra.push_str("send_chunking = true\n");
+    let daemon = Daemon::start(dir.path(), &config.render());
+
+    // A small message with 8-bit text and dot lines, and one over the
+    // spool's 256 KiB read chunk, so it leaves in two BDAT chunks.
+    let small: &[u8] = b"From: <sender@send.test>\r\nTo: <rcpt@example.com>\r\n\
+        Date: Thu, 03 Dec 2026 00:00:00 +0000\r\nMessage-ID: <bdat-out-small@send.test>\r\n\
+        Subject: bdat out\r\n\r\n\xe9t\xe9 8-bit\r\n.\r\n..two\r\nlast line\r\n";
+    let mut large = b"From: <sender@send.test>\r\nTo: <rcpt@example.com>\r\n\
+        Date: Thu, 03 Dec 2026 00:00:00 +0000\r\nMessage-ID: <bdat-out-large@send.test>\r\n\
+        Subject: bdat out large\r\n\r\n"
+        .to_vec();
+    let mut n = 0u32;
+    while large.len() < 400 * 1024 {
+        n += 1;
+        large.extend_from_slice(format!("line {n} \u{e9}\r\n").as_bytes());
+    }
+    for body in [small, &large[..]] {
+        let replies = bdat_send(daemon.smtp_port(), dir.path(), body, 64 * 1024, &[]);
+        assert!(replies.last().unwrap().contains("queued as"), "{replies:?}");
+    }
+    let messages = sink.wait_for_messages(2, ARRIVAL_TIMEOUT);
+    for body in [small, &large[..]] {
+        let id = String::from_utf8_lossy(
+            &body[body.windows(11).position(|w| w == b"Message-ID:").unwrap()..],
+        )
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+        let arrived = messages
+            .iter()
+            .map(|m| m.bytes())
+            .find(|bytes| String::from_utf8_lossy(bytes).contains(&id))
+            .unwrap_or_else(|| panic!("{id} did not arrive"));
+        // Postfix's Received header, then ours, then the body as sent.
+        let behind_postfix = strip_leading_received(&arrived).expect("Postfix's Received");
+        let behind_us = strip_leading_received(behind_postfix).expect("our Received");
+        assert!(behind_us == body, "{id}: the body changed on the way");
+    }
+    // Postfix counts the commands of each session: one BDAT for the small
+    // message, two for the large one, no DATA.
+    let count = |line: &str, command: &str| -> u32 {
+        line.split(' ')
+            .find_map(|field| field.strip_prefix(command)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let counted = poll_until(ARRIVAL_TIMEOUT, || {
+        let log = postfix.maillog_text();
+        let disconnects: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("disconnect from") && l.contains(" mail="))
+            .map(str::to_owned)
+            .collect();
+        let mails: u32 = disconnects.iter().map(|l| count(l, "mail=")).sum();
+        (mails >= 2).then_some(disconnects)
+    })
+    .unwrap_or_else(|| panic!("the sessions did not end:\n{}", postfix.maillog_text()));
+    let bdats: u32 = counted.iter().map(|l| count(l, "bdat=")).sum();
+    let datas: u32 = counted.iter().map(|l| count(l, "data=")).sum();
+    assert_eq!((bdats, datas), (3, 0), "{counted:?}");
 }
