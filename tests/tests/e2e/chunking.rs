@@ -121,7 +121,7 @@ fn a_large_bdat_message_is_streamed_and_arrives_byte_for_byte() {
         n += 1;
         body.extend_from_slice(format!("line {n} \u{e9}t\u{e9} ").as_bytes());
         body.extend_from_slice(&[0x80 + (n % 0x7f) as u8, b'\r', b'\n']);
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             body.extend_from_slice(b".\r\n");
         }
     }
