@@ -13,6 +13,8 @@ Usage: bdat_send.py PORT FROM TO FILE CHUNK_BYTES [--zero-last] [--noop]
   --zero-last  end with an empty "BDAT 0 LAST" instead of marking the
                last data chunk LAST
   --noop       send NOOP after the message and print its reply too
+  --pipeline   write MAIL, RCPT and every chunk in one go (RFC 2920), then
+               read and print every reply (MAIL's and RCPT's included)
 Prints one line per reply after RCPT: "CODE TEXT". Exit status 0 when
 CHUNKING was offered, 3 when it was not.
 """
@@ -33,6 +35,8 @@ def main():
         print("CHUNKING not offered")
         smtp.quit()
         return 3
+    if "--pipeline" in flags:
+        return pipelined(smtp, mail_from, rcpt, body, chunk_bytes)
     code, text = smtp.mail(mail_from)
     if code != 250:
         print(f"{code} {text.decode()}")
@@ -55,6 +59,22 @@ def main():
         print(f"{code} {text.decode()}", flush=True)
     if "--noop" in flags:
         code, text = smtp.noop()
+        print(f"{code} {text.decode()}", flush=True)
+    smtp.quit()
+    return 0
+
+
+def pipelined(smtp, mail_from, rcpt, body, chunk_bytes):
+    chunks = [body[i : i + chunk_bytes] for i in range(0, len(body), chunk_bytes)]
+    data = f"MAIL FROM:<{mail_from}>\r\nRCPT TO:<{rcpt}>\r\n".encode("ascii")
+    for index, chunk in enumerate(chunks):
+        marker = " LAST" if index + 1 == len(chunks) else ""
+        data += f"BDAT {len(chunk)}{marker}\r\n".encode("ascii") + chunk
+    if not chunks:
+        data += b"BDAT 0 LAST\r\n"
+    smtp.send(data)
+    for _ in range(2 + max(len(chunks), 1)):
+        code, text = smtp.getreply()
         print(f"{code} {text.decode()}", flush=True)
     smtp.quit()
     return 0

@@ -111,6 +111,27 @@ fn bdat_in_with_8bit_and_bare_line_ends_arrives_as_sent() {
 }
 
 #[test]
+fn pipelined_bdat_chunks_make_one_message() {
+    let mta = Mta::start("bdat-pipelined");
+    let body: &[u8] = b"Subject: pipelined\r\nMessage-ID: <bdat-pipe@send.test>\r\n\r\n\
+        MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<hidden@victim.test>\r\nBDAT 3\r\nabc\r\n\
+        \xc3\xa9t\xc3\xa9\r\n";
+    let replies = bdat_send(mta.port(), mta.dir.path(), body, 10, &["--pipeline"]);
+    let chunks = body.len().div_ceil(10);
+    assert_eq!(replies.len(), chunks + 2, "{replies:?}");
+    assert_eq!(replies[..2], ["250 2.1.0 Ok", "250 2.1.5 Ok"]);
+    assert!(replies[2..chunks + 1]
+        .iter()
+        .all(|r| r.starts_with("250 2.0.0 Ok: 10 octets")));
+    assert!(replies[chunks + 1].contains("queued as"), "{replies:?}");
+    let messages = mta.sink.wait_for_messages(1, ARRIVAL_TIMEOUT);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(mta.sink.messages().len(), 1, "one message, nothing hidden");
+    let got = messages[0].bytes();
+    assert_eq!(strip_leading_received(&got), Some(body));
+}
+
+#[test]
 fn a_large_bdat_message_is_streamed_and_arrives_byte_for_byte() {
     let mta = Mta::start("bdat-large");
     let mut body = b"From: <sender@send.test>\r\nSubject: large bdat\r\n\
