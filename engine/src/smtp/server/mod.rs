@@ -1,5 +1,5 @@
-//! The inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME and
-//! ENHANCEDSTATUSCODES) as a pure state machine: bytes in, reply bytes and
+//! The inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+//! ENHANCEDSTATUSCODES and CHUNKING) as a pure state machine: bytes in, reply bytes and
 //! [`Event`]s out. It never does I/O, reads no clock and starts no thread;
 //! a shard's connection task drives it:
 //!
@@ -36,14 +36,17 @@
 //! object. Relay decisions are the policy's, not ours.
 //!
 //! Layout: this file holds the session, its commands and replies;
-//! [`data`] the DATA scanner and the hand-over of a message; [`verdicts`]
+//! [`data`] the DATA scanner and the hand-over of a message; [`bdat`]
+//! BDAT chunks (RFC 3030), read by their size; [`verdicts`]
 //! what a policy is shown and how its verdict is carried out; [`auth`] SMTP
 //! AUTH.
 //!
 //! Smuggling defence: only `<CR><LF>.<CR><LF>` ends DATA, and a bare LF or
 //! bare CR anywhere in DATA closes the session with `521` (Postfix's
 //! `smtpd_forbid_bare_newline`), so no framing a downstream server might
-//! read differently ever reaches the spool.
+//! read differently ever reaches the spool. A BDAT chunk is exactly its
+//! announced octets, read to the end whatever its answer, so none of its
+//! bytes is ever read as a command.
 
 use std::collections::VecDeque;
 use std::fmt;
