@@ -2,7 +2,7 @@
 //! `send-proxy-v2` for v2): the listener trusts headers only from its
 //! `proxy_protocol_hosts` (here 127.0.0.4, HAProxy's source address), and
 //! then the client HAProxy names is the peer for relay control, the
-//! mainlog and the Received header. Clients are swaks, bound to their own
+//! mainlog, the Received header and `max_inbound_connections_per_ip`. Clients are swaks, bound to their own
 //! loopback addresses: 127.0.0.5 may relay, 127.0.0.6 may not, and
 //! neither may the proxy's own address. A header from an address that is
 //! not a configured proxy (a second HAProxy backend sourcing 127.0.0.3) is
@@ -26,6 +26,7 @@ const PROXY_SOURCE: &str = "127.0.0.4";
 const OUTSIDER_PROXY_SOURCE: &str = "127.0.0.3";
 const RELAY_CLIENT: &str = "127.0.0.5";
 const OTHER_CLIENT: &str = "127.0.0.6";
+const THIRD_CLIENT: &str = "127.0.0.7";
 
 /// HAProxy in the foreground with three TCP frontends to the daemon: v1
 /// and v2 from the trusted source, v1 from an untrusted one.
@@ -119,7 +120,7 @@ fn proxy_v1_and_v2_from_haproxy_give_the_real_client_address() {
         &plain,
         &format!(
             "Listen \"127.0.0.1:{}\" {{ proxy_protocol_hosts = ( \"{PROXY_SOURCE}/32\" ) \
-             proxy_protocol_timeout = 1 }}",
+             proxy_protocol_timeout = 1 max_inbound_connections_per_ip = 1 }}",
             config.smtp_port
         ),
     );
@@ -166,6 +167,21 @@ fn proxy_v1_and_v2_from_haproxy_give_the_real_client_address() {
         logged.is_some(),
         "the rejectlog does not name {OTHER_CLIENT}"
     );
+
+    // Connections are counted per real client, not per proxy: with
+    // max_inbound_connections_per_ip = 1, a second connection of
+    // 127.0.0.6 through the proxy is refused while 127.0.0.7 still gets in.
+    let mut held = Raw::connect_from(OTHER_CLIENT.parse().unwrap(), haproxy.v1);
+    assert_eq!(held.reply().map(|r| r.0), Some(220));
+    let (ok, out) = swaks_from(OTHER_CLIENT, haproxy.v2, "second-connection");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("421 4.7.0 Too many connections from your address"),
+        "{out}"
+    );
+    let (_, out) = swaks_from(THIRD_CLIENT, haproxy.v2, "third-client");
+    assert!(out.contains("<-  220 mta.test"), "{out}");
+    drop(held);
 
     // A PROXY header from an address that is not a configured proxy is
     // not obeyed: it is a bad command, the session answers 500 to it, and
