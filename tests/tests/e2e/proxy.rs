@@ -2,9 +2,10 @@
 //! `send-proxy-v2` for v2): the listener trusts headers only from its
 //! `proxy_protocol_hosts` (here 127.0.0.4, HAProxy's source address), and
 //! then the client HAProxy names is the peer for relay control, the
-//! mainlog, the Received header and `max_inbound_connections_per_ip`. Clients are swaks, bound to their own
-//! loopback addresses: 127.0.0.5 may relay, 127.0.0.6 may not, and
-//! neither may the proxy's own address. A header from an address that is
+//! mainlog, the Received header and `max_inbound_connections_per_ip`.
+//! Clients are swaks, bound to their own loopback addresses: 127.0.0.5
+//! may relay, 127.0.0.6 and 127.0.0.7 may not, and neither may the
+//! proxy's own address. A header from an address that is
 //! not a configured proxy (a second HAProxy backend sourcing 127.0.0.3) is
 //! refused, and a configured proxy that sends no header is dropped.
 
