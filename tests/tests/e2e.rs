@@ -15,6 +15,8 @@ mod backpressure;
 mod bindings;
 #[path = "e2e/bounces.rs"]
 mod bounces;
+#[path = "e2e/chunking.rs"]
+mod chunking;
 #[path = "e2e/config.rs"]
 mod config;
 #[path = "e2e/console.rs"]
@@ -55,6 +57,8 @@ mod odd_servers;
 mod outbound_strict;
 #[path = "e2e/policy.rs"]
 mod policy;
+#[path = "e2e/proxy.rs"]
+mod proxy;
 #[path = "e2e/raw.rs"]
 mod raw;
 #[path = "e2e/relay.rs"]

@@ -122,6 +122,8 @@ pub const AUTH_FAILURE_DELAY_MS_MAX: u64 = 60_000;
 /// `inbound_command_timeout`: from our last reply until the client's next
 /// command line is complete, however the bytes trickle in.
 pub const INBOUND_COMMAND_TIMEOUT_SECONDS_DEFAULT: u64 = 300;
+/// `proxy_protocol_timeout` (Postfix's `smtpd_upstream_proxy_timeout`).
+pub const PROXY_PROTOCOL_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
 /// `inbound_data_timeout`: from the 354 until the final `.` of DATA.
 pub const INBOUND_DATA_TIMEOUT_SECONDS_DEFAULT: u64 = 900;
 
@@ -1163,6 +1165,7 @@ domain "example.com" {
                 outbound_smtp_auth_pass: None,
                 outbound_smtp_auth_type: None,
                 outbound_smtp_auth_allow_plaintext: false,
+                send_chunking: false,
             }
         );
     }

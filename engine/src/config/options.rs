@@ -622,6 +622,11 @@ option_family! {
         /// mail is deferred (docs/auth.md).
         outbound_smtp_auth_allow_plaintext: bool = "outbound_smtp_auth_allow_plaintext" in OUTBOUND,
             Kind::Bool, default false;
+        /// ecelerity's own, after Momentum's `send_8bitmime`: send bodies
+        /// with BDAT (RFC 3030) to a server that offers CHUNKING, as they
+        /// are spooled (no dot-stuffing, no line-end rewriting). Off:
+        /// DATA, as Postfix always does.
+        send_chunking: bool = "send_chunking" in OUTBOUND, Kind::Bool, default false;
     }
 }
 
@@ -719,6 +724,20 @@ option_family! {
         enable_smtputf8: bool = "enable_smtputf8" in LISTENER, Kind::Bool, default true;
         /// ecelerity's own: offer DSN (RFC 3461: NOTIFY, ORCPT, RET, ENVID).
         enable_dsn: bool = "enable_dsn" in LISTENER, Kind::Bool, default true;
+        /// ecelerity's own: offer CHUNKING (RFC 3030 BDAT), as Postfix
+        /// does by default.
+        enable_chunking: bool = "enable_chunking" in LISTENER, Kind::Bool, default true;
+        /// ecelerity's own (Postfix's `smtpd_upstream_proxy_protocol`,
+        /// restricted to known proxies): connections from these addresses
+        /// must open with a PROXY protocol v1 or v2 header, whose client
+        /// address is then the peer's for everything; connections from
+        /// elsewhere may not send one. Empty: no PROXY protocol.
+        proxy_protocol_hosts: Vec<Cidr> = "proxy_protocol_hosts" in LISTENER, Kind::CidrList,
+            default Vec::new();
+        /// ecelerity's own (Postfix's `smtpd_upstream_proxy_timeout`): how
+        /// long a proxy may take to send its PROXY header.
+        proxy_protocol_timeout: Duration = "proxy_protocol_timeout" in LISTENER, TIMEOUT,
+            default Duration::from_secs(PROXY_PROTOCOL_TIMEOUT_SECONDS_DEFAULT);
     }
 }
 

@@ -40,7 +40,7 @@ use crate::queue::{MessageRef, QueueId};
 use ecelerity_spool::{BodyReader, BODY_READ_CHUNK_BYTES};
 
 use crate::config::TlsMode;
-use crate::smtp::body::BodyEncoder;
+use crate::smtp::body::{bdat_chunk, BodyEncoder};
 use crate::smtp::client::StartTls;
 use crate::smtp::client::{
     is_valid_ehlo_hostname, AbortReason, ClientAction, ClientSession, OutboundAuth, RcptOutcome,
@@ -181,7 +181,8 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
                 stream: Stream::Plain(stream),
                 tls,
                 client: ClientSession::with_starttls(ehlo, starttls)
-                    .with_auth(outbound_auth(&options)),
+                    .with_auth(outbound_auth(&options))
+                    .with_chunking(options.send_chunking),
                 current: None,
                 greeted: false,
                 body: Vec::new(),
@@ -625,6 +626,19 @@ impl Connection<'_> {
             self.client.abort(AbortReason::Io);
             return;
         }
+        if self.client.body_uses_bdat() {
+            let sent = if self.body_loaded {
+                self.body_loaded = false;
+                self.send_loaded_bdat().await
+            } else {
+                self.stream_bdat().await
+            };
+            match sent {
+                Ok((chunks, bytes)) => self.client.bdat_sent(chunks, bytes),
+                Err(()) => self.client.abort(AbortReason::Io),
+            }
+            return;
+        }
         let sent = if self.body_loaded {
             self.body_loaded = false;
             self.send_loaded_body().await
@@ -659,6 +673,66 @@ impl Connection<'_> {
             .await
             .map_err(|_| ())?;
         Ok(sent + self.wire.len() as u64)
+    }
+
+    /// Writes `body` (loaded, converted) as BDAT chunks of at most
+    /// `BODY_READ_CHUNK_BYTES`, the last marked LAST. Returns the chunks
+    /// and the bytes written.
+    async fn send_loaded_bdat(&mut self) -> Result<(u32, u64), ()> {
+        let limit = self.options.body_timeout;
+        let (mut chunks, mut sent, mut at) = (0u32, 0u64, 0usize);
+        loop {
+            let end = (at + BODY_READ_CHUNK_BYTES).min(self.body.len());
+            let last = end == self.body.len();
+            self.wire.clear();
+            bdat_chunk(&self.body[at..end], last, &mut self.wire);
+            write_all_within(&mut self.stream, &self.wire, limit)
+                .await
+                .map_err(|_| ())?;
+            chunks += 1;
+            sent += self.wire.len() as u64;
+            at = end;
+            if last {
+                return Ok((chunks, sent));
+            }
+        }
+    }
+
+    /// Reads the body from the spool chunk by chunk and writes each as a
+    /// BDAT chunk as it is (no encoding: a body that came in with bare
+    /// line ends leaves with them), the one that completes the body's
+    /// spooled length marked LAST (`BDAT 0 LAST` for an empty body). A
+    /// connection holds one chunk and its framing at a time.
+    async fn stream_bdat(&mut self) -> Result<(u32, u64), ()> {
+        let entry = self
+            .current
+            .as_ref()
+            .expect("a body belongs to a transaction");
+        let (body_ref, id) = (entry.body, entry.id);
+        let reader = self.reader();
+        let limit = self.options.body_timeout;
+        let mut reading = reader.chunks(&body_ref).await.map_err(|e| {
+            tracing::error!("spool: cannot read the body of {id}: {e}");
+        })?;
+        let (mut chunks, mut sent) = (0u32, 0u64);
+        loop {
+            let more = reading
+                .next(&mut self.body, BODY_READ_CHUNK_BYTES)
+                .await
+                .map_err(|e| tracing::error!("spool: cannot read the body of {id}: {e}"))?;
+            let last = !more || reading.remaining() == 0;
+            self.wire.clear();
+            bdat_chunk(&self.body, last, &mut self.wire);
+            assert!(self.body.len() + self.wire.len() <= CONNECTION_BODY_BYTES_MAX);
+            write_all_within(&mut self.stream, &self.wire, limit)
+                .await
+                .map_err(|_| ())?;
+            chunks += 1;
+            sent += self.wire.len() as u64;
+            if last {
+                return Ok((chunks, sent));
+            }
+        }
     }
 
     /// Reads the body from the spool chunk by chunk, encoding and writing

@@ -26,6 +26,7 @@
 
 pub mod backpressure;
 pub mod binding_header;
+pub mod proxy;
 pub mod signing;
 pub mod stream;
 
@@ -278,7 +279,11 @@ pub async fn accept_loop(
         };
         let open: u64 = shard.env.stats.total(Counter::InboundConnections);
         let per_ip = config.max_inbound_connections_per_ip;
-        let exempt = per_ip == 0 || config.relay_hosts.iter().any(|c| c.contains(peer.ip()));
+        // A proxy's connections are counted by the client its PROXY
+        // header names (`serve`), not by the proxy's address.
+        let exempt = per_ip == 0
+            || config.relay_hosts.iter().any(|c| c.contains(peer.ip()))
+            || proxied(&config, peer.ip());
         let slot = if exempt {
             None
         } else {
@@ -409,17 +414,59 @@ fn write_limit(listener: &ListenerConfig) -> Duration {
 /// the session over it as a [`Transport`].
 async fn serve(
     shard: &Rc<Inbound>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     listener: &ListenerConfig,
     tls: Option<&ServerTls>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let conn = Conn {
+    let mut conn = Conn {
         id: shard.messages.next_connection_id(),
         peer: stream.peer_addr()?,
         local: stream.local_addr()?,
     };
-    drive(shard, &conn, Stream::Plain(stream), listener, tls).await
+    let mut early = Vec::new();
+    let mut _slot = None;
+    if proxied(listener, conn.peer.ip()) {
+        let limit = listener.proxy_protocol_timeout;
+        let header = match proxy::read_header(&mut stream, limit).await {
+            Ok(header) => header,
+            Err(e) => {
+                // No banner, no reply: whatever sent this is no proxy we
+                // know how to trust.
+                tracing::info!(
+                    shard = shard.env.id,
+                    "{}: no valid PROXY header ({e}); connection dropped",
+                    conn.peer
+                );
+                let _ = stream.close().await;
+                return Ok(());
+            }
+        };
+        if let Some(client) = header.client {
+            tracing::debug!(shard = shard.env.id, "{}: PROXY for {client}", conn.peer);
+            conn.peer = client;
+        }
+        early = header.early;
+        let per_ip = listener.max_inbound_connections_per_ip;
+        let exempt = per_ip == 0
+            || listener
+                .relay_hosts
+                .iter()
+                .any(|c| c.contains(conn.peer.ip()));
+        if !exempt {
+            _slot = PeerSlot::take(conn.peer.ip(), per_ip);
+            if _slot.is_none() {
+                refuse(shard, stream, conn.peer, Refusal::PeerFull).await;
+                return Ok(());
+            }
+        }
+    }
+    drive(shard, &conn, Stream::Plain(stream), listener, tls, &early).await
+}
+
+/// Connections from `ip` to `listener` open with a PROXY header.
+fn proxied(listener: &ListenerConfig, ip: IpAddr) -> bool {
+    listener.proxy_protocol_hosts.iter().any(|c| c.contains(ip))
 }
 
 /// The I/O driver of one server session over its connection, in clear
@@ -432,9 +479,10 @@ async fn drive(
     stream: Stream,
     listener: &ListenerConfig,
     tls: Option<&ServerTls>,
+    early: &[u8],
 ) -> std::io::Result<()> {
     let mut streaming = None;
-    let result = drive_session(shard, conn, stream, listener, tls, &mut streaming).await;
+    let result = drive_session(shard, conn, stream, listener, tls, early, &mut streaming).await;
     if let Some(body) = streaming.take() {
         body.discard().await;
     }
@@ -447,6 +495,7 @@ async fn drive_session(
     mut stream: Stream,
     listener: &ListenerConfig,
     tls: Option<&ServerTls>,
+    early: &[u8],
     streaming: &mut Option<Streaming>,
 ) -> std::io::Result<()> {
     let limits = ServerLimits {
@@ -471,6 +520,7 @@ async fn drive_session(
             },
             smtputf8: listener.enable_smtputf8,
             dsn: listener.enable_dsn,
+            chunking: listener.enable_chunking,
             ..Capabilities::default()
         },
         version: crate::VERSION,
@@ -479,6 +529,12 @@ async fn drive_session(
     };
     let mut session = ServerSession::new(params);
     session.start();
+    if !early.is_empty() {
+        // Sent behind a PROXY header in its packet: a client that talks
+        // before the banner, held like any pipelined input.
+        assert!(early.len() <= session.input_capacity());
+        session.input(early);
+    }
     let idle_time = listener.idle_time.max(Duration::from_secs(1));
     let write_limit = write_limit(listener);
     let mut deadlines = Deadlines::new(listener, Instant::now());

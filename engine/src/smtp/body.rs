@@ -1,8 +1,9 @@
 //! DATA transparency on the way out (RFC 5321 4.5.2): the encoder that
-//! turns a spooled body into the bytes sent after DATA.
+//! turns a spooled body into the bytes sent after DATA; and the BDAT
+//! framing (RFC 3030) of a body sent in chunks as it is.
 //!
-//! Owns: [`BodyEncoder`] (streaming, chunk by chunk) and [`encode_body`]
-//! (a whole body). May call: nothing. Never: I/O.
+//! Owns: [`BodyEncoder`] (streaming, chunk by chunk), [`encode_body`]
+//! (a whole body) and [`bdat_chunk`]. May call: nothing. Never: I/O.
 
 /// DATA transparency (RFC 5321 4.5.2) for a body streamed in chunks: the
 /// output is CRLF text that any receiver, however strict, parses as exactly
@@ -99,6 +100,20 @@ pub fn encode_body(body: &[u8], out: &mut Vec<u8>) {
     encoder.finish(out);
 }
 
+/// Most bytes of the command line `bdat_chunk` puts before a chunk:
+/// `BDAT `, 20 digits, ` LAST`, CRLF.
+pub const BDAT_COMMAND_BYTES_MAX: usize = 5 + 20 + 5 + 2;
+
+/// Appends one BDAT chunk: `BDAT <len>[ LAST]` and CRLF, then `chunk` as
+/// it is (BDAT needs no transparency: the size says where it ends).
+pub fn bdat_chunk(chunk: &[u8], last: bool, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.reserve(BDAT_COMMAND_BYTES_MAX + chunk.len());
+    let marker = if last { " LAST" } else { "" };
+    let _ = write!(out, "BDAT {}{marker}\r\n", chunk.len());
+    out.extend_from_slice(chunk);
+}
+
 trait ByteSink {
     fn put(&mut self, bytes: &[u8]);
 }
@@ -114,5 +129,21 @@ struct ByteCounter(usize);
 impl ByteSink for ByteCounter {
     fn put(&mut self, bytes: &[u8]) {
         self.0 += bytes.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bdat_chunks_carry_their_bytes_unchanged() {
+        let mut out = Vec::new();
+        bdat_chunk(b".\r\nbare\n\xff", false, &mut out);
+        bdat_chunk(b"", true, &mut out);
+        assert_eq!(out, b"BDAT 9\r\n.\r\nbare\n\xffBDAT 0 LAST\r\n");
+        out.clear();
+        bdat_chunk(b"end", true, &mut out);
+        assert_eq!(out, b"BDAT 3 LAST\r\nend");
     }
 }

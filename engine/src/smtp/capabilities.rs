@@ -69,17 +69,6 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
-    /// The extensions the server session does not speak yet. Offering one
-    /// would promise a command we answer with 502, so a session refuses
-    /// to start with it (a programmer error, not an operating one).
-    pub fn unsupported(&self) -> Option<&'static str> {
-        if self.chunking {
-            Some("CHUNKING")
-        } else {
-            None
-        }
-    }
-
     /// Appends the EHLO reply: the greeting line, then one line per
     /// extension, the last with `250 `. `size_bytes` is the SIZE value.
     /// No enhanced codes here (RFC 2034 section 3).
@@ -145,7 +134,6 @@ mod tests {
             "previous reply\r\n250-mx.test says EHLO to 192.0.2.1\r\n250-PIPELINING\r\n\
              250-SIZE 1000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
         );
-        assert_eq!(Capabilities::default().unsupported(), None);
     }
 
     #[test]
@@ -167,7 +155,6 @@ mod tests {
              250-SIZE 1000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n\
              250-AUTH PLAIN LOGIN\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n"
         );
-        assert_eq!(all.unsupported(), Some("CHUNKING"));
         let none = Capabilities {
             pipelining: false,
             size: false,

@@ -64,9 +64,14 @@ pub enum Command<'a> {
         mechanism: &'a str,
         initial_response: Option<&'a str>,
     },
-    /// A verb we know but do not offer (EXPN, TURN, ETRN, BDAT,
+    /// A verb we know but do not offer (EXPN, TURN, ETRN,
     /// SEND, SOML, SAML): `502 5.5.1`.
     NotImplemented,
+    /// `BDAT chunk-size [LAST]` (RFC 3030): `size` octets follow the line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
 }
 
 /// The MAIL FROM parameters we advertise.
@@ -150,6 +155,7 @@ const USAGE_DATA: &str = "DATA";
 const USAGE_RSET: &str = "RSET";
 const USAGE_VRFY: &str = "VRFY address";
 const USAGE_AUTH: &str = "AUTH mechanism [initial-response]";
+const USAGE_BDAT: &str = "BDAT count [LAST]";
 
 /// Parse one command line, without its CRLF. Verbs are case-insensitive;
 /// trailing spaces and tabs are ignored.
@@ -200,6 +206,33 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
         Verb::StartTls => no_args(args, usage, Command::StartTls),
         Verb::Auth => parse_auth(args, usage),
         Verb::NotImplemented => Ok(Command::NotImplemented),
+        Verb::Bdat => parse_bdat(args, usage),
+    }
+}
+
+/// `BDAT chunk-size [LAST]` (RFC 3030 section 2): the size is 1 to
+/// SIZE_DIGITS_MAX digits (a value beyond a u64 is a syntax error: the
+/// chunk could never be read), `LAST` in any case.
+fn parse_bdat(args: &str, usage: &'static str) -> Result<Command<'static>, CommandError> {
+    let mut words = args.split(' ').filter(|w| !w.is_empty());
+    let size = match words.next() {
+        Some(digits)
+            if !digits.is_empty()
+                && digits.len() <= SIZE_DIGITS_MAX
+                && digits.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            digits
+                .parse::<u64>()
+                .map_err(|_| CommandError::Syntax { usage })?
+        }
+        _ => return Err(CommandError::Syntax { usage }),
+    };
+    match (words.next(), words.next()) {
+        (None, None) => Ok(Command::Bdat { size, last: false }),
+        (Some(marker), None) if marker.eq_ignore_ascii_case("LAST") => {
+            Ok(Command::Bdat { size, last: true })
+        }
+        _ => Err(CommandError::Syntax { usage }),
     }
 }
 
@@ -230,6 +263,7 @@ enum Verb {
     StartTls,
     Auth,
     NotImplemented,
+    Bdat,
 }
 
 impl Verb {
@@ -248,7 +282,7 @@ impl Verb {
             (b"EXPN", Verb::NotImplemented),
             (b"TURN", Verb::NotImplemented),
             (b"ETRN", Verb::NotImplemented),
-            (b"BDAT", Verb::NotImplemented),
+            (b"BDAT", Verb::Bdat),
             (b"AUTH", Verb::Auth),
             (b"STARTTLS", Verb::StartTls),
             (b"SEND", Verb::NotImplemented),
@@ -276,6 +310,7 @@ impl Verb {
             Verb::Help => "HELP",
             Verb::StartTls => "STARTTLS",
             Verb::NotImplemented => "command",
+            Verb::Bdat => USAGE_BDAT,
         }
     }
 }
@@ -701,6 +736,47 @@ mod tests {
         assert_eq!(parse("QUIT"), Ok(Command::Quit));
         assert_eq!(parse("help mail"), Ok(Command::Help));
         assert_eq!(parse("expn list"), Ok(Command::NotImplemented));
+    }
+
+    #[test]
+    fn bdat_takes_a_size_and_an_optional_last() {
+        assert_eq!(
+            parse("BDAT 0 LAST"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("bdat 12345  last "),
+            Ok(Command::Bdat {
+                size: 12345,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("BDAT 18446744073709551615"),
+            Ok(Command::Bdat {
+                size: u64::MAX,
+                last: false
+            })
+        );
+        for bad in [
+            "BDAT",
+            "BDAT x",
+            "BDAT -1",
+            "BDAT +1",
+            "BDAT 1 FIRST",
+            "BDAT 1 LAST x",
+            "BDAT 18446744073709551616",
+            "BDAT 123456789012345678901",
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(CommandError::Syntax { usage: USAGE_BDAT }),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! * [`sasl`]: SMTP AUTH PLAIN and LOGIN responses, both sides.
 //! * [`params`]: SMTPUTF8 and DSN parameters (xtext, NOTIFY, RET, ENVID,
 //!   ORCPT), what a message keeps of them and passes on.
+//! * [`proxy`]: the PROXY protocol v1/v2 header a load balancer sends
+//!   before SMTP.
 
 pub mod body;
 pub mod capabilities;
@@ -26,6 +28,7 @@ pub mod command;
 pub mod downgrade;
 pub mod header;
 pub mod params;
+pub mod proxy;
 pub mod received;
 pub mod reply;
 pub mod sasl;

@@ -101,21 +101,25 @@ fn smuggling_vectors_never_yield_a_second_message() {
         replies.iter().all(|(code, _)| *code != 354),
         "the body after a refused DATA ran as commands: {replies:?}"
     );
-    // BDAT without CHUNKING advertised.
+    // BDAT (CHUNKING is offered): the chunk is data however much it looks
+    // like commands, including a hidden transaction with bare LFs; the
+    // size says where it ends, and the session reads every octet of it.
     let m = n + 1;
     let mut c = Raw::connect(port);
     assert_eq!(c.reply().unwrap().0, 220);
     assert_eq!(c.command("EHLO c.test").0, 250);
+    let chunk = format!(
+        "Subject: bdat {m}\r\n\r\nbody\n.\n{}",
+        smuggled(m).replace("\r\n", "\n")
+    );
     let mut payload = format!("MAIL FROM:<s@c.test>\r\nRCPT TO:<v{m}@sink.test>\r\n").into_bytes();
-    payload.extend_from_slice(format!("BDAT 9999 LAST\r\n{}", smuggled(m)).as_bytes());
+    payload.extend_from_slice(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes());
     payload.extend_from_slice(b"QUIT\r\n");
     let _ = c.send(&payload);
     let bdat = c.replies_until_close(Duration::from_secs(20));
-    eprintln!("e2e: vector {m} (BDAT, CHUNKING not offered): {bdat:?}");
-    assert!(
-        bdat.iter().any(|(code, _)| *code == 502),
-        "BDAT must be refused: {bdat:?}"
-    );
+    eprintln!("e2e: vector {m} (BDAT with a hidden transaction): {bdat:?}");
+    let codes: Vec<u16> = bdat.iter().map(|(code, _)| *code).collect();
+    assert_eq!(codes, [250, 250, 250, 221], "{bdat:?}");
 
     // The daemon still serves, and one clean message goes through.
     let mut c = Raw::connect(port);
@@ -130,12 +134,6 @@ fn smuggling_vectors_never_yield_a_second_message() {
             String::from_utf8_lossy(&bytes)
         );
         for rcpt in &message.rcpts {
-            // BDAT without CHUNKING: the "chunk" was sent as plain command
-            // lines after a 502, so it is the client's own transaction,
-            // not one hidden in a DATA (see docs/reliability.md).
-            if rcpt == &format!("smuggled{m}@victim.test") {
-                continue;
-            }
             assert!(
                 !rcpt.starts_with("smuggled"),
                 "a smuggled transaction was delivered: {rcpt}"

@@ -229,9 +229,11 @@ enum Expect {
     Rcpt(usize),
     Data,
     /// The reply after the body (or after a lone "." ending a DATA that
-    /// should not have been accepted).
+    /// should not have been accepted), or after the BDAT chunk marked LAST.
     Final,
     Quit,
+    /// The reply to a BDAT chunk not marked LAST.
+    Chunk,
 }
 
 impl Expect {
@@ -249,7 +251,7 @@ impl Expect {
             Expect::Mail => Stage::DuringMailFrom,
             Expect::Rcpt(_) => Stage::DuringRcptTo,
             Expect::Data => Stage::DuringData,
-            Expect::Final => Stage::ReadingConfirmation,
+            Expect::Final | Expect::Chunk => Stage::ReadingConfirmation,
             Expect::Quit => Stage::Idle,
         }
     }
@@ -267,7 +269,7 @@ impl Expect {
             Expect::Rset => Stage::AfterRset,
             Expect::Mail => Stage::AfterMailFrom,
             Expect::Rcpt(_) => Stage::AfterRcptTo,
-            Expect::Data => Stage::AfterData,
+            Expect::Data | Expect::Chunk => Stage::AfterData,
             Expect::Final | Expect::Quit => Stage::Idle,
         }
     }
@@ -318,6 +320,11 @@ struct Transaction {
     bytes_sent: u64,
     /// Stage of the last reply that decided an outcome.
     stage: Stage,
+    /// The body goes with BDAT (`send_chunking` and CHUNKING offered):
+    /// no DATA; once the RCPT replies are in, the body.
+    bdat: bool,
+    /// The BDAT body was handed to the driver.
+    body_started: bool,
 }
 
 impl Transaction {
@@ -399,6 +406,8 @@ pub struct ClientSession {
     tls_active: bool,
     /// Credentials to send with AUTH when the server offers it.
     auth: Option<OutboundAuth>,
+    /// `send_chunking`: bodies go with BDAT when CHUNKING is offered.
+    chunking: bool,
 }
 
 /// Momentum's `outbound_smtp_auth_*` options for one connection.
@@ -453,7 +462,22 @@ impl ClientSession {
             starttls,
             tls_active: false,
             auth: None,
+            chunking: false,
         }
+    }
+
+    /// Send bodies with BDAT (RFC 3030) to a server that offers CHUNKING
+    /// (`send_chunking`).
+    pub fn with_chunking(mut self, chunking: bool) -> ClientSession {
+        self.chunking = chunking;
+        self
+    }
+
+    /// The body of the transaction under way goes with BDAT: on
+    /// `SendBody`, the driver writes it as BDAT chunks, the last one
+    /// marked LAST, as it is (no dot-stuffing), then calls `bdat_sent`.
+    pub fn body_uses_bdat(&self) -> bool {
+        self.transaction.as_ref().is_some_and(|t| t.bdat)
     }
 
     /// Authenticate with `auth` after EHLO when the server offers AUTH.
@@ -642,6 +666,8 @@ impl ClientSession {
             final_read: false,
             bytes_sent: 0,
             stage: Stage::Idle,
+            bdat: self.chunking && capabilities.chunking,
+            body_started: false,
         };
 
         let flagged_utf8 = message.is_some_and(|m| m.smtputf8);
@@ -768,8 +794,29 @@ impl ClientSession {
             .transaction
             .as_mut()
             .expect("a body belongs to a transaction");
+        assert!(!transaction.bdat, "a BDAT body ends with bdat_sent");
         transaction.bytes_sent = encoded_bytes;
         self.phase = Phase::Transaction;
+        self.awaiting.push_back(Expect::Final);
+    }
+
+    /// The body was written as `chunks` BDAT commands with their octets,
+    /// the last marked LAST; `bytes` is what was written, command lines
+    /// included. Each chunk's reply is read in turn; the one to LAST
+    /// decides the recipients still in play.
+    pub fn bdat_sent(&mut self, chunks: u32, bytes: u64) {
+        assert_eq!(self.phase, Phase::Body, "bdat_sent without SendBody");
+        assert!(chunks >= 1, "a BDAT body has a LAST chunk");
+        let transaction = self
+            .transaction
+            .as_mut()
+            .expect("a body belongs to a transaction");
+        assert!(transaction.bdat, "a DATA body ends with body_sent");
+        transaction.bytes_sent = bytes;
+        self.phase = Phase::Transaction;
+        for _ in 1..chunks {
+            self.awaiting.push_back(Expect::Chunk);
+        }
         self.awaiting.push_back(Expect::Final);
     }
 
@@ -865,10 +912,35 @@ impl ClientSession {
             Expect::Mail => self.on_mail(reply, stage),
             Expect::Rcpt(index) => self.on_rcpt(index, reply, stage),
             Expect::Data => self.on_data(reply, stage),
+            Expect::Chunk => self.on_chunk(reply, stage),
             Expect::Final => self.on_final(reply, stage),
         }?;
         if self.phase == Phase::Transaction && self.awaiting.is_empty() {
-            self.finish_transaction();
+            let transaction = self.transaction.as_mut().expect("a transaction");
+            if transaction.bdat && !transaction.body_started && transaction.any_accepted() {
+                // Every RCPT was answered and one accepted: the BDAT body.
+                transaction.body_started = true;
+                self.phase = Phase::Body;
+            } else {
+                self.finish_transaction();
+            }
+        }
+        Ok(())
+    }
+
+    /// A BDAT chunk before LAST: 250 goes on; a refusal decides the
+    /// recipients still in play (RFC 3030 section 2: the transaction
+    /// failed; the replies to chunks already sent are read and ignored).
+    fn on_chunk(&mut self, reply: Reply, stage: Stage) -> Result<(), ClientError> {
+        if reply.is_intermediate() {
+            return Err(self.fail_unexpected(&reply, stage));
+        }
+        let transaction = self
+            .transaction
+            .as_mut()
+            .expect("a chunk belongs to a transaction");
+        if !reply.is_positive() && transaction.any_accepted() {
+            transaction.decide_open(&reply, stage);
         }
         Ok(())
     }
@@ -1171,8 +1243,10 @@ impl ClientSession {
                 self.awaiting.push_back(Expect::Rcpt(index));
             }
         }
-        self.output.extend_from_slice(b"DATA\r\n");
-        self.awaiting.push_back(Expect::Data);
+        if !transaction.bdat {
+            self.output.extend_from_slice(b"DATA\r\n");
+            self.awaiting.push_back(Expect::Data);
+        }
     }
 
     /// Without PIPELINING: the next RCPT, else DATA when a recipient was
@@ -1190,7 +1264,7 @@ impl ClientSession {
             transaction.write_rcpt(&mut self.output, index);
             transaction.states[index] = RcptState::Sent;
             self.awaiting.push_back(Expect::Rcpt(index));
-        } else if transaction.any_accepted() {
+        } else if transaction.any_accepted() && !transaction.bdat {
             self.output.extend_from_slice(b"DATA\r\n");
             self.awaiting.push_back(Expect::Data);
         }
@@ -1661,6 +1735,93 @@ mod tests {
             sent(&mut session),
             "MAIL FROM:<> SIZE=10\r\nRCPT TO:<d@x.net>\r\nDATA\r\n"
         );
+    }
+
+    const EHLO_CHUNKING: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250-8BITMIME\r\n\
+        250 CHUNKING\r\n";
+
+    /// Through banner and EHLO with `send_chunking` on.
+    fn chunking_connected(ehlo: &str) -> ClientSession {
+        let mut session = ClientSession::new("client.example.com").with_chunking(true);
+        reply(&mut session, "220 mx.example.net ESMTP\r\n");
+        assert_eq!(sent(&mut session), "EHLO client.example.com\r\n");
+        reply(&mut session, ehlo);
+        assert_eq!(session.poll(), Ready);
+        session
+    }
+
+    #[test]
+    fn bdat_replaces_data_when_chunking_is_offered_and_wanted() {
+        let mut session = chunking_connected(EHLO_CHUNKING);
+        session.start_transaction("f@example.com", &["a@x.net", "b@x.net"], 10, true);
+        assert!(session.body_uses_bdat());
+        assert_eq!(
+            sent(&mut session),
+            "MAIL FROM:<f@example.com> BODY=8BITMIME\r\nRCPT TO:<a@x.net>\r\n\
+             RCPT TO:<b@x.net>\r\n"
+        );
+        reply(&mut session, "250 ok\r\n250 ok\r\n");
+        assert_eq!(session.poll(), WaitForReply(Stage::DuringRcptTo));
+        reply(&mut session, "550 no\r\n");
+        // Every RCPT answered, one accepted: the body, with no DATA.
+        assert_eq!(session.poll(), SendBody);
+        assert_eq!(session.stage(), Stage::SendingBody);
+        session.bdat_sent(3, 1000);
+        assert_eq!(session.poll(), WaitForReply(Stage::ReadingConfirmation));
+        reply(&mut session, "250 2.0.0 chunk\r\n250 2.0.0 chunk\r\n");
+        assert_eq!(session.poll(), WaitForReply(Stage::ReadingConfirmation));
+        reply(&mut session, "250 2.0.0 queued as B1\r\n");
+        let result = done(&mut session);
+        assert_eq!(outcomes(&result), vec![('A', 250), ('P', 550)]);
+        assert_eq!(result.rcpts[0].reply().text(), "250 2.0.0 queued as B1");
+        assert_eq!(result.bytes_sent, 1000);
+        assert_eq!(session.poll(), Ready);
+        // Without CHUNKING offered, or not wanted, DATA as before.
+        let mut plain = chunking_connected(EHLO_PIPELINING);
+        plain.start_transaction("", &["d@x.net"], 10, false);
+        assert!(!plain.body_uses_bdat());
+        assert!(sent(&mut plain).ends_with("DATA\r\n"));
+        let mut unwanted = connected(EHLO_CHUNKING);
+        unwanted.start_transaction("", &["d@x.net"], 10, false);
+        assert!(!unwanted.body_uses_bdat());
+        assert!(sent(&mut unwanted).ends_with("DATA\r\n"));
+    }
+
+    #[test]
+    fn a_refused_bdat_chunk_decides_the_transaction_and_later_replies_are_read() {
+        let mut session = chunking_connected(EHLO_CHUNKING);
+        session.start_transaction("f@example.com", &["a@x.net"], 10, false);
+        sent(&mut session);
+        reply(&mut session, "250 ok\r\n250 ok\r\n");
+        assert_eq!(session.poll(), SendBody);
+        session.bdat_sent(3, 999);
+        reply(
+            &mut session,
+            "552 5.3.4 too big\r\n503 5.5.1 no transaction\r\n",
+        );
+        assert_eq!(session.poll(), WaitForReply(Stage::ReadingConfirmation));
+        reply(&mut session, "503 5.5.1 no transaction\r\n");
+        let result = done(&mut session);
+        assert_eq!(outcomes(&result), vec![('P', 552)]);
+        // The LAST chunk's reply was read: in step, no RSET needed.
+        assert_eq!(session.poll(), Ready);
+        session.start_transaction("", &["b@x.net"], 1, false);
+        assert!(sent(&mut session).starts_with("MAIL FROM:<>"));
+    }
+
+    #[test]
+    fn bdat_without_pipelining_waits_for_each_rcpt_and_skips_the_body_when_none_is_accepted() {
+        let mut session = chunking_connected("250-mx\r\n250 CHUNKING\r\n");
+        session.start_transaction("f@example.com", &["a@x.net"], 10, false);
+        assert_eq!(sent(&mut session), "MAIL FROM:<f@example.com>\r\n");
+        reply(&mut session, "250 ok\r\n");
+        assert_eq!(sent(&mut session), "RCPT TO:<a@x.net>\r\n");
+        reply(&mut session, "550 no\r\n");
+        assert_eq!(outcomes(&done(&mut session)), vec![('P', 550)]);
+        // MAIL was accepted and no body followed: RSET first.
+        assert_eq!(session.poll(), Ready);
+        session.start_transaction("", &["b@x.net"], 1, false);
+        assert_eq!(sent(&mut session), "RSET\r\n");
     }
 
     #[test]

@@ -63,13 +63,20 @@ impl DataState {
 
 impl ServerSession {
     pub(super) fn data(&mut self) {
-        self.data_refused = !self.has_mail || self.rcpts.is_empty();
+        self.data_refused = !self.has_mail || self.rcpts.is_empty() || self.bdat_open;
         if self.refuse_without_tls() {
             self.data_refused = true;
             return;
         }
         if !self.has_mail {
             self.reply(503, "5.5.1", format_args!("Error: need MAIL command"));
+            self.count_error();
+            return;
+        }
+        if self.bdat_open {
+            // RFC 3030 section 2: DATA and BDAT do not mix in one
+            // transaction.
+            self.reply(503, "5.5.1", format_args!("Error: DATA after BDAT"));
             self.count_error();
             return;
         }
@@ -197,10 +204,7 @@ impl ServerSession {
     /// end-of-data policy. Empty once the message is refused: a refused
     /// message is not spooled.
     pub fn take_body(&mut self, capacity: usize) -> Vec<u8> {
-        assert!(
-            self.phase == Phase::Data,
-            "a body is taken while DATA is read"
-        );
+        assert!(self.reading_data(), "a body is taken while DATA is read");
         if self.data.refusal.is_some() {
             return Vec::new();
         }
@@ -218,15 +222,23 @@ impl ServerSession {
     /// the session refuse it. While false, a body streamed to the spool
     /// for this transaction will never be spooled.
     pub fn receiving_body(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Data | Phase::AwaitingPolicy(PolicyPhase::Data)
-        ) && self.data.refusal.is_none()
+        let between_chunks = self.phase == Phase::Command && self.bdat_open;
+        (between_chunks
+            || matches!(
+                self.phase,
+                Phase::Data | Phase::Bdat | Phase::AwaitingPolicy(PolicyPhase::Data)
+            ))
+            && self.data.refusal.is_none()
     }
 
-    /// DATA is being read: `take_body` may be called.
+    /// DATA is being read, or a BDAT chunk, or a BDAT transaction awaits
+    /// its next chunk: `take_body` may be called.
     pub fn reading_data(&self) -> bool {
-        self.phase == Phase::Data
+        match self.phase {
+            Phase::Data | Phase::Bdat => true,
+            Phase::Command => self.bdat_open,
+            _ => false,
+        }
     }
 
     /// Body bytes received and not taken yet (`take_body`).

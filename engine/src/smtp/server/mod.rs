@@ -1,5 +1,5 @@
-//! The inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME and
-//! ENHANCEDSTATUSCODES) as a pure state machine: bytes in, reply bytes and
+//! The inbound SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+//! ENHANCEDSTATUSCODES and CHUNKING) as a pure state machine: bytes in, reply bytes and
 //! [`Event`]s out. It never does I/O, reads no clock and starts no thread;
 //! a shard's connection task drives it:
 //!
@@ -36,14 +36,17 @@
 //! object. Relay decisions are the policy's, not ours.
 //!
 //! Layout: this file holds the session, its commands and replies;
-//! [`data`] the DATA scanner and the hand-over of a message; [`verdicts`]
+//! [`data`] the DATA scanner and the hand-over of a message; [`bdat`]
+//! BDAT chunks (RFC 3030), read by their size; [`verdicts`]
 //! what a policy is shown and how its verdict is carried out; [`auth`] SMTP
 //! AUTH.
 //!
 //! Smuggling defence: only `<CR><LF>.<CR><LF>` ends DATA, and a bare LF or
 //! bare CR anywhere in DATA closes the session with `521` (Postfix's
 //! `smtpd_forbid_bare_newline`), so no framing a downstream server might
-//! read differently ever reaches the spool.
+//! read differently ever reaches the spool. A BDAT chunk is exactly its
+//! announced octets, read to the end whatever its answer, so none of its
+//! bytes is ever read as a command.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -64,6 +67,7 @@ pub use super::received::{
 use super::TlsInfo;
 
 mod auth;
+mod bdat;
 mod data;
 mod esmtp_params;
 mod verdicts;
@@ -71,6 +75,7 @@ mod verdicts;
 use super::sasl::Credentials;
 pub use auth::AuthOutcome;
 use auth::AuthStep;
+use bdat::Chunk;
 use data::DataState;
 
 /// Shortest command line any configuration may set, CRLF included
@@ -248,6 +253,9 @@ enum Phase {
     /// Credentials were handed over; input is held until
     /// `authenticated()`.
     AwaitingAuth,
+    /// Reading the octets of a BDAT chunk (RFC 3030); what is left of it
+    /// is in `chunk`.
+    Bdat,
     Closed,
 }
 
@@ -346,6 +354,12 @@ pub struct ServerSession {
     /// The user name of an AUTH exchange under way (LOGIN between its two
     /// responses, or awaiting `authenticated()`); empty otherwise.
     auth_pending_user: String,
+    /// The BDAT chunk being read (Phase::Bdat) or last read.
+    chunk: Chunk,
+    /// A BDAT chunk of the open transaction was accepted: its body is
+    /// being built from chunks (DATA and RCPT are refused until the
+    /// transaction ends).
+    bdat_open: bool,
 }
 
 impl ServerSession {
@@ -365,9 +379,6 @@ impl ServerSession {
             !params.tls_required || params.capabilities.starttls,
             "tls = required needs STARTTLS offered"
         );
-        if let Some(extension) = params.capabilities.unsupported() {
-            panic!("the server session does not speak {extension} yet");
-        }
         let message_bytes_limit = match limits.message_bytes_max {
             0 => MESSAGE_BYTES_CEILING,
             n => n.min(MESSAGE_BYTES_CEILING),
@@ -420,6 +431,8 @@ impl ServerSession {
             message_params: MessageParams::default(),
             rcpt_params: RcptParams::default(),
             auth_pending_user: String::new(),
+            chunk: Chunk::NONE,
+            bdat_open: false,
         }
     }
 
@@ -506,6 +519,7 @@ impl ServerSession {
             }
             Phase::Command
             | Phase::Data
+            | Phase::Bdat
             | Phase::AwaitingPolicy(_)
             | Phase::AwaitingTls
             | Phase::AuthResponse(_)
@@ -530,6 +544,7 @@ impl ServerSession {
             }
             Phase::Command
             | Phase::Data
+            | Phase::Bdat
             | Phase::AwaitingPolicy(_)
             | Phase::AwaitingTls
             | Phase::AuthResponse(_)
@@ -641,7 +656,7 @@ impl ServerSession {
     /// `P="..."` field.
     pub fn phase_name(&self) -> &'static str {
         match self.phase {
-            Phase::Data => "data",
+            Phase::Data | Phase::Bdat => "data",
             Phase::AwaitingSpool => "spool",
             Phase::AwaitingPolicy(phase) => phase.callout(),
             Phase::AwaitingTls => "starttls",
@@ -788,6 +803,7 @@ impl ServerSession {
             let consumed = match self.phase {
                 Phase::Command | Phase::AuthResponse(_) => self.command_bytes(&bytes[at..]),
                 Phase::Data => self.data_bytes(&bytes[at..]),
+                Phase::Bdat => self.bdat_bytes(&bytes[at..]),
                 Phase::AwaitingSpool
                 | Phase::AwaitingPolicy(_)
                 | Phase::AwaitingTls
@@ -915,6 +931,7 @@ impl ServerSession {
                 self.reply(502, "5.5.1", format_args!("Error: command not implemented"));
                 self.count_error();
             }
+            Command::Bdat { size, last } => self.bdat(size, last),
         }
     }
 
@@ -1034,6 +1051,11 @@ impl ServerSession {
             self.count_error();
             return;
         }
+        if self.bdat_open {
+            self.reply(503, "5.5.1", format_args!("Error: RCPT after BDAT"));
+            self.count_error();
+            return;
+        }
         self.rcpt_attempted = true;
         if self.rcpts.len() >= self.recipients_limit as usize {
             self.reply(452, "4.5.3", format_args!("Error: too many recipients"));
@@ -1150,6 +1172,7 @@ impl ServerSession {
         self.body_bytes = 0;
         self.body_taken = false;
         self.head = Vec::new();
+        self.bdat_open = false;
     }
 
     fn command_error(&mut self, error: CommandError) {
@@ -1945,10 +1968,10 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "does not speak CHUNKING yet")]
+    #[should_panic(expected = "does not speak SMTPUTF8 yet")]
     fn a_session_refuses_to_offer_an_extension_it_does_not_speak() {
         let mut params = params(ServerLimits::default());
-        params.capabilities.chunking = true;
+        params.capabilities.smtputf8 = true;
         ServerSession::new(params);
     }
 
@@ -3088,5 +3111,284 @@ mod tests {
             send(&mut plain, b"MAIL FROM:<a@client.test> AUTH=<>\r\n"),
             ["555 5.5.4 Error: unsupported parameter"]
         );
+    }
+
+    /// A session offering CHUNKING, greeted and with MAIL and one RCPT
+    /// accepted.
+    fn open_bdat(limits: ServerLimits) -> Driven {
+        let mut params = params(limits);
+        params.capabilities.chunking = true;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        let ehlo = send(&mut session, b"EHLO client.test\r\n");
+        assert!(ehlo.contains(&"250 CHUNKING".to_string()), "{ehlo:?}");
+        assert_eq!(
+            send(
+                &mut session,
+                b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\n"
+            ),
+            ["250 2.1.0 Ok", "250 2.1.5 Ok"]
+        );
+        session
+    }
+
+    #[test]
+    fn bdat_chunks_make_one_message_byte_for_byte() {
+        let mut session = open_bdat(ServerLimits::default());
+        // Bare CR, bare LF, a dot line, NUL and 8-bit bytes stay as sent.
+        let first: &[u8] = b"Subject: x\r\n\r\n.\r\nbare\nCR\rend";
+        let second: &[u8] = b"\xff\x00\xe9\r\n.\r\n";
+        let mut transcript = format!("BDAT {}\r\n", first.len()).into_bytes();
+        transcript.extend_from_slice(first);
+        transcript.extend_from_slice(format!("BDAT {} LAST\r\n", second.len()).as_bytes());
+        transcript.extend_from_slice(second);
+        transcript.extend_from_slice(b"NOOP\r\n");
+        assert_eq!(
+            send(&mut session, &transcript),
+            [format!("250 2.0.0 Ok: {} octets received", first.len())]
+        );
+        let envelope = message(&mut session);
+        assert_eq!(envelope.body, [first, second].concat());
+        assert_eq!(envelope.rcpts, ["b@example.com"]);
+        session.spooled(queued("Q1"));
+        assert_eq!(
+            take_lines(&mut session),
+            ["250 2.0.0 Ok: queued as Q1", "250 2.0.0 Ok"]
+        );
+    }
+
+    #[test]
+    fn bdat_reads_its_chunk_in_any_split() {
+        let body = b"From: a\r\n\r\nBDAT 5\r\nQUIT\r\n";
+        let mut transcript = format!("BDAT {} LAST\r\n", body.len()).into_bytes();
+        transcript.extend_from_slice(body);
+        for split in 1..transcript.len() {
+            let mut session = open_bdat(ServerLimits::default());
+            session.input(&transcript[..split]);
+            session.input(&transcript[split..]);
+            assert_eq!(take_lines(&mut session), Vec::<String>::new());
+            assert_eq!(message(&mut session).body, body);
+            assert!(!session.is_closed(), "QUIT inside a chunk is data");
+        }
+    }
+
+    #[test]
+    fn bdat_zero_last_ends_the_message_and_an_empty_message_is_fine() {
+        let mut session = open_bdat(ServerLimits::default());
+        assert_eq!(
+            send(&mut session, b"BDAT 3\r\nabcBDAT 0 LAST\r\n"),
+            ["250 2.0.0 Ok: 3 octets received"]
+        );
+        assert_eq!(message(&mut session).body, b"abc");
+        session.spooled(queued("Q1"));
+        take_lines(&mut session);
+        send(
+            &mut session,
+            b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\n",
+        );
+        assert_eq!(send(&mut session, b"BDAT 0 LAST\r\n"), Vec::<String>::new());
+        assert!(message(&mut session).body.is_empty());
+    }
+
+    #[test]
+    fn bdat_without_mail_or_rcpt_is_read_then_refused() {
+        let mut params = params(ServerLimits::default());
+        params.capabilities.chunking = true;
+        let mut session = Driven::new(params, ScriptedPolicy::default());
+        session.start();
+        take_lines(&mut session);
+        send(&mut session, b"EHLO client.test\r\n");
+        // The chunk holds what looks like commands: it is data all the same.
+        assert_eq!(
+            send(&mut session, b"BDAT 6\r\nQUIT\r\nNOOP\r\n"),
+            ["503 5.5.1 Error: need MAIL command", "250 2.0.0 Ok"]
+        );
+        assert_eq!(
+            send(
+                &mut session,
+                b"MAIL FROM:<a@client.test>\r\nBDAT 2 LAST\r\nxy"
+            ),
+            ["250 2.1.0 Ok", "503 5.5.1 Error: need RCPT command"]
+        );
+        // The failed chunk ended the transaction.
+        assert_eq!(
+            send(&mut session, b"RCPT TO:<b@example.com>\r\n"),
+            ["503 5.5.1 Error: need MAIL command"]
+        );
+        assert_eq!(session.next_event(), None);
+        assert!(!session.is_closed());
+    }
+
+    #[test]
+    fn bdat_over_the_size_limit_across_chunks_gets_552_after_its_bytes() {
+        let limits = ServerLimits {
+            message_bytes_max: 10,
+            ..ServerLimits::default()
+        };
+        let mut session = open_bdat(limits);
+        assert_eq!(
+            send(
+                &mut session,
+                b"BDAT 6\r\n123456BDAT 6\r\n789012BDAT 1 LAST\r\nzNOOP\r\n"
+            ),
+            [
+                "250 2.0.0 Ok: 6 octets received",
+                "552 5.3.4 Message size exceeds fixed maximum message size",
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.0.0 Ok"
+            ]
+        );
+        assert_eq!(session.next_event(), None);
+        assert!(!session.receiving_body());
+        // Exactly at the limit is fine.
+        send(
+            &mut session,
+            b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\n",
+        );
+        send(&mut session, b"BDAT 10 LAST\r\n0123456789");
+        assert_eq!(message(&mut session).body, b"0123456789");
+    }
+
+    #[test]
+    fn data_and_rcpt_after_bdat_get_503_and_rset_drops_the_chunks() {
+        let mut session = open_bdat(ServerLimits::default());
+        assert_eq!(
+            send(&mut session, b"BDAT 2\r\nab"),
+            ["250 2.0.0 Ok: 2 octets received"]
+        );
+        assert!(session.receiving_body() && session.reading_data());
+        assert_eq!(
+            send(&mut session, b"RCPT TO:<c@example.com>\r\n"),
+            ["503 5.5.1 Error: RCPT after BDAT"]
+        );
+        assert_eq!(
+            send(&mut session, b"DATA\r\n"),
+            ["503 5.5.1 Error: DATA after BDAT"]
+        );
+        assert_eq!(send(&mut session, b"RSET\r\n"), ["250 2.0.0 Ok"]);
+        assert!(!session.receiving_body());
+        send(
+            &mut session,
+            b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.com>\r\n",
+        );
+        assert_eq!(
+            send(&mut session, b"BDAT 2 LAST\r\ncd"),
+            Vec::<String>::new()
+        );
+        assert_eq!(message(&mut session).body, b"cd", "the RSET dropped ab");
+    }
+
+    #[test]
+    fn bdat_is_not_implemented_unless_offered_and_its_bytes_are_skipped() {
+        let mut session = open();
+        send(&mut session, b"EHLO client.test\r\n");
+        assert_eq!(
+            send(&mut session, b"BDAT 6\r\nQUIT\r\nBDAT x\r\n"),
+            [
+                "502 5.5.1 Error: command not implemented",
+                "501 5.5.4 Syntax: BDAT count [LAST]"
+            ]
+        );
+        assert!(!session.is_closed());
+    }
+
+    #[test]
+    fn a_large_bdat_body_can_be_taken_in_parts_and_the_policy_sees_its_head() {
+        let mut session = open_bdat(ServerLimits::default());
+        let head = b"Subject: big\r\n\r\n";
+        let mut body = head.to_vec();
+        body.resize(100_000, b'x');
+        let mut taken = Vec::new();
+        session.input(format!("BDAT {}\r\n", body.len()).as_bytes());
+        for part in body.chunks(30_000) {
+            assert!(session.reading_data());
+            session.input(part);
+            taken.extend(session.take_body(1024));
+        }
+        assert!(session.body_taken());
+        assert_eq!(session.body_bytes(), 100_000);
+        take_lines(&mut session);
+        session.input(b"BDAT 3 LAST\r\nend");
+        let envelope = message(&mut session);
+        taken.extend(envelope.body);
+        body.extend_from_slice(b"end");
+        assert_eq!(taken, body);
+    }
+
+    /// Random BDAT transcripts in random splits: every message handed
+    /// over is exactly the concatenation of its accepted chunks, the
+    /// session never holds more than its bounds, replies stay well-formed.
+    #[test]
+    fn fuzzed_bdat_transcripts_deliver_exactly_the_chunks() {
+        const RUNS: u64 = 1000;
+        let limits = ServerLimits {
+            message_bytes_max: 300,
+            errors_max: 1000,
+            input_buffer_bytes_max: 256,
+            ..ServerLimits::default()
+        };
+        let (mut messages, mut refused) = (0u32, 0u32);
+        for run in 0..RUNS {
+            let mut rng = Rng::new(0x5eed ^ (run + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut params = params(limits.clone());
+            params.capabilities.chunking = true;
+            let mut session = Driven::new(params, ScriptedPolicy::default());
+            session.start();
+            let mut transcript = b"EHLO c.test\r\n".to_vec();
+            let mut expected: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..1 + rng.index(4) {
+                transcript.extend_from_slice(b"MAIL FROM:<a@c.test>\r\nRCPT TO:<b@x.test>\r\n");
+                let mut body = Vec::new();
+                let chunks = 1 + rng.index(4);
+                for i in 0..chunks {
+                    let len = rng.index(120);
+                    let chunk: Vec<u8> = (0..len).map(|_| rng.index(256) as u8).collect();
+                    let last = if i + 1 == chunks { " LAST" } else { "" };
+                    transcript.extend_from_slice(format!("BDAT {len}{last}\r\n").as_bytes());
+                    transcript.extend_from_slice(&chunk);
+                    body.extend_from_slice(&chunk);
+                }
+                if body.len() <= 300 {
+                    expected.push(body);
+                }
+            }
+            transcript.extend_from_slice(b"QUIT\r\n");
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while !session.is_closed() {
+                while let Some(event) = session.next_event() {
+                    if let Event::Message(envelope) = event {
+                        got.push(envelope.body);
+                    }
+                }
+                if session.awaiting_spool() {
+                    session.spooled(queued("Q"));
+                    continue;
+                }
+                if at >= transcript.len() {
+                    break;
+                }
+                let most = session.input_capacity().min(transcript.len() - at);
+                assert!(most > 0, "run {run}");
+                let take = 1 + rng.index(most.min(200));
+                session.input(&transcript[at..at + take]);
+                at += take;
+                assert!(
+                    session.buffered_bytes()
+                        <= limits.input_buffer_bytes_max + limits.command_line_bytes_max
+                );
+                session.take_output(&mut out);
+            }
+            session.take_output(&mut out);
+            assert!(session.is_closed(), "run {run}: QUIT was read as a command");
+            let text = String::from_utf8(out).expect("replies are ASCII");
+            refused += text.matches("552 5.3.4").count() as u32;
+            assert!(text.ends_with("221 2.0.0 Bye\r\n"), "run {run}: {text}");
+            assert_eq!(got, expected, "run {run}");
+            messages += got.len() as u32;
+        }
+        assert!(messages > 1000 && refused > 50, "{messages} {refused}");
     }
 }
