@@ -421,6 +421,16 @@ fn dns_data(answer: &Answer) -> DnsData {
         Answer::Addresses(ips) => DnsData::Records(ips.iter().map(|ip| ip.to_string()).collect()),
         Answer::NoData => DnsData::NoData,
         Answer::NxDomain => DnsData::NxDomain,
+        Answer::Tlsa(records) => DnsData::Records(
+            records
+                .iter()
+                .map(|t| {
+                    let hex: String = t.data.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("{} {} {} {hex}", t.usage, t.selector, t.matching)
+                })
+                .collect(),
+        ),
+        Answer::Txt(texts) => DnsData::Records(texts.iter().map(|t| format!("\"{t}\"")).collect()),
     }
 }
 
