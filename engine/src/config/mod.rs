@@ -1149,6 +1149,9 @@ domain "example.com" {
                 outbound_smtp_auth_pass: None,
                 outbound_smtp_auth_type: None,
                 outbound_smtp_auth_allow_plaintext: false,
+                mta_sts: false,
+                mta_sts_ca: None,
+                dane: false,
             }
         );
     }
