@@ -18,6 +18,8 @@
 //!   retry at a time;
 //! - [`settle`]: applies dispositions (mainlog, counters, the delayed
 //!   queue, the report to the message's home shard);
+//! - `secure`: the TLS decision per target (DANE, MTA-STS, or the
+//!   queue's `tls` options);
 //! - [`operator`]: the console's commands on this shard's queues and
 //!   resolver (flush, fail, retry, suspend, reroute, `dns_cache`).
 //!
@@ -40,6 +42,7 @@ pub mod limits;
 mod operator;
 pub mod pool;
 pub mod route;
+mod secure;
 mod settle;
 mod source;
 
@@ -81,6 +84,8 @@ pub struct Outbound {
     stalled: RefCell<Vec<(QueueId, u64)>>,
     /// Outbound TLS configurations, built on first use (`tls::client`).
     tls: crate::tls::client::ClientTls,
+    /// MTA-STS policies by domain (`tls::sts`).
+    sts: crate::tls::sts::StsCache,
 }
 
 impl Outbound {
@@ -104,6 +109,7 @@ impl Outbound {
             suspensions: RefCell::default(),
             stalled: RefCell::new(Vec::new()),
             tls: crate::tls::client::ClientTls::default(),
+            sts: crate::tls::sts::StsCache::default(),
         }
     }
 
