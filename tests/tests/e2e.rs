@@ -47,6 +47,8 @@ mod http;
 mod limits;
 #[path = "e2e/logrotate.rs"]
 mod logrotate;
+#[path = "e2e/mta_sts.rs"]
+mod mta_sts;
 #[path = "e2e/mx.rs"]
 mod mx;
 #[path = "e2e/odd_servers.rs"]
