@@ -1,5 +1,6 @@
-//! The resolver of one shard: MX, A and AAAA lookups for delivery, with a
-//! per-shard cache.
+//! The resolver of one shard: MX, A and AAAA lookups for delivery, TLSA
+//! (DANE) and TXT (MTA-STS) lookups, with a per-shard cache that keeps
+//! each answer's AD bit.
 //!
 //! Owns: [`Resolver`] (the cache and the query loop), the answer types
 //! ([`Answer`], [`Mx`], [`DnsError`]), [`system_nameservers`].
