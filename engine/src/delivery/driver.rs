@@ -266,7 +266,7 @@ fn tls_client(
 ) -> Result<tls::client::Client, tls::TlsFileError> {
     match host_tls {
         secure::HostTls::Default => out.tls.client(options),
-        secure::HostTls::Dane(records) => out.tls.dane_client(options, records.clone()),
+        secure::HostTls::Dane(records) => out.tls.dane_client(options, records),
         secure::HostTls::Sts => {
             let enforced = DeliveryOptions {
                 tls_verify: crate::config::TlsVerify::Host,

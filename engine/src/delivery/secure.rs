@@ -27,7 +27,7 @@ use super::Outbound;
 use crate::config::DeliveryOptions;
 use crate::dns::{Answer, RecordKind, Tlsa};
 use crate::tls::dane;
-use crate::tls::sts::{Lookup, Mode};
+use crate::tls::sts::{Lookup, Mode, Policy};
 
 /// How one target is to be secured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,25 +200,115 @@ async fn apply_sts(
             }
             Ok(decided)
         }
-        Mode::Enforce => {
-            let before = decided.len();
-            let kept: Vec<(Target, HostTls)> = decided
-                .into_iter()
-                .filter_map(|(target, tls)| match tls {
-                    HostTls::Dane(_) => Some((target, tls)),
-                    _ if policy.matches(&target.host) => Some((target, HostTls::Sts)),
-                    _ => None,
-                })
-                .collect();
-            if kept.is_empty() {
-                return Err(transient(format!(
-                    "451 4.7.5 {domain}: MTA-STS policy (enforce) matches no MX host \
-                     ({before} address{} refused; policy mx: {})",
-                    if before == 1 { "" } else { "es" },
-                    policy.mx.join(", ")
-                )));
-            }
-            Ok(kept)
+        Mode::Enforce => enforce(&policy, domain, decided),
+    }
+}
+
+/// An `enforce` policy on targets decided for DANE: a DANE host stays as
+/// it is (RFC 8461 section 2), a host matching the policy needs verified
+/// TLS, any other is dropped; none left is a transient failure.
+fn enforce(
+    policy: &Policy,
+    domain: &str,
+    decided: Vec<(Target, HostTls)>,
+) -> Result<Vec<(Target, HostTls)>, RouteFailure> {
+    assert_eq!(policy.mode, Mode::Enforce);
+    let before = decided.len();
+    let kept: Vec<(Target, HostTls)> = decided
+        .into_iter()
+        .filter_map(|(target, tls)| match tls {
+            HostTls::Dane(_) => Some((target, tls)),
+            _ if policy.matches(&target.host) => Some((target, HostTls::Sts)),
+            _ => None,
+        })
+        .collect();
+    if kept.is_empty() {
+        return Err(transient(format!(
+            "451 4.7.5 {domain}: MTA-STS policy (enforce) matches no MX host \
+             ({before} address{} refused; policy mx: {})",
+            if before == 1 { "" } else { "es" },
+            policy.mx.join(", ")
+        )));
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::sts::parse_policy;
+
+    fn target(host: &str, ip: &str) -> Target {
+        Target {
+            host: host.into(),
+            address: ip.parse().unwrap(),
+            port: 25,
         }
+    }
+
+    #[test]
+    fn enforce_keeps_matching_hosts_with_verified_tls_and_dane_hosts_as_they_are() {
+        let policy =
+            parse_policy("version: STSv1\nmode: enforce\nmx: *.d.test\nmax_age: 60\n").unwrap();
+        let dane = HostTls::Dane(vec![Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0; 32],
+        }]);
+        let decided = vec![
+            (target("mx1.d.test", "192.0.2.1"), HostTls::Default),
+            (target("other.test", "192.0.2.2"), HostTls::Default),
+            (target("dane.other.test", "192.0.2.3"), dane.clone()),
+            (target("mx2.d.test", "192.0.2.4"), HostTls::Default),
+        ];
+        let kept = enforce(&policy, "d.test", decided).unwrap();
+        let hosts: Vec<(&str, &HostTls)> = kept.iter().map(|(t, tls)| (&t.host[..], tls)).collect();
+        assert_eq!(
+            hosts,
+            [
+                ("mx1.d.test", &HostTls::Sts),
+                ("dane.other.test", &dane),
+                ("mx2.d.test", &HostTls::Sts)
+            ]
+        );
+        let none = vec![(target("evil.test", "192.0.2.9"), HostTls::Default)];
+        let failure = enforce(&policy, "d.test", none).unwrap_err();
+        assert!(!failure.permanent, "transient, never a bounce");
+        assert!(
+            failure
+                .reply
+                .starts_with("451 4.7.5 d.test: MTA-STS policy (enforce) matches no MX host"),
+            "{}",
+            failure.reply
+        );
+        assert!(
+            failure.reply.contains("policy mx: *.d.test"),
+            "{}",
+            failure.reply
+        );
+    }
+
+    #[test]
+    fn a_failure_on_a_dane_or_sts_host_says_which_in_the_t_line() {
+        let t = target("mx.d.test", "192.0.2.1");
+        assert_eq!(HostTls::Default.context(&t, "d.test"), "");
+        let dane = HostTls::Dane(vec![
+            Tlsa {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![0; 32],
+            };
+            2
+        ]);
+        assert_eq!(
+            dane.context(&t, "d.test"),
+            " (DANE: 2 usable TLSA records at _25._tcp.mx.d.test; no clear text)"
+        );
+        assert_eq!(
+            HostTls::Sts.context(&t, "d.test"),
+            " (MTA-STS policy of d.test: enforce; no clear text)"
+        );
     }
 }

@@ -278,6 +278,9 @@ fn finish(
 #[derive(Default)]
 pub struct ClientTls {
     built: RefCell<Vec<(Settings, Client)>>,
+    /// DANE configurations by settings and TLSA records, at most
+    /// `CLIENT_CONFIGS_MAX` (the oldest goes first).
+    dane_built: RefCell<Vec<((Settings, Vec<Tlsa>), Client)>>,
 }
 
 impl ClientTls {
@@ -298,24 +301,34 @@ impl ClientTls {
         Ok(client)
     }
 
-    /// A configuration for one connection to an MX host with usable TLSA
-    /// `records` (never empty): they alone decide which certificate is
-    /// accepted (`tls_verify` and `tls_ca` do not apply); the client
-    /// certificate is the queue's. Built per connection, not kept: the
-    /// records are the host's and change with its zone.
+    /// The configuration for an MX host with usable TLSA `records` (never
+    /// empty): they alone decide which certificate is accepted
+    /// (`tls_verify` and `tls_ca` do not apply); the client certificate
+    /// is the queue's. Kept by (settings, records), so a host's next
+    /// connection reuses it until its zone changes the records.
     pub fn dane_client(
         &self,
         options: &DeliveryOptions,
-        records: Vec<Tlsa>,
+        records: &[Tlsa],
     ) -> Result<Client, TlsFileError> {
+        let key = (Settings::of(options), records.to_vec());
+        if let Some((_, client)) = self.dane_built.borrow().iter().find(|(k, _)| *k == key) {
+            return Ok(client.clone());
+        }
         let provider = provider();
         let verifier = Arc::new(Verifier {
             mode: TlsVerify::Host,
             webpki: None,
             provider: provider.clone(),
-            dane: Some(DaneVerifier::new(records, provider.clone())),
+            dane: Some(DaneVerifier::new(records.to_vec(), provider.clone())),
         });
-        finish(&Settings::of(options), verifier, provider)
+        let client = finish(&key.0, verifier, provider)?;
+        let mut built = self.dane_built.borrow_mut();
+        if built.len() == CLIENT_CONFIGS_MAX {
+            built.remove(0);
+        }
+        built.push((key, client.clone()));
+        Ok(client)
     }
 }
 
