@@ -382,4 +382,60 @@ mod tests {
         let err = check(&other, &der, &[], &name, UnixTime::now(), &provider).unwrap_err();
         assert!(err.contains("no TLSA record matches"), "{err}");
     }
+
+    /// Real certificates (made once with Python's cryptography, kept in
+    /// testdata/): a CA valid 2026-2126, a leaf for mx.example.test it
+    /// signed, and a leaf of the same CA that expired in 2020.
+    const CA: &[u8] = include_bytes!("testdata/ca.der");
+    const LEAF: &[u8] = include_bytes!("testdata/leaf.der");
+    const EXPIRED: &[u8] = include_bytes!("testdata/expired.der");
+
+    fn sha256(bytes: &[u8]) -> Vec<u8> {
+        ring::digest::digest(&ring::digest::SHA256, bytes)
+            .as_ref()
+            .to_vec()
+    }
+
+    /// Goal: DANE-EE ignores names and dates (RFC 7672 section 3.1.1);
+    /// DANE-TA verifies the chain to the matched anchor with the MX name
+    /// and dates (section 3.1.2), and only from a certificate the server
+    /// sent. Method: the testdata certificates, "now" in 2027.
+    #[test]
+    fn dane_ee_skips_names_and_dates_and_dane_ta_checks_both() {
+        let provider = crate::tls::provider();
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_800_000_000));
+        let mx = ServerName::try_from("mx.example.test").unwrap();
+        let other = ServerName::try_from("other.example.test").unwrap();
+        let (ca, leaf, expired) = (
+            CertificateDer::from(CA),
+            CertificateDer::from(LEAF),
+            CertificateDer::from(EXPIRED),
+        );
+        let leaf_spki = spki_of(LEAF).expect("a real certificate's key is found");
+        let ee = [tlsa(3, 1, 1, &sha256(leaf_spki))];
+        assert_eq!(
+            check(&ee, &leaf, &[], &other, now, &provider),
+            Ok(3),
+            "no name check"
+        );
+        let expired_ee = [tlsa(3, 0, 1, &sha256(EXPIRED))];
+        assert_eq!(
+            check(&expired_ee, &expired, &[], &mx, now, &provider),
+            Ok(3),
+            "no date check"
+        );
+
+        let ta = [tlsa(2, 0, 1, &sha256(CA))];
+        let chain = [ca.clone()];
+        assert_eq!(check(&ta, &leaf, &chain, &mx, now, &provider), Ok(2));
+        let ta_spki = [tlsa(2, 1, 1, &sha256(spki_of(CA).unwrap()))];
+        assert_eq!(check(&ta_spki, &leaf, &chain, &mx, now, &provider), Ok(2));
+        let wrong_name = check(&ta, &leaf, &chain, &other, now, &provider).unwrap_err();
+        assert!(wrong_name.contains("chain does not verify"), "{wrong_name}");
+        let too_old = check(&ta, &expired, &chain, &mx, now, &provider).unwrap_err();
+        assert!(too_old.contains("chain does not verify"), "{too_old}");
+        // The anchor must be in what the server sent.
+        let not_sent = check(&ta, &leaf, &[], &mx, now, &provider).unwrap_err();
+        assert!(not_sent.contains("no TLSA record matches"), "{not_sent}");
+    }
 }
