@@ -1,8 +1,8 @@
 //! The TLS decision for each target of a queue: DANE (RFC 7672), MTA-STS
 //! (RFC 8461), or the queue's own `tls` options.
 //!
-//! With `dane = true`, an MX host whose MX answer and whose TLSA answer
-//! (`_PORT._tcp.HOST`) both came with the AD bit of the resolver (a
+//! With `dane = true`, an MX host whose MX answer, address answer and
+//! TLSA answer (`_PORT._tcp.HOST`) all came with the AD bit of the resolver (a
 //! validating resolver the operator trusts, on loopback, as Postfix's
 //! `smtp_tls_security_level = dane` does) and has usable TLSA records
 //! (DANE-TA or DANE-EE) must be reached over TLS with a certificate the
@@ -116,22 +116,30 @@ async fn dane_of(
     if target.host.parse::<std::net::IpAddr>().is_ok() {
         return Ok(HostTls::Default);
     }
-    // Cache hits: `connect::resolve` asked these a moment ago.
-    let secure = match plan {
+    // Cache hits: `connect::resolve` asked these a moment ago. The MX
+    // answer (MX routing) and the host's address answer must both be
+    // authentic (RFC 7672 sections 2.2.1 and 2.2.2).
+    let mx_secure = match plan {
         Plan::Mx { .. } => out
             .resolver
             .lookup_authenticated(nameservers, domain, RecordKind::Mx)
             .await
             .is_ok_and(|(_, ad)| ad),
-        _ => out
-            .resolver
-            .lookup_authenticated(nameservers, &target.host, RecordKind::A)
-            .await
-            .is_ok_and(|(_, ad)| ad),
+        _ => true,
     };
-    if !secure {
+    let kind = match target.address {
+        std::net::IpAddr::V4(_) => RecordKind::A,
+        std::net::IpAddr::V6(_) => RecordKind::Aaaa,
+    };
+    let address_secure = mx_secure
+        && out
+            .resolver
+            .lookup_authenticated(nameservers, &target.host, kind)
+            .await
+            .is_ok_and(|(_, ad)| ad);
+    if !address_secure {
         tracing::debug!(
-            "{domain}: {}: MX answer not DNSSEC-validated: no DANE",
+            "{domain}: {}: MX or address answer not DNSSEC-validated: no DANE",
             target.host
         );
         return Ok(HostTls::Default);

@@ -370,8 +370,17 @@ impl StsCache {
                 return Lookup::Policy(c.policy.clone());
             }
         }
+        let started = std::time::Instant::now();
         match self.fetch_any(resolver, nameservers, &domain, ca).await {
             Ok(policy) => {
+                tracing::info!(
+                    "{domain}: MTA-STS policy id {id} fetched in {} ms: mode {}, mx {}, \
+                     max_age {}",
+                    started.elapsed().as_millis(),
+                    policy.mode,
+                    policy.mx.join(" "),
+                    policy.max_age
+                );
                 self.remember(&domain, id, policy.clone(), now);
                 Lookup::Policy(policy)
             }
