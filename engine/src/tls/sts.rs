@@ -54,6 +54,11 @@ pub const POLICY_MX_PATTERNS_MAX: usize = 64;
 /// Most domains one shard caches a policy for; past it the policy that
 /// expires soonest is dropped.
 pub const STS_POLICIES_MAX: usize = 10_000;
+/// How long a failed policy fetch is not tried again for the same
+/// domain and id (the domain counts as having no policy meanwhile, or
+/// keeps its cached one), so that every connection of a queue does not
+/// wait `FETCH_TIMEOUT_MS` on a dead policy host.
+pub const FETCH_FAILURE_RETRY_MS: u64 = 60_000;
 /// Longest `id` of a TXT record (RFC 8461 section 3.1: 1 to 32
 /// alphanumerics).
 pub const STS_ID_CHARS_MAX: usize = 32;
@@ -327,6 +332,9 @@ pub enum Lookup {
 pub struct StsCache {
     /// At most `STS_POLICIES_MAX` entries.
     policies: RefCell<HashMap<String, Cached>>,
+    /// Failed fetches by domain: the id and until when (unix ms) it is
+    /// not fetched again, with why. At most `STS_POLICIES_MAX` entries.
+    failures: RefCell<HashMap<String, (String, u64, String)>>,
     configs: RefCell<Vec<(Option<PathBuf>, Arc<ClientConfig>)>>,
 }
 
@@ -370,8 +378,22 @@ impl StsCache {
                 return Lookup::Policy(c.policy.clone());
             }
         }
+        let failed = self
+            .failures
+            .borrow()
+            .get(&domain)
+            .filter(|(failed_id, until, _)| *failed_id == id && *until > now)
+            .map(|(_, _, why)| format!("{why} (not tried again yet)"));
         let started = std::time::Instant::now();
-        match self.fetch_any(resolver, nameservers, &domain, ca).await {
+        let fetched = match failed {
+            Some(why) => Err(why),
+            None => {
+                let fetched = self.fetch_any(resolver, nameservers, &domain, ca).await;
+                self.note_fetch(&domain, &id, &fetched, now);
+                fetched
+            }
+        };
+        match fetched {
             Ok(policy) => {
                 tracing::info!(
                     "{domain}: MTA-STS policy id {id} fetched in {} ms: mode {}, mx {}, \
@@ -437,6 +459,23 @@ impl StsCache {
         Ok(config)
     }
 
+    /// Remembers a failed fetch for `FETCH_FAILURE_RETRY_MS`, or forgets
+    /// the failure after a success.
+    fn note_fetch(&self, domain: &str, id: &str, fetched: &Result<Policy, String>, now: u64) {
+        let mut failures = self.failures.borrow_mut();
+        let Err(why) = fetched else {
+            failures.remove(domain);
+            return;
+        };
+        if failures.len() >= STS_POLICIES_MAX {
+            failures.retain(|_, (_, until, _)| *until > now);
+        }
+        if failures.len() < STS_POLICIES_MAX {
+            let until = now.saturating_add(FETCH_FAILURE_RETRY_MS);
+            failures.insert(domain.to_string(), (id.to_string(), until, why.clone()));
+        }
+    }
+
     fn remember(&self, domain: &str, id: String, policy: Policy, now: u64) {
         let mut policies = self.policies.borrow_mut();
         if policies.len() >= STS_POLICIES_MAX && !policies.contains_key(domain) {
@@ -460,8 +499,10 @@ impl StsCache {
         assert!(policies.len() <= STS_POLICIES_MAX);
     }
 
-    /// Forgets every cached policy; returns how many there were.
+    /// Forgets every cached policy and failure; returns how many
+    /// policies there were.
     pub fn flush(&self) -> usize {
+        self.failures.borrow_mut().clear();
         let mut policies = self.policies.borrow_mut();
         let n = policies.len();
         policies.clear();

@@ -87,8 +87,9 @@ fn policy(mode: &str, mx: &str) -> String {
 /// the MX name; it defers, with a T line naming MTA-STS and nothing sent,
 /// when no MX host matches, when the certificate does not name the MX
 /// host, and when the server does not offer STARTTLS; a `testing` policy
-/// delivers anyway (and logs); a policy is fetched once and cached while
-/// its id stays. Method: five domains in unbound, their policies over
+/// delivers anyway (and logs); a policy announced but not served (404)
+/// counts as none; a policy is fetched once and cached while its id
+/// stays. Method: six domains in unbound, their policies over
 /// HTTPS on 127.0.8.43:443 (checked against `mta_sts_ca`, the test's
 /// CA), an aiosmtpd with STARTTLS on 127.0.0.4 and one without on
 /// 127.0.0.6; the daemon has no `tls` option of its own.
@@ -96,7 +97,14 @@ fn policy(mode: &str, mx: &str) -> String {
 fn mta_sts_enforce_delivers_to_matching_mx_over_tls_and_defers_otherwise() {
     let dir = TempDir::new("mta-sts");
     let pki = Pki::new(dir.path());
-    let domains = ["sts", "stsbad", "ststesting", "stsplain", "stswrongcert"];
+    let domains = [
+        "sts",
+        "stsbad",
+        "ststesting",
+        "stsplain",
+        "stswrongcert",
+        "stsnone",
+    ];
     let https_names: Vec<String> = domains
         .iter()
         .map(|d| format!("DNS:mta-sts.{d}.test"))
@@ -160,6 +168,7 @@ fn mta_sts_enforce_delivers_to_matching_mx_over_tls_and_defers_otherwise() {
 
     let enforced = send(&daemon, dir.path(), "enforce@sts", "r@sts.test");
     let testing = send(&daemon, dir.path(), "testing@sts", "r@ststesting.test");
+    let unavailable = send(&daemon, dir.path(), "unavailable@sts", "r@stsnone.test");
     for (id, rcpt) in [
         ("nomatch@sts", "r@stsbad.test"),
         ("plain@sts", "r@stsplain.test"),
@@ -175,6 +184,12 @@ fn mta_sts_enforce_delivers_to_matching_mx_over_tls_and_defers_otherwise() {
     let (got, _) = poll_until(ARRIVAL_TIMEOUT, || arrived(&tls_sink, "testing@sts"))
         .expect("testing mode delivers");
     assert_eq!(got, testing);
+    // Announced but not served (404): as if no policy (RFC 8461 section
+    // 5), so the domain's own options (tls = no) deliver it.
+    let (got, tls) = poll_until(ARRIVAL_TIMEOUT, || arrived(&tls_sink, "unavailable@sts"))
+        .expect("an unavailable policy does not hold mail");
+    assert_eq!(got, unavailable);
+    assert_eq!(tls, "-", "no policy: the domain's tls = no");
 
     // Each deferred domain is tried again every second: wait for two T
     // lines of each, so the second try used the cached policy.
@@ -233,6 +248,11 @@ fn mta_sts_enforce_delivers_to_matching_mx_over_tls_and_defers_otherwise() {
     let log = paniclog(daemon.dir());
     assert!(
         log.contains("MTA-STS policy (testing) would refuse MX host mx.ststesting.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("stsnone.test: MTA-STS policy announced but unavailable")
+            && log.contains("HTTP status \"HTTP/1.0 404 Not Found\""),
         "{log}"
     );
 }
