@@ -3,6 +3,7 @@
 //! (Python's http.server with ssl, tests/py/mta_sts_server.py) serves each
 //! domain's policy on 127.0.8.43:443 with a certificate of a CA the test
 //! makes, and aiosmtpd sinks with and without STARTTLS play the MX hosts.
+//! Port 443 is the RFC's: the test runs as root (as CI does).
 
 use std::fs;
 use std::net::TcpStream;
