@@ -498,7 +498,7 @@ Commands:
                        release them: delivery starts again
   reroute queue <d1> <d2>
                        the messages queued for d1 go through d2's route
-  dns_cache stats | dns_cache lookup <name> [MX|A|AAAA] | dns_cache flush
+  dns_cache stats | dns_cache lookup <name> [MX|A|AAAA|TLSA|TXT] | dns_cache flush
                        every shard's DNS cache: counts, a cached answer, forget all
   signing_stats        DKIM signing (opendkim): messages processed, signed, failed, time spent
   config reload [path] re-read the configuration (a bad file keeps the running one)
@@ -637,7 +637,7 @@ fn parse_message_command(command: &str, args: &[&str]) -> Result<ControlRequest,
             let kinds = match kind.first() {
                 None => DnsKind::ALL.to_vec(),
                 Some(k) => vec![DnsKind::parse(k).ok_or_else(|| {
-                    format!("Usage: dns_cache lookup <name> [MX|A|AAAA]: the cache holds no '{k}' records")
+                    format!("Usage: dns_cache lookup <name> [MX|A|AAAA|TLSA|TXT]: the cache holds no '{k}' records")
                 })?],
             };
             Ok(ControlRequest::DnsCache(DnsCacheRequest::Lookup {
@@ -646,7 +646,7 @@ fn parse_message_command(command: &str, args: &[&str]) -> Result<ControlRequest,
             }))
         }
         _ => Err(
-            "Usage: dns_cache stats | dns_cache lookup <name> [MX|A|AAAA] | dns_cache flush".into(),
+            "Usage: dns_cache stats | dns_cache lookup <name> [MX|A|AAAA|TLSA|TXT] | dns_cache flush".into(),
         ),
     }
 }

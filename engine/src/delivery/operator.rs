@@ -391,6 +391,8 @@ impl Outbound {
             DnsKind::Mx => RecordKind::Mx,
             DnsKind::A => RecordKind::A,
             DnsKind::Aaaa => RecordKind::Aaaa,
+            DnsKind::Tlsa => RecordKind::Tlsa,
+            DnsKind::Txt => RecordKind::Txt,
         };
         let (answer, ttl_left_s) = self.resolver.cached_answer(name, record_kind)?;
         Some(DnsCached {

@@ -329,6 +329,13 @@ fn dane_delivers_to_matching_tlsa_and_defers_otherwise() {
         arrived(&plain_sink, "notls@dane").is_none(),
         "never in clear"
     );
+    // The console shows the cached TLSA records, asked for by type.
+    let console = daemon.console(&format!("dns_cache lookup _{port}._tcp.mx.ee.test TLSA\n"));
+    let shown = String::from_utf8_lossy(&console.stdout);
+    assert!(
+        shown.contains("TLSA") && shown.contains(&format!("3 1 1 {spki}")),
+        "{shown}"
+    );
     let log = paniclog(daemon.dir());
     assert!(log.contains("verified by DANE-EE (dane)"), "{log}");
     assert!(log.contains("verified by DANE-TA (dane)"), "{log}");
