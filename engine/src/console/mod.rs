@@ -1164,7 +1164,14 @@ mod tests {
                 kinds: DnsKind::ALL.to_vec()
             })
         );
-        usage("dns_cache lookup one.test TXT");
+        assert_eq!(
+            ask("dns_cache lookup _25._tcp.mx.one.test tlsa"),
+            ControlRequest::DnsCache(DnsCacheRequest::Lookup {
+                name: "_25._tcp.mx.one.test".into(),
+                kinds: vec![DnsKind::Tlsa]
+            })
+        );
+        usage("dns_cache lookup one.test SRV");
         usage("dns_cache");
         usage("dns_cache refcnts");
     }
