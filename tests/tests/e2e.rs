@@ -27,6 +27,8 @@ mod console_ops;
 mod crash;
 #[path = "e2e/datasource.rs"]
 mod datasource;
+#[path = "e2e/dane.rs"]
+mod dane;
 #[path = "e2e/delay.rs"]
 mod delay;
 #[path = "e2e/delivery.rs"]
@@ -49,6 +51,8 @@ mod http;
 mod limits;
 #[path = "e2e/logrotate.rs"]
 mod logrotate;
+#[path = "e2e/mta_sts.rs"]
+mod mta_sts;
 #[path = "e2e/mx.rs"]
 mod mx;
 #[path = "e2e/odd_servers.rs"]

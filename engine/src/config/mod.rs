@@ -1166,6 +1166,9 @@ domain "example.com" {
                 outbound_smtp_auth_type: None,
                 outbound_smtp_auth_allow_plaintext: false,
                 send_chunking: false,
+                mta_sts: false,
+                mta_sts_ca: None,
+                dane: false,
             }
         );
     }

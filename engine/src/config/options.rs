@@ -627,6 +627,18 @@ option_family! {
         /// are spooled (no dot-stuffing, no line-end rewriting). Off:
         /// DATA, as Postfix always does.
         send_chunking: bool = "send_chunking" in OUTBOUND, Kind::Bool, default false;
+        /// MTA-STS (RFC 8461): look up the domain's policy and, in
+        /// `enforce` mode, deliver only to its MX hosts, over TLS with a
+        /// certificate valid for the MX name (docs/tls.md).
+        mta_sts: bool = "mta_sts" in OUTBOUND, Kind::Bool, default false;
+        /// PEM file of the CAs the MTA-STS policy fetch (HTTPS) and an
+        /// enforced policy's MX certificates are checked against; `None`:
+        /// the system's.
+        mta_sts_ca: Option<PathBuf> = "mta_sts_ca" in OUTBOUND, Kind::Path, default None;
+        /// DANE (RFC 7672): TLSA records of an MX host, from DNSSEC
+        /// answers (the resolver's AD bit), make TLS mandatory and decide
+        /// which certificate is accepted (docs/tls.md).
+        dane: bool = "dane" in OUTBOUND, Kind::Bool, default false;
     }
 }
 

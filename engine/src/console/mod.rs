@@ -499,7 +499,7 @@ Commands:
                        release them: delivery starts again
   reroute queue <d1> <d2>
                        the messages queued for d1 go through d2's route
-  dns_cache stats | dns_cache lookup <name> [MX|A|AAAA] | dns_cache flush
+  dns_cache stats | dns_cache lookup <name> [MX|A|AAAA|TLSA|TXT] | dns_cache flush
                        every shard's DNS cache: counts, a cached answer, forget all
   signing_stats        DKIM signing (opendkim): messages processed, signed, failed, time spent
   config reload [path] re-read the configuration (a bad file keeps the running one)
@@ -645,7 +645,7 @@ fn parse_message_command(command: &str, args: &[&str]) -> Result<ControlRequest,
             let kinds = match kind.first() {
                 None => DnsKind::ALL.to_vec(),
                 Some(k) => vec![DnsKind::parse(k).ok_or_else(|| {
-                    format!("Usage: dns_cache lookup <name> [MX|A|AAAA]: the cache holds no '{k}' records")
+                    format!("Usage: dns_cache lookup <name> [MX|A|AAAA|TLSA|TXT]: the cache holds no '{k}' records")
                 })?],
             };
             Ok(ControlRequest::DnsCache(DnsCacheRequest::Lookup {
@@ -654,7 +654,7 @@ fn parse_message_command(command: &str, args: &[&str]) -> Result<ControlRequest,
             }))
         }
         _ => Err(
-            "Usage: dns_cache stats | dns_cache lookup <name> [MX|A|AAAA] | dns_cache flush".into(),
+            "Usage: dns_cache stats | dns_cache lookup <name> [MX|A|AAAA|TLSA|TXT] | dns_cache flush".into(),
         ),
     }
 }
@@ -1178,7 +1178,14 @@ mod tests {
                 kinds: DnsKind::ALL.to_vec()
             })
         );
-        usage("dns_cache lookup one.test TXT");
+        assert_eq!(
+            ask("dns_cache lookup _25._tcp.mx.one.test tlsa"),
+            ControlRequest::DnsCache(DnsCacheRequest::Lookup {
+                name: "_25._tcp.mx.one.test".into(),
+                kinds: vec![DnsKind::Tlsa]
+            })
+        );
+        usage("dns_cache lookup one.test SRV");
         usage("dns_cache");
         usage("dns_cache refcnts");
     }

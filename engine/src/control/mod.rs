@@ -175,22 +175,32 @@ pub enum DnsKind {
     Mx,
     A,
     Aaaa,
+    /// DANE's TLSA records (asked for by name only).
+    Tlsa,
+    /// MTA-STS's TXT records (asked for by name only).
+    Txt,
 }
 
 impl DnsKind {
+    /// What `dns_cache lookup NAME` shows without a type.
     pub const ALL: [DnsKind; 3] = [DnsKind::Mx, DnsKind::A, DnsKind::Aaaa];
+    /// Types shown only when asked for (`dns_cache lookup NAME TLSA`).
+    pub const ON_REQUEST: [DnsKind; 2] = [DnsKind::Tlsa, DnsKind::Txt];
 
     pub fn name(self) -> &'static str {
         match self {
             DnsKind::Mx => "MX",
             DnsKind::A => "A",
             DnsKind::Aaaa => "AAAA",
+            DnsKind::Tlsa => "TLSA",
+            DnsKind::Txt => "TXT",
         }
     }
 
     pub fn parse(text: &str) -> Option<DnsKind> {
         DnsKind::ALL
             .into_iter()
+            .chain(DnsKind::ON_REQUEST)
             .find(|k| k.name().eq_ignore_ascii_case(text))
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use glommio::channels::local_channel;
 
 use super::disposition::{AttemptReply, ReplyClass};
-use super::{connect, limits, pool, route, settle, Outbound};
+use super::{connect, limits, pool, route, secure, settle, Outbound};
 use crate::clock::{now_unix_ms, now_unix_us};
 use crate::config::DeliveryOptions;
 use crate::queue::{MessageRef, QueueId};
@@ -105,6 +105,20 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
             return settle::sweep(out, id, &options, &failure.reply, Stage::NotConnected, "");
         }
     };
+    let plan = route::plan(&options);
+    let targets = if options.dane || options.mta_sts {
+        match secure::decide(out, config.nameservers(), &options, &domain, &plan, targets).await {
+            Ok(targets) => targets,
+            Err(failure) => {
+                return settle::sweep(out, id, &options, &failure.reply, Stage::NotConnected, "");
+            }
+        }
+    } else {
+        targets
+            .into_iter()
+            .map(|target| (target, secure::HostTls::Default))
+            .collect()
+    };
     let ehlo = if is_valid_ehlo_hostname(&options.ehlo_hostname) {
         options.ehlo_hostname.as_str()
     } else {
@@ -118,7 +132,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     };
     let mut last = (String::new(), Stage::NotConnected, String::new());
     let mut busy = false;
-    'targets: for target in &targets {
+    'targets: for (target, host_tls) in &targets {
         let remote_ip = target.address.to_string();
         let host_limit = config
             .host_max_outbound_connections(&target.host)
@@ -141,11 +155,14 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
         // ifavailable: a failed handshake is tried again in clear text
         // to the same host, once (tls_ifavailable_fallback); required:
         // never.
-        let mut starttls = starttls_of(options.tls);
+        let mut starttls = match host_tls {
+            secure::HostTls::Default => starttls_of(options.tls),
+            _ => StartTls::Required,
+        };
         let ended = loop {
             let tls = match starttls {
                 StartTls::Off => None,
-                _ => match out.tls.client(&options) {
+                _ => match tls_client(out, &options, host_tls) {
                     Ok(client) => Some(TlsTarget {
                         client,
                         name: tls::client::server_name(&target.host, target.address),
@@ -224,6 +241,7 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
                 if reply.starts_with("421") {
                     mark_down(SocketAddr::new(target.address, target.port), &options);
                 }
+                let reply = reply + &host_tls.context(target, &domain);
                 last = (reply, stage, remote_ip)
             }
         }
@@ -237,6 +255,28 @@ pub(super) async fn run_connection(out: &Rc<Outbound>, id: QueueId) {
     }
     let (reply, stage, remote_ip) = last;
     settle::sweep(out, id, &options, &reply, stage, &remote_ip);
+}
+
+/// The TLS configuration of a target: DANE's records, an enforced
+/// MTA-STS policy (`tls_verify = host` against `mta_sts_ca`), or the
+/// queue's options.
+fn tls_client(
+    out: &Outbound,
+    options: &DeliveryOptions,
+    host_tls: &secure::HostTls,
+) -> Result<tls::client::Client, tls::TlsFileError> {
+    match host_tls {
+        secure::HostTls::Default => out.tls.client(options),
+        secure::HostTls::Dane(records) => out.tls.dane_client(options, records),
+        secure::HostTls::Sts => {
+            let enforced = DeliveryOptions {
+                tls_verify: crate::config::TlsVerify::Host,
+                tls_ca: options.mta_sts_ca.clone(),
+                ..options.clone()
+            };
+            out.tls.client(&enforced)
+        }
+    }
 }
 
 /// What the session asks of STARTTLS under the `tls` option.
@@ -357,12 +397,12 @@ impl Connection<'_> {
             _ => tls::client::Verified::No("no certificate".into()),
         };
         tracing::info!(
-            "TLS to {} ({}): {} {}, certificate {verified} (tls_verify = {})",
+            "TLS to {} ({}): {} {}, certificate {verified} ({})",
             target.name.to_str(),
             self.remote_ip,
             info.protocol,
             info.cipher,
-            target.client.verifier.mode()
+            target.client.verifier.policy()
         );
         self.stream = Stream::Client(Box::new(stream));
         Ok(())

@@ -18,6 +18,8 @@
 //!   retry at a time;
 //! - [`settle`]: applies dispositions (mainlog, counters, the delayed
 //!   queue, the report to the message's home shard);
+//! - `secure`: the TLS decision per target (DANE, MTA-STS, or the
+//!   queue's `tls` options);
 //! - [`operator`]: the console's commands on this shard's queues and
 //!   resolver (flush, fail, retry, suspend, reroute, `dns_cache`).
 //!
@@ -40,6 +42,7 @@ pub mod limits;
 mod operator;
 pub mod pool;
 pub mod route;
+mod secure;
 mod settle;
 mod source;
 
@@ -84,6 +87,8 @@ pub struct Outbound {
     /// The shard's Lua scripts, told every outcome when they want them
     /// (`set_scriptlets`; none until the shard is wired).
     scriptlets: RefCell<Option<Rc<crate::scriptlet::Scriptlets>>>,
+    /// MTA-STS policies by domain (`tls::sts`).
+    sts: crate::tls::sts::StsCache,
 }
 
 impl Outbound {
@@ -108,6 +113,7 @@ impl Outbound {
             stalled: RefCell::new(Vec::new()),
             tls: crate::tls::client::ClientTls::default(),
             scriptlets: RefCell::new(None),
+            sts: crate::tls::sts::StsCache::default(),
         }
     }
 

@@ -391,6 +391,8 @@ impl Outbound {
             DnsKind::Mx => RecordKind::Mx,
             DnsKind::A => RecordKind::A,
             DnsKind::Aaaa => RecordKind::Aaaa,
+            DnsKind::Tlsa => RecordKind::Tlsa,
+            DnsKind::Txt => RecordKind::Txt,
         };
         let (answer, ttl_left_s) = self.resolver.cached_answer(name, record_kind)?;
         Some(DnsCached {
@@ -421,6 +423,16 @@ fn dns_data(answer: &Answer) -> DnsData {
         Answer::Addresses(ips) => DnsData::Records(ips.iter().map(|ip| ip.to_string()).collect()),
         Answer::NoData => DnsData::NoData,
         Answer::NxDomain => DnsData::NxDomain,
+        Answer::Tlsa(records) => DnsData::Records(
+            records
+                .iter()
+                .map(|t| {
+                    let hex: String = t.data.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("{} {} {} {hex}", t.usage, t.selector, t.matching)
+                })
+                .collect(),
+        ),
+        Answer::Txt(texts) => DnsData::Records(texts.iter().map(|t| format!("\"{t}\"")).collect()),
     }
 }
 

@@ -235,7 +235,10 @@ pub fn mx_hosts(domain: &str, answer: &Answer, spread: u64) -> Result<Vec<String
         Answer::NxDomain => Err(RouteFailure::permanent(format!(
             "550 5.1.2 {domain}: domain does not exist (NXDOMAIN)"
         ))),
-        Answer::NoData | Answer::Addresses(_) => Ok(vec![domain.to_ascii_lowercase()]),
+        // An MX question never gets TLSA or TXT records back; read as no MX.
+        Answer::NoData | Answer::Addresses(_) | Answer::Tlsa(_) | Answer::Txt(_) => {
+            Ok(vec![domain.to_ascii_lowercase()])
+        }
         Answer::Mx(records) => {
             let mut records: Vec<&Mx> = records.iter().filter(|mx| mx.exchange != ".").collect();
             if records.is_empty() {

@@ -24,6 +24,9 @@ type Key = (String, RecordKind);
 
 struct Entry {
     answer: Answer,
+    /// The nameserver set the AD bit: a validating resolver found the
+    /// answer authentic (DNSSEC).
+    authenticated: bool,
     expires_unix_ms: u64,
 }
 
@@ -78,10 +81,21 @@ impl Cache {
     /// The answer for `name` and `kind` if one is cached and has not
     /// expired at `now_unix_ms`.
     pub fn get(&mut self, name: &str, kind: RecordKind, now_unix_ms: u64) -> Option<Answer> {
+        self.get_authenticated(name, kind, now_unix_ms)
+            .map(|(answer, _)| answer)
+    }
+
+    /// [`Cache::get`], with whether the answer came with the AD bit.
+    pub fn get_authenticated(
+        &mut self,
+        name: &str,
+        kind: RecordKind,
+        now_unix_ms: u64,
+    ) -> Option<(Answer, bool)> {
         let key = (name.to_ascii_lowercase(), kind);
         let entry = self.entries.get(&key)?;
         if entry.expires_unix_ms > now_unix_ms {
-            return Some(entry.answer.clone());
+            return Some((entry.answer.clone(), entry.authenticated));
         }
         let expires = entry.expires_unix_ms;
         self.entries.remove(&key);
@@ -97,6 +111,20 @@ impl Cache {
         name: &str,
         kind: RecordKind,
         answer: Answer,
+        ttl_seconds: u32,
+        now_unix_ms: u64,
+    ) {
+        self.put_authenticated(name, kind, answer, false, ttl_seconds, now_unix_ms)
+    }
+
+    /// [`Cache::put`] of an answer that came with (`authenticated`) or
+    /// without the AD bit.
+    pub fn put_authenticated(
+        &mut self,
+        name: &str,
+        kind: RecordKind,
+        answer: Answer,
+        authenticated: bool,
         ttl_seconds: u32,
         now_unix_ms: u64,
     ) {
@@ -122,6 +150,7 @@ impl Cache {
             key,
             Entry {
                 answer,
+                authenticated,
                 expires_unix_ms,
             },
         );

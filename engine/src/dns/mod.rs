@@ -1,5 +1,6 @@
-//! The resolver of one shard: MX, A and AAAA lookups for delivery, with a
-//! per-shard cache.
+//! The resolver of one shard: MX, A and AAAA lookups for delivery, TLSA
+//! (DANE) and TXT (MTA-STS) lookups, with a per-shard cache that keeps
+//! each answer's AD bit.
 //!
 //! Owns: [`Resolver`] (the cache and the query loop), the answer types
 //! ([`Answer`], [`Mx`], [`DnsError`]), [`system_nameservers`].
@@ -60,6 +61,20 @@ pub enum RecordKind {
     Mx,
     A,
     Aaaa,
+    /// TLSA records of `_25._tcp.<mx-host>` (DANE, RFC 7672).
+    Tlsa,
+    /// TXT records (`_mta-sts.<domain>`, RFC 8461).
+    Txt,
+}
+
+/// One TLSA record (RFC 6698 section 2.1): certificate usage, selector,
+/// matching type and the association data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tlsa {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
 }
 
 /// One MX record. `exchange` is lower case without the final dot; the
@@ -81,6 +96,11 @@ pub enum Answer {
     NoData,
     /// The name does not exist.
     NxDomain,
+    /// TLSA records (never empty), in the order received.
+    Tlsa(Vec<Tlsa>),
+    /// TXT records (never empty): each record's strings joined, as
+    /// RFC 8461 section 3.1 reads them, lossily as UTF-8.
+    Txt(Vec<String>),
 }
 
 impl Answer {
@@ -139,7 +159,7 @@ pub fn system_nameservers() -> Vec<SocketAddr> {
 }
 
 type Question = (String, RecordKind);
-type Waiters = Vec<LocalSender<Result<Answer, DnsError>>>;
+type Waiters = Vec<LocalSender<Result<(Answer, bool), DnsError>>>;
 
 /// The resolver of one shard.
 pub struct Resolver {
@@ -242,8 +262,27 @@ impl Resolver {
         name: &str,
         kind: RecordKind,
     ) -> Result<Answer, DnsError> {
+        self.lookup_authenticated(configured, name, kind)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// [`Resolver::lookup`], with whether the nameserver set the AD bit
+    /// (a validating resolver found the answer authentic; every query
+    /// asks for it, RFC 6840 section 5.7). DANE trusts it only from a
+    /// resolver the operator trusts, on loopback, as Postfix does.
+    pub async fn lookup_authenticated(
+        &self,
+        configured: &[SocketAddr],
+        name: &str,
+        kind: RecordKind,
+    ) -> Result<(Answer, bool), DnsError> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(answer) = self.cache.borrow_mut().get(&name, kind, now_unix_ms()) {
+        if let Some(answer) = self
+            .cache
+            .borrow_mut()
+            .get_authenticated(&name, kind, now_unix_ms())
+        {
             bump(&self.counts.hits);
             return Ok(answer);
         }
@@ -270,7 +309,7 @@ impl Resolver {
                 return result;
             }
             // The asker went away (its connection was dropped): ask anew.
-            return Box::pin(self.lookup(configured, &question.0, kind)).await;
+            return Box::pin(self.lookup_authenticated(configured, &question.0, kind)).await;
         }
         let servers = if configured.is_empty() {
             &self.system[..]
@@ -291,13 +330,18 @@ impl Resolver {
         if result.is_err() {
             bump(&self.counts.failures);
         }
-        if let Ok((answer, ttl)) = &result {
+        if let Ok((answer, ttl, authenticated)) = &result {
             let now = now_unix_ms();
-            self.cache
-                .borrow_mut()
-                .put(&question.0, kind, answer.clone(), *ttl, now);
+            self.cache.borrow_mut().put_authenticated(
+                &question.0,
+                kind,
+                answer.clone(),
+                *authenticated,
+                *ttl,
+                now,
+            );
         }
-        let result = result.map(|(answer, _)| answer);
+        let result = result.map(|(answer, _, authenticated)| (answer, authenticated));
         let waiters = asking.done();
         for waiter in waiters {
             let _ = waiter.try_send(result.clone());
@@ -376,12 +420,13 @@ impl Drop for Asking<'_> {
 }
 
 /// Asks `servers` in turn, `QUERY_ROUNDS` times, until one gives an
-/// answer (a positive or a negative one). Returns the answer and its TTL.
+/// answer (a positive or a negative one). Returns the answer, its TTL and
+/// the AD bit.
 async fn query(
     servers: &[SocketAddr],
     name: &str,
     kind: RecordKind,
-) -> Result<(Answer, u32), DnsError> {
+) -> Result<(Answer, u32, bool), DnsError> {
     if servers.is_empty() {
         return Err(DnsError::NoNameservers);
     }
@@ -403,7 +448,7 @@ async fn query(
                 other => other,
             };
             match parsed {
-                Ok(Parsed::Answer(answer, ttl)) => return Ok((answer, ttl)),
+                Ok(Parsed::Answer(answer, ttl, ad)) => return Ok((answer, ttl, ad)),
                 Ok(Parsed::Truncated) => {
                     last = DnsError::BadReply {
                         server,

@@ -11,13 +11,14 @@ use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::cache::NEGATIVE_TTL_SECONDS_DEFAULT;
-use super::{Answer, DnsError, Mx, RecordKind, UDP_REPLY_BYTES_MAX};
+use super::{Answer, DnsError, Mx, RecordKind, Tlsa, UDP_REPLY_BYTES_MAX};
 
 /// What a reply says.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// An answer (positive or negative) and how long it may be cached.
-    Answer(Answer, u32),
+    /// An answer (positive or negative), how long it may be cached, and
+    /// whether the nameserver set the AD bit (found it authentic).
+    Answer(Answer, u32, bool),
     /// Cut to fit a datagram: ask again over TCP.
     Truncated,
 }
@@ -27,6 +28,8 @@ fn record_type(kind: RecordKind) -> RecordType {
         RecordKind::Mx => RecordType::MX,
         RecordKind::A => RecordType::A,
         RecordKind::Aaaa => RecordType::AAAA,
+        RecordKind::Tlsa => RecordType::TLSA,
+        RecordKind::Txt => RecordType::TXT,
     }
 }
 
@@ -47,13 +50,20 @@ pub fn host_name(name: &Name) -> String {
 }
 
 /// A recursive query for `name` (without the final dot) and `kind`, with
-/// EDNS advertising `UDP_REPLY_BYTES_MAX`. Returns its id and its bytes.
+/// EDNS advertising `UDP_REPLY_BYTES_MAX`. Every query sets the AD bit, so
+/// a validating resolver says whether it found the answer authentic
+/// (RFC 6840 section 5.7); a TLSA query also sets DO (RFC 7672 section
+/// 2.2 asks for it). Returns its id and its bytes.
 pub fn build_query(name: &str, kind: RecordKind) -> Result<(u16, Vec<u8>), DnsError> {
     let mut message = Message::query();
     message.metadata.recursion_desired = true;
+    message.metadata.authentic_data = true;
     message.add_query(Query::query(fqdn(name)?, record_type(kind)));
     let mut edns = Edns::new();
     edns.set_max_payload(UDP_REPLY_BYTES_MAX as u16);
+    if kind == RecordKind::Tlsa {
+        edns.set_dnssec_ok(true);
+    }
     message.set_edns(edns);
     let bytes = message.to_vec().map_err(|_| DnsError::BadName)?;
     Ok((message.metadata.id, bytes))
@@ -96,10 +106,11 @@ pub fn parse_reply(
     if meta.truncation {
         return Ok(Parsed::Truncated);
     }
+    let ad = meta.authentic_data;
     match meta.response_code {
         ResponseCode::NoError => {}
         ResponseCode::NXDomain => {
-            return Ok(Parsed::Answer(Answer::NxDomain, negative_ttl(&message)))
+            return Ok(Parsed::Answer(Answer::NxDomain, negative_ttl(&message), ad))
         }
         other => {
             return Err(DnsError::Server {
@@ -115,7 +126,7 @@ pub fn parse_reply(
         .filter(|r| r.record_type() == wanted)
         .collect();
     if records.is_empty() {
-        return Ok(Parsed::Answer(Answer::NoData, negative_ttl(&message)));
+        return Ok(Parsed::Answer(Answer::NoData, negative_ttl(&message), ad));
     }
     let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0);
     let answer = match kind {
@@ -134,8 +145,34 @@ pub fn parse_reply(
         RecordKind::A | RecordKind::Aaaa => {
             Answer::Addresses(records.iter().filter_map(|r| r.data.ip_addr()).collect())
         }
+        RecordKind::Tlsa => Answer::Tlsa(
+            records
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TLSA(tlsa) => Some(Tlsa {
+                        usage: tlsa.cert_usage.into(),
+                        selector: tlsa.selector.into(),
+                        matching: tlsa.matching.into(),
+                        data: tlsa.cert_data.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        RecordKind::Txt => Answer::Txt(
+            records
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => {
+                        let joined: Vec<u8> = txt.txt_data.iter().flatten().copied().collect();
+                        Some(String::from_utf8_lossy(&joined).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect(),
+        ),
     };
-    Ok(Parsed::Answer(answer, ttl))
+    Ok(Parsed::Answer(answer, ttl, ad))
 }
 
 /// The RFC mnemonic of a failure code, as operators know it.
@@ -211,7 +248,7 @@ mod tests {
         ]);
         assert_eq!(
             parse(&bytes, id, RecordKind::Mx),
-            Ok(Parsed::Answer(expected, 60))
+            Ok(Parsed::Answer(expected, 60, false))
         );
     }
 
@@ -234,7 +271,8 @@ mod tests {
             parse(&bytes, id, RecordKind::A),
             Ok(Parsed::Answer(
                 Answer::Addresses(vec!["127.0.0.2".parse().unwrap()]),
-                120
+                120,
+                false
             ))
         );
     }
@@ -261,12 +299,16 @@ mod tests {
         });
         assert_eq!(
             parse(&nx, id, RecordKind::Mx),
-            Ok(Parsed::Answer(Answer::NxDomain, 45))
+            Ok(Parsed::Answer(Answer::NxDomain, 45, false))
         );
         let nodata = reply_to(&query, |_| {});
         assert_eq!(
             parse(&nodata, id, RecordKind::Mx),
-            Ok(Parsed::Answer(Answer::NoData, NEGATIVE_TTL_SECONDS_DEFAULT))
+            Ok(Parsed::Answer(
+                Answer::NoData,
+                NEGATIVE_TTL_SECONDS_DEFAULT,
+                false
+            ))
         );
         let servfail = reply_to(&query, |m| {
             m.metadata.response_code = ResponseCode::ServFail;
@@ -292,6 +334,60 @@ mod tests {
         assert_eq!(
             build_query(&long_label, RecordKind::A),
             Err(DnsError::BadName)
+        );
+    }
+
+    #[test]
+    fn tlsa_and_txt_records_come_back_with_the_ad_bit() {
+        use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+        use hickory_proto::rr::rdata::{TLSA, TXT};
+        let (id, query) = build_query("_25._tcp.mx.example.test", RecordKind::Tlsa).unwrap();
+        let sent = Message::from_vec(&query).unwrap();
+        assert!(sent.metadata.authentic_data, "AD asked for");
+        assert!(sent.edns.as_ref().unwrap().flags().dnssec_ok, "DO set");
+        let bytes = reply_to(&query, |m| {
+            m.metadata.authentic_data = true;
+            m.add_answer(Record::from_rdata(
+                name("_25._tcp.mx.example.test."),
+                300,
+                RData::TLSA(TLSA::new(
+                    CertUsage::DaneEe,
+                    Selector::Spki,
+                    Matching::Sha256,
+                    vec![1, 2, 3],
+                )),
+            ));
+        });
+        let parsed = parse_reply(
+            &bytes,
+            id,
+            "_25._tcp.mx.example.test",
+            RecordKind::Tlsa,
+            SERVER.parse().unwrap(),
+        );
+        let expected = Answer::Tlsa(vec![Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![1, 2, 3],
+        }]);
+        assert_eq!(parsed, Ok(Parsed::Answer(expected, 300, true)));
+
+        let (id, query) = build_query("example.test", RecordKind::Txt).unwrap();
+        let bytes = reply_to(&query, |m| {
+            m.add_answer(Record::from_rdata(
+                name("example.test."),
+                60,
+                RData::TXT(TXT::new(vec!["v=STSv1; ".into(), "id=20261203;".into()])),
+            ));
+        });
+        assert_eq!(
+            parse(&bytes, id, RecordKind::Txt),
+            Ok(Parsed::Answer(
+                Answer::Txt(vec!["v=STSv1; id=20261203;".into()]),
+                60,
+                false
+            ))
         );
     }
 }

@@ -416,7 +416,8 @@ pub struct Services {
 
 /// `msys.dnsLookup(name[, type])`: a table of results (addresses as text,
 /// MX as `"pref exchange"`), or `nil, error`; an empty table when the name
-/// has no such record. Types: A (default), AAAA, MX.
+/// has no such record. Types: A (default), AAAA, MX, TXT (each record's
+/// strings joined), TLSA (`"usage selector matching hexdata"`).
 fn register_dns(lua: &Lua, msys: &Table, dns: Option<DnsLookup>) -> mlua::Result<()> {
     let lookup =
         lua.create_async_function(move |lua, (name, kind): (String, Option<String>)| {
@@ -427,9 +428,11 @@ fn register_dns(lua: &Lua, msys: &Table, dns: Option<DnsLookup>) -> mlua::Result
                     None | Some("A") => RecordKind::A,
                     Some("AAAA") => RecordKind::Aaaa,
                     Some("MX") => RecordKind::Mx,
+                    Some("TXT") => RecordKind::Txt,
+                    Some("TLSA") => RecordKind::Tlsa,
                     Some(other) => {
                         return Err(mlua::Error::runtime(format!(
-                            "msys.dnsLookup: type `{other}` is not supported (A, AAAA, MX)"
+                            "msys.dnsLookup: type `{other}` is not supported (A, AAAA, MX, TXT, TLSA)"
                         )))
                     }
                 };
@@ -448,6 +451,14 @@ fn register_dns(lua: &Lua, msys: &Table, dns: Option<DnsLookup>) -> mlua::Result
                             .map(|mx| format!("{} {}", mx.preference, mx.exchange))
                             .collect()
                     }
+                    Ok(Answer::Txt(texts)) => texts,
+                    Ok(Answer::Tlsa(records)) => records
+                        .iter()
+                        .map(|r| {
+                            let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+                            format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+                        })
+                        .collect(),
                     Ok(Answer::NoData | Answer::NxDomain) => Vec::new(),
                     Err(e) => return Ok((Value::Nil, Some(e.to_string()))),
                 };

@@ -10,9 +10,10 @@
 //! name, `host` only a trusted chain for the host's name. Whether the
 //! certificate verified is asked again after the handshake
 //! ([`Verifier::check`]) for the logs, so opportunistic TLS still
-//! records what it got. MTA-STS and DANE (issue 10 item 3) would be
-//! further modes of the same verifier: a policy's MX names to match, or
-//! TLSA records to match the chain against.
+//! records what it got. DANE is a further mode of the same verifier
+//! ([`ClientTls::dane_client`]: TLSA records to match the chain against,
+//! `tls::dane`); an enforced MTA-STS policy is `tls_verify = host` with
+//! `mta_sts_ca`'s roots.
 //!
 //! Owns: [`ClientTls`] (the shard's cache), [`Verifier`], [`Verified`].
 //! May call: rustls, rustls-native-certs, the PEM readers of `super`.
@@ -30,8 +31,10 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use super::dane::DaneVerifier;
 use super::{provider, read_certificates, read_key, TlsFileError, PROTOCOL_VERSIONS};
 use crate::config::{DeliveryOptions, TlsVerify};
+use crate::dns::Tlsa;
 
 /// Distinct outbound TLS settings a shard keeps a configuration for; past
 /// it the oldest is dropped (and built again when next needed).
@@ -46,6 +49,8 @@ pub enum Verified {
     NameMismatch,
     /// Not trusted (unknown issuer, expired, ...): why.
     No(String),
+    /// A TLSA record of this usage (2: DANE-TA, 3: DANE-EE) matched.
+    Dane(u8),
 }
 
 impl std::fmt::Display for Verified {
@@ -54,6 +59,8 @@ impl std::fmt::Display for Verified {
             Verified::Yes => f.write_str("verified"),
             Verified::NameMismatch => f.write_str("not verified: name mismatch"),
             Verified::No(why) => write!(f, "not verified: {why}"),
+            Verified::Dane(2) => f.write_str("verified by DANE-TA"),
+            Verified::Dane(_) => f.write_str("verified by DANE-EE"),
         }
     }
 }
@@ -62,8 +69,11 @@ impl std::fmt::Display for Verified {
 pub fn accepts(mode: TlsVerify, verified: &Verified) -> bool {
     match mode {
         TlsVerify::No | TlsVerify::Optional => true,
-        TlsVerify::Ca => matches!(verified, Verified::Yes | Verified::NameMismatch),
-        TlsVerify::Host => *verified == Verified::Yes,
+        TlsVerify::Ca => matches!(
+            verified,
+            Verified::Yes | Verified::NameMismatch | Verified::Dane(_)
+        ),
+        TlsVerify::Host => matches!(verified, Verified::Yes | Verified::Dane(_)),
     }
 }
 
@@ -74,6 +84,8 @@ pub struct Verifier {
     /// `None` when there is no CA to trust at all: nothing verifies.
     webpki: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
+    /// Set for a host with usable TLSA records: they alone decide.
+    dane: Option<DaneVerifier>,
 }
 
 impl Verifier {
@@ -85,6 +97,12 @@ impl Verifier {
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Verified {
+        if let Some(dane) = &self.dane {
+            return match dane.check(end_entity, intermediates, server_name, now) {
+                Ok(usage) => Verified::Dane(usage),
+                Err(why) => Verified::No(format!("DANE: {why}")),
+            };
+        }
         let Some(webpki) = &self.webpki else {
             return Verified::No("no CA certificates to verify with".into());
         };
@@ -100,6 +118,14 @@ impl Verifier {
     pub fn mode(&self) -> TlsVerify {
         self.mode
     }
+
+    /// What decided, for the logs: `dane` or `tls_verify = MODE`.
+    pub fn policy(&self) -> String {
+        match &self.dane {
+            Some(_) => "dane".into(),
+            None => format!("tls_verify = {}", self.mode),
+        }
+    }
 }
 
 impl ServerCertVerifier for Verifier {
@@ -112,12 +138,16 @@ impl ServerCertVerifier for Verifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let verified = self.check(end_entity, intermediates, server_name, now);
-        if accepts(self.mode, &verified) {
+        let accepted = match &self.dane {
+            Some(_) => matches!(verified, Verified::Dane(_)),
+            None => accepts(self.mode, &verified),
+        };
+        if accepted {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
-                "certificate {verified} (tls_verify = {})",
-                self.mode
+                "certificate {verified} ({})",
+                self.policy()
             )))
         }
     }
@@ -185,7 +215,7 @@ pub struct Client {
 }
 
 /// The roots `tls_ca` names, or the system's.
-fn roots(ca: Option<&PathBuf>) -> Result<RootCertStore, TlsFileError> {
+pub(super) fn roots(ca: Option<&PathBuf>) -> Result<RootCertStore, TlsFileError> {
     let mut store = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -216,7 +246,18 @@ fn build(settings: &Settings) -> Result<Client, TlsFileError> {
         mode: settings.verify,
         webpki,
         provider: provider.clone(),
+        dane: None,
     });
+    finish(settings, verifier, provider)
+}
+
+/// A configuration around `verifier`, with the client certificate of
+/// `settings` if it names one.
+fn finish(
+    settings: &Settings,
+    verifier: Arc<Verifier>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Client, TlsFileError> {
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .dangerous()
@@ -237,6 +278,9 @@ fn build(settings: &Settings) -> Result<Client, TlsFileError> {
 #[derive(Default)]
 pub struct ClientTls {
     built: RefCell<Vec<(Settings, Client)>>,
+    /// DANE configurations by settings and TLSA records, at most
+    /// `CLIENT_CONFIGS_MAX` (the oldest goes first).
+    dane_built: RefCell<Vec<((Settings, Vec<Tlsa>), Client)>>,
 }
 
 impl ClientTls {
@@ -254,6 +298,36 @@ impl ClientTls {
             built.remove(0);
         }
         built.push((settings, client.clone()));
+        Ok(client)
+    }
+
+    /// The configuration for an MX host with usable TLSA `records` (never
+    /// empty): they alone decide which certificate is accepted
+    /// (`tls_verify` and `tls_ca` do not apply); the client certificate
+    /// is the queue's. Kept by (settings, records), so a host's next
+    /// connection reuses it until its zone changes the records.
+    pub fn dane_client(
+        &self,
+        options: &DeliveryOptions,
+        records: &[Tlsa],
+    ) -> Result<Client, TlsFileError> {
+        let key = (Settings::of(options), records.to_vec());
+        if let Some((_, client)) = self.dane_built.borrow().iter().find(|(k, _)| *k == key) {
+            return Ok(client.clone());
+        }
+        let provider = provider();
+        let verifier = Arc::new(Verifier {
+            mode: TlsVerify::Host,
+            webpki: None,
+            provider: provider.clone(),
+            dane: Some(DaneVerifier::new(records.to_vec(), provider.clone())),
+        });
+        let client = finish(&key.0, verifier, provider)?;
+        let mut built = self.dane_built.borrow_mut();
+        if built.len() == CLIENT_CONFIGS_MAX {
+            built.remove(0);
+        }
+        built.push((key, client.clone()));
         Ok(client)
     }
 }

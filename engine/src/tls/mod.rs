@@ -13,8 +13,10 @@
 //! logs other than the paniclog.
 
 pub mod client;
+pub mod dane;
 pub mod server;
 mod stream;
+pub mod sts;
 
 use std::path::Path;
 use std::sync::Arc;

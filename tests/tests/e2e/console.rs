@@ -682,7 +682,7 @@ fn console_dns_cache_shows_looks_up_and_flushes_the_resolver_caches() {
     assert!(domain.contains("  [10 mx.one.test. TTL:"), "{domain}");
     let missing = console_text(&daemon, "dns_cache lookup nothere.test MX\n");
     assert!(missing.contains("Cached result not found."), "{missing}");
-    let usage = console_text(&daemon, "dns_cache lookup one.test TXT\n");
+    let usage = console_text(&daemon, "dns_cache lookup one.test SRV\n");
     assert!(usage.starts_with("Usage: dns_cache lookup"), "{usage}");
 
     let flushed = console_text(&daemon, "dns_cache flush\n");

@@ -21,12 +21,12 @@ const NEVER_ARRIVES_WAIT: Duration = Duration::from_secs(4);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A test CA and the certificates it issued, as PEM files in `dir`.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
-    ca: PathBuf,
+    pub(crate) ca: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     let output = run(
         Command::new("openssl").current_dir(dir).args(args),
         COMMAND_TIMEOUT,
@@ -39,7 +39,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(crate) fn new(dir: &Path) -> Pki {
         let dir = dir.join("pki");
         fs::create_dir_all(&dir).unwrap();
         openssl(
@@ -72,7 +72,7 @@ impl Pki {
 
     /// A certificate for `names` (`DNS:x` / `IP:y` items) signed by the
     /// CA: (certificate, key).
-    fn issue(&self, label: &str, names: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue(&self, label: &str, names: &str) -> (PathBuf, PathBuf) {
         let (key, csr, pem, ext) = (
             format!("{label}.key"),
             format!("{label}.csr"),
