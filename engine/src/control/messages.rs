@@ -221,6 +221,7 @@ mod tests {
             next_attempt_unix_ms: 0,
             connection_id: 0,
             body_8bitmime: false,
+            event_fields: None,
         }
     }
 

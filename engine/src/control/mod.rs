@@ -914,6 +914,7 @@ mod tests {
             next_attempt_unix_ms: 0,
             connection_id: 0,
             body_8bitmime: false,
+            event_fields: None,
         };
         let d = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
         let m = queues.find_or_create(mkt, "a.example", 1, options);

@@ -27,6 +27,7 @@
 pub mod backpressure;
 pub mod binding_header;
 pub mod signing;
+pub mod smtpapi;
 pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -774,6 +775,16 @@ async fn validate<S: Transport>(
             .expect("the back-pressure reply is well-formed");
         return Ok(false);
     }
+    if phase == Phase::Data {
+        if let Some(text) = smtpapi::refusal(&session.validation().0.check) {
+            // Momentum's smtpapi refuses a bad X-MSYS-API before the policy.
+            let refusal = PolicyRejection::new(550, "5.6.0", text);
+            session
+                .validated(Verdict::Reject(refusal))
+                .expect("the X-MSYS-API reply is well-formed");
+            return Ok(false);
+        }
+    }
     let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
     let (validation, vctx) = session.validation();
     let mut wrote = false;
@@ -874,7 +885,10 @@ async fn receive(
     }
     let mut body = Vec::with_capacity(header.len() + received.len());
     body.extend_from_slice(header.as_bytes());
-    binding_header::append_without(&mut body, &received, &assigned.fields);
+    // X-MSYS-API (checked at DATA) goes with the binding header's fields.
+    let api = smtpapi::find(&received).unwrap_or_default();
+    let fields = smtpapi::with_fields(&assigned.fields, &api.fields);
+    binding_header::append_without(&mut body, &received, &fields);
     let binding = shard.bindings.name(assigned.binding);
     let message = &body[header.len()..];
     if let Some(dkim) =
@@ -893,6 +907,11 @@ async fn receive(
         rcpts: envelope.rcpts,
         extensions: Vec::new(),
     };
+    let mut spooled = spooled;
+    if let Some(api) = &api.api {
+        let fields = smtpapi::event_fields(api, id.0);
+        spooled.set_extension(crate::api::TAG_EVENT_FIELDS, fields.into_bytes());
+    }
     let spooled_ref = match shard.messages.spool(id, &spooled, &body).await {
         Ok(r) => r,
         Err(e) => return (refused(shard, conn, e), received),
@@ -1088,6 +1107,7 @@ fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
                 raw_reason: Some(rejection.text),
                 bounce_class: None,
                 method: "esmtp",
+                generation: None,
             };
             format_event(buf, &e);
         });

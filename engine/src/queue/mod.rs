@@ -249,6 +249,9 @@ pub struct MessageRef {
     pub next_attempt_unix_ms: u64,
     pub connection_id: u64,
     pub body_8bitmime: bool,
+    /// The event fields of a generated message (REST or X-MSYS-API;
+    /// `api::event_fields`), shared by its entries.
+    pub event_fields: Option<std::sync::Arc<str>>,
 }
 
 /// A queue this shard holds, by slot: stable while the queue exists (a
@@ -650,6 +653,7 @@ mod tests {
             next_attempt_unix_ms: 0,
             connection_id: 0,
             body_8bitmime: false,
+            event_fields: None,
         }
     }
 

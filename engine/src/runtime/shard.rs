@@ -436,6 +436,12 @@ pub(super) async fn run(setup: Setup) {
         "http",
     );
     let http = HttpContext::new(id, shard.env.stats.clone(), control, http_queue);
+    let api = crate::api::ShardApi::new(
+        shard.env.clone(),
+        shard.messages.clone(),
+        shard.router.clone(),
+    );
+    let _ = http.api.set(api);
     let mut http_tasks = Vec::new();
     for sock in http_listeners {
         match glommio::spawn_local_into(http::accept_loop(http.clone(), sock), http_queue) {
