@@ -63,6 +63,9 @@ pub fn build_shared(c: &Inline, date: &str, boundary_seed: &str) -> Vec<u8> {
         multipart("mixed", &b, &parts)
     };
     out.push_str(&body);
+    if !out.ends_with("\r\n") {
+        out.push_str("\r\n");
+    }
     out.into_bytes()
 }
 
@@ -111,8 +114,10 @@ fn file_part(a: &Attachment, disposition: &str) -> String {
 
 fn multipart(kind: &str, boundary: &str, parts: &[String]) -> String {
     let mut out = format!("Content-Type: multipart/{kind}; boundary=\"{boundary}\"\r\n\r\n");
+    // The line break before a delimiter belongs to it (RFC 2046 5.1.1):
+    // a part's own last line break is kept by writing another.
     for p in parts {
-        let _ = write!(out, "--{boundary}\r\n{p}");
+        let _ = write!(out, "--{boundary}\r\n{p}\r\n");
     }
     let _ = write!(out, "--{boundary}--\r\n");
     out
@@ -131,7 +136,8 @@ pub fn base64_lines(data: &[u8]) -> String {
 
 /// Quoted-printable (RFC 2045 6.7) of text whose line ends may be LF or
 /// CRLF: hard line breaks become CRLF, soft breaks keep lines within 76,
-/// trailing spaces and tabs are encoded. Ends with CRLF.
+/// trailing spaces and tabs are encoded. Ends with CRLF only when the text
+/// ends with a line break.
 pub fn quoted_printable(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len() + data.len() / 8 + 2);
     let mut col = 0;
@@ -169,9 +175,6 @@ pub fn quoted_printable(data: &[u8]) -> String {
         }
         col += width;
         i += 1;
-    }
-    if !out.ends_with("\r\n") {
-        out.push_str("\r\n");
     }
     out
 }
@@ -307,11 +310,11 @@ mod tests {
         let long = "a".repeat(100);
         let qp = quoted_printable(long.as_bytes());
         assert!(qp.split("\r\n").all(|l| l.len() <= 76), "{qp}");
-        assert_eq!(qp.replace("=\r\n", ""), format!("{long}\r\n"));
+        assert_eq!(qp.replace("=\r\n", ""), long);
         assert_eq!(
             quoted_printable(b"a=b\tc \r\n.\n"),
             "a=3Db\tc=20\r\n=2E\r\n"
         );
-        assert_eq!(quoted_printable("é".as_bytes()), "=C3=A9\r\n");
+        assert_eq!(quoted_printable("é".as_bytes()), "=C3=A9");
     }
 }
