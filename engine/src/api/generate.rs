@@ -99,7 +99,11 @@ impl ShardApi {
     }
 
     /// Answers one request under `/api/v1/`.
-    pub async fn handle(self: &Rc<Self>, request: Request<Incoming>) -> Reply {
+    pub async fn handle(
+        self: &Rc<Self>,
+        request: Request<Incoming>,
+        working: &Cell<bool>,
+    ) -> Reply {
         let path = request.uri().path().trim_end_matches('/').to_string();
         let method = request.method().clone();
         let route = match (&method, path.as_str()) {
@@ -154,13 +158,13 @@ impl ShardApi {
             }
         }
         match route {
-            Route::Create => self.create(request).await,
+            Route::Create => self.create(request, working).await,
             Route::List => self.list(),
             Route::Get(id) => self.get(&id),
         }
     }
 
-    async fn create(self: &Rc<Self>, request: Request<Incoming>) -> Reply {
+    async fn create(self: &Rc<Self>, request: Request<Incoming>, working: &Cell<bool>) -> Reply {
         let body = match Limited::new(request.into_body(), API_REQUEST_BODY_BYTES_MAX)
             .collect()
             .await
@@ -178,6 +182,7 @@ impl ShardApi {
                 return error_reply(&ApiError::new(400, "1300", "bad request", format!("{e}")))
             }
         };
+        working.set(true);
         let t = match transmission::parse(&body) {
             Ok(t) => t,
             Err(e) => return error_reply(&e),

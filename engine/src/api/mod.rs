@@ -31,8 +31,10 @@ pub const TAG_EVENT_FIELDS: u16 = 16;
 /// ms, 8 bytes little-endian): a transmission's `start_time`.
 pub const TAG_NOT_BEFORE: u16 = 17;
 
-/// Answers a request under `/api/v1/`; `working` is set while the request
-/// is handled (the connection's watchdog then waits for it).
+/// Answers a request under `/api/v1/`; `working` is set from the moment
+/// its body has arrived until it is answered (the connection's watchdog
+/// then waits for it: a transmission's spooling may take longer than the
+/// request timeout, a slow client's upload may not).
 pub async fn serve(
     api: &std::rc::Rc<ShardApi>,
     request: hyper::Request<hyper::body::Incoming>,
@@ -44,9 +46,8 @@ pub async fn serve(
             self.0.set(false);
         }
     }
-    working.set(true);
     let _working = Working(working);
-    api.handle(request).await
+    api.handle(request, working).await
 }
 
 /// What a spooled envelope says for delivery: its event fields (shared by
