@@ -14,10 +14,14 @@
 //! sent. A crash in the middle (no answer reached the client) leaves the
 //! messages spooled so far, which are delivered after the restart.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -60,6 +64,9 @@ pub struct ShardApi {
     messages: Rc<Messages>,
     router: Rc<Router>,
     generating: Cell<usize>,
+    /// Shares of other shards' transmissions spooled here and waiting for
+    /// their commit or withdrawal, by transmission id.
+    pending: RefCell<HashMap<u64, Vec<Generated>>>,
 }
 
 fn json_reply(status: u16, body: String) -> Reply {
@@ -77,7 +84,7 @@ fn error_reply(e: &ApiError) -> Reply {
 }
 
 /// A message generated and spooled, not yet handed to delivery.
-struct Generated {
+pub struct Generated {
     id: MessageId,
     envelope: SpooledEnvelope,
     spooled: Spooled,
@@ -91,6 +98,7 @@ impl ShardApi {
             messages,
             router,
             generating: Cell::new(0),
+            pending: RefCell::new(HashMap::new()),
         })
     }
 
@@ -245,7 +253,11 @@ impl ShardApi {
     }
 
     /// Generates, spools (all or nothing) and routes every recipient's
-    /// message; the number generated.
+    /// message; the number generated. The recipients are cut into one
+    /// contiguous share per shard; each shard spools its share into its
+    /// own spool (`ShardMsg::Generate`), and only when every share is
+    /// durable does each shard hand its messages to delivery. If a share
+    /// fails, every shard takes its messages back.
     async fn generate(
         &self,
         t: &Transmission,
@@ -253,16 +265,148 @@ impl ShardApi {
         started_ms: u64,
     ) -> Result<usize, ApiError> {
         let (shared, from) = self.shared(t, id, started_ms);
-        let hostname = self.env.config.get().hostname().to_string();
+        let plan = Arc::new(Plan {
+            t: t.clone(),
+            shared,
+            from,
+            tx: id,
+            hostname: self.env.config.get().hostname().to_string(),
+        });
+        let count = self.env.count;
+        let me = self.env.id;
+        let shares = split(plan.t.recipients.len(), count);
+        let (reply, answers) = crossbeam::channel::unbounded();
+        let mut asked = Vec::new();
+        for (shard, range) in shares.iter().enumerate() {
+            if shard == me || range.is_empty() {
+                continue;
+            }
+            let job = GenerateJob {
+                plan: plan.clone(),
+                step: Step::Spool(range.clone()),
+                reply: reply.clone(),
+            };
+            self.router.generate(shard, job).await;
+            asked.push(shard);
+        }
+        let local = self.spool_share(&plan, shares[me].clone()).await;
+        let remote = gather(&answers, asked.len()).await;
+        let failed = local
+            .as_ref()
+            .err()
+            .cloned()
+            .or_else(|| remote.iter().find_map(|(_, r)| r.as_ref().err().cloned()));
+        let remote_ok: Vec<usize> = remote
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(s, _)| *s)
+            .collect();
+        let missing = asked.len() - remote.len();
+        let failed = failed.or_else(|| {
+            (missing > 0).then(|| format!("{missing} shard(s) did not answer in time"))
+        });
         let tx = id.to_string();
-        let mut done: Vec<Generated> = Vec::with_capacity(t.recipients.len());
-        for (wave_no, wave) in t.recipients.chunks(API_SPOOL_WAVE).enumerate() {
+        if let Some(why) = failed {
+            if let Ok(mine) = local {
+                self.withdraw(mine).await;
+            }
+            for &shard in &remote_ok {
+                let job = GenerateJob {
+                    plan: plan.clone(),
+                    step: Step::Withdraw,
+                    reply: reply.clone(),
+                };
+                self.router.generate(shard, job).await;
+            }
+            let _ = gather(&answers, remote_ok.len()).await;
+            tracing::error!("api: transmission {tx}: spooling failed ({why}); every spooled message taken back, none sent");
+            return Err(ApiError::new(
+                503,
+                "1901",
+                "transmission failed",
+                format!("the messages could not be spooled ({why}); none was sent: try again"),
+            ));
+        }
+        for &shard in &remote_ok {
+            let job = GenerateJob {
+                plan: plan.clone(),
+                step: Step::Commit,
+                reply: reply.clone(),
+            };
+            self.router.generate(shard, job).await;
+        }
+        let mine = local.expect("checked above");
+        let mut total = mine.len();
+        self.commit(&plan, mine).await;
+        for (_, r) in gather(&answers, remote_ok.len()).await {
+            total += r.unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Another shard's step of a transmission (`ShardMsg::Generate`).
+    pub fn on_generate(self: &Rc<Self>, job: GenerateJob) {
+        let api = self.clone();
+        glommio::spawn_local(async move {
+            let GenerateJob { plan, step, reply } = job;
+            let answer = match step {
+                Step::Spool(range) => match api.spool_share(&plan, range).await {
+                    Ok(done) => {
+                        let n = done.len();
+                        api.pending.borrow_mut().insert(plan.tx, done);
+                        Ok(n)
+                    }
+                    Err(e) => Err(e),
+                },
+                Step::Commit => {
+                    let done = api
+                        .pending
+                        .borrow_mut()
+                        .remove(&plan.tx)
+                        .unwrap_or_default();
+                    let n = done.len();
+                    api.commit(&plan, done).await;
+                    Ok(n)
+                }
+                Step::Withdraw => {
+                    let done = api
+                        .pending
+                        .borrow_mut()
+                        .remove(&plan.tx)
+                        .unwrap_or_default();
+                    api.withdraw(done).await;
+                    Ok(0)
+                }
+            };
+            let _ = reply.send((api.env.id, answer));
+        })
+        .detach();
+    }
+
+    /// Spools the messages of recipients `range` in this shard's spool, in
+    /// waves; on a failure takes back what it spooled and says why.
+    async fn spool_share(
+        &self,
+        plan: &Plan,
+        range: Range<usize>,
+    ) -> Result<Vec<Generated>, String> {
+        let t = &plan.t;
+        let tx = plan.tx.to_string();
+        let mut done: Vec<Generated> = Vec::with_capacity(range.len());
+        let mut at = range.start;
+        while at < range.end {
+            let wave = at..(at + API_SPOOL_WAVE).min(range.end);
+            at = wave.end;
             let mut tasks = Vec::with_capacity(wave.len());
-            for (i, r) in wave.iter().enumerate() {
-                let n = wave_no * API_SPOOL_WAVE + i;
+            let mut failed = None;
+            for n in wave {
+                let r = &t.recipients[n];
                 let message_id = match self.messages.admit() {
                     Ok(m) => m,
-                    Err(_) => break,
+                    Err(_) => {
+                        failed = Some("the shard's live-message limit is reached".to_string());
+                        break;
+                    }
                 };
                 let body = match &t.content {
                     Content::Inline(_) => {
@@ -270,45 +414,12 @@ impl ShardApi {
                             Some(h) => h.clone(),
                             None => mime::mailbox(&r.address),
                         };
-                        mime::message_for(
-                            &mime::header_text(&to),
-                            &format!("{tx}.{n}@{hostname}"),
-                            &shared,
-                        )
+                        let mid = format!("{tx}.{n}@{}", plan.hostname);
+                        mime::message_for(&mime::header_text(&to), &mid, &plan.shared)
                     }
-                    Content::Rfc822(_) => shared.clone(),
+                    Content::Rfc822(_) => plan.shared.clone(),
                 };
-                let mail_from = r
-                    .return_path
-                    .clone()
-                    .or_else(|| t.return_path.clone())
-                    .unwrap_or_else(|| from.clone());
-                let meta = match merged(&t.metadata, &r.metadata) {
-                    Value::Object(m) => m,
-                    _ => unreachable!("merged metadata is an object"),
-                };
-                let fields = event_fields(&EventFields {
-                    transmission_id: &tx,
-                    campaign_id: t.campaign_id.as_deref(),
-                    rcpt_meta: &meta,
-                    rcpt_tags: &r.tags,
-                    recv_method: PROTOCOL_REST,
-                    sandbox: false,
-                });
-                let mut envelope = SpooledEnvelope {
-                    received_unix_ms: now_unix_ms(),
-                    peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    connection_id: id,
-                    body_8bitmime: body.iter().any(|&b| b >= 0x80),
-                    binding: DEFAULT_BINDING.to_string(),
-                    mail_from,
-                    rcpts: vec![r.address.email.clone()],
-                    extensions: Vec::new(),
-                };
-                envelope.set_extension(TAG_EVENT_FIELDS, fields.into_bytes());
-                if let Some(at) = t.options.start_time_unix_ms {
-                    envelope.set_extension(TAG_NOT_BEFORE, at.to_le_bytes().to_vec());
-                }
+                let envelope = envelope_for(plan, n);
                 let messages = self.messages.clone();
                 tasks.push(glommio::spawn_local(async move {
                     let size = body.len() as u64;
@@ -321,39 +432,28 @@ impl ShardApi {
                     })
                 }));
             }
-            let wanted = wave.len();
-            let mut failed = None;
-            let got = tasks.len();
             for task in tasks {
                 match task.await {
                     Ok(g) => done.push(g),
                     Err(e) => failed = Some(format!("{e:?}")),
                 }
             }
-            if got < wanted && failed.is_none() {
-                failed = Some("the shard's live-message limit is reached".into());
-            }
             if let Some(why) = failed {
-                let n = done.len();
-                for g in done {
-                    if let Err(e) = self.messages.withdraw(g.id).await {
-                        tracing::error!("api: transmission {tx}: cannot take back {}: {e}", g.id);
-                    }
-                }
-                tracing::error!("api: transmission {tx}: spooling failed ({why}); {n} spooled message(s) taken back, none sent");
-                return Err(ApiError::new(
-                    503,
-                    "1901",
-                    "transmission failed",
-                    format!("the messages could not be spooled ({why}); none was sent: try again"),
-                ));
+                self.withdraw(done).await;
+                return Err(format!("shard {}: {why}", self.env.id));
             }
         }
+        Ok(done)
+    }
+
+    /// Writes the R lines and injection events of spooled messages and
+    /// hands them to delivery.
+    async fn commit(&self, plan: &Plan, done: Vec<Generated>) {
+        let not_before = plan.t.options.start_time_unix_ms.unwrap_or(0);
         let mut entries: Vec<MessageRef> = Vec::with_capacity(done.len());
         for g in &done {
             self.messages
                 .log_receptions(g.id, &g.envelope, g.size, None, PROTOCOL_REST);
-            let not_before = t.options.start_time_unix_ms.unwrap_or(0);
             entries.extend(self.messages.entries_for(
                 g.id,
                 g.spooled.body,
@@ -361,10 +461,17 @@ impl ShardApi {
                 std::iter::once((0, 0, not_before)),
             ));
         }
-        let n = done.len();
         drop(done);
         self.router.route(entries).await;
-        Ok(n)
+    }
+
+    /// Takes spooled messages back: never delivered.
+    async fn withdraw(&self, done: Vec<Generated>) {
+        for g in done {
+            if let Err(e) = self.messages.withdraw(g.id).await {
+                tracing::error!("api: cannot take back {}: {e}", g.id);
+            }
+        }
     }
 
     /// A sandbox transmission: its messages are generated (so they are
@@ -469,6 +576,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn recipients_are_cut_into_one_share_per_shard() {
+        assert_eq!(split(10, 3), vec![0..4, 4..7, 7..10]);
+        assert_eq!(split(1, 2), vec![0..1, 1..1]);
+        assert_eq!(split(0, 1), vec![0..0]);
+    }
+
+    #[test]
     fn an_rfc822_senders_address_is_found() {
         assert_eq!(
             rfc822_sender("Subject: s\r\nFrom: \"A\" <a@x.example>\r\n\r\nb"),
@@ -483,6 +597,118 @@ enum Route {
     Create,
     List,
     Get(String),
+}
+
+/// A transmission being generated, shared by the shards that spool it.
+pub struct Plan {
+    pub t: Transmission,
+    /// What every recipient's message shares (`mime::build_shared`, or the
+    /// rfc822 message).
+    pub shared: Vec<u8>,
+    /// The envelope sender when neither recipient nor transmission names
+    /// a return_path.
+    pub from: String,
+    pub tx: u64,
+    pub hostname: String,
+}
+
+/// One step of a transmission asked of another shard.
+pub enum Step {
+    /// Spool the messages of these recipients; hold them.
+    Spool(Range<usize>),
+    /// Hand the held messages to delivery.
+    Commit,
+    /// Take the held messages back.
+    Withdraw,
+}
+
+/// What crosses to a shard for a transmission (`ShardMsg::Generate`); the
+/// shard answers (its id, messages spooled or handed on, or why not).
+pub struct GenerateJob {
+    pub plan: Arc<Plan>,
+    pub step: Step,
+    pub reply: crossbeam::channel::Sender<(usize, Result<usize, String>)>,
+}
+
+/// How long a transmission waits for another shard's answer.
+pub const API_SHARD_ANSWER_TIMEOUT_MS: u64 = 120_000;
+/// How often it looks for the answers.
+const ANSWER_POLL_MS: u64 = 2;
+
+/// Waits (polling: a shard never blocks) for `expected` answers, at most
+/// [`API_SHARD_ANSWER_TIMEOUT_MS`]; the answers that came.
+async fn gather(
+    answers: &crossbeam::channel::Receiver<(usize, Result<usize, String>)>,
+    expected: usize,
+) -> Vec<(usize, Result<usize, String>)> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(API_SHARD_ANSWER_TIMEOUT_MS);
+    let mut got = Vec::with_capacity(expected);
+    while got.len() < expected && std::time::Instant::now() < deadline {
+        while let Ok(a) = answers.try_recv() {
+            got.push(a);
+        }
+        if got.len() < expected {
+            glommio::timer::sleep(Duration::from_millis(ANSWER_POLL_MS)).await;
+        }
+    }
+    got
+}
+
+/// `len` recipients cut into `count` contiguous shares, the first ones a
+/// recipient longer when it does not divide.
+pub fn split(len: usize, count: usize) -> Vec<Range<usize>> {
+    assert!(count > 0);
+    let (each, extra) = (len / count, len % count);
+    let mut at = 0;
+    (0..count)
+        .map(|s| {
+            let n = each + usize::from(s < extra);
+            let r = at..at + n;
+            at += n;
+            r
+        })
+        .collect()
+}
+
+/// The spool envelope of recipient `n`'s message, with its event fields
+/// and start time.
+fn envelope_for(plan: &Plan, n: usize) -> SpooledEnvelope {
+    let t = &plan.t;
+    let r = &t.recipients[n];
+    let mail_from = r
+        .return_path
+        .clone()
+        .or_else(|| t.return_path.clone())
+        .unwrap_or_else(|| plan.from.clone());
+    let meta = match merged(&t.metadata, &r.metadata) {
+        Value::Object(m) => m,
+        _ => unreachable!("merged metadata is an object"),
+    };
+    let fields = event_fields(&EventFields {
+        transmission_id: &plan.tx.to_string(),
+        campaign_id: t.campaign_id.as_deref(),
+        rcpt_meta: &meta,
+        rcpt_tags: &r.tags,
+        recv_method: PROTOCOL_REST,
+        sandbox: false,
+    });
+    let body_8bitmime = plan.shared.iter().any(|&b| b >= 0x80)
+        || r.address.name.as_deref().is_some_and(|n| !n.is_ascii());
+    let mut envelope = SpooledEnvelope {
+        received_unix_ms: now_unix_ms(),
+        peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        connection_id: plan.tx,
+        body_8bitmime,
+        binding: DEFAULT_BINDING.to_string(),
+        mail_from,
+        rcpts: vec![r.address.email.clone()],
+        extensions: Vec::new(),
+    };
+    envelope.set_extension(TAG_EVENT_FIELDS, fields.into_bytes());
+    if let Some(at) = t.options.start_time_unix_ms {
+        envelope.set_extension(TAG_NOT_BEFORE, at.to_le_bytes().to_vec());
+    }
+    envelope
 }
 
 /// The address of an rfc822 message's From field (in angle brackets, or
