@@ -440,6 +440,34 @@ mod tests {
     }
 
     #[test]
+    fn a_generated_messages_fields_replace_the_default_transmission_id() {
+        let fields = ",\"transmission_id\":\"42\",\"campaign_id\":\"c\",\"rcpt_meta\":{},\"rcpt_tags\":[],\"recv_method\":\"rest\"";
+        for kind in [EventType::Injection, EventType::Delivery] {
+            let e = Event {
+                kind,
+                generation: Some(fields),
+                method: if kind == EventType::Injection {
+                    "rest"
+                } else {
+                    "esmtp"
+                },
+                ..delivery()
+            };
+            let mut buf = Vec::new();
+            format_event(&mut buf, &e);
+            let line = String::from_utf8(buf).unwrap();
+            assert_eq!(line.matches("transmission_id").count(), 1, "{line}");
+            assert_eq!(line.matches("recv_method").count(), 1, "{line}");
+            assert!(line.ends_with(&format!("{fields}}}}}}}\n")), "{line}");
+            assert_eq!(
+                kind == EventType::Delivery,
+                line.contains("\"delv_method\":\"esmtp\""),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn event_ids_are_unique_and_ordered_per_shard() {
         let log = EventLog::open(None, 7, 1700000000123).unwrap();
         assert!(!log.is_enabled());
