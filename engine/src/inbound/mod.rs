@@ -949,17 +949,24 @@ async fn start_streaming(
 ) -> Streaming {
     let binding_header = listener.binding_header.as_deref();
     let assigned = binding_header::assign(&shard.bindings, binding_header, &chunk);
-    let first = if assigned.fields.is_empty() {
+    // X-MSYS-API (checked at DATA) goes with the binding header's fields.
+    let api = smtpapi::find(&chunk).unwrap_or_default();
+    let fields = smtpapi::with_fields(&assigned.fields, &api.fields);
+    let first = if fields.is_empty() {
         chunk
     } else {
         let mut first = Vec::with_capacity(chunk.len());
-        binding_header::append_without(&mut first, &chunk, &assigned.fields);
+        binding_header::append_without(&mut first, &chunk, &fields);
         first
     };
     let binding = shard.bindings.name(assigned.binding);
     let now_secs = now_unix_ms() / 1000;
     let dkim = signing::start_streamed(shard, binding, session.rcpts(), &first, now_secs);
-    let streaming = Streaming::start(&shard.messages, session, first, assigned.binding, dkim).await;
+    let mut streaming =
+        Streaming::start(&shard.messages, session, first, assigned.binding, dkim).await;
+    if let Some(api) = &api.api {
+        streaming.event_fields = Some(smtpapi::event_fields(api, streaming.id().0));
+    }
     if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
         let queue_id = streaming.id().to_string();
         shard
@@ -979,6 +986,8 @@ async fn receive_streamed(
 ) -> SpoolOutcome {
     let id = body.id();
     let binding = body.binding();
+    let mut body = body;
+    let event_fields = body.event_fields.take();
     let sign = |dkim| signing::finish_streamed(shard, dkim);
     let file_body = match body.finish(envelope.body, sign).await {
         Ok(file_body) => file_body,
@@ -995,6 +1004,10 @@ async fn receive_streamed(
         rcpts: envelope.rcpts,
         extensions: Vec::new(),
     };
+    let mut spooled = spooled;
+    if let Some(fields) = event_fields {
+        spooled.set_extension(crate::api::TAG_EVENT_FIELDS, fields.into_bytes());
+    }
     let spooled_ref = match shard.messages.spool_file(id, &spooled, &file_body).await {
         Ok(r) => r,
         Err(e) => return refused(shard, conn, e),

@@ -514,71 +514,73 @@ fn a_sandbox_transmission_is_generated_and_recorded_but_not_delivered() {
     assert!(api.events().iter().all(|e| e["type"] == "injection"));
 }
 
+/// Sends one message with `header` lines and `text` as its body; the
+/// reply to the end of DATA.
+fn send_smtp(port: u16, rcpt: &str, header: &str, text: &str) -> (u16, String) {
+    let mut client = SmtpClient::connect(port);
+    assert_eq!(client.command("EHLO client.test").0, 250);
+    assert_eq!(client.command("MAIL FROM:<sender@client.test>").0, 250);
+    assert_eq!(client.command(&format!("RCPT TO:<{rcpt}>")).0, 250);
+    assert_eq!(client.command("DATA").0, 354);
+    let body =
+        format!("From: sender@client.test\r\n{header}Subject: smtpapi\r\n\r\n{text}\r\n.\r\n");
+    client.write_raw(body.as_bytes());
+    let reply = client.read_reply().expect("reply after DATA");
+    client.command("QUIT");
+    reply
+}
+
 #[test]
 fn x_msys_api_over_smtp_reaches_the_events_and_not_the_recipient() {
     let api = Api::start("api-smtpapi");
     let port = api.daemon.smtp_port();
-    let send = |header: &str| -> (u16, String) {
-        let mut client = SmtpClient::connect(port);
-        assert_eq!(client.command("EHLO client.test").0, 250);
-        assert_eq!(client.command("MAIL FROM:<sender@client.test>").0, 250);
-        assert_eq!(client.command("RCPT TO:<x1@example.com>").0, 250);
-        assert_eq!(client.command("DATA").0, 354);
-        let body =
-            format!("From: sender@client.test\r\n{header}Subject: smtpapi\r\n\r\nhello\r\n.\r\n");
-        client.write_raw(body.as_bytes());
-        let reply = client.read_reply().expect("reply after DATA");
-        client.command("QUIT");
-        reply
-    };
+    let send = |header: &str| send_smtp(port, "x1@example.com", header, "hello");
     let (code, text) = send("X-MSYS-API: {\"campaign_id\": \"smtp-camp\",\r\n \"metadata\": {\"user\": \"42\"}, \"tags\": [\"a\", \"b\"],\r\n \"options\": {\"open_tracking\": false}}\r\n");
     assert_eq!(code, 250, "{text}");
     let (code, text) = send("X-MSYS-API: {\"metadata\": [1]}\r\n");
-    assert_eq!(
-        (code, text.as_str()),
-        (
-            550,
-            "550 5.6.0 X-MSYS-API 'metadata' must be of type 'json object'"
-        )
-    );
+    let want = "550 5.6.0 X-MSYS-API 'metadata' must be of type 'json object'";
+    assert_eq!((code, text.as_str()), (550, want));
     let (code, text) = send(&format!(
         "X-MSYS-API: {{\"campaign_id\": \"{}\"}}\r\n",
         "c".repeat(65)
     ));
-    assert_eq!(
-        (code, text.as_str()),
-        (
-            550,
-            "550 5.6.0 smtpapi_campaign_id context is limited to 64 bytes"
-        )
-    );
-    let m = api.sink.wait_for_messages(1, WAIT);
-    let delivered = String::from_utf8(m[0].bytes()).unwrap();
-    assert!(
-        !delivered.to_ascii_lowercase().contains("x-msys-api"),
-        "{delivered}"
-    );
-    assert!(delivered.contains("Subject: smtpapi\r\n"), "{delivered}");
+    let want = "550 5.6.0 smtpapi_campaign_id context is limited to 64 bytes";
+    assert_eq!((code, text.as_str()), (550, want));
+    // Over 256 KiB: the body is streamed to the spool as it arrives.
+    let big = ("0123456789abcdef".repeat(4) + "\r\n").repeat(4500);
+    let header = "X-MSYS-API: {\"campaign_id\": \"big-camp\", \"tags\": [\"big\"]}\r\n";
+    let (code, text) = send_smtp(port, "big@example.com", header, &big);
+    assert_eq!(code, 250, "{text}");
+    let m = api.sink.wait_for_messages(2, WAIT);
+    for m in &m {
+        let delivered = String::from_utf8(m.bytes()).unwrap();
+        let head = &delivered[..delivered.find("\r\n\r\n").unwrap()];
+        assert!(!head.to_ascii_lowercase().contains("x-msys-api"), "{head}");
+        assert!(head.contains("Subject: smtpapi"), "{head}");
+    }
     let evs = poll_until(WAIT, || {
         let e = api.events();
-        e.iter().any(|e| e["type"] == "delivery").then_some(e)
+        (e.iter().filter(|e| e["type"] == "delivery").count() >= 2).then_some(e)
     })
-    .expect("a delivery event");
+    .expect("two delivery events");
     for kind in ["injection", "delivery"] {
-        let e = evs.iter().find(|e| e["type"] == kind).unwrap();
+        let e = evs
+            .iter()
+            .find(|e| e["type"] == kind && e["rcpt_to"] == "x1@example.com")
+            .unwrap();
         assert_eq!(e["campaign_id"], "smtp-camp", "{e}");
         assert_eq!(e["rcpt_meta"], json!({"user": "42"}));
         assert_eq!(e["rcpt_tags"], json!(["a", "b"]));
         assert_eq!(e["recv_method"], "esmtp");
-        assert!(e["transmission_id"]
-            .as_str()
-            .unwrap()
-            .bytes()
-            .all(|b| b.is_ascii_digit()));
+        let tx = e["transmission_id"].as_str().unwrap();
+        assert!(tx.bytes().all(|b| b.is_ascii_digit()), "{e}");
+        let big = evs
+            .iter()
+            .find(|e| e["type"] == kind && e["rcpt_to"] == "big@example.com")
+            .unwrap();
+        assert_eq!(big["campaign_id"], "big-camp", "{big}");
+        assert_eq!(big["rcpt_tags"], json!(["big"]));
     }
-    assert_eq!(
-        api.sink.messages().len(),
-        1,
-        "the refused messages were not sent"
-    );
+    let sent = api.sink.messages().len();
+    assert_eq!(sent, 2, "the refused messages were not sent");
 }
