@@ -198,7 +198,12 @@ async fn serve_connection(ctx: &Rc<HttpContext>, stream: TcpStream) {
             glommio::timer::sleep(Duration::from_millis(WATCHDOG_MS)).await;
             let now = Instant::now();
             if activity.working.get() {
+                // The request has arrived and is being worked on: its
+                // answer gets the whole request time once the work ends.
                 activity.last.set(now);
+                if activity.request_started.get().is_some() {
+                    activity.request_started.set(Some(now));
+                }
                 continue;
             }
             if let Some(started) = activity.request_started.get() {
