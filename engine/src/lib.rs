@@ -27,6 +27,7 @@
 //! May call: `ecelerity-spool` (durable storage), `ecelerity-policy`
 //! (reception phases). Never: anything in `cli` (the binaries call us).
 
+pub mod api;
 pub mod auth;
 pub mod bounce;
 pub mod clock;

@@ -7,6 +7,8 @@
 #[path = "e2e/common.rs"]
 mod common;
 
+#[path = "e2e/api.rs"]
+mod api;
 #[path = "e2e/auth.rs"]
 mod auth;
 #[path = "e2e/backpressure.rs"]

@@ -314,6 +314,11 @@ fn session<S: ConsoleStream>(
             stream.write_all(&frame(&reply))?;
             continue;
         }
+        let now_secs = now_unix_ms() / 1000;
+        if let Some(reply) = crate::api::keys::console(line.trim(), config.spoolbase(), now_secs) {
+            stream.write_all(&frame(&reply))?;
+            continue;
+        }
         let snapshot = Snapshot::take(stats, &config, baseline);
         let (reply, action) = execute(line.trim(), &snapshot);
         let reply = match &action {
@@ -509,6 +514,10 @@ Commands:
   reopen logs          reopen every log file (after logrotate renamed them)
   scriptlet counters   the Lua scripts' msys.counter values, summed over shards
                        (commands the scripts register with msys.registerControl run too)
+  api_key create NAME [grant ...]
+                       a REST API key (its last line; every grant when none is named)
+  api_key list         the API keys: names, grants, creation times (never a key)
+  api_key revoke NAME  the key stops working at once, on every shard
   shutdown             stop gracefully: stop accepting, finish open transactions, sync the spool, exit
   quit                 close this console session
 ";

@@ -222,6 +222,7 @@ mod tests {
             connection_id: 0,
             body_8bitmime: false,
             params: None,
+            event_fields: None,
         }
     }
 

@@ -939,6 +939,7 @@ mod tests {
             connection_id: 0,
             body_8bitmime: false,
             params: None,
+            event_fields: None,
         };
         let d = queues.find_or_create(Bindings::DEFAULT, "a.example", 1, options);
         let m = queues.find_or_create(mkt, "a.example", 1, options);

@@ -480,6 +480,7 @@ fn log_attempt_events(
                 raw_reason: reason,
                 bounce_class: class,
                 method: "esmtp",
+                generation: entry.event_fields.as_deref(),
             };
             format_event(buf, &e);
         }

@@ -85,6 +85,10 @@ pub struct Event<'a> {
     pub bounce_class: Option<u16>,
     /// `esmtp`, or `internal` for a message this MTA wrote.
     pub method: &'a str,
+    /// A generated message's fields (`api::event_fields`: JSON members
+    /// starting with a comma: transmission_id, campaign_id, rcpt_meta,
+    /// rcpt_tags, recv_method), stored with the message.
+    pub generation: Option<&'a str>,
 }
 
 /// The domain of an address (after the last `@`), or empty.
@@ -163,7 +167,9 @@ pub fn format_event(buf: &mut Vec<u8>, e: &Event<'_>) {
     number(buf, "timestamp", e.unix_secs);
     if !e.message_id.is_empty() {
         field(buf, "message_id", e.message_id);
-        field(buf, "transmission_id", e.message_id);
+        if e.generation.is_none() {
+            field(buf, "transmission_id", e.message_id);
+        }
     }
     if !e.rcpt_to.is_empty() {
         field(buf, "rcpt_to", e.rcpt_to);
@@ -181,7 +187,10 @@ pub fn format_event(buf: &mut Vec<u8>, e: &Event<'_>) {
         EventType::Injection | EventType::PolicyRejection => "recv_method",
         _ => "delv_method",
     };
-    field(buf, method, e.method);
+    // A generated message's fields carry its recv_method.
+    if e.generation.is_none() || method == "delv_method" {
+        field(buf, method, e.method);
+    }
     if let Some(size) = e.msg_size {
         number(buf, "msg_size", size);
     }
@@ -201,6 +210,10 @@ pub fn format_event(buf: &mut Vec<u8>, e: &Event<'_>) {
         field(buf, "error_code", error_code(reason));
         field(buf, "reason", reason);
         field(buf, "raw_reason", reason);
+    }
+    if let Some(fields) = e.generation {
+        debug_assert!(fields.is_empty() || fields.starts_with(','));
+        buf.extend_from_slice(fields.as_bytes());
     }
     buf.extend_from_slice(b"}}}\n");
 }
@@ -330,6 +343,7 @@ mod tests {
             raw_reason: None,
             bounce_class: None,
             method: "esmtp",
+            generation: None,
         }
     }
 
@@ -423,6 +437,34 @@ mod tests {
         );
         assert!(new.contains("\"m3\"") && new.lines().count() == 1, "{new}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_generated_messages_fields_replace_the_default_transmission_id() {
+        let fields = ",\"transmission_id\":\"42\",\"campaign_id\":\"c\",\"rcpt_meta\":{},\"rcpt_tags\":[],\"recv_method\":\"rest\"";
+        for kind in [EventType::Injection, EventType::Delivery] {
+            let e = Event {
+                kind,
+                generation: Some(fields),
+                method: if kind == EventType::Injection {
+                    "rest"
+                } else {
+                    "esmtp"
+                },
+                ..delivery()
+            };
+            let mut buf = Vec::new();
+            format_event(&mut buf, &e);
+            let line = String::from_utf8(buf).unwrap();
+            assert_eq!(line.matches("transmission_id").count(), 1, "{line}");
+            assert_eq!(line.matches("recv_method").count(), 1, "{line}");
+            assert!(line.ends_with(&format!("{fields}}}}}}}\n")), "{line}");
+            assert_eq!(
+                kind == EventType::Delivery,
+                line.contains("\"delv_method\":\"esmtp\""),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -491,6 +491,7 @@ mod tests {
             raw_reason: None,
             bounce_class: None,
             method: "esmtp",
+            generation: None,
         };
         format_event(&mut buf, &e);
         buf

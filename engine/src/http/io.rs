@@ -26,6 +26,9 @@ pub struct Activity {
     /// When the first byte of the request being read arrived (`None`
     /// between requests, and from the first byte of a response on).
     pub request_started: Cell<Option<Instant>>,
+    /// A handler is working on a request that has arrived (a REST
+    /// transmission being spooled): the watchdog leaves it alone.
+    pub working: Cell<bool>,
 }
 
 impl Activity {
@@ -33,6 +36,7 @@ impl Activity {
         Activity {
             last: Cell::new(now),
             request_started: Cell::new(None),
+            working: Cell::new(false),
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct HttpContext {
     cached: RefCell<Option<(Instant, Rc<Snapshot>)>>,
     /// A gather is under way (others wait for its result).
     gathering: Cell<bool>,
+    /// The REST API of this shard (`/api/v1/...` but status), set once the
+    /// shard is wired.
+    pub api: OnceCell<Rc<crate::api::ShardApi>>,
 }
 
 impl HttpContext {
@@ -93,6 +96,7 @@ impl HttpContext {
             queue,
             cached: RefCell::new(None),
             gathering: Cell::new(false),
+            api: OnceCell::new(),
         })
     }
 }
@@ -172,9 +176,11 @@ async fn serve_connection(ctx: &Rc<HttpContext>, stream: TcpStream) {
     };
     let service = {
         let ctx = ctx.clone();
+        let activity = activity.clone();
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(route(&ctx, request).await) }
+            let activity = activity.clone();
+            async move { Ok::<_, Infallible>(route(&ctx, request, &activity).await) }
         })
     };
     let connection = hyper::server::conn::http1::Builder::new()
@@ -191,6 +197,15 @@ async fn serve_connection(ctx: &Rc<HttpContext>, stream: TcpStream) {
         loop {
             glommio::timer::sleep(Duration::from_millis(WATCHDOG_MS)).await;
             let now = Instant::now();
+            if activity.working.get() {
+                // The request has arrived and is being worked on: its
+                // answer gets the whole request time once the work ends.
+                activity.last.set(now);
+                if activity.request_started.get().is_some() {
+                    activity.request_started.set(Some(now));
+                }
+                continue;
+            }
             if let Some(started) = activity.request_started.get() {
                 if now.duration_since(started) >= Duration::from_millis(HTTP_REQUEST_TIMEOUT_MS) {
                     return Ended::RequestTimeout;
@@ -244,8 +259,13 @@ fn text(status: StatusCode, body: String) -> Reply {
 }
 
 /// The answer to one request.
-async fn route(ctx: &Rc<HttpContext>, request: Request<Incoming>) -> Reply {
+async fn route(ctx: &Rc<HttpContext>, request: Request<Incoming>, activity: &Activity) -> Reply {
     let path = request.uri().path().to_string();
+    if path.starts_with("/api/v1/") && path != "/api/v1/status" {
+        if let Some(api) = ctx.api.get() {
+            return crate::api::serve(api, request, &activity.working).await;
+        }
+    }
     let known = matches!(
         path.as_str(),
         "/" | "/index.html" | "/status.js" | "/status.css" | "/metrics" | "/api/v1/status"

@@ -28,6 +28,7 @@ pub mod backpressure;
 pub mod binding_header;
 pub mod proxy;
 pub mod signing;
+pub mod smtpapi;
 pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -847,6 +848,16 @@ async fn validate<S: Transport>(
             .expect("the back-pressure reply is well-formed");
         return Ok(false);
     }
+    if phase == Phase::Data {
+        if let Some(text) = smtpapi::refusal(&session.validation().0.check) {
+            // Momentum's smtpapi refuses a bad X-MSYS-API before the policy.
+            let refusal = PolicyRejection::new(550, "5.6.0", text);
+            session
+                .validated(Verdict::Reject(refusal))
+                .expect("the X-MSYS-API reply is well-formed");
+            return Ok(false);
+        }
+    }
     let timeout = listener.inbound_command_timeout.max(Duration::from_secs(1));
     let (validation, vctx) = session.validation();
     let mut wrote = false;
@@ -961,7 +972,10 @@ async fn receive(
     }
     let mut body = Vec::with_capacity(header.len() + received.len());
     body.extend_from_slice(header.as_bytes());
-    binding_header::append_without(&mut body, &received, &assigned.fields);
+    // X-MSYS-API (checked at DATA) goes with the binding header's fields.
+    let api = smtpapi::find(&received).unwrap_or_default();
+    let fields = smtpapi::with_fields(&assigned.fields, &api.fields);
+    binding_header::append_without(&mut body, &received, &fields);
     let binding = shard.bindings.name(assigned.binding);
     let message = &body[header.len()..];
     if let Some(dkim) =
@@ -980,6 +994,11 @@ async fn receive(
         rcpts: envelope.rcpts,
         extensions: esmtp_extensions(&envelope.params),
     };
+    let mut spooled = spooled;
+    if let Some(api) = &api.api {
+        let fields = smtpapi::event_fields(api, id.0);
+        spooled.set_extension(crate::api::TAG_EVENT_FIELDS, fields.into_bytes());
+    }
     let spooled_ref = match shard.messages.spool(id, &spooled, &body).await {
         Ok(r) => r,
         Err(e) => return (refused(shard, conn, e), received),
@@ -1035,17 +1054,24 @@ async fn start_streaming(
 ) -> Streaming {
     let binding_header = listener.binding_header.as_deref();
     let assigned = binding_header::assign(&shard.bindings, binding_header, &chunk);
-    let first = if assigned.fields.is_empty() {
+    // X-MSYS-API (checked at DATA) goes with the binding header's fields.
+    let api = smtpapi::find(&chunk).unwrap_or_default();
+    let fields = smtpapi::with_fields(&assigned.fields, &api.fields);
+    let first = if fields.is_empty() {
         chunk
     } else {
         let mut first = Vec::with_capacity(chunk.len());
-        binding_header::append_without(&mut first, &chunk, &assigned.fields);
+        binding_header::append_without(&mut first, &chunk, &fields);
         first
     };
     let binding = shard.bindings.name(assigned.binding);
     let now_secs = now_unix_ms() / 1000;
     let dkim = signing::start_streamed(shard, binding, session.rcpts(), &first, now_secs);
-    let streaming = Streaming::start(&shard.messages, session, first, assigned.binding, dkim).await;
+    let mut streaming =
+        Streaming::start(&shard.messages, session, first, assigned.binding, dkim).await;
+    if let Some(api) = &api.api {
+        streaming.event_fields = Some(smtpapi::event_fields(api, streaming.id().0));
+    }
     if let (Some(header), Some(name)) = (binding_header, &assigned.unknown) {
         let queue_id = streaming.id().to_string();
         shard
@@ -1066,6 +1092,8 @@ async fn receive_streamed(
 ) -> SpoolOutcome {
     let id = body.id();
     let binding = chosen.unwrap_or(body.binding());
+    let mut body = body;
+    let event_fields = body.event_fields.take();
     let sign = |dkim| signing::finish_streamed(shard, dkim);
     let file_body = match body.finish(envelope.body, sign).await {
         Ok(file_body) => file_body,
@@ -1082,6 +1110,10 @@ async fn receive_streamed(
         rcpts: envelope.rcpts,
         extensions: esmtp_extensions(&envelope.params),
     };
+    let mut spooled = spooled;
+    if let Some(fields) = event_fields {
+        spooled.set_extension(crate::api::TAG_EVENT_FIELDS, fields.into_bytes());
+    }
     let spooled_ref = match shard.messages.spool_file(id, &spooled, &file_body).await {
         Ok(r) => r,
         Err(e) => return refused(shard, conn, e),
@@ -1194,6 +1226,7 @@ fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
                 raw_reason: Some(rejection.text),
                 bounce_class: None,
                 method: "esmtp",
+                generation: None,
             };
             format_event(buf, &e);
         });

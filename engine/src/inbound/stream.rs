@@ -75,6 +75,8 @@ pub struct Streaming {
     /// is hashed as it is written, and the file's head left free for the
     /// signature.
     signing: Option<Signing>,
+    /// The event fields of its X-MSYS-API header (`smtpapi`), if any.
+    pub event_fields: Option<String>,
 }
 
 enum State {
@@ -112,6 +114,7 @@ impl Streaming {
                     binding,
                     state: State::Failed(SpoolOutcome::TemporaryFailure),
                     signing: None,
+                    event_fields: None,
                 }
             }
         };
@@ -127,6 +130,7 @@ impl Streaming {
                     binding,
                     state: State::Writing(writer),
                     signing,
+                    event_fields: None,
                 }
             }
             Err(err) => {
@@ -136,6 +140,7 @@ impl Streaming {
                     binding,
                     state: State::Failed(outcome_of(&err)),
                     signing: None,
+                    event_fields: None,
                 };
             }
         };

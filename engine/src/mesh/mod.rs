@@ -43,6 +43,8 @@ pub enum ShardMsg {
     Outcome(Vec<Outcome>),
     /// A control request (console, later HTTP) and where to answer.
     Control(control::Envelope),
+    /// A step of a REST transmission's generation (`api::generate`).
+    Generate(Box<crate::api::generate::GenerateJob>),
 }
 
 /// The outcome of some recipients of one message, sent to its home shard.
@@ -141,6 +143,7 @@ pub trait Inbox {
     fn on_entries(&self, entries: Vec<MessageRef>);
     fn on_outcomes(&self, outcomes: Vec<Outcome>);
     fn on_control(&self, envelope: control::Envelope);
+    fn on_generate(&self, job: Box<crate::api::generate::GenerateJob>);
 }
 
 /// What a shard has to send to each peer, gathered over a loop turn so
@@ -260,6 +263,23 @@ impl Router {
         }
     }
 
+    /// Sends a transmission's step to shard `peer` (never this shard).
+    /// A gone peer drops it: the asker times out and takes its share back.
+    pub async fn generate(&self, peer: usize, job: crate::api::generate::GenerateJob) {
+        assert_ne!(peer, self.env.id, "a shard spools its own share itself");
+        if self
+            .mesh
+            .send_to(peer, ShardMsg::Generate(Box::new(job)))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                shard = self.env.id,
+                "shard {peer} is gone; generation step dropped"
+            );
+        }
+    }
+
     /// The shard that owns the queue (part) an entry belongs in.
     pub fn entry_owner(&self, entry: &MessageRef) -> usize {
         let parts = self.parts_of(entry.binding, &entry.domain);
@@ -349,5 +369,6 @@ pub fn dispatch(inbox: &dyn Inbox, msg: ShardMsg) {
         ShardMsg::Enqueue(entries) => inbox.on_entries(entries),
         ShardMsg::Outcome(outcomes) => inbox.on_outcomes(outcomes),
         ShardMsg::Control(envelope) => inbox.on_control(envelope),
+        ShardMsg::Generate(job) => inbox.on_generate(job),
     }
 }

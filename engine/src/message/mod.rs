@@ -254,6 +254,9 @@ impl Messages {
     ) {
         let binding = self.bindings.id(&envelope.binding);
         let ip = peer_ip.map(|ip| ip.to_string());
+        let generation = envelope
+            .extension(crate::api::TAG_EVENT_FIELDS)
+            .and_then(|v| std::str::from_utf8(v).ok());
         let events = &self.env.events;
         events.write(|buf| {
             for rcpt in &envelope.rcpts {
@@ -274,6 +277,7 @@ impl Messages {
                     raw_reason: None,
                     bounce_class: None,
                     method: protocol,
+                    generation,
                 };
                 format_event(buf, &e);
             }
@@ -293,7 +297,14 @@ impl Messages {
         let binding = self.bindings.id(&envelope.binding);
         let params = message_params(envelope);
         let mut by_domain: Vec<MessageRef> = Vec::new();
+        let (event_fields, not_before) = crate::api::generated_parts(envelope);
         for (index, attempts, next_attempt_unix_ms) in pending {
+            // A transmission's start_time holds its first attempt back.
+            let next_attempt_unix_ms = if attempts == 0 {
+                next_attempt_unix_ms.max(not_before)
+            } else {
+                next_attempt_unix_ms
+            };
             let rcpt = &envelope.rcpts[index as usize];
             let domain = domain_of(rcpt);
             let existing = by_domain.iter_mut().find(|e| {
@@ -316,6 +327,7 @@ impl Messages {
                     connection_id: envelope.connection_id,
                     body_8bitmime: envelope.body_8bitmime,
                     params: params.clone(),
+                    event_fields: event_fields.clone(),
                 }),
             }
         }
@@ -566,6 +578,17 @@ impl Messages {
         self.log_receptions(id, envelope, body.len() as u64, None, PROTOCOL_INTERNAL);
         let pending = (0..envelope.rcpts.len() as u32).map(|i| (i, 0, 0));
         Ok(self.entries_for(id, spooled.body, envelope, pending))
+    }
+
+    /// Takes back message `id`, spooled here and not yet handed to
+    /// delivery (a transmission whose other messages could not be
+    /// spooled): it leaves the live set and is completed in the spool.
+    pub async fn withdraw(&self, id: MessageId) -> Result<(), SpoolError> {
+        assert_eq!(id.home_shard(), self.env.id, "withdrawn by its home shard");
+        if self.live.borrow_mut().remove(&id.0).is_some() {
+            self.env.stats().sub(Counter::LiveMessages, 1);
+        }
+        self.spool.complete(id.0).await
     }
 
     /// Records an outcome for a message spooled here: a note for the

@@ -256,6 +256,9 @@ pub struct MessageRef {
     /// extension fields); `None` for a message without any (most mail),
     /// shared by the message's entries.
     pub params: Option<Arc<MessageParams>>,
+    /// The event fields of a generated message (REST or X-MSYS-API;
+    /// `api::event_fields`), shared by its entries.
+    pub event_fields: Option<std::sync::Arc<str>>,
 }
 
 /// A queue this shard holds, by slot: stable while the queue exists (a
@@ -658,6 +661,7 @@ mod tests {
             connection_id: 0,
             body_8bitmime: false,
             params: None,
+            event_fields: None,
         }
     }
 

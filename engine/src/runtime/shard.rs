@@ -98,6 +98,9 @@ struct Shard {
     /// removes them), and the task queue their accept loops run in.
     listening: RefCell<Vec<Listening>>,
     inbound_queue: Cell<Option<glommio::TaskQueueHandle>>,
+    /// The REST API's generation on this shard (its HTTP listener's, and
+    /// other shards' shares of their transmissions).
+    api: Rc<crate::api::ShardApi>,
 }
 
 /// One listener a shard accepts on: its live options and its accept loop
@@ -198,6 +201,10 @@ impl Inbox for Shard {
 
     fn on_outcomes(&self, outcomes: Vec<Outcome>) {
         self.messages.on_outcomes(outcomes, &self.router);
+    }
+
+    fn on_generate(&self, job: Box<crate::api::generate::GenerateJob>) {
+        self.api.on_generate(*job);
     }
 
     fn on_control(&self, envelope: Envelope) {
@@ -461,6 +468,7 @@ pub(super) async fn run(setup: Setup) {
         "http",
     );
     let http = HttpContext::new(id, shard.env.stats.clone(), control, http_queue);
+    let _ = http.api.set(shard.api.clone());
     let mut http_tasks = Vec::new();
     for sock in http_listeners {
         match glommio::spawn_local_into(http::accept_loop(http.clone(), sock), http_queue) {
@@ -584,6 +592,7 @@ fn wire(
         unknown_bindings: Default::default(),
         dkim,
     });
+    let api = crate::api::ShardApi::new(env.clone(), messages.clone(), router.clone());
     let shard = Rc::new(Shard {
         env,
         router,
@@ -592,6 +601,7 @@ fn wire(
         inbound,
         listening: RefCell::new(Vec::new()),
         inbound_queue: Cell::new(None),
+        api,
     });
     let inbox: Rc<dyn Inbox> = shard.clone();
     shard.router.set_inbox(Rc::downgrade(&inbox));
