@@ -31,10 +31,10 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 /// How long the stress runs when `ECELERITY_WAKEUP_STRESS_MS` is unset.
 const STRESS_MS_DEFAULT: u64 = 4_000;
 /// A wait that ends this much later than it should is a lost wake-up. The
-/// machine is shared and loaded (a thread can be off its core for tens of
-/// milliseconds), so the bound is far above scheduling noise; the stall this
-/// test looks for lasted seconds to minutes.
-const LATE_LIMIT_MS: u64 = 1_000;
+/// machine is shared and loaded (at load 20 on 2 cores a whole process was
+/// seen off its cores for ~0.5 s), so the bound is far above scheduling
+/// noise; the stall this test looks for lasts until the watchdog.
+const LATE_LIMIT_MS: u64 = 5_000;
 /// The whole test fails (the process exits) when it has not finished this
 /// long after its stress time: an executor that never wakes again.
 const WATCHDOG_GRACE_MS: u64 = 20_000;
