@@ -306,6 +306,18 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ecelerity patch (vendor/README.md, "no membarrier before a park"):
+        // the caller changed something the sleeping executor looks at (a
+        // channel, the foreign wakers, a blocking thread's result); this
+        // fence orders that change before the read of `should_notify`. The
+        // executor going to sleep stores `should_notify` and issues the same
+        // fence before it looks at those (`Reactor::wait`). Of two SeqCst
+        // fences one comes first, so either the executor sees the change or
+        // this sees the flag and writes the eventfd: no lost wake-up. 0.9.0
+        // had a compiler fence here and paid for it with membarrier(2), an
+        // IPI to every core running a thread of the process, before every
+        // park.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

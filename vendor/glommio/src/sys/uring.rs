@@ -37,8 +37,8 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
-        PollableStatus, Source, SourceType, Statx, TimeSpec64,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer, PollableStatus, Source,
+        SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
     GlommioError, IoRequirements, IoStats, ReactorErrorKind, RingIoStats, TaskQueueHandle,
@@ -1215,13 +1215,40 @@ impl UringCommon for SleepableRing {
     }
 }
 
+/// ecelerity patch: a timeout on the latency ring and the instant it fires
+/// (measured when it was prepared; the kernel starts it a little later).
+struct ArmedTimer {
+    source: Source,
+    fires_at: Instant,
+}
+
+impl ArmedTimer {
+    /// Whether the timeout is still queued or in the kernel: once its
+    /// completion is consumed, `consume_source` clears `enqueued`.
+    fn in_flight(&self) -> bool {
+        self.source.inner.borrow().enqueued.is_some()
+    }
+}
+
+/// ecelerity patch: how much later than asked a kept user timer may fire.
+/// The deadline `wait` gets is recomputed from the timer wheel on every call
+/// (`Instant::now()` read twice), so the same timer arrives a few
+/// microseconds apart; without this slack it would be re-armed every turn.
+const USER_TIMER_SLACK: Duration = Duration::from_micros(100);
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
+    // ecelerity patch (vendor/README.md, "timers kept armed"): the preempt
+    // timer and the timer that wakes a sleeping executor for the next user
+    // timer are two slots, each with the instant it fires, so that `wait`
+    // keeps a timer that is still armed instead of cancelling and adding one
+    // on every loop turn. 0.9.0 had one slot, replaced on every call.
+    latency_preemption_timeout_src: Cell<Option<ArmedTimer>>,
+    user_timeout_src: Cell<Option<ArmedTimer>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1380,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            user_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1814,22 +1842,77 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // ecelerity patch (vendor/README.md, "timers kept armed"): 0.9.0
+        // cancelled the latency timer and the throughput timer here on every
+        // call and added new ones, so every loop turn submitted four or five
+        // SQEs and entered two or three rings even when nothing else
+        // happened. Now a timer that is still armed and fires no later than
+        // needed is kept; a spent one (its completion consumed above) is
+        // dropped without a cancellation.
+        let now = Instant::now();
+        let preempt = preempt_timer();
+        let mut armed_preempt = self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(ArmedTimer::in_flight);
+        let mut armed_user = self.user_timeout_src.take().filter(ArmedTimer::in_flight);
+        match preempt {
+            // About to run task queues: an armed preempt timer that fires
+            // sooner than asked only preempts a little early. It is prepared
+            // here so that it rides on the flush below with the other SQEs.
+            Some(dur) => {
+                if armed_preempt
+                    .as_ref()
+                    .map_or(false, |t| t.fires_at > now + dur)
+                {
+                    drop(armed_preempt.take());
+                }
+                if armed_preempt.is_none() {
+                    armed_preempt = Some(ArmedTimer {
+                        source: lat_ring.prepare_latency_preemption_timer(dur),
+                        fires_at: now + dur,
+                    });
+                }
+            }
+            // About to park: a preempt timer would wake the sleeping executor
+            // for nothing, so it is cancelled (as 0.9.0 did). The user timer
+            // must fire no later than the next timer on the wheel; an armed
+            // one that fires sooner (that timer was since removed) is kept
+            // and costs at most one early wake-up.
+            None => {
+                drop(armed_preempt.take());
+                if let Some(dur) = user_timer {
+                    let wanted = now + dur;
+                    if armed_user
+                        .as_ref()
+                        .map_or(false, |t| t.fires_at > wanted + USER_TIMER_SLACK)
+                    {
+                        drop(armed_user.take());
+                    }
+                    if armed_user.is_none() {
+                        armed_user = Some(ArmedTimer {
+                            source: lat_ring.prepare_latency_preemption_timer(dur),
+                            fires_at: wanted,
+                        });
+                    }
+                }
+            }
+        }
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // The throughput-based timeout counts completions on the main ring;
+        // it is armed again only once it has fired (0.9.0 re-armed it on
+        // every call). It won't matter if we end up sleeping.
+        let armed_throughput = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|source| source.inner.borrow().enqueued.is_some());
+        self.throughput_preemption_timeout_src
+            .set(Some(armed_throughput.unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            })));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1840,30 +1923,47 @@ impl Reactor {
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
+        // ecelerity patch (vendor/README.md, "the lost wake-up"): the user
+        // timer is in the kernel before the flush above returns, so a short
+        // one can fire and be consumed by the `consume_rings!` just above:
+        // it then wakes no task (the wheel's timer is woken by
+        // `process_timers`, not by the completion) and leaves nothing in the
+        // latency ring to wake the executor. Sleeping then is the lost
+        // wake-up: the executor sleeps past its timer until unrelated I/O
+        // comes (0.9.0 armed the timer after this consume, so its completion
+        // stayed in the ring and woke the sleep at once). A park needs its
+        // timer still in flight; if it has fired, its time has come (or it
+        // fired early and is armed again on the next call): don't sleep.
+        let user_timer_armed = user_timer.is_none()
+            || armed_user.as_ref().map_or(false, ArmedTimer::in_flight);
+
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
+            && user_timer_armed
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
         if should_sleep {
-            // We are about to go to sleep. It's ok to sleep, but if there
-            // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
-            }
+            // We are about to go to sleep. The user timer, if any, was
+            // submitted by the flush above (`can_sleep` says nothing is
+            // left unsubmitted).
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // ecelerity patch (vendor/README.md, "no membarrier before a
+            // park"): a full fence pairs with the one every notifier issues
+            // before it reads `should_notify` (`SleepNotifier::notify`), so
+            // either we see its change below or it sees our flag and writes
+            // the eventfd. 0.9.0 kept the notifier's side free with a
+            // compiler fence and paid here with `sys_membarrier()`
+            // (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`, an IPI to every core
+            // running a thread of the process) before every park; see
+            // https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1879,11 +1979,19 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+        if let Some(dur) = preempt {
+            // The preempt timer prepared above fired already (a very short
+            // one): arm it again, so that the task queues run with one.
+            if !armed_preempt.as_ref().map_or(false, ArmedTimer::in_flight) {
+                armed_preempt = Some(ArmedTimer {
+                    source: lat_ring.prepare_latency_preemption_timer(dur),
+                    fires_at: Instant::now() + dur,
+                });
+                flush_rings!(lat_ring)?;
+            }
         }
+        self.latency_preemption_timeout_src.set(armed_preempt);
+        self.user_timeout_src.set(armed_user);
 
         // A Note about `need_preempt`:
         //
