@@ -27,10 +27,10 @@ mod console;
 mod console_ops;
 #[path = "e2e/crash.rs"]
 mod crash;
-#[path = "e2e/datasource.rs"]
-mod datasource;
 #[path = "e2e/dane.rs"]
 mod dane;
+#[path = "e2e/datasource.rs"]
+mod datasource;
 #[path = "e2e/delay.rs"]
 mod delay;
 #[path = "e2e/delivery.rs"]

@@ -848,7 +848,13 @@ msys.registerModule("policy", mod)
 "#;
         let (config, dir) = config_with(script, "");
         let bindings = Bindings::from_config(&config);
-        let state = State::load(config.scriptlet().unwrap(), &bindings, 0, Default::default()).unwrap();
+        let state = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .unwrap();
         let body = b"From: a@b\r\nSubject: old\r\n\r\nhi\r\n";
         let (verdict, vctx) = run_data(&state, body);
         assert_eq!(verdict, Verdict::Continue);
@@ -877,7 +883,13 @@ msys.registerModule("policy", mod)
             "max_instructions = 100000\ntimeout_outcome = \"reject\"",
         );
         let bindings = Bindings::from_config(&config);
-        let state = State::load(config.scriptlet().unwrap(), &bindings, 0, Default::default()).unwrap();
+        let state = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .unwrap();
         let (verdict, _) = run_data(&state, b"X-Loop: 1\r\n\r\nhi\r\n");
         assert!(
             matches!(verdict, Verdict::Reject(r) if r.code == 550),
@@ -894,15 +906,25 @@ msys.registerModule("policy", mod)
     fn load_errors_name_the_line() {
         let (config, dir) = config_with("local a = 1\nlocal = 2\n", "");
         let bindings = Bindings::from_config(&config);
-        let e = State::load(config.scriptlet().unwrap(), &bindings, 0, Default::default())
-            .err()
-            .unwrap();
+        let e = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("policy.lua:2:"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
         let (config, dir) = config_with("msys.registerModule(\"m\", { x = 1 })\n", "");
-        let e = State::load(config.scriptlet().unwrap(), &bindings, 0, Default::default())
-            .err()
-            .unwrap();
+        let e = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .err()
+        .unwrap();
         assert!(
             e.contains("no usable methods found for module m in registerModule call"),
             "{e}"

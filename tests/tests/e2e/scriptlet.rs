@@ -784,7 +784,10 @@ msys.registerModule("policy", mod)
             message("blocklist-2", "")
         ),
     );
-    assert_eq!(out[3], "rcpt 550 5.7.1 <late@dest.test>: blocked since just now");
+    assert_eq!(
+        out[3],
+        "rcpt 550 5.7.1 <late@dest.test>: blocked since just now"
+    );
     assert!(out[4].starts_with("rcpt 250"), "{out:?}");
     assert!(out[5].starts_with("data 250"), "{out:?}");
 
