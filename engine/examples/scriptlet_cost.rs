@@ -82,7 +82,7 @@ fn measure(name: &str, dir: &Path, script: Option<&str>, count: u32) {
     let config = config(dir, script);
     let bindings = Bindings::from_config(&config);
     glommio::LocalExecutor::default().run(async {
-        let scriptlets = Scriptlets::start(&config, &bindings, 0, None);
+        let scriptlets = Scriptlets::start(&config, &bindings, 0, Default::default());
         let policy = shard_policy(&config, &scriptlets);
         let connection = Connection {
             peer_ip: "127.0.0.1".parse().unwrap(),
