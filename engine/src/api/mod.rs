@@ -16,6 +16,7 @@
 pub mod generate;
 pub mod keys;
 pub mod mime;
+pub mod tracking;
 pub mod transmission;
 
 use std::fmt::Write as _;

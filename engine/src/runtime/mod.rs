@@ -146,6 +146,9 @@ pub fn start(
     let count = shard_count(&config)?;
     // Keys are read before privileges are dropped; a bad one stops the start.
     let dkim = crate::dkim::Signers::for_config(&config)?.map(Arc::new);
+    // The engagement-tracking secret, made on the first start.
+    crate::api::tracking::load_at_start(config.spoolbase())
+        .map_err(|what| StartError::Other { shard: 0, what })?;
     // SQLite files are opened (created) now: a bad one stops the start.
     let datasources = crate::datasource::DatasourceSet::open_at_start(config.datasources())?;
     // A script that does not load stops the start too (file:line: what).

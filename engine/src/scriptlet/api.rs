@@ -430,9 +430,11 @@ fn register_dns(lua: &Lua, msys: &Table, dns: Option<DnsLookup>) -> mlua::Result
                     Some("MX") => RecordKind::Mx,
                     Some("TXT") => RecordKind::Txt,
                     Some("TLSA") => RecordKind::Tlsa,
-                    Some(other) => return Err(mlua::Error::runtime(format!(
+                    Some(other) => {
+                        return Err(mlua::Error::runtime(format!(
                         "msys.dnsLookup: type `{other}` is not supported (A, AAAA, MX, TXT, TLSA)"
-                    ))),
+                    )))
+                    }
                 };
                 let Some(dns) = dns else {
                     return Ok((Value::Nil, Some("no resolver on this thread".to_string())));

@@ -1967,14 +1967,6 @@ mod tests {
         );
     }
 
-    #[test]
-    #[should_panic(expected = "does not speak SMTPUTF8 yet")]
-    fn a_session_refuses_to_offer_an_extension_it_does_not_speak() {
-        let mut params = params(ServerLimits::default());
-        params.capabilities.smtputf8 = true;
-        ServerSession::new(params);
-    }
-
     fn tls_session(required: bool) -> Driven {
         let mut params = params(ServerLimits::default());
         params.capabilities.starttls = true;
