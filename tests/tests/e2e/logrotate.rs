@@ -92,10 +92,13 @@ fn reopen_logs_after_a_rename_loses_and_doubles_nothing() {
     let wait_all_logged = |files: &[&Path], messages: usize| {
         poll_until(ALL_LOGGED_TIMEOUT, || {
             let counts = kinds_per_message(files);
+            // R and D lines come from different shards' log buffers: a
+            // message's D may be on disk before its R.
             let d = counts.keys().filter(|(_, k)| k == "D").count();
-            (d >= messages).then_some(counts)
+            let r = counts.keys().filter(|(_, k)| k == "R").count();
+            (d >= messages && r >= messages).then_some(counts)
         })
-        .unwrap_or_else(|| panic!("not every message has its D line: {files:?}"))
+        .unwrap_or_else(|| panic!("not every message has its R and D lines: {files:?}"))
     };
     wait_all_logged(&[&log("mainlog.ec.1"), &log("mainlog.ec")], MESSAGES);
     std::fs::rename(log("mainlog.ec"), log("mainlog.ec.2")).unwrap();
