@@ -374,7 +374,8 @@ pub fn content(v: Option<&Value>) -> Result<Content, ApiError> {
         m.get("from").ok_or_else(|| missing("content.from"))?,
         "content.from",
     )?;
-    if !usable_address(&from.email) {
+    // A templated address is checked per recipient, once rendered.
+    if !from.email.contains("{{") && !usable_address(&from.email) {
         return Err(invalid("content.from", "not an email address"));
     }
     let subject = string(m.get("subject"), "content.subject", HEADER_BYTES_MAX)?
