@@ -353,12 +353,12 @@ fn email_rfc822_is_delivered_as_given_and_bad_requests_are_refused_with_nothing_
         (
             json!({"recipients": [{"address": "a@example.com"}], "content": {"template_id": "t"}}),
             422,
-            "1200",
+            "1600",
         ),
         (
             json!({"recipients": {"list_id": "l"}, "content": {"email_rfc822": raw}}),
             422,
-            "1200",
+            "1600",
         ),
         (
             json!({"recipients": [{"address": "a@example.com"}], "content": {"from": "x@example.net", "subject": "s"}}),
