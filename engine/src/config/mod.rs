@@ -1779,6 +1779,31 @@ domain "example.com" {
     }
 
     #[test]
+    fn tracking_options_are_read_and_bad_ones_name_the_line() {
+        let c = parse(
+            "tracking_domain = \"track.example.com:8443\"\nclick_tracking_scheme = HTTPS\n\
+             open_tracking_enabled = yes\ntracking_link_expiry = 86400\nmax_metadata_len = 200",
+        );
+        let t = c.tracking_options();
+        assert_eq!(t.tracking_domain, "track.example.com:8443");
+        assert_eq!(t.click_tracking_scheme, ecelerity_msggen::tracking::Scheme::Https);
+        assert_eq!(t.open_tracking_scheme, ecelerity_msggen::tracking::Scheme::Http);
+        assert!(t.open_tracking_enabled && !t.click_tracking_enabled);
+        assert_eq!((t.tracking_link_expiry, t.max_metadata_len), (86_400, 200));
+        assert!(t.click_tracking_include_metadata);
+        assert_eq!(
+            error("\ntracking_domain = \"bad domain!\""),
+            "test.conf:2: `tracking_domain` must be a host name or address with an optional :port, \
+             at most 261 bytes, got `bad domain!`"
+        );
+        assert_eq!(
+            error("open_tracking_scheme = ftp"),
+            "test.conf:1: `open_tracking_scheme` must be http or https, got `ftp`"
+        );
+        assert!(error("max_metadata_len = 20000").starts_with("test.conf:1: `max_metadata_len`"));
+    }
+
+    #[test]
     fn error_wrong_type() {
         assert_eq!(
             error("\n\nmax_retries = sometimes"),
