@@ -16,6 +16,10 @@
 pub mod generate;
 pub mod keys;
 pub mod mime;
+pub mod personal;
+pub mod recipient_lists;
+pub mod store;
+pub mod templates;
 pub mod tracking;
 pub mod transmission;
 
