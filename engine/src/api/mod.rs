@@ -15,9 +15,11 @@
 
 pub mod generate;
 pub mod keys;
+pub mod metrics;
 pub mod mime;
 pub mod tracking;
 pub mod transmission;
+pub mod webhooks;
 
 use std::fmt::Write as _;
 
@@ -38,6 +40,7 @@ pub const TAG_NOT_BEFORE: u16 = 17;
 /// request timeout, a slow client's upload may not).
 pub async fn serve(
     api: &std::rc::Rc<ShardApi>,
+    reach: &Reach<'_>,
     request: hyper::Request<hyper::body::Incoming>,
     working: &std::cell::Cell<bool>,
 ) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
@@ -48,7 +51,73 @@ pub async fn serve(
         }
     }
     let _working = Working(working);
+    // Engagement: the metrics and webhooks API (docs/engagement.md).
+    let path = request.uri().path();
+    if path == "/api/v1/metrics" || path.starts_with("/api/v1/metrics/") {
+        return metrics::serve(reach, request)
+            .await
+            .unwrap_or_else(|e| reply(&e));
+    }
+    if path == "/api/v1/webhooks" || path.starts_with("/api/v1/webhooks/") {
+        return webhooks::serve(reach, request)
+            .await
+            .unwrap_or_else(|e| reply(&e));
+    }
     api.handle(request, working).await
+}
+
+/// What the metrics and webhooks API reach besides the request: the
+/// shard's environment (configuration, spool base) and the control plane
+/// (to ask every shard).
+pub struct Reach<'a> {
+    pub env: &'a std::rc::Rc<crate::env::ShardEnv>,
+    pub control: &'a crate::control::ControlHandle,
+}
+
+/// A JSON answer.
+pub fn json_reply(
+    status: u16,
+    body: String,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let mut r = hyper::Response::new(http_body_util::Full::new(body.into()));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn reply(e: &ApiError) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    json_reply(e.status, e.json())
+}
+
+/// Checks the request's API key for `grant`: 401 without a known key, 403
+/// without the grant (SparkPost's shapes).
+pub fn authorize(
+    spoolbase: &std::path::Path,
+    headers: &hyper::HeaderMap,
+    grant: &str,
+) -> Result<(), ApiError> {
+    let presented = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match keys::store(spoolbase).check(presented, grant) {
+        keys::Access::Granted(_) => Ok(()),
+        keys::Access::Unknown => Err(ApiError::new(
+            401,
+            "1000",
+            "Unauthorized.",
+            "an API key is required in the Authorization header".into(),
+        )),
+        keys::Access::Forbidden(name) => Err(ApiError::new(
+            403,
+            "1100",
+            "Forbidden.",
+            format!("API key '{name}' lacks the grant {grant}"),
+        )),
+    }
 }
 
 /// What a spooled envelope says for delivery: its event fields (shared by

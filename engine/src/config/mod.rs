@@ -207,7 +207,12 @@ pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
     "delay",
     "bounce",
     "policy_rejection",
+    "open",
+    "click",
 ];
+/// Momentum's event groupings (the object under `msys`): a webhook asking
+/// for one gets every type in it.
+pub const WEBHOOK_EVENT_GROUPINGS: &[&str] = &["message_event", "track_event"];
 /// Events per webhook POST: default and maximum of `batch_size`.
 pub const WEBHOOK_BATCH_SIZE_DEFAULT: u32 = 100;
 pub const WEBHOOK_BATCH_SIZE_MAX: u64 = 10_000;
@@ -1708,9 +1713,9 @@ domain "example.com" {
             "test.conf:3: bad webhook target `https://h/`: only http:// targets are supported"
         );
         assert!(error(&format!(
-            "{logger}webhook \"w\" {{ target = \"http://h/\"\n events = ( \"delivery\" \"click\" ) }}"
+            "{logger}webhook \"w\" {{ target = \"http://h/\"\n events = ( \"delivery\" \"clack\" ) }}"
         ))
-        .starts_with("test.conf:3: `events`: unknown event type `click`"));
+        .starts_with("test.conf:3: `events`: unknown event type `clack`"));
         assert!(error(&format!(
             "{logger}webhook \"w\" {{ target = \"http://h/\" auth_token = \"a\tb\" }}"
         ))
