@@ -24,17 +24,21 @@
 //! bucket at most). Nothing is dropped before its retention. Names (domains, campaigns, ...) are interned per shard, at
 //! most [`METRICS_NAMES_MAX`]; later ones are `(other)` too.
 //!
-//! Unique opens and clicks: a shard remembers the recipients (a 64-bit
-//! hash of message id, recipient and kind) it has seen open or click, at
-//! most [`METRICS_UNIQUE_SEEN_MAX`]; the set is cleared when full. A
-//! recipient whose opens reach two shards (two connections) counts once
-//! per shard.
+//! Unique opens and clicks: the process remembers the recipients (a
+//! 64-bit hash of message id, recipient and kind) seen opening or
+//! clicking, at most [`METRICS_UNIQUE_SEEN_MAX`] (8 bytes each plus the
+//! set's overhead, about 4 MiB), in [`UNIQUE_STRIPES`] sets each behind a
+//! lock held for one insert: a tracking request may land on any shard, and
+//! only a shared set counts a recipient once. This lock is on the tracking
+//! endpoints' path only, never on mail's; a full stripe is cleared (its
+//! recipients may then count as unique once more).
 //!
 //! Lost at restart: everything (the counters live in memory only; the
 //! event log keeps the events).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
 
 macro_rules! metrics {
     ($($variant:ident => $name:literal;)*) => {
@@ -167,7 +171,6 @@ pub struct ShardMetrics {
     /// Hour number (unix hours) → cells.
     hours: BTreeMap<u32, HashMap<Key, Counts>>,
     cells: usize,
-    seen: HashSet<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -204,7 +207,6 @@ impl ShardMetrics {
             minutes: BTreeMap::new(),
             hours: BTreeMap::new(),
             cells: 0,
-            seen: HashSet::new(),
         }
     }
 
@@ -219,16 +221,6 @@ impl ShardMetrics {
         self.names.push(name.into());
         self.ids.insert(name.into(), id);
         id
-    }
-
-    /// Whether (message, recipient, kind) is seen here for the first time.
-    pub fn first_time(&mut self, message_id: &str, rcpt: &str, kind: &str) -> bool {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (message_id, rcpt.to_ascii_lowercase(), kind).hash(&mut h);
-        if self.seen.len() >= METRICS_UNIQUE_SEEN_MAX {
-            self.seen.clear();
-        }
-        self.seen.insert(h.finish())
     }
 
     /// Counts `increments` under `labels` at `unix_secs`.
@@ -373,6 +365,30 @@ impl ShardMetrics {
     }
 }
 
+/// Stripes of the process-wide set of recipients seen opening or
+/// clicking (a stripe's lock is held for one insert).
+const UNIQUE_STRIPES: usize = 16;
+static UNIQUE: [Mutex<Option<HashSet<u64>>>; UNIQUE_STRIPES] =
+    [const { Mutex::new(None) }; UNIQUE_STRIPES];
+
+/// Whether (message, recipient, kind) is seen for the first time by any
+/// shard (for `count_unique_*`). A stripe that holds its share of
+/// [`METRICS_UNIQUE_SEEN_MAX`] is cleared first.
+pub fn first_time(message_id: &str, rcpt: &str, kind: &str) -> bool {
+    // SipHash with fixed keys: every shard hashes alike.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (message_id, rcpt.to_ascii_lowercase(), kind).hash(&mut h);
+    let h = h.finish();
+    let mut stripe = UNIQUE[(h % UNIQUE_STRIPES as u64) as usize]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let set = stripe.get_or_insert_with(HashSet::new);
+    if set.len() >= METRICS_UNIQUE_SEEN_MAX / UNIQUE_STRIPES {
+        set.clear();
+    }
+    set.insert(h)
+}
+
 /// Adds every shard's rows into one list, sorted by group name.
 pub fn merge(parts: impl IntoIterator<Item = MetricsRows>, width: usize) -> MetricsRows {
     let mut all: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -504,11 +520,10 @@ mod tests {
 
     #[test]
     fn unique_is_once_per_recipient_and_kind() {
-        let mut m = ShardMetrics::new();
-        assert!(m.first_time("m1", "a@b", "open"));
-        assert!(!m.first_time("m1", "A@B", "open"));
-        assert!(m.first_time("m1", "a@b", "click"));
-        assert!(m.first_time("m2", "a@b", "open"));
+        assert!(first_time("unique-m1", "a@b", "open"));
+        assert!(!first_time("unique-m1", "A@B", "open"));
+        assert!(first_time("unique-m1", "a@b", "click"));
+        assert!(first_time("unique-m2", "a@b", "open"));
     }
 
     #[test]

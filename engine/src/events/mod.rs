@@ -487,9 +487,9 @@ impl EventLog {
     /// their unique forms) and writes its line (when enabled).
     pub fn record_track(&self, e: &TrackEvent<'_>) {
         {
+            let unique = metrics::first_time(e.message_id, e.rcpt_to, e.kind);
+            let confirmed = metrics::first_time(e.message_id, e.rcpt_to, "confirmed");
             let mut m = self.metrics.borrow_mut();
-            let unique = m.first_time(e.message_id, e.rcpt_to, e.kind);
-            let confirmed = m.first_time(e.message_id, e.rcpt_to, "confirmed");
             let mut inc = Vec::with_capacity(4);
             if e.kind == "open" {
                 inc.push((Metric::Rendered, 1));
