@@ -9,6 +9,8 @@ mod common;
 
 #[path = "e2e/api.rs"]
 mod api;
+#[path = "e2e/api_templates.rs"]
+mod api_templates;
 #[path = "e2e/auth.rs"]
 mod auth;
 #[path = "e2e/backpressure.rs"]

@@ -28,7 +28,10 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+use ecelerity_msggen::content::Rendered;
+
 use super::keys::{self, Access};
+use super::personal::{personal_message, Personal};
 use super::transmission::{self, Content, Transmission};
 use super::{
     event_fields, merged, mime, rfc3339, ApiError, EventFields, TAG_EVENT_FIELDS, TAG_NOT_BEFORE,
@@ -56,20 +59,46 @@ pub const PROTOCOL_REST: &str = "rest";
 /// The directory of the transmission records.
 const RECORDS_DIR: &str = "transmissions";
 
-type Reply = Response<Full<Bytes>>;
+pub(super) type Reply = Response<Full<Bytes>>;
 
 /// A shard's REST API.
 pub struct ShardApi {
-    env: Rc<ShardEnv>,
+    pub(super) env: Rc<ShardEnv>,
     messages: Rc<Messages>,
     router: Rc<Router>,
     generating: Cell<usize>,
     /// Shares of other shards' transmissions spooled here and waiting for
     /// their commit or withdrawal, by transmission id.
     pending: RefCell<HashMap<u64, Vec<Generated>>>,
+    /// Template versions this shard compiled (`store`).
+    pub(super) compiled: super::store::CompiledCache,
 }
 
-fn json_reply(status: u16, body: String) -> Reply {
+/// Reads a request body (at most [`API_REQUEST_BODY_BYTES_MAX`]); from
+/// then on the request is `working` (its watchdog waits for the answer).
+pub(super) async fn read_body(
+    request: Request<Incoming>,
+    working: &Cell<bool>,
+) -> Result<Bytes, ApiError> {
+    match Limited::new(request.into_body(), API_REQUEST_BODY_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(b) => {
+            working.set(true);
+            Ok(b.to_bytes())
+        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            413,
+            "1300",
+            "request too large",
+            format!("the body is over {API_REQUEST_BODY_BYTES_MAX} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(400, "1300", "bad request", format!("{e}"))),
+    }
+}
+
+pub(super) fn json_reply(status: u16, body: String) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
@@ -79,7 +108,7 @@ fn json_reply(status: u16, body: String) -> Reply {
     r
 }
 
-fn error_reply(e: &ApiError) -> Reply {
+pub(super) fn error_reply(e: &ApiError) -> Reply {
     json_reply(e.status, e.json())
 }
 
@@ -99,6 +128,7 @@ impl ShardApi {
             router,
             generating: Cell::new(0),
             pending: RefCell::new(HashMap::new()),
+            compiled: ShardApi::new_cache(),
         })
     }
 
@@ -114,6 +144,10 @@ impl ShardApi {
     ) -> Reply {
         let path = request.uri().path().trim_end_matches('/').to_string();
         let method = request.method().clone();
+        // Templates and recipient lists (api/store.rs).
+        if Self::is_stored_path(&path) {
+            return self.stored(request, &path, working).await;
+        }
         let route = match (&method, path.as_str()) {
             (&Method::POST, "/api/v1/transmissions") => Route::Create,
             (&Method::GET, "/api/v1/transmissions") => Route::List,
@@ -141,29 +175,8 @@ impl ShardApi {
             Route::Create => "transmissions:modify",
             _ => "transmissions:view",
         };
-        let presented = request
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let store = keys::store(self.env.config.get().spoolbase());
-        match store.check(presented, grant) {
-            Access::Granted(_) => {}
-            Access::Unknown => {
-                return error_reply(&ApiError::new(
-                    401,
-                    "1000",
-                    "Unauthorized.",
-                    "an API key is required in the Authorization header".into(),
-                ))
-            }
-            Access::Forbidden(name) => {
-                return error_reply(&ApiError::new(
-                    403,
-                    "1100",
-                    "Forbidden.",
-                    format!("API key '{name}' lacks the grant {grant}"),
-                ))
-            }
+        if let Err(reply) = self.authorize(&request, grant) {
+            return reply;
         }
         match route {
             Route::Create => self.create(request, working).await,
@@ -172,30 +185,52 @@ impl ShardApi {
         }
     }
 
+    /// Checks the request's API key for `grant`; the refusal otherwise.
+    pub(super) fn authorize(&self, request: &Request<Incoming>, grant: &str) -> Result<(), Reply> {
+        let presented = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let store = keys::store(self.env.config.get().spoolbase());
+        match store.check(presented, grant) {
+            Access::Granted(_) => Ok(()),
+            Access::Unknown => Err(error_reply(&ApiError::new(
+                401,
+                "1000",
+                "Unauthorized.",
+                "an API key is required in the Authorization header".into(),
+            ))),
+            Access::Forbidden(name) => Err(error_reply(&ApiError::new(
+                403,
+                "1100",
+                "Forbidden.",
+                format!("API key '{name}' lacks the grant {grant}"),
+            ))),
+        }
+    }
+
     async fn create(self: &Rc<Self>, request: Request<Incoming>, working: &Cell<bool>) -> Reply {
-        let body = match Limited::new(request.into_body(), API_REQUEST_BODY_BYTES_MAX)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return error_reply(&ApiError::new(
-                    413,
-                    "1300",
-                    "request too large",
-                    format!("the body is over {API_REQUEST_BODY_BYTES_MAX} bytes"),
-                ))
-            }
-            Err(e) => {
-                return error_reply(&ApiError::new(400, "1300", "bad request", format!("{e}")))
-            }
+        let body = match read_body(request, working).await {
+            Ok(b) => b,
+            Err(e) => return error_reply(&e),
         };
-        working.set(true);
-        let t = match transmission::parse(&body) {
-            Ok(t) => t,
+        let mut value = match transmission::json_body(&body) {
+            Ok(v) => v,
             Err(e) => return error_reply(&e),
         };
         drop(body);
+        let resolved = match self.resolve_stored(&mut value).await {
+            Ok(r) => r,
+            Err(e) => return error_reply(&e),
+        };
+        let t = match transmission::parse_value(value) {
+            Ok(t) => t,
+            Err(e) => return error_reply(&e),
+        };
+        let personal = match self.personal(&t, &resolved) {
+            Ok(p) => p,
+            Err(e) => return error_reply(&e),
+        };
         if self.generating.get() >= API_GENERATIONS_PER_SHARD_MAX {
             return error_reply(&ApiError::new(
                 429,
@@ -218,19 +253,27 @@ impl ShardApi {
             self.sandbox(&t, id, started);
             Ok(t.recipients.len())
         } else {
-            self.generate(&t, id, started).await
+            self.generate(&t, personal, id, started).await
         };
         let accepted = match generated {
             Ok(n) => n,
             Err(e) => return error_reply(&e),
         };
-        let record = record(&t, id, self.env.id, started, now_unix_ms());
+        let mut record = record(&t, id, self.env.id, started, now_unix_ms());
+        if let Some((template_id, _, _)) = &resolved.template {
+            record["content"]["template_id"] = json!(template_id);
+        }
+        if let Some(list_id) = &resolved.list_id {
+            record["recipients"] = json!({ "list_id": list_id });
+        }
+        record["num_generated"] = json!(if t.options.sandbox { 0 } else { accepted });
+        record["num_failed_gen"] = json!(t.recipients.len() - accepted.min(t.recipients.len()));
         let path = self.records_dir().join(format!("{id}.json"));
         if let Err(e) = write_record(&path, &record.to_string()) {
             tracing::error!("api: cannot write {}: {e}", path.display());
         }
         let body = json!({"results": {
-            "total_rejected_recipients": t.rejected,
+            "total_rejected_recipients": t.rejected + (t.recipients.len() - accepted.min(t.recipients.len())),
             "total_accepted_recipients": accepted,
             "id": id.to_string(),
         }});
@@ -261,16 +304,25 @@ impl ShardApi {
     async fn generate(
         &self,
         t: &Transmission,
+        personal: Option<Personal>,
         id: u64,
         started_ms: u64,
     ) -> Result<usize, ApiError> {
-        let (shared, from) = self.shared(t, id, started_ms);
+        let (shared, from) = match &personal {
+            // Every message is built per recipient.
+            Some(_) => (Vec::new(), String::new()),
+            None => self.shared(t, id, started_ms),
+        };
+        let mut date = String::new();
+        crate::smtp::received::write_rfc5322_date(&mut date, (started_ms / 1000) as i64);
         let plan = Arc::new(Plan {
             t: t.clone(),
             shared,
             from,
             tx: id,
             hostname: self.env.config.get().hostname().to_string(),
+            personal,
+            date,
         });
         let count = self.env.count;
         let me = self.env.id;
@@ -393,6 +445,7 @@ impl ShardApi {
         let t = &plan.t;
         let tx = plan.tx.to_string();
         let mut done: Vec<Generated> = Vec::with_capacity(range.len());
+        let mut rendered = Rendered::default();
         let mut at = range.start;
         while at < range.end {
             let wave = at..(at + API_SPOOL_WAVE).min(range.end);
@@ -408,8 +461,22 @@ impl ShardApi {
                         break;
                     }
                 };
-                let body = match &t.content {
-                    Content::Inline(_) => {
+                let mut from = None;
+                let body = match (&plan.personal, &t.content) {
+                    (Some(p), _) => match personal_message(plan, p, n, message_id, &mut rendered) {
+                        Ok((body, sender)) => {
+                            from = Some(sender);
+                            body
+                        }
+                        Err(why) => {
+                            tracing::warn!(
+                                "api: transmission {tx}: recipient {n} ({}): generation failed: {why}",
+                                r.address.email
+                            );
+                            continue;
+                        }
+                    },
+                    (None, Content::Inline(_)) => {
                         let to = match &r.header_to {
                             Some(h) => h.clone(),
                             None => mime::mailbox(&r.address),
@@ -417,9 +484,9 @@ impl ShardApi {
                         let mid = format!("{tx}.{n}@{}", plan.hostname);
                         mime::message_for(&mime::header_text(&to), &mid, &plan.shared)
                     }
-                    Content::Rfc822(_) => plan.shared.clone(),
+                    (None, Content::Rfc822(_)) => plan.shared.clone(),
                 };
-                let envelope = envelope_for(plan, n);
+                let envelope = envelope_for(plan, n, from.as_deref(), &body);
                 let messages = self.messages.clone();
                 tasks.push(glommio::spawn_local(async move {
                     let size = body.len() as u64;
@@ -610,6 +677,11 @@ pub struct Plan {
     pub from: String,
     pub tx: u64,
     pub hostname: String,
+    /// Content rendered per recipient (substitution, tracking); `None`:
+    /// every message is `shared` with its own To and Message-ID.
+    pub personal: Option<Personal>,
+    /// The Date field of every message.
+    pub date: String,
 }
 
 /// One step of a transmission asked of another shard.
@@ -672,14 +744,14 @@ pub fn split(len: usize, count: usize) -> Vec<Range<usize>> {
 
 /// The spool envelope of recipient `n`'s message, with its event fields
 /// and start time.
-fn envelope_for(plan: &Plan, n: usize) -> SpooledEnvelope {
+fn envelope_for(plan: &Plan, n: usize, from: Option<&str>, body: &[u8]) -> SpooledEnvelope {
     let t = &plan.t;
     let r = &t.recipients[n];
     let mail_from = r
         .return_path
         .clone()
         .or_else(|| t.return_path.clone())
-        .unwrap_or_else(|| plan.from.clone());
+        .unwrap_or_else(|| from.unwrap_or(&plan.from).to_string());
     let meta = match merged(&t.metadata, &r.metadata) {
         Value::Object(m) => m,
         _ => unreachable!("merged metadata is an object"),
@@ -692,8 +764,8 @@ fn envelope_for(plan: &Plan, n: usize) -> SpooledEnvelope {
         recv_method: PROTOCOL_REST,
         sandbox: false,
     });
-    let body_8bitmime = plan.shared.iter().any(|&b| b >= 0x80)
-        || r.address.name.as_deref().is_some_and(|n| !n.is_ascii());
+    let body_8bitmime =
+        body.iter().any(|&b| b >= 0x80) || r.address.name.as_deref().is_some_and(|n| !n.is_ascii());
     let mut envelope = SpooledEnvelope {
         received_unix_ms: now_unix_ms(),
         peer_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -25,14 +25,53 @@ pub const ENCODED_LINE_BYTES_MAX: usize = 76;
 /// The shared part of every recipient's message: headers after To and
 /// Message-ID, the blank line, and the body.
 pub fn build_shared(c: &Inline, date: &str, boundary_seed: &str) -> Vec<u8> {
+    let from = mailbox(&c.from);
+    let headers: Vec<(&str, &str)> = c
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    build(
+        &Parts {
+            from: &from,
+            subject: &c.subject,
+            reply_to: c.reply_to.as_deref(),
+            date,
+            headers: &headers,
+            text: c.text.as_deref().map(str::as_bytes),
+            html: c.html.as_deref().map(str::as_bytes),
+            inline_images: &c.inline_images,
+            attachments: &c.attachments,
+        },
+        boundary_seed,
+    )
+}
+
+/// What one message is made of (one recipient's rendering, or content
+/// shared by all).
+pub struct Parts<'a> {
+    /// The From field's value (`mailbox`).
+    pub from: &'a str,
+    pub subject: &'a str,
+    pub reply_to: Option<&'a str>,
+    pub date: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub text: Option<&'a [u8]>,
+    pub html: Option<&'a [u8]>,
+    pub inline_images: &'a [Attachment],
+    pub attachments: &'a [Attachment],
+}
+
+/// Headers after To and Message-ID, the blank line, and the MIME body.
+pub fn build(c: &Parts<'_>, boundary_seed: &str) -> Vec<u8> {
     let mut out = String::new();
-    let _ = write!(out, "From: {}\r\n", mailbox(&c.from));
-    let _ = write!(out, "Subject: {}\r\n", header_text(&c.subject));
-    if let Some(r) = &c.reply_to {
+    let _ = write!(out, "From: {}\r\n", c.from);
+    let _ = write!(out, "Subject: {}\r\n", header_text(c.subject));
+    if let Some(r) = c.reply_to {
         let _ = write!(out, "Reply-To: {}\r\n", header_text(r));
     }
-    let _ = write!(out, "Date: {date}\r\n");
-    for (name, value) in &c.headers {
+    let _ = write!(out, "Date: {}\r\n", c.date);
+    for (name, value) in c.headers {
         let _ = write!(out, "{name}: {}\r\n", header_text(value));
     }
     out.push_str("MIME-Version: 1.0\r\n");
@@ -41,14 +80,14 @@ pub fn build_shared(c: &Inline, date: &str, boundary_seed: &str) -> Vec<u8> {
         n += 1;
         format!("=_ec_{boundary_seed}_{n}")
     };
-    let body = match (&c.text, &c.html) {
-        (Some(t), None) => leaf("text/plain; charset=UTF-8", t.as_bytes(), true),
-        (None, Some(h)) => html_part(h, &c.inline_images, &mut next_boundary),
+    let body = match (c.text, c.html) {
+        (Some(t), None) => leaf("text/plain; charset=UTF-8", t, true),
+        (None, Some(h)) => html_part(h, c.inline_images, &mut next_boundary),
         (Some(t), Some(h)) => {
             let b = next_boundary();
             let parts = [
-                leaf("text/plain; charset=UTF-8", t.as_bytes(), true),
-                html_part(h, &c.inline_images, &mut next_boundary),
+                leaf("text/plain; charset=UTF-8", t, true),
+                html_part(h, c.inline_images, &mut next_boundary),
             ];
             multipart("alternative", &b, &parts)
         }
@@ -69,8 +108,8 @@ pub fn build_shared(c: &Inline, date: &str, boundary_seed: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn html_part(html: &str, images: &[Attachment], next: &mut impl FnMut() -> String) -> String {
-    let part = leaf("text/html; charset=UTF-8", html.as_bytes(), true);
+fn html_part(html: &[u8], images: &[Attachment], next: &mut impl FnMut() -> String) -> String {
+    let part = leaf("text/html; charset=UTF-8", html, true);
     if images.is_empty() {
         return part;
     }

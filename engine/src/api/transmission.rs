@@ -38,6 +38,8 @@ pub struct Recipient {
     pub return_path: Option<String>,
     pub tags: Vec<String>,
     pub metadata: Map<String, Value>,
+    /// The recipient's `substitution_data` (an object, or null).
+    pub substitution_data: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +86,8 @@ pub struct Transmission {
     pub description: Option<String>,
     pub return_path: Option<String>,
     pub metadata: Map<String, Value>,
+    /// The transmission's `substitution_data` (an object, or null).
+    pub substitution_data: Value,
     pub options: Options,
     /// Recipients whose address is usable.
     pub recipients: Vec<Recipient>,
@@ -174,7 +178,8 @@ fn address(v: &Value, field: &str) -> Result<Address, ApiError> {
     }
 }
 
-fn recipient(v: &Value, i: usize) -> Result<Recipient, ApiError> {
+/// One recipient of a transmission or a stored list (`recipients[i]`).
+pub fn recipient(v: &Value, i: usize) -> Result<Recipient, ApiError> {
     let field = format!("recipients[{i}]");
     let Value::Object(m) = v else {
         return Err(invalid(&field, "must be a JSON object"));
@@ -215,7 +220,19 @@ fn recipient(v: &Value, i: usize) -> Result<Recipient, ApiError> {
         return_path: string(m.get("return_path"), &format!("{field}.return_path"), 254)?,
         tags,
         metadata: object(m.get("metadata"), &format!("{field}.metadata"))?,
+        substitution_data: substitution_data(
+            m.get("substitution_data"),
+            &format!("{field}.substitution_data"),
+        )?,
     })
+}
+
+fn substitution_data(v: Option<&Value>, field: &str) -> Result<Value, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(Value::Null),
+        Some(o @ Value::Object(_)) => Ok(o.clone()),
+        Some(_) => Err(invalid(field, "must be a JSON object")),
+    }
 }
 
 fn attachments(v: Option<&Value>, field: &str) -> Result<Vec<Attachment>, ApiError> {
@@ -327,7 +344,8 @@ pub fn crlf(text: &str) -> String {
     out
 }
 
-fn content(v: Option<&Value>) -> Result<Content, ApiError> {
+/// A `content` object (a transmission's, or a stored template's).
+pub fn content(v: Option<&Value>) -> Result<Content, ApiError> {
     let Some(Value::Object(m)) = v else {
         return Err(match v {
             None => missing("content"),
@@ -335,12 +353,8 @@ fn content(v: Option<&Value>) -> Result<Content, ApiError> {
         });
     };
     if m.contains_key("template_id") {
-        return Err(ApiError::new(
-            422,
-            "1200",
-            "unsupported field",
-            "content.template_id: stored templates are not supported yet; send content inline or as email_rfc822".to_string(),
-        ));
+        // Resolved (the stored content put in its place) before parsing.
+        return Err(invalid("content.template_id", "must be a string"));
     }
     if let Some(raw) = string(m.get("email_rfc822"), "content.email_rfc822", usize::MAX)? {
         let raw = crlf(&raw);
@@ -360,7 +374,8 @@ fn content(v: Option<&Value>) -> Result<Content, ApiError> {
         m.get("from").ok_or_else(|| missing("content.from"))?,
         "content.from",
     )?;
-    if !usable_address(&from.email) {
+    // A templated address is checked per recipient, once rendered.
+    if !from.email.contains("{{") && !usable_address(&from.email) {
         return Err(invalid("content.from", "not an email address"));
     }
     let subject = string(m.get("subject"), "content.subject", HEADER_BYTES_MAX)?
@@ -422,16 +437,26 @@ fn options(v: Option<&Value>) -> Result<Options, ApiError> {
     })
 }
 
-/// Checks a request body.
-pub fn parse(body: &[u8]) -> Result<Transmission, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+/// A request body as JSON, or why not.
+pub fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             400,
             "1300",
             "invalid data format/type",
             format!("the body is not JSON: {e}"),
         )
-    })?;
+    })
+}
+
+/// Checks a request body.
+pub fn parse(body: &[u8]) -> Result<Transmission, ApiError> {
+    parse_value(json_body(body)?)
+}
+
+/// Checks a request body already read as JSON (a stored template or
+/// recipient list already put in place of `template_id` / `list_id`).
+pub fn parse_value(value: Value) -> Result<Transmission, ApiError> {
     let Value::Object(m) = value else {
         return Err(ApiError::new(
             400,
@@ -446,25 +471,14 @@ pub fn parse(body: &[u8]) -> Result<Transmission, ApiError> {
     if return_path.as_deref().is_some_and(|r| !usable_address(r)) {
         return Err(invalid("return_path", "not an email address"));
     }
-    if m.contains_key("substitution_data")
-        && !matches!(
-            m.get("substitution_data"),
-            Some(Value::Object(_)) | Some(Value::Null)
-        )
-    {
-        return Err(invalid("substitution_data", "must be a JSON object"));
-    }
+    let substitution_data = substitution_data(m.get("substitution_data"), "substitution_data")?;
     let metadata = object(m.get("metadata"), "metadata")?;
     let options = options(m.get("options"))?;
     let list = match m.get("recipients") {
         None => return Err(missing("recipients")),
         Some(Value::Object(o)) if o.contains_key("list_id") => {
-            return Err(ApiError::new(
-                422,
-                "1200",
-                "unsupported field",
-                "recipients.list_id: stored recipient lists are not supported yet; give the recipients inline".to_string(),
-            ))
+            // Resolved (the stored list put in its place) before parsing.
+            return Err(invalid("recipients.list_id", "must be a string"));
         }
         Some(Value::Array(list)) => list,
         Some(_) => return Err(invalid("recipients", "must be an array")),
@@ -502,6 +516,7 @@ pub fn parse(body: &[u8]) -> Result<Transmission, ApiError> {
         description,
         return_path,
         metadata,
+        substitution_data,
         options,
         recipients,
         rejected,
@@ -568,16 +583,16 @@ mod tests {
                 "content.text or content.html",
             ),
             (
-                format!(r#"{{{base},"content":{{"template_id":"t"}}}}"#),
+                format!(r#"{{{base},"content":{{"template_id":7}}}}"#),
                 422,
-                "1200",
+                "1300",
                 "template_id",
             ),
             (
-                r#"{"recipients":{"list_id":"l"},"content":{"email_rfc822":"A: b\n\nx"}}"#
+                r#"{"recipients":{"list_id":7},"content":{"email_rfc822":"A: b\n\nx"}}"#
                     .to_string(),
                 422,
-                "1200",
+                "1300",
                 "list_id",
             ),
             (

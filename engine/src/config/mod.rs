@@ -216,6 +216,14 @@ pub const WEBHOOK_EVENT_GROUPINGS: &[&str] = &["message_event", "track_event"];
 /// Events per webhook POST: default and maximum of `batch_size`.
 pub const WEBHOOK_BATCH_SIZE_DEFAULT: u32 = 100;
 pub const WEBHOOK_BATCH_SIZE_MAX: u64 = 10_000;
+/// `tracking_domain` unless configured (Momentum's; change it).
+pub const TRACKING_DOMAIN_DEFAULT: &str = "localhost:8080";
+/// `tracking_link_expiry`: one year unless configured, ten at most.
+pub const TRACKING_LINK_EXPIRY_SECONDS_DEFAULT: u64 = 31_536_000;
+pub const TRACKING_LINK_EXPIRY_SECONDS_MAX: u64 = 10 * 31_536_000;
+/// `max_metadata_len`: Momentum's 1000 bytes; at most what a token holds.
+pub const MAX_METADATA_LEN_DEFAULT: u64 = 1000;
+pub const MAX_METADATA_LEN_MAX: u64 = ecelerity_msggen::tracking::METADATA_BYTES_MAX as u64;
 /// How far (bytes of event log) a webhook may lag before its oldest events
 /// are skipped: default and bounds of `max_backlog_bytes`.
 pub const WEBHOOK_BACKLOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
@@ -376,6 +384,32 @@ impl Config {
 
     pub fn pidfile(&self) -> &Path {
         &self.settings.global.pidfile
+    }
+
+    /// The engagement-tracking options (`open_tracking_enabled`,
+    /// `click_tracking_enabled`, `tracking_domain`, the two schemes,
+    /// `tracking_link_expiry`, `click_tracking_include_metadata`,
+    /// `max_metadata_len`), checked when the file was read.
+    pub fn tracking_options(&self) -> ecelerity_msggen::tracking::TrackingOptions {
+        use ecelerity_msggen::tracking::{Scheme, TrackingOptions};
+        let g = &self.settings.global;
+        let scheme = |s: &str| {
+            if s == "https" {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            }
+        };
+        TrackingOptions {
+            open_tracking_enabled: g.open_tracking_enabled,
+            click_tracking_enabled: g.click_tracking_enabled,
+            open_tracking_scheme: scheme(&g.open_tracking_scheme),
+            click_tracking_scheme: scheme(&g.click_tracking_scheme),
+            tracking_domain: g.tracking_domain.clone(),
+            tracking_link_expiry: g.tracking_link_expiry.as_secs(),
+            click_tracking_include_metadata: g.click_tracking_include_metadata,
+            max_metadata_len: g.max_metadata_len as usize,
+        }
     }
 
     /// `server_max_inbound_connections`: the cap on open inbound SMTP
@@ -1747,6 +1781,31 @@ domain "example.com" {
             "test.conf:1: option `Enable` is not valid in global scope \
              (valid in: ESMTP_Listener, ESMTP_Listener Listen)"
         );
+    }
+
+    #[test]
+    fn tracking_options_are_read_and_bad_ones_name_the_line() {
+        let c = parse(
+            "tracking_domain = \"track.example.com:8443\"\nclick_tracking_scheme = HTTPS\n\
+             open_tracking_enabled = yes\ntracking_link_expiry = 86400\nmax_metadata_len = 200",
+        );
+        let t = c.tracking_options();
+        assert_eq!(t.tracking_domain, "track.example.com:8443");
+        assert_eq!(t.click_tracking_scheme, ecelerity_msggen::tracking::Scheme::Https);
+        assert_eq!(t.open_tracking_scheme, ecelerity_msggen::tracking::Scheme::Http);
+        assert!(t.open_tracking_enabled && !t.click_tracking_enabled);
+        assert_eq!((t.tracking_link_expiry, t.max_metadata_len), (86_400, 200));
+        assert!(t.click_tracking_include_metadata);
+        assert_eq!(
+            error("\ntracking_domain = \"bad domain!\""),
+            "test.conf:2: `tracking_domain` must be a host name or address with an optional :port, \
+             at most 261 bytes, got `bad domain!`"
+        );
+        assert_eq!(
+            error("open_tracking_scheme = ftp"),
+            "test.conf:1: `open_tracking_scheme` must be http or https, got `ftp`"
+        );
+        assert!(error("max_metadata_len = 20000").starts_with("test.conf:1: `max_metadata_len`"));
     }
 
     #[test]

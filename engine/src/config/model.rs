@@ -1514,6 +1514,22 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
             })?;
             Typed::Text(text.to_string())
         }
+        Kind::TrackingDomain => {
+            let options = ecelerity_msggen::tracking::TrackingOptions {
+                tracking_domain: text.to_string(),
+                ..Default::default()
+            };
+            if options.validate().is_err() {
+                return Err(wrong_type(got(), line));
+            }
+            Typed::Text(text.to_string())
+        }
+        Kind::UrlScheme => {
+            if !(text.eq_ignore_ascii_case("http") || text.eq_ignore_ascii_case("https")) {
+                return Err(wrong_type(got(), line));
+            }
+            Typed::Text(text.to_ascii_lowercase())
+        }
         Kind::CidrList | Kind::NameserverList | Kind::Routes | Kind::EventTypes => {
             unreachable!("handled above")
         }
@@ -1555,6 +1571,8 @@ mod tests {
             Kind::AuthMechanism => "login",
             Kind::EventTypes => "delivery",
             Kind::WebhookTarget => "http://127.0.0.1:8080/hook",
+            Kind::TrackingDomain => "track.example:8080",
+            Kind::UrlScheme => "https",
         }
     }
 

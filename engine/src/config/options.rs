@@ -85,6 +85,11 @@ pub(super) enum Kind {
     EventTypes,
     /// An `http://host:port/path` URL (`parse_webhook_target`).
     WebhookTarget,
+    /// `host[:port]` of the engagement-tracking server: letters, digits,
+    /// `. - : [ ]`, at most `TRACKING_DOMAIN_BYTES_MAX` bytes.
+    TrackingDomain,
+    /// `http` or `https` (kept lower case).
+    UrlScheme,
 }
 
 impl Kind {
@@ -123,6 +128,10 @@ impl Kind {
             }
             Kind::TlsMode => "one of no, ifavailable, required",
             Kind::TlsVerify => "one of no, ca, host, optional",
+            Kind::TrackingDomain => {
+                "a host name or address with an optional :port, at most 261 bytes"
+            }
+            Kind::UrlScheme => "http or https",
         }
     }
 
@@ -139,6 +148,7 @@ impl Kind {
 }
 
 const _: () = assert!(HOST_NAME_BYTES_MAX == 255);
+const _: () = assert!(ecelerity_msggen::tracking::TRACKING_DOMAIN_BYTES_MAX == 261);
 const _: () = assert!(HEADER_NAME_BYTES_MAX == 64);
 
 /// Whether the engine acts on an option yet. The parser knows Momentum's
@@ -807,6 +817,31 @@ option_family! {
                 .iter()
                 .map(|text| text.parse::<Cidr>().expect("PROHIBITED_HOSTS_DEFAULT parses"))
                 .collect();
+        /// Engagement tracking (docs/templates.md "Options"): an open
+        /// pixel in generated html, unless a transmission says otherwise.
+        open_tracking_enabled: bool = "open_tracking_enabled" in GLOBAL, Kind::Bool,
+            default false;
+        /// Click links rewritten in generated text and html, unless a
+        /// transmission says otherwise.
+        click_tracking_enabled: bool = "click_tracking_enabled" in GLOBAL, Kind::Bool,
+            default false;
+        /// `host[:port]` the tracking URLs point at.
+        tracking_domain: String = "tracking_domain" in GLOBAL, Kind::TrackingDomain,
+            default TRACKING_DOMAIN_DEFAULT.to_string();
+        open_tracking_scheme: String = "open_tracking_scheme" in GLOBAL, Kind::UrlScheme,
+            default "http".to_string();
+        click_tracking_scheme: String = "click_tracking_scheme" in GLOBAL, Kind::UrlScheme,
+            default "http".to_string();
+        /// How long a tracking link stays valid after generation.
+        tracking_link_expiry: Duration = "tracking_link_expiry" in GLOBAL,
+            seconds(1, TRACKING_LINK_EXPIRY_SECONDS_MAX),
+            default Duration::from_secs(TRACKING_LINK_EXPIRY_SECONDS_DEFAULT);
+        /// Whether click and open tokens carry the recipient's metadata.
+        click_tracking_include_metadata: bool = "click_tracking_include_metadata" in GLOBAL,
+            Kind::Bool, default true;
+        /// Metadata longer than this is left out of tracking tokens.
+        max_metadata_len: u64 = "max_metadata_len" in GLOBAL,
+            bytes(0, MAX_METADATA_LEN_MAX), default MAX_METADATA_LEN_DEFAULT;
     }
 }
 

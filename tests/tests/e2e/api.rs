@@ -20,20 +20,26 @@ const WAIT: Duration = Duration::from_secs(60);
 const EVENTLOG: &str = "ec_logger \"ec_logger\" { eventlog = \"log/events.jsonl\" }\n";
 
 /// A sink and a daemon with an HTTP_Listener and an event log.
-struct Api {
-    daemon: Daemon,
-    sink: Sink,
-    http: u16,
-    dir: TempDir,
+pub(crate) struct Api {
+    pub(crate) daemon: Daemon,
+    pub(crate) sink: Sink,
+    pub(crate) http: u16,
+    pub(crate) dir: TempDir,
 }
 
 impl Api {
     fn start(label: &str) -> Api {
+        Api::start_with(label, "")
+    }
+
+    /// With `extra` global configuration.
+    pub(crate) fn start_with(label: &str, extra: &str) -> Api {
         let dir = TempDir::new(label);
         let sink = Sink::start(&dir.join("sink"), free_port());
         let http = free_port();
         let mut config = TestConfig::new(sink.port());
-        config.extra = format!("HTTP_Listener {{ Listen \"127.0.0.1:{http}\" {{ }} }}\n{EVENTLOG}");
+        config.extra =
+            format!("HTTP_Listener {{ Listen \"127.0.0.1:{http}\" {{ }} }}\n{EVENTLOG}{extra}");
         let daemon = Daemon::start(dir.path(), &config.render());
         Api {
             daemon,
@@ -44,7 +50,7 @@ impl Api {
     }
 
     /// `api_key create NAME grants...` through ec_console: the key.
-    fn create_key(&self, name: &str, grants: &[&str]) -> String {
+    pub(crate) fn create_key(&self, name: &str, grants: &[&str]) -> String {
         let out = self
             .daemon
             .console(&format!("api_key create {name} {}\n", grants.join(" ")));
@@ -62,7 +68,7 @@ impl Api {
         key
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         method: &str,
         path: &str,
@@ -92,7 +98,7 @@ impl Api {
         (v["status"].as_u64().unwrap() as u16, v["body"].clone())
     }
 
-    fn post(&self, key: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, key: &str, body: &Value) -> (u16, Value) {
         self.request("POST", "/api/v1/transmissions", Some(key), Some(body))
     }
 
@@ -109,7 +115,7 @@ fn events(dir: &Path) -> Vec<Value> {
 }
 
 /// Parses sink files with Python's email package.
-fn parse_messages(paths: &[&Path]) -> Vec<Value> {
+pub(crate) fn parse_messages(paths: &[&Path]) -> Vec<Value> {
     let out = run(
         Command::new(python())
             .arg(py_dir().join("api_client.py"))
@@ -121,7 +127,7 @@ fn parse_messages(paths: &[&Path]) -> Vec<Value> {
         .unwrap_or_else(|e| panic!("parse: {e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
-fn header<'a>(m: &'a Value, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(m: &'a Value, name: &str) -> Option<&'a str> {
     m["headers"]
         .as_array()
         .unwrap()
@@ -347,12 +353,12 @@ fn email_rfc822_is_delivered_as_given_and_bad_requests_are_refused_with_nothing_
         (
             json!({"recipients": [{"address": "a@example.com"}], "content": {"template_id": "t"}}),
             422,
-            "1200",
+            "1600",
         ),
         (
             json!({"recipients": {"list_id": "l"}, "content": {"email_rfc822": raw}}),
             422,
-            "1200",
+            "1600",
         ),
         (
             json!({"recipients": [{"address": "a@example.com"}], "content": {"from": "x@example.net", "subject": "s"}}),
