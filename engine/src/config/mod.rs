@@ -1791,8 +1791,14 @@ domain "example.com" {
         );
         let t = c.tracking_options();
         assert_eq!(t.tracking_domain, "track.example.com:8443");
-        assert_eq!(t.click_tracking_scheme, ecelerity_msggen::tracking::Scheme::Https);
-        assert_eq!(t.open_tracking_scheme, ecelerity_msggen::tracking::Scheme::Http);
+        assert_eq!(
+            t.click_tracking_scheme,
+            ecelerity_msggen::tracking::Scheme::Https
+        );
+        assert_eq!(
+            t.open_tracking_scheme,
+            ecelerity_msggen::tracking::Scheme::Http
+        );
         assert!(t.open_tracking_enabled && !t.click_tracking_enabled);
         assert_eq!((t.tracking_link_expiry, t.max_metadata_len), (86_400, 200));
         assert!(t.click_tracking_include_metadata);
