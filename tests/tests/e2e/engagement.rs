@@ -1,4 +1,13 @@
-//! Engagement (issue 13 items 5, 6 and 7) end to end: a message sent over
+//! Engagement (issue 13 items 5, 6 and 7) end to end, two ways.
+//!
+//! From a transmission: posted over the REST API with open and click
+//! tracking (`tracking_domain` is the daemon's own HTTP_Listener),
+//! delivered to the aiosmtpd sink; the pixel and the rewritten links taken
+//! from the delivered body (parsed by Python's `email`) and fetched with
+//! Python `requests`; the redirects, the track_event lines, a webhook made
+//! through the webhooks API and the metrics API checked.
+//!
+//! From minted tokens: a message sent over
 //! SMTP (campaign from X-MSYS-API) and delivered to the aiosmtpd sink; its
 //! tracking tokens minted exactly as generation mints them
 //! (`ecelerity_msggen::tracking::TrackingKey` with the daemon's own
@@ -32,7 +41,7 @@ const TARGET: &str = "https://shop.example.net/landing?item=42&x=%C3%A9";
 /// The daemon (HTTP_Listener, event log), the sink and a webhook receiver.
 struct Setup {
     daemon: Daemon,
-    _sink: Sink,
+    sink: Sink,
     _receiver: ChildGuard,
     receiver_dir: PathBuf,
     receiver_port: u16,
@@ -42,13 +51,19 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
-        let dir = TempDir::new("engagement");
+        Setup::start_with("engagement", |_| String::new())
+    }
+
+    /// With global configuration `extra(http_port)`.
+    fn start_with(label: &str, extra: impl Fn(u16) -> String) -> Setup {
+        let dir = TempDir::new(label);
         let sink = Sink::start(&dir.join("sink"), free_port());
         let http = free_port();
         let mut config = TestConfig::new(sink.port());
         config.extra = format!(
             "HTTP_Listener {{ Listen \"127.0.0.1:{http}\" {{ }} }}\n\
-             ec_logger \"ec_logger\" {{ eventlog = \"log/events.jsonl\" }}\n"
+             ec_logger \"ec_logger\" {{ eventlog = \"log/events.jsonl\" }}\n{}",
+            extra(http)
         );
         let daemon = Daemon::start(dir.path(), &config.render());
         let receiver_dir = dir.join("hook");
@@ -56,7 +71,7 @@ impl Setup {
         let receiver = start_receiver(&receiver_dir, receiver_port);
         Setup {
             daemon,
-            _sink: sink,
+            sink,
             _receiver: receiver,
             receiver_dir,
             receiver_port,
@@ -535,4 +550,226 @@ fn at_b(s: &Setup, n: usize) -> Vec<Value> {
         (got.len() >= n).then_some(got)
     })
     .unwrap_or_else(|| panic!("webhook B got no click: {:#?}", s.received()))
+}
+
+/// The html link of the tracked transmission (its `&amp;` is `&` once
+/// the rewriter has read it) and the text link.
+const HTML_TARGET: &str = "https://shop.example.net/autumn?item=7&lang=%C3%A9";
+const TEXT_TARGET: &str = "https://shop.example.net/text-link";
+
+/// The decoded leaf of type `mime` of a delivered message, parsed by
+/// Python's `email` package.
+fn leaf(m: &ecelerity_tests::SinkMessage, mime: &str) -> String {
+    let parsed = crate::api::parse_messages(&[m.path.as_path()]);
+    let leaf = parsed[0]["leaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["type"] == mime)
+        .unwrap_or_else(|| panic!("no {mime} part in {}", parsed[0]));
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(leaf["data"].as_str().unwrap())
+        .unwrap();
+    String::from_utf8(data).unwrap()
+}
+
+/// The path of the first URL in `text` that starts with `prefix`, up to
+/// the closing quote, `>` or white space.
+fn url_path(text: &str, prefix: &str) -> String {
+    let at = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no {prefix} in {text}"));
+    let rest = &text[at..];
+    let end = rest
+        .find(|c: char| c == '"' || c == '>' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    let url = &rest[..end];
+    let scheme_host = url.find("//").unwrap() + 2;
+    let path = &url[scheme_host..];
+    path[path.find('/').unwrap()..].to_string()
+}
+
+/// Sorted `(type, target_link_url, target_link_name)` of track events.
+fn kinds_and_targets(events: &[Value]) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = events
+        .iter()
+        .map(|t| {
+            (
+                field(t, "type").to_string(),
+                field(t, "target_link_url").to_string(),
+                field(t, "target_link_name").to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The whole path: a transmission posted over the REST API with open and
+/// click tracking, delivered to the aiosmtpd sink; the pixel and the
+/// rewritten links taken from the delivered body and fetched like a mail
+/// client (Python `requests`); the redirects go to the original URLs, and
+/// the opens and clicks are in the event log, at a webhook made through
+/// the webhooks API, and in the metrics API.
+#[test]
+fn a_tracked_transmission_is_opened_and_clicked_from_the_delivered_body() {
+    let s = Setup::start_with("engagement-tx", |http| {
+        format!("tracking_domain = \"127.0.0.1:{http}\"\n")
+    });
+    let admin = s.create_key("admin", &[]);
+    let started = now_secs();
+    let hook = s.create_webhook(&admin, "engagement", "/t", &["open", "click"]);
+
+    // Two recipients; only the reader opens and clicks.
+    let html = format!(
+        "<html><body><p>Autumn</p><a href=\"{}\" data-msys-linkname=\"Autumn sale\">Shop</a>\
+         </body></html>",
+        HTML_TARGET.replace('&', "&amp;")
+    );
+    let body = json!({
+        "campaign_id": "autumn",
+        "metadata": {"list": "weekly"},
+        "options": {"open_tracking": true, "click_tracking": true},
+        "recipients": [
+            {"address": {"email": "reader@example.com", "name": "Reader"},
+             "metadata": {"user": "7"}},
+            {"address": "idle@example.org"}
+        ],
+        "content": {"from": "news@example.net", "subject": "Autumn offer",
+                    "text": format!("Shop at {TEXT_TARGET}\n"), "html": html}
+    });
+    let (status, got) = s.request("POST", "/api/v1/transmissions", Some(&admin), Some(&body));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["results"]["total_accepted_recipients"], 2);
+    let tx = got["results"]["id"].as_str().unwrap().to_string();
+
+    // The delivered body: the pixel and the two rewritten links point at
+    // the daemon's HTTP_Listener (tracking_domain), never at the targets.
+    let messages = s.sink.wait_for_messages(2, WAIT);
+    let reader = messages
+        .iter()
+        .find(|m| m.rcpts == ["reader@example.com"])
+        .expect("the reader's message");
+    let (html, text) = (leaf(reader, "text/html"), leaf(reader, "text/plain"));
+    let base = format!("http://127.0.0.1:{}/", s.http);
+    assert!(!html.contains("shop.example.net"), "{html}");
+    assert!(!text.contains(TEXT_TARGET), "{text}");
+    let pixel = url_path(&html, &format!("{base}q/"));
+    let html_click = url_path(&html, &format!("{base}f/"));
+    let text_click = url_path(&text, &format!("{base}f/"));
+    assert_ne!(html_click, text_click);
+
+    let delivery = poll_until(WAIT, || {
+        s.events().into_iter().find_map(|e| {
+            let d = &e["msys"]["message_event"];
+            (field(d, "type") == "delivery" && field(d, "rcpt_to") == "reader@example.com")
+                .then(|| d.clone())
+        })
+    })
+    .expect("the reader's delivery event");
+    assert_eq!(field(&delivery, "transmission_id"), tx);
+    let message_id = field(&delivery, "message_id").to_string();
+
+    // Like a mail client: the pixel twice (the message opened again), each
+    // link once; the redirects go to the original URLs exactly.
+    for _ in 0..2 {
+        let (status, headers, gif) = s.fetch("GET", &pixel);
+        assert_eq!(
+            (status, field(&headers, "content-type")),
+            (200, "image/gif")
+        );
+        assert!(gif.starts_with(b"GIF89a") && gif.len() == 43);
+    }
+    let (status, headers, _) = s.fetch("GET", &html_click);
+    assert_eq!((status, field(&headers, "location")), (302, HTML_TARGET));
+    let (status, headers, _) = s.fetch("GET", &text_click);
+    assert_eq!((status, field(&headers, "location")), (302, TEXT_TARGET));
+
+    // The event log: two opens and two clicks, all the reader's.
+    let want = vec![
+        (
+            "click".to_string(),
+            HTML_TARGET.to_string(),
+            "Autumn sale".to_string(),
+        ),
+        ("click".to_string(), TEXT_TARGET.to_string(), String::new()),
+        ("open".to_string(), String::new(), String::new()),
+        ("open".to_string(), String::new(), String::new()),
+    ];
+    let logged = poll_until(WAIT, || {
+        let t = s.track_events();
+        (t.len() >= 4).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("track_event lines: {:#?}", s.track_events()));
+    assert_eq!(kinds_and_targets(&logged), want, "{logged:#?}");
+    for t in &logged {
+        assert_eq!(field(t, "rcpt_to"), "reader@example.com", "{t}");
+        assert_eq!(field(t, "routing_domain"), "example.com");
+        assert_eq!(field(t, "transmission_id"), tx);
+        assert_eq!(field(t, "message_id"), message_id);
+        assert_eq!(field(t, "campaign_id"), "autumn");
+        assert_eq!(t["rcpt_meta"], json!({"list": "weekly", "user": "7"}));
+        assert_eq!(field(t, "user_agent"), UA);
+        assert_eq!(field(t, "ip_address"), "127.0.0.1");
+        let ts: u64 = field(t, "timestamp").parse().unwrap();
+        assert!(ts >= started && ts <= now_secs(), "{t}");
+    }
+
+    // The webhook (open and click only): the same four events, with its
+    // token, and no delivery.
+    let hooked = poll_until(WAIT, || {
+        let got = s.received();
+        (got.len() >= 4).then_some(got)
+    })
+    .unwrap_or_else(|| panic!("webhook {hook} got: {:#?}", s.received()));
+    assert_eq!(hooked.len(), 4, "{hooked:#?}");
+    let mut hooked_events = Vec::new();
+    for (path, token, e) in &hooked {
+        assert_eq!((path.as_str(), token.as_str()), ("/t", TOKEN));
+        hooked_events.push(e["msys"]["track_event"].clone());
+    }
+    assert_eq!(kinds_and_targets(&hooked_events), want);
+    let ids = |events: &[Value]| {
+        let mut ids: Vec<String> = events
+            .iter()
+            .map(|t| field(t, "event_id").to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&hooked_events), ids(&logged));
+
+    // The metrics API: the campaign as a whole and by domain.
+    let viewer = s.create_key("viewer", &["metrics:view"]);
+    let from = minute_text(started - 120);
+    let metrics = "count_injected,count_delivered,count_rendered,count_unique_rendered,\
+                   count_unique_confirmed_opened,count_clicked,count_unique_clicked";
+    let ask = |path: &str| {
+        let (status, got) = s.request("GET", path, Some(&viewer), None);
+        assert_eq!(status, 200, "{path}: {got}");
+        got["results"].clone()
+    };
+    let whole = ask(&format!(
+        "/api/v1/metrics/deliverability?from={from}&metrics={metrics}&campaigns=autumn"
+    ));
+    assert_eq!(
+        whole,
+        json!([{"count_injected": 2, "count_delivered": 2, "count_rendered": 2,
+                "count_unique_rendered": 1, "count_unique_confirmed_opened": 1,
+                "count_clicked": 2, "count_unique_clicked": 1}])
+    );
+    let by_domain = ask(&format!(
+        "/api/v1/metrics/deliverability/domain?from={from}&metrics={metrics}"
+    ));
+    assert_eq!(
+        by_domain,
+        json!([
+            {"domain": "example.com", "count_injected": 1, "count_delivered": 1,
+             "count_rendered": 2, "count_unique_rendered": 1,
+             "count_unique_confirmed_opened": 1, "count_clicked": 2, "count_unique_clicked": 1},
+            {"domain": "example.org", "count_injected": 1, "count_delivered": 1,
+             "count_rendered": 0, "count_unique_rendered": 0,
+             "count_unique_confirmed_opened": 0, "count_clicked": 0, "count_unique_clicked": 0}
+        ])
+    );
 }
