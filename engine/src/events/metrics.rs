@@ -107,7 +107,7 @@ pub const METRICS_CELLS_PER_SHARD_MAX: usize = 64 * 1024;
 pub const METRICS_CELL_BYTES: usize = METRIC_COUNT * 8 + 20 + 32;
 /// Distinct names (domains, campaigns, templates, bindings) per shard.
 pub const METRICS_NAMES_MAX: usize = 100_000;
-/// Recipients remembered for unique opens and clicks per shard.
+/// Recipients remembered for unique opens and clicks (the whole process).
 pub const METRICS_UNIQUE_SEEN_MAX: usize = 256 * 1024;
 /// The name counted when a name cannot be kept.
 pub const OTHER: &str = "(other)";
