@@ -181,6 +181,8 @@ impl ApiError {
 pub struct EventFields<'a> {
     pub transmission_id: &'a str,
     pub campaign_id: Option<&'a str>,
+    /// The stored template the content came from (`content.template_id`).
+    pub template_id: Option<&'a str>,
     pub rcpt_meta: &'a Map<String, Value>,
     pub rcpt_tags: &'a [String],
     /// `rest` or `esmtp`.
@@ -196,6 +198,9 @@ pub fn event_fields(f: &EventFields<'_>) -> String {
     let _ = write!(out, ",\"transmission_id\":{}", s(f.transmission_id));
     if let Some(c) = f.campaign_id {
         let _ = write!(out, ",\"campaign_id\":{}", s(c));
+    }
+    if let Some(t) = f.template_id {
+        let _ = write!(out, ",\"template_id\":{}", s(t));
     }
     let _ = write!(out, ",\"rcpt_meta\":{}", Value::Object(f.rcpt_meta.clone()));
     let _ = write!(out, ",\"rcpt_tags\":{}", serde_json::json!(f.rcpt_tags));
@@ -317,6 +322,30 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_fields_carry_the_template_for_the_metrics_labels() {
+        let meta: Map<String, Value> = serde_json::from_str(r#"{"u":"1"}"#).unwrap();
+        let mut f = EventFields {
+            transmission_id: "7",
+            campaign_id: Some("spring"),
+            template_id: Some("news \"v2\""),
+            rcpt_meta: &meta,
+            rcpt_tags: &[],
+            recv_method: "rest",
+            sandbox: false,
+        };
+        let text = event_fields(&f);
+        assert_eq!(
+            text,
+            r#","transmission_id":"7","campaign_id":"spring","template_id":"news \"v2\"","rcpt_meta":{"u":"1"},"rcpt_tags":[],"recv_method":"rest""#
+        );
+        let member = |t: &str, n: &str| crate::events::generation_member(t, n).into_owned();
+        assert_eq!(member(&text, "template_id"), "news \"v2\"");
+        assert_eq!(member(&text, "campaign_id"), "spring");
+        f.template_id = None;
+        assert_eq!(member(&event_fields(&f), "template_id"), "");
+    }
 
     #[test]
     fn rfc3339_times_read_and_written() {

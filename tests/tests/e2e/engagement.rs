@@ -605,10 +605,10 @@ fn kinds_and_targets(events: &[Value]) -> Vec<(String, String, String)> {
     v
 }
 
-/// The whole path: a transmission posted over the REST API with open and
-/// click tracking, delivered to the aiosmtpd sink; the pixel and the
-/// rewritten links taken from the delivered body and fetched like a mail
-/// client (Python `requests`); the redirects go to the original URLs, and
+/// The whole path: a transmission of a stored template posted over the
+/// REST API with open and click tracking, delivered to the aiosmtpd sink;
+/// the pixel and the rewritten links taken from the delivered body and
+/// fetched like a mail client (Python `requests`); the redirects go to the original URLs, and
 /// the opens and clicks are in the event log, at a webhook made through
 /// the webhooks API, and in the metrics API.
 #[test]
@@ -620,12 +620,17 @@ fn a_tracked_transmission_is_opened_and_clicked_from_the_delivered_body() {
     let started = now_secs();
     let hook = s.create_webhook(&admin, "engagement", "/t", &["open", "click"]);
 
-    // Two recipients; only the reader opens and clicks.
+    // A stored template; two recipients; only the reader opens and clicks.
     let html = format!(
         "<html><body><p>Autumn</p><a href=\"{}\" data-msys-linkname=\"Autumn sale\">Shop</a>\
          </body></html>",
         HTML_TARGET.replace('&', "&amp;")
     );
+    let template = json!({"id": "autumn-news", "name": "Autumn news", "published": true,
+        "content": {"from": "news@example.net", "subject": "Autumn offer",
+                    "text": format!("Shop at {TEXT_TARGET}\n"), "html": html}});
+    let (status, got) = s.request("POST", "/api/v1/templates", Some(&admin), Some(&template));
+    assert_eq!(status, 200, "{got}");
     let body = json!({
         "campaign_id": "autumn",
         "metadata": {"list": "weekly"},
@@ -635,8 +640,7 @@ fn a_tracked_transmission_is_opened_and_clicked_from_the_delivered_body() {
              "metadata": {"user": "7"}},
             {"address": "idle@example.org"}
         ],
-        "content": {"from": "news@example.net", "subject": "Autumn offer",
-                    "text": format!("Shop at {TEXT_TARGET}\n"), "html": html}
+        "content": {"template_id": "autumn-news"}
     });
     let (status, got) = s.request("POST", "/api/v1/transmissions", Some(&admin), Some(&body));
     assert_eq!(status, 200, "{got}");
@@ -668,6 +672,7 @@ fn a_tracked_transmission_is_opened_and_clicked_from_the_delivered_body() {
     })
     .expect("the reader's delivery event");
     assert_eq!(field(&delivery, "transmission_id"), tx);
+    assert_eq!(field(&delivery, "template_id"), "autumn-news");
     let message_id = field(&delivery, "message_id").to_string();
 
     // Like a mail client: the pixel twice (the message opened again), each
@@ -771,5 +776,15 @@ fn a_tracked_transmission_is_opened_and_clicked_from_the_delivered_body() {
              "count_rendered": 0, "count_unique_rendered": 0,
              "count_unique_confirmed_opened": 0, "count_clicked": 0, "count_unique_clicked": 0}
         ])
+    );
+    // By template: the messages' events count under it (track events
+    // carry no template).
+    let by_template = ask(&format!(
+        "/api/v1/metrics/deliverability/template?from={from}\
+         &metrics=count_injected,count_delivered&templates=autumn-news"
+    ));
+    assert_eq!(
+        by_template,
+        json!([{"template_id": "autumn-news", "count_injected": 2, "count_delivered": 2}])
     );
 }
