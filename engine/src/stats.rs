@@ -83,6 +83,10 @@ counters! {
     WebhookPostFailures => "webhook_post_failures", Counter, "Webhook POSTs that failed: no connection, timeout or non-2xx (shard 0 only).";
     WebhookBacklogBytes => "webhook_backlog_bytes", Gauge, "Event log bytes not yet sent, over every webhook endpoint (shard 0 only).";
     WebhookBytesSkipped => "webhook_bytes_skipped", Counter, "Event log bytes skipped because an endpoint lagged more than its max_backlog_bytes (shard 0 only).";
+    TrackOpens => "track_opens", Counter, "Open pixels fetched with a valid token (open events recorded).";
+    TrackClicks => "track_clicks", Counter, "Tracked links followed with a valid token (click events recorded).";
+    TrackRefused => "track_refused", Counter, "Tracking requests refused with 404: a forged, altered, malformed or wrong-kind token.";
+    TrackExpired => "track_expired", Counter, "Tracking requests with an expired token: answered without an event.";
 }
 
 /// How many values a block holds.

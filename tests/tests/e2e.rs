@@ -45,6 +45,8 @@ mod diskfull_heal;
 mod dkim;
 #[path = "e2e/ec_ctl.rs"]
 mod ec_ctl;
+#[path = "e2e/engagement.rs"]
+mod engagement;
 #[path = "e2e/events.rs"]
 mod events;
 #[path = "e2e/hostile.rs"]

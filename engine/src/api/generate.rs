@@ -249,11 +249,12 @@ impl ShardApi {
         let _release = Release(&self.generating);
         let id = MessageId(self.messages.next_connection_id()).0;
         let started = now_unix_ms();
+        let template_id = resolved.template.as_ref().map(|(id, _, _)| id.as_str());
         let generated = if t.options.sandbox {
-            self.sandbox(&t, id, started);
+            self.sandbox(&t, template_id, id, started);
             Ok(t.recipients.len())
         } else {
-            self.generate(&t, personal, id, started).await
+            self.generate(&t, template_id, personal, id, started).await
         };
         let accepted = match generated {
             Ok(n) => n,
@@ -304,6 +305,7 @@ impl ShardApi {
     async fn generate(
         &self,
         t: &Transmission,
+        template_id: Option<&str>,
         personal: Option<Personal>,
         id: u64,
         started_ms: u64,
@@ -320,6 +322,7 @@ impl ShardApi {
             shared,
             from,
             tx: id,
+            template_id: template_id.map(str::to_string),
             hostname: self.env.config.get().hostname().to_string(),
             personal,
             date,
@@ -544,7 +547,7 @@ impl ShardApi {
     /// A sandbox transmission: its messages are generated (so they are
     /// checked) and an injection event is written for each, marked
     /// `sandbox`; none is spooled or delivered.
-    fn sandbox(&self, t: &Transmission, id: u64, started_ms: u64) {
+    fn sandbox(&self, t: &Transmission, template_id: Option<&str>, id: u64, started_ms: u64) {
         let (shared, from) = self.shared(t, id, started_ms);
         let tx = id.to_string();
         let events = &self.env.events;
@@ -557,6 +560,7 @@ impl ShardApi {
                 let fields = event_fields(&EventFields {
                     transmission_id: &tx,
                     campaign_id: t.campaign_id.as_deref(),
+                    template_id,
                     rcpt_meta: &meta,
                     rcpt_tags: &r.tags,
                     recv_method: PROTOCOL_REST,
@@ -676,6 +680,8 @@ pub struct Plan {
     /// a return_path.
     pub from: String,
     pub tx: u64,
+    /// The stored template the content came from, for the events.
+    pub template_id: Option<String>,
     pub hostname: String,
     /// Content rendered per recipient (substitution, tracking); `None`:
     /// every message is `shared` with its own To and Message-ID.
@@ -759,6 +765,7 @@ fn envelope_for(plan: &Plan, n: usize, from: Option<&str>, body: &[u8]) -> Spool
     let fields = event_fields(&EventFields {
         transmission_id: &plan.tx.to_string(),
         campaign_id: t.campaign_id.as_deref(),
+        template_id: plan.template_id.as_deref(),
         rcpt_meta: &meta,
         rcpt_tags: &r.tags,
         recv_method: PROTOCOL_REST,

@@ -15,6 +15,7 @@
 
 pub mod generate;
 pub mod keys;
+pub mod metrics;
 pub mod mime;
 pub mod personal;
 pub mod recipient_lists;
@@ -22,6 +23,7 @@ pub mod store;
 pub mod templates;
 pub mod tracking;
 pub mod transmission;
+pub mod webhooks;
 
 use std::fmt::Write as _;
 
@@ -42,6 +44,7 @@ pub const TAG_NOT_BEFORE: u16 = 17;
 /// request timeout, a slow client's upload may not).
 pub async fn serve(
     api: &std::rc::Rc<ShardApi>,
+    reach: &Reach<'_>,
     request: hyper::Request<hyper::body::Incoming>,
     working: &std::cell::Cell<bool>,
 ) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
@@ -52,7 +55,73 @@ pub async fn serve(
         }
     }
     let _working = Working(working);
+    // Engagement: the metrics and webhooks API (docs/engagement.md).
+    let path = request.uri().path();
+    if path == "/api/v1/metrics" || path.starts_with("/api/v1/metrics/") {
+        return metrics::serve(reach, request)
+            .await
+            .unwrap_or_else(|e| reply(&e));
+    }
+    if path == "/api/v1/webhooks" || path.starts_with("/api/v1/webhooks/") {
+        return webhooks::serve(reach, request)
+            .await
+            .unwrap_or_else(|e| reply(&e));
+    }
     api.handle(request, working).await
+}
+
+/// What the metrics and webhooks API reach besides the request: the
+/// shard's environment (configuration, spool base) and the control plane
+/// (to ask every shard).
+pub struct Reach<'a> {
+    pub env: &'a std::rc::Rc<crate::env::ShardEnv>,
+    pub control: &'a crate::control::ControlHandle,
+}
+
+/// A JSON answer.
+pub fn json_reply(
+    status: u16,
+    body: String,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let mut r = hyper::Response::new(http_body_util::Full::new(body.into()));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn reply(e: &ApiError) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    json_reply(e.status, e.json())
+}
+
+/// Checks the request's API key for `grant`: 401 without a known key, 403
+/// without the grant (SparkPost's shapes).
+pub fn authorize(
+    spoolbase: &std::path::Path,
+    headers: &hyper::HeaderMap,
+    grant: &str,
+) -> Result<(), ApiError> {
+    let presented = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match keys::store(spoolbase).check(presented, grant) {
+        keys::Access::Granted(_) => Ok(()),
+        keys::Access::Unknown => Err(ApiError::new(
+            401,
+            "1000",
+            "Unauthorized.",
+            "an API key is required in the Authorization header".into(),
+        )),
+        keys::Access::Forbidden(name) => Err(ApiError::new(
+            403,
+            "1100",
+            "Forbidden.",
+            format!("API key '{name}' lacks the grant {grant}"),
+        )),
+    }
 }
 
 /// What a spooled envelope says for delivery: its event fields (shared by
@@ -112,6 +181,8 @@ impl ApiError {
 pub struct EventFields<'a> {
     pub transmission_id: &'a str,
     pub campaign_id: Option<&'a str>,
+    /// The stored template the content came from (`content.template_id`).
+    pub template_id: Option<&'a str>,
     pub rcpt_meta: &'a Map<String, Value>,
     pub rcpt_tags: &'a [String],
     /// `rest` or `esmtp`.
@@ -127,6 +198,9 @@ pub fn event_fields(f: &EventFields<'_>) -> String {
     let _ = write!(out, ",\"transmission_id\":{}", s(f.transmission_id));
     if let Some(c) = f.campaign_id {
         let _ = write!(out, ",\"campaign_id\":{}", s(c));
+    }
+    if let Some(t) = f.template_id {
+        let _ = write!(out, ",\"template_id\":{}", s(t));
     }
     let _ = write!(out, ",\"rcpt_meta\":{}", Value::Object(f.rcpt_meta.clone()));
     let _ = write!(out, ",\"rcpt_tags\":{}", serde_json::json!(f.rcpt_tags));
@@ -248,6 +322,30 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_fields_carry_the_template_for_the_metrics_labels() {
+        let meta: Map<String, Value> = serde_json::from_str(r#"{"u":"1"}"#).unwrap();
+        let mut f = EventFields {
+            transmission_id: "7",
+            campaign_id: Some("spring"),
+            template_id: Some("news \"v2\""),
+            rcpt_meta: &meta,
+            rcpt_tags: &[],
+            recv_method: "rest",
+            sandbox: false,
+        };
+        let text = event_fields(&f);
+        assert_eq!(
+            text,
+            r#","transmission_id":"7","campaign_id":"spring","template_id":"news \"v2\"","rcpt_meta":{"u":"1"},"rcpt_tags":[],"recv_method":"rest""#
+        );
+        let member = |t: &str, n: &str| crate::events::generation_member(t, n).into_owned();
+        assert_eq!(member(&text, "template_id"), "news \"v2\"");
+        assert_eq!(member(&text, "campaign_id"), "spring");
+        f.template_id = None;
+        assert_eq!(member(&event_fields(&f), "template_id"), "");
+    }
 
     #[test]
     fn rfc3339_times_read_and_written() {

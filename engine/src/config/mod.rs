@@ -207,7 +207,12 @@ pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
     "delay",
     "bounce",
     "policy_rejection",
+    "open",
+    "click",
 ];
+/// Momentum's event groupings (the object under `msys`): a webhook asking
+/// for one gets every type in it.
+pub const WEBHOOK_EVENT_GROUPINGS: &[&str] = &["message_event", "track_event"];
 /// Events per webhook POST: default and maximum of `batch_size`.
 pub const WEBHOOK_BATCH_SIZE_DEFAULT: u32 = 100;
 pub const WEBHOOK_BATCH_SIZE_MAX: u64 = 10_000;
@@ -1742,9 +1747,9 @@ domain "example.com" {
             "test.conf:3: bad webhook target `https://h/`: only http:// targets are supported"
         );
         assert!(error(&format!(
-            "{logger}webhook \"w\" {{ target = \"http://h/\"\n events = ( \"delivery\" \"click\" ) }}"
+            "{logger}webhook \"w\" {{ target = \"http://h/\"\n events = ( \"delivery\" \"clack\" ) }}"
         ))
-        .starts_with("test.conf:3: `events`: unknown event type `click`"));
+        .starts_with("test.conf:3: `events`: unknown event type `clack`"));
         assert!(error(&format!(
             "{logger}webhook \"w\" {{ target = \"http://h/\" auth_token = \"a\tb\" }}"
         ))
@@ -1786,8 +1791,14 @@ domain "example.com" {
         );
         let t = c.tracking_options();
         assert_eq!(t.tracking_domain, "track.example.com:8443");
-        assert_eq!(t.click_tracking_scheme, ecelerity_msggen::tracking::Scheme::Https);
-        assert_eq!(t.open_tracking_scheme, ecelerity_msggen::tracking::Scheme::Http);
+        assert_eq!(
+            t.click_tracking_scheme,
+            ecelerity_msggen::tracking::Scheme::Https
+        );
+        assert_eq!(
+            t.open_tracking_scheme,
+            ecelerity_msggen::tracking::Scheme::Http
+        );
         assert!(t.open_tracking_enabled && !t.click_tracking_enabled);
         assert_eq!((t.tracking_link_expiry, t.max_metadata_len), (86_400, 200));
         assert!(t.click_tracking_include_metadata);

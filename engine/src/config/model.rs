@@ -1361,11 +1361,19 @@ fn convert(kind: Kind, option: &str, value: &Value) -> Result<Typed, ConvertErro
         };
         let mut names: Vec<String> = Vec::with_capacity(items.len());
         for item in items {
-            let known = WEBHOOK_EVENT_TYPES.iter().find(|t| **t == item.text);
+            let known = WEBHOOK_EVENT_TYPES
+                .iter()
+                .chain(WEBHOOK_EVENT_GROUPINGS)
+                .find(|t| **t == item.text);
             let Some(known) = known else {
                 let kind = ConfigErrorKind::UnknownEventType {
                     value: item.text.clone(),
-                    known: WEBHOOK_EVENT_TYPES.join(", "),
+                    known: WEBHOOK_EVENT_TYPES
+                        .iter()
+                        .chain(WEBHOOK_EVENT_GROUPINGS)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 };
                 return Err((Some(item.line), kind));
             };

@@ -392,7 +392,10 @@ pub fn render(
         }
         ControlRequest::DnsCache(DnsCacheRequest::Flush) => render_dns_flushed(parts),
         // `console::reload` asks and renders these itself.
-        ControlRequest::Reload(_) | ControlRequest::ReopenLogs => String::new(),
+        // `console::reload` and the metrics API ask and render these themselves.
+        ControlRequest::Reload(_) | ControlRequest::ReopenLogs | ControlRequest::Metrics(_) => {
+            String::new()
+        }
         ControlRequest::Status => crate::http::render::render_shards(parts),
         ControlRequest::Scriptlet { line } => crate::scriptlet::render_control(line, parts),
     }

@@ -122,6 +122,9 @@ pub enum ControlRequest {
     /// registered (`msys.registerControl`, run on shard 0), or `scriptlet
     /// counters` (every shard's `msys.counter` values).
     Scriptlet { line: String },
+    /// `GET /api/v1/metrics/...`: this shard's `count_*` sums
+    /// (`events::metrics`).
+    Metrics(Box<crate::events::metrics::MetricsQuery>),
 }
 
 /// A configuration a reload hands to every shard; two are equal when they
@@ -266,6 +269,8 @@ pub enum ControlReply {
         answer: Option<String>,
         counters: Vec<(String, i64)>,
     },
+    /// `Metrics`: this shard's rows (group name, sums).
+    Metrics(crate::events::metrics::MetricsRows),
 }
 
 /// One shard's part of a `Status` answer: cheap copies, made on the shard.
@@ -556,6 +561,8 @@ pub fn answer(request: &ControlRequest, queues: &Queues, bindings: &Bindings) ->
             answer: None,
             counters: Vec::new(),
         },
+        // Answered by the shard's event log (`runtime`), never here.
+        ControlRequest::Metrics(_) => ControlReply::Metrics(Vec::new()),
         ControlRequest::Status => {
             let all = ControlRequest::Mailq {
                 domains: Vec::new(),

@@ -18,7 +18,7 @@ use super::{pool, Outbound};
 use crate::bounce::classify;
 use crate::clock::now_unix_ms;
 use crate::config::DeliveryOptions;
-use crate::events::{format_event, Event, EventType};
+use crate::events::{Event, EventType};
 use crate::log::{format_bounce, format_delivery, format_failure, Attempt, Bounce, RecordIds};
 use crate::mesh::{Delay, Failure, Outcome, OutcomeKind};
 use crate::queue::{MessageId, MessageRef, QueueId};
@@ -453,7 +453,7 @@ fn log_attempt_events(
     facts: &AttemptFacts<'_>,
 ) {
     let events = &out.env.events;
-    events.write(|buf| {
+    {
         let each = entry.rcpts.iter().zip(replies).zip(dispositions);
         for (((_, rcpt), reply), disposition) in each {
             let (kind, reason, class) = match disposition {
@@ -482,7 +482,7 @@ fn log_attempt_events(
                 method: "esmtp",
                 generation: entry.event_fields.as_deref(),
             };
-            format_event(buf, &e);
+            events.record(&e);
         }
-    });
+    }
 }

@@ -17,6 +17,7 @@
 //! same message; later events of a recipient come from the one shard that
 //! owns its queue, in order.
 
+pub mod metrics;
 pub mod webhook;
 
 use std::cell::{Cell, RefCell};
@@ -26,6 +27,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::log::{open_append, LOG_BUFFER_BYTES_MAX};
+use metrics::{bounce_category, Labels, Metric, MetricsQuery, MetricsRows, ShardMetrics};
 
 /// What happened, by SparkPost's public `type` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,12 +220,169 @@ pub fn format_event(buf: &mut Vec<u8>, e: &Event<'_>) {
     buf.extend_from_slice(b"}}}\n");
 }
 
-/// The type of an event line ([`LINE_PREFIX`] then the name), or `None`
-/// for a line that is not one.
-pub fn line_type(line: &[u8]) -> Option<&str> {
-    let rest = line.strip_prefix(LINE_PREFIX.as_bytes())?;
+/// The grouping (`message_event`, `track_event`) and type of an event line
+/// (`{"msys":{"<grouping>":{"type":"<type>"`), or `None` for a line that
+/// is not one.
+pub fn line_kind(line: &[u8]) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix(b"{\"msys\":{\"")?;
     let end = rest.iter().position(|&b| b == b'"')?;
-    std::str::from_utf8(&rest[..end]).ok()
+    let grouping = std::str::from_utf8(&rest[..end]).ok()?;
+    let rest = rest[end..].strip_prefix(b"\":{\"type\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    Some((grouping, std::str::from_utf8(&rest[..end]).ok()?))
+}
+
+/// The type of an event line, or `None` for a line that is not one.
+pub fn line_type(line: &[u8]) -> Option<&str> {
+    line_kind(line).map(|(_, t)| t)
+}
+
+/// An engagement event: a tracked link followed or the open pixel
+/// fetched (SparkPost's `track_event` grouping).
+#[derive(Debug, Clone, Copy)]
+pub struct TrackEvent<'a> {
+    /// `open` or `click`.
+    pub kind: &'a str,
+    pub event_id: EventId<'a>,
+    pub unix_secs: u64,
+    pub message_id: &'a str,
+    pub transmission_id: &'a str,
+    pub campaign_id: &'a str,
+    pub rcpt_to: &'a str,
+    /// A JSON object (the token's metadata), or empty.
+    pub rcpt_meta: &'a str,
+    pub user_agent: &'a str,
+    pub accept_language: &'a str,
+    /// The client's address.
+    pub ip_address: &'a str,
+    /// Clicks only (empty for opens).
+    pub target_link_url: &'a str,
+    pub target_link_name: &'a str,
+}
+
+/// The start of a track event line, before its type.
+pub const TRACK_LINE_PREFIX: &str = "{\"msys\":{\"track_event\":{\"type\":\"";
+
+/// One track event line:
+/// `{"msys":{"track_event":{"type":"click",...}}}\n`.
+pub fn format_track_event(buf: &mut Vec<u8>, e: &TrackEvent<'_>) {
+    debug_assert!(matches!(e.kind, "open" | "click"));
+    buf.extend_from_slice(TRACK_LINE_PREFIX.as_bytes());
+    buf.extend_from_slice(e.kind.as_bytes());
+    buf.push(b'"');
+    let _ = write!(
+        Fmt(buf),
+        ",\"event_id\":\"{}{:09}\"",
+        e.event_id.prefix,
+        e.event_id.sequence
+    );
+    number(buf, "timestamp", e.unix_secs);
+    field(buf, "message_id", e.message_id);
+    field(buf, "transmission_id", e.transmission_id);
+    if !e.campaign_id.is_empty() {
+        field(buf, "campaign_id", e.campaign_id);
+    }
+    field(buf, "rcpt_to", e.rcpt_to);
+    let start = buf.len();
+    field(buf, "routing_domain", domain_of(e.rcpt_to));
+    buf[start..].make_ascii_lowercase();
+    buf.extend_from_slice(b",\"rcpt_meta\":");
+    if e.rcpt_meta.is_empty() {
+        buf.extend_from_slice(b"{}");
+    } else {
+        debug_assert!(e.rcpt_meta.starts_with('{'));
+        buf.extend_from_slice(e.rcpt_meta.as_bytes());
+    }
+    field(buf, "user_agent", e.user_agent);
+    if !e.accept_language.is_empty() {
+        field(buf, "accept_language", e.accept_language);
+    }
+    field(buf, "ip_address", e.ip_address);
+    if e.kind == "click" {
+        field(buf, "target_link_url", e.target_link_url);
+        if !e.target_link_name.is_empty() {
+            field(buf, "target_link_name", e.target_link_name);
+        }
+    }
+    buf.extend_from_slice(b"}}}\n");
+}
+
+/// The value of string member `name` in a generated message's event
+/// fields (`,"campaign_id":"spring",...`), or empty.
+pub fn generation_member<'a>(fields: &'a str, name: &str) -> std::borrow::Cow<'a, str> {
+    let needle = format!(",\"{name}\":\"");
+    let Some(at) = fields.find(&needle) else {
+        return "".into();
+    };
+    let start = at + needle.len();
+    let bytes = fields.as_bytes();
+    let mut i = start;
+    let mut escaped = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                escaped = true;
+                i += 1;
+            }
+            b'"' => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    let raw = &fields[start..i.min(fields.len())];
+    if !escaped {
+        return raw.into();
+    }
+    serde_json::from_str::<String>(&fields[start - 1..(i + 1).min(fields.len())])
+        .map(Into::into)
+        .unwrap_or_default()
+}
+
+/// The counters an event adds to.
+fn increments(e: &Event<'_>, out: &mut Vec<(Metric, u64)>) {
+    let first = e.num_retries.unwrap_or(0) == 0;
+    match e.kind {
+        EventType::Injection => {
+            out.extend([(Metric::Injected, 1), (Metric::Targeted, 1)]);
+        }
+        EventType::PolicyRejection => out.extend([
+            (Metric::PolicyRejection, 1),
+            (Metric::Rejected, 1),
+            (Metric::Targeted, 1),
+        ]),
+        EventType::Delivery => {
+            let (when, time) = if first {
+                (Metric::DeliveredFirst, Metric::DeliveryTimeFirst)
+            } else {
+                (Metric::DeliveredSubsequent, Metric::DeliveryTimeSubsequent)
+            };
+            out.extend([
+                (Metric::Delivered, 1),
+                (Metric::Accepted, 1),
+                (Metric::Sent, 1),
+                (when, 1),
+                (time, e.queue_time_ms.unwrap_or(0)),
+                (Metric::MsgVolume, e.msg_size.unwrap_or(0)),
+            ]);
+        }
+        EventType::Delay => {
+            out.push((Metric::Delayed, 1));
+            if first {
+                out.push((Metric::DelayedFirst, 1));
+            }
+        }
+        EventType::Bounce => {
+            let class = e.bounce_class.unwrap_or(1);
+            out.extend([
+                (Metric::Bounce, 1),
+                (Metric::InbandBounce, 1),
+                (bounce_category(class), 1),
+            ]);
+            if e.ip_address.is_some_and(|ip| !ip.is_empty()) {
+                out.push((Metric::Sent, 1));
+            }
+        }
+    }
 }
 
 /// Permission bits of a new event log (as the mainlog's).
@@ -238,6 +397,8 @@ pub struct EventLog {
     /// Event ids: `<daemon start ms><shard, 3 digits><sequence>`.
     id_prefix: String,
     sequence: Cell<u64>,
+    /// This shard's `count_*` counters (kept whether or not the file is).
+    metrics: RefCell<ShardMetrics>,
 }
 
 impl EventLog {
@@ -252,6 +413,7 @@ impl EventLog {
             buf: RefCell::new(Vec::new()),
             id_prefix: format!("{start_unix_ms}{shard:03}"),
             sequence: Cell::new(0),
+            metrics: RefCell::new(ShardMetrics::new()),
         })
     }
 
@@ -296,6 +458,66 @@ impl EventLog {
         if full {
             self.flush();
         }
+    }
+
+    /// Counts `e` in the metrics and writes its line (when enabled).
+    pub fn record(&self, e: &Event<'_>) {
+        let mut inc = Vec::with_capacity(8);
+        increments(e, &mut inc);
+        let campaign = e
+            .generation
+            .map(|g| generation_member(g, "campaign_id"))
+            .unwrap_or_default();
+        let template = e
+            .generation
+            .map(|g| generation_member(g, "template_id"))
+            .unwrap_or_default();
+        let labels = Labels {
+            domain: domain_of(e.rcpt_to),
+            campaign: &campaign,
+            template: &template,
+            binding: e.binding,
+            binding_group: e.binding_group,
+        };
+        self.metrics.borrow_mut().count(e.unix_secs, &labels, &inc);
+        self.write(|buf| format_event(buf, e));
+    }
+
+    /// Counts an open or click (`count_rendered`, `count_clicked` and
+    /// their unique forms) and writes its line (when enabled).
+    pub fn record_track(&self, e: &TrackEvent<'_>) {
+        {
+            let unique = metrics::first_time(e.message_id, e.rcpt_to, e.kind);
+            let confirmed = metrics::first_time(e.message_id, e.rcpt_to, "confirmed");
+            let mut m = self.metrics.borrow_mut();
+            let mut inc = Vec::with_capacity(4);
+            if e.kind == "open" {
+                inc.push((Metric::Rendered, 1));
+                if unique {
+                    inc.push((Metric::UniqueRendered, 1));
+                }
+            } else {
+                inc.extend([(Metric::Clicked, 1), (Metric::RawClicked, 1)]);
+                if unique {
+                    inc.push((Metric::UniqueClicked, 1));
+                }
+            }
+            if confirmed {
+                inc.push((Metric::UniqueConfirmedOpened, 1));
+            }
+            let labels = Labels {
+                domain: domain_of(e.rcpt_to),
+                campaign: e.campaign_id,
+                ..Labels::default()
+            };
+            m.count(e.unix_secs, &labels, &inc);
+        }
+        self.write(|buf| format_track_event(buf, e));
+    }
+
+    /// This shard's sums for a metrics request.
+    pub fn metrics_query(&self, q: &MetricsQuery) -> MetricsRows {
+        self.metrics.borrow().query(q)
     }
 
     /// Writes the buffer out with one write. A failed write is reported
@@ -482,5 +704,88 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("\"event_id\":\"1700000000123007000000001\""));
         assert!(text.contains("\"event_id\":\"1700000000123007000000002\""));
+    }
+
+    #[test]
+    fn a_track_event_line_has_its_grouping_and_fields() {
+        let e = TrackEvent {
+            kind: "click",
+            event_id: EventId {
+                prefix: "1",
+                sequence: 2,
+            },
+            unix_secs: 1700000000,
+            message_id: "m1",
+            transmission_id: "42",
+            campaign_id: "spring",
+            rcpt_to: "Bob@Example.COM",
+            rcpt_meta: "{\"k\":\"v\"}",
+            user_agent: "Mozilla/5.0 \"x\"",
+            accept_language: "",
+            ip_address: "127.0.0.1",
+            target_link_url: "https://example.com/a?b=1",
+            target_link_name: "buy",
+        };
+        let mut buf = Vec::new();
+        format_track_event(&mut buf, &e);
+        let line = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            line,
+            "{\"msys\":{\"track_event\":{\"type\":\"click\",\"event_id\":\"1000000002\",\
+             \"timestamp\":\"1700000000\",\"message_id\":\"m1\",\"transmission_id\":\"42\",\
+             \"campaign_id\":\"spring\",\"rcpt_to\":\"Bob@Example.COM\",\"routing_domain\":\"example.com\",\
+             \"rcpt_meta\":{\"k\":\"v\"},\"user_agent\":\"Mozilla/5.0 \\\"x\\\"\",\
+             \"ip_address\":\"127.0.0.1\",\"target_link_url\":\"https://example.com/a?b=1\",\
+             \"target_link_name\":\"buy\"}}}\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["msys"]["track_event"]["rcpt_meta"]["k"], "v");
+        assert_eq!(line_kind(line.as_bytes()), Some(("track_event", "click")));
+        let open = TrackEvent {
+            kind: "open",
+            rcpt_meta: "",
+            ..e
+        };
+        let mut buf = Vec::new();
+        format_track_event(&mut buf, &open);
+        let line = String::from_utf8(buf).unwrap();
+        assert!(line.contains("\"rcpt_meta\":{}") && !line.contains("target_link"));
+    }
+
+    #[test]
+    fn generation_members_are_read_and_unescaped() {
+        let f = ",\"transmission_id\":\"42\",\"campaign_id\":\"a \\\"b\\\"\",\"template_id\":\"t\"";
+        assert_eq!(generation_member(f, "campaign_id"), "a \"b\"");
+        assert_eq!(generation_member(f, "template_id"), "t");
+        assert_eq!(generation_member(f, "nothing"), "");
+    }
+
+    #[test]
+    fn recorded_events_are_counted_without_an_eventlog() {
+        let log = EventLog::open(None, 0, 1).unwrap();
+        let e = Event {
+            kind: EventType::Bounce,
+            bounce_class: Some(10),
+            generation: Some(",\"campaign_id\":\"c\""),
+            ..delivery()
+        };
+        log.record(&e);
+        log.record(&Event {
+            kind: EventType::Delivery,
+            ..e
+        });
+        let q = MetricsQuery {
+            from_min: 0,
+            to_min: u32::MAX,
+            group_by: Some(metrics::Dimension::Campaign),
+            filters: [vec!["EXAMPLE.com".into()], vec![], vec![], vec![], vec![]],
+            metrics: vec![
+                Metric::Bounce,
+                Metric::HardBounce,
+                Metric::Delivered,
+                Metric::Sent,
+            ],
+        };
+        assert_eq!(log.metrics_query(&q), vec![("c".into(), vec![1, 1, 1, 2])]);
     }
 }

@@ -16,9 +16,15 @@
 //! counts as failing (`summary`, the `webhook_endpoints_failing` gauge)
 //! until a POST succeeds.
 //!
-//! Owns: [`Endpoint`] (the endpoint list is plain data, so the REST API can
-//! feed it later), the pure batch builder, request writer and response
-//! status parser (unit-tested), and the sender thread.
+//! Owns: [`Endpoint`] (plain data), the [`Registry`] of endpoints the REST
+//! API made (`api::webhooks` fills it; the sender thread picks changes up
+//! within one poll, no restart), the pure batch builder, request writer and
+//! response status parser (unit-tested), and the sender thread.
+//!
+//! An endpoint from the REST API is named `api-<id>` here (its cursor is
+//! `webhooks/api-<id>.cursor`); before each POST the sender checks it is
+//! still in the registry, so a webhook deleted (or made inactive) gets
+//! nothing from the moment the API answered.
 //! May call: std, `config`, `stats`, `events` (line types). Never: shard
 //! state, the spool, queues.
 //!
@@ -40,7 +46,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::line_type;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use super::line_kind;
 use crate::config::{parse_webhook_target, Config, WebhookConfig};
 use crate::stats::{Counter, EngineStats};
 
@@ -90,8 +99,57 @@ impl Endpoint {
         }
     }
 
+    /// Whether the line's type, or its grouping (`track_event`...), is
+    /// one this endpoint asked for.
     fn wants(&self, line: &[u8]) -> bool {
-        line_type(line).is_some_and(|t| self.events.iter().any(|e| e == t))
+        line_kind(line).is_some_and(|(g, t)| self.events.iter().any(|e| e == t || e == g))
+    }
+}
+
+/// The endpoints the REST API made, with a generation that moves on every
+/// change. Locked only by the API (a change) and the sender thread (once
+/// per poll and before each POST): never on a shard's mail path.
+pub struct Registry {
+    generation: AtomicU64,
+    endpoints: Mutex<Vec<Endpoint>>,
+}
+
+/// The process's registry.
+pub static REGISTRY: Registry = Registry {
+    generation: AtomicU64::new(0),
+    endpoints: Mutex::new(Vec::new()),
+};
+
+/// The prefix of a REST API endpoint's name in the sender.
+pub const API_ENDPOINT_PREFIX: &str = "api-";
+
+impl Registry {
+    /// Replaces the list (the active webhooks, named `api-<id>`).
+    pub fn replace(&self, endpoints: Vec<Endpoint>) {
+        assert!(endpoints
+            .iter()
+            .all(|e| e.name.starts_with(API_ENDPOINT_PREFIX)));
+        *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = endpoints;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn snapshot(&self) -> Vec<Endpoint> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| e.name == name)
     }
 }
 
@@ -249,6 +307,8 @@ struct Sender {
     next_try: Instant,
     /// Read buffer, [`WEBHOOK_READ_BYTES_MAX`] bytes, kept between passes.
     chunk: Vec<u8>,
+    /// Made by the REST API (in [`REGISTRY`]).
+    from_api: bool,
 }
 
 impl Sender {
@@ -350,6 +410,10 @@ fn send_batches(
             return out;
         }
         if batch.events > 0 {
+            if sender.from_api && !REGISTRY.contains(&endpoint.name) {
+                // Deleted or made inactive since the last poll.
+                return out;
+            }
             match post(endpoint, &batch.body) {
                 Ok(code) if (200..300).contains(&code) => out.sent += batch.events as u64,
                 Ok(code) => {
@@ -371,36 +435,19 @@ fn send_batches(
     out
 }
 
-/// Starts the sender thread when the configuration has webhooks (and so
-/// an `eventlog`, which config requires for them). Its counters live in
-/// shard 0's block: this thread is their only writer.
+/// Starts the sender thread when an `eventlog` is configured (the
+/// `webhook` stanzas need one; REST API webhooks may come at any time).
+/// Its counters live in shard 0's block: this thread is their only writer.
 pub fn start(config: &Config, stats: Arc<EngineStats>, stop: Arc<AtomicBool>) -> io::Result<()> {
-    let (Some(log), false) = (config.logs().eventlog.clone(), config.webhooks().is_empty()) else {
+    let Some(log) = config.logs().eventlog.clone() else {
         return Ok(());
     };
     let dir = config.spoolbase().join("webhooks");
     std::fs::create_dir_all(&dir)?;
-    let now = Instant::now();
     let mut senders: Vec<Sender> = config
         .webhooks()
         .iter()
-        .map(|w| {
-            let cursor_path = dir.join(format!("{}.cursor", w.name));
-            // A new endpoint starts at the end of the log: it gets the
-            // events from now on, as a new SparkPost webhook does.
-            let cursor = std::fs::read_to_string(&cursor_path)
-                .ok()
-                .and_then(|t| Cursor::parse(&t))
-                .unwrap_or_else(|| end_of(&log));
-            Sender {
-                endpoint: Endpoint::from_config(w),
-                cursor_path,
-                cursor,
-                failures: 0,
-                next_try: now,
-                chunk: Vec::new(),
-            }
-        })
+        .map(|w| new_sender(Endpoint::from_config(w), &dir, &log, false))
         .collect();
     for sender in &senders {
         sender.save_cursor();
@@ -408,8 +455,63 @@ pub fn start(config: &Config, stats: Arc<EngineStats>, stop: Arc<AtomicBool>) ->
     stats.shards[0].set(Counter::WebhookEndpoints, senders.len() as u64);
     std::thread::Builder::new()
         .name("webhooks".into())
-        .spawn(move || run(&mut senders, &log, &stats, &stop))?;
+        .spawn(move || run(&mut senders, &dir, &log, &stats, &stop))?;
     Ok(())
+}
+
+/// The cursor file of endpoint `name` under `dir`.
+pub fn cursor_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.cursor"))
+}
+
+/// A sender for `endpoint`, from its saved cursor; a new endpoint starts
+/// at the end of the log: it gets the events from now on, as a new
+/// SparkPost webhook does.
+fn new_sender(endpoint: Endpoint, dir: &Path, log: &Path, from_api: bool) -> Sender {
+    let cursor_path = cursor_path(dir, &endpoint.name);
+    let cursor = std::fs::read_to_string(&cursor_path)
+        .ok()
+        .and_then(|t| Cursor::parse(&t))
+        .unwrap_or_else(|| end_of(log));
+    Sender {
+        endpoint,
+        cursor_path,
+        cursor,
+        failures: 0,
+        next_try: Instant::now(),
+        chunk: Vec::new(),
+        from_api,
+    }
+}
+
+/// Writes the cursor of a new REST API endpoint at the end of the log now,
+/// so it gets every event written after its creation was answered.
+pub fn start_cursor_at_end(dir: &Path, log: &Path, name: &str) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = cursor_path(dir, name);
+    let tmp = path.with_extension("cursor.tmp");
+    std::fs::write(&tmp, end_of(log).render())?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Brings the REST API's senders in line with [`REGISTRY`]: new ones
+/// added, removed ones dropped with their cursor files, changed ones
+/// (target, events, token) updated in place.
+fn reconcile(senders: &mut Vec<Sender>, dir: &Path, log: &Path) {
+    let wanted = REGISTRY.snapshot();
+    senders.retain(|s| {
+        let keep = !s.from_api || wanted.iter().any(|w| w.name == s.endpoint.name);
+        if !keep {
+            let _ = std::fs::remove_file(&s.cursor_path);
+        }
+        keep
+    });
+    for w in wanted {
+        match senders.iter_mut().find(|s| s.endpoint.name == w.name) {
+            Some(s) => s.endpoint = w,
+            None => senders.push(new_sender(w, dir, log, true)),
+        }
+    }
 }
 
 /// The cursor at the end of the file at `path` (the default cursor when
@@ -423,9 +525,16 @@ fn end_of(path: &Path) -> Cursor {
         .unwrap_or_default()
 }
 
-fn run(senders: &mut [Sender], log: &Path, stats: &EngineStats, stop: &AtomicBool) {
+fn run(senders: &mut Vec<Sender>, dir: &Path, log: &Path, stats: &EngineStats, stop: &AtomicBool) {
     let counters = &stats.shards[0];
+    let mut seen = u64::MAX;
     while !stop.load(Ordering::SeqCst) {
+        let generation = REGISTRY.generation();
+        if generation != seen {
+            seen = generation;
+            reconcile(senders, dir, log);
+            counters.set(Counter::WebhookEndpoints, senders.len() as u64);
+        }
         let now = Instant::now();
         let mut backlog = 0;
         for sender in senders.iter_mut() {

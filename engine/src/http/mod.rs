@@ -16,6 +16,7 @@
 
 mod io;
 pub mod render;
+pub mod track;
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::convert::Infallible;
@@ -79,6 +80,10 @@ pub struct HttpContext {
     /// The REST API of this shard (`/api/v1/...` but status), set once the
     /// shard is wired.
     pub api: OnceCell<Rc<crate::api::ShardApi>>,
+    /// The shard's environment (its event log, counters, configuration),
+    /// set once the shard is wired: the tracking endpoints and the
+    /// metrics and webhooks API use it.
+    pub env: OnceCell<Rc<crate::env::ShardEnv>>,
 }
 
 impl HttpContext {
@@ -97,6 +102,7 @@ impl HttpContext {
             cached: RefCell::new(None),
             gathering: Cell::new(false),
             api: OnceCell::new(),
+            env: OnceCell::new(),
         })
     }
 }
@@ -168,6 +174,7 @@ enum Ended {
 /// enforces the timeouts.
 async fn serve_connection(ctx: &Rc<HttpContext>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let stream = Rc::new(RefCell::new(stream));
     let activity = Rc::new(Activity::new(Instant::now()));
     let io = Io {
@@ -180,7 +187,7 @@ async fn serve_connection(ctx: &Rc<HttpContext>, stream: TcpStream) {
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let ctx = ctx.clone();
             let activity = activity.clone();
-            async move { Ok::<_, Infallible>(route(&ctx, request, &activity).await) }
+            async move { Ok::<_, Infallible>(route(&ctx, request, &activity, peer).await) }
         })
     };
     let connection = hyper::server::conn::http1::Builder::new()
@@ -259,11 +266,25 @@ fn text(status: StatusCode, body: String) -> Reply {
 }
 
 /// The answer to one request.
-async fn route(ctx: &Rc<HttpContext>, request: Request<Incoming>, activity: &Activity) -> Reply {
+async fn route(
+    ctx: &Rc<HttpContext>,
+    request: Request<Incoming>,
+    activity: &Activity,
+    peer: Option<std::net::IpAddr>,
+) -> Reply {
+    if track::is_tracking_path(request.uri().path()) {
+        if let Some(env) = ctx.env.get() {
+            return track::serve(env, &request, peer);
+        }
+    }
     let path = request.uri().path().to_string();
     if path.starts_with("/api/v1/") && path != "/api/v1/status" {
-        if let Some(api) = ctx.api.get() {
-            return crate::api::serve(api, request, &activity.working).await;
+        if let (Some(api), Some(env)) = (ctx.api.get(), ctx.env.get()) {
+            let reach = crate::api::Reach {
+                env,
+                control: &ctx.control,
+            };
+            return crate::api::serve(api, &reach, request, &activity.working).await;
         }
     }
     let known = matches!(

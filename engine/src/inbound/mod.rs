@@ -51,7 +51,7 @@ use crate::auth::{failures, verify_off_shard};
 use crate::clock::now_unix_ms;
 use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::env::{ShardEnv, Stopping};
-use crate::events::{self, format_event, EventType};
+use crate::events::{self, EventType};
 use crate::log::{self, format_rejection, Rejection};
 use crate::mesh::Router;
 use crate::message::{Messages, RefusedBecause};
@@ -1202,14 +1202,14 @@ fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
         .logs
         .rejectlog(|buf| format_rejection(buf, unix_secs, rejection));
     let events = &shard.env.events;
-    if events.is_enabled() {
+    {
         let ip = rejection
             .remote
             .rsplit_once(':')
             .map_or(rejection.remote, |(ip, _)| ip);
         let ip = ip.trim_start_matches('[').trim_end_matches(']');
         let event_id = events.next_id();
-        events.write(|buf| {
+        {
             let e = events::Event {
                 kind: EventType::PolicyRejection,
                 event_id,
@@ -1228,8 +1228,8 @@ fn log_rejection(shard: &Inbound, rejection: &Rejection<'_>) {
                 method: "esmtp",
                 generation: None,
             };
-            format_event(buf, &e);
-        });
+            events.record(&e);
+        }
     }
 }
 

@@ -154,6 +154,7 @@ pub fn event_fields(api: &SmtpApi, transmission_id: u64) -> String {
     crate::api::event_fields(&crate::api::EventFields {
         transmission_id: &transmission_id.to_string(),
         campaign_id: api.campaign_id.as_deref(),
+        template_id: None,
         rcpt_meta: &api.metadata,
         rcpt_tags: &api.tags,
         recv_method: "esmtp",

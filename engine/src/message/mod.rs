@@ -35,7 +35,7 @@ use crate::bounce::dsn::{
 };
 use crate::clock::now_unix_ms;
 use crate::env::ShardEnv;
-use crate::events::{format_event, Event, EventType};
+use crate::events::{Event, EventType};
 use crate::log::{format_reception, Reception, RecordIds};
 use crate::mesh::{Delay, Failure, Outcome, OutcomeKind, Router};
 use crate::queue::record::{EnvelopeExtension, Note, SpooledEnvelope};
@@ -258,7 +258,7 @@ impl Messages {
             .extension(crate::api::TAG_EVENT_FIELDS)
             .and_then(|v| std::str::from_utf8(v).ok());
         let events = &self.env.events;
-        events.write(|buf| {
+        {
             for rcpt in &envelope.rcpts {
                 let event_id = events.next_id();
                 let e = Event {
@@ -279,9 +279,9 @@ impl Messages {
                     method: protocol,
                     generation,
                 };
-                format_event(buf, &e);
+                events.record(&e);
             }
-        });
+        }
         events.flush();
     }
 

@@ -149,6 +149,9 @@ pub fn start(
     // The engagement-tracking secret, made on the first start.
     crate::api::tracking::load_at_start(config.spoolbase())
         .map_err(|what| StartError::Other { shard: 0, what })?;
+    // The REST API's webhooks, handed to the sender before it starts.
+    crate::api::webhooks::load_at_start(config.spoolbase())
+        .map_err(|what| StartError::Other { shard: 0, what })?;
     // SQLite files are opened (created) now: a bad one stops the start.
     let datasources = crate::datasource::DatasourceSet::open_at_start(config.datasources())?;
     // A script that does not load stops the start too (file:line: what).

@@ -244,6 +244,9 @@ impl Inbox for Shard {
                         .err()
                         .map(|e| e.to_string()),
                 },
+                ControlRequest::Metrics(query) => {
+                    ControlReply::Metrics(self.env.events.metrics_query(query))
+                }
                 request => self.outbound.answer(request),
             };
             envelope.answer(self.env.id, reply);
@@ -469,6 +472,7 @@ pub(super) async fn run(setup: Setup) {
     );
     let http = HttpContext::new(id, shard.env.stats.clone(), control, http_queue);
     let _ = http.api.set(shard.api.clone());
+    let _ = http.env.set(shard.env.clone());
     let mut http_tasks = Vec::new();
     for sock in http_listeners {
         match glommio::spawn_local_into(http::accept_loop(http.clone(), sock), http_queue) {
