@@ -37,12 +37,15 @@ use ecelerity_policy::{
     Answer, Check, Phase, Policy, Rejection, RelayControl, Scope, Validation, ValidationContext,
     Verdict,
 };
-use mlua::{Function, HookTriggers, Lua, MultiValue, Table, Value, VmState};
+use mlua::thread::ThreadStatus;
+use mlua::{
+    AnyUserData, Function, HookTriggers, Lua, LuaString, MultiValue, Table, Thread, Value, VmState,
+};
 
 use crate::config::{Config, ScriptletConfig, TimeoutOutcome};
 use crate::control::ControlReply;
 use crate::queue::{BindingId, Bindings};
-use api::{Ac, Call, MessageData, Msg, Registry, Vctx};
+use api::{Ac, Call, Msg, Registry, Vctx};
 
 /// A running script hands its core back to the shard every this many
 /// Lua instructions (and its budget is counted in these steps).
@@ -89,6 +92,77 @@ pub struct State {
     bindings: Rc<Vec<(String, String)>>,
     registry: Rc<Registry>,
     shard: usize,
+    /// Each phase's callout name, by `Phase as usize`.
+    names: Vec<LuaString>,
+    /// Coroutines ready for the next call.
+    slots: RefCell<Vec<Slot>>,
+}
+
+/// Coroutines (with their objects) a state keeps for reuse; more calls
+/// waiting at once than this make and drop their own.
+pub const SLOTS_POOLED_MAX: usize = 256;
+
+/// What one call runs on: a coroutine with its budget hook, the call's
+/// facts and the `vctx`, `ac` and `msg` objects over them. Made once and
+/// reused by call after call (while one is running, it is out of the
+/// pool).
+struct Slot {
+    thread: Thread,
+    call: api::Shared,
+    vctx: AnyUserData,
+    ac: AnyUserData,
+    msg: AnyUserData,
+    /// Instructions this call was charged, in YIELD_INSTRUCTIONS steps.
+    used: Rc<Cell<u64>>,
+    /// The call ran over max_instructions.
+    over: Rc<Cell<bool>>,
+}
+
+impl Slot {
+    fn new(
+        lua: &Lua,
+        function: &Function,
+        bindings: &Rc<Vec<(String, String)>>,
+        max_instructions: u64,
+    ) -> mlua::Result<Slot> {
+        let call = Rc::new(RefCell::new(Call::new(bindings.clone())));
+        let thread = lua.create_thread(function.clone())?;
+        let used = Rc::new(Cell::new(0u64));
+        let over = Rc::new(Cell::new(false));
+        let (counter, flag) = (used.clone(), over.clone());
+        let step = YIELD_INSTRUCTIONS as u64;
+        // The hook's count goes on from call to call of the coroutine, so
+        // a call's first step may come after fewer instructions: it is
+        // not charged (a call is cut at max_instructions plus at most two
+        // steps, never before max_instructions).
+        thread.set_hook(
+            HookTriggers::new().every_nth_instruction(YIELD_INSTRUCTIONS),
+            move |_, _| {
+                counter.set(counter.get() + step);
+                if counter.get() <= max_instructions + step {
+                    return Ok(VmState::Yield);
+                }
+                // Over budget: yield, so the caller can drop the
+                // coroutine; where Lua cannot yield (inside a C
+                // function) raise an error every other step, so even
+                // a pcall loop reaches a point that yields.
+                flag.set(true);
+                if (counter.get() / step) % 2 == 0 {
+                    return Err(mlua::Error::runtime("max_instructions exceeded"));
+                }
+                Ok(VmState::Yield)
+            },
+        )?;
+        Ok(Slot {
+            thread,
+            vctx: lua.create_userdata(Vctx(call.clone()))?,
+            ac: lua.create_userdata(Ac(call.clone()))?,
+            msg: lua.create_userdata(Msg(call.clone()))?,
+            call,
+            used,
+            over,
+        })
+    }
 }
 
 /// Why a call gave no verdict of its own.
@@ -196,6 +270,21 @@ impl State {
         let dispatch_outcome = msys.get("_dispatch_outcome").map_err(lua_err)?;
         let dispatch = msys.get("_dispatch").map_err(lua_err)?;
         let dispatch_data = msys.get("_dispatch_data").map_err(lua_err)?;
+        let names = [
+            Phase::Connect,
+            Phase::Ehlo,
+            Phase::MailFrom,
+            Phase::RcptTo,
+            Phase::Data,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, phase)| {
+            assert_eq!(*phase as usize, i, "names are indexed by phase");
+            lua.create_string(phase.callout())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(lua_err)?;
         let bindings = bindings
             .iter()
             .map(|(id, name)| (name.to_string(), bindings.group(id).to_string()))
@@ -212,90 +301,103 @@ impl State {
             bindings: Rc::new(bindings),
             registry,
             shard,
+            names,
+            slots: RefCell::new(Vec::new()),
         })
     }
 
-    /// Runs `function(args)` as a coroutine under the instruction budget,
-    /// yielding to the shard every YIELD_INSTRUCTIONS instructions.
-    async fn run_budgeted(&self, function: &Function, args: MultiValue) -> Result<(), Failure> {
-        let thread = self
-            .lua
-            .create_thread(function.clone())
-            .map_err(|e| Failure::Lua(e.to_string()))?;
-        let used = Rc::new(Cell::new(0u64));
-        let over = Rc::new(Cell::new(false));
-        let (counter, flag, max) = (used.clone(), over.clone(), self.max_instructions);
-        thread
-            .set_hook(
-                HookTriggers::new().every_nth_instruction(YIELD_INSTRUCTIONS),
-                move |_, _| {
-                    counter.set(counter.get() + YIELD_INSTRUCTIONS as u64);
-                    if counter.get() <= max {
-                        return Ok(VmState::Yield);
-                    }
-                    // Over budget: yield, so the caller can drop the
-                    // coroutine; where Lua cannot yield (inside a C
-                    // function) raise an error every other step, so even
-                    // a pcall loop reaches a point that yields.
-                    flag.set(true);
-                    if (counter.get() / YIELD_INSTRUCTIONS as u64) % 2 == 0 {
-                        return Err(mlua::Error::runtime("max_instructions exceeded"));
-                    }
-                    Ok(VmState::Yield)
-                },
-            )
-            .map_err(|e| Failure::Lua(e.to_string()))?;
-        let running = thread
-            .into_async::<MultiValue>(args)
-            .map_err(|e| Failure::Lua(e.to_string()))?;
+    /// A pooled coroutine with its objects, or a new one.
+    fn take_slot(&self) -> Result<Slot, Failure> {
+        if let Some(slot) = self.slots.borrow_mut().pop() {
+            return Ok(slot);
+        }
+        Slot::new(
+            &self.lua,
+            &self.dispatch,
+            &self.bindings,
+            self.max_instructions,
+        )
+        .map_err(|e| Failure::Lua(e.to_string()))
+    }
+
+    /// Puts `slot` back in the pool after a call that finished (an error,
+    /// a runaway or an abandoned call leaves its coroutine to the GC).
+    fn give_back(&self, slot: Slot) {
+        debug_assert!(!slot.over.get());
+        slot.call.borrow_mut().clear();
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() < SLOTS_POOLED_MAX {
+            slots.push(slot);
+        }
+    }
+
+    /// Runs `function(args)` on the slot's coroutine under the instruction
+    /// budget, yielding to the shard every YIELD_INSTRUCTIONS instructions.
+    /// `Ok` only when the coroutine finished (then it can be reused).
+    async fn run_budgeted(
+        &self,
+        slot: &Slot,
+        function: &Function,
+        args: impl mlua::IntoLuaMulti,
+    ) -> Result<(), Failure> {
+        let lua_err = |e: mlua::Error| Failure::Lua(e.to_string());
+        slot.used.set(0);
+        slot.over.set(false);
+        slot.thread.reset(function.clone()).map_err(lua_err)?;
+        let running = slot
+            .thread
+            .clone()
+            .into_async::<()>(args)
+            .map_err(lua_err)?;
         let mut running = std::pin::pin!(running);
+        let over = &slot.over;
         let result = std::future::poll_fn(|cx| {
             if over.get() {
                 return std::task::Poll::Ready(Err(Failure::Budget));
             }
-            running
-                .as_mut()
-                .poll(cx)
-                .map(|r| r.map(|_| ()).map_err(|e| Failure::Lua(e.to_string())))
+            running.as_mut().poll(cx).map(|r| r.map_err(lua_err))
         })
         .await;
         if over.get() {
             return Err(Failure::Budget);
         }
-        result
+        result?;
+        if slot.thread.status() != ThreadStatus::Finished {
+            return Err(Failure::Lua("the policy coroutine did not finish".into()));
+        }
+        Ok(())
     }
 
     /// One policy call: the phase's callouts on a copy of the session's
     /// facts and context; the verdict and the context come back.
     async fn call(&self, validation: Validation<'_>, vctx: &mut ValidationContext) -> Verdict {
         let phase = validation.check.phase();
-        let call = Rc::new(RefCell::new(Call::new(
-            &validation,
-            vctx,
-            self.bindings.clone(),
-        )));
-        let outcome = self.dispatch(validation.check, &call).await;
-        let failure = match outcome {
-            Ok(()) => {
-                let mut call = call.borrow_mut();
-                match write_edits(&mut call) {
-                    Ok(()) => {
-                        std::mem::swap(vctx, &mut call.vctx);
-                        match call.reply.take() {
-                            None => return Verdict::Continue,
-                            Some(reply) => {
-                                let rejection =
-                                    Rejection::new(reply.code, reply.enhanced, reply.text);
-                                return if reply.disconnect {
-                                    Verdict::Disconnect(rejection)
-                                } else {
-                                    Verdict::Reject(rejection)
-                                };
-                            }
-                        }
-                    }
-                    Err(e) => Failure::Lua(e),
+        let outcome = match self.take_slot() {
+            Ok(slot) => {
+                slot.call.borrow_mut().fill(&validation, vctx);
+                let outcome = self.dispatch(&slot, validation.check).await;
+                let outcome = outcome.and_then(|()| {
+                    let mut call = slot.call.borrow_mut();
+                    write_edits(&mut call).map_err(Failure::Lua)?;
+                    std::mem::swap(vctx, &mut call.vctx);
+                    Ok(call.reply.take())
+                });
+                if outcome.is_ok() {
+                    self.give_back(slot);
                 }
+                outcome
+            }
+            Err(failure) => Err(failure),
+        };
+        let failure = match outcome {
+            Ok(None) => return Verdict::Continue,
+            Ok(Some(reply)) => {
+                let rejection = Rejection::new(reply.code, reply.enhanced, reply.text);
+                return if reply.disconnect {
+                    Verdict::Disconnect(rejection)
+                } else {
+                    Verdict::Reject(rejection)
+                };
             }
             Err(failure) => failure,
         };
@@ -335,56 +437,39 @@ impl State {
         }
     }
 
-    async fn dispatch(&self, check: Check<'_>, call: &api::Shared) -> Result<(), Failure> {
-        let lua = &self.lua;
-        let ud = |e: mlua::Error| Failure::Lua(e.to_string());
-        let vctx = Value::UserData(lua.create_userdata(Vctx(call.clone())).map_err(ud)?);
-        let ac = Value::UserData(lua.create_userdata(Ac(call.clone())).map_err(ud)?);
-        let text = |s: &str| lua.create_string(s).map(Value::String).map_err(ud);
-        let name = |phase: Phase| text(phase.callout());
-        let args: Vec<Value> = match check {
-            Check::Connect => vec![name(Phase::Connect)?, vctx.clone(), ac, vctx],
+    /// Runs the phase's dispatcher on `slot` with Momentum's arguments.
+    async fn dispatch(&self, slot: &Slot, check: Check<'_>) -> Result<(), Failure> {
+        let (vctx, ac, msg) = (&slot.vctx, &slot.ac, &slot.msg);
+        let name = &self.names[check.phase() as usize];
+        let dispatch = &self.dispatch;
+        match check {
+            Check::Connect => {
+                self.run_budgeted(slot, dispatch, (name, vctx, ac, vctx))
+                    .await
+            }
             Check::Ehlo { domain, .. } => {
-                vec![name(Phase::Ehlo)?, vctx.clone(), text(domain)?, ac, vctx]
+                self.run_budgeted(slot, dispatch, (name, vctx, domain, ac, vctx))
+                    .await
             }
             Check::MailFrom { reverse_path } => {
-                vec![
-                    name(Phase::MailFrom)?,
-                    vctx.clone(),
-                    text(reverse_path)?,
-                    ac,
-                    vctx,
-                ]
+                let args = (name, vctx, reverse_path, ac, vctx);
+                self.run_budgeted(slot, dispatch, args).await
             }
             Check::RcptTo { forward_path } => {
-                call.borrow_mut().rcpt = Some(forward_path.to_string());
-                let msg = Value::UserData(lua.create_userdata(Msg(call.clone())).map_err(ud)?);
-                vec![
-                    name(Phase::RcptTo)?,
-                    vctx.clone(),
-                    msg,
-                    text(forward_path)?,
-                    ac,
-                    vctx,
-                ]
+                slot.call.borrow_mut().rcpt = Some(forward_path.to_string());
+                let args = (name, vctx, msg, forward_path, ac, vctx);
+                self.run_budgeted(slot, dispatch, args).await
             }
             Check::Data { body, streamed } => {
                 let rcpts = {
-                    let mut c = call.borrow_mut();
-                    c.message = Some(MessageData {
-                        received: body.to_vec(),
-                        streamed,
-                        ..MessageData::default()
-                    });
-                    c.rcpts.len()
+                    let mut call = slot.call.borrow_mut();
+                    call.set_message(body, streamed);
+                    call.rcpts.len() as i64
                 };
-                let msg = Value::UserData(lua.create_userdata(Msg(call.clone())).map_err(ud)?);
-                let args = MultiValue::from_vec(vec![msg, ac, vctx, Value::Integer(rcpts as i64)]);
-                return self.run_budgeted(&self.dispatch_data, args).await;
+                let args = (msg, ac, vctx, rcpts);
+                self.run_budgeted(slot, &self.dispatch_data, args).await
             }
-        };
-        self.run_budgeted(&self.dispatch, MultiValue::from_vec(args))
-            .await
+        }
     }
 
     /// Hands one delivery outcome to the callouts that want it; an error
@@ -414,13 +499,17 @@ impl State {
             t.set("type", kind)?;
             Ok::<_, mlua::Error>(t)
         })();
-        let result = match info {
-            Ok(info) => {
-                let name = Value::String(self.lua.create_string(callout).expect("a short string"));
-                let args = MultiValue::from_vec(vec![name, Value::Table(info)]);
-                self.run_budgeted(&self.dispatch_outcome, args).await
+        let result = match (info, self.take_slot()) {
+            (Ok(info), Ok(slot)) => {
+                let args = (callout, info);
+                let result = self.run_budgeted(&slot, &self.dispatch_outcome, args).await;
+                if result.is_ok() {
+                    self.give_back(slot);
+                }
+                result
             }
-            Err(e) => Err(Failure::Lua(e.to_string())),
+            (Err(e), _) => Err(Failure::Lua(e.to_string())),
+            (_, Err(failure)) => Err(failure),
         };
         match result {
             Ok(()) => {}
