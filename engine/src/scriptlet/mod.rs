@@ -132,14 +132,14 @@ impl Slot {
         let (counter, flag) = (used.clone(), over.clone());
         let step = YIELD_INSTRUCTIONS as u64;
         // The hook's count goes on from call to call of the coroutine, so
-        // a call's first step may come after fewer instructions: it is
-        // not charged (a call is cut at max_instructions plus at most two
-        // steps, never before max_instructions).
+        // a call's first step may come after fewer instructions than a
+        // step: a call is cut after between max_instructions and
+        // max_instructions plus one step, never before.
         thread.set_hook(
             HookTriggers::new().every_nth_instruction(YIELD_INSTRUCTIONS),
             move |_, _| {
                 counter.set(counter.get() + step);
-                if counter.get() <= max_instructions + step {
+                if counter.get() <= max_instructions {
                     return Ok(VmState::Yield);
                 }
                 // Over budget: yield, so the caller can drop the
@@ -952,6 +952,118 @@ msys.registerModule("policy", mod)
             b"From: a@b\r\nSubject: new\r\nX-Added: 1\r\n\r\nhi\r\n"
         );
         assert_eq!(chosen_binding(&vctx, &bindings), bindings.lookup("b1"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Goal: calls reuse pooled coroutines and objects, yet one call's
+    /// reply, edits and context never reach the next, also after a
+    /// runaway or an error dropped its coroutine.
+    #[test]
+    fn a_reused_call_starts_clean() {
+        let script = r#"
+local mod = {}
+local MESS = msys.core.VCTX_MESS
+function mod:validate_data_spool(msg, ac, vctx)
+  if msg:header("X-Reject")[1] then
+    vctx:set_code(550, "5.7.1 no")
+    return msys.core.VALIDATE_DONE
+  end
+  if msg:header("X-Loop")[1] then while true do end end
+  if msg:header("X-Error")[1] then error("boom") end
+  if msg:header("X-Edit")[1] then
+    msg:header("X-Added", "1", "append")
+    msg:binding("b1")
+  end
+  vctx:set(MESS, "seen", (vctx:get(MESS, "seen") or "") .. "x")
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("policy", mod)
+"#;
+        let (config, dir) = config_with(script, "max_instructions = 100000");
+        let bindings = Bindings::from_config(&config);
+        let state = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .unwrap();
+        let plain = |state: &State| {
+            let (verdict, vctx) = run_data(state, b"Subject: x\r\n\r\nhi\r\n");
+            assert_eq!(verdict, Verdict::Continue);
+            assert_eq!(vctx.get(Scope::Message, "seen"), Some("x"));
+            assert!(!edits_text(&vctx));
+            assert_eq!(chosen_binding(&vctx, &bindings), None);
+        };
+        for head in ["X-Reject", "X-Edit", "X-Loop", "X-Error"] {
+            let body = format!("{head}: 1\r\n\r\nhi\r\n");
+            let (verdict, vctx) = run_data(&state, body.as_bytes());
+            match head {
+                "X-Reject" => {
+                    assert!(
+                        matches!(verdict, Verdict::Reject(r) if r.code == 550),
+                        "{head}"
+                    )
+                }
+                "X-Edit" => {
+                    assert_eq!(verdict, Verdict::Continue);
+                    assert!(edits_text(&vctx));
+                    assert_eq!(chosen_binding(&vctx, &bindings), bindings.lookup("b1"));
+                }
+                _ => assert!(
+                    matches!(verdict, Verdict::Reject(r) if r.code == 451),
+                    "{head}"
+                ),
+            }
+            plain(&state);
+            plain(&state);
+        }
+        assert!(
+            !state.slots.borrow().is_empty(),
+            "finished calls are pooled"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Goal: a reused coroutine gives every call its whole budget (the
+    /// hook's count left over from the last call is not charged twice),
+    /// and cuts a call off within one step after max_instructions.
+    #[test]
+    fn every_reused_call_has_its_whole_budget() {
+        let script = r#"
+local mod = {}
+function mod:validate_data(msg, ac, vctx)
+  local n = tonumber(msg:header("X-Spin")[1])
+  for i = 1, n do end
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("policy", mod)
+"#;
+        let (config, dir) = config_with(script, "max_instructions = 100000");
+        let bindings = Bindings::from_config(&config);
+        let state = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .unwrap();
+        // One loop step is one instruction (FORLOOP); the call's own
+        // instructions are a few dozen.
+        for spin in [99_000, 3_333, 99_000, 7_777, 99_000, 99_000, 99_000] {
+            let body = format!("X-Spin: {spin}\r\n\r\nhi\r\n");
+            let (verdict, _) = run_data(&state, body.as_bytes());
+            assert_eq!(verdict, Verdict::Continue, "{spin} instructions");
+        }
+        for spin in [110_000, 110_000] {
+            let body = format!("X-Spin: {spin}\r\n\r\nhi\r\n");
+            let (verdict, _) = run_data(&state, body.as_bytes());
+            assert!(
+                matches!(&verdict, Verdict::Reject(r)
+                    if r.code == 451 && r.text.contains("took too long")),
+                "over max_instructions plus one step: {verdict:?}"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
