@@ -6,7 +6,8 @@
 //! they wait (`msys.sleep`), so many sessions interleave on one state.
 //!
 //! A call copies what it needs (the session's facts, the validation
-//! context, at end of data the message) into a [`api::Call`]; the script
+//! context, at end of data the message) into a [`api::Call`], one of a
+//! pool the state reuses with its coroutine and Lua objects; the script
 //! reads and writes that; what it decided goes back into the session's
 //! validation context. Edits of the message (headers, body, binding) go
 //! there too, under `#` keys of the message scope ([`EDIT_HEADERS`] ...),
