@@ -4,7 +4,9 @@
 //! an empty policy (every phase's callout returns VALIDATE_CONT) and a
 //! typical one (binding by sender domain plus one header), and prints
 //! microseconds of this thread's CPU time per message for each (CPU, not
-//! wall time: the machine may be shared).
+//! wall time: the machine may be shared). Then the cost of one policy
+//! call into Lua: N validate_connect calls of a script that defines only
+//! that callout, returning VALIDATE_CONT.
 //!
 //! `cargo run --release -p ecelerity-engine --example scriptlet_cost -- [N]`
 //! (default 20000 messages). Numbers: docs/benchmarks.md.
@@ -149,6 +151,49 @@ fn measure(name: &str, dir: &Path, script: Option<&str>, count: u32) {
     });
 }
 
+const CONNECT_ONLY: &str = r#"
+local mod = {}
+function mod:validate_connect(ac, vctx) return msys.core.VALIDATE_CONT end
+msys.registerModule("policy", mod)
+"#;
+
+/// CPU per policy call: `count` validate_connect calls.
+fn measure_call(dir: &Path, count: u32) {
+    let config = config(dir, Some(CONNECT_ONLY));
+    let bindings = Bindings::from_config(&config);
+    glommio::LocalExecutor::default().run(async {
+        let scriptlets = Scriptlets::start(&config, &bindings, 0, Default::default());
+        let policy = shard_policy(&config, &scriptlets);
+        let connection = Connection {
+            peer_ip: "127.0.0.1".parse().unwrap(),
+            listener: "127.0.0.1:2525".parse().unwrap(),
+            ehlo_domain: String::new(),
+            auth_user: None,
+        };
+        let run = |n: u32| {
+            let policy = &policy;
+            let connection = &connection;
+            async move {
+                for _ in 0..n {
+                    let mut vctx = ValidationContext::new();
+                    let connect = Validation {
+                        connection,
+                        mail_from: "",
+                        rcpts: &[],
+                        check: Check::Connect,
+                    };
+                    ask(&**policy, connect, &mut vctx).await;
+                }
+            }
+        };
+        run(count / 10).await; // warm up
+        let start = cpu_us();
+        run(count).await;
+        let took = cpu_us() - start;
+        println!("{:>8}: {:.2} us per call", "connect", took / count as f64);
+    });
+}
+
 fn main() {
     let count: u32 = std::env::args()
         .nth(1)
@@ -159,5 +204,6 @@ fn main() {
     measure("none", &dir, None, count);
     measure("empty", &dir, Some(EMPTY), count);
     measure("typical", &dir, Some(TYPICAL), count);
+    measure_call(&dir, count);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -64,11 +65,13 @@ impl MessageData {
 }
 
 /// Everything one call reads and writes; shared by its vctx, msg and ac.
+/// A state keeps one per pooled coroutine and refills it for each call
+/// ([`Call::fill`]), so its buffers are reused from call to call.
 #[derive(Debug)]
 pub struct Call {
     pub vctx: ValidationContext,
-    pub peer: String,
-    pub listener: String,
+    pub peer: IpAddr,
+    pub listener: SocketAddr,
     pub ehlo_domain: String,
     pub auth_user: Option<String>,
     pub mail_from: String,
@@ -79,28 +82,80 @@ pub struct Call {
     pub message: Option<MessageData>,
     /// Names of the configured bindings and their groups.
     pub bindings: Rc<Vec<(String, String)>>,
+    /// The last message's buffer, kept for the next one.
+    spare: Vec<u8>,
 }
 
+/// A kept message buffer larger than this is freed instead ([`Call::clear`]).
+pub const SPARE_BODY_BYTES_MAX: usize = 64 * 1024;
+
 impl Call {
-    pub fn new(
-        validation: &Validation<'_>,
-        vctx: &ValidationContext,
-        bindings: Rc<Vec<(String, String)>>,
-    ) -> Call {
-        let connection = validation.connection;
+    /// An empty call (between calls, a script's stale objects see this).
+    pub fn new(bindings: Rc<Vec<(String, String)>>) -> Call {
         Call {
-            vctx: vctx.clone(),
-            peer: connection.peer_ip.to_string(),
-            listener: connection.listener.to_string(),
-            ehlo_domain: connection.ehlo_domain.clone(),
-            auth_user: connection.auth_user.clone(),
-            mail_from: validation.mail_from.to_string(),
-            rcpts: validation.rcpts.to_vec(),
+            vctx: ValidationContext::new(),
+            peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listener: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            ehlo_domain: String::new(),
+            auth_user: None,
+            mail_from: String::new(),
+            rcpts: Vec::new(),
             rcpt: None,
             reply: None,
             message: None,
             bindings,
+            spare: Vec::new(),
         }
+    }
+
+    /// Takes in one call's facts and a copy of the session's context,
+    /// reusing this call's strings.
+    pub fn fill(&mut self, validation: &Validation<'_>, vctx: &ValidationContext) {
+        let connection = validation.connection;
+        self.vctx.clone_from(vctx);
+        self.peer = connection.peer_ip;
+        self.listener = connection.listener;
+        self.ehlo_domain.clone_from(&connection.ehlo_domain);
+        self.auth_user.clone_from(&connection.auth_user);
+        self.mail_from.clear();
+        self.mail_from.push_str(validation.mail_from);
+        self.rcpts.truncate(validation.rcpts.len());
+        for (i, rcpt) in validation.rcpts.iter().enumerate() {
+            match self.rcpts.get_mut(i) {
+                Some(kept) => kept.clone_from(rcpt),
+                None => self.rcpts.push(rcpt.clone()),
+            }
+        }
+        self.rcpt = None;
+        self.reply = None;
+        self.message = None;
+    }
+
+    /// The message at end of data: a copy of `body` in the kept buffer.
+    pub fn set_message(&mut self, body: &[u8], streamed: bool) {
+        let mut received = std::mem::take(&mut self.spare);
+        received.clear();
+        received.extend_from_slice(body);
+        self.message = Some(MessageData {
+            received,
+            streamed,
+            ..MessageData::default()
+        });
+    }
+
+    /// Gives back what the last call held; keeps the message buffer
+    /// unless it is large.
+    pub fn clear(&mut self) {
+        if let Some(message) = self.message.take() {
+            if message.received.capacity() <= SPARE_BODY_BYTES_MAX {
+                self.spare = message.received;
+            }
+        }
+        self.vctx = ValidationContext::new();
+        self.auth_user = None;
+        self.mail_from.clear();
+        self.rcpt = None;
+        self.reply = None;
     }
 
     /// Momentum's built-in keys, read when the dictionary has no such key.
@@ -118,8 +173,8 @@ impl Call {
             (Scope::Connection, "auth_status") => {
                 Some(if self.auth_user.is_some() { "ok" } else { "" }.to_string())
             }
-            (Scope::Connection, "remote_addr") => Some(self.peer.clone()),
-            (Scope::Connection, "local_addr") => Some(self.listener.clone()),
+            (Scope::Connection, "remote_addr") => Some(self.peer.to_string()),
+            (Scope::Connection, "local_addr") => Some(self.listener.to_string()),
             (Scope::Message, "mailfrom_string") => Some(self.mail_from.clone()),
             (Scope::Message, "mailfrom_localpart") => Some(split(&self.mail_from, 0)),
             (Scope::Message, "mailfrom_domain") => Some(split(&self.mail_from, 1)),
@@ -227,10 +282,10 @@ pub struct Ac(pub Shared);
 impl UserData for Ac {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("remote_addr", |_, this, ()| {
-            Ok(this.0.borrow().peer.clone())
+            Ok(this.0.borrow().peer.to_string())
         });
         methods.add_method("listener_addr", |_, this, ()| {
-            Ok(this.0.borrow().listener.clone())
+            Ok(this.0.borrow().listener.to_string())
         });
     }
 }
@@ -262,10 +317,10 @@ impl UserData for Msg {
             Ok(())
         });
         methods.add_method("listener_addr", |_, this, ()| {
-            Ok(this.0.borrow().listener.clone())
+            Ok(this.0.borrow().listener.to_string())
         });
         methods.add_method("reception_peer", |_, this, ()| {
-            Ok(this.0.borrow().peer.clone())
+            Ok(this.0.borrow().peer.to_string())
         });
         methods.add_method(
             "header",

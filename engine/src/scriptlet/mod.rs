@@ -6,7 +6,8 @@
 //! they wait (`msys.sleep`), so many sessions interleave on one state.
 //!
 //! A call copies what it needs (the session's facts, the validation
-//! context, at end of data the message) into a [`api::Call`]; the script
+//! context, at end of data the message) into a [`api::Call`], one of a
+//! pool the state reuses with its coroutine and Lua objects; the script
 //! reads and writes that; what it decided goes back into the session's
 //! validation context. Edits of the message (headers, body, binding) go
 //! there too, under `#` keys of the message scope ([`EDIT_HEADERS`] ...),
@@ -37,12 +38,15 @@ use ecelerity_policy::{
     Answer, Check, Phase, Policy, Rejection, RelayControl, Scope, Validation, ValidationContext,
     Verdict,
 };
-use mlua::{Function, HookTriggers, Lua, MultiValue, Table, Value, VmState};
+use mlua::thread::ThreadStatus;
+use mlua::{
+    AnyUserData, Function, HookTriggers, Lua, LuaString, MultiValue, Table, Thread, Value, VmState,
+};
 
 use crate::config::{Config, ScriptletConfig, TimeoutOutcome};
 use crate::control::ControlReply;
 use crate::queue::{BindingId, Bindings};
-use api::{Ac, Call, MessageData, Msg, Registry, Vctx};
+use api::{Ac, Call, Msg, Registry, Vctx};
 
 /// A running script hands its core back to the shard every this many
 /// Lua instructions (and its budget is counted in these steps).
@@ -89,6 +93,77 @@ pub struct State {
     bindings: Rc<Vec<(String, String)>>,
     registry: Rc<Registry>,
     shard: usize,
+    /// Each phase's callout name, by `Phase as usize`.
+    names: Vec<LuaString>,
+    /// Coroutines ready for the next call.
+    slots: RefCell<Vec<Slot>>,
+}
+
+/// Coroutines (with their objects) a state keeps for reuse; more calls
+/// waiting at once than this make and drop their own.
+pub const SLOTS_POOLED_MAX: usize = 256;
+
+/// What one call runs on: a coroutine with its budget hook, the call's
+/// facts and the `vctx`, `ac` and `msg` objects over them. Made once and
+/// reused by call after call (while one is running, it is out of the
+/// pool).
+struct Slot {
+    thread: Thread,
+    call: api::Shared,
+    vctx: AnyUserData,
+    ac: AnyUserData,
+    msg: AnyUserData,
+    /// Instructions this call was charged, in YIELD_INSTRUCTIONS steps.
+    used: Rc<Cell<u64>>,
+    /// The call ran over max_instructions.
+    over: Rc<Cell<bool>>,
+}
+
+impl Slot {
+    fn new(
+        lua: &Lua,
+        function: &Function,
+        bindings: &Rc<Vec<(String, String)>>,
+        max_instructions: u64,
+    ) -> mlua::Result<Slot> {
+        let call = Rc::new(RefCell::new(Call::new(bindings.clone())));
+        let thread = lua.create_thread(function.clone())?;
+        let used = Rc::new(Cell::new(0u64));
+        let over = Rc::new(Cell::new(false));
+        let (counter, flag) = (used.clone(), over.clone());
+        let step = YIELD_INSTRUCTIONS as u64;
+        // The hook's count goes on from call to call of the coroutine, so
+        // a call's first step may come after fewer instructions than a
+        // step: a call is cut after between max_instructions and
+        // max_instructions plus one step, never before.
+        thread.set_hook(
+            HookTriggers::new().every_nth_instruction(YIELD_INSTRUCTIONS),
+            move |_, _| {
+                counter.set(counter.get() + step);
+                if counter.get() <= max_instructions {
+                    return Ok(VmState::Yield);
+                }
+                // Over budget: yield, so the caller can drop the
+                // coroutine; where Lua cannot yield (inside a C
+                // function) raise an error every other step, so even
+                // a pcall loop reaches a point that yields.
+                flag.set(true);
+                if (counter.get() / step) % 2 == 0 {
+                    return Err(mlua::Error::runtime("max_instructions exceeded"));
+                }
+                Ok(VmState::Yield)
+            },
+        )?;
+        Ok(Slot {
+            thread,
+            vctx: lua.create_userdata(Vctx(call.clone()))?,
+            ac: lua.create_userdata(Ac(call.clone()))?,
+            msg: lua.create_userdata(Msg(call.clone()))?,
+            call,
+            used,
+            over,
+        })
+    }
 }
 
 /// Why a call gave no verdict of its own.
@@ -196,6 +271,21 @@ impl State {
         let dispatch_outcome = msys.get("_dispatch_outcome").map_err(lua_err)?;
         let dispatch = msys.get("_dispatch").map_err(lua_err)?;
         let dispatch_data = msys.get("_dispatch_data").map_err(lua_err)?;
+        let names = [
+            Phase::Connect,
+            Phase::Ehlo,
+            Phase::MailFrom,
+            Phase::RcptTo,
+            Phase::Data,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, phase)| {
+            assert_eq!(*phase as usize, i, "names are indexed by phase");
+            lua.create_string(phase.callout())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(lua_err)?;
         let bindings = bindings
             .iter()
             .map(|(id, name)| (name.to_string(), bindings.group(id).to_string()))
@@ -212,90 +302,103 @@ impl State {
             bindings: Rc::new(bindings),
             registry,
             shard,
+            names,
+            slots: RefCell::new(Vec::new()),
         })
     }
 
-    /// Runs `function(args)` as a coroutine under the instruction budget,
-    /// yielding to the shard every YIELD_INSTRUCTIONS instructions.
-    async fn run_budgeted(&self, function: &Function, args: MultiValue) -> Result<(), Failure> {
-        let thread = self
-            .lua
-            .create_thread(function.clone())
-            .map_err(|e| Failure::Lua(e.to_string()))?;
-        let used = Rc::new(Cell::new(0u64));
-        let over = Rc::new(Cell::new(false));
-        let (counter, flag, max) = (used.clone(), over.clone(), self.max_instructions);
-        thread
-            .set_hook(
-                HookTriggers::new().every_nth_instruction(YIELD_INSTRUCTIONS),
-                move |_, _| {
-                    counter.set(counter.get() + YIELD_INSTRUCTIONS as u64);
-                    if counter.get() <= max {
-                        return Ok(VmState::Yield);
-                    }
-                    // Over budget: yield, so the caller can drop the
-                    // coroutine; where Lua cannot yield (inside a C
-                    // function) raise an error every other step, so even
-                    // a pcall loop reaches a point that yields.
-                    flag.set(true);
-                    if (counter.get() / YIELD_INSTRUCTIONS as u64) % 2 == 0 {
-                        return Err(mlua::Error::runtime("max_instructions exceeded"));
-                    }
-                    Ok(VmState::Yield)
-                },
-            )
-            .map_err(|e| Failure::Lua(e.to_string()))?;
-        let running = thread
-            .into_async::<MultiValue>(args)
-            .map_err(|e| Failure::Lua(e.to_string()))?;
+    /// A pooled coroutine with its objects, or a new one.
+    fn take_slot(&self) -> Result<Slot, Failure> {
+        if let Some(slot) = self.slots.borrow_mut().pop() {
+            return Ok(slot);
+        }
+        Slot::new(
+            &self.lua,
+            &self.dispatch,
+            &self.bindings,
+            self.max_instructions,
+        )
+        .map_err(|e| Failure::Lua(e.to_string()))
+    }
+
+    /// Puts `slot` back in the pool after a call that finished (an error,
+    /// a runaway or an abandoned call leaves its coroutine to the GC).
+    fn give_back(&self, slot: Slot) {
+        debug_assert!(!slot.over.get());
+        slot.call.borrow_mut().clear();
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() < SLOTS_POOLED_MAX {
+            slots.push(slot);
+        }
+    }
+
+    /// Runs `function(args)` on the slot's coroutine under the instruction
+    /// budget, yielding to the shard every YIELD_INSTRUCTIONS instructions.
+    /// `Ok` only when the coroutine finished (then it can be reused).
+    async fn run_budgeted(
+        &self,
+        slot: &Slot,
+        function: &Function,
+        args: impl mlua::IntoLuaMulti,
+    ) -> Result<(), Failure> {
+        let lua_err = |e: mlua::Error| Failure::Lua(e.to_string());
+        slot.used.set(0);
+        slot.over.set(false);
+        slot.thread.reset(function.clone()).map_err(lua_err)?;
+        let running = slot
+            .thread
+            .clone()
+            .into_async::<()>(args)
+            .map_err(lua_err)?;
         let mut running = std::pin::pin!(running);
+        let over = &slot.over;
         let result = std::future::poll_fn(|cx| {
             if over.get() {
                 return std::task::Poll::Ready(Err(Failure::Budget));
             }
-            running
-                .as_mut()
-                .poll(cx)
-                .map(|r| r.map(|_| ()).map_err(|e| Failure::Lua(e.to_string())))
+            running.as_mut().poll(cx).map(|r| r.map_err(lua_err))
         })
         .await;
         if over.get() {
             return Err(Failure::Budget);
         }
-        result
+        result?;
+        if slot.thread.status() != ThreadStatus::Finished {
+            return Err(Failure::Lua("the policy coroutine did not finish".into()));
+        }
+        Ok(())
     }
 
     /// One policy call: the phase's callouts on a copy of the session's
     /// facts and context; the verdict and the context come back.
     async fn call(&self, validation: Validation<'_>, vctx: &mut ValidationContext) -> Verdict {
         let phase = validation.check.phase();
-        let call = Rc::new(RefCell::new(Call::new(
-            &validation,
-            vctx,
-            self.bindings.clone(),
-        )));
-        let outcome = self.dispatch(validation.check, &call).await;
-        let failure = match outcome {
-            Ok(()) => {
-                let mut call = call.borrow_mut();
-                match write_edits(&mut call) {
-                    Ok(()) => {
-                        std::mem::swap(vctx, &mut call.vctx);
-                        match call.reply.take() {
-                            None => return Verdict::Continue,
-                            Some(reply) => {
-                                let rejection =
-                                    Rejection::new(reply.code, reply.enhanced, reply.text);
-                                return if reply.disconnect {
-                                    Verdict::Disconnect(rejection)
-                                } else {
-                                    Verdict::Reject(rejection)
-                                };
-                            }
-                        }
-                    }
-                    Err(e) => Failure::Lua(e),
+        let outcome = match self.take_slot() {
+            Ok(slot) => {
+                slot.call.borrow_mut().fill(&validation, vctx);
+                let outcome = self.dispatch(&slot, validation.check).await;
+                let outcome = outcome.and_then(|()| {
+                    let mut call = slot.call.borrow_mut();
+                    write_edits(&mut call).map_err(Failure::Lua)?;
+                    std::mem::swap(vctx, &mut call.vctx);
+                    Ok(call.reply.take())
+                });
+                if outcome.is_ok() {
+                    self.give_back(slot);
                 }
+                outcome
+            }
+            Err(failure) => Err(failure),
+        };
+        let failure = match outcome {
+            Ok(None) => return Verdict::Continue,
+            Ok(Some(reply)) => {
+                let rejection = Rejection::new(reply.code, reply.enhanced, reply.text);
+                return if reply.disconnect {
+                    Verdict::Disconnect(rejection)
+                } else {
+                    Verdict::Reject(rejection)
+                };
             }
             Err(failure) => failure,
         };
@@ -335,56 +438,39 @@ impl State {
         }
     }
 
-    async fn dispatch(&self, check: Check<'_>, call: &api::Shared) -> Result<(), Failure> {
-        let lua = &self.lua;
-        let ud = |e: mlua::Error| Failure::Lua(e.to_string());
-        let vctx = Value::UserData(lua.create_userdata(Vctx(call.clone())).map_err(ud)?);
-        let ac = Value::UserData(lua.create_userdata(Ac(call.clone())).map_err(ud)?);
-        let text = |s: &str| lua.create_string(s).map(Value::String).map_err(ud);
-        let name = |phase: Phase| text(phase.callout());
-        let args: Vec<Value> = match check {
-            Check::Connect => vec![name(Phase::Connect)?, vctx.clone(), ac, vctx],
+    /// Runs the phase's dispatcher on `slot` with Momentum's arguments.
+    async fn dispatch(&self, slot: &Slot, check: Check<'_>) -> Result<(), Failure> {
+        let (vctx, ac, msg) = (&slot.vctx, &slot.ac, &slot.msg);
+        let name = &self.names[check.phase() as usize];
+        let dispatch = &self.dispatch;
+        match check {
+            Check::Connect => {
+                self.run_budgeted(slot, dispatch, (name, vctx, ac, vctx))
+                    .await
+            }
             Check::Ehlo { domain, .. } => {
-                vec![name(Phase::Ehlo)?, vctx.clone(), text(domain)?, ac, vctx]
+                self.run_budgeted(slot, dispatch, (name, vctx, domain, ac, vctx))
+                    .await
             }
             Check::MailFrom { reverse_path } => {
-                vec![
-                    name(Phase::MailFrom)?,
-                    vctx.clone(),
-                    text(reverse_path)?,
-                    ac,
-                    vctx,
-                ]
+                let args = (name, vctx, reverse_path, ac, vctx);
+                self.run_budgeted(slot, dispatch, args).await
             }
             Check::RcptTo { forward_path } => {
-                call.borrow_mut().rcpt = Some(forward_path.to_string());
-                let msg = Value::UserData(lua.create_userdata(Msg(call.clone())).map_err(ud)?);
-                vec![
-                    name(Phase::RcptTo)?,
-                    vctx.clone(),
-                    msg,
-                    text(forward_path)?,
-                    ac,
-                    vctx,
-                ]
+                slot.call.borrow_mut().rcpt = Some(forward_path.to_string());
+                let args = (name, vctx, msg, forward_path, ac, vctx);
+                self.run_budgeted(slot, dispatch, args).await
             }
             Check::Data { body, streamed } => {
                 let rcpts = {
-                    let mut c = call.borrow_mut();
-                    c.message = Some(MessageData {
-                        received: body.to_vec(),
-                        streamed,
-                        ..MessageData::default()
-                    });
-                    c.rcpts.len()
+                    let mut call = slot.call.borrow_mut();
+                    call.set_message(body, streamed);
+                    call.rcpts.len() as i64
                 };
-                let msg = Value::UserData(lua.create_userdata(Msg(call.clone())).map_err(ud)?);
-                let args = MultiValue::from_vec(vec![msg, ac, vctx, Value::Integer(rcpts as i64)]);
-                return self.run_budgeted(&self.dispatch_data, args).await;
+                let args = (msg, ac, vctx, rcpts);
+                self.run_budgeted(slot, &self.dispatch_data, args).await
             }
-        };
-        self.run_budgeted(&self.dispatch, MultiValue::from_vec(args))
-            .await
+        }
     }
 
     /// Hands one delivery outcome to the callouts that want it; an error
@@ -414,13 +500,17 @@ impl State {
             t.set("type", kind)?;
             Ok::<_, mlua::Error>(t)
         })();
-        let result = match info {
-            Ok(info) => {
-                let name = Value::String(self.lua.create_string(callout).expect("a short string"));
-                let args = MultiValue::from_vec(vec![name, Value::Table(info)]);
-                self.run_budgeted(&self.dispatch_outcome, args).await
+        let result = match (info, self.take_slot()) {
+            (Ok(info), Ok(slot)) => {
+                let args = (callout, info);
+                let result = self.run_budgeted(&slot, &self.dispatch_outcome, args).await;
+                if result.is_ok() {
+                    self.give_back(slot);
+                }
+                result
             }
-            Err(e) => Err(Failure::Lua(e.to_string())),
+            (Err(e), _) => Err(Failure::Lua(e.to_string())),
+            (_, Err(failure)) => Err(failure),
         };
         match result {
             Ok(()) => {}
@@ -863,6 +953,118 @@ msys.registerModule("policy", mod)
             b"From: a@b\r\nSubject: new\r\nX-Added: 1\r\n\r\nhi\r\n"
         );
         assert_eq!(chosen_binding(&vctx, &bindings), bindings.lookup("b1"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Goal: calls reuse pooled coroutines and objects, yet one call's
+    /// reply, edits and context never reach the next, also after a
+    /// runaway or an error dropped its coroutine.
+    #[test]
+    fn a_reused_call_starts_clean() {
+        let script = r#"
+local mod = {}
+local MESS = msys.core.VCTX_MESS
+function mod:validate_data_spool(msg, ac, vctx)
+  if msg:header("X-Reject")[1] then
+    vctx:set_code(550, "5.7.1 no")
+    return msys.core.VALIDATE_DONE
+  end
+  if msg:header("X-Loop")[1] then while true do end end
+  if msg:header("X-Error")[1] then error("boom") end
+  if msg:header("X-Edit")[1] then
+    msg:header("X-Added", "1", "append")
+    msg:binding("b1")
+  end
+  vctx:set(MESS, "seen", (vctx:get(MESS, "seen") or "") .. "x")
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("policy", mod)
+"#;
+        let (config, dir) = config_with(script, "max_instructions = 100000");
+        let bindings = Bindings::from_config(&config);
+        let state = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .unwrap();
+        let plain = |state: &State| {
+            let (verdict, vctx) = run_data(state, b"Subject: x\r\n\r\nhi\r\n");
+            assert_eq!(verdict, Verdict::Continue);
+            assert_eq!(vctx.get(Scope::Message, "seen"), Some("x"));
+            assert!(!edits_text(&vctx));
+            assert_eq!(chosen_binding(&vctx, &bindings), None);
+        };
+        for head in ["X-Reject", "X-Edit", "X-Loop", "X-Error"] {
+            let body = format!("{head}: 1\r\n\r\nhi\r\n");
+            let (verdict, vctx) = run_data(&state, body.as_bytes());
+            match head {
+                "X-Reject" => {
+                    assert!(
+                        matches!(verdict, Verdict::Reject(r) if r.code == 550),
+                        "{head}"
+                    )
+                }
+                "X-Edit" => {
+                    assert_eq!(verdict, Verdict::Continue);
+                    assert!(edits_text(&vctx));
+                    assert_eq!(chosen_binding(&vctx, &bindings), bindings.lookup("b1"));
+                }
+                _ => assert!(
+                    matches!(verdict, Verdict::Reject(r) if r.code == 451),
+                    "{head}"
+                ),
+            }
+            plain(&state);
+            plain(&state);
+        }
+        assert!(
+            !state.slots.borrow().is_empty(),
+            "finished calls are pooled"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Goal: a reused coroutine gives every call its whole budget (the
+    /// hook's count left over from the last call is not charged twice),
+    /// and cuts a call off within one step after max_instructions.
+    #[test]
+    fn every_reused_call_has_its_whole_budget() {
+        let script = r#"
+local mod = {}
+function mod:validate_data(msg, ac, vctx)
+  local n = tonumber(msg:header("X-Spin")[1])
+  for i = 1, n do end
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("policy", mod)
+"#;
+        let (config, dir) = config_with(script, "max_instructions = 100000");
+        let bindings = Bindings::from_config(&config);
+        let state = State::load(
+            config.scriptlet().unwrap(),
+            &bindings,
+            0,
+            Default::default(),
+        )
+        .unwrap();
+        // One loop step is one instruction (FORLOOP); the call's own
+        // instructions are a few dozen.
+        for spin in [99_000, 3_333, 99_000, 7_777, 99_000, 99_000, 99_000] {
+            let body = format!("X-Spin: {spin}\r\n\r\nhi\r\n");
+            let (verdict, _) = run_data(&state, body.as_bytes());
+            assert_eq!(verdict, Verdict::Continue, "{spin} instructions");
+        }
+        for spin in [110_000, 110_000] {
+            let body = format!("X-Spin: {spin}\r\n\r\nhi\r\n");
+            let (verdict, _) = run_data(&state, body.as_bytes());
+            assert!(
+                matches!(&verdict, Verdict::Reject(r)
+                    if r.code == 451 && r.text.contains("took too long")),
+                "over max_instructions plus one step: {verdict:?}"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
