@@ -178,7 +178,7 @@ impl Journal {
     /// Zero fill ahead of the records in steps of `bytes` (0: none); see
     /// the field.
     pub fn with_zero_ahead(mut self, bytes: u64) -> Journal {
-        assert!(bytes <= ZERO_AHEAD_BYTES_MAX && bytes % RESERVE_ALIGN_BYTES == 0);
+        assert!(bytes <= ZERO_AHEAD_BYTES_MAX && bytes.is_multiple_of(RESERVE_ALIGN_BYTES));
         self.zero_ahead_bytes = bytes;
         self
     }

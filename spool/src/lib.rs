@@ -145,7 +145,9 @@ pub const PROGRESS_LINGER_MS_MAX: u64 = 1_000;
 impl SpoolOptions {
     pub fn validate(&self) -> Result<(), SpoolError> {
         if self.zero_ahead_bytes > ZERO_AHEAD_BYTES_MAX
-            || self.zero_ahead_bytes % journal::RESERVE_ALIGN_BYTES != 0
+            || !self
+                .zero_ahead_bytes
+                .is_multiple_of(journal::RESERVE_ALIGN_BYTES)
         {
             return Err(SpoolError::InvalidOptions {
                 reason: format!(
