@@ -43,9 +43,10 @@
 //! written ahead of the records in 64 KiB steps (`zero_ahead_bytes`), so
 //! a segment file ends in up to ~96 KiB of zeros past its last record:
 //! group commits then overwrite blocks already written inside the file
-//! size and their fdatasync commits no metadata (no inode write, no ext4
-//! journal commit), which cut fdatasync CPU by about 45 % and its p50 by
-//! about 40 % on this machine (docs/benchmarks.md, "Zero fill ahead").
+//! size and their fdatasync has no new size or extent to write (on ext4:
+//! no journal commit; without a journal, as on this machine, no inode
+//! write but for a new mtime), which cut fdatasync CPU by 25-45 % and its
+//! p50 by 30-45 % here (docs/benchmarks.md, "Zero fill ahead").
 //! Recovery stops at the first zeroed record header, so the zeros read as
 //! the clean end they are. A lone append waits for one write + sync.
 
