@@ -130,6 +130,16 @@ struct Cursor {
     /// that failed: bytes in synced_bytes..dirty_bytes are garbage to
     /// overwrite. Never above `capacity`.
     dirty_bytes: u64,
+    /// End of the zeros written and synced ahead of the records (see
+    /// `Journal::zero_ahead_bytes`): past `dirty_bytes`, the bytes below it
+    /// are durable zeros in blocks the file system has already written.
+    /// Never above `capacity`.
+    zeroed_bytes: u64,
+    /// A chunk with zeros ahead of its records failed: no more zeros
+    /// ahead in this segment, so that a file system that cannot write them
+    /// (ENOSPC inside the reservation) costs one failed batch, not every
+    /// one after it.
+    zero_ahead_failed: bool,
 }
 
 /// The write position and segment roll-over rules.
@@ -140,7 +150,19 @@ pub struct Journal {
     /// Number of the segment the next roll creates; above every segment
     /// number ever seen in the directory.
     next_segment: u64,
+    /// Zero fill ahead of the records (0: none). A chunk whose records end
+    /// past the zeros already written also writes zeros up to the next
+    /// multiple of this after its records (within the reservation). The
+    /// chunks after it then overwrite blocks that are already written,
+    /// inside the file's size: their fdatasync writes the data and no
+    /// metadata (no unwritten-extent conversion, no new file size, so no
+    /// inode write). Recovery already ends a segment at its first zeroed
+    /// record, so the zeros read as the clean end they are.
+    zero_ahead_bytes: u64,
 }
+
+/// Largest `zero_ahead_bytes`: the zeros ride in a group commit's write.
+pub const ZERO_AHEAD_BYTES_MAX: u64 = 1 << 20;
 
 impl Journal {
     pub fn new(segment_bytes: u64, next_segment: u64) -> Journal {
@@ -149,7 +171,29 @@ impl Journal {
             segment_bytes,
             cursor: None,
             next_segment,
+            zero_ahead_bytes: 0,
         }
+    }
+
+    /// Zero fill ahead of the records in steps of `bytes` (0: none); see
+    /// the field.
+    pub fn with_zero_ahead(mut self, bytes: u64) -> Journal {
+        assert!(bytes <= ZERO_AHEAD_BYTES_MAX && bytes.is_multiple_of(RESERVE_ALIGN_BYTES));
+        self.zero_ahead_bytes = bytes;
+        self
+    }
+
+    /// Where the zeros of a chunk whose records end at `end` must end: past
+    /// the garbage of failed writes, and past the next multiple of
+    /// `zero_ahead_bytes` when the records leave the zeros written so far.
+    fn zero_end(&self, cursor: &Cursor, end: u64) -> u64 {
+        let mut zero_end = cursor.dirty_bytes.max(end);
+        if self.zero_ahead_bytes > 0 && !cursor.zero_ahead_failed && end > cursor.zeroed_bytes {
+            let ahead = (end + self.zero_ahead_bytes / 2).next_multiple_of(self.zero_ahead_bytes);
+            zero_end = zero_end.max(ahead.min(cursor.capacity));
+        }
+        debug_assert!(zero_end <= cursor.capacity);
+        zero_end
     }
 
     /// Records above this size can never be written: a message must fit
@@ -195,7 +239,7 @@ impl Journal {
                     records,
                     bytes: end - start,
                     with_header,
-                    zero_fill: cursor.dirty_bytes.saturating_sub(end),
+                    zero_fill: self.zero_end(&cursor, end) - end,
                 });
             }
         }
@@ -262,6 +306,8 @@ impl Journal {
             capacity,
             synced_bytes: 0,
             dirty_bytes: 0,
+            zeroed_bytes: 0,
+            zero_ahead_failed: false,
         });
         previous
     }
@@ -280,6 +326,10 @@ impl Journal {
             capacity,
             synced_bytes: end,
             dirty_bytes: len,
+            // Past `end` nothing is known to be zero: the first chunk
+            // zero-fills up to `len` at least.
+            zeroed_bytes: end,
+            zero_ahead_failed: false,
         });
     }
 
@@ -315,17 +365,29 @@ impl Journal {
         assert!(plan.offset + plan.bytes + plan.zero_fill >= cursor.dirty_bytes);
         cursor.synced_bytes = plan.offset + plan.bytes;
         cursor.dirty_bytes = cursor.synced_bytes;
+        cursor.zeroed_bytes = cursor
+            .zeroed_bytes
+            .max(plan.offset + plan.bytes + plan.zero_fill);
         assert!(cursor.synced_bytes <= cursor.capacity);
+        assert!(cursor.zeroed_bytes <= cursor.capacity);
     }
 
-    /// Writing or syncing the chunk failed: its bytes (up to
-    /// `attempted_end`) are garbage the next chunk overwrites.
+    /// Writing or syncing the chunk failed: its records are garbage the
+    /// next chunk overwrites. Its zeros are not: those up to the old dirty
+    /// end lie inside garbage already counted, and those past it (zeros
+    /// ahead) went over bytes that read as zeros already (never written
+    /// since the segment was made or resumed, or zeros written before), so
+    /// whatever part of them landed changes nothing.
     pub fn failed(&mut self, plan: &ChunkPlan) {
         if let Some(cursor) = self.cursor.as_mut() {
             if cursor.segment == plan.segment {
                 let attempted_end = plan.offset + plan.bytes + plan.zero_fill;
                 assert!(attempted_end <= cursor.capacity);
-                cursor.dirty_bytes = cursor.dirty_bytes.max(attempted_end);
+                let garbage_end = cursor.dirty_bytes.max(plan.offset + plan.bytes);
+                if attempted_end > garbage_end {
+                    cursor.zero_ahead_failed = true;
+                }
+                cursor.dirty_bytes = garbage_end;
             }
         }
     }
@@ -779,6 +841,84 @@ mod tests {
         let next = write(journal.plan(&messages(&[10]), 2));
         assert_eq!(next.offset, HEADER + 300);
         assert_eq!(next.zero_fill, 0);
+    }
+
+    #[test]
+    fn zeros_are_written_ahead_in_steps_and_only_when_the_records_leave_them() {
+        // Goal: with a zero-ahead step, a chunk whose records end past the
+        // zeros written so far zero-fills to a step boundary at least half
+        // a step beyond them, never past the reservation; chunks inside the
+        // zeros write none.
+        let mut journal = rolled(16384, 0, 12288).with_zero_ahead(4096);
+        let first = write(journal.plan(&messages(&[100]), 0));
+        assert!(first.with_header);
+        assert_eq!(first.offset + first.bytes + first.zero_fill, 4096);
+        journal.committed(&first);
+        let inside = write(journal.plan(&messages(&[100]), 1));
+        assert_eq!((inside.offset, inside.zero_fill), (HEADER + 100, 0));
+        journal.committed(&inside);
+        // Crosses 4096: zeros up to 8192 (4232 + 2048 rounded up).
+        let crossing = write(journal.plan(&messages(&[4000]), 2));
+        assert_eq!(crossing.offset + crossing.bytes, 4232);
+        assert_eq!(crossing.offset + crossing.bytes + crossing.zero_fill, 8192);
+        journal.committed(&crossing);
+        // Inside the zeros again: no fill.
+        let inside = write(journal.plan(&messages(&[2000, 1000]), 3));
+        assert_eq!((inside.offset + inside.bytes, inside.zero_fill), (7232, 0));
+        journal.committed(&inside);
+        // Near the end of the reservation the fill stops at the capacity
+        // (10232 + 2048 rounds up to 12288, which is the capacity).
+        let last = write(journal.plan(&messages(&[3000]), 5));
+        assert_eq!(last.offset + last.bytes, 10232);
+        assert_eq!(last.offset + last.bytes + last.zero_fill, 12288);
+        journal.committed(&last);
+        let after = write(journal.plan(&messages(&[10]), 6));
+        assert_eq!(after.zero_fill, 0);
+        assert!(after.offset + after.bytes <= 12288);
+    }
+
+    #[test]
+    fn a_failed_chunk_with_zeros_ahead_leaves_its_records_as_garbage_and_stops_the_zeros() {
+        // Goal: the garbage a failed chunk may leave is its records (its
+        // zeros fell on zeros), the retry zeroes exactly that, and no zeros
+        // ahead are written again in the segment: a file system that
+        // refuses them (ENOSPC) fails one batch, not every batch after it.
+        let mut journal = rolled(16384, 0, 16384).with_zero_ahead(4096);
+        let first = write(journal.plan(&messages(&[100]), 0));
+        assert_eq!(first.offset + first.bytes + first.zero_fill, 4096);
+        journal.committed(&first);
+        let crossing = write(journal.plan(&messages(&[4000]), 1));
+        assert_eq!(crossing.offset + crossing.bytes, HEADER + 4100);
+        assert_eq!(crossing.offset + crossing.bytes + crossing.zero_fill, 8192);
+        journal.failed(&crossing);
+        let retry = write(journal.plan(&messages(&[50]), 1));
+        assert_eq!(retry.offset, HEADER + 100);
+        assert_eq!(retry.offset + retry.bytes + retry.zero_fill, HEADER + 4100);
+        // Failing again changes nothing: the same garbage end.
+        journal.failed(&retry);
+        let again = write(journal.plan(&messages(&[50]), 1));
+        assert_eq!(again.offset + again.bytes + again.zero_fill, HEADER + 4100);
+        journal.committed(&again);
+        // Past the garbage and the old zeros: records only.
+        let past = write(journal.plan(&messages(&[6000]), 2));
+        assert_eq!(past.zero_fill, 0);
+        journal.committed(&past);
+        // A new segment writes zeros ahead again.
+        journal.rolled(1, 16384);
+        let fresh = write(journal.plan(&messages(&[100]), 3));
+        assert_eq!(fresh.offset + fresh.bytes + fresh.zero_fill, 4096);
+    }
+
+    #[test]
+    fn a_resumed_segment_with_zero_ahead_zeroes_its_old_tail_and_more() {
+        let mut journal = Journal::new(8192, 4).with_zero_ahead(4096);
+        journal.resume(3, 1000, 1500, 8192);
+        let plan = write(journal.plan(&messages(&[100]), 0));
+        assert_eq!(plan.offset, 1000);
+        assert_eq!(plan.offset + plan.bytes + plan.zero_fill, 4096);
+        journal.committed(&plan);
+        let next = write(journal.plan(&messages(&[100]), 1));
+        assert_eq!((next.offset, next.zero_fill), (1100, 0));
     }
 
     #[test]

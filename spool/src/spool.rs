@@ -281,7 +281,8 @@ impl Spool {
         if let Some(err) = failure {
             return Err(SpoolError::from_io(err));
         }
-        let mut journal = Journal::new(options.segment_bytes, recovered.next_segment);
+        let mut journal = Journal::new(options.segment_bytes, recovered.next_segment)
+            .with_zero_ahead(options.zero_ahead_bytes);
         if let Some((segment, end)) = recovered.tail {
             resume(
                 &mut storage,

@@ -367,9 +367,11 @@ impl Storage for GlommioStorage {
 /// with pwrite(2) on the shard's own thread. Through io_uring an ext4
 /// buffered write is punted to an io-wq worker (`iou-wrk`), which runs on
 /// the shard's core: two context switches per group commit for a copy of a
-/// few microseconds. Larger batches (big bodies) still go through io_uring,
-/// so a slow page-cache copy never stalls the shard for long.
-const PWRITE_ON_SHARD_MAX_BYTES: usize = 64 << 10;
+/// few microseconds. 128 KiB: a small batch with the zero fill ahead of
+/// it (`SpoolOptions::zero_ahead_bytes`, up to 1.5x its 64 KiB default)
+/// stays here. Larger batches (big bodies) still go through io_uring, so a
+/// slow page-cache copy never stalls the shard for long.
+const PWRITE_ON_SHARD_MAX_BYTES: usize = 128 << 10;
 
 /// pwrite(2) until all of `buf` is written, an error, or a write of 0
 /// bytes (no space). Returns the bytes written.

@@ -1169,3 +1169,60 @@ fn a_reserved_head_is_filled_in_place_and_in_the_crc() {
         assert_eq!(on_disk, whole);
     });
 }
+
+/// Goal: on a real file system the zeros ahead land in the segment file
+/// (its length is a step boundary past the records, not the records' end),
+/// a reopen reads them as the clean end (no cut) and continues after the
+/// records, and steps that are not whole blocks are refused.
+#[test]
+fn a_segment_file_ends_in_the_zeros_written_ahead_and_reopens_cleanly() {
+    let tmp = TempDir::new("zero-ahead");
+    let dir = tmp.0.clone();
+    let options = SpoolOptions {
+        segment_bytes: 256 * 1024,
+        zero_ahead_bytes: 16 * 1024,
+        ..SpoolOptions::default()
+    };
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, options).await.unwrap();
+        let at = spool.append_message(1, b"env", &[7u8; 1000]).await.unwrap();
+        let path = segment_path(&dir, at.segment);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 16 * 1024, "zeros up to the first step");
+        let records_end = at.offset as usize + 1000;
+        assert!(bytes[records_end..].iter().all(|&b| b == 0));
+        // 20 more records of ~1 KiB pass the step: the file grows by
+        // whole steps, always at least half a step past the records.
+        for id in 2..22 {
+            spool
+                .append_message(id, b"env", &[8u8; 1000])
+                .await
+                .unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len % (16 * 1024), 0, "{len}");
+        assert!(len >= 21 * 1000 + 8 * 1024, "{len}");
+        spool.close().await.unwrap();
+        let (spool, recovery) = Spool::open(&dir, options).await.unwrap();
+        assert_eq!(recovery.messages.len(), 21);
+        assert!(recovery.truncated.is_empty(), "{:?}", recovery.truncated);
+        let next = spool.append_message(30, b"env", &[9u8; 100]).await.unwrap();
+        assert_eq!(
+            next.segment, at.segment,
+            "appends continue after the zeros' start"
+        );
+        spool.close().await.unwrap();
+        let (_, recovery) = Spool::open(&dir, options).await.unwrap();
+        assert_eq!(recovery.messages.len(), 22);
+    });
+    for bad in [1000, 2 * crate::ZERO_AHEAD_BYTES_MAX] {
+        assert!(matches!(
+            SpoolOptions {
+                zero_ahead_bytes: bad,
+                ..SpoolOptions::default()
+            }
+            .validate(),
+            Err(SpoolError::InvalidOptions { .. })
+        ));
+    }
+}
