@@ -75,27 +75,7 @@ impl Api {
         key: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut cmd = Command::new(python());
-        cmd.arg(py_dir().join("api_client.py"))
-            .args(["request", "--port", &self.http.to_string()])
-            .args(["--method", method, "--path", path]);
-        if let Some(k) = key {
-            cmd.args(["--key", k]);
-        }
-        if let Some(b) = body {
-            let file = self.dir.join(format!("body-{}.json", free_port()));
-            std::fs::write(&file, b.to_string()).unwrap();
-            cmd.arg("--body").arg(file);
-        }
-        let out = run(&mut cmd, Duration::from_secs(300));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "api_client: {e}: {} {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (v["status"].as_u64().unwrap() as u16, v["body"].clone())
+        api_request(self.dir.path(), self.http, method, path, key, body)
     }
 
     pub(crate) fn post(&self, key: &str, body: &Value) -> (u16, Value) {
@@ -589,4 +569,38 @@ fn x_msys_api_over_smtp_reaches_the_events_and_not_the_recipient() {
     }
     let sent = api.sink.messages().len();
     assert_eq!(sent, 2, "the refused messages were not sent");
+}
+
+/// One REST API request on `http_port` with Python `requests`
+/// (tests/py/api_client.py): (status, JSON body). A body goes through a
+/// file in `dir`.
+pub(crate) fn api_request(
+    dir: &Path,
+    http_port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut cmd = Command::new(python());
+    cmd.arg(py_dir().join("api_client.py"))
+        .args(["request", "--port", &http_port.to_string()])
+        .args(["--method", method, "--path", path]);
+    if let Some(k) = key {
+        cmd.args(["--key", k]);
+    }
+    if let Some(b) = body {
+        let file = dir.join(format!("body-{}.json", free_port()));
+        std::fs::write(&file, b.to_string()).unwrap();
+        cmd.arg("--body").arg(file);
+    }
+    let out = run(&mut cmd, Duration::from_secs(300));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "api_client: {e}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v["status"].as_u64().unwrap() as u16, v["body"].clone())
 }

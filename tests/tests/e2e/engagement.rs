@@ -103,27 +103,7 @@ impl Setup {
         key: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut cmd = Command::new(python());
-        cmd.arg(py_dir().join("api_client.py"))
-            .args(["request", "--port", &self.http.to_string()])
-            .args(["--method", method, "--path", path]);
-        if let Some(k) = key {
-            cmd.args(["--key", k]);
-        }
-        if let Some(b) = body {
-            let file = self.dir.join(format!("body-{}.json", free_port()));
-            std::fs::write(&file, b.to_string()).unwrap();
-            cmd.arg("--body").arg(file);
-        }
-        let out = run(&mut cmd, Duration::from_secs(120));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "api_client: {e}: {} {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (v["status"].as_u64().unwrap() as u16, v["body"].clone())
+        super::api::api_request(self.dir.path(), self.http, method, path, key, body)
     }
 
     /// A tracking URL fetched like a mail client: (status, headers, body).
