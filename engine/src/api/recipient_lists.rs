@@ -4,13 +4,15 @@
 //! and the JSON shapes answered. A transmission's `recipients.list_id`
 //! is replaced by the stored recipients before it is checked.
 //!
-//! Owns: list validation and SQL. May call: `api::transmission`,
-//! `api::templates` (ids), rusqlite (on the store's worker thread).
-//! Never: I/O of its own, shard state.
+//! Owns: list validation and the list SQL of both backends ([`ListSql`]:
+//! SQLite and PostgreSQL side by side). May call: `api::transmission`,
+//! `api::templates` (ids), rusqlite and postgres (on the store's worker
+//! threads). Never: I/O of its own, shard state.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Map, Value};
 
+use super::store::DbResult;
 use super::templates::{id_from_name, valid_id, Written, TEMPLATE_NAME_BYTES_MAX};
 use super::transmission::{self, API_RECIPIENTS_PER_TRANSMISSION_MAX};
 use super::ApiError;
@@ -125,112 +127,326 @@ pub fn parse(body: &[u8], create: bool) -> Result<ListInput, ApiError> {
     })
 }
 
-/// Creates the table when missing.
-pub fn init(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS recipient_lists (
-             id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
-             attributes TEXT NOT NULL, recipients TEXT NOT NULL, total INTEGER NOT NULL);",
-    )
+/// A list as stored: `attributes` and `recipients` are JSON text
+/// (`recipients` empty when not read).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListRow {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub attributes: String,
+    pub recipients: String,
+    pub total: i64,
+}
+
+/// The `recipient_lists` table as each backend reads and writes it, inside
+/// the transaction of one [`Backend::call`](super::store::Backend::call);
+/// the semantics are the functions below, written once over this trait.
+pub trait ListSql {
+    /// Creates the table when missing.
+    fn init_lists(&mut self) -> DbResult<()>;
+    /// A list, with its recipients when `with_recipients`; `for_update`
+    /// locks its row until the transaction ends (PostgreSQL).
+    fn read_list(
+        &mut self,
+        id: &str,
+        with_recipients: bool,
+        for_update: bool,
+    ) -> DbResult<Option<ListRow>>;
+    /// Inserts `l`; false when its id is taken.
+    fn insert_list(&mut self, l: &ListRow) -> DbResult<bool>;
+    /// Replaces list `l.id`; false when there is none.
+    fn update_list(&mut self, l: &ListRow) -> DbResult<bool>;
+    fn delete_list(&mut self, id: &str) -> DbResult<bool>;
+    /// Up to `limit` lists by id (byte order), without recipients.
+    fn list_rows(&mut self, limit: usize) -> DbResult<Vec<ListRow>>;
+}
+
+fn lite(e: rusqlite::Error) -> String {
+    format!("sqlite: {e}")
+}
+
+fn pg(e: postgres::Error) -> String {
+    format!("postgresql: {}", crate::datasource::pgsql::describe(&e))
+}
+
+/// The columns read, in [`ListRow`]'s order; `recipients` is empty text
+/// unless asked for.
+fn columns(with_recipients: bool) -> &'static str {
+    if with_recipients {
+        "id, name, description, attributes, recipients, total"
+    } else {
+        "id, name, description, attributes, CAST('' AS TEXT), total"
+    }
+}
+
+fn lite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRow> {
+    Ok(ListRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        attributes: r.get(3)?,
+        recipients: r.get(4)?,
+        total: r.get(5)?,
+    })
+}
+
+fn pg_row(r: &postgres::Row) -> Result<ListRow, postgres::Error> {
+    Ok(ListRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        description: r.try_get(2)?,
+        attributes: r.try_get(3)?,
+        recipients: r.try_get(4)?,
+        total: r.try_get(5)?,
+    })
+}
+
+/// SQLite: table `recipient_lists` of `<spoolbase>/api.sqlite`.
+impl ListSql for rusqlite::Transaction<'_> {
+    fn init_lists(&mut self) -> DbResult<()> {
+        self.execute_batch(
+            "CREATE TABLE IF NOT EXISTS recipient_lists (
+                 id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+                 attributes TEXT NOT NULL, recipients TEXT NOT NULL, total INTEGER NOT NULL);",
+        )
+        .map_err(lite)
+    }
+
+    fn read_list(&mut self, id: &str, with: bool, _for_update: bool) -> DbResult<Option<ListRow>> {
+        // One connection on one worker thread: no other writer to lock out.
+        self.query_row(
+            &format!(
+                "SELECT {} FROM recipient_lists WHERE id = ?1",
+                columns(with)
+            ),
+            [id],
+            lite_row,
+        )
+        .optional()
+        .map_err(lite)
+    }
+
+    fn insert_list(&mut self, l: &ListRow) -> DbResult<bool> {
+        self.execute(
+            "INSERT OR IGNORE INTO recipient_lists (id, name, description, attributes, recipients, total)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![l.id, l.name, l.description, l.attributes, l.recipients, l.total],
+        )
+        .map(|n| n > 0)
+        .map_err(lite)
+    }
+
+    fn update_list(&mut self, l: &ListRow) -> DbResult<bool> {
+        self.execute(
+            "UPDATE recipient_lists SET name = ?2, description = ?3, attributes = ?4,
+                 recipients = ?5, total = ?6 WHERE id = ?1",
+            params![
+                l.id,
+                l.name,
+                l.description,
+                l.attributes,
+                l.recipients,
+                l.total
+            ],
+        )
+        .map(|n| n > 0)
+        .map_err(lite)
+    }
+
+    fn delete_list(&mut self, id: &str) -> DbResult<bool> {
+        self.execute("DELETE FROM recipient_lists WHERE id = ?1", [id])
+            .map(|n| n > 0)
+            .map_err(lite)
+    }
+
+    fn list_rows(&mut self, limit: usize) -> DbResult<Vec<ListRow>> {
+        let mut stmt = self
+            .prepare(&format!(
+                "SELECT {} FROM recipient_lists ORDER BY id LIMIT {limit}",
+                columns(false)
+            ))
+            .map_err(lite)?;
+        let rows = stmt.query_map([], lite_row).map_err(lite)?;
+        rows.collect::<Result<_, _>>().map_err(lite)
+    }
+}
+
+/// PostgreSQL: table `api_recipient_lists` of the `api_store_datasource`.
+impl ListSql for postgres::Transaction<'_> {
+    fn init_lists(&mut self) -> DbResult<()> {
+        self.batch_execute(
+            "CREATE TABLE IF NOT EXISTS api_recipient_lists (
+                 id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+                 attributes TEXT NOT NULL, recipients TEXT NOT NULL, total BIGINT NOT NULL);",
+        )
+        .map_err(pg)
+    }
+
+    fn read_list(&mut self, id: &str, with: bool, for_update: bool) -> DbResult<Option<ListRow>> {
+        let lock = if for_update { " FOR UPDATE" } else { "" };
+        self.query_opt(
+            &format!(
+                "SELECT {} FROM api_recipient_lists WHERE id = $1{lock}",
+                columns(with)
+            ),
+            &[&id],
+        )
+        .and_then(|r| r.as_ref().map(pg_row).transpose())
+        .map_err(pg)
+    }
+
+    fn insert_list(&mut self, l: &ListRow) -> DbResult<bool> {
+        self.execute(
+            "INSERT INTO api_recipient_lists (id, name, description, attributes, recipients, total)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            &[
+                &l.id,
+                &l.name,
+                &l.description,
+                &l.attributes,
+                &l.recipients,
+                &l.total,
+            ],
+        )
+        .map(|n| n > 0)
+        .map_err(pg)
+    }
+
+    fn update_list(&mut self, l: &ListRow) -> DbResult<bool> {
+        self.execute(
+            "UPDATE api_recipient_lists SET name = $2, description = $3, attributes = $4,
+                 recipients = $5, total = $6 WHERE id = $1",
+            &[
+                &l.id,
+                &l.name,
+                &l.description,
+                &l.attributes,
+                &l.recipients,
+                &l.total,
+            ],
+        )
+        .map(|n| n > 0)
+        .map_err(pg)
+    }
+
+    fn delete_list(&mut self, id: &str) -> DbResult<bool> {
+        self.execute("DELETE FROM api_recipient_lists WHERE id = $1", &[&id])
+            .map(|n| n > 0)
+            .map_err(pg)
+    }
+
+    fn list_rows(&mut self, limit: usize) -> DbResult<Vec<ListRow>> {
+        self.query(
+            &format!(
+                "SELECT {} FROM api_recipient_lists ORDER BY id COLLATE \"C\" LIMIT {limit}",
+                columns(false)
+            ),
+            &[],
+        )
+        .and_then(|rows| rows.iter().map(pg_row).collect())
+        .map_err(pg)
+    }
 }
 
 /// Creates (`create`) or replaces the given fields of a list.
-pub fn put(conn: &mut Connection, l: &ListInput, create: bool) -> rusqlite::Result<Written> {
+pub fn put<D: ListSql + ?Sized>(db: &mut D, l: &ListInput, create: bool) -> DbResult<Written> {
     let id = l.id.clone().expect("an id: from the path or parse(create)");
-    let tx = conn.transaction()?;
-    let old = tx
-        .query_row(
-            "SELECT name, description, attributes, recipients, total FROM recipient_lists WHERE id = ?1",
-            [&id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            },
-        )
-        .optional()?;
-    let (name, description, attributes, recipients, total) = match (old, create) {
-        (Some(_), true) => return Ok(Written::Conflict),
-        (None, false) => return Ok(Written::NotFound),
-        (None, true) => (String::new(), String::new(), "{}".into(), "[]".into(), 0),
-        (Some(o), false) => o,
+    let old = if create {
+        None
+    } else {
+        match db.read_list(&id, true, true)? {
+            Some(old) => Some(old),
+            None => return Ok(Written::NotFound),
+        }
     };
+    let old = old.unwrap_or_else(|| ListRow {
+        attributes: "{}".into(),
+        recipients: "[]".into(),
+        ..ListRow::default()
+    });
     let (recipients, total) = match &l.recipients {
         Some(r) => (Value::Array(r.clone()).to_string(), r.len() as i64),
-        None => (recipients, total),
+        None => (old.recipients, old.total),
     };
-    tx.execute(
-        "INSERT OR REPLACE INTO recipient_lists (id, name, description, attributes, recipients, total)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            id,
-            l.name.clone().unwrap_or(name),
-            l.description.clone().unwrap_or(description),
-            l.attributes
-                .as_ref()
-                .map_or(attributes, |a| a.to_string()),
-            recipients,
-            total
-        ],
-    )?;
-    tx.commit()?;
-    Ok(Written::Done)
+    let row = ListRow {
+        id,
+        name: l.name.clone().unwrap_or(old.name),
+        description: l.description.clone().unwrap_or(old.description),
+        attributes: l
+            .attributes
+            .as_ref()
+            .map_or(old.attributes, |a| a.to_string()),
+        recipients,
+        total,
+    };
+    let written = if create {
+        db.insert_list(&row)?
+    } else {
+        db.update_list(&row)?
+    };
+    Ok(match (written, create) {
+        (true, _) => Written::Done,
+        (false, true) => Written::Conflict,
+        (false, false) => Written::NotFound,
+    })
 }
 
 /// A list's `results` (with its recipients when asked), or `None`.
-pub fn get(conn: &Connection, id: &str, with_recipients: bool) -> rusqlite::Result<Option<Value>> {
-    conn.query_row(
-        "SELECT id, name, description, attributes, total, recipients FROM recipient_lists WHERE id = ?1",
-        [id],
-        |r| {
-            let mut v = shape(r)?;
-            if with_recipients {
-                let text: String = r.get(5)?;
-                v["recipients"] = serde_json::from_str(&text).unwrap_or(Value::Array(vec![]));
-            }
-            Ok(v)
-        },
-    )
-    .optional()
-}
-
-fn shape(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
-    let attributes: String = r.get(3)?;
-    Ok(json!({
-        "id": r.get::<_, String>(0)?,
-        "name": r.get::<_, String>(1)?,
-        "description": r.get::<_, String>(2)?,
-        "attributes": serde_json::from_str::<Value>(&attributes).unwrap_or(json!({})),
-        "total_accepted_recipients": r.get::<_, i64>(4)?,
+pub fn get<D: ListSql + ?Sized>(
+    db: &mut D,
+    id: &str,
+    with_recipients: bool,
+) -> DbResult<Option<Value>> {
+    Ok(db.read_list(id, with_recipients, false)?.map(|r| {
+        let mut v = shape(&r);
+        if with_recipients {
+            v["recipients"] = recipients_of(&r);
+        }
+        v
     }))
 }
 
+/// A list's recipients (what a transmission's `list_id` stands for), or
+/// `None`.
+pub fn recipients<D: ListSql + ?Sized>(db: &mut D, id: &str) -> DbResult<Option<Value>> {
+    Ok(db.read_list(id, true, false)?.map(|r| recipients_of(&r)))
+}
+
+fn recipients_of(r: &ListRow) -> Value {
+    serde_json::from_str(&r.recipients).unwrap_or(Value::Array(vec![]))
+}
+
+fn shape(r: &ListRow) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "description": r.description,
+        "attributes": serde_json::from_str::<Value>(&r.attributes).unwrap_or(json!({})),
+        "total_accepted_recipients": r.total,
+    })
+}
+
 /// Every list, without recipients.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Value>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT id, name, description, attributes, total FROM recipient_lists ORDER BY id LIMIT {LISTS_LISTED_MAX}"
-    ))?;
-    let rows = stmt.query_map([], shape)?.collect();
-    rows
+pub fn list<D: ListSql + ?Sized>(db: &mut D) -> DbResult<Vec<Value>> {
+    Ok(db.list_rows(LISTS_LISTED_MAX)?.iter().map(shape).collect())
 }
 
 /// Deletes a list; false when there was none.
-pub fn delete(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
-    Ok(conn.execute("DELETE FROM recipient_lists WHERE id = ?1", [id])? > 0)
+pub fn delete<D: ListSql + ?Sized>(db: &mut D, id: &str) -> DbResult<bool> {
+    db.delete_list(id)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::rc::Rc;
 
-    #[test]
-    fn a_list_is_created_read_replaced_and_deleted() {
-        let mut c = Connection::open_in_memory().unwrap();
-        init(&c).unwrap();
+    use super::*;
+    use crate::api::store::testing::{on_both_backends, run};
+    use crate::api::store::Backend;
+
+    /// The same scenario on SQLite and on PostgreSQL.
+    async fn list_scenario(db: Rc<Backend>) {
         let l = parse(
             br#"{"name":"VIP List","recipients":[
                 {"address":{"email":"a@x.example"},"tags":["t"],"substitution_data":{"n":1}},
@@ -239,22 +455,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!((l.id.as_deref(), l.rejected), (Some("vip-list"), 1));
-        assert_eq!(put(&mut c, &l, true).unwrap(), Written::Done);
-        assert_eq!(put(&mut c, &l, true).unwrap(), Written::Conflict);
-        let got = get(&c, "vip-list", true).unwrap().unwrap();
+        let lc = l.clone();
+        assert_eq!(run(&db, move |c| put(c, &lc, true)).await, Written::Done);
+        let lc = l.clone();
+        assert_eq!(
+            run(&db, move |c| put(c, &lc, true)).await,
+            Written::Conflict
+        );
+        let got = run(&db, |c| get(c, "vip-list", true)).await.unwrap();
         assert_eq!(got["total_accepted_recipients"], 1);
         assert_eq!(got["recipients"][0]["substitution_data"]["n"], 1);
         let mut rename = parse(br#"{"name":"renamed"}"#, false).unwrap();
         rename.id = Some("vip-list".into());
-        put(&mut c, &rename, false).unwrap();
-        let got = get(&c, "vip-list", false).unwrap().unwrap();
+        let r = rename.clone();
+        assert_eq!(run(&db, move |c| put(c, &r, false)).await, Written::Done);
+        let got = run(&db, |c| get(c, "vip-list", false)).await.unwrap();
         assert_eq!(
             (got["name"].as_str(), got.get("recipients")),
             (Some("renamed"), None)
         );
-        assert_eq!(list(&c).unwrap().len(), 1);
-        assert!(delete(&c, "vip-list").unwrap());
-        assert!(get(&c, "vip-list", false).unwrap().is_none());
+        let kept = run(&db, |c| recipients(c, "vip-list")).await.unwrap();
+        assert_eq!(kept[0]["address"]["email"], "a@x.example");
+        assert_eq!(run(&db, |c| list(c)).await.len(), 1);
+        assert!(run(&db, |c| delete(c, "vip-list")).await);
+        assert!(run(&db, |c| get(c, "vip-list", false)).await.is_none());
+        assert_eq!(
+            run(&db, move |c| put(c, &rename, false)).await,
+            Written::NotFound
+        );
         let e = parse(br#"{"recipients":[{"address":"bad"}]}"#, true).unwrap_err();
         assert_eq!(e.status, 422);
         let e = parse(
@@ -266,5 +494,10 @@ mod tests {
             e.description.contains("recipients[0].substitution_data"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_list_is_created_read_replaced_and_deleted() {
+        on_both_backends(|db| Box::pin(list_scenario(db)));
     }
 }

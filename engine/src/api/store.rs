@@ -2,22 +2,28 @@
 //! them: `/api/v1/templates[/<id>[/preview]]` and
 //! `/api/v1/recipient-lists[/<id>]`.
 //!
-//! Storage is SQLite in `<spoolbase>/api.sqlite` ([`STORE_FILE`]),
-//! opened on first use on its own [`SqliteWorker`] thread (shards send it
-//! closures and await the answer; nothing blocks a shard). Compiled
+//! Storage ([`Backend`]) is SQLite in `<spoolbase>/api.sqlite`
+//! ([`STORE_FILE`]) on its own [`SqliteWorker`] thread, or, when
+//! `api_store_datasource` names one, a PostgreSQL `Datasource` on its
+//! pool's client threads. Shards send either a closure over [`Db`] (the
+//! two tables' SQL, `templates::TemplateSql` and `lists::ListSql`, one
+//! impl per backend) and await the answer; nothing blocks a shard, and
+//! the semantics are written once. Tables are made on first use. Compiled
 //! template versions are kept per shard ([`ShardApi`]'s cache, keyed by
 //! the version number, which never names two contents), so a shard
 //! compiles a version once and renders it per recipient without a lock.
 //!
 //! Owns: the store's worker, the routes above, the resolution of a
 //! transmission's `content.template_id` and `recipients.list_id`.
-//! May call: `sqlite`, `api::{templates, recipient_lists, keys}`,
-//! `msggen`. Never: the spool, queues.
+//! May call: `sqlite`, `datasource` (the PostgreSQL pools),
+//! `api::{templates, recipient_lists, keys}`, `msggen`. Never: the
+//! spool, queues.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use ecelerity_msggen::content::Rendered;
@@ -31,25 +37,141 @@ use super::recipient_lists::{self as lists, ListInput};
 use super::templates::{self, valid_id, Compiled, TemplateOptions, Which, Written};
 use super::{ApiError, ShardApi};
 use crate::clock::now_unix_ms;
+use crate::datasource::pgsql::describe;
+use crate::datasource::DatasourceSet;
+use crate::env::ShardEnv;
 use crate::sqlite::{SqliteLimits, SqliteWorker};
 
 /// The database file under the spool base.
 pub const STORE_FILE: &str = "api.sqlite";
 /// Compiled template versions a shard keeps (all dropped when full).
 pub const COMPILED_PER_SHARD_MAX: usize = 256;
+/// The PostgreSQL advisory lock key the schema is made under (two
+/// connections making the tables at once would otherwise collide).
+const PG_SCHEMA_LOCK_KEY: i64 = 0x6563_6170_6973_746f;
 
-static STORE: OnceLock<Result<SqliteWorker, String>> = OnceLock::new();
+/// What a store query fails with: the database's message.
+pub type DbResult<T> = Result<T, String>;
 
-/// The store's worker, opened (tables made) on first use.
-pub fn worker(spoolbase: &Path) -> Result<&'static SqliteWorker, ApiError> {
+/// Both tables of the store, in one transaction of one backend.
+pub trait Db: templates::TemplateSql + lists::ListSql {}
+impl<T: templates::TemplateSql + lists::ListSql + ?Sized> Db for T {}
+
+/// Where the store is: SQLite by default, or the PostgreSQL `Datasource`
+/// named by `api_store_datasource` (its client threads run the queries).
+enum Where {
+    Sqlite(SqliteWorker),
+    Pgsql {
+        set: Arc<DatasourceSet>,
+        name: String,
+    },
+}
+
+/// The store: one backend, its tables made on first use.
+pub struct Backend {
+    at: Where,
+    schema_made: AtomicBool,
+}
+
+impl Backend {
+    /// SQLite at `path` (a file, or `:memory:`), on its own worker thread.
+    pub fn sqlite(path: &Path) -> Result<Backend, String> {
+        let worker = SqliteWorker::open(path, SqliteLimits::default())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Backend {
+            at: Where::Sqlite(worker),
+            schema_made: AtomicBool::new(false),
+        })
+    }
+
+    /// PostgreSQL datasource `name` of `set`.
+    pub fn pgsql(set: Arc<DatasourceSet>, name: &str) -> Backend {
+        Backend {
+            at: Where::Pgsql {
+                set,
+                name: name.to_string(),
+            },
+            schema_made: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` in one transaction on the backend's worker thread (never
+    /// on the calling shard), committed when it returns `Ok`.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> DbResult<R> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let init = !self.schema_made.load(Ordering::Acquire);
+        let done = match &self.at {
+            Where::Sqlite(worker) => match worker.call(move |c| in_sqlite(c, init, f)).await {
+                Ok(r) => r,
+                Err(e) => Err(format!("sqlite: {e}")),
+            },
+            Where::Pgsql { set, name } => {
+                let pool = set
+                    .pgsql(name)
+                    .ok_or_else(|| unavailable(format!("no PostgreSQL Datasource `{name}`")))?;
+                match pool.with_client(move |c| in_pgsql(c, init, f)).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        match done {
+            Ok(r) => {
+                self.schema_made.store(true, Ordering::Release);
+                Ok(r)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+fn in_sqlite<R>(
+    conn: &mut rusqlite::Connection,
+    init: bool,
+    f: impl FnOnce(&mut dyn Db) -> DbResult<R>,
+) -> DbResult<R> {
+    let lite = |e: rusqlite::Error| format!("sqlite: {e}");
+    let mut tx = conn.transaction().map_err(lite)?;
+    if init {
+        templates::TemplateSql::init_templates(&mut tx)?;
+        lists::ListSql::init_lists(&mut tx)?;
+    }
+    let r = f(&mut tx)?;
+    tx.commit().map_err(lite)?;
+    Ok(r)
+}
+
+fn in_pgsql<R>(
+    client: &mut postgres::Client,
+    init: bool,
+    f: impl FnOnce(&mut dyn Db) -> DbResult<R>,
+) -> DbResult<R> {
+    let pg = |e: postgres::Error| format!("postgresql: {}", describe(&e));
+    let mut tx = client.transaction().map_err(pg)?;
+    if init {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_SCHEMA_LOCK_KEY])
+            .map_err(pg)?;
+        templates::TemplateSql::init_templates(&mut tx)?;
+        lists::ListSql::init_lists(&mut tx)?;
+    }
+    let r = f(&mut tx)?;
+    tx.commit().map_err(pg)?;
+    Ok(r)
+}
+
+static STORE: OnceLock<Result<Backend, String>> = OnceLock::new();
+
+/// The process's store, chosen on first use from `api_store_datasource`
+/// (a restart-only option, so the choice never changes while running).
+fn store(env: &ShardEnv) -> Result<&'static Backend, ApiError> {
     let opened = STORE.get_or_init(|| {
-        let path = spoolbase.join(STORE_FILE);
-        let init = rusqlite::Connection::open(&path).and_then(|c| {
-            templates::init(&c)?;
-            lists::init(&c)
-        });
-        init.map_err(|e| format!("{}: {e}", path.display()))?;
-        SqliteWorker::open(&path, SqliteLimits::default()).map_err(|e| e.to_string())
+        let config = env.config.get();
+        match config.api_store_datasource() {
+            Some(name) => Ok(Backend::pgsql(env.datasources.set().clone(), name)),
+            None => Backend::sqlite(&config.spoolbase().join(STORE_FILE)),
+        }
     });
     opened.as_ref().map_err(|e| unavailable(e.clone()))
 }
@@ -57,18 +179,6 @@ pub fn worker(spoolbase: &Path) -> Result<&'static SqliteWorker, ApiError> {
 fn unavailable(what: String) -> ApiError {
     tracing::error!("api store: {what}");
     ApiError::new(503, "1901", "storage unavailable", what)
-}
-
-/// Runs `f` on the store's connection.
-async fn call<R: Send + 'static>(
-    spoolbase: &Path,
-    f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
-) -> Result<R, ApiError> {
-    match worker(spoolbase)?.call(f).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(unavailable(format!("sqlite: {e}"))),
-        Err(e) => Err(unavailable(e.to_string())),
-    }
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
@@ -160,13 +270,17 @@ impl ShardApi {
                 return error_reply(&not_found("such resource", id));
             }
         }
-        let spoolbase = self.env.config.get().spoolbase().to_path_buf();
+        let db = match store(&self.env) {
+            Ok(db) => db,
+            Err(e) => return error_reply(&e),
+        };
         let result = match (kind, &method, parts.as_slice()) {
-            (Kind::Templates, &Method::GET, []) => call(&spoolbase, |c| templates::list(c))
+            (Kind::Templates, &Method::GET, []) => db
+                .call(|c| templates::list(c))
                 .await
                 .map(|rows| json!({ "results": rows })),
             (Kind::Templates, &Method::POST, []) => {
-                self.template_create(request, &spoolbase, working).await
+                self.template_create(request, db, working).await
             }
             (Kind::Templates, &Method::GET, [id]) => {
                 let which = match query_flag(&request, "draft") {
@@ -174,38 +288,36 @@ impl ShardApi {
                     Some(false) => Which::Published,
                     None => Which::Latest,
                 };
-                template_get(&spoolbase, id, which).await
+                template_get(db, id, which).await
             }
             (Kind::Templates, &Method::PUT, [id]) => {
-                self.template_update(request, &spoolbase, id, working).await
+                self.template_update(request, db, id, working).await
             }
             (Kind::Templates, &Method::DELETE, [id]) => {
                 let id = id.to_string();
                 let idc = id.clone();
-                match call(&spoolbase, move |c| templates::delete(c, &idc)).await {
+                match db.call(move |c| templates::delete(c, &idc)).await {
                     Ok(true) => Ok(json!({ "results": {} })),
                     Ok(false) => Err(not_found("template", &id)),
                     Err(e) => Err(e),
                 }
             }
             (Kind::Templates, &Method::POST, [id, "preview"]) => {
-                self.template_preview(request, &spoolbase, id, working)
-                    .await
+                self.template_preview(request, db, id, working).await
             }
-            (Kind::Lists, &Method::GET, []) => call(&spoolbase, |c| lists::list(c))
+            (Kind::Lists, &Method::GET, []) => db
+                .call(|c| lists::list(c))
                 .await
                 .map(|rows| json!({ "results": rows })),
-            (Kind::Lists, &Method::POST, []) => {
-                self.list_put(request, &spoolbase, None, working).await
-            }
+            (Kind::Lists, &Method::POST, []) => self.list_put(request, db, None, working).await,
             (Kind::Lists, &Method::PUT, [id]) => {
-                self.list_put(request, &spoolbase, Some(id), working).await
+                self.list_put(request, db, Some(id), working).await
             }
             (Kind::Lists, &Method::GET, [id]) => {
                 let with = query_flag(&request, "show_recipients").unwrap_or(false);
                 let id = id.to_string();
                 let idc = id.clone();
-                match call(&spoolbase, move |c| lists::get(c, &idc, with)).await {
+                match db.call(move |c| lists::get(c, &idc, with)).await {
                     Ok(Some(v)) => Ok(json!({ "results": v })),
                     Ok(None) => Err(not_found("recipient list", &id)),
                     Err(e) => Err(e),
@@ -214,7 +326,7 @@ impl ShardApi {
             (Kind::Lists, &Method::DELETE, [id]) => {
                 let id = id.to_string();
                 let idc = id.clone();
-                match call(&spoolbase, move |c| lists::delete(c, &idc)).await {
+                match db.call(move |c| lists::delete(c, &idc)).await {
                     Ok(true) => Ok(json!({ "results": {} })),
                     Ok(false) => Err(not_found("recipient list", &id)),
                     Err(e) => Err(e),
@@ -242,14 +354,14 @@ impl ShardApi {
     async fn template_create(
         &self,
         request: Request<Incoming>,
-        spoolbase: &Path,
+        db: &Backend,
         working: &std::cell::Cell<bool>,
     ) -> Result<Value, ApiError> {
         let body = read_body(request, working).await?;
         let f = templates::parse_fields(&body, true)?;
         let id = f.id.clone().expect("set by parse_fields");
         let now = now_unix_ms() / 1000;
-        match call(spoolbase, move |c| templates::create(c, &f, now)).await? {
+        match db.call(move |c| templates::create(c, &f, now)).await? {
             Written::Done => Ok(json!({ "results": { "id": id } })),
             _ => Err(conflict("template", &id)),
         }
@@ -258,7 +370,7 @@ impl ShardApi {
     async fn template_update(
         &self,
         request: Request<Incoming>,
-        spoolbase: &Path,
+        db: &Backend,
         id: &str,
         working: &std::cell::Cell<bool>,
     ) -> Result<Value, ApiError> {
@@ -267,10 +379,9 @@ impl ShardApi {
         let f = templates::parse_fields(&body, false)?;
         let now = now_unix_ms() / 1000;
         let idc = id.to_string();
-        match call(spoolbase, move |c| {
-            templates::update(c, &idc, &f, update_published, now)
-        })
-        .await?
+        match db
+            .call(move |c| templates::update(c, &idc, &f, update_published, now))
+            .await?
         {
             Written::Done => Ok(json!({ "results": { "id": id } })),
             _ if update_published => Err(not_found("published template", id)),
@@ -281,7 +392,7 @@ impl ShardApi {
     async fn template_preview(
         &self,
         request: Request<Incoming>,
-        spoolbase: &Path,
+        db: &Backend,
         id: &str,
         working: &std::cell::Cell<bool>,
     ) -> Result<Value, ApiError> {
@@ -308,7 +419,7 @@ impl ShardApi {
                 ))
             }
         };
-        let (compiled, _, _) = self.compiled_template(spoolbase, id, which).await?;
+        let (compiled, _, _) = self.compiled_template(db, id, which).await?;
         let layers = [&data];
         let scope = Scope {
             layers: &layers,
@@ -346,7 +457,7 @@ impl ShardApi {
     async fn list_put(
         &self,
         request: Request<Incoming>,
-        spoolbase: &Path,
+        db: &Backend,
         id: Option<&str>,
         working: &std::cell::Cell<bool>,
     ) -> Result<Value, ApiError> {
@@ -362,7 +473,7 @@ impl ShardApi {
             l.rejected,
             l.name.clone(),
         );
-        match call(spoolbase, move |c| lists::put(c, &l, create)).await? {
+        match db.call(move |c| lists::put(c, &l, create)).await? {
             Written::Done => Ok(json!({ "results": {
                 "id": id,
                 "name": name,
@@ -378,12 +489,13 @@ impl ShardApi {
     /// compiled (then cached).
     async fn compiled_template(
         &self,
-        spoolbase: &Path,
+        db: &Backend,
         id: &str,
         which: Which,
     ) -> Result<(Arc<Compiled>, TemplateOptions, Value), ApiError> {
         let idc = id.to_string();
-        let row = call(spoolbase, move |c| templates::get(c, &idc, which))
+        let row = db
+            .call(move |c| templates::get(c, &idc, which))
             .await?
             .ok_or_else(|| match which {
                 Which::Published => not_found("published template", id),
@@ -406,7 +518,7 @@ impl ShardApi {
     /// Puts a transmission's stored template content and list recipients
     /// in place of `content.template_id` and `recipients.list_id`.
     pub(super) async fn resolve_stored(&self, body: &mut Value) -> Result<Resolved, ApiError> {
-        let spoolbase = self.env.config.get().spoolbase().to_path_buf();
+        let db = store(&self.env)?;
         let mut resolved = Resolved {
             template: None,
             list_id: None,
@@ -435,7 +547,7 @@ impl ShardApi {
                 "published template"
             };
             let (compiled, options, content) = self
-                .compiled_template(&spoolbase, &id, which)
+                .compiled_template(db, &id, which)
                 .await
                 .map_err(|e| match e.status {
                     404 => stored_missing("content.template_id", what, &id),
@@ -455,21 +567,10 @@ impl ShardApi {
                 return Err(stored_missing("recipients.list_id", "recipient list", &id));
             }
             let idc = id.clone();
-            let text = call(&spoolbase, move |c| {
-                c.query_row(
-                    "SELECT recipients FROM recipient_lists WHERE id = ?1",
-                    [&idc],
-                    |r| r.get::<_, String>(0),
-                )
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })
-            })
-            .await?
-            .ok_or_else(|| stored_missing("recipients.list_id", "recipient list", &id))?;
-            body["recipients"] = serde_json::from_str(&text).unwrap_or(Value::Array(vec![]));
+            body["recipients"] = db
+                .call(move |c| lists::recipients(c, &idc))
+                .await?
+                .ok_or_else(|| stored_missing("recipients.list_id", "recipient list", &id))?;
             resolved.list_id = Some(id);
         }
         Ok(resolved)
@@ -485,14 +586,15 @@ impl ShardApi {
 
 /// `GET /templates/<id>`: the version asked for, with what other
 /// versions there are.
-async fn template_get(spoolbase: &Path, id: &str, which: Which) -> Result<Value, ApiError> {
+async fn template_get(db: &Backend, id: &str, which: Which) -> Result<Value, ApiError> {
     let idc = id.to_string();
-    let found = call(spoolbase, move |c| {
-        let draft = templates::get(c, &idc, Which::Draft)?;
-        let published = templates::get(c, &idc, Which::Published)?;
-        Ok((draft, published))
-    })
-    .await?;
+    let found = db
+        .call(move |c| {
+            let draft = templates::get(c, &idc, Which::Draft)?;
+            let published = templates::get(c, &idc, Which::Published)?;
+            Ok((draft, published))
+        })
+        .await?;
     let (has_draft, has_published) = (found.0.is_some(), found.1.is_some());
     let row = match which {
         Which::Draft => found.0,
@@ -528,4 +630,50 @@ fn render_error(what: &str) -> ApiError {
         "substitution language rendering error",
         what.to_string(),
     )
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::datasource::test_postgres::Postgres;
+
+    /// `db.call(f)`, which must succeed.
+    pub async fn run<R: Send + 'static>(
+        db: &Backend,
+        f: impl FnOnce(&mut dyn Db) -> DbResult<R> + Send + 'static,
+    ) -> R {
+        db.call(f).await.unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    /// Runs `scenario` on a fresh SQLite store (in memory), then on a
+    /// fresh PostgreSQL server of the test's own, each on a glommio
+    /// executor as a shard would.
+    pub fn on_both_backends(
+        scenario: impl Fn(Rc<Backend>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+    ) {
+        let pg = Postgres::start();
+        let conf = format!(
+            "Datasource \"store\" {{\n  uri = ( \"{}\" )\n  connections = 2\n}}\napi_store_datasource = \"store\"\n",
+            pg.uri()
+        );
+        let config = Config::parse(&conf, Path::new("t.conf")).unwrap();
+        assert_eq!(config.api_store_datasource(), Some("store"));
+        let set = DatasourceSet::open(config.datasources()).unwrap();
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let sqlite = Backend::sqlite(Path::new(":memory:")).unwrap();
+                scenario(Rc::new(sqlite)).await;
+                scenario(Rc::new(Backend::pgsql(set, "store"))).await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        drop(pg);
+    }
 }

@@ -8,17 +8,20 @@
 //! table), which is what shards key their compiled copies by: a version
 //! never names two contents, even across a delete and a re-create.
 //!
-//! Owns: template validation, `Compiled`, the template SQL. May call:
-//! `api::transmission` (the content rules), `msggen`, rusqlite (on the
-//! store's worker thread). Never: I/O of its own, shard state.
+//! Owns: template validation, `Compiled`, the template SQL of both
+//! backends ([`TemplateSql`]: SQLite and PostgreSQL side by side). May
+//! call: `api::transmission` (the content rules), `msggen`, rusqlite and
+//! postgres (on the store's worker threads). Never: I/O of its own,
+//! shard state.
 
 use std::sync::Arc;
 
 use ecelerity_msggen::content::{Content as Parts, ContentSource};
 use ecelerity_msggen::template::Template;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Map, Value};
 
+use super::store::DbResult;
 use super::transmission::{self, Content, Inline};
 use super::{rfc3339, ApiError};
 
@@ -273,80 +276,271 @@ pub enum Which {
     Latest,
 }
 
-/// Creates the table (and the version counter) when missing.
-pub fn init(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS templates (
-             id TEXT NOT NULL, draft INTEGER NOT NULL, version INTEGER NOT NULL,
-             name TEXT NOT NULL, description TEXT NOT NULL, content TEXT NOT NULL,
-             options TEXT NOT NULL, updated INTEGER NOT NULL,
-             PRIMARY KEY (id, draft));
-         CREATE TABLE IF NOT EXISTS versions (n INTEGER NOT NULL);
-         INSERT INTO versions (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM versions);",
-    )
+/// The `templates` table as each backend reads and writes it. Every
+/// method runs inside the transaction of one [`Backend::call`](super::store::Backend::call);
+/// the semantics (drafts, publishing, version numbers) are the functions
+/// below, written once over this trait.
+pub trait TemplateSql {
+    /// Creates the table and the version counter when missing.
+    fn init_templates(&mut self) -> DbResult<()>;
+    /// Makes this transaction the only template writer until it ends
+    /// (PostgreSQL: the counter's row is locked; SQLite has one writer).
+    fn lock_templates(&mut self) -> DbResult<()>;
+    /// The next version number (one counter for the whole table).
+    fn next_version(&mut self) -> DbResult<i64>;
+    fn read_template(&mut self, id: &str, draft: bool) -> DbResult<Option<TemplateRow>>;
+    /// Inserts or replaces the row `(r.id, r.draft)`.
+    fn write_template(&mut self, r: &TemplateRow) -> DbResult<()>;
+    /// Deletes the draft (`Some(true)`), the published version
+    /// (`Some(false)`) or both (`None`); the rows deleted.
+    fn delete_template(&mut self, id: &str, draft: Option<bool>) -> DbResult<u64>;
+    /// Up to `limit` rows, by id (byte order) and the published one first.
+    fn template_rows(&mut self, limit: usize) -> DbResult<Vec<TemplateRow>>;
 }
 
-fn next_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("UPDATE versions SET n = n + 1 RETURNING n", [], |r| {
-        r.get(0)
-    })
-}
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
-    let content: String = r.get(5)?;
-    let options: String = r.get(6)?;
-    Ok(TemplateRow {
-        id: r.get(0)?,
-        draft: r.get::<_, i64>(1)? != 0,
-        version: r.get(2)?,
-        name: r.get(3)?,
-        description: r.get(4)?,
-        content: serde_json::from_str(&content).unwrap_or(Value::Null),
-        options: TemplateOptions::from_json(&serde_json::from_str(&options).unwrap_or(Value::Null)),
-        updated_unix: r.get::<_, i64>(7)?.max(0) as u64,
-    })
+/// A row from its columns (`content` and `options` are JSON text).
+#[allow(clippy::too_many_arguments)]
+fn row_of(
+    id: String,
+    draft: bool,
+    version: i64,
+    name: String,
+    description: String,
+    content: &str,
+    options: &str,
+    updated: i64,
+) -> TemplateRow {
+    TemplateRow {
+        id,
+        draft,
+        version,
+        name,
+        description,
+        content: serde_json::from_str(content).unwrap_or(Value::Null),
+        options: TemplateOptions::from_json(&serde_json::from_str(options).unwrap_or(Value::Null)),
+        updated_unix: updated.max(0) as u64,
+    }
 }
 
 const COLUMNS: &str = "id, draft, version, name, description, content, options, updated";
 
-fn read(conn: &Connection, id: &str, draft: bool) -> rusqlite::Result<Option<TemplateRow>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM templates WHERE id = ?1 AND draft = ?2"),
-        params![id, draft as i64],
-        row,
-    )
-    .optional()
+fn lite(e: rusqlite::Error) -> String {
+    format!("sqlite: {e}")
 }
 
-/// A template's version as `which` asks.
-pub fn get(conn: &Connection, id: &str, which: Which) -> rusqlite::Result<Option<TemplateRow>> {
-    match which {
-        Which::Draft => read(conn, id, true),
-        Which::Published => read(conn, id, false),
-        Which::Latest => match read(conn, id, true)? {
-            Some(r) => Ok(Some(r)),
-            None => read(conn, id, false),
-        },
+fn pg(e: postgres::Error) -> String {
+    format!("postgresql: {}", crate::datasource::pgsql::describe(&e))
+}
+
+fn lite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
+    Ok(row_of(
+        r.get(0)?,
+        r.get::<_, i64>(1)? != 0,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        &r.get::<_, String>(5)?,
+        &r.get::<_, String>(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn pg_row(r: &postgres::Row) -> Result<TemplateRow, postgres::Error> {
+    Ok(row_of(
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get::<_, &str>(5)?,
+        r.try_get::<_, &str>(6)?,
+        r.try_get(7)?,
+    ))
+}
+
+/// SQLite: `<spoolbase>/api.sqlite`, tables `templates` and `versions`.
+impl TemplateSql for rusqlite::Transaction<'_> {
+    fn init_templates(&mut self) -> DbResult<()> {
+        self.execute_batch(
+            "CREATE TABLE IF NOT EXISTS templates (
+                 id TEXT NOT NULL, draft INTEGER NOT NULL, version INTEGER NOT NULL,
+                 name TEXT NOT NULL, description TEXT NOT NULL, content TEXT NOT NULL,
+                 options TEXT NOT NULL, updated INTEGER NOT NULL,
+                 PRIMARY KEY (id, draft));
+             CREATE TABLE IF NOT EXISTS versions (n INTEGER NOT NULL);
+             INSERT INTO versions (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM versions);",
+        )
+        .map_err(lite)
+    }
+
+    fn lock_templates(&mut self) -> DbResult<()> {
+        // One connection on one worker thread: transactions never overlap.
+        Ok(())
+    }
+
+    fn next_version(&mut self) -> DbResult<i64> {
+        self.query_row("UPDATE versions SET n = n + 1 RETURNING n", [], |r| {
+            r.get(0)
+        })
+        .map_err(lite)
+    }
+
+    fn read_template(&mut self, id: &str, draft: bool) -> DbResult<Option<TemplateRow>> {
+        self.query_row(
+            &format!("SELECT {COLUMNS} FROM templates WHERE id = ?1 AND draft = ?2"),
+            params![id, draft as i64],
+            lite_row,
+        )
+        .optional()
+        .map_err(lite)
+    }
+
+    fn write_template(&mut self, r: &TemplateRow) -> DbResult<()> {
+        self.execute(
+            &format!(
+                "INSERT OR REPLACE INTO templates ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                r.id,
+                r.draft as i64,
+                r.version,
+                r.name,
+                r.description,
+                r.content.to_string(),
+                r.options.json().to_string(),
+                r.updated_unix as i64
+            ],
+        )
+        .map(|_| ())
+        .map_err(lite)
+    }
+
+    fn delete_template(&mut self, id: &str, draft: Option<bool>) -> DbResult<u64> {
+        match draft {
+            Some(d) => self.execute(
+                "DELETE FROM templates WHERE id = ?1 AND draft = ?2",
+                params![id, d as i64],
+            ),
+            None => self.execute("DELETE FROM templates WHERE id = ?1", [id]),
+        }
+        .map(|n| n as u64)
+        .map_err(lite)
+    }
+
+    fn template_rows(&mut self, limit: usize) -> DbResult<Vec<TemplateRow>> {
+        let mut stmt = self
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM templates ORDER BY id, draft LIMIT {limit}"
+            ))
+            .map_err(lite)?;
+        let rows = stmt.query_map([], lite_row).map_err(lite)?;
+        rows.collect::<Result<_, _>>().map_err(lite)
     }
 }
 
-fn write(conn: &Connection, r: &TemplateRow) -> rusqlite::Result<()> {
-    conn.execute(
-        &format!(
-            "INSERT OR REPLACE INTO templates ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-        ),
-        params![
-            r.id,
-            r.draft as i64,
-            r.version,
-            r.name,
-            r.description,
-            r.content.to_string(),
-            r.options.json().to_string(),
-            r.updated_unix as i64
-        ],
-    )?;
-    Ok(())
+/// PostgreSQL: the `api_store_datasource`'s database, tables
+/// `api_templates` and `api_template_versions` (prefixed: the database
+/// may hold the operator's own tables).
+impl TemplateSql for postgres::Transaction<'_> {
+    fn init_templates(&mut self) -> DbResult<()> {
+        self.batch_execute(
+            "CREATE TABLE IF NOT EXISTS api_templates (
+                 id TEXT NOT NULL, draft BOOLEAN NOT NULL, version BIGINT NOT NULL,
+                 name TEXT NOT NULL, description TEXT NOT NULL, content TEXT NOT NULL,
+                 options TEXT NOT NULL, updated BIGINT NOT NULL,
+                 PRIMARY KEY (id, draft));
+             CREATE TABLE IF NOT EXISTS api_template_versions (n BIGINT NOT NULL);
+             INSERT INTO api_template_versions (n)
+                 SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM api_template_versions);",
+        )
+        .map_err(pg)
+    }
+
+    fn lock_templates(&mut self) -> DbResult<()> {
+        self.execute("SELECT n FROM api_template_versions FOR UPDATE", &[])
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    fn next_version(&mut self) -> DbResult<i64> {
+        self.query_one(
+            "UPDATE api_template_versions SET n = n + 1 RETURNING n",
+            &[],
+        )
+        .and_then(|r| r.try_get(0))
+        .map_err(pg)
+    }
+
+    fn read_template(&mut self, id: &str, draft: bool) -> DbResult<Option<TemplateRow>> {
+        self.query_opt(
+            &format!("SELECT {COLUMNS} FROM api_templates WHERE id = $1 AND draft = $2"),
+            &[&id, &draft],
+        )
+        .and_then(|r| r.as_ref().map(pg_row).transpose())
+        .map_err(pg)
+    }
+
+    fn write_template(&mut self, r: &TemplateRow) -> DbResult<()> {
+        self.execute(
+            &format!(
+                "INSERT INTO api_templates ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (id, draft) DO UPDATE SET version = EXCLUDED.version,
+                     name = EXCLUDED.name, description = EXCLUDED.description,
+                     content = EXCLUDED.content, options = EXCLUDED.options,
+                     updated = EXCLUDED.updated"
+            ),
+            &[
+                &r.id,
+                &r.draft,
+                &r.version,
+                &r.name,
+                &r.description,
+                &r.content.to_string(),
+                &r.options.json().to_string(),
+                &(r.updated_unix as i64),
+            ],
+        )
+        .map(|_| ())
+        .map_err(pg)
+    }
+
+    fn delete_template(&mut self, id: &str, draft: Option<bool>) -> DbResult<u64> {
+        match draft {
+            Some(d) => self.execute(
+                "DELETE FROM api_templates WHERE id = $1 AND draft = $2",
+                &[&id, &d],
+            ),
+            None => self.execute("DELETE FROM api_templates WHERE id = $1", &[&id]),
+        }
+        .map_err(pg)
+    }
+
+    fn template_rows(&mut self, limit: usize) -> DbResult<Vec<TemplateRow>> {
+        self.query(
+            &format!(
+                "SELECT {COLUMNS} FROM api_templates ORDER BY id COLLATE \"C\", draft LIMIT {limit}"
+            ),
+            &[],
+        )
+        .and_then(|rows| rows.iter().map(pg_row).collect())
+        .map_err(pg)
+    }
+}
+
+/// A template's version as `which` asks.
+pub fn get<D: TemplateSql + ?Sized>(
+    db: &mut D,
+    id: &str,
+    which: Which,
+) -> DbResult<Option<TemplateRow>> {
+    match which {
+        Which::Draft => db.read_template(id, true),
+        Which::Published => db.read_template(id, false),
+        Which::Latest => match db.read_template(id, true)? {
+            Some(r) => Ok(Some(r)),
+            None => db.read_template(id, false),
+        },
+    }
 }
 
 /// What a write to the store came to.
@@ -358,23 +552,18 @@ pub enum Written {
 }
 
 /// Creates template `f.id` (a draft, or published when `f.published`).
-pub fn create(
-    conn: &mut Connection,
+pub fn create<D: TemplateSql + ?Sized>(
+    db: &mut D,
     f: &TemplateFields,
     now_unix: u64,
-) -> rusqlite::Result<Written> {
-    let tx = conn.transaction()?;
+) -> DbResult<Written> {
     let id = f.id.clone().expect("parse_fields(create) sets the id");
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM templates WHERE id = ?1)",
-        [&id],
-        |r| r.get(0),
-    )?;
-    if exists {
+    db.lock_templates()?;
+    if db.read_template(&id, true)?.is_some() || db.read_template(&id, false)?.is_some() {
         return Ok(Written::Conflict);
     }
     let r = TemplateRow {
-        version: next_version(&tx)?,
+        version: db.next_version()?,
         id,
         draft: !f.published,
         name: f.name.clone().unwrap_or_default(),
@@ -383,8 +572,7 @@ pub fn create(
         options: f.options.unwrap_or_default(),
         updated_unix: now_unix,
     };
-    write(&tx, &r)?;
-    tx.commit()?;
+    db.write_template(&r)?;
     Ok(Written::Done)
 }
 
@@ -392,18 +580,18 @@ pub fn create(
 /// is changed in place; else the draft (made from the published version
 /// when there is none) is, and `f.published` then publishes it (the draft
 /// goes).
-pub fn update(
-    conn: &mut Connection,
+pub fn update<D: TemplateSql + ?Sized>(
+    db: &mut D,
     id: &str,
     f: &TemplateFields,
     update_published: bool,
     now_unix: u64,
-) -> rusqlite::Result<Written> {
-    let tx = conn.transaction()?;
+) -> DbResult<Written> {
+    db.lock_templates()?;
     let base = if update_published {
-        read(&tx, id, false)?
+        db.read_template(id, false)?
     } else {
-        get(&tx, id, Which::Latest)?
+        get(db, id, Which::Latest)?
     };
     let Some(mut r) = base else {
         return Ok(Written::NotFound);
@@ -420,29 +608,25 @@ pub fn update(
     if let Some(o) = f.options {
         r.options = o;
     }
-    r.version = next_version(&tx)?;
+    r.version = db.next_version()?;
     r.updated_unix = now_unix;
     r.draft = !(update_published || f.published);
-    write(&tx, &r)?;
+    db.write_template(&r)?;
     if f.published && !update_published {
-        tx.execute("DELETE FROM templates WHERE id = ?1 AND draft = 1", [id])?;
+        db.delete_template(id, Some(true))?;
     }
-    tx.commit()?;
     Ok(Written::Done)
 }
 
 /// Deletes every version; false when there was none.
-pub fn delete(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
-    Ok(conn.execute("DELETE FROM templates WHERE id = ?1", [id])? > 0)
+pub fn delete<D: TemplateSql + ?Sized>(db: &mut D, id: &str) -> DbResult<bool> {
+    db.lock_templates()?;
+    Ok(db.delete_template(id, None)? > 0)
 }
 
 /// Every template, one summary each (SparkPost's list shape).
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Value>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM templates ORDER BY id, draft LIMIT {}",
-        TEMPLATES_LISTED_MAX * 2
-    ))?;
-    let rows: Vec<TemplateRow> = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
+pub fn list<D: TemplateSql + ?Sized>(db: &mut D) -> DbResult<Vec<Value>> {
+    let rows = db.template_rows(TEMPLATES_LISTED_MAX * 2)?;
     let mut out: Vec<Value> = Vec::new();
     let mut at = 0;
     while at < rows.len() {
@@ -491,13 +675,11 @@ pub fn inline_of(r: &TemplateRow) -> Result<Inline, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::rc::Rc;
 
-    fn conn() -> Connection {
-        let c = Connection::open_in_memory().unwrap();
-        init(&c).unwrap();
-        c
-    }
+    use super::*;
+    use crate::api::store::testing::{on_both_backends, run};
+    use crate::api::store::Backend;
 
     fn fields(body: &str, create_: bool) -> TemplateFields {
         parse_fields(body.as_bytes(), create_).unwrap_or_else(|e| panic!("{e:?}"))
@@ -505,53 +687,64 @@ mod tests {
 
     const CONTENT: &str = r#"{"from":"me@x.example","subject":"Hi {{name}}","text":"t"}"#;
 
-    #[test]
-    fn drafts_publish_and_versions_never_repeat() {
-        let mut c = conn();
+    async fn read(db: &Backend, which: Which) -> Option<TemplateRow> {
+        run(db, move |c| get(c, "spring-sale", which)).await
+    }
+
+    /// The same scenario on SQLite and on PostgreSQL.
+    async fn drafts_scenario(db: Rc<Backend>) {
         let f = fields(
             &format!(r#"{{"name":"Spring Sale","content":{CONTENT}}}"#),
             true,
         );
         assert_eq!(f.id.as_deref(), Some("spring-sale"));
-        assert_eq!(create(&mut c, &f, 1).unwrap(), Written::Done);
-        assert_eq!(create(&mut c, &f, 1).unwrap(), Written::Conflict);
-        assert!(get(&c, "spring-sale", Which::Published).unwrap().is_none());
-        let d1 = get(&c, "spring-sale", Which::Latest).unwrap().unwrap();
+        let fc = f.clone();
+        assert_eq!(run(&db, move |c| create(c, &fc, 1)).await, Written::Done);
+        let fc = f.clone();
+        assert_eq!(
+            run(&db, move |c| create(c, &fc, 1)).await,
+            Written::Conflict
+        );
+        assert!(read(&db, Which::Published).await.is_none());
+        let d1 = read(&db, Which::Latest).await.unwrap();
         assert!(d1.draft);
+        assert_eq!(d1.content["subject"], "Hi {{name}}");
         let publish = fields(r#"{"published":true}"#, false);
-        update(&mut c, "spring-sale", &publish, false, 2).unwrap();
-        assert!(get(&c, "spring-sale", Which::Draft).unwrap().is_none());
-        let p = get(&c, "spring-sale", Which::Published).unwrap().unwrap();
+        run(&db, move |c| update(c, "spring-sale", &publish, false, 2)).await;
+        assert!(read(&db, Which::Draft).await.is_none());
+        let p = read(&db, Which::Published).await.unwrap();
         assert!(p.version > d1.version);
         let edit = fields(r#"{"description":"new"}"#, false);
-        update(&mut c, "spring-sale", &edit, false, 3).unwrap();
-        let d2 = get(&c, "spring-sale", Which::Draft).unwrap().unwrap();
+        let e = edit.clone();
+        run(&db, move |c| update(c, "spring-sale", &e, false, 3)).await;
+        let d2 = read(&db, Which::Draft).await.unwrap();
         assert_eq!(
-            (d2.description.as_str(), d2.name.as_str()),
-            ("new", "Spring Sale")
+            (d2.description.as_str(), d2.name.as_str(), d2.updated_unix),
+            ("new", "Spring Sale", 3)
         );
-        assert_eq!(
-            get(&c, "spring-sale", Which::Published)
-                .unwrap()
-                .unwrap()
-                .description,
-            ""
-        );
-        let listed = list(&c).unwrap();
+        assert_eq!(read(&db, Which::Published).await.unwrap().description, "");
+        let listed = run(&db, |c| list(c)).await;
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0]["has_draft"], true);
         assert_eq!(listed[0]["has_published"], true);
-        assert!(delete(&c, "spring-sale").unwrap());
+        assert!(run(&db, |c| delete(c, "spring-sale")).await);
+        assert!(!run(&db, |c| delete(c, "spring-sale")).await);
+        let e = edit.clone();
         assert_eq!(
-            update(&mut c, "spring-sale", &edit, false, 4).unwrap(),
+            run(&db, move |c| update(c, "spring-sale", &e, false, 4)).await,
             Written::NotFound
         );
-        create(&mut c, &f, 5).unwrap();
-        let again = get(&c, "spring-sale", Which::Latest).unwrap().unwrap();
+        run(&db, move |c| create(c, &f, 5)).await;
+        let again = read(&db, Which::Latest).await.unwrap();
         assert!(
             again.version > d2.version,
             "a re-created template is a new version"
         );
+    }
+
+    #[test]
+    fn drafts_publish_and_versions_never_repeat() {
+        on_both_backends(|db| Box::pin(drafts_scenario(db)));
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub enum ConfigErrorKind {
     /// Something wrong inside a `Datasource` stanza (`config::datasource`).
     #[error("datasource: {reason}")]
     Datasource { reason: String },
+    /// `api_store_datasource` names no PostgreSQL `Datasource`.
+    #[error("api_store_datasource: {reason}")]
+    ApiStoreDatasource { reason: String },
     /// Something wrong inside a `scriptlet` stanza (`config::scriptlet`).
     #[error("scriptlet: {reason}")]
     Scriptlet { reason: String },

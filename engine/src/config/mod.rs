@@ -373,6 +373,12 @@ impl Config {
         &self.settings.global.spoolbase
     }
 
+    /// The PostgreSQL `Datasource` holding the API's templates and lists
+    /// (`None`: SQLite under the spoolbase).
+    pub fn api_store_datasource(&self) -> Option<&str> {
+        self.settings.global.api_store_datasource.as_deref()
+    }
+
     pub fn hostname(&self) -> &str {
         &self.settings.global.hostname
     }
@@ -1812,6 +1818,47 @@ domain "example.com" {
             "test.conf:1: `open_tracking_scheme` must be http or https, got `ftp`"
         );
         assert!(error("max_metadata_len = 20000").starts_with("test.conf:1: `max_metadata_len`"));
+    }
+
+    /// Goal: `api_store_datasource` names a PostgreSQL Datasource
+    /// (declared before or after it); anything else is refused at its
+    /// line; it survives the dump; a reload keeps it and says restart.
+    #[test]
+    fn api_store_datasource_names_a_postgresql_datasource() {
+        assert_eq!(parse("").api_store_datasource(), None);
+        let text = "api_store_datasource = \"pg\"\n\
+                    Datasource \"pg\" {\n  uri = ( \"pgsql:host=/tmp;dbname=m\" )\n}\n";
+        let c = parse(text);
+        assert_eq!(c.api_store_datasource(), Some("pg"));
+        let again = Config::parse(&c.dump(), Path::new("test.conf")).unwrap();
+        assert_eq!(again.api_store_datasource(), Some("pg"));
+        assert_eq!(
+            error("\napi_store_datasource = \"pg\"\n"),
+            "test.conf:2: api_store_datasource: no Datasource `pg` is configured"
+        );
+        assert_eq!(
+            error(
+                "Datasource \"lite\" {\n  uri = ( \"sqlite::memory:\" )\n}\n\
+                 api_store_datasource = \"lite\"\n"
+            ),
+            "test.conf:4: api_store_datasource: Datasource `lite` is not a PostgreSQL one \
+             (leave the option unset to keep the API store in SQLite)"
+        );
+        assert!(
+            error("api_store_datasource = \"\"").starts_with("test.conf:1: `api_store_datasource`")
+        );
+        let dir = std::env::temp_dir().join(format!("ec-apistore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("new.conf");
+        std::fs::write(
+            &path,
+            "Datasource \"pg\" {\n  uri = ( \"pgsql:host=/tmp;dbname=m\" )\n}\n",
+        )
+        .unwrap();
+        let (new, kept) = c.reload(&path).unwrap();
+        assert!(kept.contains(&"api_store_datasource"), "{kept:?}");
+        assert_eq!(new.api_store_datasource(), Some("pg"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -512,6 +512,8 @@ struct Builder<'t> {
     /// with where each was first written.
     webhooks: Vec<WebhookStanza>,
     datasources: Vec<super::datasource::DatasourceConfig>,
+    /// Where `api_store_datasource` was last set.
+    api_store_line: Option<(FileId, u32)>,
     scriptlet: Option<super::scriptlet::ScriptletConfig>,
 }
 
@@ -555,6 +557,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
         opendkim: None,
         webhooks: Vec::new(),
         datasources: Vec::new(),
+        api_store_line: None,
         scriptlet: None,
     };
     builder
@@ -563,6 +566,7 @@ pub(super) fn build(tree: &Tree) -> Result<Built, ConfigError> {
     builder.walk(&Place::Global, &tree.items)?;
     let lines = std::mem::take(&mut builder.listen_lines);
     builder.check_webhooks()?;
+    builder.check_api_store()?;
     let mut built = builder.finish();
     // Refused by `Config::load` (with the `not_yet` settings), so that an
     // option set alone still parses.
@@ -1024,6 +1028,9 @@ impl Builder<'_> {
         }
         self.note_unheeded(spec, file, line, name);
         let key = spec.name;
+        if key == "api_store_datasource" {
+            self.api_store_line = Some((file, line));
+        }
         let unclaimed = match place {
             Place::Global => self.set_global(key, typed),
             Place::Group(group) => self
@@ -1134,6 +1141,25 @@ impl Builder<'_> {
             return Err(self.error(w.file, w.line, kind));
         }
         Ok(())
+    }
+
+    /// `api_store_datasource`, when set, names a PostgreSQL `Datasource`
+    /// (anywhere in the file: stanzas may come after the option).
+    fn check_api_store(&self) -> Result<(), ConfigError> {
+        let (Some(name), Some((file, line))) =
+            (&self.global.api_store_datasource, self.api_store_line)
+        else {
+            return Ok(());
+        };
+        let reason = match self.datasources.iter().find(|d| &d.name == name) {
+            None => format!("no Datasource `{name}` is configured"),
+            Some(d) if !matches!(d.uri, super::datasource::DatasourceUri::Pgsql(_)) => format!(
+                "Datasource `{name}` is not a PostgreSQL one (leave the option unset to keep \
+                 the API store in SQLite)"
+            ),
+            Some(_) => return Ok(()),
+        };
+        Err(self.error(file, line, ConfigErrorKind::ApiStoreDatasource { reason }))
     }
 
     /// Remembers a setting that the engine may not act on.
@@ -1576,6 +1602,16 @@ mod tests {
         }
     }
 
+    /// `line` with, for `api_store_datasource`, the PostgreSQL Datasource
+    /// it must name (the sample value `text`).
+    fn with_store_datasource(option: &str, line: String) -> String {
+        if option == "api_store_datasource" {
+            format!("Datasource \"text\" {{\n  uri = ( \"pgsql:host=/tmp\" )\n}}\n{line}")
+        } else {
+            line
+        }
+    }
+
     #[test]
     fn every_option_is_settable_in_every_scope_the_table_allows() {
         // Goal: the table and the setters agree (no assert fires).
@@ -1588,7 +1624,7 @@ mod tests {
                 }
                 let line = format!("{} = \"{}\"", spec.name, sample(spec.kind));
                 let text = match scope {
-                    Scope::Global => line,
+                    Scope::Global => with_store_datasource(spec.name, line),
                     Scope::BindingGroup => format!("binding_group g {{ {line} }}"),
                     Scope::Binding => format!("binding b {{ {line} }}"),
                     Scope::Domain => format!("domain d {{ {line} }}"),
@@ -1694,7 +1730,10 @@ mod tests {
                     // Not a domain option: its most specific scope is binding.
                     format!("binding_group g {{ binding b {{ bind_address = {text} }} }}")
                 } else {
-                    place(&format!("{} = \"{text}\"", spec.name))
+                    place(&with_store_datasource(
+                        spec.name,
+                        format!("{} = \"{text}\"", spec.name),
+                    ))
                 };
                 let tree = super::super::parse::parse_tree(&config, "t".as_ref()).unwrap();
                 let settings = build(&tree).unwrap().settings;

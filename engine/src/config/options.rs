@@ -842,6 +842,11 @@ option_family! {
         /// Metadata longer than this is left out of tracking tokens.
         max_metadata_len: u64 = "max_metadata_len" in GLOBAL,
             bytes(0, MAX_METADATA_LEN_MAX), default MAX_METADATA_LEN_DEFAULT;
+        /// ecelerity's own: the PostgreSQL `Datasource` holding the REST
+        /// API's stored templates and recipient lists; unset: SQLite in
+        /// `<spoolbase>/api.sqlite`. Restart only.
+        api_store_datasource: Option<String> = "api_store_datasource" in GLOBAL, Kind::Text,
+            default None;
     }
 }
 

@@ -18,6 +18,8 @@ use super::{Config, ConfigError};
 /// start, so bindings can change their options on reload, not come or go)
 /// the `opendkim` stanza (its keys are loaded once, before privileges
 /// are dropped), the `webhook` stanzas (the webhook thread's endpoints),
+/// the `Datasource` stanzas and `api_store_datasource` (the API's store
+/// is chosen once),
 /// and `delivery_shards` in every scope (it decides which shard owns a
 /// queue: shards must never disagree on it, and queued entries stay where
 /// they are).
@@ -36,6 +38,7 @@ pub const RESTART_OPTIONS: &[&str] = &[
     "opendkim",
     "webhook",
     "Datasource",
+    "api_store_datasource",
 ];
 
 impl Config {
@@ -91,6 +94,8 @@ impl Config {
         keep!("webhook", webhooks);
         // Datasource workers are opened once at start and shared by shards.
         keep!("Datasource", datasources);
+        // The API store is chosen once, on first use.
+        keep!("api_store_datasource", global.api_store_datasource);
         if keep_delivery_shards(new, old) {
             kept.push("delivery_shards");
         }

@@ -25,6 +25,8 @@ pub mod lua;
 pub mod pgsql;
 mod sqlite_driver;
 #[cfg(test)]
+pub(crate) mod test_postgres;
+#[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};
@@ -193,6 +195,15 @@ impl DatasourceSet {
     /// The configured names, in file order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().map(|s| s.config.name.as_str())
+    }
+
+    /// The pool of PostgreSQL datasource `name` (`None`: no such
+    /// datasource, or a SQLite one).
+    pub fn pgsql(&self, name: &str) -> Option<&pgsql::PgPool> {
+        match self.find(name).map(|(_, s)| &s.driver) {
+            Some(Driver::Pgsql(pool)) => Some(pool),
+            _ => None,
+        }
     }
 
     fn find(&self, name: &str) -> Option<(usize, &Source)> {

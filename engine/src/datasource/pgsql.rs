@@ -94,7 +94,7 @@ impl Conn {
 
 /// The server's message when there is one (`ERROR: relation "x" does
 /// not exist`), else the client's.
-fn describe(e: &postgres::Error) -> String {
+pub(crate) fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => match e.source() {
@@ -189,6 +189,15 @@ impl PgPool {
             Ok(Err(_)) => Err(DsError::Stopped { name: name() }),
             Err(_) => Err(DsError::Timeout { name: name(), ms }),
         }
+    }
+
+    /// Runs `f` with one of the pool's clients, on its worker thread (for
+    /// the API store: `api::store`). Errors as a query's.
+    pub async fn with_client<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<R, String> + Send + 'static,
+    ) -> Result<R, DsError> {
+        self.call(move |conn| f(conn.client()?)).await
     }
 
     pub(super) async fn query(
