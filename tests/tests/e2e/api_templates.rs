@@ -602,3 +602,179 @@ fn click_and_open_tracking_rewrite_links_with_tokens_that_name_the_recipient() {
 fn key_of(api: &Api) -> String {
     api.create_key("second", &[])
 }
+
+/// A PostgreSQL server of the test's own (initdb into a temp dir, pg_ctl
+/// listening only on a Unix socket there; tests/install-deps installs
+/// PostgreSQL), stopped before its directory goes.
+struct Postgres {
+    bin: std::path::PathBuf,
+    dir: ecelerity_tests::TempDir,
+}
+
+impl Postgres {
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let program = self.bin.join(program);
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            std::process::Command::new(&program)
+        };
+        let out = cmd.args(args).output().expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{program:?} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start() -> Postgres {
+        let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed (tests/install-deps installs it)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("pg_ctl").exists())
+            .collect();
+        bins.sort();
+        let pg = Postgres {
+            bin: bins.pop().expect("no /usr/lib/postgresql/*/bin/pg_ctl"),
+            dir: ecelerity_tests::TempDir::new("pg"),
+        };
+        if unsafe { libc::geteuid() } == 0 {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = pg.dir.join("data");
+        let data = data.to_str().unwrap();
+        pg.run(
+            "initdb",
+            &["-D", data, "-U", "postgres", "--auth=trust", "--no-sync"],
+        );
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off",
+            pg.dir.path().display()
+        );
+        let log = pg.dir.join("log");
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+        pg
+    }
+
+    /// One query through psql: its rows, `|`-separated.
+    fn psql(&self, sql: &str) -> String {
+        let host = self.dir.path().to_str().unwrap().to_string();
+        self.run(
+            "psql",
+            &[
+                "-h", &host, "-U", "postgres", "-d", "postgres", "-At", "-c", sql,
+            ],
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+/// Goal: with `api_store_datasource` naming a PostgreSQL Datasource, the
+/// templates and lists API works as with SQLite (draft, publish, a
+/// transmission from a published template to a stored list, delete) and
+/// the rows are in PostgreSQL's tables, with no `api.sqlite` made.
+#[test]
+fn templates_and_lists_live_in_postgresql_when_api_store_datasource_names_one() {
+    let pg = Postgres::start();
+    let extra = format!(
+        "Datasource \"store\" {{\n  uri = ( \"pgsql:host={};dbname=postgres;user=postgres\" )\n}}\n\
+         api_store_datasource = \"store\"\n",
+        pg.dir.path().display()
+    );
+    let api = Api::start_with("api-tpl-pg", &extra);
+    let key = api.create_key("app", &[]);
+    let (status, made) = api.request(
+        "POST",
+        "/api/v1/templates",
+        Some(&key),
+        Some(&json!({"id": "promo", "name": "Promo",
+                     "content": {"from": "news@example.net", "subject": "Draft {{first}}",
+                                 "text": "x\n"}})),
+    );
+    assert_eq!(status, 200, "{made}");
+    let (status, published) = api.request(
+        "PUT",
+        "/api/v1/templates/promo",
+        Some(&key),
+        Some(&json!({"published": true,
+                     "content": {"from": "news@example.net", "subject": "Hi {{first}}",
+                                 "text": "x\n"}})),
+    );
+    assert_eq!(status, 200, "{published}");
+    let (status, made) = api.request(
+        "POST",
+        "/api/v1/recipient-lists",
+        Some(&key),
+        Some(&json!({"id": "club", "name": "Club", "recipients": [
+            {"address": "p1@example.com", "substitution_data": {"first": "Uno"}},
+            {"address": "p2@example.com", "substitution_data": {"first": "Dos"}}]})),
+    );
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(
+        pg.psql("SELECT id, draft FROM api_templates ORDER BY id, draft"),
+        "promo|f\n"
+    );
+    assert_eq!(
+        pg.psql("SELECT id, name, total FROM api_recipient_lists"),
+        "club|Club|2\n"
+    );
+    let (status, reply) = api.post(
+        &key,
+        &json!({"recipients": {"list_id": "club"}, "content": {"template_id": "promo"}}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["results"]["total_accepted_recipients"], 2);
+    let messages = api.sink.wait_for_messages(2, WAIT);
+    let p1 = by_rcpt(messages.clone(), "p1@example.com");
+    assert_eq!(p1.header("Subject").as_deref(), Some("Hi Uno"));
+    let p2 = by_rcpt(messages, "p2@example.com");
+    assert_eq!(p2.header("Subject").as_deref(), Some("Hi Dos"));
+    let (status, got) = api.request("GET", "/api/v1/templates/promo", Some(&key), None);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        (&got["results"]["published"], &got["results"]["has_draft"]),
+        (&json!(true), &json!(false))
+    );
+    let (status, _) = api.request("DELETE", "/api/v1/templates/promo", Some(&key), None);
+    assert_eq!(status, 200);
+    let (status, _) = api.request("DELETE", "/api/v1/recipient-lists/club", Some(&key), None);
+    assert_eq!(status, 200);
+    assert_eq!(pg.psql("SELECT count(*) FROM api_templates"), "0\n");
+    assert_eq!(pg.psql("SELECT count(*) FROM api_recipient_lists"), "0\n");
+    assert!(
+        !api.dir.join("spool").join("api.sqlite").exists(),
+        "the SQLite store was made too"
+    );
+    drop(api);
+}
