@@ -656,6 +656,21 @@ pub(crate) mod testing {
     pub fn on_both_backends(
         scenario: impl Fn(Rc<Backend>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
     ) {
+        with_postgres(move |pg| {
+            Box::pin(async move {
+                let sqlite = Backend::sqlite(Path::new(":memory:")).unwrap();
+                scenario(Rc::new(sqlite)).await;
+                scenario(pg).await;
+            })
+        });
+    }
+
+    /// Runs `f` on a glommio executor with a store on a fresh PostgreSQL
+    /// server (a Datasource of 2 connections, read by the real config
+    /// parser with `api_store_datasource` naming it).
+    pub fn with_postgres(
+        f: impl FnOnce(Rc<Backend>) -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+    ) {
         let pg = Postgres::start();
         let conf = format!(
             "Datasource \"store\" {{\n  uri = ( \"{}\" )\n  connections = 2\n}}\napi_store_datasource = \"store\"\n",
@@ -667,13 +682,113 @@ pub(crate) mod testing {
         glommio::LocalExecutorBuilder::default()
             .io_memory(1 << 20)
             .spawn(move || async move {
-                let sqlite = Backend::sqlite(Path::new(":memory:")).unwrap();
-                scenario(Rc::new(sqlite)).await;
-                scenario(Rc::new(Backend::pgsql(set, "store"))).await;
+                f(Rc::new(Backend::pgsql(set, "store"))).await;
             })
             .unwrap()
             .join()
             .unwrap();
         drop(pg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::testing::{run, with_postgres};
+    use super::*;
+
+    /// Goal: on PostgreSQL, whose two connections run transactions at
+    /// once, concurrent writers behave as SQLite's single writer: of
+    /// eight creates of one template exactly one succeeds (twenty times), eight concurrent updates take eight
+    /// distinct version numbers, and of eight creates of one list one
+    /// succeeds; eight first uses at once all make the tables without
+    /// an error. (With PostgreSQL's `lock_templates` a no-op, or without
+    /// the schema's advisory lock, this test failed 3 runs of 3.)
+    #[test]
+    fn concurrent_writers_on_postgresql_neither_collide_nor_repeat() {
+        const WRITERS: usize = 8;
+        const ROUNDS: usize = 20;
+        with_postgres(|db| {
+            Box::pin(async move {
+                // First use from every writer at once: each makes the
+                // tables (under the advisory lock), none fails. After it,
+                // nothing serializes the writers below but their locks.
+                let firsts: Vec<_> = (0..WRITERS)
+                    .map(|_| {
+                        let db = db.clone();
+                        glommio::spawn_local(async move { run(&db, |c| lists::list(c)).await })
+                    })
+                    .collect();
+                for t in firsts {
+                    assert!(t.await.is_empty());
+                }
+                let spawn_all = |job: &dyn Fn(usize) -> glommio::Task<Written>| {
+                    (0..WRITERS).map(job).collect::<Vec<_>>()
+                };
+                // Rounds, so that both connections are up and racing.
+                for round in 0..ROUNDS {
+                    let body = format!(
+                        r#"{{"id":"t{round}","name":"T","content":{{"from":"a@x.example","subject":"s","text":"x"}}}}"#
+                    );
+                    let f = templates::parse_fields(body.as_bytes(), true).unwrap();
+                    let creates = spawn_all(&|_| {
+                        let (db, f) = (db.clone(), f.clone());
+                        glommio::spawn_local(async move {
+                            run(&db, move |c| templates::create(c, &f, 1)).await
+                        })
+                    });
+                    let mut done = 0;
+                    for t in creates {
+                        match t.await {
+                            Written::Done => done += 1,
+                            w => assert_eq!(w, Written::Conflict),
+                        }
+                    }
+                    assert_eq!(done, 1, "round {round}");
+                }
+                let edit = templates::parse_fields(br#"{"description":"d"}"#, false).unwrap();
+                let versions: Rc<std::cell::RefCell<Vec<i64>>> = Rc::default();
+                let updates = spawn_all(&|i| {
+                    let (db, edit, versions) = (db.clone(), edit.clone(), versions.clone());
+                    glommio::spawn_local(async move {
+                        let (w, v) = run(&db, move |c| {
+                            let w = templates::update(c, "t0", &edit, false, i as u64)?;
+                            let v = templates::get(c, "t0", Which::Draft)?.map(|r| r.version);
+                            Ok((w, v))
+                        })
+                        .await;
+                        versions.borrow_mut().push(v.unwrap());
+                        w
+                    })
+                });
+                for t in updates {
+                    assert_eq!(t.await, Written::Done);
+                }
+                let mut seen = versions.borrow().clone();
+                seen.sort_unstable();
+                seen.dedup();
+                assert_eq!(seen.len(), WRITERS, "{:?}", versions.borrow());
+                let l = lists::parse(
+                    br#"{"id":"l","recipients":[{"address":"a@x.example"}]}"#,
+                    true,
+                )
+                .unwrap();
+                let puts = spawn_all(&|_| {
+                    let (db, l) = (db.clone(), l.clone());
+                    glommio::spawn_local(
+                        async move { run(&db, move |c| lists::put(c, &l, true)).await },
+                    )
+                });
+                let mut done = 0;
+                for t in puts {
+                    match t.await {
+                        Written::Done => done += 1,
+                        w => assert_eq!(w, Written::Conflict),
+                    }
+                }
+                assert_eq!(done, 1);
+            })
+        });
     }
 }
