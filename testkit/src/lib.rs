@@ -14,13 +14,15 @@
 //! * `ecelerity`: where the built binaries are, the daemon's command line
 //!   and `EcelerityConfig`, the config renderer for a relay on loopback.
 //! * `postfix`: `Postfix`, a private Postfix instance relaying to a port.
+//! * `postgres`: `Postgres`, a private PostgreSQL server on a Unix socket
+//!   in a temp dir.
 //! * `unbound`: `Unbound`, a private unbound serving fixed `test.` records
 //!   on a loopback port.
 //!
 //! Owns: child processes it is handed or starts, the files of a private
 //! Postfix instance under the directory it is given.
 //! May call: std, libc (signals, euid), the Postfix binaries and unbound
-//! under /usr/sbin, `chown`.
+//! under /usr/sbin, PostgreSQL's tools (as user postgres when root), `chown`.
 //! Never: the engine or the spool (both take this crate as a
 //! dev-dependency for `Rng`, so depending on them would be a cycle); the
 //! system's own Postfix instance; the network beyond 127.0.0.1. Not
@@ -30,6 +32,7 @@ pub mod ecelerity;
 pub mod files;
 pub mod net;
 pub mod postfix;
+pub mod postgres;
 pub mod process;
 pub mod rng;
 pub mod unbound;
@@ -44,6 +47,7 @@ pub use ecelerity::{
 pub use files::{complete_lines, file_tail, LOG_TAIL_BYTES_MAX};
 pub use net::{free_port, smtp_banner_ok, wait_for_greeting};
 pub use postfix::{Postfix, PostfixConfig, POSTFIX_BIN};
+pub use postgres::Postgres;
 pub use process::{
     poll_every, poll_until, process_alive, run, run_with_input, ChildGuard, PidFileGuard, Stopped,
     POLL_INTERVAL,

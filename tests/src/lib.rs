@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use ecelerity_testkit::{
     bin_dir, complete_lines, file_tail, free_port, poll_until, process_alive, run, run_with_input,
-    smtp_banner_ok, ChildGuard, EcelerityConfig, PidFileGuard, Rng, CONFIG_FILE_NAME,
+    smtp_banner_ok, ChildGuard, EcelerityConfig, PidFileGuard, Postgres, Rng, CONFIG_FILE_NAME,
     MAINLOG_RELATIVE, POLL_INTERVAL, POSTFIX_BIN,
 };
 use ecelerity_testkit::{ecelerity_command, wait_for_greeting, Postfix, PostfixConfig};

@@ -640,7 +640,7 @@ pub(crate) mod testing {
 
     use super::*;
     use crate::config::Config;
-    use crate::datasource::test_postgres::Postgres;
+    use ecelerity_testkit::Postgres;
 
     /// `db.call(f)`, which must succeed.
     pub async fn run<R: Send + 'static>(

@@ -25,8 +25,6 @@ pub mod lua;
 pub mod pgsql;
 mod sqlite_driver;
 #[cfg(test)]
-pub(crate) mod test_postgres;
-#[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};

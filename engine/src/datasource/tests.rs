@@ -7,9 +7,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::test_postgres::Postgres;
 use super::*;
 use crate::config::{Config, DatasourceConfig};
+use ecelerity_testkit::Postgres;
 
 fn on_executor<T: Send + 'static>(
     f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,

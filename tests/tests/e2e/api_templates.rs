@@ -603,114 +603,17 @@ fn key_of(api: &Api) -> String {
     api.create_key("second", &[])
 }
 
-/// A PostgreSQL server of the test's own (initdb into a temp dir, pg_ctl
-/// listening only on a Unix socket there; tests/install-deps installs
-/// PostgreSQL), stopped before its directory goes.
-struct Postgres {
-    bin: std::path::PathBuf,
-    dir: ecelerity_tests::TempDir,
-}
-
-impl Postgres {
-    fn run(&self, program: &str, args: &[&str]) -> String {
-        let program = self.bin.join(program);
-        let mut cmd = if unsafe { libc::geteuid() } == 0 {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            std::process::Command::new(&program)
-        };
-        let out = cmd.args(args).output().expect("run a PostgreSQL tool");
-        assert!(
-            out.status.success(),
-            "{program:?} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn start() -> Postgres {
-        let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL is not installed (tests/install-deps installs it)")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .filter(|p| p.join("pg_ctl").exists())
-            .collect();
-        bins.sort();
-        let pg = Postgres {
-            bin: bins.pop().expect("no /usr/lib/postgresql/*/bin/pg_ctl"),
-            dir: ecelerity_tests::TempDir::new("pg"),
-        };
-        if unsafe { libc::geteuid() } == 0 {
-            let status = std::process::Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(pg.dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        let data = pg.dir.join("data");
-        let data = data.to_str().unwrap();
-        pg.run(
-            "initdb",
-            &["-D", data, "-U", "postgres", "--auth=trust", "--no-sync"],
-        );
-        let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off",
-            pg.dir.path().display()
-        );
-        let log = pg.dir.join("log");
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data,
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
-        );
-        pg
-    }
-
-    /// One query through psql: its rows, `|`-separated.
-    fn psql(&self, sql: &str) -> String {
-        let host = self.dir.path().to_str().unwrap().to_string();
-        self.run(
-            "psql",
-            &[
-                "-h", &host, "-U", "postgres", "-d", "postgres", "-At", "-c", sql,
-            ],
-        )
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        self.run(
-            "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
-        );
-    }
-}
-
 /// Goal: with `api_store_datasource` naming a PostgreSQL Datasource, the
 /// templates and lists API works as with SQLite (draft, publish, a
 /// transmission from a published template to a stored list, delete) and
 /// the rows are in PostgreSQL's tables, with no `api.sqlite` made.
 #[test]
 fn templates_and_lists_live_in_postgresql_when_api_store_datasource_names_one() {
-    let pg = Postgres::start();
+    let pg = ecelerity_tests::Postgres::start();
     let extra = format!(
         "Datasource \"store\" {{\n  uri = ( \"pgsql:host={};dbname=postgres;user=postgres\" )\n}}\n\
          api_store_datasource = \"store\"\n",
-        pg.dir.path().display()
+        pg.socket_dir().display()
     );
     let api = Api::start_with("api-tpl-pg", &extra);
     let key = api.create_key("app", &[]);

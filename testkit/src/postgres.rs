@@ -1,12 +1,13 @@
-//! A PostgreSQL server for unit tests (the datasource tests and the API
-//! store's): initdb into a temp dir, pg_ctl listening only on a Unix
-//! socket there (tests/install-deps installs PostgreSQL).
+//! `Postgres`: a PostgreSQL server of the test's own for the engine's
+//! unit tests (datasources, the API store) and the end-to-end tests:
+//! initdb into a temp dir, pg_ctl listening only on a Unix socket there
+//! (tests/install-deps installs PostgreSQL); stopped and removed on drop.
 
 use std::path::PathBuf;
 
 /// A PostgreSQL server of the test's own: initdb into a temp dir, started
 /// with pg_ctl listening only on a Unix socket in that dir; stopped on drop.
-pub(crate) struct Postgres {
+pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
 }
@@ -23,7 +24,7 @@ impl Postgres {
         found.pop().expect("no /usr/lib/postgresql/*/bin/pg_ctl")
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    fn run(&self, program: &str, args: &[&str]) -> String {
         let program = self.bin.join(program);
         let as_root = unsafe { libc::geteuid() } == 0;
         let mut cmd = if as_root {
@@ -40,9 +41,10 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub(crate) fn start() -> Postgres {
+    pub fn start() -> Postgres {
         let dir = std::env::temp_dir().join(format!(
             "ec-pg-{}-{:?}",
             std::process::id(),
@@ -64,7 +66,7 @@ impl Postgres {
         };
         let data = pg.dir.join("data");
         let data = data.to_str().unwrap();
-        pg.run(
+        let _ = pg.run(
             "initdb",
             &[
                 "-D",
@@ -82,7 +84,7 @@ impl Postgres {
             pg.dir.display()
         );
         let log = pg.dir.join("log");
-        pg.run(
+        let _ = pg.run(
             "pg_ctl",
             &[
                 "-D",
@@ -98,8 +100,24 @@ impl Postgres {
         pg
     }
 
+    /// The directory of its Unix socket (libpq's `host`).
+    pub fn socket_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// One query through psql: its rows, `|`-separated, one per line.
+    pub fn psql(&self, sql: &str) -> String {
+        let host = self.dir.to_str().expect("a UTF-8 temp dir").to_string();
+        self.run(
+            "psql",
+            &[
+                "-h", &host, "-U", "postgres", "-d", "postgres", "-At", "-c", sql,
+            ],
+        )
+    }
+
     /// The datasource `uri` of this server.
-    pub(crate) fn uri(&self) -> String {
+    pub fn uri(&self) -> String {
         format!(
             "pgsql:host={};dbname=postgres;user=postgres",
             self.dir.display()
@@ -110,7 +128,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        self.run(
+        let _ = self.run(
             "pg_ctl",
             &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
         );
