@@ -1,7 +1,7 @@
 //! `ecbench`: SMTP load generator, sink, and benchmark scenarios for
 //! ecelerity and its peers (Postfix, Haraka, KumoMTA) on one machine.
 //! Owns: the command line; each subcommand delegates to a module.
-//! May call: client, sink, scenario, shapes, mx, plot, `ecelerity_testkit` (the
+//! May call: client, sink, scenario, shapes, mx, plot, floor, `ecelerity_testkit` (the
 //! binary directory).
 //! Never: the engine crate: every MTA is measured from outside.
 //!
@@ -10,6 +10,7 @@
 //! tears down and writes `NAME.json`, `NAME.txt` and PNG plots to `--out`.
 
 mod client;
+mod floor;
 mod mx;
 mod peers;
 mod plot;
@@ -99,6 +100,18 @@ enum Cmd {
     },
     /// Run a scenario: limit, relay, side-by-side, latency, shards, queue, shapes, mx, all.
     Scenario(ScenarioArgs),
+    /// The floor: the least a durable relay does per message (blocking
+    /// threads, group-committed fdatasync before 250, then a relay over a
+    /// kept connection); the shapes scenario's `floor` peer.
+    FloorRelay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        gateway: SocketAddr,
+        /// Directory of its spool file.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Re-draw the PNG plots from a results JSON file.
     Plot {
         results: PathBuf,
@@ -436,6 +449,11 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Scenario(args) => scenario(args)?,
+        Cmd::FloorRelay {
+            listen,
+            gateway,
+            dir,
+        } => floor::run(listen, gateway, &dir)?,
         Cmd::Plot { results, out } => {
             let results: Results = serde_json::from_str(&std::fs::read_to_string(&results)?)?;
             std::fs::create_dir_all(&out)?;

@@ -1,7 +1,8 @@
 //! The MTAs under test, each started on loopback in its own directory and
 //! torn down afterwards: ecelerity (this project's daemon), Postfix (a
 //! second instance with its own config and queue directories), Haraka (npm,
-//! when it installs) and KumoMTA (a kumod relay script, when given).
+//! when it installs), KumoMTA (a kumod relay script, when given) and the
+//! floor (`ecbench floor-relay`, the least a durable relay does).
 //! Owns: the peers' config files (Haraka's, KumoMTA's arguments), their
 //! running processes, readiness waits.
 //! May call: `ecelerity_testkit` (the ecelerity config renderer, the
@@ -42,6 +43,8 @@ pub enum PeerKind {
     Postfix,
     Haraka,
     Kumo,
+    /// `ecbench floor-relay`: not an MTA, the least a durable relay does.
+    Floor,
 }
 
 impl PeerKind {
@@ -51,6 +54,7 @@ impl PeerKind {
             PeerKind::Postfix => "postfix",
             PeerKind::Haraka => "haraka",
             PeerKind::Kumo => "kumomta",
+            PeerKind::Floor => "floor",
         }
     }
 
@@ -60,7 +64,8 @@ impl PeerKind {
             "postfix" => PeerKind::Postfix,
             "haraka" => PeerKind::Haraka,
             "kumo" | "kumomta" | "kumod" => PeerKind::Kumo,
-            other => bail!("unknown peer `{other}` (ecelerity, postfix, haraka, kumomta)"),
+            "floor" => PeerKind::Floor,
+            other => bail!("unknown peer `{other}` (ecelerity, postfix, haraka, kumomta, floor)"),
         })
     }
 }
@@ -256,6 +261,27 @@ pub fn start_postfix(dir: &Path, port: u16, sink_port: u16) -> Result<RunningPee
     ))
 }
 
+/// Start the floor relay (this binary's `floor-relay`).
+pub fn start_floor(dir: &Path, port: u16, sink_port: u16) -> Result<RunningPeer> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("floor-relay")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--gateway")
+        .arg(format!("127.0.0.1:{sink_port}"))
+        .arg("--dir")
+        .arg(dir.join("spool"));
+    let (child, _) = spawn_and_wait("floor", command, port, &dir.join("floor.log"))?;
+    let durability = "group-committed pwrite + fdatasync before 250 (no queue)".to_string();
+    Ok(running(
+        PeerKind::Floor,
+        port,
+        durability,
+        Process::Child(child),
+    ))
+}
+
 /// Start kumod through its relay script, fdatasync before each 250.
 pub fn start_kumo(script: &Path, dir: &Path, port: u16, sink_port: u16) -> Result<RunningPeer> {
     let spool = dir.join("spool");
@@ -376,5 +402,6 @@ pub fn start_peer(
             start_kumo(script, dir, port, sink_port)
         }
         PeerKind::Haraka => start_haraka(paths, dir, port, sink_port),
+        PeerKind::Floor => start_floor(dir, port, sink_port),
     }
 }

@@ -1,4 +1,5 @@
-//! The client-shapes scenario (issue 9): one ecelerity relaying 1 KiB
+//! The client-shapes scenario (issue 9): ecelerity (and the peers of
+//! `--peers`: the floor relay, KumoMTA, Postfix) relaying 1 KiB
 //! messages with 1 recipient to ecbench's sink (the gateway the relay
 //! scenario uses), driven by the clients real injectors look like, Postfix's
 //! smtp-source (a connection per message; a reused connection without
@@ -252,23 +253,30 @@ fn shape_row(
     row
 }
 
-/// The client-shapes scenario: every shape `o.repeat` times, interleaved
-/// (a, b, c, d, a, b, ...) so a burst of load from outside spreads over
-/// the shapes rather than hitting one, through one daemon.
+/// The client-shapes scenario: every shape `o.repeat` times for every
+/// peer of `--peers` (ecelerity, the floor, KumoMTA, Postfix, ...),
+/// interleaved (a, b, c, d for each peer, then again) so a burst of load
+/// from outside spreads over the shapes and peers rather than hitting one.
+/// The peers are started together and idle while another is measured.
 pub fn shapes(o: &RunOptions, results: &mut Results) -> Result<()> {
     let sink = loopback_sink()?;
-    let dir = fresh_dir(o, "shapes-ecelerity")?;
-    let mut peer = peers::start_peer(
-        PeerKind::Ecelerity,
-        &o.paths,
-        &dir,
-        sink.addr.port(),
-        &o.ecelerity(),
-    )?;
     results.notes.push(
         "shapes: gateway is ecbench's own sink (as in the relay scenario), not Postfix's smtp-sink"
             .into(),
     );
+    let mut peers = Vec::new();
+    for &kind in &o.peers {
+        if kind == PeerKind::Kumo && o.paths.kumod_relay_script.is_none() {
+            results.note(
+                "shapes: kumomta skipped (no --kumod-relay-script and none under ../shared/peers)"
+                    .into(),
+            );
+            continue;
+        }
+        let dir = fresh_dir(o, &format!("shapes-{}", kind.name()))?;
+        let peer = peers::start_peer(kind, &o.paths, &dir, sink.addr.port(), &o.ecelerity())?;
+        peers.push(peer);
+    }
     let have_source = Path::new(SMTP_SOURCE_BIN).is_file();
     if !have_source {
         results.notes.push(format!(
@@ -281,37 +289,48 @@ pub fn shapes(o: &RunOptions, results: &mut Results) -> Result<()> {
         o.messages
     };
     if !o.quick {
-        // What the daemon does on its own (ticks, timers): the floor under
-        // every row's switch count.
-        let cpu_before = peer.cpu();
-        let sampler = SwitchSampler::start(peer.root_pid);
-        std::thread::sleep(IDLE_WINDOW);
-        let idle = sampler.finish();
-        let cpu = peer.cpu().saturating_sub(cpu_before);
-        let seconds = IDLE_WINDOW.as_secs_f64();
-        results.measurements.push((
-            "idle daemon: context switches per second (vol+invol)".into(),
-            idle.all.total() as f64 / seconds,
-            "switches/s".into(),
-        ));
-        results.measurements.push((
-            "idle daemon: CPU per second".into(),
-            cpu.as_secs_f64() * 1e6 / seconds,
-            "us/s".into(),
-        ));
-    }
-    for run in 1..=o.repeat.max(1) {
-        for shape in &SHAPES {
-            if matches!(shape.generator, Generator::SmtpSource { .. }) && !have_source {
-                continue;
-            }
-            results
-                .rows
-                .push(shape_row(o, &peer, &sink, shape, messages, run));
+        for peer in &peers {
+            measure_idle(peer, results);
         }
     }
-    peer.stop();
+    for run in 1..=o.repeat.max(1) {
+        for peer in &peers {
+            for shape in &SHAPES {
+                if matches!(shape.generator, Generator::SmtpSource { .. }) && !have_source {
+                    continue;
+                }
+                results
+                    .rows
+                    .push(shape_row(o, peer, &sink, shape, messages, run));
+            }
+        }
+    }
+    for peer in &mut peers {
+        peer.stop();
+    }
     Ok(())
+}
+
+/// What the idle peer does on its own (ticks, timers): the floor under
+/// every row's switch count.
+fn measure_idle(peer: &RunningPeer, results: &mut Results) {
+    let name = peer.kind.name();
+    let cpu_before = peer.cpu();
+    let sampler = SwitchSampler::start(peer.root_pid);
+    std::thread::sleep(IDLE_WINDOW);
+    let idle = sampler.finish();
+    let cpu = peer.cpu().saturating_sub(cpu_before);
+    let seconds = IDLE_WINDOW.as_secs_f64();
+    results.measurements.push((
+        format!("idle {name}: context switches per second (vol+invol)"),
+        idle.all.total() as f64 / seconds,
+        "switches/s".into(),
+    ));
+    results.measurements.push((
+        format!("idle {name}: CPU per second"),
+        cpu.as_secs_f64() * 1e6 / seconds,
+        "us/s".into(),
+    ));
 }
 
 #[cfg(test)]

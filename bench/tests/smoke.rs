@@ -109,7 +109,7 @@ fn every_scenario_counts_every_message_in_smoke_mode() {
     assert_counts_add_up(&side);
 
     let latency = run_scenario("latency", "ecelerity", &dir);
-    assert_eq!(rows(&latency).len(), 3, "peak, 50 %, 90 %");
+    assert_eq!(rows(&latency).len(), 5, "peak, 10 %, 25 %, 50 %, 90 %");
     assert_counts_add_up(&latency);
 
     let shards = run_scenario("shards", "ecelerity", &dir);
@@ -118,14 +118,19 @@ fn every_scenario_counts_every_message_in_smoke_mode() {
 
     // Client shapes: 100 messages per shape in smoke mode; the three
     // smtp-source rows need Postfix's smtp-source.
-    let shapes = run_scenario("shapes", "ecelerity", &dir);
+    // The floor relay runs the same shapes beside the daemon.
+    let shapes = run_scenario("shapes", "ecelerity,floor", &dir);
     let smtp_source = Path::new("/usr/sbin/smtp-source").exists();
-    assert_eq!(rows(&shapes).len(), if smtp_source { 4 } else { 1 });
+    assert_eq!(rows(&shapes).len(), if smtp_source { 8 } else { 2 });
     for row in rows(&shapes) {
         assert_eq!(row["accepted"], 100, "{row}");
         assert!(row["mta_switches"].is_object(), "{row}");
         assert!(row["client"]["command"].is_string(), "{row}");
     }
+    assert!(
+        rows(&shapes).iter().any(|r| r["peer"] == "floor"),
+        "the floor relay's rows"
+    );
     assert_counts_add_up(&shapes);
 
     let queue = run_scenario("queue", "ecelerity", &dir);

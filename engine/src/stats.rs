@@ -67,6 +67,7 @@ counters! {
     DelayedQueue => "delayed_queue", Gauge, "Entries in this shard's delayed queue.";
     SpoolSegments => "spool_segments", Gauge, "Segment files in this shard's spool.";
     SpoolSyncs => "spool_syncs", Counter, "fdatasync calls of this shard's spool.";
+    SpoolInlineSyncs => "spool_inline_syncs", Counter, "Of spool_syncs, those made on the shard's thread (one client on the shard).";
     LiveMessages => "live_messages", Gauge, "Messages spooled here and not yet final.";
     DkimMessagesProcessed => "dkim_messages_processed", Counter, "Messages opendkim_sign asked to sign.";
     DkimMessagesSigned => "dkim_messages_signed", Counter, "Messages given a DKIM-Signature.";

@@ -22,7 +22,9 @@
 //! the live messages of sparse old segments forward, paced, so the spool's
 //! size follows its live data; a body in a file of its own stays there),
 //! `reader` (body reads through io_uring, on any shard), `bodies` (large
-//! bodies in files of their own, written while DATA arrives).
+//! bodies in files of their own, written while DATA arrives),
+//! `sync_choice` (pure: whether a group commit syncs through io_uring or
+//! on the writer's thread).
 //!
 //! File access choice: glommio `BufferedFile` (io_uring `write` into the
 //! page cache, then `fdatasync`), segments reserved with
@@ -61,6 +63,7 @@ mod ring;
 pub mod sim;
 mod spool;
 pub mod storage;
+mod sync_choice;
 
 use std::io;
 
@@ -121,6 +124,12 @@ pub struct SpoolOptions {
     /// written, inside the file's size, so their fdatasync writes no
     /// metadata (see `journal`, docs/benchmarks.md "Zero fill ahead").
     pub zero_ahead_bytes: u64,
+    /// A group commit syncs on the writer's own thread (a blocking
+    /// fdatasync) while batches average at most 1.25 messages and the chunk
+    /// is small, instead of through io_uring, which hands every fsync to
+    /// an io-wq worker (`sync_choice`, docs/benchmarks.md "Inline
+    /// fdatasync at low concurrency"). On by default.
+    pub inline_sync: bool,
 }
 
 /// Default `zero_ahead_bytes`: one step every ~45 relayed 1 KiB messages.
@@ -136,6 +145,7 @@ impl Default for SpoolOptions {
             progress_linger_ms: 0,
             sync_ring: false,
             zero_ahead_bytes: ZERO_AHEAD_BYTES_DEFAULT,
+            inline_sync: true,
         }
     }
 }
@@ -269,6 +279,8 @@ pub struct SpoolStats {
     pub records_appended: u64,
     /// Write + fdatasync rounds attempted since open.
     pub syncs: u64,
+    /// Of `syncs`, those made on the writer's thread (`sync_choice`).
+    pub inline_syncs: u64,
     pub live_messages: u64,
     /// Longest write + fdatasync round, in microseconds.
     pub sync_latency_us_max: u64,

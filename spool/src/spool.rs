@@ -155,6 +155,9 @@ struct Shared {
     /// Compaction steps asked of the writer, oldest first; never more
     /// than COMPACTION_REQUESTS_MAX.
     compaction: std::collections::VecDeque<compact::Request>,
+    /// The engine serves at most one client on this shard now
+    /// (`Spool::set_single_client`; see `sync_choice`).
+    single_client: bool,
 }
 
 impl Shared {
@@ -322,6 +325,7 @@ impl Spool {
             gc_pass_waiter: None,
             gc_done: false,
             compaction: std::collections::VecDeque::new(),
+            single_client: false,
         }));
         let body_files = recovery
             .messages
@@ -351,6 +355,13 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.handle.dir
+    }
+
+    /// Tells the spool whether its shard serves at most one client now:
+    /// then a group commit of that client's one message syncs on this
+    /// thread instead of through io_uring (`sync_choice`).
+    pub fn set_single_client(&self, single: bool) {
+        self.handle.shared.borrow_mut().single_client = single;
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -598,6 +609,14 @@ async fn sweep_body_files(dir: &Path, recovery: &mut Recovery) -> Result<(), Spo
 /// Initial capacity reserved for the batch buffer; it grows to the batch
 /// limit only under load.
 const BATCH_CAPACITY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Message records (the ones a client waits on for its 250) in `pending`.
+fn count_messages(pending: &[Pending]) -> usize {
+    pending
+        .iter()
+        .filter(|p| matches!(p.kind, PendingKind::Message { .. }))
+        .count()
+}
 
 /// Continues appending in the newest segment after a restart, in the space
 /// it already holds, so that completions go through even when the disk is
@@ -860,9 +879,22 @@ impl<S: Storage> Writer<S> {
             check_records(&data, &plan, offset, &slots[record_start..record_end]);
             let started = Instant::now();
             let opened = self.batch_opened.take();
+            let inline = {
+                let shared = self.shared.borrow();
+                crate::sync_choice::inline_sync(
+                    shared.options.inline_sync,
+                    shared.single_client,
+                    count_messages(&pending[record_start..record_end]),
+                    plan.bytes,
+                )
+            };
             let mut result = self.storage.write_at(data, offset).await;
             if result.is_ok() {
-                result = self.storage.sync().await;
+                result = if inline {
+                    self.storage.sync_inline().await
+                } else {
+                    self.storage.sync().await
+                };
             }
             let sync_us = started.elapsed().as_micros() as u64;
             {
@@ -873,6 +905,7 @@ impl<S: Storage> Writer<S> {
                 }
                 shared.commit_sync.record(sync_us);
                 shared.stats.syncs += 1;
+                shared.stats.inline_syncs += u64::from(inline);
                 shared.stats.sync_latency_us_max = shared.stats.sync_latency_us_max.max(sync_us);
             }
             if let Err(err) = result {

@@ -85,6 +85,12 @@ pub trait Storage {
     async fn write_at(&mut self, buf: Vec<u8>, offset: u64) -> io::Result<()>;
     /// Makes every write to the current segment durable.
     async fn sync(&mut self) -> io::Result<()>;
+    /// The same as `sync`, on the calling thread if the storage can (a
+    /// blocking fdatasync, for a shard with nothing else to run; see
+    /// `sync_choice`).
+    async fn sync_inline(&mut self) -> io::Result<()> {
+        self.sync().await
+    }
     /// A handle that deletes segments, for the spool's GC task.
     fn remover(&self) -> io::Result<Self::Remover>;
     /// `len` bytes at `offset` of segment `segment`, for compaction: the
@@ -142,7 +148,8 @@ impl AsRef<[u8]> for MappedSegment {
 /// Segments on a real file system through glommio's buffered files
 /// (appends up to `PWRITE_ON_SHARD_MAX_BYTES` copied into the page cache by
 /// pwrite(2) on the shard, larger ones written through io_uring; then
-/// fdatasync through io_uring). See the crate documentation for why
+/// fdatasync through io_uring, or on the shard's thread while batches
+/// hold about one message: `sync_choice`). See the crate documentation for why
 /// buffered and not O_DIRECT.
 pub struct GlommioStorage {
     dir: PathBuf,
@@ -311,6 +318,22 @@ impl Storage for GlommioStorage {
         match self.ring.as_mut() {
             Some(ring) => ring.fdatasync(file.as_raw_fd()).await,
             None => file.fdatasync().await.map_err(os_error),
+        }
+    }
+
+    async fn sync_inline(&mut self) -> io::Result<()> {
+        let (_, file) = self.current.as_ref().expect("sync needs a segment");
+        let fd = file.as_raw_fd();
+        loop {
+            // SAFETY: `fd` is the current segment's open descriptor, kept
+            // open by `self.current` for the duration of the call.
+            if unsafe { libc::fdatasync(fd) } == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
         }
     }
 

@@ -261,6 +261,24 @@ fn a_segment_with_a_damaged_header_is_kept_and_reported_at_every_open() {
     });
 }
 
+/// Appends a 1 KiB message for each of `ids`, one task each, all at once.
+async fn append_concurrently(spool: &Spool, ids: std::ops::Range<u64>) {
+    let tasks: Vec<_> = ids
+        .map(|id| {
+            let spool = spool.clone();
+            glommio::spawn_local(async move {
+                spool
+                    .append_message(id, &envelope_of(id), &body_of(id, 1024))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+}
+
 #[test]
 fn concurrent_appends_share_syncs() {
     // Goal: group commit. Method: 200 tasks append at once; count syncs.
@@ -269,20 +287,7 @@ fn concurrent_appends_share_syncs() {
     run(move || async move {
         let (spool, _) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
         let appends = 200u64;
-        let tasks: Vec<_> = (0..appends)
-            .map(|id| {
-                let spool = spool.clone();
-                glommio::spawn_local(async move {
-                    spool
-                        .append_message(id, &envelope_of(id), &body_of(id, 1024))
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await;
-        }
+        append_concurrently(&spool, 0..appends).await;
         let stats = spool.stats();
         assert_eq!(stats.records_appended, appends);
         assert!(stats.syncs < appends, "{stats:?}");
@@ -290,6 +295,67 @@ fn concurrent_appends_share_syncs() {
         spool.close().await.unwrap();
         let (_, recovery) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
         assert_eq!(recovery.messages.len(), appends as usize);
+    });
+}
+
+#[test]
+fn a_lone_client_s_messages_sync_on_the_writer_s_thread_and_come_back() {
+    // Goal: with one client on the shard, a group commit of its one message
+    // syncs inline (a blocking fdatasync), and what it acknowledged is
+    // recovered; with several clients, or several messages in a batch, the
+    // syncs go through io_uring. Method: sequential appends with the hint
+    // set and unset, then concurrent ones with it set; count inline syncs;
+    // reopen and compare.
+    let tmp = TempDir::new("inline-sync");
+    let dir = tmp.0.clone();
+    run(move || async move {
+        let (spool, _) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
+        spool.set_single_client(true);
+        for id in 0..20u64 {
+            spool
+                .append_message(id, &envelope_of(id), &body_of(id, 1024))
+                .await
+                .unwrap();
+        }
+        let lone = spool.stats();
+        assert_eq!(lone.inline_syncs, 20, "{lone:?}");
+        assert_eq!(lone.syncs, 20, "{lone:?}");
+
+        spool.set_single_client(false);
+        for id in 20..30u64 {
+            spool
+                .append_message(id, &envelope_of(id), &body_of(id, 1024))
+                .await
+                .unwrap();
+        }
+        assert_eq!(spool.stats().inline_syncs, 20, "several clients: io_uring");
+
+        // The hint says one client, but 40 appends at once make batches of
+        // several messages: those never sync inline.
+        spool.set_single_client(true);
+        append_concurrently(&spool, 30..70).await;
+        let after = spool.stats();
+        let concurrent_syncs = after.syncs - 30;
+        let concurrent_inline = after.inline_syncs - 20;
+        assert!(concurrent_syncs < 40, "{after:?}");
+        assert!(concurrent_inline < concurrent_syncs, "{after:?}");
+
+        // Without the option, never inline.
+        spool.close().await.unwrap();
+        let options = SpoolOptions {
+            inline_sync: false,
+            ..SpoolOptions::default()
+        };
+        let (spool, recovery) = Spool::open(&dir, options).await.unwrap();
+        let ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, (0..70).collect::<Vec<u64>>());
+        spool.set_single_client(true);
+        spool
+            .append_message(70, &envelope_of(70), &body_of(70, 1024))
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().inline_syncs, 0);
+        spool.close().await.unwrap();
     });
 }
 

@@ -39,8 +39,43 @@ fn ephemeral_port_min() -> u16 {
         .unwrap_or(EPHEMERAL_PORT_MIN_DEFAULT)
 }
 
+/// Folder under the temporary directory where `free_port` reserves the
+/// ports it hands out, one empty file per port, across processes.
+const PORT_RESERVATION_DIR: &str = "ecelerity-test-ports";
+/// How long a reservation keeps a port from every other process: longer
+/// than any test takes from picking a port to binding it.
+const PORT_RESERVATION_TTL: Duration = Duration::from_secs(300);
+
+/// Reserves `port` for this process: false when another process reserved
+/// it less than PORT_RESERVATION_TTL ago. Where no reservation can be
+/// written (no temporary directory), every port counts as reserved by us.
+fn reserve_port(port: u16) -> bool {
+    use std::fs::{self, OpenOptions};
+    let dir = std::env::temp_dir().join(PORT_RESERVATION_DIR);
+    let _ = fs::create_dir_all(&dir);
+    let path = dir.join(port.to_string());
+    let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+    match create() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let stale = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= PORT_RESERVATION_TTL);
+            // A stale reservation is taken over: removed, then created
+            // anew, so of two processes taking it over one wins.
+            stale && fs::remove_file(&path).is_ok() && create().is_ok()
+        }
+        Err(_) => true,
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound, read,
-/// closed), below the kernel's ephemeral range. A test often picks a port
+/// closed) and that no other test process was handed in the last
+/// PORT_RESERVATION_TTL (nextest runs every test in a process of its own:
+/// without the reservation two of them could pick the same port before
+/// either bound it), below the kernel's ephemeral range. A test often picks a port
 /// for a sink it starts later (a gateway that comes up after a while):
 /// a port from the ephemeral range could meanwhile become the source port
 /// of one of the many outbound connections of the suite's daemons, and
@@ -63,7 +98,7 @@ pub fn free_port() -> u16 {
         // A stride coprime with most spans spreads one process's ports.
         let offset = seed.wrapping_add(step.wrapping_mul(7_919)) % span;
         let port = TEST_PORT_MIN + offset as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && reserve_port(port) {
             return port;
         }
     }
@@ -138,6 +173,23 @@ mod tests {
             std::net::TcpListener::bind(("127.0.0.1", p)).expect("still free");
         }
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_reserved_port_is_not_handed_out_again_until_its_reservation_expires() {
+        let port = free_port();
+        assert!(!reserve_port(port), "reserved by the free_port call");
+        let path = std::env::temp_dir()
+            .join(PORT_RESERVATION_DIR)
+            .join(port.to_string());
+        let old = std::time::SystemTime::now() - PORT_RESERVATION_TTL - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(old))
+            .expect("age the reservation");
+        assert!(reserve_port(port), "a stale reservation is taken over");
+        assert!(!reserve_port(port), "and is fresh again");
     }
 
     use super::*;

@@ -1036,6 +1036,9 @@ const STRICT_RELAY_MAIN_CF: &str = "smtpd_forbid_bare_newline = reject\n\
      local_header_rewrite_clients =\n\
      disable_mime_output_conversion = yes\n";
 
+/// Starts of the Postfix relay fixture before a test gives up.
+const POSTFIX_START_TRIES: u32 = 3;
+
 /// A private Postfix instance (`ecelerity_testkit::Postfix`) on
 /// 127.0.0.1:`port` that relays everything to `[127.0.0.1]:sink_port` and
 /// refuses any bare LF from any client. Its files live under the test's
@@ -1052,17 +1055,33 @@ impl PostfixRelay {
     }
 
     /// Write the configuration under `dir`, start the instance and wait
-    /// until it answers 220. Panics, quoting its log, when it does not.
+    /// until it answers 220 on `port`. Another test can take a port that
+    /// `free_port` found free before Postfix binds it: a start that fails
+    /// is tried again on a fresh port, in a fresh directory, up to
+    /// POSTFIX_START_TRIES times (callers read the port back with
+    /// `port()`). Panics, quoting the last log, when no try works.
     pub fn start(dir: &Path, port: u16, sink_port: u16) -> PostfixRelay {
-        let config = PostfixConfig {
-            port,
-            relay_port: sink_port,
-            hostname: "postfix.test".into(),
-            main_cf_extra: STRICT_RELAY_MAIN_CF.into(),
-        };
-        let postfix = Postfix::start(dir, &config, READY_TIMEOUT, STOP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        PostfixRelay { postfix }
+        let mut port = port;
+        let mut failures = Vec::new();
+        for attempt in 1..=POSTFIX_START_TRIES {
+            let config = PostfixConfig {
+                port,
+                relay_port: sink_port,
+                hostname: "postfix.test".into(),
+                main_cf_extra: STRICT_RELAY_MAIN_CF.into(),
+            };
+            let dir = if attempt == 1 {
+                dir.to_path_buf()
+            } else {
+                dir.join(format!("retry-{attempt}"))
+            };
+            match Postfix::start(&dir, &config, READY_TIMEOUT, STOP_TIMEOUT) {
+                Ok(postfix) => return PostfixRelay { postfix },
+                Err(e) => failures.push(format!("try {attempt} on port {port}: {e}")),
+            }
+            port = crate::free_port();
+        }
+        panic!("{}", failures.join("\n"))
     }
 
     pub fn port(&self) -> u16 {

@@ -255,7 +255,8 @@ impl ShardApi {
         };
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         let method = request.method().clone();
-        let modify = !matches!(method, Method::GET) && !(parts.len() == 2 && parts[1] == "preview");
+        let modify =
+            !(matches!(method, Method::GET) || (parts.len() == 2 && parts[1] == "preview"));
         let grant = match (&kind, modify) {
             (Kind::Templates, true) => "templates:modify",
             (Kind::Templates, false) => "templates:view",

@@ -629,6 +629,10 @@ async fn tick_until_stopped(shard: &Rc<Shard>, stop: &AtomicBool) {
             .stats()
             .set(Counter::SpoolSegments, spool.segments as u64);
         shard.env.stats().set(Counter::SpoolSyncs, spool.syncs);
+        shard
+            .env
+            .stats()
+            .set(Counter::SpoolInlineSyncs, spool.inline_syncs);
         shard.env.stats().add(Counter::ShardTicks, 1);
         shard.env.logs.flush();
         if ticks.is_multiple_of(RATE_SAMPLE_MS / TICK_MS) {

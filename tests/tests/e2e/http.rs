@@ -134,6 +134,19 @@ fn metrics_and_status_match_the_console_summary() {
         "{text}"
     );
     assert_eq!(sample(&text, "ecelerity_shards"), Some(SHARDS as f64));
+    // send.py used one connection: the shard that took it served one
+    // client, so each message's group commit synced on the shard's thread
+    // (spool `sync_choice`); the gauge is refreshed every 100 ms tick.
+    let inline = poll_until(ARRIVAL_TIMEOUT, || {
+        let (_, text) = curl(http, "/metrics", &[]);
+        let n = sample(&text, "ecelerity_spool_inline_syncs_total{shard=\"total\"}")?;
+        (n >= want as f64).then_some(n)
+    });
+    assert!(
+        inline.is_some(),
+        "fewer than {want} inline spool syncs for one client's {want} messages:\n{}",
+        curl(http, "/metrics", &[]).1
+    );
 
     // requests + prometheus_client: every family parses once, types hold,
     // per-shard samples add up to the total, buckets are cumulative.
