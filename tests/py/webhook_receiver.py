@@ -10,6 +10,7 @@ A body that is not a JSON array is answered 400 and recorded nowhere.
 With --fail-first N the first N POSTs are answered 503 and recorded nowhere
 (their count goes to DIR/refused.txt).
 POST numbers continue after a restart (counted from the file).
+SIGTERM stops it, after the answer of a batch being handled.
 """
 
 import argparse
@@ -27,6 +28,18 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):
+        # A SIGTERM while a batch is handled waits for its answer: a batch
+        # recorded but never answered would be posted again, and counted
+        # twice, by a sender that did nothing wrong.
+        self.server.busy = True
+        try:
+            self.handle_batch()
+        finally:
+            self.server.busy = False
+            if self.server.exit_requested:
+                sys.exit(0)
+
+    def handle_batch(self):
         length = int(self.headers.get("Content-Length", "0"))
         if length > BODY_BYTES_MAX:
             return self.answer(413)
@@ -85,7 +98,16 @@ def main():
         with open(server.path) as f:
             for line in f:
                 server.posts = max(server.posts, json.loads(line)["post"])
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server.busy = False
+    server.exit_requested = False
+
+    def on_term(*_):
+        if server.busy:
+            server.exit_requested = True
+        else:
+            sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     with open(os.path.join(args.dir, "ready"), "w") as f:
         f.write(str(os.getpid()))
     server.serve_forever()

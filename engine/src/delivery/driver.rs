@@ -697,22 +697,24 @@ impl Connection<'_> {
         let mut encoder = BodyEncoder::new();
         let mut sent = 0;
         let mut at = 0;
-        while at < self.body.len() {
+        loop {
             let end = (at + BODY_READ_CHUNK_BYTES).min(self.body.len());
             self.wire.clear();
             encoder.encode_chunk(&self.body[at..end], &mut self.wire);
+            // The final dot rides the last chunk's write.
+            let last = end == self.body.len();
+            if last {
+                encoder.finish(&mut self.wire);
+            }
             write_all_within(&mut self.stream, &self.wire, limit)
                 .await
                 .map_err(|_| ())?;
             sent += self.wire.len() as u64;
+            if last {
+                return Ok(sent);
+            }
             at = end;
         }
-        self.wire.clear();
-        encoder.finish(&mut self.wire);
-        write_all_within(&mut self.stream, &self.wire, limit)
-            .await
-            .map_err(|_| ())?;
-        Ok(sent + self.wire.len() as u64)
     }
 
     /// Writes `body` (loaded, converted) as BDAT chunks of at most
@@ -799,7 +801,11 @@ impl Connection<'_> {
             self.wire.clear();
             if more {
                 encoder.encode_chunk(&self.body, &mut self.wire);
-            } else {
+            }
+            // The final dot rides the last chunk's write: one send for a
+            // body that fits one chunk, not two.
+            let last = !more || chunks.remaining() == 0;
+            if last {
                 encoder.finish(&mut self.wire);
             }
             assert!(self.body.len() + self.wire.len() <= CONNECTION_BODY_BYTES_MAX);
@@ -807,7 +813,7 @@ impl Connection<'_> {
                 .await
                 .map_err(|_| ())?;
             sent += self.wire.len() as u64;
-            if !more {
+            if last {
                 return Ok(sent);
             }
         }
