@@ -68,6 +68,7 @@ counters! {
     SpoolSegments => "spool_segments", Gauge, "Segment files in this shard's spool.";
     SpoolSyncs => "spool_syncs", Counter, "fdatasync calls of this shard's spool.";
     SpoolInlineSyncs => "spool_inline_syncs", Counter, "Of spool_syncs, those made on the shard's thread (one client on the shard).";
+    HttpConnections => "http_connections", Gauge, "Open HTTP_Listener connections on this shard.";
     LiveMessages => "live_messages", Gauge, "Messages spooled here and not yet final.";
     DkimMessagesProcessed => "dkim_messages_processed", Counter, "Messages opendkim_sign asked to sign.";
     DkimMessagesSigned => "dkim_messages_signed", Counter, "Messages given a DKIM-Signature.";

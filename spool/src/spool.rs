@@ -155,9 +155,10 @@ struct Shared {
     /// Compaction steps asked of the writer, oldest first; never more
     /// than COMPACTION_REQUESTS_MAX.
     compaction: std::collections::VecDeque<compact::Request>,
-    /// The engine serves at most one client on this shard now
-    /// (`Spool::set_single_client`; see `sync_choice`).
-    single_client: bool,
+    /// How many clients the engine serves on this shard now
+    /// (`Spool::set_client_count`; see `sync_choice`); None: not known,
+    /// taken as many.
+    client_count: Option<Box<dyn Fn() -> usize>>,
 }
 
 impl Shared {
@@ -325,7 +326,7 @@ impl Spool {
             gc_pass_waiter: None,
             gc_done: false,
             compaction: std::collections::VecDeque::new(),
-            single_client: false,
+            client_count: None,
         }));
         let body_files = recovery
             .messages
@@ -357,11 +358,12 @@ impl Spool {
         &self.handle.dir
     }
 
-    /// Tells the spool whether its shard serves at most one client now:
-    /// then a group commit of that client's one message syncs on this
-    /// thread instead of through io_uring (`sync_choice`).
-    pub fn set_single_client(&self, single: bool) {
-        self.handle.shared.borrow_mut().single_client = single;
+    /// Tells the spool how to count the clients its shard serves (SMTP
+    /// sessions, HTTP connections): while it counts at most one, a group
+    /// commit of one message syncs on this thread instead of through
+    /// io_uring (`sync_choice`). Read at every group commit: keep it cheap.
+    pub fn set_client_count(&self, count: impl Fn() -> usize + 'static) {
+        self.handle.shared.borrow_mut().client_count = Some(Box::new(count));
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -883,7 +885,10 @@ impl<S: Storage> Writer<S> {
                 let shared = self.shared.borrow();
                 crate::sync_choice::inline_sync(
                     shared.options.inline_sync,
-                    shared.single_client,
+                    shared
+                        .client_count
+                        .as_ref()
+                        .is_some_and(|count| count() <= 1),
                     count_messages(&pending[record_start..record_end]),
                     plan.bytes,
                 )

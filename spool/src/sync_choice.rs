@@ -18,8 +18,9 @@
 //! path, so its sessions go on during the sync and their records form the
 //! next batch (an inline sync would hold them back and keep the batches
 //! small). Batches without a message (completions, notes: a shard busy
-//! delivering) keep it too. The engine says how many clients a shard
-//! serves (`Spool::set_single_client`); the spool does not know sessions.
+//! delivering) keep it too. The engine says how to count the clients a
+//! shard serves, SMTP sessions and HTTP connections
+//! (`Spool::set_client_count`); the spool does not know sessions.
 
 /// Inline only for chunks up to this many bytes: a larger chunk's sync
 /// writes back that much and would hold the shard for longer.

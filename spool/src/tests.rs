@@ -310,7 +310,11 @@ fn a_lone_client_s_messages_sync_on_the_writer_s_thread_and_come_back() {
     let dir = tmp.0.clone();
     run(move || async move {
         let (spool, _) = Spool::open(&dir, SpoolOptions::default()).await.unwrap();
-        spool.set_single_client(true);
+        let clients = std::rc::Rc::new(std::cell::Cell::new(1usize));
+        spool.set_client_count({
+            let clients = clients.clone();
+            move || clients.get()
+        });
         for id in 0..20u64 {
             spool
                 .append_message(id, &envelope_of(id), &body_of(id, 1024))
@@ -321,7 +325,7 @@ fn a_lone_client_s_messages_sync_on_the_writer_s_thread_and_come_back() {
         assert_eq!(lone.inline_syncs, 20, "{lone:?}");
         assert_eq!(lone.syncs, 20, "{lone:?}");
 
-        spool.set_single_client(false);
+        clients.set(2);
         for id in 20..30u64 {
             spool
                 .append_message(id, &envelope_of(id), &body_of(id, 1024))
@@ -332,7 +336,7 @@ fn a_lone_client_s_messages_sync_on_the_writer_s_thread_and_come_back() {
 
         // The hint says one client, but 40 appends at once make batches of
         // several messages: those never sync inline.
-        spool.set_single_client(true);
+        clients.set(1);
         append_concurrently(&spool, 30..70).await;
         let after = spool.stats();
         let concurrent_syncs = after.syncs - 30;
@@ -349,7 +353,7 @@ fn a_lone_client_s_messages_sync_on_the_writer_s_thread_and_come_back() {
         let (spool, recovery) = Spool::open(&dir, options).await.unwrap();
         let ids: Vec<u64> = recovery.messages.iter().map(|m| m.id).collect();
         assert_eq!(ids, (0..70).collect::<Vec<u64>>());
-        spool.set_single_client(true);
+        spool.set_client_count(|| 0);
         spool
             .append_message(70, &envelope_of(70), &body_of(70, 1024))
             .await

@@ -31,7 +31,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::control::{ControlError, ControlHandle, ControlReply, ControlRequest};
-use crate::stats::EngineStats;
+use crate::stats::{Counter, EngineStats};
 use io::{Activity, Io};
 use render::{ShardView, StatusView};
 
@@ -107,6 +107,21 @@ impl HttpContext {
     }
 }
 
+impl HttpContext {
+    /// Counts a connection in, here and in the shard's `http_connections`
+    /// gauge (the spool counts it as a client: `ecelerity_spool`
+    /// `sync_choice`).
+    fn connection_opened(&self) {
+        self.connections.set(self.connections.get() + 1);
+        self.stats.shards[self.shard].add(Counter::HttpConnections, 1);
+    }
+
+    fn connection_closed(&self) {
+        self.connections.set(self.connections.get() - 1);
+        self.stats.shards[self.shard].sub(Counter::HttpConnections, 1);
+    }
+}
+
 /// Accepts connections on `listener` until the task is cancelled; each is
 /// served by a task of its own in the HTTP task queue.
 pub async fn accept_loop(ctx: Rc<HttpContext>, listener: TcpListener) {
@@ -125,19 +140,19 @@ pub async fn accept_loop(ctx: Rc<HttpContext>, listener: TcpListener) {
                 .ok();
             continue;
         }
-        ctx.connections.set(ctx.connections.get() + 1);
+        ctx.connection_opened();
         let task = {
             let ctx = ctx.clone();
             async move {
                 serve_connection(&ctx, stream).await;
-                ctx.connections.set(ctx.connections.get() - 1);
+                ctx.connection_closed();
             }
         };
         if glommio::spawn_local_into(task, ctx.queue)
             .map(|t| t.detach())
             .is_err()
         {
-            ctx.connections.set(ctx.connections.get() - 1);
+            ctx.connection_closed();
         }
     }
 }

@@ -304,7 +304,7 @@ pub async fn accept_loop(
             refuse(&shard, stream, peer, refusal).await;
             continue;
         }
-        session_opened(&shard);
+        shard.env.stats().add(Counter::InboundConnections, 1);
         shard.env.stats().add(Counter::InboundConnectionsTotal, 1);
         let (shard2, config2, tls2) = (shard.clone(), config.clone(), tls.clone());
         let spawned = shard.sessions.spawn(async move {
@@ -312,36 +312,17 @@ pub async fn accept_loop(
             if let Err(e) = serve(&shard2, stream, &config2, tls2.as_deref()).await {
                 tracing::debug!(shard = shard2.env.id, "session ended: {e}");
             }
-            session_closed(&shard2);
+            shard2.env.stats().sub(Counter::InboundConnections, 1);
         });
         match spawned {
             Ok(task) => task.detach(),
             Err(_) => {
                 // The gate is closed: the shard is stopping.
-                session_closed(&shard);
+                shard.env.stats().sub(Counter::InboundConnections, 1);
                 return;
             }
         };
     }
-}
-
-/// Counts an inbound session in, and tells the spool whether the shard
-/// now serves a single client (its group commits may then sync on the
-/// shard's thread: `ecelerity_spool` `sync_choice`).
-fn session_opened(shard: &Inbound) {
-    shard.env.stats().add(Counter::InboundConnections, 1);
-    tell_spool_clients(shard);
-}
-
-/// Counts an inbound session out (see `session_opened`).
-fn session_closed(shard: &Inbound) {
-    shard.env.stats().sub(Counter::InboundConnections, 1);
-    tell_spool_clients(shard);
-}
-
-fn tell_spool_clients(shard: &Inbound) {
-    let open = shard.env.stats().get(Counter::InboundConnections);
-    shard.messages.spool.set_single_client(open <= 1);
 }
 
 /// Answers a connection we will not serve with a 421, logs it to the

@@ -596,6 +596,15 @@ fn wire(
         unknown_bindings: Default::default(),
         dkim,
     });
+    // The spool's clients: inbound SMTP sessions and HTTP connections of
+    // this shard (a lone client's group commits sync on this thread).
+    messages.spool.set_client_count({
+        let env = env.clone();
+        move || {
+            let stats = env.stats();
+            (stats.get(Counter::InboundConnections) + stats.get(Counter::HttpConnections)) as usize
+        }
+    });
     let api = crate::api::ShardApi::new(env.clone(), messages.clone(), router.clone());
     let shard = Rc::new(Shard {
         env,
