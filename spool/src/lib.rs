@@ -124,11 +124,12 @@ pub struct SpoolOptions {
     /// written, inside the file's size, so their fdatasync writes no
     /// metadata (see `journal`, docs/benchmarks.md "Zero fill ahead").
     pub zero_ahead_bytes: u64,
-    /// A group commit syncs on the writer's own thread (a blocking
-    /// fdatasync) while batches average at most 1.25 messages and the chunk
-    /// is small, instead of through io_uring, which hands every fsync to
-    /// an io-wq worker (`sync_choice`, docs/benchmarks.md "Inline
-    /// fdatasync at low concurrency"). On by default.
+    /// A group commit of one message (at most 64 KiB) syncs on the
+    /// writer's own thread (a blocking fdatasync) while the shard serves at
+    /// most one client (`Spool::set_client_count`), instead of through
+    /// io_uring, which hands every fsync to an io-wq worker (`sync_choice`,
+    /// docs/benchmarks.md "Inline fdatasync at low concurrency"). On by
+    /// default.
     pub inline_sync: bool,
 }
 

@@ -148,8 +148,8 @@ impl AsRef<[u8]> for MappedSegment {
 /// Segments on a real file system through glommio's buffered files
 /// (appends up to `PWRITE_ON_SHARD_MAX_BYTES` copied into the page cache by
 /// pwrite(2) on the shard, larger ones written through io_uring; then
-/// fdatasync through io_uring, or on the shard's thread while batches
-/// hold about one message: `sync_choice`). See the crate documentation for why
+/// fdatasync through io_uring, or on the shard's thread for a lone
+/// client's message: `sync_choice`). See the crate documentation for why
 /// buffered and not O_DIRECT.
 pub struct GlommioStorage {
     dir: PathBuf,

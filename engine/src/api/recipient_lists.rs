@@ -272,6 +272,18 @@ impl ListSql for rusqlite::Transaction<'_> {
     }
 }
 
+/// A list row as PostgreSQL parameters $1..$6 (insert and update alike).
+fn pg_params(l: &ListRow) -> [&(dyn postgres::types::ToSql + Sync); 6] {
+    [
+        &l.id,
+        &l.name,
+        &l.description,
+        &l.attributes,
+        &l.recipients,
+        &l.total,
+    ]
+}
+
 /// PostgreSQL: table `api_recipient_lists` of the `api_store_datasource`.
 impl ListSql for postgres::Transaction<'_> {
     fn init_lists(&mut self) -> DbResult<()> {
@@ -300,14 +312,7 @@ impl ListSql for postgres::Transaction<'_> {
         self.execute(
             "INSERT INTO api_recipient_lists (id, name, description, attributes, recipients, total)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            &[
-                &l.id,
-                &l.name,
-                &l.description,
-                &l.attributes,
-                &l.recipients,
-                &l.total,
-            ],
+            &pg_params(l),
         )
         .map(|n| n > 0)
         .map_err(pg)
@@ -317,14 +322,7 @@ impl ListSql for postgres::Transaction<'_> {
         self.execute(
             "UPDATE api_recipient_lists SET name = $2, description = $3, attributes = $4,
                  recipients = $5, total = $6 WHERE id = $1",
-            &[
-                &l.id,
-                &l.name,
-                &l.description,
-                &l.attributes,
-                &l.recipients,
-                &l.total,
-            ],
+            &pg_params(l),
         )
         .map(|n| n > 0)
         .map_err(pg)

@@ -70,8 +70,6 @@ pub struct HttpContext {
     pub shard: usize,
     pub stats: Arc<EngineStats>,
     pub control: ControlHandle,
-    /// Open connections on this shard.
-    connections: Cell<usize>,
     queue: glommio::TaskQueueHandle,
     /// The last gathered status and when it was gathered.
     cached: RefCell<Option<(Instant, Rc<Snapshot>)>>,
@@ -97,7 +95,6 @@ impl HttpContext {
             shard,
             stats,
             control,
-            connections: Cell::new(0),
             queue,
             cached: RefCell::new(None),
             gathering: Cell::new(false),
@@ -108,16 +105,18 @@ impl HttpContext {
 }
 
 impl HttpContext {
-    /// Counts a connection in, here and in the shard's `http_connections`
-    /// gauge (the spool counts it as a client: `ecelerity_spool`
+    /// Open connections on this shard: its `http_connections` gauge (which
+    /// the spool also reads, counting each as a client: `ecelerity_spool`
     /// `sync_choice`).
+    fn connections(&self) -> usize {
+        self.stats.shards[self.shard].get(Counter::HttpConnections) as usize
+    }
+
     fn connection_opened(&self) {
-        self.connections.set(self.connections.get() + 1);
         self.stats.shards[self.shard].add(Counter::HttpConnections, 1);
     }
 
     fn connection_closed(&self) {
-        self.connections.set(self.connections.get() - 1);
         self.stats.shards[self.shard].sub(Counter::HttpConnections, 1);
     }
 }
@@ -134,7 +133,7 @@ pub async fn accept_loop(ctx: Rc<HttpContext>, listener: TcpListener) {
                 continue;
             }
         };
-        if ctx.connections.get() >= HTTP_CONNECTIONS_PER_SHARD_MAX {
+        if ctx.connections() >= HTTP_CONNECTIONS_PER_SHARD_MAX {
             glommio::spawn_local_into(refuse_busy(stream), ctx.queue)
                 .map(|t| t.detach())
                 .ok();
